@@ -1,0 +1,39 @@
+"""notebook_im: SIP instant messaging that is at home in Jupyter.
+
+    import notebook_im as nim
+    server = nim.Server().start().result()
+    platform = nim.Platform()
+    alice = await platform.endpoint("sip:alice@example.test", server=server.uri)
+
+The programming model is UCCAPI's "Conducting IM Conversations" (platform -> endpoint -> session manager ->
+IM session -> participants), made Pythonic: every call returns an awaitable `Operation`, events are
+frozen dataclasses. This module imports neither pandas nor ipywidgets.
+"""
+from .api.emitter import EventStream, Subscription
+from .api.endpoint import Endpoint
+from .api.events import (
+    ComposingChanged, EndpointState, EndpointStateChanged, Event, IncomingSession, MessageDelivered, MessageFailed,
+    MessageReceived, ParticipantAdded, ParticipantRemoved, ParticipantState, ParticipantStateChanged, SessionState,
+    SessionStateChanged, SessionTerminated,
+)
+from .api.manager import SessionManager
+from .api.participant import Participant
+from .api.platform import Platform
+from .api.session import ChatMessage, ImSession
+from .errors import (
+    ConferenceRequired, InvalidState, NotebookImError, RemoteProtocolError, RequestFailed, TransactionTimeout,
+)
+from .runtime import DeadlockError, Operation
+from .server import Server
+from .trace import Trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChatMessage", "ComposingChanged", "ConferenceRequired", "DeadlockError", "Endpoint", "EndpointState",
+    "EndpointStateChanged", "Event", "EventStream", "ImSession", "IncomingSession", "InvalidState", "MessageDelivered",
+    "MessageFailed", "MessageReceived", "NotebookImError", "Operation", "Participant", "ParticipantAdded",
+    "ParticipantRemoved", "ParticipantState", "ParticipantStateChanged", "Platform", "RemoteProtocolError",
+    "RequestFailed", "Server", "SessionManager", "SessionState", "SessionStateChanged", "SessionTerminated",
+    "Subscription", "Trace", "TransactionTimeout", "__version__",
+]

@@ -1,0 +1,1 @@
+"""The public face: Platform, Endpoint, SessionManager, ImSession, Participant and the events."""

@@ -1,0 +1,141 @@
+"""Event subscription shared by Endpoint and ImSession: `on(Type, cb)` and `async for e in obj.events()`.
+
+Events are emitted on the library loop thread. Callbacks run there, in order; one that raises is logged
+and the others still run. `events()` streams are thread-safe queues that wake their consumer's own loop
+(or a blocking `get()` in a plain thread), so they work from a notebook cell, a script or an app.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from typing import Any, Callable, Generic, TypeVar
+
+log = logging.getLogger("notebook_im.events")
+
+E = TypeVar("E")
+
+
+class Subscription:
+    """Returned by `on()`: call it (or `.cancel()`) to unsubscribe."""
+
+    __slots__ = ("_source", "_key", "_entry")
+
+    def __init__(self, source: "EventSource", key: type, entry: Any) -> None:
+        self._source, self._key, self._entry = source, key, entry
+
+    def cancel(self) -> None:
+        lst = self._source._subscribers.get(self._key)
+        if lst and self._entry in lst:
+            lst.remove(self._entry)
+
+    __call__ = cancel
+
+
+class EventStream(Generic[E]):
+    """An async (and blocking) iterator over events; subscribed from creation on, so nothing is missed."""
+
+    def __init__(self, source: "EventSource", types: tuple[type, ...]) -> None:
+        self._buffer: deque[Any] = deque()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None
+        self._subs = [source.on(t, self._push) for t in (types or (object,))]
+        self.closed = False
+
+    def _push(self, event: Any) -> None:
+        with self._lock:
+            self._buffer.append(event)
+            self._cond.notify_all()
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            loop, fut = waiter
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+
+    def __aiter__(self) -> "EventStream[E]":
+        return self
+
+    async def __anext__(self) -> E:
+        while True:
+            with self._lock:
+                if self._buffer:
+                    return self._buffer.popleft()
+                if self.closed:
+                    raise StopAsyncIteration
+                loop = asyncio.get_running_loop()
+                fut = loop.create_future()
+                self._waiter = (loop, fut)
+            await fut
+
+    def get(self, timeout: float | None = None) -> E:
+        """Block (in a plain thread) for the next event; TimeoutError if none arrives in time."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._buffer or self.closed, timeout):
+                raise TimeoutError(f"no event within {timeout} s")
+            if not self._buffer:
+                raise StopIteration
+            return self._buffer.popleft()
+
+    def drain(self) -> list[E]:
+        with self._lock:
+            items = list(self._buffer)
+            self._buffer.clear()
+            return items
+
+    def close(self) -> None:
+        for s in self._subs:
+            s.cancel()
+        with self._lock:
+            self.closed = True
+            self._cond.notify_all()
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            loop, fut = waiter
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def __enter__(self) -> "EventStream[E]":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class EventSource:
+    """Mixin: subscribers per event type, and a parent that also hears every event (session -> endpoint)."""
+
+    _parent_source: "EventSource | None" = None
+
+    def __init__(self) -> None:
+        self._subscribers: dict[type, list[Callable[[Any], Any]]] = {}
+
+    def on(self, event_type: type[E], callback: Callable[[E], Any]) -> Subscription:
+        """Call `callback(event)` for every event of `event_type` (or a subclass). Returns an unsubscribe handle."""
+        if not isinstance(event_type, type):
+            raise TypeError(f"on() takes an event class such as nim.MessageReceived, not {event_type!r}")
+        if not callable(callback):
+            raise TypeError(f"on() needs a callable as its second argument, not {callback!r}")
+        self._subscribers.setdefault(event_type, []).append(callback)
+        return Subscription(self, event_type, callback)
+
+    def events(self, *types: type) -> EventStream[Any]:
+        """A stream of this object's events (all, or only `types`): `async for e in obj.events(): ...`."""
+        return EventStream(self, types)
+
+    def _emit(self, event: Any) -> None:
+        source: EventSource | None = self
+        while source is not None:
+            source._dispatch(event)
+            source = source._parent_source
+
+    def _dispatch(self, event: Any) -> None:
+        for etype, callbacks in list(self._subscribers.items()):
+            if isinstance(event, etype):
+                for cb in list(callbacks):
+                    try:
+                        cb(event)
+                    except Exception:  # noqa: BLE001 - a user callback must not kill the loop
+                        log.exception("event callback %r raised on %s", cb, type(event).__name__)

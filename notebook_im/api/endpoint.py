@@ -1,0 +1,171 @@
+"""Endpoint: one SIP identity, registered with a server (UCCAPI `IUccEndpoint` + `Enable`/`Disable`)."""
+from __future__ import annotations
+
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidState, RequestFailed, TransactionTimeout
+from ..im import iscomposing as ic
+from ..runtime import Operation, runtime
+from ..sip.message import Request
+from ..sip.uri import SipUri
+from ..ua import ServerHandle, UserAgent
+from .emitter import EventSource
+from .events import ComposingChanged, EndpointState, EndpointStateChanged, MessageDelivered, MessageFailed, MessageReceived
+from .manager import SessionManager, parse_remote_uri
+from .participant import Participant
+from .session import check_content_type, now_utc, wire_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .platform import Platform
+
+
+class Endpoint(EventSource):
+    """A SIP identity (`uri`) with its user agent, registration and session manager (`.sessions`)."""
+
+    def __init__(self, platform: "Platform", uri: SipUri, *, server: SipUri | None, transport: str, local_host: str,
+                 local_port: int, username: str | None, password: str | None, display_name: str | None,
+                 expires: int) -> None:
+        super().__init__()
+        self.platform = platform
+        self.uri = str(uri)
+        self.display_name = display_name
+        self.server = str(server) if server is not None else None
+        self.transport = transport
+        self.expires = expires
+        self.state = EndpointState.DISABLED
+        self._ua = UserAgent(aor=uri, proxy=server, transport=transport, trace=platform.trace, local_host=local_host,
+                             local_port=local_port, username=username, password=password, display_name=display_name,
+                             listener=self)
+        self.sessions = SessionManager(self)
+        self.pager_messages: list[Any] = []
+
+    # -- properties ------------------------------------------------------------------------------------
+    @property
+    def contact(self) -> str:
+        return str(self._ua.contact_uri)
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return self._ua.transport.local_addr(self.transport)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters of the SIP core: messages received/sent, 400s answered, datagrams dropped, ..."""
+        return dict(self._ua.stats)
+
+    def __repr__(self) -> str:
+        return f"<Endpoint {self.uri} {self.state.value} contact={self.contact}>"
+
+    # -- events -----------------------------------------------------------------------------------------
+    def _dispatch(self, event: Any) -> None:
+        self.platform.trace.record_event(self.uri, event)
+        super()._dispatch(event)
+
+    def _set_state(self, state: EndpointState, reason: str = "") -> None:
+        previous = self.state
+        if previous is state:
+            return
+        self.state = state
+        self._emit(EndpointStateChanged(self, state, previous, reason, timestamp=now_utc()))
+
+    def _require_enabled(self, what: str) -> None:
+        if self.state is not EndpointState.ENABLED:
+            raise InvalidState(f"cannot {what}: endpoint {self.uri} is {self.state.value}; "
+                               "get an enabled one from platform.endpoint(...)")
+
+    # -- lifecycle (loop thread) ------------------------------------------------------------------------
+    async def _enable(self) -> "Endpoint":
+        self._set_state(EndpointState.ENABLING)
+        try:
+            await self._ua.start()
+            if self.server is not None:
+                await self._ua.register(self.expires)
+        except (RequestFailed, TransactionTimeout, OSError) as exc:
+            await self._ua.close()
+            self._set_state(EndpointState.DISABLED, f"registration failed: {exc}")
+            raise
+        self._set_state(EndpointState.ENABLED, "registered" if self.server else "listening (no server)")
+        return self
+
+    async def _disable(self) -> None:
+        if self.state in (EndpointState.DISABLED, EndpointState.DISABLING):
+            return
+        self._set_state(EndpointState.DISABLING)
+        for s in list(self.sessions.sessions):
+            try:
+                await s._terminate()
+            except Exception:  # noqa: BLE001 - disabling goes on regardless
+                pass
+        try:
+            if self.server is not None:
+                await self._ua.unregister()
+        except (RequestFailed, TransactionTimeout):
+            pass
+        finally:
+            await self._ua.close()
+            self._set_state(EndpointState.DISABLED, "unregistered")
+
+    def disable(self) -> Operation[None]:
+        """Un-REGISTER (Expires: 0), end the sessions and close the sockets (UCCAPI `Disable`)."""
+        return runtime().submit(self._disable(), f"disable({self.uri})")
+
+    # -- pager mode ---------------------------------------------------------------------------------------
+    def send_message(self, to: str, text: str, content_type: str = "text/plain") -> Operation[MessageDelivered]:
+        """Send one out-of-dialog MESSAGE (RFC 3428 pager mode). Resolves with MessageDelivered on 2xx."""
+        target = parse_remote_uri(to, "to")
+        if not isinstance(text, str):
+            raise TypeError(f"send_message() takes the text as str, not {type(text).__name__}")
+        ct = check_content_type(content_type)
+        self._require_enabled("send a message")
+        return runtime().submit(self._send_pager(target, text, ct), f"send_message({to!r})")
+
+    async def _send_pager(self, to: SipUri, text: str, ct: str) -> MessageDelivered:
+        msg_id = secrets.token_hex(6)
+        started = time.perf_counter()
+        try:
+            resp = await self._ua.send_message(to, wire_text(text), f"{ct};charset=UTF-8")
+            status, reason = resp.status, resp.reason
+        except TransactionTimeout as exc:
+            status, reason = 408, exc.reason
+        latency = time.perf_counter() - started
+        if 200 <= status < 300:
+            event = MessageDelivered(None, msg_id, text, ct, status, reason, latency, "pager", timestamp=now_utc())
+            self._emit(event)
+            return event
+        self._emit(MessageFailed(None, msg_id, text, ct, status, reason, "pager", timestamp=now_utc()))
+        raise RequestFailed("MESSAGE", status, reason, str(to))
+
+    # -- UAListener (loop thread) ------------------------------------------------------------------------
+    def on_pager_message(self, request: Request) -> int:
+        ct = request.content_type or "text/plain"
+        sender = request.from_
+        participant = Participant(str(sender.uri.without_params("transport")), display_name=sender.display_name)
+        if ct == ic.CONTENT_TYPE:
+            try:
+                indication = ic.parse(request.body)
+            except Exception:  # noqa: BLE001 - RemoteProtocolError: answer 400
+                return 400
+            participant.composing = indication.state is ic.ComposingState.ACTIVE
+            self._emit(ComposingChanged(None, participant, participant.composing, timestamp=now_utc()))
+            return 200
+        if not ct.startswith("text/"):
+            return 415
+        text = request.text().replace("\r\n", "\n")
+        msg_id = request.headers.get("Imdn-Message-ID") or secrets.token_hex(6)
+        event = MessageReceived(None, participant, text, ct, msg_id, "pager", timestamp=now_utc())
+        self.pager_messages.append(event)
+        self._emit(event)
+        return 200
+
+    def on_invite(self, request: Request, handle: ServerHandle) -> None:
+        if self.state is not EndpointState.ENABLED:
+            from ..sip.message import make_response, new_tag
+            self._ua.respond(handle, make_response(request, 480, to_tag=new_tag()))
+            return
+        self.sessions._on_invite(request, handle)
+
+    def on_registration(self, state: str, detail: str) -> None:
+        if state == "refresh_failed":
+            self._emit(EndpointStateChanged(self, self.state, self.state, f"registration refresh failed: {detail}", timestamp=now_utc()))

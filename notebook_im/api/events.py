@@ -1,0 +1,163 @@
+"""Event types (frozen dataclasses), named after the UCCAPI events they replace.
+
+| UCCAPI | here |
+|---|---|
+| `_IUccSessionManagerEvents.OnIncomingSession` | `IncomingSession` (`.accept()`, `.reject(code)`) |
+| `OnInstantMessageReceived` | `MessageReceived` |
+| `OnSendMessage` | `MessageDelivered` / `MessageFailed` |
+| `OnComposing` / `OnIdle` | `ComposingChanged(composing=True/False)` |
+| `OnAddParticipant` / `OnRemoveParticipant` | `ParticipantAdded` / `ParticipantRemoved` |
+| participant `OnStateChanged` | `ParticipantStateChanged` |
+| `OnTerminate` | `SessionTerminated` |
+| endpoint `OnEnable` / `OnDisable` | `EndpointStateChanged` |
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..runtime import Operation
+    from .endpoint import Endpoint
+    from .participant import Participant
+    from .session import ImSession
+
+
+class ParticipantState(str, enum.Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTING = "disconnecting"
+    DISCONNECTED = "disconnected"
+
+
+SessionState = ParticipantState  # a session moves through the same five states as its participants
+
+
+class EndpointState(str, enum.Enum):
+    DISABLED = "disabled"
+    ENABLING = "enabling"
+    ENABLED = "enabled"
+    DISABLING = "disabling"
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base class: every event knows when it happened (UTC)."""
+
+    timestamp: datetime = field(kw_only=True)
+
+
+@dataclass(frozen=True)
+class EndpointStateChanged(Event):
+    endpoint: "Endpoint"
+    state: EndpointState
+    previous: EndpointState
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class IncomingSession(Event):
+    """Someone invites us to an IM session. Call `.accept()` or `.reject(code)`; until then it rings."""
+
+    session: "ImSession"
+    inviter: "Participant"
+    subject: str | None = None
+
+    def accept(self) -> "Operation[ImSession]":
+        return self.session._accept()
+
+    def reject(self, code: int = 486, reason: str | None = None) -> "Operation[None]":
+        return self.session._reject(code, reason)
+
+
+@dataclass(frozen=True)
+class MessageReceived(Event):
+    session: "ImSession | None"     # None for a pager-mode (out-of-dialog) MESSAGE
+    participant: "Participant"
+    text: str
+    content_type: str
+    message_id: str = ""
+    mode: str = "session"           # "session" or "pager"
+
+
+@dataclass(frozen=True)
+class MessageDelivered(Event):
+    session: "ImSession | None"
+    message_id: str
+    text: str
+    content_type: str
+    status: int
+    reason: str
+    latency: float                  # seconds from send to final response
+    mode: str = "session"
+
+
+@dataclass(frozen=True)
+class MessageFailed(Event):
+    session: "ImSession | None"
+    message_id: str
+    text: str
+    content_type: str
+    status: int
+    reason: str
+    mode: str = "session"
+
+
+@dataclass(frozen=True)
+class ComposingChanged(Event):
+    session: "ImSession | None"
+    participant: "Participant"
+    composing: bool
+
+
+@dataclass(frozen=True)
+class ParticipantAdded(Event):
+    session: "ImSession"
+    participant: "Participant"
+
+
+@dataclass(frozen=True)
+class ParticipantRemoved(Event):
+    session: "ImSession"
+    participant: "Participant"
+
+
+@dataclass(frozen=True)
+class ParticipantStateChanged(Event):
+    session: "ImSession"
+    participant: "Participant"
+    state: ParticipantState
+    previous: ParticipantState
+
+
+@dataclass(frozen=True)
+class SessionStateChanged(Event):
+    session: "ImSession"
+    state: SessionState
+    previous: SessionState
+
+
+@dataclass(frozen=True)
+class SessionTerminated(Event):
+    session: "ImSession"
+    reason: str
+    status: int | None = None
+    by_remote: bool = False
+
+
+def event_fields(event: Any) -> dict[str, Any]:
+    """A flat, JSON-friendly view of an event for the trace (objects become their URIs or ids)."""
+    out: dict[str, Any] = {"type": type(event).__name__}
+    for name in getattr(event, "__dataclass_fields__", {}):
+        value = getattr(event, name)
+        if hasattr(value, "uri") and not isinstance(value, str):
+            value = str(value.uri)
+        elif hasattr(value, "id") and not isinstance(value, (str, int)):
+            value = value.id
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        out[name] = value
+    return out

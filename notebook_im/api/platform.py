@@ -1,0 +1,121 @@
+"""Platform: the root object (UCCAPI `UccPlatform`): owns the trace and the endpoints.
+
+The asyncio loop itself is process-wide (`runtime.Runtime`), so several platforms can coexist (two users
+in one notebook is the usual teaching setup) and one going away does not stop the others.
+"""
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from ..runtime import Operation, runtime
+from ..sip.uri import SipUri
+from ..trace.recorder import Trace
+from .endpoint import Endpoint
+from .manager import parse_remote_uri
+
+TRANSPORTS = ("udp", "tcp")
+
+
+def local_host_for(server_host: str) -> str:
+    """The local address that routes to `server_host` (a UDP connect sends nothing)."""
+    host = server_host.strip("[]")
+    if host in ("127.0.0.1", "localhost") or host.startswith("127."):
+        return "127.0.0.1"
+    if host == "::1":
+        return "::1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((host, 5060))
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+class Platform:
+    """`with nim.Platform() as platform:` ... `platform.endpoint(uri, server=...)`."""
+
+    def __init__(self, name: str = "notebook_im", *, max_trace_records: int | None = 1_000_000) -> None:
+        self.name = name
+        self.trace = Trace(max_records=max_trace_records)
+        self._endpoints: list[Endpoint] = []
+        self._shut = False
+        runtime()  # start the loop thread now, not inside the first call
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._endpoints)
+
+    def endpoint(self, uri: str, *, server: Any = None, username: str | None = None, password: str | None = None,
+                 transport: str = "udp", local_port: int = 0, local_host: str | None = None,
+                 display_name: str | None = None, expires: int = 3600) -> Operation[Endpoint]:
+        """Create and enable an endpoint for `uri` (UCCAPI create + `IUccEndpoint.Enable`).
+
+        `server` is the registrar/proxy: a `nim.Server`, or its URI such as 'sip:127.0.0.1:5060'. Without a
+        server the endpoint only listens (peers reach it at its `contact`). Resolves once REGISTER succeeded.
+        """
+        if self._shut:
+            raise RuntimeError("this Platform was shut down; create a new nim.Platform()")
+        aor = parse_remote_uri(uri, "uri")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
+        if not isinstance(local_port, int) or not 0 <= local_port < 65536:
+            raise ValueError(f"local_port must be an int from 0 (any free port) to 65535, not {local_port!r}")
+        if password is not None and not isinstance(password, str):
+            raise TypeError("password must be a str")
+        if not isinstance(expires, int) or expires < 0:
+            raise ValueError(f"expires must be a non-negative number of seconds, not {expires!r}")
+        server_uri: SipUri | None = None
+        if server is not None:
+            text = getattr(server, "uri", server)
+            if not isinstance(text, str):
+                raise TypeError(f"server must be a nim.Server or a URI string like 'sip:127.0.0.1:5060', not {type(server).__name__}")
+            try:
+                server_uri = SipUri.parse(text)
+            except Exception:
+                raise ValueError(f"server {text!r} is not a SIP URI; write it like 'sip:127.0.0.1:5060'") from None
+        host = local_host or (local_host_for(server_uri.host) if server_uri else "127.0.0.1")
+        ep = Endpoint(self, aor, server=server_uri, transport=transport, local_host=host, local_port=local_port,
+                      username=username, password=password, display_name=display_name, expires=expires)
+        self._endpoints.append(ep)
+        return runtime().submit(ep._enable(), f"endpoint({uri!r})")
+
+    async def _shutdown(self) -> None:
+        for ep in list(self._endpoints):
+            try:
+                await ep._disable()
+            except Exception:  # noqa: BLE001 - shut down everything we can
+                pass
+
+    def shutdown(self, timeout: float = 15.0) -> None:
+        """Disable every endpoint (BYE, un-REGISTER) and close sockets. Blocking; use `ashutdown` in async code."""
+        if self._shut:
+            return
+        self._shut = True
+        rt = runtime()
+        if rt.in_loop_thread():
+            rt.loop.create_task(self._shutdown())
+            return
+        rt.submit(self._shutdown(), "shutdown()").result(timeout)
+
+    async def ashutdown(self) -> None:
+        if self._shut:
+            return
+        self._shut = True
+        await runtime().submit(self._shutdown(), "shutdown()")
+
+    def __enter__(self) -> "Platform":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    async def __aenter__(self) -> "Platform":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.ashutdown()
+
+    def __repr__(self) -> str:
+        return f"<Platform {self.name!r}: {len(self._endpoints)} endpoints, {self.trace!r}>"

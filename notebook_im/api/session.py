@@ -1,0 +1,472 @@
+"""ImSession: a two-party IM session in session mode (INVITE with m=message, in-dialog MESSAGE, BYE).
+
+UCCAPI's `IUccInstantMessagingSession` + `IUccSession`. Public methods return `Operation`s and may be
+called from any thread; everything underscore-prefixed runs on the library loop. In-dialog requests of
+one session are sent one at a time, in call order: the receiver checks CSeq order (RFC 3261 §12.2.2),
+and a chat must not arrive shuffled.
+"""
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConferenceRequired, InvalidState, RequestFailed, TransactionTimeout
+from ..im import iscomposing as ic
+from ..runtime import Operation, runtime
+from ..sip.dialog import Dialog
+from ..sip.errors import RemoteProtocolError
+from ..sip.message import Request, Response, make_response
+from ..ua import ClientHandle, ServerHandle
+from .emitter import EventSource
+from .events import (
+    ComposingChanged, IncomingSession, MessageDelivered, MessageFailed, MessageReceived, ParticipantAdded,
+    ParticipantState, ParticipantStateChanged, SessionState, SessionStateChanged, SessionTerminated,
+)
+from .participant import Participant
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .manager import SessionManager
+
+TEXT_TYPES = ("text/plain", "text/html", "text/enriched")
+RING_TIMEOUT = 120.0
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def wire_text(text: str) -> bytes:
+    """Text as it goes on the wire: UTF-8 with CRLF line breaks (what OCS/Lync clients expect)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n").encode("utf-8")
+
+
+def check_content_type(content_type: str) -> str:
+    ct = (content_type or "").split(";")[0].strip().lower()
+    if ct not in TEXT_TYPES:
+        raise ValueError(f"content_type must be one of {', '.join(TEXT_TYPES)}, not {content_type!r}")
+    return ct
+
+
+@dataclass
+class ChatMessage:
+    """One IM message of a conversation, sent or received, with its delivery state."""
+
+    id: str
+    direction: str                  # "out" or "in"
+    sender: str
+    recipient: str
+    text: str
+    content_type: str
+    timestamp: datetime
+    status: str                     # "sending", "delivered", "failed" or "received"
+    mode: str = "session"
+    sip_status: int | None = None
+    reason: str = ""
+    delivered_at: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ImSession(EventSource):
+    """A peer-to-peer IM session with one remote participant."""
+
+    def __init__(self, manager: "SessionManager", remote_uri: str, *, incoming: bool,
+                 display_name: str | None = None) -> None:
+        super().__init__()
+        self.manager = manager
+        self.endpoint = manager.endpoint
+        self._parent_source = manager.endpoint
+        self.id = secrets.token_hex(4)
+        self.is_incoming = incoming
+        self.is_conference = False
+        self.state = SessionState.IDLE
+        self.local_participant = Participant(self.endpoint.uri, is_local=True, session=self,
+                                             display_name=self.endpoint.display_name)
+        self._remote = Participant(remote_uri, display_name=display_name, session=self)
+        self.messages: list[ChatMessage] = []
+        self.dialog: Dialog | None = None
+        self.acked = False
+        self.terminate_reason: str | None = None
+        self._invite_handle: ClientHandle | None = None
+        self._server_handle: ServerHandle | None = None
+        self._incoming_event: IncomingSession | None = None
+        self._accepted: asyncio.Future | None = None
+        self._ring_timer: asyncio.TimerHandle | None = None
+        self._lock: asyncio.Lock | None = None
+        self._sender = ic.ComposingSender()
+        self._receiver = ic.ComposingReceiver()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._composing_supported = True
+
+    # -- properties ---------------------------------------------------------------------------------------
+    @property
+    def participants(self) -> list[Participant]:
+        """The remote participants (UCCAPI `Participants` minus the local one)."""
+        return [self._remote]
+
+    @property
+    def remote(self) -> Participant:
+        return self._remote
+
+    @property
+    def ua(self):
+        return self.endpoint._ua
+
+    def __repr__(self) -> str:
+        direction = "from" if self.is_incoming else "to"
+        return f"<ImSession {self.id} {direction} {self._remote.uri} {self.state.value}, {len(self.messages)} messages>"
+
+    # -- public API (any thread) ----------------------------------------------------------------------------
+    def send(self, text: str, content_type: str = "text/plain") -> Operation[MessageDelivered]:
+        """Send an IM in this session (UCCAPI `SendMessage`). Resolves with MessageDelivered on 200, raises
+        RequestFailed (and emits MessageFailed) otherwise."""
+        if not isinstance(text, str):
+            raise TypeError(f"send() takes the message text as str, not {type(text).__name__}")
+        ct = check_content_type(content_type)
+        return runtime().submit(self._send_text(text, ct), f"send({_short(text)!r})")
+
+    def start_composing(self) -> Operation[None]:
+        """Tell the other party we are typing (RFC 3994 `active`, refreshed while typing continues)."""
+        return runtime().submit(self._keystroke(), "start_composing()")
+
+    def stop_composing(self) -> Operation[None]:
+        """Tell the other party we stopped typing (RFC 3994 `idle`)."""
+        return runtime().submit(self._stop_composing(), "stop_composing()")
+
+    def typing(self, text: str) -> Operation[None]:
+        """Feed the current contents of an input box: non-empty means typing, empty means stopped."""
+        return self.start_composing() if text else self.stop_composing()
+
+    def terminate(self) -> Operation[None]:
+        """End the session (BYE; CANCEL while still inviting; 603 for an unanswered invitation)."""
+        return runtime().submit(self._terminate(), "terminate()")
+
+    def add_participant(self, uri: str) -> None:
+        """Always raises: a peer-to-peer IM session has exactly two parties."""
+        raise ConferenceRequired(
+            f"cannot add {uri} to session {self.id}: a peer-to-peer IM session has exactly two parties "
+            f"({self.endpoint.uri} and {self._remote.uri}). Three or more parties need a conference "
+            "through a conference focus (RFC 4353), which this version does not provide yet."
+        )
+
+    def wait_connected(self, timeout: float | None = None) -> Operation["ImSession"]:
+        async def wait() -> "ImSession":
+            while self.state in (SessionState.IDLE, SessionState.CONNECTING):
+                await asyncio.sleep(0.01)
+            if self.state is not SessionState.CONNECTED:
+                raise InvalidState(f"session {self.id} ended before it connected: {self.terminate_reason}")
+            return self
+        return runtime().submit(asyncio.wait_for(wait(), timeout), "wait_connected()")
+
+    # -- state helpers (loop thread) -----------------------------------------------------------------------
+    def _set_state(self, state: SessionState) -> None:
+        previous = self.state
+        if previous is state:
+            return
+        self.state = state
+        self._emit(SessionStateChanged(self, state, previous, timestamp=now_utc()))
+        self._set_participant_state(self._remote, ParticipantState(state.value))
+        self._set_participant_state(self.local_participant, ParticipantState(state.value), emit=False)
+
+    def _set_participant_state(self, p: Participant, state: ParticipantState, emit: bool = True) -> None:
+        previous = p.state
+        if previous is state:
+            return
+        p.state = state
+        if emit:
+            self._emit(ParticipantStateChanged(self, p, state, previous, timestamp=now_utc()))
+
+    def _get_lock(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    # -- outgoing session -------------------------------------------------------------------------------------
+    async def _invite(self) -> "ImSession":
+        from ..sip.uri import SipUri
+        self._emit(ParticipantAdded(self, self._remote, timestamp=now_utc()))
+        self._set_state(SessionState.CONNECTING)
+
+        def keep(h: ClientHandle) -> None:
+            self._invite_handle = h
+        try:
+            dialog, resp = await self.ua.invite(SipUri.parse(self._remote.uri), self, on_handle=keep)
+        except TransactionTimeout as exc:
+            self._finish(f"no answer: {exc.reason}", 408)
+            raise
+        if dialog is None:
+            self._finish(f"{resp.status} {resp.reason}", resp.status, by_remote=True)
+            raise RequestFailed("INVITE", resp.status, resp.reason, self._remote.uri)
+        self.dialog = dialog
+        self.acked = True
+        if self.state is SessionState.DISCONNECTING:  # terminate() was called while we were inviting
+            await self._bye()
+            raise InvalidState(f"session {self.id} was terminated while connecting")
+        self._set_state(SessionState.CONNECTED)
+        return self
+
+    # -- incoming session --------------------------------------------------------------------------------------
+    def _incoming(self, request: Request, handle: ServerHandle, local_tag: str) -> IncomingSession:
+        self._server_handle = handle
+        handle.on_cancel = self._on_cancelled
+        self.dialog = Dialog.from_uas(request, local_tag)
+        self._emit(ParticipantAdded(self, self._remote, timestamp=now_utc()))
+        self._set_state(SessionState.CONNECTING)
+        ringing = make_response(request, 180, to_tag=local_tag)
+        ringing.headers.set("Contact", self.ua.contact)
+        self.ua.respond(handle, ringing)
+        loop = asyncio.get_running_loop()
+        self._ring_timer = loop.call_later(RING_TIMEOUT, self._ring_timeout)
+        event = IncomingSession(self, self._remote, subject=request.headers.get("Subject"), timestamp=now_utc())
+        self._incoming_event = event
+        return event
+
+    def _ring_timeout(self) -> None:
+        if self._server_handle is not None and not self._server_handle.answered:
+            self.ua.respond(self._server_handle, make_response(self._server_handle.request, 480, to_tag=self.dialog.local_tag))
+            self._finish("not answered", 480)
+
+    def _on_cancelled(self) -> None:
+        handle = self._server_handle
+        if handle is not None and not handle.answered:
+            self.ua.respond(handle, make_response(handle.request, 487, to_tag=self.dialog.local_tag if self.dialog else None))
+        self._finish("cancelled by the caller", 487, by_remote=True)
+
+    def _accept(self) -> Operation["ImSession"]:
+        return runtime().submit(self._do_accept(), "accept()")
+
+    async def _do_accept(self) -> "ImSession":
+        handle = self._server_handle
+        if handle is None or self.dialog is None:
+            raise InvalidState("only an incoming invitation can be accepted")
+        if self.state is SessionState.CONNECTED:
+            return self
+        if handle.answered or self.state is not SessionState.CONNECTING:
+            raise InvalidState(f"the invitation from {self._remote.uri} was already answered or ended ({self.state.value})")
+        if self._ring_timer:
+            self._ring_timer.cancel()
+        self._accepted = asyncio.get_running_loop().create_future()
+        self.ua.accept_invite(handle, self.dialog, self)
+        if handle.transport != "udp":
+            self.acked = False  # still wait for the ACK over reliable transports
+        await asyncio.wait_for(asyncio.shield(self._accepted), 64 * 0.5 + 1)
+        return self
+
+    def _reject(self, code: int, reason: str | None) -> Operation[None]:
+        if not isinstance(code, int) or not 300 <= code <= 699:
+            raise ValueError(f"reject() takes a SIP status code from 300 to 699 (486 Busy Here, 603 Decline), not {code!r}")
+        return runtime().submit(self._do_reject(code, reason), f"reject({code})")
+
+    async def _do_reject(self, code: int, reason: str | None) -> None:
+        handle = self._server_handle
+        if handle is None or self.dialog is None:
+            raise InvalidState("only an incoming invitation can be rejected")
+        if handle.answered:
+            raise InvalidState(f"the invitation from {self._remote.uri} was already answered")
+        if self._ring_timer:
+            self._ring_timer.cancel()
+        self.ua.respond(handle, make_response(handle.request, code, reason, to_tag=self.dialog.local_tag))
+        self._finish(f"rejected with {code}", code)
+
+    def on_ack(self, request: Request) -> None:
+        self.acked = True
+        self._connected_by_peer()
+
+    def on_ack_timeout(self) -> None:
+        async def give_up() -> None:
+            self._set_state(SessionState.DISCONNECTING)
+            try:
+                await self._bye()
+            finally:
+                self._finish("no ACK for our 200 OK", 408)
+        asyncio.ensure_future(give_up())
+
+    def _connected_by_peer(self) -> None:
+        if self.state is SessionState.CONNECTING:
+            self._set_state(SessionState.CONNECTED)
+        if self._accepted is not None and not self._accepted.done():
+            self._accepted.set_result(None)
+
+    # -- dialog callbacks (loop thread) ---------------------------------------------------------------------------
+    def on_dialog_request(self, request: Request) -> int:
+        """An in-dialog MESSAGE: text, or a composing indication. Returns the status to answer."""
+        if not self.acked:  # the MESSAGE overtook the ACK: the caller evidently got our 200
+            self.acked = True
+            self._connected_by_peer()
+        ct = request.content_type or "text/plain"
+        if ct == ic.CONTENT_TYPE:
+            try:
+                indication = ic.parse(request.body)
+            except RemoteProtocolError:
+                return 400
+            self._run_receiver(self._receiver.indication(indication, time.monotonic()))
+            return 200
+        if ct.startswith("text/"):
+            self._deliver_text(request, ct, mode="session")
+            return 200
+        return 415
+
+    def _deliver_text(self, request: Request, ct: str, *, mode: str) -> None:
+        text = request.text().replace("\r\n", "\n")
+        msg_id = request.headers.get("Imdn-Message-ID") or secrets.token_hex(6)
+        ts = now_utc()
+        self.messages.append(ChatMessage(msg_id, "in", self._remote.uri, self.endpoint.uri, text, ct, ts, "received", mode))
+        self._run_receiver(self._receiver.message_received(time.monotonic()))
+        self._emit(MessageReceived(self, self._remote, text, ct, msg_id, mode, timestamp=ts))
+
+    def on_bye(self, request: Request) -> None:
+        self._finish("remote party ended the session", 200, by_remote=True)
+
+    def on_cancelled(self) -> None:
+        self._on_cancelled()
+
+    # -- composing (loop thread) -------------------------------------------------------------------------------------
+    def _run_receiver(self, actions: list) -> None:
+        for a in actions:
+            if isinstance(a, ic.SetTimer):
+                self._arm("rx_" + a.name, a.delay, lambda n=a.name: self._run_receiver(self._receiver.timer(n, time.monotonic())))
+            elif isinstance(a, ic.CancelTimer):
+                self._disarm("rx_" + a.name)
+            elif isinstance(a, ic.Changed):
+                self._remote.composing = a.composing
+                self._emit(ComposingChanged(self, self._remote, a.composing, timestamp=now_utc()))
+
+    def _run_sender(self, actions: list) -> list[asyncio.Future]:
+        sends: list[asyncio.Future] = []
+        for a in actions:
+            if isinstance(a, ic.SetTimer):
+                self._arm("tx_" + a.name, a.delay, lambda n=a.name: self._run_sender(self._sender.timer(n, time.monotonic())))
+            elif isinstance(a, ic.CancelTimer):
+                self._disarm("tx_" + a.name)
+            elif isinstance(a, ic.SendIndication):
+                sends.append(asyncio.ensure_future(self._send_indication(a.indication)))
+        return sends
+
+    async def _send_indication(self, indication: ic.Indication) -> None:
+        if not self._composing_supported or self.state is not SessionState.CONNECTED or self.dialog is None:
+            return
+        async with self._get_lock():
+            if self.state is not SessionState.CONNECTED:
+                return
+            try:
+                resp = await self.ua.send_in_dialog(self.dialog, "MESSAGE", body=ic.build(indication), content_type=ic.CONTENT_TYPE)
+            except TransactionTimeout:
+                return
+            if resp.status in (415, 501):
+                self._composing_supported = False  # the peer cannot take them: stop sending, keep the text flowing
+            elif resp.status in (481, 408):
+                self._finish(f"dialog gone ({resp.status} {resp.reason})", resp.status)
+
+    async def _keystroke(self) -> None:
+        self._require_connected("start composing")
+        for f in self._run_sender(self._sender.keystroke(time.monotonic())):
+            await f
+
+    async def _stop_composing(self) -> None:
+        self._require_connected("stop composing")
+        for f in self._run_sender(self._sender.stop(time.monotonic())):
+            await f
+
+    def _arm(self, name: str, delay: float, fn) -> None:
+        self._disarm(name)
+        self._timers[name] = asyncio.get_running_loop().call_later(delay, fn)
+
+    def _disarm(self, name: str) -> None:
+        t = self._timers.pop(name, None)
+        if t is not None:
+            t.cancel()
+
+    # -- sending text ------------------------------------------------------------------------------------------------
+    def _require_connected(self, what: str) -> None:
+        if self.state is not SessionState.CONNECTED or self.dialog is None:
+            hint = "await the session (or incoming.accept()) first" if self.state in (SessionState.IDLE, SessionState.CONNECTING) \
+                else "create a new session with endpoint.sessions.create(uri)"
+            raise InvalidState(f"cannot {what}: session {self.id} is {self.state.value}; {hint}")
+
+    async def _send_text(self, text: str, ct: str) -> MessageDelivered:
+        self._require_connected("send")
+        msg = ChatMessage(secrets.token_hex(6), "out", self.endpoint.uri, self._remote.uri, text, ct, now_utc(), "sending")
+        self.messages.append(msg)
+        self._run_sender(self._sender.message_sent(time.monotonic()))
+        started = time.perf_counter()
+        async with self._get_lock():
+            if self.state is not SessionState.CONNECTED or self.dialog is None:
+                status, reason = 481, f"session {self.state.value} before the message was sent"
+            else:
+                try:
+                    resp = await self.ua.send_in_dialog(self.dialog, "MESSAGE", body=wire_text(text),
+                                                        content_type=f"{ct};charset=UTF-8")
+                    status, reason = resp.status, resp.reason
+                except TransactionTimeout as exc:
+                    status, reason = 408, exc.reason
+        return self._settle(msg, status, reason, time.perf_counter() - started)
+
+    def _settle(self, msg: ChatMessage, status: int, reason: str, latency: float) -> MessageDelivered:
+        msg.sip_status, msg.reason = status, reason
+        if 200 <= status < 300:
+            msg.status, msg.delivered_at = "delivered", now_utc()
+            event = MessageDelivered(self, msg.id, msg.text, msg.content_type, status, reason, latency, msg.mode, timestamp=msg.delivered_at)
+            self._emit(event)
+            return event
+        msg.status = "failed"
+        self._emit(MessageFailed(self, msg.id, msg.text, msg.content_type, status, reason, msg.mode, timestamp=now_utc()))
+        if status in (481, 408) and self.state is SessionState.CONNECTED:
+            self._finish(f"dialog gone ({status} {reason})", status)
+        raise RequestFailed("MESSAGE", status, reason, self._remote.uri)
+
+    # -- ending ----------------------------------------------------------------------------------------------------------
+    async def _terminate(self) -> None:
+        state = self.state
+        if state is SessionState.DISCONNECTED or state is SessionState.DISCONNECTING:
+            return
+        if self._server_handle is not None and not self._server_handle.answered:
+            await self._do_reject(603, "Decline")
+            return
+        if state is SessionState.CONNECTING and not self.is_incoming:
+            self._set_state(SessionState.DISCONNECTING)
+            if self._invite_handle is not None:
+                self.ua.cancel(self._invite_handle)
+            return  # _invite() finishes the session when the 487 arrives
+        self._set_state(SessionState.DISCONNECTING)
+        try:
+            async with self._get_lock():
+                await self._bye()
+        finally:
+            self._finish("local party ended the session", None)
+
+    async def _bye(self) -> None:
+        if self.dialog is None:
+            return
+        try:
+            await self.ua.send_in_dialog(self.dialog, "BYE")
+        except TransactionTimeout:
+            pass
+
+    def _finish(self, reason: str, status: int | None, *, by_remote: bool = False) -> None:
+        if self.state is SessionState.DISCONNECTED:
+            return
+        if self._ring_timer:
+            self._ring_timer.cancel()
+        for name in list(self._timers):
+            self._disarm(name)
+        if self._remote.composing:
+            self._remote.composing = False
+            self._emit(ComposingChanged(self, self._remote, False, timestamp=now_utc()))
+        if self.state is not SessionState.DISCONNECTING:
+            self._set_state(SessionState.DISCONNECTING)
+        self._set_state(SessionState.DISCONNECTED)
+        self.terminate_reason = reason
+        if self.dialog is not None:
+            self.ua.forget_dialog(self.dialog)
+        if self._accepted is not None and not self._accepted.done():
+            self._accepted.set_exception(InvalidState(f"session ended before it connected: {reason}"))
+        self._emit(SessionTerminated(self, reason, status, by_remote, timestamp=now_utc()))
+        self.manager._forget(self)
+
+
+def _short(text: str, n: int = 30) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+

@@ -1,0 +1,220 @@
+"""asyncio transports for SIP: one UDP socket and one TCP listener per local address, plus a pool of TCP
+connections keyed by the remote address.
+
+Stream framing uses the sans-IO `StreamFramer`. Connections are reused in both directions: a response
+or a request to an address we already have a connection with goes over that connection (how a
+registered TCP client is reached through the flow it opened, RFC 5626 style). TLS will plug in as one
+more stream transport.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Callable
+
+from ..sip.errors import RemoteProtocolError
+from ..sip.parser import StreamFramer
+
+log = logging.getLogger("notebook_im.net")
+
+Addr = tuple[str, int]
+# on_data(data, transport_name, remote_addr, local_addr)
+DataHandler = Callable[[bytes, str, Addr, Addr], None]
+ErrorHandler = Callable[[str, Addr, str], None]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to send: transport name ("udp"/"tcp"), host and port."""
+
+    transport: str
+    host: str
+    port: int
+
+    @property
+    def addr(self) -> Addr:
+        return (self.host, self.port)
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, owner: "TransportLayer") -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
+        self.owner._on_data(data, "udp", (addr[0], addr[1]), self.owner.udp_addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error: %s", exc)
+
+
+class _Stream(asyncio.Protocol):
+    """One TCP connection: frames messages by Content-Length and hands them to the owner."""
+
+    def __init__(self, owner: "TransportLayer", remote: Addr | None = None) -> None:
+        self.owner = owner
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+        self.remote: Addr | None = remote
+        self.local: Addr = owner.tcp_addr
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.remote = (peer[0], peer[1])
+        sock = transport.get_extra_info("sockname")
+        if sock:
+            self.local = (sock[0], sock[1])
+        if self.remote is not None:
+            self.owner._connections[self.remote] = self
+        sock_obj = transport.get_extra_info("socket")
+        if sock_obj is not None:
+            try:
+                sock_obj.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.framer.feed(data)
+        except RemoteProtocolError as exc:
+            self.owner._drop(data, "tcp", self.remote, f"unframeable stream: {exc.reason}")
+            if self.transport:
+                self.transport.close()
+            return
+        for m in messages:
+            self.owner._on_data(m, "tcp", self.remote or ("", 0), self.local)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.remote is not None and self.owner._connections.get(self.remote) is self:
+            del self.owner._connections[self.remote]
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+
+class TransportLayer:
+    """UDP + TCP on one local address. All methods run on the runtime loop."""
+
+    def __init__(self, host: str, port: int, on_data: DataHandler, *, on_drop: Callable[[bytes, str, Addr | None, str], None] | None = None,
+                 on_error: ErrorHandler | None = None, transports: tuple[str, ...] = ("udp", "tcp")) -> None:
+        self.host = host
+        self.port = port
+        self.on_data = on_data
+        self.on_drop = on_drop
+        self.on_error = on_error
+        self.transports = transports
+        self._udp: asyncio.DatagramTransport | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: dict[Addr, _Stream] = {}
+        self._pending: dict[Addr, asyncio.Task] = {}
+        self._pending_data: dict[Addr, list[bytes]] = {}
+        self.udp_addr: Addr = (host, port)
+        self.tcp_addr: Addr = (host, port)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_exc: Exception | None = None
+        for _attempt in range(20):
+            try:
+                await self._bind(loop)
+                return
+            except OSError as exc:  # port 0: UDP got a port that TCP cannot have; try another
+                last_exc = exc
+                await self._close_listeners()
+                if self.port:
+                    raise
+        raise OSError(f"could not bind UDP and TCP to one port on {self.host}: {last_exc}")
+
+    async def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        port = self.port
+        if "udp" in self.transports:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.host, port), family=family)
+            sock = self._udp.get_extra_info("sockname")
+            port = sock[1]
+            self.udp_addr = (self.host, port)
+            s = self._udp.get_extra_info("socket")
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+                except OSError:
+                    pass
+        if "tcp" in self.transports:
+            self._server = await loop.create_server(lambda: _Stream(self), self.host, port, reuse_address=True)
+            port = self._server.sockets[0].getsockname()[1]
+            self.tcp_addr = (self.host, port)
+        self.port = port
+
+    async def _close_listeners(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def _on_data(self, data: bytes, transport: str, remote: Addr, local: Addr) -> None:
+        self.on_data(data, transport, remote, local)
+
+    def _drop(self, data: bytes, transport: str, remote: Addr | None, reason: str) -> None:
+        if self.on_drop is not None:
+            self.on_drop(data, transport, remote, reason)
+
+    def local_addr(self, transport: str) -> Addr:
+        return self.udp_addr if transport == "udp" else self.tcp_addr
+
+    def has_connection(self, addr: Addr) -> bool:
+        return addr in self._connections
+
+    def send(self, data: bytes, target: Target) -> None:
+        """Send bytes; TCP connects first if no connection to the address exists."""
+        if target.transport == "udp":
+            if self._udp is None:
+                raise RuntimeError("transport is closed")
+            self._udp.sendto(data, target.addr)
+            return
+        if target.transport != "tcp":
+            raise ValueError(f"unsupported transport {target.transport!r}")
+        conn = self._connections.get(target.addr)
+        if conn is not None:
+            conn.write(data)
+            return
+        self._pending_data.setdefault(target.addr, []).append(data)
+        if target.addr not in self._pending:
+            self._pending[target.addr] = asyncio.get_running_loop().create_task(self._connect(target.addr))
+
+    async def _connect(self, addr: Addr) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.create_connection(lambda: _Stream(self, addr), addr[0], addr[1]), 10)
+        except (OSError, asyncio.TimeoutError) as exc:
+            self._pending.pop(addr, None)
+            self._pending_data.pop(addr, None)
+            if self.on_error is not None:
+                self.on_error("tcp", addr, f"cannot connect to {addr[0]}:{addr[1]}: {exc}")
+            return
+        self._pending.pop(addr, None)
+        conn = self._connections.get(addr)
+        for data in self._pending_data.pop(addr, []):
+            if conn is not None:
+                conn.write(data)
+
+    async def close(self) -> None:
+        for task in self._pending.values():
+            task.cancel()
+        self._pending.clear()
+        for conn in list(self._connections.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+        self._connections.clear()
+        if self._server is not None:
+            self._server.close()
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+            except asyncio.TimeoutError:
+                pass
+        await self._close_listeners()

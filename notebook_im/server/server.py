@@ -1,0 +1,270 @@
+"""The embedded server: a registrar and a transaction-stateful proxy (RFC 3261 §16) for notebooks,
+teaching and tests.
+
+It binds to loopback unless told otherwise and is never an open relay: an initial request is routed only
+to a user registered with it (404 for unknown users, 480 for known but offline ones), and an in-dialog
+request only to a registered contact. Dialogs are record-routed (double Record-Route when the two legs
+use different transports) so in-dialog requests pass through it and appear in its trace.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from ..net.transport import Target
+from ..runtime import Operation, runtime
+from ..sip.message import Request, Response, make_response, new_branch, new_tag
+from ..sip.uri import Address, SipUri
+from ..trace.recorder import Trace
+from ..ua import USER_AGENT, ClientHandle, ServerHandle, SipCore, target_of
+from .registrar import Binding, Registrar, aor_key
+
+
+class ProxyCore(SipCore):
+    """Registrar + proxy logic on top of the SIP core."""
+
+    def __init__(self, *, host: str, port: int, trace: Trace, registrar: Registrar, transports: tuple[str, ...]) -> None:
+        super().__init__(name="server", host=host, port=port, trace=trace, transports=transports)
+        self.registrar = registrar
+        self._forwarded: dict[int, ClientHandle] = {}   # id(server handle) -> downstream client transaction
+
+    def is_us(self, uri: SipUri) -> bool:
+        return uri.host.strip("[]") in (self.host, "localhost") and (uri.port or 5060) == self.port
+
+    def rr_uri(self, transport: str) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"<sip:{host}:{self.port};transport={transport};lr>"
+
+    # -- requests -----------------------------------------------------------------------------------------
+    def on_request(self, request: Request, handle: ServerHandle | None, transport: str, remote: tuple[str, int]) -> None:
+        mf = request.max_forwards
+        if handle is None:  # ACK for a 2xx: forward statelessly along its route
+            self._forward_ack(request)
+            return
+        if mf is not None and mf <= 0 and not (request.method == "OPTIONS" and self.is_us(request.uri)):
+            self.respond(handle, make_response(request, 483, to_tag=new_tag()))
+            return
+        if request.method == "REGISTER":
+            self._register(request, handle, transport, remote)
+            return
+        routes = request.headers.get_all("Route")
+        # loose routing: pop the Route entries that name us (two of them after a double Record-Route)
+        out_transport: str | None = None
+        while routes:
+            first = Address.parse(routes[0]).uri
+            if not self.is_us(first):
+                break
+            out_transport = first.params.get("transport") or out_transport
+            routes.pop(0)
+        request.headers.set_all("Route", routes)
+        if request.to.tag is not None or routes:
+            self._route_in_dialog(request, handle, transport, routes)
+            return
+        if self.is_us(request.uri) or not request.uri.user:
+            if request.method == "OPTIONS":
+                resp = make_response(request, 200, to_tag=new_tag())
+                resp.headers.set("Allow", "INVITE, ACK, CANCEL, BYE, MESSAGE, OPTIONS, REGISTER")
+                self.respond(handle, resp)
+            else:
+                self.respond(handle, make_response(request, 404, "Not Found (no user in the Request-URI)", to_tag=new_tag()))
+            return
+        aor = aor_key(request.uri)
+        bindings = self.registrar.lookup(aor, time.monotonic())
+        if not bindings:
+            if aor in self.registrar.known:
+                self.respond(handle, make_response(request, 480, "Temporarily Unavailable (not registered now)", to_tag=new_tag()))
+            else:
+                self.respond(handle, make_response(request, 404, "Not Found (no such user here)", to_tag=new_tag()))
+            return
+        binding = bindings[0]
+        fwd = request.copy()
+        fwd.uri = binding.contact
+        target = self._binding_target(binding)
+        if request.method in ("INVITE", "SUBSCRIBE", "REFER"):
+            if target.transport != transport:
+                fwd.headers.prepend("Record-Route", self.rr_uri(transport))
+                fwd.headers.prepend("Record-Route", self.rr_uri(target.transport))
+            else:
+                fwd.headers.prepend("Record-Route", self.rr_uri(transport))
+        self._forward(fwd, handle, target)
+
+    def _binding_target(self, binding: Binding) -> Target:
+        if binding.transport != "udp" and self.transport.has_connection(binding.source):
+            return Target(binding.transport, *binding.source)
+        if binding.transport == "udp":
+            # reach the client where its REGISTER came from (symmetric response routing, works behind NAT)
+            return Target("udp", *binding.source)
+        return target_of(binding.contact)
+
+    def _route_in_dialog(self, request: Request, handle: ServerHandle, transport: str, routes: list[str]) -> None:
+        next_hop = Address.parse(routes[0]).uri if routes else request.uri
+        now = time.monotonic()
+        binding = self.registrar.find_contact(next_hop.host.strip("[]"), next_hop.port, now)
+        if binding is None:
+            self.respond(handle, make_response(request, 404 if request.method != "BYE" else 481,
+                                               "Not Found (not a contact registered here; this server relays nothing else)"))
+            return
+        fwd = request.copy()
+        target = self._binding_target(binding) if not routes else target_of(next_hop)
+        self._forward(fwd, handle, target)
+
+    def _forward(self, fwd: Request, handle: ServerHandle, target: Target) -> None:
+        mf = fwd.max_forwards
+        fwd.headers.set("Max-Forwards", str((mf if mf is not None else 70) - 1))
+        fwd.headers.prepend("Via", self.via(target.transport))
+
+        def provisional(resp: Response) -> None:
+            if resp.status == 100 or handle.answered:
+                return
+            self.respond(handle, self._upstream(resp))
+
+        client = self.send_request(fwd, target, on_provisional=provisional)
+        client.on_late_2xx = lambda resp: self.send_stateless(self._upstream(resp), self.response_target(handle))
+        self._forwarded[id(handle)] = client
+
+        def done(fut: asyncio.Future) -> None:
+            self._forwarded.pop(id(handle), None)
+            if handle.answered:
+                return
+            exc = fut.exception()
+            if exc is not None:
+                self.respond(handle, make_response(handle.request, 408, "Request Timeout (no answer downstream)", to_tag=new_tag()))
+            else:
+                self.respond(handle, self._upstream(fut.result()))
+        client.future.add_done_callback(done)
+
+    @staticmethod
+    def _upstream(resp: Response) -> Response:
+        up = resp.copy()
+        vias = up.headers.get_all("Via")
+        up.headers.set_all("Via", vias[1:])
+        return up
+
+    def _forward_ack(self, request: Request) -> None:
+        routes = request.headers.get_all("Route")
+        while routes and self.is_us(Address.parse(routes[0]).uri):
+            routes.pop(0)
+        request.headers.set_all("Route", routes)
+        next_hop = Address.parse(routes[0]).uri if routes else request.uri
+        binding = self.registrar.find_contact(next_hop.host.strip("[]"), next_hop.port, time.monotonic())
+        if binding is None:
+            return
+        target = self._binding_target(binding) if not routes else target_of(next_hop)
+        mf = request.max_forwards
+        request.headers.set("Max-Forwards", str((mf if mf is not None else 70) - 1))
+        request.headers.prepend("Via", self.via(target.transport))
+        self.send_stateless(request, target)
+
+    def on_cancel(self, invite: ServerHandle) -> None:
+        client = self._forwarded.get(id(invite))
+        if client is None:
+            super().on_cancel(invite)
+            return
+        inv = client.txn.request
+        cancel = Request("CANCEL", inv.uri)
+        cancel.headers.add("Via", inv.headers.get_all("Via")[0])
+        for r in inv.headers.get_all("Route"):
+            cancel.headers.add("Route", r)
+        cancel.headers.add("Max-Forwards", "70")
+        for name in ("From", "To", "Call-ID"):
+            cancel.headers.add(name, inv.headers.get(name) or "")
+        cancel.headers.add("CSeq", f"{inv.cseq.number} CANCEL")
+        self.send_request(cancel, client.target)
+        # the downstream 487 comes back on the client transaction and is relayed upstream
+
+    def _register(self, request: Request, handle: ServerHandle, transport: str, remote: tuple[str, int]) -> None:
+        now = time.monotonic()
+        status, bindings, reason = self.registrar.register(request, transport, remote, now)
+        if status == 423:
+            resp = make_response(request, 423, to_tag=new_tag())
+            resp.headers.set("Min-Expires", reason)
+            self.respond(handle, resp)
+            return
+        resp = make_response(request, status, None if status == 200 else reason, to_tag=new_tag())
+        for b in bindings:
+            resp.headers.add("Contact", f"<{b.contact}>;expires={b.remaining(now)}")
+        resp.headers.set("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime()))
+        self.respond(handle, resp)
+
+
+class Server:
+    """The embedded registrar + proxy. `Server().start().result()`, or `with Server() as server:`."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, transports: tuple[str, ...] = ("udp", "tcp"),
+                 min_expires: int = 1, max_expires: int = 7200) -> None:
+        if not isinstance(port, int) or not 0 <= port < 65536:
+            raise ValueError(f"port must be an int from 0 (any free port) to 65535, not {port!r}")
+        bad = [t for t in transports if t not in ("udp", "tcp")]
+        if bad or not transports:
+            raise ValueError(f"transports must be a tuple of 'udp' and/or 'tcp', not {transports!r}")
+        self.trace = Trace()
+        self.registrar = Registrar(min_expires=min_expires, max_expires=max_expires)
+        self._core = ProxyCore(host=host, port=port, trace=self.trace, registrar=self.registrar, transports=tuple(transports))
+        self._started = False
+
+    @property
+    def host(self) -> str:
+        return self._core.host
+
+    @property
+    def port(self) -> int:
+        return self._core.port
+
+    @property
+    def uri(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"sip:{host}:{self.port}"
+
+    @property
+    def registrations(self) -> dict[str, list[str]]:
+        """Address of record -> registered Contact URIs (live bindings only)."""
+        return runtime().run_sync(lambda: self.registrar.snapshot(time.monotonic()))
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return dict(self._core.stats)
+
+    def start(self) -> Operation["Server"]:
+        """Bind the sockets (UDP and TCP on one port) and start serving."""
+        async def run() -> "Server":
+            if not self._started:
+                await self._core.start()
+                self._started = True
+            return self
+        return runtime().submit(run(), "Server.start()")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the sockets. Blocking (use `astop()` in async code)."""
+        if not self._started:
+            return
+        rt = runtime()
+        if rt.in_loop_thread():
+            rt.loop.create_task(self._core.close())
+        else:
+            rt.submit(self._core.close(), "Server.stop()").result(timeout)
+        self._started = False
+
+    async def astop(self) -> None:
+        if self._started:
+            await runtime().submit(self._core.close(), "Server.stop()")
+            self._started = False
+
+    def __enter__(self) -> "Server":
+        return self.start().result(10)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> "Server":
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.astop()
+
+    def __repr__(self) -> str:
+        state = "running" if self._started else "stopped"
+        return f"<Server {self.uri} {state}, {len(self.registrar)} bindings>"
+
+
+__all__ = ["Server", "USER_AGENT"]

@@ -1,0 +1,136 @@
+"""A SIP header collection: case-insensitive, compact forms expanded, order of same-name fields kept.
+
+Values are stored as the strings that came off the wire and parsed only when asked for (lazily): a
+proxy that relays a MESSAGE never needs to parse its Content-Type or Subject.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+from .uri import split_header_values
+
+# RFC 3261 §7.3.3 and later RFCs' compact forms
+COMPACT = {
+    "i": "call-id", "m": "contact", "e": "content-encoding", "l": "content-length", "c": "content-type",
+    "f": "from", "s": "subject", "k": "supported", "t": "to", "v": "via", "o": "event", "r": "refer-to",
+    "u": "allow-events", "x": "session-expires", "b": "referred-by", "a": "accept-contact",
+    "j": "reject-contact", "d": "request-disposition", "y": "identity", "n": "identity-info",
+}
+
+CANONICAL = {
+    n.lower(): n
+    for n in (
+        "Via", "Max-Forwards", "Route", "Record-Route", "From", "To", "Call-ID", "CSeq", "Contact",
+        "Expires", "Min-Expires", "Content-Type", "Content-Length", "Content-Encoding", "Content-Disposition",
+        "User-Agent", "Server", "Allow", "Accept", "Accept-Encoding", "Accept-Language", "Supported",
+        "Require", "Proxy-Require", "Unsupported", "Authorization", "Proxy-Authorization", "WWW-Authenticate",
+        "Proxy-Authenticate", "Authentication-Info", "Subject", "Date", "Event", "Allow-Events",
+        "Subscription-State", "Refer-To", "Referred-By", "Timestamp", "Retry-After", "Warning",
+        "Imdn-Message-ID", "Disposition-Notification", "Session-Expires", "Min-SE", "Priority",
+        "Organization", "In-Reply-To", "Reply-To", "Alert-Info", "Error-Info", "Call-Info", "Path",
+        "Service-Route", "Identity", "Identity-Info", "Accept-Contact", "Reject-Contact",
+        "Request-Disposition", "Reason", "RSeq", "RAck", "P-Asserted-Identity", "Ms-Text-Format",
+    )
+}
+CANONICAL["call-id"] = "Call-ID"
+CANONICAL["cseq"] = "CSeq"
+CANONICAL["www-authenticate"] = "WWW-Authenticate"
+
+# headers whose comma-separated values are separate fields (RFC 3261 §7.3.1); the auth headers are
+# excluded because their parameters contain commas themselves
+MULTI_VALUED = frozenset({
+    "via", "route", "record-route", "contact", "allow", "supported", "require", "proxy-require",
+    "unsupported", "accept", "accept-encoding", "accept-language", "allow-events", "path", "service-route",
+})
+
+
+def normalize_name(name: str) -> str:
+    low = name.strip().lower()
+    return COMPACT.get(low, low)
+
+
+def display_name(key: str) -> str:
+    return CANONICAL.get(key) or "-".join(p[:1].upper() + p[1:] for p in key.split("-"))
+
+
+class Headers:
+    """Header fields keyed by lower-case full name; each key maps to its field values in order."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._fields: dict[str, list[str]] = {}
+        for name, value in items:
+            self.add(name, value)
+
+    def copy(self) -> "Headers":
+        h = Headers()
+        h._fields = {k: list(v) for k, v in self._fields.items()}
+        return h
+
+    def add(self, name: str, value: str) -> None:
+        key = normalize_name(name)
+        self._fields.setdefault(key, []).append(str(value))
+
+    def prepend(self, name: str, value: str) -> None:
+        key = normalize_name(name)
+        self._fields.setdefault(key, []).insert(0, str(value))
+
+    def set(self, name: str, value: str) -> None:
+        self._fields[normalize_name(name)] = [str(value)]
+
+    def remove(self, name: str) -> None:
+        self._fields.pop(normalize_name(name), None)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        values = self._fields.get(normalize_name(name))
+        return values[0] if values else default
+
+    def get_all(self, name: str) -> list[str]:
+        """All values, with comma-joined fields of multi-valued headers split apart."""
+        key = normalize_name(name)
+        values = self._fields.get(key)
+        if not values:
+            return []
+        if key in MULTI_VALUED:
+            out: list[str] = []
+            for v in values:
+                out.extend(split_header_values(v))
+            return out
+        return list(values)
+
+    def set_all(self, name: str, values: Iterable[str]) -> None:
+        vals = [str(v) for v in values]
+        key = normalize_name(name)
+        if vals:
+            self._fields[key] = vals
+        else:
+            self._fields.pop(key, None)
+
+    def pop_first(self, name: str) -> str | None:
+        """Remove and return the first value of a multi-valued header (a proxy popping Via/Route)."""
+        values = self.get_all(name)
+        if not values:
+            return None
+        self.set_all(name, values[1:])
+        return values[0]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and normalize_name(name) in self._fields
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for key, values in self._fields.items():
+            dn = display_name(key)
+            for v in values:
+                yield dn, v
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._fields.values())
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self)!r})"
+
+    def serialize(self, skip: frozenset[str] = frozenset()) -> str:
+        return "".join(
+            f"{display_name(k)}: {v}\r\n" for k, vals in self._fields.items() if k not in skip for v in vals
+        )

@@ -1,0 +1,235 @@
+"""SIP requests and responses (RFC 3261 §7), with typed accessors over lazily parsed headers.
+
+Messages are mutable on purpose: a proxy adds a Via, pops a Route and decrements Max-Forwards on the
+message it relays. Typed accessors (`from_`, `cseq`, `vias`...) parse on access through the cached
+parse functions of `uri.py`, so repeated access costs a dict lookup.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from .errors import LocalProtocolError, RemoteProtocolError
+from .headers import Headers
+from .uri import Address, SipUri, Via
+
+BRANCH_MAGIC = "z9hG4bK"
+
+REASONS = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued", 183: "Session Progress",
+    200: "OK", 202: "Accepted", 204: "No Notification",
+    300: "Multiple Choices", 301: "Moved Permanently", 302: "Moved Temporarily", 305: "Use Proxy",
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    406: "Not Acceptable", 407: "Proxy Authentication Required", 408: "Request Timeout", 410: "Gone",
+    413: "Request Entity Too Large", 414: "Request-URI Too Long", 415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme", 420: "Bad Extension", 423: "Interval Too Brief",
+    429: "Too Many Requests", 480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected", 483: "Too Many Hops", 484: "Address Incomplete", 486: "Busy Here",
+    487: "Request Terminated", 488: "Not Acceptable Here", 489: "Bad Event", 491: "Request Pending",
+    500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Server Time-out", 505: "Version Not Supported", 513: "Message Too Large",
+    600: "Busy Everywhere", 603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+}
+
+
+def new_branch() -> str:
+    return BRANCH_MAGIC + secrets.token_hex(8)
+
+
+def new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+def new_call_id(host: str = "") -> str:
+    return secrets.token_hex(12) + (f"@{host}" if host else "")
+
+
+@dataclass(frozen=True)
+class CSeq:
+    number: int
+    method: str
+
+    def __str__(self) -> str:
+        return f"{self.number} {self.method}"
+
+
+class Message:
+    """What requests and responses share: headers, a body and the accessors for common fields."""
+
+    __slots__ = ("headers", "body")
+
+    def __init__(self, headers: Headers | None = None, body: bytes = b"") -> None:
+        self.headers = headers if headers is not None else Headers()
+        self.body = body
+
+    # -- typed accessors -------------------------------------------------------------------------
+    def _required(self, name: str) -> str:
+        value = self.headers.get(name)
+        if value is None:
+            raise RemoteProtocolError(f"missing {name} header", 400, self)
+        return value
+
+    @property
+    def call_id(self) -> str:
+        return self._required("Call-ID").strip()
+
+    @property
+    def cseq(self) -> CSeq:
+        text = self._required("CSeq")
+        num, _, method = text.strip().partition(" ")
+        method = method.strip()
+        if not num.isdigit() or not method or len(num) > 10 or int(num) >= 2**31:
+            raise RemoteProtocolError(f"bad CSeq {text!r}", 400, self)
+        return CSeq(int(num), method)
+
+    @property
+    def from_(self) -> Address:
+        return Address.parse(self._required("From"))
+
+    @property
+    def to(self) -> Address:
+        return Address.parse(self._required("To"))
+
+    @property
+    def vias(self) -> list[Via]:
+        return [Via.parse(v) for v in self.headers.get_all("Via")]
+
+    @property
+    def top_via(self) -> Via:
+        values = self.headers.get_all("Via")
+        if not values:
+            raise RemoteProtocolError("missing Via header", 400, self)
+        return Via.parse(values[0])
+
+    @property
+    def contacts(self) -> list[Address]:
+        return [Address.parse(v) for v in self.headers.get_all("Contact")]
+
+    @property
+    def routes(self) -> list[Address]:
+        return [Address.parse(v) for v in self.headers.get_all("Route")]
+
+    @property
+    def record_routes(self) -> list[Address]:
+        return [Address.parse(v) for v in self.headers.get_all("Record-Route")]
+
+    @property
+    def content_type(self) -> str | None:
+        """The media type in lower case, without parameters (`text/plain`)."""
+        ct = self.headers.get("Content-Type")
+        return ct.partition(";")[0].strip().lower() if ct else None
+
+    @property
+    def charset(self) -> str:
+        ct = self.headers.get("Content-Type") or ""
+        for p in ct.split(";")[1:]:
+            k, _, v = p.partition("=")
+            if k.strip().lower() == "charset":
+                return v.strip().strip('"') or "utf-8"
+        return "utf-8"
+
+    @property
+    def expires(self) -> int | None:
+        value = self.headers.get("Expires")
+        if value is None:
+            return None
+        value = value.strip()
+        if not value.isdigit():
+            raise RemoteProtocolError(f"bad Expires {value!r}", 400, self)
+        return int(value)
+
+    @property
+    def max_forwards(self) -> int | None:
+        value = self.headers.get("Max-Forwards")
+        if value is None:
+            return None
+        value = value.strip()
+        if not value.isdigit() or int(value) > 255:
+            raise RemoteProtocolError(f"bad Max-Forwards {value!r}", 400, self)
+        return int(value)
+
+    def text(self) -> str:
+        """The body decoded with its charset (replacement characters for undecodable bytes)."""
+        try:
+            return self.body.decode(self.charset, errors="replace")
+        except LookupError:
+            return self.body.decode("utf-8", errors="replace")
+
+    # -- serialization ---------------------------------------------------------------------------
+    def start_line(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __bytes__(self) -> bytes:
+        head = self.start_line() + "\r\n" + self.headers.serialize(frozenset({"content-length"}))
+        return (head + f"Content-Length: {len(self.body)}\r\n\r\n").encode("utf-8") + self.body
+
+    def copy(self) -> "Message":  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class Request(Message):
+    __slots__ = ("method", "uri")
+
+    def __init__(self, method: str, uri: SipUri | str, headers: Headers | None = None, body: bytes = b"") -> None:
+        super().__init__(headers, body)
+        if not method or not method.isascii() or not method.replace("-", "").isalnum():
+            raise LocalProtocolError(f"invalid method {method!r}")
+        self.method = method
+        self.uri = uri if isinstance(uri, SipUri) else SipUri.parse(uri)
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} SIP/2.0"
+
+    def copy(self) -> "Request":
+        return Request(self.method, self.uri, self.headers.copy(), self.body)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri}>"
+
+
+class Response(Message):
+    __slots__ = ("status", "reason")
+
+    def __init__(self, status: int, reason: str | None = None, headers: Headers | None = None, body: bytes = b"") -> None:
+        super().__init__(headers, body)
+        if not 100 <= status <= 699:
+            raise LocalProtocolError(f"status code {status} is outside 100-699")
+        self.status = status
+        self.reason = reason if reason is not None else REASONS.get(status, "Unknown")
+
+    def start_line(self) -> str:
+        return f"SIP/2.0 {self.status} {self.reason}"
+
+    def copy(self) -> "Response":
+        return Response(self.status, self.reason, self.headers.copy(), self.body)
+
+    @property
+    def provisional(self) -> bool:
+        return self.status < 200
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+
+_COPIED_TO_RESPONSE = ("Via", "From", "To", "Call-ID", "CSeq")
+
+
+def make_response(request: Request, status: int, reason: str | None = None, *, to_tag: str | None = None,
+                  body: bytes = b"", content_type: str | None = None) -> Response:
+    """Build a response to `request` (RFC 3261 §8.2.6): Via, From, To, Call-ID, CSeq copied; a To tag added
+    when given and not already present (never on 100 Trying)."""
+    headers = Headers()
+    for name in _COPIED_TO_RESPONSE:
+        for value in request.headers.get_all(name) if name == "Via" else [request.headers.get(name)]:
+            if value is not None:
+                headers.add(name, value)
+    if request.method in ("INVITE",):
+        for rr in request.headers.get_all("Record-Route"):
+            headers.add("Record-Route", rr)
+    if to_tag and status != 100:
+        to = request.headers.get("To")
+        if to is not None and Address.parse(to).tag is None:
+            headers.set("To", f"{to};tag={to_tag}")
+    if content_type:
+        headers.set("Content-Type", content_type)
+    return Response(status, reason, headers, body)

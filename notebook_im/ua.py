@@ -1,0 +1,768 @@
+"""The SIP core that runs on the library loop: transports + transactions + timers (`SipCore`), and the
+user agent of one endpoint on top of it (`UserAgent`): registration, digest retries, pager MESSAGE,
+INVITE sessions with their dialogs.
+
+Everything protocol-shaped is decided by the sans-IO state machines of `sip/` and `im/`; this module
+only executes their actions (send bytes, arm timers) and routes what they deliver. All methods run on
+the runtime loop thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from .errors import RequestFailed, TransactionTimeout
+from .net.transport import Target, TransportLayer
+from .sip import digest, sdp
+from .sip.dialog import Dialog
+from .sip.errors import LocalProtocolError, RemoteProtocolError
+from .sip.headers import Headers
+from .sip.message import Request, Response, make_response, new_branch, new_call_id, new_tag
+from .sip.parser import parse_message
+from .sip.transaction import (
+    T1, T2, ClientTransaction, Deliver, ServerTransaction, StartTimer, StopTimer, Terminated, Timeout, Transmit,
+    client_key, server_key,
+)
+from .sip.uri import Address, SipUri
+from .trace.recorder import Trace
+
+log = logging.getLogger("notebook_im.ua")
+
+USER_AGENT = "notebook_im/0.1"
+ALLOW = "INVITE, ACK, CANCEL, BYE, MESSAGE, OPTIONS"
+ACCEPT = "application/sdp, text/plain, text/html, text/enriched, application/im-iscomposing+xml"
+
+
+def resolve_host(host: str) -> str:
+    """An IP literal for `host` (IPv6 brackets removed); names are resolved once (blocking, cached)."""
+    h = host.strip("[]")
+    try:
+        ipaddress.ip_address(h)
+        return h
+    except ValueError:
+        pass
+    cached = _RESOLVED.get(h)
+    if cached is None:
+        cached = socket.getaddrinfo(h, None, type=socket.SOCK_DGRAM)[0][4][0]
+        _RESOLVED[h] = cached
+    return cached
+
+
+_RESOLVED: dict[str, str] = {}
+
+
+def target_of(uri: SipUri) -> Target:
+    """Where a request for `uri` goes: its host and port (5060/5061 by default) over its transport."""
+    transport = uri.transport
+    port = uri.port or (5061 if transport == "tls" else 5060)
+    return Target(transport, resolve_host(uri.host), port)
+
+
+def request_target(request: Request) -> Target:
+    routes = request.headers.get_all("Route")
+    if routes:
+        first = Address.parse(routes[0]).uri
+        if "lr" in first.params:
+            return target_of(first)
+    return target_of(request.uri)
+
+
+@dataclass
+class ClientHandle:
+    txn: ClientTransaction
+    target: Target
+    future: asyncio.Future
+    on_provisional: Callable[[Response], None] | None = None
+    ack: bytes | None = None            # the ACK we sent for a 2xx, resent when the 2xx is retransmitted
+    on_late_2xx: Callable[[Response], None] | None = None  # a proxy relays retransmitted 2xx upstream
+    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+
+
+@dataclass
+class ServerHandle:
+    txn: ServerTransaction
+    transport: str
+    remote: tuple[str, int]
+    local: tuple[str, int]
+    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    cancelled: bool = False
+    on_cancel: Callable[[], None] | None = None
+
+    @property
+    def request(self) -> Request:
+        return self.txn.request
+
+    @property
+    def answered(self) -> bool:
+        return self.txn.last_response is not None and self.txn.last_response.status >= 200
+
+
+class SipCore:
+    """Transport + transaction layer. Subclasses implement `on_request` (and may override `on_stray_response`)."""
+
+    def __init__(self, *, name: str, host: str, port: int, trace: Trace, transports: tuple[str, ...] = ("udp", "tcp")) -> None:
+        self.name = name
+        self.trace = trace
+        self.transport = TransportLayer(host, port, self._on_data, on_drop=self._on_stream_drop,
+                                        on_error=self._on_transport_error, transports=transports)
+        self._clients: dict[tuple[Any, ...], ClientHandle] = {}
+        self._servers: dict[tuple[Any, ...], ServerHandle] = {}
+        self.stats = {"received": 0, "sent": 0, "bad_request_400": 0, "dropped": 0, "retransmissions_absorbed": 0}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.transport.start()
+
+    async def close(self) -> None:
+        self.closed = True
+        for h in list(self._clients.values()):
+            self._cancel_timers(h.timers)
+            if not h.future.done():
+                h.future.set_exception(TransactionTimeout(h.txn.request.method, str(h.txn.request.uri), "stack closed"))
+        for sh in list(self._servers.values()):
+            self._cancel_timers(sh.timers)
+        self._clients.clear()
+        self._servers.clear()
+        await self.transport.close()
+
+    @property
+    def host(self) -> str:
+        return self.transport.host
+
+    @property
+    def port(self) -> int:
+        return self.transport.port
+
+    def via(self, transport: str, branch: str | None = None) -> str:
+        host, port = self.transport.local_addr(transport)
+        h = f"[{host}]" if ":" in host else host
+        return f"SIP/2.0/{transport.upper()} {h}:{port};branch={branch or new_branch()};rport"
+
+    # -- sending ----------------------------------------------------------------------------------
+    def _send(self, data: bytes, target: Target) -> None:
+        if self.closed:
+            return
+        self.stats["sent"] += 1
+        self.trace.record_sip("out", target.transport, self.transport.local_addr(target.transport), target.addr, data, self.name)
+        try:
+            self.transport.send(data, target)
+        except (OSError, RuntimeError) as exc:
+            log.warning("%s: send to %s failed: %s", self.name, target, exc)
+
+    def send_stateless(self, message: Request | Response, target: Target) -> None:
+        self._send(bytes(message), target)
+
+    def send_request(self, request: Request, target: Target | None = None, *,
+                     on_provisional: Callable[[Response], None] | None = None) -> ClientHandle:
+        """Start a client transaction; `handle.future` resolves with the final response."""
+        assert self.loop is not None
+        target = target or request_target(request)
+        txn = ClientTransaction(request, reliable=target.transport != "udp")
+        handle = ClientHandle(txn, target, self.loop.create_future(), on_provisional)
+        self._clients[txn.key] = handle
+        self._execute_client(handle, txn.start())
+        return handle
+
+    async def request(self, request: Request, target: Target | None = None, *,
+                      on_provisional: Callable[[Response], None] | None = None) -> Response:
+        return await self.send_request(request, target, on_provisional=on_provisional).future
+
+    def respond(self, handle: ServerHandle, response: Response) -> None:
+        if not response.headers.get("Server") and response.status > 100:
+            response.headers.set("Server", USER_AGENT)
+        try:
+            actions = handle.txn.respond(response)
+        except LocalProtocolError:
+            log.debug("%s: late response %s ignored", self.name, response)
+            return
+        self._execute_server(handle, actions)
+
+    def response_target(self, handle: ServerHandle) -> Target:
+        if handle.transport != "udp":
+            return Target(handle.transport, *handle.remote)
+        host, port = handle.txn.request.top_via.response_address()
+        return Target("udp", host, port)
+
+    # -- receiving --------------------------------------------------------------------------------
+    def _on_data(self, data: bytes, transport: str, remote: tuple[str, int], local: tuple[str, int]) -> None:
+        self.stats["received"] += 1
+        self.trace.record_sip("in", transport, local, remote, data, self.name)
+        if len(data) <= 4 and not data.strip():
+            return  # keep-alive
+        try:
+            message = parse_message(data, stream=transport != "udp")
+        except RemoteProtocolError as exc:
+            self._reject_malformed(exc, data, transport, remote)
+            return
+        try:
+            if isinstance(message, Request):
+                self._on_request_message(message, transport, remote, local)
+            else:
+                self._on_response_message(message, transport, remote)
+        except RemoteProtocolError as exc:
+            self._reject_malformed(exc, data, transport, remote)
+        except Exception:  # noqa: BLE001 - one bad message must never kill the stack
+            log.exception("%s: error handling message from %s", self.name, remote)
+            self.stats["dropped"] += 1
+            self.trace.record_drop(transport, remote, "internal error while handling", data, self.name)
+
+    def _reject_malformed(self, exc: RemoteProtocolError, data: bytes, transport: str, remote: tuple[str, int]) -> None:
+        req = exc.message
+        if isinstance(req, Request) and req.method != "ACK":
+            try:
+                resp = make_response(req, exc.status_code, _reason_phrase(exc))
+                via = req.top_via
+                if transport == "udp":
+                    host = remote[0]
+                    port = remote[1] if "rport" in via.params else via.sent_by[1]
+                    target = Target("udp", host, port)
+                else:
+                    target = Target(transport, *remote)
+                self.stats["bad_request_400"] += 1
+                self.trace.record_drop(transport, remote, f"answered {exc.status_code}: {exc.reason}", data, self.name)
+                self.send_stateless(resp, target)
+                return
+            except (RemoteProtocolError, LocalProtocolError, ValueError):
+                pass
+        self.stats["dropped"] += 1
+        self.trace.record_drop(transport, remote, exc.reason, data, self.name)
+
+    def _on_stream_drop(self, data: bytes, transport: str, remote: tuple[str, int] | None, reason: str) -> None:
+        self.stats["dropped"] += 1
+        self.trace.record_drop(transport, remote, reason, data, self.name)
+
+    def _on_transport_error(self, transport: str, addr: tuple[str, int], reason: str) -> None:
+        for h in list(self._clients.values()):
+            if h.target.transport == transport and h.target.addr == addr:
+                self._execute_client(h, h.txn.transport_error())
+
+    def _on_request_message(self, req: Request, transport: str, remote: tuple[str, int], local: tuple[str, int]) -> None:
+        # RFC 3261 §18.2.1 + RFC 3581: note where the request really came from
+        vias = req.headers.get_all("Via")
+        top = req.top_via
+        if "rport" in top.params or top.host.strip("[]") != remote[0]:
+            params: dict[str, str | None] = {"received": remote[0]}
+            if "rport" in top.params:
+                params["rport"] = str(remote[1])
+            vias[0] = str(top.with_params(**params))
+            req.headers.set_all("Via", vias)
+        key = server_key(req)
+        if req.method == "ACK":
+            sh = self._servers.get(key)
+            if sh is not None and sh.txn.state.value in ("completed", "confirmed"):
+                self._execute_server(sh, sh.txn.receive(req))
+                return
+            self.on_request(req, None, transport, remote)  # ACK for a 2xx: end to end, no transaction
+            return
+        existing = self._servers.get(key)
+        if existing is not None:
+            self.stats["retransmissions_absorbed"] += 1
+            self._execute_server(existing, existing.txn.receive(req))
+            return
+        if req.method == "CANCEL":
+            self._on_cancel(req, transport, remote, local)
+            return
+        txn = ServerTransaction(req, reliable=transport != "udp")
+        sh = ServerHandle(txn, transport, remote, local)
+        self._servers[key] = sh
+        self._execute_server(sh, txn.start())
+
+    def _on_cancel(self, req: Request, transport: str, remote: tuple[str, int], local: tuple[str, int]) -> None:
+        txn = ServerTransaction(req, reliable=transport != "udp")
+        ch = ServerHandle(txn, transport, remote, local)
+        self._servers[server_key(req)] = ch
+        txn.start()  # the CANCEL is answered here, not delivered to the TU
+        invite_key = (server_key(req)[0], server_key(req)[1], "INVITE")
+        ih = self._servers.get(invite_key)
+        if ih is None or ih.answered:
+            self.respond(ch, make_response(req, 481))
+            return
+        self.respond(ch, make_response(req, 200))
+        ih.cancelled = True
+        if ih.on_cancel is not None:
+            ih.on_cancel()
+        else:
+            self.on_cancel(ih)
+
+    def on_cancel(self, invite: ServerHandle) -> None:
+        """An INVITE we have not answered was cancelled: answer 487 (subclasses may do more)."""
+        self.respond(invite, make_response(invite.request, 487, to_tag=new_tag()))
+
+    def _on_response_message(self, resp: Response, transport: str, remote: tuple[str, int]) -> None:
+        handle = self._clients.get(client_key(resp))
+        if handle is None:
+            self.on_stray_response(resp, transport, remote)
+            return
+        self._execute_client(handle, handle.txn.receive(resp))
+
+    # -- action execution -------------------------------------------------------------------------
+    def _execute_client(self, h: ClientHandle, actions: list) -> None:
+        for a in actions:
+            if isinstance(a, Transmit):
+                self._send(bytes(a.message), h.target)
+            elif isinstance(a, StartTimer):
+                self._arm(h.timers, a.name, a.delay, lambda n=a.name: self._execute_client(h, h.txn.timer(n)))
+            elif isinstance(a, StopTimer):
+                t = h.timers.pop(a.name, None)
+                if t:
+                    t.cancel()
+            elif isinstance(a, Deliver):
+                resp = a.message
+                if resp.status < 200:
+                    if h.on_provisional is not None:
+                        try:
+                            h.on_provisional(resp)
+                        except Exception:  # noqa: BLE001
+                            log.exception("provisional response handler failed")
+                elif not h.future.done():
+                    h.future.set_result(resp)
+                elif h.ack is not None:  # retransmitted 2xx: our ACK was lost, send it again
+                    self._send(h.ack, h.target)
+                elif h.on_late_2xx is not None:
+                    h.on_late_2xx(resp)
+            elif isinstance(a, Timeout):
+                if not h.future.done():
+                    req = h.txn.request
+                    h.future.set_exception(TransactionTimeout(req.method, str(req.uri), f"no response (timer {a.timer})"))
+            elif isinstance(a, Terminated):
+                self._cancel_timers(h.timers)
+                if self._clients.get(h.txn.key) is h:
+                    del self._clients[h.txn.key]
+
+    def _execute_server(self, h: ServerHandle, actions: list) -> None:
+        for a in actions:
+            if isinstance(a, Transmit):
+                self._send(bytes(a.message), self.response_target(h))
+            elif isinstance(a, StartTimer):
+                self._arm(h.timers, a.name, a.delay, lambda n=a.name: self._execute_server(h, h.txn.timer(n)))
+            elif isinstance(a, StopTimer):
+                t = h.timers.pop(a.name, None)
+                if t:
+                    t.cancel()
+            elif isinstance(a, Deliver):
+                try:
+                    self.on_request(a.message, h, h.transport, h.remote)
+                except RemoteProtocolError as exc:
+                    if not h.answered:
+                        self.respond(h, make_response(h.request, exc.status_code, _reason_phrase(exc)))
+                except Exception:  # noqa: BLE001 - answer 500 rather than leave the peer retransmitting
+                    log.exception("%s: handler for %s failed", self.name, a.message)
+                    if not h.answered:
+                        self.respond(h, make_response(h.request, 500))
+            elif isinstance(a, Timeout):
+                self.on_server_timeout(h)
+            elif isinstance(a, Terminated):
+                self._cancel_timers(h.timers)
+                key = server_key(h.txn.request)
+                if self._servers.get(key) is h:
+                    del self._servers[key]
+
+    def _arm(self, timers: dict[str, asyncio.TimerHandle], name: str, delay: float, fn: Callable[[], None]) -> None:
+        old = timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        assert self.loop is not None
+        if delay <= 0:
+            self.loop.call_soon(fn)
+        else:
+            timers[name] = self.loop.call_later(delay, fn)
+
+    @staticmethod
+    def _cancel_timers(timers: dict[str, asyncio.TimerHandle]) -> None:
+        for t in timers.values():
+            t.cancel()
+        timers.clear()
+
+    # -- hooks --------------------------------------------------------------------------------------
+    def on_request(self, request: Request, handle: ServerHandle | None, transport: str, remote: tuple[str, int]) -> None:
+        raise NotImplementedError
+
+    def on_stray_response(self, response: Response, transport: str, remote: tuple[str, int]) -> None:
+        log.debug("%s: stray response %s dropped", self.name, response)
+
+    def on_server_timeout(self, handle: ServerHandle) -> None:
+        log.debug("%s: no ACK for %s", self.name, handle.request)
+
+
+def _reason_phrase(exc: RemoteProtocolError) -> str:
+    """A reason phrase naming the problem (no CR/LF, bounded)."""
+    text = exc.reason.replace("\r", " ").replace("\n", " ")
+    prefix = {400: "Bad Request", 413: "Request Entity Too Large", 416: "Unsupported URI Scheme",
+              488: "Not Acceptable Here", 505: "Version Not Supported", 513: "Message Too Large"}.get(exc.status_code, "Error")
+    return f"{prefix} ({text[:120]})"
+
+
+# ==================================================================================================
+class UAListener(Protocol):
+    """What the API layer implements to hear from its UserAgent."""
+
+    def on_pager_message(self, request: Request) -> int: ...
+    def on_invite(self, request: Request, handle: ServerHandle) -> None: ...
+    def on_registration(self, state: str, detail: str) -> None: ...
+
+
+class DialogUser(Protocol):
+    """What a session implements to hear about its dialog."""
+
+    def on_dialog_request(self, request: Request) -> int: ...
+    def on_ack(self, request: Request) -> None: ...
+    def on_bye(self, request: Request) -> None: ...
+    def on_cancelled(self) -> None: ...
+
+
+class UserAgent(SipCore):
+    """The SIP user agent of one Endpoint: an address of record, a Contact, an outbound proxy."""
+
+    def __init__(self, *, aor: SipUri, proxy: SipUri | None, transport: str, trace: Trace, local_host: str,
+                 local_port: int = 0, username: str | None = None, password: str | None = None,
+                 display_name: str | None = None, listener: UAListener | None = None) -> None:
+        super().__init__(name=aor.aor, host=local_host, port=local_port, trace=trace)
+        self.aor = aor
+        self.proxy = proxy.with_params(lr=None, transport=transport) if proxy is not None else None
+        self.default_transport = transport
+        self.display_name = display_name
+        self.listener = listener
+        self.credentials = digest.DigestCredentials(username or aor.user or "", password) if password else None
+        self._challenges: dict[str, digest.Challenge] = {}
+        self.dialogs: dict[tuple[str, str, str], DialogUser] = {}
+        self.registered_expires: int | None = None
+        self._register_call_id = new_call_id(local_host)
+        self._register_cseq = 0
+        self._refresh_handle: asyncio.TimerHandle | None = None
+        self._cseq = 0
+        self.instance_tag = new_tag()
+
+    # -- addresses ----------------------------------------------------------------------------------
+    @property
+    def contact_uri(self) -> SipUri:
+        host, port = self.transport.local_addr(self.default_transport)
+        params = {"transport": self.default_transport} if self.default_transport != "udp" else {}
+        uri = SipUri(host=f"[{host}]" if ":" in host else host, user=self.aor.user, port=port)
+        return uri.with_params(**params) if params else uri
+
+    @property
+    def contact(self) -> str:
+        return f"<{self.contact_uri}>"
+
+    def local_address(self) -> Address:
+        return Address(self.aor, self.display_name)
+
+    def new_request(self, method: str, to: SipUri, *, body: bytes = b"", content_type: str | None = None,
+                    call_id: str | None = None, cseq: int | None = None, from_tag: str | None = None,
+                    extra: dict[str, str] | None = None, ruri: SipUri | None = None) -> Request:
+        """An out-of-dialog request sent through the outbound proxy (pre-loaded Route, RFC 3261 §8.1.2)."""
+        if cseq is None:
+            self._cseq += 1
+            cseq = self._cseq
+        h = Headers()
+        transport = self.default_transport
+        h.add("Via", self.via(transport))
+        h.add("Max-Forwards", "70")
+        if self.proxy is not None:
+            h.add("Route", f"<{self.proxy}>")
+        h.add("From", f"{self.local_address()};tag={from_tag or new_tag()}")
+        h.add("To", str(Address(to)))
+        h.add("Call-ID", call_id or new_call_id(self.host))
+        h.add("CSeq", f"{cseq} {method}")
+        if method in ("INVITE", "REGISTER", "SUBSCRIBE", "REFER"):
+            h.add("Contact", self.contact)
+        h.add("User-Agent", USER_AGENT)
+        for k, v in (extra or {}).items():
+            h.add(k, v)
+        if content_type:
+            h.add("Content-Type", content_type)
+        return Request(method, ruri or to, h, body)
+
+    def _target_for(self, request: Request) -> Target:
+        return request_target(request)
+
+    # -- requests with authentication ---------------------------------------------------------------
+    async def send_authenticated(self, request: Request, *, on_provisional: Callable[[Response], None] | None = None,
+                                 on_handle: Callable[[ClientHandle], None] | None = None) -> tuple[Request, Response]:
+        """Send `request`; answer up to two digest challenges; return the request finally sent and the final response."""
+        self._apply_cached_auth(request)
+        for attempt in range(3):
+            handle = self.send_request(request, on_provisional=on_provisional)
+            if on_handle is not None:
+                on_handle(handle)
+            response = await handle.future
+            if response.status not in (401, 407) or self.credentials is None or attempt == 2:
+                return request, response
+            header = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
+            values = response.headers.get_all(header) or [response.headers.get(header) or ""]
+            try:
+                challenge = digest.Challenge.parse(values[0], proxy=response.status == 407)
+            except RemoteProtocolError:
+                return request, response
+            previous = self._challenges.get(challenge.realm)
+            if previous is not None and previous.nonce != challenge.nonce and not challenge.stale and attempt > 0:
+                return request, response  # wrong credentials: the server challenged again with a fresh nonce
+            self._challenges[challenge.realm] = challenge
+            request = self._retry_with_auth(request, challenge)
+        return request, response
+
+    def _apply_cached_auth(self, request: Request) -> None:
+        if self.credentials is None:
+            return
+        for challenge in self._challenges.values():
+            name = "Proxy-Authorization" if challenge.proxy else "Authorization"
+            request.headers.set(name, self.credentials.authorize(challenge, request.method, str(request.uri)))
+
+    def _retry_with_auth(self, request: Request, challenge: digest.Challenge) -> Request:
+        assert self.credentials is not None
+        retry = request.copy()
+        vias = retry.headers.get_all("Via")
+        vias[0] = self.via(retry.top_via.transport.lower())
+        retry.headers.set_all("Via", vias)
+        cseq = retry.cseq
+        new_number = cseq.number + 1
+        if request.method == "REGISTER":
+            self._register_cseq = new_number
+        else:
+            self._cseq = max(self._cseq, new_number)
+        retry.headers.set("CSeq", f"{new_number} {cseq.method}")
+        name = "Proxy-Authorization" if challenge.proxy else "Authorization"
+        retry.headers.set(name, self.credentials.authorize(challenge, request.method, str(request.uri)))
+        return retry
+
+    # -- registration ----------------------------------------------------------------------------------
+    async def register(self, expires: int = 3600) -> Response:
+        if self.proxy is None:
+            raise LocalProtocolError("no server to register with")
+        self._register_cseq += 1
+        registrar = SipUri(host=self.aor.host)
+        req = self.new_request("REGISTER", self.aor, call_id=self._register_call_id, cseq=self._register_cseq,
+                               extra={"Expires": str(expires)}, ruri=registrar)
+        req.headers.set("Contact", f"{self.contact};expires={expires}")
+        _, resp = await self.send_authenticated(req)
+        if resp.status >= 300:
+            raise RequestFailed("REGISTER", resp.status, resp.reason, str(self.proxy))
+        granted = expires
+        for c in resp.contacts:
+            if c.uri.port == self.contact_uri.port and c.uri.host == self.contact_uri.host:
+                e = c.params.get("expires")
+                if e and e.isdigit():
+                    granted = int(e)
+        if resp.expires is not None and not any(c.params.get("expires") for c in resp.contacts):
+            granted = resp.expires
+        self.registered_expires = granted if expires else None
+        self._schedule_refresh(granted if expires else 0)
+        return resp
+
+    def _schedule_refresh(self, granted: int) -> None:
+        if self._refresh_handle is not None:
+            self._refresh_handle.cancel()
+            self._refresh_handle = None
+        if granted <= 0 or self.loop is None:
+            return
+        # refresh well before expiry: at half the interval for short grants, else 60 s ahead (RFC 3261 §10.2.4 leaves it open)
+        delay = granted / 2 if granted < 240 else granted - 60
+        self._refresh_handle = self.loop.call_later(delay, self._refresh)
+
+    def _refresh(self) -> None:
+        async def run() -> None:
+            try:
+                await self.register(self.registered_expires or 3600)
+                if self.listener:
+                    self.listener.on_registration("refreshed", "registration refreshed")
+            except Exception as exc:  # noqa: BLE001 - report and retry later
+                if self.listener:
+                    self.listener.on_registration("refresh_failed", str(exc))
+                if self.loop is not None and not self.closed:
+                    self._refresh_handle = self.loop.call_later(30, self._refresh)
+        if not self.closed:
+            asyncio.ensure_future(run())
+
+    async def unregister(self) -> Response | None:
+        if self._refresh_handle is not None:
+            self._refresh_handle.cancel()
+            self._refresh_handle = None
+        if self.registered_expires is None:
+            return None
+        resp = await self.register(0)
+        self.registered_expires = None
+        return resp
+
+    # -- pager mode ---------------------------------------------------------------------------------------
+    async def send_message(self, to: SipUri, body: bytes, content_type: str,
+                           extra: dict[str, str] | None = None) -> Response:
+        req = self.new_request("MESSAGE", to, body=body, content_type=content_type, extra=extra)
+        _, resp = await self.send_authenticated(req)
+        return resp
+
+    # -- sessions -------------------------------------------------------------------------------------------
+    async def invite(self, to: SipUri, user: DialogUser, *, on_provisional: Callable[[Response], None] | None = None,
+                     on_handle: Callable[[ClientHandle], None] | None = None) -> tuple[Dialog | None, Response]:
+        body = sdp.build(self.host, self.transport.local_addr(self.default_transport)[1])
+        req = self.new_request("INVITE", to, body=body, content_type="application/sdp",
+                               extra={"Allow": ALLOW, "Supported": "ms-text-format"})
+        handles: list[ClientHandle] = []
+
+        def keep(h: ClientHandle) -> None:
+            handles.append(h)
+            if on_handle:
+                on_handle(h)
+        sent, resp = await self.send_authenticated(req, on_provisional=on_provisional, on_handle=keep)
+        if not 200 <= resp.status < 300:
+            return None, resp
+        dialog = Dialog.from_uac(sent, resp)
+        ack = dialog.create_request("ACK", via=self.via(self._dialog_transport(dialog)), cseq=sent.cseq.number)
+        ack_bytes = bytes(ack)
+        target = request_target(ack)
+        self._send(ack_bytes, target)
+        if handles:
+            handles[-1].ack = ack_bytes
+        self.dialogs[dialog.id] = user
+        return dialog, resp
+
+    def cancel(self, handle: ClientHandle) -> None:
+        """CANCEL a pending INVITE (RFC 3261 §9.1): same branch, Request-URI, Call-ID, From, To, CSeq number."""
+        inv = handle.txn.request
+        h = Headers()
+        h.add("Via", inv.headers.get_all("Via")[0])
+        for r in inv.headers.get_all("Route"):
+            h.add("Route", r)
+        h.add("Max-Forwards", "70")
+        h.add("From", inv.headers.get("From") or "")
+        h.add("To", inv.headers.get("To") or "")
+        h.add("Call-ID", inv.call_id)
+        h.add("CSeq", f"{inv.cseq.number} CANCEL")
+        cancel = Request("CANCEL", inv.uri, h)
+        self.send_request(cancel, handle.target)
+
+    def _dialog_transport(self, dialog: Dialog) -> str:
+        if dialog.route_set:
+            return dialog.route_set[0].uri.transport
+        return dialog.remote_target.transport
+
+    def dialog_request(self, dialog: Dialog, method: str, *, body: bytes = b"", content_type: str | None = None,
+                       extra: dict[str, str] | None = None) -> Request:
+        req = dialog.create_request(method, via=self.via(self._dialog_transport(dialog)), contact=self.contact,
+                                    body=body, content_type=content_type)
+        if method != "ACK":
+            req.headers.add("User-Agent", USER_AGENT)
+        for k, v in (extra or {}).items():
+            req.headers.add(k, v)
+        return req
+
+    async def send_in_dialog(self, dialog: Dialog, method: str, *, body: bytes = b"", content_type: str | None = None,
+                             extra: dict[str, str] | None = None) -> Response:
+        req = self.dialog_request(dialog, method, body=body, content_type=content_type, extra=extra)
+        sent, resp = await self.send_authenticated(req)
+        dialog.local_seq = max(dialog.local_seq, sent.cseq.number)
+        return resp
+
+    def accept_invite(self, handle: ServerHandle, dialog: Dialog, user: DialogUser) -> Response:
+        """Answer an INVITE with 200 + SDP and retransmit the 2xx until the ACK arrives (RFC 3261 §13.3.1.4)."""
+        body = sdp.build(self.host, self.transport.local_addr(self.default_transport)[1])
+        resp = make_response(handle.request, 200, to_tag=dialog.local_tag, body=body, content_type="application/sdp")
+        resp.headers.set("Contact", self.contact)
+        resp.headers.set("Allow", ALLOW)
+        self.dialogs[dialog.id] = user
+        self.respond(handle, resp)
+        if handle.transport == "udp":
+            self._retransmit_2xx(handle, resp, T1, time.monotonic(), dialog)
+        return resp
+
+    def _retransmit_2xx(self, handle: ServerHandle, resp: Response, interval: float, started: float, dialog: Dialog) -> None:
+        assert self.loop is not None
+
+        def fire() -> None:
+            user = self.dialogs.get(dialog.id)
+            if user is None or getattr(user, "acked", True) or self.closed:
+                return
+            if time.monotonic() - started >= 64 * T1:
+                user.on_ack_timeout()  # type: ignore[attr-defined]
+                return
+            self._send(bytes(resp), self.response_target(handle))
+            self._retransmit_2xx(handle, resp, min(interval * 2, T2), started, dialog)
+        self.loop.call_later(interval, fire)
+
+    def forget_dialog(self, dialog: Dialog) -> None:
+        self.dialogs.pop(dialog.id, None)
+
+    # -- incoming requests ------------------------------------------------------------------------------------
+    def on_request(self, request: Request, handle: ServerHandle | None, transport: str, remote: tuple[str, int]) -> None:
+        method = request.method
+        to_tag = request.to.tag
+        if to_tag:  # in-dialog
+            user = self.dialogs.get((request.call_id, to_tag, request.from_.tag or ""))
+            if method == "ACK":
+                if user is not None:
+                    user.on_ack(request)
+                return
+            assert handle is not None
+            if user is None:
+                self.respond(handle, make_response(request, 481))
+                return
+            dialog: Dialog = user.dialog  # type: ignore[attr-defined]
+            if not dialog.accept_remote_cseq(request):
+                self.respond(handle, make_response(request, 500, "Server Internal Error (CSeq out of order)"))
+                return
+            if method == "BYE":
+                self.respond(handle, make_response(request, 200))
+                user.on_bye(request)
+            elif method == "MESSAGE":
+                status = user.on_dialog_request(request)
+                self.respond(handle, make_response(request, status))
+            elif method == "INVITE":  # session refresh / target refresh: answer with our SDP
+                dialog.update_target(request)
+                body = sdp.build(self.host, self.transport.local_addr(self.default_transport)[1])
+                resp = make_response(request, 200, body=body, content_type="application/sdp")
+                resp.headers.set("Contact", self.contact)
+                self.respond(handle, resp)
+            elif method == "OPTIONS":
+                self._answer_options(request, handle)
+            elif method in ("INFO", "UPDATE", "NOTIFY"):
+                self.respond(handle, make_response(request, 200 if method == "UPDATE" else 501 if method == "NOTIFY" else 200))
+            else:
+                self._method_not_allowed(request, handle)
+            return
+        if method == "ACK":
+            return
+        assert handle is not None
+        if method == "MESSAGE":
+            status = self.listener.on_pager_message(request) if self.listener else 480
+            self.respond(handle, make_response(request, status, to_tag=new_tag()))
+        elif method == "INVITE":
+            if self.listener is None:
+                self.respond(handle, make_response(request, 480, to_tag=new_tag()))
+                return
+            ct = request.content_type
+            if request.body and ct != "application/sdp":
+                self.respond(handle, make_response(request, 415, to_tag=new_tag()))
+                return
+            if request.body:
+                sdp.parse_message_media(request.body)  # 488 if there is no m=message
+            self.listener.on_invite(request, handle)
+        elif method == "OPTIONS":
+            self._answer_options(request, handle)
+        elif method == "BYE":
+            self.respond(handle, make_response(request, 481))
+        else:
+            self._method_not_allowed(request, handle)
+
+    def _answer_options(self, request: Request, handle: ServerHandle) -> None:
+        resp = make_response(request, 200, to_tag=None if request.to.tag else new_tag())
+        resp.headers.set("Allow", ALLOW)
+        resp.headers.set("Accept", ACCEPT)
+        resp.headers.set("Contact", self.contact)
+        self.respond(handle, resp)
+
+    def _method_not_allowed(self, request: Request, handle: ServerHandle) -> None:
+        resp = make_response(request, 405, to_tag=None if request.to.tag else new_tag())
+        resp.headers.set("Allow", ALLOW)
+        self.respond(handle, resp)
+
+    def on_cancel(self, invite: ServerHandle) -> None:
+        self.respond(invite, make_response(invite.request, 487, to_tag=new_tag()))
+        if self.listener is not None and hasattr(self.listener, "on_invite_cancelled"):
+            self.listener.on_invite_cancelled(invite)  # type: ignore[attr-defined]
