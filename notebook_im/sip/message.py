@@ -228,7 +228,11 @@ def make_response(request: Request, status: int, reason: str | None = None, *, t
             headers.add("Record-Route", rr)
     if to_tag and status != 100:
         to = request.headers.get("To")
-        if to is not None and Address.parse(to).tag is None:
+        try:
+            untagged = to is not None and Address.parse(to).tag is None
+        except RemoteProtocolError:
+            untagged = False  # a 400 for an unparseable To echoes it as it came
+        if untagged:
             headers.set("To", f"{to};tag={to_tag}")
     if content_type:
         headers.set("Content-Type", content_type)

@@ -142,15 +142,14 @@ def _parse_start_line(start: str) -> Message:
 
 
 def _answerable(message: Message) -> Message | None:
-    """The message if a response can be built for it (a request with Via/From/To/Call-ID/CSeq)."""
+    """The message if a response that its sender can match can be built for it (Via and CSeq present)."""
     if not isinstance(message, Request) or message.method == "ACK":
         return None
     h = message.headers
-    if not all(n in h for n in ("via", "from", "to", "call-id", "cseq")):
+    if "via" not in h or "cseq" not in h:  # a client matches a response by Via branch and CSeq method
         return None
     try:
-        message.top_via
-        message.cseq
+        message.top_via  # the response has to find its way back
     except RemoteProtocolError:
         return None
     return message
@@ -210,7 +209,7 @@ class StreamFramer:
             while i < len(buf) and buf[i] in (13, 10):
                 i += 1
             if i:
-                self.keepalives += 1 if buf[:i] in (b"\r\n\r\n", b"\r\n") else 0
+                self.keepalives += 1
                 del buf[:i]
                 continue
             end = buf.find(b"\r\n\r\n")

@@ -261,24 +261,18 @@ class Via:
 
 @lru_cache(maxsize=4096)
 def _parse_via(text: str) -> Via:
-    proto, _, rest = text.partition(" ")
-    parts = proto.split("/")
-    if len(parts) != 3 or parts[0].strip().upper() != "SIP" or parts[1].strip() != "2.0" or not parts[2].strip():
-        # tolerate "SIP / 2.0 / UDP" with spaces, as RFC 4475 does
-        compact = text.replace(" ", "").replace("\t", "")
-        bits = compact.split("/", 3)
-        if len(bits) < 3 or bits[0].upper() != "SIP" or bits[1] != "2.0":
-            raise RemoteProtocolError(f"bad Via: {text!r}")
-        # rebuild from the compact form: transport is letters up to the host
-        tail = bits[2]
-        i = 0
-        while i < len(tail) and tail[i].isalpha():
-            i += 1
-        transport, rest = tail[:i], tail[i:]
-        # the original spacing is lost for the host part; that is fine for routing
-    else:
-        transport = parts[2].strip()
-    hostport, _, params = rest.strip().partition(";")
+    # sent-protocol may carry spaces around the slashes ("SIP / 2.0 / UDP", RFC 4475 §3.1.1.1)
+    parts = text.split("/", 2)
+    if len(parts) != 3 or parts[0].strip().upper() != "SIP" or parts[1].strip() != "2.0":
+        raise RemoteProtocolError(f"bad Via: {text[:80]!r}")
+    rest = parts[2].lstrip(" \t")
+    i = 0
+    while i < len(rest) and rest[i] not in " \t":
+        i += 1
+    transport, rest = rest[:i], rest[i:].strip()
+    if not transport or not transport.isalpha():
+        raise RemoteProtocolError(f"bad Via transport in {text[:80]!r}")
+    hostport, _, params = rest.partition(";")
     host, port = _split_hostport(hostport.strip())
     return Via(transport=transport.upper(), host=host, port=port,
                params=MappingProxyType(_parse_params(params)) if params else _EMPTY)
