@@ -96,6 +96,11 @@ class Registrar:
                 del self._bindings[aor]
         return sorted(alive, key=lambda b: -b.expires_at)
 
+    def aor_for_user(self, user: str) -> str | None:
+        """The one known AOR with this user part (None if there is none or several domains share it)."""
+        matches = [a for a in self.known if a.startswith(f"sip:{user}@")]
+        return matches[0] if len(matches) == 1 else None
+
     def find_contact(self, host: str, port: int | None, now: float) -> Binding | None:
         """The live binding whose Contact (or registered source) is host:port: an in-dialog target we may route to."""
         for aor in list(self._bindings):

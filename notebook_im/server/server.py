@@ -61,7 +61,7 @@ class ProxyCore(SipCore):
         if request.to.tag is not None or routes:
             self._route_in_dialog(request, handle, transport, routes)
             return
-        if self.is_us(request.uri) or not request.uri.user:
+        if not request.uri.user:
             if request.method == "OPTIONS":
                 resp = make_response(request, 200, to_tag=new_tag())
                 resp.headers.set("Allow", "INVITE, ACK, CANCEL, BYE, MESSAGE, OPTIONS, REGISTER")
@@ -70,6 +70,8 @@ class ProxyCore(SipCore):
                 self.respond(handle, make_response(request, 404, "Not Found (no user in the Request-URI)", to_tag=new_tag()))
             return
         aor = aor_key(request.uri)
+        if self.is_us(request.uri):  # sip:bob@<this server>: the user of that name, whatever their domain
+            aor = self.registrar.aor_for_user(request.uri.user) or aor
         bindings = self.registrar.lookup(aor, time.monotonic())
         if not bindings:
             if aor in self.registrar.known:
