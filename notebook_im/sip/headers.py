@@ -44,9 +44,18 @@ MULTI_VALUED = frozenset({
 })
 
 
+_NAME_CACHE: dict[str, str] = {}
+
+
 def normalize_name(name: str) -> str:
-    low = name.strip().lower()
-    return COMPACT.get(low, low)
+    """Lower-case full name for a header name as written (compact forms expanded); cached, it is hot."""
+    key = _NAME_CACHE.get(name)
+    if key is None:
+        low = name.strip().lower()
+        key = COMPACT.get(low, low)
+        if len(_NAME_CACHE) < 4096:  # bounded: hostile peers may invent names
+            _NAME_CACHE[name] = key
+    return key
 
 
 def display_name(key: str) -> str:
