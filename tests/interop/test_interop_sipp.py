@@ -1,0 +1,162 @@
+"""SIPp against a notebook_im endpoint that has no server (direct, to its contact port), both ways.
+
+  SIPp UAC -> notebook_im:  sipp/uac_pager.xml (N pager MESSAGEs), sipp/uac_im_session.xml (full IM session)
+  notebook_im -> SIPp UAS:  sipp/uas_pager.xml (answers MESSAGE 200), sipp/uas_im_session.xml (INVITE..BYE)
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+import notebook_im as nim
+from .interop_support import HOST, Sipp, SippServer, ToolResult, free_port
+
+pytestmark = pytest.mark.interop
+
+PAGER_COUNT = 200
+SESSION_CALLS = 3
+
+
+def listening_endpoint(platform: nim.Platform, user: str, transport: str = "udp") -> nim.Endpoint:
+    ep = platform.endpoint(f"sip:{user}@{HOST}", server=None, transport=transport).result(10)
+    assert ep.state is nim.EndpointState.ENABLED
+    assert ep.contact.startswith(f"sip:{user}@{HOST}:")
+    return ep
+
+
+def collect(stream: nim.EventStream, count: int, timeout: float, context: Any) -> list[Any]:
+    """Exactly `count` events from `stream` (each within `timeout` s of the previous one)."""
+    events = []
+    for _ in range(count):
+        try:
+            events.append(stream.get(timeout=timeout))
+        except TimeoutError:
+            pytest.fail(f"got only {len(events)} of {count} events\n{context}")
+    return events
+
+
+def assert_sipp_ok(result: ToolResult, calls: int) -> None:
+    assert result.returncode == 0, f"SIPp failed (0 = every call succeeded):\n{result}"
+    assert "Successful call" in result.stdout, result
+    # the final statistics screen: "Successful call | 0 | <calls>"
+    final = result.stdout[result.stdout.rfind("Successful call"):].split("\n", 1)[0]
+    assert final.split("|")[-1].strip() == str(calls), f"{final!r}\n{result}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# SIPp as client
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_sipp_sends_pager_messages(platform: nim.Platform, sipp: Sipp, transport: str) -> None:
+    carol = listening_endpoint(platform, "carol", transport)
+    received = carol.events(nim.MessageReceived)
+    host, port = carol.local_address
+
+    result = sipp.run("uac_pager.xml", remote=f"{host}:{port}", service="carol", local_port=free_port(),
+                      transport=transport, calls=PAGER_COUNT, rate=200, limit=50)
+    assert_sipp_ok(result, PAGER_COUNT)
+
+    events = collect(received, PAGER_COUNT, 5, result)
+    # SIPp ends the last body line with CRLF; notebook_im hands text out with "\n" line breaks
+    texts = [e.text for e in events]
+    expected = [f"pager message {n}\n" for n in range(1, PAGER_COUNT + 1)]
+    assert sorted(texts) == sorted(expected)            # exactly these N, none lost, none doubled
+    assert len(set(texts)) == PAGER_COUNT
+    assert texts[0] == "pager message 1\n"
+    for e in events[:5]:
+        assert e.mode == "pager" and e.session is None and e.content_type == "text/plain"
+        assert e.participant.uri.startswith(f"sip:sipp@{HOST}")
+    assert received.drain() == []                       # nothing more arrived
+    assert len(carol.pager_messages) == PAGER_COUNT
+    stats = carol.stats
+    assert stats["bad_request_400"] == 0 and stats["dropped"] == 0, stats
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_sipp_runs_im_sessions(platform: nim.Platform, sipp: Sipp, transport: str) -> None:
+    carol = listening_endpoint(platform, "carol", transport)
+    invitations: list[nim.IncomingSession] = []
+    lock = threading.Lock()
+
+    def accept(incoming: nim.IncomingSession) -> None:
+        with lock:
+            invitations.append(incoming)
+        incoming.accept()
+
+    carol.sessions.on_incoming(accept)
+    events = carol.events(nim.MessageReceived, nim.ComposingChanged, nim.SessionTerminated)
+    host, port = carol.local_address
+
+    result = sipp.run("uac_im_session.xml", remote=f"{host}:{port}", service="carol", local_port=free_port(),
+                      transport=transport, calls=SESSION_CALLS, limit=1)
+    assert_sipp_ok(result, SESSION_CALLS)
+
+    # per session: text, composing on, composing off (the session ended), terminated by the remote BYE
+    got = collect(events, 4 * SESSION_CALLS, 5, result)
+    assert len(invitations) == SESSION_CALLS
+    for n, incoming in enumerate(invitations, start=1):
+        session = incoming.session
+        mine = [e for e in got if e.session is session]
+        kinds = [(type(e).__name__, getattr(e, "composing", None)) for e in mine]
+        assert kinds == [("MessageReceived", None), ("ComposingChanged", True), ("ComposingChanged", False),
+                         ("SessionTerminated", None)], kinds
+        text, _, _, ended = mine
+        assert text.text == f"hello from SIPp {n}\n" and text.mode == "session" and text.content_type == "text/plain"
+        assert text.participant.uri.startswith(f"sip:sipp@{HOST}")
+        assert ended.by_remote is True
+        assert session.state is nim.SessionState.DISCONNECTED
+        assert [m.text for m in session.messages] == [f"hello from SIPp {n}\n"]
+    assert carol.sessions.sessions == []
+    assert events.drain() == []
+
+
+# ---------------------------------------------------------------------------------------------------
+# SIPp as server
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_pager_messages_to_sipp(platform: nim.Platform, sipp: Sipp, sipp_servers: list[SippServer], transport: str) -> None:
+    count = 20
+    server = sipp.start("uas_pager.xml", local_port=free_port(), transport=transport, calls=count)
+    sipp_servers.append(server)
+    dave = listening_endpoint(platform, "dave", transport)
+    target = f"sip:sipp@{HOST}:{server.port}" + (";transport=tcp" if transport == "tcp" else "")
+
+    texts = [f"to sipp #{i}" for i in range(count)]
+    results = [dave.send_message(target, t).result(10) for t in texts[: count // 2]]
+    ops = [dave.send_message(target, t) for t in texts[count // 2:]]     # and some concurrently
+    results += [op.result(10) for op in ops]
+    assert [r.status for r in results] == [200] * count, server.describe()
+    assert all(r.mode == "pager" for r in results)
+
+    code = server.wait()
+    assert code == 0, f"SIPp UAS exited with {code}:\n{server.describe()}"
+    log = server.messages()
+    for t in texts:
+        assert t in log, f"SIPp did not log a MESSAGE with {t!r}\n{server.describe()}"
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_im_session_with_sipp(platform: nim.Platform, sipp: Sipp, sipp_servers: list[SippServer], transport: str) -> None:
+    server = sipp.start("uas_im_session.xml", local_port=free_port(), transport=transport, calls=1)
+    sipp_servers.append(server)
+    dave = listening_endpoint(platform, "dave", transport)
+    target = f"sip:sipp@{HOST}:{server.port}" + (";transport=tcp" if transport == "tcp" else "")
+
+    session = dave.sessions.create(target).result(10)
+    assert session.state is nim.SessionState.CONNECTED
+    session.start_composing().result(5)
+    texts = ["hello SIPp", "second message", "third ✓"]
+    for t in texts:
+        delivered = session.send(t).result(10)
+        assert (delivered.status, delivered.mode) == (200, "session")
+    session.terminate().result(10)
+    assert session.state is nim.SessionState.DISCONNECTED
+    assert [m.status for m in session.messages] == ["delivered"] * len(texts)
+
+    code = server.wait()
+    assert code == 0, f"SIPp UAS exited with {code}:\n{server.describe()}"
+    log = server.messages()
+    for needle in ["m=message", "application/im-iscomposing+xml", "<state>active</state>", "BYE sip:sipp@", *texts]:
+        assert needle in log, f"{needle!r} not in SIPp's message log\n{server.describe()}"
