@@ -29,6 +29,26 @@ from .trace import Trace
 
 __version__ = "0.1.0"
 
+# Names whose modules pull in heavy packages (pandas, ipywidgets): imported on first use, so that
+# `import notebook_im` stays fast and light. "name": "module:attribute".
+_LAZY: dict[str, str] = {}
+
+
+def __getattr__(name: str):
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'notebook_im' has no attribute {name!r}")
+    import importlib
+
+    module, _, attr = target.partition(":")
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = [
     "ChatMessage", "ComposingChanged", "ConferenceRequired", "DeadlockError", "Endpoint", "EndpointState",
     "EndpointStateChanged", "Event", "EventStream", "ImSession", "IncomingSession", "InvalidState", "MessageDelivered",

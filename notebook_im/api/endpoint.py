@@ -123,6 +123,7 @@ class Endpoint(EventSource):
 
     async def _send_pager(self, to: SipUri, text: str, ct: str) -> MessageDelivered:
         msg_id = secrets.token_hex(6)
+        sent_at = now_utc()
         started = time.perf_counter()
         try:
             resp = await self._ua.send_message(to, wire_text(text), f"{ct};charset=UTF-8")
@@ -131,10 +132,11 @@ class Endpoint(EventSource):
             status, reason = 408, exc.reason
         latency = time.perf_counter() - started
         if 200 <= status < 300:
-            event = MessageDelivered(None, msg_id, text, ct, status, reason, latency, "pager", timestamp=now_utc())
+            event = MessageDelivered(None, msg_id, text, ct, status, reason, latency, "pager", str(to), sent_at,
+                                     timestamp=now_utc())
             self._emit(event)
             return event
-        self._emit(MessageFailed(None, msg_id, text, ct, status, reason, "pager", timestamp=now_utc()))
+        self._emit(MessageFailed(None, msg_id, text, ct, status, reason, "pager", str(to), sent_at, timestamp=now_utc()))
         raise RequestFailed("MESSAGE", status, reason, str(to))
 
     # -- UAListener (loop thread) ------------------------------------------------------------------------
@@ -154,7 +156,7 @@ class Endpoint(EventSource):
             return 415
         text = request.text().replace("\r\n", "\n")
         msg_id = request.headers.get("Imdn-Message-ID") or secrets.token_hex(6)
-        event = MessageReceived(None, participant, text, ct, msg_id, "pager", timestamp=now_utc())
+        event = MessageReceived(None, participant, text, ct, msg_id, "pager", self.uri, timestamp=now_utc())
         self.pager_messages.append(event)
         self._emit(event)
         return 200

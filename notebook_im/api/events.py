@@ -81,6 +81,7 @@ class MessageReceived(Event):
     content_type: str
     message_id: str = ""
     mode: str = "session"           # "session" or "pager"
+    recipient: str = ""             # our own URI (the endpoint that received it)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ class MessageDelivered(Event):
     reason: str
     latency: float                  # seconds from send to final response
     mode: str = "session"
+    recipient: str = ""
+    sent_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ class MessageFailed(Event):
     status: int
     reason: str
     mode: str = "session"
+    recipient: str = ""
+    sent_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -315,7 +315,7 @@ class ImSession(EventSource):
         ts = now_utc()
         self.messages.append(ChatMessage(msg_id, "in", self._remote.uri, self.endpoint.uri, text, ct, ts, "received", mode))
         self._run_receiver(self._receiver.message_received(time.monotonic()))
-        self._emit(MessageReceived(self, self._remote, text, ct, msg_id, mode, timestamp=ts))
+        self._emit(MessageReceived(self, self._remote, text, ct, msg_id, mode, self.endpoint.uri, timestamp=ts))
 
     def on_bye(self, request: Request) -> None:
         self._finish("remote party ended the session", 200, by_remote=True)
@@ -408,11 +408,13 @@ class ImSession(EventSource):
         msg.sip_status, msg.reason = status, reason
         if 200 <= status < 300:
             msg.status, msg.delivered_at = "delivered", now_utc()
-            event = MessageDelivered(self, msg.id, msg.text, msg.content_type, status, reason, latency, msg.mode, timestamp=msg.delivered_at)
+            event = MessageDelivered(self, msg.id, msg.text, msg.content_type, status, reason, latency, msg.mode,
+                                     msg.recipient, msg.timestamp, timestamp=msg.delivered_at)
             self._emit(event)
             return event
         msg.status = "failed"
-        self._emit(MessageFailed(self, msg.id, msg.text, msg.content_type, status, reason, msg.mode, timestamp=now_utc()))
+        self._emit(MessageFailed(self, msg.id, msg.text, msg.content_type, status, reason, msg.mode, msg.recipient,
+                                 msg.timestamp, timestamp=now_utc()))
         if status in (481, 408) and self.state is SessionState.CONNECTED:
             self._finish(f"dialog gone ({status} {reason})", status)
         raise RequestFailed("MESSAGE", status, reason, self._remote.uri)
