@@ -25,6 +25,7 @@ from .errors import (
 )
 from .runtime import DeadlockError, Operation
 from .server import Server
+from .sip.transaction import Timers
 from .trace import Trace
 
 __version__ = "0.1.0"
@@ -55,5 +56,5 @@ __all__ = [
     "MessageFailed", "MessageReceived", "NotebookImError", "Operation", "Participant", "ParticipantAdded",
     "ParticipantRemoved", "ParticipantState", "ParticipantStateChanged", "Platform", "RemoteProtocolError",
     "RequestFailed", "Server", "SessionManager", "SessionState", "SessionStateChanged", "SessionTerminated",
-    "Subscription", "Trace", "TransactionTimeout", "__version__",
+    "Subscription", "Timers", "Trace", "TransactionTimeout", "__version__",
 ]

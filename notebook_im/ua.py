@@ -25,8 +25,8 @@ from .sip.headers import Headers
 from .sip.message import Request, Response, make_response, new_branch, new_call_id, new_tag
 from .sip.parser import parse_message
 from .sip.transaction import (
-    T1, T2, ClientTransaction, Deliver, ServerTransaction, StartTimer, StopTimer, Terminated, Timeout, Transmit,
-    client_key, server_key,
+    DEFAULT_TIMERS, ClientTransaction, Deliver, ServerTransaction, StartTimer, StopTimer, Terminated, Timeout, Timers,
+    Transmit, client_key, server_key,
 )
 from .sip.uri import Address, SipUri
 from .trace.recorder import Trace
@@ -105,9 +105,12 @@ class ServerHandle:
 class SipCore:
     """Transport + transaction layer. Subclasses implement `on_request` (and may override `on_stray_response`)."""
 
-    def __init__(self, *, name: str, host: str, port: int, trace: Trace, transports: tuple[str, ...] = ("udp", "tcp")) -> None:
+    def __init__(self, *, name: str, host: str, port: int, trace: Trace, transports: tuple[str, ...] = ("udp", "tcp"),
+                 timers: Timers = DEFAULT_TIMERS) -> None:
         self.name = name
         self.trace = trace
+        self.timers = timers
+        self._transport_errors: dict[tuple[str, tuple[str, int]], str] = {}
         self.transport = TransportLayer(host, port, self._on_data, on_drop=self._on_stream_drop,
                                         on_error=self._on_transport_error, transports=transports)
         self._clients: dict[tuple[Any, ...], ClientHandle] = {}
@@ -165,7 +168,7 @@ class SipCore:
         """Start a client transaction; `handle.future` resolves with the final response."""
         assert self.loop is not None
         target = target or request_target(request)
-        txn = ClientTransaction(request, reliable=target.transport != "udp")
+        txn = ClientTransaction(request, reliable=target.transport != "udp", timers=self.timers)
         handle = ClientHandle(txn, target, self.loop.create_future(), on_provisional)
         self._clients[txn.key] = handle
         self._execute_client(handle, txn.start())
@@ -240,6 +243,7 @@ class SipCore:
         self.trace.record_drop(transport, remote, reason, data, self.name)
 
     def _on_transport_error(self, transport: str, addr: tuple[str, int], reason: str) -> None:
+        self._transport_errors[(transport, addr)] = reason
         for h in list(self._clients.values()):
             if h.target.transport == transport and h.target.addr == addr:
                 self._execute_client(h, h.txn.transport_error())
@@ -270,13 +274,13 @@ class SipCore:
         if req.method == "CANCEL":
             self._on_cancel(req, transport, remote, local)
             return
-        txn = ServerTransaction(req, reliable=transport != "udp")
+        txn = ServerTransaction(req, reliable=transport != "udp", timers=self.timers)
         sh = ServerHandle(txn, transport, remote, local)
         self._servers[key] = sh
         self._execute_server(sh, txn.start())
 
     def _on_cancel(self, req: Request, transport: str, remote: tuple[str, int], local: tuple[str, int]) -> None:
-        txn = ServerTransaction(req, reliable=transport != "udp")
+        txn = ServerTransaction(req, reliable=transport != "udp", timers=self.timers)
         ch = ServerHandle(txn, transport, remote, local)
         self._servers[server_key(req)] = ch
         txn.start()  # the CANCEL is answered here, not delivered to the TU
@@ -331,7 +335,9 @@ class SipCore:
             elif isinstance(a, Timeout):
                 if not h.future.done():
                     req = h.txn.request
-                    h.future.set_exception(TransactionTimeout(req.method, str(req.uri), f"no response (timer {a.timer})"))
+                    reason = self._transport_errors.pop((h.target.transport, h.target.addr), None)
+                    h.future.set_exception(TransactionTimeout(
+                        req.method, str(req.uri), reason or f"no response within {64 * self.timers.t1:g} s (timer {a.timer})"))
             elif isinstance(a, Terminated):
                 self._cancel_timers(h.timers)
                 if self._clients.get(h.txn.key) is h:
@@ -392,6 +398,25 @@ class SipCore:
         log.debug("%s: no ACK for %s", self.name, handle.request)
 
 
+def _pick_challenge(response: Response) -> digest.Challenge | None:
+    """The strongest digest challenge of a 401/407 we support (SHA-256 over MD5, RFC 8760 §2.4)."""
+    proxy = response.status == 407
+    header = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+    parsed: list[digest.Challenge] = []
+    for value in response.headers.get_all(header):  # auth headers are not comma-split: one challenge per field
+        try:
+            parsed.append(digest.Challenge.parse(value, proxy=proxy))
+        except RemoteProtocolError:
+            continue
+    if not parsed:
+        return None
+    for algorithm in ("SHA-256", "SHA-256-SESS", "MD5", "MD5-SESS"):
+        for c in parsed:
+            if c.algorithm == algorithm:
+                return c
+    return parsed[0]
+
+
 def _reason_phrase(exc: RemoteProtocolError) -> str:
     """A reason phrase naming the problem (no CR/LF, bounded)."""
     text = exc.reason.replace("\r", " ").replace("\n", " ")
@@ -423,8 +448,9 @@ class UserAgent(SipCore):
 
     def __init__(self, *, aor: SipUri, proxy: SipUri | None, transport: str, trace: Trace, local_host: str,
                  local_port: int = 0, username: str | None = None, password: str | None = None,
-                 display_name: str | None = None, listener: UAListener | None = None) -> None:
-        super().__init__(name=aor.aor, host=local_host, port=local_port, trace=trace)
+                 display_name: str | None = None, listener: UAListener | None = None,
+                 timers: Timers = DEFAULT_TIMERS) -> None:
+        super().__init__(name=aor.aor, host=local_host, port=local_port, trace=trace, timers=timers)
         self.aor = aor
         self.proxy = proxy.with_params(lr=None, transport=transport) if proxy is not None else None
         self.default_transport = transport
@@ -496,11 +522,8 @@ class UserAgent(SipCore):
             response = await handle.future
             if response.status not in (401, 407) or self.credentials is None or attempt == 2:
                 return request, response
-            header = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
-            values = response.headers.get_all(header) or [response.headers.get(header) or ""]
-            try:
-                challenge = digest.Challenge.parse(values[0], proxy=response.status == 407)
-            except RemoteProtocolError:
+            challenge = _pick_challenge(response)
+            if challenge is None:
                 return request, response
             previous = self._challenges.get(challenge.realm)
             if previous is not None and previous.nonce != challenge.nonce and not challenge.stale and attempt > 0:
@@ -669,7 +692,7 @@ class UserAgent(SipCore):
         self.dialogs[dialog.id] = user
         self.respond(handle, resp)
         if handle.transport == "udp":
-            self._retransmit_2xx(handle, resp, T1, time.monotonic(), dialog)
+            self._retransmit_2xx(handle, resp, self.timers.t1, time.monotonic(), dialog)
         return resp
 
     def _retransmit_2xx(self, handle: ServerHandle, resp: Response, interval: float, started: float, dialog: Dialog) -> None:
@@ -679,11 +702,11 @@ class UserAgent(SipCore):
             user = self.dialogs.get(dialog.id)
             if user is None or getattr(user, "acked", True) or self.closed:
                 return
-            if time.monotonic() - started >= 64 * T1:
+            if time.monotonic() - started >= 64 * self.timers.t1:
                 user.on_ack_timeout()  # type: ignore[attr-defined]
                 return
             self._send(bytes(resp), self.response_target(handle))
-            self._retransmit_2xx(handle, resp, min(interval * 2, T2), started, dialog)
+            self._retransmit_2xx(handle, resp, min(interval * 2, self.timers.t2), started, dialog)
         self.loop.call_later(interval, fire)
 
     def forget_dialog(self, dialog: Dialog) -> None:

@@ -1,6 +1,7 @@
 """Endpoint: one SIP identity, registered with a server (UCCAPI `IUccEndpoint` + `Enable`/`Disable`)."""
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,8 @@ from .session import check_content_type, now_utc, wire_text
 if TYPE_CHECKING:  # pragma: no cover
     from .platform import Platform
 
+DISABLE_STEP_TIMEOUT = 3.0  # seconds for each BYE / un-REGISTER while disabling
+
 
 class Endpoint(EventSource):
     """A SIP identity (`uri`) with its user agent, registration and session manager (`.sessions`)."""
@@ -37,7 +40,7 @@ class Endpoint(EventSource):
         self.state = EndpointState.DISABLED
         self._ua = UserAgent(aor=uri, proxy=server, transport=transport, trace=platform.trace, local_host=local_host,
                              local_port=local_port, username=username, password=password, display_name=display_name,
-                             listener=self)
+                             listener=self, timers=platform.timers)
         self.sessions = SessionManager(self)
         self.pager_messages: list[Any] = []
 
@@ -93,15 +96,16 @@ class Endpoint(EventSource):
         if self.state in (EndpointState.DISABLED, EndpointState.DISABLING):
             return
         self._set_state(EndpointState.DISABLING)
+        # each step is bounded: a server or peer that has gone away must not hold up a shutdown
         for s in list(self.sessions.sessions):
             try:
-                await s._terminate()
+                await asyncio.wait_for(s._terminate(), DISABLE_STEP_TIMEOUT)
             except Exception:  # noqa: BLE001 - disabling goes on regardless
-                pass
+                s._finish("endpoint disabled", None)
         try:
             if self.server is not None:
-                await self._ua.unregister()
-        except (RequestFailed, TransactionTimeout):
+                await asyncio.wait_for(self._ua.unregister(), DISABLE_STEP_TIMEOUT)
+        except (RequestFailed, TransactionTimeout, asyncio.TimeoutError):
             pass
         finally:
             await self._ua.close()

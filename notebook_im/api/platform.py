@@ -9,6 +9,7 @@ import socket
 from typing import Any
 
 from ..runtime import Operation, runtime
+from ..sip.transaction import DEFAULT_TIMERS, Timers
 from ..sip.uri import SipUri
 from ..trace.recorder import Trace
 from .endpoint import Endpoint
@@ -36,8 +37,12 @@ def local_host_for(server_host: str) -> str:
 class Platform:
     """`with nim.Platform() as platform:` ... `platform.endpoint(uri, server=...)`."""
 
-    def __init__(self, name: str = "notebook_im", *, max_trace_records: int | None = 1_000_000) -> None:
+    def __init__(self, name: str = "notebook_im", *, max_trace_records: int | None = 1_000_000,
+                 timers: Timers | None = None) -> None:
+        if timers is not None and not isinstance(timers, Timers):
+            raise TypeError("timers must be a nim.Timers(t1=..., t2=..., t4=...)")
         self.name = name
+        self.timers = timers or DEFAULT_TIMERS
         self.trace = Trace(max_records=max_trace_records)
         self._endpoints: list[Endpoint] = []
         self._shut = False

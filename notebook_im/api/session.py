@@ -252,7 +252,7 @@ class ImSession(EventSource):
         self.ua.accept_invite(handle, self.dialog, self)
         if handle.transport != "udp":
             self.acked = False  # still wait for the ACK over reliable transports
-        await asyncio.wait_for(asyncio.shield(self._accepted), 64 * 0.5 + 1)
+        await asyncio.wait_for(asyncio.shield(self._accepted), 64 * self.ua.timers.t1 + 1)
         return self
 
     def _reject(self, code: int, reason: str | None) -> Operation[None]:

@@ -9,7 +9,10 @@ use different transports) so in-dialog requests pass through it and appear in it
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 import time
+import warnings
 from typing import Any
 
 from ..net.transport import Target
@@ -17,16 +20,22 @@ from ..runtime import Operation, runtime
 from ..sip.message import Request, Response, make_response, new_branch, new_tag
 from ..sip.uri import Address, SipUri
 from ..trace.recorder import Trace
+from ..sip.transaction import DEFAULT_TIMERS, Timers
 from ..ua import USER_AGENT, ClientHandle, ServerHandle, SipCore, target_of
+from .auth import Authenticator
 from .registrar import Binding, Registrar, aor_key
+
+log = logging.getLogger("notebook_im.server")
 
 
 class ProxyCore(SipCore):
     """Registrar + proxy logic on top of the SIP core."""
 
-    def __init__(self, *, host: str, port: int, trace: Trace, registrar: Registrar, transports: tuple[str, ...]) -> None:
-        super().__init__(name="server", host=host, port=port, trace=trace, transports=transports)
+    def __init__(self, *, host: str, port: int, trace: Trace, registrar: Registrar, transports: tuple[str, ...],
+                 auth: Authenticator | None = None, timers: Timers = DEFAULT_TIMERS) -> None:
+        super().__init__(name="server", host=host, port=port, trace=trace, transports=transports, timers=timers)
         self.registrar = registrar
+        self.auth = auth
         self._forwarded: dict[int, ClientHandle] = {}   # id(server handle) -> downstream client transaction
 
     def is_us(self, uri: SipUri) -> bool:
@@ -44,6 +53,8 @@ class ProxyCore(SipCore):
             return
         if mf is not None and mf <= 0 and not (request.method == "OPTIONS" and self.is_us(request.uri)):
             self.respond(handle, make_response(request, 483, to_tag=new_tag()))
+            return
+        if self.auth is not None and not self._authenticated(request, handle, remote):
             return
         if request.method == "REGISTER":
             self._register(request, handle, transport, remote)
@@ -90,6 +101,35 @@ class ProxyCore(SipCore):
             else:
                 fwd.headers.prepend("Record-Route", self.rr_uri(transport))
         self._forward(fwd, handle, target)
+
+    def _authenticated(self, request: Request, handle: ServerHandle, remote: tuple[str, int]) -> bool:
+        """With users configured, every request but ACK/CANCEL/keep-alive OPTIONS must carry valid credentials
+        of the user it claims to come from (the To user for REGISTER, the From user otherwise)."""
+        assert self.auth is not None
+        method = request.method
+        if method in ("ACK", "CANCEL") or (method == "OPTIONS" and not request.uri.user):
+            return True
+        now = time.monotonic()
+        result = self.auth.check(request, remote[0], now, proxy=method != "REGISTER")
+        if not result.ok:
+            if result.status in (401, 407):
+                resp = make_response(request, result.status, to_tag=new_tag())
+                header = "WWW-Authenticate" if result.status == 401 else "Proxy-Authenticate"
+                for value in self.auth.challenges(now, stale=result.stale):
+                    resp.headers.add(header, value)
+            else:
+                resp = make_response(request, result.status, result.reason, to_tag=new_tag())
+                log.warning("authentication failed for %s from %s: %s", request.from_.uri, remote[0], result.reason)
+            self.respond(handle, resp)
+            return False
+        claimed = (request.to if method == "REGISTER" else request.from_).uri.user
+        if claimed != result.user:
+            self.respond(handle, make_response(
+                request, 403, f"Forbidden (authenticated as {result.user}, but the request claims {claimed})", to_tag=new_tag()))
+            return False
+        request.headers.remove("Proxy-Authorization")  # consumed here; the next hop must not see them
+        request.headers.remove("Authorization")
+        return True
 
     def _binding_target(self, binding: Binding) -> Target:
         if binding.transport != "udp" and self.transport.has_connection(binding.source):
@@ -194,16 +234,24 @@ class Server:
     """The embedded registrar + proxy. `Server().start().result()`, or `with Server() as server:`."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, transports: tuple[str, ...] = ("udp", "tcp"),
-                 min_expires: int = 1, max_expires: int = 7200) -> None:
+                 users: dict[str, str] | None = None, realm: str = "notebook_im", min_expires: int = 1,
+                 max_expires: int = 7200, timers: Timers = DEFAULT_TIMERS) -> None:
         if not isinstance(port, int) or not 0 <= port < 65536:
             raise ValueError(f"port must be an int from 0 (any free port) to 65535, not {port!r}")
         bad = [t for t in transports if t not in ("udp", "tcp")]
         if bad or not transports:
             raise ValueError(f"transports must be a tuple of 'udp' and/or 'tcp', not {transports!r}")
+        if users is not None and not isinstance(users, dict):
+            raise TypeError("users must be a dict of user name -> password, e.g. {'alice': 'secret'}")
         self.trace = Trace()
         self.registrar = Registrar(min_expires=min_expires, max_expires=max_expires)
-        self._core = ProxyCore(host=host, port=port, trace=self.trace, registrar=self.registrar, transports=tuple(transports))
+        self.auth = Authenticator(users, realm=realm) if users else None
+        self._core = ProxyCore(host=host, port=port, trace=self.trace, registrar=self.registrar, transports=tuple(transports),
+                               auth=self.auth, timers=timers)
         self._started = False
+        if not users and not _is_loopback(host):
+            warnings.warn(f"notebook_im Server binds to {host} without users: anyone who can reach it can register. "
+                          "Pass users={...} (or --users FILE) or bind to 127.0.0.1.", UserWarning, stacklevel=2)
 
     @property
     def host(self) -> str:
@@ -267,6 +315,13 @@ class Server:
     def __repr__(self) -> str:
         state = "running" if self._started else "stopped"
         return f"<Server {self.uri} {state}, {len(self.registrar)} bindings>"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 __all__ = ["Server", "USER_AGENT"]

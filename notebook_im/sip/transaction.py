@@ -23,6 +23,23 @@ T2 = 4.0   # maximum retransmit interval for non-INVITE requests and INVITE resp
 T4 = 5.0   # maximum duration a message remains in the network
 
 
+@dataclass(frozen=True)
+class Timers:
+    """RFC 3261 timer base values. The defaults are the RFC's; a LAN or a test may use a smaller T1
+    (RFC 3261 §17.1.1.1 allows it), which scales every derived timer (64*T1 transaction timeouts)."""
+
+    t1: float = T1
+    t2: float = T2
+    t4: float = T4
+
+    def __post_init__(self) -> None:
+        if not (0 < self.t1 <= self.t2) or self.t4 <= 0:
+            raise ValueError(f"timers need 0 < t1 <= t2 and t4 > 0, got {self}")
+
+
+DEFAULT_TIMERS = Timers()
+
+
 class State(str, enum.Enum):
     CALLING = "calling"
     TRYING = "trying"
@@ -170,6 +187,7 @@ def _response_event(status: int, prefix: str = "") -> str:
 @dataclass
 class _Base:
     reliable: bool = False
+    timers: Timers = DEFAULT_TIMERS
     state: State = State.TRYING
     _interval: dict[str, float] = field(default_factory=dict)
     _table: dict = field(default_factory=dict, repr=False)
@@ -208,11 +226,12 @@ class _Base:
         return [StartTimer(timer, delay)]
 
     def _restart(self, timer: str) -> list[Action]:
+        t1, t2 = self.timers.t1, self.timers.t2
         if timer == "E_T2":
-            self._interval["E"] = T2
-            return [StartTimer("E", T2)]
-        cap = None if timer == "A" else T2
-        nxt = self._interval.get(timer, T1) * 2
+            self._interval["E"] = t2
+            return [StartTimer("E", t2)]
+        cap = None if timer == "A" else t2
+        nxt = self._interval.get(timer, t1) * 2
         if cap is not None:
             nxt = min(nxt, cap)
         self._interval[timer] = nxt
@@ -233,11 +252,11 @@ class _Base:
 class ClientTransaction(_Base):
     """INVITE or non-INVITE client transaction for `request` (RFC 3261 §17.1)."""
 
-    def __init__(self, request: Request, *, reliable: bool = False) -> None:
+    def __init__(self, request: Request, *, reliable: bool = False, timers: Timers = DEFAULT_TIMERS) -> None:
         invite = request.method == "INVITE"
         if request.method == "ACK":
             raise LocalProtocolError("ACK is sent without a client transaction")
-        super().__init__(reliable=reliable, state=State.CALLING if invite else State.TRYING,
+        super().__init__(reliable=reliable, timers=timers, state=State.CALLING if invite else State.TRYING,
                          _table=INVITE_CLIENT if invite else NON_INVITE_CLIENT)
         self.request = request
         self.invite = invite
@@ -249,14 +268,15 @@ class ClientTransaction(_Base):
         return (self.branch, self.request.method)
 
     def _timer_delay(self, timer: str) -> float | None:
+        t1 = self.timers.t1
         if timer in ("A", "E"):
-            return None if self.reliable else T1
+            return None if self.reliable else t1
         if timer in ("B", "F", "M"):
-            return 64 * T1
+            return 64 * t1
         if timer == "D":
-            return 0.0 if self.reliable else 32.0
+            return 0.0 if self.reliable else 64 * t1  # 32 s at the default T1
         if timer == "K":
-            return 0.0 if self.reliable else T4
+            return 0.0 if self.reliable else self.timers.t4
         raise KeyError(timer)
 
     def start(self) -> list[Action]:
@@ -283,23 +303,24 @@ class ClientTransaction(_Base):
 class ServerTransaction(_Base):
     """INVITE or non-INVITE server transaction for `request` (RFC 3261 §17.2)."""
 
-    def __init__(self, request: Request, *, reliable: bool = False) -> None:
+    def __init__(self, request: Request, *, reliable: bool = False, timers: Timers = DEFAULT_TIMERS) -> None:
         invite = request.method == "INVITE"
-        super().__init__(reliable=reliable, state=State.PROCEEDING if invite else State.TRYING,
+        super().__init__(reliable=reliable, timers=timers, state=State.PROCEEDING if invite else State.TRYING,
                          _table=INVITE_SERVER if invite else NON_INVITE_SERVER)
         self.request = request
         self.invite = invite
         self.last_response: Response | None = None
 
     def _timer_delay(self, timer: str) -> float | None:
+        t1 = self.timers.t1
         if timer == "G":
-            return None if self.reliable else T1
+            return None if self.reliable else t1
         if timer in ("H", "L"):
-            return 64 * T1
+            return 64 * t1
         if timer == "I":
-            return 0.0 if self.reliable else T4
+            return 0.0 if self.reliable else self.timers.t4
         if timer == "J":
-            return 0.0 if self.reliable else 64 * T1
+            return 0.0 if self.reliable else 64 * t1
         raise KeyError(timer)
 
     def start(self) -> list[Action]:

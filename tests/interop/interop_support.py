@@ -317,7 +317,7 @@ def kamailio_module_dir() -> str | None:
     return None
 
 
-def start_kamailio(workdir: Path, port: int, *, ready_timeout: float = 15.0) -> Kamailio:
+def start_kamailio(workdir: Path, port: int, *, ready_timeout: float = 15.0, defines: Sequence[str] = ()) -> Kamailio:
     """Start Kamailio with examples/kamailio/kamailio.cfg on 127.0.0.1:port (UDP+TCP), in the foreground
     (-DD: the creator does not daemonise, so it stays our child), logging to stderr (-E) into a file."""
     exe = require("kamailio")
@@ -325,10 +325,12 @@ def start_kamailio(workdir: Path, port: int, *, ready_timeout: float = 15.0) -> 
     pidfile = workdir / "kamailio.pid"
     args = [exe, "-f", KAMAILIO_CFG, "-m", "1024", "-M", "64", "-E", "-DD", "-P", pidfile, "-Y", workdir,
             "-w", workdir, "-A", f"SIP_IP={HOST}", "-A", f"SIP_PORT={port}", "-A", "WITH_CHILDREN=2"]
+    extra = [x for d in defines for x in ("-A", d)]
+    args += extra
     mdir = kamailio_module_dir()
     if mdir:
         args += ["-L", mdir]
-    check = run_tool([exe, "-c", "-f", KAMAILIO_CFG, "-A", f"SIP_PORT={port}"] + (["-L", mdir] if mdir else []), timeout=20)
+    check = run_tool([exe, "-c", "-f", KAMAILIO_CFG, "-A", f"SIP_PORT={port}"] + extra + (["-L", mdir] if mdir else []), timeout=20)
     assert check.returncode == 0, f"kamailio.cfg does not pass `kamailio -c`:\n{check}"
     proc = Background(args, workdir / "kamailio.log", cwd=workdir, name="kamailio")
     k = Kamailio(port, proc, pidfile)
