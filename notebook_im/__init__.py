@@ -22,6 +22,7 @@ from .api.platform import Platform
 from .api.session import ChatMessage, ImSession
 from .errors import (
     ConferenceRequired, InvalidState, NotebookImError, RemoteProtocolError, RequestFailed, TransactionTimeout,
+    TransportError,
 )
 from .runtime import DeadlockError, Operation
 from .server import Server
@@ -32,7 +33,10 @@ __version__ = "0.1.0"
 
 # Names whose modules pull in heavy packages (pandas, ipywidgets): imported on first use, so that
 # `import notebook_im` stays fast and light. "name": "module:attribute".
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "ChatPanel": "notebook_im.widgets.chat:ChatPanel",
+    "LadderView": "notebook_im.widgets.ladder_view:LadderView",
+}
 
 
 def __getattr__(name: str):
@@ -56,5 +60,5 @@ __all__ = [
     "MessageFailed", "MessageReceived", "NotebookImError", "Operation", "Participant", "ParticipantAdded",
     "ParticipantRemoved", "ParticipantState", "ParticipantStateChanged", "Platform", "RemoteProtocolError",
     "RequestFailed", "Server", "SessionManager", "SessionState", "SessionStateChanged", "SessionTerminated",
-    "Subscription", "Timers", "Trace", "TransactionTimeout", "__version__",
+    "Subscription", "Timers", "Trace", "TransactionTimeout", "TransportError", "__version__",
 ]

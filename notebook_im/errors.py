@@ -32,6 +32,16 @@ class TransactionTimeout(NotebookImError):
         super().__init__(f"{method}{where} timed out: {self.reason}")
 
 
+class TransportError(TransactionTimeout):
+    """The request could not be delivered at all: connection refused, TLS verification failed, ...
+    (RFC 3261 §8.1.3.1 treats it like a 503). A subclass of TransactionTimeout, which it ends the same way."""
+
+    def __init__(self, method: str, target: str = "", detail: str = "") -> None:
+        super().__init__(method, target, detail)
+        self.status = 503
+        self.args = (f"{method}{' to ' + target if target else ''} failed: {detail}",)
+
+
 class ConferenceRequired(NotebookImError):
     """A peer-to-peer IM session has exactly two parties; three or more need a conference."""
 
@@ -42,5 +52,5 @@ class InvalidState(NotebookImError):
 
 __all__ = [
     "ConferenceRequired", "InvalidState", "LocalProtocolError", "NotebookImError", "RemoteProtocolError",
-    "RequestFailed", "SipError", "TransactionTimeout",
+    "RequestFailed", "SipError", "TransactionTimeout", "TransportError",
 ]

@@ -12,11 +12,12 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from .errors import RequestFailed, TransactionTimeout
+from .errors import RequestFailed, TransactionTimeout, TransportError
 from .net.transport import Target, TransportLayer
 from .sip import digest, sdp
 from .sip.dialog import Dialog
@@ -106,13 +107,15 @@ class SipCore:
     """Transport + transaction layer. Subclasses implement `on_request` (and may override `on_stray_response`)."""
 
     def __init__(self, *, name: str, host: str, port: int, trace: Trace, transports: tuple[str, ...] = ("udp", "tcp"),
-                 timers: Timers = DEFAULT_TIMERS) -> None:
+                 timers: Timers = DEFAULT_TIMERS, tls_server: ssl.SSLContext | None = None, tls_port: int = 0,
+                 tls_client: ssl.SSLContext | None = None) -> None:
         self.name = name
         self.trace = trace
         self.timers = timers
         self._transport_errors: dict[tuple[str, tuple[str, int]], str] = {}
         self.transport = TransportLayer(host, port, self._on_data, on_drop=self._on_stream_drop,
-                                        on_error=self._on_transport_error, transports=transports)
+                                        on_error=self._on_transport_error, transports=transports,
+                                        tls_server=tls_server, tls_port=tls_port, tls_client=tls_client)
         self._clients: dict[tuple[Any, ...], ClientHandle] = {}
         self._servers: dict[tuple[Any, ...], ServerHandle] = {}
         self.stats = {"received": 0, "sent": 0, "bad_request_400": 0, "dropped": 0, "retransmissions_absorbed": 0}
@@ -336,8 +339,11 @@ class SipCore:
                 if not h.future.done():
                     req = h.txn.request
                     reason = self._transport_errors.pop((h.target.transport, h.target.addr), None)
-                    h.future.set_exception(TransactionTimeout(
-                        req.method, str(req.uri), reason or f"no response within {64 * self.timers.t1:g} s (timer {a.timer})"))
+                    if reason is not None:
+                        h.future.set_exception(TransportError(req.method, str(req.uri), reason))
+                    else:
+                        h.future.set_exception(TransactionTimeout(
+                            req.method, str(req.uri), f"no response within {64 * self.timers.t1:g} s (timer {a.timer})"))
             elif isinstance(a, Terminated):
                 self._cancel_timers(h.timers)
                 if self._clients.get(h.txn.key) is h:
@@ -449,8 +455,8 @@ class UserAgent(SipCore):
     def __init__(self, *, aor: SipUri, proxy: SipUri | None, transport: str, trace: Trace, local_host: str,
                  local_port: int = 0, username: str | None = None, password: str | None = None,
                  display_name: str | None = None, listener: UAListener | None = None,
-                 timers: Timers = DEFAULT_TIMERS) -> None:
-        super().__init__(name=aor.aor, host=local_host, port=local_port, trace=trace, timers=timers)
+                 timers: Timers = DEFAULT_TIMERS, tls_client: ssl.SSLContext | None = None) -> None:
+        super().__init__(name=aor.aor, host=local_host, port=local_port, trace=trace, timers=timers, tls_client=tls_client)
         self.aor = aor
         self.proxy = proxy.with_params(lr=None, transport=transport) if proxy is not None else None
         self.default_transport = transport

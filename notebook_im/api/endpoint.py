@@ -29,7 +29,7 @@ class Endpoint(EventSource):
 
     def __init__(self, platform: "Platform", uri: SipUri, *, server: SipUri | None, transport: str, local_host: str,
                  local_port: int, username: str | None, password: str | None, display_name: str | None,
-                 expires: int) -> None:
+                 expires: int, tls_client: Any = None) -> None:
         super().__init__()
         self.platform = platform
         self.uri = str(uri)
@@ -40,7 +40,7 @@ class Endpoint(EventSource):
         self.state = EndpointState.DISABLED
         self._ua = UserAgent(aor=uri, proxy=server, transport=transport, trace=platform.trace, local_host=local_host,
                              local_port=local_port, username=username, password=password, display_name=display_name,
-                             listener=self, timers=platform.timers)
+                             listener=self, timers=platform.timers, tls_client=tls_client)
         self.sessions = SessionManager(self)
         self.pager_messages: list[Any] = []
 

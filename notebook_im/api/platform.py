@@ -5,7 +5,9 @@ in one notebook is the usual teaching setup) and one going away does not stop th
 """
 from __future__ import annotations
 
+import os
 import socket
+import ssl
 from typing import Any
 
 from ..runtime import Operation, runtime
@@ -15,7 +17,7 @@ from ..trace.recorder import Trace
 from .endpoint import Endpoint
 from .manager import parse_remote_uri
 
-TRANSPORTS = ("udp", "tcp")
+TRANSPORTS = ("udp", "tcp", "tls")
 
 
 def local_host_for(server_host: str) -> str:
@@ -32,6 +34,15 @@ def local_host_for(server_host: str) -> str:
             return s.getsockname()[0]
         except OSError:
             return "127.0.0.1"
+
+
+def client_context(*, verify: bool = True, ca_file: str | None = None) -> ssl.SSLContext:
+    """The TLS client context of an endpoint: system CAs (or `ca_file`), hostname checked, unless `verify=False`."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 class Platform:
@@ -53,18 +64,29 @@ class Platform:
         return list(self._endpoints)
 
     def endpoint(self, uri: str, *, server: Any = None, username: str | None = None, password: str | None = None,
-                 transport: str = "udp", local_port: int = 0, local_host: str | None = None,
-                 display_name: str | None = None, expires: int = 3600) -> Operation[Endpoint]:
+                 transport: str | None = None, local_port: int = 0, local_host: str | None = None,
+                 display_name: str | None = None, expires: int = 3600, verify: bool = True,
+                 ca_file: str | None = None) -> Operation[Endpoint]:
         """Create and enable an endpoint for `uri` (UCCAPI create + `IUccEndpoint.Enable`).
 
-        `server` is the registrar/proxy: a `nim.Server`, or its URI such as 'sip:127.0.0.1:5060'. Without a
-        server the endpoint only listens (peers reach it at its `contact`). Resolves once REGISTER succeeded.
+        `server` is the registrar/proxy: a `nim.Server`, or its URI such as 'sip:127.0.0.1:5060' (or
+        'sips:host:5061' for TLS). Without a server the endpoint only listens (peers reach it at its `contact`).
+        `transport` is "udp" (default), "tcp" or "tls" (default "tls" for a sips: server URI). TLS verifies the
+        server certificate against the system CAs, or `ca_file`; `verify=False` turns that off (labs only).
+        Resolves once REGISTER succeeded.
         """
         if self._shut:
             raise RuntimeError("this Platform was shut down; create a new nim.Platform()")
         aor = parse_remote_uri(uri, "uri")
+        if transport is None:
+            transport = "udp"
+            text = getattr(server, "uri", server)
+            if isinstance(text, str) and (text.lower().startswith("sips:") or "transport=tls" in text.lower()):
+                transport = "tls"
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
+        if ca_file is not None and not os.path.isfile(ca_file):
+            raise FileNotFoundError(f"ca_file {ca_file!r} does not exist; give the PEM file of the CA that signed the server certificate")
         if not isinstance(local_port, int) or not 0 <= local_port < 65536:
             raise ValueError(f"local_port must be an int from 0 (any free port) to 65535, not {local_port!r}")
         if password is not None and not isinstance(password, str):
@@ -73,7 +95,9 @@ class Platform:
             raise ValueError(f"expires must be a non-negative number of seconds, not {expires!r}")
         server_uri: SipUri | None = None
         if server is not None:
-            text = getattr(server, "uri", server)
+            text = getattr(server, "tls_uri" if transport == "tls" else "uri", server)
+            if text is None:
+                raise ValueError("this nim.Server has no TLS listener; create it with Server(tls=(certfile, keyfile))")
             if not isinstance(text, str):
                 raise TypeError(f"server must be a nim.Server or a URI string like 'sip:127.0.0.1:5060', not {type(server).__name__}")
             try:
@@ -81,8 +105,10 @@ class Platform:
             except Exception:
                 raise ValueError(f"server {text!r} is not a SIP URI; write it like 'sip:127.0.0.1:5060'") from None
         host = local_host or (local_host_for(server_uri.host) if server_uri else "127.0.0.1")
+        tls_client = client_context(verify=verify, ca_file=ca_file) if transport == "tls" else None
         ep = Endpoint(self, aor, server=server_uri, transport=transport, local_host=host, local_port=local_port,
-                      username=username, password=password, display_name=display_name, expires=expires)
+                      username=username, password=password, display_name=display_name, expires=expires,
+                      tls_client=tls_client)
         self._endpoints.append(ep)
         return runtime().submit(ep._enable(), f"endpoint({uri!r})")
 

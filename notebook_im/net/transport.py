@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Callable
 
@@ -50,14 +51,15 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 class _Stream(asyncio.Protocol):
-    """One TCP connection: frames messages by Content-Length and hands them to the owner."""
+    """One TCP or TLS connection: frames messages by Content-Length and hands them to the owner."""
 
-    def __init__(self, owner: "TransportLayer", remote: Addr | None = None) -> None:
+    def __init__(self, owner: "TransportLayer", remote: Addr | None = None, name: str = "tcp") -> None:
         self.owner = owner
+        self.name = name
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.remote: Addr | None = remote
-        self.local: Addr = owner.tcp_addr
+        self.local: Addr = owner.tcp_addr if name == "tcp" else owner.tls_addr
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -80,12 +82,12 @@ class _Stream(asyncio.Protocol):
         try:
             messages = self.framer.feed(data)
         except RemoteProtocolError as exc:
-            self.owner._drop(data, "tcp", self.remote, f"unframeable stream: {exc.reason}")
+            self.owner._drop(data, self.name, self.remote, f"unframeable stream: {exc.reason}")
             if self.transport:
                 self.transport.close()
             return
         for m in messages:
-            self.owner._on_data(m, "tcp", self.remote or ("", 0), self.local)
+            self.owner._on_data(m, self.name, self.remote or ("", 0), self.local)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.remote is not None and self.owner._connections.get(self.remote) is self:
@@ -100,7 +102,9 @@ class TransportLayer:
     """UDP + TCP on one local address. All methods run on the runtime loop."""
 
     def __init__(self, host: str, port: int, on_data: DataHandler, *, on_drop: Callable[[bytes, str, Addr | None, str], None] | None = None,
-                 on_error: ErrorHandler | None = None, transports: tuple[str, ...] = ("udp", "tcp")) -> None:
+                 on_error: ErrorHandler | None = None, transports: tuple[str, ...] = ("udp", "tcp"),
+                 tls_server: ssl.SSLContext | None = None, tls_port: int = 0,
+                 tls_client: ssl.SSLContext | None = None) -> None:
         self.host = host
         self.port = port
         self.on_data = on_data
@@ -114,6 +118,12 @@ class TransportLayer:
         self._pending_data: dict[Addr, list[bytes]] = {}
         self.udp_addr: Addr = (host, port)
         self.tcp_addr: Addr = (host, port)
+        # TLS: a listener (servers) on its own port, and a client context for connections we open
+        self.tls_server = tls_server
+        self.tls_client = tls_client
+        self.tls_port = tls_port
+        self.tls_addr: Addr = (host, tls_port)
+        self._tls_listener: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -148,6 +158,12 @@ class TransportLayer:
             port = self._server.sockets[0].getsockname()[1]
             self.tcp_addr = (self.host, port)
         self.port = port
+        if self.tls_server is not None and self._tls_listener is None:
+            self._tls_listener = await loop.create_server(lambda: _Stream(self, name="tls"), self.host, self.tls_port,
+                                                          ssl=self.tls_server, reuse_address=True,
+                                                          ssl_handshake_timeout=10)
+            self.tls_port = self._tls_listener.sockets[0].getsockname()[1]
+            self.tls_addr = (self.host, self.tls_port)
 
     async def _close_listeners(self) -> None:
         if self._udp is not None:
@@ -165,7 +181,11 @@ class TransportLayer:
             self.on_drop(data, transport, remote, reason)
 
     def local_addr(self, transport: str) -> Addr:
-        return self.udp_addr if transport == "udp" else self.tcp_addr
+        if transport == "udp":
+            return self.udp_addr
+        if transport == "tls" and self._tls_listener is not None:
+            return self.tls_addr
+        return self.tcp_addr
 
     def has_connection(self, addr: Addr) -> bool:
         return addr in self._connections
@@ -177,7 +197,7 @@ class TransportLayer:
                 raise RuntimeError("transport is closed")
             self._udp.sendto(data, target.addr)
             return
-        if target.transport != "tcp":
+        if target.transport not in ("tcp", "tls"):
             raise ValueError(f"unsupported transport {target.transport!r}")
         conn = self._connections.get(target.addr)
         if conn is not None:
@@ -185,23 +205,36 @@ class TransportLayer:
             return
         self._pending_data.setdefault(target.addr, []).append(data)
         if target.addr not in self._pending:
-            self._pending[target.addr] = asyncio.get_running_loop().create_task(self._connect(target.addr))
+            self._pending[target.addr] = asyncio.get_running_loop().create_task(self._connect(target.addr, target.transport))
 
-    async def _connect(self, addr: Addr) -> None:
+    async def _connect(self, addr: Addr, name: str = "tcp") -> None:
         loop = asyncio.get_running_loop()
+        kwargs: dict = {}
+        if name == "tls":
+            kwargs = {"ssl": self.tls_client or ssl.create_default_context(), "server_hostname": addr[0],
+                      "ssl_handshake_timeout": 10}
         try:
-            await asyncio.wait_for(loop.create_connection(lambda: _Stream(self, addr), addr[0], addr[1]), 10)
+            await asyncio.wait_for(loop.create_connection(lambda: _Stream(self, addr, name), addr[0], addr[1], **kwargs), 15)
+        except ssl.SSLCertVerificationError as exc:
+            self._connect_failed(addr, name, f"TLS certificate verification failed for {addr[0]}:{addr[1]}: "
+                                             f"{exc.verify_message or exc.reason} (pass ca_file=... to trust its CA, "
+                                             "or verify=False in a lab)")
+            return
         except (OSError, asyncio.TimeoutError) as exc:
-            self._pending.pop(addr, None)
-            self._pending_data.pop(addr, None)
-            if self.on_error is not None:
-                self.on_error("tcp", addr, f"cannot connect to {addr[0]}:{addr[1]}: {exc}")
+            what = "TLS connection" if name == "tls" else "connection"
+            self._connect_failed(addr, name, f"{what} to {addr[0]}:{addr[1]} failed: {exc or type(exc).__name__}")
             return
         self._pending.pop(addr, None)
         conn = self._connections.get(addr)
         for data in self._pending_data.pop(addr, []):
             if conn is not None:
                 conn.write(data)
+
+    def _connect_failed(self, addr: Addr, name: str, reason: str) -> None:
+        self._pending.pop(addr, None)
+        self._pending_data.pop(addr, None)
+        if self.on_error is not None:
+            self.on_error(name, addr, reason)
 
     async def close(self) -> None:
         for task in self._pending.values():
@@ -211,10 +244,12 @@ class TransportLayer:
             if conn.transport is not None:
                 conn.transport.close()
         self._connections.clear()
-        if self._server is not None:
-            self._server.close()
-            try:
-                await asyncio.wait_for(self._server.wait_closed(), 2)
-            except asyncio.TimeoutError:
-                pass
+        for listener in (self._server, self._tls_listener):
+            if listener is not None:
+                listener.close()
+                try:
+                    await asyncio.wait_for(listener.wait_closed(), 2)
+                except asyncio.TimeoutError:
+                    pass
+        self._tls_listener = None
         await self._close_listeners()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import ssl
 import time
 import warnings
 from typing import Any
@@ -32,18 +33,24 @@ class ProxyCore(SipCore):
     """Registrar + proxy logic on top of the SIP core."""
 
     def __init__(self, *, host: str, port: int, trace: Trace, registrar: Registrar, transports: tuple[str, ...],
-                 auth: Authenticator | None = None, timers: Timers = DEFAULT_TIMERS) -> None:
-        super().__init__(name="server", host=host, port=port, trace=trace, transports=transports, timers=timers)
+                 auth: Authenticator | None = None, timers: Timers = DEFAULT_TIMERS,
+                 tls_server: ssl.SSLContext | None = None, tls_port: int = 0) -> None:
+        super().__init__(name="server", host=host, port=port, trace=trace, transports=transports, timers=timers,
+                         tls_server=tls_server, tls_port=tls_port)
         self.registrar = registrar
         self.auth = auth
         self._forwarded: dict[int, ClientHandle] = {}   # id(server handle) -> downstream client transaction
 
     def is_us(self, uri: SipUri) -> bool:
-        return uri.host.strip("[]") in (self.host, "localhost") and (uri.port or 5060) == self.port
+        if uri.host.strip("[]") not in (self.host, "localhost"):
+            return False
+        port = uri.port or (5061 if uri.transport == "tls" else 5060)
+        return port == self.port or (self.transport.tls_server is not None and port == self.transport.tls_port)
 
     def rr_uri(self, transport: str) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"<sip:{host}:{self.port};transport={transport};lr>"
+        port = self.transport.tls_port if transport == "tls" else self.port
+        return f"<sip:{host}:{port};transport={transport};lr>"
 
     # -- requests -----------------------------------------------------------------------------------------
     def on_request(self, request: Request, handle: ServerHandle | None, transport: str, remote: tuple[str, int]) -> None:
@@ -235,7 +242,8 @@ class Server:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, transports: tuple[str, ...] = ("udp", "tcp"),
                  users: dict[str, str] | None = None, realm: str = "notebook_im", min_expires: int = 1,
-                 max_expires: int = 7200, timers: Timers = DEFAULT_TIMERS) -> None:
+                 max_expires: int = 7200, timers: Timers = DEFAULT_TIMERS,
+                 tls: "tuple[str, str] | ssl.SSLContext | None" = None, tls_port: int = 0) -> None:
         if not isinstance(port, int) or not 0 <= port < 65536:
             raise ValueError(f"port must be an int from 0 (any free port) to 65535, not {port!r}")
         bad = [t for t in transports if t not in ("udp", "tcp")]
@@ -246,8 +254,9 @@ class Server:
         self.trace = Trace()
         self.registrar = Registrar(min_expires=min_expires, max_expires=max_expires)
         self.auth = Authenticator(users, realm=realm) if users else None
+        tls_ctx = _server_context(tls) if tls is not None else None
         self._core = ProxyCore(host=host, port=port, trace=self.trace, registrar=self.registrar, transports=tuple(transports),
-                               auth=self.auth, timers=timers)
+                               auth=self.auth, timers=timers, tls_server=tls_ctx, tls_port=tls_port)
         self._started = False
         if not users and not _is_loopback(host):
             warnings.warn(f"notebook_im Server binds to {host} without users: anyone who can reach it can register. "
@@ -265,6 +274,18 @@ class Server:
     def uri(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"sip:{host}:{self.port}"
+
+    @property
+    def tls_port(self) -> int | None:
+        return self._core.transport.tls_port if self._core.transport.tls_server is not None else None
+
+    @property
+    def tls_uri(self) -> str | None:
+        """`sips:host:port` of the TLS listener (None without `tls=`)."""
+        if self.tls_port is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"sips:{host}:{self.tls_port}"
 
     @property
     def registrations(self) -> dict[str, list[str]]:
@@ -315,6 +336,16 @@ class Server:
     def __repr__(self) -> str:
         state = "running" if self._started else "stopped"
         return f"<Server {self.uri} {state}, {len(self.registrar)} bindings>"
+
+
+def _server_context(tls: "tuple[str, str] | ssl.SSLContext") -> ssl.SSLContext:
+    if isinstance(tls, ssl.SSLContext):
+        return tls
+    if not (isinstance(tls, tuple) and len(tls) == 2):
+        raise TypeError("tls must be (certfile, keyfile) PEM paths or an ssl.SSLContext")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(*tls)
+    return ctx
 
 
 def _is_loopback(host: str) -> bool:

@@ -166,5 +166,5 @@ def test_trace_records_every_message_and_event(pair):
     for method in (b"REGISTER", b"INVITE", b"ACK", b"MESSAGE", b"BYE"):
         assert method in alice_out
     assert any(b"traced" in r.raw for r in records if r.owner == bob.uri and r.direction == "in")
-    kinds = {type(e.event).__name__ for e in trace.events}
+    kinds = {type(e.event).__name__ for e in trace.events_list}
     assert {"EndpointStateChanged", "IncomingSession", "MessageReceived", "MessageDelivered", "SessionTerminated"} <= kinds
