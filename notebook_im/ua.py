@@ -150,7 +150,10 @@ class SipCore:
     def via(self, transport: str, branch: str | None = None) -> str:
         host, port = self.transport.local_addr(transport)
         h = f"[{host}]" if ":" in host else host
-        return f"SIP/2.0/{transport.upper()} {h}:{port};branch={branch or new_branch()};rport"
+        # RFC 5923 ;alias on streams: the peer may send requests for our sent-by back over this connection
+        # (how Kamailio, with tcp_accept_aliases, reaches a TLS client that has no listener of its own)
+        alias = ";alias" if transport != "udp" else ""
+        return f"SIP/2.0/{transport.upper()} {h}:{port};branch={branch or new_branch()};rport{alias}"
 
     # -- sending ----------------------------------------------------------------------------------
     def _send(self, data: bytes, target: Target) -> None:
