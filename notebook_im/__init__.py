@@ -25,6 +25,8 @@ from .errors import (
     TransportError,
 )
 from .runtime import DeadlockError, Operation
+from .net.impairment import Impairment
+from .net.relay import UdpRelay
 from .server import Server
 from .sip.transaction import Timers
 from .trace import Trace
@@ -36,6 +38,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "ChatPanel": "notebook_im.widgets.chat:ChatPanel",
     "LadderView": "notebook_im.widgets.ladder_view:LadderView",
+    "read_pcap": "notebook_im.trace.pcap:read_pcap",
 }
 
 
@@ -56,9 +59,9 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ChatMessage", "ComposingChanged", "ConferenceRequired", "DeadlockError", "Endpoint", "EndpointState",
-    "EndpointStateChanged", "Event", "EventStream", "ImSession", "IncomingSession", "InvalidState", "MessageDelivered",
+    "EndpointStateChanged", "Event", "EventStream", "Impairment", "ImSession", "IncomingSession", "InvalidState", "MessageDelivered",
     "MessageFailed", "MessageReceived", "NotebookImError", "Operation", "Participant", "ParticipantAdded",
     "ParticipantRemoved", "ParticipantState", "ParticipantStateChanged", "Platform", "RemoteProtocolError",
     "RequestFailed", "Server", "SessionManager", "SessionState", "SessionStateChanged", "SessionTerminated",
-    "Subscription", "Timers", "Trace", "TransactionTimeout", "TransportError", "__version__",
+    "Subscription", "Timers", "Trace", "TransactionTimeout", "TransportError", "UdpRelay", "__version__",
 ]

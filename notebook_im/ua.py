@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from .errors import RequestFailed, TransactionTimeout, TransportError
+from .net.impairment import Impairment
 from .net.transport import Target, TransportLayer
 from .sip import digest, sdp
 from .sip.dialog import Dialog
@@ -108,14 +109,15 @@ class SipCore:
 
     def __init__(self, *, name: str, host: str, port: int, trace: Trace, transports: tuple[str, ...] = ("udp", "tcp"),
                  timers: Timers = DEFAULT_TIMERS, tls_server: ssl.SSLContext | None = None, tls_port: int = 0,
-                 tls_client: ssl.SSLContext | None = None) -> None:
+                 tls_client: ssl.SSLContext | None = None, impairment: Impairment | None = None) -> None:
         self.name = name
         self.trace = trace
         self.timers = timers
         self._transport_errors: dict[tuple[str, tuple[str, int]], str] = {}
         self.transport = TransportLayer(host, port, self._on_data, on_drop=self._on_stream_drop,
                                         on_error=self._on_transport_error, transports=transports,
-                                        tls_server=tls_server, tls_port=tls_port, tls_client=tls_client)
+                                        tls_server=tls_server, tls_port=tls_port, tls_client=tls_client,
+                                        impairment=impairment)
         self._clients: dict[tuple[Any, ...], ClientHandle] = {}
         self._servers: dict[tuple[Any, ...], ServerHandle] = {}
         self.stats = {"received": 0, "sent": 0, "bad_request_400": 0, "dropped": 0, "retransmissions_absorbed": 0}
@@ -147,8 +149,10 @@ class SipCore:
     def port(self) -> int:
         return self.transport.port
 
+    advertise: tuple[str, int] | None = None  # the address peers must use to reach us (NAT, port forward, relay)
+
     def via(self, transport: str, branch: str | None = None) -> str:
-        host, port = self.transport.local_addr(transport)
+        host, port = self.advertise if self.advertise and transport == "udp" else self.transport.local_addr(transport)
         h = f"[{host}]" if ":" in host else host
         # RFC 5923 ;alias on streams: the peer may send requests for our sent-by back over this connection
         # (how Kamailio, with tcp_accept_aliases, reaches a TLS client that has no listener of its own)
@@ -458,8 +462,10 @@ class UserAgent(SipCore):
     def __init__(self, *, aor: SipUri, proxy: SipUri | None, transport: str, trace: Trace, local_host: str,
                  local_port: int = 0, username: str | None = None, password: str | None = None,
                  display_name: str | None = None, listener: UAListener | None = None,
-                 timers: Timers = DEFAULT_TIMERS, tls_client: ssl.SSLContext | None = None) -> None:
-        super().__init__(name=aor.aor, host=local_host, port=local_port, trace=trace, timers=timers, tls_client=tls_client)
+                 timers: Timers = DEFAULT_TIMERS, tls_client: ssl.SSLContext | None = None,
+                 impairment: Impairment | None = None) -> None:
+        super().__init__(name=aor.aor, host=local_host, port=local_port, trace=trace, timers=timers, tls_client=tls_client,
+                         impairment=impairment)
         self.aor = aor
         self.proxy = proxy.with_params(lr=None, transport=transport) if proxy is not None else None
         self.default_transport = transport

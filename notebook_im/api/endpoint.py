@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidState, RequestFailed, TransactionTimeout
@@ -16,7 +17,7 @@ from .emitter import EventSource
 from .events import ComposingChanged, EndpointState, EndpointStateChanged, MessageDelivered, MessageFailed, MessageReceived
 from .manager import SessionManager, parse_remote_uri
 from .participant import Participant
-from .session import check_content_type, now_utc, wire_text
+from .session import MESSAGE_ATTEMPTS, RecentIds, check_content_type, now_utc, wire_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from .platform import Platform
@@ -29,7 +30,7 @@ class Endpoint(EventSource):
 
     def __init__(self, platform: "Platform", uri: SipUri, *, server: SipUri | None, transport: str, local_host: str,
                  local_port: int, username: str | None, password: str | None, display_name: str | None,
-                 expires: int, tls_client: Any = None) -> None:
+                 expires: int, tls_client: Any = None, impairment: Any = None) -> None:
         super().__init__()
         self.platform = platform
         self.uri = str(uri)
@@ -40,9 +41,10 @@ class Endpoint(EventSource):
         self.state = EndpointState.DISABLED
         self._ua = UserAgent(aor=uri, proxy=server, transport=transport, trace=platform.trace, local_host=local_host,
                              local_port=local_port, username=username, password=password, display_name=display_name,
-                             listener=self, timers=platform.timers, tls_client=tls_client)
+                             listener=self, timers=platform.timers, tls_client=tls_client, impairment=impairment)
         self.sessions = SessionManager(self)
-        self.pager_messages: list[Any] = []
+        self.pager_messages: deque[Any] = deque(maxlen=10_000)  # recent pager-mode MessageReceived events
+        self._seen_pager = RecentIds()
 
     # -- properties ------------------------------------------------------------------------------------
     @property
@@ -129,11 +131,15 @@ class Endpoint(EventSource):
         msg_id = secrets.token_hex(6)
         sent_at = now_utc()
         started = time.perf_counter()
-        try:
-            resp = await self._ua.send_message(to, wire_text(text), f"{ct};charset=UTF-8")
-            status, reason = resp.status, resp.reason
-        except TransactionTimeout as exc:
-            status, reason = 408, exc.reason
+        status, reason = 408, "not sent"
+        for _attempt in range(MESSAGE_ATTEMPTS):
+            try:
+                resp = await self._ua.send_message(to, wire_text(text), f"{ct};charset=UTF-8",
+                                                   extra={"Imdn-Message-ID": msg_id})
+                status, reason = resp.status, resp.reason
+                break
+            except TransactionTimeout as exc:  # retried once; the receiver drops a duplicate by id
+                status, reason = exc.status, exc.reason
         latency = time.perf_counter() - started
         if 200 <= status < 300:
             event = MessageDelivered(None, msg_id, text, ct, status, reason, latency, "pager", str(to), sent_at,
@@ -159,7 +165,10 @@ class Endpoint(EventSource):
         if not ct.startswith("text/"):
             return 415
         text = request.text().replace("\r\n", "\n")
-        msg_id = request.headers.get("Imdn-Message-ID") or secrets.token_hex(6)
+        header_id = request.headers.get("Imdn-Message-ID")
+        if header_id and self._seen_pager.seen(f"{participant.uri} {header_id}"):
+            return 200  # a retry of a message we already delivered
+        msg_id = header_id or secrets.token_hex(6)
         event = MessageReceived(None, participant, text, ct, msg_id, "pager", self.uri, timestamp=now_utc())
         self.pager_messages.append(event)
         self._emit(event)
@@ -175,3 +184,10 @@ class Endpoint(EventSource):
     def on_registration(self, state: str, detail: str) -> None:
         if state == "refresh_failed":
             self._emit(EndpointStateChanged(self, self.state, self.state, f"registration refresh failed: {detail}", timestamp=now_utc()))
+
+    # -- history (trace frames, pandas imported on use) -----------------------------------------------------
+    def history(self, frame: str = "messages") -> Any:
+        """This endpoint's rows of `platform.trace.messages()` (or frame="events" / "sip"); same schema."""
+        if frame not in ("messages", "events", "sip"):
+            raise ValueError(f"frame must be 'messages', 'events' or 'sip', not {frame!r}")
+        return getattr(self.platform.trace, frame)(owner=self.uri)

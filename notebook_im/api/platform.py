@@ -10,6 +10,7 @@ import socket
 import ssl
 from typing import Any
 
+from ..net.impairment import Impairment
 from ..runtime import Operation, runtime
 from ..sip.transaction import DEFAULT_TIMERS, Timers
 from ..sip.uri import SipUri
@@ -66,14 +67,15 @@ class Platform:
     def endpoint(self, uri: str, *, server: Any = None, username: str | None = None, password: str | None = None,
                  transport: str | None = None, local_port: int = 0, local_host: str | None = None,
                  display_name: str | None = None, expires: int = 3600, verify: bool = True,
-                 ca_file: str | None = None) -> Operation[Endpoint]:
+                 ca_file: str | None = None, impairment: Impairment | None = None) -> Operation[Endpoint]:
         """Create and enable an endpoint for `uri` (UCCAPI create + `IUccEndpoint.Enable`).
 
         `server` is the registrar/proxy: a `nim.Server`, or its URI such as 'sip:127.0.0.1:5060' (or
         'sips:host:5061' for TLS). Without a server the endpoint only listens (peers reach it at its `contact`).
         `transport` is "udp" (default), "tcp" or "tls" (default "tls" for a sips: server URI). TLS verifies the
         server certificate against the system CAs, or `ca_file`; `verify=False` turns that off (labs only).
-        Resolves once REGISTER succeeded.
+        `impairment` (a `nim.Impairment`) drops/delays/reorders the UDP datagrams this endpoint sends: for tests
+        and for watching retransmissions in a tutorial. Resolves once REGISTER succeeded.
         """
         if self._shut:
             raise RuntimeError("this Platform was shut down; create a new nim.Platform()")
@@ -108,7 +110,7 @@ class Platform:
         tls_client = client_context(verify=verify, ca_file=ca_file) if transport == "tls" else None
         ep = Endpoint(self, aor, server=server_uri, transport=transport, local_host=host, local_port=local_port,
                       username=username, password=password, display_name=display_name, expires=expires,
-                      tls_client=tls_client)
+                      tls_client=tls_client, impairment=impairment)
         self._endpoints.append(ep)
         return runtime().submit(ep._enable(), f"endpoint({uri!r})")
 

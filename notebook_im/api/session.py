@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,26 @@ if TYPE_CHECKING:  # pragma: no cover
 
 TEXT_TYPES = ("text/plain", "text/html", "text/enriched")
 RING_TIMEOUT = 120.0
+MESSAGE_ATTEMPTS = 2  # a MESSAGE whose transaction timed out is sent once more (same Imdn-Message-ID)
+
+
+class RecentIds:
+    """A bounded set of recently seen message ids: duplicate suppression for retried MESSAGEs."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._order: deque[str] = deque()
+        self._ids: set[str] = set()
+        self.size = size
+
+    def seen(self, msg_id: str) -> bool:
+        """True if `msg_id` was seen before; otherwise remember it and return False."""
+        if msg_id in self._ids:
+            return True
+        self._ids.add(msg_id)
+        self._order.append(msg_id)
+        if len(self._order) > self.size:
+            self._ids.discard(self._order.popleft())
+        return False
 
 
 def now_utc() -> datetime:
@@ -100,6 +121,7 @@ class ImSession(EventSource):
         self._receiver = ic.ComposingReceiver()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._composing_supported = True
+        self._seen = RecentIds()
 
     # -- properties ---------------------------------------------------------------------------------------
     @property
@@ -311,7 +333,10 @@ class ImSession(EventSource):
 
     def _deliver_text(self, request: Request, ct: str, *, mode: str) -> None:
         text = request.text().replace("\r\n", "\n")
-        msg_id = request.headers.get("Imdn-Message-ID") or secrets.token_hex(6)
+        header_id = request.headers.get("Imdn-Message-ID")
+        if header_id and self._seen.seen(header_id):
+            return  # the sender retried after a lost 200: answered again, shown once
+        msg_id = header_id or secrets.token_hex(6)
         ts = now_utc()
         self.messages.append(ChatMessage(msg_id, "in", self._remote.uri, self.endpoint.uri, text, ct, ts, "received", mode))
         self._run_receiver(self._receiver.message_received(time.monotonic()))
@@ -393,15 +418,18 @@ class ImSession(EventSource):
         self._run_sender(self._sender.message_sent(time.monotonic()))
         started = time.perf_counter()
         async with self._get_lock():
-            if self.state is not SessionState.CONNECTED or self.dialog is None:
-                status, reason = 481, f"session {self.state.value} before the message was sent"
-            else:
+            status, reason = 481, f"session {self.state.value} before the message was sent"
+            for _attempt in range(MESSAGE_ATTEMPTS):
+                if self.state is not SessionState.CONNECTED or self.dialog is None:
+                    break
                 try:
                     resp = await self.ua.send_in_dialog(self.dialog, "MESSAGE", body=wire_text(text),
-                                                        content_type=f"{ct};charset=UTF-8")
+                                                        content_type=f"{ct};charset=UTF-8",
+                                                        extra={"Imdn-Message-ID": msg.id})
                     status, reason = resp.status, resp.reason
-                except TransactionTimeout as exc:
-                    status, reason = 408, exc.reason
+                    break
+                except TransactionTimeout as exc:  # retried in a new transaction; the receiver drops a duplicate by id
+                    status, reason = exc.status, exc.reason
         return self._settle(msg, status, reason, time.perf_counter() - started)
 
     def _settle(self, msg: ChatMessage, status: int, reason: str, latency: float) -> MessageDelivered:
@@ -467,6 +495,20 @@ class ImSession(EventSource):
             self._accepted.set_exception(InvalidState(f"session ended before it connected: {reason}"))
         self._emit(SessionTerminated(self, reason, status, by_remote, timestamp=now_utc()))
         self.manager._forget(self)
+
+    # -- history (trace frames, pandas imported on use) -----------------------------------------------------------
+    def history(self, frame: str = "messages") -> Any:
+        """This session's rows of `platform.trace.messages()` (or frame="events" / "sip": its SIP messages,
+        as seen by this endpoint). Same schema as the trace's frames."""
+        trace = self.endpoint.platform.trace
+        if frame == "sip":
+            call_id = self.dialog.call_id if self.dialog is not None else None
+            if call_id is None and self._invite_handle is not None:
+                call_id = self._invite_handle.txn.request.call_id
+            return trace.sip(owner=self.endpoint.uri, call_id=call_id or "\0")
+        if frame not in ("messages", "events"):
+            raise ValueError(f"frame must be 'messages', 'events' or 'sip', not {frame!r}")
+        return getattr(trace, frame)(owner=self.endpoint.uri, session_id=self.id)
 
 
 def _short(text: str, n: int = 30) -> str:

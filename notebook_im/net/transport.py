@@ -17,6 +17,7 @@ from typing import Callable
 
 from ..sip.errors import RemoteProtocolError
 from ..sip.parser import StreamFramer
+from .impairment import Impairment
 
 log = logging.getLogger("notebook_im.net")
 
@@ -104,7 +105,7 @@ class TransportLayer:
     def __init__(self, host: str, port: int, on_data: DataHandler, *, on_drop: Callable[[bytes, str, Addr | None, str], None] | None = None,
                  on_error: ErrorHandler | None = None, transports: tuple[str, ...] = ("udp", "tcp"),
                  tls_server: ssl.SSLContext | None = None, tls_port: int = 0,
-                 tls_client: ssl.SSLContext | None = None) -> None:
+                 tls_client: ssl.SSLContext | None = None, impairment: "Impairment | None" = None) -> None:
         self.host = host
         self.port = port
         self.on_data = on_data
@@ -124,6 +125,7 @@ class TransportLayer:
         self.tls_port = tls_port
         self.tls_addr: Addr = (host, tls_port)
         self._tls_listener: asyncio.AbstractServer | None = None
+        self.impairment = impairment  # loss/reorder applied to datagrams we send (tests, teaching)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -195,7 +197,10 @@ class TransportLayer:
         if target.transport == "udp":
             if self._udp is None:
                 raise RuntimeError("transport is closed")
-            self._udp.sendto(data, target.addr)
+            if self.impairment is None:
+                self._udp.sendto(data, target.addr)
+            else:
+                self._send_impaired(data, target.addr)
             return
         if target.transport not in ("tcp", "tls"):
             raise ValueError(f"unsupported transport {target.transport!r}")
@@ -206,6 +211,16 @@ class TransportLayer:
         self._pending_data.setdefault(target.addr, []).append(data)
         if target.addr not in self._pending:
             self._pending[target.addr] = asyncio.get_running_loop().create_task(self._connect(target.addr, target.transport))
+
+    def _send_impaired(self, data: bytes, addr: Addr) -> None:
+        assert self.impairment is not None
+        udp = self._udp
+        loop = asyncio.get_running_loop()
+        for delay in self.impairment.decide():
+            if delay <= 0:
+                udp.sendto(data, addr)
+            else:
+                loop.call_later(delay, lambda: udp.is_closing() or udp.sendto(data, addr))
 
     async def _connect(self, addr: Addr, name: str = "tcp") -> None:
         loop = asyncio.get_running_loop()

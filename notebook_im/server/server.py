@@ -42,14 +42,19 @@ class ProxyCore(SipCore):
         self._forwarded: dict[int, ClientHandle] = {}   # id(server handle) -> downstream client transaction
 
     def is_us(self, uri: SipUri) -> bool:
-        if uri.host.strip("[]") not in (self.host, "localhost"):
-            return False
+        host = uri.host.strip("[]")
         port = uri.port or (5061 if uri.transport == "tls" else 5060)
+        if self.advertise is not None and (host, port) == self.advertise:
+            return True
+        if host not in (self.host, "localhost"):
+            return False
         return port == self.port or (self.transport.tls_server is not None and port == self.transport.tls_port)
 
     def rr_uri(self, transport: str) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        port = self.transport.tls_port if transport == "tls" else self.port
+        host, port = self.host, self.transport.tls_port if transport == "tls" else self.port
+        if self.advertise is not None and transport == "udp":
+            host, port = self.advertise
+        host = f"[{host}]" if ":" in host else host
         return f"<sip:{host}:{port};transport={transport};lr>"
 
     # -- requests -----------------------------------------------------------------------------------------
@@ -75,8 +80,13 @@ class ProxyCore(SipCore):
                 break
             out_transport = first.params.get("transport") or out_transport
             routes.pop(0)
+        if request.to.tag is None:
+            # an initial request: a pre-loaded Route names the outbound proxy the client used to reach us
+            # (which may be an address we do not know as ours: a NAT, a relay, a DNS name). We route it
+            # ourselves, only to registered users, so the Route set is dropped (Kamailio's example does too).
+            routes = []
         request.headers.set_all("Route", routes)
-        if request.to.tag is not None or routes:
+        if request.to.tag is not None:
             self._route_in_dialog(request, handle, transport, routes)
             return
         if not request.uri.user:
@@ -243,7 +253,8 @@ class Server:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, transports: tuple[str, ...] = ("udp", "tcp"),
                  users: dict[str, str] | None = None, realm: str = "notebook_im", min_expires: int = 1,
                  max_expires: int = 7200, timers: Timers = DEFAULT_TIMERS,
-                 tls: "tuple[str, str] | ssl.SSLContext | None" = None, tls_port: int = 0) -> None:
+                 tls: "tuple[str, str] | ssl.SSLContext | None" = None, tls_port: int = 0,
+                 advertise: tuple[str, int] | None = None) -> None:
         if not isinstance(port, int) or not 0 <= port < 65536:
             raise ValueError(f"port must be an int from 0 (any free port) to 65535, not {port!r}")
         bad = [t for t in transports if t not in ("udp", "tcp")]
@@ -257,6 +268,8 @@ class Server:
         tls_ctx = _server_context(tls) if tls is not None else None
         self._core = ProxyCore(host=host, port=port, trace=self.trace, registrar=self.registrar, transports=tuple(transports),
                                auth=self.auth, timers=timers, tls_server=tls_ctx, tls_port=tls_port)
+        # the UDP address to put in Via and Record-Route when peers reach us through a NAT, port forward or relay
+        self._core.advertise = advertise
         self._started = False
         if not users and not _is_loopback(host):
             warnings.warn(f"notebook_im Server binds to {host} without users: anyone who can reach it can register. "
