@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import random
 import socket
 import ssl
 import time
@@ -116,6 +117,7 @@ class SipCore:
         self._transport_errors: dict[tuple[str, tuple[str, int]], str] = {}
         self.transport = TransportLayer(host, port, self._on_data, on_drop=self._on_stream_drop,
                                         on_error=self._on_transport_error, transports=transports,
+                                        on_lost=self.on_connection_lost,
                                         tls_server=tls_server, tls_port=tls_port, tls_client=tls_client,
                                         impairment=impairment)
         self._clients: dict[tuple[Any, ...], ClientHandle] = {}
@@ -404,6 +406,9 @@ class SipCore:
     def on_request(self, request: Request, handle: ServerHandle | None, transport: str, remote: tuple[str, int]) -> None:
         raise NotImplementedError
 
+    def on_connection_lost(self, transport: str, addr: tuple[str, int]) -> None:
+        """A TCP/TLS connection closed (subclasses may react, e.g. re-register)."""
+
     def on_stray_response(self, response: Response, transport: str, remote: tuple[str, int]) -> None:
         log.debug("%s: stray response %s dropped", self.name, response)
 
@@ -478,6 +483,10 @@ class UserAgent(SipCore):
         self._register_call_id = new_call_id(local_host)
         self._register_cseq = 0
         self._refresh_handle: asyncio.TimerHandle | None = None
+        self._wanted_expires = 3600
+        self._register_failures = 0
+        self.retry_base = 1.0    # seconds before the first re-REGISTER after a failure, doubling up to retry_max
+        self.retry_max = 60.0
         self._cseq = 0
         self.instance_tag = new_tag()
 
@@ -575,6 +584,8 @@ class UserAgent(SipCore):
     async def register(self, expires: int = 3600) -> Response:
         if self.proxy is None:
             raise LocalProtocolError("no server to register with")
+        if expires:
+            self._wanted_expires = expires
         self._register_cseq += 1
         registrar = SipUri(host=self.aor.host)
         req = self.new_request("REGISTER", self.aor, call_id=self._register_call_id, cseq=self._register_cseq,
@@ -606,18 +617,40 @@ class UserAgent(SipCore):
         self._refresh_handle = self.loop.call_later(delay, self._refresh)
 
     def _refresh(self) -> None:
+        """Re-REGISTER (refresh, or recovery after a failure), retrying with exponential backoff."""
         async def run() -> None:
+            self._refresh_handle = None
             try:
-                await self.register(self.registered_expires or 3600)
+                await self.register(self._wanted_expires)
+            except Exception as exc:  # noqa: BLE001 - report, then retry with backoff
+                self._register_failures += 1
+                delay = min(self.retry_base * 2 ** (self._register_failures - 1), self.retry_max)
+                delay *= random.uniform(0.8, 1.0)  # spread a classroom's retries after a server restart
                 if self.listener:
-                    self.listener.on_registration("refreshed", "registration refreshed")
-            except Exception as exc:  # noqa: BLE001 - report and retry later
-                if self.listener:
-                    self.listener.on_registration("refresh_failed", str(exc))
-                if self.loop is not None and not self.closed:
-                    self._refresh_handle = self.loop.call_later(30, self._refresh)
+                    self.listener.on_registration("failed", f"{exc}; retrying in {delay:.1f} s")
+                if self.loop is not None and not self.closed and self._refresh_handle is None:
+                    self._refresh_handle = self.loop.call_later(delay, self._refresh)
+                return
+            recovered = self._register_failures > 0
+            self._register_failures = 0
+            if self.listener:
+                self.listener.on_registration("recovered" if recovered else "refreshed",
+                                              "registered again" if recovered else "registration refreshed")
         if not self.closed:
             asyncio.ensure_future(run())
+
+    def on_connection_lost(self, transport: str, addr: tuple[str, int]) -> None:
+        """Our connection to the registrar dropped (server restart?): register again at once, over a new one."""
+        if self.closed or self.proxy is None or self.registered_expires is None:
+            return
+        try:
+            target = target_of(self.proxy)
+        except OSError:
+            return
+        if (target.transport, target.addr) == (transport, addr) and self.loop is not None:
+            if self._refresh_handle is not None:
+                self._refresh_handle.cancel()
+            self._refresh_handle = self.loop.call_later(0.05, self._refresh)
 
     async def unregister(self) -> Response | None:
         if self._refresh_handle is not None:

@@ -76,7 +76,7 @@ class Endpoint(EventSource):
         self._emit(EndpointStateChanged(self, state, previous, reason, timestamp=now_utc()))
 
     def _require_enabled(self, what: str) -> None:
-        if self.state is not EndpointState.ENABLED:
+        if self.state not in (EndpointState.ENABLED, EndpointState.RECONNECTING):
             raise InvalidState(f"cannot {what}: endpoint {self.uri} is {self.state.value}; "
                                "get an enabled one from platform.endpoint(...)")
 
@@ -175,15 +175,21 @@ class Endpoint(EventSource):
         return 200
 
     def on_invite(self, request: Request, handle: ServerHandle) -> None:
-        if self.state is not EndpointState.ENABLED:
+        if self.state not in (EndpointState.ENABLED, EndpointState.RECONNECTING):
             from ..sip.message import make_response, new_tag
             self._ua.respond(handle, make_response(request, 480, to_tag=new_tag()))
             return
         self.sessions._on_invite(request, handle)
 
     def on_registration(self, state: str, detail: str) -> None:
-        if state == "refresh_failed":
-            self._emit(EndpointStateChanged(self, self.state, self.state, f"registration refresh failed: {detail}", timestamp=now_utc()))
+        if self.state not in (EndpointState.ENABLED, EndpointState.RECONNECTING):
+            return
+        if state == "failed":
+            if self.state is EndpointState.RECONNECTING:  # still down: report each attempt
+                self._emit(EndpointStateChanged(self, self.state, self.state, f"registration failed: {detail}", timestamp=now_utc()))
+            self._set_state(EndpointState.RECONNECTING, f"registration failed: {detail}")
+        elif state == "recovered":
+            self._set_state(EndpointState.ENABLED, detail)
 
     # -- history (trace frames, pandas imported on use) -----------------------------------------------------
     def history(self, frame: str = "messages") -> Any:

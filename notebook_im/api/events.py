@@ -40,6 +40,7 @@ class EndpointState(str, enum.Enum):
     DISABLED = "disabled"
     ENABLING = "enabling"
     ENABLED = "enabled"
+    RECONNECTING = "reconnecting"   # the registration failed or lapsed; retrying with backoff
     DISABLING = "disabling"
 
 

@@ -93,6 +93,8 @@ class _Stream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.remote is not None and self.owner._connections.get(self.remote) is self:
             del self.owner._connections[self.remote]
+            if self.owner.on_lost is not None and not self.owner.closing:
+                self.owner.on_lost(self.name, self.remote)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -105,7 +107,8 @@ class TransportLayer:
     def __init__(self, host: str, port: int, on_data: DataHandler, *, on_drop: Callable[[bytes, str, Addr | None, str], None] | None = None,
                  on_error: ErrorHandler | None = None, transports: tuple[str, ...] = ("udp", "tcp"),
                  tls_server: ssl.SSLContext | None = None, tls_port: int = 0,
-                 tls_client: ssl.SSLContext | None = None, impairment: "Impairment | None" = None) -> None:
+                 tls_client: ssl.SSLContext | None = None, impairment: "Impairment | None" = None,
+                 on_lost: Callable[[str, Addr], None] | None = None) -> None:
         self.host = host
         self.port = port
         self.on_data = on_data
@@ -126,6 +129,8 @@ class TransportLayer:
         self.tls_addr: Addr = (host, tls_port)
         self._tls_listener: asyncio.AbstractServer | None = None
         self.impairment = impairment  # loss/reorder applied to datagrams we send (tests, teaching)
+        self.on_lost = on_lost        # a stream connection closed: on_lost(transport name, remote address)
+        self.closing = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -252,6 +257,7 @@ class TransportLayer:
             self.on_error(name, addr, reason)
 
     async def close(self) -> None:
+        self.closing = True
         for task in self._pending.values():
             task.cancel()
         self._pending.clear()

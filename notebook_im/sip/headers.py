@@ -53,7 +53,7 @@ def normalize_name(name: str) -> str:
     if key is None:
         low = name.strip().lower()
         key = COMPACT.get(low, low)
-        if len(_NAME_CACHE) < 4096:  # bounded: hostile peers may invent names
+        if len(_NAME_CACHE) < 4096 and len(name) <= 64:  # bounded: hostile peers may invent names
             _NAME_CACHE[name] = key
     return key
 

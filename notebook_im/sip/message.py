@@ -6,6 +6,7 @@ parse functions of `uri.py`, so repeated access costs a dict lookup.
 """
 from __future__ import annotations
 
+import codecs
 import secrets
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from .headers import Headers
 from .uri import Address, SipUri, Via
 
 BRANCH_MAGIC = "z9hG4bK"
+_TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"  # RFC 3261 §25.1
 
 REASONS = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued", 183: "Session Progress",
@@ -76,9 +78,9 @@ class Message:
     @property
     def cseq(self) -> CSeq:
         text = self._required("CSeq")
-        num, _, method = text.strip().partition(" ")
-        method = method.strip()
-        if not num.isdigit() or not method or len(num) > 10 or int(num) >= 2**31:
+        num, _, method = text.strip(" \t").replace("\t", " ").partition(" ")  # CSeq = 1*DIGIT LWS Method
+        method = method.strip(" ")
+        if not num.isascii() or not num.isdigit() or not method or len(num) > 10 or int(num) >= 2**31:
             raise RemoteProtocolError(f"bad CSeq {text!r}", 400, self)
         return CSeq(int(num), method)
 
@@ -134,9 +136,10 @@ class Message:
         if value is None:
             return None
         value = value.strip()
-        if not value.isdigit():
-            raise RemoteProtocolError(f"bad Expires {value!r}", 400, self)
-        return int(value)
+        if not value.isascii() or not value.isdigit():
+            raise RemoteProtocolError(f"bad Expires {value[:20]!r}", 400, self)
+        digits = value.lstrip("0") or "0"  # RFC 3261 §20.19: values above 2**32-1 mean 2**32-1
+        return min(int(digits), 2**32 - 1) if len(digits) <= 12 else 2**32 - 1
 
     @property
     def max_forwards(self) -> int | None:
@@ -144,15 +147,18 @@ class Message:
         if value is None:
             return None
         value = value.strip()
-        if not value.isdigit() or int(value) > 255:
-            raise RemoteProtocolError(f"bad Max-Forwards {value!r}", 400, self)
+        if not value.isascii() or not value.isdigit() or len(value.lstrip("0")) > 3 or int(value) > 255:
+            raise RemoteProtocolError(f"bad Max-Forwards {value[:20]!r}", 400, self)
         return int(value)
 
     def text(self) -> str:
         """The body decoded with its charset (replacement characters for undecodable bytes)."""
+        charset = self.charset
         try:
-            return self.body.decode(self.charset, errors="replace")
-        except LookupError:
+            if not codecs.lookup(charset)._is_text_encoding:  # e.g. charset=hex, rot13, zlib
+                charset = "utf-8"
+            return self.body.decode(charset, errors="replace")
+        except (LookupError, ValueError):  # unknown charset; or a codec without "replace" (idna, punycode)
             return self.body.decode("utf-8", errors="replace")
 
     # -- serialization ---------------------------------------------------------------------------
@@ -172,8 +178,8 @@ class Request(Message):
 
     def __init__(self, method: str, uri: SipUri | str, headers: Headers | None = None, body: bytes = b"") -> None:
         super().__init__(headers, body)
-        if not method or not method.isascii() or not method.replace("-", "").isalnum():
-            raise LocalProtocolError(f"invalid method {method!r}")
+        if not method or method.strip(_TOKEN_CHARS):
+            raise LocalProtocolError(f"invalid method {method!r} (a token: letters, digits and -.!%*_+`'~)")
         self.method = method
         self.uri = uri if isinstance(uri, SipUri) else SipUri.parse(uri)
 

@@ -14,22 +14,44 @@ from .headers import Headers, normalize_name
 from .message import Message, Request, Response
 from .uri import SipUri
 
-MAX_MESSAGE = 65535
-MAX_HEADERS = 256
-MAX_LINE = 8192
-MAX_BODY = 65535 - 200
+MAX_MESSAGE = 65535          # bytes in one message (a datagram, or one message framed from a stream)
+MAX_HEADERS = 256            # header fields (lines, folded continuations not counted)
+MAX_LINE = 8192              # characters in the start line or in any header line
+MAX_BODY = 65535 - 200       # Content-Length a message may announce (413 above that)
 
 _WS = " \t"
+# control characters that may not appear in a start line or header (RFC 3261 §25.1: TEXT-UTF8char, LWS);
+# HTAB is whitespace, CR and LF are line ends and handled separately
+_CTL = bytes(range(0, 9)) + b"\x0b\x0c" + bytes(range(0x0E, 0x20)) + b"\x7f"
+_CTL_STR = {c: None for c in _CTL}  # str.translate table deleting them
+_TOKEN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+_TOKEN_STR = "".join(sorted(_TOKEN))
+_ECHOED = ("via", "from", "to", "call-id", "cseq")  # what a response copies back to the sender
 
 
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
     end = data.find(b"\r\n\r\n")
+    lf = data.find(b"\n\n", 0, end if end >= 0 else len(data))
+    if lf >= 0:  # tolerate bare LF line endings (robustness, RFC 3261 §7.5 spirit) when they come first
+        return data[:lf], data[lf + 2 :]
     if end >= 0:
         return data[:end], data[end + 4 :]
-    end = data.find(b"\n\n")  # tolerate bare LF line endings (robustness, RFC 3261 §7.5 spirit)
-    if end >= 0:
-        return data[:end], data[end + 2 :]
     return data, b""
+
+
+def is_token(text: str) -> bool:
+    """RFC 3261 §25.1 token (a method, a header name): one or more of alphanum and -.!%*_+`'~"""
+    return bool(text) and not text.strip(_TOKEN_STR)
+
+
+def _digits(text: str) -> int | None:
+    """The value of a run of ASCII digits (leading zeros allowed, any length), or None."""
+    if not text.isascii() or not text.isdigit():
+        return None
+    text = text.lstrip("0") or "0"
+    if len(text) > 12:
+        return 10**12  # far beyond every limit; avoids int() on huge strings
+    return int(text)
 
 
 def parse_message(data: bytes, *, stream: bool = False) -> Message:
@@ -38,6 +60,9 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
     For a datagram (`stream=False`) bytes beyond Content-Length are discarded and a body shorter than
     Content-Length is an error (RFC 3261 §18.3). For a message already framed from a stream, the body is
     exactly Content-Length bytes.
+
+    Only `RemoteProtocolError` is raised. Its `message` is either None (drop the input) or a Request with
+    a usable Via and a CSeq, so a response `exc.status_code` with `exc.reason` can be sent.
     """
     if len(data) > MAX_MESSAGE:
         raise RemoteProtocolError(f"message of {len(data)} bytes exceeds the {MAX_MESSAGE}-byte limit", 513)
@@ -49,33 +74,41 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         raise RemoteProtocolError("header section is not valid UTF-8") from None
+    ctl = len(head.translate(None, _CTL)) != len(head) or head.count(b"\r") != head.count(b"\r\n")
     lines = text.replace("\r\n", "\n").split("\n")
     start = lines[0]
-    message = _parse_start_line(start)
+    message, pending = _parse_start_line(start)
 
     headers = message.headers
     count = 0
     current_name: str | None = None
-    current_value = ""
+    parts: list[str] = []
+    field_len = 0
     bad: str | None = None
     for line in lines[1:]:
-        if len(line) > MAX_LINE:
-            bad = bad or f"header line longer than {MAX_LINE} bytes"
-            continue
         if line[:1] in (" ", "\t"):  # folded continuation (RFC 3261 §7.3.1)
             if current_name is None:
                 bad = bad or "continuation line before any header"
                 continue
-            current_value += " " + line.strip(_WS)
+            line = line.strip(_WS)
+            if line:
+                field_len += len(line) + 1
+                if field_len > MAX_LINE:  # folded or not, a field must fit on one line when we send it on
+                    bad = bad or f"header field longer than {MAX_LINE} bytes"
+                    continue
+                parts.append(line)
             continue
         if current_name is not None:
-            headers.add(current_name, current_value)
-        if not line:
+            headers.add(current_name, " ".join(parts))
             current_name = None
+        if not line:
+            continue
+        if len(line) > MAX_LINE:
+            bad = bad or f"header line longer than {MAX_LINE} bytes"
             continue
         name, sep, value = line.partition(":")
         name = name.rstrip(_WS)
-        if not sep or not name or " " in name or "\t" in name:
+        if not sep or not is_token(name):
             bad = bad or f"malformed header line {line[:60]!r}"
             current_name = None
             continue
@@ -83,22 +116,32 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
         if count > MAX_HEADERS:
             raise RemoteProtocolError(f"more than {MAX_HEADERS} header fields", 400, None)
         current_name = name
-        current_value = value.strip(_WS)
+        value = value.strip(_WS)
+        parts = [value] if value else []
+        field_len = len(line)
     if current_name is not None:
-        headers.add(current_name, current_value)
+        headers.add(current_name, " ".join(parts))
 
-    cl_text = headers.get("Content-Length")
-    if cl_text is not None:
-        cl_text = cl_text.strip()
-        if not cl_text.isdigit() or len(cl_text) > 9:
-            bad = bad or f"bad Content-Length {cl_text!r}"
+    if ctl:
+        bad = "control character in the header section"
+        if any(v.translate(_CTL_STR) != v or "\r" in v for k in _ECHOED for v in headers.get_all(k)) or \
+                start.translate(_CTL_STR) != start or "\r" in start:
+            raise RemoteProtocolError(bad + " (in the start line or a header a response must echo)")
+    if pending is not None:
+        raise RemoteProtocolError(pending.reason, pending.status_code, _answerable(message))
+
+    cl_values = headers.get_all("Content-Length")
+    if cl_values:
+        length = _digits(cl_values[0].strip(_WS))
+        if length is None:
+            bad = bad or f"bad Content-Length {cl_values[0][:20]!r}"
             length = len(body)
-        else:
-            length = int(cl_text)
+        elif any(_digits(v.strip(_WS)) != length for v in cl_values[1:]):
+            bad = bad or "conflicting Content-Length headers"
     else:
         length = len(body)
     if length > MAX_BODY:
-        raise RemoteProtocolError(f"body of {length} bytes exceeds the limit", 413, _answerable(message))
+        raise RemoteProtocolError(f"body of {length} bytes exceeds the {MAX_BODY}-byte limit", 413, _answerable(message))
     if len(body) < length:
         bad = bad or f"body shorter ({len(body)} bytes) than Content-Length {length}"
     elif len(body) > length:
@@ -115,30 +158,44 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
     return message
 
 
-def _parse_start_line(start: str) -> Message:
+def _parse_start_line(start: str) -> tuple[Message, RemoteProtocolError | None]:
+    """The message the start line begins, and the error to raise once the headers are read (so that the
+    request can be answered), if any. Errors that leave nothing to answer are raised at once."""
+    if len(start) > MAX_LINE:
+        if start.startswith("SIP/"):
+            raise RemoteProtocolError(f"status line longer than {MAX_LINE} bytes")
+        method = start.partition(" ")[0]
+        if not is_token(method):
+            raise RemoteProtocolError(f"start line longer than {MAX_LINE} bytes")
+        return Request(method, _INVALID_URI), RemoteProtocolError(f"request line longer than {MAX_LINE} bytes", 414)
     if start.startswith("SIP/"):
         version, _, rest = start.partition(" ")
         code, _, reason = rest.partition(" ")
         if version != "SIP/2.0":
-            raise RemoteProtocolError(f"unsupported version {version!r}", 505)
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
-            raise RemoteProtocolError(f"bad status code {code!r}")
-        return Response(int(code), reason.strip())
+            raise RemoteProtocolError(f"unsupported version {version[:20]!r}", 505)
+        status = _digits(code)
+        if len(code) != 3 or status is None or not 100 <= status <= 699:
+            raise RemoteProtocolError(f"bad status code {code[:20]!r}")
+        return Response(status, reason.strip()), None
     parts = start.split(" ")
-    if len(parts) != 3:
-        raise RemoteProtocolError(f"bad request line {start[:80]!r}")
-    method, uri_text, version = parts
-    if not method or not method.isascii() or not method.replace("-", "").replace(".", "").isalnum():
+    method = parts[0]
+    if not is_token(method):
         raise RemoteProtocolError(f"bad method {method[:40]!r}")
+    if len(parts) != 3 or not parts[2].startswith("SIP/"):
+        # a method is there: answer 400 if the headers allow it (RFC 4475 §3.1.2.7 lwsstart)
+        return Request(method, _INVALID_URI), RemoteProtocolError(f"bad request line {start[:80]!r}")
+    _, uri_text, version = parts
     try:
         uri = SipUri.parse(uri_text)
     except RemoteProtocolError as exc:
-        request = Request(method, SipUri(host="invalid"))
-        raise RemoteProtocolError(exc.reason, exc.status_code, request) from None
+        return Request(method, _INVALID_URI), RemoteProtocolError(exc.reason, exc.status_code)
     request = Request(method, uri)
     if version != "SIP/2.0":
-        raise RemoteProtocolError(f"unsupported version {version!r}", 505, request)
-    return request
+        return request, RemoteProtocolError(f"unsupported version {version[:20]!r}", 505)
+    return request, None
+
+
+_INVALID_URI = SipUri(host="invalid")
 
 
 def _answerable(message: Message) -> Message | None:
@@ -166,18 +223,23 @@ def _check_request(req: Request) -> None:
         req.from_
         req.to
         req.max_forwards
+        if not req.call_id:
+            raise RemoteProtocolError("empty Call-ID")
     except RemoteProtocolError as exc:
         raise RemoteProtocolError(exc.reason, 400, _answerable(req)) from None
     if cseq.method != req.method:
-        raise RemoteProtocolError(f"CSeq method {cseq.method} does not match {req.method}", 400, _answerable(req))
+        raise RemoteProtocolError(f"CSeq method {cseq.method[:40]} does not match {req.method}", 400, _answerable(req))
 
 
 def _check_response(resp: Response) -> None:
     for name in ("Via", "From", "To", "Call-ID", "CSeq"):
         if name not in resp.headers:
             raise RemoteProtocolError(f"missing {name} header in response")
-    resp.top_via
-    resp.cseq
+    try:
+        resp.top_via
+        resp.cseq
+    except RemoteProtocolError as exc:
+        raise RemoteProtocolError(exc.reason, 400, None) from None
 
 
 class StreamFramer:
@@ -186,13 +248,15 @@ class StreamFramer:
     `feed(data)` returns the complete messages (as bytes) now available. CRLF keep-alives (RFC 5626)
     between messages are skipped and counted. A header section that never ends within `MAX_MESSAGE`
     bytes, or a missing/bad Content-Length, raises RemoteProtocolError: the connection cannot be
-    resynchronised and must be closed.
+    resynchronised and must be closed. A header section arriving a byte at a time is scanned once
+    (not once per byte), so a slow sender costs linear time.
     """
 
-    __slots__ = ("_buf", "keepalives")
+    __slots__ = ("_buf", "_scanned", "keepalives")
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._scanned = 0  # bytes of _buf already searched for the end of the header section
         self.keepalives = 0
 
     @property
@@ -205,18 +269,21 @@ class StreamFramer:
         out: list[bytes] = []
         while buf:
             # skip keep-alives / stray CRLFs between messages
-            i = 0
-            while i < len(buf) and buf[i] in (13, 10):
-                i += 1
-            if i:
+            if buf[0] in (13, 10):
+                i = 0
+                while i < len(buf) and buf[i] in (13, 10):
+                    i += 1
                 self.keepalives += 1
                 del buf[:i]
+                self._scanned = 0
                 continue
-            end = buf.find(b"\r\n\r\n")
+            end = buf.find(b"\r\n\r\n", max(0, self._scanned - 3))
             if end < 0:
+                self._scanned = len(buf)
                 if len(buf) > MAX_MESSAGE:
                     raise RemoteProtocolError("header section exceeds the size limit on a stream", 513)
                 break
+            self._scanned = end
             length = _content_length(bytes(buf[:end]))
             total = end + 4 + length
             if total > MAX_MESSAGE:
@@ -225,21 +292,27 @@ class StreamFramer:
                 break
             out.append(bytes(buf[:total]))
             del buf[:total]
+            self._scanned = 0
         return out
 
 
 def _content_length(head: bytes) -> int:
+    found: int | None = None
     for line in head.split(b"\r\n")[1:]:
         name, sep, value = line.partition(b":")
-        if not sep:
+        if not sep or len(name) > 40:
             continue
         try:
             key = normalize_name(name.decode("ascii"))
         except UnicodeDecodeError:
             continue
         if key == "content-length":
-            value = value.strip()
-            if not value.isdigit():
+            length = _digits(value.strip(b" \t").decode("latin-1"))
+            if length is None:
                 raise RemoteProtocolError(f"bad Content-Length {value[:20]!r} on a stream")
-            return int(value)
-    raise RemoteProtocolError("Content-Length is mandatory on a stream transport (RFC 3261 §18.3)")
+            if found is not None and found != length:
+                raise RemoteProtocolError("conflicting Content-Length headers on a stream")
+            found = length
+    if found is None:
+        raise RemoteProtocolError("Content-Length is mandatory on a stream transport (RFC 3261 §18.3)")
+    return found

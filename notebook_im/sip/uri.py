@@ -15,7 +15,10 @@ from urllib.parse import quote, unquote
 from .errors import RemoteProtocolError
 
 _EMPTY: Mapping[str, str | None] = MappingProxyType({})
-_USER_SAFE = "-_.!~*'()&=+$,;?/"  # RFC 3261 user-unreserved + unreserved; everything else is %-escaped
+# the parse caches keep at most 4096 entries each; only values up to this length are cached, so a flood of
+# distinct long values (up to 8 KB a header line) cannot pin 3 x 4096 x 8 KB of memory
+_CACHED_LEN = 512
+_USER_SAFE = "-_.!~*'()&=+$,;/"  # RFC 3261 user-unreserved + unreserved but '?' (it starts URI headers); the rest is %-escaped
 
 
 def _parse_params(text: str) -> dict[str, str | None]:
@@ -47,7 +50,7 @@ def _split_hostport(text: str) -> tuple[str, int | None]:
     if not host:
         raise RemoteProtocolError(f"missing host in {text!r}")
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5 or not 0 < int(port_text) < 65536:
             raise RemoteProtocolError(f"bad port in {text!r}")
         return host.lower(), int(port_text)
     return host.lower(), None
@@ -66,7 +69,8 @@ class SipUri:
 
     @staticmethod
     def parse(text: str) -> "SipUri":
-        return _parse_uri(text.strip())
+        text = text.strip()
+        return _parse_uri(text) if len(text) <= _CACHED_LEN else _parse_uri.__wrapped__(text)
 
     @property
     def transport(self) -> str:
@@ -175,7 +179,8 @@ class Address:
 
     @staticmethod
     def parse(text: str) -> "Address":
-        return _parse_address(text.strip())
+        text = text.strip()
+        return _parse_address(text) if len(text) <= _CACHED_LEN else _parse_address.__wrapped__(text)
 
     @property
     def tag(self) -> str | None:
@@ -209,15 +214,17 @@ def _parse_address(text: str) -> Address:
         name = text[:lt].strip()
         if name.startswith('"') and name.endswith('"') and len(name) >= 2:
             name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-        uri = _parse_uri(text[lt + 1 : gt].strip())
+        uri = SipUri.parse(text[lt + 1 : gt])
         params = text[gt + 1 :]
         return Address(uri=uri, display_name=name or None,
                        params=MappingProxyType(_parse_params(params)) if params.strip() else _EMPTY)
     # addr-spec: parameters after the URI belong to the header, not to the URI (RFC 3261 §20.10)
     uri_text, _, params = text.partition(";")
+    if '"' in uri_text:
+        raise RemoteProtocolError(f"unterminated quoted display name in {text[:80]!r}")
     if "?" in uri_text or "," in uri_text:
         raise RemoteProtocolError(f"addr-spec with reserved characters must use <...>: {text!r}")
-    return Address(uri=_parse_uri(uri_text.strip()),
+    return Address(uri=SipUri.parse(uri_text),
                    params=MappingProxyType(_parse_params(params)) if params else _EMPTY)
 
 
@@ -232,7 +239,8 @@ class Via:
 
     @staticmethod
     def parse(text: str) -> "Via":
-        return _parse_via(text.strip())
+        text = text.strip()
+        return _parse_via(text) if len(text) <= _CACHED_LEN else _parse_via.__wrapped__(text)
 
     @property
     def branch(self) -> str | None:
@@ -247,7 +255,7 @@ class Via:
         """Where a response to this hop goes (RFC 3261 §18.2.2 with RFC 3581 rport)."""
         host = self.params.get("received") or self.host
         rport = self.params.get("rport")
-        if rport:
+        if rport and rport.isascii() and rport.isdigit() and 0 < int(rport) < 65536:
             return host.strip("[]"), int(rport)
         return host.strip("[]"), self.sent_by[1]
 
