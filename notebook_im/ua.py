@@ -117,12 +117,18 @@ class SipCore:
         self._transport_errors: dict[tuple[str, tuple[str, int]], str] = {}
         self.transport = TransportLayer(host, port, self._on_data, on_drop=self._on_stream_drop,
                                         on_error=self._on_transport_error, transports=transports,
-                                        on_lost=self.on_connection_lost,
+                                        on_lost=self._on_connection_lost,
                                         tls_server=tls_server, tls_port=tls_port, tls_client=tls_client,
                                         impairment=impairment)
         self._clients: dict[tuple[Any, ...], ClientHandle] = {}
         self._servers: dict[tuple[Any, ...], ServerHandle] = {}
-        self.stats = {"received": 0, "sent": 0, "bad_request_400": 0, "dropped": 0, "retransmissions_absorbed": 0}
+        self.stats = {"received": 0, "sent": 0, "bad_request_400": 0, "dropped": 0, "retransmissions_absorbed": 0,
+                      "refused_503": 0}
+        # live server transactions per source (address, port) and in all: beyond these a flood is refused
+        # with 503 (UDP transactions linger 64*T1 after their answer, so this is what bounds memory)
+        self.max_transactions_per_source = 20_000
+        self.max_transactions = 200_000
+        self._per_source: dict[tuple[str, int], int] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
 
@@ -255,10 +261,11 @@ class SipCore:
         self.trace.record_drop(transport, remote, reason, data, self.name)
 
     def _on_transport_error(self, transport: str, addr: tuple[str, int], reason: str) -> None:
-        self._transport_errors[(transport, addr)] = reason
+        self._transport_errors[(transport, addr)] = reason  # read by the Timeout actions below
         for h in list(self._clients.values()):
             if h.target.transport == transport and h.target.addr == addr:
                 self._execute_client(h, h.txn.transport_error())
+        self._transport_errors.pop((transport, addr), None)
 
     def _on_request_message(self, req: Request, transport: str, remote: tuple[str, int], local: tuple[str, int]) -> None:
         # RFC 3261 §18.2.1 + RFC 3581: note where the request really came from
@@ -286,9 +293,18 @@ class SipCore:
         if req.method == "CANCEL":
             self._on_cancel(req, transport, remote, local)
             return
+        source = remote  # (address, port): one client socket; all of loopback is one address
+        if self._per_source.get(source, 0) >= self.max_transactions_per_source or len(self._servers) >= self.max_transactions:
+            # a flood from one address: refuse statelessly, remember nothing (memory stays bounded)
+            self.stats["refused_503"] += 1
+            resp = make_response(req, 503, "Service Unavailable (too many transactions from your address)", to_tag=new_tag())
+            resp.headers.set("Retry-After", "5")
+            self.send_stateless(resp, self.response_target(ServerHandle(ServerTransaction(req), transport, remote, local)))
+            return
         txn = ServerTransaction(req, reliable=transport != "udp", timers=self.timers)
         sh = ServerHandle(txn, transport, remote, local)
         self._servers[key] = sh
+        self._per_source[source] = self._per_source.get(source, 0) + 1
         self._execute_server(sh, txn.start())
 
     def _on_cancel(self, req: Request, transport: str, remote: tuple[str, int], local: tuple[str, int]) -> None:
@@ -347,7 +363,7 @@ class SipCore:
             elif isinstance(a, Timeout):
                 if not h.future.done():
                     req = h.txn.request
-                    reason = self._transport_errors.pop((h.target.transport, h.target.addr), None)
+                    reason = self._transport_errors.get((h.target.transport, h.target.addr))
                     if reason is not None:
                         h.future.set_exception(TransportError(req.method, str(req.uri), reason))
                     else:
@@ -385,6 +401,11 @@ class SipCore:
                 key = server_key(h.txn.request)
                 if self._servers.get(key) is h:
                     del self._servers[key]
+                    left = self._per_source.get(h.remote, 1) - 1
+                    if left > 0:
+                        self._per_source[h.remote] = left
+                    else:
+                        self._per_source.pop(h.remote, None)
 
     def _arm(self, timers: dict[str, asyncio.TimerHandle], name: str, delay: float, fn: Callable[[], None]) -> None:
         old = timers.pop(name, None)
@@ -405,6 +426,15 @@ class SipCore:
     # -- hooks --------------------------------------------------------------------------------------
     def on_request(self, request: Request, handle: ServerHandle | None, transport: str, remote: tuple[str, int]) -> None:
         raise NotImplementedError
+
+    def _on_connection_lost(self, transport: str, addr: tuple[str, int]) -> None:
+        # requests still waiting for an answer on that connection will not get one: fail them now (the
+        # session and pager layers retry a MESSAGE once, over a new connection)
+        pending = [h for h in self._clients.values() if h.target.transport == transport and h.target.addr == addr
+                   and not h.future.done()]
+        if pending:
+            self._on_transport_error(transport, addr, f"connection to {addr[0]}:{addr[1]} closed by the peer")
+        self.on_connection_lost(transport, addr)
 
     def on_connection_lost(self, transport: str, addr: tuple[str, int]) -> None:
         """A TCP/TLS connection closed (subclasses may react, e.g. re-register)."""
@@ -487,6 +517,8 @@ class UserAgent(SipCore):
         self._register_failures = 0
         self.retry_base = 1.0    # seconds before the first re-REGISTER after a failure, doubling up to retry_max
         self.retry_max = 60.0
+        self.keepalive_interval = 90.0  # CRLF keep-alives to the registrar over TCP/TLS (RFC 5626 suggests 95-120 s)
+        self._keepalive_handle: asyncio.TimerHandle | None = None
         self._cseq = 0
         self.instance_tag = new_tag()
 
@@ -604,7 +636,16 @@ class UserAgent(SipCore):
             granted = resp.expires
         self.registered_expires = granted if expires else None
         self._schedule_refresh(granted if expires else 0)
+        if expires and self.default_transport != "udp" and self._keepalive_handle is None and self.loop is not None:
+            self._keepalive_handle = self.loop.call_later(self.keepalive_interval, self._keepalive)
         return resp
+
+    def _keepalive(self) -> None:
+        self._keepalive_handle = None
+        if self.closed or self.registered_expires is None or self.proxy is None or self.loop is None:
+            return
+        self.transport.keepalive(target_of(self.proxy))
+        self._keepalive_handle = self.loop.call_later(self.keepalive_interval, self._keepalive)
 
     def _schedule_refresh(self, granted: int) -> None:
         if self._refresh_handle is not None:
@@ -656,6 +697,9 @@ class UserAgent(SipCore):
         if self._refresh_handle is not None:
             self._refresh_handle.cancel()
             self._refresh_handle = None
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
         if self.registered_expires is None:
             return None
         resp = await self.register(0)

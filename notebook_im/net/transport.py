@@ -61,6 +61,8 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.remote: Addr | None = remote
         self.local: Addr = owner.tcp_addr if name == "tcp" else owner.tls_addr
+        self.last_activity = owner.now()
+        self.partial_since: float | None = None  # when an incomplete message started waiting in the framer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -71,6 +73,10 @@ class _Stream(asyncio.Protocol):
         if sock:
             self.local = (sock[0], sock[1])
         if self.remote is not None:
+            if len(self.owner._connections) >= self.owner.max_connections:
+                self.owner._drop(b"", self.name, self.remote, "connection refused: too many open connections")
+                transport.close()
+                return
             self.owner._connections[self.remote] = self
         sock_obj = transport.get_extra_info("socket")
         if sock_obj is not None:
@@ -80,8 +86,14 @@ class _Stream(asyncio.Protocol):
                 pass
 
     def data_received(self, data: bytes) -> None:
+        now = self.last_activity = self.owner.now()
         try:
             messages = self.framer.feed(data)
+            if self.framer.buffered:
+                if self.partial_since is None:
+                    self.partial_since = now
+            else:
+                self.partial_since = None
         except RemoteProtocolError as exc:
             self.owner._drop(data, self.name, self.remote, f"unframeable stream: {exc.reason}")
             if self.transport:
@@ -98,6 +110,7 @@ class _Stream(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
+            self.last_activity = self.owner.now()
             self.transport.write(data)
 
 
@@ -131,9 +144,34 @@ class TransportLayer:
         self.impairment = impairment  # loss/reorder applied to datagrams we send (tests, teaching)
         self.on_lost = on_lost        # a stream connection closed: on_lost(transport name, remote address)
         self.closing = False
+        # stream hygiene: an idle connection is closed after idle_timeout s; a peer that leaves a message
+        # incomplete for read_timeout s (slowloris) is cut off; at most max_connections are open at once
+        self.idle_timeout: float | None = 600.0
+        self.read_timeout: float = 30.0
+        self.max_connections = 10_000
+        self._sweeper: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def now(self) -> float:
+        return self._loop.time() if self._loop is not None else 0.0
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.read_timeout / 2, (self.idle_timeout or 2.0) / 2))
+            now = self.now()
+            for conn in list(self._connections.values()):
+                if conn.transport is None or conn.transport.is_closing():
+                    continue
+                if conn.partial_since is not None and now - conn.partial_since > self.read_timeout:
+                    self._drop(b"", conn.name, conn.remote, f"incomplete message for {self.read_timeout:g} s: connection closed")
+                    conn.transport.close()
+                elif self.idle_timeout is not None and now - conn.last_activity > self.idle_timeout:
+                    conn.transport.close()
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        if self._sweeper is None and any(t in self.transports for t in ("tcp", "tls")):
+            self._sweeper = loop.create_task(self._sweep())
         last_exc: Exception | None = None
         for _attempt in range(20):
             try:
@@ -197,6 +235,16 @@ class TransportLayer:
     def has_connection(self, addr: Addr) -> bool:
         return addr in self._connections
 
+    def keepalive(self, target: Target) -> None:
+        """RFC 5626 §3.5.1 CRLF keep-alive on an open stream connection (keeps NATs and idle timers quiet)."""
+        conn = self._connections.get(target.addr)
+        if conn is not None:
+            conn.write(b"\r\n\r\n")
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
     def send(self, data: bytes, target: Target) -> None:
         """Send bytes; TCP connects first if no connection to the address exists."""
         if target.transport == "udp":
@@ -258,6 +306,9 @@ class TransportLayer:
 
     async def close(self) -> None:
         self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for task in self._pending.values():
             task.cancel()
         self._pending.clear()

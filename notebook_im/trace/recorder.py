@@ -68,7 +68,7 @@ class EventRecord:
 class Trace:
     """Append-only record of SIP messages, API events and drops. Thread-safe for readers."""
 
-    def __init__(self, *, max_records: int | None = 1_000_000, index: str = "eager", enabled: bool = True,
+    def __init__(self, *, max_records: int | None = 1_000_000, index: str = "lazy", enabled: bool = True,
                  name: str = "") -> None:
         if index not in ("eager", "lazy"):
             raise ValueError(f"index must be 'eager' or 'lazy', not {index!r}")

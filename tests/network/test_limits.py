@@ -1,0 +1,93 @@
+"""Streams and floods: slow or silent TCP peers do not block others and are cut off; transaction and
+registration limits answer 503/403 instead of growing without bound."""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+import notebook_im as nim
+from tests.helpers import udp_exchange, wait_for
+
+
+def message(port: int, branch: str, user: str = "nobody") -> bytes:
+    return (f"MESSAGE sip:{user}@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{branch};rport\r\n"
+            f"From: <sip:flood@example.test>;tag=f\r\nTo: <sip:{user}@example.test>\r\nCall-ID: {branch}@flood\r\n"
+            "CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx").encode()
+
+
+def test_slowloris_and_silent_connections_do_not_block_and_are_closed(server, platform):
+    core = server._core.transport
+    core.read_timeout = 1.0
+    core.idle_timeout = 2.0
+    alice = platform.endpoint("sip:alice@example.test", server=server, transport="tcp").result(10)
+    platform.endpoint("sip:bob@example.test", server=server, transport="tcp").result(10)
+    silent = socket.create_connection((server.host, server.port), timeout=5)
+    slow = socket.create_connection((server.host, server.port), timeout=5)
+    try:
+        slow.sendall(b"MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1")  # never finished
+        t0 = time.monotonic()
+        for i in range(20):  # meanwhile everybody else is served promptly
+            assert alice.send_message("sip:bob@example.test", f"still fast {i}").result(5).status == 200
+        assert time.monotonic() - t0 < 5
+        slow.settimeout(5)
+        assert slow.recv(10) == b"", "the slow peer is cut off after read_timeout"
+        silent.settimeout(5)
+        assert silent.recv(10) == b"", "the silent peer is closed after idle_timeout"
+        assert any("incomplete message" in d.reason for d in server.trace.drops)
+    finally:
+        silent.close()
+        slow.close()
+
+
+def test_keepalives_keep_a_registered_tcp_flow_open(server, platform):
+    server._core.transport.idle_timeout = 1.0
+    alice = platform.endpoint("sip:alice@example.test", server=server, transport="tcp").result(10)
+    bob = platform.endpoint("sip:bob@example.test", server=server, transport="tcp").result(10)
+    for ep in (alice, bob):
+        ep._ua.keepalive_interval = 0.3
+    for ep in (alice, bob):  # restart the keep-alive rhythm with the short interval
+        ep._ua._keepalive_handle.cancel()
+        ep._ua._keepalive_handle = None
+        ep._ua.loop.call_soon_threadsafe(ep._ua._keepalive)
+    time.sleep(2.5)
+    before = server.stats["received"]
+    assert alice.send_message("sip:bob@example.test", "flow still open").result(5).status == 200
+    assert server.stats["received"] == before + 2, "the same connections carried request and response"
+
+
+def test_tcp_connection_dropped_is_reopened_for_the_next_request(server, platform):
+    alice = platform.endpoint("sip:alice@example.test", server=server, transport="tcp").result(10)
+    platform.endpoint("sip:bob@example.test", server=server).result(10)
+    assert alice.send_message("sip:bob@example.test", "one").result(5).status == 200
+    from notebook_im.runtime import runtime
+    runtime().run_sync(lambda: [c.transport.close() for c in list(server._core.transport._connections.values())])
+    wait_for(lambda: server._core.transport.connection_count == 0 or alice.state is nim.EndpointState.ENABLED, 5)
+    assert alice.send_message("sip:bob@example.test", "two").result(10).status == 200
+
+
+def test_transaction_flood_from_one_source_gets_503(server):
+    server._core.max_transactions_per_source = 50
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(2)
+        port = s.getsockname()[1]
+        statuses = []
+        for i in range(120):  # bounded: 120 requests, each answered at once
+            s.sendto(message(port, f"fl{i}"), (server.host, server.port))
+            statuses.append(int(s.recvfrom(4096)[0].split(b" ", 2)[1]))
+    assert statuses[:50] == [404] * 50
+    assert set(statuses[50:]) == {503}
+    assert len(server._core._servers) <= 50, "refused requests leave no state behind"
+    other = udp_exchange(message(0, "other").replace(b"127.0.0.1:0", b"127.0.0.1:9"), (server.host, server.port))
+    assert other.startswith(b"SIP/2.0 404"), "another source is still served"
+
+
+def test_registrations_per_user_are_bounded(server, platform):
+    for i in range(10):
+        platform.endpoint("sip:alice@example.test", server=server).result(10)
+    with pytest.raises(nim.RequestFailed) as info:
+        platform.endpoint("sip:alice@example.test", server=server).result(10)
+    assert info.value.status == 403 and "too many contacts" in info.value.reason
+    assert len(server.registrations["sip:alice@example.test"]) == 10
