@@ -13,7 +13,7 @@ from .api.emitter import EventStream, Subscription
 from .api.endpoint import Endpoint
 from .api.events import (
     ComposingChanged, EndpointState, EndpointStateChanged, Event, IncomingSession, MessageDelivered, MessageFailed,
-    MessageReceived, ParticipantAdded, ParticipantRemoved, ParticipantState, ParticipantStateChanged, SessionState,
+    MessageReceived, MessageSending, ParticipantAdded, ParticipantRemoved, ParticipantState, ParticipantStateChanged, SessionState,
     SessionStateChanged, SessionTerminated,
 )
 from .api.manager import SessionManager
@@ -60,7 +60,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "ChatMessage", "ComposingChanged", "ConferenceRequired", "DeadlockError", "Endpoint", "EndpointState",
     "EndpointStateChanged", "Event", "EventStream", "Impairment", "ImSession", "IncomingSession", "InvalidState", "MessageDelivered",
-    "MessageFailed", "MessageReceived", "NotebookImError", "Operation", "Participant", "ParticipantAdded",
+    "MessageFailed", "MessageReceived", "MessageSending", "NotebookImError", "Operation", "Participant", "ParticipantAdded",
     "ParticipantRemoved", "ParticipantState", "ParticipantStateChanged", "Platform", "RemoteProtocolError",
     "RequestFailed", "Server", "SessionManager", "SessionState", "SessionStateChanged", "SessionTerminated",
     "Subscription", "Timers", "Trace", "TransactionTimeout", "TransportError", "UdpRelay", "__version__",

@@ -534,6 +534,11 @@ class UserAgent(SipCore):
     def contact(self) -> str:
         return f"<{self.contact_uri}>"
 
+    @property
+    def named_contact(self) -> str:
+        """The Contact with our display name, for the responses that establish a session."""
+        return str(Address(self.contact_uri, self.display_name))
+
     def local_address(self) -> Address:
         return Address(self.aor, self.display_name)
 
@@ -779,7 +784,7 @@ class UserAgent(SipCore):
         """Answer an INVITE with 200 + SDP and retransmit the 2xx until the ACK arrives (RFC 3261 §13.3.1.4)."""
         body = sdp.build(self.host, self.transport.local_addr(self.default_transport)[1])
         resp = make_response(handle.request, 200, to_tag=dialog.local_tag, body=body, content_type="application/sdp")
-        resp.headers.set("Contact", self.contact)
+        resp.headers.set("Contact", self.named_contact)
         resp.headers.set("Allow", ALLOW)
         self.dialogs[dialog.id] = user
         self.respond(handle, resp)

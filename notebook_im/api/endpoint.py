@@ -14,7 +14,9 @@ from ..sip.message import Request
 from ..sip.uri import SipUri
 from ..ua import ServerHandle, UserAgent
 from .emitter import EventSource
-from .events import ComposingChanged, EndpointState, EndpointStateChanged, MessageDelivered, MessageFailed, MessageReceived
+from .events import (
+    ComposingChanged, EndpointState, EndpointStateChanged, MessageDelivered, MessageFailed, MessageReceived, MessageSending,
+)
 from .manager import SessionManager, parse_remote_uri
 from .participant import Participant
 from .session import MESSAGE_ATTEMPTS, RecentIds, check_content_type, now_utc, wire_text
@@ -130,6 +132,7 @@ class Endpoint(EventSource):
     async def _send_pager(self, to: SipUri, text: str, ct: str) -> MessageDelivered:
         msg_id = secrets.token_hex(6)
         sent_at = now_utc()
+        self._emit(MessageSending(None, msg_id, text, ct, "pager", str(to), timestamp=sent_at))
         started = time.perf_counter()
         status, reason = 408, "not sent"
         for _attempt in range(MESSAGE_ATTEMPTS):

@@ -86,6 +86,18 @@ class MessageReceived(Event):
 
 
 @dataclass(frozen=True)
+class MessageSending(Event):
+    """A message was queued for sending (it shows as "sending" until MessageDelivered/MessageFailed)."""
+
+    session: "ImSession | None"
+    message_id: str
+    text: str
+    content_type: str
+    mode: str = "session"
+    recipient: str = ""
+
+
+@dataclass(frozen=True)
 class MessageDelivered(Event):
     session: "ImSession | None"
     message_id: str

@@ -24,7 +24,7 @@ from ..sip.message import Request, Response, make_response
 from ..ua import ClientHandle, ServerHandle
 from .emitter import EventSource
 from .events import (
-    ComposingChanged, IncomingSession, MessageDelivered, MessageFailed, MessageReceived, ParticipantAdded,
+    ComposingChanged, IncomingSession, MessageDelivered, MessageFailed, MessageReceived, MessageSending, ParticipantAdded,
     ParticipantState, ParticipantStateChanged, SessionState, SessionStateChanged, SessionTerminated,
 )
 from .participant import Participant
@@ -134,6 +134,14 @@ class ImSession(EventSource):
         return self._remote
 
     @property
+    def invitation(self) -> IncomingSession | None:
+        """The IncomingSession of an incoming session that is still ringing (None once answered or ended)."""
+        handle = self._server_handle
+        if self._incoming_event is None or handle is None or handle.answered or self.state is not SessionState.CONNECTING:
+            return None
+        return self._incoming_event
+
+    @property
     def ua(self):
         return self.endpoint._ua
 
@@ -224,6 +232,11 @@ class ImSession(EventSource):
             raise RequestFailed("INVITE", resp.status, resp.reason, self._remote.uri)
         self.dialog = dialog
         self.acked = True
+        if not self._remote.display_name:  # the callee may name itself in its Contact (or To)
+            for addr in (resp.contacts[:1] + [resp.to]):
+                if addr.display_name:
+                    self._remote.display_name = addr.display_name
+                    break
         if self.state is SessionState.DISCONNECTING:  # terminate() was called while we were inviting
             await self._bye()
             raise InvalidState(f"session {self.id} was terminated while connecting")
@@ -415,6 +428,7 @@ class ImSession(EventSource):
         self._require_connected("send")
         msg = ChatMessage(secrets.token_hex(6), "out", self.endpoint.uri, self._remote.uri, text, ct, now_utc(), "sending")
         self.messages.append(msg)
+        self._emit(MessageSending(self, msg.id, text, ct, "session", msg.recipient, timestamp=msg.timestamp))
         self._run_sender(self._sender.message_sent(time.monotonic()))
         started = time.perf_counter()
         async with self._get_lock():

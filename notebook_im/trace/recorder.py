@@ -8,7 +8,8 @@ Besides the raw columns, each SIP message gets its few header fields pulled out 
 CSeq, tags, branch, ...), either as it is recorded (`index="eager"`, the default: ~4 µs per message, so
 that a 1,000,000-row frame builds in about a second) or on the first frame build (`index="lazy"`: nothing
 extra on the hot path, the first build pays). `trace.enabled = False` (or `with trace.paused():`) stops
-recording SIP messages and events altogether; drops are always kept.
+recording SIP messages and events altogether; drops are always kept (the most recent `max_records`
+of them; `drop_count` counts them all).
 
 The analysis methods (`sip()`, `messages()`, `events()`, `to_pcap()`, `ladder()`, `plot`) import pandas
 and friends inside the method, so `import notebook_im` stays light.
@@ -19,6 +20,7 @@ import contextlib
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -68,7 +70,7 @@ class EventRecord:
 class Trace:
     """Append-only record of SIP messages, API events and drops. Thread-safe for readers."""
 
-    def __init__(self, *, max_records: int | None = 1_000_000, index: str = "lazy", enabled: bool = True,
+    def __init__(self, *, max_records: int | None = 1_000_000, index: str = "eager", enabled: bool = True,
                  name: str = "") -> None:
         if index not in ("eager", "lazy"):
             raise ValueError(f"index must be 'eager' or 'lazy', not {index!r}")
@@ -89,7 +91,8 @@ class Trace:
         # header fields pulled out of sip_raw (extract.FIELDS), row-aligned; filled eagerly or lazily
         self._fields: tuple[list, ...] = tuple([] for _ in FIELDS)
         self.events_list: list[EventRecord] = []
-        self.drops: list[DropRecord] = []
+        self.drops: deque[DropRecord] = deque()  # the most recent max_records drops
+        self.drops_total = 0                      # every drop, also those no longer kept
         self.dropped_sip = 0  # messages not kept because max_records was reached
         self.skipped = 0      # messages and events not recorded because recording was off
 
@@ -117,6 +120,10 @@ class Trace:
 
     def record_drop(self, transport: str, remote: tuple[str, int] | None, reason: str, raw: bytes, owner: str) -> None:
         with self._lock:
+            self.drops_total += 1
+            if self.max_records is not None:
+                while len(self.drops) >= self.max_records > 0:
+                    self.drops.popleft()
             self.drops.append(DropRecord(time.time(), transport, remote, reason, redact(raw[:2048]), owner))
 
     def record_event(self, owner: str, event: Any) -> None:
@@ -144,7 +151,7 @@ class Trace:
                 column.clear()
             self.events_list.clear()
             self.drops.clear()
-            self.dropped_sip = self.skipped = 0
+            self.dropped_sip = self.skipped = self.drops_total = 0
 
     def _indexed_columns(self, n: int) -> tuple[list, ...]:
         """The extracted header columns for the first n rows (extracting any rows not done yet)."""
@@ -170,7 +177,8 @@ class Trace:
 
     @property
     def drop_count(self) -> int:
-        return len(self.drops)
+        """How many datagrams/stream chunks were dropped (also those no longer in `drops`)."""
+        return self.drops_total
 
     def __len__(self) -> int:
         return len(self.sip_owner)

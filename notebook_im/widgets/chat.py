@@ -395,9 +395,8 @@ class ChatPanel(w.VBox):
                       target.on(SessionStateChanged, lambda _e: self._refresh_list())]
         for s in target.sessions.sessions:
             conv = self._add_session(s)
-            # an invitation that was already ringing when the panel was made: the API keeps its
-            # IncomingSession only privately (no public `session.invitation` yet), so read it if it is there
-            pending = getattr(s, "_incoming_event", None)
+            # an invitation that was already ringing when the panel was made
+            pending = s.invitation
             if s.is_incoming and s.state is SessionState.CONNECTING and isinstance(pending, IncomingSession):
                 conv._set_invite(pending)
                 self._refresh_list()

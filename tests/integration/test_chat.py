@@ -168,3 +168,19 @@ def test_trace_records_every_message_and_event(pair):
     assert any(b"traced" in r.raw for r in records if r.owner == bob.uri and r.direction == "in")
     kinds = {type(e.event).__name__ for e in trace.events_list}
     assert {"EndpointStateChanged", "IncomingSession", "MessageReceived", "MessageDelivered", "SessionTerminated"} <= kinds
+
+
+def test_sending_event_invitation_and_callee_display_name(pair):
+    alice, bob = pair
+    invitations = bob.events(nim.IncomingSession)
+    sending = alice.events(nim.MessageSending)
+    op = alice.sessions.create("sip:bob@example.test")
+    incoming = invitations.get(timeout=5)
+    assert incoming.session.invitation is incoming, "a ringing session exposes its invitation"
+    incoming.accept().result(5)
+    assert incoming.session.invitation is None
+    session = op.result(5)
+    assert session.remote.display_name == "Bob", "the callee named itself in its 200 OK Contact"
+    delivered = session.send("hi").result(5)
+    ev = sending.get(timeout=5)
+    assert ev.message_id == delivered.message_id and ev.text == "hi" and ev.session is session
