@@ -1,6 +1,7 @@
 """`notebook-im`: run the embedded server, or watch two users chat over real SIP on loopback.
 
-    notebook-im serve [--host H] [--port P]   registrar + proxy until Ctrl-C
+    notebook-im serve [--host H] [--port P] [--users FILE] [--tls-cert PEM --tls-key PEM]
+                                               registrar + proxy until Ctrl-C
     notebook-im demo [--transport udp|tcp]     server + alice + bob, a short conversation, the transcript
     notebook-im chat                           the same two users, you type as alice (bob echoes)
 """
@@ -25,9 +26,16 @@ CONVERSATION = [
 def _serve(args: argparse.Namespace) -> int:
     from .server import Server
 
-    server = Server(host=args.host, port=args.port)
+    users = None
+    if args.users:
+        from .server.auth import load_users_file
+        users = load_users_file(args.users)
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    server = Server(host=args.host, port=args.port, users=users, realm=args.realm, tls=tls, tls_port=args.tls_port)
     server.start().result(10)
-    print(f"notebook_im server listening on {server.uri} (UDP and TCP). Ctrl-C to stop.", flush=True)
+    extra = f", TLS on {server.tls_uri}" if server.tls_uri else ""
+    auth = f", digest authentication for {len(users)} users (realm {args.realm!r})" if users else ""
+    print(f"notebook_im server listening on {server.uri} (UDP and TCP{extra}){auth}. Ctrl-C to stop.", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -133,6 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("serve", help="run the embedded registrar + proxy until Ctrl-C")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=5060, help="UDP and TCP port (default 5060; 0 picks a free one)")
+    p.add_argument("--users", metavar="FILE", help="require digest authentication for the users in FILE ('user:password' lines)")
+    p.add_argument("--realm", default="notebook_im", help="digest realm (default notebook_im)")
+    p.add_argument("--tls-cert", metavar="PEM", help="certificate chain for a TLS listener")
+    p.add_argument("--tls-key", metavar="PEM", help="private key for the TLS listener")
+    p.add_argument("--tls-port", type=int, default=0, help="TLS port (default: a free one)")
     p.set_defaults(func=_serve)
     p = sub.add_parser("demo", help="two users chat over real SIP on loopback; prints the transcript")
     p.add_argument("--transport", choices=("udp", "tcp"), default="udp")

@@ -99,3 +99,40 @@ def test_md5_only_server_challenge_is_answered(platform):
 def test_server_warns_when_binding_beyond_loopback_without_users():
     with pytest.warns(UserWarning, match="without users"):
         nim.Server(host="0.0.0.0")
+
+
+def test_stale_nonce_is_rechallenged_transparently(auth_server, platform):
+    alice = platform.endpoint("sip:alice@example.test", server=auth_server, password=USERS["alice"]).result(10)
+    platform.endpoint("sip:bob@example.test", server=auth_server, password=USERS["bob"]).result(10)
+    auth_server.auth.nonce_ttl = 1.0
+    import time
+    time.sleep(1.2)  # the nonce alice cached is now stale; a fresh one is good for a second
+    assert alice.send_message("sip:bob@example.test", "after the nonce expired").result(10).status == 200
+    stale = [r.raw for r in platform.trace.sip_records() if r.direction == "in" and b"stale=true" in r.raw]
+    assert stale, "the server answered the old nonce with stale=true and the client retried"
+    auth_server.auth.nonce_ttl = 300.0
+
+
+def test_serve_with_users_file(tmp_path):
+    import re
+    import subprocess
+    import sys
+    users = tmp_path / "users.txt"
+    users.write_text("# lab accounts\nalice:pw-a\nbob:pw-b\n")
+    proc = subprocess.Popen([sys.executable, "-m", "notebook_im.cli", "serve", "--port", "0", "--users", str(users)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "digest authentication for 2 users" in line and "pw-a" not in line
+        port = int(re.search(r"sip:127\.0\.0\.1:(\d+)", line).group(1))
+        p = nim.Platform()
+        try:
+            with pytest.raises(nim.RequestFailed) as info:
+                p.endpoint("sip:alice@example.test", server=f"sip:127.0.0.1:{port}", password="nope").result(10)
+            assert info.value.status == 403
+            assert p.endpoint("sip:bob@example.test", server=f"sip:127.0.0.1:{port}", password="pw-b").result(10)
+        finally:
+            p.shutdown()
+    finally:
+        proc.terminate()
+        proc.wait(10)
