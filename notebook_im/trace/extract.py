@@ -1,6 +1,6 @@
 """Pull the few header fields a trace frame needs out of raw SIP bytes, fast, without a full parse.
 
-`extract(raw)` returns the fields of one message as bytes (or None), in `FIELDS` order:
+`extract(raw)` returns the fields of one message as str / int (or None), in `FIELDS` order:
 
     method      request method, or None for a response
     status      response status code (int), or None for a request
@@ -125,5 +125,10 @@ def extract(raw: bytes) -> tuple:
         comma = via.find(b",")
         if comma >= 0:
             via = via[:comma]
-    return (method, status, call_id or None, cseq_num, cseq_method, _param(frm, b";tag="), _param(to, b";tag="),
-            _param(via, b";branch="), body_size)
+    ft, tt, br = _param(frm, b";tag="), _param(to, b";tag="), _param(via, b";branch=")
+    # decoded here (~0.4 µs) because pyarrow converts a list of str ~5x faster than a list of bytes
+    return (method.decode("utf-8", "replace") if method else None, status,
+            call_id.decode("utf-8", "replace") if call_id else None, cseq_num,
+            cseq_method.decode("utf-8", "replace") if cseq_method else None,
+            ft.decode("utf-8", "replace") if ft else None, tt.decode("utf-8", "replace") if tt else None,
+            br.decode("utf-8", "replace") if br else None, body_size)

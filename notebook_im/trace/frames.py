@@ -167,14 +167,12 @@ def _from_bytes(values: Sequence[Any], *, empty_is_null: bool) -> pa.Array:
 
 
 def _strings(values: Sequence[Any]) -> pa.Array:
-    """bytes/str/None -> pyarrow string array; for bytes, "" and None become null."""
-    if not values or isinstance(values[0], (bytes, type(None))):
-        try:
-            return _from_bytes(values, empty_is_null=True)
-        except TypeError:
-            pass  # a mix of bytes and str
-    return pa.array([v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else v for v in values],
-                    pa.string())
+    """str/None (the extracted header fields) -> pyarrow string array; bytes are decoded (replacing errors)."""
+    try:
+        return pa.array(values, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
+        return pa.array([v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else v for v in values],
+                        pa.string())
 
 
 def _raw_strings(values: Sequence[bytes]) -> pa.Array:

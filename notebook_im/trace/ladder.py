@@ -93,9 +93,8 @@ def arrow_from_raw(ts: float, direction: str, local: Any, remote: Any, raw: byte
     reason = ""
     if status is not None:
         reason = raw.split(b"\r\n", 1)[0][12:].decode("utf-8", "replace").strip()
-    preview = _preview(raw) if method == b"MESSAGE" else ""
-    return Arrow(ts, src, dst, owner or "", direction or "", method.decode("ascii", "replace") if method else None,
-                 status, reason, call_id.decode("utf-8", "replace") if call_id else None, preview, raw)
+    preview = _preview(raw) if method == "MESSAGE" else ""
+    return Arrow(ts, src, dst, owner or "", direction or "", method, status, reason, call_id, preview, raw)
 
 
 class Ladder:
@@ -306,7 +305,7 @@ class Ladder:
 
 def _cseq_method(a: Arrow) -> str | None:
     _m, _s, _cid, _cseq, cm, *_ = extract(a.key)
-    return cm.decode("ascii", "replace") if cm else None
+    return cm
 
 
 def _mermaid_text(text: str) -> str:
