@@ -138,7 +138,7 @@ NON_INVITE_CLIENT: dict[tuple[State, str], tuple[State, tuple[str, ...]]] = {
 }
 
 INVITE_SERVER: dict[tuple[State, str], tuple[State, tuple[str, ...]]] = {
-    (S.PROCEEDING, "start"): (S.PROCEEDING, ("deliver_request", "send_trying")),
+    (S.PROCEEDING, "start"): (S.PROCEEDING, ("send_trying", "deliver_request")),  # 100 goes out before any 18x
     (S.PROCEEDING, "request"): (S.PROCEEDING, ("retransmit_response",)),
     (S.PROCEEDING, "send_1xx"): (S.PROCEEDING, ("transmit_response",)),
     (S.PROCEEDING, "send_2xx"): (S.ACCEPTED, ("transmit_response", "start_L")),

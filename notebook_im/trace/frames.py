@@ -37,7 +37,7 @@ MODES = ["session", "pager"]
 MESSAGE_STATUSES = ["delivered", "failed", "received"]
 EVENT_TYPES = ["EndpointStateChanged", "IncomingSession", "SessionStateChanged", "ParticipantAdded",
                "ParticipantRemoved", "ParticipantStateChanged", "ComposingChanged", "MessageReceived",
-               "MessageDelivered", "MessageFailed", "SessionTerminated"]
+               "MessageSending", "MessageDelivered", "MessageFailed", "SessionTerminated"]
 
 
 def _cat(categories: Sequence[str]) -> pd.CategoricalDtype:

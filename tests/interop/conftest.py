@@ -26,7 +26,7 @@ def kamailio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
     try:
         yield k
     finally:
-        code = k.process.stop()
+        code = k.process.stop(grace=20)  # a loaded 2-core machine can take a while to stop all workers
         # a clean stop is exit 0 after SIGTERM (or death by the signal itself)
         assert code in (0, -signal.SIGTERM), f"kamailio did not stop cleanly (status {code}):\n{k.describe()}"
 

@@ -133,7 +133,7 @@ def test_invite_server_sends_100_and_retransmits_error_until_ack():
     inv = request("INVITE")
     t = ServerTransaction(inv)
     out = t.start()
-    assert out[0] == Deliver(inv) and isinstance(out[1], Transmit) and out[1].message.status == 100
+    assert isinstance(out[0], Transmit) and out[0].message.status == 100 and out[1] == Deliver(inv)
     assert t.receive(inv)[0].message.status == 100  # retransmitted INVITE: resend the provisional
     busy = response(inv, 486)
     out = t.respond(busy)
