@@ -1,12 +1,16 @@
 # The two commands of the README:
 #   make demo   - set up (venv) and watch two users chat over real SIP on the embedded loopback server
-#   make test   - set up (venv + Debian packages kamailio, sip-tester, sipsak, tshark) and run every test
+#   make test   - set up (venv + Debian packages kamailio, sip-tester, sipsak, tshark, chromium) and run every test
+# and more:
+#   make lab    - JupyterLab on 127.0.0.1:8888 with the first tutorial open (two chat panels)
+#   make chat   - type as alice to an echo bot in the terminal
+#   make docs   - the API reference (pdoc) in build/api/
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo chat serve test test-fast system-deps setup clean
+.PHONY: demo chat serve lab docs test test-fast system-deps setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +32,17 @@ chat: setup
 serve: setup
 	$(VENV)/bin/notebook-im serve --port 5060
 
+lab: setup
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port 8888 --no-browser notebooks/01-first-chat.ipynb
+
+docs: setup
+	$(PY) -m pdoc notebook_im -o build/api
+
 test: setup system-deps
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -q -ra -m "not interop and not kernel" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra -m "not interop and not kernel and not browser" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
