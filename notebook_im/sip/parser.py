@@ -1,11 +1,14 @@
 """Parse SIP messages from bytes, and frame them out of a byte stream (TCP, TLS).
 
-The hot path uses `bytes.find`/`str.split` only (no regular expression per header). Header values are
-kept as strings and parsed on access. Sizes are bounded so that hostile input costs bounded memory:
-`MAX_MESSAGE` bytes in all, `MAX_HEADERS` header fields, `MAX_LINE` bytes in any header line.
+The hot path uses `bytes.find`/`str.split` and a few whole-message C passes only (no regular expression per
+header). Header values are kept as strings and parsed on access. Sizes are bounded so that hostile input costs
+bounded memory and time: `MAX_MESSAGE` bytes in all, `MAX_BODY` bytes announced by Content-Length,
+`MAX_HEADERS` header fields, `MAX_LINE` characters in the start line and in any (unfolded) header field.
+Control characters, invalid UTF-8, non-token methods and header names, and non-ASCII digits are refused.
 
-Errors raise `RemoteProtocolError`; when the start line and the five headers needed to answer were read,
-the exception carries the partial Request so the caller can answer `400 Bad Request`.
+Only `RemoteProtocolError` comes out (tests/hostile fuzzes this). When a Via and a CSeq were read, the exception
+carries the partial Request so the caller can answer it (400, or 413/414/416/505) with the reason; errors in the
+start line are raised after the headers are read for that purpose. Otherwise the input is to be dropped.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from .message import Message, Request, Response
 from .uri import SipUri
 
 MAX_MESSAGE = 65535          # bytes in one message (a datagram, or one message framed from a stream)
-MAX_HEADERS = 256            # header fields (lines, folded continuations not counted)
+MAX_HEADERS = 256            # header fields besides Content-Length (folded continuations not counted)
 MAX_LINE = 8192              # characters in the start line or in any header line
 MAX_BODY = 65535 - 200       # Content-Length a message may announce (413 above that)
 
@@ -24,8 +27,7 @@ _WS = " \t"
 # HTAB is whitespace, CR and LF are line ends and handled separately
 _CTL = bytes(range(0, 9)) + b"\x0b\x0c" + bytes(range(0x0E, 0x20)) + b"\x7f"
 _CTL_STR = {c: None for c in _CTL}  # str.translate table deleting them
-_TOKEN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
-_TOKEN_STR = "".join(sorted(_TOKEN))
+_TOKEN_STR = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 _ECHOED = ("via", "from", "to", "call-id", "cseq")  # what a response copies back to the sender
 
 
@@ -42,6 +44,17 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
 def is_token(text: str) -> bool:
     """RFC 3261 §25.1 token (a method, a header name): one or more of alphanum and -.!%*_+`'~"""
     return bool(text) and not text.strip(_TOKEN_STR)
+
+
+_GOOD_NAMES: set[str] = set()  # header names and methods already found to be tokens (bounded)
+
+
+def _good_name(name: str) -> bool:
+    if not is_token(name):
+        return False
+    if len(_GOOD_NAMES) < 4096 and len(name) <= 64:
+        _GOOD_NAMES.add(name)
+    return True
 
 
 def _digits(text: str) -> int | None:
@@ -74,15 +87,17 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         raise RemoteProtocolError("header section is not valid UTF-8") from None
-    ctl = len(head.translate(None, _CTL)) != len(head) or head.count(b"\r") != head.count(b"\r\n")
-    lines = text.replace("\r\n", "\n").split("\n")
+    text = text.replace("\r\n", "\n")
+    ctl = len(head.translate(None, _CTL)) != len(head) or "\r" in text  # one pass each, in C
+    lines = text.split("\n")
     start = lines[0]
     message, pending = _parse_start_line(start)
 
     headers = message.headers
     count = 0
     current_name: str | None = None
-    parts: list[str] = []
+    current_value = ""
+    parts: list[str] | None = None  # the pieces of a folded field (None while it is not folded)
     field_len = 0
     bad: str | None = None
     for line in lines[1:]:
@@ -96,10 +111,12 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
                 if field_len > MAX_LINE:  # folded or not, a field must fit on one line when we send it on
                     bad = bad or f"header field longer than {MAX_LINE} bytes"
                     continue
+                if parts is None:
+                    parts = [current_value] if current_value else []
                 parts.append(line)
             continue
         if current_name is not None:
-            headers.add(current_name, " ".join(parts))
+            headers.add(current_name, current_value if parts is None else " ".join(parts))
             current_name = None
         if not line:
             continue
@@ -108,19 +125,20 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
             continue
         name, sep, value = line.partition(":")
         name = name.rstrip(_WS)
-        if not sep or not is_token(name):
+        if not sep or (name not in _GOOD_NAMES and not _good_name(name)):
             bad = bad or f"malformed header line {line[:60]!r}"
             current_name = None
             continue
         count += 1
-        if count > MAX_HEADERS:
+        if count > MAX_HEADERS and count - len(headers._fields.get("content-length") or ()) - (
+                normalize_name(name) == "content-length") > MAX_HEADERS:  # (the one we write back is not counted)
             raise RemoteProtocolError(f"more than {MAX_HEADERS} header fields", 400, None)
         current_name = name
-        value = value.strip(_WS)
-        parts = [value] if value else []
+        current_value = value.strip(_WS)
+        parts = None
         field_len = len(line)
     if current_name is not None:
-        headers.add(current_name, " ".join(parts))
+        headers.add(current_name, current_value if parts is None else " ".join(parts))
 
     if ctl:
         bad = "control character in the header section"
@@ -130,7 +148,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
     if pending is not None:
         raise RemoteProtocolError(pending.reason, pending.status_code, _answerable(message))
 
-    cl_values = headers.get_all("Content-Length")
+    cl_values = headers._fields.get("content-length")  # (not multi-valued: get_all would return the same)
     if cl_values:
         length = _digits(cl_values[0].strip(_WS))
         if length is None:
@@ -179,7 +197,7 @@ def _parse_start_line(start: str) -> tuple[Message, RemoteProtocolError | None]:
         return Response(status, reason.strip()), None
     parts = start.split(" ")
     method = parts[0]
-    if not is_token(method):
+    if method not in _GOOD_NAMES and not _good_name(method):  # a method is a token too
         raise RemoteProtocolError(f"bad method {method[:40]!r}")
     if len(parts) != 3 or not parts[2].startswith("SIP/"):
         # a method is there: answer 400 if the headers allow it (RFC 4475 §3.1.2.7 lwsstart)
