@@ -10,6 +10,7 @@ IM session -> participants), made Pythonic: every call returns an awaitable `Ope
 frozen dataclasses. This module imports neither pandas nor ipywidgets.
 """
 from .api.emitter import EventStream, Subscription
+from .api.conference import ConferenceSession
 from .api.endpoint import Endpoint
 from .api.events import (
     ComposingChanged, EndpointState, EndpointStateChanged, Event, IncomingSession, MessageDelivered, MessageFailed,
@@ -28,6 +29,7 @@ from .runtime import DeadlockError, Operation
 from .net.impairment import Impairment
 from .net.relay import UdpRelay
 from .server import Server
+from .server.focus import FocusLimits
 from .sip.transaction import Timers
 from .trace import Trace
 
@@ -58,7 +60,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
-    "ChatMessage", "ComposingChanged", "ConferenceRequired", "DeadlockError", "Endpoint", "EndpointState",
+    "ChatMessage", "ComposingChanged", "ConferenceRequired", "ConferenceSession", "FocusLimits", "DeadlockError", "Endpoint", "EndpointState",
     "EndpointStateChanged", "Event", "EventStream", "Impairment", "ImSession", "IncomingSession", "InvalidState", "MessageDelivered",
     "MessageFailed", "MessageReceived", "MessageSending", "NotebookImError", "Operation", "Participant", "ParticipantAdded",
     "ParticipantRemoved", "ParticipantState", "ParticipantStateChanged", "Platform", "RemoteProtocolError",

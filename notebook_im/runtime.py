@@ -147,17 +147,21 @@ class Operation(Generic[T]):
             raise TimeoutError(f"{self.description} did not finish within {timeout} s") from None
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The exception the work raised (None if it succeeded); blocks like `result()`."""
         if self._runtime.in_loop_thread() and not self._future.done():
             raise DeadlockError(f"{self.description}: .exception() on the loop thread would deadlock")
         return self._future.exception(timeout)
 
     def done(self) -> bool:
+        """True once the work finished, failed or was cancelled."""
         return self._future.done()
 
     def cancelled(self) -> bool:
+        """True if the operation was cancelled before it finished."""
         return self._future.cancelled()
 
     def cancel(self) -> bool:
+        """Try to cancel the work; False if it already finished."""
         return self._future.cancel()
 
     def add_done_callback(self, fn: Callable[["Operation[T]"], Any]) -> None:

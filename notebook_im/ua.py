@@ -37,8 +37,9 @@ from .trace.recorder import Trace
 log = logging.getLogger("notebook_im.ua")
 
 USER_AGENT = "notebook_im/0.1"
-ALLOW = "INVITE, ACK, CANCEL, BYE, MESSAGE, OPTIONS"
-ACCEPT = "application/sdp, text/plain, text/html, text/enriched, application/im-iscomposing+xml"
+ALLOW = "INVITE, ACK, CANCEL, BYE, MESSAGE, OPTIONS, NOTIFY"
+ACCEPT = ("application/sdp, text/plain, text/html, text/enriched, application/im-iscomposing+xml, message/cpim, "
+          "application/conference-info+xml")
 
 
 def resolve_host(host: str) -> str:
@@ -188,6 +189,10 @@ class SipCore:
         target = target or request_target(request)
         txn = ClientTransaction(request, reliable=target.transport != "udp", timers=self.timers)
         handle = ClientHandle(txn, target, self.loop.create_future(), on_provisional)
+        if self.closed:  # nothing can be sent or received any more: fail at once rather than hang
+            handle.future.set_exception(TransactionTimeout(request.method, str(request.uri), "stack closed"))
+            handle.future.exception()  # fire-and-forget callers (BYE, CANCEL) need not look: no "never retrieved" log
+            return handle
         self._clients[txn.key] = handle
         self._execute_client(handle, txn.start())
         return handle
@@ -509,6 +514,9 @@ class UserAgent(SipCore):
         self.credentials = digest.DigestCredentials(username or aor.user or "", password) if password else None
         self._challenges: dict[str, digest.Challenge] = {}
         self.dialogs: dict[tuple[str, str, str], DialogUser] = {}
+        # subscriptions whose SUBSCRIBE is not answered yet: (Call-ID, our tag) -> user; a NOTIFY may overtake
+        # the 200 (RFC 6665 §4.1.2.4)
+        self.pending_subscriptions: dict[tuple[str, str], Any] = {}
         self.registered_expires: int | None = None
         self._register_call_id = new_call_id(local_host)
         self._register_cseq = 0
@@ -720,10 +728,12 @@ class UserAgent(SipCore):
 
     # -- sessions -------------------------------------------------------------------------------------------
     async def invite(self, to: SipUri, user: DialogUser, *, on_provisional: Callable[[Response], None] | None = None,
-                     on_handle: Callable[[ClientHandle], None] | None = None) -> tuple[Dialog | None, Response]:
-        body = sdp.build(self.host, self.transport.local_addr(self.default_transport)[1])
+                     on_handle: Callable[[ClientHandle], None] | None = None,
+                     accept_types: tuple[str, ...] = sdp.ACCEPT_TYPES,
+                     extra: dict[str, str] | None = None) -> tuple[Dialog | None, Response]:
+        body = sdp.build(self.host, self.transport.local_addr(self.default_transport)[1], accept_types=accept_types)
         req = self.new_request("INVITE", to, body=body, content_type="application/sdp",
-                               extra={"Allow": ALLOW, "Supported": "ms-text-format"})
+                               extra={"Allow": ALLOW, "Supported": "ms-text-format", **(extra or {})})
         handles: list[ClientHandle] = []
 
         def keep(h: ClientHandle) -> None:
@@ -780,9 +790,10 @@ class UserAgent(SipCore):
         dialog.local_seq = max(dialog.local_seq, sent.cseq.number)
         return resp
 
-    def accept_invite(self, handle: ServerHandle, dialog: Dialog, user: DialogUser) -> Response:
+    def accept_invite(self, handle: ServerHandle, dialog: Dialog, user: DialogUser, *,
+                      accept_types: tuple[str, ...] = sdp.ACCEPT_TYPES) -> Response:
         """Answer an INVITE with 200 + SDP and retransmit the 2xx until the ACK arrives (RFC 3261 §13.3.1.4)."""
-        body = sdp.build(self.host, self.transport.local_addr(self.default_transport)[1])
+        body = sdp.build(self.host, self.transport.local_addr(self.default_transport)[1], accept_types=accept_types)
         resp = make_response(handle.request, 200, to_tag=dialog.local_tag, body=body, content_type="application/sdp")
         resp.headers.set("Contact", self.named_contact)
         resp.headers.set("Allow", ALLOW)
@@ -809,12 +820,38 @@ class UserAgent(SipCore):
     def forget_dialog(self, dialog: Dialog) -> None:
         self.dialogs.pop(dialog.id, None)
 
+    # -- subscriptions (RFC 6665), as a subscriber ---------------------------------------------------------------
+    async def subscribe(self, to: SipUri, event: str, user: Any, *, expires: int, accept: str) -> tuple[Dialog | None, Response]:
+        """SUBSCRIBE out of dialog; a NOTIFY that overtakes the 200 reaches `user.on_notify` all the same.
+        On 2xx the subscription dialog is registered for `user` and returned."""
+        req = self.new_request("SUBSCRIBE", to, extra={"Event": event, "Expires": str(expires), "Accept": accept,
+                                                        "Allow": ALLOW})
+        key = (req.call_id, req.from_.tag or "")
+        self.pending_subscriptions[key] = user
+        try:
+            sent, resp = await self.send_authenticated(req)
+        finally:
+            self.pending_subscriptions.pop(key, None)
+        if not 200 <= resp.status < 300:
+            return None, resp
+        dialog = Dialog.from_uac(sent, resp)
+        if user.remote_seq is not None:  # NOTIFYs that overtook the 200
+            dialog.remote_seq = user.remote_seq
+        self.dialogs[dialog.id] = user
+        return dialog, resp
+
     # -- incoming requests ------------------------------------------------------------------------------------
     def on_request(self, request: Request, handle: ServerHandle | None, transport: str, remote: tuple[str, int]) -> None:
         method = request.method
         to_tag = request.to.tag
         if to_tag:  # in-dialog
             user = self.dialogs.get((request.call_id, to_tag, request.from_.tag or ""))
+            if user is None and method == "NOTIFY":
+                pending = self.pending_subscriptions.get((request.call_id, to_tag))
+                if pending is not None:
+                    assert handle is not None
+                    self.respond(handle, make_response(request, pending.on_notify(request)))
+                    return
             if method == "ACK":
                 if user is not None:
                     user.on_ack(request)
@@ -841,8 +878,11 @@ class UserAgent(SipCore):
                 self.respond(handle, resp)
             elif method == "OPTIONS":
                 self._answer_options(request, handle)
+            elif method == "NOTIFY" and hasattr(user, "on_notify"):
+                self.respond(handle, make_response(request, user.on_notify(request)))  # type: ignore[attr-defined]
             elif method in ("INFO", "UPDATE", "NOTIFY"):
-                self.respond(handle, make_response(request, 200 if method == "UPDATE" else 501 if method == "NOTIFY" else 200))
+                # a NOTIFY in an INVITE dialog: the end of a REFER's implicit subscription (RFC 3515)
+                self.respond(handle, make_response(request, 200))
             else:
                 self._method_not_allowed(request, handle)
             return

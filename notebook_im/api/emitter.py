@@ -26,6 +26,7 @@ class Subscription:
         self._source, self._key, self._entry = source, key, entry
 
     def cancel(self) -> None:
+        """Unsubscribe the callback (calling the subscription does the same)."""
         lst = self._source._subscribers.get(self._key)
         if lst and self._entry in lst:
             lst.remove(self._entry)
@@ -78,12 +79,14 @@ class EventStream(Generic[E]):
             return self._buffer.popleft()
 
     def drain(self) -> list[E]:
+        """Take every buffered event now, without waiting."""
         with self._lock:
             items = list(self._buffer)
             self._buffer.clear()
             return items
 
     def close(self) -> None:
+        """Unsubscribe and end the iteration (a waiting `async for` / `get()` returns)."""
         for s in self._subs:
             s.cancel()
         with self._lock:
@@ -95,6 +98,7 @@ class EventStream(Generic[E]):
             loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
 
     async def aclose(self) -> None:
+        """`close()` for `async with`/async generators' protocol."""
         self.close()
 
     def __enter__(self) -> "EventStream[E]":

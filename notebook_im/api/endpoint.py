@@ -100,6 +100,11 @@ class Endpoint(EventSource):
         if self.state in (EndpointState.DISABLED, EndpointState.DISABLING):
             return
         self._set_state(EndpointState.DISABLING)
+        if self._ua.closed:  # the sockets are gone already (a simulated crash): nothing to tell anybody
+            for s in list(self.sessions.sessions):
+                s._finish("endpoint disabled", None)
+            self._set_state(EndpointState.DISABLED, "closed")
+            return
         # each step is bounded: a server or peer that has gone away must not hold up a shutdown
         for s in list(self.sessions.sessions):
             try:
@@ -154,6 +159,7 @@ class Endpoint(EventSource):
 
     # -- UAListener (loop thread) ------------------------------------------------------------------------
     def on_pager_message(self, request: Request) -> int:
+        """Called by the user agent for an out-of-dialog MESSAGE (pager mode); returns the status to answer."""
         ct = request.content_type or "text/plain"
         sender = request.from_
         participant = Participant(str(sender.uri.without_params("transport")), display_name=sender.display_name)
@@ -178,6 +184,7 @@ class Endpoint(EventSource):
         return 200
 
     def on_invite(self, request: Request, handle: ServerHandle) -> None:
+        """Called by the user agent for a new INVITE: hands it to the session manager (480 while disabled)."""
         if self.state not in (EndpointState.ENABLED, EndpointState.RECONNECTING):
             from ..sip.message import make_response, new_tag
             self._ua.respond(handle, make_response(request, 480, to_tag=new_tag()))
@@ -185,6 +192,7 @@ class Endpoint(EventSource):
         self.sessions._on_invite(request, handle)
 
     def on_registration(self, state: str, detail: str) -> None:
+        """Called by the user agent when a registration refresh fails or recovers: updates `state`."""
         if self.state not in (EndpointState.ENABLED, EndpointState.RECONNECTING):
             return
         if state == "failed":

@@ -68,9 +68,11 @@ class IncomingSession(Event):
     subject: str | None = None
 
     def accept(self) -> "Operation[ImSession]":
+        """Accept the invitation (200 OK with our SDP); resolves with the session once the ACK arrives."""
         return self.session._accept()
 
     def reject(self, code: int = 486, reason: str | None = None) -> "Operation[None]":
+        """Decline the invitation with a SIP status (486 Busy Here by default, 603 Decline, ...)."""
         return self.session._reject(code, reason)
 
 

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..runtime import Operation, runtime
 from ..sip.message import Request, make_response, new_tag
-from ..sip.uri import SipUri
+from ..sip.uri import Address, SipUri
 from ..ua import ServerHandle
 from .emitter import Subscription
 from .events import IncomingSession
@@ -49,6 +49,28 @@ class SessionManager:
         self._sessions.append(session)
         return runtime().submit(session._invite(), f"create({remote_uri!r})")
 
+    def create_conference(self, uris: "list[str] | str" = (), *, subject: str | None = None) -> Operation[Any]:
+        """Create a conference on the endpoint's server (INVITE to its conference factory, RFC 4579), join it,
+        subscribe to its roster (RFC 4575) and invite `uris` (REFER to the focus, which dials out). Resolves
+        with the ConferenceSession once every invitee has joined or failed (failures are in
+        `session.failed_invitations`); raises RequestFailed if the conference cannot be created."""
+        from .conference import ConferenceSession, check_uris
+        invitees = check_uris(list(uris) if not isinstance(uris, str) else [uris])
+        self.endpoint._require_enabled("create a conference")
+        session = ConferenceSession(self, None, incoming=False, subject=subject)
+        self._sessions.append(session)
+        return runtime().submit(session._create([(u, None) for u in invitees]), f"create_conference({invitees!r})")
+
+    def join(self, conference_uri: str) -> Operation[Any]:
+        """Join an existing conference by its URI (INVITE to the conference URI). Resolves with the
+        ConferenceSession once connected and subscribed to the roster."""
+        from .conference import ConferenceSession
+        parse_remote_uri(conference_uri, "conference_uri")
+        self.endpoint._require_enabled("join a conference")
+        session = ConferenceSession(self, conference_uri, incoming=False)
+        self._sessions.append(session)
+        return runtime().submit(session._invite(), f"join({conference_uri!r})")
+
     def on_incoming(self, callback: Callable[[IncomingSession], Any]) -> Subscription:
         """Call `callback(incoming)` for every invitation; it should call `incoming.accept()` or `.reject(code)`."""
         return self.endpoint.on(IncomingSession, callback)
@@ -58,10 +80,49 @@ class SessionManager:
         if request.to.tag is None and any(s.dialog is not None and s.dialog.call_id == request.call_id for s in self._sessions):
             self.endpoint._ua.respond(handle, make_response(request, 482, to_tag=new_tag()))  # merged request (§8.2.2.2)
             return
+        contact = request.contacts[0] if request.contacts else None
+        if contact is not None and "isfocus" in contact.params:  # RFC 4579: an invitation to a conference
+            self._on_conference_invite(request, handle, contact.uri)
+            return
         session = ImSession(self, str(from_.uri.without_params("transport")), incoming=True, display_name=from_.display_name)
         self._sessions.append(session)
         event = session._incoming(request, handle, new_tag())
         session._emit(event)
+
+    def _on_conference_invite(self, request: Request, handle: ServerHandle, focus: SipUri) -> None:
+        from .conference import ConferenceSession, entity_of
+        replaced = self._replaced_session(request)
+        history = replaced.messages if replaced is not None else None
+        session = ConferenceSession(self, entity_of(focus), incoming=True, history=history, escalated_from=replaced,
+                                    subject=request.headers.get("Subject"))
+        session.replaces = replaced
+        self._sessions.append(session)
+        event = session._incoming(request, handle, new_tag())
+        session._emit(event)
+        if replaced is not None and not session._rejecting:  # RFC 3891: the user already talks with the
+            event.accept()                                     # referrer; no second question (unless they said no)
+
+    def _replaced_session(self, request: Request) -> "ImSession | None":
+        """The connected two-party session a Replaces header names, if its peer is the one who referred us."""
+        from .conference import entity_of
+        value = request.headers.get("Replaces")
+        referred_by = request.headers.get("Referred-By")
+        if not value or not referred_by:
+            return None
+        parts = [p.strip() for p in value.split(";")]
+        call_id = parts[0]
+        tags = {k.strip().lower(): v.strip() for k, _, v in (p.partition("=") for p in parts[1:])}
+        wanted = {tags.get("to-tag"), tags.get("from-tag")}
+        try:
+            referrer = entity_of(Address.parse(referred_by).uri)
+        except Exception:  # noqa: BLE001 - a bad Referred-By replaces nothing
+            return None
+        for s in self._sessions:
+            d = s.dialog
+            if (not s.is_conference and d is not None and d.call_id == call_id and {d.local_tag, d.remote_tag} == wanted
+                    and s.state.value == "connected" and entity_of(s.remote.uri) == referrer):
+                return s
+        return None
 
     def _forget(self, session: ImSession) -> None:
         if session in self._sessions:

@@ -133,6 +133,7 @@ class Platform:
         rt.submit(self._shutdown(), "shutdown()").result(timeout)
 
     async def ashutdown(self) -> None:
+        """`shutdown()` for async code: disables every endpoint without blocking the caller's loop."""
         if self._shut:
             return
         self._shut = True

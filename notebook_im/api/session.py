@@ -21,6 +21,7 @@ from ..runtime import Operation, runtime
 from ..sip.dialog import Dialog
 from ..sip.errors import RemoteProtocolError
 from ..sip.message import Request, Response, make_response
+from ..sip.sdp import ACCEPT_TYPES as _SDP_ACCEPT_TYPES
 from ..ua import ClientHandle, ServerHandle
 from .emitter import EventSource
 from .events import (
@@ -92,7 +93,9 @@ class ChatMessage:
 
 
 class ImSession(EventSource):
-    """A peer-to-peer IM session with one remote participant."""
+    """A peer-to-peer IM session with one remote participant (a conference is a ConferenceSession)."""
+
+    _accept_types: tuple[str, ...] = _SDP_ACCEPT_TYPES
 
     def __init__(self, manager: "SessionManager", remote_uri: str, *, incoming: bool,
                  display_name: str | None = None) -> None:
@@ -122,6 +125,9 @@ class ImSession(EventSource):
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._composing_supported = True
         self._seen = RecentIds()
+        self.escalated_to: Any = None      # the ConferenceSession this conversation moved to (escalate())
+        self._escalating = False
+        self._rejecting = False
 
     # -- properties ---------------------------------------------------------------------------------------
     @property
@@ -174,15 +180,55 @@ class ImSession(EventSource):
         """End the session (BYE; CANCEL while still inviting; 603 for an unanswered invitation)."""
         return runtime().submit(self._terminate(), "terminate()")
 
-    def add_participant(self, uri: str) -> None:
-        """Always raises: a peer-to-peer IM session has exactly two parties."""
+    def add_participant(self, uri: str) -> Any:
+        """A peer-to-peer IM session has exactly two parties: this raises ConferenceRequired, naming the call
+        that moves the conversation to a conference (`session.escalate([uri])`)."""
         raise ConferenceRequired(
             f"cannot add {uri} to session {self.id}: a peer-to-peer IM session has exactly two parties "
-            f"({self.endpoint.uri} and {self._remote.uri}). Three or more parties need a conference "
-            "through a conference focus (RFC 4353), which this version does not provide yet."
+            f"({self.endpoint.uri} and {self._remote.uri}). To chat with three or more, call "
+            f"session.escalate([{uri!r}]): it moves this conversation, history included, to a conference on "
+            f"your server's conference focus (or start one with endpoint.sessions.create_conference([...]))."
         )
 
+    def escalate(self, uris: "list[str] | str") -> Operation[Any]:
+        """Move this two-party conversation to a conference (as Lync does when a third person is added):
+        creates a conference on the endpoint's server, joins it, invites the other party (with a Replaces
+        header naming this dialog, so their client swaps sessions without asking) and `uris`, then ends this
+        session. Resolves with the new ConferenceSession, whose `.messages` starts with this session's history."""
+        from .conference import check_uris
+        uris = check_uris(uris)
+        if self.is_conference:
+            raise InvalidState("this session is already a conference: use session.invite(uri)")
+        self._require_connected("escalate")
+        if self.endpoint.server is None:
+            raise InvalidState(f"cannot escalate: endpoint {self.endpoint.uri} has no server, so no conference focus")
+        return runtime().submit(self._escalate(uris), f"escalate({uris!r})")
+
+    async def _escalate(self, uris: list[str]) -> Any:
+        from .conference import ConferenceSession
+        assert self.dialog is not None
+        d = self.dialog
+        replaces = f"{d.call_id};to-tag={d.remote_tag};from-tag={d.local_tag}"
+        conf = ConferenceSession(self.manager, None, incoming=False, history=self.messages, escalated_from=self)
+        self.manager._sessions.append(conf)
+        self.escalated_to = conf   # the peer's client may end this dialog (RFC 3891) as soon as it has joined
+        try:
+            await conf._create([(self._remote.uri, replaces)] + [(u, None) for u in uris])
+        except BaseException:
+            self.escalated_to = None
+            raise
+        failure = conf._failures.get(self._remote.uri)
+        if failure is not None and self.state is SessionState.CONNECTED:
+            # the other party did not come along: keep the two-party conversation, drop the conference
+            self.escalated_to = None
+            await conf._terminate()
+            raise failure
+        self._escalating = True
+        await self._terminate()
+        return conf
+
     def wait_connected(self, timeout: float | None = None) -> Operation["ImSession"]:
+        """An Operation that resolves with the session once it is connected (raises if it ends first)."""
         async def wait() -> "ImSession":
             while self.state in (SessionState.IDLE, SessionState.CONNECTING):
                 await asyncio.sleep(0.01)
@@ -248,16 +294,20 @@ class ImSession(EventSource):
         self._server_handle = handle
         handle.on_cancel = self._on_cancelled
         self.dialog = Dialog.from_uas(request, local_tag)
-        self._emit(ParticipantAdded(self, self._remote, timestamp=now_utc()))
+        if not self.is_conference:  # a conference's participants come from its roster
+            self._emit(ParticipantAdded(self, self._remote, timestamp=now_utc()))
         self._set_state(SessionState.CONNECTING)
         ringing = make_response(request, 180, to_tag=local_tag)
         ringing.headers.set("Contact", self.ua.contact)
         self.ua.respond(handle, ringing)
         loop = asyncio.get_running_loop()
         self._ring_timer = loop.call_later(RING_TIMEOUT, self._ring_timeout)
-        event = IncomingSession(self, self._remote, subject=request.headers.get("Subject"), timestamp=now_utc())
+        event = IncomingSession(self, self._inviter(request), subject=request.headers.get("Subject"), timestamp=now_utc())
         self._incoming_event = event
         return event
+
+    def _inviter(self, request: Request) -> Participant:
+        return self._remote
 
     def _ring_timeout(self) -> None:
         if self._server_handle is not None and not self._server_handle.answered:
@@ -284,7 +334,7 @@ class ImSession(EventSource):
         if self._ring_timer:
             self._ring_timer.cancel()
         self._accepted = asyncio.get_running_loop().create_future()
-        self.ua.accept_invite(handle, self.dialog, self)
+        self.ua.accept_invite(handle, self.dialog, self, accept_types=self._accept_types)
         if handle.transport != "udp":
             self.acked = False  # still wait for the ACK over reliable transports
         await asyncio.wait_for(asyncio.shield(self._accepted), 64 * self.ua.timers.t1 + 1)
@@ -293,6 +343,7 @@ class ImSession(EventSource):
     def _reject(self, code: int, reason: str | None) -> Operation[None]:
         if not isinstance(code, int) or not 300 <= code <= 699:
             raise ValueError(f"reject() takes a SIP status code from 300 to 699 (486 Busy Here, 603 Decline), not {code!r}")
+        self._rejecting = True
         return runtime().submit(self._do_reject(code, reason), f"reject({code})")
 
     async def _do_reject(self, code: int, reason: str | None) -> None:
@@ -307,10 +358,12 @@ class ImSession(EventSource):
         self._finish(f"rejected with {code}", code)
 
     def on_ack(self, request: Request) -> None:
+        """Called by the user agent when the ACK for our 200 OK arrives: the session is connected."""
         self.acked = True
         self._connected_by_peer()
 
     def on_ack_timeout(self) -> None:
+        """Called when no ACK came for our 200 OK within 64*T1: the session is ended with a BYE."""
         async def give_up() -> None:
             self._set_state(SessionState.DISCONNECTING)
             try:
@@ -344,21 +397,36 @@ class ImSession(EventSource):
             return 200
         return 415
 
-    def _deliver_text(self, request: Request, ct: str, *, mode: str) -> None:
-        text = request.text().replace("\r\n", "\n")
-        header_id = request.headers.get("Imdn-Message-ID")
-        if header_id and self._seen.seen(header_id):
+    def _deliver_text(self, request: Request, ct: str, *, mode: str, participant: Participant | None = None,
+                      text: str | None = None, message_id: str | None = None) -> None:
+        """Record and announce a received text. In a conference `participant` is the original sender (from
+        the focus's message/cpim wrapper), `text` the unwrapped body and `message_id` its id."""
+        sender = participant or self._remote
+        if text is None:
+            text = request.text()
+        text = text.replace("\r\n", "\n")
+        header_id = message_id or request.headers.get("Imdn-Message-ID")
+        if header_id and self._seen.seen(f"{sender.uri} {header_id}" if participant is not None else header_id):
             return  # the sender retried after a lost 200: answered again, shown once
         msg_id = header_id or secrets.token_hex(6)
         ts = now_utc()
-        self.messages.append(ChatMessage(msg_id, "in", self._remote.uri, self.endpoint.uri, text, ct, ts, "received", mode))
+        self.messages.append(ChatMessage(msg_id, "in", sender.uri, self.endpoint.uri, text, ct, ts, "received", mode))
+        self._receiver_message(sender)
+        self._emit(MessageReceived(self, sender, text, ct, msg_id, mode, self.endpoint.uri, timestamp=ts))
+
+    def _receiver_message(self, sender: Participant) -> None:
+        """A text from `sender` clears their composing state (RFC 3994 §4)."""
         self._run_receiver(self._receiver.message_received(time.monotonic()))
-        self._emit(MessageReceived(self, self._remote, text, ct, msg_id, mode, self.endpoint.uri, timestamp=ts))
 
     def on_bye(self, request: Request) -> None:
+        """Called by the user agent when the other party sent BYE."""
+        if self.escalated_to is not None:
+            self._finish(f"moved to conference {self.escalated_to.conference_uri}", 200, by_remote=True)
+            return
         self._finish("remote party ended the session", 200, by_remote=True)
 
     def on_cancelled(self) -> None:
+        """Called when the caller cancelled the invitation before it was answered."""
         self._on_cancelled()
 
     # -- composing (loop thread) -------------------------------------------------------------------------------------
@@ -479,7 +547,10 @@ class ImSession(EventSource):
             async with self._get_lock():
                 await self._bye()
         finally:
-            self._finish("local party ended the session", None)
+            if self._escalating and self.escalated_to is not None:
+                self._finish(f"moved to conference {self.escalated_to.conference_uri}", None)
+            else:
+                self._finish("local party ended the session", None)
 
     async def _bye(self) -> None:
         if self.dialog is None:

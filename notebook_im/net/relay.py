@@ -57,6 +57,7 @@ class UdpRelay:
         return f"sip:{self.host}:{self.port}"
 
     def start(self) -> Operation["UdpRelay"]:
+        """Bind the relay's listening socket; resolves with the relay (its `uri` is then final)."""
         async def run() -> "UdpRelay":
             loop = asyncio.get_running_loop()
             self._listen, _ = await loop.create_datagram_endpoint(lambda: _Listen(self), local_addr=(self.host, self.port))
@@ -65,6 +66,7 @@ class UdpRelay:
         return runtime().submit(run(), "UdpRelay.start()")
 
     def stop(self) -> None:
+        """Close the relay's sockets (blocking)."""
         async def run() -> None:
             for up in self._clients.values():
                 if up.transport:

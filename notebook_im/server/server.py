@@ -1,5 +1,6 @@
-"""The embedded server: a registrar and a transaction-stateful proxy (RFC 3261 §16) for notebooks,
-teaching and tests.
+"""The embedded server: a registrar, a transaction-stateful proxy (RFC 3261 §16) and a conference focus
+(focus.py: RFC 4353/4579/4575, `sip:conference-factory@<server>` creates `sip:conf-<id>@<server>`) for
+notebooks, teaching and tests.
 
 It binds to loopback unless told otherwise and is never an open relay: an initial request is routed only
 to a user registered with it (404 for unknown users, 480 for known but offline ones), and an in-dialog
@@ -24,6 +25,7 @@ from ..trace.recorder import Trace
 from ..sip.transaction import DEFAULT_TIMERS, Timers
 from ..ua import USER_AGENT, ClientHandle, ServerHandle, SipCore, target_of
 from .auth import Authenticator
+from .focus import Focus, FocusLimits
 from .registrar import Binding, Registrar, aor_key
 
 log = logging.getLogger("notebook_im.server")
@@ -34,12 +36,18 @@ class ProxyCore(SipCore):
 
     def __init__(self, *, host: str, port: int, trace: Trace, registrar: Registrar, transports: tuple[str, ...],
                  auth: Authenticator | None = None, timers: Timers = DEFAULT_TIMERS,
-                 tls_server: ssl.SSLContext | None = None, tls_port: int = 0) -> None:
+                 tls_server: ssl.SSLContext | None = None, tls_port: int = 0,
+                 focus_limits: FocusLimits | None = None) -> None:
         super().__init__(name="server", host=host, port=port, trace=trace, transports=transports, timers=timers,
                          tls_server=tls_server, tls_port=tls_port)
         self.registrar = registrar
         self.auth = auth
+        self.focus = Focus(self, focus_limits)
         self._forwarded: dict[int, ClientHandle] = {}   # id(server handle) -> downstream client transaction
+
+    async def close(self) -> None:
+        self.focus.close()
+        await super().close()
 
     def is_us(self, uri: SipUri) -> bool:
         host = uri.host.strip("[]")
@@ -61,6 +69,9 @@ class ProxyCore(SipCore):
     def on_request(self, request: Request, handle: ServerHandle | None, transport: str, remote: tuple[str, int]) -> None:
         mf = request.max_forwards
         if handle is None:  # ACK for a 2xx: forward statelessly along its route
+            if self.focus.wants(request):
+                self.focus.on_request(request, None)
+                return
             self._forward_ack(request)
             return
         if mf is not None and mf <= 0 and not (request.method == "OPTIONS" and self.is_us(request.uri)):
@@ -86,6 +97,9 @@ class ProxyCore(SipCore):
             # ourselves, only to registered users, so the Route set is dropped (Kamailio's example does too).
             routes = []
         request.headers.set_all("Route", routes)
+        if not routes and self.focus.wants(request):  # the conference focus (focus.py) answers these itself
+            self.focus.on_request(request, handle)
+            return
         if request.to.tag is not None:
             self._route_in_dialog(request, handle, transport, routes)
             return
@@ -248,13 +262,14 @@ class ProxyCore(SipCore):
 
 
 class Server:
-    """The embedded registrar + proxy. `Server().start().result()`, or `with Server() as server:`."""
+    """The embedded registrar + proxy + conference focus. `Server().start().result()`, or `with Server() as server:`.
+    `focus_limits=FocusLimits(...)` bounds the focus (conferences, participants, queues, probe interval)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, transports: tuple[str, ...] = ("udp", "tcp"),
                  users: dict[str, str] | None = None, realm: str = "notebook_im", min_expires: int = 1,
                  max_expires: int = 7200, timers: Timers = DEFAULT_TIMERS,
                  tls: "tuple[str, str] | ssl.SSLContext | None" = None, tls_port: int = 0,
-                 advertise: tuple[str, int] | None = None) -> None:
+                 advertise: tuple[str, int] | None = None, focus_limits: FocusLimits | None = None) -> None:
         if not isinstance(port, int) or not 0 <= port < 65536:
             raise ValueError(f"port must be an int from 0 (any free port) to 65535, not {port!r}")
         bad = [t for t in transports if t not in ("udp", "tcp")]
@@ -267,7 +282,8 @@ class Server:
         self.auth = Authenticator(users, realm=realm) if users else None
         tls_ctx = _server_context(tls) if tls is not None else None
         self._core = ProxyCore(host=host, port=port, trace=self.trace, registrar=self.registrar, transports=tuple(transports),
-                               auth=self.auth, timers=timers, tls_server=tls_ctx, tls_port=tls_port)
+                               auth=self.auth, timers=timers, tls_server=tls_ctx, tls_port=tls_port,
+                               focus_limits=focus_limits)
         # the UDP address to put in Via and Record-Route when peers reach us through a NAT, port forward or relay
         self._core.advertise = advertise
         self._started = False
@@ -309,6 +325,23 @@ class Server:
     def stats(self) -> dict[str, int]:
         return dict(self._core.stats)
 
+    @property
+    def focus(self) -> Focus:
+        """The conference focus (RFC 4353): `.conferences`, `.stats`, `.limits` (read them on the loop thread,
+        or use `conferences` below)."""
+        return self._core.focus
+
+    @property
+    def conference_factory(self) -> str:
+        """The URI to INVITE to create a conference (RFC 4579 ad-hoc conference factory)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"sip:conference-factory@{host}:{self.port}"
+
+    @property
+    def conferences(self) -> dict[str, list[str]]:
+        """Conference URI -> its participants with their status (a snapshot taken on the loop thread)."""
+        return runtime().run_sync(self._core.focus.snapshot)
+
     def start(self) -> Operation["Server"]:
         """Bind the sockets (UDP and TCP on one port) and start serving."""
         async def run() -> "Server":
@@ -330,6 +363,7 @@ class Server:
         self._started = False
 
     async def astop(self) -> None:
+        """`stop()` for async code."""
         if self._started:
             await runtime().submit(self._core.close(), "Server.stop()")
             self._started = False

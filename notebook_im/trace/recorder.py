@@ -98,6 +98,7 @@ class Trace:
 
     def record_sip(self, direction: str, transport: str, local: tuple[str, int], remote: tuple[str, int],
                    raw: bytes, owner: str, ts: float | None = None) -> None:
+        """Record one SIP message as it went over the wire (called by the SIP core; credentials redacted)."""
         if not self.enabled:
             self.skipped += 1
             return
@@ -119,6 +120,7 @@ class Trace:
         self.sip_owner.append(owner)
 
     def record_drop(self, transport: str, remote: tuple[str, int] | None, reason: str, raw: bytes, owner: str) -> None:
+        """Record a datagram or stream chunk that was dropped, with the reason (at most 2 KB of it kept)."""
         with self._lock:
             self.drops_total += 1
             if self.max_records is not None:
@@ -127,6 +129,7 @@ class Trace:
             self.drops.append(DropRecord(time.time(), transport, remote, reason, redact(raw[:2048]), owner))
 
     def record_event(self, owner: str, event: Any) -> None:
+        """Record one API event of `owner` (called as events are emitted)."""
         if not self.enabled:
             self.skipped += 1
             return
@@ -166,6 +169,7 @@ class Trace:
 
     # -- reading -----------------------------------------------------------------------------------
     def sip_records(self) -> list[SipRecord]:
+        """The recorded SIP messages as SipRecord objects (raw bytes, direction, addresses, time), oldest first."""
         n = len(self.sip_owner)  # owner is appended last: every column has at least n entries
         return [SipRecord(self.sip_ts[i], self.sip_direction[i], self.sip_transport[i], self.sip_local[i],
                           self.sip_remote[i], self.sip_raw[i], self.sip_owner[i]) for i in range(n)]

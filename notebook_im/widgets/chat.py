@@ -30,6 +30,7 @@ from ..api.events import (
     ComposingChanged, IncomingSession, MessageDelivered, MessageFailed, MessageReceived, ParticipantAdded,
     ParticipantStateChanged, SessionState, SessionStateChanged, SessionTerminated,
 )
+from ..api.participant import Participant
 from ..api.session import ChatMessage, ImSession, now_utc
 from . import render as r
 from .composer import Composer
@@ -204,6 +205,7 @@ class Conversation(w.VBox):
             return min(len(self._entries), self._window)
 
     def close(self) -> None:
+        """Unsubscribe from the session's events and close the widgets."""
         self._closed = True
         throttle = getattr(self, "_throttle", None)  # close() also runs from __del__ of a half-built panel
         if throttle is not None:
@@ -216,7 +218,13 @@ class Conversation(w.VBox):
     # -- model updates (any thread) -----------------------------------------------------------------------------
     def _entry_from_message(self, m: ChatMessage) -> r.Entry:
         s = self.session
-        name = self._name(s.local_participant if m.direction == "out" else s.remote)
+        if m.direction == "out":
+            who = s.local_participant
+        else:  # in a conference the author is one of several participants
+            who = next((p for p in s.participants if p.uri == m.sender), None)
+            if who is None:
+                who = s.remote if not s.is_conference else Participant(m.sender)
+        name = self._name(who)
         return r.Entry(m.id, m.direction, m.sender, name, m.text, m.content_type, m.timestamp, m.status,
                        m.sip_status, m.reason)
 
@@ -408,6 +416,7 @@ class ChatPanel(w.VBox):
         return self.selected
 
     def select(self, session: ImSession) -> None:
+        """Show `session`'s conversation (adding it to the list if needed)."""
         conv = self.conversations[session]
         self.selected = conv
         if self.endpoint is not None:
@@ -435,6 +444,7 @@ class ChatPanel(w.VBox):
         op.add_done_callback(done)
 
     def close(self) -> None:
+        """Unsubscribe from the endpoint's events and close every conversation."""
         for sub in getattr(self, "_subs", ()):
             sub.cancel()
         for conv in list(getattr(self, "conversations", {}).values()):

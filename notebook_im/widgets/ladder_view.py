@@ -103,5 +103,6 @@ class LadderView(w.VBox):
             stop.set()
 
     def close(self) -> None:
+        """Stop following the trace and close the widget."""
         self.stop()
         super().close()
