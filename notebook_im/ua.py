@@ -173,11 +173,12 @@ class SipCore:
         if self.closed:
             return
         self.stats["sent"] += 1
-        self.trace.record_sip("out", target.transport, self.transport.local_addr(target.transport), target.addr, data, self.name)
         try:
             self.transport.send(data, target)
         except (OSError, RuntimeError) as exc:
             log.warning("%s: send to %s failed: %s", self.name, target, exc)
+        # the source address the peer sees: a connection's own local port on TCP/TLS, the socket's on UDP
+        self.trace.record_sip("out", target.transport, self.transport.source_addr(target), target.addr, data, self.name)
 
     def send_stateless(self, message: Request | Response, target: Target) -> None:
         self._send(bytes(message), target)
@@ -220,14 +221,20 @@ class SipCore:
     # -- receiving --------------------------------------------------------------------------------
     def _on_data(self, data: bytes, transport: str, remote: tuple[str, int], local: tuple[str, int]) -> None:
         self.stats["received"] += 1
-        self.trace.record_sip("in", transport, local, remote, data, self.name)
         if len(data) <= 4 and not data.strip():
             return  # keep-alive
         try:
             message = parse_message(data, stream=transport != "udp")
         except RemoteProtocolError as exc:
+            # not SIP: it goes to the (bounded) drop list, not the message trace, so garbage cannot fill memory
             self._reject_malformed(exc, data, transport, remote)
             return
+        except Exception as exc:  # noqa: BLE001 - a parser bug must cost one datagram, never the stack
+            log.exception("%s: parser failed on a datagram from %s", self.name, remote)
+            self.stats["dropped"] += 1
+            self.trace.record_drop(transport, remote, f"parser error: {type(exc).__name__}", data, self.name)
+            return
+        self.trace.record_sip("in", transport, local, remote, data, self.name)
         try:
             if isinstance(message, Request):
                 self._on_request_message(message, transport, remote, local)

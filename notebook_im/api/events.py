@@ -33,7 +33,14 @@ class ParticipantState(str, enum.Enum):
     DISCONNECTED = "disconnected"
 
 
-SessionState = ParticipantState  # a session moves through the same five states as its participants
+class SessionState(str, enum.Enum):
+    """A session moves through the same five states as its participants (UCCAPI's session states)."""
+
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTING = "disconnecting"
+    DISCONNECTED = "disconnected"
 
 
 class EndpointState(str, enum.Enum):

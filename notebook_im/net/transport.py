@@ -235,6 +235,14 @@ class TransportLayer:
     def has_connection(self, addr: Addr) -> bool:
         return addr in self._connections
 
+    def source_addr(self, target: Target) -> Addr:
+        """The local address datagrams/segments to `target` leave from (for traces and pcaps)."""
+        if target.transport != "udp":
+            conn = self._connections.get(target.addr)
+            if conn is not None:
+                return conn.local
+        return self.local_addr(target.transport)
+
     def keepalive(self, target: Target) -> None:
         """RFC 5626 §3.5.1 CRLF keep-alive on an open stream connection (keeps NATs and idle timers quiet)."""
         conn = self._connections.get(target.addr)

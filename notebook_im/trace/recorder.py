@@ -8,8 +8,9 @@ Besides the raw columns, each SIP message gets its few header fields pulled out 
 CSeq, tags, branch, ...), either as it is recorded (`index="eager"`, the default: ~4 µs per message, so
 that a 1,000,000-row frame builds in about a second) or on the first frame build (`index="lazy"`: nothing
 extra on the hot path, the first build pays). `trace.enabled = False` (or `with trace.paused():`) stops
-recording SIP messages and events altogether; drops are always kept (the most recent `max_records`
-of them; `drop_count` counts them all).
+recording SIP messages and events altogether; drops are always kept (the most recent `max_drops`,
+10,000 by default, at most 2 KB each; `drop_count` counts them all). Only messages that parse as SIP enter the
+message columns: garbage goes to the drop list alone, so a flood of it cannot fill memory.
 
 The analysis methods (`sip()`, `messages()`, `events()`, `to_pcap()`, `ladder()`, `plot`) import pandas
 and friends inside the method, so `import notebook_im` stays light.
@@ -71,10 +72,11 @@ class Trace:
     """Append-only record of SIP messages, API events and drops. Thread-safe for readers."""
 
     def __init__(self, *, max_records: int | None = 1_000_000, index: str = "eager", enabled: bool = True,
-                 name: str = "") -> None:
+                 name: str = "", max_drops: int = 10_000) -> None:
         if index not in ("eager", "lazy"):
             raise ValueError(f"index must be 'eager' or 'lazy', not {index!r}")
         self.max_records = max_records
+        self.max_drops = max_drops  # the drop list keeps the most recent max_drops (at most 2 KB each)
         self.index = index
         self.enabled = enabled
         self.name = name
@@ -123,9 +125,9 @@ class Trace:
         """Record a datagram or stream chunk that was dropped, with the reason (at most 2 KB of it kept)."""
         with self._lock:
             self.drops_total += 1
-            if self.max_records is not None:
-                while len(self.drops) >= self.max_records > 0:
-                    self.drops.popleft()
+            limit = min(self.max_drops, self.max_records) if self.max_records is not None else self.max_drops
+            while len(self.drops) >= limit > 0:
+                self.drops.popleft()
             self.drops.append(DropRecord(time.time(), transport, remote, reason, redact(raw[:2048]), owner))
 
     def record_event(self, owner: str, event: Any) -> None:
