@@ -34,6 +34,7 @@ class SessionManager:
     def __init__(self, endpoint: "Endpoint") -> None:
         self.endpoint = endpoint
         self._sessions: list[ImSession] = []
+        self.max_incoming_per_source = 1000  # live incoming sessions (dialogs) per source address; 503 beyond
 
     @property
     def sessions(self) -> list[ImSession]:
@@ -79,6 +80,14 @@ class SessionManager:
         from_ = request.from_
         if request.to.tag is None and any(s.dialog is not None and s.dialog.call_id == request.call_id for s in self._sessions):
             self.endpoint._ua.respond(handle, make_response(request, 482, to_tag=new_tag()))  # merged request (§8.2.2.2)
+            return
+        source = handle.remote[0]
+        from_source = sum(1 for s in self._sessions if s._server_handle is not None and s._server_handle.remote[0] == source)
+        if from_source >= self.max_incoming_per_source:
+            # bounded state: a peer (or a proxy relaying a flood) cannot open sessions without limit
+            resp = make_response(request, 503, "Service Unavailable (too many sessions from your address)", to_tag=new_tag())
+            resp.headers.set("Retry-After", "30")
+            self.endpoint._ua.respond(handle, resp)
             return
         contact = request.contacts[0] if request.contacts else None
         if contact is not None and "isfocus" in contact.params:  # RFC 4579: an invitation to a conference

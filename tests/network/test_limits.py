@@ -91,3 +91,20 @@ def test_registrations_per_user_are_bounded(server, platform):
         platform.endpoint("sip:alice@example.test", server=server).result(10)
     assert info.value.status == 403 and "too many contacts" in info.value.reason
     assert len(server.registrations["sip:alice@example.test"]) == 10
+
+
+def test_incoming_sessions_per_source_are_bounded(server, platform):
+    alice = platform.endpoint("sip:alice@example.test", server=server).result(10)
+    bob = platform.endpoint("sip:bob@example.test", server=server).result(10)
+    bob.sessions.max_incoming_per_source = 3  # invitations ring and are never answered: state piles up
+    ops = [alice.sessions.create("sip:bob@example.test") for _ in range(3)]
+    wait_for(lambda: len(bob.sessions) == 3, 5, "three ringing invitations")
+    with pytest.raises(nim.RequestFailed) as info:
+        alice.sessions.create("sip:bob@example.test").result(10)
+    assert info.value.status == 503 and "too many sessions" in info.value.reason
+    assert len(bob.sessions) == 3
+    for session in alice.sessions.sessions:
+        session.terminate()
+    for op in ops:
+        with pytest.raises(nim.RequestFailed):  # cancelled: 487
+            op.result(10)
