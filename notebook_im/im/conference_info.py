@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Union
 
 from ..sip.errors import RemoteProtocolError
+from .xmldoc import parse_untrusted
 
 CONTENT_TYPE = "application/conference-info+xml"
 EVENT = "conference"
@@ -110,14 +111,7 @@ def build(info: ConferenceInfo) -> bytes:
 
 def parse(body: bytes) -> ConferenceInfo:
     """Parse a conference-info document; RemoteProtocolError (400) for anything that is not a valid one."""
-    if len(body) > MAX_DOCUMENT:
-        raise RemoteProtocolError("conference-info document too large", 413)
-    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
-        raise RemoteProtocolError("conference-info document must not declare a DTD")
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError as exc:
-        raise RemoteProtocolError(f"malformed conference-info XML: {exc}") from None
+    root = parse_untrusted(body, limit=MAX_DOCUMENT, what="conference-info")
     if _local(root.tag) != "conference-info":
         raise RemoteProtocolError(f"unexpected root element {root.tag!r}")
     entity = root.get("entity")
