@@ -355,9 +355,7 @@ class SipCore:
             elif isinstance(a, StartTimer):
                 self._arm(h.timers, a.name, a.delay, lambda n=a.name: self._execute_client(h, h.txn.timer(n)))
             elif isinstance(a, StopTimer):
-                t = h.timers.pop(a.name, None)
-                if t:
-                    t.cancel()
+                self._disarm(h.timers, a.name)
             elif isinstance(a, Deliver):
                 resp = a.message
                 if resp.status < 200:
@@ -393,9 +391,7 @@ class SipCore:
             elif isinstance(a, StartTimer):
                 self._arm(h.timers, a.name, a.delay, lambda n=a.name: self._execute_server(h, h.txn.timer(n)))
             elif isinstance(a, StopTimer):
-                t = h.timers.pop(a.name, None)
-                if t:
-                    t.cancel()
+                self._disarm(h.timers, a.name)
             elif isinstance(a, Deliver):
                 try:
                     self.on_request(a.message, h, h.transport, h.remote)
@@ -420,14 +416,18 @@ class SipCore:
                         self._per_source.pop(h.remote, None)
 
     def _arm(self, timers: dict[str, asyncio.TimerHandle], name: str, delay: float, fn: Callable[[], None]) -> None:
-        old = timers.pop(name, None)
-        if old is not None:
-            old.cancel()
+        self._disarm(timers, name)
         assert self.loop is not None
         if delay <= 0:
             self.loop.call_soon(fn)
         else:
             timers[name] = self.loop.call_later(delay, fn)
+
+    @staticmethod
+    def _disarm(timers: dict[str, asyncio.TimerHandle], name: str) -> None:
+        t = timers.pop(name, None)
+        if t is not None:
+            t.cancel()
 
     @staticmethod
     def _cancel_timers(timers: dict[str, asyncio.TimerHandle]) -> None:
