@@ -7,8 +7,10 @@ real sockets, so tests and teaching notebooks can watch SIP's retransmissions wo
 """
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -54,6 +56,15 @@ class Impairment:
             delays.append(d)
         self.delivered += copies
         return delays
+
+    def sendto(self, udp: Any, data: bytes, addr: tuple[str, int]) -> None:
+        """Send one datagram on asyncio transport `udp` as this impairment decides (now, later, twice or never)."""
+        loop = asyncio.get_running_loop()
+        for delay in self.decide():
+            if delay <= 0:
+                udp.sendto(data, addr)
+            else:
+                loop.call_later(delay, lambda: udp.is_closing() or udp.sendto(data, addr))
 
     @property
     def stats(self) -> dict[str, int]:

@@ -101,11 +101,5 @@ class UdpRelay:
             self._forward(up.transport, data, self.target, self.upstream)
 
     def _forward(self, transport: asyncio.DatagramTransport | None, data: bytes, addr: Addr, impairment: Impairment) -> None:
-        if transport is None:
-            return
-        loop = asyncio.get_running_loop()
-        for delay in impairment.decide():
-            if delay <= 0:
-                transport.sendto(data, addr)
-            else:
-                loop.call_later(delay, lambda: transport.is_closing() or transport.sendto(data, addr))
+        if transport is not None:
+            impairment.sendto(transport, data, addr)

@@ -261,7 +261,7 @@ class TransportLayer:
             if self.impairment is None:
                 self._udp.sendto(data, target.addr)
             else:
-                self._send_impaired(data, target.addr)
+                self.impairment.sendto(self._udp, data, target.addr)
             return
         if target.transport not in ("tcp", "tls"):
             raise ValueError(f"unsupported transport {target.transport!r}")
@@ -272,16 +272,6 @@ class TransportLayer:
         self._pending_data.setdefault(target.addr, []).append(data)
         if target.addr not in self._pending:
             self._pending[target.addr] = asyncio.get_running_loop().create_task(self._connect(target.addr, target.transport))
-
-    def _send_impaired(self, data: bytes, addr: Addr) -> None:
-        assert self.impairment is not None
-        udp = self._udp
-        loop = asyncio.get_running_loop()
-        for delay in self.impairment.decide():
-            if delay <= 0:
-                udp.sendto(data, addr)
-            else:
-                loop.call_later(delay, lambda: udp.is_closing() or udp.sendto(data, addr))
 
     async def _connect(self, addr: Addr, name: str = "tcp") -> None:
         loop = asyncio.get_running_loop()
