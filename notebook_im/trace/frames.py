@@ -403,6 +403,7 @@ _NOT_IM = ("application/im-iscomposing+xml", "message/imdn+xml")
 
 
 def _messages_rows_from_sip(trace: "Trace") -> list[tuple]:
+    from ..im import cpim
     from ..sip.parser import parse_message
 
     df = sip_frame(trace, raw=False)
@@ -436,8 +437,20 @@ def _messages_rows_from_sip(trace: "Trace") -> list[tuple]:
                 text = msg.text().replace("\r\n", "\n")
             except Exception:  # noqa: BLE001
                 text = msg.body.decode("utf-8", "replace")
+            sender = str(msg.from_.uri.without_params("transport"))
+            if ct == "message/cpim":  # relayed by a conference focus: the wrapper names the original sender
+                try:
+                    wrapped = cpim.unwrap(msg.body)
+                except Exception:  # noqa: BLE001 - keep the focus as the sender
+                    pass
+                else:
+                    sender = wrapped.sender
+                    ct = wrapped.content_type.split(";")[0].strip().lower()
+                    text = wrapped.body.decode("utf-8", "replace").replace("\r\n", "\n")
+                    if ct in _NOT_IM:
+                        continue
             to = msg.to
-            requests[key] = dict(ts=ts[i], direction=directions[i], sender=str(msg.from_.uri.without_params("transport")),
+            requests[key] = dict(ts=ts[i], direction=directions[i], sender=sender,
                                  recipient=str(to.uri.without_params("transport")), text=text, ct=ct,
                                  mode="session" if to.tag else "pager", call_id=msg.call_id,
                                  message_id=msg.headers.get("Imdn-Message-ID"))

@@ -78,10 +78,9 @@ def _free_port() -> int:
 
 @pytest.fixture
 def lab(tmp_path):
-    pytest.importorskip("jupyterlab")
-    pytest.importorskip("playwright")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"chromium not found at {CHROMIUM} (Debian package chromium; `make test` installs it)")
+    import jupyterlab  # noqa: F401 - the test extra; `make test` installs it
+    import playwright  # noqa: F401
+    assert Path(CHROMIUM).exists(), f"chromium not found at {CHROMIUM} (Debian package chromium; `make test` installs it)"
     port, token = _free_port(), secrets.token_hex(16)
     work = tmp_path / "nb"
     work.mkdir()

@@ -17,7 +17,13 @@ from notebook_im.trace.pcap import looks_like_sip
 from .test_frames import assert_schema
 
 TSHARK = shutil.which("tshark")
-needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed (Debian package tshark)")
+# tshark is a Debian package that `make test` installs; a missing one fails these tests rather than skipping them
+needs_tshark = pytest.mark.usefixtures("tshark_present")
+
+
+@pytest.fixture
+def tshark_present():
+    assert TSHARK is not None, "tshark is not installed (Debian package tshark; `make test` installs it)"
 
 
 def tshark_fields(path, *fields: str) -> list[list[str]]:

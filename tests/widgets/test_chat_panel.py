@@ -14,8 +14,8 @@ import notebook_im as nim
 from notebook_im.runtime import Operation, runtime
 from tests.helpers import accept_all, wait_for
 
-pytest.importorskip("ipywidgets")
-pytest.importorskip("anywidget")
+import anywidget  # noqa: F401 - runtime dependencies; `make test` installs them
+import ipywidgets  # noqa: F401
 
 from notebook_im.widgets import render as r  # noqa: E402
 from notebook_im.widgets.chat import ChatPanel, Conversation  # noqa: E402

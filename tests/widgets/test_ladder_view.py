@@ -6,7 +6,7 @@ import pytest
 import notebook_im as nim
 from tests.helpers import accept_all, wait_for
 
-pytest.importorskip("ipywidgets")
+import ipywidgets  # noqa: F401 - a runtime dependency; `make test` installs it
 
 from notebook_im.widgets.ladder_view import LadderView  # noqa: E402
 
