@@ -29,9 +29,9 @@ from .sip.message import Request, Response, make_response, new_branch, new_call_
 from .sip.parser import parse_message
 from .sip.transaction import (
     DEFAULT_TIMERS, ClientTransaction, Deliver, ServerTransaction, StartTimer, StopTimer, Terminated, Timeout, Timers,
-    Transmit, client_key, server_key,
+    Transmit, client_key, make_cancel, server_key,
 )
-from .sip.uri import Address, SipUri
+from .sip.uri import Address, SipUri, bracket
 from .trace.recorder import Trace
 
 log = logging.getLogger("notebook_im.ua")
@@ -162,7 +162,7 @@ class SipCore:
 
     def via(self, transport: str, branch: str | None = None) -> str:
         host, port = self.advertise if self.advertise and transport == "udp" else self.transport.local_addr(transport)
-        h = f"[{host}]" if ":" in host else host
+        h = bracket(host)
         # RFC 5923 ;alias on streams: the peer may send requests for our sent-by back over this connection
         # (how Kamailio, with tcp_accept_aliases, reaches a TLS client that has no listener of its own)
         alias = ";alias" if transport != "udp" else ""
@@ -542,7 +542,7 @@ class UserAgent(SipCore):
     def contact_uri(self) -> SipUri:
         host, port = self.transport.local_addr(self.default_transport)
         params = {"transport": self.default_transport} if self.default_transport != "udp" else {}
-        uri = SipUri(host=f"[{host}]" if ":" in host else host, user=self.aor.user, port=port)
+        uri = SipUri(host=bracket(host), user=self.aor.user, port=port)
         return uri.with_params(**params) if params else uri
 
     @property
@@ -762,18 +762,7 @@ class UserAgent(SipCore):
 
     def cancel(self, handle: ClientHandle) -> None:
         """CANCEL a pending INVITE (RFC 3261 §9.1): same branch, Request-URI, Call-ID, From, To, CSeq number."""
-        inv = handle.txn.request
-        h = Headers()
-        h.add("Via", inv.headers.get_all("Via")[0])
-        for r in inv.headers.get_all("Route"):
-            h.add("Route", r)
-        h.add("Max-Forwards", "70")
-        h.add("From", inv.headers.get("From") or "")
-        h.add("To", inv.headers.get("To") or "")
-        h.add("Call-ID", inv.call_id)
-        h.add("CSeq", f"{inv.cseq.number} CANCEL")
-        cancel = Request("CANCEL", inv.uri, h)
-        self.send_request(cancel, handle.target)
+        self.send_request(make_cancel(handle.txn.request), handle.target)
 
     def _dialog_transport(self, dialog: Dialog) -> str:
         if dialog.route_set:

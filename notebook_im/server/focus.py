@@ -42,7 +42,7 @@ from ..sip.dialog import Dialog
 from ..sip.errors import LocalProtocolError, RemoteProtocolError
 from ..sip.headers import Headers
 from ..sip.message import Request, Response, make_response, new_call_id, new_tag
-from ..sip.uri import Address, SipUri
+from ..sip.uri import Address, SipUri, bracket
 from ..ua import USER_AGENT, ServerHandle, target_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -249,7 +249,7 @@ class Focus:
         port = self.core.port
         if self.core.advertise is not None:
             host, port = self.core.advertise
-        return SipUri(host=f"[{host}]" if ":" in host else host, user=CONF_PREFIX + conf_id, port=port)
+        return SipUri(host=bracket(host), user=CONF_PREFIX + conf_id, port=port)
 
     def _peer_target(self, handle: ServerHandle, contact: SipUri) -> Target:
         if handle.transport != "udp":

@@ -20,9 +20,9 @@ from typing import Any
 from ..net.transport import Target
 from ..runtime import Operation, runtime
 from ..sip.message import Request, Response, make_response, new_branch, new_tag
-from ..sip.uri import Address, SipUri
+from ..sip.uri import Address, SipUri, bracket
 from ..trace.recorder import Trace
-from ..sip.transaction import DEFAULT_TIMERS, Timers
+from ..sip.transaction import DEFAULT_TIMERS, Timers, make_cancel
 from ..ua import USER_AGENT, ClientHandle, ServerHandle, SipCore, target_of
 from .auth import Authenticator
 from .focus import Focus, FocusLimits
@@ -62,7 +62,7 @@ class ProxyCore(SipCore):
         host, port = self.host, self.transport.tls_port if transport == "tls" else self.port
         if self.advertise is not None and transport == "udp":
             host, port = self.advertise
-        host = f"[{host}]" if ":" in host else host
+        host = bracket(host)
         return f"<sip:{host}:{port};transport={transport};lr>"
 
     # -- requests -----------------------------------------------------------------------------------------
@@ -234,16 +234,7 @@ class ProxyCore(SipCore):
         if client is None:
             super().on_cancel(invite)
             return
-        inv = client.txn.request
-        cancel = Request("CANCEL", inv.uri)
-        cancel.headers.add("Via", inv.headers.get_all("Via")[0])
-        for r in inv.headers.get_all("Route"):
-            cancel.headers.add("Route", r)
-        cancel.headers.add("Max-Forwards", "70")
-        for name in ("From", "To", "Call-ID"):
-            cancel.headers.add(name, inv.headers.get(name) or "")
-        cancel.headers.add("CSeq", f"{inv.cseq.number} CANCEL")
-        self.send_request(cancel, client.target)
+        self.send_request(make_cancel(client.txn.request), client.target)
         # the downstream 487 comes back on the client transaction and is relayed upstream
 
     def _register(self, request: Request, handle: ServerHandle, transport: str, remote: tuple[str, int]) -> None:
@@ -301,7 +292,7 @@ class Server:
 
     @property
     def uri(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = bracket(self.host)
         return f"sip:{host}:{self.port}"
 
     @property
@@ -313,7 +304,7 @@ class Server:
         """`sips:host:port` of the TLS listener (None without `tls=`)."""
         if self.tls_port is None:
             return None
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = bracket(self.host)
         return f"sips:{host}:{self.tls_port}"
 
     @property
@@ -334,7 +325,7 @@ class Server:
     @property
     def conference_factory(self) -> str:
         """The URI to INVITE to create a conference (RFC 4579 ad-hoc conference factory)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = bracket(self.host)
         return f"sip:conference-factory@{host}:{self.port}"
 
     @property

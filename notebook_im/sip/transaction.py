@@ -356,19 +356,28 @@ class ServerTransaction(_Base):
         return [Timeout("H")]
 
 
-def make_ack_for_error(invite: Request, response: Response) -> Request:
-    """The ACK a client transaction sends for a 3xx-6xx to an INVITE (RFC 3261 §17.1.1.3)."""
+def _same_hop_request(invite: Request, method: str, to: str) -> Request:
+    """An ACK or CANCEL for `invite`: same top Via (branch), Route set, Request-URI, From, Call-ID and CSeq number."""
     h = Headers()
     h.add("Via", invite.headers.get_all("Via")[0])
-    for name in ("Route",):
-        for v in invite.headers.get_all(name):
-            h.add(name, v)
+    for v in invite.headers.get_all("Route"):
+        h.add("Route", v)
     h.add("Max-Forwards", "70")
     h.add("From", invite.headers.get("From") or "")
-    h.add("To", response.headers.get("To") or "")
+    h.add("To", to)
     h.add("Call-ID", invite.call_id)
-    h.add("CSeq", f"{invite.cseq.number} ACK")
-    return Request("ACK", invite.uri, h)
+    h.add("CSeq", f"{invite.cseq.number} {method}")
+    return Request(method, invite.uri, h)
+
+
+def make_ack_for_error(invite: Request, response: Response) -> Request:
+    """The ACK a client transaction sends for a 3xx-6xx to an INVITE (RFC 3261 §17.1.1.3)."""
+    return _same_hop_request(invite, "ACK", response.headers.get("To") or "")
+
+
+def make_cancel(invite: Request) -> Request:
+    """The CANCEL for a pending INVITE (RFC 3261 §9.1), sent by a UAC or by a proxy for its forwarded INVITE."""
+    return _same_hop_request(invite, "CANCEL", invite.headers.get("To") or "")
 
 
 def server_key(request: Request) -> tuple[str, str, str]:

@@ -21,6 +21,11 @@ _CACHED_LEN = 512
 _USER_SAFE = "-_.!~*'()&=+$,;/"  # RFC 3261 user-unreserved + unreserved but '?' (it starts URI headers); the rest is %-escaped
 
 
+def bracket(host: str) -> str:
+    """A host as written in a URI or Via: an IPv6 literal goes in brackets (RFC 3261 §19.1.1, §25.1)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def _parse_params(text: str) -> dict[str, str | None]:
     params: dict[str, str | None] = {}
     for part in text.split(";"):
