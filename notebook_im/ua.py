@@ -500,7 +500,6 @@ class DialogUser(Protocol):
     def on_dialog_request(self, request: Request) -> int: ...
     def on_ack(self, request: Request) -> None: ...
     def on_bye(self, request: Request) -> None: ...
-    def on_cancelled(self) -> None: ...
 
 
 class UserAgent(SipCore):
@@ -918,7 +917,3 @@ class UserAgent(SipCore):
         resp.headers.set("Allow", ALLOW)
         self.respond(handle, resp)
 
-    def on_cancel(self, invite: ServerHandle) -> None:
-        self.respond(invite, make_response(invite.request, 487, to_tag=new_tag()))
-        if self.listener is not None and hasattr(self.listener, "on_invite_cancelled"):
-            self.listener.on_invite_cancelled(invite)  # type: ignore[attr-defined]

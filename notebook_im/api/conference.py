@@ -119,9 +119,6 @@ class _RosterSubscription:
     def on_bye(self, request: Request) -> None:
         pass
 
-    def on_cancelled(self) -> None:
-        pass
-
 
 class ConferenceSession(ImSession):
     """An IM session with a conference focus: `participants` is the roster, messages go to everyone.

@@ -425,10 +425,6 @@ class ImSession(EventSource):
             return
         self._finish("remote party ended the session", 200, by_remote=True)
 
-    def on_cancelled(self) -> None:
-        """Called when the caller cancelled the invitation before it was answered."""
-        self._on_cancelled()
-
     # -- composing (loop thread) -------------------------------------------------------------------------------------
     def _run_receiver(self, actions: list) -> None:
         for a in actions:
