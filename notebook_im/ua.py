@@ -22,6 +22,7 @@ from .errors import RequestFailed, TransactionTimeout, TransportError
 from .net.impairment import Impairment
 from .net.transport import Target, TransportLayer
 from .sip import digest, sdp
+from .sip.completed import CompletedTransactions
 from .sip.dialog import Dialog
 from .sip.errors import LocalProtocolError, RemoteProtocolError
 from .sip.headers import Headers
@@ -32,6 +33,7 @@ from .sip.transaction import (
     Transmit, client_key, make_cancel, server_key,
 )
 from .sip.uri import Address, SipUri, bracket
+from .trace.extract import fields_of
 from .trace.recorder import Trace
 
 log = logging.getLogger("notebook_im.ua")
@@ -130,6 +132,10 @@ class SipCore:
         self.max_transactions_per_source = 20_000
         self.max_transactions = 200_000
         self._per_source: dict[tuple[str, int], int] = {}
+        # completed UDP non-INVITE server transactions waiting out Timer J, compacted (see sip/completed.py);
+        # they do not count against the limits above, which bound live (unanswered) transactions
+        self.completed = CompletedTransactions()
+        self._sweep_handle: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
 
@@ -148,6 +154,9 @@ class SipCore:
             self._cancel_timers(sh.timers)
         self._clients.clear()
         self._servers.clear()
+        self.completed.clear()
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
         await self.transport.close()
 
     @property
@@ -169,7 +178,9 @@ class SipCore:
         return f"SIP/2.0/{transport.upper()} {h}:{port};branch={branch or new_branch()};rport{alias}"
 
     # -- sending ----------------------------------------------------------------------------------
-    def _send(self, data: bytes, target: Target) -> None:
+    def _send(self, data: bytes, target: Target, message: Request | Response | None = None) -> None:
+        """Send `data` (the bytes of `message`, when the caller has it: the trace then indexes its parsed
+        header fields instead of scanning the bytes)."""
         if self.closed:
             return
         self.stats["sent"] += 1
@@ -178,10 +189,11 @@ class SipCore:
         except (OSError, RuntimeError) as exc:
             log.warning("%s: send to %s failed: %s", self.name, target, exc)
         # the source address the peer sees: a connection's own local port on TCP/TLS, the socket's on UDP
-        self.trace.record_sip("out", target.transport, self.transport.source_addr(target), target.addr, data, self.name)
+        self.trace.record_sip("out", target.transport, self.transport.source_addr(target), target.addr, data, self.name,
+                              fields=fields_of(message) if message is not None else None)
 
     def send_stateless(self, message: Request | Response, target: Target) -> None:
-        self._send(bytes(message), target)
+        self._send(bytes(message), target, message)
 
     def send_request(self, request: Request, target: Target | None = None, *,
                      on_provisional: Callable[[Response], None] | None = None) -> ClientHandle:
@@ -234,7 +246,7 @@ class SipCore:
             self.stats["dropped"] += 1
             self.trace.record_drop(transport, remote, f"parser error: {type(exc).__name__}", data, self.name)
             return
-        self.trace.record_sip("in", transport, local, remote, data, self.name)
+        self.trace.record_sip("in", transport, local, remote, data, self.name, fields=fields_of(message))
         try:
             if isinstance(message, Request):
                 self._on_request_message(message, transport, remote, local)
@@ -281,14 +293,13 @@ class SipCore:
 
     def _on_request_message(self, req: Request, transport: str, remote: tuple[str, int], local: tuple[str, int]) -> None:
         # RFC 3261 §18.2.1 + RFC 3581: note where the request really came from
-        vias = req.headers.get_all("Via")
         top = req.top_via
         if "rport" in top.params or top.host.strip("[]") != remote[0]:
             params: dict[str, str | None] = {"received": remote[0]}
             if "rport" in top.params:
                 params["rport"] = str(remote[1])
-            vias[0] = str(top.with_params(**params))
-            req.headers.set_all("Via", vias)
+            top = top.with_params(**params)
+            req.headers.replace_first("via", str(top), top)
         key = server_key(req)
         if req.method == "ACK":
             sh = self._servers.get(key)
@@ -301,6 +312,11 @@ class SipCore:
         if existing is not None:
             self.stats["retransmissions_absorbed"] += 1
             self._execute_server(existing, existing.txn.receive(req))
+            return
+        done = self.completed.get(key)
+        if done is not None:  # Completed state (RFC 3261 §17.2.2): the request again, so the response again
+            self.stats["retransmissions_absorbed"] += 1
+            self._send(done[0], done[1])
             return
         if req.method == "CANCEL":
             self._on_cancel(req, transport, remote, local)
@@ -351,7 +367,7 @@ class SipCore:
     def _execute_client(self, h: ClientHandle, actions: list) -> None:
         for a in actions:
             if isinstance(a, Transmit):
-                self._send(bytes(a.message), h.target)
+                self._send(bytes(a.message), h.target, a.message)
             elif isinstance(a, StartTimer):
                 self._arm(h.timers, a.name, a.delay, lambda n=a.name: self._execute_client(h, h.txn.timer(n)))
             elif isinstance(a, StopTimer):
@@ -385,10 +401,15 @@ class SipCore:
                     del self._clients[h.txn.key]
 
     def _execute_server(self, h: ServerHandle, actions: list) -> None:
+        sent: bytes | None = None
         for a in actions:
             if isinstance(a, Transmit):
-                self._send(bytes(a.message), self.response_target(h))
+                sent = bytes(a.message)
+                self._send(sent, self.response_target(h), a.message)
             elif isinstance(a, StartTimer):
+                if a.name == "J" and sent is not None and a.delay > 0:
+                    self._complete(h, sent, a.delay)  # the transaction lives on compactly until Timer J
+                    return
                 self._arm(h.timers, a.name, a.delay, lambda n=a.name: self._execute_server(h, h.txn.timer(n)))
             elif isinstance(a, StopTimer):
                 self._disarm(h.timers, a.name)
@@ -405,15 +426,36 @@ class SipCore:
             elif isinstance(a, Timeout):
                 self.on_server_timeout(h)
             elif isinstance(a, Terminated):
-                self._cancel_timers(h.timers)
-                key = server_key(h.txn.request)
-                if self._servers.get(key) is h:
-                    del self._servers[key]
-                    left = self._per_source.get(h.remote, 1) - 1
-                    if left > 0:
-                        self._per_source[h.remote] = left
-                    else:
-                        self._per_source.pop(h.remote, None)
+                self._forget_server(h, server_key(h.txn.request))
+
+    def _complete(self, h: ServerHandle, response: bytes, timer_j: float) -> None:
+        """Move a non-INVITE server transaction that answered over UDP into `self.completed` (its Completed
+        state, RFC 3261 §17.2.2) and drop the full transaction object."""
+        assert self.loop is not None
+        key = server_key(h.txn.request)
+        self._forget_server(h, key)
+        now = self.loop.time()
+        self.completed.add(key, response, self.response_target(h), h.remote, now + timer_j)
+        if self._sweep_handle is None:
+            self._sweep_handle = self.loop.call_later(min(timer_j, 1.0), self._sweep_completed)
+
+    def _sweep_completed(self) -> None:
+        """Timer J for the compacted transactions: one timer for all of them, every second at most."""
+        assert self.loop is not None
+        self.completed.expire(self.loop.time())
+        nxt = self.completed.next_expiry()
+        self._sweep_handle = None if nxt is None or self.closed else \
+            self.loop.call_later(max(0.05, min(1.0, nxt - self.loop.time())), self._sweep_completed)
+
+    def _forget_server(self, h: ServerHandle, key: tuple[Any, ...]) -> None:
+        self._cancel_timers(h.timers)
+        if self._servers.get(key) is h:
+            del self._servers[key]
+            left = self._per_source.get(h.remote, 1) - 1
+            if left > 0:
+                self._per_source[h.remote] = left
+            else:
+                self._per_source.pop(h.remote, None)
 
     def _arm(self, timers: dict[str, asyncio.TimerHandle], name: str, delay: float, fn: Callable[[], None]) -> None:
         self._disarm(timers, name)

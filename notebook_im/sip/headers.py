@@ -5,9 +5,11 @@ proxy that relays a MESSAGE never needs to parse its Content-Type or Subject.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from .uri import split_header_values
+
+T = TypeVar("T")
 
 # RFC 3261 §7.3.3 and later RFCs' compact forms
 COMPACT = {
@@ -63,33 +65,65 @@ def display_name(key: str) -> str:
 
 
 class Headers:
-    """Header fields keyed by lower-case full name; each key maps to its field values in order."""
+    """Header fields keyed by lower-case full name; each key maps to its field values in order.
 
-    __slots__ = ("_fields",)
+    `parsed(key, fn)` caches the parsed form of a header (the top Via, From, CSeq...): a message's Via is read
+    by the parser's checks, the transaction key, the response builder and the response target, and parsing it
+    once instead of four times is a measurable part of answering a request. Every mutation of a header drops
+    its cached parse, so the cache can never disagree with the values.
+    """
+
+    __slots__ = ("_fields", "_parsed")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._fields: dict[str, list[str]] = {}
+        self._parsed: dict[str, object] = {}
         for name, value in items:
             self.add(name, value)
 
     def copy(self) -> "Headers":
         h = Headers()
         h._fields = {k: list(v) for k, v in self._fields.items()}
+        h._parsed = dict(self._parsed)  # same values, so the same parses (parsed objects are immutable)
         return h
+
+    def parsed(self, key: str, parse: Callable[[str], T]) -> T:
+        """`parse(first value of key)`, cached until the header changes (`key` lower-case full name).
+        Raises what `parse` raises (not cached), KeyError if the header is absent."""
+        try:
+            return self._parsed[key]  # type: ignore[return-value]
+        except KeyError:
+            pass
+        values = self._fields.get(key)
+        if not values:
+            raise KeyError(key)
+        result = parse(values[0])
+        self._parsed[key] = result
+        return result
+
+    def _changed(self, key: str) -> None:
+        if self._parsed:
+            self._parsed.pop(key, None)
 
     def add(self, name: str, value: str) -> None:
         key = normalize_name(name)
+        self._changed(key)
         self._fields.setdefault(key, []).append(str(value))
 
     def prepend(self, name: str, value: str) -> None:
         key = normalize_name(name)
+        self._changed(key)
         self._fields.setdefault(key, []).insert(0, str(value))
 
     def set(self, name: str, value: str) -> None:
-        self._fields[normalize_name(name)] = [str(value)]
+        key = normalize_name(name)
+        self._changed(key)
+        self._fields[key] = [str(value)]
 
     def remove(self, name: str) -> None:
-        self._fields.pop(normalize_name(name), None)
+        key = normalize_name(name)
+        self._changed(key)
+        self._fields.pop(key, None)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         values = self._fields.get(normalize_name(name))
@@ -102,6 +136,8 @@ class Headers:
         if not values:
             return []
         if key in MULTI_VALUED:
+            if len(values) == 1 and "," not in values[0]:
+                return [values[0].strip()]
             out: list[str] = []
             for v in values:
                 out.extend(split_header_values(v))
@@ -111,10 +147,24 @@ class Headers:
     def set_all(self, name: str, values: Iterable[str]) -> None:
         vals = [str(v) for v in values]
         key = normalize_name(name)
+        self._changed(key)
         if vals:
             self._fields[key] = vals
         else:
             self._fields.pop(key, None)
+
+    def replace_first(self, key: str, value: str, parsed: object = None) -> None:
+        """Replace the first value of multi-valued header `key` (lower-case full name), e.g. the top Via a
+        server adds received/rport to; `parsed` (optional) is its parsed form, cached for `parsed()`."""
+        values = self._fields.get(key)
+        if values and "," not in values[0]:
+            values[0] = value
+            self._parsed.pop(key, None)
+        else:
+            rest = self.get_all(key)[1:]
+            self.set_all(key, [value, *rest])
+        if parsed is not None:
+            self._parsed[key] = parsed
 
     def pop_first(self, name: str) -> str | None:
         """Remove and return the first value of a multi-valued header (a proxy popping Via/Route)."""
@@ -138,6 +188,19 @@ class Headers:
 
     def __repr__(self) -> str:
         return f"Headers({list(self)!r})"
+
+    def lines(self, skip: str = "") -> list[str]:
+        """`Name: value` for every field (without line ends), in order; `skip` is a key left out."""
+        out: list[str] = []
+        for k, vals in self._fields.items():
+            if k == skip:
+                continue
+            dn = CANONICAL.get(k) or display_name(k)
+            if len(vals) == 1:
+                out.append(f"{dn}: {vals[0]}")
+            else:
+                out.extend([f"{dn}: {v}" for v in vals])
+        return out
 
     def serialize(self, skip: frozenset[str] = frozenset()) -> str:
         return "".join(

@@ -101,6 +101,8 @@ class SipUri:
         return replace(self, params=MappingProxyType(merged))
 
     def without_params(self, *names: str) -> "SipUri":
+        if not any(n in self.params for n in names):
+            return self  # frozen: nothing to remove, nothing to copy
         return replace(self, params=MappingProxyType({k: v for k, v in self.params.items() if k not in names}))
 
     def __str__(self) -> str:
@@ -192,7 +194,7 @@ class Address:
         return self.params.get("tag")
 
     def with_tag(self, tag: str) -> "Address":
-        return replace(self, params=MappingProxyType({**self.params, "tag": tag}))
+        return Address(self.uri, self.display_name, MappingProxyType({**self.params, "tag": tag}), self.wildcard)
 
     def with_params(self, **params: str | None) -> "Address":
         return replace(self, params=MappingProxyType({**self.params, **params}))
@@ -265,7 +267,8 @@ class Via:
         return host.strip("[]"), self.sent_by[1]
 
     def with_params(self, **params: str | None) -> "Via":
-        return replace(self, params=MappingProxyType({**self.params, **params}))
+        # the constructor, not dataclasses.replace: this runs for every request received (received/rport)
+        return Via(self.transport, self.host, self.port, MappingProxyType({**self.params, **params}))
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port is not None else ""

@@ -132,3 +132,17 @@ def extract(raw: bytes) -> tuple:
             cseq_method.decode("utf-8", "replace") if cseq_method else None,
             ft.decode("utf-8", "replace") if ft else None, tt.decode("utf-8", "replace") if tt else None,
             br.decode("utf-8", "replace") if br else None, body_size)
+
+
+def fields_of(message) -> tuple | None:
+    """The `FIELDS` of a parsed `sip.message.Message` (a Request or Response), from its cached header parses:
+    the SIP core has these at hand for every message it sends or receives, so the recorder need not scan the
+    bytes again. None if a field cannot be read (the caller falls back to `extract(raw)`)."""
+    try:
+        cseq = message.cseq
+        method = getattr(message, "method", None)
+        return (method, getattr(message, "status", None), message.call_id, cseq.number, cseq.method,
+                message.from_.params.get("tag"), message.to.params.get("tag"), message.top_via.params.get("branch"),
+                len(message.body))
+    except Exception:  # noqa: BLE001 - a message we cannot read is indexed from its bytes instead
+        return None

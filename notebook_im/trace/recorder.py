@@ -99,8 +99,9 @@ class Trace:
         self.skipped = 0      # messages and events not recorded because recording was off
 
     def record_sip(self, direction: str, transport: str, local: tuple[str, int], remote: tuple[str, int],
-                   raw: bytes, owner: str, ts: float | None = None) -> None:
-        """Record one SIP message as it went over the wire (called by the SIP core; credentials redacted)."""
+                   raw: bytes, owner: str, ts: float | None = None, fields: tuple | None = None) -> None:
+        """Record one SIP message as it went over the wire (called by the SIP core; credentials redacted).
+        `fields` (the extract.FIELDS of the message, when the caller has parsed it) saves scanning `raw`."""
         if not self.enabled:
             self.skipped += 1
             return
@@ -111,7 +112,7 @@ class Trace:
         if self.index == "eager":
             with self._index_lock:
                 if len(self._fields[0]) == len(self.sip_ts):  # not behind (index may have been lazy before)
-                    for column, value in zip(self._fields, extract(raw)):
+                    for column, value in zip(self._fields, fields or extract(raw)):
                         column.append(value)
         self.sip_ts.append(time.time() if ts is None else ts)
         self.sip_direction.append(direction)

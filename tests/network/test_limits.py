@@ -67,21 +67,71 @@ def test_tcp_connection_dropped_is_reopened_for_the_next_request(server, platfor
     assert alice.send_message("sip:bob@example.test", "two").result(10).status == 200
 
 
-def test_transaction_flood_from_one_source_gets_503(server):
+def register_raw(sock: socket.socket, server, user: str) -> None:
+    """REGISTER `user` with the contact of a raw UDP socket (which the test then reads by hand)."""
+    port = sock.getsockname()[1]
+    reg = (f"REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKreg{port};rport\r\n"
+           f"From: <sip:{user}@example.test>;tag=r\r\nTo: <sip:{user}@example.test>\r\nCall-ID: reg{port}@raw\r\n"
+           f"CSeq: 1 REGISTER\r\nContact: <sip:{user}@127.0.0.1:{port}>\r\nExpires: 300\r\nMax-Forwards: 70\r\n"
+           "Content-Length: 0\r\n\r\n").encode()
+    sock.sendto(reg, (server.host, server.port))
+    assert sock.recvfrom(4096)[0].startswith(b"SIP/2.0 200")
+
+
+def test_flood_of_unanswered_transactions_from_one_source_gets_503(server):
+    """Live (unanswered) transactions are what a flood can pile up: beyond the per-source limit, 503 and no state."""
     server._core.max_transactions_per_source = 50
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent_bob, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        silent_bob.bind(("127.0.0.1", 0))
+        silent_bob.settimeout(2)
+        register_raw(silent_bob, server, "bob")  # bob never answers what the server relays to him
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(2)
+        port = s.getsockname()[1]
+        for i in range(120):  # bounded: 120 requests
+            s.sendto(message(port, f"fl{i}", user="bob"), (server.host, server.port))
+        statuses = [int(s.recvfrom(4096)[0].split(b" ", 2)[1]) for _ in range(70)]
+        assert statuses == [503] * 70, "the 50 relayed ones are pending; the 70 beyond the limit are refused"
+        relayed: set[bytes] = set()  # Call-IDs bob received (the server retransmits them, he never answers)
+        silent_bob.settimeout(0.2)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and len(relayed) < 120:  # bounded in time and count
+            try:
+                data = silent_bob.recvfrom(4096)[0]
+            except socket.timeout:
+                continue
+            relayed.add(data.split(b"Call-ID: ", 1)[1].split(b"\r\n", 1)[0])
+        assert len(relayed) == 50
+        assert len(server._core._servers) <= 50, "refused requests leave no state behind"
+    other = udp_exchange(message(0, "other").replace(b"127.0.0.1:0", b"127.0.0.1:9"), (server.host, server.port))
+    assert other.startswith(b"SIP/2.0 404"), "another source is still served"
+
+
+def test_completed_transactions_are_compact_and_bounded_per_source(server):
+    """Answered UDP requests linger (Timer J) as response bytes only, at most `completed.per_source` per source:
+    the newest retransmission is absorbed, one pushed out early by the bound is handled anew."""
+    core = server._core
+    core.completed.per_source = 50
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         s.settimeout(2)
         port = s.getsockname()[1]
-        statuses = []
+        answers = []
         for i in range(120):  # bounded: 120 requests, each answered at once
-            s.sendto(message(port, f"fl{i}"), (server.host, server.port))
-            statuses.append(int(s.recvfrom(4096)[0].split(b" ", 2)[1]))
-    assert statuses[:50] == [404] * 50
-    assert set(statuses[50:]) == {503}
-    assert len(server._core._servers) <= 50, "refused requests leave no state behind"
-    other = udp_exchange(message(0, "other").replace(b"127.0.0.1:0", b"127.0.0.1:9"), (server.host, server.port))
-    assert other.startswith(b"SIP/2.0 404"), "another source is still served"
+            s.sendto(message(port, f"ok{i}"), (server.host, server.port))
+            answers.append(s.recvfrom(4096)[0])
+        assert all(a.startswith(b"SIP/2.0 404") for a in answers)
+        # (the response is sent before the transaction is compacted: the last one may still be on its way)
+        wait_for(lambda: not core._servers, 2, "no full transaction object is kept for an answered request")
+        assert len(core.completed) == 50 and core.completed.evicted_early == 70
+        absorbed = core.stats["retransmissions_absorbed"]
+        s.sendto(message(port, "ok119"), (server.host, server.port))
+        assert s.recvfrom(4096)[0] == answers[119], "a retransmission gets the very same response"
+        assert core.stats["retransmissions_absorbed"] == absorbed + 1
+        s.sendto(message(port, "ok0"), (server.host, server.port))
+        assert s.recvfrom(4096)[0].startswith(b"SIP/2.0 404")
+        assert core.stats["retransmissions_absorbed"] == absorbed + 1, "evicted early: handled as a new request"
 
 
 def test_registrations_per_user_are_bounded(server, platform):
