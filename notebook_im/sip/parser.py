@@ -94,6 +94,54 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
     message, pending = _parse_start_line(start)
 
     headers = message.headers
+    if "\n " not in text and "\n\t" not in text:  # no folded lines: the common case, one pass, no deferred add
+        bad = _read_unfolded(lines, headers._fields)
+    else:
+        bad = _read_folded(lines, headers)
+    _finish_headers(message, headers, start, pending, ctl, bad, body, stream)
+    return message
+
+
+def _read_unfolded(lines: list[str], fields: dict[str, list[str]]) -> str | None:
+    """Read header lines that have no continuation lines into `fields`; the first problem found, or None."""
+    bad: str | None = None
+    count = 0
+    keys = _KEYS
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        key = keys.get(name) if sep else None
+        if key is None:
+            if len(line) > MAX_LINE:
+                bad = bad or f"header line longer than {MAX_LINE} bytes"
+                continue
+            stripped = name.rstrip(_WS)
+            if not sep or (stripped not in _GOOD_NAMES and not _good_name(stripped)):
+                bad = bad or f"malformed header line {line[:60]!r}"
+                continue
+            key = normalize_name(stripped)
+            if len(keys) < 4096 and len(name) <= 64:
+                keys[name] = key
+        elif len(line) > MAX_LINE:
+            bad = bad or f"header line longer than {MAX_LINE} bytes"
+            continue
+        count += 1
+        if count > MAX_HEADERS and count - len(fields.get("content-length") or ()) - (key == "content-length") > MAX_HEADERS:
+            raise RemoteProtocolError(f"more than {MAX_HEADERS} header fields", 400, None)
+        values = fields.get(key)
+        if values is None:
+            fields[key] = [value.strip(_WS)]
+        else:
+            values.append(value.strip(_WS))
+    return bad
+
+
+_KEYS: dict[str, str] = {}  # header names as written (before the colon) -> lower-case full name (bounded)
+
+
+def _read_folded(lines: list[str], headers: Headers) -> str | None:
+    """Read header lines with continuation lines (RFC 3261 §7.3.1) into `headers`; the first problem, or None."""
     count = 0
     current_name: str | None = None
     current_value = ""
@@ -139,7 +187,12 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
         field_len = len(line)
     if current_name is not None:
         headers.add(current_name, current_value if parts is None else " ".join(parts))
+    return bad
 
+
+def _finish_headers(message: Message, headers: Headers, start: str, pending: RemoteProtocolError | None, ctl: bool,
+                    bad: str | None, body: bytes, stream: bool) -> None:
+    """Checks that need all headers: control characters, Content-Length and the body, required fields."""
     if ctl:
         bad = "control character in the header section"
         if any(v.translate(_CTL_STR) != v or "\r" in v for k in _ECHOED for v in headers.get_all(k)) or \
@@ -173,7 +226,6 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
         _check_request(message)
     else:
         _check_response(message)
-    return message
 
 
 def _parse_start_line(start: str) -> tuple[Message, RemoteProtocolError | None]:
