@@ -368,6 +368,14 @@ class SipCore:
         for a in actions:
             if isinstance(a, Transmit):
                 self._send(bytes(a.message), h.target, a.message)
+            elif isinstance(a, StartTimer) and a.name == "K":
+                # Completed state of a non-INVITE client transaction (RFC 3261 §17.1.2.2): it only absorbs
+                # retransmitted final responses until Timer K. A response matching no transaction is dropped
+                # anyway (on_stray_response), so the transaction can go now: the same behaviour on the wire,
+                # without keeping 5 s (T4) of transaction objects alive at thousands of requests per second.
+                self._cancel_timers(h.timers)
+                if self._clients.get(h.txn.key) is h:
+                    del self._clients[h.txn.key]
             elif isinstance(a, StartTimer):
                 self._arm(h.timers, a.name, a.delay, lambda n=a.name: self._execute_client(h, h.txn.timer(n)))
             elif isinstance(a, StopTimer):
