@@ -15,6 +15,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import logging
+import os
 import threading
 from typing import Any, Awaitable, Callable, Coroutine, Generator, Generic, TypeVar
 
@@ -27,6 +28,31 @@ class DeadlockError(RuntimeError):
     """`.result()` was called on the library's loop thread, where it could never complete."""
 
 
+LOOP_ENV = "NOTEBOOK_IM_LOOP"
+
+
+def new_loop() -> tuple[asyncio.AbstractEventLoop, str]:
+    """The loop the library runs on, and its kind ("uvloop" or "asyncio").
+
+    uvloop (libuv, in C) runs the same protocol code with less overhead per datagram; it is used when it is
+    installed (`pip install notebook_im[fast]`) unless `NOTEBOOK_IM_LOOP=asyncio` says otherwise.
+    `NOTEBOOK_IM_LOOP=uvloop` insists on it (an error if it is missing). Only the library's own thread runs
+    this loop, so the kernel's loop and the user's code are not affected either way.
+    """
+    choice = os.environ.get(LOOP_ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "asyncio", "uvloop"):
+        raise ValueError(f"{LOOP_ENV}={choice!r}: use 'auto' (uvloop when installed), 'asyncio' or 'uvloop'")
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise ImportError(f"{LOOP_ENV}=uvloop but uvloop is not installed: pip install uvloop") from None
+        else:
+            return uvloop.new_event_loop(), "uvloop"
+    return asyncio.new_event_loop(), "asyncio"
+
+
 class Runtime:
     """One asyncio loop per process, owned by notebook_im, running on a daemon thread."""
 
@@ -34,7 +60,7 @@ class Runtime:
     _lock = threading.Lock()
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop, self.loop_kind = new_loop()
         self.loop.set_exception_handler(self._exception_handler)
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name="notebook_im-loop", daemon=True)
