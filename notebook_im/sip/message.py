@@ -134,19 +134,23 @@ class Message:
 
     @property
     def call_id(self) -> str:
-        return self._parsed("call-id", str.strip, "Call-ID")
+        cached = self.headers._parsed.get("call-id")  # (inline: these run a dozen times per message)
+        return cached if cached is not None else self._parsed("call-id", str.strip, "Call-ID")
 
     @property
     def cseq(self) -> CSeq:
-        return self._parsed("cseq", _parse_cseq, "CSeq")
+        cached = self.headers._parsed.get("cseq")  # (inline: these run a dozen times per message)
+        return cached if cached is not None else self._parsed("cseq", _parse_cseq, "CSeq")
 
     @property
     def from_(self) -> Address:
-        return self._parsed("from", Address.parse, "From")
+        cached = self.headers._parsed.get("from")  # (inline: these run a dozen times per message)
+        return cached if cached is not None else self._parsed("from", Address.parse, "From")
 
     @property
     def to(self) -> Address:
-        return self._parsed("to", Address.parse, "To")
+        cached = self.headers._parsed.get("to")  # (inline: these run a dozen times per message)
+        return cached if cached is not None else self._parsed("to", Address.parse, "To")
 
     @property
     def vias(self) -> list[Via]:
@@ -154,7 +158,8 @@ class Message:
 
     @property
     def top_via(self) -> Via:
-        return self._parsed("via", _parse_top_via, "Via")
+        cached = self.headers._parsed.get("via")  # (inline: these run a dozen times per message)
+        return cached if cached is not None else self._parsed("via", _parse_top_via, "Via")
 
     @property
     def contacts(self) -> list[Address]:
