@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Callable, Union
 
 from .errors import LocalProtocolError
 from .headers import Headers
@@ -184,6 +184,23 @@ def _response_event(status: int, prefix: str = "") -> str:
     return prefix + "3xx+"
 
 
+_ACTION_FUNCS: dict[tuple[type, str], Callable[[Any, Any], list]] = {}  # (class, action name) -> function
+
+
+def _action_func(cls: type, name: str) -> Callable[[Any, Any], list]:
+    """The function that performs action `name` of a state table for transactions of class `cls`: its `_a_<name>`
+    method, or a timer action ("start_X", "restart_X", "stop_X"). Looked up once per (class, name), not per event."""
+    method = getattr(cls, "_a_" + name, None)
+    if method is not None:
+        return method
+    for prefix, make in (("start_", lambda t: lambda self, _m: self._start(t)),
+                         ("restart_", lambda t: lambda self, _m: self._restart(t)),
+                         ("stop_", lambda t: lambda self, _m: [StopTimer(t)])):
+        if name.startswith(prefix):
+            return make(name[len(prefix):])
+    raise AttributeError(f"{cls.__name__} has no action {name!r}")
+
+
 @dataclass
 class _Base:
     reliable: bool = False
@@ -199,21 +216,15 @@ class _Base:
         next_state, action_names = entry
         self.state = next_state
         actions: list[Action] = []
+        cls = type(self)
         for name in action_names:
-            actions.extend(getattr(self, "_a_" + name)(message))
+            fn = _ACTION_FUNCS.get((cls, name))
+            if fn is None:
+                fn = _ACTION_FUNCS[(cls, name)] = _action_func(cls, name)
+            actions.extend(fn(self, message))
         if next_state is State.TERMINATED:
             actions.append(Terminated())
         return actions
-
-    # generic timer helpers: "start_X" / "restart_X" / "stop_X" are dispatched here
-    def __getattr__(self, name: str):  # noqa: D105 - dispatch for timer action names
-        if name.startswith("_a_start_"):
-            return lambda _m, t=name[9:]: self._start(t)
-        if name.startswith("_a_restart_"):
-            return lambda _m, t=name[11:]: self._restart(t)
-        if name.startswith("_a_stop_"):
-            return lambda _m, t=name[8:]: [StopTimer(t)]
-        raise AttributeError(name)
 
     def _timer_delay(self, timer: str) -> float:
         raise NotImplementedError
