@@ -27,17 +27,18 @@ from .errors import (
 )
 from .runtime import DeadlockError, Operation
 from .net.impairment import Impairment
-from .net.relay import UdpRelay
-from .server import Server
-from .server.focus import FocusLimits
 from .sip.transaction import Timers
 from .trace import Trace
 
 __version__ = "0.1.0"
 
-# Names whose modules pull in heavy packages (pandas, ipywidgets): imported on first use, so that
-# `import notebook_im` stays fast and light. "name": "module:attribute".
+# Names whose modules pull in heavy packages (pandas, ipywidgets), or that a client does not need (the embedded
+# server, ~20 ms of imports): imported on first use, so that `import notebook_im` stays fast and light.
+# "name": "module:attribute".
 _LAZY: dict[str, str] = {
+    "Server": "notebook_im.server:Server",
+    "FocusLimits": "notebook_im.server.focus:FocusLimits",
+    "UdpRelay": "notebook_im.net.relay:UdpRelay",
     "ChatPanel": "notebook_im.widgets.chat:ChatPanel",
     "LadderView": "notebook_im.widgets.ladder_view:LadderView",
     "read_pcap": "notebook_im.trace.pcap:read_pcap",
