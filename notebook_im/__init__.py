@@ -30,6 +30,7 @@ from .net.impairment import Impairment
 from .net.relay import UdpRelay
 from .server import Server
 from .server.focus import FocusLimits
+from .server.offline import OfflineLimits
 from .sip.transaction import Timers
 from .trace import Trace
 
@@ -62,7 +63,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "ChatMessage", "ComposingChanged", "ConferenceRequired", "ConferenceSession", "FocusLimits", "DeadlockError", "Endpoint", "EndpointState",
     "EndpointStateChanged", "Event", "EventStream", "Impairment", "ImSession", "IncomingSession", "InvalidState", "MessageDelivered",
-    "MessageFailed", "MessageReceived", "MessageSending", "NotebookImError", "Operation", "Participant", "ParticipantAdded",
+    "MessageFailed", "MessageReceived", "MessageSending", "NotebookImError", "OfflineLimits", "Operation", "Participant", "ParticipantAdded",
     "ParticipantRemoved", "ParticipantState", "ParticipantStateChanged", "Platform", "RemoteProtocolError",
     "RequestFailed", "Server", "SessionManager", "SessionState", "SessionStateChanged", "SessionTerminated",
     "Subscription", "Timers", "Trace", "TransactionTimeout", "TransportError", "UdpRelay", "__version__",

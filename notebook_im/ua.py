@@ -106,6 +106,15 @@ class ServerHandle:
         return self.txn.last_response is not None and self.txn.last_response.status >= 200
 
 
+def cancel_of(core: "SipCore", invite: ServerHandle) -> Request | None:
+    """The CANCEL request that cancelled `invite`, for its Reason header (RFC 3326): "answered elsewhere" or
+    not. Its server transaction shares the INVITE's branch and sent-by (§9.2) and is kept while it is answered,
+    so it is still there when the cancelled INVITE's `on_cancel` runs."""
+    branch, sent_by, _ = server_key(invite.request)
+    handle = core._servers.get((branch, sent_by, "CANCEL"))
+    return handle.request if handle is not None else None
+
+
 class SipCore:
     """Transport + transaction layer. Subclasses implement `on_request` (and may override `on_stray_response`)."""
 
