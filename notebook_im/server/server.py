@@ -434,21 +434,9 @@ class Fork:
         cancel = make_cancel(b.request)
         if isinstance(b.cancel_reason, Reason):
             cancel.headers.add("Reason", str(b.cancel_reason))
+        # a device that never answers the CANCEL does not hold the caller: the INVITE client transaction's
+        # Timer B (kept running while it rings, sip/transaction.py) ends the branch with a 408 after 64*T1
         self.core.send_request(cancel, b.target)
-        # a device that never answers the CANCEL must not hold the caller forever: after 64*T1 the branch
-        # counts as timed out (RFC 3261 §16.8: the proxy may treat it as answered with 408)
-        loop = self.core.loop
-        if loop is not None:
-            loop.call_later(64 * self.core.timers.t1, self._give_up, b)
-
-    def _give_up(self, b: Branch) -> None:
-        if b.client is not None and not b.client.future.done():
-            i = self.branches.index(b)
-            self.run(self.ctx.final(i, make_response(b.request, 408, "Request Timeout (no answer to CANCEL)",
-                                                     to_tag=new_tag())))
-            if self.ctx.done and self.on_done is not None:
-                self.on_done()
-                self.on_done = None
 
 
 class Server:

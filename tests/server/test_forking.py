@@ -4,10 +4,13 @@ would be). A pager message reaches both; an INVITE rings both, the first to acce
 stops ringing with "answered elsewhere"; the chat then flows only to the device that answered."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import notebook_im as nim
 from tests.helpers import wait_for
+from tests.server.raw_device import RawDevice
 
 BOB = "sip:bob@example.test"
 
@@ -142,3 +145,28 @@ def test_caller_cancels_both_devices_stop_ringing_as_cancelled(devices):
     for e in ended:
         ev = e.get(timeout=5)
         assert ev.reason == "cancelled by the caller" and not ev.answered_elsewhere
+
+
+def test_a_device_that_ignores_cancel_does_not_hold_the_caller(platform):
+    """bob#2 rings and then never answers the CANCEL: its branch ends with a 408 after 64*T1 (the INVITE
+    transaction's Timer B) and alice gets her 487, the best answer (without that she would wait for ever)."""
+    with nim.Server(timers=nim.Timers(t1=0.02, t2=0.16, t4=0.2)) as server, nim.Platform("devices") as p:
+        alice = p.endpoint("sip:alice@example.test", server=server).result(10)
+        bob1 = p.endpoint(BOB, server=server).result(10)
+        calls1 = ringing(bob1)
+        with RawDevice(server, BOB) as bob2:
+            bob2.register()
+            wait_for(lambda: len(server.registrations.get(BOB, [])) == 2, 5, "two devices")
+            op = alice.sessions.create(BOB)
+            seen = bob2.serve(lambda r: [180] if r.method == "INVITE" else [], 3.0, until=lambda s: bool(s))
+            assert [r.method for r in seen] == ["INVITE"]
+            wait_for(lambda: calls1, 5, "bob#1 rings")
+            started = time.monotonic()
+            alice.sessions.sessions[0].terminate().result(5)
+            cancels = bob2.serve(lambda r: [], 3.0, until=lambda s: any(r.method == "CANCEL" for r in s))
+            assert any(r.method == "CANCEL" for r in cancels) and not any(r.headers.get("Reason") for r in cancels)
+            with pytest.raises(nim.RequestFailed) as info:
+                op.result(10)
+            assert info.value.status == 487
+            assert time.monotonic() - started < 64 * 0.02 + 2.0
+            assert calls1[0].session.terminate_reason == "cancelled by the caller"

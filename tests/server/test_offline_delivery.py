@@ -4,18 +4,15 @@ the original sender and time, when the user registers again. Expiry, the per-use
 (404), a device that does not answer (kept, retried) and one that refuses (dropped, the rest still flow)."""
 from __future__ import annotations
 
-import socket
 import time
-import uuid
 from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
 
 import notebook_im as nim
-from notebook_im.sip.message import Request, make_response
-from notebook_im.sip.parser import parse_message
 from tests.helpers import wait_for
+from tests.server.raw_device import RawDevice
 
 BOB = "sip:bob@example.test"
 FAST = nim.Timers(t1=0.02, t2=0.16, t4=0.2)   # 64*T1 = 1.28 s: a device that never answers times out quickly
@@ -126,64 +123,20 @@ def test_user_known_from_users_is_kept_before_first_registration():
             wait_for(lambda: [e.text for e in bob.pager_messages] == ["welcome"], 5, "the welcome message")
 
 
-class RawDevice:
-    """A hand-driven SIP device on a UDP socket: REGISTERs as bob and answers MESSAGEs as told."""
-
-    def __init__(self, server: nim.Server) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.server = (server.host, server.port)
-        self.cseq = 0
-        self.call_id = uuid.uuid4().hex
-
-    def register(self, expires: int = 60) -> None:
-        self.cseq += 1
-        self.sock.sendto((
-            f"REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{uuid.uuid4().hex};rport\r\n"
-            f"Max-Forwards: 70\r\nFrom: <{BOB}>;tag=raw\r\nTo: <{BOB}>\r\nCall-ID: {self.call_id}\r\n"
-            f"CSeq: {self.cseq} REGISTER\r\nContact: <sip:bob@127.0.0.1:{self.port}>\r\nExpires: {expires}\r\n"
-            "Content-Length: 0\r\n\r\n").encode(), self.server)
-
-    def answer(self, status_for, seconds: float) -> list[Request]:
-        """Read requests for `seconds`; answer each MESSAGE with status_for(request) (None: stay silent)."""
-        seen: list[Request] = []
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                data, addr = self.sock.recvfrom(65535)
-            except socket.timeout:
-                continue
-            msg = parse_message(data)
-            if isinstance(msg, Request) and msg.method == "MESSAGE":
-                seen.append(msg)
-                status = status_for(msg)
-                if status is not None:
-                    self.sock.sendto(bytes(make_response(msg, status, to_tag="t")), addr)
-        return seen
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def test_silent_device_keeps_the_message_and_it_is_retried_until_a_200():
     with world(timers=FAST, offline_limits=nim.OfflineLimits(retry_interval=0.3)) as (server, alice):
         go_offline(server)
         assert alice.send_message(BOB, "keep trying").result(10).stored
-        device = RawDevice(server)
-        try:
+        with RawDevice(server, BOB) as device:
             device.register()
-            silent = device.answer(lambda m: None, 1.6)  # the transaction times out (64*T1 = 1.28 s): kept
+            silent = device.serve(lambda m: [], 1.6)  # the transaction times out (64*T1 = 1.28 s): kept
             assert silent and {m.text() for m in silent} == {"keep trying"}, "retransmitted, never answered"
             assert server.offline == {BOB: 1} and server.stats["offline_delivered"] == 0
-            retried = device.answer(lambda m: 200, 1.5)   # the retry after retry_interval: answered this time
+            retried = device.serve(lambda m: [200], 1.5, until=len)   # the retry after retry_interval: answered
             assert retried and retried[0].headers.get("Date") and str(retried[0].from_.uri) == "sip:alice@example.test"
             assert retried[0].call_id == silent[0].call_id, "the same message, delivered again"
             wait_for(lambda: server.stats["offline_delivered"] == 1, 3, "delivered")
             assert server.offline == {}
-        finally:
-            device.close()
 
 
 def test_refused_message_is_dropped_and_does_not_block_the_next():
@@ -191,12 +144,9 @@ def test_refused_message_is_dropped_and_does_not_block_the_next():
         go_offline(server)
         alice.send_message(BOB, "<b>html</b>", content_type="text/html").result(10)
         alice.send_message(BOB, "plain").result(10)
-        device = RawDevice(server)
-        try:
+        with RawDevice(server, BOB) as device:
             device.register()
-            seen = device.answer(lambda m: 415 if m.content_type == "text/html" else 200, 1.0)
+            seen = device.serve(lambda m: [415 if m.content_type == "text/html" else 200], 2.0, until=lambda s: len(s) == 2)
             assert [m.text() for m in seen] == ["<b>html</b>", "plain"]
             wait_for(lambda: server.stats["offline_delivered"] == 1 and server.stats["offline_rejected"] == 1, 3, "settled")
             assert server.offline == {}
-        finally:
-            device.close()

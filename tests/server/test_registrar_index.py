@@ -23,6 +23,12 @@ def register(user: str, contact: str, expires: int | str, cseq: int, call_id: st
         f"CSeq: {cseq} REGISTER\r\nContact: {contact}\r\nExpires: {expires}\r\nContent-Length: 0\r\n\r\n".encode())
 
 
+def bind(r: Registrar, user: str, contact: str, expires: int | str, cseq: int, source_port: int, now: float,
+         transport: str = "udp", call_id: str = "c1") -> None:
+    """REGISTER `contact` for `user`, as if it came from 127.0.0.1:source_port."""
+    r.register(register(user, contact, expires, cseq, call_id), transport, ("127.0.0.1", source_port), now)
+
+
 def scan(r: Registrar, host: str, port: int | None, now: float) -> set[str]:
     """The reference answer: every live binding at host:port (Contact first, as the index prefers), by a full scan."""
     by_contact, by_source = set(), set()
@@ -41,12 +47,12 @@ def found(b: Binding | None) -> str | None:
 
 def test_two_devices_of_one_user_are_both_found_and_dropped_separately():
     r = Registrar()
-    r.register(register("bob", "<sip:bob@127.0.0.1:5071>", 60, 1, "d1"), "udp", ("127.0.0.1", 5071), 0.0)
-    r.register(register("bob", "<sip:bob@127.0.0.1:5072;transport=tcp>", 60, 1, "d2"), "tcp", ("127.0.0.1", 40002), 0.0)
+    bind(r, "bob", "<sip:bob@127.0.0.1:5071>", 60, 1, 5071, 0.0, call_id="d1")
+    bind(r, "bob", "<sip:bob@127.0.0.1:5072;transport=tcp>", 60, 1, 40002, 0.0, transport="tcp", call_id="d2")
     assert len(r.lookup("sip:bob@example.test", 1.0)) == 2
     assert found(r.find_contact("127.0.0.1", 5071, 1.0)) == "sip:bob@example.test sip:bob@127.0.0.1:5071"
     assert found(r.find_contact("127.0.0.1", 40002, 1.0)) == "sip:bob@example.test sip:bob@127.0.0.1:5072;transport=tcp"
-    r.register(register("bob", "<sip:bob@127.0.0.1:5071>", 0, 2, "d1"), "udp", ("127.0.0.1", 5071), 2.0)
+    bind(r, "bob", "<sip:bob@127.0.0.1:5071>", 0, 2, 5071, 2.0, call_id="d1")
     assert r.find_contact("127.0.0.1", 5071, 2.0) is None
     assert r.find_contact("127.0.0.1", 5072, 2.0) is not None
     assert r.index_size() == 2
@@ -54,8 +60,8 @@ def test_two_devices_of_one_user_are_both_found_and_dropped_separately():
 
 def test_refresh_from_a_new_source_moves_the_index_entry():
     r = Registrar()
-    r.register(register("bob", "<sip:bob@127.0.0.1:5072;transport=tcp>", 60, 1), "tcp", ("127.0.0.1", 40001), 0.0)
-    r.register(register("bob", "<sip:bob@127.0.0.1:5072;transport=tcp>", 60, 2), "tcp", ("127.0.0.1", 40009), 1.0)
+    bind(r, "bob", "<sip:bob@127.0.0.1:5072;transport=tcp>", 60, 1, 40001, 0.0, transport="tcp")
+    bind(r, "bob", "<sip:bob@127.0.0.1:5072;transport=tcp>", 60, 2, 40009, 1.0, transport="tcp")
     assert r.find_contact("127.0.0.1", 40001, 1.0) is None, "the old connection's port is no longer bob"
     assert r.find_contact("127.0.0.1", 40009, 1.0) is not None
     assert r.index_size() == 2
@@ -63,18 +69,18 @@ def test_refresh_from_a_new_source_moves_the_index_entry():
 
 def test_expiry_and_wildcard_empty_the_index():
     r = Registrar()
-    r.register(register("bob", "<sip:bob@127.0.0.1:5071>", 10, 1), "udp", ("127.0.0.1", 5071), 0.0)
-    r.register(register("carol", "<sip:carol@127.0.0.1:5073>", 100, 1), "udp", ("127.0.0.1", 5073), 0.0)
+    bind(r, "bob", "<sip:bob@127.0.0.1:5071>", 10, 1, 5071, 0.0)
+    bind(r, "carol", "<sip:carol@127.0.0.1:5073>", 100, 1, 5073, 0.0)
     assert r.find_contact("127.0.0.1", 5071, 11.0) is None, "expired"
     assert r.index_size() == 2 and len(r) == 1, "the expired binding left the index as it was found"
-    r.register(register("carol", "*", 0, 2), "udp", ("127.0.0.1", 5073), 12.0)
+    bind(r, "carol", "*", 0, 2, 5073, 12.0)
     assert r.index_size() == 0 and len(r) == 0 and r.snapshot(12.0) == {}
     assert {"sip:bob@example.test", "sip:carol@example.test"} <= r.known
 
 
 def test_known_user_lookup_by_user_part():
     r = Registrar()
-    r.register(register("bob", "<sip:bob@127.0.0.1:5071>", 60, 1), "udp", ("127.0.0.1", 5071), 0.0)
+    bind(r, "bob", "<sip:bob@127.0.0.1:5071>", 60, 1, 5071, 0.0)
     assert r.aor_for_user("bob") == "sip:bob@example.test" and r.aor_for_user("nobody") is None
 
 
