@@ -7,8 +7,9 @@ to a user registered with it (404 for unknown users, 480 for known but offline o
 request only to a registered contact. A user registered from several devices gets an initial request on
 all of them at once (forking.py: RFC 3261 §16.7; the first to answer an INVITE wins, the others are
 CANCELled as "completed elsewhere"). A pager-mode MESSAGE to a known user who is offline is kept and
-answered 202 (offline.py), and delivered, in order, when they register again. Dialogs are record-routed (double Record-Route when the two legs
-use different transports) so in-dialog requests pass through it and appear in its trace.
+answered 202 (offline.py), and delivered, in order, when they register again. Dialogs are record-routed
+(double Record-Route when the two legs use different transports) so in-dialog requests pass through it and
+appear in its trace.
 """
 from __future__ import annotations
 
