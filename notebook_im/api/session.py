@@ -23,7 +23,7 @@ from ..sip.errors import RemoteProtocolError
 from ..sip.message import Request, Response, make_response
 from ..sip.reason import completed_elsewhere
 from ..sip.sdp import ACCEPT_TYPES as _SDP_ACCEPT_TYPES
-from ..ua import ClientHandle, ServerHandle, cancel_of
+from ..ua import ClientHandle, ServerHandle
 from .emitter import EventSource
 from .events import (
     ComposingChanged, IncomingSession, MessageDelivered, MessageFailed, MessageReceived, MessageSending, ParticipantAdded,
@@ -321,7 +321,7 @@ class ImSession(EventSource):
         handle = self._server_handle
         if handle is not None and not handle.answered:
             self.ua.respond(handle, make_response(handle.request, 487, to_tag=self.dialog.local_tag if self.dialog else None))
-        if handle is not None and completed_elsewhere(cancel_of(self.ua, handle)):
+        if completed_elsewhere(self.ua.cancelling):
             # a forking proxy stopped this device ringing because another device of ours answered (RFC 3326)
             self._answered_elsewhere = True
             self._finish(ANSWERED_ELSEWHERE, 487, by_remote=True)

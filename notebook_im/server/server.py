@@ -34,7 +34,7 @@ from ..sip.reason import Reason
 from ..sip.uri import Address, SipUri, bracket
 from ..trace.recorder import Trace
 from ..sip.transaction import DEFAULT_TIMERS, Timers, make_cancel
-from ..ua import USER_AGENT, ClientHandle, ServerHandle, SipCore, cancel_of, target_of
+from ..ua import USER_AGENT, CancelAware, ClientHandle, ServerHandle, SipCore, target_of
 from .auth import Authenticator
 from .focus import Focus, FocusLimits
 from .forking import CancelBranches, EndBranch, Relay, ResponseContext
@@ -44,7 +44,7 @@ from .registrar import Binding, Registrar, aor_key
 log = logging.getLogger("notebook_im.server")
 
 
-class ProxyCore(SipCore):
+class ProxyCore(CancelAware, SipCore):
     """Registrar + proxy logic on top of the SIP core."""
 
     def __init__(self, *, host: str, port: int, trace: Trace, registrar: Registrar, transports: tuple[str, ...],
@@ -316,7 +316,7 @@ class ProxyCore(SipCore):
             return
         # CANCEL every ringing device, passing on the caller's Reason (RFC 3326); their 487s come back on the
         # client transactions and the response context relays the best of them
-        cancel = cancel_of(self, invite)
+        cancel = self.cancelling
         reasons = reason_mod.parse_all(cancel.headers.get_all("Reason")) if cancel is not None else []
         fork.run(fork.ctx.cancel(reasons[0] if reasons else None))
 

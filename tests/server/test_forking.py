@@ -4,6 +4,7 @@ would be). A pager message reaches both; an INVITE rings both, the first to acce
 stops ringing with "answered elsewhere"; the chat then flows only to the device that answered."""
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
@@ -164,3 +165,24 @@ def test_a_device_that_ignores_cancel_does_not_hold_the_caller(platform):
             assert info.value.status == 487
             assert time.monotonic() - started < 64 * 0.02 + 2.0
             assert calls1[0].session.terminate_reason == "cancelled by the caller"
+
+
+def test_upstream_cancel_reason_is_passed_to_every_device(server, devices):
+    """An upstream forking proxy (here a hand-written caller) cancels with `Reason: SIP;cause=200`: the server
+    passes the Reason on (RFC 3326), so both of bob's devices end "answered elsewhere", not "cancelled"."""
+    _, bob1, bob2 = devices
+    calls1, calls2 = ringing(bob1), ringing(bob2)
+    ended = [bob1.events(nim.SessionTerminated), bob2.events(nim.SessionTerminated)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        head = (f"sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKupstream1;rport\r\n"
+                f"Max-Forwards: 70\r\nFrom: <sip:carol@example.test>;tag=c1\r\nTo: <{BOB}>\r\nCall-ID: up-1\r\n")
+        s.sendto(f"INVITE {head}CSeq: 1 INVITE\r\nContact: <sip:carol@127.0.0.1:{port}>\r\n"
+                 "Content-Length: 0\r\n\r\n".encode(), (server.host, server.port))
+        wait_for(lambda: calls1 and calls2, 5, "both devices ring")
+        s.sendto(f'CANCEL {head}CSeq: 1 CANCEL\r\nReason: SIP;cause=200;text="Call completed elsewhere"\r\n'
+                 "Content-Length: 0\r\n\r\n".encode(), (server.host, server.port))
+        for e in ended:
+            ev = e.get(timeout=5)
+            assert ev.answered_elsewhere and ev.reason == "answered elsewhere"
