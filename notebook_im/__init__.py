@@ -38,6 +38,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "Server": "notebook_im.server:Server",
     "FocusLimits": "notebook_im.server.focus:FocusLimits",
+    "OfflineLimits": "notebook_im.server.offline:OfflineLimits",
     "UdpRelay": "notebook_im.net.relay:UdpRelay",
     "ChatPanel": "notebook_im.widgets.chat:ChatPanel",
     "LadderView": "notebook_im.widgets.ladder_view:LadderView",
@@ -63,7 +64,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "ChatMessage", "ComposingChanged", "ConferenceRequired", "ConferenceSession", "FocusLimits", "DeadlockError", "Endpoint", "EndpointState",
     "EndpointStateChanged", "Event", "EventStream", "Impairment", "ImSession", "IncomingSession", "InvalidState", "MessageDelivered",
-    "MessageFailed", "MessageReceived", "MessageSending", "NotebookImError", "Operation", "Participant", "ParticipantAdded",
+    "MessageFailed", "MessageReceived", "MessageSending", "NotebookImError", "OfflineLimits", "Operation", "Participant", "ParticipantAdded",
     "ParticipantRemoved", "ParticipantState", "ParticipantStateChanged", "Platform", "RemoteProtocolError",
     "RequestFailed", "Server", "SessionManager", "SessionState", "SessionStateChanged", "SessionTerminated",
     "Subscription", "Timers", "Trace", "TransactionTimeout", "TransportError", "UdpRelay", "__version__",

@@ -552,7 +552,23 @@ class DialogUser(Protocol):
     def on_bye(self, request: Request) -> None: ...
 
 
-class UserAgent(SipCore):
+class CancelAware:
+    """Mixin for a SipCore subclass: while the hook of a cancelled INVITE runs (`ServerHandle.on_cancel` or
+    `on_cancel`), `self.cancelling` is the CANCEL request, so the hook can read its Reason header (RFC 3326:
+    "answered elsewhere" or not). Taken from the call, not the transaction table: the CANCEL's own server
+    transaction may be compacted away as soon as it is answered."""
+
+    cancelling: Request | None = None
+
+    def _on_cancel(self, req: Request, *args: Any) -> None:
+        self.cancelling = req
+        try:
+            super()._on_cancel(req, *args)  # type: ignore[misc]
+        finally:
+            self.cancelling = None
+
+
+class UserAgent(CancelAware, SipCore):
     """The SIP user agent of one Endpoint: an address of record, a Contact, an outbound proxy."""
 
     def __init__(self, *, aor: SipUri, proxy: SipUri | None, transport: str, trace: Trace, local_host: str,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidState, RequestFailed, TransactionTimeout
 from ..im import iscomposing as ic
 from ..runtime import Operation, runtime
+from ..sip.date import parse_date
 from ..sip.message import Request
 from ..sip.uri import SipUri
 from ..ua import ServerHandle, UserAgent
@@ -126,7 +127,10 @@ class Endpoint(EventSource):
 
     # -- pager mode ---------------------------------------------------------------------------------------
     def send_message(self, to: str, text: str, content_type: str = "text/plain") -> Operation[MessageDelivered]:
-        """Send one out-of-dialog MESSAGE (RFC 3428 pager mode). Resolves with MessageDelivered on 2xx."""
+        """Send one out-of-dialog MESSAGE (RFC 3428 pager mode). Resolves with MessageDelivered on 2xx: status
+        200 when it reached the recipient, or 202 with `stored=True` when the server keeps it for a recipient
+        who is offline (delivered when they register again). Raises RequestFailed otherwise (404 unknown user,
+        480 offline and not kept)."""
         target = parse_remote_uri(to, "to")
         if not isinstance(text, str):
             raise TypeError(f"send_message() takes the text as str, not {type(text).__name__}")
@@ -151,7 +155,7 @@ class Endpoint(EventSource):
         latency = time.perf_counter() - started
         if 200 <= status < 300:
             event = MessageDelivered(None, msg_id, text, ct, status, reason, latency, "pager", str(to), sent_at,
-                                     timestamp=now_utc())
+                                     timestamp=now_utc(), stored=status == 202)
             self._emit(event)
             return event
         self._emit(MessageFailed(None, msg_id, text, ct, status, reason, "pager", str(to), sent_at, timestamp=now_utc()))
@@ -178,7 +182,8 @@ class Endpoint(EventSource):
         if header_id and self._seen_pager.seen(f"{participant.uri} {header_id}"):
             return 200  # a retry of a message we already delivered
         msg_id = header_id or secrets.token_hex(6)
-        event = MessageReceived(None, participant, text, ct, msg_id, "pager", self.uri, timestamp=now_utc())
+        event = MessageReceived(None, participant, text, ct, msg_id, "pager", self.uri, timestamp=now_utc(),
+                                sent_at=parse_date(request.headers.get("Date")))
         self.pager_messages.append(event)
         self._emit(event)
         return 200

@@ -92,6 +92,9 @@ class MessageReceived(Event):
     message_id: str = ""
     mode: str = "session"           # "session" or "pager"
     recipient: str = ""             # our own URI (the endpoint that received it)
+    # when the sender sent it, from the message's Date header (None without one). A message the server kept
+    # while we were offline arrives later: `timestamp` is when it arrived, `sent_at` when it was sent
+    sent_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,9 @@ class MessageDelivered(Event):
     mode: str = "session"
     recipient: str = ""
     sent_at: datetime | None = None
+    # 202 Accepted: the server keeps the message for a recipient who is offline and delivers it when they
+    # register again; it has not reached them yet (`status` is 202, `reason` says so)
+    stored: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,9 @@ class SessionTerminated(Event):
     reason: str
     status: int | None = None
     by_remote: bool = False
+    # an invitation that rang here ended because another device of the same user answered it (the server
+    # forked it and CANCELled this branch with `Reason: SIP;cause=200`); `reason` is then "answered elsewhere"
+    answered_elsewhere: bool = False
 
 
 def event_fields(event: Any) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from ..runtime import Operation, runtime
 from ..sip.dialog import Dialog
 from ..sip.errors import RemoteProtocolError
 from ..sip.message import Request, Response, make_response
+from ..sip.reason import completed_elsewhere
 from ..sip.sdp import ACCEPT_TYPES as _SDP_ACCEPT_TYPES
 from ..ua import ClientHandle, ServerHandle
 from .emitter import EventSource
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 TEXT_TYPES = ("text/plain", "text/html", "text/enriched")
 RING_TIMEOUT = 120.0
+ANSWERED_ELSEWHERE = "answered elsewhere"   # SessionTerminated.reason when another device of the user answered
 MESSAGE_ATTEMPTS = 2  # a MESSAGE whose transaction timed out is sent once more (same Imdn-Message-ID)
 
 
@@ -96,6 +98,7 @@ class ImSession(EventSource):
     """A peer-to-peer IM session with one remote participant (a conference is a ConferenceSession)."""
 
     _accept_types: tuple[str, ...] = _SDP_ACCEPT_TYPES
+    _answered_elsewhere = False   # set when the invitation ended because another device of ours answered
 
     def __init__(self, manager: "SessionManager", remote_uri: str, *, incoming: bool,
                  display_name: str | None = None) -> None:
@@ -318,6 +321,11 @@ class ImSession(EventSource):
         handle = self._server_handle
         if handle is not None and not handle.answered:
             self.ua.respond(handle, make_response(handle.request, 487, to_tag=self.dialog.local_tag if self.dialog else None))
+        if completed_elsewhere(self.ua.cancelling):
+            # a forking proxy stopped this device ringing because another device of ours answered (RFC 3326)
+            self._answered_elsewhere = True
+            self._finish(ANSWERED_ELSEWHERE, 487, by_remote=True)
+            return
         self._finish("cancelled by the caller", 487, by_remote=True)
 
     def _accept(self) -> Operation["ImSession"]:
@@ -420,6 +428,11 @@ class ImSession(EventSource):
 
     def on_bye(self, request: Request) -> None:
         """Called by the user agent when the other party sent BYE."""
+        if completed_elsewhere(request) and self.is_incoming:
+            # we answered at the same moment as another device of ours; the proxy kept the other one
+            self._answered_elsewhere = True
+            self._finish(ANSWERED_ELSEWHERE, 200, by_remote=True)
+            return
         if self.escalated_to is not None:
             self._finish(f"moved to conference {self.escalated_to.conference_uri}", 200, by_remote=True)
             return
@@ -574,7 +587,8 @@ class ImSession(EventSource):
             self.ua.forget_dialog(self.dialog)
         if self._accepted is not None and not self._accepted.done():
             self._accepted.set_exception(InvalidState(f"session ended before it connected: {reason}"))
-        self._emit(SessionTerminated(self, reason, status, by_remote, timestamp=now_utc()))
+        self._emit(SessionTerminated(self, reason, status, by_remote, timestamp=now_utc(),
+                                     answered_elsewhere=self._answered_elsewhere))
         self.manager._forget(self)
 
     # -- history (trace frames, pandas imported on use) -----------------------------------------------------------

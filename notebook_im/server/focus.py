@@ -42,6 +42,7 @@ from ..sip.dialog import Dialog
 from ..sip.errors import LocalProtocolError, RemoteProtocolError
 from ..sip.headers import Headers
 from ..sip.message import Request, Response, make_response, new_call_id, new_tag
+from ..sip.transaction import make_cancel
 from ..sip.uri import Address, SipUri, bracket
 from ..ua import USER_AGENT, ServerHandle, target_of
 
@@ -525,7 +526,7 @@ class Focus:
             m.invite_handle = None
         if conf.members.get(m.entity) is not m or conf.ended:
             if 200 <= resp.status < 300:  # the conference ended (or they were dropped) while ringing
-                self._ack_and_bye(invite, resp, dest)
+                self.core.end_dialog(invite, resp, dest)
             return
         if not 200 <= resp.status < 300:
             method = "busy" if resp.status in (486, 600) else "failed"
@@ -558,23 +559,7 @@ class Focus:
 
     def _cancel_dial(self, handle: Any) -> None:
         if not handle.future.done():
-            inv = handle.txn.request
-            cancel = Request("CANCEL", inv.uri)
-            cancel.headers.add("Via", inv.headers.get_all("Via")[0])
-            cancel.headers.add("Max-Forwards", "70")
-            for name in ("From", "To", "Call-ID"):
-                cancel.headers.add(name, inv.headers.get(name) or "")
-            cancel.headers.add("CSeq", f"{inv.cseq.number} CANCEL")
-            self.core.send_request(cancel, handle.target)
-
-    def _ack_and_bye(self, invite: Request, resp: Response, dest: Target) -> None:
-        try:
-            dialog = Dialog.from_uac(invite, resp)
-        except LocalProtocolError:
-            return
-        self.core._send(bytes(dialog.create_request("ACK", via=self.core.via(dest.transport), cseq=1)), dest)
-        bye = dialog.create_request("BYE", via=self.core.via(dest.transport))
-        self.core.send_request(bye, dest)
+            self.core.send_request(make_cancel(handle.txn.request), handle.target)
 
     # -- subscriptions --------------------------------------------------------------------------------------
     def _subscribe(self, request: Request, handle: ServerHandle) -> None:

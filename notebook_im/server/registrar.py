@@ -2,6 +2,11 @@
 
 Besides the Contact URI, each binding remembers the transport and source address the REGISTER came
 from (the "flow"), so a client behind a TCP connection or NAT is reached the way it registered.
+
+Every in-dialog request the proxy relays asks "is this next hop a registered contact?" (`find_contact`),
+so the bindings are also indexed by address: by the Contact's host:port and by the REGISTER's source.
+The index answers in O(1) instead of scanning every user, and every change of a binding (new, refreshed,
+moved to another source, expired, removed, wildcard) goes through `_put`/`_drop`, which keep it in step.
 """
 from __future__ import annotations
 
@@ -23,14 +28,32 @@ class Binding:
     cseq: int
 
     def remaining(self, now: float) -> int:
+        """Seconds left, rounded (what the 200 OK's Contact `expires` parameter says)."""
         return max(0, int(self.expires_at - now + 0.5))
+
+    @property
+    def contact_addr(self) -> tuple[str, int]:
+        """The Contact's host:port as the index keys it (brackets off, lower case, 5060 by default)."""
+        return _addr(self.contact.host, self.contact.port)
+
+    @property
+    def source_addr(self) -> tuple[str, int]:
+        """Where the REGISTER came from, as the index keys it."""
+        return _addr(self.source[0], self.source[1])
+
+
+def _addr(host: str, port: int | None) -> tuple[str, int]:
+    return host.strip("[]").lower(), port or 5060
 
 
 def aor_key(uri: SipUri) -> str:
+    """The address of record a URI names: `sip:user@host` (no port, no parameters)."""
     return f"sip:{uri.user}@{uri.host}" if uri.user else f"sip:{uri.host}"
 
 
 class Registrar:
+    """The location service: AOR -> live bindings, plus the set of AORs that ever registered."""
+
     def __init__(self, *, min_expires: int = 1, max_expires: int = 7200, default_expires: int = 3600,
                  max_bindings_per_aor: int = 10) -> None:
         self.min_expires = min_expires
@@ -39,6 +62,43 @@ class Registrar:
         self.max_bindings_per_aor = max_bindings_per_aor
         self._bindings: dict[str, dict[str, Binding]] = {}
         self.known: set[str] = set()   # AORs that ever registered: 480 rather than 404 when offline
+        self._known_by_user: dict[str, set[str]] = {}   # user part -> known AORs (for sip:user@<server>)
+        # address -> the bindings there, as {(aor, contact key): None} (an ordered set): who is at host:port
+        self._by_contact: dict[tuple[str, int], dict[tuple[str, str], None]] = {}
+        self._by_source: dict[tuple[str, int], dict[tuple[str, str], None]] = {}
+
+    # -- the only two ways a binding changes (they keep the address index in step) ----------------------
+    def _put(self, binding: Binding) -> None:
+        key = str(binding.contact)
+        current = self._bindings.setdefault(binding.aor, {})
+        if key in current:
+            self._drop(binding.aor, key)
+            current = self._bindings.setdefault(binding.aor, {})
+        current[key] = binding
+        ref = (binding.aor, key)
+        self._by_contact.setdefault(binding.contact_addr, {})[ref] = None
+        self._by_source.setdefault(binding.source_addr, {})[ref] = None
+        if binding.aor not in self.known:
+            self.known.add(binding.aor)
+            user = binding.aor[4:].partition("@")[0]   # aor_key: "sip:user@host"
+            self._known_by_user.setdefault(user, set()).add(binding.aor)
+
+    def _drop(self, aor: str, key: str) -> None:
+        current = self._bindings.get(aor)
+        if current is None:
+            return
+        binding = current.pop(key, None)
+        if not current:
+            del self._bindings[aor]
+        if binding is None:
+            return
+        ref = (aor, key)
+        for index, addr in ((self._by_contact, binding.contact_addr), (self._by_source, binding.source_addr)):
+            refs = index.get(addr)
+            if refs is not None:
+                refs.pop(ref, None)
+                if not refs:
+                    del index[addr]
 
     def register(self, request: Request, transport: str, source: tuple[str, int], now: float) -> tuple[int, list[Binding], str]:
         """Apply a REGISTER. Returns (status, current bindings, reason)."""
@@ -49,12 +109,11 @@ class Registrar:
         contacts = request.contacts
         header_expires = request.expires
         call_id, cseq = request.call_id, request.cseq.number
-        current = self._bindings.setdefault(aor, {})
         if any(c.wildcard for c in contacts):
             if len(contacts) != 1 or header_expires != 0:
                 return 400, [], "Bad Request (Contact: * needs Expires: 0 and no other contact)"
-            current.clear()
-            self._bindings.pop(aor, None)
+            for key in list(self._bindings.get(aor, {})):
+                self._drop(aor, key)
             return 200, [], "OK"
         for c in contacts:
             expires_text = c.params.get("expires")
@@ -70,52 +129,59 @@ class Registrar:
                 return 423, [], str(self.min_expires)
             expires = min(expires, self.max_expires)
             key = str(c.uri)
+            current = self._bindings.get(aor, {})
             old = current.get(key)
             if old is not None and old.call_id == call_id and old.cseq >= cseq:
                 continue  # an out-of-order or retransmitted REGISTER (§10.3 step 7)
             if expires == 0:
-                current.pop(key, None)
+                self._drop(aor, key)
                 continue
             if old is None and len(current) >= self.max_bindings_per_aor:
                 return 403, [], "Forbidden (too many contacts for this address)"
-            current[key] = Binding(aor, c.uri, now + expires, transport, source, call_id, cseq)
-            self.known.add(aor)
-        if not current:
-            self._bindings.pop(aor, None)
+            self._put(Binding(aor, c.uri, now + expires, transport, source, call_id, cseq))
         return 200, self.lookup(aor, now), "OK"
 
     def lookup(self, aor: str, now: float) -> list[Binding]:
+        """The live bindings of `aor`, longest-lived first (expired ones are dropped on the way)."""
         current = self._bindings.get(aor)
         if not current:
             return []
-        alive = [b for b in current.values() if b.expires_at > now]
-        if len(alive) != len(current):
-            for key in [k for k, b in current.items() if b.expires_at <= now]:
-                del current[key]
-            if not current:
-                del self._bindings[aor]
-        return sorted(alive, key=lambda b: -b.expires_at)
+        for key in [k for k, b in current.items() if b.expires_at <= now]:
+            self._drop(aor, key)
+        return sorted(current.values(), key=lambda b: -b.expires_at)
 
     def aor_for_user(self, user: str) -> str | None:
         """The one known AOR with this user part (None if there is none or several domains share it)."""
-        matches = [a for a in self.known if a.startswith(f"sip:{user}@")]
-        return matches[0] if len(matches) == 1 else None
+        matches = self._known_by_user.get(user, ())
+        return next(iter(matches)) if len(matches) == 1 else None
 
     def find_contact(self, host: str, port: int | None, now: float) -> Binding | None:
-        """The live binding whose Contact (or registered source) is host:port: an in-dialog target we may route to."""
-        for aor in list(self._bindings):
-            for b in self.lookup(aor, now):
-                if (b.contact.host.strip("[]") == host and (b.contact.port or 5060) == (port or 5060)) or \
-                        (b.source[0] == host and b.source[1] == (port or 5060)):
-                    return b
+        """The live binding whose Contact (or registered source) is host:port: an in-dialog target we may
+        route to. O(1): looked up in the address index, Contact addresses before sources."""
+        addr = _addr(host, port)
+        for index in (self._by_contact, self._by_source):
+            refs = index.get(addr)
+            if not refs:
+                continue
+            for aor, key in list(refs):
+                binding = self._bindings[aor][key]
+                if binding.expires_at > now:
+                    return binding
+                self._drop(aor, key)
         return None
 
     def purge(self, now: float) -> None:
+        """Drop every expired binding."""
         for aor in list(self._bindings):
             self.lookup(aor, now)
 
     def snapshot(self, now: float) -> dict[str, list[str]]:
+        """AOR -> live Contact URIs (for `Server.registrations`)."""
         return {aor: [str(b.contact) for b in self.lookup(aor, now)] for aor in list(self._bindings)}
+
+    def index_size(self) -> int:
+        """Entries in the address index (two per binding: its Contact and its source); for tests."""
+        return sum(len(v) for v in self._by_contact.values()) + sum(len(v) for v in self._by_source.values())
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._bindings.values())

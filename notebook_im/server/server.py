@@ -4,8 +4,12 @@ notebooks, teaching and tests.
 
 It binds to loopback unless told otherwise and is never an open relay: an initial request is routed only
 to a user registered with it (404 for unknown users, 480 for known but offline ones), and an in-dialog
-request only to a registered contact. Dialogs are record-routed (double Record-Route when the two legs
-use different transports) so in-dialog requests pass through it and appear in its trace.
+request only to a registered contact. A user registered from several devices gets an initial request on
+all of them at once (forking.py: RFC 3261 §16.7; the first to answer an INVITE wins, the others are
+CANCELled as "completed elsewhere"). A pager-mode MESSAGE to a known user who is offline is kept and
+answered 202 (offline.py), and delivered, in order, when they register again. Dialogs are record-routed
+(double Record-Route when the two legs use different transports) so in-dialog requests pass through it and
+appear in its trace.
 """
 from __future__ import annotations
 
@@ -15,35 +19,46 @@ import logging
 import ssl
 import time
 import warnings
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
+from ..im import iscomposing as ic
 from ..net.transport import Target
 from ..runtime import Operation, runtime
-from ..sip.message import Request, Response, make_response, new_branch, new_tag
+from ..sip import reason as reason_mod
+from ..sip.date import format_date
+from ..sip.dialog import Dialog
+from ..sip.errors import LocalProtocolError
+from ..sip.message import Request, Response, make_response, new_tag
+from ..sip.reason import Reason
 from ..sip.uri import Address, SipUri, bracket
 from ..trace.recorder import Trace
 from ..sip.transaction import DEFAULT_TIMERS, Timers, make_cancel
-from ..ua import USER_AGENT, ClientHandle, ServerHandle, SipCore, target_of
+from ..ua import USER_AGENT, CancelAware, ClientHandle, ServerHandle, SipCore, target_of
 from .auth import Authenticator
 from .focus import Focus, FocusLimits
+from .forking import CancelBranches, EndBranch, Relay, ResponseContext
+from .offline import TRANSIENT, OfflineLimits, OfflineStore, Refused
 from .registrar import Binding, Registrar, aor_key
 
 log = logging.getLogger("notebook_im.server")
 
 
-class ProxyCore(SipCore):
+class ProxyCore(CancelAware, SipCore):
     """Registrar + proxy logic on top of the SIP core."""
 
     def __init__(self, *, host: str, port: int, trace: Trace, registrar: Registrar, transports: tuple[str, ...],
                  auth: Authenticator | None = None, timers: Timers = DEFAULT_TIMERS,
                  tls_server: ssl.SSLContext | None = None, tls_port: int = 0,
-                 focus_limits: FocusLimits | None = None) -> None:
+                 focus_limits: FocusLimits | None = None, offline_limits: OfflineLimits | None = None) -> None:
         super().__init__(name="server", host=host, port=port, trace=trace, transports=transports, timers=timers,
                          tls_server=tls_server, tls_port=tls_port)
         self.registrar = registrar
         self.auth = auth
         self.focus = Focus(self, focus_limits)
-        self._forwarded: dict[int, ClientHandle] = {}   # id(server handle) -> downstream client transaction
+        self._forwarded: dict[int, Fork] = {}   # id(server handle) -> its branches downstream
+        self.offline = OfflineStore(offline_limits)
+        self._delivering: set[str] = set()      # AORs whose stored messages are being delivered right now
 
     async def close(self) -> None:
         self.focus.close()
@@ -116,22 +131,98 @@ class ProxyCore(SipCore):
             aor = self.registrar.aor_for_user(request.uri.user) or aor
         bindings = self.registrar.lookup(aor, time.monotonic())
         if not bindings:
-            if aor in self.registrar.known:
-                self.respond(handle, make_response(request, 480, "Temporarily Unavailable (not registered now)", to_tag=new_tag()))
-            else:
-                self.respond(handle, make_response(request, 404, "Not Found (no such user here)", to_tag=new_tag()))
+            self._offline(request, handle, aor)
             return
-        binding = bindings[0]
-        fwd = request.copy()
-        fwd.uri = binding.contact
-        target = self._binding_target(binding)
-        if request.method in ("INVITE", "SUBSCRIBE", "REFER"):
-            if target.transport != transport:
-                fwd.headers.prepend("Record-Route", self.rr_uri(transport))
-                fwd.headers.prepend("Record-Route", self.rr_uri(target.transport))
-            else:
-                fwd.headers.prepend("Record-Route", self.rr_uri(transport))
-        self._forward(fwd, handle, target)
+        self._fork(handle, self._branches(request, bindings, transport))
+
+    # -- offline users (offline.py) ---------------------------------------------------------------------------
+    def _offline(self, request: Request, handle: ServerHandle, aor: str) -> None:
+        """Nobody is registered for `aor`: 404 if we never heard of the user, else keep a pager-mode MESSAGE for
+        them (202) or, for anything else (or if the store is off or full), 480 / 503."""
+        user = request.uri.user or ""
+        configured = self.auth is not None and user in self.auth.users
+        if aor not in self.registrar.known and not configured:
+            self.respond(handle, make_response(request, 404, "Not Found (no such user here)", to_tag=new_tag()))
+            return
+        if aor not in self.registrar.known and self.is_us(request.uri):
+            # sip:carol@<this server> for a user of users= who never registered: we do not know the address
+            # of record they will register, so there is nowhere to keep the message
+            self.respond(handle, make_response(
+                request, 480, f"Temporarily Unavailable ({user} has not registered here yet)", to_tag=new_tag()))
+            return
+        storable = (request.method == "MESSAGE" and self.offline.enabled
+                    and (request.content_type or "text/plain") != ic.CONTENT_TYPE)  # "typing" goes stale: not kept
+        if not storable:
+            self.respond(handle, make_response(request, 480, "Temporarily Unavailable (not registered now)", to_tag=new_tag()))
+            return
+        kept = self.offline.store(aor, request, time.monotonic(), time.time())
+        if isinstance(kept, Refused):
+            resp = make_response(request, kept.status, kept.reason, to_tag=new_tag())
+            if kept.status == 503:
+                resp.headers.set("Retry-After", "60")
+            self.respond(handle, resp)
+            return
+        self.respond(handle, make_response(
+            request, 202, f"Accepted (stored for later delivery: {aor} is offline)", to_tag=new_tag()))
+
+    def _deliver_offline(self, aor: str) -> None:
+        """Start handing `aor` their stored messages (one delivery run per user at a time)."""
+        if self.closed or aor in self._delivering or not self.offline.count(aor):
+            return
+        self._delivering.add(aor)
+        asyncio.ensure_future(self._drain(aor))
+
+    async def _drain(self, aor: str) -> None:
+        """Deliver the messages waiting for `aor`, oldest first and one at a time (so they arrive in order), to
+        all of the user's devices (forked like a live message). A transient failure stops the run and keeps the
+        message; another run starts at the next REGISTER or after `retry_interval`, until it expires."""
+        retry = False
+        try:
+            while not self.closed:
+                now = time.monotonic()
+                msg = self.offline.next(aor, now)
+                bindings = self.registrar.lookup(aor, now) if msg is not None else []
+                if msg is None or not bindings:
+                    return
+                done: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+                self._fork(None, self._branches(msg.request.copy(), bindings, "udp"),
+                           on_final=lambda resp: done.done() or done.set_result(resp))
+                resp = await done
+                if 200 <= resp.status < 300:
+                    self.offline.delivered(msg)
+                elif resp.status in TRANSIENT:
+                    log.info("offline message for %s not delivered (%s %s); kept", aor, resp.status, resp.reason)
+                    retry = True
+                    return
+                else:
+                    log.info("offline message for %s refused by the device (%s %s); dropped", aor, resp.status, resp.reason)
+                    self.offline.rejected(msg)
+        finally:
+            self._delivering.discard(aor)
+            if retry and not self.closed and self.loop is not None:
+                self.loop.call_later(self.offline.limits.retry_interval, self._deliver_offline, aor)
+
+    def _branches(self, request: Request, bindings: list[Binding], transport: str) -> list[tuple[Request, Target]]:
+        """One copy of an initial request per device of the user (RFC 3261 §16.6), each with its Request-URI and
+        Record-Route. Two bindings that reach the same socket make one branch: a device must not get a request
+        twice (it would answer the second copy 482 Loop Detected)."""
+        branches: list[tuple[Request, Target]] = []
+        seen: set[tuple[str, tuple[str, int]]] = set()
+        for binding in bindings:
+            target = self._binding_target(binding)
+            if (target.transport, target.addr) in seen:
+                continue
+            seen.add((target.transport, target.addr))
+            fwd = request.copy()
+            fwd.uri = binding.contact
+            if request.method in ("INVITE", "SUBSCRIBE", "REFER"):
+                if target.transport != transport:
+                    fwd.headers.prepend("Record-Route", self.rr_uri(transport))
+                    fwd.headers.prepend("Record-Route", self.rr_uri(target.transport))
+                else:
+                    fwd.headers.prepend("Record-Route", self.rr_uri(transport))
+            branches.append((fwd, target))
+        return branches
 
     def _authenticated(self, request: Request, handle: ServerHandle, remote: tuple[str, int]) -> bool:
         """With users configured, every request but ACK/CANCEL/keep-alive OPTIONS must carry valid credentials
@@ -178,34 +269,23 @@ class ProxyCore(SipCore):
             self.respond(handle, make_response(request, 404 if request.method != "BYE" else 481,
                                                "Not Found (not a contact registered here; this server relays nothing else)"))
             return
-        fwd = request.copy()
         target = self._binding_target(binding) if not routes else target_of(next_hop)
-        self._forward(fwd, handle, target)
+        self._fork(handle, [(request.copy(), target)])
 
-    def _forward(self, fwd: Request, handle: ServerHandle, target: Target) -> None:
-        mf = fwd.max_forwards
-        fwd.headers.set("Max-Forwards", str((mf if mf is not None else 70) - 1))
-        fwd.headers.prepend("Via", self.via(target.transport))
-
-        def provisional(resp: Response) -> None:
-            if resp.status == 100 or handle.answered:
-                return
-            self.respond(handle, self._upstream(resp))
-
-        client = self.send_request(fwd, target, on_provisional=provisional)
-        client.on_late_2xx = lambda resp: self.send_stateless(self._upstream(resp), self.response_target(handle))
-        self._forwarded[id(handle)] = client
-
-        def done(fut: asyncio.Future) -> None:
-            self._forwarded.pop(id(handle), None)
-            if handle.answered:
-                return
-            exc = fut.exception()
-            if exc is not None:
-                self.respond(handle, make_response(handle.request, 408, "Request Timeout (no answer downstream)", to_tag=new_tag()))
-            else:
-                self.respond(handle, self._upstream(fut.result()))
-        client.future.add_done_callback(done)
+    def _fork(self, handle: ServerHandle | None, branches: list[tuple[Request, Target]],
+              on_final: Callable[[Response], None] | None = None) -> "Fork":
+        """Forward on every branch at once (one branch for in-dialog requests). The answer goes to the server
+        transaction `handle`, or to `on_final` (the offline store's deliveries, which have no upstream)."""
+        if handle is not None:
+            fork = Fork(self, branches, lambda resp: self.respond(handle, self._upstream(resp)),
+                        late_2xx=lambda resp: self.send_stateless(self._upstream(resp), self.response_target(handle)))
+            self._forwarded[id(handle)] = fork
+            fork.on_done = lambda: self._forwarded.pop(id(handle), None)
+        else:
+            assert on_final is not None
+            fork = Fork(self, branches, on_final)
+        fork.start()
+        return fork
 
     @staticmethod
     def _upstream(resp: Response) -> Response:
@@ -230,12 +310,32 @@ class ProxyCore(SipCore):
         self.send_stateless(request, target)
 
     def on_cancel(self, invite: ServerHandle) -> None:
-        client = self._forwarded.get(id(invite))
-        if client is None:
+        fork = self._forwarded.get(id(invite))
+        if fork is None:
             super().on_cancel(invite)
             return
-        self.send_request(make_cancel(client.txn.request), client.target)
-        # the downstream 487 comes back on the client transaction and is relayed upstream
+        # CANCEL every ringing device, passing on the caller's Reason (RFC 3326); their 487s come back on the
+        # client transactions and the response context relays the best of them
+        cancel = self.cancelling
+        reasons = reason_mod.parse_all(cancel.headers.get_all("Reason")) if cancel is not None else []
+        fork.run(fork.ctx.cancel(reasons[0] if reasons else None))
+
+    def end_dialog(self, invite: Request, resp: Response, dest: Target, reason: Reason | None = None) -> bytes | None:
+        """ACK a 2xx to an INVITE we sent, then BYE that dialog at once (a call nobody wants any more: the
+        conference ended while it rang, or another device answered first). Returns the ACK, to resend if the
+        2xx is retransmitted. Both go straight to `dest`, the device, not along the route set."""
+        try:
+            dialog = Dialog.from_uac(invite, resp)
+        except LocalProtocolError:
+            return None
+        dialog.route_set = []
+        ack = bytes(dialog.create_request("ACK", via=self.via(dest.transport), cseq=invite.cseq.number))
+        self._send(ack, dest)
+        bye = dialog.create_request("BYE", via=self.via(dest.transport))
+        if reason is not None:
+            bye.headers.add("Reason", str(reason))
+        self.send_request(bye, dest)
+        return ack
 
     def _register(self, request: Request, handle: ServerHandle, transport: str, remote: tuple[str, int]) -> None:
         now = time.monotonic()
@@ -248,19 +348,110 @@ class ProxyCore(SipCore):
         resp = make_response(request, status, None if status == 200 else reason, to_tag=new_tag())
         for b in bindings:
             resp.headers.add("Contact", f"<{b.contact}>;expires={b.remaining(now)}")
-        resp.headers.set("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime()))
+        resp.headers.set("Date", format_date(time.time()))
         self.respond(handle, resp)
+        if status == 200 and bindings:
+            self._deliver_offline(bindings[0].aor)  # messages kept while the user was offline, now
+
+
+@dataclass
+class Branch:
+    """One copy of a forked request: where it goes, its client transaction, and its CANCEL bookkeeping."""
+
+    request: Request                    # as forwarded (the proxy's Via goes on top when it is sent)
+    target: Target
+    client: ClientHandle | None = None
+    ringing: bool = False               # a provisional response came: a CANCEL may be sent now (§9.1)
+    cancel_reason: "Reason | None | bool" = False   # False: no CANCEL wanted; else the Reason to send with it
+
+
+class Fork:
+    """A request forwarded on one or more branches (RFC 3261 §16.6-16.7): the client transactions, and the
+    sans-IO `ResponseContext` (forking.py) that says what goes upstream and which branches to CANCEL.
+    `upstream(resp)` gets responses as they came from downstream (the caller strips the proxy's Via)."""
+
+    def __init__(self, core: ProxyCore, branches: list[tuple[Request, Target]], upstream: Callable[[Response], None],
+                 late_2xx: Callable[[Response], None] | None = None) -> None:
+        self.core = core
+        self.branches = [Branch(req, target) for req, target in branches]
+        self.ctx = ResponseContext(branches[0][0].method, len(branches))
+        self.upstream = upstream
+        self.late_2xx = late_2xx
+        self.on_done: Callable[[], None] | None = None
+
+    def start(self) -> None:
+        """Send every branch (§16.6 steps 7-8: Max-Forwards decremented, our Via on top)."""
+        core = self.core
+        for i, b in enumerate(self.branches):
+            mf = b.request.max_forwards
+            b.request.headers.set("Max-Forwards", str((mf if mf is not None else 70) - 1))
+            b.request.headers.prepend("Via", core.via(b.target.transport))
+            b.client = core.send_request(b.request, b.target, on_provisional=lambda r, i=i: self._provisional(i, r))
+            if self.late_2xx is not None:
+                b.client.on_late_2xx = self.late_2xx
+            b.client.future.add_done_callback(lambda fut, i=i: self._final(i, fut))
+
+    def _provisional(self, i: int, resp: Response) -> None:
+        b = self.branches[i]
+        if not b.ringing:
+            b.ringing = True
+            if b.cancel_reason is not False:  # the CANCEL waited for this provisional response (§9.1)
+                self._send_cancel(b)
+        self.run(self.ctx.provisional(i, resp))
+
+    def _final(self, i: int, fut: asyncio.Future) -> None:
+        b = self.branches[i]
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or exc is not None:
+            resp = make_response(b.request, 408, f"Request Timeout (no answer from {b.target.transport}:"
+                                                 f"{b.target.host}:{b.target.port})", to_tag=new_tag())
+        else:
+            resp = fut.result()
+        self.run(self.ctx.final(i, resp))
+        if self.ctx.done and self.on_done is not None:
+            self.on_done()
+            self.on_done = None
+
+    def run(self, actions: list) -> None:
+        """Execute the response context's actions."""
+        for a in actions:
+            if isinstance(a, Relay):
+                self.upstream(a.response)
+            elif isinstance(a, CancelBranches):
+                for i in a.branches:
+                    b = self.branches[i]
+                    b.cancel_reason = a.reason
+                    if b.ringing:
+                        self._send_cancel(b)
+            elif isinstance(a, EndBranch):
+                b = self.branches[a.branch]
+                ack = self.core.end_dialog(b.request, a.response, b.target, a.reason)
+                if b.client is not None and ack is not None:
+                    b.client.ack = ack  # a retransmitted 2xx gets the ACK again, not relayed upstream
+
+    def _send_cancel(self, b: Branch) -> None:
+        if b.client is None or b.client.future.done():
+            return
+        cancel = make_cancel(b.request)
+        if isinstance(b.cancel_reason, Reason):
+            cancel.headers.add("Reason", str(b.cancel_reason))
+        # a device that never answers the CANCEL does not hold the caller: the INVITE client transaction's
+        # Timer B (kept running while it rings, sip/transaction.py) ends the branch with a 408 after 64*T1
+        self.core.send_request(cancel, b.target)
 
 
 class Server:
     """The embedded registrar + proxy + conference focus. `Server().start().result()`, or `with Server() as server:`.
-    `focus_limits=FocusLimits(...)` bounds the focus (conferences, participants, queues, probe interval)."""
+    `focus_limits=FocusLimits(...)` bounds the focus (conferences, participants, queues, probe interval).
+    `offline_limits=OfflineLimits(...)` bounds the messages kept for offline users (per user, in all, bytes,
+    time to live); `OfflineLimits(max_per_user=0)` turns offline delivery off."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, transports: tuple[str, ...] = ("udp", "tcp"),
                  users: dict[str, str] | None = None, realm: str = "notebook_im", min_expires: int = 1,
                  max_expires: int = 7200, timers: Timers = DEFAULT_TIMERS,
                  tls: "tuple[str, str] | ssl.SSLContext | None" = None, tls_port: int = 0,
-                 advertise: tuple[str, int] | None = None, focus_limits: FocusLimits | None = None) -> None:
+                 advertise: tuple[str, int] | None = None, focus_limits: FocusLimits | None = None,
+                 offline_limits: OfflineLimits | None = None) -> None:
         if not isinstance(port, int) or not 0 <= port < 65536:
             raise ValueError(f"port must be an int from 0 (any free port) to 65535, not {port!r}")
         bad = [t for t in transports if t not in ("udp", "tcp")]
@@ -268,13 +459,16 @@ class Server:
             raise ValueError(f"transports must be a tuple of 'udp' and/or 'tcp', not {transports!r}")
         if users is not None and not isinstance(users, dict):
             raise TypeError("users must be a dict of user name -> password, e.g. {'alice': 'secret'}")
+        if offline_limits is not None and not isinstance(offline_limits, OfflineLimits):
+            raise TypeError("offline_limits must be a nim.OfflineLimits(max_per_user=..., max_total=..., ttl=...), "
+                            f"not {type(offline_limits).__name__}")
         self.trace = Trace()
         self.registrar = Registrar(min_expires=min_expires, max_expires=max_expires)
         self.auth = Authenticator(users, realm=realm) if users else None
         tls_ctx = _server_context(tls) if tls is not None else None
         self._core = ProxyCore(host=host, port=port, trace=self.trace, registrar=self.registrar, transports=tuple(transports),
                                auth=self.auth, timers=timers, tls_server=tls_ctx, tls_port=tls_port,
-                               focus_limits=focus_limits)
+                               focus_limits=focus_limits, offline_limits=offline_limits)
         # the UDP address to put in Via and Record-Route when peers reach us through a NAT, port forward or relay
         self._core.advertise = advertise
         self._started = False
@@ -314,7 +508,18 @@ class Server:
 
     @property
     def stats(self) -> dict[str, int]:
-        return dict(self._core.stats)
+        """Counters of the SIP core (received, sent, 400s, drops, ...) and of the offline store, prefixed
+        `offline_`: stored, delivered, expired, rejected (refused for good by the device), refused (store full),
+        duplicates, attempts, and `offline_waiting` (messages kept right now)."""
+        offline = self._core.offline
+        return {**self._core.stats, **{f"offline_{k}": v for k, v in offline.stats.items()},
+                "offline_waiting": len(offline)}
+
+    @property
+    def offline(self) -> dict[str, int]:
+        """Address of record -> messages kept for that offline user (a snapshot taken on the loop thread;
+        expired messages are dropped first)."""
+        return runtime().run_sync(lambda: self._core.offline.snapshot(time.monotonic()))
 
     @property
     def focus(self) -> Focus:
@@ -393,4 +598,4 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-__all__ = ["Server", "USER_AGENT"]
+__all__ = ["OfflineLimits", "Server", "USER_AGENT"]

@@ -101,8 +101,11 @@ def test_unknown_user_404_and_offline_user_480(server, platform):
     carol.disable().result(10)
     assert "sip:carol@example.test" not in server.registrations
     with pytest.raises(nim.RequestFailed) as info:
-        alice.send_message("sip:carol@example.test", "are you there?").result(10)
+        alice.sessions.create("sip:carol@example.test").result(10)
     assert info.value.status == 480
+    # a pager-mode message is kept for her instead (tests/server/test_offline_delivery.py)
+    kept = alice.send_message("sip:carol@example.test", "are you there?").result(10)
+    assert kept.status == 202 and kept.stored
 
 
 def test_reject_invitation(pair):
