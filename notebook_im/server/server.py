@@ -408,9 +408,16 @@ class Fork:
         else:
             resp = fut.result()
         self.run(self.ctx.final(i, resp))
-        if self.ctx.done and self.on_done is not None:
-            self.on_done()
-            self.on_done = None
+        if self.ctx.done:
+            if self.on_done is not None:
+                self.on_done()
+                self.on_done = None
+            # the branches' provisional handlers point back at this fork: drop them so that the fork, its
+            # transactions and messages are freed by reference counting now, not by a garbage-collector pass
+            # (at thousands of relays per second those passes cost as much as the relaying)
+            for b in self.branches:
+                if b.client is not None:
+                    b.client.on_provisional = None
 
     def run(self, actions: list) -> None:
         """Execute the response context's actions."""
