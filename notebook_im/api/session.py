@@ -42,6 +42,7 @@ log = logging.getLogger("notebook_im.session")
 TEXT_TYPES = ("text/plain", "text/html", "text/enriched")
 RING_TIMEOUT = 120.0
 MESSAGE_ATTEMPTS = 2  # a MESSAGE whose transaction timed out is sent once more (same Imdn-Message-ID)
+UNANSWERED_LIMIT = 2  # this many requests in a row without an answer: the other party stopped answering
 REFUSING = (415, 501)  # "I do not take this content / this method": stop sending that kind to this peer
 
 
@@ -188,6 +189,7 @@ class ImSession(EventSource):
         self._receiver = ic.ComposingReceiver()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._refused: set[str] = set()     # content types the peer answered 415/501 to (composing, IMDN)
+        self._unanswered = 0                # our requests in a row that got no answer at all
         self._unread: dict[str, ChatMessage] = {}   # received messages not yet displayed / marked read
         self._seen = RecentIds()
         self.escalated_to: Any = None      # the ConferenceSession this conversation moved to (escalate())
@@ -334,9 +336,17 @@ class ImSession(EventSource):
         if emit:
             self._emit(ParticipantStateChanged(self, p, state, previous, reason, timestamp=now_utc()))
 
+    def _no_answer(self, exc: TransactionTimeout) -> None:
+        """A request of ours got no answer (timeout, or the transport failed). One can be bad luck on a lossy
+        network; `UNANSWERED_LIMIT` in a row (a text and its retry, or a receipt and the next request) means
+        the other party stopped answering."""
+        self._unanswered += 1
+        if self._unanswered >= UNANSWERED_LIMIT:
+            self._participant_lost(exc.method, exc.status, exc.reason)
+
     def _participant_lost(self, method: str, status: int, reason: str) -> None:
-        """The other party stopped answering (timeout, 408, or the transport failed): it is marked
-        DISCONNECTED, saying which request went unanswered, and the session ends without a BYE (RFC 3261
+        """The other party stopped answering (no answer twice in a row, a 408, or the transport failed): it is
+        marked DISCONNECTED, saying which request went unanswered, and the session ends without a BYE (RFC 3261
         §12.2.1.2: a 408 or 481 in a dialog ends it; a BYE would only time out as well)."""
         if self.state is not SessionState.CONNECTED:
             return
@@ -474,6 +484,7 @@ class ImSession(EventSource):
         if not self.acked:  # the MESSAGE overtook the ACK: the caller evidently got our 200
             self.acked = True
             self._connected_by_peer()
+        self._unanswered = 0  # the other party is evidently there
         ct = request.content_type or "text/plain"
         if ct == ic.CONTENT_TYPE:
             try:
@@ -581,8 +592,9 @@ class ImSession(EventSource):
             try:
                 resp = await self.ua.send_in_dialog(self.dialog, "MESSAGE", body=body, content_type=content_type)
             except TransactionTimeout as exc:  # silence, or the transport failed
-                self._participant_lost("MESSAGE", exc.status, exc.reason)
+                self._no_answer(exc)
                 return False
+            self._unanswered = 0
             if resp.status in REFUSING:
                 self._refused.add(kind)
                 log.info("session %s: %s answered %s %s to %s; not sending those any more", self.id, self._remote.uri,
@@ -666,15 +678,17 @@ class ImSession(EventSource):
                 try:
                     resp = await self.ua.send_in_dialog(self.dialog, "MESSAGE", body=body,
                                                         content_type=f"{ct};charset=UTF-8", extra=extra)
-                    status, reason, lost = resp.status, resp.reason, None
+                    status, reason, lost, self._unanswered = resp.status, resp.reason, None, 0
                     break
                 except MessageTooLarge as exc:  # not the peer's fault, and a retry cannot help
                     status, reason = exc.status, exc.reason
                     break
                 except TransactionTimeout as exc:  # retried in a new transaction; the receiver drops a duplicate by id
                     status, reason, lost = exc.status, exc.reason, exc
+                    self._unanswered += 1
+        lost_now = status == 408 or (lost is not None and self._unanswered >= UNANSWERED_LIMIT)
         return self._settle(msg, status, failure_reason(status, reason, len(body)), time.perf_counter() - started,
-                            lost=lost is not None or status == 408)
+                            lost=lost_now)
 
     def _settle(self, msg: ChatMessage, status: int, reason: str, latency: float, *, lost: bool = False) -> MessageDelivered:
         """Record the final outcome of a sent message and emit MessageDelivered / MessageFailed; a failure
