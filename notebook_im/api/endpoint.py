@@ -13,7 +13,6 @@ from ..im import cpim
 from ..im import imdn
 from ..im import iscomposing as ic
 from ..runtime import Operation, runtime
-from ..sip.errors import RemoteProtocolError
 from ..sip.message import Request
 from ..sip.uri import SipUri
 from ..ua import ServerHandle, UserAgent
@@ -229,15 +228,10 @@ class Endpoint(EventSource):
             return 200
         wrapper = None
         if ct in (imdn.CONTENT_TYPE, cpim.CONTENT_TYPE):  # a receipt, or a text in CPIM (linphone's way)
-            try:
-                notification = imdn.unpack(ct, request.body)
-                if notification is not None:
-                    self._receipts.apply(notification, participant, now_utc())
-                    return 200
-                wrapper = cpim.unwrap(request.body)
-            except RemoteProtocolError:
-                return 400
-            ct = wrapper.content_type.split(";")[0].strip().lower()
+            status, wrapper = self._receipts.open(ct, request.body, participant, now_utc())
+            if wrapper is None:
+                return status
+            ct = wrapper.content_type
         if not ct.startswith("text/"):
             return 415
         text = (request.text() if wrapper is None else wrapper.body.decode("utf-8", "replace")).replace("\r\n", "\n")

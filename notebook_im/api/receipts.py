@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..im import cpim
 from ..im import imdn
+from ..sip.errors import RemoteProtocolError
 from ..sip.uri import SipUri
 from .events import MessageDeliveryNotified, MessageDisplayed
 
@@ -101,3 +103,22 @@ class ReceiptBook:
             source._emit(MessageDisplayed(own_session, msg.id, notifier, msg.state, msg.mode, msg.recipient,
                                           timestamp=now))
         return True
+
+    def open(self, content_type: str, body: bytes, notifier: "Participant", now: datetime,
+             session: "ImSession | None" = None) -> tuple[int, cpim.Cpim | None]:
+        """A received message/imdn+xml or message/cpim body: a receipt is applied (`apply`) and answered
+        (200, None); a text in a CPIM wrapper (linphone's way of asking for receipts) comes back as
+        (200, wrapper) for the caller to deliver, its inner Content-Type normalised; a malformed body is
+        (400, None), anything else wrapped (415, None)."""
+        try:
+            notification = imdn.unpack(content_type, body)
+            if notification is not None:
+                self.apply(notification, notifier, now, session)
+                return 200, None
+            wrapped = cpim.unwrap(body)
+        except RemoteProtocolError:
+            return 400, None
+        inner = wrapped.content_type.split(";")[0].strip().lower()
+        if not inner.startswith("text/"):
+            return 415, None
+        return 200, replace(wrapped, content_type=inner)

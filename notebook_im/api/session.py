@@ -504,20 +504,11 @@ class ImSession(EventSource):
         """A receipt (message/imdn+xml, bare or in CPIM), or a text in a CPIM wrapper (linphone's way of
         asking for receipts). The CPIM From is not trusted to name anybody: in a two-party session it is
         the other party."""
-        try:
-            notification = imdn.unpack(ct, request.body)
-            if notification is not None:
-                self.endpoint._receipts.apply(notification, self._remote, now_utc(), session=self)
-                return 200
-            wrapped = cpim.unwrap(request.body)
-        except RemoteProtocolError:
-            return 400
-        inner = wrapped.content_type.split(";")[0].strip().lower()
-        if not inner.startswith("text/"):
-            return 415
-        self._deliver_text(request, inner, mode="session", text=wrapped.body.decode("utf-8", "replace"),
-                           message_id=wrapped.message_id, wrapper=wrapped)
-        return 200
+        status, wrapped = self.endpoint._receipts.open(ct, request.body, self._remote, now_utc(), session=self)
+        if wrapped is not None:
+            self._deliver_text(request, wrapped.content_type, mode="session", text=wrapped.body.decode("utf-8", "replace"),
+                               message_id=wrapped.message_id, wrapper=wrapped)
+        return status
 
     def _deliver_text(self, request: Request, ct: str, *, mode: str, participant: Participant | None = None,
                       text: str | None = None, message_id: str | None = None, wrapper: cpim.Cpim | None = None) -> None:

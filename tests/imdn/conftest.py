@@ -1,15 +1,15 @@
-"""Fixtures of the receipt tests: two endpoints on the embedded server with a connected session, and SIPp."""
+"""Fixtures of the receipt tests: two endpoints on the embedded server with a connected session; SIPp's
+fixtures come from tests/interop/conftest.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 import notebook_im as nim
 from tests.helpers import accept_all, wait_for
-from tests.interop.interop_support import Sipp, SippServer, require
+from tests.interop.conftest import sipp, sipp_servers  # noqa: F401 - the SIPp fixtures, shared
 
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
 
@@ -36,18 +36,3 @@ def pair(server: nim.Server, platform: nim.Platform) -> Pair:
     session = alice.sessions.create("sip:bob@example.test").result(10)
     wait_for(lambda: accepted and accepted[0].state is nim.SessionState.CONNECTED, 5, "bob's side connected")
     return Pair(alice, bob, session, accepted[0])
-
-
-@pytest.fixture
-def sipp(tmp_path: Path) -> Sipp:
-    """Bounded SIPp command lines, logs in tmp_path (tests/interop/interop_support.py)."""
-    return Sipp(tmp_path, require("sipp"))
-
-
-@pytest.fixture
-def sipp_servers() -> Iterator[list[SippServer]]:
-    """SIPp servers a test starts, stopped even if it fails."""
-    servers: list[SippServer] = []
-    yield servers
-    for s in servers:
-        s.process.stop()

@@ -201,3 +201,25 @@ def test_chat_message_state_defaults_follow_status() -> None:
     states = [ChatMessage("i", "out", "a", "b", "t", "text/plain", now, s).state
               for s in ("sending", "delivered", "failed", "received")]
     assert states == ["sending", "sent", "failed", "received"]
+
+
+def test_cpim_text_in_a_session_asks_for_receipts(pair: Pair, platform: nim.Platform) -> None:
+    """linphone's form in session mode: the text inside message/cpim, the request in CPIM headers."""
+    from notebook_im.im import cpim
+    from notebook_im.runtime import runtime
+    body = cpim.wrap(pair.alice.uri, pair.bob.uri, "wrapped hello".encode(), "text/plain;charset=UTF-8",
+                     message_id="cpim-1").replace(b"imdn.Message-ID: cpim-1\r\n",
+                                                  b"imdn.Message-ID: cpim-1\r\nimdn.Disposition-Notification: display\r\n")
+    got = pair.bob.events(nim.MessageReceived)
+    resp = runtime().submit(pair.session.ua.send_in_dialog(pair.session.dialog, "MESSAGE", body=body,
+                                                           content_type="message/cpim"), "cpim").result(10)
+    assert resp.status == 200
+    msg = got.get(5)
+    assert (msg.text, msg.message_id, msg.content_type, msg.session) == ("wrapped hello", "cpim-1", "text/plain",
+                                                                         pair.bob_session)
+    assert pair.bob_session.messages[-1].requested == {"display"}     # display only: no delivery receipt
+    time.sleep(0.2)
+    assert receipts_sent(platform, pair.bob.uri) == []
+    assert pair.bob_session.mark_read().result(5) == 1
+    wait_for(lambda: receipts_sent(platform, pair.bob.uri, "display"), 5, "the display receipt")
+    assert "<message-id>cpim-1</message-id>" in receipts_sent(platform, pair.bob.uri, "display")[0]
