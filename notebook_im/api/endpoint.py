@@ -68,6 +68,9 @@ class Endpoint(EventSource):
         # pager-mode messages received and not yet marked read: id -> (sender URI, what they asked for)
         self._pager_unread: OrderedDict[str, tuple[str, imdn.Request | None]] = OrderedDict()
         self._pager_refused: OrderedDict[str, None] = OrderedDict()  # peers that answered 415/501 to a receipt
+        # pager-mode composing (RFC 3994 §4) per sender: shown until idle, a text, or the refresh window lapses
+        self._pager_composing: dict[str, tuple[ic.ComposingReceiver, Participant]] = {}
+        self._pager_timers: dict[str, asyncio.TimerHandle] = {}
 
     # -- properties ------------------------------------------------------------------------------------
     @property
@@ -121,6 +124,8 @@ class Endpoint(EventSource):
         if self.state in (EndpointState.DISABLED, EndpointState.DISABLING):
             return
         self._set_state(EndpointState.DISABLING)
+        for uri in list(self._pager_timers):
+            self._cancel_pager_timer(uri)
         if self._ua.closed:  # the sockets are gone already (a simulated crash): nothing to tell anybody
             for s in list(self.sessions.sessions):
                 s._finish("endpoint disabled", None)
@@ -223,8 +228,13 @@ class Endpoint(EventSource):
                 indication = ic.parse(request.body)
             except Exception:  # noqa: BLE001 - RemoteProtocolError: answer 400
                 return 400
-            participant.composing = indication.state is ic.ComposingState.ACTIVE
-            self._emit(ComposingChanged(None, participant, participant.composing, timestamp=now_utc()))
+            receiver = self._pager_composing.get(participant.uri, (None, None))[0]
+            if receiver is None:
+                if len(self._pager_composing) >= DEFAULT_SIZE:
+                    return 200   # bounded: that many people typing at us at once is a flood, not a chat
+                receiver = ic.ComposingReceiver()
+            self._pager_composing[participant.uri] = (receiver, participant)
+            self._run_pager_receiver(participant.uri, receiver.indication(indication, time.monotonic()))
             return 200
         wrapper = None
         if ct in (imdn.CONTENT_TYPE, cpim.CONTENT_TYPE):  # a receipt, or a text in CPIM (linphone's way)
@@ -234,6 +244,9 @@ class Endpoint(EventSource):
             ct = wrapper.content_type
         if not ct.startswith("text/"):
             return 415
+        composing = self._pager_composing.get(participant.uri)
+        if composing is not None:   # a text ends the sender's composing (RFC 3994 §4)
+            self._run_pager_receiver(participant.uri, composing[0].message_received(time.monotonic()))
         text = (request.text() if wrapper is None else wrapper.body.decode("utf-8", "replace")).replace("\r\n", "\n")
         header_id = (wrapper.message_id if wrapper is not None else None) or request.headers.get("Imdn-Message-ID")
         if header_id and self._seen_pager.seen(f"{participant.uri} {header_id}"):
@@ -249,6 +262,29 @@ class Endpoint(EventSource):
         if wanted is not None and wanted.delivery:
             asyncio.ensure_future(self._pager_notify(participant.uri, wanted, imdn.DELIVERY, "delivered"))
         return 200
+
+    def _run_pager_receiver(self, uri: str, actions: list) -> None:
+        """Carry out a pager-mode composing receiver's actions for sender `uri` (its refresh-window timer and
+        ComposingChanged); a sender back to idle is forgotten."""
+        receiver, participant = self._pager_composing[uri]
+        for a in actions:
+            if isinstance(a, ic.SetTimer):
+                self._cancel_pager_timer(uri)
+                self._pager_timers[uri] = asyncio.get_running_loop().call_later(
+                    a.delay, lambda n=a.name: self._run_pager_receiver(uri, receiver.timer(n, time.monotonic())))
+            elif isinstance(a, ic.CancelTimer):
+                self._cancel_pager_timer(uri)
+            elif isinstance(a, ic.Changed):
+                participant.composing = a.composing
+                self._emit(ComposingChanged(None, participant, a.composing, timestamp=now_utc()))
+        if not receiver.composing:
+            self._cancel_pager_timer(uri)
+            del self._pager_composing[uri]
+
+    def _cancel_pager_timer(self, uri: str) -> None:
+        timer = self._pager_timers.pop(uri, None)
+        if timer is not None:
+            timer.cancel()
 
     def on_invite(self, request: Request, handle: ServerHandle) -> None:
         """Called by the user agent for a new INVITE: hands it to the session manager (480 while disabled)."""

@@ -106,3 +106,24 @@ def test_transport_failure_marks_the_participant_disconnected() -> None:
         assert ended[0].status == 503 and session.state is nim.SessionState.DISCONNECTED
     finally:
         platform.shutdown()
+
+
+def test_pager_mode_composing_clears_too(platform: nim.Platform) -> None:
+    """Out of dialog the same holds: `active` with refresh=1 from a sender that then goes quiet ends after the
+    window; a text from a sender who is typing ends it at once (RFC 3994 §4)."""
+    from .test_receipts import raw_message
+    bob = platform.endpoint(f"sip:bob@{HOST}", server=None).result(10)
+    changes = bob.events(nim.ComposingChanged)
+    active = (b'<?xml version="1.0" encoding="UTF-8"?>\n<isComposing xmlns="urn:ietf:params:xml:ns:im-iscomposing">'
+              b"<state>active</state><refresh>1</refresh></isComposing>")
+    assert raw_message(bob, "sip:ghost@example.test", "application/im-iscomposing+xml", active).startswith(b"SIP/2.0 200")
+    on = changes.get(5)
+    off = changes.get(5)
+    assert (on.composing, off.composing, on.session, off.participant.uri) == (True, False, None, "sip:ghost@example.test")
+    assert 0.9 <= (off.timestamp - on.timestamp).total_seconds() <= 2.0
+    raw_message(bob, "sip:typist@example.test", "application/im-iscomposing+xml", active.replace(b">1<", b">60<"))
+    assert changes.get(5).composing is True
+    raw_message(bob, "sip:typist@example.test", "text/plain", b"done typing")
+    cleared = changes.get(5)
+    assert (cleared.composing, cleared.participant.uri) == (False, "sip:typist@example.test")
+    assert bob._pager_composing == {} and bob._pager_timers == {}     # nobody typing: nothing remembered
