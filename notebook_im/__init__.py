@@ -13,17 +13,17 @@ from .api.emitter import EventStream, Subscription
 from .api.conference import ConferenceSession
 from .api.endpoint import Endpoint
 from .api.events import (
-    ComposingChanged, EndpointState, EndpointStateChanged, Event, IncomingSession, MessageDelivered, MessageFailed,
-    MessageReceived, MessageSending, ParticipantAdded, ParticipantRemoved, ParticipantState, ParticipantStateChanged, SessionState,
-    SessionStateChanged, SessionTerminated,
+    ComposingChanged, EndpointState, EndpointStateChanged, Event, IncomingSession, MessageDelivered,
+    MessageDeliveryNotified, MessageDisplayed, MessageFailed, MessageReceived, MessageSending, ParticipantAdded,
+    ParticipantRemoved, ParticipantState, ParticipantStateChanged, SessionState, SessionStateChanged, SessionTerminated,
 )
 from .api.manager import SessionManager
 from .api.participant import Participant
 from .api.platform import Platform
 from .api.session import ChatMessage, ImSession
 from .errors import (
-    ConferenceRequired, InvalidState, NotebookImError, RemoteProtocolError, RequestFailed, TransactionTimeout,
-    TransportError,
+    ConferenceRequired, InvalidState, MessageTooLarge, NotebookImError, RemoteProtocolError, RequestFailed,
+    TransactionTimeout, TransportError,
 )
 from .runtime import DeadlockError, Operation
 from .net.impairment import Impairment
@@ -64,7 +64,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "ChatMessage", "ComposingChanged", "ConferenceRequired", "ConferenceSession", "FocusLimits", "DeadlockError", "Endpoint", "EndpointState",
     "EndpointStateChanged", "Event", "EventStream", "Impairment", "ImSession", "IncomingSession", "InvalidState", "MessageDelivered",
-    "MessageFailed", "MessageReceived", "MessageSending", "NotebookImError", "OfflineLimits", "Operation", "Participant", "ParticipantAdded",
+    "MessageDeliveryNotified", "MessageDisplayed", "MessageFailed", "MessageTooLarge", "MessageReceived", "MessageSending", "NotebookImError", "OfflineLimits", "Operation", "Participant", "ParticipantAdded",
     "ParticipantRemoved", "ParticipantState", "ParticipantStateChanged", "Platform", "RemoteProtocolError",
     "RequestFailed", "Server", "SessionManager", "SessionState", "SessionStateChanged", "SessionTerminated",
     "Subscription", "Timers", "Trace", "TransactionTimeout", "TransportError", "UdpRelay", "__version__",

@@ -42,6 +42,12 @@ class TransportError(TransactionTimeout):
         self.args = (f"{method}{' to ' + target if target else ''} failed: {detail}",)
 
 
+class MessageTooLarge(TransportError):
+    """A request too large for UDP (RFC 3261 §18.1.1: over 1300 bytes, within 200 bytes of a 1500-byte MTU)
+    could not go over TCP either (connection refused). The text says both; send over TCP (`transport="tcp"`)
+    to a peer that listens on it, or send a shorter message."""
+
+
 class ConferenceRequired(NotebookImError):
     """A peer-to-peer IM session has exactly two parties; three or more need a conference."""
 
@@ -51,6 +57,6 @@ class InvalidState(NotebookImError):
 
 
 __all__ = [
-    "ConferenceRequired", "InvalidState", "LocalProtocolError", "NotebookImError", "RemoteProtocolError",
+    "ConferenceRequired", "InvalidState", "LocalProtocolError", "MessageTooLarge", "NotebookImError", "RemoteProtocolError",
     "RequestFailed", "SipError", "TransactionTimeout", "TransportError",
 ]

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from .errors import RequestFailed, TransactionTimeout, TransportError
+from .errors import MessageTooLarge, RequestFailed, TransactionTimeout, TransportError
 from .net.impairment import Impairment
 from .net.transport import Target, TransportLayer
 from .sip import digest, sdp
@@ -41,7 +41,10 @@ log = logging.getLogger("notebook_im.ua")
 USER_AGENT = "notebook_im/0.1"
 ALLOW = "INVITE, ACK, CANCEL, BYE, MESSAGE, OPTIONS, NOTIFY"
 ACCEPT = ("application/sdp, text/plain, text/html, text/enriched, application/im-iscomposing+xml, message/cpim, "
-          "application/conference-info+xml")
+          "message/imdn+xml, application/conference-info+xml")
+# RFC 3261 §18.1.1: a request within 200 bytes of the path MTU (1500 for Ethernet), or larger than 1300 bytes
+# when the MTU is unknown, must go over a congestion-controlled transport (TCP) instead of UDP
+UDP_MAX_REQUEST = 1300
 
 
 def resolve_host(host: str) -> str:
@@ -651,16 +654,41 @@ class UserAgent(CancelAware, SipCore):
     def _target_for(self, request: Request) -> Target:
         return request_target(request)
 
+    def _congestion_safe(self, request: Request) -> tuple[Target | None, int]:
+        """RFC 3261 §18.1.1: a request over `UDP_MAX_REQUEST` bytes that would go over UDP goes over TCP to the
+        same host and port instead (servers listen on both; the top Via says TCP). Returns the TCP target
+        (None: send as usual) and the request's size."""
+        target = self._target_for(request)
+        if target.transport != "udp":
+            return None, 0
+        size = len(bytes(request))
+        if size <= UDP_MAX_REQUEST:
+            return None, size
+        vias = request.headers.get_all("Via")
+        vias[0] = self.via("tcp", branch=request.top_via.branch)
+        request.headers.set_all("Via", vias)
+        return Target("tcp", target.host, target.port), size
+
     # -- requests with authentication ---------------------------------------------------------------
     async def send_authenticated(self, request: Request, *, on_provisional: Callable[[Response], None] | None = None,
                                  on_handle: Callable[[ClientHandle], None] | None = None) -> tuple[Request, Response]:
-        """Send `request`; answer up to two digest challenges; return the request finally sent and the final response."""
+        """Send `request`; answer up to two digest challenges; return the request finally sent and the final response.
+        A request too large for UDP goes over TCP; if TCP is refused, MessageTooLarge (a TransportError) says so."""
         self._apply_cached_auth(request)
         for attempt in range(3):
-            handle = self.send_request(request, on_provisional=on_provisional)
+            tcp, size = self._congestion_safe(request)
+            handle = self.send_request(request, tcp, on_provisional=on_provisional)
             if on_handle is not None:
                 on_handle(handle)
-            response = await handle.future
+            try:
+                response = await handle.future
+            except TransportError as exc:
+                if tcp is None:
+                    raise
+                raise MessageTooLarge(request.method, str(request.uri), (
+                    f"the {request.method} is {size:,} bytes, too large for UDP (RFC 3261 §18.1.1 sends requests over "
+                    f"{UDP_MAX_REQUEST} bytes over TCP), and TCP to {tcp.host}:{tcp.port} was unavailable: {exc.reason}"
+                )) from None
             if response.status not in (401, 407) or self.credentials is None or attempt == 2:
                 return request, response
             challenge = _pick_challenge(response)

@@ -128,6 +128,7 @@ class ConferenceSession(ImSession):
     """
 
     _accept_types = CONFERENCE_ACCEPT_TYPES
+    _receipts = False   # RFC 5438 receipts through the focus are not implemented: the focus relays none
 
     def __init__(self, manager: "SessionManager", conference_uri: str | None, *, incoming: bool,
                  history: list | None = None, escalated_from: ImSession | None = None,

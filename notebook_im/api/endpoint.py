@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidState, RequestFailed, TransactionTimeout
+from ..errors import InvalidState, MessageTooLarge, RequestFailed, TransactionTimeout
+from ..im import cpim
+from ..im import imdn
 from ..im import iscomposing as ic
 from ..runtime import Operation, runtime
 from ..sip.date import parse_date
@@ -16,20 +19,32 @@ from ..sip.uri import SipUri
 from ..ua import ServerHandle, UserAgent
 from .emitter import EventSource
 from .events import (
-    ComposingChanged, EndpointState, EndpointStateChanged, MessageDelivered, MessageFailed, MessageReceived, MessageSending,
+    ComposingChanged, EndpointState, EndpointStateChanged, MessageDelivered, MessageReceived, MessageSending,
 )
 from .manager import SessionManager, parse_remote_uri
 from .participant import Participant
-from .session import MESSAGE_ATTEMPTS, RecentIds, check_content_type, now_utc, wire_text
+from .receipts import DEFAULT_SIZE, NOTIFICATION_CONTENT_TYPE, ReceiptBook, notification_body
+from .session import (
+    MESSAGE_ATTEMPTS, REFUSING, ChatMessage, RecentIds, check_content_type, check_message_ids, failure_reason, now_utc,
+    settle, wire_text,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .platform import Platform
 
 DISABLE_STEP_TIMEOUT = 3.0  # seconds for each BYE / un-REGISTER while disabling
 
+log = logging.getLogger("notebook_im.endpoint")
+
 
 class Endpoint(EventSource):
-    """A SIP identity (`uri`) with its user agent, registration and session manager (`.sessions`)."""
+    """A SIP identity (`uri`) with its user agent, registration and session manager (`.sessions`).
+
+    Receipts (RFC 5438): `request_receipts` (default True) asks for delivery and display notifications on
+    every message sent; `send_receipts` (default True) answers such requests: "delivered" as a message
+    arrives, "displayed" when it is shown or marked read. Set `send_receipts = False` to keep what you have
+    read to yourself.
+    """
 
     def __init__(self, platform: "Platform", uri: SipUri, *, server: SipUri | None, transport: str, local_host: str,
                  local_port: int, username: str | None, password: str | None, display_name: str | None,
@@ -48,6 +63,15 @@ class Endpoint(EventSource):
         self.sessions = SessionManager(self)
         self.pager_messages: deque[Any] = deque(maxlen=10_000)  # recent pager-mode MessageReceived events
         self._seen_pager = RecentIds()
+        self.request_receipts = True
+        self.send_receipts = True
+        self._receipts = ReceiptBook()
+        # pager-mode messages received and not yet marked read: id -> (sender URI, what they asked for)
+        self._pager_unread: OrderedDict[str, tuple[str, imdn.Request | None]] = OrderedDict()
+        self._pager_refused: OrderedDict[str, None] = OrderedDict()  # peers that answered 415/501 to a receipt
+        # pager-mode composing (RFC 3994 §4) per sender: shown until idle, a text, or the refresh window lapses
+        self._pager_composing: dict[str, tuple[ic.ComposingReceiver, Participant]] = {}
+        self._pager_timers: dict[str, asyncio.TimerHandle] = {}
 
     # -- properties ------------------------------------------------------------------------------------
     @property
@@ -101,6 +125,8 @@ class Endpoint(EventSource):
         if self.state in (EndpointState.DISABLED, EndpointState.DISABLING):
             return
         self._set_state(EndpointState.DISABLING)
+        for uri in list(self._pager_timers):
+            self._cancel_pager_timer(uri)
         if self._ua.closed:  # the sockets are gone already (a simulated crash): nothing to tell anybody
             for s in list(self.sessions.sessions):
                 s._finish("endpoint disabled", None)
@@ -139,27 +165,61 @@ class Endpoint(EventSource):
         return runtime().submit(self._send_pager(target, text, ct), f"send_message({to!r})")
 
     async def _send_pager(self, to: SipUri, text: str, ct: str) -> MessageDelivered:
-        msg_id = secrets.token_hex(6)
-        sent_at = now_utc()
-        self._emit(MessageSending(None, msg_id, text, ct, "pager", str(to), timestamp=sent_at))
+        msg = ChatMessage(secrets.token_hex(6), "out", self.uri, str(to), text, ct, now_utc(), "sending", "pager")
+        extra = {"Imdn-Message-ID": msg.id}
+        if self.request_receipts:
+            extra = imdn.request_headers(msg.id, msg.timestamp)
+            msg.requested = frozenset(imdn.REQUESTED)
+            self._receipts.track(msg, self)
+        self._emit(MessageSending(None, msg.id, text, ct, "pager", str(to), timestamp=msg.timestamp))
         started = time.perf_counter()
+        body = wire_text(text)
         status, reason = 408, "not sent"
         for _attempt in range(MESSAGE_ATTEMPTS):
             try:
-                resp = await self._ua.send_message(to, wire_text(text), f"{ct};charset=UTF-8",
-                                                   extra={"Imdn-Message-ID": msg_id})
+                resp = await self._ua.send_message(to, body, f"{ct};charset=UTF-8", extra=extra)
                 status, reason = resp.status, resp.reason
+                break
+            except MessageTooLarge as exc:  # a retry cannot help
+                status, reason = exc.status, exc.reason
                 break
             except TransactionTimeout as exc:  # retried once; the receiver drops a duplicate by id
                 status, reason = exc.status, exc.reason
-        latency = time.perf_counter() - started
-        if 200 <= status < 300:
-            event = MessageDelivered(None, msg_id, text, ct, status, reason, latency, "pager", str(to), sent_at,
-                                     timestamp=now_utc(), stored=status == 202)
-            self._emit(event)
+        event = settle(msg, None, status, failure_reason(status, reason, len(body)), time.perf_counter() - started)
+        self._emit(event)
+        if isinstance(event, MessageDelivered):
             return event
-        self._emit(MessageFailed(None, msg_id, text, ct, status, reason, "pager", str(to), sent_at, timestamp=now_utc()))
-        raise RequestFailed("MESSAGE", status, reason, str(to))
+        raise RequestFailed("MESSAGE", status, event.reason, str(to))
+
+    def mark_read(self, message_ids: "list[str] | None" = None) -> Operation[int]:
+        """Pager mode's `session.mark_read()`: the user has seen the pager-mode messages received (all, or
+        those with these ids); a display notification goes to each sender that asked for one. Resolves with
+        the number of messages newly marked."""
+        return runtime().submit(self._mark_read(check_message_ids(message_ids)), "mark_read()")
+
+    async def _mark_read(self, ids: set[str] | None) -> int:
+        chosen = list(self._pager_unread) if ids is None else [i for i in self._pager_unread if i in ids]
+        for msg_id in chosen:
+            sender, wanted = self._pager_unread.pop(msg_id)
+            if wanted is not None and wanted.display:
+                await self._pager_notify(sender, wanted, imdn.DISPLAY_KIND, "displayed")
+        return len(chosen)
+
+    async def _pager_notify(self, peer: str, wanted: imdn.Request, kind: str, status: str) -> None:
+        """Send one notification out of dialog (RFC 5438's way in pager mode). A peer that answers 415/501
+        gets no more; a lost notification is not retried (it is only a receipt)."""
+        if not self.send_receipts or peer in self._pager_refused:
+            return
+        body = notification_body(wanted.message_id, wanted.datetime, kind, status, self.uri, peer, now_utc())
+        try:
+            resp = await self._ua.send_message(SipUri.parse(peer), body, NOTIFICATION_CONTENT_TYPE)
+        except TransactionTimeout:
+            return
+        if resp.status in REFUSING:
+            log.info("%s: %s answered %s %s to a receipt; not sending it any more", self.uri, peer, resp.status, resp.reason)
+            self._pager_refused[peer] = None
+            if len(self._pager_refused) > DEFAULT_SIZE:
+                self._pager_refused.popitem(last=False)
 
     # -- UAListener (loop thread) ------------------------------------------------------------------------
     def on_pager_message(self, request: Request) -> int:
@@ -172,21 +232,64 @@ class Endpoint(EventSource):
                 indication = ic.parse(request.body)
             except Exception:  # noqa: BLE001 - RemoteProtocolError: answer 400
                 return 400
-            participant.composing = indication.state is ic.ComposingState.ACTIVE
-            self._emit(ComposingChanged(None, participant, participant.composing, timestamp=now_utc()))
+            receiver = self._pager_composing.get(participant.uri, (None, None))[0]
+            if receiver is None:
+                if len(self._pager_composing) >= DEFAULT_SIZE:
+                    return 200   # bounded: that many people typing at us at once is a flood, not a chat
+                receiver = ic.ComposingReceiver()
+            self._pager_composing[participant.uri] = (receiver, participant)
+            self._run_pager_receiver(participant.uri, receiver.indication(indication, time.monotonic()))
             return 200
+        wrapper = None
+        if ct in (imdn.CONTENT_TYPE, cpim.CONTENT_TYPE):  # a receipt, or a text in CPIM (linphone's way)
+            status, wrapper = self._receipts.open(ct, request.body, participant, now_utc())
+            if wrapper is None:
+                return status
+            ct = wrapper.content_type
         if not ct.startswith("text/"):
             return 415
-        text = request.text().replace("\r\n", "\n")
-        header_id = request.headers.get("Imdn-Message-ID")
+        composing = self._pager_composing.get(participant.uri)
+        if composing is not None:   # a text ends the sender's composing (RFC 3994 §4)
+            self._run_pager_receiver(participant.uri, composing[0].message_received(time.monotonic()))
+        text = (request.text() if wrapper is None else wrapper.body.decode("utf-8", "replace")).replace("\r\n", "\n")
+        header_id = (wrapper.message_id if wrapper is not None else None) or request.headers.get("Imdn-Message-ID")
         if header_id and self._seen_pager.seen(f"{participant.uri} {header_id}"):
             return 200  # a retry of a message we already delivered
         msg_id = header_id or secrets.token_hex(6)
         event = MessageReceived(None, participant, text, ct, msg_id, "pager", self.uri, timestamp=now_utc(),
                                 sent_at=parse_date(request.headers.get("Date")))
         self.pager_messages.append(event)
+        wanted = imdn.requested(request.headers, wrapper)
+        self._pager_unread[msg_id] = (participant.uri, wanted)
+        if len(self._pager_unread) > DEFAULT_SIZE:
+            self._pager_unread.popitem(last=False)
         self._emit(event)
+        if wanted is not None and wanted.delivery:
+            asyncio.ensure_future(self._pager_notify(participant.uri, wanted, imdn.DELIVERY, "delivered"))
         return 200
+
+    def _run_pager_receiver(self, uri: str, actions: list) -> None:
+        """Carry out a pager-mode composing receiver's actions for sender `uri` (its refresh-window timer and
+        ComposingChanged); a sender back to idle is forgotten."""
+        receiver, participant = self._pager_composing[uri]
+        for a in actions:
+            if isinstance(a, ic.SetTimer):
+                self._cancel_pager_timer(uri)
+                self._pager_timers[uri] = asyncio.get_running_loop().call_later(
+                    a.delay, lambda n=a.name: self._run_pager_receiver(uri, receiver.timer(n, time.monotonic())))
+            elif isinstance(a, ic.CancelTimer):
+                self._cancel_pager_timer(uri)
+            elif isinstance(a, ic.Changed):
+                participant.composing = a.composing
+                self._emit(ComposingChanged(None, participant, a.composing, timestamp=now_utc()))
+        if not receiver.composing:
+            self._cancel_pager_timer(uri)
+            del self._pager_composing[uri]
+
+    def _cancel_pager_timer(self, uri: str) -> None:
+        timer = self._pager_timers.pop(uri, None)
+        if timer is not None:
+            timer.cancel()
 
     def on_invite(self, request: Request, handle: ServerHandle) -> None:
         """Called by the user agent for a new INVITE: hands it to the session manager (480 while disabled)."""

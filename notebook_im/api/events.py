@@ -5,6 +5,7 @@
 | `_IUccSessionManagerEvents.OnIncomingSession` | `IncomingSession` (`.accept()`, `.reject(code)`) |
 | `OnInstantMessageReceived` | `MessageReceived` |
 | `OnSendMessage` | `MessageDelivered` / `MessageFailed` |
+| (RFC 5438 receipts, no UCCAPI counterpart) | `MessageDeliveryNotified` / `MessageDisplayed` |
 | `OnComposing` / `OnIdle` | `ComposingChanged(composing=True/False)` |
 | `OnAddParticipant` / `OnRemoveParticipant` | `ParticipantAdded` / `ParticipantRemoved` |
 | participant `OnStateChanged` | `ParticipantStateChanged` |
@@ -111,6 +112,10 @@ class MessageSending(Event):
 
 @dataclass(frozen=True)
 class MessageDelivered(Event):
+    """A sent message got a 2xx (UCCAPI `OnSendMessage` success): the server or the peer took it. Whether
+    it reached the recipient's device and was seen is what the receipts say (`state`, MessageDeliveryNotified,
+    MessageDisplayed)."""
+
     session: "ImSession | None"
     message_id: str
     text: str
@@ -121,6 +126,7 @@ class MessageDelivered(Event):
     mode: str = "session"
     recipient: str = ""
     sent_at: datetime | None = None
+    state: str = "sent"             # the message's state now: "sent", or "delivered"/"displayed" if a receipt overtook the 200
     # 202 Accepted: the server keeps the message for a recipient who is offline and delivers it when they
     # register again; it has not reached them yet (`status` is 202, `reason` says so)
     stored: bool = False
@@ -128,6 +134,8 @@ class MessageDelivered(Event):
 
 @dataclass(frozen=True)
 class MessageFailed(Event):
+    """A sent message got an error response or none at all; `status` and `reason` say which."""
+
     session: "ImSession | None"
     message_id: str
     text: str
@@ -137,6 +145,35 @@ class MessageFailed(Event):
     mode: str = "session"
     recipient: str = ""
     sent_at: datetime | None = None
+    state: str = "failed"           # "failed", or "delivered"/"displayed" if a receipt proved it arrived anyway
+
+
+@dataclass(frozen=True)
+class MessageDeliveryNotified(Event):
+    """The recipient's device answered a message's delivery-notification request (RFC 5438): `disposition`
+    is "delivered" (it arrived), "failed", "forbidden" (their policy withholds receipts) or "error".
+    `state` is the message's state afterwards ("delivered", or unchanged)."""
+
+    session: "ImSession | None"     # None in pager mode
+    message_id: str
+    participant: "Participant"      # who sent the notification (the message's recipient)
+    disposition: str
+    state: str
+    mode: str = "session"
+    recipient: str = ""
+
+
+@dataclass(frozen=True)
+class MessageDisplayed(Event):
+    """The recipient has seen a message we sent (an RFC 5438 display notification: their chat panel showed
+    it, or they called `session.mark_read()`). `state` is "displayed"."""
+
+    session: "ImSession | None"     # None in pager mode
+    message_id: str
+    participant: "Participant"
+    state: str = "displayed"
+    mode: str = "session"
+    recipient: str = ""
 
 
 @dataclass(frozen=True)
@@ -160,10 +197,14 @@ class ParticipantRemoved(Event):
 
 @dataclass(frozen=True)
 class ParticipantStateChanged(Event):
+    """A participant moved to `state`. `reason` says why when it is not the session's own doing (a
+    participant that stopped answering is DISCONNECTED with the failed request in `reason`)."""
+
     session: "ImSession"
     participant: "Participant"
     state: ParticipantState
     previous: ParticipantState
+    reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ and a chat must not arrive shuffled.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections import deque
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConferenceRequired, InvalidState, RequestFailed, TransactionTimeout
+from ..errors import ConferenceRequired, InvalidState, MessageTooLarge, RequestFailed, TransactionTimeout
+from ..im import cpim
+from ..im import imdn
 from ..im import iscomposing as ic
 from ..runtime import Operation, runtime
 from ..sip.dialog import Dialog
@@ -30,14 +33,19 @@ from .events import (
     ParticipantState, ParticipantStateChanged, SessionState, SessionStateChanged, SessionTerminated,
 )
 from .participant import Participant
+from .receipts import NOTIFICATION_CONTENT_TYPE, notification_body
 
 if TYPE_CHECKING:  # pragma: no cover
     from .manager import SessionManager
+
+log = logging.getLogger("notebook_im.session")
 
 TEXT_TYPES = ("text/plain", "text/html", "text/enriched")
 RING_TIMEOUT = 120.0
 ANSWERED_ELSEWHERE = "answered elsewhere"   # SessionTerminated.reason when another device of the user answered
 MESSAGE_ATTEMPTS = 2  # a MESSAGE whose transaction timed out is sent once more (same Imdn-Message-ID)
+UNANSWERED_LIMIT = 2  # this many requests in a row without an answer: the other party stopped answering
+REFUSING = (415, 501)  # "I do not take this content / this method": stop sending that kind to this peer
 
 
 class RecentIds:
@@ -68,6 +76,43 @@ def wire_text(text: str) -> bytes:
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n").encode("utf-8")
 
 
+def failure_reason(status: int, reason: str, size: int) -> str:
+    """The reason a failed MESSAGE reports: the SIP reason phrase, spelled out where the phrase alone would
+    leave the user guessing (413: the server's size limit)."""
+    if status == 413:
+        return (f"{reason or 'Request Entity Too Large'}: the server refuses messages this large (this one is "
+                f"{size:,} bytes); send a shorter message or split it")
+    return reason
+
+
+def check_message_ids(message_ids: Any) -> set[str] | None:
+    """`mark_read()`'s argument: None (all) or a list of message ids, with an error that says so otherwise."""
+    if message_ids is None:
+        return None
+    if isinstance(message_ids, str) or not hasattr(message_ids, "__iter__") or \
+            not all(isinstance(i, str) for i in message_ids):
+        raise TypeError("mark_read() takes a list of message ids (ChatMessage.id / MessageReceived.message_id), "
+                        f"or nothing for all of them; not {message_ids!r}")
+    return set(message_ids)
+
+
+def settle(msg: "ChatMessage", session: "ImSession | None", status: int, reason: str,
+           latency: float) -> MessageDelivered | MessageFailed:
+    """Record the final response of a sent message on `msg` (status, state through the IMDN table) and
+    return the event that reports it (session mode or pager mode: `session` None)."""
+    msg.sip_status, msg.reason = status, reason
+    if 200 <= status < 300:
+        msg.status, msg.delivered_at = "delivered", now_utc()
+        msg.state = imdn.advance(msg.state, imdn.Input.RESPONSE_2XX).value
+        return MessageDelivered(session, msg.id, msg.text, msg.content_type, status, reason, latency, msg.mode,
+                                msg.recipient, msg.timestamp, msg.state, timestamp=msg.delivered_at,
+                                stored=status == 202)
+    msg.status = "failed"
+    msg.state = imdn.advance(msg.state, imdn.Input.RESPONSE_ERROR).value
+    return MessageFailed(session, msg.id, msg.text, msg.content_type, status, reason, msg.mode, msg.recipient,
+                         msg.timestamp, msg.state, timestamp=now_utc())
+
+
 def check_content_type(content_type: str) -> str:
     ct = (content_type or "").split(";")[0].strip().lower()
     if ct not in TEXT_TYPES:
@@ -75,9 +120,19 @@ def check_content_type(content_type: str) -> str:
     return ct
 
 
+_STATE_OF_STATUS = {"sending": "sending", "delivered": "sent", "failed": "failed", "received": "received"}
+
+
 @dataclass
 class ChatMessage:
-    """One IM message of a conversation, sent or received, with its delivery state."""
+    """One IM message of a conversation, sent or received, with its delivery state.
+
+    `status` is the SIP outcome (UCCAPI `OnSendMessage`): "sending", "delivered" (a 2xx came back: the
+    server or the peer took it), "failed", or "received". `state` is what the receipts (RFC 5438) add: a
+    sent message goes "sending" -> "sent" (2xx) -> "delivered" (the recipient's device said so) ->
+    "displayed" (they have seen it), or "failed"; with a peer that sends no receipts it stays "sent". A
+    received message is "received", then "displayed" once shown or marked read (`session.mark_read()`).
+    """
 
     id: str
     direction: str                  # "out" or "in"
@@ -90,14 +145,25 @@ class ChatMessage:
     mode: str = "session"
     sip_status: int | None = None
     reason: str = ""
-    delivered_at: datetime | None = None
+    delivered_at: datetime | None = None   # when the 2xx came (sent) or the message arrived (received)
     extra: dict[str, Any] = field(default_factory=dict)
+    state: str = ""                 # sending / sent / delivered / displayed / failed; received / displayed
+    requested: frozenset[str] = frozenset()  # the receipts asked for ("positive-delivery", "display")
+    imdn_datetime: str | None = None        # the message's DateTime, echoed in its notifications
+    delivery_notified_at: datetime | None = None  # sent: when the delivery notification came
+    displayed_at: datetime | None = None          # sent: when the display notification came; received: when read
+
+    def __post_init__(self) -> None:
+        if not self.state:
+            self.state = _STATE_OF_STATUS.get(self.status, self.status)
 
 
 class ImSession(EventSource):
     """A peer-to-peer IM session with one remote participant (a conference is a ConferenceSession)."""
 
-    _accept_types: tuple[str, ...] = _SDP_ACCEPT_TYPES
+    # what we take in a two-party session: text, composing, and receipts (bare or CPIM-wrapped, RFC 5438)
+    _accept_types: tuple[str, ...] = _SDP_ACCEPT_TYPES + (cpim.CONTENT_TYPE, imdn.CONTENT_TYPE)
+    _receipts = True   # RFC 5438 receipts between the two parties (a conference's focus relays none)
     _answered_elsewhere = False   # set when the invitation ended because another device of ours answered
 
     def __init__(self, manager: "SessionManager", remote_uri: str, *, incoming: bool,
@@ -126,7 +192,9 @@ class ImSession(EventSource):
         self._sender = ic.ComposingSender()
         self._receiver = ic.ComposingReceiver()
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._composing_supported = True
+        self._refused: set[str] = set()     # content types the peer answered 415/501 to (composing, IMDN)
+        self._unanswered = 0                # our requests in a row that got no answer at all
+        self._unread: dict[str, ChatMessage] = {}   # received messages not yet displayed / marked read
         self._seen = RecentIds()
         self.escalated_to: Any = None      # the ConferenceSession this conversation moved to (escalate())
         self._escalating = False
@@ -154,6 +222,12 @@ class ImSession(EventSource):
     def ua(self):
         return self.endpoint._ua
 
+    @property
+    def unsupported_by_peer(self) -> frozenset[str]:
+        """Content types the other party refused with 415/501 in this session ("application/im-iscomposing+xml",
+        "message/imdn+xml"): they are no longer sent to it; text messages keep flowing."""
+        return frozenset(self._refused)
+
     def __repr__(self) -> str:
         direction = "from" if self.is_incoming else "to"
         return f"<ImSession {self.id} {direction} {self._remote.uri} {self.state.value}, {len(self.messages)} messages>"
@@ -178,6 +252,13 @@ class ImSession(EventSource):
     def typing(self, text: str) -> Operation[None]:
         """Feed the current contents of an input box: non-empty means typing, empty means stopped."""
         return self.start_composing() if text else self.stop_composing()
+
+    def mark_read(self, message_ids: "list[str] | None" = None) -> Operation[int]:
+        """The user has seen the received messages (all, or those with these ids): their state becomes
+        "displayed" and, for each whose sender asked (RFC 5438 `Disposition-Notification: display`), a display
+        notification goes back, so the sender's panel shows "Seen". Resolves with the number of messages newly
+        marked. A chat panel calls this by itself for the messages it shows while a front end displays it."""
+        return runtime().submit(self._mark_read(check_message_ids(message_ids)), "mark_read()")
 
     def terminate(self) -> Operation[None]:
         """End the session (BYE; CANCEL while still inviting; 603 for an unanswered invitation)."""
@@ -247,16 +328,35 @@ class ImSession(EventSource):
             return
         self.state = state
         self._emit(SessionStateChanged(self, state, previous, timestamp=now_utc()))
-        self._set_participant_state(self._remote, ParticipantState(state.value))
+        if self._remote.state is not ParticipantState.DISCONNECTED:  # a participant that stopped answering stays so
+            self._set_participant_state(self._remote, ParticipantState(state.value))
         self._set_participant_state(self.local_participant, ParticipantState(state.value), emit=False)
 
-    def _set_participant_state(self, p: Participant, state: ParticipantState, emit: bool = True) -> None:
+    def _set_participant_state(self, p: Participant, state: ParticipantState, emit: bool = True, reason: str = "") -> None:
         previous = p.state
         if previous is state:
             return
         p.state = state
         if emit:
-            self._emit(ParticipantStateChanged(self, p, state, previous, timestamp=now_utc()))
+            self._emit(ParticipantStateChanged(self, p, state, previous, reason, timestamp=now_utc()))
+
+    def _no_answer(self, exc: TransactionTimeout) -> None:
+        """A request of ours got no answer (timeout, or the transport failed). One can be bad luck on a lossy
+        network; `UNANSWERED_LIMIT` in a row (a text and its retry, or a receipt and the next request) means
+        the other party stopped answering."""
+        self._unanswered += 1
+        if self._unanswered >= UNANSWERED_LIMIT:
+            self._participant_lost(exc.method, exc.status, exc.reason)
+
+    def _participant_lost(self, method: str, status: int, reason: str) -> None:
+        """The other party stopped answering (no answer twice in a row, a 408, or the transport failed): it is
+        marked DISCONNECTED, saying which request went unanswered, and the session ends without a BYE (RFC 3261
+        §12.2.1.2: a 408 or 481 in a dialog ends it; a BYE would only time out as well)."""
+        if self.state is not SessionState.CONNECTED:
+            return
+        why = f"{self._remote.uri} stopped answering ({method}: {status} {reason})"
+        self._set_participant_state(self._remote, ParticipantState.DISCONNECTED, reason=why)
+        self._finish(why, status)
 
     def _get_lock(self) -> asyncio.Lock:
         if self._lock is None:
@@ -272,7 +372,8 @@ class ImSession(EventSource):
         def keep(h: ClientHandle) -> None:
             self._invite_handle = h
         try:
-            dialog, resp = await self.ua.invite(SipUri.parse(self._remote.uri), self, on_handle=keep)
+            dialog, resp = await self.ua.invite(SipUri.parse(self._remote.uri), self, on_handle=keep,
+                                                accept_types=self._accept_types)
         except TransactionTimeout as exc:
             self._finish(f"no answer: {exc.reason}", 408)
             raise
@@ -392,6 +493,7 @@ class ImSession(EventSource):
         if not self.acked:  # the MESSAGE overtook the ACK: the caller evidently got our 200
             self.acked = True
             self._connected_by_peer()
+        self._unanswered = 0  # the other party is evidently there
         ct = request.content_type or "text/plain"
         if ct == ic.CONTENT_TYPE:
             try:
@@ -403,12 +505,25 @@ class ImSession(EventSource):
         if ct.startswith("text/"):
             self._deliver_text(request, ct, mode="session")
             return 200
+        if ct in (imdn.CONTENT_TYPE, cpim.CONTENT_TYPE):
+            return self._on_wrapped(request, ct)
         return 415
 
+    def _on_wrapped(self, request: Request, ct: str) -> int:
+        """A receipt (message/imdn+xml, bare or in CPIM), or a text in a CPIM wrapper (linphone's way of
+        asking for receipts). The CPIM From is not trusted to name anybody: in a two-party session it is
+        the other party."""
+        status, wrapped = self.endpoint._receipts.open(ct, request.body, self._remote, now_utc(), session=self)
+        if wrapped is not None:
+            self._deliver_text(request, wrapped.content_type, mode="session", text=wrapped.body.decode("utf-8", "replace"),
+                               message_id=wrapped.message_id, wrapper=wrapped)
+        return status
+
     def _deliver_text(self, request: Request, ct: str, *, mode: str, participant: Participant | None = None,
-                      text: str | None = None, message_id: str | None = None) -> None:
+                      text: str | None = None, message_id: str | None = None, wrapper: cpim.Cpim | None = None) -> None:
         """Record and announce a received text. In a conference `participant` is the original sender (from
-        the focus's message/cpim wrapper), `text` the unwrapped body and `message_id` its id."""
+        the focus's message/cpim wrapper), `text` the unwrapped body and `message_id` its id. If the sender
+        asked for a delivery notification (and receipts are on), it goes back at once."""
         sender = participant or self._remote
         if text is None:
             text = request.text()
@@ -418,9 +533,16 @@ class ImSession(EventSource):
             return  # the sender retried after a lost 200: answered again, shown once
         msg_id = header_id or secrets.token_hex(6)
         ts = now_utc()
-        self.messages.append(ChatMessage(msg_id, "in", sender.uri, self.endpoint.uri, text, ct, ts, "received", mode))
+        msg = ChatMessage(msg_id, "in", sender.uri, self.endpoint.uri, text, ct, ts, "received", mode)
+        wanted = imdn.requested(request.headers, wrapper) if self._receipts else None
+        if wanted is not None:
+            msg.requested, msg.imdn_datetime = wanted.dispositions, wanted.datetime
+        self.messages.append(msg)
+        self._unread[msg.id] = msg
         self._receiver_message(sender)
         self._emit(MessageReceived(self, sender, text, ct, msg_id, mode, self.endpoint.uri, timestamp=ts))
+        if wanted is not None and wanted.delivery and self._may_notify():
+            asyncio.ensure_future(self._notify(msg, imdn.DELIVERY, "delivered"))
 
     def _receiver_message(self, sender: Participant) -> None:
         """A text from `sender` clears their composing state (RFC 3994 §4)."""
@@ -461,19 +583,57 @@ class ImSession(EventSource):
         return sends
 
     async def _send_indication(self, indication: ic.Indication) -> None:
-        if not self._composing_supported or self.state is not SessionState.CONNECTED or self.dialog is None:
-            return
+        await self._send_aux(ic.CONTENT_TYPE, ic.build(indication), ic.CONTENT_TYPE)
+
+    async def _send_aux(self, kind: str, body: bytes, content_type: str) -> bool:
+        """Send a composing indication or a receipt (`kind`: its content type) in the dialog. A peer that
+        answers 415/501 gets no more of that kind in this session, while text keeps flowing (clients such as
+        linphone refuse is-composing or IMDN this way). True if the peer took it."""
+        if kind in self._refused or self.state is not SessionState.CONNECTED or self.dialog is None:
+            return False
         async with self._get_lock():
-            if self.state is not SessionState.CONNECTED:
-                return
+            if kind in self._refused or self.state is not SessionState.CONNECTED:
+                return False
             try:
-                resp = await self.ua.send_in_dialog(self.dialog, "MESSAGE", body=ic.build(indication), content_type=ic.CONTENT_TYPE)
-            except TransactionTimeout:
-                return
-            if resp.status in (415, 501):
-                self._composing_supported = False  # the peer cannot take them: stop sending, keep the text flowing
-            elif resp.status in (481, 408):
+                resp = await self.ua.send_in_dialog(self.dialog, "MESSAGE", body=body, content_type=content_type)
+            except TransactionTimeout as exc:  # silence, or the transport failed
+                self._no_answer(exc)
+                return False
+            self._unanswered = 0
+            if resp.status in REFUSING:
+                self._refused.add(kind)
+                log.info("session %s: %s answered %s %s to %s; not sending those any more", self.id, self._remote.uri,
+                         resp.status, resp.reason, kind)
+            elif resp.status == 408:
+                self._participant_lost("MESSAGE", resp.status, resp.reason)
+            elif resp.status == 481:
                 self._finish(f"dialog gone ({resp.status} {resp.reason})", resp.status)
+            return 200 <= resp.status < 300
+
+    # -- receipts (loop thread) ---------------------------------------------------------------------------------------
+    def _may_notify(self) -> bool:
+        return (self._receipts and self.endpoint.send_receipts and imdn.CONTENT_TYPE not in self._refused
+                and self.state is SessionState.CONNECTED)
+
+    async def _notify(self, msg: ChatMessage, kind: str, status: str) -> None:
+        """Send one notification about the received message `msg` (CPIM-wrapped, in the dialog)."""
+        body = notification_body(msg.id, msg.imdn_datetime, kind, status, self.endpoint.uri, self._remote.uri, now_utc())
+        await self._send_aux(imdn.CONTENT_TYPE, body, NOTIFICATION_CONTENT_TYPE)
+
+    async def _mark_read(self, ids: set[str] | None) -> int:
+        now = now_utc()
+        if ids is None:
+            newly = list(self._unread.values())
+        else:
+            newly = [self._unread[i] for i in ids if i in self._unread]
+            newly.sort(key=lambda m: m.timestamp)
+        for m in newly:
+            del self._unread[m.id]
+            m.state, m.displayed_at = "displayed", now
+        for m in newly:
+            if imdn.DISPLAY in m.requested and self._may_notify():
+                await self._notify(m, imdn.DISPLAY_KIND, "displayed")
+        return len(newly)
 
     async def _keystroke(self) -> None:
         self._require_connected("start composing")
@@ -505,36 +665,46 @@ class ImSession(EventSource):
         self._require_connected("send")
         msg = ChatMessage(secrets.token_hex(6), "out", self.endpoint.uri, self._remote.uri, text, ct, now_utc(), "sending")
         self.messages.append(msg)
+        extra = {"Imdn-Message-ID": msg.id}
+        if self._receipts and self.endpoint.request_receipts:
+            extra = imdn.request_headers(msg.id, msg.timestamp)
+            msg.requested = frozenset(imdn.REQUESTED)
+            self.endpoint._receipts.track(msg, self)
         self._emit(MessageSending(self, msg.id, text, ct, "session", msg.recipient, timestamp=msg.timestamp))
         self._run_sender(self._sender.message_sent(time.monotonic()))
         started = time.perf_counter()
+        body = wire_text(text)
+        lost: TransactionTimeout | None = None
         async with self._get_lock():
             status, reason = 481, f"session {self.state.value} before the message was sent"
             for _attempt in range(MESSAGE_ATTEMPTS):
                 if self.state is not SessionState.CONNECTED or self.dialog is None:
                     break
                 try:
-                    resp = await self.ua.send_in_dialog(self.dialog, "MESSAGE", body=wire_text(text),
-                                                        content_type=f"{ct};charset=UTF-8",
-                                                        extra={"Imdn-Message-ID": msg.id})
-                    status, reason = resp.status, resp.reason
+                    resp = await self.ua.send_in_dialog(self.dialog, "MESSAGE", body=body,
+                                                        content_type=f"{ct};charset=UTF-8", extra=extra)
+                    status, reason, lost, self._unanswered = resp.status, resp.reason, None, 0
+                    break
+                except MessageTooLarge as exc:  # not the peer's fault, and a retry cannot help
+                    status, reason = exc.status, exc.reason
                     break
                 except TransactionTimeout as exc:  # retried in a new transaction; the receiver drops a duplicate by id
-                    status, reason = exc.status, exc.reason
-        return self._settle(msg, status, reason, time.perf_counter() - started)
+                    status, reason, lost = exc.status, exc.reason, exc
+                    self._unanswered += 1
+        lost_now = status == 408 or (lost is not None and self._unanswered >= UNANSWERED_LIMIT)
+        return self._settle(msg, status, failure_reason(status, reason, len(body)), time.perf_counter() - started,
+                            lost=lost_now)
 
-    def _settle(self, msg: ChatMessage, status: int, reason: str, latency: float) -> MessageDelivered:
-        msg.sip_status, msg.reason = status, reason
-        if 200 <= status < 300:
-            msg.status, msg.delivered_at = "delivered", now_utc()
-            event = MessageDelivered(self, msg.id, msg.text, msg.content_type, status, reason, latency, msg.mode,
-                                     msg.recipient, msg.timestamp, timestamp=msg.delivered_at)
-            self._emit(event)
+    def _settle(self, msg: ChatMessage, status: int, reason: str, latency: float, *, lost: bool = False) -> MessageDelivered:
+        """Record the final outcome of a sent message and emit MessageDelivered / MessageFailed; a failure
+        raises RequestFailed. `lost`: no answer at all (or 408), so the other party is marked disconnected."""
+        event = settle(msg, self, status, reason, latency)
+        self._emit(event)
+        if isinstance(event, MessageDelivered):
             return event
-        msg.status = "failed"
-        self._emit(MessageFailed(self, msg.id, msg.text, msg.content_type, status, reason, msg.mode, msg.recipient,
-                                 msg.timestamp, timestamp=now_utc()))
-        if status in (481, 408) and self.state is SessionState.CONNECTED:
+        if lost:
+            self._participant_lost("MESSAGE", status, reason)
+        elif status == 481 and self.state is SessionState.CONNECTED:
             self._finish(f"dialog gone ({status} {reason})", status)
         raise RequestFailed("MESSAGE", status, reason, self._remote.uri)
 

@@ -6,7 +6,8 @@ though the SIP MESSAGE comes from the focus. The RFC 5438 namespace carries the 
 (`imdn.Message-ID`) for duplicate suppression.
 
     wrap(sender, recipient, body, content_type, message_id=..., display_name=...) -> bytes
-    unwrap(body) -> Cpim(sender, display_name, recipient, content_type, body, message_id, datetime)
+    unwrap(body) -> Cpim(sender, display_name, recipient, content_type, body, message_id, datetime,
+                         disposition_notification, content_disposition)
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ class Cpim:
     body: bytes
     message_id: str | None = None
     datetime: str | None = None
+    disposition_notification: str | None = None   # imdn.Disposition-Notification (RFC 5438 request)
+    content_disposition: str | None = None        # "notification" on an IMDN
 
 
 def _clean(value: str) -> str:
@@ -37,14 +40,18 @@ def _clean(value: str) -> str:
 
 
 def wrap(sender: str, recipient: str, body: bytes, content_type: str, *, message_id: str | None = None,
-         display_name: str | None = None, now: datetime | None = None) -> bytes:
+         display_name: str | None = None, now: datetime | None = None,
+         content_headers: dict[str, str] | None = None) -> bytes:
+    """A message/cpim body around `body`. `content_headers` go next to the inner Content-Type (an IMDN's
+    `Content-Disposition: notification`, RFC 5438 §7.1)."""
     name = f'"{_clean(display_name).replace(chr(34), "")}" ' if display_name else ""
     when = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     lines = [f"From: {name}<{_clean(sender)}>", f"To: <{_clean(recipient)}>", f"DateTime: {when}"]
     if message_id:
         lines += [f"NS: imdn <{IMDN_NS}>", f"imdn.Message-ID: {_clean(message_id)}"]
     head = "\r\n".join(lines) + "\r\n\r\n"
-    inner = f"Content-Type: {_clean(content_type)}\r\nContent-Length: {len(body)}\r\n\r\n"
+    extra = "".join(f"{_clean(k)}: {_clean(v)}\r\n" for k, v in (content_headers or {}).items())
+    inner = f"Content-Type: {_clean(content_type)}\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
     return head.encode("utf-8") + inner.encode("utf-8") + body
 
 
@@ -72,7 +79,7 @@ def _split(data: bytes) -> tuple[list[tuple[str, str]], bytes]:
 def unwrap(data: bytes) -> Cpim:
     """Parse a message/cpim body; RemoteProtocolError (400) if it is not one."""
     headers, rest = _split(data)
-    sender = display = recipient = msg_id = when = None
+    sender = display = recipient = msg_id = when = disposition = None
     prefixes = {"imdn"}
     for name, value in headers:
         if name == "NS":
@@ -90,8 +97,12 @@ def unwrap(data: bytes) -> Cpim:
             recipient = value.strip("<> ")
         elif name == "DateTime":
             when = value
-        elif "." in name and name.split(".", 1)[0] in prefixes and name.split(".", 1)[1] == "Message-ID":
-            msg_id = value
+        elif "." in name and name.split(".", 1)[0] in prefixes:
+            field = name.split(".", 1)[1].lower()
+            if field == "message-id":
+                msg_id = value
+            elif field == "disposition-notification":
+                disposition = value
     if not sender:
         raise RemoteProtocolError("message/cpim without From")
     inner, body = _split(rest)
@@ -99,4 +110,5 @@ def unwrap(data: bytes) -> Cpim:
     length = next((v for n, v in inner if n.lower() == "content-length"), None)
     if length is not None and length.isdigit():
         body = body[: int(length)]
-    return Cpim(sender, display, recipient, ct, body, msg_id, when)
+    disp = next((v for n, v in inner if n.lower() == "content-disposition"), None)
+    return Cpim(sender, display, recipient, ct, body, msg_id, when, disposition, disp)

@@ -35,9 +35,11 @@ METHODS = ["INVITE", "ACK", "BYE", "CANCEL", "MESSAGE", "OPTIONS", "REGISTER", "
            "REFER", "INFO", "PRACK", "UPDATE"]
 MODES = ["session", "pager"]
 MESSAGE_STATUSES = ["delivered", "failed", "received"]
+MESSAGE_STATES = ["sending", "sent", "delivered", "displayed", "failed"]   # RFC 5438 receipts, sent messages
 EVENT_TYPES = ["EndpointStateChanged", "IncomingSession", "SessionStateChanged", "ParticipantAdded",
                "ParticipantRemoved", "ParticipantStateChanged", "ComposingChanged", "MessageReceived",
-               "MessageSending", "MessageDelivered", "MessageFailed", "SessionTerminated"]
+               "MessageSending", "MessageDelivered", "MessageFailed", "SessionTerminated",
+               "MessageDeliveryNotified", "MessageDisplayed"]
 
 
 def _cat(categories: Sequence[str]) -> pd.CategoricalDtype:
@@ -77,7 +79,8 @@ MESSAGES_SCHEMA: dict[str, Any] = {
     "mode": _cat(MODES),
     "sent_at": UTC_NS,            # when it was sent (NaT for a received message known only from events)
     "delivered_at": UTC_NS,       # final 2xx (sent) or arrival (received); NaT if it failed
-    "status": _cat(MESSAGE_STATUSES),
+    "status": _cat(MESSAGE_STATUSES),  # the SIP outcome: delivered (2xx) / failed, or received
+    "state": _cat(MESSAGE_STATES),  # sent messages: sending/sent/delivered/displayed/failed (receipts); NA if received
     "sip_status": "Int16",        # final SIP status of the MESSAGE; NA for received messages from events
     "latency": "float64",         # seconds from send to final response
     "message_id": STRING,
@@ -377,33 +380,58 @@ def events_frame(trace: "Trace", *, owner: str | None = None, session_id: str | 
 
 
 # -- the messages frame -----------------------------------------------------------------------------------
-def _messages_rows_from_events(trace: "Trace") -> list[tuple]:
-    rows = []
+_RECEIPT_EVENTS = ("MessageSending", "MessageDelivered", "MessageFailed", "MessageDeliveryNotified", "MessageDisplayed")
+
+
+def _sent_states(trace: "Trace") -> dict[tuple[str, str], str]:
+    """(owner, message id) -> the state of each sent message: the state the latest event about it reports
+    (every event after MessageSending carries the state the im.imdn table gave the message)."""
+    states: dict[tuple[str, str], str] = {}
     for rec in trace.event_records():
         ev = rec.event
         name = type(ev).__name__
-        if name not in ("MessageDelivered", "MessageFailed", "MessageReceived"):
+        if name in _RECEIPT_EVENTS and getattr(ev, "message_id", None):
+            states[(rec.owner, ev.message_id)] = "sending" if name == "MessageSending" else (ev.state or None)
+    return states
+
+
+def _messages_rows_from_events(trace: "Trace") -> list[tuple]:
+    rows = []
+    states = _sent_states(trace)
+    pending: dict[tuple[str, str], tuple] = {}   # MessageSending rows not (yet) settled
+    for rec in trace.event_records():
+        ev = rec.event
+        name = type(ev).__name__
+        if name not in ("MessageSending", "MessageDelivered", "MessageFailed", "MessageReceived"):
             continue
         sid = _session_id(ev.session)
         when = ev.timestamp.timestamp() if ev.timestamp is not None else rec.timestamp
         if name == "MessageReceived":
             rows.append((rec.owner, sid, "in", _uri(ev.participant), ev.recipient or rec.owner, ev.text,
-                         ev.content_type, ev.mode, None, when, "received", None, None, ev.message_id or None, None, None))
-        else:
-            sent = ev.sent_at.timestamp() if ev.sent_at is not None else None
-            recipient = ev.recipient or (ev.session.remote.uri if ev.session is not None else None)
-            delivered = name == "MessageDelivered"
-            rows.append((rec.owner, sid, "out", rec.owner, recipient, ev.text, ev.content_type, ev.mode, sent,
-                         when if delivered else None, "delivered" if delivered else "failed", ev.status,
-                         ev.latency if delivered else None, ev.message_id or None, None, ev.reason or None))
-    return rows
+                         ev.content_type, ev.mode, None, when, "received", None, None, None, ev.message_id or None,
+                         None, None))
+            continue
+        recipient = ev.recipient or (ev.session.remote.uri if ev.session is not None else None)
+        key = (rec.owner, ev.message_id)
+        if name == "MessageSending":
+            pending[key] = (rec.owner, sid, "out", rec.owner, recipient, ev.text, ev.content_type, ev.mode, when,
+                            None, None, "sending", None, None, ev.message_id or None, None, None)
+            continue
+        pending.pop(key, None)
+        sent = ev.sent_at.timestamp() if ev.sent_at is not None else None
+        delivered = name == "MessageDelivered"
+        rows.append((rec.owner, sid, "out", rec.owner, recipient, ev.text, ev.content_type, ev.mode, sent,
+                     when if delivered else None, "delivered" if delivered else "failed",
+                     states.get(key) or ("sent" if delivered else "failed"), ev.status,
+                     ev.latency if delivered else None, ev.message_id or None, None, ev.reason or None))
+    return rows + list(pending.values())
 
 
 _NOT_IM = ("application/im-iscomposing+xml", "message/imdn+xml")
 
 
 def _messages_rows_from_sip(trace: "Trace") -> list[tuple]:
-    from ..im import cpim
+    from ..im import cpim, imdn
     from ..sip.parser import parse_message
 
     df = sip_frame(trace, raw=False)
@@ -417,6 +445,7 @@ def _messages_rows_from_sip(trace: "Trace") -> list[tuple]:
     key_cols = ["owner", "call_id", "cseq", "from_tag"]
     requests: dict[tuple, dict] = {}
     finals: dict[tuple, tuple[float, int, str]] = {}
+    receipts: dict[tuple[str, str], list[Any]] = {}   # (owner, message id) -> im.imdn inputs seen in the trace
     ts = np.asarray(trace.sip_ts[:n_all], dtype=np.float64)[positions]
     status = sub["status"].to_numpy(dtype="float64", na_value=np.nan)
     keys = list(zip(*(sub[c].astype(object).where(sub[c].notna(), None) for c in key_cols)))
@@ -431,6 +460,8 @@ def _messages_rows_from_sip(trace: "Trace") -> list[tuple]:
             except Exception:  # noqa: BLE001 - a broken message is simply not an IM
                 continue
             ct = (msg.content_type or "text/plain").split(";")[0].strip().lower()
+            if ct in (imdn.CONTENT_TYPE, cpim.CONTENT_TYPE):
+                _note_receipt(receipts, key[0], ct, msg.body)
             if ct in _NOT_IM:
                 continue
             try:
@@ -462,17 +493,37 @@ def _messages_rows_from_sip(trace: "Trace") -> list[tuple]:
         final = finals.get(key)
         owner = key[0]
         sent = r["ts"]
+        state = None
         if r["direction"] == "in":
             status_word, delivered, sent = "received", r["ts"], None
         elif final is not None and 200 <= final[1] < 300:
             status_word, delivered = "delivered", final[0]
         else:
             status_word, delivered = "failed", None
+        if status_word != "received":
+            state = imdn.MessageState.SENDING
+            for event in [imdn.Input.RESPONSE_2XX if status_word == "delivered" else imdn.Input.RESPONSE_ERROR,
+                          *receipts.get((owner, r["message_id"]), ())]:
+                state = imdn.advance(state, event)
+            state = state.value
         latency = (final[0] - r["ts"]) if final is not None and status_word == "delivered" else None
         rows.append((owner, r["call_id"] if r["mode"] == "session" else None, r["direction"], r["sender"], r["recipient"],
-                     r["text"], r["ct"], r["mode"], sent, delivered, status_word,
+                     r["text"], r["ct"], r["mode"], sent, delivered, status_word, state,
                      final[1] if final else None, latency, r["message_id"], r["call_id"], final[2] if final else None))
     return rows
+
+
+def _note_receipt(receipts: dict[tuple[str, str], list[Any]], owner: str, ct: str, body: bytes) -> None:
+    """Remember the state-machine input of an IMDN seen in the trace, under the owner that recorded it (the
+    sender of the message it is about sees it arrive; the recipient sees it leave, about a received message)."""
+    from ..im import imdn
+    try:
+        notification = imdn.unpack(ct, body)
+    except Exception:  # noqa: BLE001 - a broken receipt changes nothing
+        return
+    event = imdn.input_for(notification) if notification is not None else None
+    if event is not None:
+        receipts.setdefault((owner, notification.message_id), []).append(event)
 
 
 def messages_frame(trace: "Trace", *, owner: str | None = None, session_id: str | None = None,
@@ -504,11 +555,12 @@ def messages_frame(trace: "Trace", *, owner: str | None = None, session_id: str 
             "sent_at": times(cols[8]),
             "delivered_at": times(cols[9]),
             "status": pd.Categorical(cols[10], dtype=MESSAGES_SCHEMA["status"]),
-            "sip_status": _nullable_int(cols[11], "Int16"),
-            "latency": np.array([np.nan if v is None else v for v in cols[12]], dtype=np.float64),
-            "message_id": pd.array(cols[13], dtype=STRING),
-            "call_id": pd.array(cols[14], dtype=STRING),
-            "reason": pd.array(cols[15], dtype=STRING),
+            "state": pd.Categorical(cols[11], dtype=MESSAGES_SCHEMA["state"]),
+            "sip_status": _nullable_int(cols[12], "Int16"),
+            "latency": np.array([np.nan if v is None else v for v in cols[13]], dtype=np.float64),
+            "message_id": pd.array(cols[14], dtype=STRING),
+            "call_id": pd.array(cols[15], dtype=STRING),
+            "reason": pd.array(cols[16], dtype=STRING),
         })
         order = df["sent_at"].fillna(df["delivered_at"])
         df = df.iloc[np.argsort(order.to_numpy(), kind="stable")].reset_index(drop=True)

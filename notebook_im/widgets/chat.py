@@ -10,6 +10,15 @@ at most one render per `min_interval` seconds, the rest folded into one deferred
 Handlers never block: Enter hands the text to `session.send()` (an Operation, never `.result()`-ed here) and
 the outcome comes back as MessageDelivered/MessageFailed events or the operation's done-callback.
 
+Read receipts: a Conversation marks the received messages it shows as read (`session.mark_read(ids)`, which
+sends RFC 5438 display notifications to senders that asked) only while it is *visible*, meaning the front end
+(JupyterLab, Notebook, VS Code, Voila) reports at least one live view of its message area. ipywidgets' view
+counting (`_view_count`, switched on here) is how the kernel learns that: a panel that was built but never
+displayed, whose output was cleared, or that is not the conversation selected in a `ChatPanel(endpoint)`
+counts as not visible. What the kernel cannot know: whether the browser tab is in front, or the cell is
+scrolled into view; a displayed panel counts as seen. Only the rendered messages (the newest `max_rendered`,
+more after "Show earlier") are marked.
+
 Long conversations: every message is kept in the panel's model, only the newest `max_rendered` are turned
 into HTML; "Show earlier" widens the window by `max_rendered` each click. Each message's HTML fragment is
 cached, so an append costs one fragment plus a join of at most `max_rendered` cached strings.
@@ -27,8 +36,8 @@ import ipywidgets as w
 
 from ..api.endpoint import Endpoint
 from ..api.events import (
-    ComposingChanged, IncomingSession, MessageDelivered, MessageFailed, MessageReceived, ParticipantAdded,
-    ParticipantStateChanged, SessionState, SessionStateChanged, SessionTerminated,
+    ComposingChanged, IncomingSession, MessageDelivered, MessageDeliveryNotified, MessageDisplayed, MessageFailed,
+    MessageReceived, ParticipantAdded, ParticipantStateChanged, SessionState, SessionStateChanged, SessionTerminated,
 )
 from ..api.participant import Participant
 from ..api.session import ChatMessage, ImSession, now_utc
@@ -131,6 +140,8 @@ class Conversation(w.VBox):
         self.earlier_button.add_class("nim-earlier")
         self.earlier_button.on_click(lambda _b: self.show_earlier())
         self.messages_html = w.HTML()
+        self.messages_html._view_count = 0   # ask the front end to count its views: that is "visible" (see above)
+        self.messages_html.observe(self._on_views, names="_view_count")
         self.messages_box = w.VBox([self.earlier_button, self.messages_html],
                                    layout=w.Layout(height=height, overflow="hidden auto"))
         self.messages_box.add_class("nim-chat-messages")
@@ -146,7 +157,8 @@ class Conversation(w.VBox):
 
         s = session
         self._subs = [s.on(MessageReceived, self._on_received), s.on(MessageDelivered, self._on_settled),
-                      s.on(MessageFailed, self._on_settled), s.on(ComposingChanged, self._on_change),
+                      s.on(MessageFailed, self._on_settled), s.on(MessageDeliveryNotified, self._on_receipt),
+                      s.on(MessageDisplayed, self._on_receipt), s.on(ComposingChanged, self._on_change),
                       s.on(ParticipantStateChanged, self._on_change), s.on(SessionStateChanged, self._on_change),
                       s.on(SessionTerminated, self._on_change)]
         with self._lock:
@@ -204,6 +216,12 @@ class Conversation(w.VBox):
         with self._lock:
             return min(len(self._entries), self._window)
 
+    @property
+    def visible(self) -> bool:
+        """True while a front end shows this conversation's messages (it reports its live views); only then
+        are shown messages marked read, which sends the senders their "Seen" receipts."""
+        return (self.messages_html._view_count or 0) > 0
+
     def close(self) -> None:
         """Unsubscribe from the session's events and close the widgets."""
         self._closed = True
@@ -226,7 +244,7 @@ class Conversation(w.VBox):
                 who = s.remote if not s.is_conference else Participant(m.sender)
         name = self._name(who)
         return r.Entry(m.id, m.direction, m.sender, name, m.text, m.content_type, m.timestamp, m.status,
-                       m.sip_status, m.reason)
+                       m.sip_status, m.reason, m.state)
 
     def _add_entry(self, entry: r.Entry) -> None:
         if entry.id in self._by_id:
@@ -247,7 +265,7 @@ class Conversation(w.VBox):
 
     def _on_received(self, e: MessageReceived) -> None:
         entry = r.Entry(e.message_id or secrets.token_hex(6), "in", e.participant.uri, self._name(e.participant), e.text,
-                        e.content_type, e.timestamp, "received")
+                        e.content_type, e.timestamp, "received", state="received")
         with self._lock:
             self._add_entry(entry)
         self._throttle()
@@ -268,9 +286,34 @@ class Conversation(w.VBox):
                                     e.content_type, e.sent_at or e.timestamp, "sending")
                     self._add_entry(entry)
             entry.status = "delivered" if isinstance(e, MessageDelivered) else "failed"
+            entry.state = e.state or ("sent" if isinstance(e, MessageDelivered) else "failed")
             entry.sip_status, entry.reason = e.status, e.reason
             entry.invalidate()
         self._throttle()
+
+    def _on_receipt(self, e: MessageDeliveryNotified | MessageDisplayed) -> None:
+        """A receipt moved a sent message's state: its tick changes. (One that overtook the 200 finds no entry
+        yet; the MessageDelivered that follows carries the state.)"""
+        with self._lock:
+            entry = self._by_id.get(e.message_id)
+            if entry is None or entry.state == e.state:
+                return
+            entry.state = e.state
+            entry.invalidate()
+        self._throttle()
+
+    def _on_views(self, _change: dict) -> None:
+        if self.visible:
+            self._throttle()   # the next render marks what it shows as read
+
+    def _mark_shown_read(self, shown: list[r.Entry]) -> None:
+        """Visible: the received messages just rendered have been seen (see the module docstring)."""
+        with self._lock:
+            unread = [e for e in shown if e.direction == "in" and e.state != "displayed"]
+            for e in unread:
+                e.state = "displayed"
+        if unread:
+            self.session.mark_read([e.id for e in unread])   # an Operation: never waited for here
 
     def _send_done(self, entry: r.Entry, op) -> None:
         exc = op.exception() if op.done() else None
@@ -317,6 +360,8 @@ class Conversation(w.VBox):
                 hidden = total - len(shown)
                 incoming = self._incoming
             body = r.messages_html(shown)
+            if self.visible:
+                self._mark_shown_read(shown)
             head = "".join(r.participant_chip(self._name(p), p.uri, p.state.value) for p in s.participants)
             typing = [self._name(p) for p in s.participants if p.composing]
             status = (f'<span class="nim-typing">{r.html.escape(r.composing_text(typing)[:-1])}'

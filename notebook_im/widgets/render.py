@@ -75,9 +75,10 @@ class Entry:
     text: str
     content_type: str
     timestamp: datetime
-    status: str             # sending / delivered / failed / received
+    status: str             # sending / delivered / failed / received (the SIP outcome)
     sip_status: int | None = None
     reason: str = ""
+    state: str = ""         # receipts (RFC 5438): sending / sent / delivered / displayed / failed; received / displayed
     _html: str | None = field(default=None, repr=False)
     _html_latest: bool = field(default=False, repr=False)
 
@@ -94,18 +95,36 @@ class Entry:
         return self._html
 
 
+# state -> (tick, word spelled out on the newest sent message, tooltip): WhatsApp/Signal-style receipts
+TICKS = {
+    "sent": ("✓", "Sent", "Sent ({sip}): the server took it; no delivery receipt from the recipient yet"),
+    "delivered": ("✓✓", "Delivered", "Delivered to the recipient's device ({sip})"),
+    "displayed": ("✓✓", "Seen", "Seen by the recipient ({sip})"),
+}
+
+
+def tick_state(e: Entry) -> str:
+    """The receipt state of an entry: its `state`, or the one its SIP `status` implies (a 2xx is "sent")."""
+    return e.state or {"delivered": "sent"}.get(e.status, e.status)
+
+
 def status_html(e: Entry, latest: bool = False) -> str:
-    """Delivery state of a sent message: a tick (spelled out on the newest one), 'Sending…', or the failure
-    with its SIP status and reason, always spelled out."""
+    """Delivery state of a sent message: 'Sending…', a tick (✓ sent, ✓✓ delivered, blue ✓✓ seen; the word
+    spelled out on the newest one), or the failure with its SIP status and reason, always spelled out."""
     if e.direction != "out":
         return ""
-    if e.status == "sending":
+    state = tick_state(e)
+    if state == "sending":
         return '<span class="nim-state nim-state-sending" title="Waiting for the final response">Sending…</span>'
-    if e.status == "delivered":
-        title = html.escape(f"Delivered ({e.sip_status or 200} {e.reason or 'OK'})".strip(), quote=True)
-        return (f'<span class="nim-state nim-state-delivered" title="{title}">'
-                f'✓{" Delivered" if latest else ""}</span>')
-    reason = f"{e.sip_status or ''} {e.reason}".strip() or "no response"
+    tick = TICKS.get(state)
+    if tick is not None:
+        mark, word, title = tick
+        title = html.escape(title.format(sip=f"{e.sip_status or 200} {e.reason or 'OK'}".strip()), quote=True)
+        return f'<span class="nim-state nim-state-{state}" title="{title}">{mark}{" " + word if latest else ""}</span>'
+    if e.status == "delivered":  # the server took it, then the recipient's device reported a failure
+        reason = "the recipient's device reported that delivery failed"
+    else:
+        reason = f"{e.sip_status or ''} {e.reason}".strip() or "no response"
     return f'<span class="nim-state nim-state-failed">⚠ Not delivered: {html.escape(reason)}</span>'
 
 
@@ -191,7 +210,9 @@ CSS = """
 .nim-state { flex: none; font-size: 11.5px; white-space: nowrap; }
 .nim-state-failed { white-space: normal; max-width: 45%; text-align: right; }
 .nim-state-sending { color: var(--jp-ui-font-color2, #6b7280); font-style: italic; }
+.nim-state-sent { color: var(--jp-ui-font-color2, #6b7280); }
 .nim-state-delivered { color: #16a34a; }
+.nim-state-displayed { color: #2563eb; font-weight: 600; }
 .nim-state-failed { color: #dc2626; font-weight: 600; }
 .nim-failed .nim-body { color: var(--jp-ui-font-color2, #6b7280); }
 .nim-empty { color: var(--jp-ui-font-color2, #6b7280); text-align: center; padding: 40px 0; }

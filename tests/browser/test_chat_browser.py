@@ -161,7 +161,9 @@ def test_two_panels_in_jupyterlab(lab):
             expect(right.locator(".nim-chat-messages")).to_contain_text("I'm typing this in Chromium", timeout=15_000)
             last = right.locator(".nim-msg").last
             assert last.inner_text().splitlines()[-1] == "(Shift+Enter made this second line)"
-            expect(left.locator(".nim-msg").last).to_contain_text("Delivered", timeout=15_000)
+            # bob's panel is on screen (the front end reports its view), so the message is seen: a blue ✓✓ Seen
+            expect(left.locator(".nim-msg").last).to_contain_text("Seen", timeout=15_000)
+            expect(left.locator(".nim-msg").last.locator(".nim-state-displayed")).to_have_count(1)
             expect(right.locator(".nim-chat-status")).not_to_contain_text("typing", timeout=15_000)
 
             # bob answers and starts another line: the screenshot shows the conversation mid-flight

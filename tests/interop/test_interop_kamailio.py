@@ -97,6 +97,9 @@ def test_session_mode_through_kamailio(kamailio: Kamailio, platform: nim.Platfor
     assert all(m.mode == "session" and m.session is bob_session and m.participant.uri == alice.uri for m in got)
     assert [m.text for m in bob_session.messages if m.direction == "in"] == texts
     assert [m.status for m in session.messages] == ["delivered"] * len(texts)
+    # bob's delivery receipts came back through Kamailio too
+    wait_for(lambda: [m.state for m in session.messages] == ["delivered"] * len(texts), 5, "receipts via Kamailio",
+             kamailio.describe)
 
     # and the other way
     bob_session.send("pong").result(TIMEOUT)
@@ -115,7 +118,9 @@ def test_session_mode_through_kamailio(kamailio: Kamailio, platform: nim.Platfor
     requests = received_requests(platform, bob)
     methods = [r.split(b" ", 1)[0].decode() for r in requests]
     assert methods.count("INVITE") == 1 and methods.count("ACK") == 1 and methods.count("BYE") == 1
-    assert methods.count("MESSAGE") == len(texts) + 1   # the texts and the "active" indication
+    # the texts, the "active" indication, and alice's delivery receipt (RFC 5438) for "pong"
+    assert methods.count("MESSAGE") == len(texts) + 2
+    assert sum(b"Content-Type: message/cpim" in r for r in requests) == 1
     vias = [top_via(r) for r in requests]
     assert all(f"{HOST}:{kamailio.port}" in v for v in vias), vias
     invite = requests[methods.index("INVITE")].decode("utf-8", "replace")

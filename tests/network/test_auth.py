@@ -40,7 +40,9 @@ def test_register_and_chat_with_credentials(auth_server, platform):
     # credentials are cached per realm: later requests go out authorized at once, no second challenge
     sent = [r.raw for r in platform.trace.sip_records() if r.owner == alice.uri and r.direction == "out"]
     messages = [r for r in sent if r.startswith(b"MESSAGE ")]
-    assert len(messages) == 2 and all(b"Authorization: Digest <redacted>" in r for r in messages)
+    # the two texts and alice's delivery receipt (RFC 5438) for bob's reply
+    assert len(messages) == 3 and sum(b"Content-Type: message/cpim" in r for r in messages) == 1
+    assert all(b"Authorization: Digest <redacted>" in r for r in messages)
     assert sum(1 for r in sent if r.startswith(b"MESSAGE sip:bob@example.test")) == 1, "pager MESSAGE not challenged again"
     # the server consumes the credentials: bob never sees them
     assert not any(b"uthorization" in r.raw for r in platform.trace.sip_records() if r.owner == bob.uri and r.direction == "in")

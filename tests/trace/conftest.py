@@ -1,6 +1,7 @@
 """A small recorded chat shared by the trace tests: alice (UDP) and bob (TCP) through the embedded server.
 
-composing, two session messages, one pager message, one pager message to nobody (404), BYE.
+composing, two session messages, one pager message (each answered by bob's delivery notification), one pager
+message to nobody (404), BYE.
 """
 from __future__ import annotations
 
@@ -47,9 +48,13 @@ def chat() -> Chat:
         bob_session.wait_connected(5).result(6)
         session.start_composing().result(5)
         time.sleep(0.05)
+        receipts = alice.events(nim.MessageDeliveryNotified)
         for text in TEXTS:
             session.send(text).result(10)
         alice.send_message("sip:bob@example.test", "pager hello").result(10)
+        for _ in range(len(TEXTS) + 1):   # bob's delivery notifications (RFC 5438): one per message
+            receipts.get(timeout=5)
+        receipts.close()
         with pytest.raises(nim.RequestFailed):
             alice.send_message("sip:nobody@example.test", "anyone?").result(10)
         call_id = session.dialog.call_id

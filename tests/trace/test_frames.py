@@ -66,7 +66,8 @@ def test_sip_frame_contents(chat) -> None:
     session_rows = df[df["call_id"] == chat.call_id]
     methods = session_rows[session_rows["status"].isna()]["method"].astype(str).tolist()
     assert methods.count("INVITE") == 2 and methods.count("ACK") == 2 and methods.count("BYE") == 2  # out at alice, in at bob
-    assert methods.count("MESSAGE") == 2 * (len(TEXTS) + 1)   # the texts and the "active" indication
+    # the texts, the "active" indication and bob's delivery notification for each text (RFC 5438)
+    assert methods.count("MESSAGE") == 2 * (2 * len(TEXTS) + 1)
     responses = session_rows[session_rows["status"].notna()]
     assert {180, 200} <= set(responses["status"].astype(int))
     assert (responses["method"].astype(str) != "").all()
@@ -96,6 +97,8 @@ def test_messages_frame_from_events(chat) -> None:
     assert out["text"].tolist() == TEXTS + ["pager hello", "anyone?"]
     assert inn["text"].tolist() == TEXTS + ["pager hello"]
     assert out["status"].astype(str).tolist() == ["delivered"] * 3 + ["failed"]
+    assert out["state"].astype(str).tolist() == ["delivered"] * 3 + ["failed"]   # bob's receipts came back
+    assert inn["state"].isna().all()                                           # the state is a sent message's
     assert out["sip_status"].astype(int).tolist() == [200, 200, 200, 404]
     assert out["mode"].astype(str).tolist() == ["session", "session", "pager", "pager"]
     assert out["session_id"].iloc[0] == chat.session.id and pd.isna(out["session_id"].iloc[2])
@@ -112,6 +115,8 @@ def test_messages_frame_reconstructed_from_sip(chat) -> None:
     out = m[m["direction"] == "out"]
     assert out["text"].tolist() == TEXTS[:1] + ["two\nlines ✓", "pager hello", "anyone?"]
     assert out["sip_status"].astype(int).tolist() == [200, 200, 200, 404]
+    # the receipts are MESSAGEs too: rebuilt from the wire, not listed as texts, but they give the state
+    assert out["state"].astype(str).tolist() == ["delivered"] * 3 + ["failed"]
     assert out["mode"].astype(str).tolist() == ["session", "session", "pager", "pager"]
     assert (out["session_id"].iloc[:2] == chat.call_id).all()
     assert (out["latency"].iloc[:3] > 0).all()

@@ -1,0 +1,124 @@
+"""Delivery and read receipts (RFC 5438 IMDN) for one endpoint: the glue between `im.imdn` and the API.
+
+The endpoint keeps one `ReceiptBook`. Every message it sends with a notification request (session or pager
+mode) is tracked there by its id, so a notification finds its message however it arrives: in the session's
+dialog (what notebook_im sends) or as a pager-mode MESSAGE (what RFC 5438 describes and some clients send
+even for session messages). The book is bounded (the newest `size` messages): a receipt for an older one is
+answered 200 and ignored.
+
+A notification is only believed from the party the message went to: in a session, only notifications that
+arrive in that session's dialog count for its messages; in pager mode the notifier's address of record must
+be the recipient's.
+"""
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict
+from dataclasses import replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ..im import cpim
+from ..im import imdn
+from ..sip.errors import RemoteProtocolError
+from ..sip.uri import SipUri
+from .events import MessageDeliveryNotified, MessageDisplayed
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .participant import Participant
+    from .session import ChatMessage, ImSession
+
+DEFAULT_SIZE = 10_000
+
+
+def same_party(a: str, b: str) -> bool:
+    """True if two URIs name the same user (scheme, user and host; port and parameters ignored)."""
+    try:
+        ua, ub = SipUri.parse(a), SipUri.parse(b)
+    except Exception:  # noqa: BLE001 - an unparseable URI names nobody we know
+        return False
+    return (ua.user or "", ua.host.lower()) == (ub.user or "", ub.host.lower())
+
+
+def notification_body(message_id: str, message_datetime: str | None, kind: str, status: str, local_uri: str,
+                      peer_uri: str, now: datetime) -> bytes:
+    """The CPIM-wrapped IMDN (RFC 5438 §7) that reports `kind`/`status` about a received message (its id and
+    the DateTime it was sent with, echoed so the sender can match the two)."""
+    n = imdn.Notification(message_id, kind, status, message_datetime or imdn.format_datetime(now), local_uri)
+    return imdn.wrap(n, local_uri, peer_uri, secrets.token_hex(6), now)
+
+
+NOTIFICATION_CONTENT_TYPE = cpim.CONTENT_TYPE   # notifications go CPIM-wrapped (RFC 5438 proper, as linphone)
+
+
+class ReceiptBook:
+    """Sent messages waiting for receipts, by message id (bounded, oldest forgotten first)."""
+
+    def __init__(self, size: int = DEFAULT_SIZE) -> None:
+        self.size = size
+        self._sent: OrderedDict[str, tuple[Any, "ChatMessage"]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+    def track(self, msg: "ChatMessage", source: Any) -> None:
+        """Remember `msg` (sent with a notification request); `source` (its session, or the endpoint in
+        pager mode) emits the receipt events."""
+        self._sent[msg.id] = (source, msg)
+        if len(self._sent) > self.size:
+            self._sent.popitem(last=False)
+
+    def find(self, message_id: str) -> "ChatMessage | None":
+        """The tracked message with this id, if it is still remembered."""
+        found = self._sent.get(message_id)
+        return found[1] if found is not None else None
+
+    def apply(self, n: imdn.Notification, notifier: "Participant", now: datetime,
+              session: "ImSession | None" = None) -> bool:
+        """Apply a notification that arrived in `session`'s dialog (or out of dialog: None) from `notifier`.
+        Moves the message's state through the `im.imdn` table and emits MessageDeliveryNotified /
+        MessageDisplayed on its session (or endpoint). False if it is about no message we know or comes
+        from somebody else than the message's recipient."""
+        found = self._sent.get(n.message_id)
+        if found is None:
+            return False
+        source, msg = found
+        own_session = source if msg.mode == "session" else None
+        if session is not None and own_session is not session:
+            return False
+        if session is None and not same_party(notifier.uri, msg.recipient):
+            return False
+        event_input = imdn.input_for(n)
+        if event_input is not None:
+            msg.state = imdn.advance(msg.state, event_input).value
+        if n.kind == imdn.DELIVERY:
+            if n.status == "delivered":
+                if msg.delivery_notified_at is not None:
+                    return True   # the same receipt again (a retried notification): reported once
+                msg.delivery_notified_at = now
+            source._emit(MessageDeliveryNotified(own_session, msg.id, notifier, n.status, msg.state, msg.mode,
+                                                 msg.recipient, timestamp=now))
+        elif n.kind == imdn.DISPLAY_KIND and n.status == "displayed" and msg.displayed_at is None:
+            msg.displayed_at = now
+            source._emit(MessageDisplayed(own_session, msg.id, notifier, msg.state, msg.mode, msg.recipient,
+                                          timestamp=now))
+        return True
+
+    def open(self, content_type: str, body: bytes, notifier: "Participant", now: datetime,
+             session: "ImSession | None" = None) -> tuple[int, cpim.Cpim | None]:
+        """A received message/imdn+xml or message/cpim body: a receipt is applied (`apply`) and answered
+        (200, None); a text in a CPIM wrapper (linphone's way of asking for receipts) comes back as
+        (200, wrapper) for the caller to deliver, its inner Content-Type normalised; a malformed body is
+        (400, None), anything else wrapped (415, None)."""
+        try:
+            notification = imdn.unpack(content_type, body)
+            if notification is not None:
+                self.apply(notification, notifier, now, session)
+                return 200, None
+            wrapped = cpim.unwrap(body)
+        except RemoteProtocolError:
+            return 400, None
+        inner = wrapped.content_type.split(";")[0].strip().lower()
+        if not inner.startswith("text/"):
+            return 415, None
+        return 200, replace(wrapped, content_type=inner)
