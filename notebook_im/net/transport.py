@@ -18,6 +18,7 @@ from typing import Callable
 from ..sip.errors import RemoteProtocolError
 from ..sip.parser import StreamFramer
 from .impairment import Impairment
+from .udp import BatchedUdp
 
 log = logging.getLogger("notebook_im.net")
 
@@ -187,8 +188,12 @@ class TransportLayer:
     async def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         port = self.port
         if "udp" in self.transports:
-            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-            self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.host, port), family=family)
+            if isinstance(loop, asyncio.SelectorEventLoop):  # stock asyncio: read datagrams in batches (net/udp.py)
+                proto = _Udp(self)
+                self._udp = BatchedUdp.bind(loop, self.host, port, proto.datagram_received)  # type: ignore[assignment]
+            else:  # uvloop: its own transport is already fast
+                family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+                self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.host, port), family=family)
             sock = self._udp.get_extra_info("sockname")
             port = sock[1]
             self.udp_addr = (self.host, port)
