@@ -31,7 +31,7 @@ from ..sip.message import Request
 from ..sip.sdp import ACCEPT_TYPES
 from ..sip.uri import Address, SipUri
 from .events import (
-    ComposingChanged, ParticipantAdded, ParticipantRemoved, ParticipantState, ParticipantStateChanged, SessionState,
+    ComposingChanged, ParticipantAdded, ParticipantRemoved, ParticipantState, SessionState,
 )
 from .participant import Participant
 from .session import ImSession, now_utc

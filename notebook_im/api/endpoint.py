@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
@@ -14,7 +13,7 @@ from ..im import imdn
 from ..im import iscomposing as ic
 from ..runtime import Operation, runtime
 from ..sip.date import parse_date
-from ..sip.message import Request
+from ..sip.message import Request, random_hex
 from ..sip.uri import SipUri
 from ..ua import ServerHandle, UserAgent
 from .emitter import EventSource
@@ -165,7 +164,7 @@ class Endpoint(EventSource):
         return runtime().submit(self._send_pager(target, text, ct), f"send_message({to!r})")
 
     async def _send_pager(self, to: SipUri, text: str, ct: str) -> MessageDelivered:
-        msg = ChatMessage(secrets.token_hex(6), "out", self.uri, str(to), text, ct, now_utc(), "sending", "pager")
+        msg = ChatMessage(random_hex(2 * 6), "out", self.uri, str(to), text, ct, now_utc(), "sending", "pager")
         extra = {"Imdn-Message-ID": msg.id}
         if self.request_receipts:
             extra = imdn.request_headers(msg.id, msg.timestamp)
@@ -255,7 +254,7 @@ class Endpoint(EventSource):
         header_id = (wrapper.message_id if wrapper is not None else None) or request.headers.get("Imdn-Message-ID")
         if header_id and self._seen_pager.seen(f"{participant.uri} {header_id}"):
             return 200  # a retry of a message we already delivered
-        msg_id = header_id or secrets.token_hex(6)
+        msg_id = header_id or random_hex(2 * 6)
         event = MessageReceived(None, participant, text, ct, msg_id, "pager", self.uri, timestamp=now_utc(),
                                 sent_at=parse_date(request.headers.get("Date")))
         self.pager_messages.append(event)

@@ -12,7 +12,6 @@ be the recipient's.
 """
 from __future__ import annotations
 
-import secrets
 from collections import OrderedDict
 from dataclasses import replace
 from datetime import datetime
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..im import cpim
 from ..im import imdn
 from ..sip.errors import RemoteProtocolError
+from ..sip.message import random_hex
 from ..sip.uri import SipUri
 from .events import MessageDeliveryNotified, MessageDisplayed
 
@@ -45,7 +45,7 @@ def notification_body(message_id: str, message_datetime: str | None, kind: str, 
     """The CPIM-wrapped IMDN (RFC 5438 §7) that reports `kind`/`status` about a received message (its id and
     the DateTime it was sent with, echoed so the sender can match the two)."""
     n = imdn.Notification(message_id, kind, status, message_datetime or imdn.format_datetime(now), local_uri)
-    return imdn.wrap(n, local_uri, peer_uri, secrets.token_hex(6), now)
+    return imdn.wrap(n, local_uri, peer_uri, random_hex(2 * 6), now)
 
 
 NOTIFICATION_CONTENT_TYPE = cpim.CONTENT_TYPE   # notifications go CPIM-wrapped (RFC 5438 proper, as linphone)

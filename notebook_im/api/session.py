@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from ..im import iscomposing as ic
 from ..runtime import Operation, runtime
 from ..sip.dialog import Dialog
 from ..sip.errors import RemoteProtocolError
-from ..sip.message import Request, Response, make_response
+from ..sip.message import Request, make_response, random_hex
 from ..sip.reason import completed_elsewhere
 from ..sip.sdp import ACCEPT_TYPES as _SDP_ACCEPT_TYPES
 from ..ua import ClientHandle, ServerHandle
@@ -172,7 +171,7 @@ class ImSession(EventSource):
         self.manager = manager
         self.endpoint = manager.endpoint
         self._parent_source = manager.endpoint
-        self.id = secrets.token_hex(4)
+        self.id = random_hex(2 * 4)
         self.is_incoming = incoming
         self.is_conference = False
         self.state = SessionState.IDLE
@@ -531,7 +530,7 @@ class ImSession(EventSource):
         header_id = message_id or request.headers.get("Imdn-Message-ID")
         if header_id and self._seen.seen(f"{sender.uri} {header_id}" if participant is not None else header_id):
             return  # the sender retried after a lost 200: answered again, shown once
-        msg_id = header_id or secrets.token_hex(6)
+        msg_id = header_id or random_hex(2 * 6)
         ts = now_utc()
         msg = ChatMessage(msg_id, "in", sender.uri, self.endpoint.uri, text, ct, ts, "received", mode)
         wanted = imdn.requested(request.headers, wrapper) if self._receipts else None
@@ -663,7 +662,7 @@ class ImSession(EventSource):
 
     async def _send_text(self, text: str, ct: str) -> MessageDelivered:
         self._require_connected("send")
-        msg = ChatMessage(secrets.token_hex(6), "out", self.endpoint.uri, self._remote.uri, text, ct, now_utc(), "sending")
+        msg = ChatMessage(random_hex(2 * 6), "out", self.endpoint.uri, self._remote.uri, text, ct, now_utc(), "sending")
         self.messages.append(msg)
         extra = {"Imdn-Message-ID": msg.id}
         if self._receipts and self.endpoint.request_receipts:

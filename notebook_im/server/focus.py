@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from ..sip import sdp
 from ..sip.dialog import Dialog
 from ..sip.errors import LocalProtocolError, RemoteProtocolError
 from ..sip.headers import Headers
-from ..sip.message import Request, Response, make_response, new_call_id, new_tag
+from ..sip.message import Request, Response, make_response, new_call_id, new_tag, random_hex
 from ..sip.transaction import make_cancel
 from ..sip.uri import Address, SipUri, bracket
 from ..ua import USER_AGENT, ServerHandle, target_of
@@ -308,7 +307,7 @@ class Focus:
                 resp.headers.set("Retry-After", "30")
                 self.core.respond(handle, resp)
                 return
-            conf_id = secrets.token_hex(6)
+            conf_id = random_hex(2 * 6)
             conf = Conference(self, conf_id, self.conference_uri(conf_id))
             subject = request.headers.get("Subject")
             conf.subject = subject.replace("\r", " ").replace("\n", " ")[:200] if subject else None
@@ -425,7 +424,7 @@ class Focus:
         msg_id = request.headers.get("Imdn-Message-ID")
         if msg_id and conf.seen(f"{sender.entity} {msg_id}"):
             return 200  # a retry of a message we relayed already
-        msg_id = msg_id or secrets.token_hex(6)
+        msg_id = msg_id or random_hex(2 * 6)
         wrapped: bytes | None = None
         extra = {"Imdn-Message-ID": msg_id}
         for m in list(conf.members.values()):
