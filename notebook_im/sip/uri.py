@@ -21,6 +21,9 @@ _CACHED_LEN = 512
 _USER_SAFE = "-_.!~*'()&=+$,;/"  # RFC 3261 user-unreserved + unreserved but '?' (it starts URI headers); the rest is %-escaped
 
 
+_USER_PLAIN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789" + _USER_SAFE  # users needing no escapes
+
+
 def bracket(host: str) -> str:
     """A host as written in a URI or Via: an IPv6 literal goes in brackets (RFC 3261 §19.1.1, §25.1)."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
@@ -106,7 +109,8 @@ class SipUri:
         return replace(self, params=MappingProxyType({k: v for k, v in self.params.items() if k not in names}))
 
     def __str__(self) -> str:
-        user = f"{quote(self.user, safe=_USER_SAFE)}@" if self.user else ""
+        u = self.user
+        user = (f"{u}@" if not u.strip(_USER_PLAIN) else f"{quote(u, safe=_USER_SAFE)}@") if u else ""
         port = f":{self.port}" if self.port is not None else ""
         hdrs = f"?{self.headers}" if self.headers else ""
         return f"{self.scheme}:{user}{self.host}{port}{_format_params(self.params)}{hdrs}"
