@@ -28,11 +28,9 @@ REPO = BENCH.parent
 if str(REPO) not in sys.path:  # the checkout's notebook_im and tests/ helpers, whatever else is installed
     sys.path.insert(1, str(REPO))
 
-from tests.interop.interop_support import (  # noqa: E402 - needs the path above
+from tests.interop.interop_support import (  # noqa: E402,F401 - needs the path above; re-exported for the benchmarks
     HOST, KAMAILIO_CFG, SIPP_DIR, free_port, kamailio_module_dir, sip_options, tcp_listening, udp_bound,
 )
-
-__all__ = ["HOST", "KAMAILIO_CFG", "SIPP_DIR", "free_port", "sip_options", "tcp_listening", "udp_bound"]
 
 COLUMNS = ("benchmark", "figure", "value", "unit", "anchor", "anchor_value", "ratio", "goal", "met")
 
@@ -424,11 +422,14 @@ def status_of(data: bytes) -> int | None:
 
 
 def register_once(server_port: int, user: str, contact_port: int, timeout: float = 3.0) -> int | None:
-    """REGISTER `user` at 127.0.0.1:server_port with Contact on contact_port; the final status (None: no answer)."""
+    """REGISTER `user` at 127.0.0.1:server_port from 127.0.0.1:contact_port with that port as its Contact; the final
+    status (None: no answer). Sent from the contact's own port because the embedded server, like a proxy behind
+    NAT, reaches a UDP client where its REGISTER came from rather than at its Contact: start the program that
+    will use the port (SIPp) only after this returns."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((HOST, 0))
+        s.bind((HOST, contact_port))
         s.settimeout(0.5)
-        msg = register_request(server_port, user, contact_port, local_port=s.getsockname()[1], run_id=uuid.uuid4().hex[:8])
+        msg = register_request(server_port, user, contact_port, local_port=contact_port, run_id=uuid.uuid4().hex[:8])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             s.sendto(msg, (HOST, server_port))

@@ -27,6 +27,7 @@ from _common import BENCH, REPO, COLUMNS, Context, Row, read_rows, write_csv
 ORDER = ("import", "parse", "endpoint-udp", "endpoint-tcp", "relay", "latency", "scale")
 BUDGET = {"import": 30, "parse": 40, "endpoint-udp": 120, "endpoint-tcp": 120, "relay": 120, "latency": 60, "scale": 100}
 QUICK_BUDGET = {"import": 20, "parse": 20, "endpoint-udp": 40, "endpoint-tcp": 40, "relay": 40, "latency": 30, "scale": 40}
+NEEDS = {"endpoint-udp": ("sipp",), "endpoint-tcp": ("sipp",), "relay": ("sipp", "kamailio")}
 KILL_GRACE = 15   # seconds past the budget before the benchmark's process group is killed
 
 
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    work = BENCH / "results" / stamp   # logs, SIPp statistics, Kamailio logs (git-ignored)
+    work = out / "results" / stamp   # logs, SIPp statistics, Kamailio logs (bench/results/ is git-ignored)
     work.mkdir(parents=True, exist_ok=True)
     budgets = QUICK_BUDGET if args.quick else BUDGET
     t0 = time.monotonic()
@@ -187,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     failed: list[str] = []
     for name in names:
+        missing = [tool for tool in NEEDS.get(name, ()) if not shutil.which(tool)]
+        if missing:
+            notes.append(f"{name}: not run, {' and '.join(missing)} missing (scripts/install-system-deps installs them)")
+            failed.append(name)
+            continue
         print(f"== {name} (budget {budgets[name]} s)", flush=True)
         rows_file = work / f"{name}.jsonl"
         code, took = run_child(name, rows_file, work / name, args.quick, budgets[name])

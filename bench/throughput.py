@@ -3,7 +3,7 @@ embedded server relaying between SIPp clients against Kamailio, each anchor meas
 
 A SIPp UAC (tests/interop/sipp/uac_pager.xml) sends `rate * STEP` out-of-dialog MESSAGEs at `rate` per second.
 A step is clean when SIPp counts every call successful, none failed, no retransmission (a retransmission
-means an answer took more than 500 ms), it kept the rate (at least 90% of it over the step: over TCP there
+means an answer took more than 500 ms), it kept the rate (at least 80% of it over the step, SIPp start-up included: over TCP there
 are no retransmissions, a slow peer only slows SIPp down), and the receiver got every message exactly once
 (the endpoint's MessageReceived count; SIPp UAS: its own successful-call counter, and it exits after
 exactly that many). The ladder climbs until the first unclean step (retried once); the figure is the
@@ -22,7 +22,7 @@ from _common import (
 )
 
 RUNGS = (1000, 2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000)
-QUICK_RUNGS = (1000,)
+QUICK_RUNGS = (500,)
 LOOPS = ("asyncio", "uvloop")
 
 
@@ -49,7 +49,7 @@ def judge(rate: int, count: int, uac: SippRun, code: int | None, received: int, 
         problems.append(f"receiver got {received}/{count}")
     if not receiver_ok:
         problems.append("receiver did not finish")
-    if achieved < 0.9 * rate:
+    if achieved < 0.8 * rate:
         problems.append(f"only {achieved:,.0f}/s sustained")
     if problems and code != 0:
         err = uac.errors(300).strip().splitlines()
@@ -63,9 +63,9 @@ def run_uac(ctx: Context, rate: int, transport: str, port: int, service: str) ->
     """Run the SIPp UAC for one step against 127.0.0.1:port; (count, run, exit code)."""
     count = int(rate * step_seconds(ctx))
     uac = sipp_command(ctx.workdir, "uac_pager.xml", local_port=free_port(), calls=count, transport=transport,
-                       remote=f"127.0.0.1:{port}", service=service, rate=rate, timeout_s=step_seconds(ctx) + 15, tag="uac")
+                       remote=f"127.0.0.1:{port}", service=service, rate=rate, timeout_s=step_seconds(ctx) + 6, tag="uac")
     uac.start(ctx.workdir / f"uac_{rate}.screen")
-    code = uac.wait(step_seconds(ctx) + 30)
+    code = uac.wait(step_seconds(ctx) + 20)   # a clean step ends with the last answer; 6 s more cannot be clean
     return count, uac, code
 
 
@@ -124,7 +124,8 @@ def endpoint_benchmark(ctx: Context, transport: str) -> None:
             ctx.note(f"NOTEBOOK_IM_LOOP={loop} asked, but the endpoint ran on {ran} (the variable is not honoured, "
                      "or uvloop is not installed)")
         r = ratio(best, anchor)
-        ctx.emit(Row(ctx.name, f"SIPp UAC -> notebook_im endpoint, MESSAGE over {transport.upper()}, loop {ran}: "
+        which = f"loop {ran}" if ran == loop else f"NOTEBOOK_IM_LOOP={loop} but ran {ran}"
+        ctx.emit(Row(ctx.name, f"SIPp UAC -> notebook_im endpoint, MESSAGE over {transport.upper()}, {which}: "
                                "max clean rate", best, "msg/s",
                      anchor="SIPp UAS, same ladder", anchor_value=anchor, ratio=r,
                      goal=">= 8,000/s and >= 2/3 of the anchor",
