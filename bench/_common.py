@@ -63,6 +63,8 @@ class Context:
     quick: bool
     deadline: float                     # time.monotonic() by which the child must be done (soft)
     notes: list[str] = field(default_factory=list)
+    pause: float = 1.0                  # quiet seconds between the end of one ladder step and the next one's traffic
+    last_step_end: float = 0.0
 
     def emit(self, row: Row) -> Row:
         """Append a row to the results (at once, so that a benchmark killed at its budget keeps what it had)."""
@@ -79,6 +81,12 @@ class Context:
         with open(self.rows_file, "a") as f:
             f.write(json.dumps({"note": f"{self.name}: {text}"}) + "\n")
         print(f"  [{self.name}] note: {text}", flush=True)
+
+    def settle(self) -> None:
+        """Wait until `pause` seconds have passed since the last step ended (receivers start meanwhile)."""
+        delay = self.last_step_end + self.pause - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
 
     def left(self) -> float:
         """Seconds left before the soft deadline."""
@@ -448,36 +456,42 @@ def register_once(server_port: int, user: str, contact_port: int, timeout: float
 # ---------------------------------------------------------------------------------------------------
 @dataclass
 class Step:
-    """One rung of a ladder: the rate asked for, whether it was clean, and why not."""
+    """One rung of a ladder: the rate asked for, whether it was clean, why not, and whether it missed narrowly
+    (worth a second try on a noisy machine) rather than by far (the rate is plainly too high)."""
 
     rate: int
     clean: bool
     detail: str
+    marginal: bool = False
 
 
 def ladder(ctx: Context, label: str, rungs: Sequence[int], run_step: Callable[[int], Step], *,
-           step_cost: float, pause: float = 1.0, retry: bool = True) -> tuple[int, list[Step]]:
+           step_cost: float, pause: float = 1.0) -> tuple[int, list[Step]]:
     """Climb `rungs` (rates) until the first unclean step; the highest clean rate (0: none) and every step.
 
-    An unclean step is run once more before the climb stops (this machine is shared and noisy; the anchor
-    gets the same second chance). No step is started that could not end before the benchmark's deadline
-    (`step_cost`: seconds one step takes, start-up included); a ladder cut short says so in a note."""
+    A step that missed narrowly is run once more before the climb stops (this machine is shared and noisy;
+    the anchor gets the same second chance). Steps start `pause` s after the previous one ended (the step
+    function calls ctx.settle() once its receivers run). No step is started that could not end before the
+    benchmark's deadline (`step_cost`: seconds one step takes, start-up included); a ladder cut short, or one
+    clean up to its top rung, says in a note that its figure is a lower bound."""
     best, steps = 0, []
+    ctx.pause, ctx.last_step_end = pause, time.monotonic()
     for rate in rungs:
-        attempts = 2 if retry else 1
         step = None
-        for attempt in range(attempts):
+        for _attempt in range(2):
             if ctx.left() < step_cost + pause:
-                ctx.note(f"{label}: stopped before {rate}/s, out of time (the figure is a lower bound)")
+                ctx.note(f"{label}: stopped before {rate}/s, out of time (its figure is a lower bound)")
                 return best, steps
-            time.sleep(pause)
             step = run_step(rate)
+            ctx.last_step_end = time.monotonic()
             steps.append(step)
             ctx.log(f"{label} {rate}/s: {'clean' if step.clean else 'NOT clean'} ({step.detail})")
-            if step.clean:
+            if step.clean or not step.marginal:
                 break
         assert step is not None
         if not step.clean:
             return best, steps
         best = rate
+    if len(rungs) > 1:
+        ctx.note(f"{label}: clean up to the top rung, {best}/s (its figure is a lower bound)")
     return best, steps

@@ -4,7 +4,8 @@
 
 Used by the relay ladder (SIPp -> server -> SIPp) and the scale benchmark (10,000 users and sessions). Its own
 process gives it a core of its own and lets the harness read its memory alone. Speaks JSON lines on
-stdin/stdout (see _common.Child): "stats" -> RSS, number of registered addresses of record, server stats;
+stdin/stdout (see _common.Child): "stats" -> RSS, Python's allocated memory blocks (which, unlike RSS, drop when
+objects are freed), number of registered addresses of record, SIP messages in the server's trace, server stats;
 "gc" -> the same after a full garbage collection.
 """
 from __future__ import annotations
@@ -24,7 +25,8 @@ def main() -> None:
     server.start().result(15)
 
     def stats() -> dict[str, Any]:
-        return {"rss": rss_bytes(), "registered": len(server.registrations), "stats": server.stats}
+        return {"rss": rss_bytes(), "blocks": sys.getallocatedblocks(), "registered": len(server.registrations),
+                "trace": len(server.trace), "stats": server.stats}
 
     def collected() -> dict[str, Any]:
         gc.collect()

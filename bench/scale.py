@@ -236,4 +236,8 @@ def run(ctx: Context) -> None:
             ctx.emit(Row(ctx.name, f"server RSS {settle:.0f} s later (transactions expired; users and sessions stay)",
                          settled["rss"] / 2**20, "MiB", anchor="idle server", anchor_value=idle["rss"] / 2**20,
                          ratio=ratio(settled["rss"], idle["rss"])))
-        ctx.log(f"server stats: {after_sessions['stats']}")
+            ctx.note(f"Python memory blocks in the server: {idle['blocks']:,} idle, {after_sessions['blocks']:,} with "
+                     f"the users and sessions, {settled['blocks']:,} {settle:.0f} s later (RSS does not shrink when "
+                     "Python frees objects; the block count does)")
+        ctx.note(f"the server's trace held {after_sessions['trace']:,} SIP messages (part of the memory above); "
+                 f"server stats {after_sessions['stats']}")

@@ -6,7 +6,7 @@ A step is clean when SIPp counts every call successful, none failed, no retransm
 means an answer took more than 500 ms), it kept the rate (at least 80% of it over the step, SIPp start-up included: over TCP there
 are no retransmissions, a slow peer only slows SIPp down), and the receiver got every message exactly once
 (the endpoint's MessageReceived count; SIPp UAS: its own successful-call counter, and it exits after
-exactly that many). The ladder climbs until the first unclean step (retried once); the figure is the
+exactly that many). The ladder climbs until the first unclean step (retried once if it missed narrowly); the figure is the
 highest clean rate, and the ratio is against the anchor's highest clean rate on the same ladder.
 
 Every receiver (SIPp UAS, endpoint process, server process, Kamailio) is started fresh for each step, so no
@@ -21,7 +21,7 @@ from _common import (
     ratio, register_once, sipp_command, start_sipp_server, wait_until, yes_no,
 )
 
-RUNGS = (1000, 2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000)
+RUNGS = (1000, 2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 20000, 24000)
 QUICK_RUNGS = (500,)
 LOOPS = ("asyncio", "uvloop")
 
@@ -56,16 +56,19 @@ def judge(rate: int, count: int, uac: SippRun, code: int | None, received: int, 
         if err:
             problems.append(f"SIPp: {err[-1][:120]}")
     detail = "; ".join(problems) if problems else f"{count}/{count}, 0 failed, 0 retransmissions, {achieved:,.0f}/s"
-    return Step(rate, not problems, detail)
+    # missed narrowly: every call done and delivered, a few answers late (at most 2%) or the pace a little short
+    marginal = code == 0 and receiver_ok and received == count and failed + retrans <= 0.02 * count and achieved >= 0.7 * rate
+    return Step(rate, not problems, detail, marginal)
 
 
 def run_uac(ctx: Context, rate: int, transport: str, port: int, service: str) -> tuple[int, SippRun, int | None]:
     """Run the SIPp UAC for one step against 127.0.0.1:port; (count, run, exit code)."""
     count = int(rate * step_seconds(ctx))
     uac = sipp_command(ctx.workdir, "uac_pager.xml", local_port=free_port(), calls=count, transport=transport,
-                       remote=f"127.0.0.1:{port}", service=service, rate=rate, timeout_s=step_seconds(ctx) + 6, tag="uac")
+                       remote=f"127.0.0.1:{port}", service=service, rate=rate, timeout_s=step_seconds(ctx) + 4, tag="uac")
+    ctx.settle()
     uac.start(ctx.workdir / f"uac_{rate}.screen")
-    code = uac.wait(step_seconds(ctx) + 20)   # a clean step ends with the last answer; 6 s more cannot be clean
+    code = uac.wait(step_seconds(ctx) + 20)   # a clean step ends with its last answer; 4 s later it cannot be clean
     return count, uac, code
 
 
