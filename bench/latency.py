@@ -121,8 +121,10 @@ def measure(seconds: float, rate: int) -> dict[str, Any]:
             time.sleep(0.01)
         failed = sum(1 for op in ops if op.done() and op.exception(0) is not None)
         latencies = [received[i] - sent[i] for i in range(count) if i in received]
+        span = max(received.values(), default=t0) - t0
         result = {"loop": loop_kind(), "count": count, "received": len(received), "lost": count - len(received),
-                  "failed": failed, "send_rate": count / send_span, **quantiles(latencies)}
+                  "failed": failed, "send_rate": count / send_span, "delivery_rate": len(received) / span if span > 0 else 0.0,
+                  **quantiles(latencies)}
         session.terminate().result(10)
     return result
 
@@ -157,6 +159,8 @@ def run(ctx: Context) -> None:
         ctx.emit(Row(ctx.name, f"{what}: p99", res["p99"], "ms", anchor="UDP echo p99", anchor_value=anchor["p99"],
                      ratio=r, goal="<= 2 ms", met=yes_no(res["p99"] <= 2.0)))
         ctx.emit(Row(ctx.name, f"{what}: max", res["max"], "ms"))
+        ctx.emit(Row(ctx.name, f"{what}: delivered per second (first send to last delivery)", res["delivery_rate"], "msg/s",
+                     anchor="offered", anchor_value=res["send_rate"], ratio=ratio(res["delivery_rate"], res["send_rate"])))
         ctx.emit(Row(ctx.name, f"{what}: lost (+ failed sends {res['failed']})", res["lost"], "messages", goal="0",
                      met=yes_no(res["lost"] == 0 and res["failed"] == 0)))
 

@@ -18,7 +18,6 @@ and keeps its best round: the machine is shared and noisy, and the best round is
 from __future__ import annotations
 
 import gc
-import importlib
 import os
 import re
 import sys
