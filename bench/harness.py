@@ -28,7 +28,8 @@ ORDER = ("import", "parse", "endpoint-udp", "endpoint-tcp", "relay", "latency", 
 BUDGET = {"import": 20, "parse": 35, "endpoint-udp": 130, "endpoint-tcp": 130, "relay": 110, "latency": 75, "scale": 90}
 QUICK_BUDGET = {"import": 20, "parse": 20, "endpoint-udp": 40, "endpoint-tcp": 40, "relay": 40, "latency": 30, "scale": 40}
 NEEDS = {"endpoint-udp": ("sipp",), "endpoint-tcp": ("sipp",), "relay": ("sipp", "kamailio")}
-KILL_GRACE = 15   # seconds past the budget before the benchmark's process group is killed
+KILL_GRACE = 10   # seconds past the budget before the benchmark's process group is killed
+TOTAL = 570       # all benchmarks together (seconds): a budget is cut to what is left of this, so a run stays < 10 min
 
 
 def benchmark(name: str) -> Callable[[Context], None]:
@@ -193,9 +194,14 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"{name}: not run, {' and '.join(missing)} missing (scripts/install-system-deps installs them)")
             failed.append(name)
             continue
-        print(f"== {name} (budget {budgets[name]} s)", flush=True)
+        budget = min(budgets[name], TOTAL - KILL_GRACE - (time.monotonic() - t0))
+        if budget < 10:
+            notes.append(f"{name}: not run, the run's {TOTAL} s were used up")
+            failed.append(name)
+            continue
+        print(f"== {name} (budget {budget:.0f} s)", flush=True)
         rows_file = work / f"{name}.jsonl"
-        code, took = run_child(name, rows_file, work / name, args.quick, budgets[name])
+        code, took = run_child(name, rows_file, work / name, args.quick, budget)
         got, said = read_rows(rows_file)
         rows += got
         notes += said

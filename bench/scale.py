@@ -228,7 +228,7 @@ def run(ctx: Context) -> None:
         ctx.emit(Row(ctx.name, "server RSS growth per open session", per_session, "bytes",
                      anchor="INVITE + 200 + ACK on the wire", anchor_value=session_bytes,
                      ratio=ratio(per_session, session_bytes), goal=f"bounded: all {n:,} in place", met=yes_no(len(acked) == n)))
-        ctx.emit(Row(ctx.name, f"server RSS with {n:,} users and {n:,} sessions", after_sessions["rss"] / 2**20, "MiB",
+        ctx.emit(Row(ctx.name, f"server RSS with {registering.done:,} users and {len(acked):,} sessions", after_sessions["rss"] / 2**20, "MiB",
                      anchor="idle server", anchor_value=idle["rss"] / 2**20, ratio=ratio(after_sessions["rss"], idle["rss"])))
         if settle and ctx.left() > settle + 5:
             time.sleep(settle)   # the transactions' 32 s linger (Timer J, RFC 6026 Accepted) runs out
