@@ -155,6 +155,8 @@ def split_header_values(value: str) -> list[str]:
     """Split a comma-separated header value, respecting quotes and <...> (for Via, Contact, Route)."""
     if "," not in value:
         return [value.strip()]
+    if '"' not in value and "<" not in value:  # nothing that could hide a comma: split in C (Via, Allow, ...)
+        return [v for v in (part.strip() for part in value.split(",")) if v]
     out: list[str] = []
     depth = 0
     in_quotes = False
