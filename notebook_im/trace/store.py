@@ -1,0 +1,599 @@
+"""A history store: the trace written to SQLite as it happens, so conversations survive a kernel restart.
+
+    platform = nim.Platform(history="chat.sqlite")     # or a directory: <dir>/history.sqlite
+    ...                                                 # every SIP message, API event and drop is appended
+    platform.shutdown()                                 # flushes and closes the store
+    platform = nim.Platform(history="chat.sqlite")      # a new kernel: trace.sip()/messages()/events() and
+                                                        # ChatPanel(endpoint) show the earlier conversations
+
+Why a writer thread. Recording is on the hot path (trace/recorder.py), so the caller's thread (the library's
+loop thread) never does SQL: `Trace.record_*` hands each record to `HistoryStore.put_*`, which is one
+`SimpleQueue.put` of a tuple. A daemon writer thread drains the queue in small batches (whatever arrived,
+at most `BATCH` rows), inserts them and commits at once, so a record is durable a few ms after it happened:
+a SIGKILLed kernel loses at most the record(s) still in the queue. SQLite runs in WAL mode with
+`synchronous=NORMAL`: a commit survives the process being killed (the WAL is in the OS page cache), and
+readers (the sqlite3 shell, DuckDB, pandas.read_sql) can open the file while a Platform writes it. A power
+cut may lose the last commits (that would need `synchronous=FULL`, an fsync per commit).
+
+Why one Platform per store. Two platforms appending to one file would each show only their own half of the
+conversation after loading, so a store has one writer: opening it takes an exclusive lock on
+`<store>.lock` (flock; released by the OS when the process dies, so a killed kernel leaves no stale lock),
+and a second Platform gets `HistoryInUse` naming the process that holds it.
+
+Schema (version 1, in the `schema` table; `PRAGMA application_id` marks the file as ours too):
+
+    schema  (version INTEGER, application TEXT, created REAL)        one row
+    sip     (id, timestamp REAL, owner, direction, transport,          one row per SIP message, raw bytes as
+             local_host, local_port, remote_host, remote_port, raw BLOB)   recorded (credentials already redacted)
+    events  (id, timestamp REAL, owner, type, session_id, fields TEXT)   one row per API event; `fields` is
+                                                                         JSON of every dataclass field
+    drops   (id, timestamp REAL, owner, transport, remote_host, remote_port, reason, raw BLOB)
+
+Events are stored field by field, not as frame rows: on loading they are rebuilt into the same event classes
+(`MessageDelivered`, ...), with small stand-ins for the live objects they pointed at (`EarlierSession`, a
+`Participant` without a session). The frame builders in frames.py then run on them exactly as on live events,
+so a column added to a frame later appears for earlier conversations too, without a change here. Encoding:
+JSON scalars as they are; `{"$dt": iso}` datetimes; `{"$enum": class, "v": value}` enums; `{"$ref": class,
+"uri", "name", "local"}` objects with a URI (participants, endpoints); `{"$session": id, "remote": ...}`
+sessions; `{"$map": {...}}` dicts; anything else `str()`.
+"""
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import enum
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from ..errors import NotebookImError
+from .recorder import DropRecord, EventRecord
+
+if TYPE_CHECKING:  # pragma: no cover
+    import sqlite3
+
+    from .recorder import Trace
+
+log = logging.getLogger("notebook_im.history")
+
+SCHEMA_VERSION = 1
+APPLICATION = "notebook_im history"
+APPLICATION_ID = 0x6E696D68  # "nimh", PRAGMA application_id
+SUFFIXES = (".sqlite", ".sqlite3", ".db")
+DIRECTORY_FILE = "history.sqlite"
+BATCH = 512  # rows per transaction at most: keeps each commit short, so the next batch is not kept waiting
+
+_DDL = """
+CREATE TABLE schema (version INTEGER NOT NULL, application TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE sip (id INTEGER PRIMARY KEY, timestamp REAL NOT NULL, owner TEXT NOT NULL, direction TEXT NOT NULL,
+                  transport TEXT NOT NULL, local_host TEXT, local_port INTEGER, remote_host TEXT,
+                  remote_port INTEGER, raw BLOB NOT NULL);
+CREATE TABLE events (id INTEGER PRIMARY KEY, timestamp REAL NOT NULL, owner TEXT NOT NULL, type TEXT NOT NULL,
+                     session_id TEXT, fields TEXT NOT NULL);
+CREATE TABLE drops (id INTEGER PRIMARY KEY, timestamp REAL NOT NULL, owner TEXT NOT NULL, transport TEXT NOT NULL,
+                    remote_host TEXT, remote_port INTEGER, reason TEXT NOT NULL, raw BLOB NOT NULL);
+CREATE INDEX events_owner ON events (owner, session_id);
+"""
+_TABLES = {"schema", "sip", "events", "drops"}
+
+
+class HistoryError(NotebookImError):
+    """The history store cannot be used: the message says which file, why, and what to do."""
+
+
+class HistoryInUse(HistoryError):
+    """Another Platform (in this process or another) is writing the same history store."""
+
+
+# -- the path -------------------------------------------------------------------------------------------------
+def resolve_path(history: Any) -> Path:
+    """The store file for `Platform(history=...)`: a `.sqlite`/`.sqlite3`/`.db` file, or a directory (created if
+    missing) holding `history.sqlite`. Raises TypeError/HistoryError saying what to pass instead."""
+    if isinstance(history, bytes) or not isinstance(history, (str, os.PathLike)):
+        raise TypeError("history must be a path (str or pathlib.Path) to a .sqlite or .db file, or to a directory, "
+                        f"not {type(history).__name__}")
+    text = os.fspath(history)
+    if not text.strip():
+        raise HistoryError("history is an empty path; pass a file such as 'chat.sqlite' or a directory")
+    path = Path(text).expanduser()
+    if path.suffix.lower() in SUFFIXES:
+        if path.is_dir():
+            raise HistoryError(f"history {str(path)!r} is a directory named like a database file; pass "
+                               f"{str(path / DIRECTORY_FILE)!r} or another file name")
+        if not path.parent.is_dir():
+            raise HistoryError(f"cannot create the history store {str(path)!r}: the directory "
+                               f"{str(path.parent)!r} does not exist; create it first or choose another path")
+        return path
+    if path.is_file():
+        raise HistoryError(f"history {str(path)!r} is an existing file without a .sqlite/.sqlite3/.db suffix; "
+                           "pass a database file name ending in .sqlite or .db, or a directory")
+    if path.suffix and not path.exists():
+        raise HistoryError(f"history {str(path)!r}: a store file must end in .sqlite, .sqlite3 or .db "
+                           f"(for a directory, leave out the suffix {path.suffix!r})")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HistoryError(f"cannot create the history directory {str(path)!r}: {exc.strerror or exc}; "
+                           "choose a writable location") from None
+    return path / DIRECTORY_FILE
+
+
+# -- one writer per store ------------------------------------------------------------------------------------
+class _Lock:
+    """An exclusive, non-blocking lock on `<store>.lock` holding the owner's pid (for the error message)."""
+
+    def __init__(self, store_path: Path) -> None:
+        self.path = store_path.with_name(store_path.name + ".lock")
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise HistoryError(f"cannot write the history store {str(store_path)!r}: {exc.strerror or exc} "
+                               f"({str(self.path)!r}); choose a writable location") from None
+        try:
+            _lock_fd(self._fd)
+        except OSError:
+            holder = os.pread(self._fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(self._fd)
+            raise HistoryInUse(
+                f"the history store {str(store_path)!r} is in use by another Platform (process {holder}); one "
+                "Platform writes a store at a time: call platform.shutdown() on the other one (or end that "
+                "process), or pass a different history= path") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError:  # pragma: no cover - the file system went away; closing still drops the lock
+            pass
+        os.close(self._fd)  # closing the descriptor releases the lock
+        self._fd = None
+
+
+def _lock_fd(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+# -- events to JSON and back -------------------------------------------------------------------------------------
+def encode_value(value: Any) -> Any:
+    """One event field as JSON-able data (see the module docstring for the tags)."""
+    if isinstance(value, enum.Enum):
+        return {"$enum": type(value).__name__, "v": value.value}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, datetime):
+        return {"$dt": value.isoformat()}
+    if hasattr(value, "uri") and not isinstance(value, str):  # a participant or an endpoint
+        return {"$ref": type(value).__name__, "uri": str(value.uri), "name": getattr(value, "display_name", None),
+                "local": bool(getattr(value, "is_local", False))}
+    if hasattr(value, "id") and hasattr(value, "remote"):  # a session
+        remote = value.remote
+        return {"$session": str(value.id), "remote": encode_value(remote) if remote is not None else None,
+                "local": str(getattr(getattr(value, "endpoint", None), "uri", "") or ""),
+                "conference": bool(getattr(value, "is_conference", False)),
+                "incoming": bool(getattr(value, "is_incoming", False))}
+    if isinstance(value, (list, tuple)):
+        return [encode_value(v) for v in value]
+    if isinstance(value, dict):
+        return {"$map": {str(k): encode_value(v) for k, v in value.items()}}
+    return str(value)
+
+
+def encode_event(event: Any) -> str:
+    """Every dataclass field of `event`, encoded, as one JSON object."""
+    names = getattr(event, "__dataclass_fields__", None) or vars(event)
+    return json.dumps({name: encode_value(getattr(event, name)) for name in names}, ensure_ascii=False,
+                      separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class EarlierRef:
+    """An object with a URI (an endpoint) from a stored event: its URI and display name, nothing live."""
+
+    uri: str
+    display_name: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The display name, else the user part of the URI."""
+        return self.display_name or self.uri.split(":", 1)[-1].split("@", 1)[0] or self.uri
+
+
+@dataclass(frozen=True, eq=False)
+class EarlierSession:
+    """A session as a stored event remembers it: its id, the remote party and the local URI. It is a record of
+    a conversation from an earlier run, so it cannot send, accept or end anything."""
+
+    id: str
+    remote: Any
+    local_uri: str = ""
+    is_conference: bool = False
+    is_incoming: bool = False
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(f"session {self.id} is a record from the history store (an earlier run), so it has no "
+                           f"{name!r}: start a new conversation with endpoint.sessions.create({self.remote.uri!r})")
+
+    def __repr__(self) -> str:
+        return f"<EarlierSession {self.id} with {self.remote.uri}>"
+
+
+def decode_value(data: Any) -> Any:
+    """The inverse of `encode_value`, with stand-ins (`Participant`, `EarlierRef`, `EarlierSession`) for live objects."""
+    if isinstance(data, list):
+        return [decode_value(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    if "$dt" in data:
+        return datetime.fromisoformat(data["$dt"])
+    if "$enum" in data:
+        from ..api import events
+
+        cls = getattr(events, data["$enum"], None)
+        try:
+            return cls(data["v"]) if isinstance(cls, type) and issubclass(cls, enum.Enum) else data["v"]
+        except ValueError:  # a state this version does not know: keep its value
+            return data["v"]
+    if "$ref" in data:
+        if data["$ref"] == "Participant":
+            from ..api.participant import Participant
+
+            return Participant(data["uri"], display_name=data.get("name"), is_local=bool(data.get("local")))
+        return EarlierRef(data["uri"], data.get("name"))
+    if "$session" in data:
+        return EarlierSession(data["$session"], decode_value(data.get("remote")) or EarlierRef(""),
+                              data.get("local", ""), bool(data.get("conference")), bool(data.get("incoming")))
+    if "$map" in data:
+        return {k: decode_value(v) for k, v in data["$map"].items()}
+    return data
+
+
+_GENERIC: dict[tuple[str, tuple[str, ...]], type] = {}
+
+
+def decode_event(type_name: str, fields_json: str) -> Any:
+    """A stored event rebuilt as its event class (or, for a type or fields this version does not have, a frozen
+    dataclass of the same name and fields, which the frames treat the same way)."""
+    from ..api import events
+
+    fields = {k: decode_value(v) for k, v in json.loads(fields_json).items()}
+    cls = getattr(events, type_name, None)
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+        known = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in fields.items() if k in known})
+        except TypeError:  # a required field this store does not have: fall through to the generic record
+            pass
+    key = (type_name, tuple(fields))
+    generic = _GENERIC.get(key)
+    if generic is None:
+        generic = dataclasses.make_dataclass(type_name, [(k, Any, field(default=None)) for k in fields], frozen=True)
+        _GENERIC[key] = generic
+    return generic(**fields)
+
+
+# -- earlier conversations (what ChatPanel shows) ------------------------------------------------------------
+@dataclass
+class EarlierMessage:
+    """One message of an earlier conversation, as the chat panel shows it."""
+
+    id: str
+    direction: str              # "out" / "in"
+    sender: str                 # URI
+    sender_name: str
+    text: str
+    content_type: str
+    timestamp: datetime
+    status: str                 # delivered / failed / received
+    sip_status: int | None = None
+    reason: str = ""
+
+
+@dataclass
+class EarlierConversation:
+    """The messages of one earlier session (or of the pager-mode messages with one peer), oldest first."""
+
+    key: str                    # the session id, or "pager:<peer uri>"
+    peer: str                   # the remote party's URI
+    peer_name: str
+    mode: str                   # "session" / "pager"
+    messages: list[EarlierMessage]
+
+    @property
+    def started(self) -> datetime:
+        """When the first message was sent or received."""
+        return self.messages[0].timestamp
+
+    @property
+    def ended(self) -> datetime:
+        """When the last message was sent or received."""
+        return self.messages[-1].timestamp
+
+
+UNCONFIRMED = "no final response was recorded (the program stopped first)"
+
+
+def earlier_conversations(records: Iterable[EventRecord], owner: str, local_name: str = "") -> list[EarlierConversation]:
+    """The conversations of endpoint `owner` in `records` (stored events), newest first. A message that was sent
+    but never confirmed (the kernel died first) shows as failed, with the reason `UNCONFIRMED`."""
+    convs: dict[str, EarlierConversation] = {}
+    by_id: dict[tuple[str, str], EarlierMessage] = {}
+    own_name = local_name or EarlierRef(owner).name
+    for rec in records:
+        ev = rec.event
+        name = type(ev).__name__
+        if rec.owner != owner or name not in ("MessageReceived", "MessageSending", "MessageDelivered", "MessageFailed"):
+            continue
+        session = getattr(ev, "session", None)
+        if name == "MessageReceived":
+            who = ev.participant
+            peer, peer_name = who.uri, getattr(who, "name", who.uri)
+        else:
+            remote = getattr(session, "remote", None) if session is not None else None
+            peer = getattr(ev, "recipient", "") or getattr(remote, "uri", "")
+            peer_name = getattr(remote, "name", None) or EarlierRef(peer).name
+        if session is not None:
+            key, mode = session.id, "session"
+            remote = session.remote
+            peer, peer_name = remote.uri, getattr(remote, "name", remote.uri)
+        else:
+            key, mode = f"pager:{peer}", "pager"
+        conv = convs.get(key)
+        if conv is None:
+            conv = convs[key] = EarlierConversation(key, peer, peer_name, mode, [])
+        message_id = getattr(ev, "message_id", "") or f"{name}-{len(by_id)}"
+        when = getattr(ev, "timestamp", None) or datetime.fromtimestamp(rec.timestamp).astimezone()
+        if name == "MessageReceived":
+            msg = EarlierMessage(message_id, "in", ev.participant.uri, getattr(ev.participant, "name", peer), ev.text,
+                                 ev.content_type, when, "received")
+            conv.messages.append(msg)
+            continue
+        msg = by_id.get((key, message_id))
+        if msg is None:
+            msg = EarlierMessage(message_id, "out", owner, own_name, ev.text, ev.content_type,
+                                 getattr(ev, "sent_at", None) or when, "failed", None, UNCONFIRMED)
+            by_id[(key, message_id)] = msg
+            conv.messages.append(msg)
+        if name != "MessageSending":
+            msg.status = "delivered" if name == "MessageDelivered" else "failed"
+            msg.sip_status, msg.reason = ev.status, ev.reason
+    out = [c for c in convs.values() if c.messages]
+    out.sort(key=lambda c: c.ended, reverse=True)
+    return out
+
+
+# -- the store ----------------------------------------------------------------------------------------------------
+class HistoryStore:
+    """A SQLite file the trace is appended to as it records (see the module docstring). Made by
+    `Platform(history=path)`, which loads the earlier records into its trace and attaches the store."""
+
+    def __init__(self, history: Any) -> None:
+        self.path = resolve_path(history)
+        self.loaded = {"sip": 0, "events": 0, "drops": 0}   # records read from the store when it was opened
+        self.earlier: list[EventRecord] = []                 # the events read when opened (earlier conversations)
+        self.written = 0                                     # rows committed by this store object
+        self.write_errors = 0
+        self.last_error: str | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._lock = _Lock(self.path)
+        try:
+            self._db = self._open()
+        except BaseException:
+            self._lock.release()
+            raise
+        self._thread: threading.Thread | None = None
+
+    # -- opening ---------------------------------------------------------------------------------------------
+    def _open(self) -> "sqlite3.Connection":
+        import sqlite3
+
+        p = self.path
+        if p.exists() and p.stat().st_size > 0:
+            with open(p, "rb") as f:
+                head = f.read(16)
+            if head != b"SQLite format 3\x00":
+                raise HistoryError(f"{str(p)!r} is not a SQLite database, so it is not a notebook_im history store; "
+                                   "pass a new file name (or move this file away)")
+        try:
+            db = sqlite3.connect(p, check_same_thread=False, timeout=5.0)
+        except sqlite3.Error as exc:
+            raise HistoryError(f"cannot open the history store {str(p)!r}: {exc}; choose a writable location") from None
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not tables:
+                db.executescript(_DDL + f"PRAGMA application_id={APPLICATION_ID};")
+                db.execute("INSERT INTO schema VALUES (?, ?, ?)", (SCHEMA_VERSION, APPLICATION, time.time()))
+                db.commit()
+            else:
+                self._check_schema(db, tables)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
+                raise HistoryError(f"cannot write the history store {str(p)!r}: it is read-only; choose a writable "
+                                   "location") from None
+            raise HistoryError(f"cannot use {str(p)!r} as a history store: {exc}; pass a new file name") from None
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _check_schema(self, db: "sqlite3.Connection", tables: set[str]) -> None:
+        p = str(self.path)
+        row = None
+        if "schema" in tables:
+            row = db.execute("SELECT version, application FROM schema").fetchone()
+        if row is None or row[1] != APPLICATION or not _TABLES <= tables:
+            raise HistoryError(f"{p!r} is a SQLite database but not a notebook_im history store (its tables: "
+                               f"{', '.join(sorted(tables))}); pass a new file name so it is left untouched")
+        if row[0] > SCHEMA_VERSION:
+            raise HistoryError(f"{p!r} was written by a newer notebook_im (history schema {row[0]}; this version "
+                               f"reads schema {SCHEMA_VERSION}); upgrade notebook_im, or pass a new file name")
+
+    def load_into(self, trace: "Trace") -> None:
+        """Append the stored records to `trace` (the newest `trace.max_records` SIP messages and events, the
+        newest `max_drops` drops) and remember the events as `earlier`. Header fields of the SIP messages are
+        extracted on the first frame build, so opening a large store stays fast."""
+        cap = trace.max_records if trace.max_records is not None else -1
+        db = self._db
+        sip = db.execute("SELECT * FROM (SELECT id, timestamp, owner, direction, transport, local_host, local_port, "
+                         "remote_host, remote_port, raw FROM sip ORDER BY id DESC LIMIT ?) ORDER BY id", (cap,)).fetchall()
+        events = db.execute("SELECT * FROM (SELECT id, timestamp, owner, type, fields FROM events ORDER BY id DESC "
+                            "LIMIT ?) ORDER BY id", (cap,)).fetchall()
+        drops = db.execute("SELECT * FROM (SELECT id, timestamp, owner, transport, remote_host, remote_port, reason, raw "
+                           "FROM drops ORDER BY id DESC LIMIT ?) ORDER BY id", (trace.max_drops,)).fetchall()
+        with trace._index_lock, trace._lock:
+            if sip:
+                _, ts, owner, direction, transport, lh, lp, rh, rp, raw = zip(*sip)
+                trace.sip_ts.extend(ts)
+                trace.sip_direction.extend(direction)
+                trace.sip_transport.extend(transport)
+                trace.sip_local.extend(zip(lh, lp))
+                trace.sip_remote.extend(zip(rh, rp))
+                trace.sip_raw.extend(map(bytes, raw))
+                trace.sip_owner.extend(owner)  # last: readers take len(sip_owner) as the row count
+            self.earlier = [EventRecord(ts, owner, decode_event(kind, fields)) for _, ts, owner, kind, fields in events]
+            trace.events_list.extend(self.earlier)
+            for _, ts, owner, transport, rh, rp, reason, raw in drops:
+                trace.drops.append(DropRecord(ts, transport, None if rh is None else (rh, rp), reason, bytes(raw), owner))
+            trace.drops_total += len(drops)
+        self.loaded = {"sip": len(sip), "events": len(events), "drops": len(drops)}
+
+    # -- writing (the recorder calls put_*, any thread; one queue put each) -------------------------------------
+    def start(self) -> "HistoryStore":
+        """Start the writer thread (Platform does this after loading)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"nim-history {self.path.name}", daemon=True)
+            self._thread.start()
+            ref = weakref.ref(self)
+            atexit.register(lambda: (s := ref()) is not None and s.close())
+        return self
+
+    def put_sip(self, ts: float, direction: str, transport: str, local: tuple[str, int], remote: tuple[str, int],
+                raw: bytes, owner: str) -> None:
+        """Queue one SIP message (already redacted) for writing."""
+        self._queue.put(("s", ts, owner, direction, transport, local, remote, raw))
+
+    def put_event(self, ts: float, owner: str, event: Any) -> None:
+        """Queue one API event for writing (encoded on the writer thread)."""
+        self._queue.put(("e", ts, owner, event))
+
+    def put_drop(self, record: DropRecord) -> None:
+        """Queue one dropped datagram or stream chunk for writing."""
+        self._queue.put(("d", record))
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued so far is committed; False if that took longer than `timeout`."""
+        if self._closed or self._thread is None:
+            return True
+        done = threading.Event()
+        self._queue.put(("f", done))
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, close the database and release the lock. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        thread = self._thread
+        if thread is not None:
+            self._queue.put(("x", None))
+            thread.join(timeout)
+            if thread.is_alive():  # pragma: no cover - a stuck disk: leave the writer to finish on its own
+                log.warning("history store %s: the writer did not finish within %s s", self.path, timeout)
+                return
+        else:
+            self._db.close()
+        self._lock.release()
+
+    @property
+    def closed(self) -> bool:
+        """True once `close()` was called (Platform.shutdown() does that)."""
+        return self._closed
+
+    def _run(self) -> None:
+        q, db = self._queue, self._db
+        stop = False
+        while not stop:
+            batch = [q.get()]
+            while len(batch) < BATCH:
+                try:
+                    batch.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            sip, events, drops, waiters = [], [], [], []
+            for item in batch:
+                kind = item[0]
+                if kind == "s":
+                    _, ts, owner, direction, transport, local, remote, raw = item
+                    sip.append((ts, owner, direction, transport, *(local or (None, None)), *(remote or (None, None)), raw))
+                elif kind == "e":
+                    _, ts, owner, ev = item
+                    try:
+                        session = getattr(ev, "session", None)
+                        events.append((ts, owner, type(ev).__name__, getattr(session, "id", None) if session else None,
+                                       encode_event(ev)))
+                    except Exception as exc:  # noqa: BLE001 - one odd event must not stop the history
+                        self._failed(f"cannot encode {type(ev).__name__}: {exc}")
+                elif kind == "d":
+                    d = item[1]
+                    drops.append((d.timestamp, d.owner, d.transport, *(d.remote or (None, None)), d.reason, d.raw))
+                elif kind == "f":
+                    waiters.append(item[1])
+                else:
+                    stop = True
+            try:
+                if sip:
+                    db.executemany("INSERT INTO sip (timestamp, owner, direction, transport, local_host, local_port, "
+                                   "remote_host, remote_port, raw) VALUES (?,?,?,?,?,?,?,?,?)", sip)
+                if events:
+                    db.executemany("INSERT INTO events (timestamp, owner, type, session_id, fields) VALUES (?,?,?,?,?)",
+                                   events)
+                if drops:
+                    db.executemany("INSERT INTO drops (timestamp, owner, transport, remote_host, remote_port, reason, "
+                                   "raw) VALUES (?,?,?,?,?,?,?)", drops)
+                db.commit()
+                self.written += len(sip) + len(events) + len(drops)
+            except Exception as exc:  # noqa: BLE001 - disk full, file removed: report, keep the platform running
+                self._failed(f"writing {len(sip) + len(events) + len(drops)} records failed: {exc}")
+                try:
+                    db.rollback()
+                except Exception:  # noqa: BLE001
+                    pass
+            for done in waiters:
+                done.set()
+        db.close()
+
+    def _failed(self, message: str) -> None:
+        self.write_errors += 1
+        self.last_error = message
+        if self.write_errors == 1 or self.write_errors % 1000 == 0:
+            log.error("history store %s: %s (%d errors so far)", self.path, message, self.write_errors)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        loaded = ", ".join(f"{v} {k}" for k, v in self.loaded.items())
+        return f"<HistoryStore {str(self.path)!r} {state}: loaded {loaded}; {self.written} records written>"
