@@ -42,6 +42,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import enum
+import functools
 import json
 import logging
 import os
@@ -70,6 +71,7 @@ APPLICATION_ID = 0x6E696D68  # "nimh", PRAGMA application_id
 SUFFIXES = (".sqlite", ".sqlite3", ".db")
 DIRECTORY_FILE = "history.sqlite"
 BATCH = 512  # rows per transaction at most: keeps each commit short, so the next batch is not kept waiting
+WINDOW = float(os.environ.get("NIM_HISTORY_WINDOW", "0.005"))  # s between commits under load (a commit costs ~50 µs)
 
 _DDL = """
 CREATE TABLE schema (version INTEGER NOT NULL, application TEXT NOT NULL, created REAL NOT NULL);
@@ -80,7 +82,6 @@ CREATE TABLE events (id INTEGER PRIMARY KEY, timestamp REAL NOT NULL, owner TEXT
                      session_id TEXT, fields TEXT NOT NULL);
 CREATE TABLE drops (id INTEGER PRIMARY KEY, timestamp REAL NOT NULL, owner TEXT NOT NULL, transport TEXT NOT NULL,
                     remote_host TEXT, remote_port INTEGER, reason TEXT NOT NULL, raw BLOB NOT NULL);
-CREATE INDEX events_owner ON events (owner, session_id);
 """
 _TABLES = {"schema", "sip", "events", "drops"}
 
@@ -172,35 +173,78 @@ def _lock_fd(fd: int) -> None:
 
 
 # -- events to JSON and back -------------------------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    return value
+
+
+def _enum(value: enum.Enum) -> dict:
+    return {"$enum": type(value).__name__, "v": value.value}
+
+
+def _datetime(value: datetime) -> dict:
+    return {"$dt": value.isoformat()}
+
+
+def _ref(value: Any) -> dict:  # a participant or an endpoint
+    return {"$ref": type(value).__name__, "uri": str(value.uri), "name": getattr(value, "display_name", None),
+            "local": bool(getattr(value, "is_local", False))}
+
+
+def _session(value: Any) -> dict:
+    remote = value.remote
+    return {"$session": str(value.id), "remote": encode_value(remote) if remote is not None else None,
+            "local": str(getattr(getattr(value, "endpoint", None), "uri", "") or ""),
+            "conference": bool(getattr(value, "is_conference", False)),
+            "incoming": bool(getattr(value, "is_incoming", False))}
+
+
+def _sequence(value: Any) -> list:
+    return [encode_value(v) for v in value]
+
+
+def _mapping(value: dict) -> dict:
+    return {"$map": {str(k): encode_value(v) for k, v in value.items()}}
+
+
+def _encoder_for(value: Any) -> Any:
+    """How values of this class are encoded (decided on the first one and kept per class: the writer encodes
+    thousands of events per second)."""
+    cls = type(value)
+    if issubclass(cls, enum.Enum):
+        return _enum
+    if issubclass(cls, datetime):
+        return _datetime
+    if value is None or issubclass(cls, (bool, int, float, str)):
+        return _plain
+    if hasattr(value, "uri"):
+        return _ref
+    if hasattr(value, "id") and hasattr(value, "remote"):
+        return _session
+    if issubclass(cls, (list, tuple)):
+        return _sequence
+    if issubclass(cls, dict):
+        return _mapping
+    return str
+
+
+_ENCODERS: dict[type, Any] = {}
+
+
 def encode_value(value: Any) -> Any:
     """One event field as JSON-able data (see the module docstring for the tags)."""
-    if isinstance(value, enum.Enum):
-        return {"$enum": type(value).__name__, "v": value.value}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, datetime):
-        return {"$dt": value.isoformat()}
-    if hasattr(value, "uri") and not isinstance(value, str):  # a participant or an endpoint
-        return {"$ref": type(value).__name__, "uri": str(value.uri), "name": getattr(value, "display_name", None),
-                "local": bool(getattr(value, "is_local", False))}
-    if hasattr(value, "id") and hasattr(value, "remote"):  # a session
-        remote = value.remote
-        return {"$session": str(value.id), "remote": encode_value(remote) if remote is not None else None,
-                "local": str(getattr(getattr(value, "endpoint", None), "uri", "") or ""),
-                "conference": bool(getattr(value, "is_conference", False)),
-                "incoming": bool(getattr(value, "is_incoming", False))}
-    if isinstance(value, (list, tuple)):
-        return [encode_value(v) for v in value]
-    if isinstance(value, dict):
-        return {"$map": {str(k): encode_value(v) for k, v in value.items()}}
-    return str(value)
+    encoder = _ENCODERS.get(type(value))
+    if encoder is None:
+        encoder = _ENCODERS[type(value)] = _encoder_for(value)
+    return encoder(value)
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)  # fresh dicts: no cycles
 
 
 def encode_event(event: Any) -> str:
     """Every dataclass field of `event`, encoded, as one JSON object."""
     names = getattr(event, "__dataclass_fields__", None) or vars(event)
-    return json.dumps({name: encode_value(getattr(event, name)) for name in names}, ensure_ascii=False,
-                      separators=(",", ":"))
+    return _JSON.encode({name: encode_value(getattr(event, name)) for name in names})
 
 
 @dataclass(frozen=True)
@@ -382,6 +426,32 @@ def earlier_conversations(records: Iterable[EventRecord], owner: str, local_name
 
 
 # -- the store ----------------------------------------------------------------------------------------------------
+_COLUMNS = {
+    "sip": ("timestamp", "owner", "direction", "transport", "local_host", "local_port", "remote_host", "remote_port", "raw"),
+    "events": ("timestamp", "owner", "type", "session_id", "fields"),
+    "drops": ("timestamp", "owner", "transport", "remote_host", "remote_port", "reason", "raw"),
+}
+MAX_ROWS_PER_INSERT = 64  # 64 rows x 9 columns stays under SQLite's historical limit of 999 parameters
+
+
+@functools.lru_cache(maxsize=None)
+def _insert_sql(table: str, rows: int) -> str:
+    columns = _COLUMNS[table]
+    one = "(" + ",".join("?" * len(columns)) + ")"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ",".join([one] * rows)
+
+
+def _insert(db: "sqlite3.Connection", table: str, rows: list[tuple]) -> None:
+    """Insert `rows` with few statements of many rows each (sizes are powers of two, so only a handful of
+    statements are ever prepared). Why not executemany: it steps SQLite once per row, and every step releases
+    and retakes the GIL, handing it to the loop thread and back: a context switch per row on the hot path."""
+    i, n = 0, len(rows)
+    while i < n:
+        size = min(MAX_ROWS_PER_INSERT, 1 << ((n - i).bit_length() - 1))
+        db.execute(_insert_sql(table, size), [value for row in rows[i:i + size] for value in row])
+        i += size
+
+
 class HistoryStore:
     """A SQLite file the trace is appended to as it records (see the module docstring). Made by
     `Platform(history=path)`, which loads the earlier records into its trace and attaches the store."""
@@ -391,6 +461,8 @@ class HistoryStore:
         self.loaded = {"sip": 0, "events": 0, "drops": 0}   # records read from the store when it was opened
         self.earlier: list[EventRecord] = []                 # the events read when opened (earlier conversations)
         self.written = 0                                     # rows committed by this store object
+        self.commits = 0                                     # transactions committed (batches)
+        self.writer_cpu = 0.0                                # CPU seconds the writer thread used (bench/history.py)
         self.write_errors = 0
         self.last_error: str | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -537,8 +609,12 @@ class HistoryStore:
     def _run(self) -> None:
         q, db = self._queue, self._db
         stop = False
+        last_commit = 0.0
         while not stop:
             batch = [q.get()]
+            wait = last_commit + WINDOW - time.monotonic()
+            if wait > 0:  # under load: gather what arrives until WINDOW after the last commit
+                time.sleep(wait)
             while len(batch) < BATCH:
                 try:
                     batch.append(q.get_nowait())
@@ -566,16 +642,10 @@ class HistoryStore:
                 else:
                     stop = True
             try:
-                if sip:
-                    db.executemany("INSERT INTO sip (timestamp, owner, direction, transport, local_host, local_port, "
-                                   "remote_host, remote_port, raw) VALUES (?,?,?,?,?,?,?,?,?)", sip)
-                if events:
-                    db.executemany("INSERT INTO events (timestamp, owner, type, session_id, fields) VALUES (?,?,?,?,?)",
-                                   events)
-                if drops:
-                    db.executemany("INSERT INTO drops (timestamp, owner, transport, remote_host, remote_port, reason, "
-                                   "raw) VALUES (?,?,?,?,?,?,?)", drops)
+                for table, rows in (("sip", sip), ("events", events), ("drops", drops)):
+                    _insert(db, table, rows)
                 db.commit()
+                last_commit = time.monotonic()
                 self.written += len(sip) + len(events) + len(drops)
             except Exception as exc:  # noqa: BLE001 - disk full, file removed: report, keep the platform running
                 self._failed(f"writing {len(sip) + len(events) + len(drops)} records failed: {exc}")
@@ -583,6 +653,8 @@ class HistoryStore:
                     db.rollback()
                 except Exception:  # noqa: BLE001
                     pass
+            self.commits += 1
+            self.writer_cpu = time.thread_time()
             for done in waiters:
                 done.set()
         db.close()

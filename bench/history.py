@@ -1,0 +1,143 @@
+"""What `Platform(history=...)` costs the hot path, and what a SIGKILL loses.
+
+    python bench/history.py [--count N] [--repeat R] [--kills K]
+
+1. msg/s of a two-party session through the embedded server on loopback (one message at a time, each awaited),
+   without and with a history store, runs alternated in the same process, best of R each; the ratio is the
+   figure (goal: history costs < 10 % of msg/s). CPU µs per message counts every thread (the writer included).
+2. How far the writer thread runs behind: after each send, the rows of the last MessageDelivered not yet
+   committed are counted (sampled with a second, read-only connection every 25 messages).
+3. `--kills K`: K times, a child process chats in a tight loop (no pause between messages), is SIGKILLed after
+   a random number of messages, and the store is reopened: how many completed messages are missing.
+
+Bounded: N messages per run (default 1000), each with the 32 s transaction timeout; kill runs end after 30 s.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import select
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import notebook_im as nim
+
+
+def run(count: int, history: Path | None) -> tuple[float, float]:
+    """(msg/s, CPU µs per message) of `count` session messages, one at a time."""
+    if history is not None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(history) + suffix).unlink(missing_ok=True)
+    with nim.Server() as server, nim.Platform("bench", max_trace_records=None, history=history) as platform:
+        alice = platform.endpoint("sip:alice@example.test", server=server).result(10)
+        bob = platform.endpoint("sip:bob@example.test", server=server).result(10)
+        bob.sessions.on_incoming(lambda inc: inc.accept())
+        session = alice.sessions.create("sip:bob@example.test").result(10)
+        for i in range(50):  # warm-up
+            session.send(f"warm {i}").result(10)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(count):
+            session.send(f"message {i}").result(10)
+        rate = count / (time.perf_counter() - t0)
+        cpu = (time.process_time() - c0) / count * 1e6
+        session.terminate().result(10)
+    return rate, cpu
+
+
+def writer_lag(count: int, path: Path) -> list[int]:
+    """Delivered messages not yet committed, sampled after every 25th send."""
+    lag = []
+    with nim.Server() as server, nim.Platform("lag", history=path) as platform:
+        alice = platform.endpoint("sip:alice@example.test", server=server).result(10)
+        bob = platform.endpoint("sip:bob@example.test", server=server).result(10)
+        bob.sessions.on_incoming(lambda inc: inc.accept())
+        session = alice.sessions.create("sip:bob@example.test").result(10)
+        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        for i in range(count):
+            session.send(f"message {i}").result(10)
+            if i % 25 == 24:
+                done = reader.execute("SELECT count(*) FROM events WHERE type = 'MessageDelivered' "
+                                      "AND owner = 'sip:alice@example.test'").fetchone()[0]
+                lag.append(i + 1 - done)
+        reader.close()
+        session.terminate().result(10)
+    return lag
+
+
+def child(path: str) -> None:
+    """The process the kill runs SIGKILL: chat in a tight loop, print each completed message's number."""
+    server = nim.Server().start().result(10)
+    platform = nim.Platform("kill", history=path)
+    alice = platform.endpoint("sip:alice@example.test", server=server).result(10)
+    bob = platform.endpoint("sip:bob@example.test", server=server).result(10)
+    bob.sessions.on_incoming(lambda inc: inc.accept())
+    session = alice.sessions.create("sip:bob@example.test").result(10)
+    for i in range(20000):
+        session.send(f"line {i}").result(10)
+        print(i, flush=True)
+
+
+def kill_once(folder: Path, after: int) -> int:
+    """Messages completed before a SIGKILL but missing from the reopened store."""
+    path = folder / f"kill-{after}.sqlite"
+    proc = subprocess.Popen([sys.executable, __file__, "--child", str(path)], stdout=subprocess.PIPE, text=True)
+    last, deadline = -1, time.monotonic() + 30
+    while last < after and time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 1.0)[0]:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            last = int(line)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    last = max([last, *(int(x) for x in proc.stdout.read().split())])
+    proc.stdout.close()
+    with nim.Platform(history=path) as platform:
+        stored = {t for t in platform.trace.messages(owner="sip:alice@example.test").query("status == 'delivered'").text}
+    return sum(f"line {i}" not in stored for i in range(last + 1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=1000)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--kills", type=int, default=0)
+    ap.add_argument("--child")
+    args = ap.parse_args()
+    if args.child:
+        child(args.child)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        off, on = [], []
+        for _ in range(args.repeat):  # alternated, so a busy moment of the machine hits both
+            off.append(run(args.count, None))
+            on.append(run(args.count, folder / "bench.sqlite"))
+        lag = writer_lag(args.count, folder / "lag.sqlite")
+        lost = [kill_once(folder, random.randint(100, 600)) for _ in range(args.kills)]
+    rate_off, rate_on = max(r for r, _ in off), max(r for r, _ in on)
+    cpu_off, cpu_on = min(c for _, c in off), min(c for _, c in on)
+    print(f"| session MESSAGE, one at a time, via the embedded server ({args.count} messages, best of {args.repeat}) "
+          "| msg/s | CPU µs per message |")
+    print("|---|---:|---:|")
+    print(f"| without history | {rate_off:,.1f} | {cpu_off:,.0f} |")
+    print(f"| with history= (SQLite, WAL, writer thread) | {rate_on:,.1f} | {cpu_on:,.0f} |")
+    print(f"| cost of history | {100 * (1 - rate_on / rate_off):+.1f} % of msg/s | {100 * (cpu_on / cpu_off - 1):+.1f} % |")
+    print(f"| ratio with/without | {rate_on / rate_off:.3f} | |")
+    print()
+    print(f"writer behind (delivered messages not yet committed, {len(lag)} samples): "
+          f"median {statistics.median(lag):.0f}, max {max(lag)}")
+    if lost:
+        print(f"SIGKILL in a tight loop, {len(lost)} runs: completed messages missing after reopening: "
+              f"{sorted(lost)} (median {statistics.median(lost):.0f})")
+
+
+if __name__ == "__main__":
+    main()
