@@ -30,8 +30,9 @@ from pathlib import Path
 import notebook_im as nim
 
 
-def run(count: int, history: Path | None) -> tuple[float, float]:
-    """(msg/s, CPU µs per message) of `count` session messages, one at a time."""
+def run(count: int, history: Path | None) -> tuple[float, float, float, float]:
+    """(msg/s, CPU µs per message, writer-thread CPU µs per message, messages per commit) of `count` session
+    messages, one at a time."""
     if history is not None:
         for suffix in ("", "-wal", "-shm"):
             Path(str(history) + suffix).unlink(missing_ok=True)
@@ -42,13 +43,21 @@ def run(count: int, history: Path | None) -> tuple[float, float]:
         session = alice.sessions.create("sip:bob@example.test").result(10)
         for i in range(50):  # warm-up
             session.send(f"warm {i}").result(10)
+        store = platform.history_store
+        if store is not None:
+            store.flush()
+        w0, n0 = (store.writer_cpu, store.commits) if store is not None else (0.0, 0)
         t0, c0 = time.perf_counter(), time.process_time()
         for i in range(count):
             session.send(f"message {i}").result(10)
         rate = count / (time.perf_counter() - t0)
+        if store is not None:
+            store.flush()  # the writer's share of the work is counted in full
         cpu = (time.process_time() - c0) / count * 1e6
+        writer = (store.writer_cpu - w0) / count * 1e6 if store is not None else 0.0
+        per_commit = count / max(1, store.commits - n0) if store is not None else 0.0
         session.terminate().result(10)
-    return rate, cpu
+    return rate, cpu, writer, per_commit
 
 
 def writer_lag(count: int, path: Path) -> list[int]:
@@ -122,8 +131,10 @@ def main() -> None:
             on.append(run(args.count, folder / "bench.sqlite"))
         lag = writer_lag(args.count, folder / "lag.sqlite")
         lost = [kill_once(folder, random.randint(100, 600)) for _ in range(args.kills)]
-    rate_off, rate_on = max(r for r, _ in off), max(r for r, _ in on)
-    cpu_off, cpu_on = min(c for _, c in off), min(c for _, c in on)
+    rate_off, rate_on = max(r[0] for r in off), max(r[0] for r in on)
+    cpu_off, cpu_on = min(r[1] for r in off), min(r[1] for r in on)
+    writer = statistics.median(r[2] for r in on)
+    per_commit = statistics.median(r[3] for r in on)
     print(f"| session MESSAGE, one at a time, via the embedded server ({args.count} messages, best of {args.repeat}) "
           "| msg/s | CPU µs per message |")
     print("|---|---:|---:|")
@@ -131,7 +142,10 @@ def main() -> None:
     print(f"| with history= (SQLite, WAL, writer thread) | {rate_on:,.1f} | {cpu_on:,.0f} |")
     print(f"| cost of history | {100 * (1 - rate_on / rate_off):+.1f} % of msg/s | {100 * (cpu_on / cpu_off - 1):+.1f} % |")
     print(f"| ratio with/without | {rate_on / rate_off:.3f} | |")
+    print(f"| of which the writer thread (median) | | {writer:,.0f} |")
     print()
+    print(f"messages per commit (median): {per_commit:.1f}; paired ratios (with/without, run by run): "
+          f"{', '.join(f'{b[0] / a[0]:.2f}' for a, b in zip(off, on))}")
     print(f"writer behind (delivered messages not yet committed, {len(lag)} samples): "
           f"median {statistics.median(lag):.0f}, max {max(lag)}")
     if lost:

@@ -33,9 +33,10 @@ Events are stored field by field, not as frame rows: on loading they are rebuilt
 (`MessageDelivered`, ...), with small stand-ins for the live objects they pointed at (`EarlierSession`, a
 `Participant` without a session). The frame builders in frames.py then run on them exactly as on live events,
 so a column added to a frame later appears for earlier conversations too, without a change here. Encoding:
-JSON scalars as they are; `{"$dt": iso}` datetimes; `{"$enum": class, "v": value}` enums; `{"$ref": class,
+JSON scalars, lists and dicts as they are; states (str enums) as their value, turned back into the enum the
+field's annotation names; `{"$dt": iso}` datetimes; `{"$enum": class, "v": value}` other enums; `{"$ref": class,
 "uri", "name", "local"}` objects with a URI (participants, endpoints); `{"$session": id, "remote": ...}`
-sessions; `{"$map": {...}}` dicts; anything else `str()`.
+sessions; anything else `str()`. So `SELECT json_extract(fields, '$.text') FROM events` works in SQL.
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ APPLICATION_ID = 0x6E696D68  # "nimh", PRAGMA application_id
 SUFFIXES = (".sqlite", ".sqlite3", ".db")
 DIRECTORY_FILE = "history.sqlite"
 BATCH = 512  # rows per transaction at most: keeps each commit short, so the next batch is not kept waiting
-WINDOW = float(os.environ.get("NIM_HISTORY_WINDOW", "0.005"))  # s between commits under load (a commit costs ~50 µs)
+WINDOW = 0.005  # s between commits under load: batching a few ms of records makes a commit cheap per record
 
 _DDL = """
 CREATE TABLE schema (version INTEGER NOT NULL, application TEXT NOT NULL, created REAL NOT NULL);
@@ -173,78 +174,44 @@ def _lock_fd(fd: int) -> None:
 
 
 # -- events to JSON and back -------------------------------------------------------------------------------------
-def _plain(value: Any) -> Any:
-    return value
-
-
-def _enum(value: enum.Enum) -> dict:
-    return {"$enum": type(value).__name__, "v": value.value}
-
-
-def _datetime(value: datetime) -> dict:
-    return {"$dt": value.isoformat()}
-
-
 def _ref(value: Any) -> dict:  # a participant or an endpoint
     return {"$ref": type(value).__name__, "uri": str(value.uri), "name": getattr(value, "display_name", None),
             "local": bool(getattr(value, "is_local", False))}
 
 
 def _session(value: Any) -> dict:
-    remote = value.remote
-    return {"$session": str(value.id), "remote": encode_value(remote) if remote is not None else None,
+    return {"$session": str(value.id), "remote": value.remote,
             "local": str(getattr(getattr(value, "endpoint", None), "uri", "") or ""),
             "conference": bool(getattr(value, "is_conference", False)),
             "incoming": bool(getattr(value, "is_incoming", False))}
 
 
-def _sequence(value: Any) -> list:
-    return [encode_value(v) for v in value]
-
-
-def _mapping(value: dict) -> dict:
-    return {"$map": {str(k): encode_value(v) for k, v in value.items()}}
-
-
-def _encoder_for(value: Any) -> Any:
-    """How values of this class are encoded (decided on the first one and kept per class: the writer encodes
-    thousands of events per second)."""
-    cls = type(value)
-    if issubclass(cls, enum.Enum):
-        return _enum
-    if issubclass(cls, datetime):
-        return _datetime
-    if value is None or issubclass(cls, (bool, int, float, str)):
-        return _plain
-    if hasattr(value, "uri"):
-        return _ref
-    if hasattr(value, "id") and hasattr(value, "remote"):
-        return _session
-    if issubclass(cls, (list, tuple)):
-        return _sequence
-    if issubclass(cls, dict):
-        return _mapping
-    return str
-
-
-_ENCODERS: dict[type, Any] = {}
-
-
 def encode_value(value: Any) -> Any:
-    """One event field as JSON-able data (see the module docstring for the tags)."""
-    encoder = _ENCODERS.get(type(value))
-    if encoder is None:
-        encoder = _ENCODERS[type(value)] = _encoder_for(value)
-    return encoder(value)
+    """What a field value the JSON encoder does not know becomes (see the module docstring for the tags). Only
+    these go through Python: strings, numbers, booleans, None, lists and dicts are the C encoder's work, which
+    keeps the writer thread's share of the GIL small."""
+    if isinstance(value, datetime):
+        return {"$dt": value.isoformat()}
+    if isinstance(value, enum.Enum):  # str-valued enums (the states) are written as their value by the encoder
+        return {"$enum": type(value).__name__, "v": value.value}
+    if hasattr(value, "uri"):
+        return _ref(value)
+    if hasattr(value, "id") and hasattr(value, "remote"):
+        return _session(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
 
 
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)  # fresh dicts: no cycles
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False, default=encode_value)
 
 
 def encode_event(event: Any) -> str:
-    """Every dataclass field of `event`, encoded, as one JSON object."""
-    names = getattr(event, "__dataclass_fields__", None) or vars(event)
-    return _JSON.encode({name: encode_value(getattr(event, name)) for name in names})
+    """Every dataclass field of `event` as one JSON object."""
+    fields = getattr(event, "__dict__", None)
+    if fields is None:  # a slotted dataclass
+        fields = {name: getattr(event, name) for name in event.__dataclass_fields__}
+    return _JSON.encode(fields)
 
 
 @dataclass(frozen=True)
@@ -306,12 +273,32 @@ def decode_value(data: Any) -> Any:
     if "$session" in data:
         return EarlierSession(data["$session"], decode_value(data.get("remote")) or EarlierRef(""),
                               data.get("local", ""), bool(data.get("conference")), bool(data.get("incoming")))
-    if "$map" in data:
-        return {k: decode_value(v) for k, v in data["$map"].items()}
-    return data
+    return {k: decode_value(v) for k, v in data.items()}
 
 
 _GENERIC: dict[tuple[str, tuple[str, ...]], type] = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _field_enums(cls: type) -> dict[str, Any]:
+    """The fields of an event class, each with the Enum class its annotation names (or None): states are stored
+    as their plain value and turned back into the enum here."""
+    from ..api import events
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        named = getattr(events, f.type, None) if isinstance(f.type, str) else f.type
+        out[f.name] = named if isinstance(named, type) and issubclass(named, enum.Enum) else None
+    return out
+
+
+def _as_enum(kind: Any, value: Any) -> Any:
+    if kind is None or not isinstance(value, str):
+        return value
+    try:
+        return kind(value)
+    except ValueError:  # a state this version does not know: keep its value
+        return value
 
 
 def decode_event(type_name: str, fields_json: str) -> Any:
@@ -322,9 +309,9 @@ def decode_event(type_name: str, fields_json: str) -> Any:
     fields = {k: decode_value(v) for k, v in json.loads(fields_json).items()}
     cls = getattr(events, type_name, None)
     if isinstance(cls, type) and dataclasses.is_dataclass(cls):
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = _field_enums(cls)
         try:
-            return cls(**{k: v for k, v in fields.items() if k in known})
+            return cls(**{k: _as_enum(known[k], v) for k, v in fields.items() if k in known})
         except TypeError:  # a required field this store does not have: fall through to the generic record
             pass
     key = (type_name, tuple(fields))
