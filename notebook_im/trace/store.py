@@ -7,13 +7,19 @@
                                                         # ChatPanel(endpoint) show the earlier conversations
 
 Why a writer thread. Recording is on the hot path (trace/recorder.py), so the caller's thread (the library's
-loop thread) never does SQL: `Trace.record_*` hands each record to `HistoryStore.put_*`, which is one
-`SimpleQueue.put` of a tuple. A daemon writer thread drains the queue in small batches (whatever arrived,
-at most `BATCH` rows), inserts them and commits at once, so a record is durable a few ms after it happened:
-a SIGKILLed kernel loses at most the record(s) still in the queue. SQLite runs in WAL mode with
-`synchronous=NORMAL`: a commit survives the process being killed (the WAL is in the OS page cache), and
-readers (the sqlite3 shell, DuckDB, pandas.read_sql) can open the file while a Platform writes it. A power
-cut may lose the last commits (that would need `synchronous=FULL`, an fsync per commit).
+loop thread) never does SQL: `Trace.record_*` hands each record to `HistoryStore.put_*`, which appends the
+record to a deque (atomic, no lock) and wakes the writer if it sleeps. A daemon writer thread takes what is
+there, inserts it and commits. When records trickle in (a chat) each is committed at once; under load it
+gathers until `WINDOW` (5 ms) after the previous commit, so one commit carries a few ms of records (a commit
+costs about as much as writing 30 records). Either way a record is durable within a few ms of happening: a
+SIGKILLed kernel loses the records of its last few ms, which at chat pace is at most the last message
+(tests/history/test_crash.py; bench/history.py measures a tight loop). The writer shares the GIL with the loop
+thread, so its own work is kept small: the JSON C encoder does the event fields, and rows go in with
+multi-row INSERTs (SQLite releases the GIL on every step, and each release can hand the GIL to the loop
+thread and back). SQLite runs in WAL mode with `synchronous=NORMAL`: a commit survives the process being
+killed (the WAL is in the OS page cache), and readers (the sqlite3 shell, DuckDB, pandas.read_sql) can open
+the file while a Platform writes it. A power cut may lose the last commits (that would need
+`synchronous=FULL`, an fsync per commit).
 
 Why one Platform per store. Two platforms appending to one file would each show only their own half of the
 conversation after loading, so a store has one writer: opening it takes an exclusive lock on
@@ -47,10 +53,10 @@ import functools
 import json
 import logging
 import os
-import queue
 import threading
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -71,7 +77,7 @@ APPLICATION = "notebook_im history"
 APPLICATION_ID = 0x6E696D68  # "nimh", PRAGMA application_id
 SUFFIXES = (".sqlite", ".sqlite3", ".db")
 DIRECTORY_FILE = "history.sqlite"
-BATCH = 512  # rows per transaction at most: keeps each commit short, so the next batch is not kept waiting
+BATCH = 2048  # records of each kind per transaction at most: a backlog is committed in steps
 WINDOW = 0.005  # s between commits under load: batching a few ms of records makes a commit cheap per record
 
 _DDL = """
@@ -418,6 +424,7 @@ _COLUMNS = {
     "events": ("timestamp", "owner", "type", "session_id", "fields"),
     "drops": ("timestamp", "owner", "transport", "remote_host", "remote_port", "reason", "raw"),
 }
+_NO_ADDRESS = (None, None)
 MAX_ROWS_PER_INSERT = 64  # 64 rows x 9 columns stays under SQLite's historical limit of 999 parameters
 
 
@@ -452,7 +459,13 @@ class HistoryStore:
         self.writer_cpu = 0.0                                # CPU seconds the writer thread used (bench/history.py)
         self.write_errors = 0
         self.last_error: str | None = None
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # what the recorder hands over (deque appends and pops are atomic: no lock on the hot path)
+        self._sip: deque[tuple] = deque()
+        self._events: deque[tuple] = deque()
+        self._drops: deque[DropRecord] = deque()
+        self._waiters: deque[threading.Event] = deque()
+        self._wake = threading.Event()
+        self._stop = False
         self._closed = False
         self._close_lock = threading.Lock()
         self._lock = _Lock(self.path)
@@ -540,7 +553,7 @@ class HistoryStore:
             trace.drops_total += len(drops)
         self.loaded = {"sip": len(sip), "events": len(events), "drops": len(drops)}
 
-    # -- writing (the recorder calls put_*, any thread; one queue put each) -------------------------------------
+    # -- writing (the recorder calls put_*, any thread: one deque append each) ----------------------------------
     def start(self) -> "HistoryStore":
         """Start the writer thread (Platform does this after loading)."""
         if self._thread is None:
@@ -550,25 +563,32 @@ class HistoryStore:
             atexit.register(lambda: (s := ref()) is not None and s.close())
         return self
 
-    def put_sip(self, ts: float, direction: str, transport: str, local: tuple[str, int], remote: tuple[str, int],
-                raw: bytes, owner: str) -> None:
-        """Queue one SIP message (already redacted) for writing."""
-        self._queue.put(("s", ts, owner, direction, transport, local, remote, raw))
+    def put_sip(self, *row: Any) -> None:
+        """Queue one SIP message for writing: `Trace.record_sip`'s (ts, direction, transport, local, remote, raw,
+        owner), raw already redacted."""
+        self._sip.append(row)
+        if not self._wake.is_set():
+            self._wake.set()
 
     def put_event(self, ts: float, owner: str, event: Any) -> None:
         """Queue one API event for writing (encoded on the writer thread)."""
-        self._queue.put(("e", ts, owner, event))
+        self._events.append((ts, owner, event))
+        if not self._wake.is_set():
+            self._wake.set()
 
     def put_drop(self, record: DropRecord) -> None:
         """Queue one dropped datagram or stream chunk for writing."""
-        self._queue.put(("d", record))
+        self._drops.append(record)
+        if not self._wake.is_set():
+            self._wake.set()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued so far is committed; False if that took longer than `timeout`."""
         if self._closed or self._thread is None:
             return True
         done = threading.Event()
-        self._queue.put(("f", done))
+        self._waiters.append(done)
+        self._wake.set()
         return done.wait(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
@@ -579,7 +599,8 @@ class HistoryStore:
             self._closed = True
         thread = self._thread
         if thread is not None:
-            self._queue.put(("x", None))
+            self._stop = True
+            self._wake.set()
             thread.join(timeout)
             if thread.is_alive():  # pragma: no cover - a stuck disk: leave the writer to finish on its own
                 log.warning("history store %s: the writer did not finish within %s s", self.path, timeout)
@@ -594,57 +615,66 @@ class HistoryStore:
         return self._closed
 
     def _run(self) -> None:
-        q, db = self._queue, self._db
-        stop = False
+        db, wake = self._db, self._wake
+        sip_q, event_q, drop_q, waiters_q = self._sip, self._events, self._drops, self._waiters
         last_commit = 0.0
-        while not stop:
-            batch = [q.get()]
+        while True:
+            wake.clear()  # then look: a put after this sets it again, so no wake-up is lost
+            stop = self._stop
+            if not (sip_q or event_q or drop_q or waiters_q or stop):
+                wake.wait(1.0)
+                continue
             wait = last_commit + WINDOW - time.monotonic()
-            if wait > 0:  # under load: gather what arrives until WINDOW after the last commit
+            if wait > 0 and not stop and not waiters_q:  # under load: gather until WINDOW after the last commit
                 time.sleep(wait)
-            while len(batch) < BATCH:
-                try:
-                    batch.append(q.get_nowait())
-                except queue.Empty:
-                    break
-            sip, events, drops, waiters = [], [], [], []
-            for item in batch:
-                kind = item[0]
-                if kind == "s":
-                    _, ts, owner, direction, transport, local, remote, raw = item
-                    sip.append((ts, owner, direction, transport, *(local or (None, None)), *(remote or (None, None)), raw))
-                elif kind == "e":
-                    _, ts, owner, ev = item
-                    try:
-                        session = getattr(ev, "session", None)
-                        events.append((ts, owner, type(ev).__name__, getattr(session, "id", None) if session else None,
-                                       encode_event(ev)))
-                    except Exception as exc:  # noqa: BLE001 - one odd event must not stop the history
-                        self._failed(f"cannot encode {type(ev).__name__}: {exc}")
-                elif kind == "d":
-                    d = item[1]
-                    drops.append((d.timestamp, d.owner, d.transport, *(d.remote or (None, None)), d.reason, d.raw))
-                elif kind == "f":
-                    waiters.append(item[1])
-                else:
-                    stop = True
-            try:
-                for table, rows in (("sip", sip), ("events", events), ("drops", drops)):
-                    _insert(db, table, rows)
-                db.commit()
-                last_commit = time.monotonic()
-                self.written += len(sip) + len(events) + len(drops)
-            except Exception as exc:  # noqa: BLE001 - disk full, file removed: report, keep the platform running
-                self._failed(f"writing {len(sip) + len(events) + len(drops)} records failed: {exc}")
-                try:
-                    db.rollback()
-                except Exception:  # noqa: BLE001
-                    pass
+            waiters = [waiters_q.popleft() for _ in range(len(waiters_q))]  # before draining: theirs are in
+            backlog = len(sip_q) > BATCH or len(event_q) > BATCH or len(drop_q) > BATCH
+            self._write_batch(db)
+            last_commit = time.monotonic()
             self.commits += 1
             self.writer_cpu = time.thread_time()
+            if backlog:  # more than one batch was waiting: the next one at once, flush() waits for it too
+                waiters_q.extendleft(reversed(waiters))
+                waiters = []
+                last_commit = 0.0
+            if backlog or waiters_q:
+                wake.set()
             for done in waiters:
                 done.set()
+            if stop and not (sip_q or event_q or drop_q):
+                break
         db.close()
+
+    def _write_batch(self, db: "sqlite3.Connection") -> None:
+        """Take up to BATCH records of each kind, insert them and commit (errors are counted, never raised: the
+        history must not take the platform down)."""
+        sip, events, drops = [], [], []
+        try:
+            sip_q, event_q, drop_q = self._sip, self._events, self._drops
+            for _ in range(min(len(sip_q), BATCH)):
+                ts, direction, transport, local, remote, raw, owner = sip_q.popleft()
+                sip.append((ts, owner, direction, transport, *(local or _NO_ADDRESS), *(remote or _NO_ADDRESS), raw))
+            for _ in range(min(len(event_q), BATCH)):
+                ts, owner, ev = event_q.popleft()
+                try:
+                    session = getattr(ev, "session", None)
+                    events.append((ts, owner, type(ev).__name__, getattr(session, "id", None) if session else None,
+                                   encode_event(ev)))
+                except Exception as exc:  # noqa: BLE001 - one odd event must not stop the history
+                    self._failed(f"cannot encode {type(ev).__name__}: {exc}")
+            for _ in range(min(len(drop_q), BATCH)):
+                d = drop_q.popleft()
+                drops.append((d.timestamp, d.owner, d.transport, *(d.remote or _NO_ADDRESS), d.reason, d.raw))
+            for table, rows in (("sip", sip), ("events", events), ("drops", drops)):
+                _insert(db, table, rows)
+            db.commit()
+            self.written += len(sip) + len(events) + len(drops)
+        except Exception as exc:  # noqa: BLE001 - disk full, file removed: report, keep the platform running
+            self._failed(f"writing {len(sip) + len(events) + len(drops)} records failed: {exc}")
+            try:
+                db.rollback()
+            except Exception:  # noqa: BLE001
+                pass
 
     def _failed(self, message: str) -> None:
         self.write_errors += 1

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from datetime import datetime, timezone
 
 import pandas as pd
 import pytest
@@ -226,3 +227,34 @@ def test_import_does_not_load_sqlite():
     code = "import sys, notebook_im; print('sqlite3' in sys.modules, 'pandas' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_writer_backlog_flush_and_odd_events(tmp_path):
+    """A backlog bigger than one batch is committed in steps and flush() waits for all of it; an event the
+    writer cannot encode is counted and skipped, the others are written."""
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no text for this one")
+
+    from notebook_im.trace import store as history
+
+    store = HistoryStore(tmp_path / "backlog.sqlite")
+    try:
+        n = history.BATCH * 2 + 7
+        for i in range(n):
+            store.put_sip(float(i), "out", "udp", ("127.0.0.1", 5060), ("127.0.0.1", 5070), b"OPTIONS x", "sip:a@b")
+        when = datetime(2030, 1, 1, tzinfo=timezone.utc)
+        store.put_event(1.0, "sip:a@b", nim.MessageReceived(None, nim.Participant("sip:b@c"), "ok", "text/plain",
+                                                            timestamp=when))
+        store.put_event(2.0, "sip:a@b", nim.MessageReceived(None, nim.Participant("sip:b@c"), Unprintable(),
+                                                            "text/plain", timestamp=when))
+        store.start()
+        assert store.flush(20)
+        assert store.commits >= 3 and store.written == n + 1
+        assert store.write_errors == 1 and "cannot encode MessageReceived" in store.last_error
+    finally:
+        store.close()
+    db = sqlite3.connect(tmp_path / "backlog.sqlite")
+    assert db.execute("SELECT count(*), min(timestamp), max(timestamp) FROM sip").fetchone() == (n, 0.0, n - 1.0)
+    assert db.execute("SELECT json_extract(fields, '$.text') FROM events").fetchall() == [("ok",)]
