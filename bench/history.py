@@ -7,8 +7,9 @@
    figure (goal: history costs < 10 % of msg/s). CPU µs per message counts every thread (the writer included).
 2. How far the writer thread runs behind: after each send, the rows of the last MessageDelivered not yet
    committed are counted (sampled with a second, read-only connection every 25 messages).
-3. `--kills K`: K times, a child process chats in a tight loop (no pause between messages), is SIGKILLed after
-   a random number of messages, and the store is reopened: how many completed messages are missing.
+3. `--kills K`: K times, the crash test's child (tests/history/chatter.py) chats in a tight loop (no pause
+   between messages), is SIGKILLed after a random number of messages, and the store is reopened: how many
+   completed messages are missing.
 
 Bounded: N messages per run (default 1000), each with the 32 s transaction timeout; kill runs end after 30 s.
 """
@@ -28,6 +29,8 @@ import time
 from pathlib import Path
 
 import notebook_im as nim
+
+CHATTER = Path(__file__).resolve().parents[1] / "tests" / "history" / "chatter.py"  # the crash test's child
 
 
 def run(count: int, history: Path | None) -> tuple[float, float, float, float]:
@@ -80,33 +83,20 @@ def writer_lag(count: int, path: Path) -> list[int]:
     return lag
 
 
-def child(path: str) -> None:
-    """The process the kill runs SIGKILL: chat in a tight loop, print each completed message's number."""
-    server = nim.Server().start().result(10)
-    platform = nim.Platform("kill", history=path)
-    alice = platform.endpoint("sip:alice@example.test", server=server).result(10)
-    bob = platform.endpoint("sip:bob@example.test", server=server).result(10)
-    bob.sessions.on_incoming(lambda inc: inc.accept())
-    session = alice.sessions.create("sip:bob@example.test").result(10)
-    for i in range(20000):
-        session.send(f"line {i}").result(10)
-        print(i, flush=True)
-
-
 def kill_once(folder: Path, after: int) -> int:
     """Messages completed before a SIGKILL but missing from the reopened store."""
     path = folder / f"kill-{after}.sqlite"
-    proc = subprocess.Popen([sys.executable, __file__, "--child", str(path)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(CHATTER), str(path), "0"], stdout=subprocess.PIPE, text=True)
     last, deadline = -1, time.monotonic() + 30
     while last < after and time.monotonic() < deadline:
         if select.select([proc.stdout], [], [], 1.0)[0]:
             line = proc.stdout.readline()
             if not line:
                 break
-            last = int(line)
+            last = int(line) if line.strip().isdigit() else last
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
-    last = max([last, *(int(x) for x in proc.stdout.read().split())])
+    last = max([last, *(int(x) for x in proc.stdout.read().split() if x.isdigit())])
     proc.stdout.close()
     with nim.Platform(history=path) as platform:
         stored = {t for t in platform.trace.messages(owner="sip:alice@example.test").query("status == 'delivered'").text}
@@ -118,11 +108,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--kills", type=int, default=0)
-    ap.add_argument("--child")
     args = ap.parse_args()
-    if args.child:
-        child(args.child)
-        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         off, on = [], []

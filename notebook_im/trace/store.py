@@ -330,30 +330,15 @@ def decode_event(type_name: str, fields_json: str) -> Any:
 
 # -- earlier conversations (what ChatPanel shows) ------------------------------------------------------------
 @dataclass
-class EarlierMessage:
-    """One message of an earlier conversation, as the chat panel shows it."""
-
-    id: str
-    direction: str              # "out" / "in"
-    sender: str                 # URI
-    sender_name: str
-    text: str
-    content_type: str
-    timestamp: datetime
-    status: str                 # delivered / failed / received
-    sip_status: int | None = None
-    reason: str = ""
-
-
-@dataclass
 class EarlierConversation:
-    """The messages of one earlier session (or of the pager-mode messages with one peer), oldest first."""
+    """The messages of one earlier session (or of the pager-mode messages with one peer), oldest first, as the
+    `ChatMessage`s a live session keeps; `names` are the display names the events carried, by URI."""
 
     key: str                    # the session id, or "pager:<peer uri>"
     peer: str                   # the remote party's URI
-    peer_name: str
     mode: str                   # "session" / "pager"
-    messages: list[EarlierMessage]
+    messages: list = field(default_factory=list)          # ChatMessage
+    names: dict[str, str] = field(default_factory=dict)
 
     @property
     def started(self) -> datetime:
@@ -367,52 +352,49 @@ class EarlierConversation:
 
 
 UNCONFIRMED = "no final response was recorded (the program stopped first)"
+_MESSAGE_EVENTS = ("MessageReceived", "MessageSending", "MessageDelivered", "MessageFailed")
 
 
-def earlier_conversations(records: Iterable[EventRecord], owner: str, local_name: str = "") -> list[EarlierConversation]:
+def earlier_conversations(records: Iterable[EventRecord], owner: str) -> list[EarlierConversation]:
     """The conversations of endpoint `owner` in `records` (stored events), newest first. A message that was sent
     but never confirmed (the kernel died first) shows as failed, with the reason `UNCONFIRMED`."""
+    from ..api.session import ChatMessage
+
     convs: dict[str, EarlierConversation] = {}
-    by_id: dict[tuple[str, str], EarlierMessage] = {}
-    own_name = local_name or EarlierRef(owner).name
+    sent: dict[tuple[str, str], ChatMessage] = {}
     for rec in records:
         ev = rec.event
-        name = type(ev).__name__
-        if rec.owner != owner or name not in ("MessageReceived", "MessageSending", "MessageDelivered", "MessageFailed"):
+        kind = type(ev).__name__
+        if rec.owner != owner or kind not in _MESSAGE_EVENTS:
             continue
         session = getattr(ev, "session", None)
-        if name == "MessageReceived":
-            who = ev.participant
-            peer, peer_name = who.uri, getattr(who, "name", who.uri)
-        else:
-            remote = getattr(session, "remote", None) if session is not None else None
-            peer = getattr(ev, "recipient", "") or getattr(remote, "uri", "")
-            peer_name = getattr(remote, "name", None) or EarlierRef(peer).name
-        if session is not None:
-            key, mode = session.id, "session"
-            remote = session.remote
-            peer, peer_name = remote.uri, getattr(remote, "name", remote.uri)
-        else:
-            key, mode = f"pager:{peer}", "pager"
+        remote = session.remote if session is not None else getattr(ev, "participant", None)
+        peer = remote.uri if remote is not None else ev.recipient
+        key = session.id if session is not None else f"pager:{peer}"
         conv = convs.get(key)
         if conv is None:
-            conv = convs[key] = EarlierConversation(key, peer, peer_name, mode, [])
-        message_id = getattr(ev, "message_id", "") or f"{name}-{len(by_id)}"
-        when = getattr(ev, "timestamp", None) or datetime.fromtimestamp(rec.timestamp).astimezone()
-        if name == "MessageReceived":
-            msg = EarlierMessage(message_id, "in", ev.participant.uri, getattr(ev.participant, "name", peer), ev.text,
-                                 ev.content_type, when, "received")
-            conv.messages.append(msg)
+            conv = convs[key] = EarlierConversation(key, peer, "session" if session is not None else "pager")
+        for who in (remote, getattr(ev, "participant", None)):
+            if getattr(who, "display_name", None):
+                conv.names[who.uri] = who.display_name
+        message_id = getattr(ev, "message_id", "") or f"{kind}-{rec.timestamp}"
+        when = ev.timestamp
+        if kind == "MessageReceived":
+            conv.messages.append(ChatMessage(id=message_id, direction="in", sender=ev.participant.uri, recipient=owner,
+                                             text=ev.text, content_type=ev.content_type, timestamp=when,
+                                             status="received", mode=conv.mode))
             continue
-        msg = by_id.get((key, message_id))
+        msg = sent.get((key, message_id))
         if msg is None:
-            msg = EarlierMessage(message_id, "out", owner, own_name, ev.text, ev.content_type,
-                                 getattr(ev, "sent_at", None) or when, "failed", None, UNCONFIRMED)
-            by_id[(key, message_id)] = msg
+            msg = sent[(key, message_id)] = ChatMessage(
+                id=message_id, direction="out", sender=owner, recipient=peer, text=ev.text,
+                content_type=ev.content_type, timestamp=getattr(ev, "sent_at", None) or when, status="failed",
+                mode=conv.mode, reason=UNCONFIRMED)
             conv.messages.append(msg)
-        if name != "MessageSending":
-            msg.status = "delivered" if name == "MessageDelivered" else "failed"
+        if kind != "MessageSending":
+            msg.status = "delivered" if kind == "MessageDelivered" else "failed"
             msg.sip_status, msg.reason = ev.status, ev.reason
+            msg.delivered_at = when if kind == "MessageDelivered" else None
     out = [c for c in convs.values() if c.messages]
     out.sort(key=lambda c: c.ended, reverse=True)
     return out

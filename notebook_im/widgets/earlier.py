@@ -34,8 +34,9 @@ class EarlierView(w.VBox):
     """One earlier conversation, read-only: a header naming the peer, the date and that it is from the history,
     then its messages, and a "Chat again" button that starts a new session with the same peer."""
 
-    def __init__(self, conversation: EarlierConversation, panel: "ChatPanel", name: str, height: str) -> None:
+    def __init__(self, conversation: EarlierConversation, listing: "EarlierList") -> None:
         self.conversation = c = conversation
+        name, names = listing.name(c), listing.name_of
         span = f"{when(c.started)}–{c.ended.astimezone().strftime('%H:%M')}" \
             if c.started.astimezone().date() == c.ended.astimezone().date() else f"{when(c.started)} – {when(c.ended)}"
         mode = " (pager mode)" if c.mode == "pager" else ""
@@ -44,15 +45,15 @@ class EarlierView(w.VBox):
             'color:var(--jp-ui-font-color2,#6b7280);border-bottom:1px solid var(--jp-border-color2,#e5e7eb)">'
             f"Earlier conversation{mode} with <b>{html.escape(name)}</b> ({html.escape(c.peer)}) · {span} · "
             f"<i>{EARLIER_BADGE}</i></div>")
-        entries = [r.Entry(id=m.id, direction=m.direction, sender=m.sender, sender_name=m.sender_name, text=m.text,
-                           content_type=m.content_type, timestamp=m.timestamp, status=m.status,
+        entries = [r.Entry(id=m.id, direction=m.direction, sender=m.sender, sender_name=names(m.sender, c),
+                           text=m.text, content_type=m.content_type, timestamp=m.timestamp, status=m.status,
                            sip_status=m.sip_status, reason=m.reason or "") for m in c.messages]
         self.messages_html = w.HTML(r.messages_html(entries))
-        box = w.VBox([self.messages_html], layout=w.Layout(height=height, overflow="hidden auto"))
+        box = w.VBox([self.messages_html], layout=w.Layout(height=listing.height, overflow="hidden auto"))
         box.add_class("nim-chat-messages")
         self.again_button = w.Button(description=f"Chat again with {name}", icon="comment",
                                      tooltip=f"Start a new conversation with {c.peer}", layout=w.Layout(width="auto"))
-        self.again_button.on_click(lambda _b: panel.start_chat(c.peer))
+        self.again_button.on_click(lambda _b: listing.panel.start_chat(c.peer))
         super().__init__([self.header_html, box, self.again_button], layout=w.Layout(width="100%"))
         self.add_class("nim-chat")
         self.add_class("nim-earlier-conv")
@@ -65,12 +66,13 @@ class EarlierList(w.VBox):
     def __init__(self, panel: "ChatPanel", endpoint: "Endpoint", *, limit: int = 50) -> None:
         store = getattr(endpoint.platform, "history_store", None)
         self.panel = panel
-        self.conversations = earlier_conversations(store.earlier, endpoint.uri, endpoint.display_name or "") \
-            if store is not None else []
+        self.conversations = earlier_conversations(store.earlier, endpoint.uri) if store is not None else []
         self.views: dict[str, EarlierView] = {}
         self.shown: EarlierConversation | None = None
         self._names = dict(panel._options.get("names") or {})
-        self._height = panel._options.get("height", "380px")
+        if endpoint.display_name:
+            self._names.setdefault(endpoint.uri, endpoint.display_name)
+        self.height = panel._options.get("height", "380px")
         self._buttons: dict[str, w.Button] = {}
         children: list[Any] = []
         if self.conversations:
@@ -92,16 +94,20 @@ class EarlierList(w.VBox):
         super().__init__(children, layout=w.Layout(display=None if children else "none"))
         self._observing = False
 
+    def name_of(self, uri: str, c: EarlierConversation) -> str:
+        """A participant's name: the panel's `names` address book (and the endpoint's own display name) first,
+        then the display name the stored events carried, then the user part of the URI."""
+        return self._names.get(uri) or c.names.get(uri) or uri.split(":", 1)[-1].split("@", 1)[0] or uri
+
     def name(self, c: EarlierConversation) -> str:
-        """The peer's name: the panel's `names` address book first, then the stored display name or user part."""
-        return self._names.get(c.peer) or c.peer_name
+        """The peer's name (see `name_of`)."""
+        return self.name_of(c.peer, c)
 
     def show(self, conversation: EarlierConversation) -> EarlierView:
         """Show an earlier conversation (read-only) in the panel's main area."""
         view = self.views.get(conversation.key)
         if view is None:
-            view = self.views[conversation.key] = EarlierView(conversation, self.panel, self.name(conversation),
-                                                              self._height)
+            view = self.views[conversation.key] = EarlierView(conversation, self)
         if not self._observing:  # the panel's main area exists once the panel is built
             self.panel.main.observe(self._on_main, names="children")
             self._observing = True

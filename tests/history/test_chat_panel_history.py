@@ -99,8 +99,11 @@ def test_a_message_never_confirmed_shows_as_not_delivered():
         EventRecord(1.3, "sip:alice@example.test", MessageSending(session, "m3", "cut off", "text/plain", timestamp=t)),
         EventRecord(1.4, "sip:bob@example.test", MessageReceived(None, bob, "not alice's", "text/plain", timestamp=t)),
     ]
-    (conv,) = earlier_conversations(records, "sip:alice@example.test", "Alice")
-    assert (conv.key, conv.peer, conv.peer_name, conv.mode) == ("s1", "sip:bob@example.test", "Bob", "session")
-    assert [(m.text, m.direction, m.status, m.sender_name) for m in conv.messages] == [
-        ("first", "out", "delivered", "Alice"), ("reply", "in", "received", "Bob"), ("cut off", "out", "failed", "Alice")]
+    (conv,) = earlier_conversations(records, "sip:alice@example.test")
+    assert (conv.key, conv.peer, conv.mode, conv.names) == ("s1", "sip:bob@example.test", "session",
+                                                             {"sip:bob@example.test": "Bob"})
+    assert [(m.text, m.direction, m.status, m.sender) for m in conv.messages] == [
+        ("first", "out", "delivered", "sip:alice@example.test"), ("reply", "in", "received", "sip:bob@example.test"),
+        ("cut off", "out", "failed", "sip:alice@example.test")]
     assert conv.messages[2].reason == UNCONFIRMED and conv.messages[0].sip_status == 200
+    assert isinstance(conv.messages[0], nim.ChatMessage) and conv.started == conv.ended == t
