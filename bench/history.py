@@ -5,8 +5,9 @@
 1. msg/s of a two-party session through the embedded server on loopback (one message at a time, each awaited),
    without and with a history store, runs alternated in the same process, best of R each; the ratio is the
    figure (goal: history costs < 10 % of msg/s). CPU µs per message counts every thread (the writer included).
-2. How far the writer thread runs behind: after each send, the rows of the last MessageDelivered not yet
-   committed are counted (sampled with a second, read-only connection every 25 messages).
+2. How far the writer thread runs behind: in the tight loop, delivered messages not yet committed (sampled
+   with a second, read-only connection every 25 messages); at chat pace (a message every 20 ms), the ms from a
+   send completing until its row is committed.
 3. `--kills K`: K times, the crash test's child (tests/history/chatter.py) chats in a tight loop (no pause
    between messages), is SIGKILLed after a random number of messages, and the store is reopened: how many
    completed messages are missing.
@@ -83,6 +84,29 @@ def writer_lag(count: int, path: Path) -> list[int]:
     return lag
 
 
+def commit_latency(count: int, path: Path, pause: float = 0.02) -> list[float]:
+    """At chat pace (a message every `pause` s): ms from a send completing until its MessageDelivered row is
+    committed (polled by a second, read-only connection every 0.2 ms): how much a kill right then could lose."""
+    out = []
+    with nim.Server() as server, nim.Platform("latency", history=path) as platform:
+        alice = platform.endpoint("sip:alice@example.test", server=server).result(10)
+        bob = platform.endpoint("sip:bob@example.test", server=server).result(10)
+        bob.sessions.on_incoming(lambda inc: inc.accept())
+        session = alice.sessions.create("sip:bob@example.test").result(10)
+        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        query = "SELECT count(*) FROM events WHERE type = 'MessageDelivered' AND owner = 'sip:alice@example.test'"
+        for i in range(count):
+            time.sleep(pause)
+            session.send(f"message {i}").result(10)
+            t0 = time.perf_counter()
+            while reader.execute(query).fetchone()[0] < i + 1 and time.perf_counter() - t0 < 5:
+                time.sleep(0.0002)
+            out.append((time.perf_counter() - t0) * 1000)
+        reader.close()
+        session.terminate().result(10)
+    return out
+
+
 def kill_once(folder: Path, after: int) -> int:
     """Messages completed before a SIGKILL but missing from the reopened store."""
     path = folder / f"kill-{after}.sqlite"
@@ -116,6 +140,7 @@ def main() -> None:
             off.append(run(args.count, None))
             on.append(run(args.count, folder / "bench.sqlite"))
         lag = writer_lag(args.count, folder / "lag.sqlite")
+        latency = commit_latency(100, folder / "latency.sqlite")
         lost = [kill_once(folder, random.randint(100, 600)) for _ in range(args.kills)]
     rate_off, rate_on = max(r[0] for r in off), max(r[0] for r in on)
     cpu_off, cpu_on = min(r[1] for r in off), min(r[1] for r in on)
@@ -134,6 +159,9 @@ def main() -> None:
           f"{', '.join(f'{b[0] / a[0]:.2f}' for a, b in zip(off, on))}")
     print(f"writer behind (delivered messages not yet committed, {len(lag)} samples): "
           f"median {statistics.median(lag):.0f}, max {max(lag)}")
+    q = statistics.quantiles(latency, n=20)
+    print(f"chat pace (a message every 20 ms): ms from a completed send to its row committed: median "
+          f"{statistics.median(latency):.1f}, p95 {q[18]:.1f}, max {max(latency):.1f}")
     if lost:
         print(f"SIGKILL in a tight loop, {len(lost)} runs: completed messages missing after reopening: "
               f"{sorted(lost)} (median {statistics.median(lost):.0f})")
