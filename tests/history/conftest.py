@@ -1,6 +1,7 @@
 """Fixtures of the history tests: a chat recorded into a history store, to be reopened by a new Platform."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -8,6 +9,9 @@ import notebook_im as nim
 from tests.helpers import accept_all, udp_exchange, wait_for
 
 TEXTS = ["hello bob", "two\nlines ✓"]
+# the environment of child processes: they import the notebook_im these tests run against
+CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(nim.__file__).parents[1]),
+                                                                        os.environ.get("PYTHONPATH")]))}
 
 
 def record_chat(path: Path | str, server: nim.Server, *, password: str | None = None,

@@ -21,16 +21,15 @@ import pytest
 import notebook_im as nim
 from notebook_im.trace.store import HistoryInUse
 
+from .conftest import CHILD_ENV
+
 CHATTER = Path(__file__).with_name("chatter.py")
-# the child imports the notebook_im these tests run against
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(nim.__file__).parents[1]),
-                                                                  os.environ.get("PYTHONPATH")]))}
 
 
 def chat_and_kill(path: Path, pause: float, kill_after: int) -> list[int]:
     """Run chatter.py, SIGKILL it once it has completed `kill_after` messages; the numbers it completed."""
     child = subprocess.Popen([sys.executable, str(CHATTER), str(path), str(pause)], stdout=subprocess.PIPE,
-                             text=True, env=ENV)
+                             text=True, env=CHILD_ENV)
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 30

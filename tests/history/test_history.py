@@ -16,7 +16,7 @@ from notebook_im.trace import frames
 from notebook_im.trace.store import SCHEMA_VERSION, HistoryError, HistoryInUse, HistoryStore
 from tests.helpers import accept_all, wait_for
 
-from .conftest import TEXTS, record_chat
+from .conftest import CHILD_ENV, TEXTS, record_chat
 
 FRAMES = ("sip", "messages", "events", "drops_frame")
 
@@ -114,23 +114,29 @@ def test_a_second_platform_on_the_same_store_gets_a_clear_error(tmp_path):
     reopened.shutdown()
 
 
-def test_another_process_holding_the_store(tmp_path):
+def test_another_process_holding_the_store_and_exiting_without_shutdown(tmp_path):
     path = tmp_path / "chat.sqlite"
     code = ("import sys, notebook_im as nim; p = nim.Platform(history=sys.argv[1]); print('open', flush=True); "
-            "sys.stdin.readline(); p.shutdown()")
+            "sys.stdin.readline(); p.trace.record_drop('udp', ('127.0.0.1', 9), 'written at exit', b'x', 'child')")
     child = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True)
+                             text=True, env=CHILD_ENV)
     try:
         assert child.stdout.readline().strip() == "open"
         with pytest.raises(HistoryInUse, match=f"process {child.pid}"):
             nim.Platform(history=path)
         child.stdin.write("\n")
         child.stdin.flush()
-        assert child.wait(20) == 0
+        assert child.wait(20) == 0  # no shutdown(): the store is flushed and closed at interpreter exit
     finally:
         child.kill()
         child.wait(10)
-    nim.Platform(history=path).shutdown()
+        child.stdin.close()
+        child.stdout.close()
+    platform = nim.Platform(history=path)
+    try:
+        assert platform.trace.drops_frame().reason.tolist() == ["written at exit"]
+    finally:
+        platform.shutdown()
 
 
 def test_bad_arguments(tmp_path):
@@ -225,7 +231,7 @@ def test_events_of_a_type_this_version_does_not_know_pass_through(tmp_path, serv
 
 def test_import_does_not_load_sqlite():
     code = "import sys, notebook_im; print('sqlite3' in sys.modules, 'pandas' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=CHILD_ENV).stdout
     assert out.split() == ["False", "False"]
 
 
