@@ -212,12 +212,43 @@ def encode_value(value: Any) -> Any:
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False, default=encode_value)
 
 
-def encode_event(event: Any) -> str:
-    """Every dataclass field of `event` as one JSON object."""
-    fields = getattr(event, "__dict__", None)
-    if fields is None:  # a slotted dataclass
-        fields = {name: getattr(event, name) for name in event.__dataclass_fields__}
-    return _JSON.encode(fields)
+OBJECT_FIELDS = ("session", "participant", "inviter", "endpoint")  # event fields that hold live objects
+
+
+class EventEncoder:
+    """Events as JSON, for the writer thread. The live objects an event points at (its session, participant,
+    endpoint) are the same in every event of a conversation, so their JSON is made once and kept (keyed by the
+    object and its display name, which may still change); the rest of the fields go through the C encoder in
+    one call. This keeps the writer's share of the GIL small. Not thread-safe: one per writer."""
+
+    def __init__(self, max_cached: int = 4096) -> None:
+        self.max_cached = max_cached
+        self._cache: dict[int, tuple[Any, Any, str]] = {}  # id(obj) -> (obj, its display name, its JSON)
+
+    def __call__(self, event: Any) -> str:
+        """Every dataclass field of `event` as one JSON object."""
+        fields = getattr(event, "__dict__", None)
+        if fields is None:  # a slotted dataclass
+            fields = {name: getattr(event, name) for name in event.__dataclass_fields__}
+        objects = [name for name in OBJECT_FIELDS if name in fields]
+        if not objects:
+            return _JSON.encode(fields)
+        rest = _JSON.encode({k: v for k, v in fields.items() if k not in OBJECT_FIELDS})
+        head = ",".join(f'"{name}":{self._object(fields[name])}' for name in objects)
+        return "{" + head + ("," + rest[1:] if len(rest) > 2 else "}")
+
+    def _object(self, value: Any) -> str:
+        if value is None:
+            return "null"
+        name = getattr(getattr(value, "remote", value), "display_name", None)
+        hit = self._cache.get(id(value))
+        if hit is not None and hit[0] is value and hit[1] == name:
+            return hit[2]
+        if len(self._cache) >= self.max_cached:
+            self._cache.clear()
+        text = _JSON.encode(value)
+        self._cache[id(value)] = (value, name, text)  # holding the object keeps its id from being reused
+        return text
 
 
 @dataclass(frozen=True)
@@ -417,14 +448,16 @@ def _insert_sql(table: str, rows: int) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ",".join([one] * rows)
 
 
-def _insert(db: "sqlite3.Connection", table: str, rows: list[tuple]) -> None:
-    """Insert `rows` with few statements of many rows each (sizes are powers of two, so only a handful of
-    statements are ever prepared). Why not executemany: it steps SQLite once per row, and every step releases
-    and retakes the GIL, handing it to the loop thread and back: a context switch per row on the hot path."""
-    i, n = 0, len(rows)
+def _insert(db: "sqlite3.Connection", table: str, values: list) -> None:
+    """Insert rows given as one flat list of values, with few statements of many rows each (sizes are powers of
+    two, so only a handful of statements are ever prepared). Why not executemany: it steps SQLite once per row,
+    and every step releases and retakes the GIL, handing it to the loop thread and back: a context switch per
+    row on the hot path."""
+    width = len(_COLUMNS[table])
+    i, n = 0, len(values) // width
     while i < n:
         size = min(MAX_ROWS_PER_INSERT, 1 << ((n - i).bit_length() - 1))
-        db.execute(_insert_sql(table, size), [value for row in rows[i:i + size] for value in row])
+        db.execute(_insert_sql(table, size), values[i * width:(i + size) * width])
         i += size
 
 
@@ -448,6 +481,7 @@ class HistoryStore:
         self._waiters: deque[threading.Event] = deque()
         self._wake = threading.Event()
         self._stop = False
+        self._encode = EventEncoder()
         self._closed = False
         self._close_lock = threading.Lock()
         self._lock = _Lock(self.path)
@@ -630,29 +664,34 @@ class HistoryStore:
     def _write_batch(self, db: "sqlite3.Connection") -> None:
         """Take up to BATCH records of each kind, insert them and commit (errors are counted, never raised: the
         history must not take the platform down)."""
-        sip, events, drops = [], [], []
+        sip: list = []     # flat: the columns of one row after the other
+        events: list = []
+        drops: list = []
+        rows = 0
         try:
             sip_q, event_q, drop_q = self._sip, self._events, self._drops
             for _ in range(min(len(sip_q), BATCH)):
                 ts, direction, transport, local, remote, raw, owner = sip_q.popleft()
-                sip.append((ts, owner, direction, transport, *(local or _NO_ADDRESS), *(remote or _NO_ADDRESS), raw))
+                sip += (ts, owner, direction, transport, *(local or _NO_ADDRESS), *(remote or _NO_ADDRESS), raw)
             for _ in range(min(len(event_q), BATCH)):
                 ts, owner, ev = event_q.popleft()
                 try:
                     session = getattr(ev, "session", None)
-                    events.append((ts, owner, type(ev).__name__, getattr(session, "id", None) if session else None,
-                                   encode_event(ev)))
+                    events += (ts, owner, type(ev).__name__, getattr(session, "id", None) if session else None,
+                               self._encode(ev))
                 except Exception as exc:  # noqa: BLE001 - one odd event must not stop the history
                     self._failed(f"cannot encode {type(ev).__name__}: {exc}")
             for _ in range(min(len(drop_q), BATCH)):
                 d = drop_q.popleft()
-                drops.append((d.timestamp, d.owner, d.transport, *(d.remote or _NO_ADDRESS), d.reason, d.raw))
-            for table, rows in (("sip", sip), ("events", events), ("drops", drops)):
-                _insert(db, table, rows)
+                drops += (d.timestamp, d.owner, d.transport, *(d.remote or _NO_ADDRESS), d.reason, d.raw)
+            rows = sum(len(values) // len(_COLUMNS[table]) for table, values in
+                       (("sip", sip), ("events", events), ("drops", drops)))
+            for table, values in (("sip", sip), ("events", events), ("drops", drops)):
+                _insert(db, table, values)
             db.commit()
-            self.written += len(sip) + len(events) + len(drops)
+            self.written += rows
         except Exception as exc:  # noqa: BLE001 - disk full, file removed: report, keep the platform running
-            self._failed(f"writing {len(sip) + len(events) + len(drops)} records failed: {exc}")
+            self._failed(f"writing {rows} records failed: {exc}")
             try:
                 db.rollback()
             except Exception:  # noqa: BLE001
