@@ -149,6 +149,8 @@ class _Lock:
             _lock_fd(self._fd)
         except OSError:
             holder = os.pread(self._fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            if holder == str(os.getpid()):
+                holder += ", this one"
             os.close(self._fd)
             raise HistoryInUse(
                 f"the history store {str(store_path)!r} is in use by another Platform (process {holder}); one "
@@ -279,7 +281,7 @@ class EarlierSession:
         if name.startswith("__"):
             raise AttributeError(name)
         raise AttributeError(f"session {self.id} is a record from the history store (an earlier run), so it has no "
-                           f"{name!r}: start a new conversation with endpoint.sessions.create({self.remote.uri!r})")
+                             f"{name!r}: start a new conversation with endpoint.sessions.create({self.remote.uri!r})")
 
     def __repr__(self) -> str:
         return f"<EarlierSession {self.id} with {self.remote.uri}>"

@@ -456,6 +456,8 @@ class ChatPanel(w.VBox):
             sub.cancel()
         for conv in list(getattr(self, "conversations", {}).values()):
             conv.close()
+        if getattr(self, "earlier", None) is not None:
+            self.earlier.close()
         super().close()
 
     # -- endpoint events (loop thread) ----------------------------------------------------------------------------

@@ -45,10 +45,14 @@ class EarlierView(w.VBox):
             'color:var(--jp-ui-font-color2,#6b7280);border-bottom:1px solid var(--jp-border-color2,#e5e7eb)">'
             f"Earlier conversation{mode} with <b>{html.escape(name)}</b> ({html.escape(c.peer)}) · {span} · "
             f"<i>{EARLIER_BADGE}</i></div>")
+        shown = c.messages[-listing.max_rendered:]  # the newest, as a live conversation renders them
         entries = [r.Entry(id=m.id, direction=m.direction, sender=m.sender, sender_name=names(m.sender, c),
                            text=m.text, content_type=m.content_type, timestamp=m.timestamp, status=m.status,
-                           sip_status=m.sip_status, reason=m.reason or "") for m in c.messages]
-        self.messages_html = w.HTML(r.messages_html(entries))
+                           sip_status=m.sip_status, reason=m.reason or "") for m in shown]
+        hidden = len(c.messages) - len(shown)
+        note = (f'<div class="nim-empty" style="padding:4px 0">{hidden} earlier messages are in '
+                "endpoint.history()</div>" if hidden else "")
+        self.messages_html = w.HTML(note + r.messages_html(entries))
         box = w.VBox([self.messages_html], layout=w.Layout(height=listing.height, overflow="hidden auto"))
         box.add_class("nim-chat-messages")
         self.again_button = w.Button(description=f"Chat again with {name}", icon="comment",
@@ -73,6 +77,7 @@ class EarlierList(w.VBox):
         if endpoint.display_name:
             self._names.setdefault(endpoint.uri, endpoint.display_name)
         self.height = panel._options.get("height", "380px")
+        self.max_rendered = panel._options.get("max_rendered", 200)
         self._buttons: dict[str, w.Button] = {}
         children: list[Any] = []
         if self.conversations:
@@ -117,6 +122,12 @@ class EarlierList(w.VBox):
     def show_latest(self) -> EarlierView | None:
         """Show the newest earlier conversation (where the user left off), if there is one."""
         return self.show(self.conversations[0]) if self.conversations else None
+
+    def close(self) -> None:
+        """Close the earlier views and the list (ChatPanel.close() does this)."""
+        for widget in [*self.views.values(), *self._buttons.values()]:
+            widget.close()
+        super().close()
 
     def _on_main(self, change: dict) -> None:
         """Highlight the shown earlier conversation; a live one taking the main area clears the highlight."""

@@ -72,6 +72,14 @@ def test_panel_shows_where_the_user_left_off(tmp_path, server):
             panel.conversation.session.terminate().result(10)
         finally:
             panel.close()
+        short = ChatPanel(alice, max_rendered=2)  # a long earlier conversation renders its newest messages
+        try:
+            view = short.earlier.show(next(c for c in short.earlier.conversations if c.mode == "session"))
+            body = view.messages_html.value
+            assert "1 earlier messages are in endpoint.history()" in body
+            assert "hello bob" not in body and "hi alice" in body
+        finally:
+            short.close()
     finally:
         platform.shutdown()
 

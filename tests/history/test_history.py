@@ -104,7 +104,7 @@ def test_a_second_platform_on_the_same_store_gets_a_clear_error(tmp_path):
     path = tmp_path / "history.sqlite"
     first = nim.Platform("first", history=path)
     try:
-        with pytest.raises(HistoryInUse, match=rf"in use by another Platform \(process {os.getpid()}\).*shutdown\(\)"):
+        with pytest.raises(HistoryInUse, match=rf"in use by another Platform \(process {os.getpid()}, this one\).*shutdown\(\)"):
             nim.Platform("second", history=path)
         with pytest.raises(HistoryInUse):  # the directory form names the same file
             HistoryStore(tmp_path)
