@@ -6,7 +6,7 @@
    without and with a history store, runs alternated in the same process, best of R each; the ratio is the
    figure (goal: history costs < 10 % of msg/s). CPU µs per message counts every thread (the writer included).
 2. How far the writer thread runs behind: in the tight loop, delivered messages not yet committed (sampled
-   with a second, read-only connection every 25 messages); at chat pace (a message every 20 ms), the ms from a
+   with a second, read-only connection every 25 messages); at chat pace (a message every 50 ms), the ms from a
    send completing until its row is committed.
 3. `--kills K`: K times, the crash test's child (tests/history/chatter.py) chats in a tight loop (no pause
    between messages), is SIGKILLed after a random number of messages, and the store is reopened: how many
@@ -84,7 +84,7 @@ def writer_lag(count: int, path: Path) -> list[int]:
     return lag
 
 
-def commit_latency(count: int, path: Path, pause: float = 0.02) -> list[float]:
+def commit_latency(count: int, path: Path, pause: float = 0.05) -> list[float]:
     """At chat pace (a message every `pause` s): ms from a send completing until its MessageDelivered row is
     committed (polled by a second, read-only connection every 0.2 ms): how much a kill right then could lose."""
     out = []
@@ -140,7 +140,7 @@ def main() -> None:
             off.append(run(args.count, None))
             on.append(run(args.count, folder / "bench.sqlite"))
         lag = writer_lag(args.count, folder / "lag.sqlite")
-        latency = commit_latency(100, folder / "latency.sqlite")
+        latency = commit_latency(60, folder / "latency.sqlite")
         lost = [kill_once(folder, random.randint(100, 600)) for _ in range(args.kills)]
     rate_off, rate_on = max(r[0] for r in off), max(r[0] for r in on)
     cpu_off, cpu_on = min(r[1] for r in off), min(r[1] for r in on)
@@ -160,7 +160,7 @@ def main() -> None:
     print(f"writer behind (delivered messages not yet committed, {len(lag)} samples): "
           f"median {statistics.median(lag):.0f}, max {max(lag)}")
     q = statistics.quantiles(latency, n=20)
-    print(f"chat pace (a message every 20 ms): ms from a completed send to its row committed: median "
+    print(f"chat pace (a message every 50 ms): ms from a completed send to its row committed: median "
           f"{statistics.median(latency):.1f}, p95 {q[18]:.1f}, max {max(latency):.1f}")
     if lost:
         print(f"SIGKILL in a tight loop, {len(lost)} runs: completed messages missing after reopening: "

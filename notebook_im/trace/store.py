@@ -9,11 +9,13 @@
 Why a writer thread. Recording is on the hot path (trace/recorder.py), so the caller's thread (the library's
 loop thread) never does SQL: `Trace.record_*` hands each record to `HistoryStore.put_*`, which appends the
 record to a deque (atomic, no lock) and wakes the writer if it sleeps. A daemon writer thread takes what is
-there, inserts it and commits. When records trickle in (a chat) each is committed at once; under load it
-gathers until `WINDOW` (5 ms) after the previous commit, so one commit carries a few ms of records (a commit
-costs about as much as writing 30 records). Either way a record is durable within a few ms of happening: a
-SIGKILLed kernel loses the records of its last few ms, which at chat pace is at most the last message
-(tests/history/test_crash.py; bench/history.py measures a tight loop). The writer shares the GIL with the loop
+there, inserts it and commits: at once when the previous commit is older than `WINDOW` (10 ms), else when it
+is that old, so under load one commit carries ~10 ms of records. Each commit cycle costs the writer a few
+hundred µs (the commit, and the GIL going back and forth with the loop thread); spread over ~10 messages that
+is small, while committing every 2 ms cost about twice the CPU per message (bench/history.py). Either way a
+record is durable about 10 ms after it happened: a SIGKILLed kernel loses the records of its last ~10 ms, which
+at chat pace is at most the last message (tests/history/test_crash.py; bench/history.py measures a tight
+loop). The writer shares the GIL with the loop
 thread, so its own work is kept small: the JSON C encoder does the event fields, and rows go in with
 multi-row INSERTs (SQLite releases the GIL on every step, and each release can hand the GIL to the loop
 thread and back). SQLite runs in WAL mode with `synchronous=NORMAL`: a commit survives the process being
@@ -78,7 +80,7 @@ APPLICATION_ID = 0x6E696D68  # "nimh", PRAGMA application_id
 SUFFIXES = (".sqlite", ".sqlite3", ".db")
 DIRECTORY_FILE = "history.sqlite"
 BATCH = 2048  # records of each kind per transaction at most: a backlog is committed in steps
-WINDOW = 0.005  # s between commits under load: batching a few ms of records makes a commit cheap per record
+WINDOW = 0.010  # s between commits under load: ~10 ms of records per commit keeps the writer cheap per record
 
 _DDL = """
 CREATE TABLE schema (version INTEGER NOT NULL, application TEXT NOT NULL, created REAL NOT NULL);
