@@ -155,8 +155,9 @@ def main() -> None:
     print(f"| ratio with/without | {rate_on / rate_off:.3f} | |")
     print(f"| of which the writer thread (median) | | {writer:,.0f} |")
     print()
+    paired = [b[0] / a[0] for a, b in zip(off, on)]
     print(f"messages per commit (median): {per_commit:.1f}; paired ratios (with/without, run by run): "
-          f"{', '.join(f'{b[0] / a[0]:.2f}' for a, b in zip(off, on))}")
+          f"{', '.join(f'{r:.2f}' for r in paired)} (median {statistics.median(paired):.3f})")
     print(f"writer behind (delivered messages not yet committed, {len(lag)} samples): "
           f"median {statistics.median(lag):.0f}, max {max(lag)}")
     q = statistics.quantiles(latency, n=20)
