@@ -10,12 +10,13 @@ Why a writer thread. Recording is on the hot path (trace/recorder.py), so the ca
 loop thread) never does SQL: `Trace.record_*` hands each record to `HistoryStore.put_*`, which appends the
 record to a deque (atomic, no lock) and wakes the writer if it sleeps. A daemon writer thread takes what is
 there, inserts it and commits: at once when the previous commit is older than `WINDOW` (10 ms), else when it
-is that old, so under load one commit carries ~10 ms of records. Each commit cycle costs the writer a few
-hundred µs (the commit, and the GIL going back and forth with the loop thread); spread over ~10 messages that
-is small, while committing every 2 ms cost about twice the CPU per message (bench/history.py). Either way a
-record is durable about 10 ms after it happened: a SIGKILLed kernel loses the records of its last ~10 ms, which
-at chat pace is at most the last message (tests/history/test_crash.py; bench/history.py measures a tight
-loop). The writer shares the GIL with the loop
+is that old; when records come faster than `LOAD_RATE` (2,000/s: a send loop, not a chat) it gathers for
+`LOAD_WINDOW` (50 ms) instead. Why: every commit cycle costs the writer a few hundred µs (the commit, and
+above all the GIL: a thread that wants the GIL while the loop thread is busy is woken and put back to sleep at
+each of the loop's system calls until the 5 ms switch interval hands it over). Committing every 2 ms cost a
+send loop ~130 µs of writer CPU per message, every 10 ms ~70, every 50 ms ~45 (bench/history.py). So a record
+is durable ~10 ms after it happened at chat pace, and a SIGKILLed kernel loses at most the last message there
+(tests/history/test_crash.py); a send loop loses its last ~50 ms. The writer shares the GIL with the loop
 thread, so its own work is kept small: the JSON C encoder does the event fields, and rows go in with
 multi-row INSERTs (SQLite releases the GIL on every step, and each release can hand the GIL to the loop
 thread and back). SQLite runs in WAL mode with `synchronous=NORMAL`: a commit survives the process being
@@ -82,7 +83,9 @@ APPLICATION_ID = 0x6E696D68  # "nimh", PRAGMA application_id
 SUFFIXES = (".sqlite", ".sqlite3", ".db")
 DIRECTORY_FILE = "history.sqlite"
 BATCH = 2048  # records of each kind per transaction at most: a backlog is committed in steps
-WINDOW = 0.010  # s between commits under load: ~10 ms of records per commit keeps the writer cheap per record
+WINDOW = 0.010  # s between commits when records come in steadily: ~10 ms of records per commit
+LOAD_WINDOW = 0.050  # ... and when they come faster than LOAD_RATE records/s (a send loop, not a chat)
+LOAD_RATE = 2000
 
 _DDL = """
 CREATE TABLE schema (version INTEGER NOT NULL, application TEXT NOT NULL, created REAL NOT NULL);
@@ -668,19 +671,22 @@ class HistoryStore:
         db, wake = self._db, self._wake
         sip_q, event_q, drop_q, waiters_q = self._sip, self._events, self._drops, self._waiters
         last_commit = 0.0
+        window = WINDOW
         while True:
             wake.clear()  # then look: a put after this sets it again, so no wake-up is lost
             stop = self._stop
             if not (sip_q or event_q or drop_q or waiters_q or stop):
                 wake.wait(1.0)
                 continue
-            wait = last_commit + WINDOW - time.monotonic()
-            if wait > 0 and not stop and not waiters_q:  # under load: gather until WINDOW after the last commit
+            wait = last_commit + window - time.monotonic()
+            if wait > 0 and not stop and not waiters_q:  # under load: gather until `window` after the last commit
                 time.sleep(wait)
             waiters = [waiters_q.popleft() for _ in range(len(waiters_q))]  # before draining: theirs are in
             backlog = len(sip_q) > BATCH or len(event_q) > BATCH or len(drop_q) > BATCH
-            self._write_batch(db)
-            last_commit = time.monotonic()
+            rows = self._write_batch(db)
+            now = time.monotonic()
+            window = LOAD_WINDOW if rows > LOAD_RATE * (now - last_commit) else WINDOW
+            last_commit = now
             self.commits += 1
             self.writer_cpu = time.thread_time()
             if backlog:  # more than one batch was waiting: the next one at once, flush() waits for it too
@@ -695,7 +701,7 @@ class HistoryStore:
                 break
         db.close()
 
-    def _write_batch(self, db: "sqlite3.Connection") -> None:
+    def _write_batch(self, db: "sqlite3.Connection") -> int:
         """Take up to BATCH records of each kind, insert them and commit (errors are counted, never raised: the
         history must not take the platform down)."""
         sip: list = []     # flat: the columns of one row after the other
@@ -724,12 +730,14 @@ class HistoryStore:
                 _insert(db, table, values)
             db.commit()
             self.written += rows
+            return rows
         except Exception as exc:  # noqa: BLE001 - disk full, file removed: report, keep the platform running
             self._failed(f"writing {rows} records failed: {exc}")
             try:
                 db.rollback()
             except Exception:  # noqa: BLE001
                 pass
+        return rows
 
     def _failed(self, message: str) -> None:
         self.write_errors += 1
