@@ -17,6 +17,7 @@ Bounded: N messages per run (default 1000), each with the 32 s transaction timeo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import select
@@ -28,15 +29,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import notebook_im as nim
 
 CHATTER = Path(__file__).resolve().parents[1] / "tests" / "history" / "chatter.py"  # the crash test's child
 
 
-def run(count: int, history: Path | None) -> tuple[float, float, float, float]:
-    """(msg/s, CPU µs per message, writer-thread CPU µs per message, messages per commit) of `count` session
-    messages, one at a time."""
+DELIVERED = "SELECT count(*) FROM events WHERE type = 'MessageDelivered' AND owner = 'sip:alice@example.test'"
+
+
+@contextlib.contextmanager
+def chat(history: Path | None) -> Iterator[tuple[nim.Platform, nim.ImSession]]:
+    """Alice's session with bob through an embedded server, on a platform with `history` (a fresh store)."""
     if history is not None:
         for suffix in ("", "-wal", "-shm"):
             Path(str(history) + suffix).unlink(missing_ok=True)
@@ -45,6 +50,14 @@ def run(count: int, history: Path | None) -> tuple[float, float, float, float]:
         bob = platform.endpoint("sip:bob@example.test", server=server).result(10)
         bob.sessions.on_incoming(lambda inc: inc.accept())
         session = alice.sessions.create("sip:bob@example.test").result(10)
+        yield platform, session
+        session.terminate().result(10)
+
+
+def run(count: int, history: Path | None) -> tuple[float, float, float, float]:
+    """(msg/s, CPU µs per message, writer-thread CPU µs per message, messages per commit) of `count` session
+    messages, one at a time."""
+    with chat(history) as (platform, session):
         for i in range(50):  # warm-up
             session.send(f"warm {i}").result(10)
         store = platform.history_store
@@ -60,27 +73,19 @@ def run(count: int, history: Path | None) -> tuple[float, float, float, float]:
         cpu = (time.process_time() - c0) / count * 1e6
         writer = (store.writer_cpu - w0) / count * 1e6 if store is not None else 0.0
         per_commit = count / max(1, store.commits - n0) if store is not None else 0.0
-        session.terminate().result(10)
     return rate, cpu, writer, per_commit
 
 
 def writer_lag(count: int, path: Path) -> list[int]:
     """Delivered messages not yet committed, sampled after every 25th send."""
     lag = []
-    with nim.Server() as server, nim.Platform("lag", history=path) as platform:
-        alice = platform.endpoint("sip:alice@example.test", server=server).result(10)
-        bob = platform.endpoint("sip:bob@example.test", server=server).result(10)
-        bob.sessions.on_incoming(lambda inc: inc.accept())
-        session = alice.sessions.create("sip:bob@example.test").result(10)
+    with chat(path) as (_platform, session):
         reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         for i in range(count):
             session.send(f"message {i}").result(10)
             if i % 25 == 24:
-                done = reader.execute("SELECT count(*) FROM events WHERE type = 'MessageDelivered' "
-                                      "AND owner = 'sip:alice@example.test'").fetchone()[0]
-                lag.append(i + 1 - done)
+                lag.append(i + 1 - reader.execute(DELIVERED).fetchone()[0])
         reader.close()
-        session.terminate().result(10)
     return lag
 
 
@@ -88,22 +93,16 @@ def commit_latency(count: int, path: Path, pause: float = 0.05) -> list[float]:
     """At chat pace (a message every `pause` s): ms from a send completing until its MessageDelivered row is
     committed (polled by a second, read-only connection every 0.2 ms): how much a kill right then could lose."""
     out = []
-    with nim.Server() as server, nim.Platform("latency", history=path) as platform:
-        alice = platform.endpoint("sip:alice@example.test", server=server).result(10)
-        bob = platform.endpoint("sip:bob@example.test", server=server).result(10)
-        bob.sessions.on_incoming(lambda inc: inc.accept())
-        session = alice.sessions.create("sip:bob@example.test").result(10)
+    with chat(path) as (_platform, session):
         reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        query = "SELECT count(*) FROM events WHERE type = 'MessageDelivered' AND owner = 'sip:alice@example.test'"
         for i in range(count):
             time.sleep(pause)
             session.send(f"message {i}").result(10)
             t0 = time.perf_counter()
-            while reader.execute(query).fetchone()[0] < i + 1 and time.perf_counter() - t0 < 5:
+            while reader.execute(DELIVERED).fetchone()[0] < i + 1 and time.perf_counter() - t0 < 5:
                 time.sleep(0.0002)
             out.append((time.perf_counter() - t0) * 1000)
         reader.close()
-        session.terminate().result(10)
     return out
 
 

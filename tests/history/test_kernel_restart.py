@@ -7,6 +7,8 @@ import pytest
 import jupyter_client  # installed by `make test` (the test extra)
 import jupyter_client.manager
 
+from tests.integration.test_kernel import _collect  # stream and error output of a cell
+
 pytestmark = pytest.mark.kernel
 
 BEFORE = [
@@ -52,10 +54,3 @@ def test_history_survives_a_kernel_restart(tmp_path):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
-
-
-def _collect(msg, chunks):
-    if msg["header"]["msg_type"] == "stream":
-        chunks.append(msg["content"]["text"])
-    elif msg["header"]["msg_type"] == "error":
-        chunks.append("\n".join(msg["content"]["traceback"]))
