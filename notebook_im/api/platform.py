@@ -47,15 +47,33 @@ def client_context(*, verify: bool = True, ca_file: str | None = None) -> ssl.SS
 
 
 class Platform:
-    """`with nim.Platform() as platform:` ... `platform.endpoint(uri, server=...)`."""
+    """`with nim.Platform() as platform:` ... `platform.endpoint(uri, server=...)`.
+
+    `history="chat.sqlite"` (or a directory, which then holds `history.sqlite`) keeps the trace in a SQLite
+    file as it is recorded, and loads what an earlier run wrote there: `trace.sip()`, `.messages()`,
+    `.events()`, `endpoint.history()` and `ChatPanel(endpoint)` show the earlier conversations too. One Platform
+    writes a store at a time (`HistoryInUse` otherwise); `shutdown()` flushes and closes it.
+    """
 
     def __init__(self, name: str = "notebook_im", *, max_trace_records: int | None = 1_000_000,
-                 timers: Timers | None = None) -> None:
+                 timers: Timers | None = None, history: Any = None) -> None:
         if timers is not None and not isinstance(timers, Timers):
             raise TypeError("timers must be a nim.Timers(t1=..., t2=..., t4=...)")
         self.name = name
         self.timers = timers or DEFAULT_TIMERS
         self.trace = Trace(max_records=max_trace_records)
+        self.history_store: Any = None  # the HistoryStore when history= was given
+        if history is not None:
+            from ..trace.store import HistoryStore  # sqlite3 only when asked for
+
+            store = HistoryStore(history)
+            try:
+                store.load_into(self.trace)
+            except BaseException:
+                store.close()
+                raise
+            self.trace.attach_store(store.start())
+            self.history_store = store
         self._endpoints: list[Endpoint] = []
         self._shut = False
         runtime()  # start the loop thread now, not inside the first call
@@ -120,9 +138,18 @@ class Platform:
                 await ep._disable()
             except Exception:  # noqa: BLE001 - shut down everything we can
                 pass
+        self._close_history()
+
+    def _close_history(self) -> None:
+        """Write what the history store still has queued and close it (the trace keeps recording in memory)."""
+        store = self.history_store
+        if store is not None:
+            self.trace.detach_store()
+            store.close()
 
     def shutdown(self, timeout: float = 15.0) -> None:
-        """Disable every endpoint (BYE, un-REGISTER) and close sockets. Blocking; use `ashutdown` in async code."""
+        """Disable every endpoint (BYE, un-REGISTER), close sockets, then flush and close the history store.
+        Blocking; use `ashutdown` in async code."""
         if self._shut:
             return
         self._shut = True
@@ -130,7 +157,10 @@ class Platform:
         if rt.in_loop_thread():
             rt.loop.create_task(self._shutdown())
             return
-        rt.submit(self._shutdown(), "shutdown()").result(timeout)
+        try:
+            rt.submit(self._shutdown(), "shutdown()").result(timeout)
+        finally:
+            self._close_history()  # also when disabling timed out: the store must not stay locked
 
     async def ashutdown(self) -> None:
         """`shutdown()` for async code: disables every endpoint without blocking the caller's loop."""
@@ -152,4 +182,5 @@ class Platform:
         await self.ashutdown()
 
     def __repr__(self) -> str:
-        return f"<Platform {self.name!r}: {len(self._endpoints)} endpoints, {self.trace!r}>"
+        history = f", history {str(self.history_store.path)!r}" if self.history_store is not None else ""
+        return f"<Platform {self.name!r}: {len(self._endpoints)} endpoints, {self.trace!r}{history}>"

@@ -12,6 +12,9 @@ recording SIP messages and events altogether; drops are always kept (the most re
 10,000 by default, at most 2 KB each; `drop_count` counts them all). Only messages that parse as SIP enter the
 message columns: garbage goes to the drop list alone, so a flood of it cannot fill memory.
 
+With `Platform(history=path)` a HistoryStore (store.py) is attached: each record is also handed to it, which
+costs one queue put here; the SQL happens on the store's writer thread, never on the recording thread.
+
 The analysis methods (`sip()`, `messages()`, `events()`, `to_pcap()`, `ladder()`, `plot`) import pandas
 and friends inside the method, so `import notebook_im` stays light.
 """
@@ -97,6 +100,7 @@ class Trace:
         self.drops_total = 0                      # every drop, also those no longer kept
         self.dropped_sip = 0  # messages not kept because max_records was reached
         self.skipped = 0      # messages and events not recorded because recording was off
+        self.store: Any = None  # a HistoryStore (Platform(history=...)): every record is also queued for it
 
     def record_sip(self, direction: str, transport: str, local: tuple[str, int], remote: tuple[str, int],
                    raw: bytes, owner: str, ts: float | None = None, fields: tuple | None = None) -> None:
@@ -105,16 +109,20 @@ class Trace:
         if not self.enabled:
             self.skipped += 1
             return
+        raw = redact(raw)
+        if ts is None:
+            ts = time.time()
+        if self.store is not None:  # the store keeps everything, also past max_records (one queue put)
+            self.store.put_sip(ts, direction, transport, local, remote, raw, owner)
         if self.max_records is not None and len(self.sip_ts) >= self.max_records:
             self.dropped_sip += 1
             return
-        raw = redact(raw)
         if self.index == "eager":
             with self._index_lock:
                 if len(self._fields[0]) == len(self.sip_ts):  # not behind (index may have been lazy before)
                     for column, value in zip(self._fields, fields or extract(raw)):
                         column.append(value)
-        self.sip_ts.append(time.time() if ts is None else ts)
+        self.sip_ts.append(ts)
         self.sip_direction.append(direction)
         self.sip_transport.append(transport)
         self.sip_local.append(local)
@@ -129,15 +137,30 @@ class Trace:
             limit = min(self.max_drops, self.max_records) if self.max_records is not None else self.max_drops
             while len(self.drops) >= limit > 0:
                 self.drops.popleft()
-            self.drops.append(DropRecord(time.time(), transport, remote, reason, redact(raw[:2048]), owner))
+            record = DropRecord(time.time(), transport, remote, reason, redact(raw[:2048]), owner)
+            self.drops.append(record)
+        if self.store is not None:
+            self.store.put_drop(record)
 
     def record_event(self, owner: str, event: Any) -> None:
         """Record one API event of `owner` (called as events are emitted)."""
         if not self.enabled:
             self.skipped += 1
             return
+        record = EventRecord(time.time(), owner, event)
         with self._lock:
-            self.events_list.append(EventRecord(time.time(), owner, event))
+            self.events_list.append(record)
+        if self.store is not None:
+            self.store.put_event(record.timestamp, owner, event)
+
+    def attach_store(self, store: Any) -> None:
+        """Also hand every new record to `store` (a `trace.store.HistoryStore`, which writes it on its own
+        thread); Platform(history=...) does this after loading the store's earlier records."""
+        self.store = store
+
+    def detach_store(self) -> None:
+        """Stop handing records to the store (Platform.shutdown() does this before closing it)."""
+        self.store = None
 
     @contextlib.contextmanager
     def paused(self) -> Iterator["Trace"]:
@@ -150,7 +173,8 @@ class Trace:
             self.enabled = before
 
     def clear(self) -> None:
-        """Forget everything recorded so far (columns, events, drops, counters)."""
+        """Forget everything recorded so far (columns, events, drops, counters). A history store attached to the
+        trace keeps its rows: it is an append-only log (delete its file to forget it)."""
         with self._index_lock, self._lock:
             for column in (self.sip_owner, self.sip_ts, self.sip_direction, self.sip_transport, self.sip_local,
                            self.sip_remote, self.sip_raw, *self._fields):

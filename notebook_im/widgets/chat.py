@@ -43,6 +43,7 @@ from ..api.participant import Participant
 from ..api.session import ChatMessage, ImSession, now_utc
 from . import render as r
 from .composer import Composer
+from .earlier import EarlierList
 
 log = logging.getLogger("notebook_im.widgets")
 
@@ -399,6 +400,8 @@ class ChatPanel(w.VBox):
     Options: `max_rendered` (newest messages kept rendered, default 200; "Show earlier" adds as many again),
     `height` of the message area, `content_type` of sent messages ("text/plain" or "text/html"), `names`
     (an address book {uri: display name} for participants whose SIP headers carry no display name).
+    On a `Platform(history=...)`, `ChatPanel(endpoint)` also lists the endpoint's earlier conversations from the
+    store, read-only (`panel.earlier`), and shows the newest one until a live conversation starts.
     """
 
     def __init__(self, target: ImSession | Endpoint, *, max_rendered: int = 200, height: str = "380px",
@@ -411,6 +414,7 @@ class ChatPanel(w.VBox):
         self._lock = threading.RLock()
         self._subs: list[Any] = []
         self.selected: Conversation | None = None
+        self.earlier: EarlierList | None = None
         if isinstance(target, ImSession):
             conv = Conversation(target, **self._options)
             self.conversations[target] = conv
@@ -434,7 +438,8 @@ class ChatPanel(w.VBox):
         self.conv_list = w.VBox([])
         title = w.HTML(f'<div class="nim-side-title">{r.avatar(target.display_name or target.uri.split(":", 1)[-1].split("@")[0], target.uri, 26)} '
                        f"{r.html.escape(target.uri)}</div>")
-        self.sidebar = w.VBox([title, self.uri_box, self.new_button, self.side_error, self.conv_list],
+        self.earlier = EarlierList(self, target)  # earlier runs' conversations (Platform(history=...)), read-only
+        self.sidebar = w.VBox([title, self.uri_box, self.new_button, self.side_error, self.conv_list, self.earlier],
                               layout=w.Layout(width="240px", min_width="240px", margin="0 8px 0 0"))
         self.sidebar.add_class("nim-side")
         self.main = w.Box([w.HTML('<div class="nim-empty">No conversations yet: start one, or wait for '
@@ -453,6 +458,8 @@ class ChatPanel(w.VBox):
             if s.is_incoming and s.state is SessionState.CONNECTING and isinstance(pending, IncomingSession):
                 conv._set_invite(pending)
                 self._refresh_list()
+        if self.selected is None:
+            self.earlier.show_latest()  # where the user left off, until a live conversation takes the main area
 
     # -- public ------------------------------------------------------------------------------------------
     @property
@@ -494,6 +501,8 @@ class ChatPanel(w.VBox):
             sub.cancel()
         for conv in list(getattr(self, "conversations", {}).values()):
             conv.close()
+        if getattr(self, "earlier", None) is not None:
+            self.earlier.close()
         super().close()
 
     # -- endpoint events (loop thread) ----------------------------------------------------------------------------
