@@ -1,17 +1,21 @@
-"""Delivery latency: two endpoints through the embedded server in one process, one IM session, MESSAGEs sent on a
-fixed schedule of 1,000 per second for 10 s (10,000 messages), against a raw UDP echo ping-pong in the same run.
+"""Delivery latency: two endpoints in one process, one IM session, MESSAGEs sent on a fixed schedule of 1,000 per
+second for 10 s (10,000 messages), against a raw UDP echo ping-pong in the same run.
+
+Variants (each in a fresh process, since the loop is chosen when notebook_im's runtime starts):
+  - peer to peer (bob listens, alice invites his contact: the issue's "two endpoints on loopback"), receipts off,
+    on each event loop (NOTEBOOK_IM_LOOP=asyncio|uvloop): the issue 9 setup;
+  - peer to peer with RFC 5438 receipts on (the default since issue 10: each text costs a second MESSAGE back);
+  - through an embedded server in the same process (one loop thread does the work of all three), receipts off.
 
 Latency of message i = the time bob's MessageReceived callback runs minus the time alice's `session.send()` was
 called for it (perf_counter, one process, one clock). Sends follow the schedule (sleep until the next slot,
 never wait for an answer; a late slot is sent at once), so the figure includes any queueing inside the
 library: a session sends its in-dialog MESSAGEs one at a time (README, deviations). Lost = sent but never
 received: after the last send, messages are waited for as long as they keep arriving (3 s without one, or
-DRAIN_CAP, ends the wait), so a late message counts in the latencies, not as lost. Each event loop (NOTEBOOK_IM_LOOP=asyncio|uvloop) runs in a
-fresh process, since the loop is chosen when notebook_im's runtime starts.
+DRAIN_CAP, ends the wait), so a late message counts in the latencies, not as lost.
 
 The anchor: a thread echoing UDP datagrams and the main thread sending pings on the same 1,000/s schedule,
-waiting for each echo: the p99 round trip of two loopback hops between two threads of one Python process,
-which is also what one message through the server costs at the very least (two hops, two threads).
+waiting for each echo: the p99 round trip of two loopback hops between two threads of one Python process.
 """
 from __future__ import annotations
 
@@ -85,13 +89,25 @@ def udp_echo_rtts(count: int, rate: int) -> list[float]:
     return rtts
 
 
-def measure(seconds: float, rate: int) -> dict[str, Any]:
-    """The notebook_im side (run in a fresh process): paced session MESSAGEs, latencies, losses."""
+def measure(seconds: float, rate: int, mode: str = "p2p", receipts: bool = False) -> dict[str, Any]:
+    """The notebook_im side (run in a fresh process): paced session MESSAGEs, latencies, losses.
+
+    `mode` "p2p": the two endpoints talk directly (bob listens, alice invites his contact), which is the issue's
+    "two endpoints on loopback"; "server": through an embedded server in the same process (one loop thread does
+    the work of all three). `receipts`: RFC 5438 delivery/display receipts asked for (the default since issue 10;
+    each text then costs a second MESSAGE transaction back)."""
+    import contextlib
+
     import notebook_im as nim
 
-    with nim.Server() as server, nim.Platform("bench-latency") as platform:
-        alice = platform.endpoint("sip:alice@example.test", server=server).result(10)
-        bob = platform.endpoint("sip:bob@example.test", server=server).result(10)
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(nim.Server()) if mode == "server" else None
+        platform = stack.enter_context(nim.Platform("bench-latency"))
+        domain = "example.test" if server else HOST
+        alice = platform.endpoint(f"sip:alice@{domain}", server=server).result(10)
+        bob = platform.endpoint(f"sip:bob@{domain}", server=server).result(10)
+        for ep in (alice, bob):
+            ep.request_receipts = receipts
         bob.sessions.on_incoming(lambda incoming: incoming.accept())
         received: dict[int, float] = {}
 
@@ -101,7 +117,7 @@ def measure(seconds: float, rate: int) -> dict[str, Any]:
                 received[int(event.text[1:])] = now
 
         bob.on(nim.MessageReceived, on_message)
-        session = alice.sessions.create("sip:bob@example.test").result(10)
+        session = alice.sessions.create("sip:bob@example.test" if server else bob.contact.strip("<>")).result(10)
         for i in range(50):  # warm-up, one at a time
             session.send(f"warm {i}").result(10)
         count = int(seconds * rate)
@@ -135,24 +151,27 @@ def run(ctx: Context) -> None:
     anchor = quantiles(udp_echo_rtts(int(RATE * min(seconds, 3.0)), RATE))
     ctx.emit(Row(ctx.name, f"raw UDP echo ping-pong between two threads, {RATE}/s: p99 round trip", anchor["p99"], "ms",
                  goal="anchor"))
-    for loop in LOOPS:
+    variants = [("p2p", False, loop) for loop in LOOPS] + [("p2p", True, "asyncio"), ("server", False, "asyncio")]
+    for mode, receipts, loop in variants:
         if ctx.left() < seconds + 10:
-            ctx.note(f"no time left for the {loop} run")
+            ctx.note(f"no time left for the {mode}/{loop} run")
             break
         try:
-            out = subprocess.run([sys.executable, str(BENCH / "latency.py"), str(seconds), str(RATE)],
+            out = subprocess.run([sys.executable, str(BENCH / "latency.py"), str(seconds), str(RATE), mode,
+                                  "receipts" if receipts else "no-receipts"],
                                  env={**os.environ, "NOTEBOOK_IM_LOOP": loop}, capture_output=True, text=True,
                                  timeout=max(10.0, ctx.left()))
         except subprocess.TimeoutExpired:
-            ctx.note(f"the {loop} run did not finish within the budget")
+            ctx.note(f"the {mode}/{loop} run did not finish within the budget")
             break
         if out.returncode != 0:
-            ctx.note(f"the {loop} run failed: {out.stderr[-600:]}")
+            ctx.note(f"the {mode}/{loop} run failed: {out.stderr[-600:]}")
             continue
         res = json.loads(out.stdout.strip().splitlines()[-1])
         if res["loop"] != loop:
             ctx.note(f"NOTEBOOK_IM_LOOP={loop} asked, but the latency run used {res['loop']}")
-        what = (f"session MESSAGE via the embedded server, {res['count']:,} at {RATE}/s "
+        where = "two endpoints, peer to peer" if mode == "p2p" else "two endpoints via an embedded server, one process"
+        what = (f"session MESSAGE, {where}, receipts {'on' if receipts else 'off'}, {res['count']:,} at {RATE}/s "
                 f"(sent at {res['send_rate']:,.0f}/s), loop {res['loop']}")
         ctx.emit(Row(ctx.name, f"{what}: p50", res["p50"], "ms"))
         r = ratio(res["p99"], anchor["p99"])
@@ -166,4 +185,5 @@ def run(ctx: Context) -> None:
 
 
 if __name__ == "__main__":  # the measuring process: python bench/latency.py SECONDS RATE -> one JSON line
-    print(json.dumps(measure(float(sys.argv[1]), int(sys.argv[2]))), flush=True)
+    print(json.dumps(measure(float(sys.argv[1]), int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "p2p",
+                             len(sys.argv) > 4 and sys.argv[4] == "receipts")), flush=True)
