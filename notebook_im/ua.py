@@ -90,6 +90,9 @@ class ClientHandle:
     ack: bytes | None = None            # the ACK we sent for a 2xx, resent when the 2xx is retransmitted
     on_late_2xx: Callable[[Response], None] | None = None  # a proxy relays retransmitted 2xx upstream
     timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    # called with the future as soon as it is settled, in the same turn of the loop (a done callback would wait
+    # for the next one: the proxy relays each final response upstream this way, one loop turn sooner)
+    on_final: Callable[[asyncio.Future], None] | None = None
 
 
 @dataclass
@@ -153,6 +156,7 @@ class SipCore:
             self._cancel_timers(h.timers)
             if not h.future.done():
                 h.future.set_exception(TransactionTimeout(h.txn.request.method, str(h.txn.request.uri), "stack closed"))
+                self._finalised(h)
         for sh in list(self._servers.values()):
             self._cancel_timers(sh.timers)
         self._clients.clear()
@@ -393,6 +397,7 @@ class SipCore:
                             log.exception("provisional response handler failed")
                 elif not h.future.done():
                     h.future.set_result(resp)
+                    self._finalised(h)
                 elif h.ack is not None:  # retransmitted 2xx: our ACK was lost, send it again
                     self._send(h.ack, h.target)
                 elif h.on_late_2xx is not None:
@@ -406,10 +411,25 @@ class SipCore:
                     else:
                         h.future.set_exception(TransactionTimeout(
                             req.method, str(req.uri), f"no response within {64 * self.timers.t1:g} s (timer {a.timer})"))
+                    self._finalised(h)
             elif isinstance(a, Terminated):
                 self._cancel_timers(h.timers)
                 if self._clients.get(h.txn.key) is h:
                     del self._clients[h.txn.key]
+
+    @staticmethod
+    def _finalised(h: ClientHandle) -> None:
+        """Run `h.on_final` once the future is settled (its exception then counts as retrieved by it)."""
+        cb = h.on_final
+        if cb is None:
+            return
+        h.on_final = None
+        if h.future.exception() is not None:
+            pass  # (reading it marks it retrieved: the callback deals with it)
+        try:
+            cb(h.future)
+        except Exception:  # noqa: BLE001 - a handler must not break the transaction layer
+            log.exception("final response handler failed")
 
     def _execute_server(self, h: ServerHandle, actions: list) -> None:
         sent: bytes | None = None

@@ -290,8 +290,7 @@ class ProxyCore(CancelAware, SipCore):
     @staticmethod
     def _upstream(resp: Response) -> Response:
         up = resp.copy()
-        vias = up.headers.get_all("Via")
-        up.headers.set_all("Via", vias[1:])
+        up.headers.pop_first("Via")  # ours (RFC 3261 §16.7 step 3)
         return up
 
     def _forward_ack(self, request: Request) -> None:
@@ -389,7 +388,10 @@ class Fork:
             b.client = core.send_request(b.request, b.target, on_provisional=lambda r, i=i: self._provisional(i, r))
             if self.late_2xx is not None:
                 b.client.on_late_2xx = self.late_2xx
-            b.client.future.add_done_callback(lambda fut, i=i: self._final(i, fut))
+            if b.client.future.done():  # (a closed stack fails the request at once)
+                self._final(i, b.client.future)
+            else:
+                b.client.on_final = lambda fut, i=i: self._final(i, fut)
 
     def _provisional(self, i: int, resp: Response) -> None:
         b = self.branches[i]

@@ -168,6 +168,14 @@ class Headers:
 
     def pop_first(self, name: str) -> str | None:
         """Remove and return the first value of a multi-valued header (a proxy popping Via/Route)."""
+        key = normalize_name(name)
+        fields = self._fields.get(key)
+        if fields and "," not in fields[0]:  # one value per line, the usual case: no splitting and joining
+            self._changed(key)
+            first = fields.pop(0)
+            if not fields:
+                del self._fields[key]
+            return first.strip()
         values = self.get_all(name)
         if not values:
             return None
