@@ -19,6 +19,7 @@ waiting for each echo: the p99 round trip of two loopback hops between two threa
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -122,12 +123,27 @@ def measure(seconds: float, rate: int, mode: str = "p2p", receipts: bool = False
             session.send(f"warm {i}").result(10)
         count = int(seconds * rate)
         sent = [0.0] * count
-        ops = []
+        gc_pauses: list[float] = []   # full (generation 2) garbage collections during the run, in seconds
+        gc_started = [0.0]
+
+        def on_gc(phase: str, info: dict) -> None:
+            if info.get("generation") == 2:
+                if phase == "start":
+                    gc_started[0] = time.perf_counter()
+                else:
+                    gc_pauses.append(time.perf_counter() - gc_started[0])
+
+        gc.callbacks.append(on_gc)
+        outcomes = {"failed": 0}  # (the operations are not kept: a chat does not hold 10,000 of them either)
+
+        def settled(op: Any) -> None:
+            if op.exception() is not None:
+                outcomes["failed"] += 1
         t0 = time.perf_counter() + 0.05
         for i in range(count):
             sleep_until(t0 + i / rate)
             sent[i] = time.perf_counter()
-            ops.append(session.send(f"m{i}"))
+            session.send(f"m{i}").add_done_callback(settled)
         send_span = time.perf_counter() - t0
         # late is not lost: wait while messages still arrive (a queue draining), give up after 3 s without one
         deadline, last, progress_at = time.monotonic() + DRAIN_CAP, -1, time.monotonic()
@@ -135,12 +151,14 @@ def measure(seconds: float, rate: int, mode: str = "p2p", receipts: bool = False
             if len(received) != last:
                 last, progress_at = len(received), time.monotonic()
             time.sleep(0.01)
-        failed = sum(1 for op in ops if op.done() and op.exception(0) is not None)
+        gc.callbacks.remove(on_gc)
+        failed = outcomes["failed"]
         latencies = [received[i] - sent[i] for i in range(count) if i in received]
         span = max(received.values(), default=t0) - t0
         result = {"loop": loop_kind(), "count": count, "received": len(received), "lost": count - len(received),
                   "failed": failed, "send_rate": count / send_span, "delivery_rate": len(received) / span if span > 0 else 0.0,
-                  **quantiles(latencies)}
+                  "gc_full": len(gc_pauses), "gc_longest_ms": max(gc_pauses, default=0.0) * 1000,
+                  "gc_total_ms": sum(gc_pauses) * 1000, **quantiles(latencies)}
         session.terminate().result(10)
     return result
 
@@ -182,6 +200,9 @@ def run(ctx: Context) -> None:
                      anchor="offered", anchor_value=res["send_rate"], ratio=ratio(res["delivery_rate"], res["send_rate"])))
         ctx.emit(Row(ctx.name, f"{what}: lost (+ failed sends {res['failed']})", res["lost"], "messages", goal="0",
                      met=yes_no(res["lost"] == 0 and res["failed"] == 0)))
+        ctx.emit(Row(ctx.name, f"{what}: longest of {res['gc_full']} full garbage collections during the run "
+                               f"({res['gc_total_ms']:.0f} ms in all; the loop thread stands still meanwhile)",
+                     res["gc_longest_ms"], "ms"))
 
 
 if __name__ == "__main__":  # the measuring process: python bench/latency.py SECONDS RATE -> one JSON line
