@@ -64,6 +64,7 @@ class _Stream(asyncio.Protocol):
         self.local: Addr = owner.tcp_addr if name == "tcp" else owner.tls_addr
         self.last_activity = owner.now()
         self.partial_since: float | None = None  # when an incomplete message started waiting in the framer
+        self._held: list[bytes] | None = None     # writes held while a batch of received messages is handled
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -100,8 +101,19 @@ class _Stream(asyncio.Protocol):
             if self.transport:
                 self.transport.close()
             return
-        for m in messages:
-            self.owner._on_data(m, self.name, self.remote or ("", 0), self.local)
+        if len(messages) == 1:
+            self.owner._on_data(messages[0], self.name, self.remote or ("", 0), self.local)
+            return
+        # several messages in one read (a busy peer): what we write back meanwhile goes out in one send() at the
+        # end, not one system call per response
+        self._held = []
+        try:
+            for m in messages:
+                self.owner._on_data(m, self.name, self.remote or ("", 0), self.local)
+        finally:
+            held, self._held = self._held, None
+            if held:
+                self._write_now(b"".join(held))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.remote is not None and self.owner._connections.get(self.remote) is self:
@@ -110,6 +122,12 @@ class _Stream(asyncio.Protocol):
                 self.owner.on_lost(self.name, self.remote)
 
     def write(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            self._write_now(data)
+
+    def _write_now(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.last_activity = self.owner.now()
             self.transport.write(data)
