@@ -25,7 +25,7 @@ from typing import Callable
 from _common import BENCH, REPO, COLUMNS, Context, Row, read_rows, write_csv
 
 ORDER = ("import", "parse", "endpoint-udp", "endpoint-tcp", "relay", "latency", "scale")
-BUDGET = {"import": 20, "parse": 35, "endpoint-udp": 130, "endpoint-tcp": 130, "relay": 110, "latency": 75, "scale": 90}
+BUDGET = {"import": 20, "parse": 35, "endpoint-udp": 130, "endpoint-tcp": 140, "relay": 110, "latency": 85, "scale": 90}
 QUICK_BUDGET = {"import": 20, "parse": 20, "endpoint-udp": 40, "endpoint-tcp": 40, "relay": 40, "latency": 30, "scale": 40}
 NEEDS = {"endpoint-udp": ("sipp",), "endpoint-tcp": ("sipp",), "relay": ("sipp", "kamailio")}
 KILL_GRACE = 10   # seconds past the budget before the benchmark's process group is killed

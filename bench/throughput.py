@@ -21,7 +21,7 @@ from _common import (
     ratio, register_once, sipp_command, start_sipp_server, wait_until, yes_no,
 )
 
-RUNGS = (1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 12000, 14000, 16000, 20000, 24000)
+RUNGS = (1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 16000, 24000)
 QUICK_RUNGS = (500,)
 LOOPS = ("asyncio", "uvloop")
 
