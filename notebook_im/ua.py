@@ -424,8 +424,7 @@ class SipCore:
         if cb is None:
             return
         h.on_final = None
-        if h.future.exception() is not None:
-            pass  # (reading it marks it retrieved: the callback deals with it)
+        h.future.exception()  # marks an exception as retrieved: the callback deals with it (no "never retrieved" log)
         try:
             cb(h.future)
         except Exception:  # noqa: BLE001 - a handler must not break the transaction layer
