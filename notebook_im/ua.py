@@ -323,7 +323,7 @@ class SipCore:
         done = self.completed.get(key)
         if done is not None:  # Completed state (RFC 3261 §17.2.2): the request again, so the response again
             self.stats["retransmissions_absorbed"] += 1
-            self._send(done[0], done[1])
+            self._send(done[0], Target(*done[1]))
             return
         if req.method == "CANCEL":
             self._on_cancel(req, transport, remote, local)
@@ -465,7 +465,10 @@ class SipCore:
         key = server_key(h.txn.request)
         self._forget_server(h, key)
         now = self.loop.time()
-        self.completed.add(key, response, self.response_target(h), h.remote, now + timer_j)
+        target = self.response_target(h)
+        # the target as a plain tuple: an entry made only of strings, numbers and bytes is one the garbage
+        # collector stops tracking, and there are thousands of entries per second under load
+        self.completed.add(key, response, (target.transport, target.host, target.port), h.remote, now + timer_j)
         if self._sweep_handle is None:
             self._sweep_handle = self.loop.call_later(min(timer_j, 1.0), self._sweep_completed)
 
