@@ -10,7 +10,6 @@ IM session -> participants), made Pythonic: every call returns an awaitable `Ope
 frozen dataclasses. This module imports neither pandas nor ipywidgets.
 """
 from .api.emitter import EventStream, Subscription
-from .api.conference import ConferenceSession
 from .api.endpoint import Endpoint
 from .api.events import (
     ComposingChanged, EndpointState, EndpointStateChanged, Event, IncomingSession, MessageDelivered,
@@ -36,6 +35,7 @@ __version__ = "0.1.0"
 # server, ~20 ms of imports): imported on first use, so that `import notebook_im` stays fast and light.
 # "name": "module:attribute".
 _LAZY: dict[str, str] = {
+    "ConferenceSession": "notebook_im.api.conference:ConferenceSession",
     "Server": "notebook_im.server:Server",
     "FocusLimits": "notebook_im.server.focus:FocusLimits",
     "OfflineLimits": "notebook_im.server.offline:OfflineLimits",
