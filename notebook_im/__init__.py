@@ -36,6 +36,8 @@ __version__ = "0.1.0"
 # "name": "module:attribute".
 _LAZY: dict[str, str] = {
     "ConferenceSession": "notebook_im.api.conference:ConferenceSession",
+    "HistoryError": "notebook_im.trace.store:HistoryError",
+    "HistoryInUse": "notebook_im.trace.store:HistoryInUse",
     "Server": "notebook_im.server:Server",
     "FocusLimits": "notebook_im.server.focus:FocusLimits",
     "OfflineLimits": "notebook_im.server.offline:OfflineLimits",
@@ -62,7 +64,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
-    "ChatMessage", "ComposingChanged", "ConferenceRequired", "ConferenceSession", "FocusLimits", "DeadlockError", "Endpoint", "EndpointState",
+    "ChatMessage", "ComposingChanged", "ConferenceRequired", "ConferenceSession", "FocusLimits", "DeadlockError", "HistoryError", "HistoryInUse", "Endpoint", "EndpointState",
     "EndpointStateChanged", "Event", "EventStream", "Impairment", "ImSession", "IncomingSession", "InvalidState", "MessageDelivered",
     "MessageDeliveryNotified", "MessageDisplayed", "MessageFailed", "MessageTooLarge", "MessageReceived", "MessageSending", "NotebookImError", "OfflineLimits", "Operation", "Participant", "ParticipantAdded",
     "ParticipantRemoved", "ParticipantState", "ParticipantStateChanged", "Platform", "RemoteProtocolError",
