@@ -380,9 +380,7 @@ class SipCore:
                 # retransmitted final responses until Timer K. A response matching no transaction is dropped
                 # anyway (on_stray_response), so the transaction can go now: the same behaviour on the wire,
                 # without keeping 5 s (T4) of transaction objects alive at thousands of requests per second.
-                self._cancel_timers(h.timers)
-                if self._clients.get(h.txn.key) is h:
-                    del self._clients[h.txn.key]
+                self._forget_client(h)
             elif isinstance(a, StartTimer):
                 self._arm(h.timers, a.name, a.delay, lambda n=a.name: self._execute_client(h, h.txn.timer(n)))
             elif isinstance(a, StopTimer):
@@ -413,9 +411,12 @@ class SipCore:
                             req.method, str(req.uri), f"no response within {64 * self.timers.t1:g} s (timer {a.timer})"))
                     self._finalised(h)
             elif isinstance(a, Terminated):
-                self._cancel_timers(h.timers)
-                if self._clients.get(h.txn.key) is h:
-                    del self._clients[h.txn.key]
+                self._forget_client(h)
+
+    def _forget_client(self, h: ClientHandle) -> None:
+        self._cancel_timers(h.timers)
+        if self._clients.get(h.txn.key) is h:
+            del self._clients[h.txn.key]
 
     @staticmethod
     def _finalised(h: ClientHandle) -> None:

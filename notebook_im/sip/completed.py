@@ -42,17 +42,15 @@ class CompletedTransactions:
         if key in self._entries:
             self._remove(key)
         keys = self._by_source.get(source)
-        if keys is None:
-            keys = self._by_source[source] = deque()
-        while len(keys) >= self.per_source:
+        while keys and len(keys) >= self.per_source:
             self._evict(keys[0])
         while len(self._entries) >= self.total and self._expiry:
             t, oldest = self._expiry.popleft()
             entry = self._entries.get(oldest)
             if entry is not None and entry[3] == t:  # (not a stale queue entry of a key removed before)
                 self._evict(oldest)
-        if not keys:
-            keys = self._by_source[source] = self._by_source.get(source) or deque()
+        # (fetched again: evicting a source's last entry drops its deque)
+        keys = self._by_source.setdefault(source, deque())
         self._entries[key] = (data, target, source, expires_at)
         self._expiry.append((expires_at, key))
         keys.append(key)

@@ -209,8 +209,3 @@ class Headers:
             else:
                 out.extend([f"{dn}: {v}" for v in vals])
         return out
-
-    def serialize(self, skip: frozenset[str] = frozenset()) -> str:
-        return "".join(
-            f"{display_name(k)}: {v}\r\n" for k, vals in self._fields.items() if k not in skip for v in vals
-        )
