@@ -2,6 +2,8 @@
 kernel process is killed), and the new kernel's Platform and ChatPanel show the earlier conversation."""
 from __future__ import annotations
 
+import ast
+
 import pytest
 
 import jupyter_client  # installed by `make test` (the test extra)
@@ -21,7 +23,8 @@ BEFORE = [
 ]
 AFTER = [
     "import notebook_im as nim\nplatform = nim.Platform(history={path!r})\n"
-    "m = platform.trace.messages(owner='sip:alice@example.test')\nprint('EARLIER', m.text.tolist(), m.status.tolist())",
+    "m = platform.trace.messages(owner='sip:alice@example.test')\n"
+    "print('EARLIER', m.text.tolist(), m.status.astype(object).fillna('-').tolist(), m.state.astype(object).tolist())",
     "from notebook_im.widgets.chat import ChatPanel\nserver = nim.Server().start().result(10)\n"
     'alice = await platform.endpoint("sip:alice@example.test", server=server.uri)\npanel = ChatPanel(alice)\n'
     "print('PANEL', 'before the restart' in panel.main.children[0].messages_html.value)\n"
@@ -47,9 +50,17 @@ def test_history_survives_a_kernel_restart(tmp_path):
         km.restart_kernel(now=True)  # kills the kernel process at once: no shutdown(), no atexit
         kc.wait_for_ready(timeout=60)
         text = run(kc, AFTER, path)
-        # a kill loses the records of the last few ms: here at most the line sent just before it
-        assert ("EARLIER ['before the restart', 'the last line'] ['delivered', 'delivered']" in text
-                or "EARLIER ['before the restart'] ['delivered']" in text), text
+        # A kill loses the records of the last ~10 ms (docs/traces.md, "Crash safety"): here at most what was
+        # recorded about the line sent just before it. Which of three truthful outcomes a kill leaves depends on
+        # where the writer's last commit fell: the line and its 200 OK; the line with no final response recorded
+        # (a row with state "sending" and no status, as the docs say); or not the line at all.
+        line = next(ln for ln in text.splitlines() if ln.startswith("EARLIER "))
+        texts, statuses, states = ast.literal_eval("(" + line[len("EARLIER "):].replace("] [", "], [") + ")")
+        assert texts in (["before the restart", "the last line"], ["before the restart"]), text
+        assert statuses[0] == "delivered" and states[0] in ("sent", "delivered", "displayed"), text  # receipts may lag
+        if len(texts) == 2:
+            assert (statuses[1], states[1]) == ("-", "sending") or (
+                statuses[1] == "delivered" and states[1] in ("sent", "delivered", "displayed")), text
         assert "PANEL True" in text
     finally:
         kc.stop_channels()
