@@ -168,7 +168,7 @@ class Endpoint(EventSource):
         extra = {"Imdn-Message-ID": msg.id}
         if self.request_receipts:
             extra = imdn.request_headers(msg.id, msg.timestamp)
-            msg.requested = frozenset(imdn.REQUESTED)
+            msg.requested = imdn.REQUESTED_SET
             self._receipts.track(msg, self)
         self._emit(MessageSending(None, msg.id, text, ct, "pager", str(to), timestamp=msg.timestamp))
         started = time.perf_counter()

@@ -56,7 +56,10 @@ class ReceiptBook:
 
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         self.size = size
-        self._sent: OrderedDict[str, tuple[Any, "ChatMessage"]] = OrderedDict()
+        # two maps rather than one of (source, message) pairs: a pair per message would be one more GC-tracked
+        # object kept per sent message (trace/packed.py says why that count matters)
+        self._sent: OrderedDict[str, "ChatMessage"] = OrderedDict()
+        self._source: dict[str, Any] = {}
 
     def __len__(self) -> int:
         return len(self._sent)
@@ -64,14 +67,14 @@ class ReceiptBook:
     def track(self, msg: "ChatMessage", source: Any) -> None:
         """Remember `msg` (sent with a notification request); `source` (its session, or the endpoint in
         pager mode) emits the receipt events."""
-        self._sent[msg.id] = (source, msg)
+        self._sent[msg.id] = msg
+        self._source[msg.id] = source
         if len(self._sent) > self.size:
-            self._sent.popitem(last=False)
+            self._source.pop(self._sent.popitem(last=False)[0], None)
 
     def find(self, message_id: str) -> "ChatMessage | None":
         """The tracked message with this id, if it is still remembered."""
-        found = self._sent.get(message_id)
-        return found[1] if found is not None else None
+        return self._sent.get(message_id)
 
     def apply(self, n: imdn.Notification, notifier: "Participant", now: datetime,
               session: "ImSession | None" = None) -> bool:
@@ -79,10 +82,10 @@ class ReceiptBook:
         Moves the message's state through the `im.imdn` table and emits MessageDeliveryNotified /
         MessageDisplayed on its session (or endpoint). False if it is about no message we know or comes
         from somebody else than the message's recipient."""
-        found = self._sent.get(n.message_id)
-        if found is None:
+        msg = self._sent.get(n.message_id)
+        if msg is None:
             return False
-        source, msg = found
+        source = self._source[n.message_id]
         own_session = source if msg.mode == "session" else None
         if session is not None and own_session is not session:
             return False

@@ -667,7 +667,7 @@ class ImSession(EventSource):
         extra = {"Imdn-Message-ID": msg.id}
         if self._receipts and self.endpoint.request_receipts:
             extra = imdn.request_headers(msg.id, msg.timestamp)
-            msg.requested = frozenset(imdn.REQUESTED)
+            msg.requested = imdn.REQUESTED_SET
             self.endpoint._receipts.track(msg, self)
         self._emit(MessageSending(self, msg.id, text, ct, "session", msg.recipient, timestamp=msg.timestamp))
         self._run_sender(self._sender.message_sent(time.monotonic()))

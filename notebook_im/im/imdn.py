@@ -42,6 +42,7 @@ DISPLAY = "display"
 PROCESSING = "processing"
 DISPOSITIONS = (POSITIVE_DELIVERY, NEGATIVE_DELIVERY, DISPLAY, PROCESSING)
 REQUESTED = (POSITIVE_DELIVERY, DISPLAY)          # what notebook_im asks for on every sent message
+REQUESTED_SET = frozenset(REQUESTED)              # the same, as a sent ChatMessage's `requested` (one shared set)
 
 # notification kinds and the statuses each may carry (RFC 5438 §7)
 DELIVERY = "delivery"
@@ -72,8 +73,15 @@ def parse_disposition(value: str | None) -> frozenset[str]:
     """The known values of a Disposition-Notification header ('positive-delivery, display'); unknown
     tokens are ignored (RFC 5438 §6.3 lets the list grow), so a future value never breaks receipt."""
     if not value:
-        return frozenset()
-    return frozenset(t.strip().lower() for t in value.split(",") if t.strip().lower() in DISPOSITIONS)
+        return _NONE
+    found = frozenset(t.strip().lower() for t in value.split(",") if t.strip().lower() in DISPOSITIONS)
+    return _SHARED.setdefault(found, found)
+
+
+# The few possible sets, shared: every kept message points at one of them rather than at a frozenset of its own
+# (a frozenset is a GC-tracked object; see trace/packed.py for why that matters). At most 2**len(DISPOSITIONS).
+_NONE: frozenset[str] = frozenset()
+_SHARED: dict[frozenset[str], frozenset[str]] = {_NONE: _NONE}
 
 
 @dataclass(frozen=True)

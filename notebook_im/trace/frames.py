@@ -533,7 +533,7 @@ def messages_frame(trace: "Trace", *, owner: str | None = None, session_id: str 
     rows: list[tuple] = []
     if source in ("auto", "events"):
         rows = _messages_rows_from_events(trace)
-    if source == "sip" or (source == "auto" and not rows and not trace.event_records()):
+    if source == "sip" or (source == "auto" and not rows and not trace.event_count):
         rows = _messages_rows_from_sip(trace)
     if not rows:
         df = empty(MESSAGES_SCHEMA)

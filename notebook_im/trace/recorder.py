@@ -21,6 +21,8 @@ and friends inside the method, so `import notebook_im` stays light.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import re
 import threading
 import time
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .extract import FIELDS, extract
+from .packed import EventPacker
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -41,6 +44,80 @@ def redact(raw: bytes) -> bytes:
     if b"uthorization" not in raw and b"UTHORIZATION" not in raw:
         return raw
     return _AUTH.sub(rb"\1 <redacted>", raw)
+
+
+CHUNK = 1024  # rows per sealed chunk of a Column
+
+
+class Column:
+    """One column of the trace: sealed chunks of CHUNK values (tuples) and a list tail that takes the appends.
+
+    Why chunks: a list of a million values is walked value by value in every full garbage collection (about
+    30 ns each, so the SIP columns of a 10,000-message chat cost each collection ~18 ms of a stalled loop
+    thread); a tuple of plain values (str, float, bytes, tuples of those) is untracked by the collector and
+    never walked again, so sealed chunks cost nothing. The writer appends to `tail` without a lock
+    (`column.append` is the tail's own append); sealing a full tail, and every read, hold `lock`, so a reader
+    never sees a chunk counted twice. The same lock is shared by the columns of one trace (re-entrant)."""
+
+    __slots__ = ("chunks", "tail", "append", "lock")
+
+    def __init__(self, lock: "threading.RLock") -> None:
+        self.chunks: list[tuple] = []
+        self.tail: list[Any] = []
+        self.append = self.tail.append
+        self.lock = lock
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self.chunks) * CHUNK + len(self.tail)
+
+    def seal(self) -> None:
+        """Move full CHUNKs of the tail into sealed chunks."""
+        tail = self.tail
+        if len(tail) >= CHUNK:
+            with self.lock:
+                while len(tail) >= CHUNK:
+                    self.chunks.append(tuple(tail[:CHUNK]))
+                    del tail[:CHUNK]
+
+    def extend(self, values: Any) -> None:
+        self.tail.extend(values)
+        self.seal()
+
+    def clear(self) -> None:
+        with self.lock:
+            self.chunks.clear()
+            self.tail.clear()
+
+    def to_list(self) -> list[Any]:
+        """Every value, as a new list."""
+        with self.lock:
+            out = list(itertools.chain.from_iterable(self.chunks))
+            out.extend(self.tail)
+            return out
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            with self.lock:
+                start, stop, step = key.indices(len(self))
+                if step != 1 or start >= stop:
+                    return self.to_list()[key]
+                first, last = start // CHUNK, (stop - 1) // CHUNK
+                sealed = len(self.chunks)
+                out = list(itertools.chain.from_iterable(self.chunks[first:min(last + 1, sealed)]))
+                if last >= sealed:
+                    out.extend(self.tail[:stop - sealed * CHUNK])
+                return out[start - first * CHUNK:stop - first * CHUNK]
+        with self.lock:
+            n = len(self.chunks) * CHUNK + len(self.tail)
+            i = key + n if key < 0 else key
+            if not 0 <= i < n:
+                raise IndexError("trace column index out of range")
+            chunk, offset = divmod(i, CHUNK)
+            return self.chunks[chunk][offset] if chunk < len(self.chunks) else self.tail[i - len(self.chunks) * CHUNK]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.to_list())
 
 
 @dataclass(frozen=True)
@@ -85,17 +162,24 @@ class Trace:
         self.name = name
         self._lock = threading.Lock()
         self._index_lock = threading.Lock()
-        # SIP messages as columns: cheap appends, easy DataFrame construction later
-        self.sip_ts: list[float] = []
-        self.sip_direction: list[str] = []
-        self.sip_transport: list[str] = []
-        self.sip_local: list[tuple[str, int]] = []
-        self.sip_remote: list[tuple[str, int]] = []
-        self.sip_raw: list[bytes] = []
-        self.sip_owner: list[str] = []
+        # SIP messages as columns: cheap appends, easy DataFrame construction later, sealed in untracked chunks
+        self._columns_lock = threading.RLock()
+        column = functools.partial(Column, self._columns_lock)
+        self.sip_ts: Column = column()          # float
+        self.sip_direction: Column = column()   # str
+        self.sip_transport: Column = column()   # str
+        self.sip_local: Column = column()       # (host, port)
+        self.sip_remote: Column = column()      # (host, port)
+        self.sip_raw: Column = column()         # bytes
+        self.sip_owner: Column = column()       # str
+        self._sip_columns = (self.sip_ts, self.sip_direction, self.sip_transport, self.sip_local, self.sip_remote,
+                             self.sip_raw, self.sip_owner)
         # header fields pulled out of sip_raw (extract.FIELDS), row-aligned; filled eagerly or lazily
-        self._fields: tuple[list, ...] = tuple([] for _ in FIELDS)
-        self.events_list: list[EventRecord] = []
+        self._fields: tuple[Column, ...] = tuple(column() for _ in FIELDS)
+        # API events packed as tuples of plain values (packed.py: the GC untracks them, so a long chat does not
+        # make every full collection longer); event_records() unpacks them
+        self._events: Column = column()
+        self._packer = EventPacker()
         self.drops: deque[DropRecord] = deque()  # the most recent max_records drops
         self.drops_total = 0                      # every drop, also those no longer kept
         self.dropped_sip = 0  # messages not kept because max_records was reached
@@ -129,6 +213,12 @@ class Trace:
         self.sip_remote.append(remote)
         self.sip_raw.append(raw)
         self.sip_owner.append(owner)
+        if len(self.sip_owner.tail) >= CHUNK:  # every CHUNK rows: seal the full tails (under the columns' lock)
+            with self._columns_lock:
+                for col in self._sip_columns:
+                    col.seal()
+                for col in self._fields:
+                    col.seal()
 
     def record_drop(self, transport: str, remote: tuple[str, int] | None, reason: str, raw: bytes, owner: str) -> None:
         """Record a datagram or stream chunk that was dropped, with the reason (at most 2 KB of it kept)."""
@@ -147,11 +237,18 @@ class Trace:
         if not self.enabled:
             self.skipped += 1
             return
-        record = EventRecord(time.time(), owner, event)
+        ts = time.time()
         with self._lock:
-            self.events_list.append(record)
+            self._events.append(self._packer.pack(ts, owner, event))
+            self._events.seal()
         if self.store is not None:
-            self.store.put_event(record.timestamp, owner, event)
+            self.store.put_event(ts, owner, event)
+
+    def add_event_records(self, records: "list[EventRecord]") -> None:
+        """Append events recorded elsewhere (the history store's earlier ones), without handing them to a store."""
+        with self._lock:
+            pack = self._packer.pack
+            self._events.extend([pack(r.timestamp, r.owner, r.event) for r in records])
 
     def attach_store(self, store: Any) -> None:
         """Also hand every new record to `store` (a `trace.store.HistoryStore`, which writes it on its own
@@ -179,7 +276,8 @@ class Trace:
             for column in (self.sip_owner, self.sip_ts, self.sip_direction, self.sip_transport, self.sip_local,
                            self.sip_remote, self.sip_raw, *self._fields):
                 column.clear()
-            self.events_list.clear()
+            self._events.clear()
+            self._packer.clear()
             self.drops.clear()
             self.dropped_sip = self.skipped = self.drops_total = 0
 
@@ -192,19 +290,34 @@ class Trace:
                 for raw in self.sip_raw[done:n]:
                     for append, value in zip(appenders, extract(raw)):
                         append(value)
+                for col in self._fields:
+                    col.seal()
             return tuple(c[:n] for c in self._fields)
 
     # -- reading -----------------------------------------------------------------------------------
     def sip_records(self) -> list[SipRecord]:
         """The recorded SIP messages as SipRecord objects (raw bytes, direction, addresses, time), oldest first."""
-        n = len(self.sip_owner)  # owner is appended last: every column has at least n entries
-        return [SipRecord(self.sip_ts[i], self.sip_direction[i], self.sip_transport[i], self.sip_local[i],
-                          self.sip_remote[i], self.sip_raw[i], self.sip_owner[i]) for i in range(n)]
+        with self._columns_lock:
+            n = len(self.sip_owner)  # owner is appended last: every column has at least n entries
+            columns = [c[:n] for c in self._sip_columns]
+        return [SipRecord(*row) for row in zip(*columns)]
 
     def event_records(self) -> list[EventRecord]:
-        """The recorded API events (a copy). `trace.events()` is the same as a DataFrame."""
+        """The recorded API events, oldest first (built on each call: each event equals the one emitted and points
+        at the same session and participant objects). `trace.events()` is the same as a DataFrame."""
         with self._lock:
-            return list(self.events_list)
+            unpack = self._packer.unpack
+            return [EventRecord(*unpack(record)) for record in self._events.to_list()]
+
+    @property
+    def events_list(self) -> list[EventRecord]:
+        """The same as event_records() (the name of the list the events were once kept in)."""
+        return self.event_records()
+
+    @property
+    def event_count(self) -> int:
+        """How many API events are recorded (without unpacking them)."""
+        return len(self._events)
 
     @property
     def drop_count(self) -> int:
@@ -216,7 +329,7 @@ class Trace:
 
     def __repr__(self) -> str:
         off = "" if self.enabled else " (recording off)"
-        return f"<Trace {len(self)} SIP messages, {len(self.events_list)} events, {len(self.drops)} dropped{off}>"
+        return f"<Trace {len(self)} SIP messages, {len(self._events)} events, {len(self.drops)} dropped{off}>"
 
     # -- analysis (pandas, imported on first use) -------------------------------------------------------
     def sip(self, *, owner: str | None = None, call_id: str | None = None, raw: bool = True) -> "pd.DataFrame":

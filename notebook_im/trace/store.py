@@ -599,11 +599,11 @@ class HistoryStore:
                 trace.sip_remote.extend(zip(rh, rp))
                 trace.sip_raw.extend(map(bytes, raw))
                 trace.sip_owner.extend(owner)  # last: readers take len(sip_owner) as the row count
-            self.earlier = [EventRecord(ts, owner, decode_event(kind, fields)) for _, ts, owner, kind, fields in events]
-            trace.events_list.extend(self.earlier)
             for _, ts, owner, transport, rh, rp, reason, raw in drops:
                 trace.drops.append(DropRecord(ts, transport, None if rh is None else (rh, rp), reason, bytes(raw), owner))
             trace.drops_total += len(drops)
+        self.earlier = [EventRecord(ts, owner, decode_event(kind, fields)) for _, ts, owner, kind, fields in events]
+        trace.add_event_records(self.earlier)   # (takes the trace's lock itself)
         self.loaded = {"sip": len(sip), "events": len(events), "drops": len(drops)}
 
     # -- writing (the recorder calls put_*, any thread: one deque append each) ----------------------------------

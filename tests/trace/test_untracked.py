@@ -1,0 +1,117 @@
+"""The trace keeps its records where the garbage collector does not walk them (trace/packed.py, recorder.Column):
+sealed column chunks and packed events are untracked tuples, and reading them gives back exactly what was
+recorded, also while a writer thread appends."""
+from __future__ import annotations
+
+import gc
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pytest
+
+from notebook_im.api.events import ParticipantState, ParticipantStateChanged, SessionState, SessionStateChanged
+from notebook_im.trace.packed import EventPacker
+from notebook_im.trace.recorder import CHUNK, Column, Trace
+
+
+def test_column_reads_back_what_was_appended_across_chunks() -> None:
+    col = Column(threading.RLock())
+    values = [(f"h{i}", i) for i in range(3 * CHUNK + 17)]
+    for v in values:
+        col.append(v)
+        col.seal()
+    assert len(col) == len(values) and len(col.chunks) == 3 and len(col.tail) == 17
+    assert col.to_list() == values
+    assert list(col) == values
+    for key in (slice(None), slice(5, 2 * CHUNK + 3), slice(CHUNK, CHUNK), slice(-10, None), slice(0, 10**9),
+                slice(3, 2000, 7), slice(CHUNK - 1, CHUNK + 1)):
+        assert col[key] == values[key], key
+    for i in (0, CHUNK - 1, CHUNK, 3 * CHUNK, len(values) - 1, -1, -CHUNK - 5):
+        assert col[i] == values[i]
+    with pytest.raises(IndexError):
+        col[len(values)]
+    col.extend(values[:5])
+    assert col.to_list() == values + values[:5]
+    col.clear()
+    assert len(col) == 0 and col.to_list() == []
+
+
+def test_sealed_chunks_are_not_tracked_by_the_gc() -> None:
+    col = Column(threading.RLock())
+    for i in range(2 * CHUNK):
+        col.append(("127.0.0.1", 5060 + i, f"b{i}".encode()))
+        col.seal()
+    gc.collect()
+    gc.collect()   # a chunk is untracked once its items are (a pass may see the chunk before its items)
+    assert not any(gc.is_tracked(chunk) for chunk in col.chunks)
+
+
+def test_packed_events_equal_the_emitted_ones_and_are_untracked() -> None:
+    packer = EventPacker()
+
+    class Session:   # stands for a live object an event points at
+        id = "s1"
+
+    live = Session()
+    now = datetime.now(timezone.utc)
+    events = [SessionStateChanged(live, SessionState.CONNECTED, SessionState.CONNECTING, timestamp=now)
+              for _ in range(100)]
+    records = [packer.pack(1.5, "sip:a@x", ev) for ev in events]
+    gc.collect()
+    gc.collect()
+    assert not any(gc.is_tracked(r) for r in records)
+    assert len(packer.objects) == 3   # the session and two enum members, once each
+    for ev, rec in zip(events, records):
+        ts, owner, back = packer.unpack(rec)
+        assert (ts, owner) == (1.5, "sip:a@x")
+        assert back == ev and type(back) is SessionStateChanged
+        assert back.session is live and back.state is SessionState.CONNECTED
+
+
+def test_events_the_packer_cannot_flatten_are_kept_as_they_are() -> None:
+    packer = EventPacker()
+
+    @dataclass(frozen=True)
+    class WithList:
+        items: list = field(default_factory=list)
+
+    @dataclass
+    class Later:
+        a: int = 1
+
+    later = Later()
+    later.extra = "set after __init__"   # not a field: the packed form would lose it, so the event is kept whole
+    odd = object()
+    for ev in (WithList([1, 2]), later, odd, ParticipantStateChanged(None, None, ParticipantState.CONNECTED,
+                                                                         ParticipantState.IDLE, timestamp=None)):
+        assert packer.unpack(packer.pack(0.0, "o", ev))[2] == ev
+    assert packer.unpack(packer.pack(0.0, "o", later))[2] is later
+    assert packer.unpack(packer.pack(0.0, "o", odd))[2] is odd
+
+
+def test_trace_reads_are_consistent_while_a_thread_records() -> None:
+    trace = Trace()
+    total = 5 * CHUNK + 3
+    raw = b"MESSAGE sip:b@x SIP/2.0\r\nCall-ID: c\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+    done = threading.Event()
+
+    def write() -> None:
+        for i in range(total):
+            trace.record_sip("out", "udp", ("127.0.0.1", 1), ("127.0.0.1", i), raw, f"o{i}", ts=float(i))
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    checks = 0
+    while not done.is_set() or checks == 0:   # bounded: the writer ends after `total` rows
+        records = trace.sip_records()
+        assert [r.timestamp for r in records] == [float(i) for i in range(len(records))]
+        assert all(r.owner == f"o{int(r.timestamp)}" and r.remote[1] == int(r.timestamp) for r in records)
+        checks += 1
+    thread.join(10)
+    assert len(trace) == total and len(trace.sip().index) == total
+    df = trace.sip()
+    assert df["dst"].tolist() == [f"127.0.0.1:{i}" for i in range(total)]
+    assert df["owner"].astype(str).tolist() == [f"o{i}" for i in range(total)]
+    assert (df["method"] == "MESSAGE").all() and (df["call_id"] == "c").all()
