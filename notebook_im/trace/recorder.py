@@ -56,8 +56,9 @@ class Column:
     30 ns each, so the SIP columns of a 10,000-message chat cost each collection ~18 ms of a stalled loop
     thread); a tuple of plain values (str, float, bytes, tuples of those) is untracked by the collector and
     never walked again, so sealed chunks cost nothing. The writer appends to `tail` without a lock
-    (`column.append` is the tail's own append); sealing a full tail, and every read, hold `lock`, so a reader
-    never sees a chunk counted twice. The same lock is shared by the columns of one trace (re-entrant)."""
+    (`column.append` is the tail's own append); sealing a full tail, and every read of values, hold `lock`; a
+    length read without it may be one chunk short during a seal, never over. The same lock is shared by the
+    columns of one trace (re-entrant)."""
 
     __slots__ = ("chunks", "tail", "append", "lock")
 
@@ -68,17 +69,19 @@ class Column:
         self.lock = lock
 
     def __len__(self) -> int:
-        with self.lock:
-            return len(self.chunks) * CHUNK + len(self.tail)
+        # No lock (the recorder asks on every message): while a seal moves a chunk the count is at most one
+        # chunk short, never over, so rows counted are always there; reads then slice under the lock.
+        return len(self.chunks) * CHUNK + len(self.tail)
 
     def seal(self) -> None:
-        """Move full CHUNKs of the tail into sealed chunks."""
+        """Move full CHUNKs of the tail into sealed chunks (the tail loses them before the chunks gain them)."""
         tail = self.tail
         if len(tail) >= CHUNK:
             with self.lock:
                 while len(tail) >= CHUNK:
-                    self.chunks.append(tuple(tail[:CHUNK]))
+                    chunk = tuple(tail[:CHUNK])
                     del tail[:CHUNK]
+                    self.chunks.append(chunk)
 
     def extend(self, values: Any) -> None:
         self.tail.extend(values)
@@ -218,8 +221,8 @@ class Trace:
         self.sip_remote.append(remote)
         self.sip_raw.append(raw)
         self.sip_owner.append(owner)
-        if len(self.sip_owner.tail) >= CHUNK:  # every CHUNK rows: seal the full tails (under the columns' lock)
-            with self._columns_lock:
+        if len(self.sip_owner.tail) >= CHUNK:  # every CHUNK rows: seal the full tails (the index lock too: a lazy
+            with self._index_lock, self._columns_lock:  # index counts its rows done under it, and must not undercount)
                 for col in self._sip_columns:
                     col.seal()
                 for col in self._fields:
