@@ -214,6 +214,9 @@ class Trace:
                 if len(self._fields[0]) == len(self.sip_ts):  # not behind (index may have been lazy before)
                     for column, value in zip(self._fields, fields or extract(raw)):
                         column.append(value)
+                    if len(self._fields[0].tail) >= CHUNK:  # the index columns are sealed under the index lock,
+                        for column in self._fields:         # which a lazy index holds while it counts rows done
+                            column.seal()
         self.sip_ts.append(ts)
         self.sip_direction.append(direction)
         self.sip_transport.append(transport)
@@ -221,11 +224,9 @@ class Trace:
         self.sip_remote.append(remote)
         self.sip_raw.append(raw)
         self.sip_owner.append(owner)
-        if len(self.sip_owner.tail) >= CHUNK:  # every CHUNK rows: seal the full tails (the index lock too: a lazy
-            with self._index_lock, self._columns_lock:  # index counts its rows done under it, and must not undercount)
+        if len(self.sip_owner.tail) >= CHUNK:  # every CHUNK rows: seal the full tails (under the columns' lock)
+            with self._columns_lock:
                 for col in self._sip_columns:
-                    col.seal()
-                for col in self._fields:
                     col.seal()
 
     def record_drop(self, transport: str, remote: tuple[str, int] | None, reason: str, raw: bytes, owner: str) -> None:

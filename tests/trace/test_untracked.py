@@ -115,3 +115,27 @@ def test_trace_reads_are_consistent_while_a_thread_records() -> None:
     assert df["dst"].tolist() == [f"127.0.0.1:{i}" for i in range(total)]
     assert df["owner"].astype(str).tolist() == [f"o{i}" for i in range(total)]
     assert (df["method"] == "MESSAGE").all() and (df["call_id"] == "c").all()
+
+
+def test_a_lazy_index_built_while_a_thread_records_stays_row_aligned() -> None:
+    trace = Trace(index="lazy")
+    total = 4 * CHUNK + 9
+    done = threading.Event()
+
+    def write() -> None:
+        for i in range(total):
+            raw = (f"MESSAGE sip:b@x SIP/2.0\r\nCall-ID: c{i}\r\nCSeq: {i + 1} MESSAGE\r\n"
+                   f"Content-Length: 0\r\n\r\n").encode()
+            trace.record_sip("out", "udp", ("127.0.0.1", 1), ("127.0.0.1", 2), raw, "o", ts=float(i))
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    builds = 0
+    while not done.is_set() or builds == 0:   # bounded: the writer ends after `total` rows
+        df = trace.sip(raw=False)
+        assert df["call_id"].tolist() == [f"c{i}" for i in range(len(df))]
+        builds += 1
+    thread.join(10)
+    df = trace.sip(raw=False)
+    assert len(df) == total and df["cseq"].tolist() == list(range(1, total + 1))
