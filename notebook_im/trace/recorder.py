@@ -108,8 +108,8 @@ class Column:
                 start, stop, step = key.indices(len(self))
                 if step != 1 or start >= stop:
                     return self.to_list()[key]
-                first, last = start // CHUNK, (stop - 1) // CHUNK
                 sealed = len(self.chunks)
+                first, last = min(start // CHUNK, sealed), (stop - 1) // CHUNK   # (a tail may be longer than a chunk)
                 out = []
                 for chunk in self.chunks[first:min(last + 1, sealed)]:
                     out.extend(chunk)

@@ -37,6 +37,22 @@ def test_column_reads_back_what_was_appended_across_chunks() -> None:
     assert len(col) == 0 and col.to_list() == []
 
 
+def test_column_reads_a_tail_longer_than_a_chunk() -> None:
+    col = Column(threading.RLock())
+    values = list(range(CHUNK + 7))
+    for v in values[:10]:
+        col.append(v)
+    col.seal()   # nothing to seal yet
+    for v in values[10:]:
+        col.append(v)   # not sealed: the tail holds more than a chunk (as a lazy index does while it extracts)
+    for key in (slice(None), slice(CHUNK + 1, CHUNK + 5), slice(CHUNK - 2, CHUNK + 2), slice(5, 9)):
+        assert col[key] == values[key], key
+    assert col[CHUNK + 3] == values[CHUNK + 3]
+    col.append(-1)
+    col.seal()
+    assert len(col.chunks) == 1 and col.to_list() == values + [-1]
+
+
 def test_sealed_chunks_are_not_tracked_by_the_gc() -> None:
     col = Column(threading.RLock())
     for i in range(2 * CHUNK):
