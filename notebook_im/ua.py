@@ -610,7 +610,9 @@ class UserAgent(CancelAware, SipCore):
         self.display_name = display_name
         self.listener = listener
         self.credentials = digest.DigestCredentials(username or aor.user or "", password) if password else None
-        self._challenges: dict[str, digest.Challenge] = {}
+        # the last digest challenge per (407?, realm): what answers the next one pre-emptively, where that is
+        # allowed (`_apply_cached_auth`)
+        self._challenges: dict[tuple[bool, str], digest.Challenge] = {}
         self.dialogs: dict[tuple[str, str, str], DialogUser] = {}
         # subscriptions whose SUBSCRIBE is not answered yet: (Call-ID, our tag) -> user; a NOTIFY may overtake
         # the 200 (RFC 6665 §4.1.2.4)
@@ -717,19 +719,30 @@ class UserAgent(CancelAware, SipCore):
             challenge = _pick_challenge(response)
             if challenge is None:
                 return request, response
-            previous = self._challenges.get(challenge.realm)
+            key = (challenge.proxy, challenge.realm)
+            previous = self._challenges.get(key)
             if previous is not None and previous.nonce != challenge.nonce and not challenge.stale and attempt > 0:
                 return request, response  # wrong credentials: the server challenged again with a fresh nonce
-            self._challenges[challenge.realm] = challenge
+            self._challenges[key] = challenge
             request = self._retry_with_auth(request, challenge)
         return request, response
 
     def _apply_cached_auth(self, request: Request) -> None:
-        if self.credentials is None:
+        """Credentials sent before anyone asks, only where they belong (a digest response is enough for an offline
+        dictionary attack on the password, so nobody else may see one): `Authorization` on a REGISTER for a
+        registrar realm that challenged with 401, `Proxy-Authorization` on an initial out-of-dialog request for a
+        proxy realm that challenged with 407. Everything else (in-dialog requests above all, which reach the peer
+        through proxies that need not consume credentials) carries them only after a challenge of its own."""
+        if self.credentials is None or not self._challenges:
             return
-        for challenge in self._challenges.values():
-            name = "Proxy-Authorization" if challenge.proxy else "Authorization"
-            request.headers.set(name, self.credentials.authorize(challenge, request.method, str(request.uri)))
+        register = request.method == "REGISTER"
+        if not register and request.to.tag is not None:
+            return
+        for (proxy, _realm), challenge in self._challenges.items():
+            if proxy == register:
+                continue
+            name = "Proxy-Authorization" if proxy else "Authorization"
+            request.headers.add(name, self.credentials.authorize(challenge, request.method, str(request.uri)))
 
     def _retry_with_auth(self, request: Request, challenge: digest.Challenge) -> Request:
         assert self.credentials is not None

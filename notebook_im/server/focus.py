@@ -251,13 +251,15 @@ class Focus:
             host, port = self.core.advertise
         return SipUri(host=bracket(host), user=CONF_PREFIX + conf_id, port=port)
 
-    def _peer_target(self, handle: ServerHandle, contact: SipUri) -> Target:
-        if handle.transport != "udp":
-            return Target(handle.transport, *handle.remote)
-        binding = self.core.registrar.find_contact(contact.host.strip("[]"), contact.port, time.monotonic())
-        if binding is not None:
-            return self.core._binding_target(binding)
-        return target_of(contact)
+    def _party_target(self, request: Request, handle: ServerHandle) -> Target | None:
+        """Where the focus may send requests for the party that sent `request`: a contact registered with this
+        server by its From user (ProxyCore.party_target). None: a stranger, answered 403 with no state kept,
+        so that the focus never relays to an address a request merely names (an open relay otherwise)."""
+        return self.core.party_target(request, handle.transport, handle.remote)
+
+    def _refuse_stranger(self, handle: ServerHandle) -> None:
+        self._reply(handle, 403, "Forbidden (only users registered with this server may use its conferences, "
+                                 "from a Contact they registered)")
 
     # -- requests --------------------------------------------------------------------------------------
     def on_request(self, request: Request, handle: ServerHandle | None) -> None:
@@ -301,6 +303,13 @@ class Focus:
             accepts = media.accept_types
         else:
             accepts = ()
+        if not request.contacts:
+            self._reply(handle, 400, "Bad Request (an INVITE needs a Contact)")
+            return
+        target = self._party_target(request, handle)
+        if target is None:
+            self._refuse_stranger(handle)
+            return
         if user == FACTORY_USER:
             if len(self.conferences) >= self.limits.max_conferences:
                 resp = make_response(request, 503, "Service Unavailable (too many conferences)", to_tag=new_tag())
@@ -326,10 +335,6 @@ class Focus:
             if not conf.members:
                 self._end(conf)
             return
-        contact = request.contacts[0].uri if request.contacts else None
-        if contact is None:
-            self._reply(handle, 400, "Bad Request (an INVITE needs a Contact)")
-            return
         local_tag = new_tag()
         dialog = Dialog.from_uas(request, local_tag)
         dialog.local_address = Address(conf.uri, "Conference")
@@ -339,7 +344,7 @@ class Focus:
             self._drop_member(conf, old, announce=False, bye=True, end_if_empty=False)
         m = Member(entity, request.from_.display_name, joining, dialog=dialog,
                    cpim=cpim.CONTENT_TYPE in accepts or "*" in accepts, acked=False, server_handle=handle)
-        m.sender = DialogSender(self, dialog, self._peer_target(handle, contact),
+        m.sender = DialogSender(self, dialog, target,
                                 lambda s, r, c=conf, e=entity: self._failed(c, e, s, r), conf.contact(handle.transport))
         conf.members[entity] = m
         self.dialogs[dialog.id] = (conf, entity, None)
@@ -492,7 +497,7 @@ class Focus:
     async def _dial_out(self, conf: Conference, m: Member, target: SipUri, binding: Any, referrer: Member,
                         replaces: str | None) -> None:
         core = self.core
-        dest = core._binding_target(binding)
+        dest = core.binding_target(binding)
         h = Headers()
         h.add("Via", core.via(dest.transport))
         h.add("Max-Forwards", "70")
@@ -583,11 +588,14 @@ class Focus:
         if not request.contacts:
             self._reply(handle, 400, "Bad Request (a SUBSCRIBE needs a Contact)")
             return
+        target = self._party_target(request, handle)
+        if target is None:
+            self._refuse_stranger(handle)
+            return
         expires = self._expires(request)
         local_tag = new_tag()
         dialog = Dialog.from_uas(request, local_tag)
         dialog.local_address = Address(conf.uri, "Conference")
-        target = self._peer_target(handle, request.contacts[0].uri)
         key = dialog.id
         sub = Subscription(entity, dialog, None, time.monotonic() + expires)  # type: ignore[arg-type]
         sub.sender = DialogSender(self, dialog, target, lambda s, r, c=conf, k=key: self._subscription_failed(c, k, s, r),

@@ -26,6 +26,12 @@ class Binding:
     source: tuple[str, int]
     call_id: str
     cseq: int
+    # RFC 5626: the client asked to be reached over the flow its REGISTER came on (`;ob` in the Contact URI, or
+    # `reg-id` with `+sip.instance`), instead of at its Contact
+    outbound: bool = False
+    # the REGISTER came from another address than its top Via says it was sent from: a NAT (or a relay) rewrote
+    # it on the way (Kamailio's nat_uac_test flags 2 and 16), so the Contact, written behind it, is suspect
+    natted: bool = False
 
     def remaining(self, now: float) -> int:
         """Seconds left, rounded (what the 200 OK's Contact `expires` parameter says)."""
@@ -109,6 +115,8 @@ class Registrar:
         contacts = request.contacts
         header_expires = request.expires
         call_id, cseq = request.call_id, request.cseq.number
+        via_host, via_port = request.top_via.sent_by
+        natted = transport == "udp" and (_addr(via_host, via_port) != _addr(source[0], source[1]))
         if any(c.wildcard for c in contacts):
             if len(contacts) != 1 or header_expires != 0:
                 return 400, [], "Bad Request (Contact: * needs Expires: 0 and no other contact)"
@@ -138,7 +146,8 @@ class Registrar:
                 continue
             if old is None and len(current) >= self.max_bindings_per_aor:
                 return 403, [], "Forbidden (too many contacts for this address)"
-            self._put(Binding(aor, c.uri, now + expires, transport, source, call_id, cseq))
+            outbound = "ob" in c.uri.params or ("reg-id" in c.params and "+sip.instance" in c.params)
+            self._put(Binding(aor, c.uri, now + expires, transport, source, call_id, cseq, outbound, natted))
         return 200, self.lookup(aor, now), "OK"
 
     def lookup(self, aor: str, now: float) -> list[Binding]:

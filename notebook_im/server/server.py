@@ -14,8 +14,11 @@ appear in its trace.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import ipaddress
 import logging
+import secrets
 import ssl
 import time
 import warnings
@@ -43,6 +46,8 @@ from .registrar import Binding, Registrar, aor_key
 
 log = logging.getLogger("notebook_im.server")
 
+DIALOG_PARAM = "dlg"   # the Record-Route URI parameter that carries a dialog's token
+
 
 class ProxyCore(CancelAware, SipCore):
     """Registrar + proxy logic on top of the SIP core."""
@@ -59,6 +64,7 @@ class ProxyCore(CancelAware, SipCore):
         self._forwarded: dict[int, Fork] = {}   # id(server handle) -> its branches downstream
         self.offline = OfflineStore(offline_limits)
         self._delivering: set[str] = set()      # AORs whose stored messages are being delivered right now
+        self._dialog_secret = secrets.token_bytes(32)   # keys the dialog tokens of our Record-Routes
 
     async def close(self) -> None:
         self.focus.close()
@@ -73,12 +79,46 @@ class ProxyCore(CancelAware, SipCore):
             return False
         return port == self.port or (self.transport.tls_server is not None and port == self.transport.tls_port)
 
-    def rr_uri(self, transport: str) -> str:
+    def rr_uri(self, transport: str, dialog_token: str) -> str:
+        """Our Record-Route entry for `transport`, carrying the dialog's token (see `dialog_token`)."""
         host, port = self.host, self.transport.tls_port if transport == "tls" else self.port
         if self.advertise is not None and transport == "udp":
             host, port = self.advertise
         host = bracket(host)
-        return f"<sip:{host}:{port};transport={transport};lr>"
+        return f"<sip:{host}:{port};transport={transport};lr;{DIALOG_PARAM}={dialog_token}>"
+
+    def dialog_token(self, call_id: str, tag: str) -> str:
+        """A MAC of the Call-ID and the From tag of a request that makes a dialog, under a secret of this server.
+        It goes in our Record-Route, so every request of that dialog carries it back in its Route: with `users=`
+        it is what lets an in-dialog request through without credentials (it proves that this server routed the
+        dialog's first request, after authenticating its sender). Stateless: no table grows with the dialogs."""
+        mac = hmac.new(self._dialog_secret, f"{call_id}\n{tag}".encode("utf-8", "surrogateescape"), hashlib.sha256)
+        return mac.hexdigest()[:20]
+
+    def _routed_dialog(self, request: Request) -> bool:
+        """Does the request's Route name us with the token of its own dialog (made with either tag: the caller's
+        tag is the From tag one way and the To tag the other)?"""
+        call_id = request.call_id
+        tags = [t for t in (request.from_.tag, request.to.tag) if t]
+        for value in request.headers.get_all("Route"):
+            uri = Address.parse(value).uri
+            if not self.is_us(uri):
+                return False
+            token = uri.params.get(DIALOG_PARAM)
+            if token and any(hmac.compare_digest(token, self.dialog_token(call_id, t)) for t in tags):
+                return True
+        return False
+
+    def _needs_credentials(self, request: Request) -> bool:
+        """With `users=`: whether `request` must authenticate. Exempt: CANCEL (hop by hop, it only matches a
+        transaction its INVITE opened), an OPTIONS ping to the server itself, and in-dialog requests of a dialog
+        this server record-routed (`_routed_dialog`) or owns (the focus's, made after authenticating)."""
+        method = request.method
+        if method == "CANCEL":
+            return False
+        if request.to.tag is None:
+            return not (method == "OPTIONS" and not request.uri.user and not request.headers.get("Route"))
+        return not (self.focus.wants(request) or self._routed_dialog(request))
 
     # -- requests -----------------------------------------------------------------------------------------
     def on_request(self, request: Request, handle: ServerHandle | None, transport: str, remote: tuple[str, int]) -> None:
@@ -87,12 +127,17 @@ class ProxyCore(CancelAware, SipCore):
             if self.focus.wants(request):
                 self.focus.on_request(request, None)
                 return
+            if self.auth is not None and not self._routed_dialog(request):
+                # an ACK cannot be challenged: with users=, only one of a dialog we routed goes on
+                self.stats["dropped"] += 1
+                self.trace.record_drop(transport, remote, "ACK outside a dialog this server routed", bytes(request), self.name)
+                return
             self._forward_ack(request)
             return
         if mf is not None and mf <= 0 and not (request.method == "OPTIONS" and self.is_us(request.uri)):
             self.respond(handle, make_response(request, 483, to_tag=new_tag()))
             return
-        if self.auth is not None and not self._authenticated(request, handle, remote):
+        if self.auth is not None and self._needs_credentials(request) and not self._authenticated(request, handle, remote):
             return
         if request.method == "REGISTER":
             self._register(request, handle, transport, remote)
@@ -209,28 +254,27 @@ class ProxyCore(CancelAware, SipCore):
         branches: list[tuple[Request, Target]] = []
         seen: set[tuple[str, tuple[str, int]]] = set()
         for binding in bindings:
-            target = self._binding_target(binding)
+            target = self.binding_target(binding)
             if (target.transport, target.addr) in seen:
                 continue
             seen.add((target.transport, target.addr))
             fwd = request.copy()
             fwd.uri = binding.contact
             if request.method in ("INVITE", "SUBSCRIBE", "REFER"):
+                token = self.dialog_token(request.call_id, request.from_.tag or "")
                 if target.transport != transport:
-                    fwd.headers.prepend("Record-Route", self.rr_uri(transport))
-                    fwd.headers.prepend("Record-Route", self.rr_uri(target.transport))
+                    fwd.headers.prepend("Record-Route", self.rr_uri(transport, token))
+                    fwd.headers.prepend("Record-Route", self.rr_uri(target.transport, token))
                 else:
-                    fwd.headers.prepend("Record-Route", self.rr_uri(transport))
+                    fwd.headers.prepend("Record-Route", self.rr_uri(transport, token))
             branches.append((fwd, target))
         return branches
 
     def _authenticated(self, request: Request, handle: ServerHandle, remote: tuple[str, int]) -> bool:
-        """With users configured, every request but ACK/CANCEL/keep-alive OPTIONS must carry valid credentials
-        of the user it claims to come from (the To user for REGISTER, the From user otherwise)."""
+        """Check the credentials of a request that needs them (`_needs_credentials`): they must be valid and
+        be those of the user it claims to come from (the To user for REGISTER, the From user otherwise)."""
         assert self.auth is not None
         method = request.method
-        if method in ("ACK", "CANCEL") or (method == "OPTIONS" and not request.uri.user):
-            return True
         now = time.monotonic()
         result = self.auth.check(request, remote[0], now, proxy=method != "REGISTER")
         if not result.ok:
@@ -253,13 +297,51 @@ class ProxyCore(CancelAware, SipCore):
         request.headers.remove("Authorization")
         return True
 
-    def _binding_target(self, binding: Binding) -> Target:
+    def party_target(self, request: Request, transport: str, remote: tuple[str, int]) -> Target | None:
+        """Where this server may send requests to the party that sent `request` (the focus's relayed MESSAGEs and
+        NOTIFYs): one of the contacts its From user registered here, never an address a request merely names.
+        The binding whose Contact the request's Contact names wins; else the one registered from the address the
+        request came from (the same device behind a NAT). None for anybody else (the caller answers 403)."""
+        uri = request.from_.uri
+        if not uri.user:
+            return None
+        aor = aor_key(uri)
+        if self.is_us(uri):
+            aor = self.registrar.aor_for_user(uri.user) or aor
+        bindings = self.registrar.lookup(aor, time.monotonic())
+        if not bindings:
+            return None
+        contacts = request.contacts
+        if contacts:
+            named = contacts[0].uri
+            wanted = (named.host.strip("[]").lower(), named.port or 5060)
+            for b in bindings:
+                if b.contact_addr == wanted:
+                    return self.binding_target(b)
+        for b in bindings:
+            if b.source == remote and b.transport == transport:
+                return self.binding_target(b)
+        return None
+
+    def binding_target(self, binding: Binding) -> Target:
+        """Where requests for a registered device go (RFC 3261 §16.5/§16.6: the Contact it registered), except
+        - over TCP/TLS, while the connection its REGISTER came on is open: that connection (the only way to
+          reach a client without a listener, RFC 5923/5626);
+        - where it asked for its flow (RFC 5626 outbound: `;ob`, or `reg-id` + `+sip.instance`);
+        - where its Contact cannot be right as seen from here (a client behind a NAT; Kamailio's `nat_uac_test`
+          idea): its REGISTER came from another address than its Via says, or its Contact is a private,
+          loopback or link-local address registered from another host: its source.
+        A Contact on another port of the same host is a third-party registration (RFC 3261 §10: a load rig
+        or a softphone with separate sockets): it gets the request at its Contact, as Kamailio does."""
         if binding.transport != "udp" and self.transport.has_connection(binding.source):
             return Target(binding.transport, *binding.source)
-        if binding.transport == "udp":
-            # reach the client where its REGISTER came from (symmetric response routing, works behind NAT)
-            return Target("udp", *binding.source)
-        return target_of(binding.contact)
+        if binding.outbound or _behind_nat(binding):
+            if binding.transport == "udp":
+                return Target("udp", *binding.source)
+        try:
+            return target_of(binding.contact)
+        except OSError:  # a Contact naming a host we cannot resolve: its source is the only way back
+            return Target(binding.transport, *binding.source)
 
     def _route_in_dialog(self, request: Request, handle: ServerHandle, transport: str, routes: list[str]) -> None:
         next_hop = Address.parse(routes[0]).uri if routes else request.uri
@@ -269,7 +351,7 @@ class ProxyCore(CancelAware, SipCore):
             self.respond(handle, make_response(request, 404 if request.method != "BYE" else 481,
                                                "Not Found (not a contact registered here; this server relays nothing else)"))
             return
-        target = self._binding_target(binding) if not routes else target_of(next_hop)
+        target = self.binding_target(binding) if not routes else target_of(next_hop)
         self._fork(handle, [(request.copy(), target)])
 
     def _fork(self, handle: ServerHandle | None, branches: list[tuple[Request, Target]],
@@ -302,7 +384,7 @@ class ProxyCore(CancelAware, SipCore):
         binding = self.registrar.find_contact(next_hop.host.strip("[]"), next_hop.port, time.monotonic())
         if binding is None:
             return
-        target = self._binding_target(binding) if not routes else target_of(next_hop)
+        target = self.binding_target(binding) if not routes else target_of(next_hop)
         mf = request.max_forwards
         request.headers.set("Max-Forwards", str((mf if mf is not None else 70) - 1))
         request.headers.prepend("Via", self.via(target.transport))
@@ -598,6 +680,29 @@ def _server_context(tls: "tuple[str, str] | ssl.SSLContext") -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(*tls)
     return ctx
+
+
+def _behind_nat(binding: Binding) -> bool:
+    """True when the device sits behind a NAT and only its source address reaches it: its REGISTER was rewritten
+    on the way (`Binding.natted`), or its Contact is a private, loopback, link-local or shared (CGNAT) address
+    of another host than the one the REGISTER came from."""
+    if binding.natted:
+        return True
+    host = binding.contact.host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False   # a name: resolved and used as it is
+    try:
+        source = ipaddress.ip_address(binding.source[0])
+    except ValueError:
+        return False
+    if ip == source or (ip.is_loopback and source.is_loopback):   # the same host: its Contact is right
+        return False
+    return ip.is_private or ip.is_loopback or ip.is_link_local or ip in _SHARED
+
+
+_SHARED = ipaddress.ip_network("100.64.0.0/10")   # RFC 6598 carrier-grade NAT space
 
 
 def _is_loopback(host: str) -> bool:

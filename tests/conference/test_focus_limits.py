@@ -108,7 +108,8 @@ def test_focus_refuses_strangers(server, platform) -> None:
     alice = endpoint(platform, server, "alice")
     conf = alice.sessions.create_conference([]).result(10)
     # joining a conference that does not exist, and an out-of-dialog MESSAGE to a real one
-    for ruri, method, status in ((f"sip:conf-nope@127.0.0.1:{server.port}", "INVITE", b"404"),
+    # (a stranger learns nothing, not even whether the conference exists: 403 before any lookup)
+    for ruri, method, status in ((f"sip:conf-nope@127.0.0.1:{server.port}", "INVITE", b"403"),
                                  (conf.conference_uri, "MESSAGE", b"403"),
                                  (conf.conference_uri, "SUBSCRIBE", b"403")):
         body = b"" if method != "INVITE" else b"v=0\r\nm=message 9 sip null\r\n"

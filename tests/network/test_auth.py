@@ -42,7 +42,11 @@ def test_register_and_chat_with_credentials(auth_server, platform):
     messages = [r for r in sent if r.startswith(b"MESSAGE ")]
     # the two texts and alice's delivery receipt (RFC 5438) for bob's reply
     assert len(messages) == 3 and sum(b"Content-Type: message/cpim" in r for r in messages) == 1
-    assert all(b"Authorization: Digest <redacted>" in r for r in messages)
+    # credentials only where they belong: the out-of-dialog MESSAGEs carry them pre-emptively (the realm
+    # challenged with 407 before); in-dialog ones carry none (they are not challenged: the dialog is routed here)
+    pager = [r for r in messages if r.startswith(b"MESSAGE sip:bob@example.test")]
+    assert pager and all(b"Proxy-Authorization: Digest <redacted>" in r for r in pager)
+    assert all(b"uthorization" not in r for r in messages if r not in pager)
     assert sum(1 for r in sent if r.startswith(b"MESSAGE sip:bob@example.test")) == 1, "pager MESSAGE not challenged again"
     # the server consumes the credentials: bob never sees them
     assert not any(b"uthorization" in r.raw for r in platform.trace.sip_records() if r.owner == bob.uri and r.direction == "in")
@@ -107,6 +111,8 @@ def test_stale_nonce_is_rechallenged_transparently(auth_server, platform):
     alice = platform.endpoint("sip:alice@example.test", server=auth_server, password=USERS["alice"]).result(10)
     platform.endpoint("sip:bob@example.test", server=auth_server, password=USERS["bob"]).result(10)
     auth_server.auth.nonce_ttl = 1.0
+    # a first pager MESSAGE is challenged (407): from then on alice answers that realm's nonce pre-emptively
+    assert alice.send_message("sip:bob@example.test", "before").result(10).status == 200
     import time
     time.sleep(1.2)  # the nonce alice cached is now stale; a fresh one is good for a second
     assert alice.send_message("sip:bob@example.test", "after the nonce expired").result(10).status == 200
