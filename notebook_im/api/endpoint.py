@@ -16,6 +16,7 @@ from ..sip.date import parse_date
 from ..sip.message import Request, random_hex
 from ..sip.uri import SipUri
 from ..ua import ServerHandle, UserAgent
+from . import checks
 from .emitter import EventSource
 from .events import (
     ComposingChanged, EndpointState, EndpointStateChanged, MessageDelivered, MessageReceived, MessageSending,
@@ -113,7 +114,7 @@ class Endpoint(EventSource):
             await self._ua.start()
             if self.server is not None:
                 await self._ua.register(self.expires)
-        except (RequestFailed, TransactionTimeout, OSError) as exc:
+        except BaseException as exc:   # whatever went wrong (even a bug), never leave it "enabling"
             await self._ua.close()
             self._set_state(EndpointState.DISABLED, f"registration failed: {exc}")
             raise
@@ -160,6 +161,7 @@ class Endpoint(EventSource):
         if not isinstance(text, str):
             raise TypeError(f"send_message() takes the text as str, not {type(text).__name__}")
         ct = check_content_type(content_type)
+        checks.text_size(text, str(target))
         self._require_enabled("send a message")
         return runtime().submit(self._send_pager(target, text, ct), f"send_message({to!r})")
 

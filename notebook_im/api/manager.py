@@ -7,6 +7,7 @@ from ..runtime import Operation, runtime
 from ..sip.message import Request, make_response, new_tag
 from ..sip.uri import Address, SipUri
 from ..ua import ServerHandle
+from . import checks
 from .emitter import Subscription
 from .events import IncomingSession
 from .session import ImSession
@@ -16,16 +17,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def parse_remote_uri(uri: Any, what: str = "remote_uri") -> SipUri:
-    """Validate a user-supplied SIP URI with a message that says what a good one looks like."""
-    if not isinstance(uri, str):
-        raise TypeError(f"{what} must be a string such as 'sip:bob@example.test', not {type(uri).__name__}")
-    try:
-        parsed = SipUri.parse(uri)
-    except Exception:
-        raise ValueError(f"{what} {uri!r} is not a SIP URI; write it like 'sip:bob@example.test'") from None
-    if not parsed.user:
-        raise ValueError(f"{what} {uri!r} has no user part; write it like 'sip:bob@example.test'")
-    return parsed
+    """Validate a user-supplied SIP URI with a message that says what a good one looks like (checks.sip_uri)."""
+    return checks.sip_uri(uri, what)
 
 
 class SessionManager:
@@ -58,6 +51,7 @@ class SessionManager:
         from .conference import ConferenceSession, check_uris
         invitees = check_uris(list(uris) if not isinstance(uris, str) else [uris])
         self.endpoint._require_enabled("create a conference")
+        checks.header_text(subject, "subject", max_len=200, optional=True)
         session = ConferenceSession(self, None, incoming=False, subject=subject)
         self._sessions.append(session)
         return runtime().submit(session._create([(u, None) for u in invitees]), f"create_conference({invitees!r})")

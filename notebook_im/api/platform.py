@@ -15,6 +15,7 @@ from ..runtime import Operation, runtime
 from ..sip.transaction import DEFAULT_TIMERS, Timers
 from ..sip.uri import SipUri
 from ..trace.recorder import Trace
+from . import checks
 from .endpoint import Endpoint
 from .manager import parse_remote_uri
 
@@ -111,6 +112,8 @@ class Platform:
             raise ValueError(f"local_port must be an int from 0 (any free port) to 65535, not {local_port!r}")
         if password is not None and not isinstance(password, str):
             raise TypeError("password must be a str")
+        display_name = checks.display_name(display_name)
+        username = checks.username(username)
         if not isinstance(expires, int) or expires < 0:
             raise ValueError(f"expires must be a non-negative number of seconds, not {expires!r}")
         server_uri: SipUri | None = None
@@ -120,10 +123,7 @@ class Platform:
                 raise ValueError("this nim.Server has no TLS listener; create it with Server(tls=(certfile, keyfile))")
             if not isinstance(text, str):
                 raise TypeError(f"server must be a nim.Server or a URI string like 'sip:127.0.0.1:5060', not {type(server).__name__}")
-            try:
-                server_uri = SipUri.parse(text)
-            except Exception:
-                raise ValueError(f"server {text!r} is not a SIP URI; write it like 'sip:127.0.0.1:5060'") from None
+            server_uri = checks.sip_uri(text, "server", user=False)
         host = local_host or (local_host_for(server_uri.host) if server_uri else "127.0.0.1")
         tls_client = client_context(verify=verify, ca_file=ca_file) if transport == "tls" else None
         ep = Endpoint(self, aor, server=server_uri, transport=transport, local_host=host, local_port=local_port,

@@ -26,6 +26,7 @@ from ..sip.message import Request, make_response, random_hex
 from ..sip.reason import completed_elsewhere
 from ..sip.sdp import ACCEPT_TYPES as _SDP_ACCEPT_TYPES
 from ..ua import ClientHandle, ServerHandle
+from . import checks
 from .emitter import EventSource
 from .events import (
     ComposingChanged, IncomingSession, MessageDelivered, MessageFailed, MessageReceived, MessageSending, ParticipantAdded,
@@ -238,6 +239,7 @@ class ImSession(EventSource):
         if not isinstance(text, str):
             raise TypeError(f"send() takes the message text as str, not {type(text).__name__}")
         ct = check_content_type(content_type)
+        checks.text_size(text, self._remote.uri)
         return runtime().submit(self._send_text(text, ct), f"send({_short(text)!r})")
 
     def start_composing(self) -> Operation[None]:
@@ -451,6 +453,7 @@ class ImSession(EventSource):
     def _reject(self, code: int, reason: str | None) -> Operation[None]:
         if not isinstance(code, int) or not 300 <= code <= 699:
             raise ValueError(f"reject() takes a SIP status code from 300 to 699 (486 Busy Here, 603 Decline), not {code!r}")
+        checks.reason_phrase(reason)
         self._rejecting = True
         return runtime().submit(self._do_reject(code, reason), f"reject({code})")
 

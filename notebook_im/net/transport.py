@@ -22,6 +22,9 @@ from .udp import BatchedUdp
 
 log = logging.getLogger("notebook_im.net")
 
+LINGER = 2.0                  # seconds a stream is read and discarded after an answer-then-close
+LINGER_BYTES = 32 * 2**20     # ... and bytes at most
+
 Addr = tuple[str, int]
 # on_data(data, transport_name, remote_addr, local_addr)
 DataHandler = Callable[[bytes, str, Addr, Addr], None]
@@ -65,6 +68,7 @@ class _Stream(asyncio.Protocol):
         self.last_activity = owner.now()
         self.partial_since: float | None = None  # when an incomplete message started waiting in the framer
         self._held: list[bytes] | None = None     # writes held while a batch of received messages is handled
+        self.lingering: int | None = None         # bytes discarded since an answer-then-close began (`_linger`)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -88,6 +92,11 @@ class _Stream(asyncio.Protocol):
                 pass
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering is not None:   # answered and half-closed: discard the rest, bounded
+            self.lingering += len(data)
+            if self.lingering > LINGER_BYTES and self.transport is not None:
+                self.transport.close()
+            return
         now = self.last_activity = self.owner.now()
         try:
             messages = self.framer.feed(data)
@@ -103,17 +112,40 @@ class _Stream(asyncio.Protocol):
             return
         if len(messages) == 1:
             self.owner._on_data(messages[0], self.name, self.remote or ("", 0), self.local)
+        elif messages:
+            # several messages in one read (a busy peer): what we write back meanwhile goes out in one send() at
+            # the end, not one system call per response
+            self._held = []
+            try:
+                for m in messages:
+                    self.owner._on_data(m, self.name, self.remote or ("", 0), self.local)
+            finally:
+                held, self._held = self._held, None
+                if held:
+                    self._write_now(b"".join(held))
+        broken = self.framer.broken
+        if broken is not None and self.transport is not None and not self.transport.is_closing():
+            # the last message was answered (413); the rest of its body cannot be skipped: close once written
+            self.owner._drop(b"", self.name, self.remote, f"unframeable stream: {broken.reason}")
+            self._linger()
+
+    def _linger(self) -> None:
+        """Close after an answer without losing it: a peer still sending (a 10 MB body) would get a reset for
+        the unread bytes, and a reset can destroy the answer before it is read. So: half-close (our FIN after the
+        answer), read and discard what still comes for a while (`LINGER` seconds, `LINGER_BYTES` at most), then
+        close (the lingering close of HTTP servers). TLS cannot half-close: it closes at once."""
+        t = self.transport
+        assert t is not None
+        if not t.can_write_eof():
+            t.close()
             return
-        # several messages in one read (a busy peer): what we write back meanwhile goes out in one send() at the
-        # end, not one system call per response
-        self._held = []
-        try:
-            for m in messages:
-                self.owner._on_data(m, self.name, self.remote or ("", 0), self.local)
-        finally:
-            held, self._held = self._held, None
-            if held:
-                self._write_now(b"".join(held))
+        t.write_eof()
+        self.lingering = 0
+        loop = asyncio.get_running_loop()
+        loop.call_later(LINGER, t.close)
+
+    def eof_received(self) -> bool | None:
+        return None   # the peer is done sending: close our side too (after what we still have to write)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.remote is not None and self.owner._connections.get(self.remote) is self:

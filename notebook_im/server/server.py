@@ -548,6 +548,8 @@ class Server:
         bad = [t for t in transports if t not in ("udp", "tcp")]
         if bad or not transports:
             raise ValueError(f"transports must be a tuple of 'udp' and/or 'tcp', not {transports!r}")
+        if not isinstance(realm, str) or not realm or not realm.isprintable() or '"' in realm or "\\" in realm:
+            raise ValueError(f"realm must be a non-empty printable str without quotes or backslashes, not {realm!r}")
         if users is not None and not isinstance(users, dict):
             raise TypeError("users must be a dict of user name -> password, e.g. {'alice': 'secret'}")
         if offline_limits is not None and not isinstance(offline_limits, OfflineLimits):

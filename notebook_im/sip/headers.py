@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from .errors import LocalProtocolError
 from .uri import split_header_values
 
 T = TypeVar("T")
@@ -64,6 +65,18 @@ def display_name(key: str) -> str:
     return CANONICAL.get(key) or "-".join(p[:1].upper() + p[1:] for p in key.split("-"))
 
 
+def field_value(key: str, value: object) -> str:
+    """`value` as a header field value, refusing CR, LF and NUL: the one gate every value passes on its way
+    into a message we build, so that no argument, however it got here, can start a header line of its own
+    (header injection) or cut the message short. The API checks its arguments first, with messages naming
+    the argument; this is what holds if a path forgets to."""
+    text = value if type(value) is str else str(value)
+    if "\n" in text or "\r" in text or "\x00" in text:
+        raise LocalProtocolError(f"a {display_name(key)} header value may not contain CR, LF or NUL "
+                                 f"(it would inject header lines): {text[:60]!r}")
+    return text
+
+
 class Headers:
     """Header fields keyed by lower-case full name; each key maps to its field values in order.
 
@@ -108,17 +121,17 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         key = normalize_name(name)
         self._changed(key)
-        self._fields.setdefault(key, []).append(str(value))
+        self._fields.setdefault(key, []).append(field_value(key, value))
 
     def prepend(self, name: str, value: str) -> None:
         key = normalize_name(name)
         self._changed(key)
-        self._fields.setdefault(key, []).insert(0, str(value))
+        self._fields.setdefault(key, []).insert(0, field_value(key, value))
 
     def set(self, name: str, value: str) -> None:
         key = normalize_name(name)
         self._changed(key)
-        self._fields[key] = [str(value)]
+        self._fields[key] = [field_value(key, value)]
 
     def remove(self, name: str) -> None:
         key = normalize_name(name)
@@ -145,8 +158,8 @@ class Headers:
         return list(values)
 
     def set_all(self, name: str, values: Iterable[str]) -> None:
-        vals = [str(v) for v in values]
         key = normalize_name(name)
+        vals = [field_value(key, v) for v in values]
         self._changed(key)
         if vals:
             self._fields[key] = vals
@@ -157,6 +170,7 @@ class Headers:
         """Replace the first value of multi-valued header `key` (lower-case full name), e.g. the top Via a
         server adds received/rport to; `parsed` (optional) is its parsed form, cached for `parsed()`."""
         values = self._fields.get(key)
+        value = field_value(key, value)
         if values and "," not in values[0]:
             values[0] = value
             self._parsed.pop(key, None)

@@ -105,6 +105,15 @@ def _parse_top_via(text: str) -> Via:
     return Via.parse(text)
 
 
+def _routable(addresses: list[Address], name: str) -> list[Address]:
+    """Addresses that requests will be sent to must be sip:/sips: URIs (a tel: URI is fine in From and To,
+    RFC 3966, but names no host to send to): 416 otherwise, as for a Request-URI."""
+    for a in addresses:
+        if not a.wildcard and a.uri.scheme not in ("sip", "sips"):
+            raise RemoteProtocolError(f"a {name} must be a sip: or sips: URI, not {str(a.uri)[:60]!r}", 416)
+    return addresses
+
+
 class Message:
     """What requests and responses share: headers, a body and the accessors for common fields."""
 
@@ -163,15 +172,15 @@ class Message:
 
     @property
     def contacts(self) -> list[Address]:
-        return [Address.parse(v) for v in self.headers.get_all("Contact")]
+        return _routable([Address.parse(v) for v in self.headers.get_all("Contact")], "Contact")
 
     @property
     def routes(self) -> list[Address]:
-        return [Address.parse(v) for v in self.headers.get_all("Route")]
+        return _routable([Address.parse(v) for v in self.headers.get_all("Route")], "Route")
 
     @property
     def record_routes(self) -> list[Address]:
-        return [Address.parse(v) for v in self.headers.get_all("Record-Route")]
+        return _routable([Address.parse(v) for v in self.headers.get_all("Record-Route")], "Record-Route")
 
     @property
     def content_type(self) -> str | None:
@@ -261,7 +270,11 @@ class Response(Message):
         if not 100 <= status <= 699:
             raise LocalProtocolError(f"status code {status} is outside 100-699")
         self.status = status
-        self.reason = reason if reason is not None else REASONS.get(status, "Unknown")
+        if reason is None:
+            reason = REASONS.get(status, "Unknown")
+        elif "\n" in reason or "\r" in reason or "\x00" in reason:
+            raise LocalProtocolError(f"a reason phrase may not contain CR, LF or NUL: {reason[:60]!r}")
+        self.reason = reason
 
     def start_line(self) -> str:
         return f"SIP/2.0 {self.status} {self.reason}"

@@ -18,7 +18,8 @@ from .message import Message, Request, Response
 from .uri import SipUri
 
 MAX_MESSAGE = 65535          # bytes in one message (a datagram, or one message framed from a stream)
-MAX_HEADERS = 256            # header fields besides Content-Length (folded continuations not counted)
+MAX_HEADERS = 1000           # header fields besides Content-Length (folded continuations not counted); real
+                             # traffic carries a few hundred (Kamailio answers 300 extension headers)
 MAX_LINE = 8192              # characters in the start line or in any header line
 MAX_BODY = 65535 - 200       # Content-Length a message may announce (413 above that)
 
@@ -29,6 +30,7 @@ _CTL = bytes(range(0, 9)) + b"\x0b\x0c" + bytes(range(0x0E, 0x20)) + b"\x7f"
 _CTL_STR = {c: None for c in _CTL}  # str.translate table deleting them
 _TOKEN_STR = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 _ECHOED = ("via", "from", "to", "call-id", "cseq")  # what a response copies back to the sender
+_ECHOED_SET = frozenset(_ECHOED)
 
 
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
@@ -83,10 +85,14 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
     if not data:
         raise RemoteProtocolError("empty message")
     head, body = _split_head(data)
+    utf8_error: str | None = None
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
-        raise RemoteProtocolError("header section is not valid UTF-8") from None
+        # read on with the bad bytes kept as lone surrogates, so that a request whose bad bytes sit in a header a
+        # response need not echo can still be answered 400 (they never reach the wire: only echoed headers do)
+        text = head.decode("utf-8", "surrogateescape")
+        utf8_error = "header section is not valid UTF-8"
     text = text.replace("\r\n", "\n")
     ctl = len(head.translate(None, _CTL)) != len(head) or "\r" in text  # one pass each, in C
     lines = text.split("\n")
@@ -98,8 +104,18 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
         bad = _read_unfolded(lines, headers._fields)
     else:
         bad = _read_folded(lines, headers)
+    if utf8_error is not None:
+        tainted = [k for k, vs in headers._fields.items() if any(_has_surrogates(v) for v in vs)]
+        where = tainted[0] if tainted else None
+        if where is None or _ECHOED_SET.intersection(tainted) or _has_surrogates(start):
+            raise RemoteProtocolError(utf8_error + (f" (in {where})" if where else ""))
+        bad = f"{utf8_error} (in the {where} header)"
     _finish_headers(message, headers, start, pending, ctl, bad, body, stream)
     return message
+
+
+def _has_surrogates(text: str) -> bool:
+    return not text.isascii() and any("\udc80" <= c <= "\udcff" for c in text)
 
 
 def _read_unfolded(lines: list[str], fields: dict[str, list[str]]) -> str | None:
@@ -113,28 +129,35 @@ def _read_unfolded(lines: list[str], fields: dict[str, list[str]]) -> str | None
         name, sep, value = line.partition(":")
         key = keys.get(name) if sep else None
         if key is None:
-            if len(line) > MAX_LINE:
-                bad = bad or f"header line longer than {MAX_LINE} bytes"
-                continue
             stripped = name.rstrip(_WS)
-            if not sep or (stripped not in _GOOD_NAMES and not _good_name(stripped)):
-                bad = bad or f"malformed header line {line[:60]!r}"
+            if not sep or len(stripped) > MAX_LINE or (stripped not in _GOOD_NAMES and not _good_name(stripped)):
+                bad = bad or (f"header line longer than {MAX_LINE} bytes" if len(line) > MAX_LINE
+                              else f"malformed header line {line[:60]!r}")
                 continue
             key = normalize_name(stripped)
             if len(keys) < 4096 and len(name) <= 64:
                 keys[name] = key
-        elif len(line) > MAX_LINE:
+        if len(line) > MAX_LINE:
             bad = bad or f"header line longer than {MAX_LINE} bytes"
-            continue
+            if key not in _ECHOED_SET:
+                continue   # (a header the 400 must echo is kept: the client matches the answer by it)
         count += 1
         if count > MAX_HEADERS and count - len(fields.get("content-length") or ()) - (key == "content-length") > MAX_HEADERS:
-            raise RemoteProtocolError(f"more than {MAX_HEADERS} header fields", 400, None)
+            bad = bad or f"more than {MAX_HEADERS} header fields"
+            if key not in _ECHOED_SET:
+                continue
         values = fields.get(key)
         if values is None:
             fields[key] = [value.strip(_WS)]
         else:
             values.append(value.strip(_WS))
     return bad
+
+
+def _put(headers: Headers, name: str, value: str) -> None:
+    """Add a received field as it came (Headers.add refuses control characters in what we build; received
+    ones are checked, and answered, once the whole header section is read)."""
+    headers._fields.setdefault(normalize_name(name), []).append(value)
 
 
 _KEYS: dict[str, str] = {}  # header names as written (before the colon) -> lower-case full name (bounded)
@@ -164,29 +187,36 @@ def _read_folded(lines: list[str], headers: Headers) -> str | None:
                 parts.append(line)
             continue
         if current_name is not None:
-            headers.add(current_name, current_value if parts is None else " ".join(parts))
+            _put(headers, current_name, current_value if parts is None else " ".join(parts))
             current_name = None
         if not line:
             continue
-        if len(line) > MAX_LINE:
-            bad = bad or f"header line longer than {MAX_LINE} bytes"
-            continue
         name, sep, value = line.partition(":")
         name = name.rstrip(_WS)
-        if not sep or (name not in _GOOD_NAMES and not _good_name(name)):
-            bad = bad or f"malformed header line {line[:60]!r}"
+        if not sep or len(name) > MAX_LINE or (name not in _GOOD_NAMES and not _good_name(name)):
+            bad = bad or (f"header line longer than {MAX_LINE} bytes" if len(line) > MAX_LINE
+                          else f"malformed header line {line[:60]!r}")
             current_name = None
             continue
+        key = normalize_name(name)
+        if len(line) > MAX_LINE:
+            bad = bad or f"header line longer than {MAX_LINE} bytes"
+            if key not in _ECHOED_SET:  # (a header the 400 must echo is kept: the client matches the answer by it)
+                current_name = None
+                continue
         count += 1
         if count > MAX_HEADERS and count - len(headers._fields.get("content-length") or ()) - (
-                normalize_name(name) == "content-length") > MAX_HEADERS:  # (the one we write back is not counted)
-            raise RemoteProtocolError(f"more than {MAX_HEADERS} header fields", 400, None)
+                key == "content-length") > MAX_HEADERS:  # (the one we write back is not counted)
+            bad = bad or f"more than {MAX_HEADERS} header fields"
+            if key not in _ECHOED_SET:
+                current_name = None
+                continue
         current_name = name
         current_value = value.strip(_WS)
         parts = None
         field_len = len(line)
     if current_name is not None:
-        headers.add(current_name, current_value if parts is None else " ".join(parts))
+        _put(headers, current_name, current_value if parts is None else " ".join(parts))
     return bad
 
 
@@ -211,6 +241,8 @@ def _finish_headers(message: Message, headers: Headers, start: str, pending: Rem
             bad = bad or "conflicting Content-Length headers"
     else:
         length = len(body)
+        if stream:  # RFC 3261 §20.14 (the framer read the message as having no body)
+            bad = bad or "Content-Length is mandatory on a stream transport (RFC 3261 §18.3)"
     if length > MAX_BODY:
         raise RemoteProtocolError(f"body of {length} bytes exceeds the {MAX_BODY}-byte limit", 413, _answerable(message))
     if len(body) < length:
@@ -246,7 +278,9 @@ def _parse_start_line(start: str) -> tuple[Message, RemoteProtocolError | None]:
         status = _digits(code)
         if len(code) != 3 or status is None or not 100 <= status <= 699:
             raise RemoteProtocolError(f"bad status code {code[:20]!r}")
-        return Response(status, reason.strip()), None
+        response = Response(status)
+        response.reason = reason.strip()   # (as received: control characters are refused with the headers)
+        return response, None
     parts = start.split(" ")
     method = parts[0]
     if method not in _GOOD_NAMES and not _good_name(method):  # a method is a token too
@@ -259,6 +293,9 @@ def _parse_start_line(start: str) -> tuple[Message, RemoteProtocolError | None]:
         uri = SipUri.parse(uri_text)
     except RemoteProtocolError as exc:
         return Request(method, _INVALID_URI), RemoteProtocolError(exc.reason, exc.status_code)
+    if uri.scheme not in ("sip", "sips"):   # (a tel: URI names no host: nothing here routes one)
+        return Request(method, _INVALID_URI), RemoteProtocolError(
+            f"not a sip: or sips: URI: a {uri.scheme}: Request-URI cannot be routed here", 416)
     request = Request(method, uri)
     if version != "SIP/2.0":
         return request, RemoteProtocolError(f"unsupported version {version[:20]!r}", 505)
@@ -269,11 +306,15 @@ _INVALID_URI = SipUri(host="invalid")
 
 
 def _answerable(message: Message) -> Message | None:
-    """The message if a response that its sender can match can be built for it (Via and CSeq present)."""
+    """The message if a response can be sent back for it: a request (not an ACK) with a usable Via, and either
+    a CSeq (a client matches the answer by Via branch and CSeq method, RFC 3261 §17.1.3) or, failing that,
+    From, To and Call-ID: a client cannot match that answer to its transaction, but the answer still names the
+    request and says what is wrong, to the sender, a trace and the person reading it. A datagram cut short
+    inside its headers has neither and is dropped."""
     if not isinstance(message, Request) or message.method == "ACK":
         return None
     h = message.headers
-    if "via" not in h or "cseq" not in h:  # a client matches a response by Via branch and CSeq method
+    if "via" not in h or ("cseq" not in h and not ("from" in h and "to" in h and "call-id" in h)):
         return None
     try:
         message.top_via  # the response has to find its way back
@@ -316,24 +357,34 @@ class StreamFramer:
     """Cuts a byte stream into SIP messages by Content-Length (RFC 3261 §18.3).
 
     `feed(data)` returns the complete messages (as bytes) now available. CRLF keep-alives (RFC 5626)
-    between messages are skipped and counted. A header section that never ends within `MAX_MESSAGE`
-    bytes, or a missing/bad Content-Length, raises RemoteProtocolError: the connection cannot be
-    resynchronised and must be closed. A header section arriving a byte at a time is scanned once
+    between messages are skipped and counted. A header section arriving a byte at a time is scanned once
     (not once per byte), so a slow sender costs linear time.
+
+    What cannot be framed is still answered where the headers allow it:
+    - a header section without Content-Length that starts like a SIP message is passed on without a body (the
+      parser answers it 400: the length is mandatory on streams) and framing goes on after it;
+    - a Content-Length beyond the limits passes the header section on alone (the parser answers 413), then
+      the stream is `broken`: the rest of that body cannot be skipped safely, so the connection must close
+      (once the answer is written). Further `feed` calls raise.
+    - a header section that never ends within `MAX_MESSAGE` bytes, an unreadable Content-Length, or none in
+      something that is not SIP, raises RemoteProtocolError at once: nothing to answer, the connection closes.
     """
 
-    __slots__ = ("_buf", "_scanned", "keepalives")
+    __slots__ = ("_buf", "_scanned", "keepalives", "broken")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._scanned = 0  # bytes of _buf already searched for the end of the header section
         self.keepalives = 0
+        self.broken: RemoteProtocolError | None = None   # set once the stream cannot be framed any further
 
     @property
     def buffered(self) -> int:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
+        if self.broken is not None:
+            raise self.broken
         buf = self._buf
         buf += data
         out: list[bytes] = []
@@ -354,10 +405,16 @@ class StreamFramer:
                     raise RemoteProtocolError("header section exceeds the size limit on a stream", 513)
                 break
             self._scanned = end
-            length = _content_length(bytes(buf[:end]))
-            total = end + 4 + length
-            if total > MAX_MESSAGE:
-                raise RemoteProtocolError(f"message of {total} bytes exceeds the limit on a stream", 513)
+            head = bytes(buf[:end])
+            length = _content_length(head)
+            if length is None and not _sip_start_line(head):
+                raise RemoteProtocolError("Content-Length is mandatory on a stream transport (RFC 3261 §18.3)")
+            total = end + 4 + (length or 0)
+            if length is not None and (length > MAX_BODY or total > MAX_MESSAGE):
+                out.append(bytes(buf[:end + 4]))   # the header section alone: the parser answers 413
+                buf.clear()
+                self.broken = RemoteProtocolError(f"message of {total} bytes exceeds the limit on a stream", 513)
+                break
             if len(buf) < total:
                 break
             out.append(bytes(buf[:total]))
@@ -366,7 +423,16 @@ class StreamFramer:
         return out
 
 
-def _content_length(head: bytes) -> int:
+def _sip_start_line(head: bytes) -> bool:
+    """Does a header section start like a SIP message (`METHOD uri SIP/2.0`, `SIP/2.0 code ...`)? Without a
+    Content-Length, only such a one is framed (and answered); anything else closes the stream."""
+    line = head.split(b"\r\n", 1)[0]
+    parts = line.split(b" ")
+    return line.startswith(b"SIP/2.0 ") or (len(parts) == 3 and parts[2] == b"SIP/2.0")
+
+
+def _content_length(head: bytes) -> int | None:
+    """The Content-Length of a header section, None if it has none."""
     found: int | None = None
     for line in head.split(b"\r\n")[1:]:
         name, sep, value = line.partition(b":")
@@ -383,6 +449,4 @@ def _content_length(head: bytes) -> int:
             if found is not None and found != length:
                 raise RemoteProtocolError("conflicting Content-Length headers on a stream")
             found = length
-    if found is None:
-        raise RemoteProtocolError("Content-Length is mandatory on a stream transport (RFC 3261 §18.3)")
     return found

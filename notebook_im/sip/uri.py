@@ -66,7 +66,8 @@ def _split_hostport(text: str) -> tuple[str, int | None]:
 
 @dataclass(frozen=True)
 class SipUri:
-    """A sip: or sips: URI. `user` is stored unescaped; `str()` escapes it again."""
+    """A sip: or sips: URI, or a tel: URI (RFC 3966: `user` is the number, `host` is empty; legal in From and
+    To, never a target). `user` is stored unescaped; `str()` escapes it again."""
 
     host: str
     user: str | None = None
@@ -91,6 +92,8 @@ class SipUri:
     @property
     def aor(self) -> str:
         """Address of record: scheme, user and host, without port or parameters (registrar key)."""
+        if self.scheme == "tel":
+            return f"tel:{self.user}"
         return f"{self.scheme}:{self.user}@{self.host}" if self.user else f"{self.scheme}:{self.host}"
 
     @property
@@ -110,18 +113,32 @@ class SipUri:
 
     def __str__(self) -> str:
         u = self.user
+        if self.scheme == "tel":
+            return f"tel:{u}{_format_params(self.params)}"
         user = (f"{u}@" if not u.strip(_USER_PLAIN) else f"{quote(u, safe=_USER_SAFE)}@") if u else ""
         port = f":{self.port}" if self.port is not None else ""
         hdrs = f"?{self.headers}" if self.headers else ""
         return f"{self.scheme}:{user}{self.host}{port}{_format_params(self.params)}{hdrs}"
 
 
+_TEL_CHARS = "0123456789abcdefABCDEF*#+-.()"   # RFC 3966 global and local numbers with visual separators
+
+
 @lru_cache(maxsize=4096)
 def _parse_uri(text: str) -> SipUri:
+    if not text.isprintable():
+        # CR, LF, NUL and other controls never belong in a URI (they would end or inject header lines)
+        raise RemoteProtocolError(f"control character in URI {text[:80]!r}")
     scheme, sep, rest = text.partition(":")
     scheme = scheme.lower()
+    if sep and scheme == "tel":
+        number, _, params = rest.partition(";")
+        if not number or number.strip(_TEL_CHARS) or not any(c.isalnum() or c in "*#" for c in number):
+            raise RemoteProtocolError(f"bad tel: URI {text[:80]!r}")
+        return SipUri(host="", user=number, scheme="tel",
+                      params=MappingProxyType(_parse_params(params)) if params else _EMPTY)
     if not sep or scheme not in ("sip", "sips"):
-        raise RemoteProtocolError(f"not a sip: or sips: URI: {text!r}", 416)
+        raise RemoteProtocolError(f"not a sip:, sips: or tel: URI: {text[:80]!r}", 416)
     rest, _, headers = rest.partition("?")
     user = None
     if "@" in rest:

@@ -1,8 +1,9 @@
 """The size limits of notebook_im.sip.parser, each at its boundary and one past it, in the parser and on the wire.
 
-Defaults: MAX_MESSAGE 65,535 bytes (513 or drop), MAX_BODY 65,335 bytes announced by Content-Length (413),
-MAX_HEADERS 256 fields (drop), MAX_LINE 8,192 characters in a start or header line (414 for a request line,
-400 for a header line). Over UDP a datagram cannot exceed 65,507 bytes, so MAX_MESSAGE is reached on streams.
+Defaults: MAX_MESSAGE 65,535 bytes (513 or drop; on a stream, a Content-Length beyond it is answered 413, then the
+connection closes), MAX_BODY 65,335 bytes announced by Content-Length (413), MAX_HEADERS 1,000 fields (400 saying so),
+MAX_LINE 8,192 characters in a start or header line (414 for a request line, 400 for a header line). Over UDP a
+datagram cannot exceed 65,507 bytes, so MAX_MESSAGE is reached on streams.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def msg(extra: str = "", body: bytes = b"", length: int | None = None, port: int
 
 
 def test_defaults_are_documented_values():
-    assert (MAX_MESSAGE, MAX_BODY, MAX_HEADERS, MAX_LINE) == (65535, 65335, 256, 8192)
+    assert (MAX_MESSAGE, MAX_BODY, MAX_HEADERS, MAX_LINE) == (65535, 65335, 1000, 8192)
 
 
 def test_message_size_limit():
@@ -58,9 +59,16 @@ def test_header_count_limit():
     assert len(parsed.headers) == MAX_HEADERS + 1
     assert parse_message(bytes(parsed)).headers.get("X-0") == "v", "what we relay, the next hop accepts"
     assert parse_message(msg(extra).replace(b"Content-Length: 0\r\n", b"")).body == b""
-    with pytest.raises(RemoteProtocolError, match="header fields") as info:
+    with pytest.raises(RemoteProtocolError, match=f"more than {MAX_HEADERS} header fields") as info:
         parse_message(msg(extra + "X-last: v\r\n"))
-    assert info.value.message is None, "dropped: the work stops at the limit"
+    assert info.value.status_code == 400 and isinstance(info.value.message, Request), "answered, saying which limit"
+    # past the limit only what the answer must echo is kept: the work and memory stay bounded
+    answered = info.value.message
+    assert answered.headers.get("X-last") is None and answered.headers.get("CSeq") == "1 MESSAGE"
+    many = "".join(f"X-{i}: v\r\n" for i in range(5000)) + "Call-ID: late\r\n"
+    with pytest.raises(RemoteProtocolError, match="header fields") as info:
+        parse_message(msg(many).replace(b"Call-ID: lim\r\n", b""))
+    assert info.value.message.headers.get("Call-ID") == "late" and len(info.value.message.headers) <= MAX_HEADERS + 2
 
 
 def test_line_length_limit():
@@ -87,9 +95,24 @@ def test_stream_framer_cost_is_linear_for_a_slow_sender():
 
 
 def test_stream_framer_limits():
+    # a Content-Length beyond the limit: the header section alone comes out (to be answered 413), then the
+    # stream is broken and every later feed raises
+    framer = StreamFramer()
+    data = msg(length=MAX_MESSAGE)
+    out = framer.feed(data + b"x" * 1000)
+    assert out == [data] and framer.broken is not None and framer.broken.status_code == 513
     with pytest.raises(RemoteProtocolError) as info:
-        StreamFramer().feed(msg(length=MAX_MESSAGE))
-    assert info.value.status_code == 513
+        parse_message(out[0], stream=True)
+    assert info.value.status_code == 413 and isinstance(info.value.message, Request)
+    with pytest.raises(RemoteProtocolError):
+        framer.feed(b"more")
+    # no Content-Length: the message comes out without a body (answered 400 by the parser) and framing goes on
+    framer = StreamFramer()
+    bare = msg().replace(b"Content-Length: 0\r\n", b"")
+    assert framer.feed(bare + msg()) == [bare, msg()]
+    with pytest.raises(RemoteProtocolError, match="mandatory on a stream") as info:
+        parse_message(bare, stream=True)
+    assert isinstance(info.value.message, Request)
     with pytest.raises(RemoteProtocolError, match="conflicting"):
         StreamFramer().feed(msg("l: 5\r\n", b"abc"))
     with pytest.raises(RemoteProtocolError, match="Content-Length"):
@@ -108,9 +131,11 @@ def test_udp_limits_on_the_wire(target, stack):
     with Client("udp", addr) as c:
         c.send(msg(length=MAX_BODY + 1, port=c.port, branch="over-body"))
         assert c.final_response(5).status == 413
-        before = stats()["dropped"]
         c.send(msg("".join(f"X-{i}: v\r\n" for i in range(MAX_HEADERS)), port=c.port, branch="over-count"))
-        wait_for(lambda: stats()["dropped"] > before, what="too many headers dropped")
+        over = c.final_response(5)
+        assert over.status == 400 and f"more than {MAX_HEADERS} header fields" in over.reason
+        c.send(msg("".join(f"X-Ext-{i}: value-{i}\r\n" for i in range(300)), port=c.port, branch="300-ext"))
+        assert c.final_response(5).status == 200, "300 extension headers (~8 KB) are real traffic: accepted"
         c.send(msg("Subject: " + "s" * MAX_LINE + "\r\n", port=c.port, branch="over-line"))
         assert c.final_response(5).status == 400
         c.send(msg("X: " + "p" * 8000 + "\r\n" * 1 + "".join(f"X{i}: {'p' * 8100}\r\n" for i in range(7)), port=c.port, branch="near-max"))  # ~65,000 bytes: fine
@@ -122,21 +147,34 @@ def test_udp_limits_on_the_wire(target, stack):
 def test_tcp_framing_limits_close_only_that_connection(target, stack):
     addr, stats = _targets(stack)[target]
     hostile = [
-        msg(length=MAX_MESSAGE + 1, t="TCP"),                         # announces more than a message may hold
-        b"MESSAGE sip:bob@example.test SIP/2.0\r\nX: " + b"y" * (MAX_MESSAGE + 100),  # header section never ends
-        msg(t="TCP").replace(b"Content-Length: 0\r\n", b""),         # no Content-Length on a stream
-        msg(t="TCP").replace(b"Content-Length: 0", b"Content-Length: -1"),
+        # announces more than a message may hold, and sends 10 MB of it: answered 413, then closed
+        (msg(length=10_000_000, t="TCP") + b"z" * 10_000_000, 413),
+        (msg(length=MAX_MESSAGE + 1, t="TCP"), 413),
+        (b"MESSAGE sip:bob@example.test SIP/2.0\r\nX: " + b"y" * (MAX_MESSAGE + 100), None),  # header section never ends
+        (msg(t="TCP").replace(b"Content-Length: 0", b"Content-Length: -1"), None),
     ]
     with Client("tcp", addr) as good:  # an innocent connection opened before, used after
-        for data in hostile:
+        for data, answer in hostile:
             before = stats()["dropped"]
             with Client("tcp", addr) as c:
+                data = data.replace(b"127.0.0.1:5060;", f"127.0.0.1:{c.port};".encode())
                 try:
-                    c.send(data)
+                    c.sock.sendall(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # closed on us while we were still sending: that is the point
+                if answer is not None:
+                    resp = c.final_response(5)
+                    assert resp is not None and not isinstance(resp, bytes) and resp.status == answer, resp
+                    assert "exceeds" in resp.reason
                 assert c.recv(5) == b"", "the target closes a stream it cannot frame"
             wait_for(lambda: stats()["dropped"] > before, what="unframeable stream counted")
+        # no Content-Length on a stream: answered 400, and the connection goes on
+        with Client("tcp", addr) as c:
+            c.send(msg(port=c.port, branch="no-cl", t="TCP").replace(b"Content-Length: 0\r\n", b""))
+            resp = c.final_response(5)
+            assert resp.status == 400 and "Content-Length is mandatory" in resp.reason
+            c.send(msg(port=c.port, branch="no-cl-after", t="TCP"))
+            assert c.final_response(5).status == 200
         good.send(msg(port=good.port, branch="tcp-after", t="TCP"))
         assert good.final_response(5).status == 200
     assert_alive(addr, target)
