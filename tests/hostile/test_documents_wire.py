@@ -193,3 +193,25 @@ def test_notify_into_a_roster_subscription(conference, no_errors_logged, capsys)
                lambda: focus.in_dialog("NOTIFY", valid, CI_CT),
                "NOTIFY over udp into a roster subscription", capsys)
     assert conf.state is nim.SessionState.CONNECTED
+
+
+@pytest.mark.parametrize("port", ["²", "9" * 5000])
+def test_invite_with_an_sdp_port_that_is_not_ascii_digits(port, p2p, conference, no_errors_logged):
+    """The SDP of an INVITE is the other body a peer controls: `m=message ² sip null` passed str.isdigit()
+    and raised ValueError in int(), so the endpoint and the focus answered 500 (sip/sdp.py, one line)."""
+    bob, _ = p2p
+    server, _alice, _conf, _ = conference
+    sdp = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+           f"m=message {port} sip null\r\n").encode()
+    host, bport = bob.local_address
+    for addr, ruri in (((host, bport), f"sip:bob@{host}:{bport}"),
+                       ((server.host, server.port), f"sip:conference-factory@{server.host}:{server.port}")):
+        with RawUac("udp", addr) as mallory:
+            resp = mallory.request("INVITE", ruri, sdp, "application/sdp")
+            assert isinstance(resp, Response) and resp.status != 500 and resp.status < 600, (ruri, resp)
+            if resp.status == 200:  # accepted (the port does not matter to SIP IM): ACK, then hang up
+                mallory.call_id, mallory.remote_tag, mallory.to_uri = resp.call_id, resp.to.tag, ruri
+                mallory.remote_target, mallory.cseq = str(resp.contacts[0].uri), 1
+                mallory.client.send(mallory._build("ACK", mallory.remote_target, to=ruri, to_tag=resp.to.tag,
+                                                   call_id=resp.call_id, cseq=1, body=b"", content_type=None))
+                assert mallory.in_dialog("BYE").status == 200
