@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Union
 
 from ..sip.errors import RemoteProtocolError
-from .xmldoc import ascii_int, parse_untrusted
+from .xmldoc import ascii_int, escape, parse_untrusted
 
 CONTENT_TYPE = "application/conference-info+xml"
 EVENT = "conference"
@@ -68,8 +68,7 @@ class ConferenceInfo:
     active: bool | None = None
 
 
-def _esc(text: str) -> str:
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;"))
+_esc = escape  # display names and entities are chosen by participants (see xmldoc.escape)
 
 
 def build(info: ConferenceInfo) -> bytes:

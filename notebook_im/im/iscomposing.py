@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from ..sip.errors import RemoteProtocolError
-from .xmldoc import ascii_int, parse_untrusted
+from .xmldoc import ascii_int, escape, parse_untrusted
 
 CONTENT_TYPE = "application/im-iscomposing+xml"
 NS = "urn:ietf:params:xml:ns:im-iscomposing"
@@ -45,7 +45,7 @@ def build(indication: Indication) -> bytes:
     parts = ['<?xml version="1.0" encoding="UTF-8"?>\n',
              f'<isComposing xmlns="{NS}">\n', f"  <state>{indication.state.value}</state>\n"]
     if indication.content_type:
-        parts.append(f"  <contenttype>{indication.content_type}</contenttype>\n")
+        parts.append(f"  <contenttype>{escape(indication.content_type)}</contenttype>\n")
     if indication.refresh is not None:
         parts.append(f"  <refresh>{int(indication.refresh)}</refresh>\n")
     parts.append("</isComposing>\n")

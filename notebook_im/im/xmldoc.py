@@ -19,6 +19,11 @@ Every XML body a peer sends goes through `parse_untrusted`, so the defences live
 - **Errors**: anything the parse raises becomes RemoteProtocolError (400, or 413/415 as above), so a caller
   that catches RemoteProtocolError answers every hostile document with a 4xx.
 
+`escape` is the other direction, for the documents we build from values a peer chose (a display name copied
+into conference-info, a message id echoed in an IMDN): XML 1.0 has no way to write a control character,
+a lone surrogate or U+FFFE/U+FFFF, so they are dropped rather than written into a document every receiver
+must refuse.
+
 `ascii_int` reads the numbers in these documents: ASCII digits only (`str.isdigit` also takes '²', which
 `int()` then refuses with ValueError) and a bounded number of them (`int()` refuses more than 4,300 digits, and
 `float()` overflows far sooner).
@@ -26,6 +31,7 @@ Every XML body a peer sends goes through `parse_untrusted`, so the defences live
 from __future__ import annotations
 
 import codecs
+import html
 import re
 import xml.etree.ElementTree as ET
 from xml.parsers import expat
@@ -137,6 +143,16 @@ def parse_untrusted(body: bytes, *, limit: int, what: str) -> ET.Element:
         raise RemoteProtocolError(f"malformed {what} XML: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a hostile document must cost a 400, never an exception upstream
         raise RemoteProtocolError(f"malformed {what} XML ({type(exc).__name__})") from None
+
+
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def escape(value: str) -> str:
+    """`value` as XML character data or an attribute value: markup characters escaped, characters XML 1.0 cannot
+    hold dropped. (A conference participant whose display name held U+FFFF used to make every conference-info
+    document the focus sent invalid, so every member refused the roster.)"""
+    return html.escape(_NOT_XML.sub("", value), quote=True)
 
 
 def ascii_int(text: str | None, *, max_digits: int = 10) -> int | None:

@@ -125,3 +125,21 @@ def test_cpim_wrap_of_a_hostile_display_name_is_always_readable() -> None:
         wrapped = cpim.unwrap(cpim.wrap("sip:mallory@example.test", "sip:conf@x", b"hi", "text/plain", display_name=name))
         assert wrapped.sender == "sip:mallory@example.test", name
         assert wrapped.body == b"hi"
+
+
+@pytest.mark.parametrize("value", ["Mal\uffffory", "a\x01b\x1bc", "x\ud800y", "\ufffe", "<&>\"'", "ok é 🙂"])
+def test_documents_built_from_peer_values_always_parse(value: str) -> None:
+    """The focus copies a participant's display name into conference-info, and an IMDN echoes a message id:
+    a character XML cannot hold (U+FFFF, a control, a lone surrogate) used to be written as is, and the
+    document was refused by every receiver (for conference-info: every member's roster)."""
+    info = ci.ConferenceInfo("sip:conf@x", 2, "partial", (ci.UserInfo(
+        "sip:m@x", display_text=value, endpoints=(ci.EndpointInfo("sip:m@x", display_text=value,
+                                                                  disconnection_reason=value),)),), subject=value)
+    back = ci.parse(ci.build(info))
+    assert back.users[0].entity == "sip:m@x"
+    assert back.users[0].display_text == value.translate({0xFFFF: None, 0xFFFE: None, 1: None, 0x1B: None,
+                                                          0xD800: None}).strip() or back.users[0].display_text is None
+    n = imdn.Notification(value + "-id", "delivery", "delivered", value, "sip:a@x")
+    assert imdn.parse(imdn.build(n)).kind == "delivery"
+    ind = ic.Indication(ic.ComposingState.ACTIVE, 60, value)
+    assert ic.parse(ic.build(ind)).state is ic.ComposingState.ACTIVE

@@ -215,3 +215,19 @@ def test_invite_with_an_sdp_port_that_is_not_ascii_digits(port, p2p, conference,
                 mallory.client.send(mallory._build("ACK", mallory.remote_target, to=ruri, to_tag=resp.to.tag,
                                                    call_id=resp.call_id, cseq=1, body=b"", content_type=None))
                 assert mallory.in_dialog("BYE").status == 200
+
+
+def test_a_display_name_xml_cannot_hold_does_not_break_the_roster(conference, no_errors_logged):
+    """mallory joins with U+FFFF in her display name (valid UTF-8, so valid SIP): the focus copies it into the
+    conference-info it sends every member, which used to make that document invalid XML, refused (400) by
+    every member, so nobody's roster showed anyone joining from then on."""
+    server, alice, conf, _ = conference
+    with RawUac("udp", (server.host, server.port), display_name="Mal\uffffory") as mallory:
+        mallory.invite(conf.conference_uri)
+        wait_for(lambda: any(p.uri == "sip:mallory@example.test" for p in conf.participants), 5,
+                 "mallory in alice's roster")
+        assert next(p for p in conf.participants if p.uri == "sip:mallory@example.test").display_name == "Malory"
+        sip = alice.platform.trace.sip()
+        notify_answers = sip[(sip.direction == "out") & (sip.method == "NOTIFY")].status.dropna().astype(int).tolist()
+        assert notify_answers and set(notify_answers) == {200}
+        assert mallory.in_dialog("BYE").status == 200
