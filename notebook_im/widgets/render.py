@@ -94,8 +94,7 @@ def label(name: str | None, uri: str) -> tuple[str, str | None]:
     addr = address(uri)
     shown = clean_text(name or "", MAX_NAME)
     user = addr.rsplit("@", 1)[0] if "@" in addr else None
-    folded = shown.casefold()
-    if not shown or _looks_like_address(shown) or folded == addr.casefold() or (user and folded == user.casefold()):
+    if not shown or _looks_like_address(shown) or shown.casefold() == addr.casefold() or shown == user:
         return addr, None
     return shown, addr
 
