@@ -143,3 +143,32 @@ def test_documents_built_from_peer_values_always_parse(value: str) -> None:
     assert imdn.parse(imdn.build(n)).kind == "delivery"
     ind = ic.Indication(ic.ComposingState.ACTIVE, 60, value)
     assert ic.parse(ic.build(ind)).state is ic.ComposingState.ACTIVE
+
+
+CLASSES = {  # attack class -> a substring of the document names in it
+    "entity expansion (billion laughs, quadratic blowup)": ("laughs", "quadratic"),
+    "external entities, external DTD, parameter entities": ("external", "parameter-entity", "entity-declaration"),
+    "encodings (UTF-32, EBCDIC, rot13/zlib/utf-7/..., BOM mismatch, invalid UTF-8)":
+        ("utf32", "ebcdic", "declared-", "utf16-without", "bom-declares", "invalid-utf8", "latin1-says"),
+    "deep nesting": ("deep-nesting",),
+    "over the size limit": ("over-the-limit",),
+    "CPIM headers (missing, duplicated, oversized, controls)": ("cpim-",),
+}
+
+
+def test_cost_per_attack_class(capsys) -> None:
+    """The CPU each class of hostile document costs (max of 20 runs of each document), printed for
+    docs/hostile-input.md; every one within the 100 ms budget."""
+    lines = []
+    for label, marks in CLASSES.items():
+        docs = [d for d in HOSTILE if any(m in d.name for m in marks)]
+        assert docs, label
+        worst = 0.0
+        for doc in docs:
+            for _ in range(20):
+                _result, cpu = _run(doc)
+                worst = max(worst, cpu)
+        assert worst < CPU_BUDGET, label
+        lines.append(f"[documents] {label}: {len(docs)} documents, refused in at most {worst * 1000:.2f} ms of CPU")
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
