@@ -114,6 +114,7 @@ def accepted_documents(ct: str) -> list[Doc]:
         Doc(f"{short}-latin1-declared", ct,
             ('<?xml version="1.0" encoding="ISO-8859-1"?>' + _fill(ct, "café")).encode("latin-1"), OK),
         Doc(f"{short}-utf8-bom", ct, codecs.BOM_UTF8 + _fill(ct).encode(), OK),
+        Doc(f"{short}-us-ascii-declared", ct, ('<?xml version="1.0" encoding="US-ASCII"?>' + _fill(ct)).encode(), OK),
         Doc(f"{short}-xinclude", ct, _fill(ct).replace(
             "</", '<xi:include xmlns:xi="http://www.w3.org/2001/XInclude" href="file:///etc/passwd" parse="text"/></',
             1).encode(), OK),

@@ -88,7 +88,7 @@ def test_nested_cpim_is_unwrapped_once() -> None:
 
 def test_deepest_nesting_a_direct_caller_can_send() -> None:
     """100,000 levels (far past any size limit): refused on size before a parser runs; within the
-    conference-info limit (256 KiB, 36,000 levels) refused at MAX_DEPTH, in well under 100 ms."""
+    conference-info limit (256 KiB, about 37,000 levels) refused at MAX_DEPTH, in well under 100 ms."""
     deep = ("<a>" * 100_000 + "</a>" * 100_000).encode()
     for parse in (ic.parse, imdn.parse, ci.parse):
         start = time.thread_time()
