@@ -167,13 +167,14 @@ def check_location(path: Path) -> None:
 
     Group-writable directories are allowed: a group is a set of people the owner chose."""
     me = _uid()
+    posix = os.name == "posix"  # elsewhere st_uid and the mode bits do not say who may write
     absolute = Path(os.path.abspath(path))
     for part in reversed(absolute.parents):
         try:
             st = os.lstat(part)
         except OSError:
             continue  # resolve_path checked that the directory exists; a race shows up below
-        if stat.S_ISLNK(st.st_mode) and st.st_uid not in (me, 0):
+        if posix and stat.S_ISLNK(st.st_mode) and st.st_uid not in (me, 0):
             raise HistoryError(f"the history store path {str(path)!r} goes through {str(part)!r}, a symbolic link "
                                f"owned by another user (uid {st.st_uid}); the store does not follow it. Pass a "
                                "path in a directory of your own")
@@ -182,10 +183,10 @@ def check_location(path: Path) -> None:
         st = os.stat(directory)
     except OSError as exc:
         raise HistoryError(f"cannot use the history directory {str(directory)!r}: {exc.strerror or exc}") from None
-    if st.st_uid not in (me, 0):
+    if posix and st.st_uid not in (me, 0):
         raise HistoryError(f"the history directory {str(directory)!r} belongs to another user (uid {st.st_uid}), who "
                            "could read or replace the store; choose a directory of your own")
-    if st.st_mode & stat.S_IWOTH:
+    if posix and st.st_mode & stat.S_IWOTH:
         raise HistoryError(f"the history directory {str(directory)!r} is writable by every user, who could plant "
                            "files or links where the store writes; choose a directory only you can write "
                            "(for example a folder in your home directory)")
@@ -203,7 +204,7 @@ def check_location(path: Path) -> None:
         if not stat.S_ISREG(st.st_mode):
             raise HistoryError(f"{str(p)!r} is not a regular file, so it is not part of a history store; pass a "
                                "new file name")
-        if st.st_uid != me:
+        if posix and st.st_uid != me:
             raise HistoryError(f"{str(p)!r} belongs to another user (uid {st.st_uid}), so it is not your history "
                                "store; pass a new file name")
 
@@ -299,10 +300,10 @@ class _Lock:
             raise HistoryError(f"cannot write the history store {str(store_path)!r}: {exc.strerror or exc} "
                                f"({str(self.path)!r}); choose a writable location") from None
         st = os.fstat(self._fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != _uid():
+        if not stat.S_ISREG(st.st_mode) or (os.name == "posix" and st.st_uid != _uid()):
             os.close(self._fd)
             raise HistoryError(f"{str(self.path)!r} is not a lock file of yours; pass a new file name")
-        if st.st_mode & 0o077:
+        if os.name == "posix" and st.st_mode & 0o077:
             os.fchmod(self._fd, PRIVATE_FILE)
         try:
             _lock_fd(self._fd)
