@@ -112,15 +112,16 @@ class ReceiptBook:
         """A received message/imdn+xml or message/cpim body: a receipt is applied (`apply`) and answered
         (200, None); a text in a CPIM wrapper (linphone's way of asking for receipts) comes back as
         (200, wrapper) for the caller to deliver, its inner Content-Type normalised; a malformed body is
-        (400, None), anything else wrapped (415, None)."""
+        (400, None; 413 or 415 when the parser says so: too large, an encoding we do not take), anything else
+        wrapped (415, None)."""
         try:
             notification = imdn.unpack(content_type, body)
             if notification is not None:
                 self.apply(notification, notifier, now, session)
                 return 200, None
             wrapped = cpim.unwrap(body)
-        except RemoteProtocolError:
-            return 400, None
+        except RemoteProtocolError as exc:
+            return (exc.status_code if exc.status_code in (413, 415) else 400), None
         inner = wrapped.content_type.split(";")[0].strip().lower()
         if not inner.startswith("text/"):
             return 415, None

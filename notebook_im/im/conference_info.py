@@ -18,13 +18,14 @@ from dataclasses import dataclass, field, replace
 from typing import Union
 
 from ..sip.errors import RemoteProtocolError
-from .xmldoc import parse_untrusted
+from .xmldoc import ascii_int, escape, parse_untrusted
 
 CONTENT_TYPE = "application/conference-info+xml"
 EVENT = "conference"
 NS = "urn:ietf:params:xml:ns:conference-info"
 MAX_DOCUMENT = 256 * 1024
 MAX_USERS = 1000
+MAX_VERSION = 2**32 - 1
 
 # endpoint <status> values of RFC 4575 §5.7.2
 STATUSES = ("pending", "dialing-out", "dialing-in", "alerting", "on-hold", "connected", "muted-via-focus",
@@ -67,8 +68,7 @@ class ConferenceInfo:
     active: bool | None = None
 
 
-def _esc(text: str) -> str:
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;"))
+_esc = escape  # display names and entities are chosen by participants (see xmldoc.escape)
 
 
 def build(info: ConferenceInfo) -> bytes:
@@ -115,8 +115,8 @@ def parse(body: bytes) -> ConferenceInfo:
     if _local(root.tag) != "conference-info":
         raise RemoteProtocolError(f"unexpected root element {root.tag!r}")
     entity = root.get("entity")
-    version_text = root.get("version", "")
-    if not entity or not version_text.isdigit():
+    version = ascii_int(root.get("version"))  # xs:unsignedInt (RFC 4575 §5.1): ASCII digits, at most 2**32 - 1
+    if not entity or version is None or version > MAX_VERSION:
         raise RemoteProtocolError("conference-info needs entity and a numeric version")
     state = root.get("state", "full")
     if state not in ("full", "partial"):
@@ -155,8 +155,7 @@ def parse(body: bytes) -> ConferenceInfo:
                 disconnection_method=_text(_child(e, "disconnection-method")),
                 disconnection_reason=_text(_child(_child(e, "disconnection-info"), "reason"))))
         users.append(UserInfo(u_entity, u_state, _text(_child(u, "display-text")), tuple(endpoints)))
-    return ConferenceInfo(entity, int(version_text), state, tuple(users), subject,
-                          int(count_text) if count_text and count_text.isdigit() else None,
+    return ConferenceInfo(entity, version, state, tuple(users), subject, ascii_int(count_text),
                           None if active_text is None else active_text.lower() == "true")
 
 

@@ -22,14 +22,13 @@ Nothing here reads a clock: callers pass `now`.
 from __future__ import annotations
 
 import enum
-import html
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ..sip.errors import RemoteProtocolError
 from ..sip.headers import Headers
 from . import cpim
-from .xmldoc import parse_untrusted
+from .xmldoc import escape, parse_untrusted
 
 CONTENT_TYPE = "message/imdn+xml"
 NS = "urn:ietf:params:xml:ns:imdn"
@@ -141,8 +140,8 @@ class Notification:
 
 
 def build(n: Notification) -> bytes:
-    """The message/imdn+xml document of `n` (values escaped: ids and URIs come from the other party)."""
-    esc = html.escape
+    """The message/imdn+xml document of `n` (values through xmldoc.escape: ids and URIs come from the other party)."""
+    esc = escape
     parts = ['<?xml version="1.0" encoding="UTF-8"?>\n', f'<imdn xmlns="{NS}">\n',
              f"  <message-id>{esc(n.message_id)}</message-id>\n"]
     if n.datetime:

@@ -17,13 +17,16 @@ from dataclasses import dataclass
 from typing import Union
 
 from ..sip.errors import RemoteProtocolError
-from .xmldoc import parse_untrusted
+from .xmldoc import ascii_int, escape, parse_untrusted
 
 CONTENT_TYPE = "application/im-iscomposing+xml"
 NS = "urn:ietf:params:xml:ns:im-iscomposing"
 DEFAULT_REFRESH = 120.0
 IDLE_TIMEOUT = 15.0
 MAX_DOCUMENT = 4096
+# A peer's <refresh> is capped here: it only sets how long "composing" stays shown without news, and a value
+# of 400 digits used to overflow float() in the receiver (an exception instead of a 200)
+MAX_REFRESH = 3600
 
 
 class ComposingState(str, enum.Enum):
@@ -42,7 +45,7 @@ def build(indication: Indication) -> bytes:
     parts = ['<?xml version="1.0" encoding="UTF-8"?>\n',
              f'<isComposing xmlns="{NS}">\n', f"  <state>{indication.state.value}</state>\n"]
     if indication.content_type:
-        parts.append(f"  <contenttype>{indication.content_type}</contenttype>\n")
+        parts.append(f"  <contenttype>{escape(indication.content_type)}</contenttype>\n")
     if indication.refresh is not None:
         parts.append(f"  <refresh>{int(indication.refresh)}</refresh>\n")
     parts.append("</isComposing>\n")
@@ -66,8 +69,9 @@ def parse(body: bytes) -> Indication:
         state = ComposingState(state_text)
     except ValueError:
         raise RemoteProtocolError(f"unknown composing state {state_text!r}") from None
-    refresh_text = child("refresh")
-    refresh = int(refresh_text) if refresh_text and refresh_text.isdigit() else None
+    refresh = ascii_int(child("refresh"))  # a refresh that is not a plain number is ignored, as RFC 3994 §4 allows
+    if refresh is not None:
+        refresh = min(refresh, MAX_REFRESH)
     return Indication(state=state, refresh=refresh, content_type=child("contenttype"))
 
 

@@ -47,7 +47,7 @@ def parse_message_media(body: bytes) -> MessageMedia:
             fields = line[2:].split()
             in_message = len(fields) >= 3 and fields[0] == "message"
             if in_message:
-                port = int(fields[1]) if fields[1].isdigit() else 0
+                port = int(fields[1]) if fields[1].isascii() and fields[1].isdigit() and len(fields[1]) <= 5 else 0
         elif in_message and line.startswith("a=accept-types:"):
             accept = tuple(t.lower() for t in line[len("a=accept-types:"):].split())
     if in_message:

@@ -57,9 +57,12 @@ import json
 import json.encoder
 import logging
 import math
+import keyword
 import os
+import stat
 import threading
 import time
+import urllib.parse
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
@@ -86,6 +89,11 @@ BATCH = 2048  # records of each kind per transaction at most: a backlog is commi
 WINDOW = 0.010  # s between commits when records come in steadily: ~10 ms of records per commit
 LOAD_WINDOW = 0.050  # ... and when they come faster than LOAD_RATE records/s (a send loop, not a chat)
 LOAD_RATE = 2000
+PRIVATE_FILE = 0o600  # the store, its lock and the files SQLite keeps next to it: chat history is private
+PRIVATE_DIR = 0o700   # a directory history= creates
+SIDECARS = ("-wal", "-shm", "-journal", ".lock")  # what SQLite and the lock put next to the store
+SQLITE_MAGIC = b"SQLite format 3\x00"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 _DDL = """
 CREATE TABLE schema (version INTEGER NOT NULL, application TEXT NOT NULL, created REAL NOT NULL);
@@ -134,11 +142,150 @@ def resolve_path(history: Any) -> Path:
         raise HistoryError(f"history {str(path)!r}: a store file must end in .sqlite, .sqlite3 or .db "
                            f"(for a directory, leave out the suffix {path.suffix!r})")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
     except OSError as exc:
         raise HistoryError(f"cannot create the history directory {str(path)!r}: {exc.strerror or exc}; "
                            "choose a writable location") from None
     return path / DIRECTORY_FILE
+
+
+def _uid() -> int:
+    """The user whose files the store may use (a function, so tests can play another user)."""
+    return os.geteuid() if hasattr(os, "geteuid") else 0
+
+
+def check_location(path: Path) -> None:
+    """Refuse a store place someone else controls. A history store is the user's private chat history, and the
+    store writes several files (the database, `-wal`, `-shm`, `-journal`, `.lock`), so:
+
+    - no symbolic link is written through: the store file and the files next to it must be regular files of
+      this user (a `chat.sqlite.lock` link to ~/.bashrc used to be truncated; a dangling `chat.sqlite` link
+      created its target);
+    - a directory on the way that is a symbolic link owned by another user is not followed (it was planted);
+    - the directory holding the store must belong to this user (or root) and must not be writable by every
+      user (in /tmp anyone can plant those names before the store creates them).
+
+    Group-writable directories are allowed: a group is a set of people the owner chose."""
+    me = _uid()
+    posix = os.name == "posix"  # elsewhere st_uid and the mode bits do not say who may write
+    absolute = Path(os.path.abspath(path))
+    for part in reversed(absolute.parents):
+        try:
+            st = os.lstat(part)
+        except OSError:
+            continue  # resolve_path checked that the directory exists; a race shows up below
+        if posix and stat.S_ISLNK(st.st_mode) and st.st_uid not in (me, 0):
+            raise HistoryError(f"the history store path {str(path)!r} goes through {str(part)!r}, a symbolic link "
+                               f"owned by another user (uid {st.st_uid}); the store does not follow it. Pass a "
+                               "path in a directory of your own")
+    directory = absolute.parent
+    try:
+        st = os.stat(directory)
+    except OSError as exc:
+        raise HistoryError(f"cannot use the history directory {str(directory)!r}: {exc.strerror or exc}") from None
+    if posix and st.st_uid not in (me, 0):
+        raise HistoryError(f"the history directory {str(directory)!r} belongs to another user (uid {st.st_uid}), who "
+                           "could read or replace the store; choose a directory of your own")
+    if posix and st.st_mode & stat.S_IWOTH:
+        raise HistoryError(f"the history directory {str(directory)!r} is writable by every user, who could plant "
+                           "files or links where the store writes; choose a directory only you can write "
+                           "(for example a folder in your home directory)")
+    for name in (absolute.name, *(absolute.name + s for s in SIDECARS)):
+        p = directory / name
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise HistoryError(f"cannot use the history store {str(path)!r}: {str(p)!r}: {exc.strerror or exc}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise HistoryError(f"{str(p)!r} is a symbolic link; the history store never writes through one. Pass "
+                               "the path of a real file (or a new file name)")
+        if not stat.S_ISREG(st.st_mode):
+            raise HistoryError(f"{str(p)!r} is not a regular file, so it is not part of a history store; pass a "
+                               "new file name")
+        if posix and st.st_uid != me:
+            raise HistoryError(f"{str(p)!r} belongs to another user (uid {st.st_uid}), so it is not your history "
+                               "store; pass a new file name")
+
+
+def sniff(path: Path) -> bool:
+    """Whether `path` is a notebook_im history store (True) or a place to make one (False: missing, empty, or a
+    blank SQLite database); HistoryError for anything else, *without writing to it*: opening another program's
+    database read-write, or merely switching it to WAL, rewrites its header. The SQLite header's application
+    id says "ours" at once; a file without one (what an older notebook_im left after a killed kernel, with
+    the id still in the WAL) is looked into read-only: immutable when there is no WAL (no lock, no file
+    created), else read-only (the WAL's content is needed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise HistoryError(f"cannot read the history store {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, 100, 0)
+    finally:
+        os.close(fd)
+    if size == 0:
+        return False  # an empty file is an empty database: it becomes a store
+    if not head.startswith(SQLITE_MAGIC):
+        raise HistoryError(f"{str(path)!r} is not a SQLite database, so it is not a notebook_im history store; "
+                           "pass a new file name (or move this file away)")
+    if len(head) < 100:
+        raise HistoryError(f"{str(path)!r} is a truncated SQLite database, not a notebook_im history store; pass a "
+                           "new file name")
+    app = int.from_bytes(head[68:72], "big")
+    if app == APPLICATION_ID:
+        return True
+    if app != 0:
+        raise HistoryError(f"{str(path)!r} is a SQLite database of another application (application_id {app:#x}), "
+                           "not a notebook_im history store; pass a new file name so it is left untouched")
+    import sqlite3
+
+    wal = path.with_name(path.name + "-wal").exists()
+    uri = "file:" + urllib.parse.quote(str(path)) + ("?mode=ro" if wal else "?immutable=1")
+    try:
+        db = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise HistoryError(f"cannot read the history store {str(path)!r}: {exc}") from None
+    try:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:
+            if db.execute("PRAGMA user_version").fetchone()[0] == 0:
+                return False  # a blank database (nothing in it, no mark of any program): it becomes a store
+            raise HistoryError(f"{str(path)!r} is a SQLite database of another program (it sets user_version), not "
+                               "a notebook_im history store; pass a new file name so it is left untouched")
+        check_schema(db, tables, path)
+        return True
+    except sqlite3.DatabaseError as exc:
+        raise HistoryError(f"cannot use {str(path)!r} as a history store: {exc}; pass a new file name") from None
+    finally:
+        db.close()
+
+
+def check_schema(db: "sqlite3.Connection", tables: set[str], path: Path) -> None:
+    """HistoryError unless `db` (with these tables) is a notebook_im history store this version can read."""
+    p = str(path)
+    row = None
+    if "schema" in tables:
+        row = db.execute("SELECT version, application FROM schema").fetchone()
+    if row is None or row[1] != APPLICATION or not _TABLES <= tables:
+        raise HistoryError(f"{p!r} is a SQLite database but not a notebook_im history store (its tables: "
+                           f"{', '.join(sorted(tables))}); pass a new file name so it is left untouched")
+    if not isinstance(row[0], int) or row[0] > SCHEMA_VERSION:
+        raise HistoryError(f"{p!r} was written by a newer notebook_im (history schema {row[0]}; this version "
+                           f"reads schema {SCHEMA_VERSION}); upgrade notebook_im, or pass a new file name")
+
+
+def _private(path: Path) -> None:
+    """Make an existing file of ours readable by its owner only (stores made before this was the rule)."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == _uid() and st.st_mode & 0o077:
+            os.chmod(path, PRIVATE_FILE)
+    except OSError:  # pragma: no cover - gone meanwhile, or a file system without modes
+        pass
 
 
 # -- one writer per store ------------------------------------------------------------------------------------
@@ -147,11 +294,17 @@ class _Lock:
 
     def __init__(self, store_path: Path) -> None:
         self.path = store_path.with_name(store_path.name + ".lock")
-        try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a symbolic link (O_NOFOLLOW): a planted link would have its target truncated
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, PRIVATE_FILE)
         except OSError as exc:
             raise HistoryError(f"cannot write the history store {str(store_path)!r}: {exc.strerror or exc} "
                                f"({str(self.path)!r}); choose a writable location") from None
+        st = os.fstat(self._fd)
+        if not stat.S_ISREG(st.st_mode) or (os.name == "posix" and st.st_uid != _uid()):
+            os.close(self._fd)
+            raise HistoryError(f"{str(self.path)!r} is not a lock file of yours; pass a new file name")
+        if os.name == "posix" and st.st_mode & 0o077:
+            os.fchmod(self._fd, PRIVATE_FILE)
         try:
             _lock_fd(self._fd)
         except OSError:
@@ -322,35 +475,76 @@ class EarlierSession:
         return f"<EarlierSession {self.id} with {self.remote.uri}>"
 
 
+class BadRecord(ValueError):
+    """A stored row this version cannot rebuild: `load_into` skips it and counts it in `HistoryStore.skipped`."""
+
+
+def _uri_of(value: Any, what: str) -> str:
+    uri = value.get("uri") if isinstance(value, dict) else None
+    if not isinstance(uri, str):
+        raise BadRecord(f"{what} without a URI")
+    return uri
+
+
 def decode_value(data: Any) -> Any:
-    """The inverse of `encode_value`, with stand-ins (`Participant`, `EarlierRef`, `EarlierSession`) for live objects."""
+    """The inverse of `encode_value`, with stand-ins (`Participant`, `EarlierRef`, `EarlierSession`) for live objects.
+    BadRecord for a tagged value that is not what this module writes (a datetime without a time zone, a
+    reference without a URI, ...): a row someone else wrote must not become an object that fails later."""
     if isinstance(data, list):
         return [decode_value(v) for v in data]
     if not isinstance(data, dict):
         return data
     if "$dt" in data:
-        return datetime.fromisoformat(data["$dt"])
+        text = data["$dt"]
+        when = datetime.fromisoformat(text) if isinstance(text, str) and len(text) <= 64 else None
+        if when is None or when.utcoffset() is None:
+            raise BadRecord(f"not a UTC timestamp: {str(text)[:40]!r}")
+        return when
     if "$enum" in data:
         from ..api import events
 
-        cls = getattr(events, data["$enum"], None)
+        cls = getattr(events, str(data["$enum"]), None)
         try:
-            return cls(data["v"]) if isinstance(cls, type) and issubclass(cls, enum.Enum) else data["v"]
+            return cls(data["v"]) if isinstance(cls, type) and issubclass(cls, enum.Enum) else data.get("v")
         except ValueError:  # a state this version does not know: keep its value
             return data["v"]
     if "$ref" in data:
+        name = data.get("name")
+        if name is not None and not isinstance(name, str):
+            raise BadRecord("a display name that is not text")
         if data["$ref"] == "Participant":
             from ..api.participant import Participant
 
-            return Participant(data["uri"], display_name=data.get("name"), is_local=bool(data.get("local")))
-        return EarlierRef(data["uri"], data.get("name"))
+            return Participant(_uri_of(data, "participant"), display_name=name, is_local=bool(data.get("local")))
+        return EarlierRef(_uri_of(data, "reference"), name)
     if "$session" in data:
-        return EarlierSession(data["$session"], decode_value(data.get("remote")) or EarlierRef(""),
-                              data.get("local", ""), bool(data.get("conference")), bool(data.get("incoming")))
+        remote = decode_value(data.get("remote")) or EarlierRef("")
+        local = data.get("local", "")
+        if not isinstance(data["$session"], str) or not isinstance(getattr(remote, "uri", None), str) \
+                or not isinstance(local, str):
+            raise BadRecord("a session without an id or a remote URI")
+        return EarlierSession(data["$session"], remote, local, bool(data.get("conference")), bool(data.get("incoming")))
     return {k: decode_value(v) for k, v in data.items()}
 
 
 _GENERIC: dict[tuple[str, tuple[str, ...]], type] = {}
+MAX_GENERIC = 256  # event classes made up for stored types this version does not know (each is a new class)
+
+
+def _is_uri_object(v: Any) -> bool:
+    return isinstance(getattr(v, "uri", None), str)
+
+
+_CHECKS: dict[str, Any] = {
+    "str": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    "bool": lambda v: isinstance(v, bool),
+    "datetime": lambda v: isinstance(v, datetime),   # decode_value made it, with a time zone
+    "Participant": _is_uri_object,
+    "Endpoint": _is_uri_object,
+    "ImSession": lambda v: isinstance(v, EarlierSession),
+}
 
 
 @functools.lru_cache(maxsize=None)
@@ -366,6 +560,22 @@ def _field_enums(cls: type) -> dict[str, Any]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _field_checks(cls: type) -> dict[str, Any]:
+    """The fields of an event class, each with a test of what its annotation allows (`str`, `int | None`,
+    'Participant', an enum, ...), so a stored row with a number where the text goes is refused here rather
+    than breaking a DataFrame or the chat panel later."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        text = f.type.strip("'\"") if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        optional = text.endswith(" | None")
+        base = text.removesuffix(" | None")
+        kind = _field_enums(cls)[f.name]
+        check = (lambda v, k=kind: isinstance(v, (k, str))) if kind is not None else _CHECKS.get(base, lambda v: True)
+        out[f.name] = (lambda v, c=check: v is None or c(v)) if optional else check
+    return out
+
+
 def _as_enum(kind: Any, value: Any) -> Any:
     if kind is None or not isinstance(value, str):
         return value
@@ -377,20 +587,37 @@ def _as_enum(kind: Any, value: Any) -> Any:
 
 def decode_event(type_name: str, fields_json: str) -> Any:
     """A stored event rebuilt as its event class (or, for a type or fields this version does not have, a frozen
-    dataclass of the same name and fields, which the frames treat the same way)."""
+    dataclass of the same name and fields, which the frames treat the same way). BadRecord (or the JSON
+    decoder's ValueError) for a row that is neither: a field of the wrong type, names that cannot be fields."""
     from ..api import events
 
-    fields = {k: decode_value(v) for k, v in json.loads(fields_json).items()}
+    data = json.loads(fields_json)
+    if not isinstance(data, dict):
+        raise BadRecord("event fields are not a JSON object")
+    fields = {k: decode_value(v) for k, v in data.items()}
     cls = getattr(events, type_name, None)
-    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+    if isinstance(cls, type) and issubclass(cls, events.Event) and dataclasses.is_dataclass(cls):
         known = _field_enums(cls)
+        checks = _field_checks(cls)
+        values = {k: _as_enum(known[k], v) for k, v in fields.items() if k in known}
+        wrong = next((k for k, v in values.items() if not checks[k](v)), None)
+        if wrong is not None:
+            raise BadRecord(f"{type_name}.{wrong} is a {type(values[wrong]).__name__}")
         try:
-            return cls(**{k: _as_enum(known[k], v) for k, v in fields.items() if k in known})
+            return cls(**values)
         except TypeError:  # a required field this store does not have: fall through to the generic record
             pass
+    if len(type_name) > 64 or not type_name.isidentifier() or keyword.iskeyword(type_name):
+        raise BadRecord(f"event type {type_name[:40]!r} is not a name")
+    if any(not k.isidentifier() or keyword.iskeyword(k) or k.startswith("__") for k in fields):
+        raise BadRecord(f"{type_name} has a field that is not a name")
+    if not isinstance(fields.get("timestamp"), datetime):
+        raise BadRecord(f"{type_name} without a timestamp")
     key = (type_name, tuple(fields))
     generic = _GENERIC.get(key)
     if generic is None:
+        if len(_GENERIC) >= MAX_GENERIC:
+            raise BadRecord(f"more than {MAX_GENERIC} kinds of unknown events")
         generic = dataclasses.make_dataclass(type_name, [(k, Any, field(default=None)) for k in fields], frozen=True)
         _GENERIC[key] = generic
     return generic(**fields)
@@ -426,6 +653,7 @@ _MESSAGE_EVENTS = ("MessageReceived", "MessageSending", "MessageDelivered", "Mes
 def earlier_conversations(records: Iterable[EventRecord], owner: str) -> list[EarlierConversation]:
     """The conversations of endpoint `owner` in `records` (stored events), newest first. A message that was sent
     but never confirmed (the kernel died first) shows as failed, with the reason `UNCONFIRMED`."""
+    from ..api import events
     from ..api.session import ChatMessage
 
     convs: dict[str, EarlierConversation] = {}
@@ -433,8 +661,8 @@ def earlier_conversations(records: Iterable[EventRecord], owner: str) -> list[Ea
     for rec in records:
         ev = rec.event
         kind = type(ev).__name__
-        if rec.owner != owner or kind not in _MESSAGE_EVENTS:
-            continue
+        if rec.owner != owner or kind not in _MESSAGE_EVENTS or type(ev) is not getattr(events, kind):
+            continue  # a stored record of another shape under a message event's name carries no chat message
         session = getattr(ev, "session", None)
         remote = session.remote if session is not None else getattr(ev, "participant", None)
         peer = remote.uri if remote is not None else ev.recipient
@@ -475,6 +703,24 @@ _COLUMNS = {
     "drops": ("timestamp", "owner", "transport", "remote_host", "remote_port", "reason", "raw"),
 }
 _NO_ADDRESS = (None, None)
+MAX_RAW = 1 << 17        # bytes of one stored SIP message or drop (a SIP message is at most 65,535)
+MAX_FIELDS = 1 << 20     # characters of one event's JSON
+MAX_TEXT = 1024          # characters of an owner, a host, a transport, a drop reason
+MAX_TIMESTAMP = 9e9      # s since the epoch: 2255, within what pandas' nanosecond timestamps hold
+_TS = f"typeof(timestamp) IN ('integer', 'real') AND timestamp BETWEEN 0 AND {MAX_TIMESTAMP}"
+_SHORT = "(typeof({0}) = 'text' AND length({0}) <= " + str(MAX_TEXT) + ")"
+_ADDRESS = ("({0}_host IS NULL OR " + _SHORT.format("{0}_host") + ") AND ({0}_port IS NULL OR (typeof({0}_port) = "
+            "'integer' AND {0}_port BETWEEN 0 AND 65535))")
+# what a row must be for load_into to take it (the SQL types the writer uses; SQLite itself would take any)
+_VALID = {
+    "sip": f"{_TS} AND {_SHORT.format('owner')} AND direction IN ('in', 'out') AND {_SHORT.format('transport')} AND "
+           f"{_ADDRESS.format('local')} AND {_ADDRESS.format('remote')} AND typeof(raw) = 'blob' AND "
+           f"length(raw) <= {MAX_RAW}",
+    "events": f"{_TS} AND {_SHORT.format('owner')} AND {_SHORT.format('type')} AND typeof(fields) = 'text' AND "
+              f"length(fields) <= {MAX_FIELDS}",
+    "drops": f"{_TS} AND {_SHORT.format('owner')} AND {_SHORT.format('transport')} AND {_ADDRESS.format('remote')} "
+             f"AND {_SHORT.format('reason')} AND typeof(raw) = 'blob' AND length(raw) <= {MAX_RAW}",
+}
 MAX_ROWS_PER_INSERT = 64  # 64 rows x 9 columns stays under SQLite's historical limit of 999 parameters
 
 
@@ -521,39 +767,45 @@ class HistoryStore:
         self._encode = EventEncoder()
         self._closed = False
         self._close_lock = threading.Lock()
+        self.skipped = {"sip": 0, "events": 0, "drops": 0}   # stored rows not loaded: malformed (see load_into)
+        check_location(self.path)
+        existing = sniff(self.path)   # before anything is created or opened for writing
         self._lock = _Lock(self.path)
         try:
-            self._db = self._open()
+            self._db = self._open(existing)
         except BaseException:
             self._lock.release()
             raise
         self._thread: threading.Thread | None = None
 
     # -- opening ---------------------------------------------------------------------------------------------
-    def _open(self) -> "sqlite3.Connection":
+    def _open(self, existing: bool) -> "sqlite3.Connection":
+        """Open the store for writing. `existing`: `sniff` found a store (else a new one is made: the file created
+        here, private, with O_EXCL and without following links, so SQLite's own files inherit its mode). A new
+        store is written in one transaction, application id included, before the switch to WAL: the id is in
+        the file itself from the first commit on, so `sniff` recognises it even after a killed kernel."""
         import sqlite3
 
         p = self.path
-        if p.exists() and p.stat().st_size > 0:
-            with open(p, "rb") as f:
-                head = f.read(16)
-            if head != b"SQLite format 3\x00":
-                raise HistoryError(f"{str(p)!r} is not a SQLite database, so it is not a notebook_im history store; "
-                                   "pass a new file name (or move this file away)")
+        if not existing and not p.exists():
+            try:
+                os.close(os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, PRIVATE_FILE))
+            except OSError as exc:
+                raise HistoryError(f"cannot write the history store {str(p)!r}: {exc.strerror or exc}; choose a "
+                                   "writable location") from None
         try:
             db = sqlite3.connect(p, check_same_thread=False, timeout=5.0)
         except sqlite3.Error as exc:
             raise HistoryError(f"cannot open the history store {str(p)!r}: {exc}; choose a writable location") from None
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if not tables:
-                db.executescript(_DDL + f"PRAGMA application_id={APPLICATION_ID};")
-                db.execute("INSERT INTO schema VALUES (?, ?, ?)", (SCHEMA_VERSION, APPLICATION, time.time()))
-                db.commit()
+                db.executescript(f"BEGIN; {_DDL} PRAGMA application_id={APPLICATION_ID}; INSERT INTO schema VALUES "
+                                 f"({SCHEMA_VERSION}, '{APPLICATION}', {time.time()!r}); COMMIT;")
             else:
-                self._check_schema(db, tables)
+                check_schema(db, tables, p)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.DatabaseError as exc:
             db.close()
             if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
@@ -563,32 +815,43 @@ class HistoryStore:
         except BaseException:
             db.close()
             raise
+        for name in ("", *SIDECARS):
+            _private(p.with_name(p.name + name))
         return db
-
-    def _check_schema(self, db: "sqlite3.Connection", tables: set[str]) -> None:
-        p = str(self.path)
-        row = None
-        if "schema" in tables:
-            row = db.execute("SELECT version, application FROM schema").fetchone()
-        if row is None or row[1] != APPLICATION or not _TABLES <= tables:
-            raise HistoryError(f"{p!r} is a SQLite database but not a notebook_im history store (its tables: "
-                               f"{', '.join(sorted(tables))}); pass a new file name so it is left untouched")
-        if row[0] > SCHEMA_VERSION:
-            raise HistoryError(f"{p!r} was written by a newer notebook_im (history schema {row[0]}; this version "
-                               f"reads schema {SCHEMA_VERSION}); upgrade notebook_im, or pass a new file name")
 
     def load_into(self, trace: "Trace") -> None:
         """Append the stored records to `trace` (the newest `trace.max_records` SIP messages and events, the
         newest `max_drops` drops) and remember the events as `earlier`. Header fields of the SIP messages are
-        extracted on the first frame build, so opening a large store stays fast."""
+        extracted on the first frame build, so opening a large store stays fast.
+
+        A row this version cannot use (a NULL or a number where text goes, a blob too large for a SIP message,
+        a timestamp pandas cannot hold, JSON that does not decode or does not fit its event class) is skipped
+        and counted in `skipped` (and logged once): one bad row, whoever wrote it, must not lock the user out
+        of the rest of their history."""
         cap = trace.max_records if trace.max_records is not None else -1
         db = self._db
-        sip = db.execute("SELECT * FROM (SELECT id, timestamp, owner, direction, transport, local_host, local_port, "
-                         "remote_host, remote_port, raw FROM sip ORDER BY id DESC LIMIT ?) ORDER BY id", (cap,)).fetchall()
-        events = db.execute("SELECT * FROM (SELECT id, timestamp, owner, type, fields FROM events ORDER BY id DESC "
-                            "LIMIT ?) ORDER BY id", (cap,)).fetchall()
-        drops = db.execute("SELECT * FROM (SELECT id, timestamp, owner, transport, remote_host, remote_port, reason, raw "
-                           "FROM drops ORDER BY id DESC LIMIT ?) ORDER BY id", (trace.max_drops,)).fetchall()
+        # the newest `limit` rows of each table, as before; of those, the malformed ones are counted, not loaded
+        # (range scans over that window only: opening a large store stays as fast as it was)
+        limits = {"sip": cap, "events": cap, "drops": trace.max_drops}
+        first = {t: db.execute(f"SELECT min(id) FROM (SELECT id FROM {t} ORDER BY id DESC LIMIT ?)", (n,)).fetchone()[0]
+                 for t, n in limits.items()}
+        first = {t: 2**63 - 1 if v is None else v for t, v in first.items()}  # None: empty, or a limit of 0
+        skipped = {t: db.execute(f"SELECT count(*) FROM {t} WHERE id >= ? AND ({_VALID[t]}) IS NOT 1",
+                                 (first[t],)).fetchone()[0] for t in limits}
+        sip = db.execute("SELECT id, timestamp, owner, direction, transport, local_host, local_port, remote_host, "
+                         f"remote_port, raw FROM sip WHERE id >= ? AND {_VALID['sip']} ORDER BY id",
+                         (first["sip"],)).fetchall()
+        rows = db.execute(f"SELECT id, timestamp, owner, type, fields FROM events WHERE id >= ? AND {_VALID['events']} "
+                          "ORDER BY id", (first["events"],)).fetchall()
+        drops = db.execute("SELECT id, timestamp, owner, transport, remote_host, remote_port, reason, raw FROM drops "
+                           f"WHERE id >= ? AND {_VALID['drops']} ORDER BY id", (first["drops"],)).fetchall()
+        earlier = []
+        for _, ts, owner, kind, fields in rows:
+            try:
+                earlier.append(EventRecord(ts, owner, decode_event(kind, fields)))
+            except Exception:  # noqa: BLE001 - BadRecord, bad JSON, too deep: one row, never the whole history
+                skipped["events"] += 1
+        events = earlier
         with trace._index_lock, trace._lock:
             if sip:
                 _, ts, owner, direction, transport, lh, lp, rh, rp, raw = zip(*sip)
@@ -602,9 +865,13 @@ class HistoryStore:
             for _, ts, owner, transport, rh, rp, reason, raw in drops:
                 trace.drops.append(DropRecord(ts, transport, None if rh is None else (rh, rp), reason, bytes(raw), owner))
             trace.drops_total += len(drops)
-        self.earlier = [EventRecord(ts, owner, decode_event(kind, fields)) for _, ts, owner, kind, fields in events]
+        self.earlier = earlier
         trace.add_event_records(self.earlier)   # (takes the trace's lock itself)
         self.loaded = {"sip": len(sip), "events": len(events), "drops": len(drops)}
+        self.skipped = skipped
+        if any(skipped.values()):
+            log.warning("history store %s: skipped %s malformed rows (%s); the rest is loaded", self.path,
+                        sum(skipped.values()), ", ".join(f"{v} {k}" for k, v in skipped.items() if v))
 
     # -- writing (the recorder calls put_*, any thread: one deque append each) ----------------------------------
     def start(self) -> "HistoryStore":

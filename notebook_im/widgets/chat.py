@@ -261,7 +261,8 @@ class Conversation(w.VBox):
 
     def _name(self, p: Any) -> str:
         """A participant's name: the `names` address book first (the API does not learn the callee's display
-        name), then the display name the SIP headers gave, then the user part of the URI."""
+        name), then the display name the SIP headers gave, then the user part of the URI. Raw: it is shown only
+        through `render.who_html`/`who_text`, which clean it and put the real address next to it."""
         return self.names.get(p.uri) or p.name
 
     def _on_received(self, e: MessageReceived) -> None:
@@ -364,8 +365,8 @@ class Conversation(w.VBox):
             if self.visible:
                 self._mark_shown_read(shown)
             head = "".join(r.participant_chip(self._name(p), p.uri, p.state.value) for p in s.participants)
-            typing = [self._name(p) for p in s.participants if p.composing]
-            status = (f'<span class="nim-typing">{r.html.escape(r.composing_text(typing)[:-1])}'
+            typing = [(self._name(p), p.uri) for p in s.participants if p.composing]
+            status = (f'<span class="nim-typing">{r.composing_html(typing)}'
                       '<span class="nim-dots"><span>.</span><span>.</span><span>.</span></span></span>'
                       if typing else "&nbsp;")
             connected = s.state is SessionState.CONNECTED
@@ -380,14 +381,14 @@ class Conversation(w.VBox):
                 self.earlier_button.description = f"Show earlier messages ({hidden})"
             self.earlier_button.layout.display = None if hidden else "none"
             self.composer.disabled = not connected
-            placeholder = (f"Message {self._name(s.remote)}" if connected else
-                           f"Conversation ended ({s.terminate_reason})" if ended else "Connecting…")
+            placeholder = (f"Message {r.who_text(self._name(s.remote), s.remote.uri)}" if connected else
+                           f"Conversation ended ({r.clean_text(s.terminate_reason or '', 200)})" if ended else
+                           "Connecting…")
             if self.composer.placeholder != placeholder:
                 self.composer.placeholder = placeholder
             self.end_button.layout.display = "none" if ended else None
             if incoming is not None and s.state is SessionState.CONNECTING:
-                self.invite_text.value = (f"<b>{r.html.escape(self._name(s.remote))}</b> "
-                                          f"({r.html.escape(s.remote.uri)}) wants to chat")
+                self.invite_text.value = f"<b>{r.who_html(self._name(s.remote), s.remote.uri)}</b> wants to chat"
                 self.invite_bar.layout.display = None
             else:
                 self.invite_bar.layout.display = "none"
@@ -537,7 +538,7 @@ class ChatPanel(w.VBox):
         buttons = []
         for session, conv in items:
             state = session.state.value
-            label = conv._name(session.remote)
+            label = r.who_text(conv._name(session.remote), session.remote.uri)
             if conv._incoming is not None and session.state is SessionState.CONNECTING:
                 label += " • invitation"
             elif state != "connected":

@@ -43,7 +43,7 @@ class EarlierView(w.VBox):
         self.header_html = w.HTML(
             '<div class="nim-earlier-head" style="padding:6px 12px;font-size:12.5px;'
             'color:var(--jp-ui-font-color2,#6b7280);border-bottom:1px solid var(--jp-border-color2,#e5e7eb)">'
-            f"Earlier conversation{mode} with <b>{html.escape(name)}</b> ({html.escape(c.peer)}) · {span} · "
+            f"Earlier conversation{mode} with <b>{r.who_html(name, c.peer)}</b> · {html.escape(span)} · "
             f"<i>{EARLIER_BADGE}</i></div>")
         shown = c.messages[-listing.max_rendered:]  # the newest, as a live conversation renders them
         entries = [r.Entry(id=m.id, direction=m.direction, sender=m.sender, sender_name=names(m.sender, c),
@@ -55,7 +55,7 @@ class EarlierView(w.VBox):
         self.messages_html = w.HTML(note + r.messages_html(entries))
         box = w.VBox([self.messages_html], layout=w.Layout(height=listing.height, overflow="hidden auto"))
         box.add_class("nim-chat-messages")
-        self.again_button = w.Button(description=f"Chat again with {name}", icon="comment",
+        self.again_button = w.Button(description=f"Chat again with {r.who_text(name, c.peer)}", icon="comment",
                                      tooltip=f"Start a new conversation with {c.peer}", layout=w.Layout(width="auto"))
         self.again_button.on_click(lambda _b: listing.panel.start_chat(c.peer))
         super().__init__([self.header_html, box, self.again_button], layout=w.Layout(width="100%"))
@@ -86,7 +86,8 @@ class EarlierList(w.VBox):
                                    '<span style="font-weight:400;font-size:11.5px">(history)</span></div>'))
             for c in self.conversations[:limit]:
                 pager = " · pager" if c.mode == "pager" else ""
-                b = w.Button(description=f"{self.name(c)} · {when(c.ended)}{pager}", tooltip=f"{c.peer} ({EARLIER_BADGE})",
+                b = w.Button(description=f"{r.who_text(self.name(c), c.peer)} · {when(c.ended)}{pager}",
+                             tooltip=f"{c.peer} ({EARLIER_BADGE})",
                              layout=w.Layout(width="100%"))
                 b.add_class("nim-conv-item")
                 b.add_class("nim-earlier-item")

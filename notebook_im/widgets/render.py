@@ -3,10 +3,27 @@
 Everything a remote party controls (names, URIs, message bodies, SIP reasons) goes through `html.escape`
 or, for text/html bodies, through nh3 (ammonia) with a small allow-list. Nothing rendered here can run
 script or fetch anything: no <img>, no style/on* attributes, links only http(s)/mailto with rel=noopener.
+
+Who wrote what cannot be spoofed with a display name (a SIP display name is whatever the other side typed):
+every name is shown through `who_html` / `who_text`, which
+
+- strip the characters that reorder or hide text (Unicode bidi embeddings, overrides and isolates
+  U+202A-U+202E, U+2066-U+2069, the marks U+200E/U+200F/U+061C, zero-width joiners and spaces, every other
+  control and format character), and isolate the name (`<bdi>`; FSI...PDI in plain text when it has
+  right-to-left letters), so a name cannot reorder the text around it ("... wants to chat", the address);
+- always put the real address next to it, as `Name <user@host>`, in ASCII (anything else percent-escaped,
+  so `bоb@example.test` with a Cyrillic "о" cannot pass for `bob@example.test`); a name that is only the
+  address's user part shows as the address alone;
+- drop a name that looks like an address itself ("Bob <sip:bob@example.test>", full-width "＠" included):
+  the real address is shown instead.
+
+So a display name equal to another participant's, with homoglyphs or with zero-width joiners, still comes
+with an address that tells the two apart. Message bodies are isolated by their own block (`<div dir="auto">`).
 """
 from __future__ import annotations
 
 import html
+import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -21,6 +38,88 @@ HTML_TAGS = {"a", "b", "blockquote", "br", "code", "del", "div", "em", "i", "li"
 HTML_ATTRIBUTES = {"a": {"href", "title"}}
 URL_SCHEMES = {"http", "https", "mailto"}
 GROUP_GAP = timedelta(minutes=5)  # a new group starts when one sender pauses this long
+
+
+MAX_NAME = 64       # characters of a display name shown (a longer one is cut with "…")
+MAX_ADDRESS = 96    # characters of an address shown (a longer one keeps its start and its end)
+FSI, PDI = "\u2068", "\u2069"  # first-strong isolate ... pop directional isolate: <bdi> in plain text
+_DROPPED = frozenset({"Cc", "Cf", "Cs", "Co"})   # controls, format (bidi, ZWJ, BOM, tags), surrogates, private use
+_SPACES = frozenset({"Zl", "Zp", "Zs"})
+_ADDRESS_MARKS = ("@", "<", ">", "sip:", "sips:", "tel:", "mailto:")
+
+
+def clean_text(text: str, limit: int | None = None) -> str:
+    """`text` without control and format characters (bidi controls, zero-width characters, ...), its runs of
+    white space one space, at most `limit` characters. What a remote party's text becomes before it is shown
+    outside a block of its own (a name, a reason)."""
+    out = []
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if cat in _DROPPED:
+            if ch in "\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85":
+                out.append(" ")
+        elif cat in _SPACES:
+            out.append(" ")
+        else:
+            out.append(ch)
+    cleaned = " ".join("".join(out).split())
+    if limit is not None and len(cleaned) > limit:
+        cleaned = cleaned[: limit - 1].rstrip() + "…"
+    return cleaned
+
+
+def address(uri: str) -> str:
+    """The address of a URI as the panel shows it: `user@host[:port]`, no scheme, parameters or headers, ASCII
+    only (every other character percent-escaped as UTF-8, so a homoglyph shows as what it is)."""
+    text = uri.strip().strip("<>")
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme.lower() in ("sip", "sips", "tel"):
+        text = rest
+    text = text.split(";", 1)[0].split("?", 1)[0]
+    shown = "".join(ch if 0x20 < ord(ch) < 0x7F else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "replace"))
+                    for ch in text)
+    if len(shown) > MAX_ADDRESS:
+        half = MAX_ADDRESS // 2 - 1
+        shown = shown[:half] + "…" + shown[-half:]
+    return shown or "?"
+
+
+def _looks_like_address(name: str) -> bool:
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    return any(mark in folded for mark in _ADDRESS_MARKS)
+
+
+def label(name: str | None, uri: str) -> tuple[str, str | None]:
+    """(the name to show, the address to show next to it, or None when the name shown *is* the address)."""
+    addr = address(uri)
+    shown = clean_text(name or "", MAX_NAME)
+    user = addr.rsplit("@", 1)[0] if "@" in addr else None
+    if not shown or _looks_like_address(shown) or shown.casefold() == addr.casefold() or shown == user:
+        return addr, None
+    return shown, addr
+
+
+def _rtl(text: str) -> bool:
+    return any(unicodedata.bidirectional(ch) in ("R", "AL", "AN") for ch in text)
+
+
+def who_html(name: str | None, uri: str) -> str:
+    """A participant as HTML: `<bdi>Name</bdi> <span class="nim-addr">&lt;user@host&gt;</span>` (see the module
+    docstring: controls stripped, the name isolated, the real address always next to it)."""
+    shown, addr = label(name, uri)
+    out = f'<bdi class="nim-who">{html.escape(shown)}</bdi>'
+    if addr is not None:
+        out += f' <span class="nim-addr" dir="ltr">&lt;{html.escape(addr)}&gt;</span>'
+    return out
+
+
+def who_text(name: str | None, uri: str) -> str:
+    """A participant as plain text (button labels, placeholders): `Name <user@host>`, the name isolated with
+    FSI...PDI when it holds right-to-left letters."""
+    shown, addr = label(name, uri)
+    if _rtl(shown):
+        shown = FSI + shown + PDI
+    return shown if addr is None else f"{shown} <{addr}>"
 
 
 def colour_for(uri: str) -> str:
@@ -57,7 +156,7 @@ def body_html(text: str, content_type: str) -> str:
 def avatar(name: str, uri: str, size: int = 32) -> str:
     return (f'<span class="nim-avatar" style="background:{colour_for(uri)};width:{size}px;height:{size}px;'
             f'line-height:{size}px;font-size:{max(10, size * 0.4):.0f}px" title="{html.escape(uri, quote=True)}">'
-            f"{html.escape(initials(name))}</span>")
+            f"{html.escape(initials(clean_text(name)))}</span>")
 
 
 def local_time(ts: datetime) -> str:
@@ -90,7 +189,7 @@ class Entry:
         if self._html is None or self._html_latest != latest:
             self._html_latest = latest
             self._html = (f'<div class="nim-msg nim-{self.status}" data-id="{html.escape(self.id, quote=True)}">'
-                          f'<div class="nim-body">{body_html(self.text, self.content_type)}</div>'
+                          f'<div class="nim-body" dir="auto">{body_html(self.text, self.content_type)}</div>'
                           f"{status_html(self, latest)}</div>")
         return self._html
 
@@ -119,18 +218,18 @@ def status_html(e: Entry, latest: bool = False) -> str:
     tick = TICKS.get(state)
     if tick is not None:
         mark, word, title = tick
-        title = html.escape(title.format(sip=f"{e.sip_status or 200} {e.reason or 'OK'}".strip()), quote=True)
+        title = html.escape(clean_text(title.format(sip=f"{e.sip_status or 200} {e.reason or 'OK'}")), quote=True)
         return f'<span class="nim-state nim-state-{state}" title="{title}">{mark}{" " + word if latest else ""}</span>'
     if e.status == "delivered":  # the server took it, then the recipient's device reported a failure
         reason = "the recipient's device reported that delivery failed"
     else:
         reason = f"{e.sip_status or ''} {e.reason}".strip() or "no response"
-    return f'<span class="nim-state nim-state-failed">⚠ Not delivered: {html.escape(reason)}</span>'
+    return f'<span class="nim-state nim-state-failed">⚠ Not delivered: {html.escape(clean_text(reason))}</span>'
 
 
 def group_header(e: Entry) -> str:
     when = e.timestamp.astimezone()
-    return (f'<div class="nim-group-head"><span class="nim-name">{html.escape(e.sender_name)}</span>'
+    return (f'<div class="nim-group-head"><span class="nim-name">{who_html(e.sender_name, e.sender)}</span>'
             f'<span class="nim-time" title="{when.strftime("%Y-%m-%d %H:%M:%S")}">{local_time(e.timestamp)}</span></div>')
 
 
@@ -164,13 +263,21 @@ def composing_text(names: list[str]) -> str:
     return f"{', '.join(names[:-1])} and {names[-1]} are typing…"
 
 
+def composing_html(people: list[tuple[str | None, str]]) -> str:
+    """The composing line for (name, uri) pairs, each through `who_html` ('' for nobody), without the final
+    ellipsis (the panel animates its dots)."""
+    if not people:
+        return ""
+    return composing_text([who_html(name, uri) for name, uri in people])[:-1]
+
+
 STATE_LABELS = {"idle": "idle", "connecting": "connecting…", "connected": "connected",
                 "disconnecting": "leaving…", "disconnected": "disconnected"}
 
 
 def participant_chip(name: str, uri: str, state: str) -> str:
     return (f'<span class="nim-chip">{avatar(name, uri, 30)}<span class="nim-chip-text">'
-            f'<span class="nim-chip-name">{html.escape(name)}</span>'
+            f'<span class="nim-chip-name">{who_html(name, uri)}</span>'
             f'<span class="nim-chip-state nim-pstate-{html.escape(state)}"><i></i>{STATE_LABELS.get(state, html.escape(state))}</span>'
             f"</span></span>")
 
@@ -201,6 +308,7 @@ CSS = """
 .nim-group-main { min-width: 0; flex: 1; }
 .nim-group-head { display: flex; align-items: baseline; gap: 8px; }
 .nim-name { font-weight: 700; }
+.nim-addr { font-weight: 400; font-size: 12px; color: var(--jp-ui-font-color2, #6b7280); unicode-bidi: isolate; }
 .nim-time { font-size: 12px; color: var(--jp-ui-font-color2, #6b7280); }
 .nim-chat + .nim-chat { margin-left: 14px; }
 .nim-msg { padding: 1px 0; display: flex; align-items: baseline; gap: 10px; }

@@ -152,7 +152,7 @@ def test_two_panels_in_jupyterlab(lab):
             box = left.locator("textarea")
             box.click()
             box.press_sequentially("Great, I'm typing this in Chromium", delay=25)
-            expect(right.locator(".nim-chat-status")).to_contain_text("Alice Smith is typing", timeout=15_000)
+            expect(right.locator(".nim-chat-status")).to_contain_text("Alice Smith <alice@example.test> is typing", timeout=15_000)
             box.press("Shift+Enter")
             box.press_sequentially("(Shift+Enter made this second line)", delay=10)
             expect(box).to_have_value("Great, I'm typing this in Chromium\n(Shift+Enter made this second line)")
@@ -173,7 +173,7 @@ def test_two_panels_in_jupyterlab(lab):
             rbox.press("Enter")
             expect(left.locator(".nim-chat-messages")).to_contain_text("Both lines arrived", timeout=15_000)
             rbox.press_sequentially("Let me check the ladder diagram", delay=20)
-            expect(left.locator(".nim-chat-status")).to_contain_text("Bob Jones is typing", timeout=15_000)
+            expect(left.locator(".nim-chat-status")).to_contain_text("Bob Jones <bob@example.test> is typing", timeout=15_000)
             page.wait_for_timeout(400)  # let the typing dots and scrolling settle
             output = page.locator(".jp-OutputArea-output").filter(has=page.locator(".nim-chat-conv"))
             shot = output.screenshot(path=str(ARTIFACTS / "chat-panel.png"))

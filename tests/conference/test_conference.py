@@ -267,6 +267,13 @@ def test_trace_messages_frame_names_the_original_sender(people, server, platform
     assert sorted(zip(wire_in["sender"], wire_in["text"])) == [(eps[0].uri, "from alice"), (eps[1].uri, "from bob")]
 
 
+def _shown(fragment: str) -> str:
+    """The text a browser shows for an HTML fragment."""
+    import html
+    import re
+    return html.unescape(re.sub(r"<[^>]*>", "", fragment))
+
+
 def test_chat_panel_shows_roster_and_who_is_typing(people, server) -> None:
     from notebook_im.widgets.chat import ChatPanel
     eps, sessions = start(people, 3)
@@ -277,10 +284,11 @@ def test_chat_panel_shows_roster_and_who_is_typing(people, server) -> None:
         assert "Alice" in conv.header_html.value and "Bob" in conv.header_html.value
         sessions[0].start_composing().result(5)
         sessions[1].start_composing().result(5)
-        wait_for(lambda: (conv.flush(), "Alice and Bob are typing" in conv.status_html.value)[1], 5, "typing line")
+        wait_for(lambda: (conv.flush(), _shown(conv.status_html.value).startswith(
+            "Alice <alice@example.test> and Bob <bob@example.test> are typing"))[1], 5, "typing line")
         sessions[1].terminate().result(5)                 # bob leaves: his chip goes
         wait_for(lambda: (conv.flush(), "Bob" not in conv.header_html.value)[1], 5, "bob's chip removed")
-        assert "Alice is typing" in conv.status_html.value
+        assert _shown(conv.status_html.value).startswith("Alice <alice@example.test> is typing")
         sessions[0].send("hi carol").result(5)
         wait_for(lambda: (conv.flush(), "hi carol" in conv.messages_html.value)[1], 5, "message shown")
         assert "Alice" in conv.messages_html.value

@@ -43,7 +43,8 @@ def test_panel_shows_where_the_user_left_off(tmp_path, server):
             assert len(labels) == 3, labels  # the session with bob, pager messages to bob and to nobody
             assert all(re.search(r" · \d\d \w{3} \d{4} \d\d:\d\d", label) for label in labels)
             kinds = sorted((label.split(" · ")[0], label.endswith("· pager")) for label in labels)
-            assert kinds == [("Bob Jones", False), ("Bob Jones", True), ("nobody", True)]
+            assert kinds == [("Bob Jones <bob@example.test>", False), ("Bob Jones <bob@example.test>", True),
+                             ("nobody@example.test", True)]
 
             # the main area shows the newest one (the 404 to nobody), read-only; the session is one click away
             view = panel.main.children[0]
@@ -54,7 +55,8 @@ def test_panel_shows_where_the_user_left_off(tmp_path, server):
             view = panel.main.children[0]
             assert isinstance(view, EarlierView) and session_button.button_style == "info"
             head = view.header_html.value
-            assert "Earlier conversation with <b>Bob Jones</b> (sip:bob@example.test)" in head
+            assert ('Earlier conversation with <b><bdi class="nim-who">Bob Jones</bdi> <span class="nim-addr" dir="ltr">'
+                    "&lt;bob@example.test&gt;</span></b>") in head
             assert EARLIER_BADGE in head and when(view.conversation.started) in head
             body = view.messages_html.value
             assert "hello bob" in body and "two<br>lines ✓" in body and "hi alice" in body

@@ -75,7 +75,8 @@ def test_two_endpoint_panels_invitation_typing_and_delivery(pair):
 
         # typing in alice's box shows in bob's panel; clearing the box sends idle
         ca.composer.value = "Hel"
-        wait_for(lambda: "Alice Smith is typing" in cb.status_html.value, what="composing shown")
+        wait_for(lambda: "Alice Smith</bdi> <span class=\"nim-addr\" dir=\"ltr\">&lt;alice@example.test&gt;</span> is typing"
+                 in cb.status_html.value, what="composing shown, with the address")
         ca.composer.value = ""
         wait_for(lambda: "typing" not in cb.status_html.value, what="idle after clearing")
         ca.composer.value = "Hello Bob"
@@ -173,7 +174,9 @@ def test_html_is_inert(sessions):
 def test_names_and_uris_are_escaped():
     e = r.Entry("1", "in", "sip:x@y", '<script>alert(1)</script>', "t", "text/plain", datetime.now(timezone.utc), "received")
     out = r.messages_html([e])
-    assert "<script>" not in out and "&lt;script&gt;" in out
+    assert "<script>" not in out and '"nim-who">x@y</bdi>' in out  # a name with "<" looks like an address: the real one shows
+    e = r.Entry("2", "in", "sip:x@y", 'Tom & "Jerry"', "t", "text/plain", datetime.now(timezone.utc), "received")
+    assert "Tom &amp; &quot;Jerry&quot;" in r.messages_html([e])
     chip = r.participant_chip('"><img src=x>', 'sip:"><img@x', "connected")
     assert "<img" not in chip
 
