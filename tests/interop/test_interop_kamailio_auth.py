@@ -59,3 +59,32 @@ def test_wrong_password_is_refused(kamailio_auth: Kamailio, platform: nim.Platfo
         platform.endpoint("sip:alice@example.test", server=kamailio_auth.uri, password="not-it").result(10)
     assert info.value.status == 403
     assert "not-it" not in str(info.value)
+
+
+def test_the_callee_never_receives_the_callers_credentials(kamailio_auth: Kamailio, platform: nim.Platform) -> None:
+    """Kamailio challenges REGISTER with 401 and initial requests with 407, consumes the credentials it checked and
+    relays in-dialog requests by loose_route without a challenge. The caller's digest responses (enough for an
+    offline dictionary attack on the password) must reach nobody but Kamailio: `Authorization` only on REGISTER,
+    `Proxy-Authorization` only on initial requests, none in dialog."""
+    alice = platform.endpoint("sip:alice@example.test", server=kamailio_auth.uri, password=USERS["alice"]).result(10)
+    bob = platform.endpoint("sip:bob@example.test", server=kamailio_auth.uri, password=USERS["bob"]).result(10)
+    sessions = accept_all(bob)
+    session = alice.sessions.create("sip:bob@example.test").result(10)
+    for i in range(3):
+        assert session.send(f"in dialog {i}").result(10).status == 200
+    assert alice.send_message("sip:bob@example.test", "pager").result(10).status == 200
+    wait_for(lambda: sessions and len(sessions[0].messages) == 3)
+    assert sessions[0].send("back").result(10).status == 200
+    session.terminate().result(10)
+    records = platform.trace.sip_records()
+    to_bob = [r.raw for r in records if r.owner == bob.uri and r.direction == "in" and not r.raw.startswith(b"SIP/2.0")]
+    assert any(r.startswith(b"INVITE ") for r in to_bob) and sum(r.startswith(b"MESSAGE ") for r in to_bob) >= 4
+    assert not [r.split(b"\r\n", 1)[0] for r in to_bob if b"uthorization:" in r], "bob saw alice's credentials"
+    from_alice = [r.raw for r in records if r.owner == alice.uri and r.direction == "out" and not r.raw.startswith(b"SIP/2.0")]
+    for raw in from_alice:
+        method = raw.split(b" ", 1)[0]
+        in_dialog = b";tag=" in next(line for line in raw.split(b"\r\n") if line.startswith(b"To:"))
+        if b"\r\nAuthorization:" in raw:
+            assert method == b"REGISTER", raw[:200]
+        if b"Proxy-Authorization:" in raw:
+            assert method != b"REGISTER" and not in_dialog, raw[:200]
