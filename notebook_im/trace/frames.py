@@ -450,6 +450,7 @@ def _messages_rows_from_sip(trace: "Trace") -> list[tuple]:
     status = sub["status"].to_numpy(dtype="float64", na_value=np.nan)
     keys = list(zip(*(sub[c].astype(object).where(sub[c].notna(), None) for c in key_cols)))
     directions = sub["direction"].astype(object).where(sub["direction"].notna(), None).tolist()
+    focuses = _focus_uris(raws)
     for i, pos in enumerate(positions):
         key = keys[i]
         if np.isnan(status[i]):
@@ -469,13 +470,16 @@ def _messages_rows_from_sip(trace: "Trace") -> list[tuple]:
             except Exception:  # noqa: BLE001
                 text = msg.body.decode("utf-8", "replace")
             sender = str(msg.from_.uri.without_params("transport"))
-            if ct == "message/cpim":  # relayed by a conference focus: the wrapper names the original sender
+            if ct == "message/cpim":
                 try:
                     wrapped = cpim.unwrap(msg.body)
                 except Exception:  # noqa: BLE001 - keep the focus as the sender
                     pass
                 else:
-                    sender = wrapped.sender
+                    if _bare(msg.from_.uri) in focuses:
+                        # relayed by a conference focus: the wrapper names the original sender. From anybody
+                        # else a CPIM From is only a claim (mallory's wrapper saying "bob"): the SIP From stays
+                        sender = wrapped.sender
                     ct = wrapped.content_type.split(";")[0].strip().lower()
                     text = wrapped.body.decode("utf-8", "replace").replace("\r\n", "\n")
                     if ct in _NOT_IM:
@@ -511,6 +515,28 @@ def _messages_rows_from_sip(trace: "Trace") -> list[tuple]:
                      r["text"], r["ct"], r["mode"], sent, delivered, status_word, state,
                      final[1] if final else None, latency, r["message_id"], r["call_id"], final[2] if final else None))
     return rows
+
+
+def _bare(uri: Any) -> str:
+    return f"{uri.scheme}:{uri.user}@{uri.host}" + (f":{uri.port}" if uri.port else "") if uri.user else str(uri)
+
+
+def _focus_uris(raws: Any) -> set[str]:
+    """URIs that identified themselves as a conference focus in this trace (a Contact with `;isfocus`, RFC 4579
+    §5.4, in the answer that set up the conference dialog): only what they relay is attributed to the author
+    their message/cpim wrapper names."""
+    from ..sip.parser import parse_message
+    found: set[str] = set()
+    for raw in raws:
+        if b";isfocus" not in raw:
+            continue
+        try:
+            for contact in parse_message(bytes(raw)).contacts:
+                if "isfocus" in contact.params:
+                    found.add(_bare(contact.uri))
+        except Exception:  # noqa: BLE001 - a broken message names no focus
+            continue
+    return found
 
 
 def _note_receipt(receipts: dict[tuple[str, str], list[Any]], owner: str, ct: str, body: bytes) -> None:

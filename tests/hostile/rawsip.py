@@ -63,6 +63,12 @@ class RawUac:
         self.client.send(data)
         return self.final_response(timeout)
 
+    def register(self, registrar: str = "sip:example.test", timeout: float = 5.0) -> Response:
+        """REGISTER this socket as the AOR's contact (a conference focus serves registered users only)."""
+        resp = self.request("REGISTER", registrar, to=self.aor, extra="Expires: 300\r\n", timeout=timeout)
+        assert isinstance(resp, Response) and resp.status == 200, f"REGISTER: {resp!r}"
+        return resp
+
     def invite(self, ruri: str, timeout: float = 10.0) -> Response:
         """INVITE `ruri` with an m=message offer, ACK the 2xx; the dialog is then ready for `in_dialog`."""
         self.call_id = f"dlg-{self.run}@127.0.0.1"

@@ -142,6 +142,7 @@ def test_focus_relays_and_members_refuse(conference, no_errors_logged, capsys):
     is not text (415); alice answers the relayed ones herself and still gets mallory's texts, with the name."""
     server, alice, conf, got = conference
     with RawUac("udp", (server.host, server.port), display_name="Mallory\\\\") as mallory:
+        mallory.register()
         mallory.invite(conf.conference_uri)
         wait_for(lambda: any(p.uri == "sip:mallory@example.test" for p in conf.participants), 5, "mallory joined")
         relayed: list[Doc] = []
@@ -223,6 +224,7 @@ def test_a_display_name_xml_cannot_hold_does_not_break_the_roster(conference, no
     every member, so nobody's roster showed anyone joining from then on."""
     server, alice, conf, _ = conference
     with RawUac("udp", (server.host, server.port), display_name="Mal\uffffory") as mallory:
+        mallory.register()
         mallory.invite(conf.conference_uri)
         wait_for(lambda: any(p.uri == "sip:mallory@example.test" for p in conf.participants), 5,
                  "mallory in alice's roster")

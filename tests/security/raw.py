@@ -21,7 +21,6 @@ class RawPeer:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, port))
         self.host, self.port = self.sock.getsockname()
-        self.seen: list[bytes] = []   # everything received, in order
 
     def close(self) -> None:
         self.sock.close()
@@ -72,7 +71,6 @@ class RawPeer:
                 data = self.sock.recvfrom(65535)[0]
             except (socket.timeout, BlockingIOError):
                 return None
-            self.seen.append(data)
             if want is None or data.startswith(want):
                 return data
 
