@@ -19,6 +19,7 @@ a failure (final status >= 300) is red and has class "failure"; provisional resp
 from __future__ import annotations
 
 import html
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -75,11 +76,19 @@ def _addr(a: Any) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
+def _visible(text: str) -> str:
+    """Text a peer chose (a reason phrase, a body) without the control and format characters that would reorder
+    or hide the labels around it in a diagram (bidi overrides and isolates, zero-width characters)."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf"))
+
+
 def _preview(raw: bytes, limit: int = 24) -> str:
     head, _, body = raw.partition(b"\r\n\r\n")
     if COMPOSING in head.lower():
         return "(composing)"
-    text = body.decode("utf-8", "replace").replace("\r\n", " ").replace("\n", " ").strip()
+    text = _visible(body.decode("utf-8", "replace").replace("\r\n", " ").replace("\n", " ")).strip()
     if not text:
         return ""
     return f'"{text[: limit - 1]}…"' if len(text) > limit else f'"{text}"'
@@ -92,7 +101,7 @@ def arrow_from_raw(ts: float, direction: str, local: Any, remote: Any, raw: byte
     src, dst = (local_s, remote_s) if direction == "out" else (remote_s, local_s)
     reason = ""
     if status is not None:
-        reason = raw.split(b"\r\n", 1)[0][12:].decode("utf-8", "replace").strip()
+        reason = _visible(raw.split(b"\r\n", 1)[0][12:].decode("utf-8", "replace")).strip()
     preview = _preview(raw) if method == "MESSAGE" else ""
     return Arrow(ts, src, dst, owner or "", direction or "", method, status, reason, call_id, preview, raw)
 

@@ -144,3 +144,15 @@ def test_a_spoofing_peer_in_a_live_panel(server, platform):
         s.terminate().result(5)
     finally:
         panel.close()
+
+
+def test_ladder_labels_drop_bidi_and_invisible_characters():
+    """A reason phrase or a body preview a peer chose cannot reorder the labels of a ladder diagram."""
+    from notebook_im.trace.ladder import arrow_from_raw
+    resp = ("SIP/2.0 486 Busy \u202eereh ton\u202c\u200b\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCall-ID: c\r\n"
+            "CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").encode()
+    arrow = arrow_from_raw(0.0, "in", ("127.0.0.1", 1), ("127.0.0.1", 2), resp, "me")
+    assert arrow.label == "486 Busy ereh ton"
+    msg = ("MESSAGE sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK2\r\nCall-ID: c\r\nCSeq: 2 MESSAGE\r\n"
+           "Content-Type: text/plain\r\nContent-Length: 9\r\n\r\n").encode() + "a\u2066b\u2069c".encode()
+    assert arrow_from_raw(0.0, "in", ("127.0.0.1", 1), ("127.0.0.1", 2), msg, "me").preview == '"abc"'
