@@ -19,12 +19,14 @@ import os
 import threading
 from typing import Any, Awaitable, Callable, Coroutine, Generator, Generic, TypeVar
 
+from .sip.errors import NotebookImError
+
 log = logging.getLogger("notebook_im")
 
 T = TypeVar("T")
 
 
-class DeadlockError(RuntimeError):
+class DeadlockError(NotebookImError, RuntimeError):
     """`.result()` was called on the library's loop thread, where it could never complete."""
 
 

@@ -21,7 +21,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Iterable
 
-from ..errors import InvalidState, RequestFailed, TransactionTimeout
+from ..errors import NO_ANSWER, InvalidState, RequestFailed
 from ..im import conference_info as ci
 from ..im import cpim
 from ..im import iscomposing as ic
@@ -199,7 +199,7 @@ class ConferenceSession(ImSession):
             dialog, resp = await self.ua.invite(_U.parse(self._target_uri), self, on_handle=keep,
                                                 accept_types=CONFERENCE_ACCEPT_TYPES,
                                                 extra={"Subject": self.subject} if self.subject and not self.is_incoming else None)
-        except TransactionTimeout as exc:
+        except NO_ANSWER as exc:
             self._finish(f"no answer from the conference focus: {exc.reason}", 408)
             raise
         if dialog is None:
@@ -297,7 +297,7 @@ class ConferenceSession(ImSession):
         try:
             dialog, resp = await self.ua.subscribe(SipUri.parse(self.conference_uri), ci.EVENT, sub,
                                                    expires=SUBSCRIBE_EXPIRES, accept=ci.CONTENT_TYPE)
-        except TransactionTimeout as exc:
+        except NO_ANSWER as exc:
             log.info("conference %s: SUBSCRIBE timed out: %s", self.conference_uri, exc)
             self._sub = None
             return
@@ -328,7 +328,7 @@ class ConferenceSession(ImSession):
         try:
             resp = await self.ua.send_in_dialog(sub.dialog, "SUBSCRIBE", extra={
                 "Event": ci.EVENT, "Expires": str(expires), "Accept": ci.CONTENT_TYPE})
-        except TransactionTimeout:
+        except NO_ANSWER:
             return
         if 200 <= resp.status < 300:
             self._arm_refresh(resp.expires if resp.expires is not None else expires)

@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidState, MessageTooLarge, RequestFailed, TransactionTimeout
+from ..errors import NO_ANSWER, InvalidState, MessageTooLarge, RequestFailed
 from ..im import cpim
 from ..im import imdn
 from ..im import iscomposing as ic
@@ -141,7 +141,7 @@ class Endpoint(EventSource):
         try:
             if self.server is not None:
                 await asyncio.wait_for(self._ua.unregister(), DISABLE_STEP_TIMEOUT)
-        except (RequestFailed, TransactionTimeout, asyncio.TimeoutError):
+        except (RequestFailed, *NO_ANSWER, asyncio.TimeoutError):
             pass
         finally:
             await self._ua.close()
@@ -184,7 +184,7 @@ class Endpoint(EventSource):
             except MessageTooLarge as exc:  # a retry cannot help
                 status, reason = exc.status, exc.reason
                 break
-            except TransactionTimeout as exc:  # retried once; the receiver drops a duplicate by id
+            except NO_ANSWER as exc:  # retried once; the receiver drops a duplicate by id
                 status, reason = exc.status, exc.reason
         event = settle(msg, None, status, failure_reason(status, reason, len(body)), time.perf_counter() - started)
         self._emit(event)
@@ -214,7 +214,7 @@ class Endpoint(EventSource):
         body = notification_body(wanted.message_id, wanted.datetime, kind, status, self.uri, peer, now_utc())
         try:
             resp = await self._ua.send_message(SipUri.parse(peer), body, NOTIFICATION_CONTENT_TYPE)
-        except TransactionTimeout:
+        except NO_ANSWER:
             return
         if resp.status in REFUSING:
             log.info("%s: %s answered %s %s to a receipt; not sending it any more", self.uri, peer, resp.status, resp.reason)

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConferenceRequired, InvalidState, MessageTooLarge, RequestFailed, TransactionTimeout
+from ..errors import (
+    NO_ANSWER, ConferenceRequired, InvalidState, MessageTooLarge, RequestFailed, TransactionTimeout, TransportError,
+)
 from ..im import cpim
 from ..im import imdn
 from ..im import iscomposing as ic
@@ -341,7 +343,7 @@ class ImSession(EventSource):
         if emit:
             self._emit(ParticipantStateChanged(self, p, state, previous, reason, timestamp=now_utc()))
 
-    def _no_answer(self, exc: TransactionTimeout) -> None:
+    def _no_answer(self, exc: TransactionTimeout | TransportError) -> None:
         """A request of ours got no answer (timeout, or the transport failed). One can be bad luck on a lossy
         network; `UNANSWERED_LIMIT` in a row (a text and its retry, or a receipt and the next request) means
         the other party stopped answering."""
@@ -375,7 +377,7 @@ class ImSession(EventSource):
         try:
             dialog, resp = await self.ua.invite(SipUri.parse(self._remote.uri), self, on_handle=keep,
                                                 accept_types=self._accept_types)
-        except TransactionTimeout as exc:
+        except NO_ANSWER as exc:
             self._finish(f"no answer: {exc.reason}", 408)
             raise
         if dialog is None:
@@ -598,7 +600,7 @@ class ImSession(EventSource):
                 return False
             try:
                 resp = await self.ua.send_in_dialog(self.dialog, "MESSAGE", body=body, content_type=content_type)
-            except TransactionTimeout as exc:  # silence, or the transport failed
+            except NO_ANSWER as exc:  # silence, or the transport failed
                 self._no_answer(exc)
                 return False
             self._unanswered = 0
@@ -676,7 +678,7 @@ class ImSession(EventSource):
         self._run_sender(self._sender.message_sent(time.monotonic()))
         started = time.perf_counter()
         body = wire_text(text)
-        lost: TransactionTimeout | None = None
+        lost: TransactionTimeout | TransportError | None = None
         async with self._get_lock():
             status, reason = 481, f"session {self.state.value} before the message was sent"
             for _attempt in range(MESSAGE_ATTEMPTS):
@@ -690,7 +692,7 @@ class ImSession(EventSource):
                 except MessageTooLarge as exc:  # not the peer's fault, and a retry cannot help
                     status, reason = exc.status, exc.reason
                     break
-                except TransactionTimeout as exc:  # retried in a new transaction; the receiver drops a duplicate by id
+                except NO_ANSWER as exc:  # retried in a new transaction; the receiver drops a duplicate by id
                     status, reason, lost = exc.status, exc.reason, exc
                     self._unanswered += 1
         lost_now = status == 408 or (lost is not None and self._unanswered >= UNANSWERED_LIMIT)
@@ -738,7 +740,7 @@ class ImSession(EventSource):
             return
         try:
             await self.ua.send_in_dialog(self.dialog, "BYE")
-        except TransactionTimeout:
+        except NO_ANSWER:
             pass
 
     def _finish(self, reason: str, status: int | None, *, by_remote: bool = False) -> None:

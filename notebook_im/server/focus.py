@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote
 
-from ..errors import TransactionTimeout
+from ..errors import NO_ANSWER
 from ..im import conference_info as ci
 from ..im import cpim
 from ..im import iscomposing as ic
@@ -118,7 +118,7 @@ class DialogSender:
                 req.headers.add(k, v)
             try:
                 resp = await core.send_request(req, self.target).future
-            except TransactionTimeout as exc:
+            except NO_ANSWER as exc:
                 status, reason = exc.status, exc.reason
             except Exception as exc:  # noqa: BLE001 - the stack closed under us
                 status, reason = 503, str(exc)
@@ -523,7 +523,7 @@ class Focus:
         cancel_timer = loop.call_later(self.limits.dial_timeout, lambda: self._cancel_dial(handle))
         try:
             resp = await handle.future
-        except TransactionTimeout as exc:
+        except NO_ANSWER as exc:
             resp = Response(exc.status, exc.reason)
         finally:
             cancel_timer.cancel()

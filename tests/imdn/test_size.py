@@ -1,7 +1,7 @@
 """Message size: RFC 3261 §18.1.1 (a request over 1300 bytes goes over TCP, not UDP) and a server's 413.
 
   embedded server (UDP + TCP)       a large MESSAGE from a UDP endpoint goes over TCP and arrives whole
-  SIPp UAS on UDP only              TCP is refused: MessageTooLarge (a TransportError) says so; the session lives on
+  SIPp UAS on UDP only              TCP is refused: MessageTooLarge says so (size, limit, why); the session lives on
   SIPp UAS answering 413 (TCP)      MessageFailed says the server refuses messages this large
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def test_large_message_to_a_udp_only_peer_fails_clearly(platform: nim.Platform, 
     text = str(info.value)
     assert "too large for UDP" in text and f"TCP to 127.0.0.1:{peer.port} was unavailable" in text, text
     event = failed.get(5)
-    assert event.status == 503 and "too large for UDP" in event.reason and "RFC 3261 §18.1.1" in event.reason
+    assert event.status == 513 and "too large for UDP" in event.reason and "RFC 3261 §18.1.1" in event.reason
     assert session.messages[-1].state == "failed"
     # not the peer's fault: it is still connected and takes what fits in UDP
     assert session.state is nim.SessionState.CONNECTED and session.remote.state is nim.ParticipantState.CONNECTED
@@ -65,12 +65,13 @@ def test_large_message_to_a_udp_only_peer_fails_clearly(platform: nim.Platform, 
     assert peer.wait() == 0, peer.describe()
     assert BIG[:40] not in peer.messages()
 
-    # the user agent itself raises MessageTooLarge, a TransportError
+    # the user agent itself raises MessageTooLarge (a NotebookImError and a ValueError, not a transport failure)
     async def direct() -> None:
         await dave._ua.send_message(SipUri.parse(f"sip:sipp@{HOST}:{peer.port}"), BIG.encode(), "text/plain")
     with pytest.raises(nim.MessageTooLarge) as raw:
         runtime().submit(direct(), "direct").result(10)
-    assert isinstance(raw.value, nim.TransportError) and "too large for UDP" in str(raw.value)
+    assert isinstance(raw.value, nim.NotebookImError) and not isinstance(raw.value, nim.TransportError)
+    assert raw.value.status == 513 and "too large for UDP" in str(raw.value)
 
 
 @pytest.mark.interop
