@@ -116,6 +116,9 @@ class _RosterSubscription:
     def on_ack(self, request: Request) -> None:
         pass
 
+    def on_ack_timeout(self) -> None:
+        pass
+
     def on_bye(self, request: Request) -> None:
         pass
 

@@ -15,7 +15,9 @@ from ..runtime import Operation, runtime
 from ..sip.date import parse_date
 from ..sip.message import Request, random_hex
 from ..sip.uri import SipUri
-from ..ua import ServerHandle, UserAgent
+from ..core.agent import UserAgent
+from ..core.stack import ServerHandle
+from ..net.transport import TransportLayer
 from . import checks
 from .emitter import EventSource
 from .events import (
@@ -57,9 +59,10 @@ class Endpoint(EventSource):
         self.transport = transport
         self.expires = expires
         self.state = EndpointState.DISABLED
-        self._ua = UserAgent(aor=uri, proxy=server, transport=transport, trace=platform.trace, local_host=local_host,
-                             local_port=local_port, username=username, password=password, display_name=display_name,
-                             listener=self, timers=platform.timers, tls_client=tls_client, impairment=impairment)
+        sockets = TransportLayer(local_host, local_port, tls_client=tls_client, impairment=impairment)
+        self._ua = UserAgent(sockets, platform.trace, aor=uri, proxy=server, transport_name=transport,
+                             username=username, password=password, display_name=display_name, listener=self,
+                             timers=platform.timers)
         self.sessions = SessionManager(self)
         self.pager_messages: deque[Any] = deque(maxlen=10_000)  # recent pager-mode MessageReceived events
         self._seen_pager = RecentIds()
@@ -80,7 +83,7 @@ class Endpoint(EventSource):
 
     @property
     def local_address(self) -> tuple[str, int]:
-        return self._ua.transport.local_addr(self.transport)
+        return self._ua.local_addr
 
     @property
     def stats(self) -> dict[str, int]:
@@ -295,8 +298,7 @@ class Endpoint(EventSource):
     def on_invite(self, request: Request, handle: ServerHandle) -> None:
         """Called by the user agent for a new INVITE: hands it to the session manager (480 while disabled)."""
         if self.state not in (EndpointState.ENABLED, EndpointState.RECONNECTING):
-            from ..sip.message import make_response, new_tag
-            self._ua.respond(handle, make_response(request, 480, to_tag=new_tag()))
+            self._ua.reply(handle, 480)
             return
         self.sessions._on_invite(request, handle)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..runtime import Operation, runtime
-from ..sip.message import Request, make_response, new_tag
+from ..sip.message import Request, new_tag
 from ..sip.uri import Address, SipUri
-from ..ua import ServerHandle
+from ..core.stack import ServerHandle
 from . import checks
 from .emitter import Subscription
 from .events import IncomingSession
@@ -73,15 +73,14 @@ class SessionManager:
     def _on_invite(self, request: Request, handle: ServerHandle) -> None:
         from_ = request.from_
         if request.to.tag is None and any(s.dialog is not None and s.dialog.call_id == request.call_id for s in self._sessions):
-            self.endpoint._ua.respond(handle, make_response(request, 482, to_tag=new_tag()))  # merged request (§8.2.2.2)
+            self.endpoint._ua.reply(handle, 482)  # merged request (§8.2.2.2)
             return
         source = handle.remote[0]
         from_source = sum(1 for s in self._sessions if s._server_handle is not None and s._server_handle.remote[0] == source)
         if from_source >= self.max_incoming_per_source:
             # bounded state: a peer (or a proxy relaying a flood) cannot open sessions without limit
-            resp = make_response(request, 503, "Service Unavailable (too many sessions from your address)", to_tag=new_tag())
-            resp.headers.set("Retry-After", "30")
-            self.endpoint._ua.respond(handle, resp)
+            self.endpoint._ua.reply(handle, 503, "Service Unavailable (too many sessions from your address)",
+                                    headers={"Retry-After": "30"})
             return
         contact = request.contacts[0] if request.contacts else None
         if contact is not None and "isfocus" in contact.params:  # RFC 4579: an invitation to a conference

@@ -24,10 +24,10 @@ from ..im import iscomposing as ic
 from ..runtime import Operation, runtime
 from ..sip.dialog import Dialog
 from ..sip.errors import RemoteProtocolError
-from ..sip.message import Request, make_response, random_hex
+from ..sip.message import Request, random_hex
 from ..sip.reason import completed_elsewhere
 from ..sip.sdp import ACCEPT_TYPES as _SDP_ACCEPT_TYPES
-from ..ua import ClientHandle, ServerHandle
+from ..core.stack import ClientHandle, ServerHandle
 from . import checks
 from .emitter import EventSource
 from .events import (
@@ -404,9 +404,7 @@ class ImSession(EventSource):
         if not self.is_conference:  # a conference's participants come from its roster
             self._emit(ParticipantAdded(self, self._remote, timestamp=now_utc()))
         self._set_state(SessionState.CONNECTING)
-        ringing = make_response(request, 180, to_tag=local_tag)
-        ringing.headers.set("Contact", self.ua.contact)
-        self.ua.respond(handle, ringing)
+        self.ua.ring(handle, local_tag)
         loop = asyncio.get_running_loop()
         self._ring_timer = loop.call_later(RING_TIMEOUT, self._ring_timeout)
         event = IncomingSession(self, self._inviter(request), subject=request.headers.get("Subject"), timestamp=now_utc())
@@ -418,14 +416,14 @@ class ImSession(EventSource):
 
     def _ring_timeout(self) -> None:
         if self._server_handle is not None and not self._server_handle.answered:
-            self.ua.respond(self._server_handle, make_response(self._server_handle.request, 480, to_tag=self.dialog.local_tag))
+            self.ua.reply(self._server_handle, 480, tag=self.dialog.local_tag)
             self._finish("not answered", 480)
 
-    def _on_cancelled(self) -> None:
+    def _on_cancelled(self, cancel: Request) -> None:
         handle = self._server_handle
         if handle is not None and not handle.answered:
-            self.ua.respond(handle, make_response(handle.request, 487, to_tag=self.dialog.local_tag if self.dialog else None))
-        if completed_elsewhere(self.ua.cancelling):
+            self.ua.reply(handle, 487, tag=self.dialog.local_tag if self.dialog else None)
+        if completed_elsewhere(cancel):
             # a forking proxy stopped this device ringing because another device of ours answered (RFC 3326)
             self._answered_elsewhere = True
             self._finish(ANSWERED_ELSEWHERE, 487, by_remote=True)
@@ -446,7 +444,7 @@ class ImSession(EventSource):
         if self._ring_timer:
             self._ring_timer.cancel()
         self._accepted = asyncio.get_running_loop().create_future()
-        self.ua.accept_invite(handle, self.dialog, self, accept_types=self._accept_types)
+        self.ua.accept_invite(handle, self.dialog, self, accept_types=self._accept_types, acked=lambda: self.acked)
         if handle.transport != "udp":
             self.acked = False  # still wait for the ACK over reliable transports
         await asyncio.wait_for(asyncio.shield(self._accepted), 64 * self.ua.timers.t1 + 1)
@@ -467,8 +465,12 @@ class ImSession(EventSource):
             raise InvalidState(f"the invitation from {self._remote.uri} was already answered")
         if self._ring_timer:
             self._ring_timer.cancel()
-        self.ua.respond(handle, make_response(handle.request, code, reason, to_tag=self.dialog.local_tag))
+        self.ua.reply(handle, code, reason, tag=self.dialog.local_tag)
         self._finish(f"rejected with {code}", code)
+
+    def on_notify(self, request: Request) -> int:
+        """A NOTIFY in the session's dialog: the end of a REFER's implicit subscription (RFC 3515). 200."""
+        return 200
 
     def on_ack(self, request: Request) -> None:
         """Called by the user agent when the ACK for our 200 OK arrives: the session is connected."""

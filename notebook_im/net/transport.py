@@ -1,10 +1,10 @@
-"""asyncio transports for SIP: one UDP socket and one TCP listener per local address, plus a pool of TCP
-connections keyed by the remote address.
+"""asyncio transports for SIP over sockets: one UDP socket and one TCP listener per local address (plus a TLS
+listener when given a server context), and a pool of TCP/TLS connections keyed by the remote address. It
+implements the `net.base.Transport` protocol; a stack `attach`es to it to hear what arrives.
 
 Stream framing uses the sans-IO `StreamFramer`. Connections are reused in both directions: a response
 or a request to an address we already have a connection with goes over that connection (how a
-registered TCP client is reached through the flow it opened, RFC 5626 style). TLS will plug in as one
-more stream transport.
+registered TCP client is reached through the flow it opened, RFC 5626 style).
 """
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ import asyncio
 import logging
 import socket
 import ssl
-from dataclasses import dataclass
-from typing import Callable
 
 from ..sip.errors import RemoteProtocolError
 from ..sip.parser import StreamFramer
+from .base import Addr, Target, TransportEvents
 from .impairment import Impairment
 from .udp import BatchedUdp
 
@@ -25,23 +24,7 @@ log = logging.getLogger("notebook_im.net")
 LINGER = 2.0                  # seconds a stream is read and discarded after an answer-then-close
 LINGER_BYTES = 32 * 2**20     # ... and bytes at most
 
-Addr = tuple[str, int]
-# on_data(data, transport_name, remote_addr, local_addr)
-DataHandler = Callable[[bytes, str, Addr, Addr], None]
-ErrorHandler = Callable[[str, Addr, str], None]
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where to send: transport name ("udp"/"tcp"), host and port."""
-
-    transport: str
-    host: str
-    port: int
-
-    @property
-    def addr(self) -> Addr:
-        return (self.host, self.port)
+__all__ = ["Addr", "LINGER", "LINGER_BYTES", "Target", "TransportLayer"]
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -150,8 +133,8 @@ class _Stream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.remote is not None and self.owner._connections.get(self.remote) is self:
             del self.owner._connections[self.remote]
-            if self.owner.on_lost is not None and not self.owner.closing:
-                self.owner.on_lost(self.name, self.remote)
+            if self.owner.events is not None and not self.owner.closing:
+                self.owner.events.connection_lost(self.name, self.remote)
 
     def write(self, data: bytes) -> None:
         if self._held is not None:
@@ -168,16 +151,12 @@ class _Stream(asyncio.Protocol):
 class TransportLayer:
     """UDP + TCP on one local address. All methods run on the runtime loop."""
 
-    def __init__(self, host: str, port: int, on_data: DataHandler, *, on_drop: Callable[[bytes, str, Addr | None, str], None] | None = None,
-                 on_error: ErrorHandler | None = None, transports: tuple[str, ...] = ("udp", "tcp"),
+    def __init__(self, host: str, port: int, *, transports: tuple[str, ...] = ("udp", "tcp"),
                  tls_server: ssl.SSLContext | None = None, tls_port: int = 0,
-                 tls_client: ssl.SSLContext | None = None, impairment: "Impairment | None" = None,
-                 on_lost: Callable[[str, Addr], None] | None = None) -> None:
+                 tls_client: ssl.SSLContext | None = None, impairment: "Impairment | None" = None) -> None:
         self.host = host
         self.port = port
-        self.on_data = on_data
-        self.on_drop = on_drop
-        self.on_error = on_error
+        self.events: TransportEvents | None = None   # the stack that hears what arrives (`attach`)
         self.transports = transports
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -193,7 +172,6 @@ class TransportLayer:
         self.tls_addr: Addr = (host, tls_port)
         self._tls_listener: asyncio.AbstractServer | None = None
         self.impairment = impairment  # loss/reorder applied to datagrams we send (tests, teaching)
-        self.on_lost = on_lost        # a stream connection closed: on_lost(transport name, remote address)
         self.closing = False
         # stream hygiene: an idle connection is closed after idle_timeout s; a peer that leaves a message
         # incomplete for read_timeout s (slowloris) is cut off; at most max_connections are open at once
@@ -202,6 +180,10 @@ class TransportLayer:
         self.max_connections = 10_000
         self._sweeper: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, events: TransportEvents) -> None:
+        """Report received data, drops, send failures and lost connections to `events` (the stack)."""
+        self.events = events
 
     def now(self) -> float:
         return self._loop.time() if self._loop is not None else 0.0
@@ -274,11 +256,12 @@ class TransportLayer:
             self._server = None
 
     def _on_data(self, data: bytes, transport: str, remote: Addr, local: Addr) -> None:
-        self.on_data(data, transport, remote, local)
+        if self.events is not None:
+            self.events.data_received(data, transport, remote, local)
 
     def _drop(self, data: bytes, transport: str, remote: Addr | None, reason: str) -> None:
-        if self.on_drop is not None:
-            self.on_drop(data, transport, remote, reason)
+        if self.events is not None:
+            self.events.dropped(data, transport, remote, reason)
 
     def local_addr(self, transport: str) -> Addr:
         if transport == "udp":
@@ -354,8 +337,8 @@ class TransportLayer:
     def _connect_failed(self, addr: Addr, name: str, reason: str) -> None:
         self._pending.pop(addr, None)
         self._pending_data.pop(addr, None)
-        if self.on_error is not None:
-            self.on_error(name, addr, reason)
+        if self.events is not None:
+            self.events.send_failed(name, addr, reason)
 
     async def close(self) -> None:
         self.closing = True

@@ -35,7 +35,7 @@ from ..errors import NO_ANSWER
 from ..im import conference_info as ci
 from ..im import cpim
 from ..im import iscomposing as ic
-from ..net.transport import Target
+from ..net.base import Target
 from ..sip import sdp
 from ..sip.dialog import Dialog
 from ..sip.errors import LocalProtocolError, RemoteProtocolError
@@ -43,7 +43,7 @@ from ..sip.headers import Headers
 from ..sip.message import Request, Response, make_response, new_call_id, new_tag, random_hex
 from ..sip.transaction import make_cancel
 from ..sip.uri import Address, SipUri, bracket
-from ..ua import USER_AGENT, ServerHandle, target_of
+from ..core.stack import USER_AGENT, ServerHandle
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import ProxyCore
@@ -111,13 +111,13 @@ class DialogSender:
         core = self.focus.core
         while self.queue and not self.closed:
             method, body, ct, extra = self.queue.popleft()
-            req = self.dialog.create_request(method, via=core.via(self.target.transport), contact=self.contact,
+            req = self.dialog.create_request(method, via=core.stack.via(self.target.transport), contact=self.contact,
                                              body=body, content_type=ct)
             req.headers.add("User-Agent", USER_AGENT)
             for k, v in extra.items():
                 req.headers.add(k, v)
             try:
-                resp = await core.send_request(req, self.target).future
+                resp = await core.stack.send_request(req, self.target).future
             except NO_ANSWER as exc:
                 status, reason = exc.status, exc.reason
             except Exception as exc:  # noqa: BLE001 - the stack closed under us
@@ -179,8 +179,8 @@ class Conference:
     def contact(self, transport: str = "udp") -> str:
         """The focus's Contact for a participant on `transport` (the conference URI, `;isfocus`, RFC 4579)."""
         uri = self.uri
-        if transport == "tls" and self.focus.core.transport.tls_server is not None:
-            uri = SipUri(host=uri.host, user=uri.user, port=self.focus.core.transport.tls_port, scheme=uri.scheme)
+        if transport == "tls" and self.focus.core.stack.transport.tls_server is not None:
+            uri = SipUri(host=uri.host, user=uri.user, port=self.focus.core.stack.transport.tls_port, scheme=uri.scheme)
         if transport != "udp":
             uri = uri.with_params(transport=transport)
         return f"<{uri}>;isfocus"
@@ -245,10 +245,10 @@ class Focus:
         return (request.call_id, request.to.tag or "", request.from_.tag or "")
 
     def conference_uri(self, conf_id: str) -> SipUri:
-        host = self.core.host
-        port = self.core.port
-        if self.core.advertise is not None:
-            host, port = self.core.advertise
+        host = self.core.stack.host
+        port = self.core.stack.port
+        if self.core.stack.advertise is not None:
+            host, port = self.core.stack.advertise
         return SipUri(host=bracket(host), user=CONF_PREFIX + conf_id, port=port)
 
     def _party_target(self, request: Request, handle: ServerHandle) -> Target | None:
@@ -281,17 +281,17 @@ class Focus:
         elif method == "OPTIONS":
             resp = make_response(request, 200, to_tag=new_tag())
             resp.headers.set("Allow", ALLOW)
-            self.core.respond(handle, resp)
+            self.core.stack.respond(handle, resp)
         elif method == "MESSAGE":
-            self.core.respond(handle, make_response(request, 403, "Forbidden (join the conference with INVITE first)",
+            self.core.stack.respond(handle, make_response(request, 403, "Forbidden (join the conference with INVITE first)",
                                                     to_tag=new_tag()))
         else:
             resp = make_response(request, 405, to_tag=new_tag())
             resp.headers.set("Allow", ALLOW)
-            self.core.respond(handle, resp)
+            self.core.stack.respond(handle, resp)
 
     def _reply(self, handle: ServerHandle, status: int, reason: str | None = None, *, tag: bool = True) -> None:
-        self.core.respond(handle, make_response(handle.request, status, reason, to_tag=new_tag() if tag else None))
+        self.core.stack.respond(handle, make_response(handle.request, status, reason, to_tag=new_tag() if tag else None))
 
     def _invite(self, request: Request, handle: ServerHandle) -> None:
         user = request.uri.user or ""
@@ -314,7 +314,7 @@ class Focus:
             if len(self.conferences) >= self.limits.max_conferences:
                 resp = make_response(request, 503, "Service Unavailable (too many conferences)", to_tag=new_tag())
                 resp.headers.set("Retry-After", "30")
-                self.core.respond(handle, resp)
+                self.core.stack.respond(handle, resp)
                 return
             conf_id = random_hex(2 * 6)
             conf = Conference(self, conf_id, self.conference_uri(conf_id))
@@ -348,30 +348,16 @@ class Focus:
                                 lambda s, r, c=conf, e=entity: self._failed(c, e, s, r), conf.contact(handle.transport))
         conf.members[entity] = m
         self.dialogs[dialog.id] = (conf, entity, None)
-        resp = make_response(request, 200, to_tag=local_tag, body=sdp.build(self.core.host, self.core.port, accept_types=ACCEPT_TYPES),
+        resp = make_response(request, 200, to_tag=local_tag, body=sdp.build(self.core.stack.host, self.core.stack.port, accept_types=ACCEPT_TYPES),
                              content_type="application/sdp")
         resp.headers.set("Contact", conf.contact(handle.transport))
         resp.headers.set("Allow", ALLOW)
         resp.headers.set("Supported", "replaces")
-        self.core.respond(handle, resp)
-        if handle.transport == "udp":
-            self._retransmit_2xx(conf, m, handle, resp, self.core.timers.t1, time.monotonic())
+        self.core.stack.respond(handle, resp)
+        self.core.stack.retransmit_2xx(handle, resp, lambda: m.acked or conf.members.get(m.entity) is not m,
+                                       lambda: self._failed(conf, m.entity, 408, "no ACK for the 200 OK"))
         self.stats["joins"] += 1
         conf.announce(conf._user(m))
-
-    def _retransmit_2xx(self, conf: Conference, m: Member, handle: ServerHandle, resp: Response, interval: float,
-                        started: float) -> None:
-        loop = asyncio.get_running_loop()
-
-        def fire() -> None:
-            if m.acked or conf.members.get(m.entity) is not m or self.core.closed:
-                return
-            if time.monotonic() - started >= 64 * self.core.timers.t1:
-                self._failed(conf, m.entity, 408, "no ACK for the 200 OK")
-                return
-            self.core._send(bytes(resp), self.core.response_target(handle))
-            self._retransmit_2xx(conf, m, handle, resp, min(interval * 2, self.core.timers.t2), started)
-        loop.call_later(interval, fire)
 
     def _in_dialog(self, request: Request, handle: ServerHandle) -> None:
         entry = self.dialogs.get(self._dialog_key(request))
@@ -406,19 +392,19 @@ class Focus:
         elif method == "REFER":
             self._refer(conf, m, request, handle)
         elif method == "INVITE":  # re-INVITE: answer with our SDP
-            resp = make_response(request, 200, body=sdp.build(self.core.host, self.core.port, accept_types=ACCEPT_TYPES),
+            resp = make_response(request, 200, body=sdp.build(self.core.stack.host, self.core.stack.port, accept_types=ACCEPT_TYPES),
                                  content_type="application/sdp")
             resp.headers.set("Contact", conf.contact(handle.transport))
-            self.core.respond(handle, resp)
+            self.core.stack.respond(handle, resp)
         elif method in ("OPTIONS", "INFO", "NOTIFY", "UPDATE"):
             resp = make_response(request, 200)
             if method == "OPTIONS":
                 resp.headers.set("Allow", ALLOW)
-            self.core.respond(handle, resp)
+            self.core.stack.respond(handle, resp)
         else:
             resp = make_response(request, 405)
             resp.headers.set("Allow", ALLOW)
-            self.core.respond(handle, resp)
+            self.core.stack.respond(handle, resp)
 
     # -- relaying -----------------------------------------------------------------------------------------
     def _relay(self, conf: Conference, sender: Member, request: Request) -> int:
@@ -471,7 +457,7 @@ class Focus:
         if entity in conf.members:
             resp = make_response(request, 202)
             resp.headers.set("Refer-Sub", "false")
-            self.core.respond(handle, resp)
+            self.core.stack.respond(handle, resp)
             return
         if len(conf.members) >= self.limits.max_participants:
             self._reply(handle, 486, "Busy Here (the conference is full)", tag=False)
@@ -480,7 +466,7 @@ class Focus:
         no_sub = (request.headers.get("Refer-Sub") or "").strip().lower() == "false"
         if no_sub:
             resp.headers.set("Refer-Sub", "false")
-        self.core.respond(handle, resp)
+        self.core.stack.respond(handle, resp)
         if not no_sub and referrer.sender is not None:  # RFC 3515 implicit subscription: end it at once
             referrer.sender.push("NOTIFY", b"SIP/2.0 100 Trying\r\n", "message/sipfrag;version=2.0",
                                  {"Event": "refer", "Subscription-State": "terminated;reason=noresource"})
@@ -499,11 +485,11 @@ class Focus:
         core = self.core
         dest = core.binding_target(binding)
         h = Headers()
-        h.add("Via", core.via(dest.transport))
+        h.add("Via", core.stack.via(dest.transport))
         h.add("Max-Forwards", "70")
         h.add("From", f'"Conference" <{conf.uri}>;tag={new_tag()}')
         h.add("To", f"<{entity_of(target)}>")
-        h.add("Call-ID", new_call_id(core.host))
+        h.add("Call-ID", new_call_id(core.stack.host))
         h.add("CSeq", "1 INVITE")
         h.add("Contact", conf.contact(dest.transport))
         ref_name = f'"{referrer.display_name}" ' if referrer.display_name else ""
@@ -516,8 +502,8 @@ class Focus:
         h.add("Supported", "replaces")
         h.add("User-Agent", USER_AGENT)
         h.add("Content-Type", "application/sdp")
-        invite = Request("INVITE", binding.contact, h, sdp.build(core.host, core.port, accept_types=ACCEPT_TYPES))
-        handle = core.send_request(invite, dest)
+        invite = Request("INVITE", binding.contact, h, sdp.build(core.stack.host, core.stack.port, accept_types=ACCEPT_TYPES))
+        handle = core.stack.send_request(invite, dest)
         m.invite_handle = handle
         loop = asyncio.get_running_loop()
         cancel_timer = loop.call_later(self.limits.dial_timeout, lambda: self._cancel_dial(handle))
@@ -530,7 +516,7 @@ class Focus:
             m.invite_handle = None
         if conf.members.get(m.entity) is not m or conf.ended:
             if 200 <= resp.status < 300:  # the conference ended (or they were dropped) while ringing
-                self.core.end_dialog(invite, resp, dest)
+                self.core.stack.ack_and_bye(invite, resp, dest)
             return
         if not 200 <= resp.status < 300:
             method = "busy" if resp.status in (486, 600) else "failed"
@@ -541,9 +527,9 @@ class Focus:
         except LocalProtocolError:
             self._drop_member(conf, m, method="failed", reason="bad 200 OK (no Contact or To tag)")
             return
-        ack = dialog.create_request("ACK", via=core.via(dest.transport), cseq=1)
+        ack = dialog.create_request("ACK", via=core.stack.via(dest.transport), cseq=1)
         ack_bytes = bytes(ack)
-        core._send(ack_bytes, dest)
+        core.stack.send_bytes(ack_bytes, dest)
         handle.ack = ack_bytes
         accepts: tuple[str, ...] = ()
         if resp.body:
@@ -563,7 +549,7 @@ class Focus:
 
     def _cancel_dial(self, handle: Any) -> None:
         if not handle.future.done():
-            self.core.send_request(make_cancel(handle.txn.request), handle.target)
+            self.core.stack.send_request(make_cancel(handle.txn.request), handle.target)
 
     # -- subscriptions --------------------------------------------------------------------------------------
     def _subscribe(self, request: Request, handle: ServerHandle) -> None:
@@ -576,7 +562,7 @@ class Focus:
         if event != ci.EVENT:
             resp = make_response(request, 489, "Bad Event", to_tag=new_tag())
             resp.headers.set("Allow-Events", ci.EVENT)
-            self.core.respond(handle, resp)
+            self.core.stack.respond(handle, resp)
             return
         entity = entity_of(request.from_.uri)
         if entity not in conf.members:
@@ -603,7 +589,7 @@ class Focus:
         resp = make_response(request, 200, to_tag=local_tag)
         resp.headers.set("Expires", str(expires))
         resp.headers.set("Contact", conf.contact(handle.transport))
-        self.core.respond(handle, resp)
+        self.core.stack.respond(handle, resp)
         if expires == 0:  # a fetch: one NOTIFY, terminated
             self.notify(conf, sub, conf.full_document(), terminated="timeout")
             return
@@ -623,7 +609,7 @@ class Focus:
         resp = make_response(request, 200)
         resp.headers.set("Expires", str(expires))
         resp.headers.set("Contact", conf.contact(handle.transport))
-        self.core.respond(handle, resp)
+        self.core.stack.respond(handle, resp)
         if expires == 0:
             self._end_subscription(conf, sub, "timeout")
             return
@@ -686,8 +672,8 @@ class Focus:
             if bye and m.status == "connected":  # best effort: tell a participant we drop
                 target = m.sender.target if m.sender is not None else None
                 if target is not None:
-                    req = m.dialog.create_request("BYE", via=self.core.via(target.transport))
-                    self.core.send_request(req, target)
+                    req = m.dialog.create_request("BYE", via=self.core.stack.via(target.transport))
+                    self.core.stack.send_request(req, target)
         if m.invite_handle is not None:
             self._cancel_dial(m.invite_handle)
         for key, sub in list(conf.subscriptions.items()):
@@ -716,7 +702,7 @@ class Focus:
             return
 
         def probe() -> None:
-            if conf.ended or self.core.closed:
+            if conf.ended or self.core.stack.closed:
                 return
             for m in list(conf.members.values()):
                 if m.status == "connected" and m.sender is not None and not m.sender.queue:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..im import iscomposing as ic
-from ..net.transport import Target
+from ..net.base import Target
 from ..runtime import Operation, runtime
 from ..sip import reason as reason_mod
 from ..sip.date import format_date
@@ -37,7 +37,10 @@ from ..sip.reason import Reason
 from ..sip.uri import Address, SipUri, bracket
 from ..trace.recorder import Trace
 from ..sip.transaction import DEFAULT_TIMERS, Timers, make_cancel
-from ..ua import USER_AGENT, CancelAware, ClientHandle, ServerHandle, SipCore, target_of
+from ..core.stack import USER_AGENT, ClientHandle, ServerHandle, SipStack
+from ..core.targets import target_of
+from ..net.base import Transport
+from ..net.transport import TransportLayer
 from .auth import Authenticator
 from .focus import Focus, FocusLimits
 from .forking import CancelBranches, EndBranch, Relay, ResponseContext
@@ -49,15 +52,13 @@ log = logging.getLogger("notebook_im.server")
 DIALOG_PARAM = "dlg"   # the Record-Route URI parameter that carries a dialog's token
 
 
-class ProxyCore(CancelAware, SipCore):
-    """Registrar + proxy logic on top of the SIP core."""
+class ProxyCore:
+    """Registrar + proxy logic, the handler of a `SipStack` it owns (core/stack.py)."""
 
-    def __init__(self, *, host: str, port: int, trace: Trace, registrar: Registrar, transports: tuple[str, ...],
+    def __init__(self, *, transport: Transport, trace: Trace, registrar: Registrar,
                  auth: Authenticator | None = None, timers: Timers = DEFAULT_TIMERS,
-                 tls_server: ssl.SSLContext | None = None, tls_port: int = 0,
                  focus_limits: FocusLimits | None = None, offline_limits: OfflineLimits | None = None) -> None:
-        super().__init__(name="server", host=host, port=port, trace=trace, transports=transports, timers=timers,
-                         tls_server=tls_server, tls_port=tls_port)
+        self.stack = SipStack(name="server", transport=transport, sink=trace, timers=timers, handler=self)
         self.registrar = registrar
         self.auth = auth
         self.focus = Focus(self, focus_limits)
@@ -66,24 +67,37 @@ class ProxyCore(CancelAware, SipCore):
         self._delivering: set[str] = set()      # AORs whose stored messages are being delivered right now
         self._dialog_secret = secrets.token_bytes(32)   # keys the dialog tokens of our Record-Routes
 
+    async def start(self) -> None:
+        await self.stack.start()
+
     async def close(self) -> None:
         self.focus.close()
-        await super().close()
+        await self.stack.close()
+
+    # -- StackHandler: the rest of it ---------------------------------------------------------------------------
+    def on_stray_response(self, response: Response, transport: str, remote: tuple[str, int]) -> None:
+        log.debug("server: stray response %s dropped", response)
+
+    def on_server_timeout(self, handle: ServerHandle) -> None:
+        log.debug("server: no ACK for %s", handle.request)
+
+    def on_connection_lost(self, transport: str, addr: tuple[str, int]) -> None:
+        pass
 
     def is_us(self, uri: SipUri) -> bool:
         host = uri.host.strip("[]")
         port = uri.port or (5061 if uri.transport == "tls" else 5060)
-        if self.advertise is not None and (host, port) == self.advertise:
+        if self.stack.advertise is not None and (host, port) == self.stack.advertise:
             return True
-        if host not in (self.host, "localhost"):
+        if host not in (self.stack.host, "localhost"):
             return False
-        return port == self.port or (self.transport.tls_server is not None and port == self.transport.tls_port)
+        return port == self.stack.port or (self.stack.transport.tls_server is not None and port == self.stack.transport.tls_port)
 
     def rr_uri(self, transport: str, dialog_token: str) -> str:
         """Our Record-Route entry for `transport`, carrying the dialog's token (see `dialog_token`)."""
-        host, port = self.host, self.transport.tls_port if transport == "tls" else self.port
-        if self.advertise is not None and transport == "udp":
-            host, port = self.advertise
+        host, port = self.stack.host, self.stack.transport.tls_port if transport == "tls" else self.stack.port
+        if self.stack.advertise is not None and transport == "udp":
+            host, port = self.stack.advertise
         host = bracket(host)
         return f"<sip:{host}:{port};transport={transport};lr;{DIALOG_PARAM}={dialog_token}>"
 
@@ -129,13 +143,13 @@ class ProxyCore(CancelAware, SipCore):
                 return
             if self.auth is not None and not self._routed_dialog(request):
                 # an ACK cannot be challenged: with users=, only one of a dialog we routed goes on
-                self.stats["dropped"] += 1
-                self.trace.record_drop(transport, remote, "ACK outside a dialog this server routed", bytes(request), self.name)
+                self.stack.stats["dropped"] += 1
+                self.stack.sink.record_drop(transport, remote, "ACK outside a dialog this server routed", bytes(request), self.stack.name)
                 return
             self._forward_ack(request)
             return
         if mf is not None and mf <= 0 and not (request.method == "OPTIONS" and self.is_us(request.uri)):
-            self.respond(handle, make_response(request, 483, to_tag=new_tag()))
+            self.stack.respond(handle, make_response(request, 483, to_tag=new_tag()))
             return
         if self.auth is not None and self._needs_credentials(request) and not self._authenticated(request, handle, remote):
             return
@@ -167,9 +181,9 @@ class ProxyCore(CancelAware, SipCore):
             if request.method == "OPTIONS":
                 resp = make_response(request, 200, to_tag=new_tag())
                 resp.headers.set("Allow", "INVITE, ACK, CANCEL, BYE, MESSAGE, OPTIONS, REGISTER")
-                self.respond(handle, resp)
+                self.stack.respond(handle, resp)
             else:
-                self.respond(handle, make_response(request, 404, "Not Found (no user in the Request-URI)", to_tag=new_tag()))
+                self.stack.respond(handle, make_response(request, 404, "Not Found (no user in the Request-URI)", to_tag=new_tag()))
             return
         aor = aor_key(request.uri)
         if self.is_us(request.uri):  # sip:bob@<this server>: the user of that name, whatever their domain
@@ -187,32 +201,32 @@ class ProxyCore(CancelAware, SipCore):
         user = request.uri.user or ""
         configured = self.auth is not None and user in self.auth.users
         if aor not in self.registrar.known and not configured:
-            self.respond(handle, make_response(request, 404, "Not Found (no such user here)", to_tag=new_tag()))
+            self.stack.respond(handle, make_response(request, 404, "Not Found (no such user here)", to_tag=new_tag()))
             return
         if aor not in self.registrar.known and self.is_us(request.uri):
             # sip:carol@<this server> for a user of users= who never registered: we do not know the address
             # of record they will register, so there is nowhere to keep the message
-            self.respond(handle, make_response(
+            self.stack.respond(handle, make_response(
                 request, 480, f"Temporarily Unavailable ({user} has not registered here yet)", to_tag=new_tag()))
             return
         storable = (request.method == "MESSAGE" and self.offline.enabled
                     and (request.content_type or "text/plain") != ic.CONTENT_TYPE)  # "typing" goes stale: not kept
         if not storable:
-            self.respond(handle, make_response(request, 480, "Temporarily Unavailable (not registered now)", to_tag=new_tag()))
+            self.stack.respond(handle, make_response(request, 480, "Temporarily Unavailable (not registered now)", to_tag=new_tag()))
             return
         kept = self.offline.store(aor, request, time.monotonic(), time.time())
         if isinstance(kept, Refused):
             resp = make_response(request, kept.status, kept.reason, to_tag=new_tag())
             if kept.status == 503:
                 resp.headers.set("Retry-After", "60")
-            self.respond(handle, resp)
+            self.stack.respond(handle, resp)
             return
-        self.respond(handle, make_response(
+        self.stack.respond(handle, make_response(
             request, 202, f"Accepted (stored for later delivery: {aor} is offline)", to_tag=new_tag()))
 
     def _deliver_offline(self, aor: str) -> None:
         """Start handing `aor` their stored messages (one delivery run per user at a time)."""
-        if self.closed or aor in self._delivering or not self.offline.count(aor):
+        if self.stack.closed or aor in self._delivering or not self.offline.count(aor):
             return
         self._delivering.add(aor)
         asyncio.ensure_future(self._drain(aor))
@@ -223,7 +237,7 @@ class ProxyCore(CancelAware, SipCore):
         message; another run starts at the next REGISTER or after `retry_interval`, until it expires."""
         retry = False
         try:
-            while not self.closed:
+            while not self.stack.closed:
                 now = time.monotonic()
                 msg = self.offline.next(aor, now)
                 bindings = self.registrar.lookup(aor, now) if msg is not None else []
@@ -244,8 +258,8 @@ class ProxyCore(CancelAware, SipCore):
                     self.offline.rejected(msg)
         finally:
             self._delivering.discard(aor)
-            if retry and not self.closed and self.loop is not None:
-                self.loop.call_later(self.offline.limits.retry_interval, self._deliver_offline, aor)
+            if retry and not self.stack.closed and self.stack.loop is not None:
+                self.stack.loop.call_later(self.offline.limits.retry_interval, self._deliver_offline, aor)
 
     def _branches(self, request: Request, bindings: list[Binding], transport: str) -> list[tuple[Request, Target]]:
         """One copy of an initial request per device of the user (RFC 3261 §16.6), each with its Request-URI and
@@ -286,11 +300,11 @@ class ProxyCore(CancelAware, SipCore):
             else:
                 resp = make_response(request, result.status, result.reason, to_tag=new_tag())
                 log.warning("authentication failed for %s from %s: %s", request.from_.uri, remote[0], result.reason)
-            self.respond(handle, resp)
+            self.stack.respond(handle, resp)
             return False
         claimed = (request.to if method == "REGISTER" else request.from_).uri.user
         if claimed != result.user:
-            self.respond(handle, make_response(
+            self.stack.respond(handle, make_response(
                 request, 403, f"Forbidden (authenticated as {result.user}, but the request claims {claimed})", to_tag=new_tag()))
             return False
         request.headers.remove("Proxy-Authorization")  # consumed here; the next hop must not see them
@@ -333,7 +347,7 @@ class ProxyCore(CancelAware, SipCore):
           loopback or link-local address registered from another host: its source.
         A Contact on another port of the same host is a third-party registration (RFC 3261 §10: a load rig
         or a softphone with separate sockets): it gets the request at its Contact, as Kamailio does."""
-        if binding.transport != "udp" and self.transport.has_connection(binding.source):
+        if binding.transport != "udp" and self.stack.transport.has_connection(binding.source):
             return Target(binding.transport, *binding.source)
         if binding.outbound or _behind_nat(binding):
             if binding.transport == "udp":
@@ -348,7 +362,7 @@ class ProxyCore(CancelAware, SipCore):
         now = time.monotonic()
         binding = self.registrar.find_contact(next_hop.host.strip("[]"), next_hop.port, now)
         if binding is None:
-            self.respond(handle, make_response(request, 404 if request.method != "BYE" else 481,
+            self.stack.respond(handle, make_response(request, 404 if request.method != "BYE" else 481,
                                                "Not Found (not a contact registered here; this server relays nothing else)"))
             return
         target = self.binding_target(binding) if not routes else target_of(next_hop)
@@ -359,8 +373,8 @@ class ProxyCore(CancelAware, SipCore):
         """Forward on every branch at once (one branch for in-dialog requests). The answer goes to the server
         transaction `handle`, or to `on_final` (the offline store's deliveries, which have no upstream)."""
         if handle is not None:
-            fork = Fork(self, branches, lambda resp: self.respond(handle, self._upstream(resp)),
-                        late_2xx=lambda resp: self.send_stateless(self._upstream(resp), self.response_target(handle)))
+            fork = Fork(self, branches, lambda resp: self.stack.respond(handle, self._upstream(resp)),
+                        late_2xx=lambda resp: self.stack.send_stateless(self._upstream(resp), self.stack.response_target(handle)))
             self._forwarded[id(handle)] = fork
             fork.on_done = lambda: self._forwarded.pop(id(handle), None)
         else:
@@ -387,36 +401,18 @@ class ProxyCore(CancelAware, SipCore):
         target = self.binding_target(binding) if not routes else target_of(next_hop)
         mf = request.max_forwards
         request.headers.set("Max-Forwards", str((mf if mf is not None else 70) - 1))
-        request.headers.prepend("Via", self.via(target.transport))
-        self.send_stateless(request, target)
+        request.headers.prepend("Via", self.stack.via(target.transport))
+        self.stack.send_stateless(request, target)
 
-    def on_cancel(self, invite: ServerHandle) -> None:
+    def on_cancel(self, invite: ServerHandle, cancel: Request) -> None:
         fork = self._forwarded.get(id(invite))
         if fork is None:
-            super().on_cancel(invite)
+            self.stack.reply(invite, 487)
             return
         # CANCEL every ringing device, passing on the caller's Reason (RFC 3326); their 487s come back on the
         # client transactions and the response context relays the best of them
-        cancel = self.cancelling
-        reasons = reason_mod.parse_all(cancel.headers.get_all("Reason")) if cancel is not None else []
+        reasons = reason_mod.parse_all(cancel.headers.get_all("Reason"))
         fork.run(fork.ctx.cancel(reasons[0] if reasons else None))
-
-    def end_dialog(self, invite: Request, resp: Response, dest: Target, reason: Reason | None = None) -> bytes | None:
-        """ACK a 2xx to an INVITE we sent, then BYE that dialog at once (a call nobody wants any more: the
-        conference ended while it rang, or another device answered first). Returns the ACK, to resend if the
-        2xx is retransmitted. Both go straight to `dest`, the device, not along the route set."""
-        try:
-            dialog = Dialog.from_uac(invite, resp)
-        except LocalProtocolError:
-            return None
-        dialog.route_set = []
-        ack = bytes(dialog.create_request("ACK", via=self.via(dest.transport), cseq=invite.cseq.number))
-        self._send(ack, dest)
-        bye = dialog.create_request("BYE", via=self.via(dest.transport))
-        if reason is not None:
-            bye.headers.add("Reason", str(reason))
-        self.send_request(bye, dest)
-        return ack
 
     def _register(self, request: Request, handle: ServerHandle, transport: str, remote: tuple[str, int]) -> None:
         now = time.monotonic()
@@ -424,13 +420,13 @@ class ProxyCore(CancelAware, SipCore):
         if status == 423:
             resp = make_response(request, 423, to_tag=new_tag())
             resp.headers.set("Min-Expires", reason)
-            self.respond(handle, resp)
+            self.stack.respond(handle, resp)
             return
         resp = make_response(request, status, None if status == 200 else reason, to_tag=new_tag())
         for b in bindings:
             resp.headers.add("Contact", f"<{b.contact}>;expires={b.remaining(now)}")
         resp.headers.set("Date", format_date(time.time()))
-        self.respond(handle, resp)
+        self.stack.respond(handle, resp)
         if status == 200 and bindings:
             self._deliver_offline(bindings[0].aor)  # messages kept while the user was offline, now
 
@@ -466,8 +462,8 @@ class Fork:
         for i, b in enumerate(self.branches):
             mf = b.request.max_forwards
             b.request.headers.set("Max-Forwards", str((mf if mf is not None else 70) - 1))
-            b.request.headers.prepend("Via", core.via(b.target.transport))
-            b.client = core.send_request(b.request, b.target, on_provisional=lambda r, i=i: self._provisional(i, r))
+            b.request.headers.prepend("Via", core.stack.via(b.target.transport))
+            b.client = core.stack.send_request(b.request, b.target, on_provisional=lambda r, i=i: self._provisional(i, r))
             if self.late_2xx is not None:
                 b.client.on_late_2xx = self.late_2xx
             if b.client.future.done():  # (a closed stack fails the request at once)
@@ -516,7 +512,7 @@ class Fork:
                         self._send_cancel(b)
             elif isinstance(a, EndBranch):
                 b = self.branches[a.branch]
-                ack = self.core.end_dialog(b.request, a.response, b.target, a.reason)
+                ack = self.core.stack.ack_and_bye(b.request, a.response, b.target, a.reason)
                 if b.client is not None and ack is not None:
                     b.client.ack = ack  # a retransmitted 2xx gets the ACK again, not relayed upstream
 
@@ -528,7 +524,7 @@ class Fork:
             cancel.headers.add("Reason", str(b.cancel_reason))
         # a device that never answers the CANCEL does not hold the caller: the INVITE client transaction's
         # Timer B (kept running while it rings, sip/transaction.py) ends the branch with a 408 after 64*T1
-        self.core.send_request(cancel, b.target)
+        self.core.stack.send_request(cancel, b.target)
 
 
 class Server:
@@ -559,11 +555,11 @@ class Server:
         self.registrar = Registrar(min_expires=min_expires, max_expires=max_expires)
         self.auth = Authenticator(users, realm=realm) if users else None
         tls_ctx = _server_context(tls) if tls is not None else None
-        self._core = ProxyCore(host=host, port=port, trace=self.trace, registrar=self.registrar, transports=tuple(transports),
-                               auth=self.auth, timers=timers, tls_server=tls_ctx, tls_port=tls_port,
-                               focus_limits=focus_limits, offline_limits=offline_limits)
+        sockets = TransportLayer(host, port, transports=tuple(transports), tls_server=tls_ctx, tls_port=tls_port)
+        self._core = ProxyCore(transport=sockets, trace=self.trace, registrar=self.registrar, auth=self.auth,
+                               timers=timers, focus_limits=focus_limits, offline_limits=offline_limits)
         # the UDP address to put in Via and Record-Route when peers reach us through a NAT, port forward or relay
-        self._core.advertise = advertise
+        self._core.stack.advertise = advertise
         self._started = False
         if not users and not _is_loopback(host):
             warnings.warn(f"notebook_im Server binds to {host} without users: anyone who can reach it can register. "
@@ -571,11 +567,11 @@ class Server:
 
     @property
     def host(self) -> str:
-        return self._core.host
+        return self._core.stack.host
 
     @property
     def port(self) -> int:
-        return self._core.port
+        return self._core.stack.port
 
     @property
     def uri(self) -> str:
@@ -584,7 +580,8 @@ class Server:
 
     @property
     def tls_port(self) -> int | None:
-        return self._core.transport.tls_port if self._core.transport.tls_server is not None else None
+        transport = self._core.stack.transport
+        return transport.tls_port if transport.tls_server is not None else None
 
     @property
     def tls_uri(self) -> str | None:
@@ -605,7 +602,7 @@ class Server:
         `offline_`: stored, delivered, expired, rejected (refused for good by the device), refused (store full),
         duplicates, attempts, and `offline_waiting` (messages kept right now)."""
         offline = self._core.offline
-        return {**self._core.stats, **{f"offline_{k}": v for k, v in offline.stats.items()},
+        return {**self._core.stack.stats, **{f"offline_{k}": v for k, v in offline.stats.items()},
                 "offline_waiting": len(offline)}
 
     @property

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import LocalProtocolError
-from .headers import Headers
-from .message import Request, Response
+from .message import Request, Response, make_request
 from .uri import Address, SipUri
 
 
@@ -84,26 +83,17 @@ class Dialog:
         if cseq is None:
             self.local_seq += 1
             cseq = self.local_seq
-        h = Headers()
-        h.add("Via", via)
-        h.add("Max-Forwards", "70")
         uri = self.remote_target
         routes = list(self.route_set)
         if routes and "lr" not in routes[0].uri.params:
             # strict routing: the first route becomes the Request-URI, the remote target goes last
             uri = routes[0].uri
             routes = routes[1:] + [Address(self.remote_target)]
-        for r in routes:
-            h.add("Route", str(r))
-        h.add("From", str(self.local_address.with_tag(self.local_tag)))
-        h.add("To", str(self.remote_address.with_tag(self.remote_tag)))
-        h.add("Call-ID", self.call_id)
-        h.add("CSeq", f"{cseq} {method}")
-        if contact and method in ("INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"):
-            h.add("Contact", contact)
-        if content_type:
-            h.add("Content-Type", content_type)
-        return Request(method, uri, h, body)
+        wants_contact = contact and method in ("INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER")
+        return make_request(method, uri, via=via, from_=str(self.local_address.with_tag(self.local_tag)),
+                            to=str(self.remote_address.with_tag(self.remote_tag)), call_id=self.call_id, cseq=cseq,
+                            routes=[str(r) for r in routes], contact=contact if wants_contact else None,
+                            body=body, content_type=content_type)
 
     def update_target(self, request_or_response: Request | Response) -> None:
         """A target refresh (re-INVITE, or its 2xx) replaces the remote target (§12.2)."""

@@ -290,6 +290,32 @@ class Response(Message):
         return f"<Response {self.status} {self.reason}>"
 
 
+def make_request(method: str, uri: SipUri | str, *, via: str, from_: str, to: str, call_id: str, cseq: int,
+                 routes: "list[str] | tuple[str, ...]" = (), contact: str | None = None, max_forwards: int = 70,
+                 headers: "dict[str, str] | list[tuple[str, str]] | None" = None, body: bytes = b"",
+                 content_type: str | None = None) -> Request:
+    """A request with the header fields every request has, in RFC 3261's usual order (§8.1.1): Via,
+    Max-Forwards, Route, From, To, Call-ID, CSeq, Contact, then `headers` and Content-Type. The one builder of the
+    stack: the user agent's out-of-dialog requests, dialogs' in-dialog requests and the conference focus's
+    dial-out all come from here (`from_`/`to` are whole header values, tags included)."""
+    h = Headers()
+    h.add("Via", via)
+    h.add("Max-Forwards", str(max_forwards))
+    for route in routes:
+        h.add("Route", route)
+    h.add("From", from_)
+    h.add("To", to)
+    h.add("Call-ID", call_id)
+    h.add("CSeq", f"{cseq} {method}")
+    if contact:
+        h.add("Contact", contact)
+    for name, value in (headers.items() if isinstance(headers, dict) else headers or ()):
+        h.add(name, value)
+    if content_type:
+        h.add("Content-Type", content_type)
+    return Request(method, uri, h, body)
+
+
 _COPIED_TO_RESPONSE = ("via", "from", "to", "call-id", "cseq")
 
 

@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .extract import FIELDS, extract
+from .extract import FIELDS, extract, fields_of
 from .packed import EventPacker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -195,9 +195,12 @@ class Trace:
         self.store: Any = None  # a HistoryStore (Platform(history=...)): every record is also queued for it
 
     def record_sip(self, direction: str, transport: str, local: tuple[str, int], remote: tuple[str, int],
-                   raw: bytes, owner: str, ts: float | None = None, fields: tuple | None = None) -> None:
-        """Record one SIP message as it went over the wire (called by the SIP core; credentials redacted).
-        `fields` (the extract.FIELDS of the message, when the caller has parsed it) saves scanning `raw`."""
+                   raw: bytes, owner: str, ts: float | None = None, fields: tuple | None = None, *,
+                   message: Any = None) -> None:
+        """Record one SIP message as it went over the wire (the stack's `TraceSink`; credentials redacted).
+        `message` (its parse, when the caller has one) or `fields` (its extract.FIELDS) saves scanning `raw`."""
+        if fields is None and message is not None and self.index == "eager":
+            fields = fields_of(message)
         if not self.enabled:
             self.skipped += 1
             return

@@ -8,6 +8,7 @@ import time
 import pytest
 
 import notebook_im as nim
+from notebook_im import testing
 from notebook_im.im import conference_info as ci
 from notebook_im.runtime import runtime
 from tests.helpers import wait_for
@@ -157,7 +158,7 @@ def test_crashed_participant_is_removed(people, server) -> None:
     removed = []
     sessions[0].on(nim.ParticipantRemoved, lambda ev: removed.append(ev.participant.uri))
     # carol's process "crashes": her sockets close, no BYE, no un-REGISTER
-    runtime().submit(eps[2]._ua.close(), "crash").result(5)
+    testing.crash(eps[2]).result(5)
     sessions[1].send("anyone there?").result(5)     # the focus's relay to carol gets no answer
     wait_for(lambda: removed == [eps[2].uri], 15, "alice told carol vanished")
     wait_for(lambda: roster(sessions[1]) == {eps[0].uri}, 5, "bob's roster without carol")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import notebook_im as nim
+from notebook_im import testing
 from notebook_im.runtime import runtime
 from notebook_im.server.focus import FocusLimits
 from tests.helpers import accept_all, wait_for
@@ -46,7 +47,7 @@ def test_limits_probe_and_expiry(limited, platform) -> None:
     # bob crashes silently; nobody sends anything; the focus's OPTIONS probe finds out
     removed = []
     conf.on(nim.ParticipantRemoved, lambda e: removed.append(e.participant.uri))
-    runtime().submit(bob._ua.close(), "crash").result(5)
+    testing.crash(bob).result(5)
     wait_for(lambda: removed == [bob.uri], 20, "the probe found bob gone")
     conf.terminate().result(5)
     wait_for(lambda: not limited.conferences, 5, "conference ended")

@@ -14,6 +14,7 @@ import time
 import pytest
 
 import notebook_im as nim
+from notebook_im import testing
 from tests.hostile.corpus import CASES, assert_alive, instantiate
 
 N = int(os.environ.get("NIM_FLOOD_DATAGRAMS", "20000"))
@@ -95,18 +96,18 @@ def _drop_bytes(trace) -> int:
 def test_memory_bounded_under_flood(target, flood_stack, capsys):
     server, platform, bob = flood_stack
     if target == "server":
-        addr, stats, trace, core = (server.host, server.port), (lambda: server.stats), server.trace, server._core
+        addr, stats, trace, core = (server.host, server.port), (lambda: server.stats), server.trace, testing.stack_of(server)
     else:
-        addr, stats, trace, core = bob.local_address, (lambda: bob.stats), platform.trace, bob._ua
-    txn_start = len(core._servers)
+        addr, stats, trace, core = bob.local_address, (lambda: bob.stats), platform.trace, testing.stack_of(bob)
+    txn_start = core.live_server_transactions
     flood(addr, stats, 2000, seed=1)  # warm up: caches, the trace up to max_records, transport buffers
     gc.collect()
-    drops0, rss0, txn0 = _drop_bytes(trace), _rss_mb(), len(core._servers)
+    drops0, rss0, txn0 = _drop_bytes(trace), _rss_mb(), core.live_server_transactions
     t0 = time.perf_counter()
     result = flood(addr, stats, N, seed=2)
     elapsed = time.perf_counter() - t0
     gc.collect()
-    drops1, rss1, txn1 = _drop_bytes(trace), _rss_mb(), len(core._servers)
+    drops1, rss1, txn1 = _drop_bytes(trace), _rss_mb(), core.live_server_transactions
     drops_growth = (drops1 - drops0) / 2**20
     valid_sent = (N + 9) // 10
     with capsys.disabled():

@@ -13,6 +13,7 @@ import time
 import pytest
 
 import notebook_im as nim
+from notebook_im import testing
 from notebook_im.runtime import runtime
 from tests.helpers import accept_all, wait_for
 from tests.interop.interop_support import HOST, Sipp, SippServer, free_port
@@ -95,7 +96,7 @@ def test_transport_failure_marks_the_participant_disconnected() -> None:
         session = alice.sessions.create(f"sip:bob@{host}:{port};transport=tcp").result(10)
         assert session.send("before").result(10).status == 200
         changes, ended = lost_events(session)
-        runtime().submit(bob._ua.close(), "crash").result(5)   # bob's process dies: sockets gone, no BYE
+        testing.crash(bob).result(5)   # bob's process dies: sockets gone, no BYE
         with pytest.raises(nim.RequestFailed) as info:
             session.send("after").result(20)
         assert info.value.status == 503

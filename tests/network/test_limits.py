@@ -8,6 +8,7 @@ import time
 import pytest
 
 import notebook_im as nim
+from notebook_im import testing
 from tests.helpers import udp_exchange, wait_for
 
 
@@ -18,7 +19,7 @@ def message(port: int, branch: str, user: str = "nobody") -> bytes:
 
 
 def test_slowloris_and_silent_connections_do_not_block_and_are_closed(server, platform):
-    core = server._core.transport
+    core = testing.stack_of(server).transport
     core.read_timeout = 1.0
     core.idle_timeout = 2.0
     alice = platform.endpoint("sip:alice@example.test", server=server, transport="tcp").result(10)
@@ -42,15 +43,11 @@ def test_slowloris_and_silent_connections_do_not_block_and_are_closed(server, pl
 
 
 def test_keepalives_keep_a_registered_tcp_flow_open(server, platform):
-    server._core.transport.idle_timeout = 1.0
+    testing.stack_of(server).transport.idle_timeout = 1.0
     alice = platform.endpoint("sip:alice@example.test", server=server, transport="tcp").result(10)
     bob = platform.endpoint("sip:bob@example.test", server=server, transport="tcp").result(10)
-    for ep in (alice, bob):
-        ep._ua.keepalive_interval = 0.3
-    for ep in (alice, bob):  # restart the keep-alive rhythm with the short interval
-        ep._ua._keepalive_handle.cancel()
-        ep._ua._keepalive_handle = None
-        ep._ua.loop.call_soon_threadsafe(ep._ua._keepalive)
+    for ep in (alice, bob):  # restart the keep-alive rhythm with a short interval
+        testing.set_registration_timing(ep, keepalive=0.3)
     time.sleep(2.5)
     alice.request_receipts = False   # one request and its response: no delivery receipt coming back
     before = server.stats["received"]
@@ -63,8 +60,9 @@ def test_tcp_connection_dropped_is_reopened_for_the_next_request(server, platfor
     platform.endpoint("sip:bob@example.test", server=server).result(10)
     assert alice.send_message("sip:bob@example.test", "one").result(5).status == 200
     from notebook_im.runtime import runtime
-    runtime().run_sync(lambda: [c.transport.close() for c in list(server._core.transport._connections.values())])
-    wait_for(lambda: server._core.transport.connection_count == 0 or alice.state is nim.EndpointState.ENABLED, 5)
+    transport = testing.stack_of(server).transport
+    runtime().run_sync(lambda: [c.transport.close() for c in list(transport._connections.values())])
+    wait_for(lambda: transport.connection_count == 0 or alice.state is nim.EndpointState.ENABLED, 5)
     assert alice.send_message("sip:bob@example.test", "two").result(10).status == 200
 
 
@@ -81,7 +79,7 @@ def register_raw(sock: socket.socket, server, user: str) -> None:
 
 def test_flood_of_unanswered_transactions_from_one_source_gets_503(server):
     """Live (unanswered) transactions are what a flood can pile up: beyond the per-source limit, 503 and no state."""
-    server._core.max_transactions_per_source = 50
+    testing.stack_of(server).max_transactions_per_source = 50
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent_bob, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         silent_bob.bind(("127.0.0.1", 0))
@@ -104,7 +102,7 @@ def test_flood_of_unanswered_transactions_from_one_source_gets_503(server):
                 continue
             relayed.add(data.split(b"Call-ID: ", 1)[1].split(b"\r\n", 1)[0])
         assert len(relayed) == 50
-        assert len(server._core._servers) <= 50, "refused requests leave no state behind"
+        assert testing.stack_of(server).live_server_transactions <= 50, "refused requests leave no state behind"
     other = udp_exchange(message(0, "other").replace(b"127.0.0.1:0", b"127.0.0.1:9"), (server.host, server.port))
     assert other.startswith(b"SIP/2.0 404"), "another source is still served"
 
@@ -112,7 +110,7 @@ def test_flood_of_unanswered_transactions_from_one_source_gets_503(server):
 def test_completed_transactions_are_compact_and_bounded_per_source(server):
     """Answered UDP requests linger (Timer J) as response bytes only, at most `completed.per_source` per source:
     the newest retransmission is absorbed, one pushed out early by the bound is handled anew."""
-    core = server._core
+    core = testing.stack_of(server)
     core.completed.per_source = 50
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -124,7 +122,7 @@ def test_completed_transactions_are_compact_and_bounded_per_source(server):
             answers.append(s.recvfrom(4096)[0])
         assert all(a.startswith(b"SIP/2.0 404") for a in answers)
         # (the response is sent before the transaction is compacted: the last one may still be on its way)
-        wait_for(lambda: not core._servers, 2, "no full transaction object is kept for an answered request")
+        wait_for(lambda: not core.live_server_transactions, 2, "no full transaction object is kept for an answered request")
         assert len(core.completed) == 50 and core.completed.evicted_early == 70
         absorbed = core.stats["retransmissions_absorbed"]
         s.sendto(message(port, "ok119"), (server.host, server.port))

@@ -8,6 +8,7 @@ import time
 import pytest
 
 import notebook_im as nim
+from notebook_im import testing
 from tests.helpers import accept_all, wait_for
 
 TIMERS = nim.Timers(t1=0.02, t2=0.16, t4=0.2)
@@ -76,7 +77,7 @@ def test_thousand_messages_through_a_lossy_udp_relay():
     fast_platform = nim.Platform("relay", timers=timers)
     server = nim.Server(timers=timers).start().result(10)
     relay = UdpRelay((server.host, server.port), upstream=lossy(3), downstream=lossy(4)).start().result(10)
-    server._core.advertise = (relay.host, relay.port)
+    testing.advertise(server, relay.host, relay.port)
     try:
         alice = fast_platform.endpoint("sip:alice@example.test", server=relay.uri).result(30)
         bob = fast_platform.endpoint("sip:bob@example.test", server=relay.uri).result(30)
@@ -117,7 +118,7 @@ def test_send_fails_with_a_reason_when_the_peer_is_gone(server, fast_platform):
     bob = fast_platform.endpoint("sip:bob@example.test", server=server).result(10)
     accept_all(bob)
     session = alice.sessions.create("sip:bob@example.test").result(10)
-    bob._ua.transport._udp.close()  # bob vanishes without a BYE
+    testing.crash(bob).result(5)  # bob vanishes without a BYE
     started = time.monotonic()
     with pytest.raises(nim.RequestFailed) as info:
         session.send("anyone there?").result(SEND_BOUND + 1)

@@ -7,6 +7,7 @@ import socket
 import pytest
 
 import notebook_im as nim
+from notebook_im import testing
 from tests.helpers import accept_all, wait_for
 
 TIMERS = nim.Timers(t1=0.05, t2=0.4, t4=0.5)
@@ -35,7 +36,7 @@ def test_endpoints_reregister_after_server_restart_and_session_continues(transpo
         alice = platform.endpoint("sip:alice@example.test", server=server, transport=transport, expires=2).result(10)
         bob = platform.endpoint("sip:bob@example.test", server=server, transport=transport, expires=2).result(10)
         for ep in (alice, bob):
-            ep._ua.retry_base = 0.2
+            testing.set_registration_timing(ep, retry_base=0.2)
         states = alice.events(nim.EndpointStateChanged)
         bob_sessions = accept_all(bob)
         session = alice.sessions.create("sip:bob@example.test").result(10)
