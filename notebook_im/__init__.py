@@ -39,7 +39,7 @@ _LAZY: dict[str, str] = {
     "HistoryError": "notebook_im.trace.store:HistoryError",
     "HistoryInUse": "notebook_im.trace.store:HistoryInUse",
     "Server": "notebook_im.server:Server",
-    "FocusLimits": "notebook_im.server.focus:FocusLimits",
+    "FocusLimits": "notebook_im.server.conference:FocusLimits",
     "OfflineLimits": "notebook_im.server.offline:OfflineLimits",
     "UdpRelay": "notebook_im.net.relay:UdpRelay",
     "ChatPanel": "notebook_im.widgets.chat:ChatPanel",

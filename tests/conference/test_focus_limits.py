@@ -7,7 +7,7 @@ import pytest
 import notebook_im as nim
 from notebook_im import testing
 from notebook_im.runtime import runtime
-from notebook_im.server.focus import FocusLimits
+from notebook_im.server.conference import FocusLimits
 from tests.helpers import accept_all, wait_for
 
 pytestmark = pytest.mark.timeout(90)
