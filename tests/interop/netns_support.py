@@ -1,0 +1,343 @@
+"""A private network namespace for the interop tests with linphone and baresip, and the notebook_im side in it.
+
+Why a namespace at all: liblinphone looks at the machine's real interfaces (it sends IPv6 neighbour
+solicitations, tries its configured DNS server, probes for a default route to find "its" address), and baresip
+likewise lists interfaces to pick addresses. On a shared machine none of that may leave loopback. In a network
+namespace that holds only `lo`, every such attempt fails at once with ENETUNREACH, and the programs fall back to
+127.0.0.1, which is what the tests want anyway.
+
+How it is built (the robust option, and why):
+- `Netns` starts `tests/interop/netns_agent.py` as `unshare --net -- python netns_agent.py`. That fresh
+  interpreter IS the namespace's first process: it brings `lo` up and hosts the embedded `nim.Server` and the
+  notebook_im endpoints. pytest drives it over its stdin/stdout (JSON lines, every wait bounded; see the agent's
+  docstring for the operations). The pytest process itself cannot enter a namespace for one module: notebook_im
+  has one loop thread per process, shared by the whole test session and already bound to the root namespace;
+  `os.unshare` only exists from Python 3.12 (this is 3.11), and unshare(2)/setns(2) through ctypes would move
+  only the calling thread, not the loop thread that owns the sockets. Forking pytest (a threaded process) to
+  unshare in the child is unsafe. A subprocess is clean: nothing of the namespace leaks into the test session,
+  and the namespace disappears with its last process.
+- Third-party programs run as pytest's own children, but inside the namespace: `Netns.spawn(argv)` prefixes
+  `nsenter --net=/proc/<agent pid>/ns/net --`, which calls setns(2) and then execs the program (no extra
+  process: the pid we hold is the program's, so SIGKILL hits exactly it). Each gets its own process group and
+  a log file under the test's tmp_path.
+- When pytest itself needs a socket in the namespace (a TCP control port such as baresip's ctrl_tcp, a raw SIP
+  probe), `Netns.socket()` opens it from a short-lived thread that first setns(2)s into the namespace: a socket
+  belongs to the namespace it was created in, whichever thread uses it afterwards.
+
+Needs root (CAP_SYS_ADMIN for unshare/setns) and util-linux's `unshare`/`nsenter` (Debian: essential). CI and
+the dev machines run as root; a test that cannot build the namespace fails, it does not skip.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any, Callable, Mapping, Sequence, TypeVar
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+AGENT = HERE / "netns_agent.py"
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+
+class AgentError(AssertionError):
+    """An operation failed inside the namespace agent; the message carries the agent's traceback."""
+
+
+def require_tool(program: str, hint: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        pytest.fail(f"{program} is not installed ({hint}); run `make system-deps` / scripts/install-system-deps")
+    return path
+
+
+def tail(path: Path, chars: int = 6000) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return text[-chars:]
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Signal the process group we created for `proc` (start_new_session: pgid == pid)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class NsProcess:
+    """A program running inside the namespace, in its own process group; stdout+stderr go to `log`.
+
+    `stdin=True` gives it a pipe to write commands to (baresip's stdio UI); otherwise stdin is /dev/null.
+    `kill()` is SIGKILL of the whole group with no warning: the "device crashed" case. `stop()` is SIGTERM,
+    then SIGKILL after `grace` seconds.
+    """
+
+    def __init__(self, argv: Sequence[str], log: Path, *, name: str, env: Mapping[str, str] | None = None,
+                 cwd: Path | None = None, stdin: bool = False) -> None:
+        self.argv = [str(a) for a in argv]
+        self.name = name
+        self.log_path = log
+        self._log_file = open(log, "ab")
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                     stdout=self._log_file, stderr=subprocess.STDOUT, cwd=cwd,
+                                     env=dict(env) if env is not None else None, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def write(self, text: str) -> None:
+        assert self.proc.stdin is not None, f"{self.name} was started without a stdin pipe"
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
+    def log(self, chars: int = 8000) -> str:
+        return tail(self.log_path, chars)
+
+    def describe(self, chars: int = 8000) -> str:
+        state = "running" if self.alive() else f"exited with {self.proc.returncode}"
+        return f"$ {' '.join(self.argv)}\n{self.name} {state}; log {self.log_path}:\n{self.log(chars)}"
+
+    def kill(self) -> int | None:
+        """SIGKILL, no goodbye (no un-REGISTER, sockets just vanish); returns the exit status (-9)."""
+        kill_group(self.proc)
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            self._close()
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout=grace)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        kill_group(self.proc)   # leftovers of the group, or the program itself if it ignored SIGTERM
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._close()
+        return self.proc.returncode
+
+    def _close(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        if not self._log_file.closed:
+            self._log_file.close()
+
+
+class Netns:
+    """A network namespace with only loopback, its notebook_im agent, and the programs spawned into it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / "netns-agent.log"
+        self.proc: subprocess.Popen | None = None
+        self.children: list[NsProcess] = []
+        self._lines: "queue.Queue[str | None]" = queue.Queue()
+        self._ids = 0
+        self.info: dict[str, Any] = {}
+
+    # -- life cycle --------------------------------------------------------------------------------------
+    def start(self, ready_timeout: float = 30.0) -> "Netns":
+        unshare = require_tool("unshare", "util-linux")
+        require_tool("nsenter", "util-linux")
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen([unshare, "--net", "--", sys.executable, str(AGENT)], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=log, cwd=self.workdir, start_new_session=True)
+        finally:
+            log.close()
+        threading.Thread(target=self._reader, args=(self.proc.stdout,), daemon=True, name="netns-agent-reader").start()
+        try:
+            hello = self._response(0, ready_timeout, "the namespace agent to start")
+            self.info = hello
+            assert hello["netns"] != os.stat("/proc/self/ns/net").st_ino, "the agent is in pytest's own namespace"
+            assert hello["interfaces"] == ["lo"], f"the namespace has interfaces besides lo: {hello['interfaces']}"
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _reader(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            self._lines.put(raw.decode("utf-8", "replace"))
+        self._lines.put(None)
+
+    def stop(self) -> None:
+        """Stop every program spawned into the namespace, then the agent (asked first, then killed)."""
+        for child in reversed(self.children):
+            child.stop(grace=3)
+        self.children.clear()
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.call("shutdown", timeout=10)
+            except (AgentError, AssertionError, OSError):
+                pass
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        kill_group(self.proc)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def ns_path(self) -> str:
+        return f"/proc/{self.pid}/ns/net"
+
+    def describe(self) -> str:
+        return f"namespace agent (pid {self.proc.pid if self.proc else None}) log {self.log_path}:\n{tail(self.log_path)}"
+
+    # -- the agent's operations ----------------------------------------------------------------------------
+    def call(self, op: str, *, timeout: float = 30.0, **args: Any) -> Any:
+        """Run operation `op` in the agent and return its result; AgentError (with the agent's traceback)
+        if it raised, AssertionError if no answer came within `timeout` seconds (the agent is then killed:
+        a hung agent must not hang the test session)."""
+        assert self.proc is not None and self.proc.stdin is not None, "the namespace agent is not running"
+        self._ids += 1
+        rid = self._ids
+        try:
+            self.proc.stdin.write((json.dumps({"id": rid, "op": op, "args": args}) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError) as e:
+            raise AssertionError(f"the namespace agent is gone ({e})\n{self.describe()}") from None
+        return self._response(rid, timeout, f"the agent's answer to {op}({args})")
+
+    def _response(self, rid: int, timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if self.proc is not None:
+                    kill_group(self.proc)
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.describe()}")
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(f"the namespace agent exited while waiting for {what}\n{self.describe()}")
+            msg = json.loads(line)
+            if msg.get("id") != rid:    # an answer to an earlier call that timed out: not ours
+                continue
+            if not msg["ok"]:
+                raise AgentError(f"{what} failed in the namespace: {msg['error']}\n{msg.get('traceback', '')}")
+            return msg["result"]
+
+    # -- programs and sockets in the namespace ----------------------------------------------------------------
+    def nsenter(self, argv: Sequence[str]) -> list[str]:
+        """`argv` prefixed so that it runs in this namespace (nsenter setns()s, then execs: same pid)."""
+        return ["nsenter", f"--net={self.ns_path}", "--"] + [str(a) for a in argv]
+
+    def spawn(self, argv: Sequence[str], log: Path, *, name: str, env: Mapping[str, str] | None = None,
+              cwd: Path | None = None, stdin: bool = False) -> NsProcess:
+        """Start `argv` inside the namespace; it is stopped by `Netns.stop()` if the test does not stop it."""
+        child = NsProcess(self.nsenter(argv), log, name=name, env=env, cwd=cwd, stdin=stdin)
+        self.children.append(child)
+        return child
+
+    def run_in(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
+        """Call `fn` on a fresh thread that has first moved into this namespace (setns(2) is per thread); for
+        creating sockets that then belong to the namespace. The thread ends afterwards."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            fd = os.open(self.ns_path, os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns({self.ns_path}): {os.strerror(err)}")
+                box["value"] = fn()
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+                box["error"] = e
+            finally:
+                os.close(fd)
+
+        t = threading.Thread(target=run, daemon=True, name="netns-setns")
+        t.start()
+        t.join(timeout)
+        if t.is_alive():
+            raise AssertionError(f"{fn} did not return within {timeout} s inside the namespace")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def connect(self, host: str, port: int, timeout: float = 5.0) -> socket.socket:
+        """A TCP connection from inside the namespace (e.g. to a control port that listens on its loopback)."""
+        return self.run_in(lambda: socket.create_connection((host, port), timeout=timeout), timeout + 5)
+
+    def udp_socket(self, host: str = "127.0.0.1") -> socket.socket:
+        """A UDP socket bound to host:<any port> inside the namespace (raw SIP probes)."""
+        def make() -> socket.socket:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((host, 0))
+            return s
+        return self.run_in(make)
+
+    # -- conveniences over the agent's operations -------------------------------------------------------------
+    def wait_registered(self, aor: str, timeout: float = 15.0, *, count: int = 1,
+                        on_fail: Callable[[], str] = lambda: "") -> list[str]:
+        """Wait until `aor` has at least `count` live bindings with the embedded server; its Contact URIs."""
+        deadline = time.monotonic() + timeout
+        regs: dict[str, list[str]] = {}
+        while time.monotonic() < deadline:
+            regs = self.call("registrations", timeout=10)
+            if len(regs.get(aor, [])) >= count:
+                return regs[aor]
+            time.sleep(0.05)
+        raise AssertionError(f"{aor} did not register (have {count} bindings) within {timeout} s; the server "
+                             f"has {regs}\n{on_fail()}")
+
+    def wait_unregistered(self, aor: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        regs: dict[str, list[str]] = {}
+        while time.monotonic() < deadline:
+            regs = self.call("registrations", timeout=10)
+            if not regs.get(aor):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{aor} is still registered after {timeout} s: {regs}")
+
+    def wire(self, **filters: Any) -> list[dict[str, Any]]:
+        """SIP messages recorded by the server and the endpoints (see the agent's op_wire)."""
+        return self.call("wire", timeout=30, **filters)
