@@ -78,22 +78,80 @@ def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         pass
 
 
+class JsonLines:
+    """The client side of the helpers' protocol (netns_agent.py, liblinphone_agent.py): one JSON request per
+    line on the helper's stdin, one JSON response per line on its stdout, matched by id. A reader thread
+    queues the lines so that every wait has a deadline."""
+
+    def __init__(self, stdin: IO[bytes], stdout: IO[bytes], name: str, describe: Callable[[], str]) -> None:
+        self.stdin = stdin
+        self.name = name
+        self.describe = describe
+        self._lines: "queue.Queue[str | None]" = queue.Queue()
+        self._ids = 0
+        threading.Thread(target=self._reader, args=(stdout,), daemon=True, name=f"{name}-reader").start()
+
+    def _reader(self, stream: IO[bytes]) -> None:
+        try:
+            for raw in stream:
+                self._lines.put(raw.decode("utf-8", "replace"))
+        except (OSError, ValueError):
+            pass
+        self._lines.put(None)
+
+    def call(self, op: str, *, rpc_timeout: float | None = None, **args: Any) -> Any:
+        """Run `op` in the helper; AgentError (with the helper's traceback) if it raised, AssertionError if
+        no answer came within `rpc_timeout` seconds (default: the operation's own `timeout` argument plus
+        10 s, else 30 s) or the helper is gone."""
+        timeout = rpc_timeout if rpc_timeout is not None else float(args.get("timeout", 20)) + 10
+        self._ids += 1
+        rid = self._ids
+        try:
+            self.stdin.write((json.dumps({"id": rid, "op": op, "args": args}) + "\n").encode())
+            self.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError) as e:
+            raise AssertionError(f"{self.name} is gone ({e})\n{self.describe()}") from None
+        return self.response(rid, timeout, f"{self.name}'s answer to {op}({args})")
+
+    def response(self, rid: int, timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.describe()}")
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                self._lines.put(None)   # stays closed for the next caller too
+                raise AssertionError(f"{self.name} exited while waiting for {what}\n{self.describe()}")
+            msg = json.loads(line)
+            if msg.get("id") != rid:    # the late answer to an earlier call that timed out: not ours
+                continue
+            if not msg["ok"]:
+                raise AgentError(f"{what} failed: {msg['error']}\n{msg.get('traceback', '')}")
+            return msg["result"]
+
+
 class NsProcess:
     """A program running inside the namespace, in its own process group; stdout+stderr go to `log`.
 
     `stdin=True` gives it a pipe to write commands to (baresip's stdio UI); otherwise stdin is /dev/null.
+    `stdout=True` keeps stdout as a pipe for the caller (a JSON-lines helper) and logs only stderr.
     `kill()` is SIGKILL of the whole group with no warning: the "device crashed" case. `stop()` is SIGTERM,
     then SIGKILL after `grace` seconds.
     """
 
     def __init__(self, argv: Sequence[str], log: Path, *, name: str, env: Mapping[str, str] | None = None,
-                 cwd: Path | None = None, stdin: bool = False) -> None:
+                 cwd: Path | None = None, stdin: bool = False, stdout: bool = False) -> None:
         self.argv = [str(a) for a in argv]
         self.name = name
         self.log_path = log
         self._log_file = open(log, "ab")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                     stdout=self._log_file, stderr=subprocess.STDOUT, cwd=cwd,
+                                     stdout=subprocess.PIPE if stdout else self._log_file,
+                                     stderr=self._log_file if stdout else subprocess.STDOUT, cwd=cwd,
                                      env=dict(env) if env is not None else None, start_new_session=True)
 
     @property
@@ -139,11 +197,12 @@ class NsProcess:
         return self.proc.returncode
 
     def _close(self) -> None:
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None and not stream.closed:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
         if not self._log_file.closed:
             self._log_file.close()
 
@@ -157,8 +216,7 @@ class Netns:
         self.log_path = workdir / "netns-agent.log"
         self.proc: subprocess.Popen | None = None
         self.children: list[NsProcess] = []
-        self._lines: "queue.Queue[str | None]" = queue.Queue()
-        self._ids = 0
+        self.rpc: JsonLines | None = None
         self.info: dict[str, Any] = {}
 
     # -- life cycle --------------------------------------------------------------------------------------
@@ -171,9 +229,10 @@ class Netns:
                                          stdout=subprocess.PIPE, stderr=log, cwd=self.workdir, start_new_session=True)
         finally:
             log.close()
-        threading.Thread(target=self._reader, args=(self.proc.stdout,), daemon=True, name="netns-agent-reader").start()
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.rpc = JsonLines(self.proc.stdin, self.proc.stdout, "the namespace agent", self.describe)
         try:
-            hello = self._response(0, ready_timeout, "the namespace agent to start")
+            hello = self.rpc.response(0, ready_timeout, "the namespace agent to start")
             self.info = hello
             assert hello["netns"] != os.stat("/proc/self/ns/net").st_ino, "the agent is in pytest's own namespace"
             assert hello["interfaces"] == ["lo"], f"the namespace has interfaces besides lo: {hello['interfaces']}"
@@ -181,11 +240,6 @@ class Netns:
             self.stop()
             raise
         return self
-
-    def _reader(self, stream: IO[bytes]) -> None:
-        for raw in stream:
-            self._lines.put(raw.decode("utf-8", "replace"))
-        self._lines.put(None)
 
     def stop(self) -> None:
         """Stop every program spawned into the namespace, then the agent (asked first, then killed)."""
@@ -196,7 +250,7 @@ class Netns:
             return
         if self.proc.poll() is None:
             try:
-                self.call("shutdown", timeout=10)
+                self.call("shutdown", rpc_timeout=10)
             except (AgentError, AssertionError, OSError):
                 pass
             try:
@@ -228,40 +282,18 @@ class Netns:
         return f"namespace agent (pid {self.proc.pid if self.proc else None}) log {self.log_path}:\n{tail(self.log_path)}"
 
     # -- the agent's operations ----------------------------------------------------------------------------
-    def call(self, op: str, *, timeout: float = 30.0, **args: Any) -> Any:
+    def call(self, op: str, *, rpc_timeout: float | None = None, **args: Any) -> Any:
         """Run operation `op` in the agent and return its result; AgentError (with the agent's traceback)
-        if it raised, AssertionError if no answer came within `timeout` seconds (the agent is then killed:
-        a hung agent must not hang the test session)."""
-        assert self.proc is not None and self.proc.stdin is not None, "the namespace agent is not running"
-        self._ids += 1
-        rid = self._ids
+        if it raised, AssertionError if no answer came in time (`rpc_timeout`, by default the operation's
+        own `timeout` argument plus 10 s; the agent is then killed: a hung agent must not hang the session)."""
+        assert self.rpc is not None and self.proc is not None, "the namespace agent is not running"
         try:
-            self.proc.stdin.write((json.dumps({"id": rid, "op": op, "args": args}) + "\n").encode())
-            self.proc.stdin.flush()
-        except (BrokenPipeError, ValueError) as e:
-            raise AssertionError(f"the namespace agent is gone ({e})\n{self.describe()}") from None
-        return self._response(rid, timeout, f"the agent's answer to {op}({args})")
-
-    def _response(self, rid: int, timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                if self.proc is not None:
-                    kill_group(self.proc)
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.describe()}")
-            try:
-                line = self._lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise AssertionError(f"the namespace agent exited while waiting for {what}\n{self.describe()}")
-            msg = json.loads(line)
-            if msg.get("id") != rid:    # an answer to an earlier call that timed out: not ours
-                continue
-            if not msg["ok"]:
-                raise AgentError(f"{what} failed in the namespace: {msg['error']}\n{msg.get('traceback', '')}")
-            return msg["result"]
+            return self.rpc.call(op, rpc_timeout=rpc_timeout, **args)
+        except AgentError:
+            raise
+        except AssertionError:
+            kill_group(self.proc)
+            raise
 
     # -- programs and sockets in the namespace ----------------------------------------------------------------
     def nsenter(self, argv: Sequence[str]) -> list[str]:
@@ -269,9 +301,9 @@ class Netns:
         return ["nsenter", f"--net={self.ns_path}", "--"] + [str(a) for a in argv]
 
     def spawn(self, argv: Sequence[str], log: Path, *, name: str, env: Mapping[str, str] | None = None,
-              cwd: Path | None = None, stdin: bool = False) -> NsProcess:
+              cwd: Path | None = None, stdin: bool = False, stdout: bool = False) -> NsProcess:
         """Start `argv` inside the namespace; it is stopped by `Netns.stop()` if the test does not stop it."""
-        child = NsProcess(self.nsenter(argv), log, name=name, env=env, cwd=cwd, stdin=stdin)
+        child = NsProcess(self.nsenter(argv), log, name=name, env=env, cwd=cwd, stdin=stdin, stdout=stdout)
         self.children.append(child)
         return child
 
@@ -321,7 +353,7 @@ class Netns:
         deadline = time.monotonic() + timeout
         regs: dict[str, list[str]] = {}
         while time.monotonic() < deadline:
-            regs = self.call("registrations", timeout=10)
+            regs = self.call("registrations", rpc_timeout=10)
             if len(regs.get(aor, [])) >= count:
                 return regs[aor]
             time.sleep(0.05)
@@ -332,7 +364,7 @@ class Netns:
         deadline = time.monotonic() + timeout
         regs: dict[str, list[str]] = {}
         while time.monotonic() < deadline:
-            regs = self.call("registrations", timeout=10)
+            regs = self.call("registrations", rpc_timeout=10)
             if not regs.get(aor):
                 return
             time.sleep(0.05)
@@ -340,4 +372,4 @@ class Netns:
 
     def wire(self, **filters: Any) -> list[dict[str, Any]]:
         """SIP messages recorded by the server and the endpoints (see the agent's op_wire)."""
-        return self.call("wire", timeout=30, **filters)
+        return self.call("wire", rpc_timeout=30, **filters)
