@@ -218,6 +218,7 @@ class Netns:
         self.children: list[NsProcess] = []
         self.rpc: JsonLines | None = None
         self.info: dict[str, Any] = {}
+        self._next_port = 20000
 
     # -- life cycle --------------------------------------------------------------------------------------
     def start(self, ready_timeout: float = 30.0) -> "Netns":
@@ -280,6 +281,12 @@ class Netns:
 
     def describe(self) -> str:
         return f"namespace agent (pid {self.proc.pid if self.proc else None}) log {self.log_path}:\n{tail(self.log_path)}"
+
+    def port(self) -> int:
+        """A port for a program in this namespace: nothing else lives here, and handing them out in order from
+        20000 stays below the kernel's ephemeral range (32768+), where the agent's own sockets get theirs."""
+        self._next_port += 2
+        return self._next_port
 
     # -- the agent's operations ----------------------------------------------------------------------------
     def call(self, op: str, *, rpc_timeout: float | None = None, **args: Any) -> Any:
