@@ -20,11 +20,13 @@ Every operation that waits takes a `timeout` and returns when it expires, saying
 asserts. Requests are handled one at a time, in order.
 
 Operations (see `Agent.op_*`): ping, server_start, server_stop, registrations, endpoint, disable, send_message,
-messages, composing, invite, wire, exec (run a snippet of Python here, with `result` as the answer: the escape
+events, messages, composing, mark_read, invite, wire, exec (run a snippet of Python here, with `result` as the answer: the escape
 hatch for what later tests need before it deserves an operation of its own), shutdown.
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import fcntl
 import json
 import os
@@ -75,10 +77,11 @@ class Agent:
         self.server: Any = None
         self.platform = nim.Platform("netns")
         self.endpoints: dict[str, Any] = {}
-        self.received: dict[str, list[dict[str, Any]]] = {}
+        self.events: dict[str, list[dict[str, Any]]] = {}     # endpoint name -> its events, as dicts, in order
         self.streams: dict[str, Any] = {}
-        self.composing: dict[str, list[dict[str, Any]]] = {}
-        self.composing_streams: dict[str, Any] = {}
+        # what an endpoint's event list records: messages, composing, receipts, failures
+        self.event_types = (nim.MessageReceived, nim.ComposingChanged, nim.MessageDeliveryNotified,
+                            nim.MessageDisplayed, nim.MessageFailed, nim.IncomingSession, nim.SessionTerminated)
         self.scope: dict[str, Any] = {"nim": nim, "agent": self}
         self.running = True
 
@@ -90,18 +93,29 @@ class Agent:
             raise KeyError(f"no endpoint named {name!r}; have {sorted(self.endpoints)}") from None
 
     @staticmethod
-    def message_dict(event: Any) -> dict[str, Any]:
-        return {"sender": event.participant.uri, "display_name": event.participant.display_name, "text": event.text,
-                "content_type": event.content_type, "mode": event.mode, "message_id": event.message_id,
-                "recipient": event.recipient, "session": event.session is not None}
+    def event_dict(event: Any) -> dict[str, Any]:
+        """An event as plain data: its type, its simple fields; a participant becomes `sender` (its URI) and
+        `display_name`, a session whether there was one."""
+        out: dict[str, Any] = {"type": type(event).__name__}
+        for f in dataclasses.fields(event):
+            value = getattr(event, f.name)
+            if f.name == "participant":
+                out["sender"] = value.uri
+                out["display_name"] = value.display_name
+            elif f.name == "session":
+                out["session"] = value is not None
+            elif f.name == "timestamp" or isinstance(value, datetime.datetime):
+                out[f.name] = None if value is None else value.isoformat()
+            elif value is None or isinstance(value, (bool, int, float, str)):
+                out[f.name] = value
+            else:
+                out[f.name] = repr(value)
+        return out
 
     def pump(self, name: str) -> None:
-        """Move the events that arrived for endpoint `name` into its lists (non-blocking)."""
+        """Move the events that arrived for endpoint `name` into its list (non-blocking)."""
         for event in self.streams[name].drain():
-            self.received[name].append(self.message_dict(event))
-        for event in self.composing_streams[name].drain():
-            self.composing[name].append({"sender": event.participant.uri, "composing": event.composing,
-                                         "session": event.session is not None})
+            self.events[name].append(self.event_dict(event))
 
     # -- operations ----------------------------------------------------------------------------------------
     def op_ping(self) -> dict[str, Any]:
@@ -133,10 +147,8 @@ class Agent:
         ep = self.platform.endpoint(uri, server=server, transport=transport, display_name=display_name,
                                     password=password, expires=expires).result(timeout)
         self.endpoints[name] = ep
-        self.received[name] = []
-        self.composing[name] = []
-        self.streams[name] = ep.events(self.nim.MessageReceived)
-        self.composing_streams[name] = ep.events(self.nim.ComposingChanged)
+        self.events[name] = []
+        self.streams[name] = ep.events(*self.event_types)
         self.scope[name] = ep
         return {"uri": ep.uri, "contact": ep.contact, "local_address": list(ep.local_address)}
 
@@ -160,26 +172,32 @@ class Agent:
                 "mode": delivered.mode, "message_id": delivered.message_id,
                 "elapsed": time.monotonic() - started}
 
-    def op_messages(self, name: str, count: int = 1, timeout: float = 10,
-                    sender: str | None = None) -> list[dict[str, Any]]:
-        """The pager/session messages endpoint `name` received (optionally only from URIs containing `sender`),
-        waiting up to `timeout` s until there are at least `count` of them."""
+    def op_events(self, name: str, type: str | None = None, count: int = 0, timeout: float = 0,
+                  sender: str | None = None) -> list[dict[str, Any]]:
+        """Events of endpoint `name` (all, or of one `type` such as "MessageDisplayed", optionally only from
+        URIs containing `sender`), waiting up to `timeout` s until there are at least `count` of them."""
+        self.endpoint_named(name)
         deadline = time.monotonic() + timeout
         while True:
             self.pump(name)
-            got = [m for m in self.received[name] if sender is None or sender in m["sender"]]
+            got = [e for e in self.events[name] if (type is None or e["type"] == type)
+                   and (sender is None or sender in e.get("sender", ""))]
             if len(got) >= count or time.monotonic() >= deadline:
                 return got
             time.sleep(0.02)
 
+    def op_messages(self, name: str, count: int = 1, timeout: float = 10,
+                    sender: str | None = None) -> list[dict[str, Any]]:
+        """The messages endpoint `name` received (MessageReceived), waiting up to `timeout` s for `count`."""
+        return self.op_events(name, "MessageReceived", count, timeout, sender)
+
     def op_composing(self, name: str, count: int = 1, timeout: float = 10) -> list[dict[str, Any]]:
         """ComposingChanged events of endpoint `name`, waiting up to `timeout` s for `count` of them."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.pump(name)
-            if len(self.composing[name]) >= count or time.monotonic() >= deadline:
-                return list(self.composing[name])
-            time.sleep(0.02)
+        return self.op_events(name, "ComposingChanged", count, timeout)
+
+    def op_mark_read(self, name: str, timeout: float = 10) -> int:
+        """endpoint.mark_read(): pager messages seen; display notifications go to senders that asked."""
+        return self.endpoint_named(name).mark_read().result(timeout)
 
     def op_invite(self, name: str, to: str, timeout: float = 15, terminate: bool = True) -> dict[str, Any]:
         """A session-mode INVITE (m=message) from endpoint `name` to `to`; what happened, as data."""

@@ -218,6 +218,7 @@ class Netns:
         self.children: list[NsProcess] = []
         self.rpc: JsonLines | None = None
         self.info: dict[str, Any] = {}
+        self.server: dict[str, Any] = {}        # uri, host, port of the embedded server once started
         self._next_port = 20000
 
     # -- life cycle --------------------------------------------------------------------------------------
@@ -354,6 +355,33 @@ class Netns:
         return self.run_in(make)
 
     # -- conveniences over the agent's operations -------------------------------------------------------------
+    def start_server(self, **kwargs: Any) -> dict[str, Any]:
+        """Start the embedded nim.Server in the namespace (UDP and TCP on one ephemeral 127.0.0.1 port)."""
+        self.server = self.call("server_start", **kwargs)
+        return self.server
+
+    @property
+    def server_port(self) -> int:
+        assert self.server, "start_server() first"
+        return int(self.server["port"])
+
+    def endpoint(self, name: str, uri: str, **kwargs: Any) -> dict[str, Any]:
+        """A notebook_im endpoint in the namespace, registered with the embedded server (see op_endpoint)."""
+        return self.call("endpoint", name=name, uri=uri, **kwargs)
+
+    def send_message(self, name: str, to: str, text: str, **kwargs: Any) -> dict[str, Any]:
+        """A pager MESSAGE from endpoint `name`; the outcome as data (ok, status, reason, elapsed)."""
+        return self.call("send_message", name=name, to=to, text=text, **kwargs)
+
+    def messages(self, name: str, count: int = 1, timeout: float = 10, sender: str | None = None) -> list[dict[str, Any]]:
+        """What endpoint `name` received (MessageReceived as dicts), after waiting for `count` of them."""
+        return self.call("messages", name=name, count=count, timeout=timeout, sender=sender)
+
+    def events(self, name: str, type: str | None = None, count: int = 0, timeout: float = 0,
+               sender: str | None = None) -> list[dict[str, Any]]:
+        """Endpoint `name`'s events as dicts ({"type": "MessageDisplayed", ...}), after waiting for `count`."""
+        return self.call("events", name=name, type=type, count=count, timeout=timeout, sender=sender)
+
     def wait_registered(self, aor: str, timeout: float = 15.0, *, count: int = 1,
                         on_fail: Callable[[], str] = lambda: "") -> list[str]:
         """Wait until `aor` has at least `count` live bindings with the embedded server; its Contact URIs."""
