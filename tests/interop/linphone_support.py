@@ -224,6 +224,7 @@ class LinphoneDaemon:
             argv.append("--auto-answer")
         self.process = self.netns.spawn(argv, self.workdir / "linphone-daemon.out", name=self.name,
                                         env=linphone_env(self.workdir), cwd=self.workdir)
+        self.process.cleanup.append(self.pipe_path)   # also when Netns.stop() ends it after a failed test
         deadline = time.monotonic() + ready_timeout
         try:
             while self.sock is None:

@@ -148,6 +148,7 @@ class NsProcess:
         self.argv = [str(a) for a in argv]
         self.name = name
         self.log_path = log
+        self.cleanup: list[Path] = []     # files the program leaves behind (a unix socket), removed when it ends
         self._log_file = open(log, "ab")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                      stdout=subprocess.PIPE if stdout else self._log_file,
@@ -197,6 +198,11 @@ class NsProcess:
         return self.proc.returncode
 
     def _close(self) -> None:
+        for path in self.cleanup:
+            try:
+                path.unlink()
+            except OSError:
+                pass
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None and not stream.closed:
                 try:

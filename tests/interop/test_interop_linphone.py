@@ -10,8 +10,11 @@ behaviour, so that the work that changes it changes these tests on purpose):
 - With CPIM on (cpim_in_basic_chat_rooms_enabled=1), liblinphone wraps text in message/cpim and asks for
   delivery and display notifications; notebook_im unwraps the text and answers with a delivered IMDN that
   liblinphone takes (its message reaches DeliveredToUser), and our display notification takes it to Displayed.
-- liblinphone sends its own IMDNs and is-composing with `Content-Encoding: deflate` (a deflated message/cpim);
-  notebook_im answers those 400 Bad Request today, so linphone's receipts and typing never show.
+- liblinphone sends its own IMDNs with `Content-Encoding: deflate` (bare message/imdn+xml with CPIM off, a
+  deflated message/cpim with CPIM on, where is-composing is deflated too); notebook_im answers those 400 Bad
+  Request today, so linphone's receipts never show (nor its typing, with CPIM on). Its IMDN names our message
+  by the MESSAGE's Call-ID, not by our Imdn-Message-ID header. With CPIM off, is-composing is a bare
+  application/im-iscomposing+xml and notebook_im shows it.
 
 Helpers: netns_support.py (the namespace and its agent), linphone_support.py, loopback_capture.py.
 """
@@ -263,3 +266,42 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{context()}")
         time.sleep(0.05)
+
+
+def test_liblinphone_without_cpim_composes_plainly_and_deflates_bare_imdns(netns: Netns,
+                                                                           liblinphones: Callable[..., Liblinphone],
+                                                                           capture: LoopbackCapture) -> None:
+    """Characterisation, CPIM off (liblinphone's default for basic chat rooms).
+
+    - is-composing goes as a bare application/im-iscomposing+xml (not deflated; `Priority: non-urgent`,
+      `Expires: 0`) and notebook_im shows it: ComposingChanged(composing=True).
+    - Our text carries `Imdn-Message-ID` and `Disposition-Notification` as SIP headers (no CPIM); liblinphone
+      answers with a bare message/imdn+xml, deflated, whose <message-id> is our MESSAGE's Call-ID, not our
+      Imdn-Message-ID. notebook_im answers it 400 today, so no MessageDeliveryNotified."""
+    name = user("lin")
+    client = liblinphones(name)
+    bob_name = user("bob")
+    bob = nim_user(netns, bob_name)
+    sent = netns.send_message(bob_name, f"sip:{name}@{DOMAIN}", "receipt please")
+    assert sent["status"] == 200, sent
+    client.received(1)
+    ours = [m for m in capture.sip("MESSAGE", contains="receipt please") if m.is_request
+            and m.dst.endswith(f":{netns.server_port}")]
+    assert ours and ours[0].header("Imdn-Message-ID") == sent["message_id"], shown(ours)
+    call_id = ours[0].header("Call-ID")
+
+    client.compose(bob)
+    composing = netns.events(bob_name, "ComposingChanged", count=1, timeout=10)
+    assert composing and composing[0]["composing"] is True and composing[0]["sender"] == f"sip:{name}@{DOMAIN}", \
+        (composing, shown(capture.sip("MESSAGE")))
+    [typing] = sent_to_server(netns, capture, name, "<state>active</state>")[:1]
+    assert typing.header("Content-Type") == "application/im-iscomposing+xml", typing.text()
+    assert typing.header("Content-Encoding") is None and typing.header("Priority") == "non-urgent", typing.text()
+
+    wait_until(lambda: answers(capture, sent_to_server(netns, capture, name, "<delivered/>")), 10,
+               "liblinphone's delivered IMDN and the answer to it", lambda: shown(capture.sip("MESSAGE")))
+    [imdn] = sent_to_server(netns, capture, name, "<delivered/>")[:1]
+    assert imdn.header("Content-Type") == "message/imdn+xml" and imdn.header("Content-Encoding") == "deflate", imdn.text()
+    assert f"<message-id>{call_id}</message-id>".encode() in imdn.body(), imdn.text()
+    assert answers(capture, [imdn]) == [400], shown([imdn] + responses_to(capture, imdn))
+    assert netns.events(bob_name, "MessageDeliveryNotified") == []
