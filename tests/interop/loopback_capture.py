@@ -108,8 +108,10 @@ class WireMessage:
 class LoopbackCapture:
     """Every IPv4 UDP/TCP packet on the namespace's `lo` to or from `ports` (all ports if None)."""
 
-    def __init__(self, netns: Netns, ports: set[int] | None = None) -> None:
+    def __init__(self, netns: Netns, ports: set[int] | None = None, max_frames: int = 200_000) -> None:
         self.ports = ports
+        self.max_frames = max_frames
+        self.truncated = False          # True once max_frames were kept and later frames were dropped
         self.frames: list[tuple[float, bytes]] = []
         self._stop = threading.Event()
 
@@ -133,6 +135,9 @@ class LoopbackCapture:
             except OSError:
                 return
             if addr[2] == PACKET_OUTGOING:
+                if len(self.frames) >= self.max_frames:
+                    self.truncated = True
+                    continue
                 self.frames.append((time.time(), frame))
 
     def stop(self) -> None:

@@ -17,9 +17,10 @@ How it is built (the robust option, and why):
   unshare in the child is unsafe. A subprocess is clean: nothing of the namespace leaks into the test session,
   and the namespace disappears with its last process.
 - Third-party programs run as pytest's own children, but inside the namespace: `Netns.spawn(argv)` prefixes
-  `nsenter --net=/proc/<agent pid>/ns/net --`, which calls setns(2) and then execs the program (no extra
-  process: the pid we hold is the program's, so SIGKILL hits exactly it). Each gets its own process group and
-  a log file under the test's tmp_path.
+  `nsenter --net=/proc/<agent pid>/ns/net --` (setns(2), then exec: no extra process) and coreutils `timeout`
+  (a hard limit on its life, even if pytest is killed before any teardown). Each gets its own process group,
+  so `kill()` (SIGKILL to the group: the "crashed device") takes the program down at once, and a log file
+  under the test's tmp_path.
 - When pytest itself needs a socket in the namespace (a TCP control port such as baresip's ctrl_tcp, a raw SIP
   probe), `Netns.socket()` opens it from a short-lived thread that first setns(2)s into the namespace: a socket
   belongs to the namespace it was created in, whichever thread uses it afterwards.
@@ -315,8 +316,16 @@ class Netns:
         return ["nsenter", f"--net={self.ns_path}", "--"] + [str(a) for a in argv]
 
     def spawn(self, argv: Sequence[str], log: Path, *, name: str, env: Mapping[str, str] | None = None,
-              cwd: Path | None = None, stdin: bool = False, stdout: bool = False) -> NsProcess:
-        """Start `argv` inside the namespace; it is stopped by `Netns.stop()` if the test does not stop it."""
+              cwd: Path | None = None, stdin: bool = False, stdout: bool = False,
+              max_seconds: int | None = 600) -> NsProcess:
+        """Start `argv` inside the namespace; it is stopped by `Netns.stop()` if the test does not stop it.
+
+        `max_seconds` bounds its life even if pytest itself is killed and no teardown runs (coreutils
+        `timeout`: SIGTERM then, SIGKILL 5 s later): a stray linphone must not keep a shared machine busy.
+        The pid held is then `timeout`'s, with the program as its only child, in the same process group, so
+        `kill()` (SIGKILL to the group) still hits the program at once, and `stop()`'s SIGTERM is passed on."""
+        if max_seconds is not None:
+            argv = ["timeout", "-k", "5", str(int(max_seconds))] + [str(a) for a in argv]
         child = NsProcess(self.nsenter(argv), log, name=name, env=env, cwd=cwd, stdin=stdin, stdout=stdout)
         self.children.append(child)
         return child
