@@ -11,9 +11,11 @@ Two ways to drive it, both started with `nsenter` into the namespace of `netns_s
   listens on the unix socket /tmp/NAME (a filesystem socket: reachable from pytest in the root namespace) and
   answers each command with one write: `Status: Ok|Error`, optional `Reason: ...`, a blank line and the body.
   Events (`message-received` with From/To/Id/Content, `message-state-changed` with Id/State,
-  `call-state-changed`) are queued and fetched with `pop-event`. Commands used: register-status, message,
-  call, terminate, pop-event, version, quit (`linphone-daemon --dump-commands-help` lists all 60; there is no
-  command for is-composing, mark-as-read or the content type of a received message).
+  `call-state-changed`) are queued and fetched with `pop-event`. The class wraps version, register-status,
+  message, pop-event and quit; `command(line)` sends any other (`linphone-daemon --dump-commands-help` lists
+  all 60: call, answer, terminate, register, unregister, config-get/-set, ...). There is no command for
+  is-composing, mark-as-read or the content type of a received message, and no event for an IMDN beyond the
+  message state Delivered/DeliveredToUser/Displayed.
 - `Liblinphone`: tests/interop/liblinphone_agent.py, our own ~300-line client of liblinphone's C API through
   ctypes (create_core_3, core_iterate, chat rooms, compose, mark_as_read, IMDN states): for what the daemon
   cannot do.
@@ -215,6 +217,7 @@ class LinphoneDaemon:
         self.events: list[dict[str, str]] = []
         self.process: NsProcess | None = None
         self.sock: socket.socket | None = None
+        self.version = "?"                               # the daemon's `version` answer, once started
 
     def start(self, ready_timeout: float = 20.0) -> "LinphoneDaemon":
         exe = require_tool("linphone-daemon", "Debian package linphone-cli")
@@ -351,13 +354,6 @@ class LinphoneDaemon:
         except OSError:
             return ""
 
-    def sip_log(self) -> str:
-        """The whole liblinphone log (belle-sip logs every SIP message it sends and receives in full)."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
     def describe(self) -> str:
         proc = self.process.describe(2000) if self.process else "(not started)"
         return f"{proc}\n--- liblinphone log {self.log_path} (tail) ---\n{self.log(6000)}"
@@ -488,12 +484,6 @@ class Liblinphone:
         except OSError:
             return ""
 
-    def sip_log(self) -> str:
-        try:
-            return (self.workdir / "liblinphone.log").read_text(errors="replace")
-        except OSError:
-            return ""
-
     def describe(self) -> str:
         proc = self.process.describe(3000) if self.process else "(not started)"
         return f"{proc}\n--- liblinphone.log (tail) ---\n{self.log(6000)}"
@@ -511,13 +501,3 @@ class Liblinphone:
                 pass
         if self.process is not None:
             self.process.stop(grace=2)
-
-
-def sip_messages_in_log(log: str, method: str | None = None) -> list[str]:
-    """The SIP messages belle-sip logged in full ('... channel [...]: message sent to/received from [...],
-    size: [N] bytes' followed by the message and a line of dashes... the format differs between sent and
-    received: this takes every block that starts with a SIP request or status line)."""
-    blocks = re.findall(r"\n((?:[A-Z]+ \S+ SIP/2\.0|SIP/2\.0 \d{3} [^\n]*)\r?\n.*?)(?=\n-{10,}|\n\d{4}-\d\d-\d\d )", log, re.S)
-    if method is None:
-        return blocks
-    return [b for b in blocks if b.startswith(method + " ") or re.search(rf"\nCSeq: \d+ {method}\r?\n", b)]
