@@ -15,6 +15,7 @@ import pytest
 import notebook_im as nim
 
 from .interop_support import HOST, Kamailio, Sipp, SippServer, free_port, require, start_kamailio
+from .netns_support import Netns
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +63,16 @@ def unique() -> Callable[[str], str]:
     """unique('alice') -> 'alice-1a2b3c': user names no other test uses (Kamailio is shared per module)."""
     tag = uuid.uuid4().hex[:6]
     return lambda name: f"{name}-{tag}"
+
+
+@pytest.fixture(scope="module")
+def netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Netns]:
+    """A loopback-only network namespace with the embedded server running in it (netns_support.py): for the
+    linphone and baresip tests. One per test module; tests use unique user names. Every program spawned into
+    it is stopped at the end, also when a test fails."""
+    ns = Netns(tmp_path_factory.mktemp("netns")).start()
+    try:
+        ns.start_server()
+        yield ns
+    finally:
+        ns.stop()

@@ -1,0 +1,158 @@
+"""baresip 1.0.0 (Debian baresip-core) against the embedded server, in a loopback-only network namespace.
+
+What works today: baresip registers over UDP and TCP and pager MESSAGEs go both ways (text/plain; baresip's
+MESSAGE carries no IMDN request, and it answers ours with a plain 200 and no receipt). Characterised as they
+are today, for the work that will change them:
+- a MESSAGE that is not text/plain is answered 415 by baresip (its core takes text/plain only);
+- our session INVITE (m=message) is answered 488 Not Acceptable Here (baresip has no MSRP or SIP-IM session);
+- after SIGKILL the binding stays at the server (nothing un-REGISTERs); over TCP a MESSAGE to the dead device
+  fails at once with 408 "no answer from tcp:..." because the connection is refused.
+
+Helpers: netns_support.py (the namespace and its agent), baresip_support.py, loopback_capture.py.
+"""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from .baresip_support import Baresip, BaresipConfig
+from .loopback_capture import LoopbackCapture, WireMessage
+from .netns_support import Netns
+
+pytestmark = pytest.mark.interop
+
+DOMAIN = "example.test"
+
+
+def user(name: str) -> str:
+    """A user name no other test of the module uses (the namespace and its server are shared per module)."""
+    return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def capture(netns: Netns) -> Iterator[LoopbackCapture]:
+    with LoopbackCapture(netns) as cap:
+        yield cap
+
+
+@pytest.fixture
+def baresips(netns: Netns, tmp_path: Path) -> Iterator[Callable[..., Baresip]]:
+    """baresips(user, transport="udp", contacts=[...]) starts a registered baresip; all stopped at the end."""
+    started: list[Baresip] = []
+
+    def start(name: str, transport: str = "udp", contacts: list[str] | None = None) -> Baresip:
+        cfg = BaresipConfig(user=name, server_port=netns.server_port, local_port=netns.port(), transport=transport,
+                            contacts=list(contacts or []))
+        b = Baresip(netns, tmp_path / f"baresip-{name}", cfg)
+        started.append(b)
+        b.start()
+        netns.wait_registered(cfg.aor, on_fail=b.describe)
+        return b
+
+    yield start
+    for b in started:
+        b.stop()
+
+
+def nim_user(netns: Netns, name: str, transport: str = "udp") -> str:
+    aor = f"sip:{name}@{DOMAIN}"
+    netns.endpoint(name, aor, transport=transport)
+    return aor
+
+
+def shown(messages: list[WireMessage]) -> str:
+    return "\n".join(f"--- {m.transport} {m.src} -> {m.dst}\n{m.text()}" for m in messages)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_baresip_registers(netns: Netns, baresips: Callable[..., Baresip], capture: LoopbackCapture,
+                           transport: str) -> None:
+    name = user("carol")
+    b = baresips(name, transport)
+    [contact] = netns.wait_registered(f"sip:{name}@{DOMAIN}")
+    # baresip's Contact user is "<user>-0x<pointer>"; it listens where sip_listen says
+    assert contact.startswith(f"sip:{name}-0x") and f"@127.0.0.1:{b.config.local_port}" in contact, contact
+    assert (";transport=tcp" in contact) == (transport == "tcp"), contact
+    registers = [m for m in capture.sip("REGISTER") if m.is_request and f"{name}@" in (m.header("From") or "")]
+    assert registers and registers[0].transport == transport, shown(capture.sip("REGISTER"))
+    assert (registers[0].header("User-Agent") or "").startswith("baresip v1.0"), registers[0].text()
+    assert "200 OK (notebook_im" in b.log(None), b.describe()
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_pager_messages_both_ways(netns: Netns, baresips: Callable[..., Baresip], capture: LoopbackCapture,
+                                  transport: str) -> None:
+    bob_name, dave_name = user("bob"), user("dave")
+    bob, dave = nim_user(netns, bob_name, transport), nim_user(netns, dave_name, transport)
+    name = user("carol")
+    b = baresips(name, transport, contacts=[bob, dave])
+
+    b.send_message(bob, "hello bob from baresip")
+    b.send_message(dave, "hello dave ✓")               # the second contact: /contact_next first
+    [to_bob] = netns.messages(bob_name, 1)
+    [to_dave] = netns.messages(dave_name, 1)
+    for got, text in ((to_bob, "hello bob from baresip"), (to_dave, "hello dave ✓")):
+        assert got["sender"] == f"sip:{name}@{DOMAIN}" and got["text"] == text, got
+        assert got["mode"] == "pager" and got["content_type"] == "text/plain", got
+    assert b.failures() == [], b.describe()
+    [wire] = [m for m in capture.sip("MESSAGE", contains="hello bob from baresip") if m.is_request
+              and m.dst.endswith(f":{netns.server_port}")]
+    assert wire.transport == transport and wire.header("Content-Type") == "text/plain", wire.text()
+    assert wire.header("Imdn-Message-ID") is None and wire.header("Accept") == "text/plain", wire.text()
+
+    sent = netns.send_message(bob_name, f"sip:{name}@{DOMAIN}", "hi baresip ✓")
+    assert sent["ok"] and sent["status"] == 200, sent
+    [got] = b.wait_received(1, sender=bob)
+    assert got.sender == bob and got.text == "hi baresip ✓", got
+    # baresip sends no receipt back for our Disposition-Notification request (none within 0.5 s: it would
+    # come at once, as notebook_im's and liblinphone's do)
+    assert netns.events(bob_name, "MessageDeliveryNotified", count=1, timeout=0.5) == []
+
+
+def test_non_text_plain_message_is_answered_415_by_baresip(netns: Netns, baresips: Callable[..., Baresip]) -> None:
+    """Characterisation: baresip 1.0 takes text/plain only; anything else gets 415 Unsupported Media Type
+    (with Accept: text/plain) from its core, before any module sees it."""
+    bob_name = user("bob")
+    nim_user(netns, bob_name)
+    name = user("carol")
+    b = baresips(name)
+    sent = netns.send_message(bob_name, f"sip:{name}@{DOMAIN}", "<b>bold</b>", content_type="text/html")
+    assert sent["ok"] is False and sent["status"] == 415, sent
+    assert b.received() == []
+
+
+def test_session_invite_is_answered_488_by_baresip(netns: Netns, baresips: Callable[..., Baresip],
+                                                  capture: LoopbackCapture) -> None:
+    """Characterisation: baresip answers an INVITE with only `m=message ... sip null` 488 Not Acceptable Here."""
+    bob_name = user("bob")
+    nim_user(netns, bob_name)
+    name = user("carol")
+    baresips(name)
+    outcome = netns.call("invite", name=bob_name, to=f"sip:{name}@{DOMAIN}", timeout=15)
+    assert outcome["ok"] is False and outcome["status"] == 488, outcome
+    assert outcome["elapsed"] < 5, outcome
+    assert [m for m in capture.sip("INVITE") if m.status == 488], shown(capture.sip("INVITE"))
+
+
+def test_sigkilled_baresip_stays_registered_and_tcp_fails_fast(netns: Netns, baresips: Callable[..., Baresip]) -> None:
+    """Characterisation for the "crashed device" work: SIGKILL leaves the binding at the server (nobody
+    un-REGISTERs); over TCP the server cannot connect to the dead device and answers the sender 408 at once."""
+    bob_name = user("bob")
+    nim_user(netns, bob_name, "tcp")
+    name = user("carol")
+    aor = f"sip:{name}@{DOMAIN}"
+    b = baresips(name, "tcp", contacts=[f"sip:{bob_name}@{DOMAIN}"])
+    before = netns.wait_registered(aor)
+    assert netns.send_message(bob_name, aor, "are you there?")["status"] == 200
+    b.wait_received(1)
+
+    assert b.kill() == -9
+    assert netns.call("registrations")[aor] == before        # the binding outlives the device
+    outcome = netns.send_message(bob_name, aor, "and now?", timeout=20)
+    assert outcome["ok"] is False and outcome["status"] == 408, outcome
+    assert f"no answer from tcp:127.0.0.1:{b.config.local_port}" in outcome["reason"], outcome
+    assert outcome["elapsed"] < 2, outcome
+    assert netns.call("registrations")[aor] == before        # and outlives the failed delivery too
