@@ -18,6 +18,8 @@ from typing import Callable, Iterator
 
 import pytest
 
+from tests.helpers import wait_for
+
 from .baresip_support import Baresip, BaresipConfig
 from .loopback_capture import LoopbackCapture, WireMessage
 from .netns_support import Netns
@@ -134,7 +136,8 @@ def test_session_invite_is_answered_488_by_baresip(netns: Netns, baresips: Calla
     outcome = netns.call("invite", name=bob_name, to=f"sip:{name}@{DOMAIN}", timeout=15)
     assert outcome["ok"] is False and outcome["status"] == 488, outcome
     assert outcome["elapsed"] < 5, outcome
-    assert [m for m in capture.sip("INVITE") if m.status == 488], shown(capture.sip("INVITE"))
+    # (the capture reads the loopback on a thread of its own: give it a moment to see the answer too)
+    wait_for(lambda: [m for m in capture.sip("INVITE") if m.status == 488], 3, "the 488 in the capture")
 
 
 def test_sigkilled_baresip_stays_registered_and_tcp_fails_fast(netns: Netns, baresips: Callable[..., Baresip]) -> None:
