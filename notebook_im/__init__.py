@@ -19,7 +19,8 @@ from .api.events import (
 from .api.manager import SessionManager
 from .api.participant import Participant
 from .api.platform import Platform
-from .api.session import ChatMessage, ImSession
+from .api.messages import ChatMessage
+from .api.session import ImSession
 from .errors import (
     ConferenceRequired, InvalidState, MessageTooLarge, NotebookImError, RemoteProtocolError, RequestFailed,
     TransactionTimeout, TransportError,

@@ -25,6 +25,8 @@ from ..errors import NO_ANSWER, InvalidState, RequestFailed
 from ..im import conference_info as ci
 from ..im import cpim
 from ..im import iscomposing as ic
+from ..im import roster as rs
+from ..im import session as sm
 from ..runtime import Operation, runtime
 from ..sip.errors import RemoteProtocolError
 from ..sip.message import Request
@@ -34,7 +36,8 @@ from .events import (
     ComposingChanged, ParticipantAdded, ParticipantRemoved, ParticipantState, SessionState,
 )
 from .participant import Participant
-from .session import ImSession, now_utc
+from .messages import now_utc
+from .session import ImSession
 
 if TYPE_CHECKING:  # pragma: no cover
     from .manager import SessionManager
@@ -43,7 +46,7 @@ log = logging.getLogger("notebook_im.conference")
 
 FACTORY_USER = "conference-factory"
 CONFERENCE_ACCEPT_TYPES = ACCEPT_TYPES + (cpim.CONTENT_TYPE,)
-SUBSCRIBE_EXPIRES = 600
+SUBSCRIBE_EXPIRES = rs.EXPIRES
 INVITE_TIMEOUT = 150.0     # the invitee's client rings for 120 s, the focus cancels after 130 s
 
 _STATUS_TO_STATE = {
@@ -79,10 +82,9 @@ def _status_of(reason: str | None, default: int = 480) -> tuple[int, str]:
     return default, reason or "the invitee did not join"
 
 
-class _RosterSubscription:
-    """The subscription dialog of a conference session (what the UA routes the NOTIFYs to)."""
-
-    acked = True
+class _RosterDialog:
+    """The subscription dialog of a conference session, as the user agent sees it (where it routes the NOTIFYs);
+    what they mean is the session's `im.roster.RosterSubscription`'s business."""
 
     def __init__(self, session: "ConferenceSession") -> None:
         self.session = session
@@ -98,15 +100,14 @@ class _RosterSubscription:
         event = (request.headers.get("Event") or "").split(";")[0].strip().lower()
         if event != ci.EVENT:
             return 489
+        info = None
         if request.body:
             try:
                 info = ci.parse(request.body)
             except RemoteProtocolError:
                 return 400
-            self.session._on_roster(info)
         state = (request.headers.get("Subscription-State") or "").split(";")[0].strip().lower()
-        if state == "terminated":
-            self.session._subscription_ended()
+        self.session._roster_notified(info, terminated=state == "terminated")
         return 200
 
     def on_dialog_request(self, request: Request) -> int:
@@ -128,32 +129,32 @@ class ConferenceSession(ImSession):
 
     Extra over ImSession: `conference_uri`, `invite(uri)` (also `add_participant(uri)`), `failed_invitations`,
     `escalated_from` (the two-party session this one continues, whose history starts `.messages`).
+    It drives two machines: the INVITE dialog with the focus (`im.session`, as every session) and the roster
+    subscription (`im.roster`).
     """
 
     _accept_types = CONFERENCE_ACCEPT_TYPES
     _receipts = False   # RFC 5438 receipts through the focus are not implemented: the focus relays none
+    is_conference = True
 
     def __init__(self, manager: "SessionManager", conference_uri: str | None, *, incoming: bool,
                  history: list | None = None, escalated_from: ImSession | None = None,
                  subject: str | None = None) -> None:
         focus_uri = conference_uri or _factory_uri(manager.endpoint)
         super().__init__(manager, focus_uri, incoming=incoming, display_name="Conference")
-        self.is_conference = True
+        self._machine = sm.InviteSession(focus_uri, no_answer="no answer from the conference focus")
         self.subject = subject
         self.conference_uri: str | None = conference_uri
         self._target_uri = focus_uri
         self._roster: dict[str, Participant] = {}
         self._receivers: dict[str, ic.ComposingReceiver] = {}
-        self._view = ci.RosterView()
-        self._sub: _RosterSubscription | None = None
-        self._sub_timer: asyncio.TimerHandle | None = None
-        self._subscribing = False
+        self._subscription = rs.RosterSubscription(SUBSCRIBE_EXPIRES)
+        self._roster_dialog: _RosterDialog | None = None
         self._waiters: dict[str, asyncio.Future] = {}
         self.failed_invitations: dict[str, str] = {}    # create_conference/escalate: uri -> "486 Busy Here"
         self._failures: dict[str, BaseException] = {}
         self.escalated_from = escalated_from
         self.replaces: Any = None          # incoming: the two-party session this invitation replaces
-        self._inviter_participant: Participant | None = None
         self._local_entity = entity_of(self.endpoint.uri)
         if history:
             self.messages = list(history)
@@ -174,6 +175,10 @@ class ConferenceSession(ImSession):
         return (f"<ConferenceSession {self.id} {self.conference_uri or self._target_uri} {self.state.value}, "
                 f"{len(self._roster)} others ({names}), {len(self.messages)} messages>")
 
+    def invitation_failure(self, uri: str) -> BaseException | None:
+        """Why inviting `uri` failed while the conference was being created (None if they joined)."""
+        return self._failures.get(uri)
+
     # -- public API ------------------------------------------------------------------------------------------
     def invite(self, uri: str) -> Operation[Participant]:
         """Invite `uri` to this conference (REFER to the focus, which sends the INVITE). Resolves with their
@@ -192,30 +197,12 @@ class ConferenceSession(ImSession):
 
     # -- creating / joining (loop thread) ---------------------------------------------------------------------
     async def _invite(self) -> "ConferenceSession":
-        """Join: INVITE the factory (creates a conference) or a conference URI."""
-        from ..sip.uri import SipUri as _U
-        self._set_state(SessionState.CONNECTING)
-
-        def keep(h: Any) -> None:
-            self._invite_handle = h
-        try:
-            dialog, resp = await self.ua.invite(_U.parse(self._target_uri), self, on_handle=keep,
-                                                accept_types=CONFERENCE_ACCEPT_TYPES,
-                                                extra={"Subject": self.subject} if self.subject and not self.is_incoming else None)
-        except NO_ANSWER as exc:
-            self._finish(f"no answer from the conference focus: {exc.reason}", 408)
-            raise
-        if dialog is None:
-            self._finish(f"{resp.status} {resp.reason}", resp.status, by_remote=True)
-            raise RequestFailed("INVITE", resp.status, resp.reason, self._target_uri)
-        self.dialog = dialog
-        self.acked = True
+        """Join: INVITE the factory (creates a conference) or a conference URI, then subscribe to the roster."""
+        self._run(self._machine.start_outgoing())
+        extra = {"Subject": self.subject} if self.subject and not self.is_incoming else None
+        resp = await self._send_invite(self._target_uri, extra=extra)
         self.conference_uri = entity_of(resp.contacts[0].uri) if resp.contacts else entity_of(self._target_uri)
         self._remote.uri = self.conference_uri
-        if self.state is SessionState.DISCONNECTING:
-            await self._bye()
-            raise InvalidState(f"session {self.id} was terminated while connecting")
-        self._set_state(SessionState.CONNECTED)
         await self._subscribe()
         return self
 
@@ -255,7 +242,7 @@ class ConferenceSession(ImSession):
         if resp.status >= 300:
             self._waiters.pop(entity, None)
             raise RequestFailed("REFER", resp.status, resp.reason, uri)
-        if self._sub is None:  # no roster to tell us when they join: the focus took the invitation, that is all
+        if self._roster_dialog is None:  # no roster to tell us when they join: the focus took it, that is all
             self._waiters.pop(entity, None)
             return self._participant_for(entity, None)
         try:
@@ -277,77 +264,74 @@ class ConferenceSession(ImSession):
                 pass
         return self._remote
 
-    def _set_state(self, state: SessionState) -> None:
-        super()._set_state(state)
-        if state is SessionState.CONNECTED and self.is_incoming and self._sub is None and not self._subscribing:
+    def _on_connected(self) -> None:
+        super()._on_connected()
+        if self.is_incoming and self._subscription.state is rs.SubState.IDLE:
             asyncio.ensure_future(self._after_join())
 
     async def _after_join(self) -> None:
         await self._subscribe()
         old = self.replaces
         if old is not None and old.state is SessionState.CONNECTED:
-            old.escalated_to = self           # RFC 3891: the replaced dialog ends once the new one is up
-            old._escalating = True
-            await old._terminate()
+            await old._moved_to(self)    # RFC 3891: the replaced dialog ends once the new one is up
 
-    # -- roster subscription ---------------------------------------------------------------------------------
+    # -- roster subscription (the im.roster machine decides) -----------------------------------------------------
     async def _subscribe(self) -> None:
-        if self._subscribing or self.conference_uri is None:
+        if self.conference_uri is None:
             return
-        self._subscribing = True
-        sub = _RosterSubscription(self)
-        self._sub = sub
+        await self._run_roster(self._subscription.start())
+
+    async def _run_roster(self, actions: list) -> None:
+        for a in actions:
+            if isinstance(a, rs.Subscribe):
+                await self._send_subscribe(a.expires)
+            elif isinstance(a, rs.Refresh):
+                asyncio.ensure_future(self._send_refresh(a.expires))
+            elif isinstance(a, rs.StartTimer):
+                self._arm("roster", a.delay, lambda: asyncio.ensure_future(self._run_roster(self._subscription.timer())))
+            elif isinstance(a, rs.StopTimer):
+                self._disarm("roster")
+            elif isinstance(a, rs.Changes):
+                self._apply_roster(a.changes, a.subject)
+            elif isinstance(a, rs.Ended):
+                log.info("conference %s: roster subscription ended (%s)", self.conference_uri, a.reason)
+                dialog, self._roster_dialog = self._roster_dialog, None
+                if dialog is not None and dialog.dialog is not None:
+                    self.ua.forget_dialog(dialog.dialog)
+
+    async def _send_subscribe(self, expires: int) -> None:
+        assert self.conference_uri is not None
+        holder = _RosterDialog(self)
+        self._roster_dialog = holder
         try:
-            dialog, resp = await self.ua.subscribe(SipUri.parse(self.conference_uri), ci.EVENT, sub,
-                                                   expires=SUBSCRIBE_EXPIRES, accept=ci.CONTENT_TYPE)
+            dialog, resp = await self.ua.subscribe(SipUri.parse(self.conference_uri), ci.EVENT, holder,
+                                                   expires=expires, accept=ci.CONTENT_TYPE)
         except NO_ANSWER as exc:
-            log.info("conference %s: SUBSCRIBE timed out: %s", self.conference_uri, exc)
-            self._sub = None
+            await self._run_roster(self._subscription.unanswered(exc.reason))
             return
-        finally:
-            self._subscribing = False
-        if dialog is None:
-            log.info("conference %s: no roster subscription (%s %s)", self.conference_uri, resp.status, resp.reason)
-            self._sub = None
-            return
-        sub.dialog = dialog
-        if self.state is not SessionState.CONNECTED:
+        holder.dialog = dialog
+        if dialog is not None and self.state is not SessionState.CONNECTED:
             self.ua.forget_dialog(dialog)
+            await self._run_roster(self._subscription.stop())
             return
-        granted = resp.expires if resp.expires is not None else SUBSCRIBE_EXPIRES
-        self._arm_refresh(granted)
+        await self._run_roster(self._subscription.answered(resp.status, resp.reason, granted=resp.expires))
 
-    def _arm_refresh(self, granted: int) -> None:
-        if self._sub_timer is not None:
-            self._sub_timer.cancel()
-        if granted > 0:
-            self._sub_timer = asyncio.get_running_loop().call_later(max(1.0, granted / 2),
-                                                                    lambda: asyncio.ensure_future(self._refresh()))
-
-    async def _refresh(self, expires: int = SUBSCRIBE_EXPIRES) -> None:
-        sub = self._sub
-        if sub is None or sub.dialog is None or self.state is not SessionState.CONNECTED:
+    async def _send_refresh(self, expires: int) -> None:
+        holder = self._roster_dialog
+        if holder is None or holder.dialog is None or self.state is not SessionState.CONNECTED:
             return
         try:
-            resp = await self.ua.send_in_dialog(sub.dialog, "SUBSCRIBE", extra={
+            resp = await self.ua.send_in_dialog(holder.dialog, "SUBSCRIBE", extra={
                 "Event": ci.EVENT, "Expires": str(expires), "Accept": ci.CONTENT_TYPE})
         except NO_ANSWER:
             return
-        if 200 <= resp.status < 300:
-            self._arm_refresh(resp.expires if resp.expires is not None else expires)
-        else:
-            self._subscription_ended()
+        await self._run_roster(self._subscription.answered(resp.status, resp.reason, granted=resp.expires))
 
-    def _subscription_ended(self) -> None:
-        sub, self._sub = self._sub, None
-        if self._sub_timer is not None:
-            self._sub_timer.cancel()
-            self._sub_timer = None
-        if sub is not None and sub.dialog is not None:
-            self.ua.forget_dialog(sub.dialog)
+    def _roster_notified(self, info: ci.ConferenceInfo | None, *, terminated: bool) -> None:
+        asyncio.ensure_future(self._run_roster(self._subscription.notified(info, terminated=terminated)))
 
-    def _on_roster(self, info: ci.ConferenceInfo) -> None:
-        for change in self._view.apply(info):
+    def _apply_roster(self, changes: tuple, subject: str | None) -> None:
+        for change in changes:
             u = change.user
             if u.entity == self._local_entity:
                 continue
@@ -363,11 +347,9 @@ class ConferenceSession(ImSession):
                     fut = self._waiters.get(u.entity)
                     if fut is not None and not fut.done():
                         fut.set_result(p)
-        if self._view.subject:
-            self.subject = self._view.subject
+        if subject:
+            self.subject = subject
         self._update_title()
-        if self._view.needs_full and self.state is SessionState.CONNECTED:
-            asyncio.ensure_future(self._refresh())  # a refresh brings the full state (RFC 4575 §4.1)
 
     def _participant_for(self, entity: str, display_name: str | None,
                          state: ParticipantState = ParticipantState.CONNECTED) -> Participant:
@@ -406,11 +388,8 @@ class ConferenceSession(ImSession):
         self._remote.display_name = ("Conference: " + ", ".join(names)) if names else "Conference"
 
     # -- receiving (loop thread) -------------------------------------------------------------------------------
-    def on_dialog_request(self, request: Request) -> int:
-        """Called by the user agent for an in-dialog MESSAGE from the focus (CPIM-wrapped author, composing)."""
-        if not self.acked:
-            self.acked = True
-            self._connected_by_peer()
+    def _message_in(self, request: Request) -> int:
+        """An in-dialog MESSAGE from the focus: the author in its message/cpim wrapper; text or composing."""
         ct = (request.content_type or "text/plain").lower()
         sender: Participant | None = None
         body = request.body
@@ -469,19 +448,22 @@ class ConferenceSession(ImSession):
             self._run_conf_receiver(p, receiver.timer(name, time.monotonic()))
 
     # -- ending -------------------------------------------------------------------------------------------------
-    def _finish(self, reason: str, status: int | None, *, by_remote: bool = False) -> None:
+    def _finish(self, reason: str, status: int | None, *, by_remote: bool = False, answered_elsewhere: bool = False) -> None:
         if self.state is SessionState.DISCONNECTED:
             return
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(InvalidState(f"the conference session ended: {reason}"))
         self._waiters.clear()
-        self._subscription_ended()
+        self._subscription.stop()
+        dialog, self._roster_dialog = self._roster_dialog, None
+        if dialog is not None and dialog.dialog is not None:
+            self.ua.forget_dialog(dialog.dialog)
         for p in self._roster.values():
             if p.composing:
                 p.composing = False
                 self._emit(ComposingChanged(self, p, False, timestamp=now_utc()))
-        super()._finish(reason, status, by_remote=by_remote)
+        super()._finish(reason, status, by_remote=by_remote, answered_elsewhere=answered_elsewhere)
 
 
 def _factory_uri(endpoint: Any) -> str:

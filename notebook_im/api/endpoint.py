@@ -26,7 +26,7 @@ from .events import (
 from .manager import SessionManager, parse_remote_uri
 from .participant import Participant
 from .receipts import DEFAULT_SIZE, NOTIFICATION_CONTENT_TYPE, ReceiptBook, notification_body
-from .session import (
+from .messages import (
     MESSAGE_ATTEMPTS, REFUSING, ChatMessage, RecentIds, check_content_type, check_message_ids, failure_reason, now_utc,
     settle, wire_text,
 )
@@ -68,7 +68,7 @@ class Endpoint(EventSource):
         self._seen_pager = RecentIds()
         self.request_receipts = True
         self.send_receipts = True
-        self._receipts = ReceiptBook()
+        self.receipts = ReceiptBook()   # RFC 5438 bookkeeping of what was asked and notified (api/receipts.py)
         # pager-mode messages received and not yet marked read: id -> (sender URI, what they asked for)
         self._pager_unread: OrderedDict[str, tuple[str, imdn.Request | None]] = OrderedDict()
         self._pager_refused: OrderedDict[str, None] = OrderedDict()  # peers that answered 415/501 to a receipt
@@ -174,7 +174,7 @@ class Endpoint(EventSource):
         if self.request_receipts:
             extra = imdn.request_headers(msg.id, msg.timestamp)
             msg.requested = imdn.REQUESTED_SET
-            self._receipts.track(msg, self)
+            self.receipts.track(msg, self)
         self._emit(MessageSending(None, msg.id, text, ct, "pager", str(to), timestamp=msg.timestamp))
         started = time.perf_counter()
         body = wire_text(text)
@@ -246,7 +246,7 @@ class Endpoint(EventSource):
             return 200
         wrapper = None
         if ct in (imdn.CONTENT_TYPE, cpim.CONTENT_TYPE):  # a receipt, or a text in CPIM (linphone's way)
-            status, wrapper = self._receipts.open(ct, request.body, participant, now_utc())
+            status, wrapper = self.receipts.open(ct, request.body, participant, now_utc())
             if wrapper is None:
                 return status
             ct = wrapper.content_type

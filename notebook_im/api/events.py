@@ -76,12 +76,14 @@ class IncomingSession(Event):
     subject: str | None = None
 
     def accept(self) -> "Operation[ImSession]":
-        """Accept the invitation (200 OK with our SDP); resolves with the session once the ACK arrives."""
-        return self.session._accept()
+        """Accept the invitation (200 OK with our SDP); resolves with the session once the ACK arrives. Shorthand
+        for `endpoint.sessions.accept(incoming)`: the event only carries the data, the session manager acts."""
+        return self.session.manager.accept(self)
 
     def reject(self, code: int = 486, reason: str | None = None) -> "Operation[None]":
-        """Decline the invitation with a SIP status (486 Busy Here by default, 603 Decline, ...)."""
-        return self.session._reject(code, reason)
+        """Decline the invitation with a SIP status (486 Busy Here by default, 603 Decline, ...); shorthand for
+        `endpoint.sessions.reject(incoming, code, reason)`."""
+        return self.session.manager.reject(self, code, reason)
 
 
 @dataclass(frozen=True)

@@ -101,8 +101,8 @@ class SessionManager:
         self._sessions.append(session)
         event = session._incoming(request, handle, new_tag())
         session._emit(event)
-        if replaced is not None and not session._rejecting:  # RFC 3891: the user already talks with the
-            event.accept()                                     # referrer; no second question (unless they said no)
+        if replaced is not None and session.ringing:  # RFC 3891: the user already talks with the referrer;
+            session.accept()                           # no second question (unless they said no meanwhile)
 
     def _replaced_session(self, request: Request) -> "ImSession | None":
         """The connected two-party session a Replaces header names, if its peer is the one who referred us."""
@@ -126,7 +126,21 @@ class SessionManager:
                 return s
         return None
 
-    def _forget(self, session: ImSession) -> None:
+    def accept(self, incoming: IncomingSession) -> Operation[ImSession]:
+        """Accept an invitation (UCCAPI `Accept`): the same as `incoming.session.accept()`."""
+        return incoming.session.accept()
+
+    def reject(self, incoming: IncomingSession, code: int = 486, reason: str | None = None) -> Operation[None]:
+        """Decline an invitation with a SIP status: the same as `incoming.session.reject(code, reason)`."""
+        return incoming.session.reject(code, reason)
+
+    def adopt(self, session: ImSession) -> None:
+        """A session created on this manager's behalf (a conference made by `escalate`) joins its list."""
+        if session not in self._sessions:
+            self._sessions.append(session)
+
+    def forget(self, session: ImSession) -> None:
+        """A session ended: it leaves the list of live sessions."""
         if session in self._sessions:
             self._sessions.remove(session)
 

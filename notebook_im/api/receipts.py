@@ -26,7 +26,8 @@ from .events import MessageDeliveryNotified, MessageDisplayed
 
 if TYPE_CHECKING:  # pragma: no cover
     from .participant import Participant
-    from .session import ChatMessage, ImSession
+    from .messages import ChatMessage
+    from .session import ImSession
 
 DEFAULT_SIZE = 10_000
 

@@ -1,38 +1,40 @@
 """ImSession: a two-party IM session in session mode (INVITE with m=message, in-dialog MESSAGE, BYE).
 
-UCCAPI's `IUccInstantMessagingSession` + `IUccSession`. Public methods return `Operation`s and may be
-called from any thread; everything underscore-prefixed runs on the library loop. In-dialog requests of
-one session are sent one at a time, in call order: the receiver checks CSeq order (RFC 3261 §12.2.2),
-and a chat must not arrive shuffled.
+UCCAPI's `IUccInstantMessagingSession` + `IUccSession`. The session is a driver: what happens to its INVITE dialog
+is decided by the sans-IO `im.session.InviteSession` machine, composing by `im.iscomposing`, receipts by
+`im.imdn`; this class feeds them what the user agent reports, carries out their actions through the user agent
+(core/agent.py) and emits the API events. Public methods return `Operation`s and may be called from any thread;
+everything underscore-prefixed runs on the library loop. In-dialog requests of one session are sent one at a
+time, in call order: the receiver checks CSeq order (RFC 3261 §12.2.2), and a chat must not arrive shuffled.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ..errors import (
-    NO_ANSWER, ConferenceRequired, InvalidState, MessageTooLarge, RequestFailed, TransactionTimeout, TransportError,
-)
-from ..im import cpim
-from ..im import imdn
+from ..core.stack import ClientHandle, ServerHandle
+from ..errors import NO_ANSWER, ConferenceRequired, InvalidState, MessageTooLarge, RequestFailed
+from ..im import cpim, imdn
 from ..im import iscomposing as ic
+from ..im import session as sm
 from ..runtime import Operation, runtime
 from ..sip.dialog import Dialog
 from ..sip.errors import RemoteProtocolError
 from ..sip.message import Request, random_hex
 from ..sip.reason import completed_elsewhere
 from ..sip.sdp import ACCEPT_TYPES as _SDP_ACCEPT_TYPES
-from ..core.stack import ClientHandle, ServerHandle
+from ..sip.uri import SipUri
 from . import checks
 from .emitter import EventSource
 from .events import (
-    ComposingChanged, IncomingSession, MessageDelivered, MessageFailed, MessageReceived, MessageSending, ParticipantAdded,
+    ComposingChanged, IncomingSession, MessageDelivered, MessageReceived, MessageSending, ParticipantAdded,
     ParticipantState, ParticipantStateChanged, SessionState, SessionStateChanged, SessionTerminated,
+)
+from .messages import (
+    MESSAGE_ATTEMPTS, REFUSING, TEXT_TYPES, ChatMessage, RecentIds, check_content_type, check_message_ids,
+    failure_reason, now_utc, settle, wire_text,
 )
 from .participant import Participant
 from .receipts import NOTIFICATION_CONTENT_TYPE, notification_body
@@ -42,122 +44,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("notebook_im.session")
 
-TEXT_TYPES = ("text/plain", "text/html", "text/enriched")
-RING_TIMEOUT = 120.0
-ANSWERED_ELSEWHERE = "answered elsewhere"   # SessionTerminated.reason when another device of the user answered
-MESSAGE_ATTEMPTS = 2  # a MESSAGE whose transaction timed out is sent once more (same Imdn-Message-ID)
-UNANSWERED_LIMIT = 2  # this many requests in a row without an answer: the other party stopped answering
-REFUSING = (415, 501)  # "I do not take this content / this method": stop sending that kind to this peer
+RING_TIMEOUT = sm.RING_TIMEOUT
+ANSWERED_ELSEWHERE = sm.ANSWERED_ELSEWHERE   # SessionTerminated.reason when another device of the user answered
+UNANSWERED_LIMIT = sm.UNANSWERED_LIMIT
 
-
-class RecentIds:
-    """A bounded set of recently seen message ids: duplicate suppression for retried MESSAGEs."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self._order: deque[str] = deque()
-        self._ids: set[str] = set()
-        self.size = size
-
-    def seen(self, msg_id: str) -> bool:
-        """True if `msg_id` was seen before; otherwise remember it and return False."""
-        if msg_id in self._ids:
-            return True
-        self._ids.add(msg_id)
-        self._order.append(msg_id)
-        if len(self._order) > self.size:
-            self._ids.discard(self._order.popleft())
-        return False
-
-
-def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def wire_text(text: str) -> bytes:
-    """Text as it goes on the wire: UTF-8 with CRLF line breaks (what OCS/Lync clients expect)."""
-    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n").encode("utf-8")
-
-
-def failure_reason(status: int, reason: str, size: int) -> str:
-    """The reason a failed MESSAGE reports: the SIP reason phrase, spelled out where the phrase alone would
-    leave the user guessing (413: the server's size limit)."""
-    if status == 413:
-        return (f"{reason or 'Request Entity Too Large'}: the server refuses messages this large (this one is "
-                f"{size:,} bytes); send a shorter message or split it")
-    return reason
-
-
-def check_message_ids(message_ids: Any) -> set[str] | None:
-    """`mark_read()`'s argument: None (all) or a list of message ids, with an error that says so otherwise."""
-    if message_ids is None:
-        return None
-    if isinstance(message_ids, str) or not hasattr(message_ids, "__iter__") or \
-            not all(isinstance(i, str) for i in message_ids):
-        raise TypeError("mark_read() takes a list of message ids (ChatMessage.id / MessageReceived.message_id), "
-                        f"or nothing for all of them; not {message_ids!r}")
-    return set(message_ids)
-
-
-def settle(msg: "ChatMessage", session: "ImSession | None", status: int, reason: str,
-           latency: float) -> MessageDelivered | MessageFailed:
-    """Record the final response of a sent message on `msg` (status, state through the IMDN table) and
-    return the event that reports it (session mode or pager mode: `session` None)."""
-    msg.sip_status, msg.reason = status, reason
-    if 200 <= status < 300:
-        msg.status, msg.delivered_at = "delivered", now_utc()
-        msg.state = imdn.advance(msg.state, imdn.Input.RESPONSE_2XX).value
-        return MessageDelivered(session, msg.id, msg.text, msg.content_type, status, reason, latency, msg.mode,
-                                msg.recipient, msg.timestamp, msg.state, timestamp=msg.delivered_at,
-                                stored=status == 202)
-    msg.status = "failed"
-    msg.state = imdn.advance(msg.state, imdn.Input.RESPONSE_ERROR).value
-    return MessageFailed(session, msg.id, msg.text, msg.content_type, status, reason, msg.mode, msg.recipient,
-                         msg.timestamp, msg.state, timestamp=now_utc())
-
-
-def check_content_type(content_type: str) -> str:
-    ct = (content_type or "").split(";")[0].strip().lower()
-    if ct not in TEXT_TYPES:
-        raise ValueError(f"content_type must be one of {', '.join(TEXT_TYPES)}, not {content_type!r}")
-    return ct
-
-
-_STATE_OF_STATUS = {"sending": "sending", "delivered": "sent", "failed": "failed", "received": "received"}
-
-
-@dataclass
-class ChatMessage:
-    """One IM message of a conversation, sent or received, with its delivery state.
-
-    `status` is the SIP outcome (UCCAPI `OnSendMessage`): "sending", "delivered" (a 2xx came back: the
-    server or the peer took it), "failed", or "received". `state` is what the receipts (RFC 5438) add: a
-    sent message goes "sending" -> "sent" (2xx) -> "delivered" (the recipient's device said so) ->
-    "displayed" (they have seen it), or "failed"; with a peer that sends no receipts it stays "sent". A
-    received message is "received", then "displayed" once shown or marked read (`session.mark_read()`).
-    """
-
-    id: str
-    direction: str                  # "out" or "in"
-    sender: str
-    recipient: str
-    text: str
-    content_type: str
-    timestamp: datetime
-    status: str                     # "sending", "delivered", "failed" or "received"
-    mode: str = "session"
-    sip_status: int | None = None
-    reason: str = ""
-    delivered_at: datetime | None = None   # when the 2xx came (sent) or the message arrived (received)
-    extra: dict[str, Any] = field(default_factory=dict)
-    state: str = ""                 # sending / sent / delivered / displayed / failed; received / displayed
-    requested: frozenset[str] = frozenset()  # the receipts asked for ("positive-delivery", "display")
-    imdn_datetime: str | None = None        # the message's DateTime, echoed in its notifications
-    delivery_notified_at: datetime | None = None  # sent: when the delivery notification came
-    displayed_at: datetime | None = None          # sent: when the display notification came; received: when read
-
-    def __post_init__(self) -> None:
-        if not self.state:
-            self.state = _STATE_OF_STATUS.get(self.status, self.status)
+__all__ = ["ANSWERED_ELSEWHERE", "ChatMessage", "ImSession", "TEXT_TYPES"]
 
 
 class ImSession(EventSource):
@@ -166,7 +57,7 @@ class ImSession(EventSource):
     # what we take in a two-party session: text, composing, and receipts (bare or CPIM-wrapped, RFC 5438)
     _accept_types: tuple[str, ...] = _SDP_ACCEPT_TYPES + (cpim.CONTENT_TYPE, imdn.CONTENT_TYPE)
     _receipts = True   # RFC 5438 receipts between the two parties (a conference's focus relays none)
-    _answered_elsewhere = False   # set when the invitation ended because another device of ours answered
+    is_conference = False
 
     def __init__(self, manager: "SessionManager", remote_uri: str, *, incoming: bool,
                  display_name: str | None = None) -> None:
@@ -176,31 +67,26 @@ class ImSession(EventSource):
         self._parent_source = manager.endpoint
         self.id = random_hex(2 * 4)
         self.is_incoming = incoming
-        self.is_conference = False
         self.state = SessionState.IDLE
         self.local_participant = Participant(self.endpoint.uri, is_local=True, session=self,
                                              display_name=self.endpoint.display_name)
         self._remote = Participant(remote_uri, display_name=display_name, session=self)
         self.messages: list[ChatMessage] = []
         self.dialog: Dialog | None = None
-        self.acked = False
         self.terminate_reason: str | None = None
+        self._machine = sm.InviteSession(remote_uri)
         self._invite_handle: ClientHandle | None = None
         self._server_handle: ServerHandle | None = None
         self._incoming_event: IncomingSession | None = None
         self._accepted: asyncio.Future | None = None
-        self._ring_timer: asyncio.TimerHandle | None = None
         self._lock: asyncio.Lock | None = None
         self._sender = ic.ComposingSender()
         self._receiver = ic.ComposingReceiver()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._refused: set[str] = set()     # content types the peer answered 415/501 to (composing, IMDN)
-        self._unanswered = 0                # our requests in a row that got no answer at all
         self._unread: dict[str, ChatMessage] = {}   # received messages not yet displayed / marked read
         self._seen = RecentIds()
         self.escalated_to: Any = None      # the ConferenceSession this conversation moved to (escalate())
-        self._escalating = False
-        self._rejecting = False
 
     # -- properties ---------------------------------------------------------------------------------------
     @property
@@ -213,15 +99,19 @@ class ImSession(EventSource):
         return self._remote
 
     @property
+    def acked(self) -> bool:
+        """Has the session been confirmed by the peer (the ACK for our 200, or our own 2xx to our INVITE)?"""
+        return self._machine.phase not in (sm.Phase.IDLE, sm.Phase.RINGING, sm.Phase.ANSWERING)
+
+    @property
     def invitation(self) -> IncomingSession | None:
         """The IncomingSession of an incoming session that is still ringing (None once answered or ended)."""
-        handle = self._server_handle
-        if self._incoming_event is None or handle is None or handle.answered or self.state is not SessionState.CONNECTING:
+        if self._incoming_event is None or self._machine.phase is not sm.Phase.RINGING:
             return None
         return self._incoming_event
 
     @property
-    def ua(self):
+    def ua(self) -> Any:
         return self.endpoint._ua
 
     @property
@@ -263,6 +153,18 @@ class ImSession(EventSource):
         marked. A chat panel calls this by itself for the messages it shows while a front end displays it."""
         return runtime().submit(self._mark_read(check_message_ids(message_ids)), "mark_read()")
 
+    def accept(self) -> Operation["ImSession"]:
+        """Accept an incoming invitation (200 OK with our SDP); resolves with the session once the ACK arrives.
+        (UCCAPI `Accept`; `IncomingSession.accept()` is the same.)"""
+        return runtime().submit(self._do_accept(), "accept()")
+
+    def reject(self, code: int = 486, reason: str | None = None) -> Operation[None]:
+        """Decline an incoming invitation with a SIP status (486 Busy Here by default, 603 Decline, ...)."""
+        if not isinstance(code, int) or isinstance(code, bool) or not 300 <= code <= 699:
+            raise ValueError(f"reject() takes a SIP status code from 300 to 699 (486 Busy Here, 603 Decline), not {code!r}")
+        checks.reason_phrase(reason)
+        return runtime().submit(self._do_reject(code, reason), f"reject({code})")
+
     def terminate(self) -> Operation[None]:
         """End the session (BYE; CANCEL while still inviting; 603 for an unanswered invitation)."""
         return runtime().submit(self._terminate(), "terminate()")
@@ -284,35 +186,10 @@ class ImSession(EventSource):
         session. Resolves with the new ConferenceSession, whose `.messages` starts with this session's history."""
         from .conference import check_uris
         uris = check_uris(uris)
-        if self.is_conference:
-            raise InvalidState("this session is already a conference: use session.invite(uri)")
         self._require_connected("escalate")
         if self.endpoint.server is None:
             raise InvalidState(f"cannot escalate: endpoint {self.endpoint.uri} has no server, so no conference focus")
         return runtime().submit(self._escalate(uris), f"escalate({uris!r})")
-
-    async def _escalate(self, uris: list[str]) -> Any:
-        from .conference import ConferenceSession
-        assert self.dialog is not None
-        d = self.dialog
-        replaces = f"{d.call_id};to-tag={d.remote_tag};from-tag={d.local_tag}"
-        conf = ConferenceSession(self.manager, None, incoming=False, history=self.messages, escalated_from=self)
-        self.manager._sessions.append(conf)
-        self.escalated_to = conf   # the peer's client may end this dialog (RFC 3891) as soon as it has joined
-        try:
-            await conf._create([(self._remote.uri, replaces)] + [(u, None) for u in uris])
-        except BaseException:
-            self.escalated_to = None
-            raise
-        failure = conf._failures.get(self._remote.uri)
-        if failure is not None and self.state is SessionState.CONNECTED:
-            # the other party did not come along: keep the two-party conversation, drop the conference
-            self.escalated_to = None
-            await conf._terminate()
-            raise failure
-        self._escalating = True
-        await self._terminate()
-        return conf
 
     def wait_connected(self, timeout: float | None = None) -> Operation["ImSession"]:
         """An Operation that resolves with the session once it is connected (raises if it ends first)."""
@@ -323,6 +200,60 @@ class ImSession(EventSource):
                 raise InvalidState(f"session {self.id} ended before it connected: {self.terminate_reason}")
             return self
         return runtime().submit(asyncio.wait_for(wait(), timeout), "wait_connected()")
+
+    # -- carrying out the machine's actions (loop thread) --------------------------------------------------------
+    def _run(self, actions: list) -> list[asyncio.Future]:
+        """Do what the InviteSession machine says; returns the BYE in flight, if one was started (terminate()
+        waits for it). SendInvite is carried out by `_invite`, which asked for it."""
+        pending: list[asyncio.Future] = []
+        for a in actions:
+            if isinstance(a, sm.Progress):
+                self._set_state(SessionState(a.state))
+            elif isinstance(a, sm.SendRinging):
+                assert self._server_handle is not None and self.dialog is not None
+                self.ua.ring(self._server_handle, self.dialog.local_tag)
+            elif isinstance(a, sm.SendOk):
+                assert self._server_handle is not None and self.dialog is not None
+                self.ua.accept_invite(self._server_handle, self.dialog, self, accept_types=self._accept_types,
+                                      acked=lambda: self._machine.phase is not sm.Phase.ANSWERING)
+            elif isinstance(a, sm.SendFinal):
+                handle = self._server_handle
+                if handle is not None and not handle.answered:
+                    self.ua.reply(handle, a.status, a.reason, tag=self.dialog.local_tag if self.dialog else True)
+            elif isinstance(a, sm.SendCancel):
+                if self._invite_handle is not None:
+                    self.ua.cancel(self._invite_handle)
+            elif isinstance(a, sm.SendBye):
+                pending.append(asyncio.ensure_future(self._bye_and_finish()))
+            elif isinstance(a, sm.StartTimer):
+                self._arm(a.name, a.delay, lambda n=a.name: self._timer_fired(n))
+            elif isinstance(a, sm.StopTimer):
+                self._disarm(a.name)
+            elif isinstance(a, sm.Connected):
+                self._on_connected()
+            elif isinstance(a, sm.PeerLost):
+                self._set_participant_state(self._remote, ParticipantState.DISCONNECTED, reason=a.reason)
+            elif isinstance(a, sm.Ended):
+                self._finish(a.reason, a.status, by_remote=a.by_remote, answered_elsewhere=a.answered_elsewhere)
+        return pending
+
+    def _timer_fired(self, name: str) -> None:
+        if name == "ring":
+            self._run(self._machine.ring_timeout_fired())
+
+    def _on_connected(self) -> None:
+        """The session is up: an accept() waiting for the ACK returns (a conference also subscribes)."""
+        if self._accepted is not None and not self._accepted.done():
+            self._accepted.set_result(None)
+
+    async def _bye_and_finish(self) -> None:
+        async with self._get_lock():
+            if self.dialog is not None:
+                try:
+                    await self.ua.send_in_dialog(self.dialog, "BYE")
+                except NO_ANSWER:
+                    pass
+        self._run(self._machine.bye_done())
 
     # -- state helpers (loop thread) -----------------------------------------------------------------------
     def _set_state(self, state: SessionState) -> None:
@@ -343,24 +274,6 @@ class ImSession(EventSource):
         if emit:
             self._emit(ParticipantStateChanged(self, p, state, previous, reason, timestamp=now_utc()))
 
-    def _no_answer(self, exc: TransactionTimeout | TransportError) -> None:
-        """A request of ours got no answer (timeout, or the transport failed). One can be bad luck on a lossy
-        network; `UNANSWERED_LIMIT` in a row (a text and its retry, or a receipt and the next request) means
-        the other party stopped answering."""
-        self._unanswered += 1
-        if self._unanswered >= UNANSWERED_LIMIT:
-            self._participant_lost(exc.method, exc.status, exc.reason)
-
-    def _participant_lost(self, method: str, status: int, reason: str) -> None:
-        """The other party stopped answering (no answer twice in a row, a 408, or the transport failed): it is
-        marked DISCONNECTED, saying which request went unanswered, and the session ends without a BYE (RFC 3261
-        §12.2.1.2: a 408 or 481 in a dialog ends it; a BYE would only time out as well)."""
-        if self.state is not SessionState.CONNECTED:
-            return
-        why = f"{self._remote.uri} stopped answering ({method}: {status} {reason})"
-        self._set_participant_state(self._remote, ParticipantState.DISCONNECTED, reason=why)
-        self._finish(why, status)
-
     def _get_lock(self) -> asyncio.Lock:
         if self._lock is None:
             self._lock = asyncio.Lock()
@@ -368,138 +281,118 @@ class ImSession(EventSource):
 
     # -- outgoing session -------------------------------------------------------------------------------------
     async def _invite(self) -> "ImSession":
-        from ..sip.uri import SipUri
         self._emit(ParticipantAdded(self, self._remote, timestamp=now_utc()))
-        self._set_state(SessionState.CONNECTING)
+        self._run(self._machine.start_outgoing())
+        resp = await self._send_invite(self._remote.uri, extra=None)
+        self._remote_named(resp)
+        return self
 
+    async def _send_invite(self, target: str, *, extra: dict[str, str] | None) -> Any:
+        """INVITE `target` and feed the outcome to the machine; the 2xx (the dialog set), or RequestFailed /
+        TransactionTimeout / InvalidState (terminated meanwhile) raised after the session ended."""
         def keep(h: ClientHandle) -> None:
             self._invite_handle = h
         try:
-            dialog, resp = await self.ua.invite(SipUri.parse(self._remote.uri), self, on_handle=keep,
-                                                accept_types=self._accept_types)
+            dialog, resp = await self.ua.invite(SipUri.parse(target), self, on_handle=keep,
+                                                accept_types=self._accept_types, extra=extra)
         except NO_ANSWER as exc:
-            self._finish(f"no answer: {exc.reason}", 408)
+            self._run(self._machine.invite_unanswered(exc.reason))
             raise
+        if dialog is not None:
+            self.dialog = dialog
+        pending = self._run(self._machine.invite_answered(resp.status, resp.reason))
         if dialog is None:
-            self._finish(f"{resp.status} {resp.reason}", resp.status, by_remote=True)
-            raise RequestFailed("INVITE", resp.status, resp.reason, self._remote.uri)
-        self.dialog = dialog
-        self.acked = True
-        if not self._remote.display_name:  # the callee may name itself in its Contact (or To)
+            raise RequestFailed("INVITE", resp.status, resp.reason, target)
+        if pending or self._machine.ended:   # terminate() was called while we were inviting
+            for f in pending:
+                await f
+            raise InvalidState(f"session {self.id} was terminated while connecting")
+        return resp
+
+    def _remote_named(self, resp: Any) -> None:
+        """The callee may name itself in its Contact (or To)."""
+        if not self._remote.display_name:
             for addr in (resp.contacts[:1] + [resp.to]):
                 if addr.display_name:
                     self._remote.display_name = addr.display_name
                     break
-        if self.state is SessionState.DISCONNECTING:  # terminate() was called while we were inviting
-            await self._bye()
-            raise InvalidState(f"session {self.id} was terminated while connecting")
-        self._set_state(SessionState.CONNECTED)
-        return self
 
     # -- incoming session --------------------------------------------------------------------------------------
     def _incoming(self, request: Request, handle: ServerHandle, local_tag: str) -> IncomingSession:
+        """An INVITE for this new session: ring (180), start the ring timer; returns the IncomingSession event
+        (the manager emits it)."""
         self._server_handle = handle
         handle.on_cancel = self._on_cancelled
         self.dialog = Dialog.from_uas(request, local_tag)
         if not self.is_conference:  # a conference's participants come from its roster
             self._emit(ParticipantAdded(self, self._remote, timestamp=now_utc()))
-        self._set_state(SessionState.CONNECTING)
-        self.ua.ring(handle, local_tag)
-        loop = asyncio.get_running_loop()
-        self._ring_timer = loop.call_later(RING_TIMEOUT, self._ring_timeout)
         event = IncomingSession(self, self._inviter(request), subject=request.headers.get("Subject"), timestamp=now_utc())
         self._incoming_event = event
+        self._run(self._machine.start_incoming())
         return event
 
     def _inviter(self, request: Request) -> Participant:
         return self._remote
 
-    def _ring_timeout(self) -> None:
-        if self._server_handle is not None and not self._server_handle.answered:
-            self.ua.reply(self._server_handle, 480, tag=self.dialog.local_tag)
-            self._finish("not answered", 480)
-
     def _on_cancelled(self, cancel: Request) -> None:
-        handle = self._server_handle
-        if handle is not None and not handle.answered:
-            self.ua.reply(handle, 487, tag=self.dialog.local_tag if self.dialog else None)
-        if completed_elsewhere(cancel):
-            # a forking proxy stopped this device ringing because another device of ours answered (RFC 3326)
-            self._answered_elsewhere = True
-            self._finish(ANSWERED_ELSEWHERE, 487, by_remote=True)
-            return
-        self._finish("cancelled by the caller", 487, by_remote=True)
+        # RFC 3326: a forking proxy stopped this device ringing because another device of ours answered
+        self._run(self._machine.cancelled(elsewhere=completed_elsewhere(cancel)))
 
-    def _accept(self) -> Operation["ImSession"]:
-        return runtime().submit(self._do_accept(), "accept()")
+    @property
+    def ringing(self) -> bool:
+        """An incoming invitation nobody has answered yet."""
+        return self._machine.phase is sm.Phase.RINGING
 
     async def _do_accept(self) -> "ImSession":
-        handle = self._server_handle
-        if handle is None or self.dialog is None:
+        if self._server_handle is None or self.dialog is None:
             raise InvalidState("only an incoming invitation can be accepted")
         if self.state is SessionState.CONNECTED:
             return self
-        if handle.answered or self.state is not SessionState.CONNECTING:
-            raise InvalidState(f"the invitation from {self._remote.uri} was already answered or ended ({self.state.value})")
-        if self._ring_timer:
-            self._ring_timer.cancel()
+        try:
+            actions = self._machine.accept()
+        except sm.NotAllowed:
+            raise InvalidState(f"the invitation from {self._remote.uri} was already answered or ended "
+                               f"({self.state.value})") from None
         self._accepted = asyncio.get_running_loop().create_future()
-        self.ua.accept_invite(handle, self.dialog, self, accept_types=self._accept_types, acked=lambda: self.acked)
-        if handle.transport != "udp":
-            self.acked = False  # still wait for the ACK over reliable transports
+        self._run(actions)
         await asyncio.wait_for(asyncio.shield(self._accepted), 64 * self.ua.timers.t1 + 1)
         return self
 
-    def _reject(self, code: int, reason: str | None) -> Operation[None]:
-        if not isinstance(code, int) or not 300 <= code <= 699:
-            raise ValueError(f"reject() takes a SIP status code from 300 to 699 (486 Busy Here, 603 Decline), not {code!r}")
-        checks.reason_phrase(reason)
-        self._rejecting = True
-        return runtime().submit(self._do_reject(code, reason), f"reject({code})")
-
     async def _do_reject(self, code: int, reason: str | None) -> None:
-        handle = self._server_handle
-        if handle is None or self.dialog is None:
+        if self._server_handle is None or self.dialog is None:
             raise InvalidState("only an incoming invitation can be rejected")
-        if handle.answered:
-            raise InvalidState(f"the invitation from {self._remote.uri} was already answered")
-        if self._ring_timer:
-            self._ring_timer.cancel()
-        self.ua.reply(handle, code, reason, tag=self.dialog.local_tag)
-        self._finish(f"rejected with {code}", code)
+        try:
+            actions = self._machine.reject(code, reason)
+        except sm.NotAllowed:
+            raise InvalidState(f"the invitation from {self._remote.uri} was already answered") from None
+        self._run(actions)
 
+    # -- dialog callbacks from the user agent (loop thread) -------------------------------------------------------
     def on_notify(self, request: Request) -> int:
         """A NOTIFY in the session's dialog: the end of a REFER's implicit subscription (RFC 3515). 200."""
         return 200
 
     def on_ack(self, request: Request) -> None:
-        """Called by the user agent when the ACK for our 200 OK arrives: the session is connected."""
-        self.acked = True
-        self._connected_by_peer()
+        """The ACK for our 200 OK: the session is connected."""
+        self._run(self._machine.acked())
 
     def on_ack_timeout(self) -> None:
-        """Called when no ACK came for our 200 OK within 64*T1: the session is ended with a BYE."""
-        async def give_up() -> None:
-            self._set_state(SessionState.DISCONNECTING)
-            try:
-                await self._bye()
-            finally:
-                self._finish("no ACK for our 200 OK", 408)
-        asyncio.ensure_future(give_up())
+        """No ACK came for our 200 OK within 64*T1: the session is ended with a BYE."""
+        self._run(self._machine.ack_timed_out())
 
-    def _connected_by_peer(self) -> None:
-        if self.state is SessionState.CONNECTING:
-            self._set_state(SessionState.CONNECTED)
-        if self._accepted is not None and not self._accepted.done():
-            self._accepted.set_result(None)
+    def on_bye(self, request: Request) -> None:
+        """The other party sent BYE."""
+        elsewhere = completed_elsewhere(request) and self.is_incoming   # we answered as another device did
+        moved = self.escalated_to.conference_uri if self.escalated_to is not None else None
+        self._run(self._machine.bye_received(elsewhere=elsewhere, moved_to=moved))
 
-    # -- dialog callbacks (loop thread) ---------------------------------------------------------------------------
     def on_dialog_request(self, request: Request) -> int:
-        """An in-dialog MESSAGE: text, or a composing indication. Returns the status to answer."""
-        if not self.acked:  # the MESSAGE overtook the ACK: the caller evidently got our 200
-            self.acked = True
-            self._connected_by_peer()
-        self._unanswered = 0  # the other party is evidently there
+        """An in-dialog MESSAGE: text, a composing indication or a receipt. Returns the status to answer."""
+        self._run(self._machine.acked())   # a request that overtook the ACK: the caller evidently got our 200
+        self._machine.unanswered = 0      # the other party is evidently there
+        return self._message_in(request)
+
+    def _message_in(self, request: Request) -> int:
         ct = request.content_type or "text/plain"
         if ct == ic.CONTENT_TYPE:
             try:
@@ -519,7 +412,7 @@ class ImSession(EventSource):
         """A receipt (message/imdn+xml, bare or in CPIM), or a text in a CPIM wrapper (linphone's way of
         asking for receipts). The CPIM From is not trusted to name anybody: in a two-party session it is
         the other party."""
-        status, wrapped = self.endpoint._receipts.open(ct, request.body, self._remote, now_utc(), session=self)
+        status, wrapped = self.endpoint.receipts.open(ct, request.body, self._remote, now_utc(), session=self)
         if wrapped is not None:
             self._deliver_text(request, wrapped.content_type, mode="session", text=wrapped.body.decode("utf-8", "replace"),
                                message_id=wrapped.message_id, wrapper=wrapped)
@@ -553,18 +446,6 @@ class ImSession(EventSource):
     def _receiver_message(self, sender: Participant) -> None:
         """A text from `sender` clears their composing state (RFC 3994 §4)."""
         self._run_receiver(self._receiver.message_received(time.monotonic()))
-
-    def on_bye(self, request: Request) -> None:
-        """Called by the user agent when the other party sent BYE."""
-        if completed_elsewhere(request) and self.is_incoming:
-            # we answered at the same moment as another device of ours; the proxy kept the other one
-            self._answered_elsewhere = True
-            self._finish(ANSWERED_ELSEWHERE, 200, by_remote=True)
-            return
-        if self.escalated_to is not None:
-            self._finish(f"moved to conference {self.escalated_to.conference_uri}", 200, by_remote=True)
-            return
-        self._finish("remote party ended the session", 200, by_remote=True)
 
     # -- composing (loop thread) -------------------------------------------------------------------------------------
     def _run_receiver(self, actions: list) -> None:
@@ -603,17 +484,13 @@ class ImSession(EventSource):
             try:
                 resp = await self.ua.send_in_dialog(self.dialog, "MESSAGE", body=body, content_type=content_type)
             except NO_ANSWER as exc:  # silence, or the transport failed
-                self._no_answer(exc)
+                self._run(self._machine.unanswered_request(exc.method, exc.status, exc.reason))
                 return False
-            self._unanswered = 0
             if resp.status in REFUSING:
                 self._refused.add(kind)
                 log.info("session %s: %s answered %s %s to %s; not sending those any more", self.id, self._remote.uri,
                          resp.status, resp.reason, kind)
-            elif resp.status == 408:
-                self._participant_lost("MESSAGE", resp.status, resp.reason)
-            elif resp.status == 481:
-                self._finish(f"dialog gone ({resp.status} {resp.reason})", resp.status)
+            self._run(self._machine.answered("MESSAGE", resp.status, resp.reason))
             return 200 <= resp.status < 300
 
     # -- receipts (loop thread) ---------------------------------------------------------------------------------------
@@ -651,7 +528,7 @@ class ImSession(EventSource):
         for f in self._run_sender(self._sender.stop(time.monotonic())):
             await f
 
-    def _arm(self, name: str, delay: float, fn) -> None:
+    def _arm(self, name: str, delay: float, fn: Any) -> None:
         self._disarm(name)
         self._timers[name] = asyncio.get_running_loop().call_later(delay, fn)
 
@@ -675,12 +552,12 @@ class ImSession(EventSource):
         if self._receipts and self.endpoint.request_receipts:
             extra = imdn.request_headers(msg.id, msg.timestamp)
             msg.requested = imdn.REQUESTED_SET
-            self.endpoint._receipts.track(msg, self)
+            self.endpoint.receipts.track(msg, self)
         self._emit(MessageSending(self, msg.id, text, ct, "session", msg.recipient, timestamp=msg.timestamp))
         self._run_sender(self._sender.message_sent(time.monotonic()))
         started = time.perf_counter()
         body = wire_text(text)
-        lost: TransactionTimeout | TransportError | None = None
+        news: list = []   # what the attempts taught the session machine, acted on once the message is settled
         async with self._get_lock():
             status, reason = 481, f"session {self.state.value} before the message was sent"
             for _attempt in range(MESSAGE_ATTEMPTS):
@@ -689,67 +566,63 @@ class ImSession(EventSource):
                 try:
                     resp = await self.ua.send_in_dialog(self.dialog, "MESSAGE", body=body,
                                                         content_type=f"{ct};charset=UTF-8", extra=extra)
-                    status, reason, lost, self._unanswered = resp.status, resp.reason, None, 0
-                    break
                 except MessageTooLarge as exc:  # not the peer's fault, and a retry cannot help
                     status, reason = exc.status, exc.reason
                     break
                 except NO_ANSWER as exc:  # retried in a new transaction; the receiver drops a duplicate by id
-                    status, reason, lost = exc.status, exc.reason, exc
-                    self._unanswered += 1
-        lost_now = status == 408 or (lost is not None and self._unanswered >= UNANSWERED_LIMIT)
-        return self._settle(msg, status, failure_reason(status, reason, len(body)), time.perf_counter() - started,
-                            lost=lost_now)
-
-    def _settle(self, msg: ChatMessage, status: int, reason: str, latency: float, *, lost: bool = False) -> MessageDelivered:
-        """Record the final outcome of a sent message and emit MessageDelivered / MessageFailed; a failure
-        raises RequestFailed. `lost`: no answer at all (or 408), so the other party is marked disconnected."""
-        event = settle(msg, self, status, reason, latency)
+                    status, reason = exc.status, exc.reason
+                    news += self._machine.unanswered_request("MESSAGE", exc.status, exc.reason)
+                    continue
+                status, reason = resp.status, resp.reason
+                news += self._machine.answered("MESSAGE", status, reason)
+                break
+        event = settle(msg, self, status, failure_reason(status, reason, len(body)), time.perf_counter() - started)
         self._emit(event)
+        self._run(news)
         if isinstance(event, MessageDelivered):
             return event
-        if lost:
-            self._participant_lost("MESSAGE", status, reason)
-        elif status == 481 and self.state is SessionState.CONNECTED:
-            self._finish(f"dialog gone ({status} {reason})", status)
-        raise RequestFailed("MESSAGE", status, reason, self._remote.uri)
+        raise RequestFailed("MESSAGE", status, event.reason, self._remote.uri)
+
+    # -- escalation ---------------------------------------------------------------------------------------------------
+    async def _escalate(self, uris: list[str]) -> Any:
+        from .conference import ConferenceSession
+        assert self.dialog is not None
+        d = self.dialog
+        replaces = f"{d.call_id};to-tag={d.remote_tag};from-tag={d.local_tag}"
+        conf = ConferenceSession(self.manager, None, incoming=False, history=self.messages, escalated_from=self)
+        self.manager.adopt(conf)
+        self.escalated_to = conf   # the peer's client may end this dialog (RFC 3891) as soon as it has joined
+        try:
+            await conf._create([(self._remote.uri, replaces)] + [(u, None) for u in uris])
+        except BaseException:
+            self.escalated_to = None
+            raise
+        failure = conf.invitation_failure(self._remote.uri)
+        if failure is not None and self.state is SessionState.CONNECTED:
+            # the other party did not come along: keep the two-party conversation, drop the conference
+            self.escalated_to = None
+            await conf._terminate()
+            raise failure
+        await self._terminate()
+        return conf
+
+    async def _moved_to(self, conf: Any) -> None:
+        """This conversation moved to `conf` (RFC 3891 Replaces): end the two-party dialog, saying so."""
+        self.escalated_to = conf
+        await self._terminate()
 
     # -- ending ----------------------------------------------------------------------------------------------------------
     async def _terminate(self) -> None:
-        state = self.state
-        if state is SessionState.DISCONNECTED or state is SessionState.DISCONNECTING:
-            return
-        if self._server_handle is not None and not self._server_handle.answered:
-            await self._do_reject(603, "Decline")
-            return
-        if state is SessionState.CONNECTING and not self.is_incoming:
-            self._set_state(SessionState.DISCONNECTING)
-            if self._invite_handle is not None:
-                self.ua.cancel(self._invite_handle)
-            return  # _invite() finishes the session when the 487 arrives
-        self._set_state(SessionState.DISCONNECTING)
-        try:
-            async with self._get_lock():
-                await self._bye()
-        finally:
-            if self._escalating and self.escalated_to is not None:
-                self._finish(f"moved to conference {self.escalated_to.conference_uri}", None)
-            else:
-                self._finish("local party ended the session", None)
+        reason = "local party ended the session"
+        if self.escalated_to is not None:
+            reason = f"moved to conference {self.escalated_to.conference_uri}"
+        for f in self._run(self._machine.terminate(reason=reason)):
+            await f
 
-    async def _bye(self) -> None:
-        if self.dialog is None:
-            return
-        try:
-            await self.ua.send_in_dialog(self.dialog, "BYE")
-        except NO_ANSWER:
-            pass
-
-    def _finish(self, reason: str, status: int | None, *, by_remote: bool = False) -> None:
+    def _finish(self, reason: str, status: int | None, *, by_remote: bool = False, answered_elsewhere: bool = False) -> None:
+        """The session is over (the machine said so): timers, composing and the dialog go; SessionTerminated."""
         if self.state is SessionState.DISCONNECTED:
             return
-        if self._ring_timer:
-            self._ring_timer.cancel()
         for name in list(self._timers):
             self._disarm(name)
         if self._remote.composing:
@@ -764,8 +637,8 @@ class ImSession(EventSource):
         if self._accepted is not None and not self._accepted.done():
             self._accepted.set_exception(InvalidState(f"session ended before it connected: {reason}"))
         self._emit(SessionTerminated(self, reason, status, by_remote, timestamp=now_utc(),
-                                     answered_elsewhere=self._answered_elsewhere))
-        self.manager._forget(self)
+                                     answered_elsewhere=answered_elsewhere))
+        self.manager.forget(self)
 
     # -- history (trace frames, pandas imported on use) -----------------------------------------------------------
     def history(self, frame: str = "messages") -> Any:
@@ -784,4 +657,3 @@ class ImSession(EventSource):
 
 def _short(text: str, n: int = 30) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
-

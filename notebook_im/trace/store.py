@@ -654,7 +654,7 @@ def earlier_conversations(records: Iterable[EventRecord], owner: str) -> list[Ea
     """The conversations of endpoint `owner` in `records` (stored events), newest first. A message that was sent
     but never confirmed (the kernel died first) shows as failed, with the reason `UNCONFIRMED`."""
     from ..api import events
-    from ..api.session import ChatMessage
+    from ..api.messages import ChatMessage
 
     convs: dict[str, EarlierConversation] = {}
     sent: dict[tuple[str, str], ChatMessage] = {}

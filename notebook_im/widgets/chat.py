@@ -40,7 +40,8 @@ from ..api.events import (
     MessageReceived, ParticipantAdded, ParticipantStateChanged, SessionState, SessionStateChanged, SessionTerminated,
 )
 from ..api.participant import Participant
-from ..api.session import ChatMessage, ImSession, now_utc
+from ..api.messages import ChatMessage, now_utc
+from ..api.session import ImSession
 from . import render as r
 from .composer import Composer
 from .earlier import EarlierList

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import notebook_im as nim
-from notebook_im.api.session import ChatMessage
+from notebook_im.api.messages import ChatMessage
 from notebook_im.im import imdn
 from notebook_im.trace.recorder import Trace
 from tests.helpers import udp_exchange, wait_for
@@ -165,12 +165,12 @@ def raw_message(ep: nim.Endpoint, sender: str, content_type: str, body: bytes) -
 def test_receipt_from_someone_else_is_ignored(pair: Pair, platform: nim.Platform) -> None:
     """A pager-mode receipt about alice's message that does not come from its recipient changes nothing."""
     sent = pair.alice.send_message("sip:bob@example.test", "only bob may confirm").result(10)
-    wait_for(lambda: pair.alice._receipts.find(sent.message_id).state == "delivered", 5, "bob's receipt")
+    wait_for(lambda: pair.alice.receipts.find(sent.message_id).state == "delivered", 5, "bob's receipt")
     forged = imdn.wrap(imdn.Notification(sent.message_id, "display", "displayed", None, "sip:mallory@example.test"),
                        "sip:mallory@example.test", pair.alice.uri, "f1", datetime.now(timezone.utc))
     reply = raw_message(pair.alice, "sip:mallory@example.test", "message/cpim", forged)
     assert reply.startswith(b"SIP/2.0 200")          # answered, but believed only from the recipient
-    assert pair.alice._receipts.find(sent.message_id).state == "delivered"
+    assert pair.alice.receipts.find(sent.message_id).state == "delivered"
 
 
 def test_malformed_receipt_gets_400(pair: Pair) -> None:

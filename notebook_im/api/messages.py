@@ -1,0 +1,128 @@
+"""`ChatMessage`, one IM message of a conversation with its delivery state, and the small rules every way of
+sending or receiving one shares (session mode, pager mode, a conference): what a text looks like on the wire,
+how a final response settles a sent message, which content types a user may send, duplicate suppression."""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from ..im import imdn
+from .events import MessageDelivered, MessageFailed
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .session import ImSession
+
+TEXT_TYPES = ("text/plain", "text/html", "text/enriched")
+MESSAGE_ATTEMPTS = 2  # a MESSAGE whose transaction timed out is sent once more (same Imdn-Message-ID)
+REFUSING = (415, 501)  # "I do not take this content / this method": stop sending that kind to this peer
+
+_STATE_OF_STATUS = {"sending": "sending", "delivered": "sent", "failed": "failed", "received": "received"}
+
+
+@dataclass
+class ChatMessage:
+    """One IM message of a conversation, sent or received, with its delivery state.
+
+    `status` is the SIP outcome (UCCAPI `OnSendMessage`): "sending", "delivered" (a 2xx came back: the
+    server or the peer took it), "failed", or "received". `state` is what the receipts (RFC 5438) add: a
+    sent message goes "sending" -> "sent" (2xx) -> "delivered" (the recipient's device said so) ->
+    "displayed" (they have seen it), or "failed"; with a peer that sends no receipts it stays "sent". A
+    received message is "received", then "displayed" once shown or marked read (`session.mark_read()`).
+    """
+
+    id: str
+    direction: str                  # "out" or "in"
+    sender: str
+    recipient: str
+    text: str
+    content_type: str
+    timestamp: datetime
+    status: str                     # "sending", "delivered", "failed" or "received"
+    mode: str = "session"
+    sip_status: int | None = None
+    reason: str = ""
+    delivered_at: datetime | None = None   # when the 2xx came (sent) or the message arrived (received)
+    extra: dict[str, Any] = field(default_factory=dict)
+    state: str = ""                 # sending / sent / delivered / displayed / failed; received / displayed
+    requested: frozenset[str] = frozenset()  # the receipts asked for ("positive-delivery", "display")
+    imdn_datetime: str | None = None        # the message's DateTime, echoed in its notifications
+    delivery_notified_at: datetime | None = None  # sent: when the delivery notification came
+    displayed_at: datetime | None = None          # sent: when the display notification came; received: when read
+
+    def __post_init__(self) -> None:
+        if not self.state:
+            self.state = _STATE_OF_STATUS.get(self.status, self.status)
+
+
+class RecentIds:
+    """A bounded set of recently seen message ids: duplicate suppression for retried MESSAGEs."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._order: deque[str] = deque()
+        self._ids: set[str] = set()
+        self.size = size
+
+    def seen(self, msg_id: str) -> bool:
+        """True if `msg_id` was seen before; otherwise remember it and return False."""
+        if msg_id in self._ids:
+            return True
+        self._ids.add(msg_id)
+        self._order.append(msg_id)
+        if len(self._order) > self.size:
+            self._ids.discard(self._order.popleft())
+        return False
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def wire_text(text: str) -> bytes:
+    """Text as it goes on the wire: UTF-8 with CRLF line breaks (what OCS/Lync clients expect)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n").encode("utf-8")
+
+
+def failure_reason(status: int, reason: str, size: int) -> str:
+    """The reason a failed MESSAGE reports: the SIP reason phrase, spelled out where the phrase alone would
+    leave the user guessing (413: the server's size limit)."""
+    if status == 413:
+        return (f"{reason or 'Request Entity Too Large'}: the server refuses messages this large (this one is "
+                f"{size:,} bytes); send a shorter message or split it")
+    return reason
+
+
+def check_message_ids(message_ids: Any) -> set[str] | None:
+    """`mark_read()`'s argument: None (all) or a list of message ids, with an error that says so otherwise."""
+    if message_ids is None:
+        return None
+    if isinstance(message_ids, str) or not hasattr(message_ids, "__iter__") or \
+            not all(isinstance(i, str) for i in message_ids):
+        raise TypeError("mark_read() takes a list of message ids (ChatMessage.id / MessageReceived.message_id), "
+                        f"or nothing for all of them; not {message_ids!r}")
+    return set(message_ids)
+
+
+def check_content_type(content_type: str) -> str:
+    ct = (content_type or "").split(";")[0].strip().lower()
+    if ct not in TEXT_TYPES:
+        raise ValueError(f"content_type must be one of {', '.join(TEXT_TYPES)}, not {content_type!r}")
+    return ct
+
+
+def settle(msg: ChatMessage, session: "ImSession | None", status: int, reason: str,
+           latency: float) -> MessageDelivered | MessageFailed:
+    """Record the final response of a sent message on `msg` (status, state through the IMDN table) and
+    return the event that reports it (session mode or pager mode: `session` None)."""
+    msg.sip_status, msg.reason = status, reason
+    if 200 <= status < 300:
+        msg.status, msg.delivered_at = "delivered", now_utc()
+        msg.state = imdn.advance(msg.state, imdn.Input.RESPONSE_2XX).value
+        return MessageDelivered(session, msg.id, msg.text, msg.content_type, status, reason, latency, msg.mode,
+                                msg.recipient, msg.timestamp, msg.state, timestamp=msg.delivered_at,
+                                stored=status == 202)
+    msg.status = "failed"
+    msg.state = imdn.advance(msg.state, imdn.Input.RESPONSE_ERROR).value
+    return MessageFailed(session, msg.id, msg.text, msg.content_type, status, reason, msg.mode, msg.recipient,
+                         msg.timestamp, msg.state, timestamp=now_utc())
