@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from ..errors import NO_ANSWER, InvalidState, RequestFailed
 from ..im import conference_info as ci
@@ -32,15 +32,13 @@ from ..sip.errors import RemoteProtocolError
 from ..sip.message import Request
 from ..sip.sdp import ACCEPT_TYPES
 from ..sip.uri import Address, SipUri
+from . import checks
 from .events import (
     ComposingChanged, ParticipantAdded, ParticipantRemoved, ParticipantState, SessionState,
 )
 from .participant import Participant
 from .messages import now_utc
 from .session import ImSession
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .manager import SessionManager
 
 log = logging.getLogger("notebook_im.conference")
 
@@ -65,12 +63,11 @@ def entity_of(uri: "SipUri | str") -> str:
 
 
 def check_uris(uris: "Iterable[str] | str") -> list[str]:
-    from .manager import parse_remote_uri
     if isinstance(uris, str):
         uris = [uris]
     out = list(uris)
     for u in out:
-        parse_remote_uri(u, "each participant URI")
+        checks.sip_uri(u, "each participant URI")
     return out
 
 
@@ -137,7 +134,7 @@ class ConferenceSession(ImSession):
     _receipts = False   # RFC 5438 receipts through the focus are not implemented: the focus relays none
     is_conference = True
 
-    def __init__(self, manager: "SessionManager", conference_uri: str | None, *, incoming: bool,
+    def __init__(self, manager: Any, conference_uri: str | None, *, incoming: bool,
                  history: list | None = None, escalated_from: ImSession | None = None,
                  subject: str | None = None) -> None:
         focus_uri = conference_uri or _factory_uri(manager.endpoint)

@@ -5,7 +5,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import NO_ANSWER, InvalidState, MessageTooLarge, RequestFailed
 from ..im import cpim
@@ -31,9 +31,6 @@ from .messages import (
     settle, wire_text,
 )
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .platform import Platform
-
 DISABLE_STEP_TIMEOUT = 3.0  # seconds for each BYE / un-REGISTER while disabling
 
 log = logging.getLogger("notebook_im.endpoint")
@@ -48,7 +45,7 @@ class Endpoint(EventSource):
     read to yourself.
     """
 
-    def __init__(self, platform: "Platform", uri: SipUri, *, server: SipUri | None, transport: str, local_host: str,
+    def __init__(self, platform: Any, uri: SipUri, *, server: SipUri | None, transport: str, local_host: str,
                  local_port: int, username: str | None, password: str | None, display_name: str | None,
                  expires: int, tls_client: Any = None, impairment: Any = None) -> None:
         super().__init__()

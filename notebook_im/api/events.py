@@ -17,39 +17,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..runtime import Operation
-    from .endpoint import Endpoint
-    from .participant import Participant
-    from .session import ImSession
+from ..runtime import Operation
+from .participant import Participant
+from .states import EndpointState, ParticipantState, SessionState
 
-
-class ParticipantState(str, enum.Enum):
-    IDLE = "idle"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    DISCONNECTING = "disconnecting"
-    DISCONNECTED = "disconnected"
-
-
-class SessionState(str, enum.Enum):
-    """A session moves through the same five states as its participants (UCCAPI's session states)."""
-
-    IDLE = "idle"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    DISCONNECTING = "disconnecting"
-    DISCONNECTED = "disconnected"
-
-
-class EndpointState(str, enum.Enum):
-    DISABLED = "disabled"
-    ENABLING = "enabling"
-    ENABLED = "enabled"
-    RECONNECTING = "reconnecting"   # the registration failed or lapsed; retrying with backoff
-    DISABLING = "disabling"
+# An event names the session or endpoint it happened to. Those classes are built on these events (they emit
+# them), so the fields that hold them are typed `Any` here, and documented: `session` is an ImSession (or a
+# ConferenceSession), `endpoint` an Endpoint.
 
 
 @dataclass(frozen=True)
@@ -61,7 +37,7 @@ class Event:
 
 @dataclass(frozen=True)
 class EndpointStateChanged(Event):
-    endpoint: "Endpoint"
+    endpoint: Any                   # the Endpoint
     state: EndpointState
     previous: EndpointState
     reason: str = ""
@@ -71,11 +47,11 @@ class EndpointStateChanged(Event):
 class IncomingSession(Event):
     """Someone invites us to an IM session. Call `.accept()` or `.reject(code)`; until then it rings."""
 
-    session: "ImSession"
-    inviter: "Participant"
+    session: Any                    # the ImSession
+    inviter: Participant
     subject: str | None = None
 
-    def accept(self) -> "Operation[ImSession]":
+    def accept(self) -> "Operation[Any]":
         """Accept the invitation (200 OK with our SDP); resolves with the session once the ACK arrives. Shorthand
         for `endpoint.sessions.accept(incoming)`: the event only carries the data, the session manager acts."""
         return self.session.manager.accept(self)
@@ -88,8 +64,8 @@ class IncomingSession(Event):
 
 @dataclass(frozen=True)
 class MessageReceived(Event):
-    session: "ImSession | None"     # None for a pager-mode (out-of-dialog) MESSAGE
-    participant: "Participant"
+    session: Any                    # the ImSession; None for a pager-mode (out-of-dialog) MESSAGE
+    participant: Participant
     text: str
     content_type: str
     message_id: str = ""
@@ -104,7 +80,7 @@ class MessageReceived(Event):
 class MessageSending(Event):
     """A message was queued for sending (it shows as "sending" until MessageDelivered/MessageFailed)."""
 
-    session: "ImSession | None"
+    session: Any                    # the ImSession, or None
     message_id: str
     text: str
     content_type: str
@@ -118,7 +94,7 @@ class MessageDelivered(Event):
     it reached the recipient's device and was seen is what the receipts say (`state`, MessageDeliveryNotified,
     MessageDisplayed)."""
 
-    session: "ImSession | None"
+    session: Any                    # the ImSession, or None
     message_id: str
     text: str
     content_type: str
@@ -138,7 +114,7 @@ class MessageDelivered(Event):
 class MessageFailed(Event):
     """A sent message got an error response or none at all; `status` and `reason` say which."""
 
-    session: "ImSession | None"
+    session: Any                    # the ImSession, or None
     message_id: str
     text: str
     content_type: str
@@ -156,9 +132,9 @@ class MessageDeliveryNotified(Event):
     is "delivered" (it arrived), "failed", "forbidden" (their policy withholds receipts) or "error".
     `state` is the message's state afterwards ("delivered", or unchanged)."""
 
-    session: "ImSession | None"     # None in pager mode
+    session: Any                    # the ImSession; None in pager mode
     message_id: str
-    participant: "Participant"      # who sent the notification (the message's recipient)
+    participant: Participant      # who sent the notification (the message's recipient)
     disposition: str
     state: str
     mode: str = "session"
@@ -170,9 +146,9 @@ class MessageDisplayed(Event):
     """The recipient has seen a message we sent (an RFC 5438 display notification: their chat panel showed
     it, or they called `session.mark_read()`). `state` is "displayed"."""
 
-    session: "ImSession | None"     # None in pager mode
+    session: Any                    # the ImSession; None in pager mode
     message_id: str
-    participant: "Participant"
+    participant: Participant
     state: str = "displayed"
     mode: str = "session"
     recipient: str = ""
@@ -180,21 +156,21 @@ class MessageDisplayed(Event):
 
 @dataclass(frozen=True)
 class ComposingChanged(Event):
-    session: "ImSession | None"
-    participant: "Participant"
+    session: Any                    # the ImSession, or None
+    participant: Participant
     composing: bool
 
 
 @dataclass(frozen=True)
 class ParticipantAdded(Event):
-    session: "ImSession"
-    participant: "Participant"
+    session: Any                    # the ImSession
+    participant: Participant
 
 
 @dataclass(frozen=True)
 class ParticipantRemoved(Event):
-    session: "ImSession"
-    participant: "Participant"
+    session: Any                    # the ImSession
+    participant: Participant
 
 
 @dataclass(frozen=True)
@@ -202,8 +178,8 @@ class ParticipantStateChanged(Event):
     """A participant moved to `state`. `reason` says why when it is not the session's own doing (a
     participant that stopped answering is DISCONNECTED with the failed request in `reason`)."""
 
-    session: "ImSession"
-    participant: "Participant"
+    session: Any                    # the ImSession
+    participant: Participant
     state: ParticipantState
     previous: ParticipantState
     reason: str = ""
@@ -211,14 +187,14 @@ class ParticipantStateChanged(Event):
 
 @dataclass(frozen=True)
 class SessionStateChanged(Event):
-    session: "ImSession"
+    session: Any                    # the ImSession
     state: SessionState
     previous: SessionState
 
 
 @dataclass(frozen=True)
 class SessionTerminated(Event):
-    session: "ImSession"
+    session: Any                    # the ImSession
     reason: str
     status: int | None = None
     by_remote: bool = False

@@ -1,19 +1,18 @@
 """SessionManager: creates sessions and announces incoming ones (UCCAPI `IUccSessionManager`)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from ..runtime import Operation, runtime
 from ..sip.message import Request, new_tag
 from ..sip.uri import Address, SipUri
 from ..core.stack import ServerHandle
 from . import checks
+from ..errors import InvalidState
 from .emitter import Subscription
 from .events import IncomingSession
+from .states import SessionState
 from .session import ImSession
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .endpoint import Endpoint
 
 
 def parse_remote_uri(uri: Any, what: str = "remote_uri") -> SipUri:
@@ -24,7 +23,7 @@ def parse_remote_uri(uri: Any, what: str = "remote_uri") -> SipUri:
 class SessionManager:
     """`endpoint.sessions`: `create(uri)`, `on_incoming(cb)`, and the list of live `sessions`."""
 
-    def __init__(self, endpoint: "Endpoint") -> None:
+    def __init__(self, endpoint: Any) -> None:   # the Endpoint it belongs to (built on this class)
         self.endpoint = endpoint
         self._sessions: list[ImSession] = []
         self.max_incoming_per_source = 1000  # live incoming sessions (dialogs) per source address; 503 beyond
@@ -65,6 +64,41 @@ class SessionManager:
         session = ConferenceSession(self, conference_uri, incoming=False)
         self._sessions.append(session)
         return runtime().submit(session._invite(), f"join({conference_uri!r})")
+
+    def escalate(self, session: ImSession, uris: "list[str] | str") -> Operation[Any]:
+        """`session.escalate(uris)`: move a two-party conversation to a conference (as Lync does when a third
+        person is added). Creates a conference on the endpoint's server, joins it, invites the other party (with a
+        Replaces header naming the session's dialog, so their client swaps sessions without asking) and `uris`,
+        then ends the session. Resolves with the new ConferenceSession, whose `.messages` starts with the
+        session's history."""
+        from .conference import check_uris
+        uris = check_uris(uris)
+        if session.is_conference:
+            raise InvalidState("this session is already a conference: use session.invite(uri)")
+        session._require_connected("escalate")
+        if self.endpoint.server is None:
+            raise InvalidState(f"cannot escalate: endpoint {self.endpoint.uri} has no server, so no conference focus")
+        return runtime().submit(self._escalate(session, uris), f"escalate({uris!r})")
+
+    async def _escalate(self, session: ImSession, uris: list[str]) -> Any:
+        from .conference import ConferenceSession
+        replaces = session.replaces_header()
+        conf = ConferenceSession(self, None, incoming=False, history=session.messages, escalated_from=session)
+        self.adopt(conf)
+        session.escalated_to = conf   # the peer's client may end that dialog (RFC 3891) as soon as it has joined
+        try:
+            await conf._create([(session.remote.uri, replaces)] + [(u, None) for u in uris])
+        except BaseException:
+            session.escalated_to = None
+            raise
+        failure = conf.invitation_failure(session.remote.uri)
+        if failure is not None and session.state is SessionState.CONNECTED:
+            # the other party did not come along: keep the two-party conversation, drop the conference
+            session.escalated_to = None
+            await conf._terminate()
+            raise failure
+        await session._terminate()
+        return conf
 
     def on_incoming(self, callback: Callable[[IncomingSession], Any]) -> Subscription:
         """Call `callback(incoming)` for every invitation; it should call `incoming.accept()` or `.reject(code)`."""

@@ -6,13 +6,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..im import imdn
 from .events import MessageDelivered, MessageFailed
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .session import ImSession
 
 TEXT_TYPES = ("text/plain", "text/html", "text/enriched")
 MESSAGE_ATTEMPTS = 2  # a MESSAGE whose transaction timed out is sent once more (same Imdn-Message-ID)
@@ -111,10 +108,10 @@ def check_content_type(content_type: str) -> str:
     return ct
 
 
-def settle(msg: ChatMessage, session: "ImSession | None", status: int, reason: str,
+def settle(msg: ChatMessage, session: Any, status: int, reason: str,
            latency: float) -> MessageDelivered | MessageFailed:
     """Record the final response of a sent message on `msg` (status, state through the IMDN table) and
-    return the event that reports it (session mode or pager mode: `session` None)."""
+    return the event that reports it (`session`: the ImSession, or None in pager mode)."""
     msg.sip_status, msg.reason = status, reason
     if 200 <= status < 300:
         msg.status, msg.delivered_at = "delivered", now_utc()

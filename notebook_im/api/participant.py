@@ -1,19 +1,17 @@
 """A party of an IM session (UCCAPI `IUccSessionParticipant`)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
-from .events import ParticipantState
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .session import ImSession
+from .states import ParticipantState
 
 
 class Participant:
-    """One party: its URI, display name and connection state. Compare participants by URI."""
+    """One party: its URI, display name and connection state. Compare participants by URI. `session` is the
+    ImSession it belongs to (None for a pager-mode sender)."""
 
     def __init__(self, uri: str, *, display_name: str | None = None, is_local: bool = False,
-                 session: "ImSession | None" = None, state: ParticipantState = ParticipantState.IDLE) -> None:
+                 session: Any = None, state: ParticipantState = ParticipantState.IDLE) -> None:
         self.uri = uri
         self.display_name = display_name
         self.is_local = is_local

@@ -25,9 +25,8 @@ from ..sip.uri import SipUri
 from .events import MessageDeliveryNotified, MessageDisplayed
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .participant import Participant
     from .messages import ChatMessage
-    from .session import ImSession
+    from .participant import Participant
 
 DEFAULT_SIZE = 10_000
 
@@ -78,7 +77,7 @@ class ReceiptBook:
         return self._sent.get(message_id)
 
     def apply(self, n: imdn.Notification, notifier: "Participant", now: datetime,
-              session: "ImSession | None" = None) -> bool:
+              session: Any = None) -> bool:
         """Apply a notification that arrived in `session`'s dialog (or out of dialog: None) from `notifier`.
         Moves the message's state through the `im.imdn` table and emits MessageDeliveryNotified /
         MessageDisplayed on its session (or endpoint). False if it is about no message we know or comes
@@ -109,7 +108,7 @@ class ReceiptBook:
         return True
 
     def open(self, content_type: str, body: bytes, notifier: "Participant", now: datetime,
-             session: "ImSession | None" = None) -> tuple[int, cpim.Cpim | None]:
+             session: Any = None) -> tuple[int, cpim.Cpim | None]:
         """A received message/imdn+xml or message/cpim body: a receipt is applied (`apply`) and answered
         (200, None); a text in a CPIM wrapper (linphone's way of asking for receipts) comes back as
         (200, wrapper) for the caller to deliver, its inner Content-Type normalised; a malformed body is

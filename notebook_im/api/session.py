@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core.stack import ClientHandle, ServerHandle
 from ..errors import NO_ANSWER, ConferenceRequired, InvalidState, MessageTooLarge, RequestFailed
@@ -39,9 +39,6 @@ from .messages import (
 from .participant import Participant
 from .receipts import NOTIFICATION_CONTENT_TYPE, notification_body
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .manager import SessionManager
-
 log = logging.getLogger("notebook_im.session")
 
 RING_TIMEOUT = sm.RING_TIMEOUT
@@ -59,7 +56,7 @@ class ImSession(EventSource):
     _receipts = True   # RFC 5438 receipts between the two parties (a conference's focus relays none)
     is_conference = False
 
-    def __init__(self, manager: "SessionManager", remote_uri: str, *, incoming: bool,
+    def __init__(self, manager: Any, remote_uri: str, *, incoming: bool,
                  display_name: str | None = None) -> None:
         super().__init__()
         self.manager = manager
@@ -184,12 +181,7 @@ class ImSession(EventSource):
         creates a conference on the endpoint's server, joins it, invites the other party (with a Replaces
         header naming this dialog, so their client swaps sessions without asking) and `uris`, then ends this
         session. Resolves with the new ConferenceSession, whose `.messages` starts with this session's history."""
-        from .conference import check_uris
-        uris = check_uris(uris)
-        self._require_connected("escalate")
-        if self.endpoint.server is None:
-            raise InvalidState(f"cannot escalate: endpoint {self.endpoint.uri} has no server, so no conference focus")
-        return runtime().submit(self._escalate(uris), f"escalate({uris!r})")
+        return self.manager.escalate(self, uris)
 
     def wait_connected(self, timeout: float | None = None) -> Operation["ImSession"]:
         """An Operation that resolves with the session once it is connected (raises if it ends first)."""
@@ -583,28 +575,12 @@ class ImSession(EventSource):
             return event
         raise RequestFailed("MESSAGE", status, event.reason, self._remote.uri)
 
-    # -- escalation ---------------------------------------------------------------------------------------------------
-    async def _escalate(self, uris: list[str]) -> Any:
-        from .conference import ConferenceSession
+    # -- escalation (the session manager creates the conference: manager.escalate) --------------------------------
+    def replaces_header(self) -> str:
+        """The Replaces value (RFC 3891) naming this session's dialog, for the conference it moves to."""
         assert self.dialog is not None
         d = self.dialog
-        replaces = f"{d.call_id};to-tag={d.remote_tag};from-tag={d.local_tag}"
-        conf = ConferenceSession(self.manager, None, incoming=False, history=self.messages, escalated_from=self)
-        self.manager.adopt(conf)
-        self.escalated_to = conf   # the peer's client may end this dialog (RFC 3891) as soon as it has joined
-        try:
-            await conf._create([(self._remote.uri, replaces)] + [(u, None) for u in uris])
-        except BaseException:
-            self.escalated_to = None
-            raise
-        failure = conf.invitation_failure(self._remote.uri)
-        if failure is not None and self.state is SessionState.CONNECTED:
-            # the other party did not come along: keep the two-party conversation, drop the conference
-            self.escalated_to = None
-            await conf._terminate()
-            raise failure
-        await self._terminate()
-        return conf
+        return f"{d.call_id};to-tag={d.remote_tag};from-tag={d.local_tag}"
 
     async def _moved_to(self, conf: Any) -> None:
         """This conversation moved to `conf` (RFC 3891 Replaces): end the two-party dialog, saying so."""

@@ -440,12 +440,13 @@ class ChatPanel(w.VBox):
         self.conv_list = w.VBox([])
         title = w.HTML(f'<div class="nim-side-title">{r.avatar(target.display_name or target.uri.split(":", 1)[-1].split("@")[0], target.uri, 26)} '
                        f"{r.html.escape(target.uri)}</div>")
-        self.earlier = EarlierList(self, target)  # earlier runs' conversations (Platform(history=...)), read-only
+        self.main = w.Box([w.HTML('<div class="nim-empty">No conversations yet: start one, or wait for '
+                                  "an invitation.</div>")], layout=w.Layout(flex="1"))
+        # earlier runs' conversations (Platform(history=...)), read-only
+        self.earlier = EarlierList(target, main=self.main, start_chat=self.start_chat, options=self._options)
         self.sidebar = w.VBox([title, self.uri_box, self.new_button, self.side_error, self.conv_list, self.earlier],
                               layout=w.Layout(width="240px", min_width="240px", margin="0 8px 0 0"))
         self.sidebar.add_class("nim-side")
-        self.main = w.Box([w.HTML('<div class="nim-empty">No conversations yet: start one, or wait for '
-                                  "an invitation.</div>")], layout=w.Layout(flex="1"))
         style = w.HTML(r.CSS, layout=w.Layout(height="0px", margin="0"))
         super().__init__([style, w.HBox([self.sidebar, self.main], layout=w.Layout(width="100%"))],
                          layout=w.Layout(width="100%", max_width="1000px"))

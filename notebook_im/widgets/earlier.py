@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import ipywidgets as w
 
@@ -20,7 +20,6 @@ from . import render as r
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..api.endpoint import Endpoint
-    from .chat import ChatPanel
 
 EARLIER_BADGE = "from history, read-only"
 
@@ -57,7 +56,7 @@ class EarlierView(w.VBox):
         box.add_class("nim-chat-messages")
         self.again_button = w.Button(description=f"Chat again with {r.who_text(name, c.peer)}", icon="comment",
                                      tooltip=f"Start a new conversation with {c.peer}", layout=w.Layout(width="auto"))
-        self.again_button.on_click(lambda _b: listing.panel.start_chat(c.peer))
+        self.again_button.on_click(lambda _b: listing.start_chat(c.peer))
         super().__init__([self.header_html, box, self.again_button], layout=w.Layout(width="100%"))
         self.add_class("nim-chat")
         self.add_class("nim-earlier-conv")
@@ -67,17 +66,21 @@ class EarlierList(w.VBox):
     """The sidebar section of `ChatPanel(endpoint)` listing the endpoint's earlier conversations (the newest
     `limit`); empty and hidden when the platform has no history store or the store had none."""
 
-    def __init__(self, panel: "ChatPanel", endpoint: "Endpoint", *, limit: int = 50) -> None:
+    def __init__(self, endpoint: "Endpoint", *, main: w.Box, start_chat: Callable[[str], Any],
+                 options: dict[str, Any], limit: int = 50) -> None:
+        """`main`: the panel's main area (an earlier conversation is shown there); `start_chat(uri)`: what "Chat
+        again" does; `options`: the panel's names/height/max_rendered."""
         store = getattr(endpoint.platform, "history_store", None)
-        self.panel = panel
+        self.main = main
+        self.start_chat = start_chat
         self.conversations = earlier_conversations(store.earlier, endpoint.uri) if store is not None else []
         self.views: dict[str, EarlierView] = {}
         self.shown: EarlierConversation | None = None
-        self._names = dict(panel._options.get("names") or {})
+        self._names = dict(options.get("names") or {})
         if endpoint.display_name:
             self._names.setdefault(endpoint.uri, endpoint.display_name)
-        self.height = panel._options.get("height", "380px")
-        self.max_rendered = panel._options.get("max_rendered", 200)
+        self.height = options.get("height", "380px")
+        self.max_rendered = options.get("max_rendered", 200)
         self._buttons: dict[str, w.Button] = {}
         children: list[Any] = []
         if self.conversations:
@@ -115,9 +118,9 @@ class EarlierList(w.VBox):
         if view is None:
             view = self.views[conversation.key] = EarlierView(conversation, self)
         if not self._observing:  # the panel's main area exists once the panel is built
-            self.panel.main.observe(self._on_main, names="children")
+            self.main.observe(self._on_main, names="children")
             self._observing = True
-        self.panel.main.children = [view]
+        self.main.children = [view]
         return view
 
     def show_latest(self) -> EarlierView | None:

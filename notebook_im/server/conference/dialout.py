@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 from ...core.stack import USER_AGENT, ClientHandle, ServerHandle
@@ -21,17 +21,16 @@ from ...sip.message import Request, Response, make_request, new_call_id, new_tag
 from ...sip.transaction import make_cancel
 from ...sip.uri import Address, SipUri
 from ..registrar import Binding
+from .host import FocusParts
 from .sender import DialogSender
 from .state import ACCEPT_TYPES, ALLOW, Conference, Member, entity_of
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .focus import Focus
 
 
 class DialOut:
     """The REFERs of one focus's participants and the INVITEs it sends for them."""
 
-    def __init__(self, focus: "Focus") -> None:
+    def __init__(self, focus: FocusParts) -> None:
         self.focus = focus
 
     def refer(self, conf: Conference, referrer: Member, request: Request, handle: ServerHandle) -> None:

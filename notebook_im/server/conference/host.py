@@ -1,7 +1,10 @@
-"""What the focus needs of the server it runs in (the proxy implements it; the focus never imports the proxy)."""
+"""The interfaces between the parts of the conference focus and around it, so that imports only go downward:
+`FocusHost` is what the focus needs of the server it runs in (the proxy implements it; the focus never imports
+the proxy); `FocusParts` is what the roster and dial-out components need of the focus that owns them (the
+focus implements it and imports them, not the other way round)."""
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from ...core.stack import SipStack
 from ...net.base import Target
@@ -22,3 +25,22 @@ class FocusHost(Protocol):
 
     def binding_target(self, binding: Binding) -> Target:
         """Where a registered device is reached."""
+
+
+class FocusParts(Protocol):
+    """What the focus's components (roster.py, dialout.py) use of the focus."""
+
+    host: FocusHost
+    limits: Any             # state.FocusLimits
+    stats: dict[str, int]
+    dialogs: dict[tuple[str, str, str], Any]
+    roster: Any             # roster.Roster (announces roster changes)
+
+    def failed(self, conf: Any, entity: str, status: int, reason: str) -> None:
+        """A participant stopped answering: drop them."""
+
+    def drop_member(self, conf: Any, m: Any, *, method: str = "departed", reason: str | None = None,
+                    announce: bool = True, bye: bool = False, end_if_empty: bool = True) -> None: ...
+
+    def refuse_stranger(self, handle: Any) -> None: ...
+

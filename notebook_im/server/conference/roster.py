@@ -6,24 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 from ...core.stack import ServerHandle
 from ...im import conference_info as ci
 from ...sip.dialog import Dialog
 from ...sip.message import Request, new_tag
 from ...sip.uri import Address
+from .host import FocusParts
 from .sender import DialogSender
 from .state import Conference, Subscription, entity_of
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .focus import Focus
 
 
 class Roster:
     """The roster subscriptions of every conference of one focus."""
 
-    def __init__(self, focus: "Focus") -> None:
+    def __init__(self, focus: FocusParts) -> None:
         self.focus = focus
 
     def subscribe(self, conf: Conference, request: Request, handle: ServerHandle) -> None:
