@@ -162,6 +162,15 @@ class Step:
         value = self.header("To")
         return _param(value, "tag") if value else None
 
+    @property
+    def carries(self) -> str:
+        """For a MESSAGE request, what it carries as the ladder labels it: '"first words…"', "(composing: active)",
+        "(receipt: delivered)"; "" otherwise."""
+        if self.is_response or self.method != "MESSAGE":
+            return ""
+        from .trace.ladder import _preview
+        return _preview(self.raw.replace("\n", "\r\n").encode("utf-8"))
+
     def __str__(self) -> str:
         return f"F{self.number}  {self.src} -> {self.dst}  ({self.transport.upper()})\n{self.raw.rstrip()}\n"
 
@@ -238,7 +247,8 @@ class Flow:
         steps = list(steps)
         if not full:
             width = max((len(f"{s.src} -> {s.dst}") for s in steps), default=0)
-            return "\n".join(f"F{s.number:<3} {(s.src + ' -> ' + s.dst):<{width}}  {s.start_line}" for s in steps)
+            return "\n".join(f"F{s.number:<3} {(s.src + ' -> ' + s.dst):<{width}}  {s.start_line}"
+                             + (f"  {s.carries}" if s.carries else "") for s in steps)
         return "\n".join(str(s) for s in steps)
 
     def summary(self) -> str:
@@ -1079,6 +1089,156 @@ def _(ctx: dict[str, Any]) -> int:
           "`platform.trace.sip()` has a `status` column: NA for a request, the code for a response.", kind="int")
 def _(ctx: dict[str, Any]) -> int:
     return int(ctx["trace"].sip()["status"].notna().sum())
+
+
+# 03 traces as DataFrames --------------------------------------------------------------------------------------------
+@exercise("03.median-latency-ms", "What is the median delivery latency, in milliseconds, of the messages sent on "
+          "this platform (`platform.trace.messages()`, direction out)?",
+          "Filter `messages[messages.direction == 'out']`, take the `latency` column (seconds) times 1000, then "
+          ".median(). Compute it right before you check: new messages change it.", kind="number", tolerance=0.01,
+          why="On loopback through one proxy, a MESSAGE and its 200 OK cross four hops in a millisecond or two.")
+def _(ctx: dict[str, Any]) -> float:
+    m = ctx["trace"].messages()
+    return float(m[m["direction"] == "out"]["latency"].median() * 1000)
+
+
+@exercise("03.top-talker", "Who sent the most messages?",
+          "Group the sent messages by `sender` and count: `sent.groupby('sender', observed=True).size()`.",
+          why="Alice: she talked to both Bob and Carol (and sent the pager message).")
+def _(ctx: dict[str, Any]) -> str:
+    m = ctx["trace"].messages()
+    counts = m[m["direction"] == "out"].groupby("sender", observed=True).size().sort_values(ascending=False)
+    return str(counts.index[0])
+
+
+@exercise("03.retransmitted", "How many of dave's transactions needed at least one retransmission?",
+          "In `lossy_platform.trace.sip()`, keep dave's outgoing requests (owner, direction out, status NA), group by "
+          "`transaction_id` and count the groups with more than one row.", kind="int",
+          why="Each lost request (or lost 200 OK) cost its transaction one more send after T1; the chat above it "
+              "never noticed.")
+def _(ctx: dict[str, Any]) -> int:
+    df = _requests(_sip(ctx["trace"], "dave"), direction="out")
+    sends = df.groupby("transaction_id", observed=True).size()
+    return int((sends > 1).sum())
+
+
+@exercise("03.capture-messages", "How many SIP messages of the compared session are in the capture (what tshark "
+          "lists for its Call-ID)?",
+          "Count the rows of `platform.trace.sip(call_id=call_id)`: each is one packet in the pcap, one line in "
+          "tshark's output.", kind="int", needs=("trace", "call_id"),
+          why="Every message on each hop: alice <-> proxy and proxy <-> bob, both ways.")
+def _(ctx: dict[str, Any]) -> int:
+    return int(len(ctx["trace"].sip(call_id=ctx["call_id"])))
+
+
+# 04 conferences ------------------------------------------------------------------------------------------------------
+@exercise("04.refer-status", "Which status does the focus answer to Alice's REFER?",
+          "Find the response to REFER in Alice's trace (method REFER, status not NA).", kind="int",
+          why="202 Accepted: \"I will try\" (RFC 3515). Whether Carol joins is reported later, here in the roster "
+              "(NOTIFY of the conference package).")
+def _(ctx: dict[str, Any]) -> int:
+    df = _responses(_sip(ctx["trace"], "alice"), "REFER", "in")
+    return int(_first(df, "response to REFER")["status"])
+
+
+@exercise("04.dial-out-header", "Which header of the REFER names the person the focus should invite?",
+          "Print Alice's REFER in full and look for the header with Carol's URI in it.",
+          why="Refer-To: the focus sends an INVITE to that URI, with Referred-By naming Alice.")
+def _(ctx: dict[str, Any]) -> str:
+    df = _requests(_sip(ctx["trace"], "alice"), "REFER", "out")
+    raw = str(_first(df, "REFER from Alice")["raw"])
+    return "Refer-To" if _headers(raw, "Refer-To") else "?"
+
+
+@exercise("04.event-package", "Which event package does a participant subscribe to for the roster (the value of "
+          "the Event header)?", "Print a SUBSCRIBE (or a NOTIFY) and read its Event header.",
+          why="The conference event package of RFC 4575: NOTIFY bodies are application/conference-info+xml.")
+def _(ctx: dict[str, Any]) -> str:
+    df = _requests(_sip(ctx["trace"], "alice"), "SUBSCRIBE", "out")
+    return _headers(str(_first(df, "SUBSCRIBE from Alice")["raw"]), "Event")[0].split(";")[0].strip()
+
+
+@exercise("04.notifies", "How many NOTIFY requests did Alice's endpoint receive?",
+          "Count Alice's incoming NOTIFY requests in `platform.trace.sip()` (retransmissions would repeat a branch: "
+          "count branches).", kind="int",
+          why="One full document after the SUBSCRIBE, then one partial update per roster change.")
+def _(ctx: dict[str, Any]) -> int:
+    return int(_requests(_sip(ctx["trace"], "alice"), "NOTIFY", "in")["branch"].nunique())
+
+
+@exercise("04.first-notify-state", "What does the `state` attribute of the conference-info document say in the first "
+          "NOTIFY, and in the later ones? Answer for the first one.",
+          "Print the body of the first NOTIFY Alice received: `<conference-info ... state=\"...\">`.",
+          kind="choice", options=("full", "partial", "deleted"),
+          why="full: the whole roster, then partial updates with a version number one higher each time (RFC 4575).")
+def _(ctx: dict[str, Any]) -> str:
+    df = _requests(_sip(ctx["trace"], "alice"), "NOTIFY", "in")
+    m = re.search(r'<conference-info\b[^>]*\bstate="(\w+)"', str(_first(df, "NOTIFY at Alice")["raw"]))
+    return m.group(1) if m else "?"
+
+
+# 05 a real server ------------------------------------------------------------------------------------------------------
+@exercise("05.register-challenge", "Which status did Kamailio challenge the REGISTER with?",
+          "The first response to Alice's REGISTER in `platform.trace.sip()`.", kind="int",
+          why="401 Unauthorized with WWW-Authenticate: the registrar authenticates its users.")
+def _(ctx: dict[str, Any]) -> int:
+    df = _responses(_sip(ctx["trace"], "alice"), "REGISTER", "in")
+    return int(_first(df, "response to REGISTER")["status"])
+
+
+@exercise("05.digest-algorithm", "Which digest algorithm did Kamailio offer in its challenge?",
+          "Read the algorithm= parameter of the WWW-Authenticate header of the 401.",
+          why="SHA-256 (RFC 7616/8760); MD5 is the old default that every SIP stack still knows.")
+def _(ctx: dict[str, Any]) -> str:
+    df = _responses(_sip(ctx["trace"], "alice"), "REGISTER", "in")
+    raw = str(_first(df[df["status"] == 401], "401 at Alice")["raw"])
+    value = _headers(raw, "WWW-Authenticate")[0]
+    m = re.search(r"algorithm=\"?([A-Za-z0-9-]+)", value)
+    return m.group(1) if m else "MD5"
+
+
+@exercise("05.wrong-password", "Which status did the REGISTER with a wrong password get?",
+          "The final response to Bob's REGISTER with password 'guess' (owner bob).", kind="int",
+          why="403 Forbidden: the example configuration refuses a wrong answer instead of challenging again.")
+def _(ctx: dict[str, Any]) -> int:
+    df = _responses(_sip(ctx["trace"], "bob"), "REGISTER", "in")
+    return int(_first(df[df["status"] >= 403], "refusal at Bob")["status"])
+
+
+@exercise("05.record-routes", "How many Record-Route headers did the INVITE have when it reached Bob?",
+          "Print the INVITE in Bob's trace and count its Record-Route lines.", kind="int",
+          why="Two: Kamailio received it over UDP and sent it over TLS, so it record-routes once per transport "
+              "(double record-routing): each side's Route then names the address it can reach.")
+def _(ctx: dict[str, Any]) -> int:
+    df = _requests(_sip(ctx["trace"], "bob"), "INVITE", "in")
+    return len(_headers(str(_first(df, "INVITE at Bob")["raw"]), "Record-Route"))
+
+
+# 06 from UCCAPI ------------------------------------------------------------------------------------------------------
+@exercise("06.enable-registers", "How many REGISTER requests did Alice's Enable (platform.endpoint with a password) send?",
+          "Count Alice's outgoing REGISTER requests (distinct branches) before anything else.", kind="int",
+          why="Two: the first is challenged (401), the second carries the Authorization.")
+def _(ctx: dict[str, Any]) -> int:
+    df = _requests(_sip(ctx["trace"], "alice"), "REGISTER", "out")
+    df = df[~df["raw"].str.contains("Expires: 0", regex=False)]   # not the un-REGISTER of Disable
+    return int(df["branch"].nunique())
+
+
+@exercise("06.accept-status", "Which response does IUccIncomingSessionEvent::Accept send on the wire?",
+          "Bob's final response to the INVITE, in his trace (owner bob, direction out).", kind="int",
+          why="200 OK with Bob's SDP answer; Alice's ACK completes it.")
+def _(ctx: dict[str, Any]) -> int:
+    df = _responses(_sip(ctx["trace"], "bob"), "INVITE", "out")
+    return int(_first(df[df["status"] >= 200], "final response from Bob")["status"])
+
+
+@exercise("06.terminate-method", "Which SIP request does IUccSession::Terminate send for a connected session?",
+          "The last request Alice sent in the session (its Call-ID).",
+          why="BYE (a CANCEL if the session were still ringing).")
+def _(ctx: dict[str, Any]) -> str:
+    df = _requests(_sip(ctx["trace"], "alice"), direction="out")
+    df = df[df["call_id"] == _session_call_id(ctx["trace"])]
+    return str(_first(df.iloc[::-1], "request from Alice")["method"])
 
 
 # 07 failures and timers ---------------------------------------------------------------------------------------
