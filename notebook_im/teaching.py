@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 __all__ = [
-    "Flow", "Step", "RawPeer", "Middlebox", "drop", "remove_header", "set_header", "silent", "refuse_composing",
-    "check", "Result", "EXERCISES", "exercises_for", "REFERENCE_IM_SESSION", "compare_with_reference",
+    "Flow", "Step", "RawPeer", "RawRequest", "Middlebox", "drop", "remove_header", "set_header", "silent",
+    "refuse_composing", "check", "Result", "Exercise", "exercise", "EXERCISES", "exercises_for", "self_test",
+    "REFERENCE_IM_SESSION", "compare_with_reference",
 ]
 
 
@@ -199,23 +200,21 @@ class Flow:
         # (src, dst, raw) -> how many recordings of one direction still wait for the other end's
         self._unpaired: dict[tuple[str, str, str, str], int] = {}
 
-    def _name(self, address: str, records: list[Any]) -> str:
-        if address in self.names:
-            return self.names[address]
-        for r in records:          # an endpoint's own address: named after it
-            if r.direction == "out" and _addr(r.local) == address:
-                return _user(r.owner)
-        return address
+    def _name(self, address: str, owners: dict[str, str]) -> str:
+        return self.names.get(address) or owners.get(address) or address
 
     def new(self) -> list[Step]:
         """The messages recorded since the last call (or since the Flow was made), numbered on."""
         records = self.trace.sip_records()
         fresh = records[self._seen:]
         self._seen = len(records)
+        owners: dict[str, str] = {}   # an endpoint's own address (where it sent or received): named after it
+        for r in records:
+            owners.setdefault(_addr(r.local), _user(r.owner))
         out = []
         for r in fresh:
             raw = r.raw.decode("utf-8", "replace").replace("\r\n", "\n")
-            me, other = _user(r.owner), self._name(_addr(r.remote), records)
+            me, other = _user(r.owner), self._name(_addr(r.remote), owners)
             src, dst = (me, other) if r.direction == "out" else (other, me)
             other_end = (src, dst, raw, "in" if r.direction == "out" else "out")
             if self._unpaired.get(other_end):
