@@ -1397,9 +1397,9 @@ def _(ctx: dict[str, Any]) -> set[str]:
 
 
 @exercise("08.no-ack.200-sends", "How many times did Bob's endpoint send its 200 OK for the INVITE?",
-          "Count the 200 responses to INVITE that Bob sent (owner bob, direction out). Timer G resends a final "
-          "response until the ACK comes; Timer H (64·T1) gives up.", kind="int",
-          why="Timer G: T1, 2·T1, ... up to T2 between sends, until Timer H (64·T1): 11 sends, here in 1.6 s.")
+          "Count the 200 responses to INVITE that Bob sent (owner bob, direction out). A UAS resends its 2xx "
+          "until the ACK comes, for at most 64·T1 (RFC 3261 §13.3.1.4).", kind="int",
+          why="T1, 2·T1, ... up to T2 between sends (Timer G's schedule), for 64·T1: 11 sends, here in 1.6 s.")
 def _(ctx: dict[str, Any]) -> int:
     df = _responses(_sip(ctx["trace"], "bob"), "INVITE", "out")
     return int(((df["status"] == 200) & (df["call_id"] == _first_call(ctx["trace"]))).sum())
@@ -1407,7 +1407,7 @@ def _(ctx: dict[str, Any]) -> int:
 
 @exercise("08.no-ack.bye-from", "Who sent the BYE that ended the session: alice or bob?",
           "Find the BYE in the flow (flow.find('BYE')) and read its hop, or its From header.",
-          why="Bob: without an ACK his 200 OK was never confirmed, so after Timer H he ends the dialog with a BYE "
+          why="Bob: without an ACK his 200 OK was never confirmed, so after 64·T1 he ends the session with a BYE "
               "(RFC 3261 §13.3.1.4). Alice believed all was fine until then.")
 def _(ctx: dict[str, Any]) -> str:
     df = _requests(_sip(ctx["trace"]), "BYE", "out")
