@@ -396,7 +396,8 @@ class RawPeer:
     answers every request as `answer(request)` says: a status code (`200`), a `(status, reason)` pair, or None
     to stay silent. A 2xx to an INVITE carries an SDP answer with `m=message ... sip null` and copies the
     Record-Route headers, as a real user agent does. Retransmissions get the same answer again. ACKs are never
-    answered (nobody answers an ACK). `log` keeps every datagram in and out: (time, "in"/"out", text).
+    answered (nobody answers an ACK). `log` keeps every datagram in and out, (time, "in"/"out", text), and the
+    start line of any it could not answer ("error").
 
     It is deliberately small (read it: `teaching.RawPeer??`): enough SIP to play a peer that misbehaves in a
     controlled way. It runs on its own thread until `stop()`."""
@@ -501,17 +502,22 @@ class RawPeer:
             self.log.append((time.time(), "in", text))
             if text.startswith("SIP/2.0") or text.startswith("ACK "):
                 continue
-            request = RawRequest(text, source[:2])
             try:
-                decision = self.answer(request)
-            except Exception as exc:  # noqa: BLE001 - a policy bug answers 500 and says why
-                decision = (500, f"Server Internal Error ({type(exc).__name__} in the answer policy)")
-            if decision is None:
-                continue
-            status, reason = (decision, REASONS.get(decision, "")) if isinstance(decision, int) else decision
-            if request.method == "INVITE" and 200 <= status < 300 and self.ring:
-                self._send(self._response(request, 180, "Ringing"), request.source)
-            self._send(self._response(request, status, reason), request.source)
+                self._answer(RawRequest(text, source[:2]))
+            except Exception:  # noqa: BLE001 - a datagram it cannot answer is logged, and the peer goes on
+                self.log.append((time.time(), "error", text.split("\n", 1)[0]))
+
+    def _answer(self, request: RawRequest) -> None:
+        try:
+            decision = self.answer(request)
+        except Exception as exc:  # noqa: BLE001 - a policy bug answers 500 and says why
+            decision = (500, f"Server Internal Error ({type(exc).__name__} in the answer policy)")
+        if decision is None:
+            return
+        status, reason = (decision, REASONS.get(decision, "")) if isinstance(decision, int) else decision
+        if request.method == "INVITE" and 200 <= status < 300 and self.ring:
+            self._send(self._response(request, 180, "Ringing"), request.source)
+        self._send(self._response(request, status, reason), request.source)
 
     def _response(self, request: RawRequest, status: int, reason: str) -> str:
         _start, headers, _body = _split(request.text)
@@ -707,9 +713,12 @@ class Exercise:
 EXERCISES: dict[str, Exercise] = {}
 
 
-def exercise(id: str, question: str, hint: str, **kwargs: Any) -> Callable[[Callable[[dict[str, Any]], Any]], Callable]:
+def exercise(exercise_id: str, question: str, hint: str,
+             **kwargs: Any) -> Callable[[Callable[[dict[str, Any]], Any]], Callable]:
+    """Register the decorated function (context -> right answer) as exercise `exercise_id` ("NN.name": NN is the
+    notebook); `kwargs` are the other fields of `Exercise` (kind, needs, options, tolerance, why)."""
     def register(truth: Callable[[dict[str, Any]], Any]) -> Callable:
-        EXERCISES[id] = Exercise(id, question, truth, hint, **kwargs)
+        EXERCISES[exercise_id] = Exercise(exercise_id, question, truth, hint, **kwargs)
         return truth
     return register
 
@@ -763,7 +772,10 @@ def _evaluate(ex: Exercise, answer: Any, context: dict[str, Any]) -> Result:
                         f"(for example trace=platform.trace)")
     if _unanswered(answer):
         return Result(ex, answer, False, f"… {ex.question}\nNo answer yet: replace the ... with your answer.", False)
-    right = ex.truth(context)
+    try:
+        right = ex.truth(context)
+    except LookupError as exc:      # what the exercise is about is not in the trace (yet)
+        return Result(ex, answer, False, f"… {ex.question}\n{exc}", False)
     try:
         ok = _same(ex, answer, right)
     except (TypeError, ValueError) as exc:

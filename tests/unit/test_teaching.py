@@ -187,3 +187,8 @@ def test_compare_with_reference_marks_missing_and_extra():
                                             step(3, "BYE", "alice", "proxy")], reference)
     assert [r[1].split()[0] for r in rows] == ["F1", "(missing)", "F2", "F3"]
     assert rows[-1][2] == "(extra)" and rows[0][2] == "offer"
+
+
+def test_checking_before_the_flow_ran_says_what_to_run(platform):
+    result = check("02.vias-at-bob", 2, trace=platform.trace)
+    assert not result.ok and not result.answered and "run the cells above first" in repr(result)
