@@ -46,6 +46,7 @@ _LAZY: dict[str, str] = {
     "ChatPanel": "notebook_im.widgets.chat:ChatPanel",
     "LadderView": "notebook_im.widgets.ladder_view:LadderView",
     "read_pcap": "notebook_im.trace.pcap:read_pcap",
+    "teaching": "notebook_im.teaching:",   # the tutorials' helpers: numbered flows, checked exercises, raw SIP peers
 }
 
 
@@ -56,7 +57,7 @@ def __getattr__(name: str):
     import importlib
 
     module, _, attr = target.partition(":")
-    value = getattr(importlib.import_module(module), attr)
+    value = importlib.import_module(module) if not attr else getattr(importlib.import_module(module), attr)
     globals()[name] = value
     return value
 

@@ -1,4 +1,5 @@
-"""Event subscription shared by Endpoint and ImSession: `on(Type, cb)` and `async for e in obj.events()`.
+"""Event subscription shared by Endpoint and ImSession: `on(Type, cb)`, `async for e in obj.events()` and
+`await obj.wait_for(Type)`.
 
 Events are emitted on the library loop thread. Callbacks run there, in order; one that raises is logged
 and the others still run. `events()` streams are thread-safe queues that wake their consumer's own loop
@@ -7,10 +8,13 @@ and the others still run. `events()` streams are thread-safe queues that wake th
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections import deque
 from typing import Any, Callable, Generic, TypeVar
+
+from ..runtime import Operation, runtime
 
 log = logging.getLogger("notebook_im.events")
 
@@ -129,6 +133,61 @@ class EventSource:
         """A stream of this object's events (all, or only `types`): `async for e in obj.events(): ...`."""
         return EventStream(self, types)
 
+    def wait_for(self, event_type: type[E], *, predicate: Callable[[E], bool] | None = None,
+                 timeout: float | None = 10.0) -> Operation[E]:
+        """An Operation that resolves with the first event of `event_type` (or a subclass) for which
+        `predicate(event)` is true (any one without a predicate), emitted from now on.
+
+        It listens from the moment it is called, so call it *before* the action that causes the event:
+
+            arrival = bob.wait_for(nim.MessageReceived)
+            await alice.send_message("sip:bob@example.test", "hi")
+            event = await arrival            # or arrival.result() in a script
+
+        Raises TimeoutError when no such event comes within `timeout` seconds (None waits for ever). It
+        unsubscribes itself once resolved, timed out or cancelled. A predicate that raises fails the Operation
+        with that exception."""
+        if not isinstance(event_type, type):
+            raise TypeError(f"wait_for() takes an event class such as nim.MessageReceived, not {event_type!r}")
+        if predicate is not None and not callable(predicate):
+            raise TypeError(f"predicate must be a function of the event returning True or False, not {predicate!r}")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+            raise ValueError(f"timeout must be a number of seconds >= 0 (or None to wait for ever), not {timeout!r}")
+        rt = runtime()
+        future: concurrent.futures.Future[E] = concurrent.futures.Future()
+        timer: list[asyncio.TimerHandle] = []
+
+        def on_event(event: Any) -> None:
+            if future.done():
+                return
+            try:
+                if predicate is not None and not predicate(event):
+                    return
+            except Exception as exc:  # noqa: BLE001 - reported to whoever awaits the operation
+                _settle(future, exc=exc)
+                return
+            _settle(future, result=event)
+
+        def expire() -> None:
+            _settle(future, exc=TimeoutError(f"no {event_type.__name__} event{' matching the predicate' if predicate else ''}"
+                                             f" within {timeout} s"))
+
+        def arm() -> None:
+            if not future.done():
+                timer.append(rt.loop.call_later(timeout, expire))
+
+        subscription = self.on(event_type, on_event)
+
+        def cleanup(_f: Any) -> None:
+            subscription.cancel()
+            if timer:
+                rt.call_soon(timer[0].cancel)
+
+        future.add_done_callback(cleanup)
+        if timeout is not None:
+            rt.call_soon(arm)
+        return _Waiting(future, f"wait_for({event_type.__name__})", rt)
+
     def _emit(self, event: Any) -> None:
         source: EventSource | None = self
         while source is not None:
@@ -143,3 +202,30 @@ class EventSource:
                         cb(event)
                     except Exception:  # noqa: BLE001 - a user callback must not kill the loop
                         log.exception("event callback %r raised on %s", cb, type(event).__name__)
+
+
+class _Waiting(Operation):
+    """The Operation `wait_for` returns: `.result()` raises wait_for's own TimeoutError (which says which event did
+    not come within wait_for's timeout) rather than reporting it as `.result()`'s own wait running out."""
+
+    __slots__ = ()
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            return super().result(timeout)
+        except TimeoutError:
+            f = self._future
+            if f.done() and not f.cancelled() and f.exception() is not None:
+                raise f.exception() from None
+            raise
+
+
+def _settle(future: concurrent.futures.Future, *, result: Any = None, exc: BaseException | None = None) -> None:
+    """Resolve `future` once; a second outcome (an event racing the timeout, a cancel) is ignored."""
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass

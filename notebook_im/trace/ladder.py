@@ -10,6 +10,12 @@ This module does not import pandas: a `Ladder` is a list of arrows that grows wi
 widget can keep one Ladder, feed it new records and re-render. `render_svg(records)` is the one-call form
 that `notebook_im.widgets.ladder_view.LadderView` picks up.
 
+Labels: a request by its method; a MESSAGE also by what it carries: the first words of its text, or its kind
+when it carries no text to read: "MESSAGE (composing: active)" / "(composing: idle)" for an RFC 3994
+indication, "MESSAGE (receipt: delivered)" / "(receipt: displayed)" for an RFC 5438 notification (bare, or
+wrapped in message/cpim as it usually is; a conference's message/cpim shows the text inside). A response by
+"status reason".
+
 Columns: a message's owner (the endpoint that recorded it) is its own column; the other side is the
 owner of that address if one in the trace uses it, otherwise the address ("host:port"), or the name given
 in `names=`. A message recorded by both its sender and its receiver is drawn once. Marked: a
@@ -19,6 +25,7 @@ a failure (final status >= 300) is red and has class "failure"; provisional resp
 from __future__ import annotations
 
 import html
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -28,6 +35,8 @@ from .extract import extract
 COLOURS = {"request": "#2563eb", "provisional": "#6b7280", "success": "#16a34a", "failure": "#dc2626"}
 LANE_W, ROW_H, TOP, LEFT = 190, 28, 52, 78
 COMPOSING = b"application/im-iscomposing+xml"
+IMDN = b"message/imdn+xml"
+CPIM = b"message/cpim"
 
 
 @dataclass
@@ -84,10 +93,56 @@ def _visible(text: str) -> str:
     return "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf"))
 
 
+def _content_type(head: bytes) -> bytes:
+    """The media type of a Content-Type header (also the compact `c:`) in `head`, lower-cased, or b''."""
+    for line in head.split(b"\n"):
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() in (b"content-type", b"c"):
+            return value.split(b";", 1)[0].strip().lower()
+    return b""
+
+
+def _unwrap_cpim(body: bytes) -> tuple[bytes, bytes]:
+    """(inner content type, inner body) of a message/cpim body (RFC 3862: CPIM headers, a blank line, MIME
+    headers, a blank line, the content); (b'', b'') if it is not one."""
+    sep = b"\r\n\r\n" if b"\r\n\r\n" in body else b"\n\n"
+    _cpim_headers, _, rest = body.partition(sep)
+    mime, found, inner = rest.partition(sep)
+    if not found:
+        return b"", b""
+    return _content_type(mime), inner
+
+
+_IMDN_STATUS = re.compile(rb"<(?:\w+:)?(delivery|display|processing)-notification\b[^>]*>\s*<(?:\w+:)?status\b[^>]*>"
+                          rb"\s*<(?:\w+:)?([A-Za-z-]+)")
+_COMPOSING_STATE = re.compile(rb"<(?:\w+:)?state\b[^>]*>\s*([A-Za-z]+)\s*<")
+
+
+def _kind_label(content_type: bytes, body: bytes) -> str | None:
+    """The label of a MESSAGE that carries no text to show: "(receipt: delivered)" for an RFC 5438 notification,
+    "(composing: active)" / "(composing: idle)" for an RFC 3994 indication; None for anything else."""
+    if content_type == COMPOSING:
+        m = _COMPOSING_STATE.search(body)
+        state = m.group(1).decode("ascii").lower() if m else ""
+        return f"(composing: {state})" if state in ("active", "idle") else "(composing)"
+    if content_type == IMDN:
+        m = _IMDN_STATUS.search(body)
+        return f"(receipt: {m.group(2).decode('ascii').lower()})" if m else "(receipt)"
+    return None
+
+
 def _preview(raw: bytes, limit: int = 24) -> str:
+    """What a MESSAGE arrow says after the method: its kind for composing indications and receipts (bare or in
+    message/cpim), otherwise the first words of its text (of the text inside a message/cpim wrapper)."""
     head, _, body = raw.partition(b"\r\n\r\n")
-    if COMPOSING in head.lower():
-        return "(composing)"
+    content_type = _content_type(head)
+    if content_type == CPIM:
+        inner_type, inner = _unwrap_cpim(body)
+        if inner_type:
+            content_type, body = inner_type, inner
+    kind = _kind_label(content_type, body)
+    if kind is not None:
+        return kind
     text = _visible(body.decode("utf-8", "replace").replace("\r\n", " ").replace("\n", " ")).strip()
     if not text:
         return ""

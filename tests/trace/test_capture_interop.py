@@ -100,4 +100,4 @@ def test_capture_kamailio_sipp_traffic_and_import(tmp_path) -> None:
     ladder = trace.ladder(call_id=session_cid)
     assert len(ladder.layout()[0]) == 3
     labels = [a.label for a, _, _ in ladder.layout()[1]]
-    assert labels.count("INVITE") == 2 and labels.count("BYE") == 2 and "MESSAGE (composing)" in labels
+    assert labels.count("INVITE") == 2 and labels.count("BYE") == 2 and "MESSAGE (composing: active)" in labels

@@ -41,7 +41,7 @@ def test_session_ladder_svg(chat) -> None:
     # the proxy answers 100 Trying before (or while) it forwards the INVITE
     assert labels[0] == "INVITE" and sorted(labels[1:3]) == ["100 Trying", "INVITE"]
     assert labels.count("ACK") == 2 and labels.count("BYE") == 2
-    assert 'MESSAGE "hello bob"' in labels and "MESSAGE (composing)" in labels
+    assert 'MESSAGE "hello bob"' in labels and "MESSAGE (composing: active)" in labels
     assert all(a["lines"] == 1 for a in drawn)
     assert {"180 Ringing", "200 OK"} <= set(labels)
     first = drawn[0]
