@@ -172,6 +172,8 @@ class Operation(Generic[T]):
         try:
             return self._future.result(timeout)
         except concurrent.futures.TimeoutError:
+            if self._future.done():   # the work itself raised TimeoutError (the same class on 3.11+): its own
+                raise                 # message says what timed out
             raise TimeoutError(f"{self.description} did not finish within {timeout} s") from None
 
     def exception(self, timeout: float | None = None) -> BaseException | None:

@@ -186,7 +186,7 @@ class EventSource:
         future.add_done_callback(cleanup)
         if timeout is not None:
             rt.call_soon(arm)
-        return _Waiting(future, f"wait_for({event_type.__name__})", rt)
+        return Operation(future, f"wait_for({event_type.__name__})", rt)
 
     def _emit(self, event: Any) -> None:
         source: EventSource | None = self
@@ -202,22 +202,6 @@ class EventSource:
                         cb(event)
                     except Exception:  # noqa: BLE001 - a user callback must not kill the loop
                         log.exception("event callback %r raised on %s", cb, type(event).__name__)
-
-
-class _Waiting(Operation):
-    """The Operation `wait_for` returns: `.result()` raises wait_for's own TimeoutError (which says which event did
-    not come within wait_for's timeout) rather than reporting it as `.result()`'s own wait running out."""
-
-    __slots__ = ()
-
-    def result(self, timeout: float | None = None) -> Any:
-        try:
-            return super().result(timeout)
-        except TimeoutError:
-            f = self._future
-            if f.done() and not f.cancelled() and f.exception() is not None:
-                raise f.exception() from None
-            raise
 
 
 def _settle(future: concurrent.futures.Future, *, result: Any = None, exc: BaseException | None = None) -> None:

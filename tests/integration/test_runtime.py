@@ -144,3 +144,17 @@ def test_import_is_light_and_fast():
             "bad = [m for m in ('pandas', 'ipywidgets', 'IPython', 'numpy') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_timeout_raised_by_the_work_is_not_reported_as_results_own_wait():
+    """`.result(5)` on work that itself raises TimeoutError (asyncio's is the same class) re-raises that error,
+    with what timed out, instead of claiming the 5 s ran out."""
+    import asyncio
+
+    from notebook_im.runtime import runtime
+
+    async def work() -> None:
+        raise asyncio.TimeoutError("the ACK never came")
+    op = runtime().submit(work(), "work()")
+    with pytest.raises(TimeoutError, match="the ACK never came"):
+        op.result(5)
