@@ -45,3 +45,10 @@ def set_registration_timing(endpoint: Any, *, retry_base: float | None = None, r
 def advertise(server: Any, host: str, port: int) -> None:
     """Make a server put `host:port` in its Via and Record-Route for UDP (a NAT or relay in front of it)."""
     server._core.stack.advertise = (host, port)
+
+
+def roster_dialog(conference: Any) -> Any:
+    """The SIP dialog of a ConferenceSession's roster subscription (None until the focus answered the SUBSCRIBE):
+    what a test needs to speak in that dialog as the focus would."""
+    holder = conference._roster_dialog
+    return holder.dialog if holder is not None else None

@@ -19,6 +19,7 @@ import time
 import pytest
 
 import notebook_im as nim
+from notebook_im import testing
 from notebook_im.sip.message import Response
 from tests.helpers import accept_all, wait_for
 from tests.hostile.documents import (
@@ -174,9 +175,8 @@ def test_notify_into_a_roster_subscription(conference, no_errors_logged, capsys)
     learnt the dialog's identifiers, or a hostile focus, can send): 400 for each, 200 for the legitimate ones,
     and the subscription keeps working."""
     server, alice, conf, _ = conference
-    sub = conf._sub
-    wait_for(lambda: sub.dialog is not None, 5, "subscribed")
-    dialog = sub.dialog
+    wait_for(lambda: testing.roster_dialog(conf) is not None, 5, "subscribed")
+    dialog = testing.roster_dialog(conf)
     host, port = alice.local_address
     with RawUac("udp", (host, port), aor=str(dialog.remote_address.uri)) as focus:
         focus.local_tag, focus.remote_tag, focus.call_id = dialog.remote_tag, dialog.local_tag, dialog.call_id
