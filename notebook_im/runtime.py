@@ -70,6 +70,11 @@ class Runtime:
         self._ready.wait()
 
     @classmethod
+    def current(cls) -> "Runtime | None":
+        """The runtime if one was started (None before the first call that needs one)."""
+        return cls._instance
+
+    @classmethod
     def get(cls) -> "Runtime":
         inst = cls._instance
         if inst is not None and inst.thread.is_alive():
@@ -133,7 +138,7 @@ def runtime() -> Runtime:
 
 @atexit.register
 def _shutdown_runtime() -> None:
-    inst = Runtime._instance
+    inst = Runtime.current()
     if inst is not None:
         inst.stop()
 

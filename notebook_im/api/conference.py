@@ -83,8 +83,8 @@ class _RosterDialog:
     """The subscription dialog of a conference session, as the user agent sees it (where it routes the NOTIFYs);
     what they mean is the session's `im.roster.RosterSubscription`'s business."""
 
-    def __init__(self, session: "ConferenceSession") -> None:
-        self.session = session
+    def __init__(self, notified: Any) -> None:
+        self.notified = notified             # notified(info, terminated=...): the session's roster machine hears it
         self.dialog: Any = None
         self.remote_seq: int | None = None   # CSeq of NOTIFYs that came before the 200 to our SUBSCRIBE
 
@@ -104,7 +104,7 @@ class _RosterDialog:
             except RemoteProtocolError:
                 return 400
         state = (request.headers.get("Subscription-State") or "").split(";")[0].strip().lower()
-        self.session._roster_notified(info, terminated=state == "terminated")
+        self.notified(info, terminated=state == "terminated")
         return 200
 
     def on_dialog_request(self, request: Request) -> int:
@@ -172,6 +172,12 @@ class ConferenceSession(ImSession):
         return (f"<ConferenceSession {self.id} {self.conference_uri or self._target_uri} {self.state.value}, "
                 f"{len(self._roster)} others ({names}), {len(self.messages)} messages>")
 
+    @property
+    def roster_dialog(self) -> Any:
+        """The SIP dialog of the roster subscription (None until the focus answered the SUBSCRIBE)."""
+        holder = self._roster_dialog
+        return holder.dialog if holder is not None else None
+
     def invitation_failure(self, uri: str) -> BaseException | None:
         """Why inviting `uri` failed while the conference was being created (None if they joined)."""
         return self._failures.get(uri)
@@ -193,7 +199,7 @@ class ConferenceSession(ImSession):
         raise InvalidState("this session is already a conference: use session.invite(uri)")
 
     # -- creating / joining (loop thread) ---------------------------------------------------------------------
-    async def _invite(self) -> "ConferenceSession":
+    async def aconnect(self) -> "ConferenceSession":
         """Join: INVITE the factory (creates a conference) or a conference URI, then subscribe to the roster."""
         self._run(self._machine.start_outgoing())
         extra = {"Subject": self.subject} if self.subject and not self.is_incoming else None
@@ -203,9 +209,10 @@ class ConferenceSession(ImSession):
         await self._subscribe()
         return self
 
-    async def _create(self, invitees: list[tuple[str, str | None]]) -> "ConferenceSession":
-        """Create (or join), then invite everyone; waits until each invitee has joined or failed."""
-        await self._invite()
+    async def acreate(self, invitees: list[tuple[str, str | None]]) -> "ConferenceSession":
+        """Create (or join), then invite everyone (each with an optional Replaces); waits until each invitee has
+        joined or failed (the coroutine `create_conference` and `escalate` run)."""
+        await self.aconnect()
         results = await asyncio.gather(*(self._invite_one(u, r) for u, r in invitees), return_exceptions=True)
         for (uri, _r), res in zip(invitees, results):
             if isinstance(res, BaseException):
@@ -216,7 +223,7 @@ class ConferenceSession(ImSession):
         return self
 
     async def _invite_one(self, uri: str, replaces: str | None) -> Participant:
-        self._require_connected("invite")
+        self.require_connected("invite")
         assert self.dialog is not None
         entity = entity_of(uri)
         known = self._roster.get(entity)
@@ -270,7 +277,7 @@ class ConferenceSession(ImSession):
         await self._subscribe()
         old = self.replaces
         if old is not None and old.state is SessionState.CONNECTED:
-            await old._moved_to(self)    # RFC 3891: the replaced dialog ends once the new one is up
+            await old.amove_to(self)    # RFC 3891: the replaced dialog ends once the new one is up
 
     # -- roster subscription (the im.roster machine decides) -----------------------------------------------------
     async def _subscribe(self) -> None:
@@ -298,7 +305,7 @@ class ConferenceSession(ImSession):
 
     async def _send_subscribe(self, expires: int) -> None:
         assert self.conference_uri is not None
-        holder = _RosterDialog(self)
+        holder = _RosterDialog(self._roster_notified)
         self._roster_dialog = holder
         try:
             dialog, resp = await self.ua.subscribe(SipUri.parse(self.conference_uri), ci.EVENT, holder,

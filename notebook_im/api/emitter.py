@@ -24,16 +24,15 @@ E = TypeVar("E")
 class Subscription:
     """Returned by `on()`: call it (or `.cancel()`) to unsubscribe."""
 
-    __slots__ = ("_source", "_key", "_entry")
+    __slots__ = ("_callbacks", "_entry")
 
-    def __init__(self, source: "EventSource", key: type, entry: Any) -> None:
-        self._source, self._key, self._entry = source, key, entry
+    def __init__(self, callbacks: list[Callable[[Any], Any]], entry: Callable[[Any], Any]) -> None:
+        self._callbacks, self._entry = callbacks, entry   # the source's list of callbacks for one event type
 
     def cancel(self) -> None:
         """Unsubscribe the callback (calling the subscription does the same)."""
-        lst = self._source._subscribers.get(self._key)
-        if lst and self._entry in lst:
-            lst.remove(self._entry)
+        if self._entry in self._callbacks:
+            self._callbacks.remove(self._entry)
 
     __call__ = cancel
 
@@ -126,8 +125,9 @@ class EventSource:
             raise TypeError(f"on() takes an event class such as nim.MessageReceived, not {event_type!r}")
         if not callable(callback):
             raise TypeError(f"on() needs a callable as its second argument, not {callback!r}")
-        self._subscribers.setdefault(event_type, []).append(callback)
-        return Subscription(self, event_type, callback)
+        callbacks = self._subscribers.setdefault(event_type, [])
+        callbacks.append(callback)
+        return Subscription(callbacks, callback)
 
     def events(self, *types: type) -> EventStream[Any]:
         """A stream of this object's events (all, or only `types`): `async for e in obj.events(): ...`."""
@@ -190,9 +190,9 @@ class EventSource:
 
     def _emit(self, event: Any) -> None:
         source: EventSource | None = self
-        while source is not None:
-            source._dispatch(event)
-            source = source._parent_source
+        while source is not None:   # (the chain of EventSources: their own members, so no private access across)
+            source._dispatch(event)  # noqa: SLF001
+            source = source._parent_source  # noqa: SLF001
 
     def _dispatch(self, event: Any) -> None:
         for etype, callbacks in list(self._subscribers.items()):

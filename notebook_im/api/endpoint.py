@@ -57,7 +57,8 @@ class Endpoint(EventSource):
         self.expires = expires
         self.state = EndpointState.DISABLED
         sockets = TransportLayer(local_host, local_port, tls_client=tls_client, impairment=impairment)
-        self._ua = UserAgent(sockets, platform.trace, aor=uri, proxy=server, transport_name=transport,
+        # the SIP user agent (core/agent.py): what the sessions of this endpoint send and receive through
+        self.agent = UserAgent(sockets, platform.trace, aor=uri, proxy=server, transport_name=transport,
                              username=username, password=password, display_name=display_name, listener=self,
                              timers=platform.timers)
         self.sessions = SessionManager(self)
@@ -76,16 +77,16 @@ class Endpoint(EventSource):
     # -- properties ------------------------------------------------------------------------------------
     @property
     def contact(self) -> str:
-        return str(self._ua.contact_uri)
+        return str(self.agent.contact_uri)
 
     @property
     def local_address(self) -> tuple[str, int]:
-        return self._ua.local_addr
+        return self.agent.local_addr
 
     @property
     def stats(self) -> dict[str, int]:
         """Counters of the SIP core: messages received/sent, 400s answered, datagrams dropped, ..."""
-        return dict(self._ua.stats)
+        return dict(self.agent.stats)
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.uri} {self.state.value} contact={self.contact}>"
@@ -102,54 +103,57 @@ class Endpoint(EventSource):
         self.state = state
         self._emit(EndpointStateChanged(self, state, previous, reason, timestamp=now_utc()))
 
-    def _require_enabled(self, what: str) -> None:
+    def require_enabled(self, what: str) -> None:
+        """Raise InvalidState (saying how to get an enabled endpoint) unless this one is enabled."""
         if self.state not in (EndpointState.ENABLED, EndpointState.RECONNECTING):
             raise InvalidState(f"cannot {what}: endpoint {self.uri} is {self.state.value}; "
                                "get an enabled one from platform.endpoint(...)")
 
     # -- lifecycle (loop thread) ------------------------------------------------------------------------
-    async def _enable(self) -> "Endpoint":
+    async def aenable(self) -> "Endpoint":
+        """Start the user agent and REGISTER (the coroutine `platform.endpoint()` runs)."""
         self._set_state(EndpointState.ENABLING)
         try:
-            await self._ua.start()
+            await self.agent.start()
             if self.server is not None:
-                await self._ua.register(self.expires)
+                await self.agent.register(self.expires)
         except BaseException as exc:   # whatever went wrong (even a bug), never leave it "enabling"
-            await self._ua.close()
+            await self.agent.close()
             self._set_state(EndpointState.DISABLED, f"registration failed: {exc}")
             raise
         self._set_state(EndpointState.ENABLED, "registered" if self.server else "listening (no server)")
         return self
 
-    async def _disable(self) -> None:
+    async def adisable(self) -> None:
+        """`disable()` for code on the library's loop (the platform's shutdown)."""
         if self.state in (EndpointState.DISABLED, EndpointState.DISABLING):
             return
         self._set_state(EndpointState.DISABLING)
         for uri in list(self._pager_timers):
             self._cancel_pager_timer(uri)
-        if self._ua.closed:  # the sockets are gone already (a simulated crash): nothing to tell anybody
+        if self.agent.closed:  # the sockets are gone already (a simulated crash): nothing to tell anybody
             for s in list(self.sessions.sessions):
-                s._finish("endpoint disabled", None)
+                s.abandon("endpoint disabled")
             self._set_state(EndpointState.DISABLED, "closed")
             return
         # each step is bounded: a server or peer that has gone away must not hold up a shutdown
         for s in list(self.sessions.sessions):
             try:
-                await asyncio.wait_for(s._terminate(), DISABLE_STEP_TIMEOUT)
+                await asyncio.wait_for(s.aterminate(), DISABLE_STEP_TIMEOUT)
             except Exception:  # noqa: BLE001 - disabling goes on regardless
-                s._finish("endpoint disabled", None)
+                s.abandon("endpoint disabled")
         try:
             if self.server is not None:
-                await asyncio.wait_for(self._ua.unregister(), DISABLE_STEP_TIMEOUT)
+                await asyncio.wait_for(self.agent.unregister(), DISABLE_STEP_TIMEOUT)
         except (RequestFailed, *NO_ANSWER, asyncio.TimeoutError):
             pass
         finally:
-            await self._ua.close()
+            await self.agent.close()
             self._set_state(EndpointState.DISABLED, "unregistered")
 
     def disable(self) -> Operation[None]:
         """Un-REGISTER (Expires: 0), end the sessions and close the sockets (UCCAPI `Disable`)."""
-        return runtime().submit(self._disable(), f"disable({self.uri})")
+        return runtime().submit(self.adisable(), f"disable({self.uri})")
 
     # -- pager mode ---------------------------------------------------------------------------------------
     def send_message(self, to: str, text: str, content_type: str = "text/plain") -> Operation[MessageDelivered]:
@@ -162,7 +166,7 @@ class Endpoint(EventSource):
             raise TypeError(f"send_message() takes the text as str, not {type(text).__name__}")
         ct = check_content_type(content_type)
         checks.text_size(text, str(target))
-        self._require_enabled("send a message")
+        self.require_enabled("send a message")
         return runtime().submit(self._send_pager(target, text, ct), f"send_message({to!r})")
 
     async def _send_pager(self, to: SipUri, text: str, ct: str) -> MessageDelivered:
@@ -171,14 +175,14 @@ class Endpoint(EventSource):
         if self.request_receipts:
             extra = imdn.request_headers(msg.id, msg.timestamp)
             msg.requested = imdn.REQUESTED_SET
-            self.receipts.track(msg, self)
+            self.receipts.track(msg, self, self._emit)
         self._emit(MessageSending(None, msg.id, text, ct, "pager", str(to), timestamp=msg.timestamp))
         started = time.perf_counter()
         body = wire_text(text)
         status, reason = 408, "not sent"
         for _attempt in range(MESSAGE_ATTEMPTS):
             try:
-                resp = await self._ua.send_message(to, body, f"{ct};charset=UTF-8", extra=extra)
+                resp = await self.agent.send_message(to, body, f"{ct};charset=UTF-8", extra=extra)
                 status, reason = resp.status, resp.reason
                 break
             except MessageTooLarge as exc:  # a retry cannot help
@@ -213,7 +217,7 @@ class Endpoint(EventSource):
             return
         body = notification_body(wanted.message_id, wanted.datetime, kind, status, self.uri, peer, now_utc())
         try:
-            resp = await self._ua.send_message(SipUri.parse(peer), body, NOTIFICATION_CONTENT_TYPE)
+            resp = await self.agent.send_message(SipUri.parse(peer), body, NOTIFICATION_CONTENT_TYPE)
         except NO_ANSWER:
             return
         if resp.status in REFUSING:
@@ -295,9 +299,9 @@ class Endpoint(EventSource):
     def on_invite(self, request: Request, handle: ServerHandle) -> None:
         """Called by the user agent for a new INVITE: hands it to the session manager (480 while disabled)."""
         if self.state not in (EndpointState.ENABLED, EndpointState.RECONNECTING):
-            self._ua.reply(handle, 480)
+            self.agent.reply(handle, 480)
             return
-        self.sessions._on_invite(request, handle)
+        self.sessions.invited(request, handle)
 
     def on_registration(self, state: str, detail: str) -> None:
         """Called by the user agent when a registration refresh fails or recovers: updates `state`."""

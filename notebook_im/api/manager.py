@@ -37,10 +37,10 @@ class SessionManager:
         """Invite `remote_uri` to a two-party IM session (INVITE with `m=message`). Resolves when connected;
         raises RequestFailed with the SIP status if the invitation is rejected."""
         parse_remote_uri(remote_uri)
-        self.endpoint._require_enabled("create a session")
+        self.endpoint.require_enabled("create a session")
         session = ImSession(self, remote_uri, incoming=False)
         self._sessions.append(session)
-        return runtime().submit(session._invite(), f"create({remote_uri!r})")
+        return runtime().submit(session.aconnect(), f"create({remote_uri!r})")
 
     def create_conference(self, uris: "list[str] | str" = (), *, subject: str | None = None) -> Operation[Any]:
         """Create a conference on the endpoint's server (INVITE to its conference factory, RFC 4579), join it,
@@ -49,21 +49,21 @@ class SessionManager:
         `session.failed_invitations`); raises RequestFailed if the conference cannot be created."""
         from .conference import ConferenceSession, check_uris
         invitees = check_uris(list(uris) if not isinstance(uris, str) else [uris])
-        self.endpoint._require_enabled("create a conference")
+        self.endpoint.require_enabled("create a conference")
         checks.header_text(subject, "subject", max_len=200, optional=True)
         session = ConferenceSession(self, None, incoming=False, subject=subject)
         self._sessions.append(session)
-        return runtime().submit(session._create([(u, None) for u in invitees]), f"create_conference({invitees!r})")
+        return runtime().submit(session.acreate([(u, None) for u in invitees]), f"create_conference({invitees!r})")
 
     def join(self, conference_uri: str) -> Operation[Any]:
         """Join an existing conference by its URI (INVITE to the conference URI). Resolves with the
         ConferenceSession once connected and subscribed to the roster."""
         from .conference import ConferenceSession
         parse_remote_uri(conference_uri, "conference_uri")
-        self.endpoint._require_enabled("join a conference")
+        self.endpoint.require_enabled("join a conference")
         session = ConferenceSession(self, conference_uri, incoming=False)
         self._sessions.append(session)
-        return runtime().submit(session._invite(), f"join({conference_uri!r})")
+        return runtime().submit(session.aconnect(), f"join({conference_uri!r})")
 
     def escalate(self, session: ImSession, uris: "list[str] | str") -> Operation[Any]:
         """`session.escalate(uris)`: move a two-party conversation to a conference (as Lync does when a third
@@ -75,7 +75,7 @@ class SessionManager:
         uris = check_uris(uris)
         if session.is_conference:
             raise InvalidState("this session is already a conference: use session.invite(uri)")
-        session._require_connected("escalate")
+        session.require_connected("escalate")
         if self.endpoint.server is None:
             raise InvalidState(f"cannot escalate: endpoint {self.endpoint.uri} has no server, so no conference focus")
         return runtime().submit(self._escalate(session, uris), f"escalate({uris!r})")
@@ -87,7 +87,7 @@ class SessionManager:
         self.adopt(conf)
         session.escalated_to = conf   # the peer's client may end that dialog (RFC 3891) as soon as it has joined
         try:
-            await conf._create([(session.remote.uri, replaces)] + [(u, None) for u in uris])
+            await conf.acreate([(session.remote.uri, replaces)] + [(u, None) for u in uris])
         except BaseException:
             session.escalated_to = None
             raise
@@ -95,25 +95,26 @@ class SessionManager:
         if failure is not None and session.state is SessionState.CONNECTED:
             # the other party did not come along: keep the two-party conversation, drop the conference
             session.escalated_to = None
-            await conf._terminate()
+            await conf.aterminate()
             raise failure
-        await session._terminate()
+        await session.aterminate()
         return conf
 
     def on_incoming(self, callback: Callable[[IncomingSession], Any]) -> Subscription:
         """Call `callback(incoming)` for every invitation; it should call `incoming.accept()` or `.reject(code)`."""
         return self.endpoint.on(IncomingSession, callback)
 
-    def _on_invite(self, request: Request, handle: ServerHandle) -> None:
+    def invited(self, request: Request, handle: ServerHandle) -> None:
+        """A new INVITE for this endpoint (the endpoint hands it over): a session (or conference) for it."""
         from_ = request.from_
         if request.to.tag is None and any(s.dialog is not None and s.dialog.call_id == request.call_id for s in self._sessions):
-            self.endpoint._ua.reply(handle, 482)  # merged request (§8.2.2.2)
+            self.endpoint.agent.reply(handle, 482)  # merged request (§8.2.2.2)
             return
         source = handle.remote[0]
-        from_source = sum(1 for s in self._sessions if s._server_handle is not None and s._server_handle.remote[0] == source)
+        from_source = sum(1 for s in self._sessions if s.invited_from == source)
         if from_source >= self.max_incoming_per_source:
             # bounded state: a peer (or a proxy relaying a flood) cannot open sessions without limit
-            self.endpoint._ua.reply(handle, 503, "Service Unavailable (too many sessions from your address)",
+            self.endpoint.agent.reply(handle, 503, "Service Unavailable (too many sessions from your address)",
                                     headers={"Retry-After": "30"})
             return
         contact = request.contacts[0] if request.contacts else None
@@ -122,8 +123,7 @@ class SessionManager:
             return
         session = ImSession(self, str(from_.uri.without_params("transport")), incoming=True, display_name=from_.display_name)
         self._sessions.append(session)
-        event = session._incoming(request, handle, new_tag())
-        session._emit(event)
+        session.receive_invitation(request, handle, new_tag())
 
     def _on_conference_invite(self, request: Request, handle: ServerHandle, focus: SipUri) -> None:
         from .conference import ConferenceSession, entity_of
@@ -133,8 +133,7 @@ class SessionManager:
                                     subject=request.headers.get("Subject"))
         session.replaces = replaced
         self._sessions.append(session)
-        event = session._incoming(request, handle, new_tag())
-        session._emit(event)
+        session.receive_invitation(request, handle, new_tag())
         if replaced is not None and session.ringing:  # RFC 3891: the user already talks with the referrer;
             session.accept()                           # no second question (unless they said no meanwhile)
 

@@ -130,12 +130,12 @@ class Platform:
                       username=username, password=password, display_name=display_name, expires=expires,
                       tls_client=tls_client, impairment=impairment)
         self._endpoints.append(ep)
-        return runtime().submit(ep._enable(), f"endpoint({uri!r})")
+        return runtime().submit(ep.aenable(), f"endpoint({uri!r})")
 
     async def _shutdown(self) -> None:
         for ep in list(self._endpoints):
             try:
-                await ep._disable()
+                await ep.adisable()
             except Exception:  # noqa: BLE001 - shut down everything we can
                 pass
         self._close_history()

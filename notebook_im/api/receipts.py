@@ -64,11 +64,11 @@ class ReceiptBook:
     def __len__(self) -> int:
         return len(self._sent)
 
-    def track(self, msg: "ChatMessage", source: Any) -> None:
-        """Remember `msg` (sent with a notification request); `source` (its session, or the endpoint in
-        pager mode) emits the receipt events."""
+    def track(self, msg: "ChatMessage", source: Any, emit: Any) -> None:
+        """Remember `msg` (sent with a notification request); `source` is its session (or the endpoint in
+        pager mode) and `emit` the function that emits the receipt events there."""
         self._sent[msg.id] = msg
-        self._source[msg.id] = source
+        self._source[msg.id] = (source, emit)
         if len(self._sent) > self.size:
             self._source.pop(self._sent.popitem(last=False)[0], None)
 
@@ -85,7 +85,7 @@ class ReceiptBook:
         msg = self._sent.get(n.message_id)
         if msg is None:
             return False
-        source = self._source[n.message_id]
+        source, emit = self._source[n.message_id]
         own_session = source if msg.mode == "session" else None
         if session is not None and own_session is not session:
             return False
@@ -99,11 +99,11 @@ class ReceiptBook:
                 if msg.delivery_notified_at is not None:
                     return True   # the same receipt again (a retried notification): reported once
                 msg.delivery_notified_at = now
-            source._emit(MessageDeliveryNotified(own_session, msg.id, notifier, n.status, msg.state, msg.mode,
+            emit(MessageDeliveryNotified(own_session, msg.id, notifier, n.status, msg.state, msg.mode,
                                                  msg.recipient, timestamp=now))
         elif n.kind == imdn.DISPLAY_KIND and n.status == "displayed" and msg.displayed_at is None:
             msg.displayed_at = now
-            source._emit(MessageDisplayed(own_session, msg.id, notifier, msg.state, msg.mode, msg.recipient,
+            emit(MessageDisplayed(own_session, msg.id, notifier, msg.state, msg.mode, msg.recipient,
                                           timestamp=now))
         return True
 

@@ -109,7 +109,15 @@ class ImSession(EventSource):
 
     @property
     def ua(self) -> Any:
-        return self.endpoint._ua
+        """The endpoint's user agent (core/agent.py), through which this session sends and receives."""
+        return self.endpoint.agent
+
+    @property
+    def invited_from(self) -> str | None:
+        """The address an incoming invitation came from (None for an outgoing session): the session manager
+        bounds incoming sessions per address with it."""
+        handle = self._server_handle
+        return handle.remote[0] if handle is not None else None
 
     @property
     def unsupported_by_peer(self) -> frozenset[str]:
@@ -164,7 +172,7 @@ class ImSession(EventSource):
 
     def terminate(self) -> Operation[None]:
         """End the session (BYE; CANCEL while still inviting; 603 for an unanswered invitation)."""
-        return runtime().submit(self._terminate(), "terminate()")
+        return runtime().submit(self.aterminate(), "terminate()")
 
     def add_participant(self, uri: str) -> Any:
         """A peer-to-peer IM session has exactly two parties: this raises ConferenceRequired, naming the call
@@ -272,7 +280,8 @@ class ImSession(EventSource):
         return self._lock
 
     # -- outgoing session -------------------------------------------------------------------------------------
-    async def _invite(self) -> "ImSession":
+    async def aconnect(self) -> "ImSession":
+        """Invite the other party (the coroutine `sessions.create()` runs); resolves once connected."""
         self._emit(ParticipantAdded(self, self._remote, timestamp=now_utc()))
         self._run(self._machine.start_outgoing())
         resp = await self._send_invite(self._remote.uri, extra=None)
@@ -310,9 +319,9 @@ class ImSession(EventSource):
                     break
 
     # -- incoming session --------------------------------------------------------------------------------------
-    def _incoming(self, request: Request, handle: ServerHandle, local_tag: str) -> IncomingSession:
-        """An INVITE for this new session: ring (180), start the ring timer; returns the IncomingSession event
-        (the manager emits it)."""
+    def receive_invitation(self, request: Request, handle: ServerHandle, local_tag: str) -> IncomingSession:
+        """The INVITE that makes this new incoming session (the session manager hands it over): ring (180),
+        start the ring timer, and emit the IncomingSession event (returned too)."""
         self._server_handle = handle
         handle.on_cancel = self._on_cancelled
         self.dialog = Dialog.from_uas(request, local_tag)
@@ -321,6 +330,7 @@ class ImSession(EventSource):
         event = IncomingSession(self, self._inviter(request), subject=request.headers.get("Subject"), timestamp=now_utc())
         self._incoming_event = event
         self._run(self._machine.start_incoming())
+        self._emit(event)
         return event
 
     def _inviter(self, request: Request) -> Participant:
@@ -511,12 +521,12 @@ class ImSession(EventSource):
         return len(newly)
 
     async def _keystroke(self) -> None:
-        self._require_connected("start composing")
+        self.require_connected("start composing")
         for f in self._run_sender(self._sender.keystroke(time.monotonic())):
             await f
 
     async def _stop_composing(self) -> None:
-        self._require_connected("stop composing")
+        self.require_connected("stop composing")
         for f in self._run_sender(self._sender.stop(time.monotonic())):
             await f
 
@@ -530,21 +540,22 @@ class ImSession(EventSource):
             t.cancel()
 
     # -- sending text ------------------------------------------------------------------------------------------------
-    def _require_connected(self, what: str) -> None:
+    def require_connected(self, what: str) -> None:
+        """Raise InvalidState (saying what to do instead) unless the session is connected."""
         if self.state is not SessionState.CONNECTED or self.dialog is None:
             hint = "await the session (or incoming.accept()) first" if self.state in (SessionState.IDLE, SessionState.CONNECTING) \
                 else "create a new session with endpoint.sessions.create(uri)"
             raise InvalidState(f"cannot {what}: session {self.id} is {self.state.value}; {hint}")
 
     async def _send_text(self, text: str, ct: str) -> MessageDelivered:
-        self._require_connected("send")
+        self.require_connected("send")
         msg = ChatMessage(random_hex(2 * 6), "out", self.endpoint.uri, self._remote.uri, text, ct, now_utc(), "sending")
         self.messages.append(msg)
         extra = {"Imdn-Message-ID": msg.id}
         if self._receipts and self.endpoint.request_receipts:
             extra = imdn.request_headers(msg.id, msg.timestamp)
             msg.requested = imdn.REQUESTED_SET
-            self.endpoint.receipts.track(msg, self)
+            self.endpoint.receipts.track(msg, self, self._emit)
         self._emit(MessageSending(self, msg.id, text, ct, "session", msg.recipient, timestamp=msg.timestamp))
         self._run_sender(self._sender.message_sent(time.monotonic()))
         started = time.perf_counter()
@@ -582,18 +593,24 @@ class ImSession(EventSource):
         d = self.dialog
         return f"{d.call_id};to-tag={d.remote_tag};from-tag={d.local_tag}"
 
-    async def _moved_to(self, conf: Any) -> None:
-        """This conversation moved to `conf` (RFC 3891 Replaces): end the two-party dialog, saying so."""
+    async def amove_to(self, conf: Any) -> None:
+        """This conversation moved to the conference session `conf` (RFC 3891 Replaces): end the two-party
+        dialog, saying so."""
         self.escalated_to = conf
-        await self._terminate()
+        await self.aterminate()
 
     # -- ending ----------------------------------------------------------------------------------------------------------
-    async def _terminate(self) -> None:
+    async def aterminate(self) -> None:
+        """`terminate()` for code on the library's loop."""
         reason = "local party ended the session"
         if self.escalated_to is not None:
             reason = f"moved to conference {self.escalated_to.conference_uri}"
         for f in self._run(self._machine.terminate(reason=reason)):
             await f
+
+    def abandon(self, reason: str) -> None:
+        """End the session at once without telling the other party (the endpoint's sockets are gone)."""
+        self._finish(reason, None)
 
     def _finish(self, reason: str, status: int | None, *, by_remote: bool = False, answered_elsewhere: bool = False) -> None:
         """The session is over (the machine said so): timers, composing and the dialog go; SessionTerminated."""

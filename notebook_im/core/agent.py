@@ -276,6 +276,10 @@ class UserAgent:
             elif isinstance(a, reg.Notify):
                 self._registration_news(a)
 
+    def restart_keepalive(self) -> None:
+        """Send a keep-alive now and re-arm the keep-alive timer (after its interval changed)."""
+        self._run_registration(self.registration.timer("keepalive"))
+
     def _stop_reg_timer(self, name: str) -> None:
         t = self._reg_timers.pop(name, None)
         if t is not None:

@@ -26,7 +26,7 @@ class _Upstream(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
         # from the target back to the client, through the listening socket
-        self.relay._forward(self.relay._listen, data, self.client, self.relay.downstream)
+        self.relay.forward(self.relay.listener, data, self.client, self.relay.downstream)
 
 
 class _Listen(asyncio.DatagramProtocol):
@@ -34,7 +34,7 @@ class _Listen(asyncio.DatagramProtocol):
         self.relay = relay
 
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
-        asyncio.ensure_future(self.relay._from_client(data, (addr[0], addr[1])))
+        asyncio.ensure_future(self.relay.from_client(data, (addr[0], addr[1])))
 
 
 class UdpRelay:
@@ -48,7 +48,7 @@ class UdpRelay:
         self.host = host
         self.port = port
         self.max_clients = max_clients
-        self._listen: asyncio.DatagramTransport | None = None
+        self.listener: asyncio.DatagramTransport | None = None
         self._clients: dict[Addr, _Upstream] = {}
         self._connecting: dict[Addr, asyncio.Future] = {}
 
@@ -60,8 +60,8 @@ class UdpRelay:
         """Bind the relay's listening socket; resolves with the relay (its `uri` is then final)."""
         async def run() -> "UdpRelay":
             loop = asyncio.get_running_loop()
-            self._listen, _ = await loop.create_datagram_endpoint(lambda: _Listen(self), local_addr=(self.host, self.port))
-            self.port = self._listen.get_extra_info("sockname")[1]
+            self.listener, _ = await loop.create_datagram_endpoint(lambda: _Listen(self), local_addr=(self.host, self.port))
+            self.port = self.listener.get_extra_info("sockname")[1]
             return self
         return runtime().submit(run(), "UdpRelay.start()")
 
@@ -72,8 +72,8 @@ class UdpRelay:
                 if up.transport:
                     up.transport.close()
             self._clients.clear()
-            if self._listen:
-                self._listen.close()
+            if self.listener:
+                self.listener.close()
         runtime().submit(run(), "UdpRelay.stop()").result(5)
 
     def __enter__(self) -> "UdpRelay":
@@ -82,7 +82,8 @@ class UdpRelay:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    async def _from_client(self, data: bytes, client: Addr) -> None:
+    async def from_client(self, data: bytes, client: Addr) -> None:
+        """A datagram from a client: on to the target through that client's own upstream socket (like a NAT)."""
         up = self._clients.get(client)
         if up is None:
             if client in self._connecting:
@@ -98,8 +99,9 @@ class UdpRelay:
                     fut.set_result(None)
                     del self._connecting[client]
         if up is not None and up.transport is not None:
-            self._forward(up.transport, data, self.target, self.upstream)
+            self.forward(up.transport, data, self.target, self.upstream)
 
-    def _forward(self, transport: asyncio.DatagramTransport | None, data: bytes, addr: Addr, impairment: Impairment) -> None:
+    def forward(self, transport: asyncio.DatagramTransport | None, data: bytes, addr: Addr, impairment: Impairment) -> None:
+        """Send a datagram on through `transport`, impaired (dropped, duplicated, delayed, reordered)."""
         if transport is not None:
             impairment.sendto(transport, data, addr)

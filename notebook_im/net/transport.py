@@ -32,7 +32,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.owner = owner
 
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
-        self.owner._on_data(data, "udp", (addr[0], addr[1]), self.owner.udp_addr)
+        self.owner.deliver(data, "udp", (addr[0], addr[1]), self.owner.udp_addr)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error: %s", exc)
@@ -62,11 +62,11 @@ class _Stream(asyncio.Protocol):
         if sock:
             self.local = (sock[0], sock[1])
         if self.remote is not None:
-            if len(self.owner._connections) >= self.owner.max_connections:
-                self.owner._drop(b"", self.name, self.remote, "connection refused: too many open connections")
+            if len(self.owner.connections) >= self.owner.max_connections:
+                self.owner.report_drop(b"", self.name, self.remote, "connection refused: too many open connections")
                 transport.close()
                 return
-            self.owner._connections[self.remote] = self
+            self.owner.connections[self.remote] = self
         sock_obj = transport.get_extra_info("socket")
         if sock_obj is not None:
             try:
@@ -89,19 +89,19 @@ class _Stream(asyncio.Protocol):
             else:
                 self.partial_since = None
         except RemoteProtocolError as exc:
-            self.owner._drop(data, self.name, self.remote, f"unframeable stream: {exc.reason}")
+            self.owner.report_drop(data, self.name, self.remote, f"unframeable stream: {exc.reason}")
             if self.transport:
                 self.transport.close()
             return
         if len(messages) == 1:
-            self.owner._on_data(messages[0], self.name, self.remote or ("", 0), self.local)
+            self.owner.deliver(messages[0], self.name, self.remote or ("", 0), self.local)
         elif messages:
             # several messages in one read (a busy peer): what we write back meanwhile goes out in one send() at
             # the end, not one system call per response
             self._held = []
             try:
                 for m in messages:
-                    self.owner._on_data(m, self.name, self.remote or ("", 0), self.local)
+                    self.owner.deliver(m, self.name, self.remote or ("", 0), self.local)
             finally:
                 held, self._held = self._held, None
                 if held:
@@ -109,7 +109,7 @@ class _Stream(asyncio.Protocol):
         broken = self.framer.broken
         if broken is not None and self.transport is not None and not self.transport.is_closing():
             # the last message was answered (413); the rest of its body cannot be skipped: close once written
-            self.owner._drop(b"", self.name, self.remote, f"unframeable stream: {broken.reason}")
+            self.owner.report_drop(b"", self.name, self.remote, f"unframeable stream: {broken.reason}")
             self._linger()
 
     def _linger(self) -> None:
@@ -131,8 +131,8 @@ class _Stream(asyncio.Protocol):
         return None   # the peer is done sending: close our side too (after what we still have to write)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.remote is not None and self.owner._connections.get(self.remote) is self:
-            del self.owner._connections[self.remote]
+        if self.remote is not None and self.owner.connections.get(self.remote) is self:
+            del self.owner.connections[self.remote]
             if self.owner.events is not None and not self.owner.closing:
                 self.owner.events.connection_lost(self.name, self.remote)
 
@@ -160,7 +160,7 @@ class TransportLayer:
         self.transports = transports
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.AbstractServer | None = None
-        self._connections: dict[Addr, _Stream] = {}
+        self.connections: dict[Addr, _Stream] = {}   # open stream connections by remote address (either side)
         self._pending: dict[Addr, asyncio.Task] = {}
         self._pending_data: dict[Addr, list[bytes]] = {}
         self.udp_addr: Addr = (host, port)
@@ -192,11 +192,11 @@ class TransportLayer:
         while True:
             await asyncio.sleep(min(1.0, self.read_timeout / 2, (self.idle_timeout or 2.0) / 2))
             now = self.now()
-            for conn in list(self._connections.values()):
+            for conn in list(self.connections.values()):
                 if conn.transport is None or conn.transport.is_closing():
                     continue
                 if conn.partial_since is not None and now - conn.partial_since > self.read_timeout:
-                    self._drop(b"", conn.name, conn.remote, f"incomplete message for {self.read_timeout:g} s: connection closed")
+                    self.report_drop(b"", conn.name, conn.remote, f"incomplete message for {self.read_timeout:g} s: connection closed")
                     conn.transport.close()
                 elif self.idle_timeout is not None and now - conn.last_activity > self.idle_timeout:
                     conn.transport.close()
@@ -255,11 +255,13 @@ class TransportLayer:
             self._server.close()
             self._server = None
 
-    def _on_data(self, data: bytes, transport: str, remote: Addr, local: Addr) -> None:
+    def deliver(self, data: bytes, transport: str, remote: Addr, local: Addr) -> None:
+        """What a socket or stream received: to the attached stack."""
         if self.events is not None:
             self.events.data_received(data, transport, remote, local)
 
-    def _drop(self, data: bytes, transport: str, remote: Addr | None, reason: str) -> None:
+    def report_drop(self, data: bytes, transport: str, remote: Addr | None, reason: str) -> None:
+        """Bytes dropped (an unframeable stream, a refused connection): to the attached stack, to count."""
         if self.events is not None:
             self.events.dropped(data, transport, remote, reason)
 
@@ -271,25 +273,25 @@ class TransportLayer:
         return self.tcp_addr
 
     def has_connection(self, addr: Addr) -> bool:
-        return addr in self._connections
+        return addr in self.connections
 
     def source_addr(self, target: Target) -> Addr:
         """The local address datagrams/segments to `target` leave from (for traces and pcaps)."""
         if target.transport != "udp":
-            conn = self._connections.get(target.addr)
+            conn = self.connections.get(target.addr)
             if conn is not None:
                 return conn.local
         return self.local_addr(target.transport)
 
     def keepalive(self, target: Target) -> None:
         """RFC 5626 §3.5.1 CRLF keep-alive on an open stream connection (keeps NATs and idle timers quiet)."""
-        conn = self._connections.get(target.addr)
+        conn = self.connections.get(target.addr)
         if conn is not None:
             conn.write(b"\r\n\r\n")
 
     @property
     def connection_count(self) -> int:
-        return len(self._connections)
+        return len(self.connections)
 
     def send(self, data: bytes, target: Target) -> None:
         """Send bytes; TCP connects first if no connection to the address exists."""
@@ -303,7 +305,7 @@ class TransportLayer:
             return
         if target.transport not in ("tcp", "tls"):
             raise ValueError(f"unsupported transport {target.transport!r}")
-        conn = self._connections.get(target.addr)
+        conn = self.connections.get(target.addr)
         if conn is not None:
             conn.write(data)
             return
@@ -329,7 +331,7 @@ class TransportLayer:
             self._connect_failed(addr, name, f"{what} to {addr[0]}:{addr[1]} failed: {exc or type(exc).__name__}")
             return
         self._pending.pop(addr, None)
-        conn = self._connections.get(addr)
+        conn = self.connections.get(addr)
         for data in self._pending_data.pop(addr, []):
             if conn is not None:
                 conn.write(data)
@@ -348,10 +350,10 @@ class TransportLayer:
         for task in self._pending.values():
             task.cancel()
         self._pending.clear()
-        for conn in list(self._connections.values()):
+        for conn in list(self.connections.values()):
             if conn.transport is not None:
                 conn.transport.close()
-        self._connections.clear()
+        self.connections.clear()
         for listener in (self._server, self._tls_listener):
             if listener is not None:
                 listener.close()

@@ -52,22 +52,33 @@ class Server:
         self.auth = Authenticator(users, realm=realm) if users else None
         tls_ctx = _server_context(tls) if tls is not None else None
         sockets = TransportLayer(host, port, transports=tuple(transports), tls_server=tls_ctx, tls_port=tls_port)
-        self._core = ProxyCore(transport=sockets, trace=self.trace, registrar=self.registrar, auth=self.auth,
+        # the proxy (proxy.py) and the SIP stack it runs on: what does the work behind this facade
+        self.proxy = ProxyCore(transport=sockets, trace=self.trace, registrar=self.registrar, auth=self.auth,
                                timers=timers, focus_limits=focus_limits, offline_limits=offline_limits)
         # the UDP address to put in Via and Record-Route when peers reach us through a NAT, port forward or relay
-        self._core.stack.advertise = advertise
+        self.proxy.stack.advertise = advertise
         self._started = False
         if not users and not _is_loopback(host):
             warnings.warn(f"notebook_im Server binds to {host} without users: anyone who can reach it can register. "
                           "Pass users={...} (or --users FILE) or bind to 127.0.0.1.", UserWarning, stacklevel=2)
 
     @property
+    def advertise(self) -> tuple[str, int] | None:
+        """The UDP address put in Via and Record-Route (a NAT, port forward or relay in front of the server);
+        None: the bound address."""
+        return self.proxy.stack.advertise
+
+    @advertise.setter
+    def advertise(self, value: tuple[str, int] | None) -> None:
+        self.proxy.stack.advertise = value
+
+    @property
     def host(self) -> str:
-        return self._core.stack.host
+        return self.proxy.stack.host
 
     @property
     def port(self) -> int:
-        return self._core.stack.port
+        return self.proxy.stack.port
 
     @property
     def uri(self) -> str:
@@ -76,7 +87,7 @@ class Server:
 
     @property
     def tls_port(self) -> int | None:
-        transport = self._core.stack.transport
+        transport = self.proxy.stack.transport
         return transport.tls_port if transport.tls_server is not None else None
 
     @property
@@ -97,21 +108,21 @@ class Server:
         """Counters of the SIP core (received, sent, 400s, drops, ...) and of the offline store, prefixed
         `offline_`: stored, delivered, expired, rejected (refused for good by the device), refused (store full),
         duplicates, attempts, and `offline_waiting` (messages kept right now)."""
-        offline = self._core.offline
-        return {**self._core.stack.stats, **{f"offline_{k}": v for k, v in offline.stats.items()},
+        offline = self.proxy.offline
+        return {**self.proxy.stack.stats, **{f"offline_{k}": v for k, v in offline.stats.items()},
                 "offline_waiting": len(offline)}
 
     @property
     def offline(self) -> dict[str, int]:
         """Address of record -> messages kept for that offline user (a snapshot taken on the loop thread;
         expired messages are dropped first)."""
-        return runtime().run_sync(lambda: self._core.offline.snapshot(time.monotonic()))
+        return runtime().run_sync(lambda: self.proxy.offline.snapshot(time.monotonic()))
 
     @property
     def focus(self) -> Focus:
         """The conference focus (RFC 4353): `.conferences`, `.stats`, `.limits` (read them on the loop thread,
         or use `conferences` below)."""
-        return self._core.focus
+        return self.proxy.focus
 
     @property
     def conference_factory(self) -> str:
@@ -122,13 +133,13 @@ class Server:
     @property
     def conferences(self) -> dict[str, list[str]]:
         """Conference URI -> its participants with their status (a snapshot taken on the loop thread)."""
-        return runtime().run_sync(self._core.focus.snapshot)
+        return runtime().run_sync(self.proxy.focus.snapshot)
 
     def start(self) -> Operation["Server"]:
         """Bind the sockets (UDP and TCP on one port) and start serving."""
         async def run() -> "Server":
             if not self._started:
-                await self._core.start()
+                await self.proxy.start()
                 self._started = True
             return self
         return runtime().submit(run(), "Server.start()")
@@ -139,15 +150,15 @@ class Server:
             return
         rt = runtime()
         if rt.in_loop_thread():
-            rt.loop.create_task(self._core.close())
+            rt.loop.create_task(self.proxy.close())
         else:
-            rt.submit(self._core.close(), "Server.stop()").result(timeout)
+            rt.submit(self.proxy.close(), "Server.stop()").result(timeout)
         self._started = False
 
     async def astop(self) -> None:
         """`stop()` for async code."""
         if self._started:
-            await runtime().submit(self._core.close(), "Server.stop()")
+            await runtime().submit(self.proxy.close(), "Server.stop()")
             self._started = False
 
     def __enter__(self) -> "Server":

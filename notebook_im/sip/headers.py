@@ -84,68 +84,73 @@ class Headers:
     by the parser's checks, the transaction key, the response builder and the response target, and parsing it
     once instead of four times is a measurable part of answering a request. Every mutation of a header drops
     its cached parse, so the cache can never disagree with the values.
+
+    `fields` (key -> values) and `cache` (key -> parse) are the storage itself, open to the rest of the sip
+    package for its hot paths: the parser fills `fields` directly (received values are checked once the whole
+    header section is read, not value by value), `make_response` copies fields and parses at once. Everything
+    else goes through the methods, whose `add`/`set` refuse CR, LF and NUL (`field_value`).
     """
 
-    __slots__ = ("_fields", "_parsed")
+    __slots__ = ("fields", "cache")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._fields: dict[str, list[str]] = {}
-        self._parsed: dict[str, object] = {}
+        self.fields: dict[str, list[str]] = {}
+        self.cache: dict[str, object] = {}
         for name, value in items:
             self.add(name, value)
 
     def copy(self) -> "Headers":
         h = Headers()
-        h._fields = {k: list(v) for k, v in self._fields.items()}
-        h._parsed = dict(self._parsed)  # same values, so the same parses (parsed objects are immutable)
+        h.fields = {k: list(v) for k, v in self.fields.items()}
+        h.cache = dict(self.cache)  # same values, so the same parses (parsed objects are immutable)
         return h
 
     def parsed(self, key: str, parse: Callable[[str], T]) -> T:
         """`parse(first value of key)`, cached until the header changes (`key` lower-case full name).
         Raises what `parse` raises (not cached), KeyError if the header is absent."""
         try:
-            return self._parsed[key]  # type: ignore[return-value]
+            return self.cache[key]  # type: ignore[return-value]
         except KeyError:
             pass
-        values = self._fields.get(key)
+        values = self.fields.get(key)
         if not values:
             raise KeyError(key)
         result = parse(values[0])
-        self._parsed[key] = result
+        self.cache[key] = result
         return result
 
     def _changed(self, key: str) -> None:
-        if self._parsed:
-            self._parsed.pop(key, None)
+        if self.cache:
+            self.cache.pop(key, None)
 
     def add(self, name: str, value: str) -> None:
         key = normalize_name(name)
         self._changed(key)
-        self._fields.setdefault(key, []).append(field_value(key, value))
+        self.fields.setdefault(key, []).append(field_value(key, value))
 
     def prepend(self, name: str, value: str) -> None:
         key = normalize_name(name)
         self._changed(key)
-        self._fields.setdefault(key, []).insert(0, field_value(key, value))
+        self.fields.setdefault(key, []).insert(0, field_value(key, value))
 
     def set(self, name: str, value: str) -> None:
         key = normalize_name(name)
         self._changed(key)
-        self._fields[key] = [field_value(key, value)]
+        self.fields[key] = [field_value(key, value)]
 
     def remove(self, name: str) -> None:
         key = normalize_name(name)
         self._changed(key)
-        self._fields.pop(key, None)
+        self.fields.pop(key, None)
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        values = self._fields.get(normalize_name(name))
+        values = self.fields.get(normalize_name(name))
         return values[0] if values else default
 
     def get_all(self, name: str) -> list[str]:
         """All values, with comma-joined fields of multi-valued headers split apart."""
         key = normalize_name(name)
-        values = self._fields.get(key)
+        values = self.fields.get(key)
         if not values:
             return []
         if key in MULTI_VALUED:
@@ -162,33 +167,33 @@ class Headers:
         vals = [field_value(key, v) for v in values]
         self._changed(key)
         if vals:
-            self._fields[key] = vals
+            self.fields[key] = vals
         else:
-            self._fields.pop(key, None)
+            self.fields.pop(key, None)
 
     def replace_first(self, key: str, value: str, parsed: object = None) -> None:
         """Replace the first value of multi-valued header `key` (lower-case full name), e.g. the top Via a
         server adds received/rport to; `parsed` (optional) is its parsed form, cached for `parsed()`."""
-        values = self._fields.get(key)
+        values = self.fields.get(key)
         value = field_value(key, value)
         if values and "," not in values[0]:
             values[0] = value
-            self._parsed.pop(key, None)
+            self.cache.pop(key, None)
         else:
             rest = self.get_all(key)[1:]
             self.set_all(key, [value, *rest])
         if parsed is not None:
-            self._parsed[key] = parsed
+            self.cache[key] = parsed
 
     def pop_first(self, name: str) -> str | None:
         """Remove and return the first value of a multi-valued header (a proxy popping Via/Route)."""
         key = normalize_name(name)
-        fields = self._fields.get(key)
+        fields = self.fields.get(key)
         if fields and "," not in fields[0]:  # one value per line, the usual case: no splitting and joining
             self._changed(key)
             first = fields.pop(0)
             if not fields:
-                del self._fields[key]
+                del self.fields[key]
             return first.strip()
         values = self.get_all(name)
         if not values:
@@ -197,16 +202,16 @@ class Headers:
         return values[0]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and normalize_name(name) in self._fields
+        return isinstance(name, str) and normalize_name(name) in self.fields
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        for key, values in self._fields.items():
+        for key, values in self.fields.items():
             dn = display_name(key)
             for v in values:
                 yield dn, v
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._fields.values())
+        return sum(len(v) for v in self.fields.values())
 
     def __repr__(self) -> str:
         return f"Headers({list(self)!r})"
@@ -214,7 +219,7 @@ class Headers:
     def lines(self, skip: str = "") -> list[str]:
         """`Name: value` for every field (without line ends), in order; `skip` is a key left out."""
         out: list[str] = []
-        for k, vals in self._fields.items():
+        for k, vals in self.fields.items():
             if k == skip:
                 continue
             dn = CANONICAL.get(k) or display_name(k)

@@ -143,22 +143,22 @@ class Message:
 
     @property
     def call_id(self) -> str:
-        cached = self.headers._parsed.get("call-id")  # (inline: these run a dozen times per message)
+        cached = self.headers.cache.get("call-id")  # (inline: these run a dozen times per message)
         return cached if cached is not None else self._parsed("call-id", str.strip, "Call-ID")
 
     @property
     def cseq(self) -> CSeq:
-        cached = self.headers._parsed.get("cseq")  # (inline: these run a dozen times per message)
+        cached = self.headers.cache.get("cseq")  # (inline: these run a dozen times per message)
         return cached if cached is not None else self._parsed("cseq", _parse_cseq, "CSeq")
 
     @property
     def from_(self) -> Address:
-        cached = self.headers._parsed.get("from")  # (inline: these run a dozen times per message)
+        cached = self.headers.cache.get("from")  # (inline: these run a dozen times per message)
         return cached if cached is not None else self._parsed("from", Address.parse, "From")
 
     @property
     def to(self) -> Address:
-        cached = self.headers._parsed.get("to")  # (inline: these run a dozen times per message)
+        cached = self.headers.cache.get("to")  # (inline: these run a dozen times per message)
         return cached if cached is not None else self._parsed("to", Address.parse, "To")
 
     @property
@@ -167,7 +167,7 @@ class Message:
 
     @property
     def top_via(self) -> Via:
-        cached = self.headers._parsed.get("via")  # (inline: these run a dozen times per message)
+        cached = self.headers.cache.get("via")  # (inline: these run a dozen times per message)
         return cached if cached is not None else self._parsed("via", _parse_top_via, "Via")
 
     @property
@@ -327,8 +327,8 @@ def make_response(request: Request, status: int, reason: str | None = None, *, t
     The copied fields keep the request's cached parses (they are the same strings), so a server answering a
     request and recording the answer parses none of them again."""
     headers = Headers()
-    fields, cache = headers._fields, headers._parsed
-    src, src_cache = request.headers._fields, request.headers._parsed
+    fields, cache = headers.fields, headers.cache
+    src, src_cache = request.headers.fields, request.headers.cache
     for key in _COPIED_TO_RESPONSE:
         values = src.get(key)
         if values:

@@ -101,11 +101,11 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
 
     headers = message.headers
     if "\n " not in text and "\n\t" not in text:  # no folded lines: the common case, one pass, no deferred add
-        bad = _read_unfolded(lines, headers._fields)
+        bad = _read_unfolded(lines, headers.fields)
     else:
         bad = _read_folded(lines, headers)
     if utf8_error is not None:
-        tainted = [k for k, vs in headers._fields.items() if any(_has_surrogates(v) for v in vs)]
+        tainted = [k for k, vs in headers.fields.items() if any(_has_surrogates(v) for v in vs)]
         where = tainted[0] if tainted else None
         if where is None or _ECHOED_SET.intersection(tainted) or _has_surrogates(start):
             raise RemoteProtocolError(utf8_error + (f" (in {where})" if where else ""))
@@ -157,7 +157,7 @@ def _read_unfolded(lines: list[str], fields: dict[str, list[str]]) -> str | None
 def _put(headers: Headers, name: str, value: str) -> None:
     """Add a received field as it came (Headers.add refuses control characters in what we build; received
     ones are checked, and answered, once the whole header section is read)."""
-    headers._fields.setdefault(normalize_name(name), []).append(value)
+    headers.fields.setdefault(normalize_name(name), []).append(value)
 
 
 _KEYS: dict[str, str] = {}  # header names as written (before the colon) -> lower-case full name (bounded)
@@ -205,7 +205,7 @@ def _read_folded(lines: list[str], headers: Headers) -> str | None:
                 current_name = None
                 continue
         count += 1
-        if count > MAX_HEADERS and count - len(headers._fields.get("content-length") or ()) - (
+        if count > MAX_HEADERS and count - len(headers.fields.get("content-length") or ()) - (
                 key == "content-length") > MAX_HEADERS:  # (the one we write back is not counted)
             bad = bad or f"more than {MAX_HEADERS} header fields"
             if key not in _ECHOED_SET:
@@ -231,7 +231,7 @@ def _finish_headers(message: Message, headers: Headers, start: str, pending: Rem
     if pending is not None:
         raise RemoteProtocolError(pending.reason, pending.status_code, _answerable(message))
 
-    cl_values = headers._fields.get("content-length")  # (not multi-valued: get_all would return the same)
+    cl_values = headers.fields.get("content-length")  # (not multi-valued: get_all would return the same)
     if cl_values:
         length = _digits(cl_values[0].strip(_WS))
         if length is None:

@@ -115,7 +115,7 @@ class Conversation(w.VBox):
         self._entries: list[r.Entry] = []
         self._by_id: dict[str, r.Entry] = {}
         self._pending: list[r.Entry] = []          # sent from this panel, library id not known yet
-        self._incoming: IncomingSession | None = None
+        self.incoming: IncomingSession | None = None
         self._subs: list[Any] = []
         self._throttle = _Throttle(self._render, min_interval)
         self._closed = False
@@ -142,7 +142,7 @@ class Conversation(w.VBox):
         self.earlier_button.add_class("nim-earlier")
         self.earlier_button.on_click(lambda _b: self.show_earlier())
         self.messages_html = w.HTML()
-        self.messages_html._view_count = 0   # ask the front end to count its views: that is "visible" (see above)
+        self.messages_html._view_count = 0   # (an ipywidgets trait, private by name only) ask the front end to count its views: that is "visible" (see above)
         self.messages_html.observe(self._on_views, names="_view_count")
         self.messages_box = w.VBox([self.earlier_button, self.messages_html],
                                    layout=w.Layout(height=height, overflow="hidden auto"))
@@ -174,7 +174,7 @@ class Conversation(w.VBox):
         if not text.strip():
             return
         s = self.session
-        entry = r.Entry("local-" + secrets.token_hex(6), "out", s.local_participant.uri, self._name(s.local_participant),
+        entry = r.Entry("local-" + secrets.token_hex(6), "out", s.local_participant.uri, self.name_of(s.local_participant),
                         text, self.content_type, now_utc(), "sending")
         with self._lock:
             self._add_entry(entry)
@@ -193,15 +193,15 @@ class Conversation(w.VBox):
         self._render()
 
     def accept(self) -> None:
-        incoming = self._incoming
+        incoming = self.incoming
         if incoming is not None:
-            self._set_invite(None)
+            self.set_invite(None)
             incoming.accept()  # an Operation: the session's state events update the panel
 
     def decline(self, code: int = 603) -> None:
-        incoming = self._incoming
+        incoming = self.incoming
         if incoming is not None:
-            self._set_invite(None)
+            self.set_invite(None)
             incoming.reject(code, "Decline")
 
     def flush(self) -> None:
@@ -222,7 +222,7 @@ class Conversation(w.VBox):
     def visible(self) -> bool:
         """True while a front end shows this conversation's messages (it reports its live views); only then
         are shown messages marked read, which sends the senders their "Seen" receipts."""
-        return (self.messages_html._view_count or 0) > 0
+        return (self.messages_html._view_count or 0) > 0   # (ipywidgets' view counter, see the module docstring)
 
     def close(self) -> None:
         """Unsubscribe from the session's events and close the widgets."""
@@ -244,7 +244,7 @@ class Conversation(w.VBox):
             who = next((p for p in s.participants if p.uri == m.sender), None)
             if who is None:
                 who = s.remote if not s.is_conference else Participant(m.sender)
-        name = self._name(who)
+        name = self.name_of(who)
         return r.Entry(m.id, m.direction, m.sender, name, m.text, m.content_type, m.timestamp, m.status,
                        m.sip_status, m.reason, m.state)
 
@@ -260,14 +260,14 @@ class Conversation(w.VBox):
             self._add_entry(self._entry_from_message(message))
         self._throttle()
 
-    def _name(self, p: Any) -> str:
+    def name_of(self, p: Any) -> str:
         """A participant's name: the `names` address book first (the API does not learn the callee's display
         name), then the display name the SIP headers gave, then the user part of the URI. Raw: it is shown only
         through `render.who_html`/`who_text`, which clean it and put the real address next to it."""
         return self.names.get(p.uri) or p.name
 
     def _on_received(self, e: MessageReceived) -> None:
-        entry = r.Entry(e.message_id or secrets.token_hex(6), "in", e.participant.uri, self._name(e.participant), e.text,
+        entry = r.Entry(e.message_id or secrets.token_hex(6), "in", e.participant.uri, self.name_of(e.participant), e.text,
                         e.content_type, e.timestamp, "received", state="received")
         with self._lock:
             self._add_entry(entry)
@@ -285,7 +285,7 @@ class Conversation(w.VBox):
                     self._by_id[entry.id] = entry
                 else:  # sent by code outside the panel
                     s = self.session
-                    entry = r.Entry(e.message_id, "out", s.local_participant.uri, self._name(s.local_participant), e.text,
+                    entry = r.Entry(e.message_id, "out", s.local_participant.uri, self.name_of(s.local_participant), e.text,
                                     e.content_type, e.sent_at or e.timestamp, "sending")
                     self._add_entry(entry)
             entry.status = "delivered" if isinstance(e, MessageDelivered) else "failed"
@@ -336,8 +336,8 @@ class Conversation(w.VBox):
     def _on_change(self, _e: Any) -> None:
         self._throttle()
 
-    def _set_invite(self, incoming: IncomingSession | None) -> None:
-        self._incoming = incoming
+    def set_invite(self, incoming: IncomingSession | None) -> None:
+        self.incoming = incoming
         self._throttle()
 
     def _on_input(self, change: dict) -> None:
@@ -346,7 +346,7 @@ class Conversation(w.VBox):
             self.session.typing(change["new"])  # an Operation; never waited for here
 
     def _end(self) -> None:
-        if self._incoming is not None:
+        if self.incoming is not None:
             self.decline()
         else:
             self.session.terminate()
@@ -361,12 +361,12 @@ class Conversation(w.VBox):
                 total = len(self._entries)
                 shown = self._entries[-self._window:] if total > self._window else list(self._entries)
                 hidden = total - len(shown)
-                incoming = self._incoming
+                incoming = self.incoming
             body = r.messages_html(shown)
             if self.visible:
                 self._mark_shown_read(shown)
-            head = "".join(r.participant_chip(self._name(p), p.uri, p.state.value) for p in s.participants)
-            typing = [(self._name(p), p.uri) for p in s.participants if p.composing]
+            head = "".join(r.participant_chip(self.name_of(p), p.uri, p.state.value) for p in s.participants)
+            typing = [(self.name_of(p), p.uri) for p in s.participants if p.composing]
             status = (f'<span class="nim-typing">{r.composing_html(typing)}'
                       '<span class="nim-dots"><span>.</span><span>.</span><span>.</span></span></span>'
                       if typing else "&nbsp;")
@@ -382,14 +382,14 @@ class Conversation(w.VBox):
                 self.earlier_button.description = f"Show earlier messages ({hidden})"
             self.earlier_button.layout.display = None if hidden else "none"
             self.composer.disabled = not connected
-            placeholder = (f"Message {r.who_text(self._name(s.remote), s.remote.uri)}" if connected else
+            placeholder = (f"Message {r.who_text(self.name_of(s.remote), s.remote.uri)}" if connected else
                            f"Conversation ended ({r.clean_text(s.terminate_reason or '', 200)})" if ended else
                            "Connecting…")
             if self.composer.placeholder != placeholder:
                 self.composer.placeholder = placeholder
             self.end_button.layout.display = "none" if ended else None
             if incoming is not None and s.state is SessionState.CONNECTING:
-                self.invite_text.value = f"<b>{r.who_html(self._name(s.remote), s.remote.uri)}</b> wants to chat"
+                self.invite_text.value = f"<b>{r.who_html(self.name_of(s.remote), s.remote.uri)}</b> wants to chat"
                 self.invite_bar.layout.display = None
             else:
                 self.invite_bar.layout.display = "none"
@@ -459,7 +459,7 @@ class ChatPanel(w.VBox):
             # an invitation that was already ringing when the panel was made
             pending = s.invitation
             if s.is_incoming and s.state is SessionState.CONNECTING and isinstance(pending, IncomingSession):
-                conv._set_invite(pending)
+                conv.set_invite(pending)
                 self._refresh_list()
         if self.selected is None:
             self.earlier.show_latest()  # where the user left off, until a live conversation takes the main area
@@ -530,7 +530,7 @@ class ChatPanel(w.VBox):
     def _on_incoming(self, e: IncomingSession) -> None:
         conv = self._add_session(e.session)
         if e.session.state is SessionState.CONNECTING:
-            conv._set_invite(e)
+            conv.set_invite(e)
         self._refresh_list()
 
     def _refresh_list(self) -> None:
@@ -540,8 +540,8 @@ class ChatPanel(w.VBox):
         buttons = []
         for session, conv in items:
             state = session.state.value
-            label = r.who_text(conv._name(session.remote), session.remote.uri)
-            if conv._incoming is not None and session.state is SessionState.CONNECTING:
+            label = r.who_text(conv.name_of(session.remote), session.remote.uri)
+            if conv.incoming is not None and session.state is SessionState.CONNECTING:
                 label += " • invitation"
             elif state != "connected":
                 label += f" ({state})"

@@ -61,7 +61,7 @@ def test_tcp_connection_dropped_is_reopened_for_the_next_request(server, platfor
     assert alice.send_message("sip:bob@example.test", "one").result(5).status == 200
     from notebook_im.runtime import runtime
     transport = testing.stack_of(server).transport
-    runtime().run_sync(lambda: [c.transport.close() for c in list(transport._connections.values())])
+    runtime().run_sync(lambda: [c.transport.close() for c in list(transport.connections.values())])
     wait_for(lambda: transport.connection_count == 0 or alice.state is nim.EndpointState.ENABLED, 5)
     assert alice.send_message("sip:bob@example.test", "two").result(10).status == 200
 
