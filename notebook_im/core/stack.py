@@ -122,6 +122,10 @@ class SipStack:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
+        # when each address last sent us anything (loop time), so that a proxy can tell a device that is gone from
+        # one on a lossy path; bounded (the oldest addresses are forgotten first)
+        self._heard: dict[Addr, float] = {}
+        self.max_heard = 65_536
         # the address peers must use to reach us over UDP (a NAT, a port forward, a relay in front of us)
         self.advertise: Addr | None = None
 
@@ -225,6 +229,15 @@ class SipStack:
             resp.headers.set(name, value)
         self.respond(handle, resp)
 
+    def abandon_client(self, h: ClientHandle, reason: str) -> None:
+        """Give up a client transaction that has had no answer (a device that stopped answering, found out
+        sooner than Timer F would): no more retransmissions, and its future fails with TransactionTimeout."""
+        self._forget_client(h)
+        if not h.future.done():
+            req = h.txn.request
+            h.future.set_exception(TransactionTimeout(req.method, str(req.uri), reason))
+            self._finalised(h)
+
     def response_target(self, handle: ServerHandle) -> Target:
         if handle.transport != "udp":
             return Target(handle.transport, *handle.remote)
@@ -271,8 +284,17 @@ class SipStack:
         return ack
 
     # -- TransportEvents (what the transport reports) ----------------------------------------------
+    def heard_from(self, addr: Addr) -> float | None:
+        """When `addr` last sent us anything (loop time), or None."""
+        return self._heard.get(addr)
+
     def data_received(self, data: bytes, transport: str, remote: Addr, local: Addr) -> None:
         self.stats["received"] += 1
+        heard = self._heard
+        if heard.pop(remote, None) is None and len(heard) >= self.max_heard:
+            del heard[next(iter(heard))]
+        if self.loop is not None:
+            heard[remote] = self.loop.time()
         if len(data) <= 4 and not data.strip():
             return  # keep-alive
         try:

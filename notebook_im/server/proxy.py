@@ -58,6 +58,10 @@ class ProxyCore:
         self.offline = OfflineStore(offline_limits)
         self._delivering: set[str] = set()      # AORs whose stored messages are being delivered right now
         self._dialog_secret = secrets.token_bytes(32)   # keys the dialog tokens of our Record-Routes
+        # how long a device may leave a request unanswered (no response at all, not even 100/180) before it counts
+        # as gone: a few retransmissions (0.5 + 1 + 2 s at T1 = 500 ms), not Timer F's 64*T1 (32 s). Its binding is
+        # then skipped (dead) until it registers again; a pager MESSAGE is kept for later and answered 202
+        self.device_timeout: float | None = 8 * timers.t1
 
     async def start(self) -> None:
         await self.stack.start()
@@ -74,7 +78,11 @@ class ProxyCore:
         log.debug("server: no ACK for %s", handle.request)
 
     def on_connection_lost(self, transport: str, addr: tuple[str, int]) -> None:
-        pass
+        """A TCP/TLS flow closed: the devices registered over it cannot be reached any more (a client behind a NAT
+        or without a listener has no other way in, RFC 5626), so they count as offline at once."""
+        for binding in self.registrar.from_source(*addr):
+            if binding.transport == transport:
+                binding.dead = True
 
     def is_us(self, uri: SipUri) -> bool:
         host = uri.host.strip("[]")
@@ -180,11 +188,11 @@ class ProxyCore:
         aor = aor_key(request.uri)
         if self.is_us(request.uri):  # sip:bob@<this server>: the user of that name, whatever their domain
             aor = self.registrar.aor_for_user(request.uri.user) or aor
-        bindings = self.registrar.lookup(aor, time.monotonic())
+        bindings = self.registrar.live(aor, time.monotonic())
         if not bindings:
             self._offline(request, handle, aor)
             return
-        self._fork(handle, self._branches(request, bindings, transport))
+        self._fork(handle, self._branches(request, bindings, transport), aor=aor)
 
     # -- offline users (offline.py) ---------------------------------------------------------------------------
     def _offline(self, request: Request, handle: ServerHandle, aor: str) -> None:
@@ -232,7 +240,7 @@ class ProxyCore:
             while not self.stack.closed:
                 now = time.monotonic()
                 msg = self.offline.next(aor, now)
-                bindings = self.registrar.lookup(aor, now) if msg is not None else []
+                bindings = self.registrar.live(aor, now) if msg is not None else []
                 if msg is None or not bindings:
                     return
                 done: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
@@ -253,11 +261,11 @@ class ProxyCore:
             if retry and not self.stack.closed and self.stack.loop is not None:
                 self.stack.loop.call_later(self.offline.limits.retry_interval, self._deliver_offline, aor)
 
-    def _branches(self, request: Request, bindings: list[Binding], transport: str) -> list[tuple[Request, Target]]:
+    def _branches(self, request: Request, bindings: list[Binding], transport: str) -> list[Hop]:
         """One copy of an initial request per device of the user (RFC 3261 §16.6), each with its Request-URI and
         Record-Route. Two bindings that reach the same socket make one branch: a device must not get a request
         twice (it would answer the second copy 482 Loop Detected)."""
-        branches: list[tuple[Request, Target]] = []
+        branches: list[Hop] = []
         seen: set[tuple[str, tuple[str, int]]] = set()
         for binding in bindings:
             target = self.binding_target(binding)
@@ -273,7 +281,7 @@ class ProxyCore:
                     fwd.headers.prepend("Record-Route", self.rr_uri(target.transport, token))
                 else:
                     fwd.headers.prepend("Record-Route", self.rr_uri(transport, token))
-            branches.append((fwd, target))
+            branches.append((fwd, target, binding))
         return branches
 
     def _authenticated(self, request: Request, handle: ServerHandle, remote: tuple[str, int]) -> bool:
@@ -358,22 +366,38 @@ class ProxyCore:
                                                "Not Found (not a contact registered here; this server relays nothing else)"))
             return
         target = self.binding_target(binding) if not routes else target_of(next_hop)
-        self._fork(handle, [(request.copy(), target)])
+        self._fork(handle, [(request.copy(), target, binding if not routes else None)])
 
-    def _fork(self, handle: ServerHandle | None, branches: list[tuple[Request, Target]],
-              on_final: Callable[[Response], None] | None = None) -> "Fork":
+    def _fork(self, handle: ServerHandle | None, branches: list[Hop], on_final: Callable[[Response], None] | None = None,
+              *, aor: str | None = None) -> "Fork":
         """Forward on every branch at once (one branch for in-dialog requests). The answer goes to the server
-        transaction `handle`, or to `on_final` (the offline store's deliveries, which have no upstream)."""
+        transaction `handle`, or to `on_final` (the offline store's deliveries, which have no upstream). For an
+        initial request to the user `aor`, devices that all stopped answering make the user offline for it."""
         if handle is not None:
-            fork = Fork(self, branches, lambda resp: self.stack.respond(handle, self._upstream(resp)),
-                        late_2xx=lambda resp: self.stack.send_stateless(self._upstream(resp), self.stack.response_target(handle)))
+            def upstream(resp: Response) -> None:
+                if aor is not None and resp.status >= 300 and fork.all_silent:
+                    self._devices_gone(handle, aor)
+                else:
+                    self.stack.respond(handle, self._upstream(resp))
+            fork = Fork(self, branches, upstream, late_2xx=lambda resp: self.stack.send_stateless(
+                self._upstream(resp), self.stack.response_target(handle)),
+                device_timeout=self.device_timeout if aor is not None else None)
             self._forwarded[id(handle)] = fork
             fork.on_done = lambda: self._forwarded.pop(id(handle), None)
         else:
             assert on_final is not None
-            fork = Fork(self, branches, on_final)
+            fork = Fork(self, branches, on_final, device_timeout=self.device_timeout)
         fork.start()
         return fork
+
+    def _devices_gone(self, handle: ServerHandle, aor: str) -> None:
+        """Every device of `aor` left the request unanswered (crashed, unplugged, asleep behind a NAT): a definite
+        answer now instead of Timer F's 32 s: a pager MESSAGE is kept for later (202), anything else 480."""
+        request = handle.request
+        if request.method == "MESSAGE":
+            self._offline(request, handle, aor)
+        else:
+            self.stack.reply(handle, 480, "Temporarily Unavailable (the user's devices do not answer)")
 
     @staticmethod
     def _upstream(resp: Response) -> Response:
@@ -423,15 +447,21 @@ class ProxyCore:
             self._deliver_offline(bindings[0].aor)  # messages kept while the user was offline, now
 
 
+Hop = tuple[Request, Target, "Binding | None"]   # a request as forwarded, where it goes, the device it is for
+
+
 @dataclass
 class Branch:
     """One copy of a forked request: where it goes, its client transaction, and its CANCEL bookkeeping."""
 
     request: Request                    # as forwarded (the proxy's Via goes on top when it is sent)
     target: Target
+    binding: Binding | None = None      # the registered device it goes to (None: a next hop that is no device)
     client: ClientHandle | None = None
     ringing: bool = False               # a provisional response came: a CANCEL may be sent now (§9.1)
     cancel_reason: "Reason | None | bool" = False   # False: no CANCEL wanted; else the Reason to send with it
+    timer: asyncio.TimerHandle | None = None        # the device's time to answer (ProxyCore.device_timeout)
+    silent: bool = False                # the device did not answer in time: given up, its binding dead
 
 
 class Fork:
@@ -439,10 +469,11 @@ class Fork:
     sans-IO `ResponseContext` (forking.py) that says what goes upstream and which branches to CANCEL.
     `upstream(resp)` gets responses as they came from downstream (the caller strips the proxy's Via)."""
 
-    def __init__(self, core: ProxyCore, branches: list[tuple[Request, Target]], upstream: Callable[[Response], None],
-                 late_2xx: Callable[[Response], None] | None = None) -> None:
+    def __init__(self, core: ProxyCore, branches: list[Hop], upstream: Callable[[Response], None],
+                 late_2xx: Callable[[Response], None] | None = None, device_timeout: float | None = None) -> None:
         self.core = core
-        self.branches = [Branch(req, target) for req, target in branches]
+        self.branches = [Branch(req, target, binding) for req, target, binding in branches]
+        self.device_timeout = device_timeout
         self.ctx = ResponseContext(branches[0][0].method, len(branches))
         self.upstream = upstream
         self.late_2xx = late_2xx
@@ -462,9 +493,38 @@ class Fork:
                 self._final(i, b.client.future)
             else:
                 b.client.on_final = lambda fut, i=i: self._final(i, fut)
+                if self.device_timeout and b.binding is not None and core.stack.loop is not None:
+                    b.timer = core.stack.loop.call_later(self.device_timeout, self._silent, i)
+
+    @property
+    def all_silent(self) -> bool:
+        """Did every device leave the request unanswered (each given up after `device_timeout`)?"""
+        return all(b.silent for b in self.branches)
+
+    def _silent(self, i: int) -> None:
+        """A device left the request without any response for `device_timeout`: give the branch up (a 408 for
+        the response context) and mark the binding dead, so that the next request does not wait for it. Unless
+        the device's address was heard from meanwhile: then it is alive on a lossy path, and Timer F decides."""
+        b = self.branches[i]
+        b.timer = None
+        if b.client is None or b.client.future.done() or b.ringing:
+            return
+        stack = self.core.stack
+        heard = stack.heard_from(b.target.addr)
+        if heard is not None and stack.loop is not None and stack.loop.time() - heard < self.device_timeout:
+            return
+        b.silent = True
+        if b.binding is not None:
+            b.binding.dead = True
+        log.info("server: %s did not answer a %s within %g s: offline until it registers again",
+                 b.target, b.request.method, self.device_timeout)
+        self.core.stack.abandon_client(b.client, f"the device did not answer within {self.device_timeout:g} s")
 
     def _provisional(self, i: int, resp: Response) -> None:
         b = self.branches[i]
+        if b.timer is not None:   # it answers: alive, however long it rings
+            b.timer.cancel()
+            b.timer = None
         if not b.ringing:
             b.ringing = True
             if b.cancel_reason is not False:  # the CANCEL waited for this provisional response (§9.1)
@@ -473,6 +533,9 @@ class Fork:
 
     def _final(self, i: int, fut: asyncio.Future) -> None:
         b = self.branches[i]
+        if b.timer is not None:
+            b.timer.cancel()
+            b.timer = None
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or exc is not None:
             resp = make_response(b.request, 408, f"Request Timeout (no answer from {b.target.transport}:"

@@ -32,6 +32,9 @@ class Binding:
     # the REGISTER came from another address than its top Via says it was sent from: a NAT (or a relay) rewrote
     # it on the way (Kamailio's nat_uac_test flags 2 and 16), so the Contact, written behind it, is suspect
     natted: bool = False
+    # the device stopped answering (a request to it went unanswered, or its TCP/TLS flow closed): requests for
+    # the user skip it (a pager MESSAGE is kept for later) until it registers again, which makes a new binding
+    dead: bool = False
 
     def remaining(self, now: float) -> int:
         """Seconds left, rounded (what the 200 OK's Contact `expires` parameter says)."""
@@ -158,6 +161,15 @@ class Registrar:
         for key in [k for k, b in current.items() if b.expires_at <= now]:
             self._drop(aor, key)
         return sorted(current.values(), key=lambda b: -b.expires_at)
+
+    def live(self, aor: str, now: float) -> list[Binding]:
+        """The bindings of `aor` that requests may go to: unexpired and not known to be dead."""
+        return [b for b in self.lookup(aor, now) if not b.dead]
+
+    def from_source(self, host: str, port: int) -> list[Binding]:
+        """The bindings registered from this address (a stream flow that closed takes them with it)."""
+        refs = self._by_source.get(_addr(host, port), {})
+        return [self._bindings[aor][key] for aor, key in list(refs) if key in self._bindings.get(aor, {})]
 
     def aor_for_user(self, user: str) -> str | None:
         """The one known AOR with this user part (None if there is none or several domains share it)."""

@@ -27,14 +27,17 @@ class Server:
     """The embedded registrar + proxy + conference focus. `Server().start().result()`, or `with Server() as server:`.
     `focus_limits=FocusLimits(...)` bounds the focus (conferences, participants, queues, probe interval).
     `offline_limits=OfflineLimits(...)` bounds the messages kept for offline users (per user, in all, bytes,
-    time to live); `OfflineLimits(max_per_user=0)` turns offline delivery off."""
+    time to live); `OfflineLimits(max_per_user=0)` turns offline delivery off. `device_timeout` is how long a
+    registered device may leave a new request without any response before it counts as gone (default 8*T1, 4 s:
+    a pager MESSAGE is then kept and answered 202, an INVITE 480, until the device registers again); None waits
+    for the transaction's own Timer F / B (64*T1)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, transports: tuple[str, ...] = ("udp", "tcp"),
                  users: dict[str, str] | None = None, realm: str = "notebook_im", min_expires: int = 1,
                  max_expires: int = 7200, timers: Timers = DEFAULT_TIMERS,
                  tls: "tuple[str, str] | ssl.SSLContext | None" = None, tls_port: int = 0,
                  advertise: tuple[str, int] | None = None, focus_limits: FocusLimits | None = None,
-                 offline_limits: OfflineLimits | None = None) -> None:
+                 offline_limits: OfflineLimits | None = None, device_timeout: "float | None | str" = "auto") -> None:
         if not isinstance(port, int) or not 0 <= port < 65536:
             raise ValueError(f"port must be an int from 0 (any free port) to 65535, not {port!r}")
         bad = [t for t in transports if t not in ("udp", "tcp")]
@@ -57,6 +60,11 @@ class Server:
                                timers=timers, focus_limits=focus_limits, offline_limits=offline_limits)
         # the UDP address to put in Via and Record-Route when peers reach us through a NAT, port forward or relay
         self.proxy.stack.advertise = advertise
+        if device_timeout != "auto":
+            if device_timeout is not None and (isinstance(device_timeout, bool) or not isinstance(device_timeout, (int, float))
+                                               or device_timeout <= 0):
+                raise ValueError(f"device_timeout must be a number of seconds > 0, or None, not {device_timeout!r}")
+            self.proxy.device_timeout = device_timeout
         self._started = False
         if not users and not _is_loopback(host):
             warnings.warn(f"notebook_im Server binds to {host} without users: anyone who can reach it can register. "

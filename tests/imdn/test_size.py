@@ -67,7 +67,7 @@ def test_large_message_to_a_udp_only_peer_fails_clearly(platform: nim.Platform, 
 
     # the user agent itself raises MessageTooLarge (a NotebookImError and a ValueError, not a transport failure)
     async def direct() -> None:
-        await dave._ua.send_message(SipUri.parse(f"sip:sipp@{HOST}:{peer.port}"), BIG.encode(), "text/plain")
+        await dave.agent.send_message(SipUri.parse(f"sip:sipp@{HOST}:{peer.port}"), BIG.encode(), "text/plain")
     with pytest.raises(nim.MessageTooLarge) as raw:
         runtime().submit(direct(), "direct").result(10)
     assert isinstance(raw.value, nim.NotebookImError) and not isinstance(raw.value, nim.TransportError)

@@ -123,16 +123,21 @@ def test_user_known_from_users_is_kept_before_first_registration():
             wait_for(lambda: [e.text for e in bob.pager_messages] == ["welcome"], 5, "the welcome message")
 
 
-def test_silent_device_keeps_the_message_and_it_is_retried_until_a_200():
+def test_silent_device_keeps_the_message_until_it_registers_again():
+    """A device that registers but does not answer the delivery (frozen, or gone without un-registering) is given
+    up after a few retransmissions (8*T1), not Timer F: the message stays, and goes out again, the same message,
+    when the device registers again (and then answers)."""
     with world(timers=FAST, offline_limits=nim.OfflineLimits(retry_interval=0.3)) as (server, alice):
         go_offline(server)
         assert alice.send_message(BOB, "keep trying").result(10).stored
         with RawDevice(server, BOB) as device:
             device.register()
-            silent = device.serve(lambda m: [], 1.6)  # the transaction times out (64*T1 = 1.28 s): kept
+            silent = device.serve(lambda m: [], 1.0)  # given up after 8*T1 = 0.4 s here: kept
             assert silent and {m.text() for m in silent} == {"keep trying"}, "retransmitted, never answered"
             assert server.offline == {BOB: 1} and server.stats["offline_delivered"] == 0
-            retried = device.serve(lambda m: [200], 1.5, until=len)   # the retry after retry_interval: answered
+            assert device.serve(lambda m: [200], 0.8) == [], "a dead device gets no retry until it registers"
+            device.register()
+            retried = device.serve(lambda m: [200], 1.5, until=len)
             assert retried and retried[0].headers.get("Date") and str(retried[0].from_.uri) == "sip:alice@example.test"
             assert retried[0].call_id == silent[0].call_id, "the same message, delivered again"
             wait_for(lambda: server.stats["offline_delivered"] == 1, 3, "delivered")

@@ -156,7 +156,7 @@ def test_middlebox_in_front_of_the_server_drops_what_its_rule_says():
 
 def test_raw_peers_silent_and_refusing_composing(platform):
     timers = nim.Timers(t1=0.02, t2=0.16, t4=0.2)
-    server = nim.Server(timers=timers).start().result(10)
+    server = nim.Server(timers=timers, device_timeout=None).start().result(10)   # Timer F decides, not the proxy
     quiet = teaching.RawPeer("sip:quiet@example.test", server=server, answer=teaching.silent).start()
     picky = teaching.RawPeer("sip:picky@example.test", server=server, answer=teaching.refuse_composing).start()
     try:
