@@ -1,6 +1,6 @@
 """`notebook-im`: run the embedded server, or watch two users chat over real SIP on loopback.
 
-    notebook-im serve [--host H] [--port P] [--users FILE] [--tls-cert PEM --tls-key PEM]
+    notebook-im serve [--host H] [--port P] [--users FILE] [--tls-cert PEM --tls-key PEM] [--offline-store FILE]
                                                registrar + proxy until Ctrl-C
     notebook-im demo [--transport udp|tcp]     server + alice + bob, a short conversation, the transcript
     notebook-im chat                           the same two users, you type as alice (bob echoes)
@@ -31,13 +31,17 @@ def _serve(args: argparse.Namespace) -> int:
         from .server.auth import load_users_file
         users = load_users_file(args.users)
     tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
-    server = Server(host=args.host, port=args.port, users=users, realm=args.realm, tls=tls, tls_port=args.tls_port)
+    server = Server(host=args.host, port=args.port, users=users, realm=args.realm, tls=tls, tls_port=args.tls_port,
+                    offline_store=args.offline_store)
     server.start().result(10)
     extra = f", TLS on {server.tls_uri}" if server.tls_uri else ""
     auth = f", digest authentication for {len(users)} users (realm {args.realm!r})" if users else ""
     print(f"notebook_im server listening on {server.uri} (UDP and TCP{extra}){auth}. Ctrl-C to stop.", flush=True)
     stop = threading.Event()
+    # our own handlers for both: a shell starts a background job (`notebook-im serve &`) with SIGINT ignored, and
+    # Python then never turns it into KeyboardInterrupt, so Ctrl-C (or kill -INT) would not stop the server
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         while not stop.wait(0.5):
             pass
@@ -146,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tls-cert", metavar="PEM", help="certificate chain for a TLS listener")
     p.add_argument("--tls-key", metavar="PEM", help="private key for the TLS listener")
     p.add_argument("--tls-port", type=int, default=0, help="TLS port (default: a free one)")
+    p.add_argument("--offline-store", metavar="FILE", help="keep the messages for offline users in this SQLite file "
+                                                             "(they survive a restart)")
     p.set_defaults(func=_serve)
     p = sub.add_parser("demo", help="two users chat over real SIP on loopback; prints the transcript")
     p.add_argument("--transport", choices=("udp", "tcp"), default="udp")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..sip.date import format_date
 from ..sip.message import Request
@@ -73,11 +74,21 @@ class Refused:
     reason: str
 
 
-class OfflineStore:
-    """Per-user FIFO queues under global bounds, with expiry. All methods take the time; none reads a clock."""
+class Journal(Protocol):
+    """Where the store writes its changes through (offline_db.OfflineJournal: SQLite), if anywhere."""
 
-    def __init__(self, limits: OfflineLimits | None = None) -> None:
+    def add(self, seq: int, aor: str, raw: bytes, stored_wall: float, expires_wall: float, dedup: str | None) -> None: ...
+
+    def remove(self, seq: int) -> None: ...
+
+
+class OfflineStore:
+    """Per-user FIFO queues under global bounds, with expiry. All methods take the time; none reads a clock. With
+    a `journal`, every message stored and removed is written through to it (before the caller answers 202)."""
+
+    def __init__(self, limits: OfflineLimits | None = None, journal: Journal | None = None) -> None:
         self.limits = limits or OfflineLimits()
+        self.journal = journal
         self._all: OrderedDict[int, StoredMessage] = OrderedDict()           # by seq = by age = by expiry
         self._by_user: dict[str, OrderedDict[int, StoredMessage]] = {}
         self._dedup: dict[tuple[str, str], int] = {}                           # (aor, sender + message id) -> seq
@@ -118,6 +129,8 @@ class OfflineStore:
                                 f"{self.bytes} bytes)")
         self._seq += 1
         stored = StoredMessage(self._seq, aor, kept, now, now + limits.ttl, size, dedup_key=dedup)
+        if self.journal is not None:   # on disk before the sender hears 202 (a raise leaves nothing half-kept)
+            self.journal.add(stored.seq, aor, bytes(kept), wall, wall + limits.ttl, "\n".join(dedup) if dedup else None)
         self._all[stored.seq] = stored
         self._by_user.setdefault(aor, OrderedDict())[stored.seq] = stored
         if dedup is not None:
@@ -164,9 +177,42 @@ class OfflineStore:
         self.stats["expired"] += dropped
         return dropped
 
+    def restore(self, rows: list[tuple[int, str, bytes, float, float, str | None]], now: float, wall: float) -> int:
+        """Take back the messages a journal kept (oldest first: seq, aor, raw, stored_wall, expires_wall, dedup),
+        their wall-clock deadlines turned into this process's monotonic ones; expired ones are dropped (and
+        removed from the journal). Returns how many were kept."""
+        from ..sip.errors import RemoteProtocolError
+        from ..sip.parser import parse_message
+        kept = 0
+        for seq, aor, raw, stored_wall, expires_wall, dedup in rows:
+            self._seq = max(self._seq, seq)
+            try:   # kept without its hop-by-hop headers: a placeholder Via lets the parser read it, then goes
+                start, _, rest = raw.partition(b"\r\n")
+                request = parse_message(start + b"\r\nVia: SIP/2.0/UDP stored.invalid;branch=z9hG4bKstored\r\n" + rest)
+                request.headers.remove("Via")
+            except RemoteProtocolError:
+                request = None
+            if expires_wall <= wall or not isinstance(request, Request):
+                if self.journal is not None:
+                    self.journal.remove(seq)
+                self.stats["expired"] += 1
+                continue
+            key = tuple(dedup.split("\n", 1)) if dedup and "\n" in dedup else None
+            stored = StoredMessage(seq, aor, request, now - (wall - stored_wall), now + (expires_wall - wall),
+                                   len(raw), dedup_key=key)  # type: ignore[arg-type]
+            self._all[seq] = stored
+            self._by_user.setdefault(aor, OrderedDict())[seq] = stored
+            if key is not None:
+                self._dedup[key] = seq   # type: ignore[index]
+            self.bytes += stored.size
+            kept += 1
+        return kept
+
     def _remove(self, msg: StoredMessage) -> bool:
         if self._all.pop(msg.seq, None) is None:
             return False
+        if self.journal is not None:
+            self.journal.remove(msg.seq)
         queue = self._by_user.get(msg.aor)
         if queue is not None:
             queue.pop(msg.seq, None)

@@ -37,6 +37,7 @@ from .auth import Authenticator
 from .conference import Focus, FocusLimits
 from .forking import CancelBranches, EndBranch, Relay, ResponseContext
 from .offline import TRANSIENT, OfflineLimits, OfflineStore, Refused
+from .offline_db import OfflineJournal
 from .registrar import Binding, Registrar, aor_key
 
 log = logging.getLogger("notebook_im.server")
@@ -49,13 +50,15 @@ class ProxyCore:
 
     def __init__(self, *, transport: Transport, trace: TraceSink, registrar: Registrar,
                  auth: Authenticator | None = None, timers: Timers = DEFAULT_TIMERS,
-                 focus_limits: FocusLimits | None = None, offline_limits: OfflineLimits | None = None) -> None:
+                 focus_limits: FocusLimits | None = None, offline_limits: OfflineLimits | None = None,
+                 offline_journal: "OfflineJournal | None" = None) -> None:
         self.stack = SipStack(name="server", transport=transport, sink=trace, timers=timers, handler=self)
         self.registrar = registrar
         self.auth = auth
         self.focus = Focus(self, focus_limits)
         self._forwarded: dict[int, Fork] = {}   # id(server handle) -> its branches downstream
-        self.offline = OfflineStore(offline_limits)
+        self.offline = OfflineStore(offline_limits, journal=offline_journal)
+        self.journal = offline_journal
         self._delivering: set[str] = set()      # AORs whose stored messages are being delivered right now
         self._dialog_secret = secrets.token_bytes(32)   # keys the dialog tokens of our Record-Routes
         # how long a device may leave a request unanswered (no response at all, not even 100/180) before it counts
@@ -64,11 +67,19 @@ class ProxyCore:
         self.device_timeout: float | None = 8 * timers.t1
 
     async def start(self) -> None:
+        if self.journal is not None:   # what a previous run kept: the messages, and the users they wait for
+            self.journal.open()
+            rows, known = self.journal.load()
+            for aor in known:
+                self.registrar.remember(aor)
+            self.offline.restore(rows, time.monotonic(), time.time())
         await self.stack.start()
 
     async def close(self) -> None:
         self.focus.close()
         await self.stack.close()
+        if self.journal is not None:
+            self.journal.close()
 
     # -- StackHandler: the rest of it ---------------------------------------------------------------------------
     def on_stray_response(self, response: Response, transport: str, remote: tuple[str, int]) -> None:
@@ -444,6 +455,8 @@ class ProxyCore:
         resp.headers.set("Date", format_date(time.time()))
         self.stack.respond(handle, resp)
         if status == 200 and bindings:
+            if self.journal is not None:
+                self.journal.know(bindings[0].aor)
             self._deliver_offline(bindings[0].aor)  # messages kept while the user was offline, now
 
 

@@ -162,6 +162,14 @@ class Registrar:
             self._drop(aor, key)
         return sorted(current.values(), key=lambda b: -b.expires_at)
 
+    def remember(self, aor: str) -> None:
+        """Know `aor` as a user of this server without a binding (a restarted server with an offline store:
+        messages for them are kept, not refused as for nobody)."""
+        if aor not in self.known:
+            self.known.add(aor)
+            user = aor[4:].partition("@")[0] if aor.startswith("sip:") else aor.partition("@")[0]
+            self._known_by_user.setdefault(user, set()).add(aor)
+
     def live(self, aor: str, now: float) -> list[Binding]:
         """The bindings of `aor` that requests may go to: unexpired and not known to be dead."""
         return [b for b in self.lookup(aor, now) if not b.dead]

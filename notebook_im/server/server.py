@@ -7,6 +7,7 @@ transaction-stateful proxy (proxy.py, RFC 3261 §16), a digest authenticator (au
 from __future__ import annotations
 
 import ipaddress
+import os
 import ssl
 import time
 import warnings
@@ -20,6 +21,7 @@ from ..trace.recorder import Trace
 from .auth import Authenticator
 from .conference import Focus, FocusLimits
 from .offline import OfflineLimits
+from .offline_db import OfflineJournal
 from .proxy import ProxyCore
 from .registrar import Registrar
 
@@ -30,14 +32,16 @@ class Server:
     time to live); `OfflineLimits(max_per_user=0)` turns offline delivery off. `device_timeout` is how long a
     registered device may leave a new request without any response before it counts as gone (default 8*T1, 4 s:
     a pager MESSAGE is then kept and answered 202, an INVITE 480, until the device registers again); None waits
-    for the transaction's own Timer F / B (64*T1)."""
+    for the transaction's own Timer F / B (64*T1). `offline_store="offline.sqlite"` keeps the offline messages
+    (and the users they wait for) in that file, so that a restart loses none of them."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, transports: tuple[str, ...] = ("udp", "tcp"),
                  users: dict[str, str] | None = None, realm: str = "notebook_im", min_expires: int = 1,
                  max_expires: int = 7200, timers: Timers = DEFAULT_TIMERS,
                  tls: "tuple[str, str] | ssl.SSLContext | None" = None, tls_port: int = 0,
                  advertise: tuple[str, int] | None = None, focus_limits: FocusLimits | None = None,
-                 offline_limits: OfflineLimits | None = None, device_timeout: "float | None | str" = "auto") -> None:
+                 offline_limits: OfflineLimits | None = None, device_timeout: "float | None | str" = "auto",
+                 offline_store: "str | os.PathLike[str] | None" = None) -> None:
         if not isinstance(port, int) or not 0 <= port < 65536:
             raise ValueError(f"port must be an int from 0 (any free port) to 65535, not {port!r}")
         bad = [t for t in transports if t not in ("udp", "tcp")]
@@ -56,8 +60,10 @@ class Server:
         tls_ctx = _server_context(tls) if tls is not None else None
         sockets = TransportLayer(host, port, transports=tuple(transports), tls_server=tls_ctx, tls_port=tls_port)
         # the proxy (proxy.py) and the SIP stack it runs on: what does the work behind this facade
+        journal = OfflineJournal(offline_store) if offline_store is not None else None
         self.proxy = ProxyCore(transport=sockets, trace=self.trace, registrar=self.registrar, auth=self.auth,
-                               timers=timers, focus_limits=focus_limits, offline_limits=offline_limits)
+                               timers=timers, focus_limits=focus_limits, offline_limits=offline_limits,
+                               offline_journal=journal)
         # the UDP address to put in Via and Record-Route when peers reach us through a NAT, port forward or relay
         self.proxy.stack.advertise = advertise
         if device_timeout != "auto":

@@ -129,9 +129,15 @@ class Headers:
         self.fields.setdefault(key, []).append(field_value(key, value))
 
     def prepend(self, name: str, value: str) -> None:
+        """Put a value first: the first of its field, and a field new to the message first of all (a proxy's
+        Via goes on top of a message whose Via was taken off, as a stored message's is)."""
         key = normalize_name(name)
         self._changed(key)
-        self.fields.setdefault(key, []).insert(0, field_value(key, value))
+        values = self.fields.get(key)
+        if values is None:
+            self.fields = {key: [field_value(key, value)], **self.fields}
+        else:
+            values.insert(0, field_value(key, value))
 
     def set(self, name: str, value: str) -> None:
         key = normalize_name(name)

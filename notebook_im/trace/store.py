@@ -154,7 +154,7 @@ def _uid() -> int:
     return os.geteuid() if hasattr(os, "geteuid") else 0
 
 
-def check_location(path: Path) -> None:
+def check_location(path: Path, *, error: type[Exception] = HistoryError, what: str = "history store") -> None:
     """Refuse a store place someone else controls. A history store is the user's private chat history, and the
     store writes several files (the database, `-wal`, `-shm`, `-journal`, `.lock`), so:
 
@@ -165,7 +165,8 @@ def check_location(path: Path) -> None:
     - the directory holding the store must belong to this user (or root) and must not be writable by every
       user (in /tmp anyone can plant those names before the store creates them).
 
-    Group-writable directories are allowed: a group is a set of people the owner chose."""
+    Group-writable directories are allowed: a group is a set of people the owner chose. `error` and `what` name
+    the kind of store in the errors (the server's offline store takes the same care)."""
     me = _uid()
     posix = os.name == "posix"  # elsewhere st_uid and the mode bits do not say who may write
     absolute = Path(os.path.abspath(path))
@@ -175,20 +176,20 @@ def check_location(path: Path) -> None:
         except OSError:
             continue  # resolve_path checked that the directory exists; a race shows up below
         if posix and stat.S_ISLNK(st.st_mode) and st.st_uid not in (me, 0):
-            raise HistoryError(f"the history store path {str(path)!r} goes through {str(part)!r}, a symbolic link "
+            raise error(f"the {what} path {str(path)!r} goes through {str(part)!r}, a symbolic link "
                                f"owned by another user (uid {st.st_uid}); the store does not follow it. Pass a "
                                "path in a directory of your own")
     directory = absolute.parent
     try:
         st = os.stat(directory)
     except OSError as exc:
-        raise HistoryError(f"cannot use the history directory {str(directory)!r}: {exc.strerror or exc}") from None
+        raise error(f"cannot use the {what}'s directory {str(directory)!r}: {exc.strerror or exc}") from None
     if posix and st.st_uid not in (me, 0):
-        raise HistoryError(f"the history directory {str(directory)!r} belongs to another user (uid {st.st_uid}), who "
+        raise error(f"the {what}'s directory {str(directory)!r} belongs to another user (uid {st.st_uid}), who "
                            "could read or replace the store; choose a directory of your own")
     if posix and st.st_mode & stat.S_IWOTH:
-        raise HistoryError(f"the history directory {str(directory)!r} is writable by every user, who could plant "
-                           "files or links where the store writes; choose a directory only you can write "
+        raise error(f"the {what}'s directory {str(directory)!r} is writable by every user, who could plant "
+                    f"files or links where the {what} writes; choose a directory only you can write "
                            "(for example a folder in your home directory)")
     for name in (absolute.name, *(absolute.name + s for s in SIDECARS)):
         p = directory / name
@@ -197,16 +198,15 @@ def check_location(path: Path) -> None:
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise HistoryError(f"cannot use the history store {str(path)!r}: {str(p)!r}: {exc.strerror or exc}") from None
+            raise error(f"cannot use the {what} {str(path)!r}: {str(p)!r}: {exc.strerror or exc}") from None
         if stat.S_ISLNK(st.st_mode):
-            raise HistoryError(f"{str(p)!r} is a symbolic link; the history store never writes through one. Pass "
+            raise error(f"{str(p)!r} is a symbolic link; the {what} never writes through one. Pass "
                                "the path of a real file (or a new file name)")
         if not stat.S_ISREG(st.st_mode):
-            raise HistoryError(f"{str(p)!r} is not a regular file, so it is not part of a history store; pass a "
+            raise error(f"{str(p)!r} is not a regular file, so it is not part of a {what}; pass a "
                                "new file name")
         if posix and st.st_uid != me:
-            raise HistoryError(f"{str(p)!r} belongs to another user (uid {st.st_uid}), so it is not your history "
-                               "store; pass a new file name")
+            raise error(f"{str(p)!r} belongs to another user (uid {st.st_uid}), so it is not your {what}; pass a new file name")
 
 
 def sniff(path: Path) -> bool:
@@ -289,20 +289,23 @@ def _private(path: Path) -> None:
 
 
 # -- one writer per store ------------------------------------------------------------------------------------
-class _Lock:
-    """An exclusive, non-blocking lock on `<store>.lock` holding the owner's pid (for the error message)."""
+class FileLock:
+    """An exclusive, non-blocking lock on `<store>.lock` holding the owner's pid (for the error message). `in_use`
+    builds the error for a store another process (or object) holds; `error` the one for a lock file that cannot be
+    used. Shared by the history store and the server's offline store: one writer per file."""
 
-    def __init__(self, store_path: Path) -> None:
+    def __init__(self, store_path: Path, *, error: type[Exception] = HistoryError, what: str = "history store",
+                 in_use: Any = None) -> None:
         self.path = store_path.with_name(store_path.name + ".lock")
         try:  # never through a symbolic link (O_NOFOLLOW): a planted link would have its target truncated
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, PRIVATE_FILE)
         except OSError as exc:
-            raise HistoryError(f"cannot write the history store {str(store_path)!r}: {exc.strerror or exc} "
-                               f"({str(self.path)!r}); choose a writable location") from None
+            raise error(f"cannot write the {what} {str(store_path)!r}: {exc.strerror or exc} "
+                        f"({str(self.path)!r}); choose a writable location") from None
         st = os.fstat(self._fd)
         if not stat.S_ISREG(st.st_mode) or (os.name == "posix" and st.st_uid != _uid()):
             os.close(self._fd)
-            raise HistoryError(f"{str(self.path)!r} is not a lock file of yours; pass a new file name")
+            raise error(f"{str(self.path)!r} is not a lock file of yours; pass a new file name")
         if os.name == "posix" and st.st_mode & 0o077:
             os.fchmod(self._fd, PRIVATE_FILE)
         try:
@@ -312,10 +315,7 @@ class _Lock:
             if holder == str(os.getpid()):
                 holder += ", this one"
             os.close(self._fd)
-            raise HistoryInUse(
-                f"the history store {str(store_path)!r} is in use by another Platform (process {holder}); one "
-                "Platform writes a store at a time: call platform.shutdown() on the other one (or end that "
-                "process), or pass a different history= path") from None
+            raise (in_use or _history_in_use)(store_path, holder) from None
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
 
@@ -328,6 +328,13 @@ class _Lock:
             pass
         os.close(self._fd)  # closing the descriptor releases the lock
         self._fd = None
+
+
+def _history_in_use(store_path: Path, holder: str) -> Exception:
+    return HistoryInUse(
+        f"the history store {str(store_path)!r} is in use by another Platform (process {holder}); one "
+        "Platform writes a store at a time: call platform.shutdown() on the other one (or end that "
+        "process), or pass a different history= path")
 
 
 def _lock_fd(fd: int) -> None:
@@ -770,7 +777,7 @@ class HistoryStore:
         self.skipped = {"sip": 0, "events": 0, "drops": 0}   # stored rows not loaded: malformed (see load_into)
         check_location(self.path)
         existing = sniff(self.path)   # before anything is created or opened for writing
-        self._lock = _Lock(self.path)
+        self._lock = FileLock(self.path)
         try:
             self._db = self._open(existing)
         except BaseException:

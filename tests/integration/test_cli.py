@@ -49,3 +49,28 @@ def test_serve_answers_options_and_stops_on_ctrl_c():
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_serve_started_as_a_background_job_stops_on_sigint(tmp_path):
+    """A non-interactive shell starts `notebook-im serve &` with SIGINT ignored; the server installs its own handler,
+    so SIGINT still stops it (cleanly, exit 0) instead of being ignored for ever."""
+    store = tmp_path / "offline.sqlite"
+    script = (f'exec {sys.executable} -m notebook_im.cli serve --port 0 --offline-store {store} & '
+              'echo "$!"; wait')
+    shell = subprocess.Popen(["bash", "-c", f"trap '' INT; {script}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        pid = int(shell.stdout.readline())
+        line = shell.stdout.readline()
+        assert "listening" in line, line
+        import os
+        ignored = open(f"/proc/{pid}/status").read().split("SigIgn:")[1].split()[0]
+        assert int(ignored, 16) & (1 << (signal.SIGINT - 1)) == 0, "the server's own SIGINT handler replaced the inherited ignore"
+        os.kill(pid, signal.SIGINT)
+        assert shell.wait(10) == 0
+        assert "stopped" in shell.stdout.read()
+        assert store.exists(), "--offline-store made the file"
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait(5)
