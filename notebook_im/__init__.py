@@ -14,7 +14,8 @@ from .api.endpoint import Endpoint
 from .api.events import (
     ComposingChanged, EndpointState, EndpointStateChanged, Event, IncomingSession, MessageDelivered,
     MessageDeliveryNotified, MessageDisplayed, MessageFailed, MessageReceived, MessageSending, ParticipantAdded,
-    ParticipantRemoved, ParticipantState, ParticipantStateChanged, SessionState, SessionStateChanged, SessionTerminated,
+    ParticipantRemoved, ParticipantState, ParticipantStateChanged, SessionModeChanged, SessionState, SessionStateChanged,
+    SessionTerminated,
 )
 from .api.manager import SessionManager
 from .api.participant import Participant
@@ -70,6 +71,6 @@ __all__ = [
     "EndpointStateChanged", "Event", "EventStream", "Impairment", "ImSession", "IncomingSession", "InvalidState", "MessageDelivered",
     "MessageDeliveryNotified", "MessageDisplayed", "MessageFailed", "MessageTooLarge", "MessageReceived", "MessageSending", "NotebookImError", "OfflineLimits", "Operation", "Participant", "ParticipantAdded",
     "ParticipantRemoved", "ParticipantState", "ParticipantStateChanged", "Platform", "RemoteProtocolError",
-    "RequestFailed", "Server", "SessionManager", "SessionState", "SessionStateChanged", "SessionTerminated",
+    "RequestFailed", "Server", "SessionManager", "SessionModeChanged", "SessionState", "SessionStateChanged", "SessionTerminated",
     "Subscription", "Timers", "Trace", "TransactionTimeout", "TransportError", "UdpRelay", "__version__",
 ]

@@ -36,12 +36,13 @@ def _serve(args: argparse.Namespace) -> int:
     server.start().result(10)
     extra = f", TLS on {server.tls_uri}" if server.tls_uri else ""
     auth = f", digest authentication for {len(users)} users (realm {args.realm!r})" if users else ""
-    print(f"notebook_im server listening on {server.uri} (UDP and TCP{extra}){auth}. Ctrl-C to stop.", flush=True)
     stop = threading.Event()
     # our own handlers for both: a shell starts a background job (`notebook-im serve &`) with SIGINT ignored, and
-    # Python then never turns it into KeyboardInterrupt, so Ctrl-C (or kill -INT) would not stop the server
+    # Python then never turns it into KeyboardInterrupt, so Ctrl-C (or kill -INT) would not stop the server.
+    # Installed before "listening" is printed: whoever waits for that line may signal at once
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"notebook_im server listening on {server.uri} (UDP and TCP{extra}){auth}. Ctrl-C to stop.", flush=True)
     try:
         while not stop.wait(0.5):
             pass

@@ -13,7 +13,7 @@ from ..im import imdn
 from ..im import iscomposing as ic
 from ..runtime import Operation, runtime
 from ..sip.date import parse_date
-from ..sip.message import Request, random_hex
+from ..sip.message import Request, new_call_id, random_hex
 from ..sip.uri import SipUri
 from ..core.agent import UserAgent
 from ..core.stack import ServerHandle
@@ -25,7 +25,7 @@ from .events import (
 )
 from .manager import SessionManager, parse_remote_uri
 from .participant import Participant
-from .receipts import DEFAULT_SIZE, NOTIFICATION_CONTENT_TYPE, ReceiptBook, notification_body
+from .receipts import DEFAULT_SIZE, NOTIFICATION_CONTENT_TYPE, ReceiptBook, notification_body, party_key
 from .messages import (
     MESSAGE_ATTEMPTS, REFUSING, ChatMessage, RecentIds, check_content_type, check_message_ids, failure_reason, now_utc,
     settle, wire_text,
@@ -73,8 +73,40 @@ class Endpoint(EventSource):
         # pager-mode composing (RFC 3994 §4) per sender: shown until idle, a text, or the refresh window lapses
         self._pager_composing: dict[str, tuple[ic.ComposingReceiver, Participant]] = {}
         self._pager_timers: dict[str, asyncio.TimerHandle] = {}
+        # a pager-mode text from somebody we have no session with opens an incoming pager-mode session (the chat
+        # panel of an endpoint turns this on, so such texts show as a conversation)
+        self.pager_sessions = False
+        self._cpim: bool | str = "auto"
+        self._cpim_peers: OrderedDict[str, None] = OrderedDict()   # parties that sent us message/cpim texts
 
     # -- properties ------------------------------------------------------------------------------------
+    @property
+    def cpim(self) -> bool | str:
+        """How pager-mode texts are packed. "auto" (the default): in a message/cpim wrapper (RFC 3862) carrying
+        the message id and the receipt request (RFC 5438 §6.3) to parties that sent us CPIM themselves
+        (liblinphone with CPIM on reads receipt requests only there), as plain text with Imdn-Message-ID and
+        Disposition-Notification headers to everybody else; True: CPIM to everybody; False: never."""
+        return self._cpim
+
+    @cpim.setter
+    def cpim(self, value: bool | str) -> None:
+        if value not in ("auto", True, False) or isinstance(value, int) and not isinstance(value, bool):
+            raise ValueError(f"endpoint.cpim is \"auto\", True or False, not {value!r}")
+        self._cpim = value
+
+    def speaks_cpim(self, uri: str) -> bool:
+        """Are pager-mode texts to `uri` CPIM-wrapped (see `cpim`)?"""
+        if self._cpim != "auto":
+            return bool(self._cpim)
+        return party_key(uri) in self._cpim_peers
+
+    def _learn_cpim(self, uri: str) -> None:
+        key = party_key(uri)
+        self._cpim_peers[key] = None
+        self._cpim_peers.move_to_end(key)
+        if len(self._cpim_peers) > DEFAULT_SIZE:
+            self._cpim_peers.popitem(last=False)
+
     @property
     def contact(self) -> str:
         return str(self.agent.contact_uri)
@@ -171,18 +203,27 @@ class Endpoint(EventSource):
 
     async def _send_pager(self, to: SipUri, text: str, ct: str) -> MessageDelivered:
         msg = ChatMessage(random_hex(2 * 6), "out", self.uri, str(to), text, ct, now_utc(), "sending", "pager")
-        extra = {"Imdn-Message-ID": msg.id}
-        if self.request_receipts:
-            extra = imdn.request_headers(msg.id, msg.timestamp)
-            msg.requested = imdn.REQUESTED_SET
-            self.receipts.track(msg, self, self._emit)
-        self._emit(MessageSending(None, msg.id, text, ct, "pager", str(to), timestamp=msg.timestamp))
+        event = await self.asend_pager(to, msg, None, self._emit)
+        if isinstance(event, MessageDelivered):
+            return event
+        raise RequestFailed("MESSAGE", event.status, event.reason, str(to))
+
+    async def asend_pager(self, to: SipUri, msg: ChatMessage, session: Any, emit: Any) -> Any:
+        """Send the new outgoing `msg` as an out-of-dialog MESSAGE (RFC 3428) and settle it: MessageSending, then
+        MessageDelivered or MessageFailed, emitted through `emit` and naming `session` (a pager-mode ImSession,
+        or None for `send_message`). Returns the settling event. A MESSAGE that got no answer is sent once more
+        with the same Call-ID and message id (the receiver drops the duplicate); receipts may name the message by
+        either (liblinphone names it by the Call-ID)."""
+        call_id = new_call_id(self.agent.stack.host)
+        body, content_type, extra = self.pager_payload(str(to), msg)
+        if msg.requested:
+            self.receipts.track(msg, session, emit, call_id=call_id)
+        emit(MessageSending(session, msg.id, msg.text, msg.content_type, "pager", str(to), timestamp=msg.timestamp))
         started = time.perf_counter()
-        body = wire_text(text)
         status, reason = 408, "not sent"
         for _attempt in range(MESSAGE_ATTEMPTS):
             try:
-                resp = await self.agent.send_message(to, body, f"{ct};charset=UTF-8", extra=extra)
+                resp = await self.agent.send_message(to, body, content_type, extra=extra, call_id=call_id)
                 status, reason = resp.status, resp.reason
                 break
             except MessageTooLarge as exc:  # a retry cannot help
@@ -190,11 +231,25 @@ class Endpoint(EventSource):
                 break
             except NO_ANSWER as exc:  # retried once; the receiver drops a duplicate by id
                 status, reason = exc.status, exc.reason
-        event = settle(msg, None, status, failure_reason(status, reason, len(body)), time.perf_counter() - started)
-        self._emit(event)
-        if isinstance(event, MessageDelivered):
-            return event
-        raise RequestFailed("MESSAGE", status, event.reason, str(to))
+        event = settle(msg, session, status, failure_reason(status, reason, len(body)), time.perf_counter() - started)
+        emit(event)
+        return event
+
+    def pager_payload(self, to: str, msg: ChatMessage) -> tuple[bytes, str, dict[str, str]]:
+        """What the outgoing text `msg` goes as in pager mode: (body, Content-Type, SIP headers). Marks what
+        receipts it asks for (`request_receipts`). To a party that speaks CPIM (`speaks_cpim`) the text goes in a
+        message/cpim wrapper with its imdn.Message-ID and imdn.Disposition-Notification; otherwise as plain text
+        with the same in Imdn-Message-ID / Disposition-Notification SIP headers."""
+        if self.request_receipts:
+            msg.requested = imdn.REQUESTED_SET
+        inner = f"{msg.content_type};charset=UTF-8"
+        if self.speaks_cpim(to):
+            disposition = ", ".join(imdn.REQUESTED) if msg.requested else None
+            body = cpim.wrap(self.uri, to, wire_text(msg.text), inner, message_id=msg.id,
+                             display_name=self.display_name, now=msg.timestamp, disposition=disposition)
+            return body, cpim.CONTENT_TYPE, {}
+        extra = imdn.request_headers(msg.id, msg.timestamp) if msg.requested else {"Imdn-Message-ID": msg.id}
+        return wire_text(msg.text), inner, extra
 
     def mark_read(self, message_ids: "list[str] | None" = None) -> Operation[int]:
         """Pager mode's `session.mark_read()`: the user has seen the pager-mode messages received (all, or
@@ -228,35 +283,34 @@ class Endpoint(EventSource):
 
     # -- UAListener (loop thread) ------------------------------------------------------------------------
     def on_pager_message(self, request: Request) -> int:
-        """Called by the user agent for an out-of-dialog MESSAGE (pager mode); returns the status to answer."""
-        ct = request.content_type or "text/plain"
+        """Called by the user agent for an out-of-dialog MESSAGE (pager mode); returns the status to answer.
+        A MESSAGE from the other party of a pager-mode session belongs to that session."""
         sender = request.from_
         participant = Participant(str(sender.uri.without_params("transport")), display_name=sender.display_name)
-        if ct == ic.CONTENT_TYPE:
-            try:
-                indication = ic.parse(request.body)
-            except Exception:  # noqa: BLE001 - RemoteProtocolError: answer 400
-                return 400
-            receiver = self._pager_composing.get(participant.uri, (None, None))[0]
-            if receiver is None:
-                if len(self._pager_composing) >= DEFAULT_SIZE:
-                    return 200   # bounded: that many people typing at us at once is a flood, not a chat
-                receiver = ic.ComposingReceiver()
-            self._pager_composing[participant.uri] = (receiver, participant)
-            self._run_pager_receiver(participant.uri, receiver.indication(indication, time.monotonic()))
-            return 200
-        wrapper = None
-        if ct in (imdn.CONTENT_TYPE, cpim.CONTENT_TYPE):  # a receipt, or a text in CPIM (linphone's way)
+        ct = request.content_type or "text/plain"
+        if ct == cpim.CONTENT_TYPE:
+            self._learn_cpim(participant.uri)
+        session = self.sessions.pager_session(participant.uri)
+        if session is not None:
+            return session.on_pager_request(request)
+        body, wrapper = request.body, None
+        if ct in (imdn.CONTENT_TYPE, cpim.CONTENT_TYPE):  # a receipt, or a text or composing in CPIM (linphone)
             status, wrapper = self.receipts.open(ct, request.body, participant, now_utc())
             if wrapper is None:
                 return status
-            ct = wrapper.content_type
+            ct, body = wrapper.content_type, wrapper.body
+        if ct == ic.CONTENT_TYPE:
+            return self._pager_indication(participant, body)
         if not ct.startswith("text/"):
             return 415
+        if self.pager_sessions:
+            session = self.sessions.open_pager(participant)
+            if session is not None:
+                return session.on_pager_request(request)
         composing = self._pager_composing.get(participant.uri)
         if composing is not None:   # a text ends the sender's composing (RFC 3994 §4)
             self._run_pager_receiver(participant.uri, composing[0].message_received(time.monotonic()))
-        text = (request.text() if wrapper is None else wrapper.body.decode("utf-8", "replace")).replace("\r\n", "\n")
+        text = (request.text() if wrapper is None else body.decode("utf-8", "replace")).replace("\r\n", "\n")
         header_id = (wrapper.message_id if wrapper is not None else None) or request.headers.get("Imdn-Message-ID")
         if header_id and self._seen_pager.seen(f"{participant.uri} {header_id}"):
             return 200  # a retry of a message we already delivered
@@ -271,6 +325,21 @@ class Endpoint(EventSource):
         self._emit(event)
         if wanted is not None and wanted.delivery:
             asyncio.ensure_future(self._pager_notify(participant.uri, wanted, imdn.DELIVERY, "delivered"))
+        return 200
+
+    def _pager_indication(self, participant: Participant, body: bytes) -> int:
+        """An is-composing indication out of dialog (bare, or in CPIM): ComposingChanged for the sender."""
+        try:
+            indication = ic.parse(body)
+        except Exception:  # noqa: BLE001 - RemoteProtocolError: answer 400
+            return 400
+        receiver = self._pager_composing.get(participant.uri, (None, None))[0]
+        if receiver is None:
+            if len(self._pager_composing) >= DEFAULT_SIZE:
+                return 200   # bounded: that many people typing at us at once is a flood, not a chat
+            receiver = ic.ComposingReceiver()
+        self._pager_composing[participant.uri] = (receiver, participant)
+        self._run_pager_receiver(participant.uri, receiver.indication(indication, time.monotonic()))
         return 200
 
     def _run_pager_receiver(self, uri: str, actions: list) -> None:

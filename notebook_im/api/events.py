@@ -10,6 +10,7 @@
 | `OnAddParticipant` / `OnRemoveParticipant` | `ParticipantAdded` / `ParticipantRemoved` |
 | participant `OnStateChanged` | `ParticipantStateChanged` |
 | `OnTerminate` | `SessionTerminated` |
+| (no UCCAPI counterpart: a callee without IM sessions) | `SessionModeChanged(mode="pager")` |
 | endpoint `OnEnable` / `OnDisable` | `EndpointStateChanged` |
 """
 from __future__ import annotations
@@ -190,6 +191,19 @@ class SessionStateChanged(Event):
     session: Any                    # the ImSession
     state: SessionState
     previous: SessionState
+
+
+@dataclass(frozen=True)
+class SessionModeChanged(Event):
+    """The conversation goes on in `mode` "pager": the other party refused an IM session (`status`, e.g. 488
+    from liblinphone or baresip, which chat only with out-of-dialog MESSAGEs), so texts, composing and receipts
+    go as pager-mode MESSAGEs (RFC 3428) between the same two parties. `status` is None when pager mode was
+    asked for (`sessions.create(uri, mode="pager")`)."""
+
+    session: Any                    # the ImSession
+    mode: str
+    status: int | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True)

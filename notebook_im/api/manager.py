@@ -11,8 +11,12 @@ from . import checks
 from ..errors import InvalidState
 from .emitter import Subscription
 from .events import IncomingSession
+from .receipts import party_key
 from .states import SessionState
 from .session import ImSession
+
+
+MODES = ("auto", "session", "pager")   # sessions.create(mode=...)
 
 
 def parse_remote_uri(uri: Any, what: str = "remote_uri") -> SipUri:
@@ -27,20 +31,49 @@ class SessionManager:
         self.endpoint = endpoint
         self._sessions: list[ImSession] = []
         self.max_incoming_per_source = 1000  # live incoming sessions (dialogs) per source address; 503 beyond
+        self.max_pager_sessions = 1000       # live incoming pager-mode sessions (endpoint.pager_sessions)
 
     @property
     def sessions(self) -> list[ImSession]:
         """Sessions that have not ended yet, oldest first."""
         return list(self._sessions)
 
-    def create(self, remote_uri: str) -> Operation[ImSession]:
+    def create(self, remote_uri: str, *, mode: str = "auto") -> Operation[ImSession]:
         """Invite `remote_uri` to a two-party IM session (INVITE with `m=message`). Resolves when connected;
-        raises RequestFailed with the SIP status if the invitation is rejected."""
+        raises RequestFailed with the SIP status if the invitation is rejected.
+
+        `mode="auto"` (the default): a callee that does not do IM sessions (it answers the INVITE 405, 415, 488,
+        501 or 606, as liblinphone and baresip do) still gets the conversation, in pager mode: the session
+        resolves connected with `session.mode == "pager"` (and emits SessionModeChanged), and its texts,
+        composing and receipts go as out-of-dialog MESSAGEs. `mode="session"` raises RequestFailed instead;
+        `mode="pager"` skips the INVITE."""
         parse_remote_uri(remote_uri)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
         self.endpoint.require_enabled("create a session")
-        session = ImSession(self, remote_uri, incoming=False)
+        session = ImSession(self, remote_uri, incoming=False, mode=mode)
         self._sessions.append(session)
         return runtime().submit(session.aconnect(), f"create({remote_uri!r})")
+
+    def open_pager(self, participant: Any) -> ImSession | None:
+        """An incoming pager-mode session for a text from `participant` (a Participant) with whom there is no
+        session yet (`endpoint.pager_sessions`); None once `max_pager_sessions` such sessions are live (the text
+        then stays a plain pager message: strangers writing from many addresses cannot grow the list unbounded)."""
+        if sum(1 for s in self._sessions if s.mode == "pager" and s.is_incoming) >= self.max_pager_sessions:
+            return None
+        session = ImSession(self, participant.uri, incoming=True, display_name=participant.display_name, mode="pager")
+        self._sessions.append(session)
+        session.start_pager()
+        return session
+
+    def pager_session(self, uri: str) -> ImSession | None:
+        """The live pager-mode session with the party `uri` names (the newest, if several), or None: an
+        out-of-dialog MESSAGE from them belongs to it."""
+        key = party_key(uri)
+        for s in reversed(self._sessions):
+            if s.mode == "pager" and not s.is_conference and party_key(s.remote.uri) == key:
+                return s
+        return None
 
     def create_conference(self, uris: "list[str] | str" = (), *, subject: str | None = None) -> Operation[Any]:
         """Create a conference on the endpoint's server (INVITE to its conference factory, RFC 4579), join it,
@@ -76,6 +109,9 @@ class SessionManager:
         if session.is_conference:
             raise InvalidState("this session is already a conference: use session.invite(uri)")
         session.require_connected("escalate")
+        if session.mode == "pager":
+            raise InvalidState(f"cannot escalate: {session.remote.uri} does not take IM sessions (this conversation is "
+                               "in pager mode), so it cannot join a conference either")
         if self.endpoint.server is None:
             raise InvalidState(f"cannot escalate: endpoint {self.endpoint.uri} has no server, so no conference focus")
         return runtime().submit(self._escalate(session, uris), f"escalate({uris!r})")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..im import cpim
 from ..im import imdn
+from ..im import iscomposing as ic
 from ..sip.errors import RemoteProtocolError
 from ..sip.message import random_hex
 from ..sip.uri import SipUri
@@ -31,8 +32,18 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_SIZE = 10_000
 
 
+def party_key(uri: str) -> str:
+    """The user a URI names, as a key: "user@host" (host in lower case; port and parameters ignored), or the
+    URI itself if it does not parse."""
+    try:
+        u = SipUri.parse(uri)
+    except Exception:  # noqa: BLE001 - an unparseable URI is only equal to itself
+        return uri
+    return f"{u.user or ''}@{u.host.lower()}"
+
+
 def same_party(a: str, b: str) -> bool:
-    """True if two URIs name the same user (scheme, user and host; port and parameters ignored)."""
+    """True if two URIs name the same user (user and host; port and parameters ignored)."""
     try:
         ua, ub = SipUri.parse(a), SipUri.parse(b)
     except Exception:  # noqa: BLE001 - an unparseable URI names nobody we know
@@ -60,17 +71,25 @@ class ReceiptBook:
         # object kept per sent message (trace/packed.py says why that count matters)
         self._sent: OrderedDict[str, "ChatMessage"] = OrderedDict()
         self._source: dict[str, Any] = {}
+        # Call-ID of a pager-mode message -> its id: liblinphone names the message a receipt is about by the
+        # Call-ID of its MESSAGE when the request came as SIP headers (it reads them only from a CPIM wrapper)
+        self._by_call_id: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self._sent)
 
-    def track(self, msg: "ChatMessage", source: Any, emit: Any) -> None:
-        """Remember `msg` (sent with a notification request); `source` is its session (or the endpoint in
-        pager mode) and `emit` the function that emits the receipt events there."""
+    def track(self, msg: "ChatMessage", session: Any, emit: Any, call_id: str | None = None) -> None:
+        """Remember `msg` (sent with a notification request); `session` is its session (None for a message
+        sent with `endpoint.send_message`), `emit` the function that emits the receipt events, `call_id` the
+        Call-ID of its pager-mode MESSAGE (a receipt may name the message by it)."""
         self._sent[msg.id] = msg
-        self._source[msg.id] = (source, emit)
+        self._source[msg.id] = (session, emit, call_id)
+        if call_id is not None:
+            self._by_call_id[call_id] = msg.id
         if len(self._sent) > self.size:
-            self._source.pop(self._sent.popitem(last=False)[0], None)
+            _, _, old_call = self._source.pop(self._sent.popitem(last=False)[0], (None, None, None))
+            if old_call is not None:
+                self._by_call_id.pop(old_call, None)
 
     def find(self, message_id: str) -> "ChatMessage | None":
         """The tracked message with this id, if it is still remembered."""
@@ -82,13 +101,16 @@ class ReceiptBook:
         Moves the message's state through the `im.imdn` table and emits MessageDeliveryNotified /
         MessageDisplayed on its session (or endpoint). False if it is about no message we know or comes
         from somebody else than the message's recipient."""
-        msg = self._sent.get(n.message_id)
+        message_id = n.message_id
+        msg = self._sent.get(message_id)
+        if msg is None:   # a receipt naming the MESSAGE by its Call-ID (liblinphone, see __init__)
+            message_id = self._by_call_id.get(message_id, "")
+            msg = self._sent.get(message_id)
         if msg is None:
             return False
-        source, emit = self._source[n.message_id]
-        own_session = source if msg.mode == "session" else None
+        own_session, emit, _call = self._source[message_id]
         if session is not None and own_session is not session:
-            return False
+            return False   # a receipt in a session's dialog counts only for that session's messages
         if session is None and not same_party(notifier.uri, msg.recipient):
             return False
         event_input = imdn.input_for(n)
@@ -110,10 +132,10 @@ class ReceiptBook:
     def open(self, content_type: str, body: bytes, notifier: "Participant", now: datetime,
              session: Any = None) -> tuple[int, cpim.Cpim | None]:
         """A received message/imdn+xml or message/cpim body: a receipt is applied (`apply`) and answered
-        (200, None); a text in a CPIM wrapper (linphone's way of asking for receipts) comes back as
-        (200, wrapper) for the caller to deliver, its inner Content-Type normalised; a malformed body is
-        (400, None; 413 or 415 when the parser says so: too large, an encoding we do not take), anything else
-        wrapped (415, None)."""
+        (200, None); a text or an is-composing indication in a CPIM wrapper (liblinphone's way with CPIM on)
+        comes back as (200, wrapper) for the caller to deliver, its inner Content-Type normalised; a malformed
+        body is (400, None; 413 or 415 when the parser says so: too large, an encoding we do not take), anything
+        else wrapped (415, None)."""
         try:
             notification = imdn.unpack(content_type, body)
             if notification is not None:
@@ -123,6 +145,6 @@ class ReceiptBook:
         except RemoteProtocolError as exc:
             return (exc.status_code if exc.status_code in (413, 415) else 400), None
         inner = wrapped.content_type.split(";")[0].strip().lower()
-        if not inner.startswith("text/"):
+        if not inner.startswith("text/") and inner != ic.CONTENT_TYPE:
             return 415, None
         return 200, replace(wrapped, content_type=inner)

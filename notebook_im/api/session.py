@@ -30,7 +30,7 @@ from . import checks
 from .emitter import EventSource
 from .events import (
     ComposingChanged, IncomingSession, MessageDelivered, MessageReceived, MessageSending, ParticipantAdded,
-    ParticipantState, ParticipantStateChanged, SessionState, SessionStateChanged, SessionTerminated,
+    ParticipantState, ParticipantStateChanged, SessionModeChanged, SessionState, SessionStateChanged, SessionTerminated,
 )
 from .messages import (
     MESSAGE_ATTEMPTS, REFUSING, TEXT_TYPES, ChatMessage, RecentIds, check_content_type, check_message_ids,
@@ -57,7 +57,7 @@ class ImSession(EventSource):
     is_conference = False
 
     def __init__(self, manager: Any, remote_uri: str, *, incoming: bool,
-                 display_name: str | None = None) -> None:
+                 display_name: str | None = None, mode: str = "session") -> None:
         super().__init__()
         self.manager = manager
         self.endpoint = manager.endpoint
@@ -71,7 +71,9 @@ class ImSession(EventSource):
         self.messages: list[ChatMessage] = []
         self.dialog: Dialog | None = None
         self.terminate_reason: str | None = None
-        self._machine = sm.InviteSession(remote_uri)
+        self._machine = sm.InviteSession(remote_uri, pager_fallback=mode == "auto" and not self.is_conference)
+        self._pager_asked = mode == "pager"
+        self.mode = "session"   # "pager" once the conversation goes on out of dialog (SessionModeChanged)
         self._invite_handle: ClientHandle | None = None
         self._server_handle: ServerHandle | None = None
         self._incoming_event: IncomingSession | None = None
@@ -231,11 +233,26 @@ class ImSession(EventSource):
                 self._disarm(a.name)
             elif isinstance(a, sm.Connected):
                 self._on_connected()
+            elif isinstance(a, sm.PagerMode):
+                self._pager_mode(a.status, a.reason)
             elif isinstance(a, sm.PeerLost):
                 self._set_participant_state(self._remote, ParticipantState.DISCONNECTED, reason=a.reason)
             elif isinstance(a, sm.Ended):
                 self._finish(a.reason, a.status, by_remote=a.by_remote, answered_elsewhere=a.answered_elsewhere)
         return pending
+
+    def start_pager(self) -> None:
+        """Begin as a pager-mode conversation (no INVITE): `sessions.create(uri, mode="pager")`, or a text from
+        somebody new with `endpoint.pager_sessions` on. Connected at once."""
+        self._emit(ParticipantAdded(self, self._remote, timestamp=now_utc()))
+        self._run(self._machine.start_pager("a pager-mode message arrived" if self.is_incoming else "pager mode asked for"))
+
+    def _pager_mode(self, status: int | None, reason: str) -> None:
+        self.mode = "pager"
+        why = reason if status is None else \
+            f"{self._remote.uri} answered the invitation {status} {reason}: it does not take IM sessions"
+        log.info("session %s: %s; texts go as pager-mode MESSAGEs", self.id, why)
+        self._emit(SessionModeChanged(self, "pager", status, why, timestamp=now_utc()))
 
     def _timer_fired(self, name: str) -> None:
         if name == "ring":
@@ -282,6 +299,9 @@ class ImSession(EventSource):
     # -- outgoing session -------------------------------------------------------------------------------------
     async def aconnect(self) -> "ImSession":
         """Invite the other party (the coroutine `sessions.create()` runs); resolves once connected."""
+        if self._pager_asked:
+            self.start_pager()
+            return self
         self._emit(ParticipantAdded(self, self._remote, timestamp=now_utc()))
         self._run(self._machine.start_outgoing())
         resp = await self._send_invite(self._remote.uri, extra=None)
@@ -302,6 +322,8 @@ class ImSession(EventSource):
         if dialog is not None:
             self.dialog = dialog
         pending = self._run(self._machine.invite_answered(resp.status, resp.reason))
+        if self._machine.pager:
+            return resp        # the callee refused a session; the conversation goes on in pager mode
         if dialog is None:
             raise RequestFailed("INVITE", resp.status, resp.reason, target)
         if pending or self._machine.ended:   # terminate() was called while we were inviting
@@ -388,6 +410,11 @@ class ImSession(EventSource):
         moved = self.escalated_to.conference_uri if self.escalated_to is not None else None
         self._run(self._machine.bye_received(elsewhere=elsewhere, moved_to=moved))
 
+    def on_pager_request(self, request: Request) -> int:
+        """An out-of-dialog MESSAGE from the other party of this pager-mode session (the endpoint hands it
+        over): text, composing or a receipt, as in a dialog. Returns the status to answer."""
+        return self._message_in(request)
+
     def on_dialog_request(self, request: Request) -> int:
         """An in-dialog MESSAGE: text, a composing indication or a receipt. Returns the status to answer."""
         self._run(self._machine.acked())   # a request that overtook the ACK: the caller evidently got our 200
@@ -397,27 +424,34 @@ class ImSession(EventSource):
     def _message_in(self, request: Request) -> int:
         ct = request.content_type or "text/plain"
         if ct == ic.CONTENT_TYPE:
-            try:
-                indication = ic.parse(request.body)
-            except RemoteProtocolError:
-                return 400
-            self._run_receiver(self._receiver.indication(indication, time.monotonic()))
-            return 200
+            return self._indication_in(request.body)
         if ct.startswith("text/"):
-            self._deliver_text(request, ct, mode="session")
+            self._deliver_text(request, ct, mode=self.mode)
             return 200
         if ct in (imdn.CONTENT_TYPE, cpim.CONTENT_TYPE):
             return self._on_wrapped(request, ct)
         return 415
 
+    def _indication_in(self, body: bytes) -> int:
+        try:
+            indication = ic.parse(body)
+        except RemoteProtocolError:
+            return 400
+        self._run_receiver(self._receiver.indication(indication, time.monotonic()))
+        return 200
+
     def _on_wrapped(self, request: Request, ct: str) -> int:
-        """A receipt (message/imdn+xml, bare or in CPIM), or a text in a CPIM wrapper (linphone's way of
-        asking for receipts). The CPIM From is not trusted to name anybody: in a two-party session it is
-        the other party."""
-        status, wrapped = self.endpoint.receipts.open(ct, request.body, self._remote, now_utc(), session=self)
-        if wrapped is not None:
-            self._deliver_text(request, wrapped.content_type, mode="session", text=wrapped.body.decode("utf-8", "replace"),
-                               message_id=wrapped.message_id, wrapper=wrapped)
+        """A receipt (message/imdn+xml, bare or in CPIM), or a text or composing indication in a CPIM wrapper
+        (linphone's way). The CPIM From is not trusted to name anybody: in a two-party session it is the other
+        party. In pager mode a receipt is checked as any out-of-dialog one (its notifier must be the recipient)."""
+        in_dialog = self if self.mode == "session" else None
+        status, wrapped = self.endpoint.receipts.open(ct, request.body, self._remote, now_utc(), session=in_dialog)
+        if wrapped is None:
+            return status
+        if wrapped.content_type == ic.CONTENT_TYPE:
+            return self._indication_in(wrapped.body)
+        self._deliver_text(request, wrapped.content_type, mode=self.mode, text=wrapped.body.decode("utf-8", "replace"),
+                           message_id=wrapped.message_id, wrapper=wrapped)
         return status
 
     def _deliver_text(self, request: Request, ct: str, *, mode: str, participant: Participant | None = None,
@@ -478,13 +512,17 @@ class ImSession(EventSource):
         """Send a composing indication or a receipt (`kind`: its content type) in the dialog. A peer that
         answers 415/501 gets no more of that kind in this session, while text keeps flowing (clients such as
         linphone refuse is-composing or IMDN this way). True if the peer took it."""
-        if kind in self._refused or self.state is not SessionState.CONNECTED or self.dialog is None:
+        if kind in self._refused or self.state is not SessionState.CONNECTED or (self.dialog is None and self.mode != "pager"):
             return False
         async with self._get_lock():
             if kind in self._refused or self.state is not SessionState.CONNECTED:
                 return False
             try:
-                resp = await self.ua.send_in_dialog(self.dialog, "MESSAGE", body=body, content_type=content_type)
+                if self.mode == "pager":
+                    resp = await self.ua.send_message(SipUri.parse(self._remote.uri), body, content_type)
+                else:
+                    assert self.dialog is not None
+                    resp = await self.ua.send_in_dialog(self.dialog, "MESSAGE", body=body, content_type=content_type)
             except NO_ANSWER as exc:  # silence, or the transport failed
                 self._run(self._machine.unanswered_request(exc.method, exc.status, exc.reason))
                 return False
@@ -542,15 +580,18 @@ class ImSession(EventSource):
     # -- sending text ------------------------------------------------------------------------------------------------
     def require_connected(self, what: str) -> None:
         """Raise InvalidState (saying what to do instead) unless the session is connected."""
-        if self.state is not SessionState.CONNECTED or self.dialog is None:
+        if self.state is not SessionState.CONNECTED or (self.dialog is None and self.mode != "pager"):
             hint = "await the session (or incoming.accept()) first" if self.state in (SessionState.IDLE, SessionState.CONNECTING) \
                 else "create a new session with endpoint.sessions.create(uri)"
             raise InvalidState(f"cannot {what}: session {self.id} is {self.state.value}; {hint}")
 
     async def _send_text(self, text: str, ct: str) -> MessageDelivered:
         self.require_connected("send")
-        msg = ChatMessage(random_hex(2 * 6), "out", self.endpoint.uri, self._remote.uri, text, ct, now_utc(), "sending")
+        msg = ChatMessage(random_hex(2 * 6), "out", self.endpoint.uri, self._remote.uri, text, ct, now_utc(), "sending",
+                          self.mode)
         self.messages.append(msg)
+        if self.mode == "pager":
+            return await self._send_pager_text(msg)
         extra = {"Imdn-Message-ID": msg.id}
         if self._receipts and self.endpoint.request_receipts:
             extra = imdn.request_headers(msg.id, msg.timestamp)
@@ -585,6 +626,16 @@ class ImSession(EventSource):
         if isinstance(event, MessageDelivered):
             return event
         raise RequestFailed("MESSAGE", status, event.reason, self._remote.uri)
+
+    async def _send_pager_text(self, msg: ChatMessage) -> MessageDelivered:
+        """A text of a pager-mode session: one out-of-dialog MESSAGE (the endpoint's pager sending), in call
+        order with this session's other MESSAGEs. A failure fails the message, not the conversation."""
+        self._run_sender(self._sender.message_sent(time.monotonic()))
+        async with self._get_lock():
+            event = await self.endpoint.asend_pager(SipUri.parse(self._remote.uri), msg, self, self._emit)
+        if isinstance(event, MessageDelivered):
+            return event
+        raise RequestFailed("MESSAGE", event.status, event.reason, self._remote.uri)
 
     # -- escalation (the session manager creates the conference: manager.escalate) --------------------------------
     def replaces_header(self) -> str:

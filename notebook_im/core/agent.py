@@ -17,15 +17,15 @@ from typing import Any, Callable, Protocol
 from ..errors import NO_ANSWER, MessageTooLarge, RequestFailed, TransportError
 from ..im import registration as reg
 from ..net.base import Addr, Target, Transport
-from ..sip import sdp
+from ..sip import coding, sdp
 from ..sip.dialog import Dialog
-from ..sip.errors import LocalProtocolError
+from ..sip.errors import LocalProtocolError, RemoteProtocolError
 from ..sip.message import Request, Response, make_request, make_response, new_call_id, new_tag
 from ..sip.transaction import DEFAULT_TIMERS, Timers, make_cancel
 from ..sip.uri import Address, SipUri, bracket
 from .auth import ClientAuth
 from .sink import TraceSink
-from .stack import USER_AGENT, ClientHandle, ServerHandle, SipStack
+from .stack import USER_AGENT, ClientHandle, ServerHandle, SipStack, reason_phrase
 from .targets import resolve_request_target, resolve_target, target_of
 
 log = logging.getLogger("notebook_im.ua")
@@ -368,8 +368,8 @@ class UserAgent:
 
     # -- pager mode ---------------------------------------------------------------------------------------
     async def send_message(self, to: SipUri, body: bytes, content_type: str,
-                           extra: dict[str, str] | None = None) -> Response:
-        req = self.new_request("MESSAGE", to, body=body, content_type=content_type, extra=extra)
+                           extra: dict[str, str] | None = None, call_id: str | None = None) -> Response:
+        req = self.new_request("MESSAGE", to, body=body, content_type=content_type, extra=extra, call_id=call_id)
         _, resp = await self.send_authenticated(req)
         return resp
 
@@ -471,6 +471,15 @@ class UserAgent:
     # -- incoming requests (StackHandler) --------------------------------------------------------------------
     def on_request(self, request: Request, handle: ServerHandle | None, transport: str, remote: Addr) -> None:
         method = request.method
+        if request.body and "content-encoding" in request.headers.fields:
+            try:   # a compressed body (liblinphone's receipts): inflated before anyone reads it
+                coding.decode(request)
+            except RemoteProtocolError as exc:
+                if handle is not None:
+                    extra = {"Accept-Encoding": coding.ACCEPT_ENCODING} if exc.status_code == 415 else None
+                    self.stack.reply(handle, exc.status_code, reason_phrase(exc), tag=request.to.tag is None,
+                                     headers=extra)
+                return
         to_tag = request.to.tag
         if to_tag:  # in-dialog
             self._in_dialog(request, handle, to_tag)

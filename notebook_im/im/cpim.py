@@ -54,9 +54,11 @@ def _clean(value: str) -> str:
 
 def wrap(sender: str, recipient: str, body: bytes, content_type: str, *, message_id: str | None = None,
          display_name: str | None = None, now: datetime | None = None,
-         content_headers: dict[str, str] | None = None) -> bytes:
+         content_headers: dict[str, str] | None = None, disposition: str | None = None) -> bytes:
     """A message/cpim body around `body`. `content_headers` go next to the inner Content-Type (an IMDN's
-    `Content-Disposition: notification`, RFC 5438 §7.1)."""
+    `Content-Disposition: notification`, RFC 5438 §7.1); `disposition` asks for notifications the way RFC 5438
+    §6.3 does, in the wrapper (`imdn.Disposition-Notification: positive-delivery, display`), which is the only
+    place liblinphone looks for it."""
     # quotes and backslashes are dropped from the display name: a name ending in a backslash used to escape the
     # closing quote, so every receiver refused the wrapper (and a quote could end the quoted-string early)
     name = ""
@@ -66,6 +68,8 @@ def wrap(sender: str, recipient: str, body: bytes, content_type: str, *, message
     lines = [f"From: {name}<{_clean(sender)}>", f"To: <{_clean(recipient)}>", f"DateTime: {when}"]
     if message_id:
         lines += [f"NS: imdn <{IMDN_NS}>", f"imdn.Message-ID: {_clean(message_id)}"]
+        if disposition:
+            lines.append(f"imdn.Disposition-Notification: {_clean(disposition)}")
     head = "\r\n".join(lines) + "\r\n\r\n"
     extra = "".join(f"{_clean(k)}: {_clean(v)}\r\n" for k, v in (content_headers or {}).items())
     inner = f"Content-Type: {_clean(content_type)}\r\n{extra}Content-Length: {len(body)}\r\n\r\n"

@@ -14,6 +14,12 @@ Phases (what the public SessionState shows in brackets):
                               '                      ANSWERING --no ACK in 64*T1--> CLOSING (BYE)
     CONNECTED --terminate--> CLOSING [disconnecting] --BYE answered--> ENDED
     CONNECTED --BYE received / peer lost / 481--> ENDED
+    INVITING --405/415/488/501/606 (pager_fallback)--> PAGER [connected] --terminate--> ENDED
+    IDLE --start_pager--> PAGER
+
+PAGER is a conversation without a dialog: the callee does not do session-mode IM (liblinphone and baresip
+answer the INVITE 488), so texts, composing and receipts go as out-of-dialog MESSAGEs (RFC 3428) and a lost
+or refused message fails alone without ending the conversation.
 
 A peer that does not answer `UNANSWERED_LIMIT` requests in a row (a text and its retry), or answers 408, is
 gone: the session ends without a BYE (RFC 3261 §12.2.1.2: a 408 or 481 ends the dialog; a BYE would only time
@@ -27,6 +33,9 @@ from dataclasses import dataclass
 RING_TIMEOUT = 120.0
 UNANSWERED_LIMIT = 2
 ANSWERED_ELSEWHERE = "answered elsewhere"   # the end reason when another device of ours answered
+# answers to our INVITE that mean "not a session with me" rather than "not you" or "not now": the method (405,
+# 501) or the offer (415, 488, 606) is what the callee refuses, so pager mode can still reach them
+PAGER_FALLBACK = frozenset({405, 415, 488, 501, 606})
 
 
 class Phase(str, enum.Enum):
@@ -37,6 +46,7 @@ class Phase(str, enum.Enum):
     ANSWERING = "answering"         # our 200 OK is out, its ACK not in yet
     CONNECTED = "connected"
     CLOSING = "closing"             # our BYE is out
+    PAGER = "pager"                 # no dialog: out-of-dialog MESSAGEs (the callee refused a session)
     ENDED = "ended"
 
 
@@ -103,6 +113,15 @@ class Connected:
 
 
 @dataclass(frozen=True)
+class PagerMode:
+    """The conversation goes on in pager mode (out-of-dialog MESSAGEs); `status`/`reason` are the INVITE's
+    answer that made it so (None when pager mode was asked for)."""
+
+    status: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
 class PeerLost:
     """The other party stopped answering: show them disconnected, with this reason."""
 
@@ -120,15 +139,17 @@ class Ended:
 
 
 Action = SendInvite | SendCancel | SendRinging | SendOk | SendFinal | SendBye | StartTimer | StopTimer | Progress | \
-    Connected | PeerLost | Ended
+    Connected | PagerMode | PeerLost | Ended
 
 
 class InviteSession:
     """One session's dialog life. `remote` names the other party in the reasons it writes."""
 
-    def __init__(self, remote: str, *, ring_timeout: float = RING_TIMEOUT, no_answer: str = "no answer") -> None:
+    def __init__(self, remote: str, *, ring_timeout: float = RING_TIMEOUT, no_answer: str = "no answer",
+                 pager_fallback: bool = False) -> None:
         self.phase = Phase.IDLE
         self.remote = remote
+        self.pager_fallback = pager_fallback   # a PAGER_FALLBACK answer to our INVITE goes on in pager mode
         self.ring_timeout = ring_timeout
         self.no_answer = no_answer       # how the end reason starts when the INVITE got no answer
         self.unanswered = 0              # our requests in a row that got no answer at all
@@ -137,6 +158,11 @@ class InviteSession:
     @property
     def connected(self) -> bool:
         return self.phase is Phase.CONNECTED
+
+    @property
+    def pager(self) -> bool:
+        """A conversation without a dialog (out-of-dialog MESSAGEs)."""
+        return self.phase is Phase.PAGER
 
     @property
     def ended(self) -> bool:
@@ -148,6 +174,12 @@ class InviteSession:
         self.phase = Phase.INVITING
         return [Progress("connecting"), SendInvite()]
 
+    def start_pager(self, reason: str = "pager mode asked for") -> list[Action]:
+        """A conversation in pager mode from the start (no INVITE)."""
+        self._require(Phase.IDLE, "start a pager-mode conversation")
+        self.phase = Phase.PAGER
+        return [Progress("connecting"), PagerMode(None, reason), Progress("connected"), Connected()]
+
     def invite_answered(self, status: int, reason: str) -> list[Action]:
         """The final response to our INVITE."""
         if 200 <= status < 300:
@@ -158,6 +190,9 @@ class InviteSession:
                 self.phase = Phase.CLOSING
                 return [SendBye()]
             return []
+        if self.phase is Phase.INVITING and self.pager_fallback and status in PAGER_FALLBACK:
+            self.phase = Phase.PAGER
+            return [PagerMode(status, reason), Progress("connected"), Connected()]
         if self.phase in (Phase.INVITING, Phase.CANCELLING):
             self.phase = Phase.ENDED
             return [Ended(f"{status} {reason}", status, by_remote=True)]
@@ -230,6 +265,9 @@ class InviteSession:
             self.phase = Phase.CLOSING
             self._closing = (reason, None)
             return [Progress("disconnecting"), SendBye()]
+        if phase is Phase.PAGER:    # nothing to tear down on the wire
+            self.phase = Phase.ENDED
+            return [Progress("disconnecting"), Ended(reason, None)]
         if phase is Phase.IDLE:
             self.phase = Phase.ENDED
             return [Ended(reason, None)]

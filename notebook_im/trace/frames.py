@@ -39,7 +39,7 @@ MESSAGE_STATES = ["sending", "sent", "delivered", "displayed", "failed"]   # RFC
 EVENT_TYPES = ["EndpointStateChanged", "IncomingSession", "SessionStateChanged", "ParticipantAdded",
                "ParticipantRemoved", "ParticipantStateChanged", "ComposingChanged", "MessageReceived",
                "MessageSending", "MessageDelivered", "MessageFailed", "SessionTerminated",
-               "MessageDeliveryNotified", "MessageDisplayed"]
+               "MessageDeliveryNotified", "MessageDisplayed", "SessionModeChanged"]
 
 
 def _cat(categories: Sequence[str]) -> pd.CategoricalDtype:
@@ -346,6 +346,8 @@ def events_frame(trace: "Trace", *, owner: str | None = None, session_id: str | 
         state = getattr(ev, "state", None)
         if name == "ComposingChanged":
             state = "composing" if ev.composing else "idle"
+        elif name == "SessionModeChanged":
+            state = ev.mode
         fields = {k: _jsonable(v) for k, v in event_fields(ev).items()}
         rows.append((
             when.timestamp() if when is not None else rec.timestamp,

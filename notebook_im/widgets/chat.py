@@ -37,7 +37,8 @@ import ipywidgets as w
 from ..api.endpoint import Endpoint
 from ..api.events import (
     ComposingChanged, IncomingSession, MessageDelivered, MessageDeliveryNotified, MessageDisplayed, MessageFailed,
-    MessageReceived, ParticipantAdded, ParticipantStateChanged, SessionState, SessionStateChanged, SessionTerminated,
+    MessageReceived, ParticipantAdded, ParticipantStateChanged, SessionModeChanged, SessionState, SessionStateChanged,
+    SessionTerminated,
 )
 from ..api.participant import Participant
 from ..api.messages import ChatMessage, now_utc
@@ -162,7 +163,7 @@ class Conversation(w.VBox):
                       s.on(MessageFailed, self._on_settled), s.on(MessageDeliveryNotified, self._on_receipt),
                       s.on(MessageDisplayed, self._on_receipt), s.on(ComposingChanged, self._on_change),
                       s.on(ParticipantStateChanged, self._on_change), s.on(SessionStateChanged, self._on_change),
-                      s.on(SessionTerminated, self._on_change)]
+                      s.on(SessionTerminated, self._on_change), s.on(SessionModeChanged, self._on_change)]
         with self._lock:
             for m in list(s.messages):
                 self._add_entry(self._entry_from_message(m))
@@ -365,7 +366,8 @@ class Conversation(w.VBox):
             body = r.messages_html(shown)
             if self.visible:
                 self._mark_shown_read(shown)
-            head = "".join(r.participant_chip(self.name_of(p), p.uri, p.state.value) for p in s.participants)
+            head = "".join(r.participant_chip(self.name_of(p), p.uri, p.state.value) for p in s.participants) \
+                + r.mode_badge(s.mode)
             typing = [(self.name_of(p), p.uri) for p in s.participants if p.composing]
             status = (f'<span class="nim-typing">{r.composing_html(typing)}'
                       '<span class="nim-dots"><span>.</span><span>.</span><span>.</span></span></span>'
@@ -402,6 +404,8 @@ class ChatPanel(w.VBox):
     Options: `max_rendered` (newest messages kept rendered, default 200; "Show earlier" adds as many again),
     `height` of the message area, `content_type` of sent messages ("text/plain" or "text/html"), `names`
     (an address book {uri: display name} for participants whose SIP headers carry no display name).
+    `ChatPanel(endpoint)` turns on `endpoint.pager_sessions`: a pager-mode text from somebody without a
+    conversation (a linphone user, say) opens one, in pager mode.
     On a `Platform(history=...)`, `ChatPanel(endpoint)` also lists the endpoint's earlier conversations from the
     store, read-only (`panel.earlier`), and shows the newest one until a live conversation starts.
     """
@@ -428,6 +432,7 @@ class ChatPanel(w.VBox):
             raise TypeError("ChatPanel takes an ImSession (one conversation) or an Endpoint (all of its "
                             f"conversations), not {type(target).__name__}")
         self.endpoint = target
+        target.pager_sessions = True   # a pager-mode text from somebody new shows as a conversation of its own
         self.uri_box = w.Text(placeholder="sip:bob@example.test", layout=w.Layout(width="auto"))
         with warnings.catch_warnings():  # Enter in the box; ipywidgets 8 deprecates on_submit but has no other
             warnings.simplefilter("ignore", DeprecationWarning)  # way to tell Enter from leaving the box

@@ -275,6 +275,17 @@ STATE_LABELS = {"idle": "idle", "connecting": "connecting…", "connected": "con
                 "disconnecting": "leaving…", "disconnected": "disconnected"}
 
 
+PAGER_NOTE = ("Pager mode: this contact does not take IM sessions, so each message goes on its own "
+              "(SIP MESSAGE, RFC 3428); typing and receipts still work if their client sends them.")
+
+
+def mode_badge(mode: str) -> str:
+    """The header's note for a conversation in pager mode ("" in session mode)."""
+    if mode != "pager":
+        return ""
+    return f'<span class="nim-mode" title="{html.escape(PAGER_NOTE)}">pager mode</span>'
+
+
 def participant_chip(name: str, uri: str, state: str) -> str:
     return (f'<span class="nim-chip">{avatar(name, uri, 30)}<span class="nim-chip-text">'
             f'<span class="nim-chip-name">{who_html(name, uri)}</span>'
@@ -294,6 +305,8 @@ CSS = """
 .nim-chip { display: inline-flex; align-items: center; gap: 8px; margin-right: 14px; }
 .nim-chip-text { display: inline-flex; flex-direction: column; line-height: 1.2; }
 .nim-chip-name { font-weight: 600; font-size: 15px; }
+.nim-mode { font-size: 11px; padding: 1px 7px; border-radius: 9px; border: 1px solid #d1d5db;
+  color: var(--jp-ui-font-color2, #6b7280); align-self: center; }
 .nim-chip-state { font-size: 12px; color: var(--jp-ui-font-color2, #6b7280); }
 .nim-chip-state i { display: inline-block; width: 8px; height: 8px; border-radius: 50%; margin-right: 5px;
   background: #9ca3af; vertical-align: 0; }

@@ -81,7 +81,8 @@ class Agent:
         self.streams: dict[str, Any] = {}
         # what an endpoint's event list records: messages, composing, receipts, failures
         self.event_types = (nim.MessageReceived, nim.ComposingChanged, nim.MessageDeliveryNotified,
-                            nim.MessageDisplayed, nim.MessageFailed, nim.IncomingSession, nim.SessionTerminated)
+                            nim.MessageDisplayed, nim.MessageFailed, nim.IncomingSession, nim.SessionTerminated,
+                            nim.SessionModeChanged)
         self.scope: dict[str, Any] = {"nim": nim, "agent": self}
         self.running = True
 
@@ -199,19 +200,21 @@ class Agent:
         """endpoint.mark_read(): pager messages seen; display notifications go to senders that asked."""
         return self.endpoint_named(name).mark_read().result(timeout)
 
-    def op_invite(self, name: str, to: str, timeout: float = 15, terminate: bool = True) -> dict[str, Any]:
-        """A session-mode INVITE (m=message) from endpoint `name` to `to`; what happened, as data."""
+    def op_invite(self, name: str, to: str, timeout: float = 15, terminate: bool = True,
+                  mode: str = "auto") -> dict[str, Any]:
+        """A session-mode INVITE (m=message) from endpoint `name` to `to` (`sessions.create(to, mode=mode)`);
+        what happened, as data. With terminate=False the session is kept in scope["sessions"] (exec uses it)."""
         ep = self.endpoint_named(name)
         started = time.monotonic()
         try:
-            session = ep.sessions.create(to).result(timeout)
+            session = ep.sessions.create(to, mode=mode).result(timeout)
         except self.nim.RequestFailed as e:
             return {"ok": False, "status": e.status, "reason": e.reason, "error": str(e),
                     "elapsed": time.monotonic() - started}
         except Exception as e:
             return {"ok": False, "status": None, "reason": None, "error": f"{type(e).__name__}: {e}",
                     "elapsed": time.monotonic() - started}
-        result = {"ok": True, "state": str(session.state), "elapsed": time.monotonic() - started}
+        result = {"ok": True, "state": str(session.state), "mode": session.mode, "elapsed": time.monotonic() - started}
         if terminate:
             session.terminate().result(timeout)
         else:

@@ -1,12 +1,14 @@
 """baresip 1.0.0 (Debian baresip-core) against the embedded server, in a loopback-only network namespace.
 
-What works today: baresip registers over UDP and TCP and pager MESSAGEs go both ways (text/plain; baresip's
-MESSAGE carries no IMDN request, and it answers ours with a plain 200 and no receipt). Characterised as they
-are today, for the work that will change them:
-- a MESSAGE that is not text/plain is answered 415 by baresip (its core takes text/plain only);
-- our session INVITE (m=message) is answered 488 Not Acceptable Here (baresip has no MSRP or SIP-IM session);
-- after SIGKILL the binding stays at the server (nothing un-REGISTERs); over TCP a MESSAGE to the dead device
-  fails at once with 408 "no answer from tcp:..." because the connection is refused.
+baresip registers over UDP and TCP and pager MESSAGEs go both ways (text/plain; baresip's MESSAGE carries no
+IMDN request, and it answers ours with a plain 200 and no receipt). baresip's own limits, and what notebook_im
+makes of them:
+- a MESSAGE that is not text/plain is answered 415 by baresip (its core takes text/plain only): the sender gets
+  RequestFailed(415), nothing is lost silently;
+- our session INVITE (m=message) is answered 488 Not Acceptable Here (baresip has no MSRP or SIP-IM session):
+  `sessions.create()` goes on in pager mode and the conversation works both ways;
+- after SIGKILL the binding stays at the server (nothing un-REGISTERs): the server finds the device dead and
+  keeps the messages for it (202) until it registers again.
 
 Helpers: netns_support.py (the namespace and its agent), baresip_support.py, loopback_capture.py.
 """
@@ -127,18 +129,27 @@ def test_non_text_plain_message_is_answered_415_by_baresip(netns: Netns, baresip
     assert b.received() == []
 
 
-def test_session_invite_is_answered_488_by_baresip(netns: Netns, baresips: Callable[..., Baresip],
-                                                  capture: LoopbackCapture) -> None:
-    """Characterisation: baresip answers an INVITE with only `m=message ... sip null` 488 Not Acceptable Here."""
+def test_a_session_with_baresip_goes_on_in_pager_mode(netns: Netns, baresips: Callable[..., Baresip],
+                                                      capture: LoopbackCapture) -> None:
+    """baresip answers an INVITE with only `m=message ... sip null` 488 Not Acceptable Here; the session goes on in
+    pager mode at once: our text reaches baresip, and baresip's answer lands in the same session."""
     bob_name = user("bob")
-    nim_user(netns, bob_name)
+    bob = nim_user(netns, bob_name)
     name = user("carol")
-    baresips(name)
-    outcome = netns.call("invite", name=bob_name, to=f"sip:{name}@{DOMAIN}", timeout=15)
-    assert outcome["ok"] is False and outcome["status"] == 488, outcome
+    b = baresips(name, contacts=[bob])
+    outcome = netns.call("invite", name=bob_name, to=f"sip:{name}@{DOMAIN}", timeout=15, terminate=False)
+    assert outcome["ok"] is True and outcome["mode"] == "pager", outcome
     assert outcome["elapsed"] < 5, outcome
+    [changed] = netns.events(bob_name, "SessionModeChanged", count=1, timeout=5)
+    assert changed["status"] == 488, changed
     # (the capture reads the loopback on a thread of its own: give it a moment to see the answer too)
     wait_for(lambda: [m for m in capture.sip("INVITE") if m.status == 488], 3, "the 488 in the capture")
+    assert netns.call("exec", code="result = sessions[-1].send('pager session to baresip').result(10).status") == 200
+    [got] = b.wait_received(1, sender=bob)
+    assert got.text == "pager session to baresip", got
+    b.send_message(bob, "baresip answers")
+    [text] = netns.messages(bob_name, 1)
+    assert text["text"] == "baresip answers" and text["session"] is True and text["mode"] == "pager", text
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])

@@ -1,20 +1,16 @@
 """liblinphone 5.1 (Debian linphone-cli) against the embedded server, in a loopback-only network namespace.
 
-What works today, and what happens today where it does not (characterisations: they assert the current
-behaviour, so that the work that changes it changes these tests on purpose):
-
 - linphone-daemon registers over UDP and over TCP; pager MESSAGEs go both ways (MessageReceived with the
   right sender and text; the daemon's message-received event with our From and the text).
-- Our session-mode INVITE (m=message ... sip null) is answered 488 Not acceptable here by liblinphone: it does
-  chat only in pager mode ("basic chat rooms").
+- liblinphone chats in pager mode only ("basic chat rooms") and answers our session INVITE (m=message ... sip
+  null) 488 Not acceptable here; `sessions.create()` goes on in pager mode (SessionModeChanged), and the
+  session's texts, composing and receipts reach liblinphone and come back from it.
 - With CPIM on (cpim_in_basic_chat_rooms_enabled=1), liblinphone wraps text in message/cpim and asks for
-  delivery and display notifications; notebook_im unwraps the text and answers with a delivered IMDN that
-  liblinphone takes (its message reaches DeliveredToUser), and our display notification takes it to Displayed.
-- liblinphone sends its own IMDNs with `Content-Encoding: deflate` (bare message/imdn+xml with CPIM off, a
-  deflated message/cpim with CPIM on, where is-composing is deflated too); notebook_im answers those 400 Bad
-  Request today, so linphone's receipts never show (nor its typing, with CPIM on). Its IMDN names our message
-  by the MESSAGE's Call-ID, not by our Imdn-Message-ID header. With CPIM off, is-composing is a bare
-  application/im-iscomposing+xml and notebook_im shows it.
+  delivery and display notifications in the wrapper; notebook_im unwraps, answers with IMDNs liblinphone takes,
+  and from then on wraps its own texts to it the same way (endpoint.cpim "auto").
+- liblinphone compresses its IMDNs (and, with CPIM on, its is-composing) with `Content-Encoding: deflate`;
+  notebook_im inflates them. With CPIM off its IMDN names our message by the MESSAGE's Call-ID, not by our
+  Imdn-Message-ID header; notebook_im matches either.
 
 Helpers: netns_support.py (the namespace and its agent), linphone_support.py, loopback_capture.py.
 """
@@ -148,28 +144,29 @@ def test_pager_message_from_linphone_reaches_notebook_im(netns: Netns, daemons: 
     assert wire.header("Content-Encoding") is None and wire.header("Imdn-Message-ID") is None, wire.text()
 
 
-def test_session_invite_is_answered_488_by_linphone(netns: Netns, daemons: Callable[..., LinphoneDaemon],
-                                                   capture: LoopbackCapture) -> None:
-    """Characterisation: liblinphone does chat in pager mode only and refuses an INVITE whose only media line is
-    `m=message <port> sip null` with 488 Not acceptable here (no Warning header, no SDP). The caller ends with
-    RequestFailed(488); linphone stays registered and still takes pager messages."""
+def test_a_session_with_linphone_goes_on_in_pager_mode(netns: Netns, daemons: Callable[..., LinphoneDaemon],
+                                                       capture: LoopbackCapture) -> None:
+    """liblinphone refuses an INVITE whose only media line is `m=message <port> sip null` with 488 Not acceptable
+    here (no Warning header, no SDP). `sessions.create()` goes on in pager mode: the session is connected with
+    mode "pager" within a round trip, and its text reaches the daemon as a pager MESSAGE."""
     name = user("lin")
     daemon = daemons(name)
     bob_name = user("bob")
     nim_user(netns, bob_name)
-    outcome = netns.call("invite", name=bob_name, to=f"sip:{name}@{DOMAIN}", timeout=15)
-    assert outcome["ok"] is False and outcome["status"] == 488, outcome
-    assert outcome["reason"].lower() == "not acceptable here", outcome
+    outcome = netns.call("invite", name=bob_name, to=f"sip:{name}@{DOMAIN}", timeout=15, terminate=False)
+    assert outcome["ok"] is True and outcome["mode"] == "pager", outcome
     assert outcome["elapsed"] < 5, outcome
+    [changed] = netns.events(bob_name, "SessionModeChanged", count=1, timeout=5)
+    assert changed["status"] == 488 and "not acceptable here" in changed["reason"].lower(), changed
     invites = [m for m in capture.sip("INVITE") if m.is_request and m.start_line.startswith(f"INVITE sip:{name}@127.0.0.1")]
     assert invites and b"m=message " in invites[0].raw_body, shown(capture.sip("INVITE"))
     from_linphone = [m for m in capture.sip("INVITE") if m.status == 488 and m.src == invites[0].dst]
     assert from_linphone, shown(capture.sip("INVITE"))
     assert from_linphone[0].raw_body == b"" and from_linphone[0].header("Warning") is None, from_linphone[0].text()
     assert daemon.registration_state() == "LinphoneRegistrationOk"
-    sent = netns.send_message(bob_name, f"sip:{name}@{DOMAIN}", "still there?")
-    assert sent["status"] == 200, sent
-    assert daemon.wait_received(1)[0]["Content"] == "still there?"
+    status = netns.call("exec", code="result = sessions[-1].send('in the session, as pager').result(10).status")
+    assert status == 200
+    assert daemon.wait_received(1)[0]["Content"] == "in the session, as pager"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -204,38 +201,55 @@ def test_cpim_message_from_liblinphone_is_delivered_and_displayed(netns: Netns,
     assert notifications and notifications[0].header("Content-Type") == "message/cpim", shown(notifications)
 
 
-def test_liblinphone_deflated_receipts_and_composing_are_refused_today(netns: Netns,
-                                                                       liblinphones: Callable[..., Liblinphone],
-                                                                       capture: LoopbackCapture) -> None:
-    """Characterisation of what work item "IMDN and is-composing with liblinphone" must change.
-
-    liblinphone (CPIM on) sends its delivered/displayed IMDNs and its is-composing as message/cpim bodies
-    compressed with `Content-Encoding: deflate` (zlib), `Priority: non-urgent`. notebook_im answers each 400
-    Bad Request (with no reason text) today, so the sender never sees liblinphone's receipts and typing;
-    RFC 3261 §8.2.3 would have 415 with Accept-Encoding. The capture inflates the bodies: they are ordinary
-    CPIM-wrapped message/imdn+xml and application/im-iscomposing+xml."""
+def test_liblinphone_with_cpim_receipts_composing_and_wrapped_replies(netns: Netns,
+                                                                      liblinphones: Callable[..., Liblinphone],
+                                                                      capture: LoopbackCapture) -> None:
+    """liblinphone (CPIM on) sends its delivered/displayed IMDNs and its is-composing as message/cpim bodies
+    compressed with `Content-Encoding: deflate` (zlib), `Priority: non-urgent`. notebook_im inflates and answers
+    each 200: the sender sees MessageDeliveryNotified, MessageDisplayed and ComposingChanged. Once liblinphone
+    has sent a CPIM text, notebook_im's texts to it go CPIM-wrapped with the receipt request inside (where
+    liblinphone reads it), and its receipts for those come back too."""
     name = user("lin")
+    lin = f"sip:{name}@{DOMAIN}"
     client = liblinphones(name, cpim=True)
     bob_name = user("bob")
     bob = nim_user(netns, bob_name)
-    sent = netns.send_message(bob_name, f"sip:{name}@{DOMAIN}", "do you see me?")
+    sent = netns.send_message(bob_name, lin, "do you see me?")
     assert sent["status"] == 200, sent
     [got] = client.received(1)
     assert got["text"] == "do you see me?" and got["sender"] == bob, got
     assert got["headers"].get("Imdn-Message-ID") == sent["message_id"], got
 
     client.compose(bob)
+    typing = netns.events(bob_name, "ComposingChanged", count=1, timeout=10)
+    assert typing[0]["composing"] is True and typing[0]["sender"] == lin, (typing, shown(capture.sip("MESSAGE")))
     assert client.mark_as_read(bob) == 0
+    [delivered] = netns.events(bob_name, "MessageDeliveryNotified", count=1, timeout=10)
+    assert delivered["message_id"] == sent["message_id"] and delivered["disposition"] == "delivered", delivered
+    [displayed] = netns.events(bob_name, "MessageDisplayed", count=1, timeout=10)
+    assert displayed["message_id"] == sent["message_id"], displayed
     for marker in ("<delivered/>", "<state>active</state>", "<displayed/>"):
         wait_until(lambda: answers(capture, sent_to_server(netns, capture, name, marker)), 10,
                    f"liblinphone's MESSAGE with {marker} and the answer to it", lambda: shown(capture.sip("MESSAGE")))
         [req] = sent_to_server(netns, capture, name, marker)[:1]
-        statuses = answers(capture, [req])
         assert req.header("Content-Encoding") == "deflate" and req.header("Content-Type") == "message/cpim", req.text()
-        assert req.raw_body != req.body() and marker.encode() in req.body(), req.text()
-        assert statuses == [400], (statuses, shown([req] + responses_to(capture, req)))
-    assert netns.events(bob_name, "ComposingChanged") == []
-    assert netns.events(bob_name, "MessageDeliveryNotified") == []
+        assert answers(capture, [req]) == [200], shown([req] + responses_to(capture, req))
+
+    # liblinphone writes in CPIM: notebook_im answers in CPIM, receipts asked for in the wrapper
+    theirs = client.send(bob, "cpim from liblinphone")
+    netns.messages(bob_name, 1, sender=name)
+    reply = netns.send_message(bob_name, lin, "wrapped reply ✓")
+    assert reply["status"] == 200, reply
+    [wire] = sent_to_server(netns, capture, bob_name, "wrapped reply")[:1]
+    assert wire.header("Content-Type") == "message/cpim" and wire.header("Disposition-Notification") is None, wire.text()
+    body = wire.body().decode()
+    assert f"imdn.Message-ID: {reply['message_id']}" in body, wire.text()
+    assert "imdn.Disposition-Notification: positive-delivery, display" in body, wire.text()
+    texts = [e["text"] for e in client.received(2)]
+    assert texts == ["do you see me?", "wrapped reply ✓"], texts
+    notified = netns.events(bob_name, "MessageDeliveryNotified", count=2, timeout=10)
+    assert notified[-1]["message_id"] == reply["message_id"], notified
+    assert client.wait_state(theirs["id"], "DeliveredToUser")[-1] == "DeliveredToUser"
 
 
 def sent_to_server(netns: Netns, capture: LoopbackCapture, sender: str, contains: str) -> list[WireMessage]:
@@ -268,16 +282,15 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str,
         time.sleep(0.05)
 
 
-def test_liblinphone_without_cpim_composes_plainly_and_deflates_bare_imdns(netns: Netns,
-                                                                           liblinphones: Callable[..., Liblinphone],
-                                                                           capture: LoopbackCapture) -> None:
-    """Characterisation, CPIM off (liblinphone's default for basic chat rooms).
+def test_liblinphone_without_cpim_composes_plainly_and_names_our_message_by_call_id(
+        netns: Netns, liblinphones: Callable[..., Liblinphone], capture: LoopbackCapture) -> None:
+    """CPIM off (liblinphone's default for basic chat rooms).
 
     - is-composing goes as a bare application/im-iscomposing+xml (not deflated; `Priority: non-urgent`,
       `Expires: 0`) and notebook_im shows it: ComposingChanged(composing=True).
     - Our text carries `Imdn-Message-ID` and `Disposition-Notification` as SIP headers (no CPIM); liblinphone
-      answers with a bare message/imdn+xml, deflated, whose <message-id> is our MESSAGE's Call-ID, not our
-      Imdn-Message-ID. notebook_im answers it 400 today, so no MessageDeliveryNotified."""
+      answers with a bare message/imdn+xml, deflated, whose <message-id> is our MESSAGE's Call-ID. notebook_im
+      inflates it, finds the message by its Call-ID and reports MessageDeliveryNotified."""
     name = user("lin")
     client = liblinphones(name)
     bob_name = user("bob")
@@ -298,10 +311,44 @@ def test_liblinphone_without_cpim_composes_plainly_and_deflates_bare_imdns(netns
     assert typing.header("Content-Type") == "application/im-iscomposing+xml", typing.text()
     assert typing.header("Content-Encoding") is None and typing.header("Priority") == "non-urgent", typing.text()
 
-    wait_until(lambda: answers(capture, sent_to_server(netns, capture, name, "<delivered/>")), 10,
-               "liblinphone's delivered IMDN and the answer to it", lambda: shown(capture.sip("MESSAGE")))
+    [notified] = netns.events(bob_name, "MessageDeliveryNotified", count=1, timeout=10)
+    assert notified["message_id"] == sent["message_id"] and notified["disposition"] == "delivered", notified
     [imdn] = sent_to_server(netns, capture, name, "<delivered/>")[:1]
     assert imdn.header("Content-Type") == "message/imdn+xml" and imdn.header("Content-Encoding") == "deflate", imdn.text()
     assert f"<message-id>{call_id}</message-id>".encode() in imdn.body(), imdn.text()
-    assert answers(capture, [imdn]) == [400], shown([imdn] + responses_to(capture, imdn))
-    assert netns.events(bob_name, "MessageDeliveryNotified") == []
+    assert answers(capture, [imdn]) == [200], shown([imdn] + responses_to(capture, imdn))
+
+
+def test_a_pager_mode_session_with_liblinphone_both_ways(netns: Netns, liblinphones: Callable[..., Liblinphone],
+                                                          capture: LoopbackCapture) -> None:
+    """The session notebook_im opens to liblinphone goes on in pager mode and works as a chat: our typing shows
+    in liblinphone's room, our text arrives and its receipts come back into the session (delivered, then
+    displayed when liblinphone marks the room read); liblinphone's typing and text land in the same session."""
+    name = user("lin")
+    lin = f"sip:{name}@{DOMAIN}"
+    client = liblinphones(name)
+    bob_name = user("bob")
+    bob = nim_user(netns, bob_name)
+    outcome = netns.call("invite", name=bob_name, to=lin, timeout=15, terminate=False)
+    assert outcome["ok"] and outcome["mode"] == "pager", outcome
+
+    netns.call("exec", code="sessions[-1].start_composing().result(10)")
+    client.wait_for(lambda e: e["type"] == "is-composing" and e["composing"], 10, "bob's typing in liblinphone")
+    mid = netns.call("exec", code="result = sessions[-1].send('hello, pager session').result(10).message_id")
+    [got] = client.received(1)
+    assert got["text"] == "hello, pager session" and got["sender"] == bob, got
+    [delivered] = netns.events(bob_name, "MessageDeliveryNotified", count=1, timeout=10)
+    assert delivered["message_id"] == mid and delivered["session"] is True, delivered
+    client.mark_as_read(bob)
+    [displayed] = netns.events(bob_name, "MessageDisplayed", count=1, timeout=10)
+    assert displayed["message_id"] == mid and displayed["session"] is True, displayed
+
+    client.compose(bob)
+    [typing] = netns.events(bob_name, "ComposingChanged", count=1, timeout=10)
+    assert typing["composing"] is True and typing["session"] is True, typing
+    client.send(bob, "and back, into the session")
+    [text] = netns.messages(bob_name, 1, sender=name)
+    assert text["text"] == "and back, into the session" and text["session"] is True and text["mode"] == "pager", text
+    state = netns.call("exec", code="s = sessions[-1]; result = [s.mode, str(s.state), [m.text for m in s.messages]]")
+    assert state == ["pager", "SessionState.CONNECTED", ["hello, pager session", "and back, into the session"]], state
+    assert not [m for m in capture.sip("BYE") if m.is_request], "a pager-mode session has no dialog to end"

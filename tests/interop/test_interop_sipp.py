@@ -160,3 +160,25 @@ def test_im_session_with_sipp(platform: nim.Platform, sipp: Sipp, sipp_servers: 
     log = server.messages()
     for needle in ["m=message", "application/im-iscomposing+xml", "<state>active</state>", "BYE sip:sipp@", *texts]:
         assert needle in log, f"{needle!r} not in SIPp's message log\n{server.describe()}"
+
+
+def test_third_party_registration_routes_to_the_contact(platform: nim.Platform, server: nim.Server, sipp: Sipp,
+                                                       sipp_servers: list[SippServer]) -> None:
+    """A SIPp UAS listens on port A; bob is registered by a REGISTER sent from port B naming `Contact: <sip:bob@A>`
+    (third-party registration, RFC 3261 §10: load rigs, softphones with separate sockets). A MESSAGE to bob through
+    the embedded server goes to the Contact, A, as Kamailio routes it, not to B where the REGISTER came from."""
+    from tests.security.raw import RawPeer
+
+    uas = sipp.start("uas_pager.xml", local_port=free_port(), calls=3)
+    sipp_servers.append(uas)
+    with RawPeer() as registrar_side:   # port B: only ever sends the REGISTER
+        reply = registrar_side.register((server.host, server.port), "bob", contact=f"sip:bob@{HOST}:{uas.port}")
+        assert reply is not None and reply.startswith(b"SIP/2.0 200"), reply
+        alice = platform.endpoint("sip:alice@example.test", server=server).result(10)
+        alice.request_receipts = False
+        for i in range(3):
+            assert alice.send_message("sip:bob@example.test", f"to the contact #{i}").result(10).status == 200
+        assert registrar_side.drain(0.3) == [], "nothing went to the REGISTER's source"
+    assert uas.wait() == 0, uas.describe()
+    log = uas.messages()
+    assert all(f"to the contact #{i}" in log for i in range(3))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from notebook_im.im.session import (
-    ANSWERED_ELSEWHERE, RING_TIMEOUT, Connected, Ended, InviteSession, NotAllowed, PeerLost, Phase, Progress, SendBye,
-    SendCancel, SendFinal, SendInvite, SendOk, SendRinging, StartTimer, StopTimer,
+    ANSWERED_ELSEWHERE, PAGER_FALLBACK, RING_TIMEOUT, Connected, Ended, InviteSession, NotAllowed, PagerMode, PeerLost,
+    Phase, Progress, SendBye, SendCancel, SendFinal, SendInvite, SendOk, SendRinging, StartTimer, StopTimer,
 )
 
 BOB = "sip:bob@example.test"
@@ -187,3 +187,48 @@ def test_a_408_answer_means_gone_and_a_481_that_the_dialog_is():
     closing = connected()
     closing.terminate()
     assert closing.answered("MESSAGE", 408, "x") == [] and closing.unanswered_request("M", 408, "x") == []
+
+
+# -- pager mode: a callee that does not take IM sessions ------------------------------------------------------
+@pytest.mark.parametrize("status", sorted(PAGER_FALLBACK))
+def test_a_refused_offer_goes_on_in_pager_mode_when_allowed(status):
+    m = InviteSession(BOB, pager_fallback=True)
+    m.start_outgoing()
+    assert m.invite_answered(status, "Not Acceptable Here") == [PagerMode(status, "Not Acceptable Here"),
+                                                                  Progress("connected"), Connected()]
+    assert m.pager and not m.connected and not m.ended
+    assert m.invite_answered(200, "OK") == [], "a late 2xx changes nothing"
+
+
+@pytest.mark.parametrize("status", [403, 404, 480, 486, 603])
+def test_a_refused_person_is_not_a_refused_offer(status):
+    """Busy, unknown, offline or declined means "not you / not now": pager mode would talk past a refusal."""
+    m = InviteSession(BOB, pager_fallback=True)
+    m.start_outgoing()
+    assert m.invite_answered(status, "No") == [Ended(f"{status} No", status, by_remote=True)]
+
+
+def test_without_fallback_488_ends_the_session():
+    m = outgoing()
+    assert m.invite_answered(488, "Not Acceptable Here")[0] == Ended("488 Not Acceptable Here", 488, by_remote=True)
+
+
+def test_a_488_after_terminate_ends_even_with_fallback():
+    m = InviteSession(BOB, pager_fallback=True)
+    m.start_outgoing()
+    m.terminate()
+    assert m.invite_answered(488, "Not Acceptable Here") == [Ended("488 Not Acceptable Here", 488, by_remote=True)]
+
+
+def test_pager_mode_from_the_start_and_its_end():
+    m = InviteSession(BOB)
+    assert m.start_pager() == [Progress("connecting"), PagerMode(None, "pager mode asked for"), Progress("connected"),
+                               Connected()]
+    with pytest.raises(NotAllowed):
+        m.start_outgoing()
+    # a lost or refused MESSAGE fails alone: the conversation goes on
+    assert m.unanswered_request("MESSAGE", 408, "timeout") == [] and m.unanswered_request("MESSAGE", 408, "x") == []
+    assert m.answered("MESSAGE", 408, "Request Timeout") == [] and m.answered("MESSAGE", 481, "gone") == []
+    assert m.pager
+    assert m.terminate(reason="done") == [Progress("disconnecting"), Ended("done", None)]
+    assert m.ended and m.terminate() == []

@@ -116,6 +116,12 @@ def test_the_file_is_checked_like_the_history_store(tmp_path):
         nim.Server(offline_store=tmp_path / "offline.txt")
     with pytest.raises(TypeError):
         nim.Server(offline_store=42)
+    public = tmp_path / "public"
+    public.mkdir()
+    public.chmod(0o777)
+    with pytest.raises(OfflineStoreError, match="writable by every user"):
+        nim.Server(offline_store=public / "offline.sqlite")
+    assert not (public / "offline.sqlite").exists()
     path = tmp_path / "one.sqlite"
     first = nim.Server(offline_store=path)
     with pytest.raises(OfflineStoreError, match="in use"):

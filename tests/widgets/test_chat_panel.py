@@ -118,6 +118,42 @@ def test_two_endpoint_panels_invitation_typing_and_delivery(pair):
         pb.close()
 
 
+def test_pager_mode_conversations_in_both_panels(pair):
+    """bob's client does not do IM sessions (488, as liblinphone): alice's New chat still opens a conversation,
+    marked "pager mode"; her text opens one in bob's panel too (no invitation to accept), typing shows both
+    ways, and the replies land in the same two conversations."""
+    alice, bob = pair
+    bob.sessions.on_incoming(lambda incoming: incoming.reject(488))
+    pa, pb = ChatPanel(alice), ChatPanel(bob)
+    try:
+        assert bob.pager_sessions and alice.pager_sessions
+        pa.start_chat("bob@example.test")
+        wait_for(lambda: pa.conversation is not None and not pa.conversation.composer.disabled, what="alice's chat")
+        ca = pa.conversation
+        wait_for(lambda: "pager mode" in ca.header_html.value, what="the pager-mode badge")
+        assert "does not take IM sessions" in ca.header_html.value and ca.session.mode == "pager"
+        assert pa.side_error.value == ""
+        [refused] = pb.conversations.values()     # the invitation bob's client answered 488, ended
+        wait_for(lambda: refused.session.state is nim.SessionState.DISCONNECTED, what="the refused invitation ended")
+        ca.composer.submit("Hello over pager mode")
+        wait_for(lambda: len(pb.conversations) == 2, what="a conversation in bob's panel")
+        [cb] = [c for c in pb.conversations.values() if c is not refused]
+        assert cb.session.mode == "pager" and cb.session.is_incoming
+        pb.select(cb.session)
+        wait_for(lambda: "Hello over pager mode" in cb.messages_html.value, what="the text in bob's panel")
+        assert cb.invite_bar.layout.display == "none" and not cb.composer.disabled and "pager mode" in cb.header_html.value
+        cb.composer.value = "typing back"
+        wait_for(lambda: "is typing" in ca.status_html.value, what="bob's typing at alice")
+        cb.composer.submit()
+        wait_for(lambda: "typing back" in ca.messages_html.value, what="the reply in alice's conversation")
+        wait_for(lambda: "✓ Delivered" in cb.messages_html.value, what="delivered at bob")
+        assert len(pa.conversations) == 1 and len(pb.conversations) == 2
+        assert [m.text for m in ca.session.messages] == ["Hello over pager mode", "typing back"]
+    finally:
+        pa.close()
+        pb.close()
+
+
 def test_session_panels_and_decline(pair):
     alice, bob = pair
     pb = ChatPanel(bob)
