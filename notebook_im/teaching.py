@@ -931,6 +931,14 @@ def _session_call_id(trace: Any, caller: str = "alice") -> str:
     return str(ok["call_id"].iloc[0])
 
 
+def _final_status(ctx: dict[str, Any], user: str, method: str, direction: str, *, at_least: int = 0,
+                  what: str) -> int:
+    """The status of the first response to `method` in `user`'s trace (`direction` as recorded there) whose
+    status is at least `at_least`."""
+    df = _responses(_sip(ctx["trace"], user), method, direction)
+    return int(_first(df[df["status"] >= at_least], what)["status"])
+
+
 def _first(df: Any, what: str) -> Any:
     if df.empty:
         raise LookupError(f"the trace has no {what} yet: run the cells above first")
@@ -1148,8 +1156,7 @@ def _(ctx: dict[str, Any]) -> int:
           why="202 Accepted: \"I will try\" (RFC 3515). Whether Carol joins is reported later, here in the roster "
               "(NOTIFY of the conference package).")
 def _(ctx: dict[str, Any]) -> int:
-    df = _responses(_sip(ctx["trace"], "alice"), "REFER", "in")
-    return int(_first(df, "response to REFER")["status"])
+    return _final_status(ctx, "alice", "REFER", "in", what="response to REFER")
 
 
 @exercise("04.dial-out-header", "Which header of the REFER names the person the focus should invite?",
@@ -1193,8 +1200,7 @@ def _(ctx: dict[str, Any]) -> str:
           "The first response to Alice's REGISTER in `platform.trace.sip()`.", kind="int",
           why="401 Unauthorized with WWW-Authenticate: the registrar authenticates its users.")
 def _(ctx: dict[str, Any]) -> int:
-    df = _responses(_sip(ctx["trace"], "alice"), "REGISTER", "in")
-    return int(_first(df, "response to REGISTER")["status"])
+    return _final_status(ctx, "alice", "REGISTER", "in", what="response to REGISTER")
 
 
 @exercise("05.digest-algorithm", "Which digest algorithm did Kamailio offer in its challenge?",
@@ -1212,8 +1218,7 @@ def _(ctx: dict[str, Any]) -> str:
           "The final response to Bob's REGISTER with password 'guess' (owner bob).", kind="int",
           why="403 Forbidden: the example configuration refuses a wrong answer instead of challenging again.")
 def _(ctx: dict[str, Any]) -> int:
-    df = _responses(_sip(ctx["trace"], "bob"), "REGISTER", "in")
-    return int(_first(df[df["status"] >= 403], "refusal at Bob")["status"])
+    return _final_status(ctx, "bob", "REGISTER", "in", at_least=403, what="refusal at Bob")
 
 
 @exercise("05.record-routes", "How many Record-Route headers did the INVITE have when it reached Bob?",
@@ -1239,8 +1244,7 @@ def _(ctx: dict[str, Any]) -> int:
           "Bob's final response to the INVITE, in his trace (owner bob, direction out).", kind="int",
           why="200 OK with Bob's SDP answer; Alice's ACK completes it.")
 def _(ctx: dict[str, Any]) -> int:
-    df = _responses(_sip(ctx["trace"], "bob"), "INVITE", "out")
-    return int(_first(df[df["status"] >= 200], "final response from Bob")["status"])
+    return _final_status(ctx, "bob", "INVITE", "out", at_least=200, what="final response from Bob")
 
 
 @exercise("06.terminate-method", "Which SIP request does IUccSession::Terminate send for a connected session?",
@@ -1460,8 +1464,7 @@ def _(ctx: dict[str, Any]) -> int:
           "the INVITE with Max-Forwards: 0 in Alice's trace.", kind="int",
           why="483 Too Many Hops: a proxy does not forward a request whose Max-Forwards is 0 (RFC 3261 §16.3).")
 def _(ctx: dict[str, Any]) -> int:
-    df = _responses(_sip(ctx["trace"], "alice"), "INVITE", "in")
-    return int(_first(df[df["status"] >= 300], "failure at Alice")["status"])
+    return _final_status(ctx, "alice", "INVITE", "in", at_least=300, what="failure at Alice")
 
 
 @exercise("08.silent.status", "Which status ended Alice's message to the silent Bob?",
@@ -1469,8 +1472,7 @@ def _(ctx: dict[str, Any]) -> int:
           why="408 Request Timeout, from the proxy when its Timer F ran out; the session then ended "
               "(\"stopped answering\").")
 def _(ctx: dict[str, Any]) -> int:
-    df = _responses(_sip(ctx["trace"], "alice"), "MESSAGE", "in")
-    return int(_first(df[df["status"] >= 300], "failure at Alice")["status"])
+    return _final_status(ctx, "alice", "MESSAGE", "in", at_least=300, what="failure at Alice")
 
 
 @exercise("08.silent.bob-answered", "How many 200 OKs for Alice's text did Bob's endpoint send?",

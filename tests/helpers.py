@@ -40,3 +40,18 @@ def accept_all(endpoint: nim.Endpoint) -> list:
 
     endpoint.sessions.on_incoming(on_incoming)
     return sessions
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (a server that is stopped and started again on it)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                    return port
+                except OSError:
+                    continue
+    raise RuntimeError("no free port")

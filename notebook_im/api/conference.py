@@ -438,9 +438,9 @@ class ConferenceSession(ImSession):
     def _run_conf_receiver(self, p: Participant, actions: list) -> None:
         for a in actions:
             name = f"rx_{p.uri} {getattr(a, 'name', '')}"
-            if isinstance(a, ic.SetTimer):
+            if isinstance(a, ic.StartTimer):
                 self._arm(name, a.delay, lambda p=p, n=a.name: self._conf_timer(p, n))
-            elif isinstance(a, ic.CancelTimer):
+            elif isinstance(a, ic.StopTimer):
                 self._disarm(name)
             elif isinstance(a, ic.Changed):
                 p.composing = a.composing

@@ -208,13 +208,14 @@ class Endpoint(EventSource):
             return event
         raise RequestFailed("MESSAGE", event.status, event.reason, str(to))
 
-    async def asend_pager(self, to: SipUri, msg: ChatMessage, session: Any, emit: Any) -> Any:
+    async def asend_pager(self, to: SipUri, msg: ChatMessage, session: Any, emit: Any,
+                          call_id: str | None = None) -> Any:
         """Send the new outgoing `msg` as an out-of-dialog MESSAGE (RFC 3428) and settle it: MessageSending, then
         MessageDelivered or MessageFailed, emitted through `emit` and naming `session` (a pager-mode ImSession,
         or None for `send_message`). Returns the settling event. A MESSAGE that got no answer is sent once more
         with the same Call-ID and message id (the receiver drops the duplicate); receipts may name the message by
-        either (liblinphone names it by the Call-ID)."""
-        call_id = new_call_id(self.agent.stack.host)
+        either (liblinphone names it by the Call-ID). `call_id`: the Call-ID to use (a new one by default)."""
+        call_id = call_id or self.new_call_id()
         body, content_type, extra = self.pager_payload(str(to), msg)
         if msg.requested:
             self.receipts.track(msg, session, emit, call_id=call_id)
@@ -234,6 +235,10 @@ class Endpoint(EventSource):
         event = settle(msg, session, status, failure_reason(status, reason, len(body)), time.perf_counter() - started)
         emit(event)
         return event
+
+    def new_call_id(self) -> str:
+        """A fresh Call-ID for an out-of-dialog request of this endpoint."""
+        return new_call_id(self.agent.stack.host)
 
     def pager_payload(self, to: str, msg: ChatMessage) -> tuple[bytes, str, dict[str, str]]:
         """What the outgoing text `msg` goes as in pager mode: (body, Content-Type, SIP headers). Marks what
@@ -347,11 +352,11 @@ class Endpoint(EventSource):
         ComposingChanged); a sender back to idle is forgotten."""
         receiver, participant = self._pager_composing[uri]
         for a in actions:
-            if isinstance(a, ic.SetTimer):
+            if isinstance(a, ic.StartTimer):
                 self._cancel_pager_timer(uri)
                 self._pager_timers[uri] = asyncio.get_running_loop().call_later(
                     a.delay, lambda n=a.name: self._run_pager_receiver(uri, receiver.timer(n, time.monotonic())))
-            elif isinstance(a, ic.CancelTimer):
+            elif isinstance(a, ic.StopTimer):
                 self._cancel_pager_timer(uri)
             elif isinstance(a, ic.Changed):
                 participant.composing = a.composing

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from ..core.stack import ClientHandle, ServerHandle
@@ -44,6 +45,7 @@ log = logging.getLogger("notebook_im.session")
 RING_TIMEOUT = sm.RING_TIMEOUT
 ANSWERED_ELSEWHERE = sm.ANSWERED_ELSEWHERE   # SessionTerminated.reason when another device of the user answered
 UNANSWERED_LIMIT = sm.UNANSWERED_LIMIT
+PAGER_CALLS_KEPT = 10_000   # Call-IDs a pager-mode session remembers for history("sip")
 
 __all__ = ["ANSWERED_ELSEWHERE", "ChatMessage", "ImSession", "TEXT_TYPES"]
 
@@ -74,6 +76,8 @@ class ImSession(EventSource):
         self._machine = sm.InviteSession(remote_uri, pager_fallback=mode == "auto" and not self.is_conference)
         self._pager_asked = mode == "pager"
         self.mode = "session"   # "pager" once the conversation goes on out of dialog (SessionModeChanged)
+        # pager mode: the Call-IDs of the out-of-dialog MESSAGEs of this conversation (history("sip")), newest kept
+        self._pager_calls: deque[str] = deque(maxlen=PAGER_CALLS_KEPT)
         self._invite_handle: ClientHandle | None = None
         self._server_handle: ServerHandle | None = None
         self._incoming_event: IncomingSession | None = None
@@ -413,6 +417,7 @@ class ImSession(EventSource):
     def on_pager_request(self, request: Request) -> int:
         """An out-of-dialog MESSAGE from the other party of this pager-mode session (the endpoint hands it
         over): text, composing or a receipt, as in a dialog. Returns the status to answer."""
+        self._pager_calls.append(request.call_id)
         return self._message_in(request)
 
     def on_dialog_request(self, request: Request) -> int:
@@ -486,9 +491,9 @@ class ImSession(EventSource):
     # -- composing (loop thread) -------------------------------------------------------------------------------------
     def _run_receiver(self, actions: list) -> None:
         for a in actions:
-            if isinstance(a, ic.SetTimer):
+            if isinstance(a, ic.StartTimer):
                 self._arm("rx_" + a.name, a.delay, lambda n=a.name: self._run_receiver(self._receiver.timer(n, time.monotonic())))
-            elif isinstance(a, ic.CancelTimer):
+            elif isinstance(a, ic.StopTimer):
                 self._disarm("rx_" + a.name)
             elif isinstance(a, ic.Changed):
                 self._remote.composing = a.composing
@@ -497,9 +502,9 @@ class ImSession(EventSource):
     def _run_sender(self, actions: list) -> list[asyncio.Future]:
         sends: list[asyncio.Future] = []
         for a in actions:
-            if isinstance(a, ic.SetTimer):
+            if isinstance(a, ic.StartTimer):
                 self._arm("tx_" + a.name, a.delay, lambda n=a.name: self._run_sender(self._sender.timer(n, time.monotonic())))
-            elif isinstance(a, ic.CancelTimer):
+            elif isinstance(a, ic.StopTimer):
                 self._disarm("tx_" + a.name)
             elif isinstance(a, ic.SendIndication):
                 sends.append(asyncio.ensure_future(self._send_indication(a.indication)))
@@ -519,7 +524,9 @@ class ImSession(EventSource):
                 return False
             try:
                 if self.mode == "pager":
-                    resp = await self.ua.send_message(SipUri.parse(self._remote.uri), body, content_type)
+                    call_id = self.endpoint.new_call_id()
+                    self._pager_calls.append(call_id)
+                    resp = await self.ua.send_message(SipUri.parse(self._remote.uri), body, content_type, call_id=call_id)
                 else:
                     assert self.dialog is not None
                     resp = await self.ua.send_in_dialog(self.dialog, "MESSAGE", body=body, content_type=content_type)
@@ -631,8 +638,10 @@ class ImSession(EventSource):
         """A text of a pager-mode session: one out-of-dialog MESSAGE (the endpoint's pager sending), in call
         order with this session's other MESSAGEs. A failure fails the message, not the conversation."""
         self._run_sender(self._sender.message_sent(time.monotonic()))
+        call_id = self.endpoint.new_call_id()
+        self._pager_calls.append(call_id)
         async with self._get_lock():
-            event = await self.endpoint.asend_pager(SipUri.parse(self._remote.uri), msg, self, self._emit)
+            event = await self.endpoint.asend_pager(SipUri.parse(self._remote.uri), msg, self, self._emit, call_id)
         if isinstance(event, MessageDelivered):
             return event
         raise RequestFailed("MESSAGE", event.status, event.reason, self._remote.uri)
@@ -687,8 +696,12 @@ class ImSession(EventSource):
     # -- history (trace frames, pandas imported on use) -----------------------------------------------------------
     def history(self, frame: str = "messages") -> Any:
         """This session's rows of `platform.trace.messages()` (or frame="events" / "sip": its SIP messages,
-        as seen by this endpoint). Same schema as the trace's frames."""
+        as seen by this endpoint; in pager mode the out-of-dialog MESSAGEs of the conversation). Same schema as
+        the trace's frames."""
         trace = self.endpoint.platform.trace
+        if frame == "sip" and self.mode == "pager":   # no dialog: the out-of-dialog MESSAGEs of this conversation
+            sip = trace.sip(owner=self.endpoint.uri)
+            return sip[sip["call_id"].isin(set(self._pager_calls))].reset_index(drop=True)
         if frame == "sip":
             call_id = self.dialog.call_id if self.dialog is not None else None
             if call_id is None and self._invite_handle is not None:

@@ -16,6 +16,7 @@ import enum
 from dataclasses import dataclass
 from typing import Union
 
+from ..sip.actions import StartTimer, StopTimer
 from ..sip.errors import RemoteProtocolError
 from .xmldoc import ascii_int, escape, parse_untrusted
 
@@ -82,24 +83,12 @@ class SendIndication:
 
 
 @dataclass(frozen=True)
-class SetTimer:
-    """(Re)arm the named timer to fire `delay` seconds from now."""
-    name: str
-    delay: float
-
-
-@dataclass(frozen=True)
-class CancelTimer:
-    name: str
-
-
-@dataclass(frozen=True)
 class Changed:
     """The receiver's view of the remote party changed."""
     composing: bool
 
 
-Action = Union[SendIndication, SetTimer, CancelTimer, Changed]
+Action = Union[SendIndication, StartTimer, StopTimer, Changed]
 
 
 class ComposingSender:
@@ -116,7 +105,7 @@ class ComposingSender:
     def _active(self, now: float) -> list[Action]:
         self._last_active_sent = now
         return [SendIndication(Indication(ComposingState.ACTIVE, int(self.refresh), self.content_type)),
-                SetTimer("refresh", self.refresh)]
+                StartTimer("refresh", self.refresh)]
 
     def keystroke(self, now: float) -> list[Action]:
         """The user typed (or `start_composing()` was called)."""
@@ -126,7 +115,7 @@ class ComposingSender:
             actions += self._active(now)
         elif now - self._last_active_sent >= self.refresh:
             actions += self._active(now)
-        actions.append(SetTimer("idle", self.idle_timeout))
+        actions.append(StartTimer("idle", self.idle_timeout))
         return actions
 
     def stop(self, now: float) -> list[Action]:
@@ -135,14 +124,14 @@ class ComposingSender:
             return []
         self.state = ComposingState.IDLE
         return [SendIndication(Indication(ComposingState.IDLE, None, self.content_type)),
-                CancelTimer("refresh"), CancelTimer("idle")]
+                StopTimer("refresh"), StopTimer("idle")]
 
     def message_sent(self, now: float) -> list[Action]:
         """A content message went out: idle, with no indication (the message implies it)."""
         if self.state is ComposingState.IDLE:
             return []
         self.state = ComposingState.IDLE
-        return [CancelTimer("refresh"), CancelTimer("idle")]
+        return [StopTimer("refresh"), StopTimer("idle")]
 
     def timer(self, name: str, now: float) -> list[Action]:
         if self.state is ComposingState.IDLE:
@@ -163,7 +152,7 @@ class ComposingReceiver:
     def indication(self, indication: Indication, now: float) -> list[Action]:
         if indication.state is ComposingState.ACTIVE:
             window = float(indication.refresh) if indication.refresh else DEFAULT_REFRESH
-            actions: list[Action] = [SetTimer("expire", window)]
+            actions: list[Action] = [StartTimer("expire", window)]
             if not self.composing:
                 self.composing = True
                 actions.append(Changed(True))
@@ -180,4 +169,4 @@ class ComposingReceiver:
         if not self.composing:
             return []
         self.composing = False
-        return [Changed(False), CancelTimer("expire")]
+        return [Changed(False), StopTimer("expire")]

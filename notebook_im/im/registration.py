@@ -15,6 +15,8 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
+from ..sip.actions import StartTimer, StopTimer
+
 
 class RegState(str, enum.Enum):
     IDLE = "idle"                   # not registered (never, or after un-registering or a failed first attempt)
@@ -41,17 +43,6 @@ class Send:
     """Send a REGISTER with this Expires (0: un-register)."""
 
     expires: int
-
-
-@dataclass(frozen=True)
-class StartTimer:
-    name: str                       # "refresh", "retry" or "keepalive"
-    delay: float
-
-
-@dataclass(frozen=True)
-class StopTimer:
-    name: str
 
 
 @dataclass(frozen=True)

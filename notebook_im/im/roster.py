@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ..sip.actions import StartTimer, StopTimer
 from .conference_info import Change, ConferenceInfo, RosterView
 
 EXPIRES = 600
@@ -34,16 +35,6 @@ class Refresh:
     """Send a SUBSCRIBE in the subscription's dialog (a refresh; it also brings the full state)."""
 
     expires: int
-
-
-@dataclass(frozen=True)
-class StartTimer:
-    delay: float
-
-
-@dataclass(frozen=True)
-class StopTimer:
-    pass
 
 
 @dataclass(frozen=True)
@@ -89,7 +80,7 @@ class RosterSubscription:
         if 200 <= status < 300:
             self.state = SubState.ACTIVE
             granted = self.expires if granted is None else granted
-            return [StartTimer(refresh_delay(granted))] if granted > 0 else []
+            return [StartTimer("refresh", refresh_delay(granted))] if granted > 0 else []
         return self._end(f"{status} {reason}".strip())
 
     def unanswered(self, reason: str) -> list[Action]:
@@ -125,8 +116,8 @@ class RosterSubscription:
         if self.state is SubState.ENDED:
             return []
         self.state = SubState.ENDED
-        return [StopTimer()]
+        return [StopTimer("refresh")]
 
     def _end(self, reason: str) -> list[Action]:
         self.state = SubState.ENDED
-        return [StopTimer(), Ended(reason)]
+        return [StopTimer("refresh"), Ended(reason)]

@@ -30,6 +30,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ..sip.actions import StartTimer, StopTimer
+
 RING_TIMEOUT = 120.0
 UNANSWERED_LIMIT = 2
 ANSWERED_ELSEWHERE = "answered elsewhere"   # the end reason when another device of ours answered
@@ -87,17 +89,6 @@ class SendFinal:
 @dataclass(frozen=True)
 class SendBye:
     pass
-
-
-@dataclass(frozen=True)
-class StartTimer:
-    name: str
-    delay: float
-
-
-@dataclass(frozen=True)
-class StopTimer:
-    name: str
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotebookImError
-from ..trace.store import PRIVATE_FILE, SQLITE_MAGIC, FileLock, check_location
+from ..trace.store import PRIVATE_FILE, SQLITE_MAGIC, FileLock, check_location, read_header
 
 APPLICATION_ID = 0x6E696D6F   # "nimo", PRAGMA application_id
 SCHEMA = 1
@@ -82,18 +82,8 @@ class OfflineJournal:
     def _sniff(self) -> bool:
         """True if the file is an offline store, False if it is missing or empty; OfflineStoreError (without
         writing to it) for anything else."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise OfflineStoreError(f"cannot read the offline store {str(self.path)!r}: {exc.strerror or exc}") from None
-        try:
-            size = os.fstat(fd).st_size
-            head = os.pread(fd, 100, 0)
-        finally:
-            os.close(fd)
-        if size == 0:
+        head = read_header(self.path, error=OfflineStoreError, what="offline store")
+        if head is None:
             return False
         if not head.startswith(SQLITE_MAGIC) or len(head) < 100 or int.from_bytes(head[68:72], "big") != APPLICATION_ID:
             raise OfflineStoreError(f"{str(self.path)!r} is not a notebook_im offline store; pass a new file name so "

@@ -202,16 +202,6 @@ def _server_context(tls: "tuple[str, str] | ssl.SSLContext") -> ssl.SSLContext:
     return ctx
 
 
-def _server_context(tls: "tuple[str, str] | ssl.SSLContext") -> ssl.SSLContext:
-    if isinstance(tls, ssl.SSLContext):
-        return tls
-    if not (isinstance(tls, tuple) and len(tls) == 2):
-        raise TypeError("tls must be (certfile, keyfile) PEM paths or an ssl.SSLContext")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(*tls)
-    return ctx
-
-
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback

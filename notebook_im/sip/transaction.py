@@ -14,6 +14,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
+from .actions import StartTimer, StopTimer
 from .errors import LocalProtocolError
 from .headers import Headers
 from .message import Request, Response
@@ -55,17 +56,6 @@ class State(str, enum.Enum):
 class Transmit:
     """Send this message to the transaction's peer (a request or a response)."""
     message: Union[Request, Response]
-
-
-@dataclass(frozen=True)
-class StartTimer:
-    name: str
-    delay: float
-
-
-@dataclass(frozen=True)
-class StopTimer:
-    name: str
 
 
 @dataclass(frozen=True)

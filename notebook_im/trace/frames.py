@@ -70,7 +70,7 @@ SIP_SCHEMA: dict[str, Any] = {
 
 MESSAGES_SCHEMA: dict[str, Any] = {
     "owner": STRING,              # the endpoint that sent or received it
-    "session_id": STRING,         # ImSession.id (from events) or Call-ID (from SIP); NA in pager mode
+    "session_id": STRING,         # ImSession.id (from events) or Call-ID (from SIP); NA for pager messages outside a session
     "direction": _cat(DIRECTIONS),
     "sender": STRING,
     "recipient": STRING,

@@ -209,6 +209,23 @@ def check_location(path: Path, *, error: type[Exception] = HistoryError, what: s
             raise error(f"{str(p)!r} belongs to another user (uid {st.st_uid}), so it is not your {what}; pass a new file name")
 
 
+def read_header(path: Path, *, error: type[Exception] = HistoryError, what: str = "history store") -> bytes | None:
+    """The first 100 bytes of the file at `path` (the SQLite header), read without following a link and without
+    writing; None if there is no file or it is empty. `error`/`what` name the store in the error."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise error(f"cannot read the {what} {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, 100, 0)
+    finally:
+        os.close(fd)
+    return head if size else None
+
+
 def sniff(path: Path) -> bool:
     """Whether `path` is a notebook_im history store (True) or a place to make one (False: missing, empty, or a
     blank SQLite database); HistoryError for anything else, *without writing to it*: opening another program's
@@ -216,19 +233,9 @@ def sniff(path: Path) -> bool:
     id says "ours" at once; a file without one (what an older notebook_im left after a killed kernel, with
     the id still in the WAL) is looked into read-only: immutable when there is no WAL (no lock, no file
     created), else read-only (the WAL's content is needed)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise HistoryError(f"cannot read the history store {str(path)!r}: {exc.strerror or exc}") from None
-    try:
-        size = os.fstat(fd).st_size
-        head = os.pread(fd, 100, 0)
-    finally:
-        os.close(fd)
-    if size == 0:
-        return False  # an empty file is an empty database: it becomes a store
+    head = read_header(path)
+    if head is None:
+        return False  # missing, or an empty file (an empty database): it becomes a store
     if not head.startswith(SQLITE_MAGIC):
         raise HistoryError(f"{str(path)!r} is not a SQLite database, so it is not a notebook_im history store; "
                            "pass a new file name (or move this file away)")

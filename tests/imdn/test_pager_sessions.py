@@ -78,6 +78,16 @@ def test_a_488_turns_the_session_into_a_pager_conversation(server: nim.Server, p
     shown = a_events.get(5)
     assert isinstance(shown, nim.MessageDisplayed) and shown.session is session and shown.message_id == sent.message_id
 
+    # history: the conversation's rows, and its out-of-dialog MESSAGEs (texts, composing, receipts) as its SIP
+    history = session.history()
+    assert list(history["text"]) == ["hello in pager mode", "and back"] and set(history["mode"]) == {"pager"}
+    sip = session.history("sip")
+    assert set(sip["method"]) == {"MESSAGE"} and len(sip) >= 10, sip[["direction", "method", "status"]]
+    raws = "\n".join(sip["raw"])
+    for needle in ("hello in pager mode", "and back", "<delivered/>", "<displayed/>", "<state>active</state>"):
+        assert needle in raws, needle
+    assert "INVITE" not in set(sip["method"])
+
     # ending sends nothing: there is no dialog
     session.terminate().result(5)
     assert session.state is nim.SessionState.DISCONNECTED and alice.sessions.pager_session(bob.uri) is None

@@ -76,3 +76,11 @@ def netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Netns]:
         yield ns
     finally:
         ns.stop()
+
+
+@pytest.fixture
+def capture(netns: Netns) -> Iterator["LoopbackCapture"]:
+    """Everything on the namespace's loopback while the test runs (loopback_capture.py)."""
+    from .loopback_capture import LoopbackCapture
+    with LoopbackCapture(netns) as cap:
+        yield cap

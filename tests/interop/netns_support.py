@@ -41,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping, Sequence, TypeVar
 
@@ -423,3 +424,24 @@ class Netns:
     def wire(self, **filters: Any) -> list[dict[str, Any]]:
         """SIP messages recorded by the server and the endpoints (see the agent's op_wire)."""
         return self.call("wire", rpc_timeout=30, **filters)
+
+
+# -- shared by the linphone and baresip tests ----------------------------------------------------------------------
+DOMAIN = "example.test"
+
+
+def user(name: str) -> str:
+    """A user name no other test of the module uses (the namespace and its server are shared per module)."""
+    return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+def nim_user(netns: Netns, name: str, transport: str = "udp") -> str:
+    """A notebook_im endpoint `name` registered with the embedded server; its address of record."""
+    aor = f"sip:{name}@{DOMAIN}"
+    netns.endpoint(name, aor, transport=transport)
+    return aor
+
+
+def shown(messages: list[Any]) -> str:
+    """Captured messages (loopback_capture.WireMessage) as text, for assertion messages."""
+    return "\n".join(f"--- {m.transport} {m.src} -> {m.dst}\n{m.text()}" for m in messages)

@@ -15,7 +15,6 @@ Helpers: netns_support.py (the namespace and its agent), baresip_support.py, loo
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,23 +24,9 @@ from tests.helpers import wait_for
 
 from .baresip_support import Baresip, BaresipConfig
 from .loopback_capture import LoopbackCapture, WireMessage
-from .netns_support import Netns
+from .netns_support import DOMAIN, Netns, nim_user, shown, user
 
 pytestmark = pytest.mark.interop
-
-DOMAIN = "example.test"
-
-
-def user(name: str) -> str:
-    """A user name no other test of the module uses (the namespace and its server are shared per module)."""
-    return f"{name}-{uuid.uuid4().hex[:6]}"
-
-
-@pytest.fixture
-def capture(netns: Netns) -> Iterator[LoopbackCapture]:
-    with LoopbackCapture(netns) as cap:
-        yield cap
-
 
 @pytest.fixture
 def baresips(netns: Netns, tmp_path: Path) -> Iterator[Callable[..., Baresip]]:
@@ -60,16 +45,6 @@ def baresips(netns: Netns, tmp_path: Path) -> Iterator[Callable[..., Baresip]]:
     yield start
     for b in started:
         b.stop()
-
-
-def nim_user(netns: Netns, name: str, transport: str = "udp") -> str:
-    aor = f"sip:{name}@{DOMAIN}"
-    netns.endpoint(name, aor, transport=transport)
-    return aor
-
-
-def shown(messages: list[WireMessage]) -> str:
-    return "\n".join(f"--- {m.transport} {m.src} -> {m.dst}\n{m.text()}" for m in messages)
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])

@@ -17,7 +17,6 @@ Helpers: netns_support.py (the namespace and its agent), linphone_support.py, lo
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,23 +24,9 @@ import pytest
 
 from .linphone_support import Liblinphone, LinphoneConfig, LinphoneDaemon
 from .loopback_capture import LoopbackCapture, WireMessage
-from .netns_support import Netns
+from .netns_support import DOMAIN, Netns, nim_user, shown, user
 
 pytestmark = pytest.mark.interop
-
-DOMAIN = "example.test"
-
-
-def user(name: str) -> str:
-    """A user name no other test of the module uses (the namespace and its server are shared per module)."""
-    return f"{name}-{uuid.uuid4().hex[:6]}"
-
-
-@pytest.fixture
-def capture(netns: Netns) -> Iterator[LoopbackCapture]:
-    with LoopbackCapture(netns) as cap:
-        yield cap
-
 
 @pytest.fixture
 def daemons(netns: Netns, tmp_path: Path) -> Iterator[Callable[..., LinphoneDaemon]]:
@@ -79,17 +64,6 @@ def liblinphones(netns: Netns, tmp_path: Path) -> Iterator[Callable[..., Liblinp
     yield start
     for client in started:
         client.stop()
-
-
-def nim_user(netns: Netns, name: str, transport: str = "udp") -> str:
-    """A notebook_im endpoint `name` registered with the embedded server; its address of record."""
-    aor = f"sip:{name}@{DOMAIN}"
-    netns.endpoint(name, aor, transport=transport)
-    return aor
-
-
-def shown(messages: list[WireMessage]) -> str:
-    return "\n".join(f"--- {m.transport} {m.src} -> {m.dst}\n{m.text()}" for m in messages)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -2,29 +2,14 @@
 retry with backoff, register again on their own, and the session carries on."""
 from __future__ import annotations
 
-import socket
 
 import pytest
 
 import notebook_im as nim
 from notebook_im import testing
-from tests.helpers import accept_all, wait_for
+from tests.helpers import accept_all, free_port, wait_for
 
 TIMERS = nim.Timers(t1=0.05, t2=0.4, t4=0.5)
-
-
-def free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                    return port
-                except OSError:
-                    continue
-    raise RuntimeError("no free port")
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])

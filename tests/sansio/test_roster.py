@@ -22,7 +22,7 @@ def active() -> RosterSubscription:
     m = RosterSubscription(600)
     assert m.start() == [Subscribe(600)] and m.state is SubState.SUBSCRIBING
     assert m.start() == []
-    assert m.answered(200, "OK", granted=600) == [StartTimer(300.0)]
+    assert m.answered(200, "OK", granted=600) == [StartTimer("refresh", 300.0)]
     return m
 
 
@@ -30,7 +30,7 @@ def test_subscribe_refresh_cycle():
     m = active()
     assert m.state is SubState.ACTIVE
     assert m.timer() == [Refresh(600)]
-    assert m.answered(200, "OK", granted=1) == [StartTimer(1.0)], "never refresh more often than every second"
+    assert m.answered(200, "OK", granted=1) == [StartTimer("refresh", 1.0)], "never refresh more often than every second"
     assert m.answered(200, "OK", granted=0) == []
     assert refresh_delay(3600) == 1800
 
@@ -38,18 +38,18 @@ def test_subscribe_refresh_cycle():
 def test_refused_or_unanswered_subscription_ends():
     m = RosterSubscription()
     m.start()
-    assert m.answered(403, "Forbidden") == [StopTimer(), Ended("403 Forbidden")]
+    assert m.answered(403, "Forbidden") == [StopTimer("refresh"), Ended("403 Forbidden")]
     assert m.state is SubState.ENDED and m.timer() == [] and m.answered(200) == []
     m = RosterSubscription()
     m.start()
-    assert m.unanswered("timer F") == [StopTimer(), Ended("no answer: timer F")]
+    assert m.unanswered("timer F") == [StopTimer("refresh"), Ended("no answer: timer F")]
 
 
 def test_an_unanswered_refresh_keeps_the_subscription_a_refused_one_ends_it():
     m = active()
     m.timer()
     assert m.unanswered("timer F") == [] and m.state is SubState.ACTIVE
-    assert m.answered(481, "Gone") == [StopTimer(), Ended("481 Gone")]
+    assert m.answered(481, "Gone") == [StopTimer("refresh"), Ended("481 Gone")]
 
 
 def test_notifications_become_changes_and_a_gap_asks_for_the_full_state():
@@ -71,10 +71,10 @@ def test_a_notify_before_the_200_counts_and_termination_ends():
     [changes] = m.notified(doc(1, user("sip:a@h")))
     assert len(changes.changes) == 1 and m.state is SubState.SUBSCRIBING
     m.answered(200, "OK", granted=600)
-    assert m.notified(None, terminated=True) == [StopTimer(), Ended("terminated by the focus")]
+    assert m.notified(None, terminated=True) == [StopTimer("refresh"), Ended("terminated by the focus")]
     assert m.notified(doc(2, user("sip:z@h"))) == []
 
 
 def test_stop():
     m = active()
-    assert m.stop() == [StopTimer()] and m.stop() == []
+    assert m.stop() == [StopTimer("refresh")] and m.stop() == []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,23 +13,9 @@ import pytest
 
 import notebook_im as nim
 from notebook_im.server.offline_db import OfflineStoreError
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 
 BOB = "sip:bob@example.test"
-
-
-def free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                    return port
-                except OSError:
-                    continue
-    raise RuntimeError("no free port")
 
 
 def test_kept_messages_survive_a_restart_and_are_delivered_in_order_once(tmp_path, platform):

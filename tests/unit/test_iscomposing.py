@@ -10,7 +10,7 @@ def sent(actions):
 
 
 def armed(actions):
-    return {a.name: a.delay for a in actions if isinstance(a, ic.SetTimer)}
+    return {a.name: a.delay for a in actions if isinstance(a, ic.StartTimer)}
 
 
 def test_document_round_trip():
@@ -51,7 +51,7 @@ def test_sending_the_message_goes_idle_silently():
     s.keystroke(0.0)
     out = s.message_sent(1.0)
     assert sent(out) == [] and s.state is ic.ComposingState.IDLE
-    assert {a.name for a in out if isinstance(a, ic.CancelTimer)} == {"refresh", "idle"}
+    assert {a.name for a in out if isinstance(a, ic.StopTimer)} == {"refresh", "idle"}
 
 
 def test_explicit_stop_sends_idle_once():
@@ -71,7 +71,7 @@ def test_receiver_lapses_to_idle_after_refresh_window():
     r = ic.ComposingReceiver()
     out = r.indication(ic.Indication(ic.ComposingState.ACTIVE, 60), 0.0)
     assert ic.Changed(True) in out and armed(out) == {"expire": 60.0}
-    assert r.indication(ic.Indication(ic.ComposingState.ACTIVE, 60), 30.0) == [ic.SetTimer("expire", 60.0)]
+    assert r.indication(ic.Indication(ic.ComposingState.ACTIVE, 60), 30.0) == [ic.StartTimer("expire", 60.0)]
     assert ic.Changed(False) in r.timer("expire", 90.0)
     assert r.timer("expire", 91.0) == []
 
