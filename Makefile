@@ -42,7 +42,7 @@ test: setup system-deps
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -q -ra -m "not interop and not kernel and not browser" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra -m "not interop and not kernel and not browser and not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

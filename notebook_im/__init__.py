@@ -28,6 +28,7 @@ from .errors import (
 )
 from .runtime import DeadlockError, Operation
 from .net.impairment import Impairment
+from .net.memory import MemoryNetwork
 from .sip.transaction import Timers
 from .trace import Trace
 
@@ -68,7 +69,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ChatMessage", "ComposingChanged", "ConferenceRequired", "ConferenceSession", "FocusLimits", "DeadlockError", "HistoryError", "HistoryInUse", "Endpoint", "EndpointState",
-    "EndpointStateChanged", "Event", "EventStream", "Impairment", "ImSession", "IncomingSession", "InvalidState", "MessageDelivered",
+    "EndpointStateChanged", "Event", "EventStream", "Impairment", "ImSession", "MemoryNetwork", "IncomingSession", "InvalidState", "MessageDelivered",
     "MessageDeliveryNotified", "MessageDisplayed", "MessageFailed", "MessageTooLarge", "MessageReceived", "MessageSending", "NotebookImError", "OfflineLimits", "Operation", "Participant", "ParticipantAdded",
     "ParticipantRemoved", "ParticipantState", "ParticipantStateChanged", "Platform", "RemoteProtocolError",
     "RequestFailed", "Server", "SessionManager", "SessionModeChanged", "SessionState", "SessionStateChanged", "SessionTerminated",

@@ -56,7 +56,9 @@ class Endpoint(EventSource):
         self.transport = transport
         self.expires = expires
         self.state = EndpointState.DISABLED
-        sockets = TransportLayer(local_host, local_port, tls_client=tls_client, impairment=impairment)
+        network = platform.network
+        sockets: Any = (network.transport(local_host, local_port, impairment=impairment) if network is not None
+                        else TransportLayer(local_host, local_port, tls_client=tls_client, impairment=impairment))
         # the SIP user agent (core/agent.py): what the sessions of this endpoint send and receive through
         self.agent = UserAgent(sockets, platform.trace, aor=uri, proxy=server, transport_name=transport,
                              username=username, password=password, display_name=display_name, listener=self,

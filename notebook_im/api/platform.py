@@ -11,6 +11,7 @@ import ssl
 from typing import Any
 
 from ..net.impairment import Impairment
+from ..net.memory import MemoryNetwork
 from ..runtime import Operation, runtime
 from ..sip.transaction import DEFAULT_TIMERS, Timers
 from ..sip.uri import SipUri
@@ -57,9 +58,13 @@ class Platform:
     """
 
     def __init__(self, name: str = "notebook_im", *, max_trace_records: int | None = 1_000_000,
-                 timers: Timers | None = None, history: Any = None) -> None:
+                 timers: Timers | None = None, history: Any = None, network: MemoryNetwork | None = None) -> None:
         if timers is not None and not isinstance(timers, Timers):
             raise TypeError("timers must be a nim.Timers(t1=..., t2=..., t4=...)")
+        if network is not None and not isinstance(network, MemoryNetwork):
+            raise TypeError(f"network must be a nim.MemoryNetwork() (or None for real sockets), not {type(network).__name__}")
+        # None: endpoints use real sockets; a MemoryNetwork: they talk over it, with no sockets (net/memory.py)
+        self.network = network
         self.name = name
         self.timers = timers or DEFAULT_TIMERS
         self.trace = Trace(max_records=max_trace_records)
@@ -94,7 +99,8 @@ class Platform:
         `transport` is "udp" (default), "tcp" or "tls" (default "tls" for a sips: server URI). TLS verifies the
         server certificate against the system CAs, or `ca_file`; `verify=False` turns that off (labs only).
         `impairment` (a `nim.Impairment`) drops/delays/reorders the UDP datagrams this endpoint sends: for tests
-        and for watching retransmissions in a tutorial. Resolves once REGISTER succeeded.
+        and for watching retransmissions in a tutorial. On a `Platform(network=nim.MemoryNetwork())` the endpoint
+        uses no sockets. Resolves once REGISTER succeeded.
         """
         if self._shut:
             raise RuntimeError("this Platform was shut down; create a new nim.Platform()")
@@ -106,6 +112,8 @@ class Platform:
                 transport = "tls"
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
+        if transport == "tls" and self.network is not None:
+            raise ValueError("a MemoryNetwork carries udp and tcp, not tls; use real sockets (a Platform without network=) for TLS")
         if ca_file is not None and not os.path.isfile(ca_file):
             raise FileNotFoundError(f"ca_file {ca_file!r} does not exist; give the PEM file of the CA that signed the server certificate")
         if not isinstance(local_port, int) or not 0 <= local_port < 65536:

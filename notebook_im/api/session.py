@@ -75,7 +75,9 @@ class ImSession(EventSource):
         self.terminate_reason: str | None = None
         self._machine = sm.InviteSession(remote_uri, pager_fallback=mode == "auto" and not self.is_conference)
         self._pager_asked = mode == "pager"
-        self.mode = "session"   # "pager" once the conversation goes on out of dialog (SessionModeChanged)
+        # "pager" once the conversation goes on out of dialog (SessionModeChanged); from the start when asked for,
+        # so that whoever hears of the session first (ParticipantAdded) already sees its mode
+        self.mode = "pager" if self._pager_asked else "session"
         # pager mode: the Call-IDs of the out-of-dialog MESSAGEs of this conversation (history("sip")), newest kept
         self._pager_calls: deque[str] = deque(maxlen=PAGER_CALLS_KEPT)
         self._invite_handle: ClientHandle | None = None

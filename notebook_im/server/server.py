@@ -13,6 +13,7 @@ import time
 import warnings
 from typing import Any
 
+from ..net.memory import MemoryNetwork, memory_transport
 from ..net.transport import TransportLayer
 from ..runtime import Operation, runtime
 from ..sip.transaction import DEFAULT_TIMERS, Timers
@@ -33,7 +34,8 @@ class Server:
     registered device may leave a new request without any response before it counts as gone (default 8*T1, 4 s:
     a pager MESSAGE is then kept and answered 202, an INVITE 480, until the device registers again); None waits
     for the transaction's own Timer F / B (64*T1). `offline_store="offline.sqlite"` keeps the offline messages
-    (and the users they wait for) in that file, so that a restart loses none of them."""
+    (and the users they wait for) in that file, so that a restart loses none of them. `network=nim.MemoryNetwork()`
+    runs the server without sockets, on that in-memory network (net/memory.py)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, transports: tuple[str, ...] = ("udp", "tcp"),
                  users: dict[str, str] | None = None, realm: str = "notebook_im", min_expires: int = 1,
@@ -41,7 +43,7 @@ class Server:
                  tls: "tuple[str, str] | ssl.SSLContext | None" = None, tls_port: int = 0,
                  advertise: tuple[str, int] | None = None, focus_limits: FocusLimits | None = None,
                  offline_limits: OfflineLimits | None = None, device_timeout: "float | None | str" = "auto",
-                 offline_store: "str | os.PathLike[str] | None" = None) -> None:
+                 offline_store: "str | os.PathLike[str] | None" = None, network: MemoryNetwork | None = None) -> None:
         if not isinstance(port, int) or not 0 <= port < 65536:
             raise ValueError(f"port must be an int from 0 (any free port) to 65535, not {port!r}")
         bad = [t for t in transports if t not in ("udp", "tcp")]
@@ -57,8 +59,13 @@ class Server:
         self.trace = Trace()
         self.registrar = Registrar(min_expires=min_expires, max_expires=max_expires)
         self.auth = Authenticator(users, realm=realm) if users else None
+        if network is not None and tls is not None:
+            raise ValueError("a MemoryNetwork carries udp and tcp, not tls; leave network= out for a TLS server")
         tls_ctx = _server_context(tls) if tls is not None else None
-        sockets = TransportLayer(host, port, transports=tuple(transports), tls_server=tls_ctx, tls_port=tls_port)
+        if network is not None:   # no sockets: the in-memory network of net/memory.py (tests, tutorials)
+            sockets: Any = memory_transport(network, host, port, transports=tuple(transports))
+        else:
+            sockets = TransportLayer(host, port, transports=tuple(transports), tls_server=tls_ctx, tls_port=tls_port)
         # the proxy (proxy.py) and the SIP stack it runs on: what does the work behind this facade
         journal = OfflineJournal(offline_store) if offline_store is not None else None
         self.proxy = ProxyCore(transport=sockets, trace=self.trace, registrar=self.registrar, auth=self.auth,

@@ -153,6 +153,7 @@ def test_leave_and_end(people, server) -> None:
     assert focus.stats["conferences_ended"] == 1
 
 
+@pytest.mark.slow
 def test_crashed_participant_is_removed(people, server) -> None:
     eps, sessions = start(people, 3)
     removed = []

@@ -29,6 +29,7 @@ def endpoint(platform, server, name, **kw):
     return ep
 
 
+@pytest.mark.slow
 def test_limits_probe_and_expiry(limited, platform) -> None:
     alice, bob, carol = (endpoint(platform, limited, n) for n in ("alice", "bob", "carol"))
     conf = alice.sessions.create_conference([bob.uri]).result(20)

@@ -92,6 +92,7 @@ def _drop_bytes(trace) -> int:
     return sum(len(d.raw) + len(d.reason) + 300 for d in list(trace.drops))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["endpoint", "server"])
 def test_memory_bounded_under_flood(target, flood_stack, capsys):
     server, platform, bob = flood_stack

@@ -11,6 +11,7 @@ import os
 import random
 import time
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,6 +38,14 @@ def _fuzz_hypothesis(data: bytes) -> None:
     exercise(data)
 
 
+def test_fuzz_parser_smoke():
+    """The fast tier's share: 2,000 mutated seeds (the long runs below are marked slow)."""
+    rng = random.Random(2026)
+    for _ in range(2000):
+        exercise(mutate(rng.choice(SEEDS), rng, rounds=8))
+
+
+@pytest.mark.slow
 def test_fuzz_parser_hypothesis(capsys):
     start = time.perf_counter()
     _fuzz_hypothesis()
@@ -46,6 +55,7 @@ def test_fuzz_parser_hypothesis(capsys):
     assert _count["hypothesis"] >= min(EXAMPLES, 100)
 
 
+@pytest.mark.slow
 def test_fuzz_parser_time_bounded(capsys):
     seed = int(os.environ.get("NIM_FUZZ_SEED", "0")) or random.randrange(2**32)  # new ground each run
     rng = random.Random(seed)

@@ -162,7 +162,7 @@ def test_im_session_with_sipp(platform: nim.Platform, sipp: Sipp, sipp_servers: 
         assert needle in log, f"{needle!r} not in SIPp's message log\n{server.describe()}"
 
 
-def test_third_party_registration_routes_to_the_contact(platform: nim.Platform, server: nim.Server, sipp: Sipp,
+def test_third_party_registration_routes_to_the_contact(server: nim.Server, platform: nim.Platform, sipp: Sipp,
                                                        sipp_servers: list[SippServer]) -> None:
     """A SIPp UAS listens on port A; bob is registered by a REGISTER sent from port B naming `Contact: <sip:bob@A>`
     (third-party registration, RFC 3261 §10: load rigs, softphones with separate sockets). A MESSAGE to bob through

@@ -18,6 +18,7 @@ def message(port: int, branch: str, user: str = "nobody") -> bytes:
             "CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx").encode()
 
 
+@pytest.mark.slow
 def test_slowloris_and_silent_connections_do_not_block_and_are_closed(server, platform):
     core = testing.stack_of(server).transport
     core.read_timeout = 1.0
@@ -42,6 +43,7 @@ def test_slowloris_and_silent_connections_do_not_block_and_are_closed(server, pl
         slow.close()
 
 
+@pytest.mark.slow
 def test_keepalives_keep_a_registered_tcp_flow_open(server, platform):
     testing.stack_of(server).transport.idle_timeout = 1.0
     alice = platform.endpoint("sip:alice@example.test", server=server, transport="tcp").result(10)
@@ -77,6 +79,7 @@ def register_raw(sock: socket.socket, server, user: str) -> None:
     assert sock.recvfrom(4096)[0].startswith(b"SIP/2.0 200")
 
 
+@pytest.mark.slow
 def test_flood_of_unanswered_transactions_from_one_source_gets_503(server):
     """Live (unanswered) transactions are what a flood can pile up: beyond the per-source limit, 503 and no state."""
     testing.stack_of(server).max_transactions_per_source = 50

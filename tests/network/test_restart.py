@@ -12,6 +12,7 @@ from tests.helpers import accept_all, free_port, wait_for
 TIMERS = nim.Timers(t1=0.05, t2=0.4, t4=0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_endpoints_reregister_after_server_restart_and_session_continues(transport):
     port = free_port()

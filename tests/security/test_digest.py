@@ -32,6 +32,7 @@ def register_request(peer: RawPeer, user: str, *, call_id: str, cseq: int, conta
     return req
 
 
+@pytest.mark.slow
 def test_captured_register_cannot_be_replayed_after_a_nonce_flood(srv):
     """The reported attack: alice's REGISTER is captured; another account authenticates with 10,050 fresh
     nonces (more than the old 10,000-entry table); the capture is replayed with the attacker's Contact."""

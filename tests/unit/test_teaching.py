@@ -172,6 +172,7 @@ def test_raw_peers_silent_and_refusing_composing(platform):
         session.terminate().result(5)
         assert [t.split(" ", 1)[0] for t in picky.received()] == ["INVITE", "ACK", "MESSAGE", "MESSAGE", "BYE"]
     finally:
+        platform.shutdown()   # before the server goes: alice's un-REGISTER is answered, not waited out
         quiet.stop()
         picky.stop()
         server.stop()
