@@ -45,6 +45,8 @@ _LAZY: dict[str, str] = {
     "ChatPanel": "notebook_im.widgets.chat:ChatPanel",
     "LadderView": "notebook_im.widgets.ladder_view:LadderView",
     "read_pcap": "notebook_im.trace.pcap:read_pcap",
+    "open_traces": "notebook_im.trace.query:open_traces",
+    "write_dataset": "notebook_im.trace.dataset:write_dataset",
 }
 
 

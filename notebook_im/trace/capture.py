@@ -10,9 +10,9 @@ SIP payloads on as bytes. Everything is bounded so that hostile or broken input 
   length ends it too (counted: classic pcap cannot be resynchronised), other files still run;
 * packets: anything that is not Ethernet/VLAN, Linux cooked v1/v2, BSD null/loopback or raw IPv4/IPv6, not IP, not
   UDP/TCP, cut by the snap length, or whose headers lie about lengths is counted and skipped, never raised;
-* TCP: each direction of each connection is put back in order as Wireshark does (bytes already in the stream never
-  change, so a retransmission with different bytes loses; held out-of-order segments are applied in sequence order,
-  the one seen first winning at equal starts), sequence numbers unwrapped to 64 bits (wraparound is free), SYN/RST/FIN
+* TCP: each direction of each connection is put back in order as Wireshark's follow does (bytes already in the
+  stream never change, so a retransmission with different bytes loses; of the held out-of-order segments that reach
+  the next expected byte, the one seen first supplies it), sequence numbers unwrapped to 64 bits (wraparound is free), SYN/RST/FIN
   end a connection so a reused 4-tuple starts clean; out-of-order data held per flow is capped in bytes and segments
   (past the cap the gap is skipped and counted), the flows are capped in number and in buffered bytes (least recently
   used evicted, counted); a stream joined mid-message (or after a skipped gap) resynchronises on the next SIP start
@@ -209,11 +209,15 @@ def looks_like_sip(data: bytes) -> bool:
     return len(parts) == 3 and parts[2] == b"SIP/2.0" and parts[0].isalpha() and parts[0].isupper()
 
 
-_START_LINE = re.compile(rb"(?m)^(?:SIP/2\.0 \d{3} |[A-Z]+ [^ \r\n]+ SIP/2\.0\r?$)")
+# a start line at a line start, or a standard method's request line or a status line anywhere: after a gap the next
+# message usually follows the previous body directly (bodies seldom end with CRLF)
+_START_LINE = re.compile(rb"(?m)^[A-Z]+ [^ \r\n]+ SIP/2\.0\r?$|(?:INVITE|ACK|BYE|CANCEL|MESSAGE|OPTIONS|REGISTER|"
+                         rb"SUBSCRIBE|NOTIFY|PUBLISH|REFER|INFO|PRACK|UPDATE) [^ \r\n]+ SIP/2\.0\r?$|SIP/2\.0 \d{3} ")
 
 
 def find_start_line(buf: bytes | bytearray, start: int = 0) -> int:
-    """Offset of the first SIP start line (request or status line) at a line start at or after `start`, or -1."""
+    """Offset of the first SIP start line at or after `start` (any request line at a line start; a standard
+    method's request line or a status line anywhere), or -1."""
     m = _START_LINE.search(buf, start)
     return m.start() if m else -1
 
@@ -582,10 +586,19 @@ class _Tcp:
             c.tcp_peak_buffered = self.buffered
 
     def _drain(self, ts: int, key: Any, flow: _Flow) -> None:
+        """Apply held segments now that the stream has grown, as Wireshark's follow does: of the held segments that
+        start at or before the next expected byte, the one seen first supplies what it has beyond it; repeat. (Two
+        heaps, by start and by arrival, so each segment is moved and applied once: O(log n), not a list scan.)"""
         held = flow.held
+        ready: list[tuple[int, int, bytes]] = []
         c = self.c
-        while held and held[0][0] <= flow.next:
-            start, _n, data = heapq.heappop(held)
+        while True:
+            while held and held[0][0] <= flow.next:
+                start, n, data = heapq.heappop(held)
+                heapq.heappush(ready, (n, start, data))
+            if not ready:
+                return
+            _n, start, data = heapq.heappop(ready)
             flow.held_bytes -= len(data)
             self.buffered -= len(data)
             skip = flow.next - start
@@ -598,7 +611,9 @@ class _Tcp:
             flow.next += len(data)
             self._deliver(ts, key, flow, data)
             if flow.sip is False:
-                break
+                for _n, _s, d in ready:
+                    self.buffered -= len(d)
+                return
 
     def _skip_gap(self, ts: int, key: Any, flow: _Flow) -> None:
         """The held data outgrew its caps: give up on the gap, go on from the first held segment, resynchronise."""
@@ -631,8 +646,11 @@ class _Tcp:
                 self.buffered -= len(buf)
                 buf.clear()
                 return
-            if len(head) < 16 and b"\n" not in head:
-                return                                          # too little to tell yet
+            if b"\n" not in head and len(head) < 2048:
+                if head[:1].isupper():
+                    return                                      # the start line is not complete yet: wait
+                self._ignore(flow)                              # no SIP start line begins like this
+                return
             if not looks_like_sip(head):
                 self._ignore(flow)
                 return
@@ -642,11 +660,9 @@ class _Tcp:
             if flow.resync:
                 at = find_start_line(buf, 0)
                 if at < 0:
-                    # keep only the tail that may begin a start line; a flow that never shows one is not SIP
-                    keep = len(buf) - buf.rfind(b"\n") - 1 if b"\n" in buf else len(buf)
-                    if keep > 2048:
-                        keep = 0
-                    dropped = len(buf) - keep
+                    # keep only a tail that may hold the beginning of a start line; a flow that never shows one is
+                    # not SIP
+                    dropped = max(0, len(buf) - 2048)
                     if dropped:
                         del buf[:dropped]
                         self.buffered -= dropped
@@ -736,14 +752,14 @@ class _Tcp:
     def _bound(self) -> None:
         flows = self.flows
         c = self.c
-        if len(flows) > c.tcp_peak_flows:
-            c.tcp_peak_flows = len(flows)
         while len(flows) > 1 and (len(flows) > self.max_flows or self.buffered > self.max_buffered):
             key, flow = flows.popitem(last=False)
             self._remember(key, flow)
             c.tcp_flows_evicted += 1
             c.tcp_evicted_bytes += len(flow.buf) + flow.held_bytes
             self.buffered -= len(flow.buf) + flow.held_bytes
+        if len(flows) > c.tcp_peak_flows:
+            c.tcp_peak_flows = len(flows)
 
     def _remember(self, key: Any, flow: _Flow) -> None:
         closed = self.closed

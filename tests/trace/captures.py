@@ -27,7 +27,7 @@ REQUEST = ("{method} sip:{to}@example.com SIP/2.0\r\n"
            "Max-Forwards: 70\r\n"
            "From: <sip:{frm}@example.com>;tag={ftag}\r\n"
            "To: <sip:{to}@example.com>{totag}\r\n"
-           "Call-ID: {cid}@example.com\r\n"
+           "Call-ID: {cid}\r\n"
            "CSeq: {cseq} {method}\r\n"
            "User-Agent: synth/1.0\r\n"
            "{extra}"
@@ -36,7 +36,7 @@ RESPONSE = ("SIP/2.0 {status} {reason}\r\n"
             "Via: SIP/2.0/{tr} {sip}:{sport};branch=z9hG4bK{branch}\r\n"
             "From: <sip:{frm}@example.com>;tag={ftag}\r\n"
             "To: <sip:{to}@example.com>;tag={ttag}\r\n"
-            "Call-ID: {cid}@example.com\r\n"
+            "Call-ID: {cid}\r\n"
             "CSeq: {cseq} {method}\r\n"
             "Server: synth/1.0\r\n"
             "Content-Length: 0\r\n\r\n")
@@ -63,6 +63,7 @@ class Truth:
     retransmissions: int = 0
     latencies: dict[str, list[float]] = field(default_factory=dict)   # method -> seconds, first request to final
     call_ids: list[str] = field(default_factory=list)    # in order of first request, when kept (keep_call_ids)
+    dialogs: dict[str, tuple[int, int]] = field(default_factory=dict)   # INVITE Call-ID -> (texts, composing)
     first_ts: float = 0.0
     last_ts: float = 0.0
 
@@ -138,9 +139,9 @@ def generate(path: str | Path, size: int, *, seed: int = 1, rate: float = 40.0, 
             t += rnd.expovariate(rate)
             w.advance(t)
             frm, to = rnd.choice(USERS), rnd.choice(USERS)
-            cid = f"{n:x}-{rnd.getrandbits(40):x}"
+            cid = f"{n:x}-{rnd.getrandbits(40):x}@example.com"
             if keep_call_ids:
-                truth.call_ids.append(f"{cid}@example.com")
+                truth.call_ids.append(cid)
             a = (_ip(1 + n % 250), 5060 + n % 7)
             b = (_ip(1000 + (n * 7) % 250), 5060)
             r = rnd.random()
@@ -184,7 +185,7 @@ def _udp_transaction(w: _Writer, rnd: random.Random, truth: Truth, t: float, a: 
                      branch: str, frm: str, to: str, ftag: str, ttag: str, cid: str, cseq: int, body: str = "",
                      ctype: str = "text/plain", totag: str = "", status: int = 200,
                      provisional: tuple[int, ...] = ()) -> float:
-    req = _request(method, "UDP", a, branch, frm, to, ftag, f"{cid}@example.com", cseq, body, ctype, totag)
+    req = _request(method, "UDP", a, branch, frm, to, ftag, cid, cseq, body, ctype, totag)
     w.frame(t, a, b, req)
     truth.messages += 1
     truth.by_transport["udp"] += 1
@@ -197,10 +198,10 @@ def _udp_transaction(w: _Writer, rnd: random.Random, truth: Truth, t: float, a: 
         truth.retransmissions += 1
     for i, p in enumerate(provisional):
         w.frame(t + lat * (i + 1) / (len(provisional) + 1), b, a,
-                _response(p, method, "UDP", a, branch, frm, to, ftag, ttag, f"{cid}@example.com", cseq))
+                _response(p, method, "UDP", a, branch, frm, to, ftag, ttag, cid, cseq))
         truth.messages += 1
         truth.by_transport["udp"] += 1
-    w.frame(t + lat, b, a, _response(status, method, "UDP", a, branch, frm, to, ftag, ttag, f"{cid}@example.com", cseq))
+    w.frame(t + lat, b, a, _response(status, method, "UDP", a, branch, frm, to, ftag, ttag, cid, cseq))
     truth.messages += 1
     truth.by_transport["udp"] += 1
     truth.finals[status] += 1
@@ -222,13 +223,15 @@ def _dialog(w: _Writer, rnd: random.Random, truth: Truth, t: float, n: int, a: t
     lat = _udp_transaction(w, rnd, truth, t, a, b, "INVITE", f"{n:x}i", frm, to, ftag, ttag, cid, 1, SDP,
                            "application/sdp", provisional=(100, 180))
     t += lat
-    ack = _request("ACK", "UDP", a, f"{n:x}a", frm, to, ftag, f"{cid}@example.com", 1, totag=ttag)
+    ack = _request("ACK", "UDP", a, f"{n:x}a", frm, to, ftag, cid, 1, totag=ttag)
     w.frame(t + 0.001, a, b, ack)
     truth.messages += 1
     truth.by_transport["udp"] += 1
     truth.requests["ACK"] += 1
     cseq = 2
-    for i in range(rnd.randint(1, 4)):
+    rounds = rnd.randint(1, 4)
+    truth.dialogs[cid] = (rounds, rounds)
+    for i in range(rounds):
         t += rnd.uniform(0.5, 3.0)
         _udp_transaction(w, rnd, truth, t, a, b, "MESSAGE", f"{n:x}c{i}", frm, to, ftag, ttag, cid, cseq, COMPOSING,
                          "application/im-iscomposing+xml", totag=ttag)
@@ -245,9 +248,9 @@ def _tcp_exchange(w: _Writer, rnd: random.Random, truth: Truth, seqs: dict, link
                   to: str, cid: str) -> None:
     a, b = link
     branch, ftag, ttag = f"{n:x}t", f"f{n:x}", f"t{n:x}"
-    req = _request("MESSAGE", "TCP", a, branch, frm, to, ftag, f"{cid}@example.com", 1, _text(rnd))
+    req = _request("MESSAGE", "TCP", a, branch, frm, to, ftag, cid, 1, _text(rnd))
     lat = _latency(rnd)
-    resp = _response(200, "MESSAGE", "TCP", a, branch, frm, to, ftag, ttag, f"{cid}@example.com", 1)
+    resp = _response(200, "MESSAGE", "TCP", a, branch, frm, to, ftag, ttag, cid, 1)
     sent = t
     for when, src, dst, payload in ((t, a, b, req), (t + lat, b, a, resp)):
         key = (src, dst)
@@ -271,3 +274,42 @@ def _tcp_exchange(w: _Writer, rnd: random.Random, truth: Truth, seqs: dict, link
     truth.requests["MESSAGE"] += 1
     truth.finals[200] += 1
     truth.latencies["MESSAGE"].append(lat)
+
+
+# -- packets one by one (the adversarial tests) ---------------------------------------------------------------------
+def _addr(a: tuple[str, int]) -> tuple[bytes, int]:
+    return bytes(int(x) for x in a[0].split(".")), a[1]
+
+
+def tcp_packet(src: tuple[str, int], dst: tuple[str, int], seq: int, payload: bytes = b"", flags: int = 0x18) -> bytes:
+    """Ethernet/IPv4/TCP bytes (flags: 0x02 SYN, 0x01 FIN, 0x04 RST, 0x10 ACK, 0x08 PSH)."""
+    (s, sp), (d, dp) = _addr(src), _addr(dst)
+    l4 = struct.pack("!HHIIBBHHH", sp, dp, seq & 0xFFFFFFFF, 1, 0x50, flags, 65535, 0, 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4) + len(payload), 0, 0x4000, 64, 6, 0, s, d)
+    return b"\x00\x16\x3e\x00\x00\x02\x00\x16\x3e\x00\x00\x01\x08\x00" + ip + l4 + payload
+
+
+def udp_packet(src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> bytes:
+    (s, sp), (d, dp) = _addr(src), _addr(dst)
+    l4 = struct.pack("!HHHH", sp, dp, 8 + len(payload), 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0x4000, 64, 17, 0, s, d)
+    return b"\x00\x16\x3e\x00\x00\x02\x00\x16\x3e\x00\x00\x01\x08\x00" + ip + l4 + payload
+
+
+def write_packets(path: str | Path, packets: list[bytes], *, start: float = START, step: float = 0.001,
+                  linktype: int = 1) -> Path:
+    """A classic pcap (microseconds) of `packets`, `step` seconds apart."""
+    out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, linktype))
+    for i, p in enumerate(packets):
+        ts = start + i * step
+        sec = int(ts)
+        out += struct.pack("<IIII", sec, int(round((ts - sec) * 1e6)), len(p), len(p)) + p
+    Path(path).write_bytes(bytes(out))
+    return Path(path)
+
+
+def sip_request(call_id: str, cseq: int = 1, body: str = "hello", method: str = "MESSAGE") -> bytes:
+    b = body.encode()
+    return (f"{method} sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.1:5060;branch=z9hG4bK{call_id}-{cseq}\r\n"
+            f"From: <sip:alice@example.test>;tag=a{cseq}\r\nTo: <sip:bob@example.test>\r\nCall-ID: {call_id}\r\n"
+            f"CSeq: {cseq} {method}\r\nContent-Type: text/plain\r\nContent-Length: {len(b)}\r\n\r\n").encode() + b
