@@ -24,6 +24,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -481,7 +482,8 @@ def import_captures(paths: Any, to: str | os.PathLike, *, local: Any = None, own
 
 
 # -- live traces ----------------------------------------------------------------------------------------------------
-_FLUSHED: "dict[tuple[int, str], int]" = {}
+# trace -> {dataset directory: rows already flushed there}; weak, so a trace that is gone is forgotten
+_FLUSHED: "weakref.WeakKeyDictionary[Trace, dict[str, int]]" = weakref.WeakKeyDictionary()
 _FLUSH_ROWS = 100_000
 
 
@@ -496,9 +498,9 @@ def write_dataset(trace: "Trace", path: str | os.PathLike, *, compression: str =
         raise TypeError(f"write_dataset takes a notebook_im Trace (e.g. platform.trace), not {type(trace).__name__}")
     root = check_destination(path)
     root.mkdir(parents=True, exist_ok=True)
-    key = (id(trace), str(root.resolve()))
+    key = str(root.resolve())
     n = len(trace)
-    done = _FLUSHED.get(key, 0)
+    done = _FLUSHED.get(trace, {}).get(key, 0)
     if done > n:
         done = 0                                  # cleared since: start again
     import_id = new_import_id()
@@ -535,7 +537,7 @@ def write_dataset(trace: "Trace", path: str | os.PathLike, *, compression: str =
     except BaseException:
         writer.abort()
         raise
-    _FLUSHED[key] = n
+    _FLUSHED.setdefault(trace, {})[key] = n
     seconds = time.perf_counter() - t0
     _write_marker(root, {"id": import_id, "kind": "trace", "started": time.time(), "seconds": round(seconds, 3),
                          "rows": writer.rows, "sources": [trace.name or "trace"], "first_row": done})

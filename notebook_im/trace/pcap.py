@@ -106,12 +106,14 @@ def read_pcap(path: Any, *, local: Any = None, owner: str | None = None, to: str
     if limits is not None and memory is not None:
         raise ValueError("pass memory= or limits=, not both (limits=CaptureLimits(memory=...) holds the budget)")
     limits = limits or CaptureLimits(memory=memory if memory is not None else "512MiB")
-    files = capture_files(path, owner)
+    from .capture import _Counters
+    pre = _Counters()
+    files = capture_files(path, owner, pre)
     name = str(path) if isinstance(path, (str, os.PathLike)) else ", ".join(map(str, path))
     trace = Trace(max_records=None, index="eager", name=name)
     total = sum(cf.path.stat().st_size for cf in files)
     stats = scan(files, _TraceSink(trace, local), limits, (lambda done: progress(done, total)) if progress else None)
-    trace.pcap_stats = stats  # type: ignore[attr-defined]
+    trace.pcap_stats = stats + CaptureStats(files_skipped=pre.files_skipped)  # type: ignore[attr-defined]
     return trace
 
 

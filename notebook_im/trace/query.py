@@ -277,7 +277,9 @@ class TraceDataset(_Dataset):
                    count(*) FILTER (WHERE status < 200 AND method = tm) AS provisional,
                    count(*) FILTER (WHERE status >= 200 AND method = tm) AS finals,
                    bool_or(method = 'CANCEL' AND status IS NULL) AS cancelled
-            FROM r GROUP BY owner, transaction_id"""
+            FROM r GROUP BY owner, transaction_id
+            HAVING count(*) FILTER (WHERE method <> 'ACK') > 0
+"""  # HAVING: the ACK to a 2xx has a branch of its own, so alone it is no transaction
 
     def transactions(self, start: Any = None, end: Any = None, *, method: Any = None, status: Any = None,
                      owner: Any = None, min_latency: float | None = None, unanswered: bool | None = None,
@@ -625,10 +627,11 @@ class DaskTraceDataset(_Dataset):
                 "status": np.nan_to_num(status, nan=-1).astype("int64"),
                 "is_req": same & np.isnan(status),
                 "is_final": same & (status >= 200),
+                "not_ack": (pdf["method"].astype(str) != "ACK").to_numpy(),
             })
 
         meta = {"key": "object", "method": "object", "ts": "int64", "status": "int64", "is_req": "bool",
-                "is_final": "bool"}
+                "is_final": "bool", "not_ack": "bool"}
         rows = ddf.map_partitions(prepare, meta=meta)
         # every row of a transaction into the same partition (a shuffle on the key), then pandas per partition:
         # exact integers throughout, the first final response's status taken by sorting on time
@@ -637,6 +640,8 @@ class DaskTraceDataset(_Dataset):
         def aggregate(pdf: "pd.DataFrame") -> "pd.DataFrame":
             import pandas as pd
             pdf = pdf.sort_values(["key", "ts"], kind="stable")
+            keep = pdf.groupby("key")["not_ack"].transform("any")      # the ACK to a 2xx has a branch of its own
+            pdf = pdf[keep.astype(bool)]
             keys = pd.Index(pdf["key"].unique(), name="key")
             # nullable integers before reindexing: a reindex to float64 NaN would round nanoseconds
             req = pdf[pdf["is_req"]].groupby("key")["ts"].agg(["min", "size"]).astype("Int64").reindex(keys)
