@@ -1,7 +1,8 @@
 """Query a trace dataset in place: `nim.open_traces("dir/")`, with DuckDB (default) or Dask.
 
-Why DuckDB: it runs SQL over Parquet where it lies (no load step, no server), in parallel, out of core, and it skips
-what a query does not need: hours by their directory (`date=.../hour=...`), row groups by their min/max statistics,
+Why DuckDB (2.0 or later: it reads nanosecond UTC timestamps, as captures carry them, as TIMESTAMPTZ_NS): it runs
+SQL over Parquet where it lies (no load step, no server), in parallel, out of core, and it skips what a query does not
+need: hours by their directory (`date=.../hour=...`), row groups by their min/max statistics,
 columns it does not read (`raw` is most of the bytes). pandas only ever holds the result. Why Dask as well: the same
 files then scale out to a cluster (`open_traces(p, engine="dask", client=...)`) with the pandas API.
 
@@ -143,7 +144,10 @@ class TraceDataset(_Dataset):
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None, memory_limit: str | None = None) -> None:
         super().__init__(path)
-        import duckdb
+        try:
+            import duckdb
+        except ImportError as exc:
+            raise ImportError("open_traces needs DuckDB: pip install 'notebook_im[scale]' (or duckdb>=2.0)") from exc
 
         self.con = duckdb.connect(":memory:")
         self.con.execute("SET TimeZone = 'UTC'")   # naive times and hour buckets are UTC, whatever the machine's zone
@@ -225,7 +229,7 @@ class TraceDataset(_Dataset):
         if relation is None:                       # a statement without a result (SET, CREATE VIEW, ...)
             import pyarrow as pa
             return pa.table({})
-        return relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
+        return relation.to_arrow_table()
 
     # -- views ----------------------------------------------------------------------------------------------------
     def sip(self, start: Any = None, end: Any = None, *, method: Any = None, status: Any = None, call_id: Any = None,
@@ -560,6 +564,11 @@ class DaskTraceDataset(_Dataset):
 
     def __init__(self, path: str | os.PathLike, *, client: Any = None) -> None:
         super().__init__(path)
+        try:
+            import dask.dataframe  # noqa: F401
+        except ImportError as exc:
+            raise ImportError("engine='dask' needs Dask: pip install 'notebook_im[scale]' (dask[dataframe], "
+                              "distributed)") from exc
         self.client = client
 
     def __repr__(self) -> str:
