@@ -82,10 +82,11 @@ class CaptureLimits:
 
     `memory` is the budget (bytes or "512MiB"); the parts (None: derived from it) are the SIP bytes gathered before a
     row group is written (`batch_bytes`, memory/24 up to 8 MiB: a batch exists about three times over while it
-    becomes Arrow columns and Parquet pages, and past 8 MiB bigger batches were not faster), the TCP bytes held across all flows (`tcp_buffer_bytes`, memory/8: out-of-order
-    segments plus partial messages), the open flows (`max_flows`, memory/4 KiB), the out-of-order bytes and segments
-    held per flow before its gap is skipped (`flow_pending_bytes`, `flow_pending_segments`), and the largest message
-    a stream may carry (`max_message`). What is left of the budget is the interpreter, pyarrow and the writer."""
+    becomes Arrow columns and Parquet pages, and past 8 MiB bigger batches were not faster), the TCP bytes held
+    across all flows (`tcp_buffer_bytes`, memory/8: out-of-order segments plus partial messages), the open flows
+    (`max_flows`, memory/4 KiB), the out-of-order bytes and segments held per flow before its gap is skipped
+    (`flow_pending_bytes`, `flow_pending_segments`), and the largest message a stream may carry (`max_message`).
+    What is left of the budget is the interpreter, pyarrow and the writer."""
 
     memory: int | str = "512MiB"
     batch_bytes: int | None = None
