@@ -260,15 +260,16 @@ import resource, sys, time
 sys.path.insert(0, {repo!r})
 import notebook_im as nim
 t = time.perf_counter()
-r = nim.read_pcap({src!r}, to={dst!r}, memory="128MiB")
+r = nim.read_pcap({src!r}, to={dst!r}, memory="64MiB")
 print(r.rows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, time.perf_counter() - t)
 """
 
 
 def test_peak_memory_does_not_grow_with_the_capture(tmp_path: Path) -> None:
-    """Importing 4x the capture with the same budget: the same peak RSS (within 15%), far below the budget."""
+    """Importing 4x the capture with the same budget: the same peak RSS (within 20%; both captures are several
+    batches long, so both reach the steady state of one batch gathered, one queued, one written)."""
     peaks = []
-    for size in (8_000_000, 32_000_000):
+    for size in (12_000_000, 48_000_000):
         src = tmp_path / f"c{size}.pcap"
         truth = generate(src, size, seed=5)
         out = subprocess.run([sys.executable, "-c", PEAK.format(repo=str(REPO), src=str(src), dst=str(tmp_path / f"d{size}"))],
@@ -278,7 +279,7 @@ def test_peak_memory_does_not_grow_with_the_capture(tmp_path: Path) -> None:
         assert int(rows) == truth.messages
         peaks.append(int(peak_mib))
         src.unlink()
-    assert peaks[1] <= peaks[0] * 1.15 + 8, peaks
+    assert peaks[1] <= peaks[0] * 1.2 + 10, peaks
     assert peaks[1] < 300, peaks
 
 
