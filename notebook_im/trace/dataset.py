@@ -112,10 +112,15 @@ def read_marker(root: Path) -> dict[str, Any]:
     return info
 
 
-def _write_marker(root: Path, record: dict[str, Any]) -> None:
+def _write_marker(root: Path, record: dict[str, Any] | None) -> None:
+    """Add an import's record to the description file (None: just make sure the file exists, which an import does
+    before writing anything, so that a directory an import was stopped in is still a dataset to add to)."""
     path = root / MARKER
+    if record is None and path.exists():
+        return
     info = read_marker(root) if path.exists() else {"format": FORMAT, "version": VERSION, "imports": []}
-    info["imports"].append(record)
+    if record is not None:
+        info["imports"].append(record)
     tmp = root / (MARKER + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(info, indent=1))
     os.replace(tmp, path)
@@ -223,6 +228,7 @@ class DatasetWriter:
         self.rows = 0
         self._seq = 0
         self._error: BaseException | None = None
+        self._aborted = False
         self._cond = threading.Condition()
         self._queue: list[pa.Table | None] = []
         self._thread = threading.Thread(target=self._run, name="notebook_im dataset writer", daemon=True)
@@ -253,8 +259,8 @@ class DatasetWriter:
     def abort(self) -> None:
         """Stop without finishing: files being written are removed (their .tmp never becomes a .parquet)."""
         with self._cond:
+            self._aborted = True
             self._queue.clear()
-            self._queue.append(None)
             self._cond.notify_all()
         self._thread.join()
         for writer, path in self.open.values():
@@ -267,8 +273,10 @@ class DatasetWriter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue:
+                while not self._queue and not self._aborted:
                     self._cond.wait()
+                if self._aborted:
+                    return
                 table = self._queue[0]
             if table is None:
                 try:
@@ -285,7 +293,7 @@ class DatasetWriter:
             except BaseException as exc:  # noqa: BLE001 - handed to the caller by write()/close()
                 self._error = exc
             with self._cond:
-                if self._queue:
+                if self._queue and self._queue[0] is table:
                     self._queue.pop(0)
                 self._cond.notify_all()
             if self._error is not None:
@@ -462,6 +470,7 @@ def import_captures(paths: Any, to: str | os.PathLike, *, local: Any = None, own
     files = capture_files(paths, owner, pre)
     total = sum(cf.path.stat().st_size for cf in files)
     root.mkdir(parents=True, exist_ok=True)
+    _write_marker(root, None)
     import_id = new_import_id()
     started = time.time()
     t0 = time.perf_counter()
@@ -499,6 +508,7 @@ def write_dataset(trace: "Trace", path: str | os.PathLike, *, compression: str =
         raise TypeError(f"write_dataset takes a notebook_im Trace (e.g. platform.trace), not {type(trace).__name__}")
     root = check_destination(path)
     root.mkdir(parents=True, exist_ok=True)
+    _write_marker(root, None)
     key = str(root.resolve())
     n = len(trace)
     done = _FLUSHED.get(trace, {}).get(key, 0)

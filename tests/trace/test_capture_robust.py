@@ -201,3 +201,53 @@ def test_directory_of_rotated_captures_reads_in_time_order_across_a_tcp_split(tm
     assert trace.pcap_stats.files_skipped == 1      # the README
     sink, stats = read(ring)
     assert stats.files == 4
+
+
+def test_every_link_type_we_claim(tmp_path: Path) -> None:
+    """Linux cooked v2, BSD null (either byte order) and loopback, raw IPv4 and IPv6 (with extension headers), and
+    an IPv6 fragment, counted."""
+    ip4 = udp_packet(A, B, sip_request("v4", 1))[14:]
+    body = sip_request("v6", 1)
+    udp6 = struct.pack("!HHHH", 5060, 5060, 8 + len(body), 0) + body
+    hop = bytes([17, 0]) + b"\x00" * 6                                   # hop-by-hop options, then UDP
+    ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(hop + udp6), 0, 64, b"\xfd" + b"\x00" * 14 + b"\x01",
+                      b"\xfd" + b"\x00" * 14 + b"\x02") + hop + udp6
+    frag = struct.pack("!IHBB16s16s", 6 << 28, 8 + len(udp6), 44, 64, b"\xfd" + b"\x00" * 15, b"\xfd" + b"\x00" * 15) \
+        + bytes([17, 0, 0, 1]) + b"\x00" * 4 + udp6                     # more fragments follow
+    cases = {
+        276: [struct.pack("!HHIHBB8s", 0x0800, 0, 1, 1, 0, 6, b"\x00" * 8) + ip4],          # SLL2
+        0: [struct.pack("<I", 2) + ip4, struct.pack(">I", 30) + ip6],                       # null, both orders
+        108: [struct.pack(">I", 2) + ip4],                                                  # OpenBSD loopback
+        101: [ip4, ip6, frag],                                                              # raw IP
+        229: [ip6],                                                                         # DLT_IPV6
+    }
+    for linktype, packets in cases.items():
+        sink, stats = read(write_packets(tmp_path / f"lt{linktype}.pcap", packets, linktype=linktype))
+        got = [r for _, _, r in sink.all]
+        want = [sip_request("v4", 1) if p in (ip4,) or p.endswith(ip4) else body for p in packets if p is not frag]
+        assert got == want, linktype
+        assert stats.fragments_skipped == (1 if linktype == 101 else 0) and stats.unsupported_linktype == 0
+    v6 = nim.read_pcap(tmp_path / "lt229.pcap").sip()
+    assert v6["src"].astype(str).tolist() == ["[fd00::1]:5060"]
+
+
+def test_an_import_that_fails_midway_leaves_no_partial_file(tmp_path: Path) -> None:
+    from .captures import generate
+    cap = tmp_path / "c.pcap"
+    truth = generate(cap, 20_000_000, seed=4)
+    out = tmp_path / "ds"
+    seen = []
+
+    def stop(done: int, total: int) -> None:      # called every 8 MiB read: stop after the second call
+        seen.append(done)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    from notebook_im.trace.capture import CaptureLimits
+    with pytest.raises(KeyboardInterrupt):
+        nim.read_pcap(cap, to=out, progress=stop, limits=CaptureLimits(batch_bytes=256 * 1024))
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.parquet"))   # the open file was removed
+    result = nim.read_pcap(cap, to=out)                 # the directory is still a dataset to import into
+    assert result.rows == truth.messages
+    with nim.open_traces(out) as t:
+        assert len(t) == truth.messages
