@@ -287,13 +287,15 @@ class TraceDataset(_Dataset):
 
     def transactions(self, start: Any = None, end: Any = None, *, method: Any = None, status: Any = None,
                      owner: Any = None, min_latency: float | None = None, unanswered: bool | None = None,
-                     where: str | None = None, limit: int | None = None) -> "pd.DataFrame":
+                     where: str | None = None, limit: int | None = None, users: bool = False) -> "pd.DataFrame":
         """One row per transaction (owner and branch:method) whose request was sent in [start, end): its method,
         Call-ID, CSeq, the request's src/dst and time, the first final response's time and status, `latency`
         (seconds, request to final), how often the request was sent (`requests`, `retransmissions`), the
         provisional and final responses seen, and whether a CANCEL was sent. `status` filters on the final
         status, `min_latency` (seconds) keeps slower ones, `unanswered=True` those without a final response.
-        Ordered by request time. `where` is a SQL condition over the sip rows read (before grouping)."""
+        Ordered by request time. `where` is a SQL condition over the sip rows read (before grouping).
+        `users=True` adds `from_user` and `to_user` (the user parts of the request's From and To URIs: who), read
+        from the requests of the transactions found only, after the filters, since it needs the raw text."""
         lo, hi = _ns(start, "start"), _ns(end, "end")
         if min_latency is not None and (isinstance(min_latency, bool) or not isinstance(min_latency, (int, float))):
             raise TypeError(f"min_latency= takes seconds (a number), not {min_latency!r}")
@@ -316,7 +318,25 @@ class TraceDataset(_Dataset):
                f"WHERE {' AND '.join(outer) or 'TRUE'} ORDER BY coalesce(request_at, final_at), transaction_id")
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return transactions_frame(self._arrow(sql).to_pandas())
+        if not users:
+            return transactions_frame(self._arrow(sql).to_pandas())
+        user = r"regexp_extract(raw, '(?im)^(?:{h})[ \t]*:[^\r\n]*?sips?:([^@;>\r\n]+)@', 1)"
+        with_users = f"""
+            WITH t AS ({sql}),
+                 req AS (SELECT owner, transaction_id, arg_min(raw, timestamp) AS raw FROM sip_parts
+                         WHERE {cond} AND status IS NULL AND method <> 'ACK'
+                           AND (owner, transaction_id) IN (SELECT owner, transaction_id FROM t)
+                         GROUP BY owner, transaction_id)
+            SELECT t.*, nullif({user.format(h='from|f')}, '') AS from_user,
+                   nullif({user.format(h='to|t')}, '') AS to_user
+            FROM t LEFT JOIN req USING (owner, transaction_id)
+            ORDER BY coalesce(t.request_at, t.final_at), t.transaction_id"""
+        df = self._arrow(with_users).to_pandas()
+        out = transactions_frame(df)
+        import pandas as pd
+        for c in ("from_user", "to_user"):
+            out[c] = pd.array(df[c].astype(object).where(df[c].notna(), None), dtype=pd.StringDtype())
+        return out
 
     @staticmethod
     def _dialogs_sql(source: str) -> str:

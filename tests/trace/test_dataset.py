@@ -127,6 +127,12 @@ def test_transactions_match_what_was_sent(traces, capture) -> None:
     assert len(slow) == sum(1 for x in truth.latencies["MESSAGE"] if x >= 0.2 - 1e-6) and (slow["latency"] >= 0.2).all()
     late = traces.transactions(start="2024-05-01 09:00", status=408)
     assert len(late) > 0 and (late["request_at"] >= pd.Timestamp("2024-05-01 09:00", tz="UTC")).all()
+    who = traces.transactions(start="2024-05-01 09:00", status=408, users=True)       # who failed with 408 after 9
+    assert who.drop(columns=["from_user", "to_user"]).equals(late)
+    rows = traces.sip(call_id=who["call_id"].tolist(), method="MESSAGE", raw=True)
+    for call_id, frm, to in zip(who["call_id"], who["from_user"], who["to_user"]):
+        raw = rows.loc[rows["call_id"] == call_id, "raw"].iloc[0]
+        assert f"From: <sip:{frm}@example.com>" in raw and f"To: <sip:{to}@example.com>" in raw
     assert traces.transactions(unanswered=True).empty
 
 
