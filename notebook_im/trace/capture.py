@@ -34,7 +34,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Protocol, Sequence
 
 from ..sip.errors import RemoteProtocolError
 from ..sip.parser import _content_length

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .capture import (  # noqa: F401 - re-exported: the names this module always had

@@ -4,7 +4,6 @@ against what the synthetic capture generator says it wrote, and against the in-m
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
