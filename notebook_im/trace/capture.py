@@ -76,17 +76,22 @@ def parse_size(value: int | str) -> int:
     return size
 
 
+BASELINE = 200 * MiB   # what an import process holds besides its buffers: Python, numpy, pyarrow, Parquet pages
+
+
 @dataclass(frozen=True)
 class CaptureLimits:
-    """What bounds an import's memory whatever the capture's size: one budget, from which the rest is derived.
+    """What bounds an import's memory whatever the capture's size: one budget for the whole process's peak RSS,
+    from which the buffers are sized.
 
-    `memory` is the budget (bytes or "512MiB"); the parts (None: derived from it) are the SIP bytes gathered before a
-    row group is written (`batch_bytes`, memory/24 up to 8 MiB: a batch exists about three times over while it
-    becomes Arrow columns and Parquet pages, and past 8 MiB bigger batches were not faster), the TCP bytes held
-    across all flows (`tcp_buffer_bytes`, memory/8: out-of-order segments plus partial messages), the open flows
-    (`max_flows`, memory/4 KiB), the out-of-order bytes and segments held per flow before its gap is skipped
-    (`flow_pending_bytes`, `flow_pending_segments`), and the largest message a stream may carry (`max_message`).
-    What is left of the budget is the interpreter, pyarrow and the writer."""
+    `memory` is the budget (bytes or "512MiB"; at least 256 MiB). BASELINE (200 MiB) of it is the interpreter,
+    numpy, pyarrow and the Parquet writer's pages; the rest, R, sizes the parts (None: derived): the SIP bytes
+    gathered before a row group is written (`batch_bytes`, R/8 up to 8 MiB: a batch exists about three times
+    over while it becomes Arrow columns and Parquet pages, and past 8 MiB bigger batches were not faster), the TCP
+    bytes held across all flows (`tcp_buffer_bytes`, R/4: out-of-order segments plus partial messages), the open
+    flows (`max_flows`, R/4 KiB: about 1 KiB each), the out-of-order bytes and segments held per flow before its
+    gap is skipped (`flow_pending_bytes`, `flow_pending_segments`), and the largest message a stream may carry
+    (`max_message`). The tests import with 256 MiB and check the peak RSS stays under it."""
 
     memory: int | str = "512MiB"
     batch_bytes: int | None = None
@@ -98,10 +103,13 @@ class CaptureLimits:
 
     def __post_init__(self) -> None:
         memory = parse_size(self.memory)
-        if memory < 64 * MiB:
-            raise ValueError(f"memory={self.memory!r} is too small to import with; give at least '64MiB'")
+        if memory < 256 * MiB:
+            raise ValueError(f"memory={self.memory!r} is too small to import with: the interpreter and pyarrow "
+                             f"alone take about 200 MiB; give at least '256MiB'")
         object.__setattr__(self, "memory", memory)
-        derived = {"batch_bytes": min(memory // 24, 8 * MiB), "tcp_buffer_bytes": memory // 8, "max_flows": memory // 4096}
+        rest = memory - BASELINE
+        derived = {"batch_bytes": max(min(rest // 8, 8 * MiB), MiB), "tcp_buffer_bytes": rest // 4,
+                   "max_flows": rest // 4096}
         for name, value in derived.items():
             given = getattr(self, name)
             object.__setattr__(self, name, value if given is None else parse_size(given))
