@@ -24,10 +24,12 @@ from typing import Callable
 
 from _common import BENCH, REPO, COLUMNS, Context, Row, read_rows, write_csv
 
-ORDER = ("import", "parse", "endpoint-udp", "endpoint-tcp", "relay", "latency", "scale")
-BUDGET = {"import": 20, "parse": 35, "endpoint-udp": 130, "endpoint-tcp": 140, "relay": 110, "latency": 85, "scale": 90}
-QUICK_BUDGET = {"import": 20, "parse": 20, "endpoint-udp": 40, "endpoint-tcp": 40, "relay": 40, "latency": 30, "scale": 40}
-NEEDS = {"endpoint-udp": ("sipp",), "endpoint-tcp": ("sipp",), "relay": ("sipp", "kamailio")}
+ORDER = ("import", "parse", "endpoint-udp", "endpoint-tcp", "relay", "latency", "scale", "pcap")
+BUDGET = {"import": 20, "parse": 35, "endpoint-udp": 130, "endpoint-tcp": 140, "relay": 110, "latency": 85, "scale": 90,
+          "pcap": 90}
+QUICK_BUDGET = {"import": 20, "parse": 20, "endpoint-udp": 40, "endpoint-tcp": 40, "relay": 40, "latency": 30, "scale": 40,
+                "pcap": 40}
+NEEDS = {"endpoint-udp": ("sipp",), "endpoint-tcp": ("sipp",), "relay": ("sipp", "kamailio"), "pcap": ("tshark",)}
 KILL_GRACE = 10   # seconds past the budget before the benchmark's process group is killed
 TOTAL = 570       # all benchmarks together (seconds): a budget is cut to what is left of this, so a run stays < 10 min
 
@@ -45,6 +47,9 @@ def benchmark(name: str) -> Callable[[Context], None]:
         return run
     if name == "scale":
         from scale import run
+        return run
+    if name == "pcap":
+        from pcap_scale import run
         return run
     from throughput import BENCHMARKS
     return BENCHMARKS[name]

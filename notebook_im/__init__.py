@@ -49,6 +49,8 @@ _LAZY: dict[str, str] = {
     "LadderView": "notebook_im.widgets.ladder_view:LadderView",
     "read_pcap": "notebook_im.trace.pcap:read_pcap",
     "teaching": "notebook_im.teaching:",   # the tutorials' helpers: numbered flows, checked exercises, raw SIP peers
+    "open_traces": "notebook_im.trace.query:open_traces",
+    "write_dataset": "notebook_im.trace.dataset:write_dataset",
 }
 
 

@@ -4,6 +4,7 @@
                                                registrar + proxy until Ctrl-C
     notebook-im demo [--transport udp|tcp]     server + alice + bob, a short conversation, the transcript
     notebook-im chat                           the same two users, you type as alice (bob echoes)
+    notebook-im import-pcap FILE... --to DIR   stream captures into a Parquet dataset (nim.open_traces(DIR))
 """
 from __future__ import annotations
 
@@ -136,6 +137,64 @@ def _chat(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Progress:
+    """A one-line progress bar on stderr (redrawn at most 10 times a second; nothing when stderr is not a terminal
+    unless asked), with the bytes done, the rate and the time left."""
+
+    def __init__(self, stream, force: bool = False) -> None:
+        self.stream = stream
+        self.enabled = force or stream.isatty()
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.1 and done < total):
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-6)
+        rate = done / elapsed
+        frac = min(done / total, 1.0) if total else 1.0
+        width = 30
+        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+        left = (total - done) / rate if rate > 0 and total > done else 0.0
+        self.stream.write(f"\r[{bar}] {frac * 100:5.1f}%  {done / 1e6:,.0f}/{total / 1e6:,.0f} MB  "
+                          f"{rate / 1e6:,.0f} MB/s  {left:,.0f} s left ")
+        self.stream.flush()
+        self.drawn = True
+
+    def end(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _import_pcap(args: argparse.Namespace) -> int:
+    from .trace.dataset import DatasetError, import_captures
+
+    progress = _Progress(sys.stderr, force=args.progress)
+    try:
+        result = import_captures(args.files, args.to, local=args.local or None, owner=args.owner,
+                                 memory=args.memory, progress=None if args.quiet else progress)
+    except (DatasetError, ValueError, TypeError, FileNotFoundError) as exc:
+        progress.end()
+        print(f"notebook-im import-pcap: {exc}", file=sys.stderr)
+        return 2
+    progress.end()
+    s = result.stats
+    print(f"{result.rows:,} SIP messages from {s.packets:,} packets in {s.files} file(s) -> {result.path} "
+          f"({len(result.files)} Parquet file(s), {result.seconds:.1f} s)")
+    skipped = {k: v for k, v in s.as_dict().items() if v and k in (
+        "files_skipped", "files_truncated", "files_corrupt", "non_ip", "other_ip", "non_sip_udp", "fragments_skipped",
+        "truncated_packets", "malformed_packets", "unsupported_linktype", "tcp_streams_ignored", "tcp_gaps",
+        "tcp_bad_messages", "tcp_flows_evicted", "tcp_incomplete_bytes")}
+    if skipped:
+        print("skipped and counted: " + ", ".join(f"{k}={v:,}" for k, v in skipped.items()))
+    print(f"query it: nim.open_traces({str(result.path)!r})")
+    return 0
+
+
 def _now() -> str:
     return time.strftime("%H:%M:%S")
 
@@ -160,6 +219,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=_demo)
     p = sub.add_parser("chat", help="type as alice to bob (an echo bot) in the terminal")
     p.set_defaults(func=_chat)
+    p = sub.add_parser("import-pcap", help="stream pcap/pcapng captures (gzip too) into a Parquet dataset",
+                       description="Read captures (files, or directories of rotated captures, in time order) and write "
+                                   "their SIP messages into a Parquet dataset partitioned by date and hour, with "
+                                   "memory bounded whatever their size. Query it with nim.open_traces(DIR).")
+    p.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng files (.gz too), or directories of them")
+    p.add_argument("--to", required=True, metavar="DIR", help="the dataset directory: new, empty, or a dataset to add to")
+    p.add_argument("--local", action="append", metavar="ADDR",
+                   help="our side, for the direction column: host or host:port (repeatable)")
+    p.add_argument("--owner", help="the owner column (default: pcap:<file or directory name>)")
+    p.add_argument("--memory", default="512MiB", help="peak memory budget, e.g. 256MiB or 1GiB (default 512MiB)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--progress", action="store_true", help="draw the progress bar even when stderr is not a terminal")
+    p.set_defaults(func=_import_pcap)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

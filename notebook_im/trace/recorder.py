@@ -372,6 +372,13 @@ class Trace:
         """Write one frame ("sip", "messages" or "events") to Parquet (pyarrow)."""
         getattr(self, frame)().to_parquet(path, index=False, **kwargs)
 
+    def to_parquet_dataset(self, path: Any, **kwargs: Any) -> Any:
+        """Flush the SIP messages recorded since the last flush to `path` into the Parquet dataset layout a capture
+        import writes (`nim.read_pcap(p, to=path)`), so `nim.open_traces(path)` queries a live chat and a production
+        capture the same way. Returns the `ImportResult` (see `trace.dataset.write_dataset`)."""
+        from .dataset import write_dataset
+        return write_dataset(self, path, **kwargs)
+
     def to_pcap(self, path: Any, *, owner: str | None = None) -> int:
         """Write the SIP messages as a pcap file Wireshark/tshark read as SIP; returns the packet count."""
         from .pcap import write_pcap
