@@ -37,6 +37,19 @@ __version__ = "0.1.0"
 # Names whose modules pull in heavy packages (pandas, ipywidgets), or that a client does not need (the embedded
 # server, ~20 ms of imports): imported on first use, so that `import notebook_im` stays fast and light.
 # "name": "module:attribute".
+# the trace's analysis methods: the recorder (below the API) cannot import the analysis layer (above it), so the
+# package that composes the layers plugs them in by name; each module is imported when first used (pandas then)
+Trace.analysis.update({
+    "sip": "notebook_im.trace.frames:sip_frame",
+    "messages": "notebook_im.trace.frames:messages_frame",
+    "events": "notebook_im.trace.frames:events_frame",
+    "drops": "notebook_im.trace.frames:drops_frame",
+    "dataset": "notebook_im.trace.dataset:write_dataset",
+    "pcap": "notebook_im.trace.pcap:write_pcap",
+    "ladder": "notebook_im.trace.ladder:Ladder.from_frame",
+    "plots": "notebook_im.trace.plots:TracePlots",
+})
+
 _LAZY: dict[str, str] = {
     "ConferenceSession": "notebook_im.api.conference:ConferenceSession",
     "HistoryError": "notebook_im.trace.store:HistoryError",

@@ -71,8 +71,9 @@ class Platform:
         self.history_store: Any = None  # the HistoryStore when history= was given
         if history is not None:
             from ..trace.store import HistoryStore  # sqlite3 only when asked for
+            from .records import CODEC
 
-            store = HistoryStore(history)
+            store = HistoryStore(history, CODEC)
             try:
                 store.load_into(self.trace)
             except BaseException:

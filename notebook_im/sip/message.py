@@ -222,7 +222,7 @@ class Message:
         """The body decoded with its charset (replacement characters for undecodable bytes)."""
         charset = self.charset
         try:
-            if not codecs.lookup(charset)._is_text_encoding:  # e.g. charset=hex, rot13, zlib
+            if not codecs.lookup(charset)._is_text_encoding:  # (CodecInfo has no public flag for it) e.g. hex, rot13, zlib
                 charset = "utf-8"
             return self.body.decode(charset, errors="replace")
         except (LookupError, ValueError):  # unknown charset; or a codec without "replace" (idna, punycode)

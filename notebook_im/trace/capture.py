@@ -962,3 +962,34 @@ def scan(files: Sequence[CaptureFile], sink: Sink, limits: CaptureLimits | None 
     if progress is not None:
         progress(c.bytes_read)
     return c.freeze()
+
+
+# -- addresses (read_pcap's local=, the frames' host:port strings) ------------------------------------------------
+def parse_local(local: Any) -> tuple[set[str], set[tuple[str, int]]]:
+    hosts: set[str] = set()
+    addrs: set[tuple[str, int]] = set()
+    if local is None:
+        return hosts, addrs
+    items = [local] if isinstance(local, (str, tuple)) else list(local)
+    for item in items:
+        if isinstance(item, tuple):
+            addrs.add((str(item[0]), int(item[1])))
+            continue
+        text = str(item)
+        if text.startswith("["):
+            host, _, port = text[1:].partition("]:")
+            addrs.add((host, int(port))) if port else hosts.add(host.rstrip("]"))
+        elif text.count(":") == 1:
+            host, port = text.split(":")
+            addrs.add((host, int(port)))
+        else:
+            hosts.add(text)
+    return hosts, addrs
+
+
+def split_addr(text: str) -> tuple[str, int]:
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]:")
+        return host, int(port or 0)
+    host, _, port = text.rpartition(":")
+    return host, int(port or 0)

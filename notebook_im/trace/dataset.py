@@ -34,45 +34,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .capture import CaptureLimits, CaptureStats, capture_files, scan
+from .capture import CaptureLimits, CaptureStats, capture_files, parse_local, scan
 from .extract import extract
+from .layout import COLUMNS, FORMAT, MARKER, SCHEMA, VERSION, DatasetError, _DICT, read_marker  # noqa: F401 - the layout's names, as this module always had them
 
 if TYPE_CHECKING:  # pragma: no cover
     from .recorder import Trace
 
-MARKER = "_notebook_im_dataset.json"
-FORMAT = "notebook_im trace dataset"
-VERSION = 1
 HOUR_NS = 3_600_000_000_000
 MAX_OPEN_FILES = 8          # hours written to at once (out-of-order captures); the least recently used is closed
 
-_DICT = pa.dictionary(pa.int32(), pa.string())
-SCHEMA = pa.schema([
-    ("timestamp", pa.timestamp("ns", tz="UTC")),
-    ("owner", _DICT),
-    ("direction", _DICT),
-    ("transport", _DICT),
-    ("src", _DICT),
-    ("dst", _DICT),
-    ("method", _DICT),
-    ("status", pa.int16()),
-    ("call_id", pa.string()),
-    ("cseq", pa.int64()),
-    ("from_tag", pa.string()),
-    ("to_tag", pa.string()),
-    ("branch", pa.string()),
-    ("transaction_id", pa.string()),
-    ("dialog_id", pa.string()),
-    ("body_size", pa.int64()),
-    ("raw", pa.string()),
-])
-COLUMNS = SCHEMA.names
 _DICTIONARY_COLUMNS = ["owner", "direction", "transport", "src", "dst", "method"]
 _STATISTICS_COLUMNS = ["timestamp", "owner", "transport", "method", "status", "cseq", "body_size"]
-
-
-class DatasetError(ValueError):
-    """A dataset path that cannot be used (the message says what to do)."""
 
 
 # -- the destination ------------------------------------------------------------------------------------------------
@@ -96,20 +69,6 @@ def check_destination(path: str | os.PathLike) -> Path:
         raise DatasetError(f"to={str(path)!r}: the parent directory {str(root.parent)!r} does not exist; create it "
                            f"first (or pass a path in an existing directory)")
     return root
-
-
-def read_marker(root: Path) -> dict[str, Any]:
-    """The dataset's description file (format, version, imports); DatasetError if it is not ours or too new."""
-    try:
-        info = json.loads((root / MARKER).read_text())
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{str(root)!r} has an unreadable {MARKER} ({exc}); it is not a notebook_im dataset") from exc
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise DatasetError(f"{str(root)!r}: {MARKER} does not describe a notebook_im dataset")
-    if int(info.get("version", 0)) > VERSION:
-        raise DatasetError(f"{str(root)!r} is a dataset of format version {info['version']}; this version of "
-                           f"notebook_im reads version {VERSION}: upgrade notebook_im")
-    return info
 
 
 def _write_marker(root: Path, record: dict[str, Any] | None) -> None:
@@ -352,11 +311,9 @@ class _CaptureSink:
     to `deliver` (which turns it into an Arrow table and writes it, here or in the writer process)."""
 
     def __init__(self, deliver: Callable[[Batch], None], batch_bytes: int, local: Any) -> None:
-        from .pcap import _parse_local
-
         self.deliver = deliver
         self.batch_bytes = batch_bytes
-        self.hosts, self.addrs = _parse_local(local)
+        self.hosts, self.addrs = parse_local(local)
         self.owner = ""
         self.names: dict[tuple[str, int], str] = {}
         self._reset()
@@ -518,17 +475,10 @@ def write_dataset(trace: "Trace", path: str | os.PathLike, *, compression: str =
     t0 = time.perf_counter()
     writer = DatasetWriter(root, import_id, compression=compression)
     try:
-        fields = trace._indexed_columns(n)
+        fields = trace.header_columns(n)
         for lo in range(done, n, _FLUSH_ROWS):
             hi = min(n, lo + _FLUSH_ROWS)
-            with trace._columns_lock:
-                ts = trace.sip_ts[lo:hi]
-                direction = trace.sip_direction[lo:hi]
-                transport = trace.sip_transport[lo:hi]
-                local = trace.sip_local[lo:hi]
-                remote = trace.sip_remote[lo:hi]
-                raw = trace.sip_raw[lo:hi]
-                owner = trace.sip_owner[lo:hi]
+            ts, direction, transport, local, remote, raw, owner = trace.sip_columns(lo, hi)
             names: dict[Any, str] = {}
 
             def name(a: Any) -> str:

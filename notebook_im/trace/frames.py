@@ -249,7 +249,7 @@ def sip_frame(trace: "Trace", *, owner: str | None = None, call_id: str | None =
     if n == 0:
         df = empty(SIP_SCHEMA)
         return df if raw else df.drop(columns="raw")
-    method, status, cid, cseq, cseq_method, from_tag, to_tag, branch, body_size = trace._indexed_columns(n)
+    method, status, cid, cseq, cseq_method, from_tag, to_tag, branch, body_size = trace.header_columns(n)
     owners = trace.sip_owner[:n]
     directions = trace.sip_direction[:n]
 
@@ -382,51 +382,25 @@ def events_frame(trace: "Trace", *, owner: str | None = None, session_id: str | 
 
 
 # -- the messages frame -----------------------------------------------------------------------------------
-_RECEIPT_EVENTS = ("MessageSending", "MessageDelivered", "MessageFailed", "MessageDeliveryNotified", "MessageDisplayed")
-
-
-def _sent_states(trace: "Trace") -> dict[tuple[str, str], str]:
-    """(owner, message id) -> the state of each sent message: the state the latest event about it reports
-    (every event after MessageSending carries the state the im.imdn table gave the message)."""
-    states: dict[tuple[str, str], str] = {}
-    for rec in trace.event_records():
-        ev = rec.event
-        name = type(ev).__name__
-        if name in _RECEIPT_EVENTS and getattr(ev, "message_id", None):
-            states[(rec.owner, ev.message_id)] = "sending" if name == "MessageSending" else (ev.state or None)
-    return states
-
-
 def _messages_rows_from_events(trace: "Trace") -> list[tuple]:
+    """One row per message the events describe (conversations.py rebuilds them; a message still in flight is
+    "sending" with no status)."""
+    from .conversations import rebuild
+
     rows = []
-    states = _sent_states(trace)
-    pending: dict[tuple[str, str], tuple] = {}   # MessageSending rows not (yet) settled
-    for rec in trace.event_records():
-        ev = rec.event
-        name = type(ev).__name__
-        if name not in ("MessageSending", "MessageDelivered", "MessageFailed", "MessageReceived"):
+    for item in rebuild(trace.event_records()).messages:
+        m = item.message
+        delivered = m.delivered_at.timestamp() if m.delivered_at is not None else None
+        if m.direction == "in":
+            rows.append((item.owner, item.session_id, "in", m.sender, m.recipient, m.text, m.content_type, m.mode,
+                         None, delivered, "received", None, None, None, m.id or None, item.call_id, None))
             continue
-        sid = _session_id(ev.session)
-        when = ev.timestamp.timestamp() if ev.timestamp is not None else rec.timestamp
-        if name == "MessageReceived":
-            rows.append((rec.owner, sid, "in", _uri(ev.participant), ev.recipient or rec.owner, ev.text,
-                         ev.content_type, ev.mode, None, when, "received", None, None, None, ev.message_id or None,
-                         None, None))
-            continue
-        recipient = ev.recipient or (ev.session.remote.uri if ev.session is not None else None)
-        key = (rec.owner, ev.message_id)
-        if name == "MessageSending":
-            pending[key] = (rec.owner, sid, "out", rec.owner, recipient, ev.text, ev.content_type, ev.mode, when,
-                            None, None, "sending", None, None, ev.message_id or None, None, None)
-            continue
-        pending.pop(key, None)
-        sent = ev.sent_at.timestamp() if ev.sent_at is not None else None
-        delivered = name == "MessageDelivered"
-        rows.append((rec.owner, sid, "out", rec.owner, recipient, ev.text, ev.content_type, ev.mode, sent,
-                     when if delivered else None, "delivered" if delivered else "failed",
-                     states.get(key) or ("sent" if delivered else "failed"), ev.status,
-                     ev.latency if delivered else None, ev.message_id or None, None, ev.reason or None))
-    return rows + list(pending.values())
+        settled = m.status != "sending"
+        rows.append((item.owner, item.session_id, "out", m.sender, m.recipient, m.text, m.content_type, m.mode,
+                     m.timestamp.timestamp(), delivered, m.status if settled else None, m.state,
+                     m.sip_status if settled else None, item.latency, m.id or None, item.call_id,
+                     (m.reason or None) if settled else None))
+    return rows
 
 
 _NOT_IM = ("application/im-iscomposing+xml", "message/imdn+xml")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .capture import (  # noqa: F401 - re-exported: the names this module always had
     DLT_EN10MB, DLT_IPV4, DLT_IPV6, DLT_LINUX_SLL, DLT_LINUX_SLL2, DLT_LOOP, DLT_NULL, DLT_RAW, PCAPNG_MAGIC,
-    CaptureLimits, CaptureStats, capture_files, looks_like_sip, scan,
+    CaptureLimits, CaptureStats, capture_files, looks_like_sip, parse_local, scan, split_addr,
 )
 from .recorder import Trace
 
@@ -38,34 +38,12 @@ if TYPE_CHECKING:  # pragma: no cover
 PcapStats = CaptureStats   # the name of read_pcap's counters before they grew (trace.pcap_stats)
 
 
-def _parse_local(local: Any) -> tuple[set[str], set[tuple[str, int]]]:
-    hosts: set[str] = set()
-    addrs: set[tuple[str, int]] = set()
-    if local is None:
-        return hosts, addrs
-    items = [local] if isinstance(local, (str, tuple)) else list(local)
-    for item in items:
-        if isinstance(item, tuple):
-            addrs.add((str(item[0]), int(item[1])))
-            continue
-        text = str(item)
-        if text.startswith("["):
-            host, _, port = text[1:].partition("]:")
-            addrs.add((host, int(port))) if port else hosts.add(host.rstrip("]"))
-        elif text.count(":") == 1:
-            host, port = text.split(":")
-            addrs.add((host, int(port)))
-        else:
-            hosts.add(text)
-    return hosts, addrs
-
-
 class _TraceSink:
     """Records each message `capture.scan` finds into a Trace, with the direction relative to `local`."""
 
     def __init__(self, trace: Trace, local: Any) -> None:
         self.trace = trace
-        self.hosts, self.addrs = _parse_local(local)
+        self.hosts, self.addrs = parse_local(local)
         self.owner = ""
 
     def begin(self, owner: str) -> None:
@@ -117,14 +95,6 @@ def read_pcap(path: Any, *, local: Any = None, owner: str | None = None, to: str
 
 
 # -- writing ----------------------------------------------------------------------------------------------
-def _split_addr(text: str) -> tuple[str, int]:
-    if text.startswith("["):
-        host, _, port = text[1:].partition("]:")
-        return host, int(port or 0)
-    host, _, port = text.rpartition(":")
-    return host, int(port or 0)
-
-
 def write_pcap(frame: "pd.DataFrame", path: str | os.PathLike) -> int:
     """Write the rows of a `sip()` frame as Ethernet/IP/UDP|TCP packets (pcap, nanosecond timestamps).
 
@@ -142,7 +112,7 @@ def write_pcap(frame: "pd.DataFrame", path: str | os.PathLike) -> int:
             if not (isinstance(raw, str) and isinstance(src, str) and isinstance(dst, str)):
                 continue
             payload = raw.encode("utf-8")
-            (shost, sport), (dhost, dport) = _split_addr(str(src)), _split_addr(str(dst))
+            (shost, sport), (dhost, dport) = split_addr(str(src)), split_addr(str(dst))
             if transport == "udp":
                 l4: Any = dpkt.udp.UDP(sport=sport, dport=dport, data=payload)
                 l4.ulen = 8 + len(payload)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from .capture import CaptureStats
-from .dataset import COLUMNS, MARKER, DatasetError, read_marker
+from .layout import COLUMNS, MARKER, DatasetError, read_marker
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -162,7 +162,7 @@ class TraceDataset(_Dataset):
         if not self.files:   # an empty dataset: the schema alone
             import pyarrow as pa
 
-            from .dataset import SCHEMA
+            from .layout import SCHEMA
             empty = pa.Table.from_batches([], schema=SCHEMA)
             self.con.register("_empty_sip", empty)
             return ("(SELECT *, CAST(NULL AS DATE) AS date, CAST(NULL AS INTEGER) AS hour FROM _empty_sip)")
@@ -411,9 +411,9 @@ class TraceDataset(_Dataset):
         trace = Trace(max_records=None, index="eager", name=str(self.root))
         ts = rows.column("timestamp").cast("int64").to_numpy()
         cols = [rows.column(c).to_pylist() for c in ("owner", "direction", "transport", "src", "dst", "raw")]
-        from .pcap import _split_addr
+        from .capture import split_addr
         for t, own, direction, transport, src, dst, raw in zip(ts, *cols):
-            s, d = _split_addr(src or ""), _split_addr(dst or "")
+            s, d = split_addr(src or ""), split_addr(dst or "")
             local, remote = (s, d) if direction == "out" else (d, s)
             trace.record_sip(direction or "", transport or "udp", local, remote, (raw or "").encode("utf-8"),
                              own or "", ts=int(t) / 1e9)

@@ -16,19 +16,21 @@ message columns: garbage goes to the drop list alone, so a flood of it cannot fi
 With `Platform(history=path)` a HistoryStore (store.py) is attached: each record is also handed to it, which
 costs one queue put here; the SQL happens on the store's writer thread, never on the recording thread.
 
-The analysis methods (`sip()`, `messages()`, `events()`, `to_pcap()`, `ladder()`, `plot`) import pandas
-and friends inside the method, so `import notebook_im` stays light.
+The analysis methods (`sip()`, `messages()`, `events()`, `to_pcap()`, `ladder()`, `plot`) are the analysis
+layer's functions, plugged in by `notebook_im/__init__.py` (`Trace.analysis`) and imported on first use, so
+this module imports nothing above `sip/` and `import notebook_im` stays light.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import re
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 from .extract import FIELDS, extract, fields_of
 from .packed import EventPacker
@@ -256,6 +258,23 @@ class Trace:
         if self.store is not None:
             self.store.put_event(ts, owner, event)
 
+    def load_records(self, sip: "list[tuple]", drops: "list[DropRecord]") -> None:
+        """Append SIP messages and drops recorded elsewhere (the history store's earlier ones), without handing them
+        to a store: `sip` rows are (timestamp, owner, direction, transport, local, remote, raw). Their header
+        fields are extracted on the first frame build, so opening a large store stays fast."""
+        with self._index_lock, self._lock:
+            if sip:
+                ts, owner, direction, transport, local, remote, raw = zip(*sip)
+                self.sip_ts.extend(ts)
+                self.sip_direction.extend(direction)
+                self.sip_transport.extend(transport)
+                self.sip_local.extend(local)
+                self.sip_remote.extend(remote)
+                self.sip_raw.extend(raw)
+                self.sip_owner.extend(owner)  # last: readers take len(sip_owner) as the row count
+            self.drops.extend(drops)
+            self.drops_total += len(drops)
+
     def add_event_records(self, records: "list[EventRecord]") -> None:
         """Append events recorded elsewhere (the history store's earlier ones), without handing them to a store."""
         with self._lock:
@@ -293,8 +312,9 @@ class Trace:
             self.drops.clear()
             self.dropped_sip = self.skipped = self.drops_total = 0
 
-    def _indexed_columns(self, n: int) -> tuple[list, ...]:
-        """The extracted header columns for the first n rows (extracting any rows not done yet)."""
+    def header_columns(self, n: int) -> tuple[list, ...]:
+        """The extracted header columns (extract.FIELDS) of the first n rows, extracting any not done yet: what the
+        frame builders and the dataset writer read."""
         with self._index_lock:
             done = len(self._fields[0])
             if done < n:
@@ -307,6 +327,13 @@ class Trace:
             return tuple(c[:n] for c in self._fields)
 
     # -- reading -----------------------------------------------------------------------------------
+    def sip_columns(self, lo: int, hi: int) -> tuple[list, ...]:
+        """Rows lo..hi of the SIP columns (timestamp, direction, transport, local, remote, raw, owner), read
+        together: a consistent slice while the loop thread keeps recording."""
+        with self._columns_lock:
+            return (self.sip_ts[lo:hi], self.sip_direction[lo:hi], self.sip_transport[lo:hi], self.sip_local[lo:hi],
+                    self.sip_remote[lo:hi], self.sip_raw[lo:hi], self.sip_owner[lo:hi])
+
     def sip_records(self) -> list[SipRecord]:
         """The recorded SIP messages as SipRecord objects (raw bytes, direction, addresses, time), oldest first."""
         with self._columns_lock:
@@ -344,53 +371,60 @@ class Trace:
         return f"<Trace {len(self)} SIP messages, {len(self._events)} events, {len(self.drops)} dropped{off}>"
 
     # -- analysis (pandas, imported on first use) -------------------------------------------------------
+    # The bodies of these methods live in the analysis layer (frames.py, pcap.py, dataset.py, ladder.py,
+    # plots.py: above the API, with pandas). The recorder sits below the API and imports nothing above `sip/`,
+    # so the top package (`notebook_im/__init__.py`, which composes the layers) plugs them in by name here;
+    # each is imported on first use.
+    analysis: ClassVar[dict[str, str]] = {}
+
+    def _view(self, name: str) -> Any:
+        target = self.analysis.get(name)
+        if target is None:
+            raise RuntimeError(f"trace.{name} needs the analysis layer, which `import notebook_im` plugs in")
+        module, _, attr = target.partition(":")
+        return functools.reduce(getattr, attr.split("."), importlib.import_module(module))
+
     def sip(self, *, owner: str | None = None, call_id: str | None = None, raw: bool = True) -> "pd.DataFrame":
         """One row per SIP message on the wire (schema: `notebook_im.trace.frames.SIP_SCHEMA`).
         `raw=False` leaves out the raw message text (faster for very large traces)."""
-        from .frames import sip_frame
-        return sip_frame(self, owner=owner, call_id=call_id, raw=raw)
+        return self._view("sip")(self, owner=owner, call_id=call_id, raw=raw)
 
     def messages(self, *, owner: str | None = None, session_id: str | None = None,
                  source: str = "auto") -> "pd.DataFrame":
         """One row per IM message sent or received (schema: `frames.MESSAGES_SCHEMA`). `source="events"`
         builds it from the API events, `"sip"` reconstructs it from the SIP messages (what a pcap gives),
         `"auto"` uses the events when there are any."""
-        from .frames import messages_frame
-        return messages_frame(self, owner=owner, session_id=session_id, source=source)
+        return self._view("messages")(self, owner=owner, session_id=session_id, source=source)
 
     def events(self, *, owner: str | None = None, session_id: str | None = None) -> "pd.DataFrame":
         """One row per API event (schema: `frames.EVENTS_SCHEMA`)."""
-        from .frames import events_frame
-        return events_frame(self, owner=owner, session_id=session_id)
+        return self._view("events")(self, owner=owner, session_id=session_id)
 
     def drops_frame(self) -> "pd.DataFrame":
         """One row per dropped datagram or stream chunk (schema: `frames.DROPS_SCHEMA`)."""
-        from .frames import drops_frame
-        return drops_frame(self)
+        return self._view("drops")(self)
 
     def to_parquet(self, path: Any, *, frame: str = "sip", **kwargs: Any) -> None:
         """Write one frame ("sip", "messages" or "events") to Parquet (pyarrow)."""
+        if frame not in ("sip", "messages", "events"):
+            raise ValueError(f"frame must be 'sip', 'messages' or 'events', not {frame!r}")
         getattr(self, frame)().to_parquet(path, index=False, **kwargs)
 
     def to_parquet_dataset(self, path: Any, **kwargs: Any) -> Any:
         """Flush the SIP messages recorded since the last flush to `path` into the Parquet dataset layout a capture
         import writes (`nim.read_pcap(p, to=path)`), so `nim.open_traces(path)` queries a live chat and a production
         capture the same way. Returns the `ImportResult` (see `trace.dataset.write_dataset`)."""
-        from .dataset import write_dataset
-        return write_dataset(self, path, **kwargs)
+        return self._view("dataset")(self, path, **kwargs)
 
     def to_pcap(self, path: Any, *, owner: str | None = None) -> int:
         """Write the SIP messages as a pcap file Wireshark/tshark read as SIP; returns the packet count."""
-        from .pcap import write_pcap
-        return write_pcap(self.sip(owner=owner), path)
+        return self._view("pcap")(self.sip(owner=owner), path)
 
     def ladder(self, **filters: Any) -> Any:
         """A ladder (sequence) diagram of the SIP messages (see `notebook_im.trace.ladder.Ladder`)."""
-        from .ladder import Ladder
-        return Ladder.from_frame(self.sip(), **filters)
+        return self._view("ladder")(self.sip(), **filters)
 
     @property
     def plot(self) -> Any:
         """Ready plots: `trace.plot.latency()`, `.messages_per_participant()`, `.composing_time()`."""
-        from .plots import TracePlots
-        return TracePlots(self)
+        return self._view("plots")(self)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import ipywidgets as w
 
-from ..trace.store import EarlierConversation, earlier_conversations
+from ..trace.conversations import EarlierConversation, earlier_conversations
 from . import render as r
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -10,7 +10,8 @@ import notebook_im as nim
 from notebook_im.api.events import MessageDelivered, MessageReceived, MessageSending
 from notebook_im.api.participant import Participant
 from notebook_im.trace.recorder import EventRecord
-from notebook_im.trace.store import UNCONFIRMED, EarlierSession, earlier_conversations
+from notebook_im.api.records import EarlierSession
+from notebook_im.trace.conversations import UNCONFIRMED, earlier_conversations
 from notebook_im.widgets.chat import ChatPanel, Conversation
 from notebook_im.widgets.composer import Composer
 from notebook_im.widgets.earlier import EARLIER_BADGE, EarlierView, when

@@ -13,6 +13,7 @@ import pytest
 
 import notebook_im as nim
 from notebook_im.trace import frames
+from notebook_im.api.records import CODEC
 from notebook_im.trace.store import SCHEMA_VERSION, HistoryError, HistoryInUse, HistoryStore
 from tests.helpers import accept_all, wait_for
 
@@ -107,7 +108,7 @@ def test_a_second_platform_on_the_same_store_gets_a_clear_error(tmp_path):
         with pytest.raises(HistoryInUse, match=rf"in use by another Platform \(process {os.getpid()}, this one\).*shutdown\(\)"):
             nim.Platform("second", history=path)
         with pytest.raises(HistoryInUse):  # the directory form names the same file
-            HistoryStore(tmp_path)
+            HistoryStore(tmp_path, CODEC)
     finally:
         first.shutdown()
     reopened = nim.Platform("third", history=path)  # released by shutdown
@@ -245,7 +246,7 @@ def test_writer_backlog_flush_and_odd_events(tmp_path):
 
     from notebook_im.trace import store as history
 
-    store = HistoryStore(tmp_path / "backlog.sqlite")
+    store = HistoryStore(tmp_path / "backlog.sqlite", CODEC)
     try:
         n = history.BATCH * 2 + 7
         for i in range(n):
