@@ -221,7 +221,8 @@ class Endpoint(EventSource):
         body, content_type, extra = self.pager_payload(str(to), msg)
         if msg.requested:
             self.receipts.track(msg, session, emit, call_id=call_id)
-        emit(MessageSending(session, msg.id, msg.text, msg.content_type, "pager", str(to), timestamp=msg.timestamp))
+        emit(MessageSending(session, msg.id, msg.text, msg.content_type, "pager", str(to), timestamp=msg.timestamp,
+                            call_id=call_id))
         started = time.perf_counter()
         status, reason = 408, "not sent"
         for _attempt in range(MESSAGE_ATTEMPTS):
@@ -234,7 +235,8 @@ class Endpoint(EventSource):
                 break
             except NO_ANSWER as exc:  # retried once; the receiver drops a duplicate by id
                 status, reason = exc.status, exc.reason
-        event = settle(msg, session, status, failure_reason(status, reason, len(body)), time.perf_counter() - started)
+        event = settle(msg, session, status, failure_reason(status, reason, len(body)), time.perf_counter() - started,
+                       call_id)
         emit(event)
         return event
 
@@ -323,7 +325,7 @@ class Endpoint(EventSource):
             return 200  # a retry of a message we already delivered
         msg_id = header_id or random_hex(2 * 6)
         event = MessageReceived(None, participant, text, ct, msg_id, "pager", self.uri, timestamp=now_utc(),
-                                sent_at=parse_date(request.headers.get("Date")))
+                                sent_at=parse_date(request.headers.get("Date")), call_id=request.call_id)
         self.pager_messages.append(event)
         wanted = imdn.requested(request.headers, wrapper)
         self._pager_unread[msg_id] = (participant.uri, wanted)

@@ -75,6 +75,7 @@ class MessageReceived(Event):
     # when the sender sent it, from the message's Date header (None without one). A message the server kept
     # while we were offline arrives later: `timestamp` is when it arrived, `sent_at` when it was sent
     sent_at: datetime | None = None
+    call_id: str = ""               # the Call-ID of the MESSAGE that carried it (the session's dialog, or its own)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class MessageSending(Event):
     content_type: str
     mode: str = "session"
     recipient: str = ""
+    call_id: str = ""               # the Call-ID it goes with: the session's dialog, or its own pager MESSAGE's
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class MessageDelivered(Event):
     # 202 Accepted: the server keeps the message for a recipient who is offline and delivers it when they
     # register again; it has not reached them yet (`status` is 202, `reason` says so)
     stored: bool = False
+    call_id: str = ""               # the Call-ID of the MESSAGE (the session's dialog, or its own in pager mode)
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class MessageFailed(Event):
     recipient: str = ""
     sent_at: datetime | None = None
     state: str = "failed"           # "failed", or "delivered"/"displayed" if a receipt proved it arrived anyway
+    call_id: str = ""               # the Call-ID of the MESSAGE (the session's dialog, or its own in pager mode)
 
 
 @dataclass(frozen=True)

@@ -108,18 +108,19 @@ def check_content_type(content_type: str) -> str:
     return ct
 
 
-def settle(msg: ChatMessage, session: Any, status: int, reason: str,
-           latency: float) -> MessageDelivered | MessageFailed:
+def settle(msg: ChatMessage, session: Any, status: int, reason: str, latency: float,
+           call_id: str = "") -> MessageDelivered | MessageFailed:
     """Record the final response of a sent message on `msg` (status, state through the IMDN table) and
-    return the event that reports it (`session`: the ImSession, or None in pager mode)."""
+    return the event that reports it (`session`: the ImSession, or None in pager mode; `call_id`: the Call-ID
+    of the MESSAGE)."""
     msg.sip_status, msg.reason = status, reason
     if 200 <= status < 300:
         msg.status, msg.delivered_at = "delivered", now_utc()
         msg.state = imdn.advance(msg.state, imdn.Input.RESPONSE_2XX).value
         return MessageDelivered(session, msg.id, msg.text, msg.content_type, status, reason, latency, msg.mode,
                                 msg.recipient, msg.timestamp, msg.state, timestamp=msg.delivered_at,
-                                stored=status == 202)
+                                stored=status == 202, call_id=call_id)
     msg.status = "failed"
     msg.state = imdn.advance(msg.state, imdn.Input.RESPONSE_ERROR).value
     return MessageFailed(session, msg.id, msg.text, msg.content_type, status, reason, msg.mode, msg.recipient,
-                         msg.timestamp, msg.state, timestamp=now_utc())
+                         msg.timestamp, msg.state, timestamp=now_utc(), call_id=call_id)

@@ -482,7 +482,8 @@ class ImSession(EventSource):
         self.messages.append(msg)
         self._unread[msg.id] = msg
         self._receiver_message(sender)
-        self._emit(MessageReceived(self, sender, text, ct, msg_id, mode, self.endpoint.uri, timestamp=ts))
+        self._emit(MessageReceived(self, sender, text, ct, msg_id, mode, self.endpoint.uri, timestamp=ts,
+                                   call_id=request.call_id))
         if wanted is not None and wanted.delivery and self._may_notify():
             asyncio.ensure_future(self._notify(msg, imdn.DELIVERY, "delivered"))
 
@@ -606,7 +607,9 @@ class ImSession(EventSource):
             extra = imdn.request_headers(msg.id, msg.timestamp)
             msg.requested = imdn.REQUESTED_SET
             self.endpoint.receipts.track(msg, self, self._emit)
-        self._emit(MessageSending(self, msg.id, text, ct, "session", msg.recipient, timestamp=msg.timestamp))
+        call_id = self.dialog.call_id if self.dialog is not None else ""
+        self._emit(MessageSending(self, msg.id, text, ct, "session", msg.recipient, timestamp=msg.timestamp,
+                                  call_id=call_id))
         self._run_sender(self._sender.message_sent(time.monotonic()))
         started = time.perf_counter()
         body = wire_text(text)
@@ -629,7 +632,8 @@ class ImSession(EventSource):
                 status, reason = resp.status, resp.reason
                 news += self._machine.answered("MESSAGE", status, reason)
                 break
-        event = settle(msg, self, status, failure_reason(status, reason, len(body)), time.perf_counter() - started)
+        event = settle(msg, self, status, failure_reason(status, reason, len(body)), time.perf_counter() - started,
+                       call_id)
         self._emit(event)
         self._run(news)
         if isinstance(event, MessageDelivered):

@@ -84,7 +84,7 @@ MESSAGES_SCHEMA: dict[str, Any] = {
     "sip_status": "Int16",        # final SIP status of the MESSAGE; NA for received messages from events
     "latency": "float64",         # seconds from send to final response
     "message_id": STRING,
-    "call_id": STRING,            # from SIP only
+    "call_id": STRING,            # the Call-ID of the MESSAGE that carried it (events and SIP alike)
     "reason": STRING,
 }
 

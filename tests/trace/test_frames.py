@@ -107,6 +107,14 @@ def test_messages_frame_from_events(chat) -> None:
     assert (out["delivered_at"].iloc[:3] >= out["sent_at"].iloc[:3]).all() and pd.isna(out["delivered_at"].iloc[3])
     assert set(out["sender"]) == {chat.alice.uri} and set(inn["recipient"]) == {chat.bob.uri}
     assert out["recipient"].iloc[3] == "sip:nobody@example.test"
+    # every row names the Call-ID its MESSAGE went with: the session's dialog, or a pager MESSAGE's own
+    assert m["call_id"].notna().all()
+    assert (out["call_id"].iloc[:2] == chat.call_id).all() and (inn["call_id"].iloc[:2] == chat.call_id).all()
+    sip = chat.trace.sip()
+    pager = sip[(sip["method"] == "MESSAGE") & sip["raw"].str.contains("pager hello", regex=False)]
+    assert out["call_id"].iloc[2] == inn["call_id"].iloc[2] == pager["call_id"].iloc[0]
+    ladder = chat.trace.ladder(call_id=out["call_id"].iloc[2])   # what the README shows
+    assert len(ladder.arrows) == 4 and {a.call_id for a in ladder.arrows} == {pager["call_id"].iloc[0]}   # 2 hops x (MESSAGE, 200)
 
 
 def test_messages_frame_reconstructed_from_sip(chat) -> None:
