@@ -19,7 +19,7 @@ import secrets
 import time
 
 import notebook_im as nim
-from notebook_im.trace.recorder import Trace
+from notebook_im.record.recorder import Trace
 
 
 def messages(n: int) -> list[bytes]:

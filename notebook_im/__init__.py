@@ -30,7 +30,7 @@ from .runtime import DeadlockError, Operation
 from .net.impairment import Impairment
 from .net.memory import MemoryNetwork
 from .sip.transaction import Timers
-from .trace import Trace
+from .record import Trace
 
 __version__ = "0.1.0"
 
@@ -52,8 +52,8 @@ Trace.analysis.update({
 
 _LAZY: dict[str, str] = {
     "ConferenceSession": "notebook_im.api.conference:ConferenceSession",
-    "HistoryError": "notebook_im.trace.store:HistoryError",
-    "HistoryInUse": "notebook_im.trace.store:HistoryInUse",
+    "HistoryError": "notebook_im.record.store:HistoryError",
+    "HistoryInUse": "notebook_im.record.store:HistoryInUse",
     "Server": "notebook_im.server:Server",
     "FocusLimits": "notebook_im.server.conference:FocusLimits",
     "OfflineLimits": "notebook_im.server.offline:OfflineLimits",

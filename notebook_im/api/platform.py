@@ -15,7 +15,7 @@ from ..net.memory import MemoryNetwork
 from ..runtime import Operation, runtime
 from ..sip.transaction import DEFAULT_TIMERS, Timers
 from ..sip.uri import SipUri
-from ..trace.recorder import Trace
+from ..record.recorder import Trace
 from . import checks
 from .endpoint import Endpoint
 from .manager import parse_remote_uri
@@ -70,7 +70,7 @@ class Platform:
         self.trace = Trace(max_records=max_trace_records)
         self.history_store: Any = None  # the HistoryStore when history= was given
         if history is not None:
-            from ..trace.store import HistoryStore  # sqlite3 only when asked for
+            from ..record.store import HistoryStore  # sqlite3 only when asked for
             from .records import CODEC
 
             store = HistoryStore(history, CODEC)

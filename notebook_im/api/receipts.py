@@ -68,7 +68,7 @@ class ReceiptBook:
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         self.size = size
         # two maps rather than one of (source, message) pairs: a pair per message would be one more GC-tracked
-        # object kept per sent message (trace/packed.py says why that count matters)
+        # object kept per sent message (record/packed.py says why that count matters)
         self._sent: OrderedDict[str, "ChatMessage"] = OrderedDict()
         self._source: dict[str, Any] = {}
         # Call-ID of a pager-mode message -> its id: liblinphone names the message a receipt is about by the

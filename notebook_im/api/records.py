@@ -1,4 +1,4 @@
-"""How the API's events are written to the history store and read back (the store's codec, trace/store.py).
+"""How the API's events are written to the history store and read back (the store's codec, record/store.py).
 
 The store moves rows; this module knows what an event is. Encoding: JSON scalars, lists and dicts as they are;
 states (str enums) as their value, turned back into the enum the field's annotation names; `{"$dt": iso}`
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
 
-from ..trace.store import BadRecord
+from ..record.store import BadRecord
 from . import events
 from .participant import Participant
 

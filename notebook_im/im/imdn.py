@@ -78,7 +78,7 @@ def parse_disposition(value: str | None) -> frozenset[str]:
 
 
 # The few possible sets, shared: every kept message points at one of them rather than at a frozenset of its own
-# (a frozenset is a GC-tracked object; see trace/packed.py for why that matters). At most 2**len(DISPOSITIONS).
+# (a frozenset is a GC-tracked object; see record/packed.py for why that matters). At most 2**len(DISPOSITIONS).
 _NONE: frozenset[str] = frozenset()
 _SHARED: dict[frozenset[str], frozenset[str]] = {_NONE: _NONE}
 

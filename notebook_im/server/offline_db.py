@@ -4,7 +4,7 @@
 Every change is written through before the sender is answered: a message is in the file before its 202 goes
 out, and leaves it when the device's 2xx arrives (or it expires, or is refused for good). SQLite in WAL mode with
 synchronous=NORMAL: a commit survives the server process being killed (not a power cut, which no setting short
-of an fsync per message would). The file gets the history store's care (trace/store.py): no symbolic link is
+of an fsync per message would). The file gets the history store's care (record/store.py): no symbolic link is
 written through, the directory must be the user's own and not writable by everyone, the files are 0600, one
 server writes a file at a time, and a file that is not an offline store is refused without being touched.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotebookImError
-from ..trace.store import PRIVATE_FILE, SQLITE_MAGIC, FileLock, check_location, read_header
+from ..record.store import PRIVATE_FILE, SQLITE_MAGIC, FileLock, check_location, read_header
 
 APPLICATION_ID = 0x6E696D6F   # "nimo", PRAGMA application_id
 SCHEMA = 1

@@ -18,7 +18,7 @@ from ..net.transport import TransportLayer
 from ..runtime import Operation, runtime
 from ..sip.transaction import DEFAULT_TIMERS, Timers
 from ..sip.uri import bracket
-from ..trace.recorder import Trace
+from ..record.recorder import Trace
 from .auth import Authenticator
 from .conference import Focus, FocusLimits
 from .offline import OfflineLimits

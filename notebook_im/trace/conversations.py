@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from ..api import events
 from ..api.messages import ChatMessage
-from .recorder import EventRecord
+from ..record.recorder import EventRecord
 
 UNCONFIRMED = "no final response was recorded (the program stopped first)"
 _MESSAGE_EVENTS = ("MessageReceived", "MessageSending", "MessageDelivered", "MessageFailed")

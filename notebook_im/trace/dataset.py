@@ -35,11 +35,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .capture import CaptureLimits, CaptureStats, capture_files, parse_local, scan
-from .extract import extract
+from ..record.extract import extract
 from .layout import COLUMNS, FORMAT, MARKER, SCHEMA, VERSION, DatasetError, _DICT, read_marker  # noqa: F401 - the layout's names, as this module always had them
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .recorder import Trace
+    from ..record.recorder import Trace
 
 HOUR_NS = 3_600_000_000_000
 MAX_OPEN_FILES = 8          # hours written to at once (out-of-order captures); the least recently used is closed
@@ -459,7 +459,7 @@ def write_dataset(trace: "Trace", path: str | os.PathLike, *, compression: str =
     so a chat recorded today and a production capture are analysed with the same code (`open_traces`). Each call
     writes the rows recorded since this trace's previous call for the same directory (the first call: all of them);
     a trace that was cleared starts again from its first row."""
-    from .recorder import Trace
+    from ..record.recorder import Trace
 
     if not isinstance(trace, Trace):
         raise TypeError(f"write_dataset takes a notebook_im Trace (e.g. platform.trace), not {type(trace).__name__}")

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .recorder import Trace
+    from ..record.recorder import Trace
 
 UTC_NS = pd.DatetimeTZDtype("ns", "UTC")
 STRING = pd.StringDtype()

@@ -30,7 +30,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from .extract import extract
+from ..record.extract import extract
 
 COLOURS = {"request": "#2563eb", "provisional": "#6b7280", "success": "#16a34a", "failure": "#dc2626"}
 LANE_W, ROW_H, TOP, LEFT = 190, 28, 52, 78

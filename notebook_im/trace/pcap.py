@@ -28,7 +28,7 @@ from .capture import (  # noqa: F401 - re-exported: the names this module always
     DLT_EN10MB, DLT_IPV4, DLT_IPV6, DLT_LINUX_SLL, DLT_LINUX_SLL2, DLT_LOOP, DLT_NULL, DLT_RAW, PCAPNG_MAGIC,
     CaptureLimits, CaptureStats, capture_files, looks_like_sip, parse_local, scan, split_addr,
 )
-from .recorder import Trace
+from ..record.recorder import Trace
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

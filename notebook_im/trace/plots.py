@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .recorder import Trace
+    from ..record.recorder import Trace
 
 
 def _axes(ax: Any) -> Any:

@@ -391,7 +391,7 @@ class TraceDataset(_Dataset):
         responses and receipts are looked for up to a minute past `end`). For the numbers alone at scale,
         `transactions(method="MESSAGE")` stays in SQL."""
         from .frames import messages_frame
-        from .recorder import Trace
+        from ..record.recorder import Trace
 
         lo, hi = _ns(start, "start"), _ns(end, "end")
         # a MESSAGE is answered within Timer F (64*T1 = 32 s): a minute past `end` is enough (not the 5 minutes an

@@ -9,7 +9,7 @@ import ipywidgets as w
 import notebook_im as nim
 from notebook_im.api.events import MessageDelivered, MessageReceived, MessageSending
 from notebook_im.api.participant import Participant
-from notebook_im.trace.recorder import EventRecord
+from notebook_im.record.recorder import EventRecord
 from notebook_im.api.records import EarlierSession
 from notebook_im.trace.conversations import UNCONFIRMED, earlier_conversations
 from notebook_im.widgets.chat import ChatPanel, Conversation

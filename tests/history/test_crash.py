@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import notebook_im as nim
-from notebook_im.trace.store import HistoryInUse
+from notebook_im.record.store import HistoryInUse
 
 from .conftest import CHILD_ENV
 

@@ -14,7 +14,7 @@ import pytest
 import notebook_im as nim
 from notebook_im.trace import frames
 from notebook_im.api.records import CODEC
-from notebook_im.trace.store import SCHEMA_VERSION, HistoryError, HistoryInUse, HistoryStore
+from notebook_im.record.store import SCHEMA_VERSION, HistoryError, HistoryInUse, HistoryStore
 from tests.helpers import accept_all, wait_for
 
 from .conftest import CHILD_ENV, TEXTS, record_chat
@@ -244,7 +244,7 @@ def test_writer_backlog_flush_and_odd_events(tmp_path):
         def __str__(self) -> str:
             raise RuntimeError("no text for this one")
 
-    from notebook_im.trace import store as history
+    from notebook_im.record import store as history
 
     store = HistoryStore(tmp_path / "backlog.sqlite", CODEC)
     try:

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 import notebook_im as nim
-from notebook_im.trace import store as history
-from notebook_im.trace.store import HistoryError
+from notebook_im.record import store as history
+from notebook_im.record.store import HistoryError
 
 from .conftest import TEXTS, record_chat
 

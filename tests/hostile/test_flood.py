@@ -131,7 +131,7 @@ def test_memory_bounded_under_flood(target, flood_stack, capsys):
 
 def test_drop_list_is_bounded():
     """Trace.drops keeps the most recent max_records drops, each with at most 2 KB of the datagram."""
-    from notebook_im.trace.recorder import Trace
+    from notebook_im.record.recorder import Trace
     trace = Trace(max_records=1000)
     for _ in range(5000):
         trace.record_drop("udp", ("127.0.0.1", 1), "garbage", b"x" * 4096, "test")

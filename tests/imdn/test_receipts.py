@@ -14,7 +14,7 @@ import pytest
 import notebook_im as nim
 from notebook_im.api.messages import ChatMessage
 from notebook_im.im import imdn
-from notebook_im.trace.recorder import Trace
+from notebook_im.record.recorder import Trace
 from tests.helpers import udp_exchange, wait_for
 
 from .conftest import Pair

@@ -10,7 +10,7 @@ import pytest
 
 import notebook_im as nim
 from notebook_im.trace import frames
-from notebook_im.trace.recorder import Trace
+from notebook_im.record.recorder import Trace
 
 from .test_frames import assert_schema
 

@@ -9,8 +9,8 @@ import pytest
 
 import notebook_im as nim
 from notebook_im.trace import frames
-from notebook_im.trace.extract import extract
-from notebook_im.trace.recorder import Trace
+from notebook_im.record.extract import extract
+from notebook_im.record.recorder import Trace
 
 from .conftest import TEXTS
 

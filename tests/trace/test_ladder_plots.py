@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 import matplotlib
 
 from notebook_im.trace.ladder import Ladder, render_svg
-from notebook_im.trace.recorder import Trace
+from notebook_im.record.recorder import Trace
 
 matplotlib.use("Agg")
 NS = {"s": "http://www.w3.org/2000/svg"}

@@ -160,7 +160,7 @@ def test_reordered_stream_call_ids_equal_tsharks_sip_dissector(tmp_path: Path, s
     packets = [tcp_packet(A, B, isn, flags=SYN)] + [tcp_packet(A, B, s, d) for s, d in segs]
     path = write_packets(tmp_path / "adv.pcap", packets)
     sink, _ = run(path)
-    from notebook_im.trace.extract import extract
+    from notebook_im.record.extract import extract
     ours_ids = [extract(m)[2] for m in sink.flows[(A, B)]]
     assert len(ours_ids) == len(msgs)
     assert ours_ids == tshark_call_ids(path, "tcp.reassemble_out_of_order:TRUE")
@@ -183,7 +183,7 @@ def test_in_order_retransmissions_with_different_bytes_match_tshark_defaults(tmp
     path = write_packets(tmp_path / "rt.pcap", packets)
     sink, stats = run(path)
     assert b"".join(sink.flows[(A, B)]) == follow(path)
-    from notebook_im.trace.extract import extract
+    from notebook_im.record.extract import extract
     assert [extract(m)[2] for m in sink.flows[(A, B)]] == tshark_call_ids(path)   # tshark with its defaults
 
 

@@ -1,4 +1,4 @@
-"""The trace keeps its records where the garbage collector does not walk them (trace/packed.py, recorder.Column):
+"""The trace keeps its records where the garbage collector does not walk them (record/packed.py, recorder.Column):
 sealed column chunks and packed events are untracked tuples, and reading them gives back exactly what was
 recorded, also while a writer thread appends."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 import pytest
 
 from notebook_im.api.events import ParticipantState, ParticipantStateChanged, SessionState, SessionStateChanged
-from notebook_im.trace.packed import EventPacker
-from notebook_im.trace.recorder import CHUNK, Column, Trace
+from notebook_im.record.packed import EventPacker
+from notebook_im.record.recorder import CHUNK, Column, Trace
 
 
 def test_column_reads_back_what_was_appended_across_chunks() -> None:

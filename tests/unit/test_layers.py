@@ -12,11 +12,10 @@ ROOT = Path(__file__).resolve().parents[2] / "notebook_im"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("sip", ("sip",)),                                   # sans-IO SIP: nothing of ours
     ("base", ("errors", "runtime")),                     # the error hierarchy, the loop thread
-    ("im, net, trace recorder", ("im", "net", "trace.recorder", "trace.extract", "trace.packed", "trace.store",
-                                 "trace")),
+    ("im, net, record", ("im", "net", "record")),        # IM documents and machines; transports; the recorder
     ("core", ("core",)),                                 # the SIP stack and the user agent, by composition
     ("api and server", ("api", "server")),               # UCCAPI's model; the registrar/proxy/focus
-    ("trace analysis", ("trace.*",)),                    # frames, pcap, datasets, ladders, conversations (pandas)
+    ("trace", ("trace",)),                               # analysis: frames, pcap, datasets, ladders (pandas)
     ("widgets", ("widgets",)),
     ("top", ("", "cli", "teaching", "testing")),         # the package itself composes the layers
 ]
@@ -57,12 +56,8 @@ def layer_of(name: str) -> tuple[int, str]:
     best: tuple[int, int, str] | None = None
     for index, (_label, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if prefix.endswith(".*"):
-                ok = rel.startswith(prefix[:-1])
-                weight = len(prefix) - 1   # "trace.*" beats the bare "trace" (the package itself)
-            else:
-                ok = rel == prefix or (prefix and rel.startswith(prefix + "."))
-                weight = len(prefix)
+            ok = rel == prefix or (prefix and rel.startswith(prefix + "."))
+            weight = len(prefix)
             if ok and (best is None or weight > best[1]):
                 best = (index, weight, prefix)
     assert best is not None, f"{name} is in no layer of {__file__}: add it to LAYERS"
@@ -132,10 +127,10 @@ def test_no_import_circles_between_files() -> None:
 def test_the_checks_catch_what_they_claim() -> None:
     """The walker sees imports inside functions and under TYPE_CHECKING, and the layer table places them."""
     known = modules()
-    found = {t for t, _ in imports("notebook_im.trace.recorder", known["notebook_im.trace.recorder"], known)}
-    assert "notebook_im.trace.extract" in found
+    found = {t for t, _ in imports("notebook_im.record.recorder", known["notebook_im.record.recorder"], known)}
+    assert "notebook_im.record.extract" in found
     found = {t for t, _ in imports("notebook_im.api.platform", known["notebook_im.api.platform"], known)}
-    assert "notebook_im.trace.store" in found, "an import inside a function counts"
+    assert "notebook_im.record.store" in found, "an import inside a function counts"
     assert layer_of("notebook_im.trace.frames")[0] > layer_of("notebook_im.api.session")[0]
-    assert layer_of("notebook_im.trace.store")[0] < layer_of("notebook_im.core.stack")[0]
+    assert layer_of("notebook_im.record.store")[0] < layer_of("notebook_im.core.stack")[0]
     assert layer_of("notebook_im")[0] == len(LAYERS) - 1

@@ -6,7 +6,7 @@
     platform = nim.Platform(history="chat.sqlite")      # a new kernel: trace.sip()/messages()/events() and
                                                         # ChatPanel(endpoint) show the earlier conversations
 
-Why a writer thread. Recording is on the hot path (trace/recorder.py), so the caller's thread (the library's
+Why a writer thread. Recording is on the hot path (record/recorder.py), so the caller's thread (the library's
 loop thread) never does SQL: `Trace.record_*` hands each record to `HistoryStore.put_*`, which appends the
 record to a deque (atomic, no lock) and wakes the writer if it sleeps. A daemon writer thread takes what is
 there, inserts it and commits: at once when the previous commit is older than `WINDOW` (10 ms), else when it
