@@ -2,7 +2,7 @@
 
 Why a module of its own: every benchmark runs real programs (SIPp, Kamailio, a notebook_im endpoint or server
 in its own process) on loopback and has to start, bound and stop them the same way. Port probing and the
-Kamailio readiness probe come from tests/interop/interop_support.py, so the benchmarks and the interop tests
+Kamailio readiness probe come from support/programs.py, so the benchmarks and the interop tests
 agree on how those programs are run; what differs here is that every program stays in the benchmark's own
 process group (bench/harness.py kills that group when a benchmark overruns its budget, so nothing leaks), and
 SIPp is run without -trace_msg (logging every message would slow it down and distort the anchor).
@@ -25,10 +25,10 @@ from typing import Any, Callable, Sequence
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-if str(REPO) not in sys.path:  # the checkout's notebook_im and tests/ helpers, whatever else is installed
+if str(REPO) not in sys.path:  # the checkout's notebook_im and support/ helpers, whatever else is installed
     sys.path.insert(1, str(REPO))
 
-from tests.interop.interop_support import (  # noqa: E402,F401 - needs the path above; re-exported for the benchmarks
+from support.programs import (  # noqa: E402,F401 - needs the path above; re-exported for the benchmarks
     HOST, KAMAILIO_CFG, SIPP_DIR, free_port, kamailio_module_dir, sip_options, tcp_listening, udp_bound,
 )
 
@@ -365,7 +365,7 @@ def start_sipp_server(run: SippRun, transport: str, log: Path, timeout: float = 
 
 
 # ---------------------------------------------------------------------------------------------------
-# Kamailio (examples/kamailio/kamailio.cfg; see tests/interop/interop_support.start_kamailio)
+# Kamailio (examples/kamailio/kamailio.cfg; see support/programs.start_kamailio)
 # ---------------------------------------------------------------------------------------------------
 class KamailioProc:
     """Kamailio in the foreground (-DD, -E), our child, stopped by its pid."""

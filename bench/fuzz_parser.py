@@ -2,7 +2,7 @@
 
     python bench/fuzz_parser.py [--seconds 300] [--engine atheris|mutate] [--seed N]
 
-The target (tests/hostile/fuzzing.py `exercise`) runs each input through parse_message (datagram and stream
+The target (support/fuzzing.py `exercise`) runs each input through parse_message (datagram and stream
 mode), the typed accessors, the 400 a UA would build, a serialize/re-parse round trip and StreamFramer.feed;
 only RemoteProtocolError may come out. Seeds are the corpus in tests/corpus.
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def run_mutate(seconds: float, seed: int) -> int:
-    from tests.hostile.fuzzing import exercise, mutate, seeds
+    from support.fuzzing import exercise, mutate, seeds
     rng = random.Random(seed)
     pool = seeds()
     n = 0
@@ -67,7 +67,7 @@ def atheris_child(argv: list[str]) -> None:
         import notebook_im.sip.message  # noqa: F401
         import notebook_im.sip.parser  # noqa: F401
         import notebook_im.sip.uri  # noqa: F401
-    from tests.hostile.fuzzing import exercise, mutate
+    from support.fuzzing import exercise, mutate
 
     def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
         if seed % 2:
@@ -79,7 +79,7 @@ def atheris_child(argv: list[str]) -> None:
 
 
 def run_atheris(seconds: float, seed: int) -> int:
-    from tests.hostile.fuzzing import seeds
+    from support.fuzzing import seeds
     work = Path(tempfile.mkdtemp(prefix="fuzz-corpus-"))
     try:
         for i, data in enumerate(seeds()):

@@ -3,7 +3,7 @@
     python bench/pcap_scale.py --sizes 100MB,1GB,5GB [--workdir DIR] [--keep] [--no-dask]
     bench/run --only pcap                                  (100 MB; --quick: 30 MB)
 
-For each size it generates a capture (tests/trace/captures.py: MESSAGE/200 pairs over UDP, MESSAGE over a few long
+For each size it generates a capture (support/captures.py: MESSAGE/200 pairs over UDP, MESSAGE over a few long
 TCP connections with messages split across segments, INVITE dialogs with composing and texts, failures and UDP
 retransmissions; in time order, over hours), then, in the same run on the same file:
 
@@ -124,7 +124,7 @@ def one_size(size: int, work: Path, *, dask: bool = True, log=print, tshark_time
     """Generate, import, query one capture of about `size` bytes; the figures as a dict. tshark is stopped after
     `tshark_timeout` seconds (its time grows faster than the capture: 7.5 s for 100 MB, 348 s for 1 GB); its
     figure is then a lower bound: the time it had taken for the packets it had printed, scaled to all of them."""
-    from tests.trace.captures import generate
+    from support.captures import generate
 
     cap = work / f"synthetic-{size // 1_000_000}MB.pcap"
     dst = work / f"dataset-{size // 1_000_000}MB"

@@ -1,6 +1,6 @@
 """A SIPp participant in a notebook_im conference: it joins by INVITE to the conference URI, sends a
 MESSAGE (relayed to every notebook_im participant with SIPp as the sender) and gets one relayed to it.
-SIPp runs bounded (-m 1, -timeout), -nostdin, on explicit 127.0.0.1 ports (tests/interop/interop_support.py)."""
+SIPp runs bounded (-m 1, -timeout), -nostdin, on explicit 127.0.0.1 ports (support/programs.py)."""
 from __future__ import annotations
 
 import threading
@@ -10,7 +10,7 @@ import pytest
 
 import notebook_im as nim
 from tests.helpers import wait_for
-from tests.interop.interop_support import HOST, Sipp, free_port, require
+from support.programs import HOST, Sipp, free_port, require
 
 SCENARIO = str(Path(__file__).resolve().parent / "uac_conference.xml")
 

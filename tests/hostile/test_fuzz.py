@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.hostile.fuzzing import exercise, mutate, seeds
+from support.fuzzing import exercise, mutate, seeds
 
 SEEDS = seeds()
 EXAMPLES = int(os.environ.get("NIM_FUZZ_EXAMPLES", "15000"))

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import notebook_im as nim
-from tests.interop.interop_support import HOST, Sipp, SippServer, free_port
+from support.programs import HOST, Sipp, SippServer, free_port
 
 from .conftest import scenario
 from .test_receipts import receipts_sent

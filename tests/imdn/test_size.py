@@ -12,7 +12,7 @@ import notebook_im as nim
 from notebook_im.runtime import runtime
 from notebook_im.sip.uri import SipUri
 from notebook_im.core.agent import UDP_MAX_REQUEST
-from tests.interop.interop_support import HOST, Sipp, SippServer, free_port
+from support.programs import HOST, Sipp, SippServer, free_port
 
 from .conftest import Pair, scenario
 

@@ -16,7 +16,7 @@ import notebook_im as nim
 from notebook_im import testing
 from notebook_im.runtime import runtime
 from tests.helpers import accept_all, wait_for
-from tests.interop.interop_support import HOST, Sipp, SippServer, free_port
+from support.programs import HOST, Sipp, SippServer, free_port
 
 from .conftest import scenario
 

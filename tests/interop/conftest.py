@@ -1,4 +1,4 @@
-"""Fixtures of the interop tests (helpers: interop_support.py; `platform` comes from tests/conftest.py).
+"""Fixtures of the interop tests (helpers: support/programs.py; `platform` comes from tests/conftest.py).
 
 Each fixture starts a real program on a free 127.0.0.1 port, returns once it is ready and stops it when
 the test (or module) is done, also on failure.
@@ -14,7 +14,7 @@ import pytest
 
 import notebook_im as nim
 
-from .interop_support import HOST, Kamailio, Sipp, SippServer, free_port, require, start_kamailio
+from support.programs import HOST, Kamailio, Sipp, SippServer, free_port, require, start_kamailio
 from .netns_support import Netns
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import notebook_im as nim
-from .interop_support import HOST, Kamailio, sip_options, wait_for
+from support.programs import HOST, Kamailio, sip_options, wait_for
 
 pytestmark = pytest.mark.interop
 

@@ -11,7 +11,7 @@ import pytest
 import notebook_im as nim
 from tests.helpers import accept_all, wait_for
 
-from .interop_support import Kamailio, free_port, start_kamailio
+from support.programs import Kamailio, free_port, start_kamailio
 
 pytestmark = pytest.mark.interop
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import notebook_im as nim
-from .interop_support import HOST, Sipp, SippServer, ToolResult, free_port
+from support.programs import HOST, Sipp, SippServer, ToolResult, free_port
 
 pytestmark = pytest.mark.interop
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import notebook_im as nim
-from .interop_support import HOST, REQUESTS_DIR, ToolResult, require, run_tool
+from support.programs import HOST, REQUESTS_DIR, ToolResult, require, run_tool
 
 pytestmark = pytest.mark.interop
 

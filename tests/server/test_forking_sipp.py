@@ -2,7 +2,7 @@
 server forks to it is answered by the out-of-call scenario ooc_second_device.xml), next to a notebook_im bob.
 A pager message reaches both; an INVITE rings both, SIPp answers after bob#1 has rung, so bob#1 is CANCELled
 and ends "answered elsewhere", and the chat goes to SIPp only. SIPp runs bounded (-m 1, -timeout, -d),
--nostdin, on explicit 127.0.0.1 ports (tests/interop/interop_support.py)."""
+-nostdin, on explicit 127.0.0.1 ports (support/programs.py)."""
 from __future__ import annotations
 
 import threading
@@ -12,7 +12,7 @@ import pytest
 
 import notebook_im as nim
 from tests.helpers import wait_for
-from tests.interop.interop_support import HOST, Sipp, free_port, require
+from support.programs import HOST, Sipp, free_port, require
 
 HERE = Path(__file__).resolve().parent / "sipp"
 BOB = "sip:bob@example.test"

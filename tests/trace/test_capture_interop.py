@@ -14,7 +14,7 @@ import pytest
 
 import notebook_im as nim
 from notebook_im.trace import frames
-from tests.interop.interop_support import HOST, Background, Sipp, free_port, require, start_kamailio, wait_for
+from support.programs import HOST, Background, Sipp, free_port, require, start_kamailio, wait_for
 
 from .test_frames import assert_schema
 

@@ -14,7 +14,7 @@ import pytest
 import notebook_im as nim
 from notebook_im.trace.capture import CaptureStats, capture_files, scan
 
-from .captures import sip_request, tcp_packet, udp_packet, write_packets
+from support.captures import sip_request, tcp_packet, udp_packet, write_packets
 from .test_tcp_reassembly import Collect
 
 A, B = ("10.0.0.1", 5060), ("10.0.0.2", 5060)
@@ -232,7 +232,7 @@ def test_every_link_type_we_claim(tmp_path: Path) -> None:
 
 
 def test_an_import_that_fails_midway_leaves_no_partial_file(tmp_path: Path) -> None:
-    from .captures import generate
+    from support.captures import generate
     cap = tmp_path / "c.pcap"
     truth = generate(cap, 20_000_000, seed=4)
     out = tmp_path / "ds"

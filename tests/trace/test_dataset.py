@@ -19,7 +19,7 @@ from notebook_im.trace import frames
 from notebook_im.trace.capture import CaptureLimits
 from notebook_im.trace.dataset import MARKER, DatasetError
 
-from .captures import generate
+from support.captures import generate
 from .test_frames import assert_schema
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ import pytest
 import notebook_im as nim
 from notebook_im.trace.capture import CaptureLimits
 
-from .captures import generate
+from support.captures import generate
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -15,7 +15,7 @@ import pytest
 
 from notebook_im.trace.capture import CaptureLimits, CaptureStats, capture_files, scan
 
-from .captures import sip_request, tcp_packet, udp_packet, write_packets
+from support.captures import sip_request, tcp_packet, udp_packet, write_packets
 
 TSHARK = shutil.which("tshark")
 A, B = ("10.0.0.1", 40000), ("10.0.0.2", 5060)

@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import pytest
 
 HOST = "127.0.0.1"
-HERE = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parent.parent
+HERE = REPO / "tests" / "interop"   # the SIPp scenarios and raw requests stay with the interop tests
 SIPP_DIR = HERE / "sipp"
 REQUESTS_DIR = HERE / "requests"
-REPO = HERE.parent.parent
 KAMAILIO_CFG = REPO / "examples" / "kamailio" / "kamailio.cfg"
 KAMAILIO_MODULE_DIRS = (
     "/usr/lib/x86_64-linux-gnu/kamailio/modules",
@@ -45,11 +44,16 @@ KAMAILIO_MODULE_DIRS = (
 )
 
 
+class MissingProgram(AssertionError):
+    """A program the tests or benchmarks need is not installed (an AssertionError: a test fails, never skips)."""
+
+
 def require(program: str) -> str:
-    """The path of `program`; a test that needs a missing program fails with an install hint."""
+    """The path of `program`; MissingProgram with an install hint when it is not installed."""
     path = shutil.which(program)
     if path is None:
-        pytest.fail(f"{program} is not installed; run `make system-deps` (Debian packages kamailio, sip-tester, sipsak)")
+        raise MissingProgram(f"{program} is not installed; run `make system-deps` (Debian packages kamailio, "
+                             "sip-tester, sipsak)")
     return path
 
 

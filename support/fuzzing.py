@@ -13,7 +13,7 @@ from pathlib import Path
 from notebook_im.sip import RemoteProtocolError, Request, StreamFramer, parse_message
 from notebook_im.sip.message import make_response
 
-CORPUS = Path(__file__).resolve().parent.parent / "corpus"
+CORPUS = Path(__file__).resolve().parent.parent / "tests" / "corpus"
 
 _ACCESSORS = ("call_id", "cseq", "from_", "to", "vias", "top_via", "contacts", "routes", "record_routes",
               "content_type", "charset", "expires", "max_forwards")
