@@ -253,6 +253,7 @@ class ImSession(EventSource):
 
     def _pager_mode(self, status: int | None, reason: str) -> None:
         self.mode = "pager"
+        self.manager.pager_started(self)
         why = reason if status is None else \
             f"{self._remote.uri} answered the invitation {status} {reason}: it does not take IM sessions"
         log.info("session %s: %s; texts go as pager-mode MESSAGEs", self.id, why)
