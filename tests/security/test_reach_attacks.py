@@ -365,3 +365,60 @@ def test_finding_a_pager_session_does_not_scan_a_thousand(alice: nim.Endpoint) -
     assert manager.pager_session("sip:u7@evil.test") is None
     assert runtime().submit(on_loop(lambda: manager.open_pager(Participant("sip:now-there-is-room@evil.test"))),
                             "open").result(10) is not None
+
+
+# -- Content-Encoding through the conference focus ----------------------------------------------------------------
+
+def test_the_focus_inflates_a_compressed_text_before_relaying_it(server, platform) -> None:
+    """The focus is a user agent for the MESSAGEs members send it: it wraps their texts for the others. A deflated
+    text was relayed without its Content-Encoding (inside CPIM, or as the body), so every member got the
+    compressed bytes as their text; the focus now undoes the coding as an endpoint does, and refuses one it does
+    not take with 415 and Accept-Encoding."""
+    from notebook_im.sip.message import Response
+    from tests.hostile.rawsip import RawUac
+    alice = platform.endpoint("sip:alice@example.test", server=server, display_name="Alice").result(10)
+    got = alice.events(nim.MessageReceived)
+    conf = alice.sessions.create_conference([]).result(20)
+    with RawUac("udp", (server.host, server.port)) as mallory:
+        mallory.register()
+        mallory.invite(conf.conference_uri)
+        deadline = time.monotonic() + 5
+        while not any(p.uri == "sip:mallory@example.test" for p in conf.participants) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        resp = mallory.in_dialog("MESSAGE", zlib.compress("squeezed ✓".encode()), "text/plain;charset=UTF-8",
+                                 extra="Content-Encoding: deflate\r\n")
+        assert isinstance(resp, Response) and resp.status == 200, resp
+        resp = mallory.in_dialog("MESSAGE", b"\x0b\x02\x80hello\x03", "text/plain", extra="Content-Encoding: br\r\n")
+        assert isinstance(resp, Response) and resp.status == 415 and resp.headers.get("Accept-Encoding"), resp
+        text = got.get(5)
+    assert (text.text, text.participant.uri) == ("squeezed ✓", "sip:mallory@example.test")
+    assert got.drain() == []
+
+
+# -- receipts from somebody else (holds: evidence) ------------------------------------------------------------------
+
+def test_a_receipt_by_message_id_or_call_id_from_another_party_changes_nothing(alice: nim.Endpoint) -> None:
+    """mallory knows the message id and the Call-ID of alice's MESSAGE to bob (she is on the path): her receipts,
+    from her own address, are answered 200 and ignored either way; bob's, naming the Call-ID, count."""
+    from notebook_im.api.messages import now_utc
+    from notebook_im.api.receipts import notification_body
+    from notebook_im.sip.message import make_response
+    notified = alice.events(nim.MessageDeliveryNotified, nim.MessageDisplayed)
+    with RawPeer() as bob, RawPeer("127.0.0.9") as mallory:
+        op = alice.send_message(f"sip:bob@{bob.hostport}", "for bob only")
+        request = parse_message(bob.recv(5, want=b"MESSAGE "))
+        bob.send(bytes(make_response(request, 200, to_tag="b")), alice.agent.local_addr)
+        sent = op.result(5)
+        for name in (sent.message_id, request.call_id):
+            for kind, status in (("delivery", "delivered"), ("display", "displayed")):
+                body = notification_body(name, None, kind, status, f"sip:mallory@{mallory.hostport}", alice.uri,
+                                         now_utc())
+                resp = message_to(mallory, alice, body, "message/cpim", from_=f"sip:mallory@{mallory.hostport}")
+                assert resp.startswith(b"SIP/2.0 200 ")
+        time.sleep(0.3)
+        assert notified.drain() == [] and alice.receipts.find(sent.message_id).state == "sent"
+        body = notification_body(request.call_id, None, "delivery", "delivered", f"sip:bob@{bob.hostport}", alice.uri,
+                                 now_utc())
+        assert message_to(bob, alice, body, "message/cpim").startswith(b"SIP/2.0 200 ")
+    got = notified.get(5)
+    assert isinstance(got, nim.MessageDeliveryNotified) and got.message_id == sent.message_id
