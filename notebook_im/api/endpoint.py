@@ -77,7 +77,7 @@ class Endpoint(EventSource):
         self._pager_timers: dict[str, asyncio.TimerHandle] = {}
         # a pager-mode text from somebody we have no session with opens an incoming pager-mode session (the chat
         # panel of an endpoint turns this on, so such texts show as a conversation)
-        self.pager_sessions = False
+        self._pager_sessions = False
         self._cpim: bool | str = "auto"
         self._cpim_peers: OrderedDict[str, None] = OrderedDict()   # parties that sent us message/cpim texts
 
@@ -92,9 +92,22 @@ class Endpoint(EventSource):
 
     @cpim.setter
     def cpim(self, value: bool | str) -> None:
-        if value not in ("auto", True, False) or isinstance(value, int) and not isinstance(value, bool):
+        # by identity, not equality: 1, 0, 1.0 and 0.0 compare equal to True/False and would slip in as such
+        if not (value is True or value is False or (isinstance(value, str) and value == "auto")):
             raise ValueError(f"endpoint.cpim is \"auto\", True or False, not {value!r}")
         self._cpim = value
+
+    @property
+    def pager_sessions(self) -> bool:
+        """Does a pager-mode text from a party without a session open an incoming pager-mode session (at most
+        `sessions.max_pager_sessions` of them)? False by default; `ChatPanel(endpoint)` turns it on."""
+        return self._pager_sessions
+
+    @pager_sessions.setter
+    def pager_sessions(self, value: bool) -> None:
+        if not isinstance(value, bool):   # "no" is a true value: refused rather than taken for True
+            raise TypeError(f"endpoint.pager_sessions is True or False, not {value!r}")
+        self._pager_sessions = value
 
     def speaks_cpim(self, uri: str) -> bool:
         """Are pager-mode texts to `uri` CPIM-wrapped (see `cpim`)?"""
@@ -108,6 +121,12 @@ class Endpoint(EventSource):
         self._cpim_peers.move_to_end(key)
         if len(self._cpim_peers) > DEFAULT_SIZE:
             self._cpim_peers.popitem(last=False)
+
+    def _forget_cpim(self, uri: str) -> None:
+        """`uri` refused a CPIM-wrapped text (415): it is a plain-text client after all. What was learned came
+        from a From header, which anybody can write without a server that authenticates (`users=`): one forged
+        message/cpim must not leave our texts to a plain client failing."""
+        self._cpim_peers.pop(party_key(uri), None)
 
     @property
     def contact(self) -> str:
@@ -225,16 +244,27 @@ class Endpoint(EventSource):
                             call_id=call_id))
         started = time.perf_counter()
         status, reason = 408, "not sent"
-        for _attempt in range(MESSAGE_ATTEMPTS):
+        attempts = MESSAGE_ATTEMPTS
+        while attempts > 0:
+            attempts -= 1
             try:
                 resp = await self.agent.send_message(to, body, content_type, extra=extra, call_id=call_id)
                 status, reason = resp.status, resp.reason
-                break
             except MessageTooLarge as exc:  # a retry cannot help
                 status, reason = exc.status, exc.reason
                 break
             except NO_ANSWER as exc:  # retried once; the receiver drops a duplicate by id
                 status, reason = exc.status, exc.reason
+                continue
+            if status == 415 and content_type == cpim.CONTENT_TYPE and self._cpim == "auto":
+                # CPIM learned for a party that does not take it (a forged From taught it, or the client changed):
+                # forget it and send this text once more, plain (the same id: a receiver drops a duplicate)
+                log.info("%s: %s answered 415 to a CPIM-wrapped text; sending it plain", self.uri, to)
+                self._forget_cpim(str(to))
+                body, content_type, extra = self.pager_payload(str(to), msg)
+                attempts = 1
+                continue
+            break
         event = settle(msg, session, status, failure_reason(status, reason, len(body)), time.perf_counter() - started,
                        call_id)
         emit(event)
@@ -297,8 +327,13 @@ class Endpoint(EventSource):
         sender = request.from_
         participant = Participant(str(sender.uri.without_params("transport")), display_name=sender.display_name)
         ct = request.content_type or "text/plain"
-        if ct == cpim.CONTENT_TYPE:
+        status = self._pager_request(request, participant, ct)
+        if ct == cpim.CONTENT_TYPE and status == 200:   # only a wrapper we could read teaches us the party's way
             self._learn_cpim(participant.uri)
+        return status
+
+    def _pager_request(self, request: Request, participant: Participant, ct: str) -> int:
+        """`on_pager_message` for the sender `participant`: the status to answer."""
         session = self.sessions.pager_session(participant.uri)
         if session is not None:
             return session.on_pager_request(request)

@@ -31,7 +31,27 @@ class SessionManager:
         self.endpoint = endpoint
         self._sessions: list[ImSession] = []
         self.max_incoming_per_source = 1000  # live incoming sessions (dialogs) per source address; 503 beyond
-        self.max_pager_sessions = 1000       # live incoming pager-mode sessions (endpoint.pager_sessions)
+        self._max_pager_sessions = 1000      # live incoming pager-mode sessions (endpoint.pager_sessions)
+        # live two-party pager-mode sessions by party (receipts.party_key), oldest first: every out-of-dialog
+        # MESSAGE looks its sender up here (a scan of every session cost 0.31 ms a message with 1,000 of them)
+        self._pager: dict[str, list[ImSession]] = {}
+        self._incoming_pager = 0
+
+    @property
+    def max_pager_sessions(self) -> int:
+        """How many incoming pager-mode sessions (`endpoint.pager_sessions`) may live at once (1,000); a text from
+        somebody new beyond that stays a plain pager message. 0: none."""
+        return self._max_pager_sessions
+
+    @max_pager_sessions.setter
+    def max_pager_sessions(self, value: int) -> None:
+        # checked here: a wrong value used to surface only inside the stack, as a 500 to the next stranger's text
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"sessions.max_pager_sessions is an int (how many incoming pager-mode sessions may live "
+                            f"at once, e.g. 1000), not {value!r}")
+        if value < 0:
+            raise ValueError(f"sessions.max_pager_sessions is 0 or more (0: none), not {value}")
+        self._max_pager_sessions = value
 
     @property
     def sessions(self) -> list[ImSession]:
@@ -59,7 +79,7 @@ class SessionManager:
         """An incoming pager-mode session for a text from `participant` (a Participant) with whom there is no
         session yet (`endpoint.pager_sessions`); None once `max_pager_sessions` such sessions are live (the text
         then stays a plain pager message: strangers writing from many addresses cannot grow the list unbounded)."""
-        if sum(1 for s in self._sessions if s.mode == "pager" and s.is_incoming) >= self.max_pager_sessions:
+        if self._incoming_pager >= self._max_pager_sessions:
             return None
         session = ImSession(self, participant.uri, incoming=True, display_name=participant.display_name, mode="pager")
         self._sessions.append(session)
@@ -69,11 +89,16 @@ class SessionManager:
     def pager_session(self, uri: str) -> ImSession | None:
         """The live pager-mode session with the party `uri` names (the newest, if several), or None: an
         out-of-dialog MESSAGE from them belongs to it."""
-        key = party_key(uri)
-        for s in reversed(self._sessions):
-            if s.mode == "pager" and not s.is_conference and party_key(s.remote.uri) == key:
-                return s
-        return None
+        live = self._pager.get(party_key(uri))
+        return live[-1] if live else None
+
+    def pager_started(self, session: ImSession) -> None:
+        """`session` (one of ours, live) goes on in pager mode: MESSAGEs from its party belong to it now."""
+        if session.is_conference or session not in self._sessions:
+            return
+        self._pager.setdefault(party_key(session.remote.uri), []).append(session)
+        if session.is_incoming:
+            self._incoming_pager += 1
 
     def create_conference(self, uris: "list[str] | str" = (), *, subject: str | None = None) -> Operation[Any]:
         """Create a conference on the endpoint's server (INVITE to its conference factory, RFC 4579), join it,
@@ -212,6 +237,16 @@ class SessionManager:
         """A session ended: it leaves the list of live sessions."""
         if session in self._sessions:
             self._sessions.remove(session)
+        if session.mode != "pager":
+            return
+        key = party_key(session.remote.uri)
+        live = self._pager.get(key)
+        if live is not None and session in live:
+            live.remove(session)
+            if not live:
+                del self._pager[key]
+            if session.is_incoming:
+                self._incoming_pager -= 1
 
     def __iter__(self):
         return iter(self.sessions)

@@ -249,12 +249,15 @@ class ImSession(EventSource):
 
     def start_pager(self) -> None:
         """Begin as a pager-mode conversation (no INVITE): `sessions.create(uri, mode="pager")`, or a text from
-        somebody new with `endpoint.pager_sessions` on. Connected at once."""
+        somebody new with `endpoint.pager_sessions` on. Connected at once. The session is in pager mode before it
+        is announced, so whoever sees its ParticipantAdded (a chat panel making its conversation) sees that."""
+        self.mode = "pager"
         self._emit(ParticipantAdded(self, self._remote, timestamp=now_utc()))
         self._run(self._machine.start_pager("a pager-mode message arrived" if self.is_incoming else "pager mode asked for"))
 
     def _pager_mode(self, status: int | None, reason: str) -> None:
         self.mode = "pager"
+        self.manager.pager_started(self)
         why = reason if status is None else \
             f"{self._remote.uri} answered the invitation {status} {reason}: it does not take IM sessions"
         log.info("session %s: %s; texts go as pager-mode MESSAGEs", self.id, why)

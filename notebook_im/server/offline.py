@@ -23,12 +23,37 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..im import cpim
+from ..im import iscomposing as ic
+from ..sip import coding
 from ..sip.date import format_date
+from ..sip.errors import RemoteProtocolError
 from ..sip.message import Request
 
 # responses after which a delivery is tried again later (the device was there but could not take it now)
 TRANSIENT = frozenset({408, 480, 486, 500, 503, 504})
 HOP_BY_HOP = ("Via", "Route", "Record-Route", "Authorization", "Proxy-Authorization")
+
+
+def is_composing(request: Request) -> bool:
+    """Is this MESSAGE an is-composing indication (RFC 3994), which goes stale and is not kept for later: bare,
+    or the way liblinphone sends it with CPIM on, in a message/cpim wrapper and under Content-Encoding? Only the
+    first was seen as one, so a linphone user typing at an offline user filled their mailbox with indications
+    and the real text after them got 480. The request itself is not changed (a proxy relays bodies as they
+    came): a compressed body is read from a copy. A body that does not inflate or unwrap is no indication."""
+    if "content-encoding" in request.headers.fields:
+        request = request.copy()
+        try:
+            coding.decode(request)
+        except RemoteProtocolError:
+            return False
+    ct = request.content_type or "text/plain"
+    if ct == cpim.CONTENT_TYPE:
+        try:
+            ct = cpim.unwrap(request.body).content_type.split(";")[0].strip().lower()
+        except RemoteProtocolError:
+            return False
+    return ct == ic.CONTENT_TYPE
 
 
 @dataclass(frozen=True)
@@ -75,7 +100,8 @@ class Refused:
 
 
 class Journal(Protocol):
-    """Where the store writes its changes through (offline_db.OfflineJournal: SQLite), if anywhere."""
+    """Where the store writes its changes through (offline_db.OfflineJournal: SQLite), if anywhere. `add` may
+    raise (the message is then not kept); `remove` must not (it writes later what it cannot write now)."""
 
     def add(self, seq: int, aor: str, raw: bytes, stored_wall: float, expires_wall: float, dedup: str | None) -> None: ...
 
@@ -211,8 +237,6 @@ class OfflineStore:
     def _remove(self, msg: StoredMessage) -> bool:
         if self._all.pop(msg.seq, None) is None:
             return False
-        if self.journal is not None:
-            self.journal.remove(msg.seq)
         queue = self._by_user.get(msg.aor)
         if queue is not None:
             queue.pop(msg.seq, None)
@@ -221,6 +245,8 @@ class OfflineStore:
         if msg.dedup_key is not None:
             self._dedup.pop(msg.dedup_key, None)
         self.bytes -= msg.size
+        if self.journal is not None:   # last: the memory is consistent whatever the journal does
+            self.journal.remove(msg.seq)
         return True
 
     def count(self, aor: str) -> int:

@@ -13,8 +13,10 @@ monotonic deadlines when the file is loaded.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,11 @@ from ..record.store import PRIVATE_FILE, SQLITE_MAGIC, FileLock, check_location,
 
 APPLICATION_ID = 0x6E696D6F   # "nimo", PRAGMA application_id
 SCHEMA = 1
+# How long a write waits for a lock another program holds on the file (the sqlite3 shell, a backup tool): the
+# server's loop waits with it, so not SQLite's default of 5 s, during which every other request waited too.
+BUSY_TIMEOUT = 0.1
+MAX_PENDING = 100_000          # removals and users waiting for the file to take writes again
+log = logging.getLogger("notebook_im.server")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -36,7 +43,13 @@ def _in_use(path: Path, holder: str) -> Exception:
 
 
 class OfflineJournal:
-    """The SQLite file behind an `OfflineStore`: `load()` once, then `add` / `remove` / `know` as things change."""
+    """The SQLite file behind an `OfflineStore`: `load()` once, then `add` / `remove` / `know` as things change.
+
+    When the file cannot be written (another program holds a lock on it, the disk is full, it went read-only or
+    bad), `add` raises OfflineStoreError: the message is not kept, and the sender is told (503), because a 202 for
+    a message only in memory would promise what a restart breaks. `remove` and `know` never raise: what they
+    could not write waits in order and goes to the file before the next write (a removal lost to a crash
+    meanwhile only means a message delivered twice, which the receiver drops by its Imdn-Message-ID)."""
 
     def __init__(self, path: Any) -> None:
         if not isinstance(path, (str, os.PathLike)):
@@ -48,6 +61,8 @@ class OfflineJournal:
             raise OfflineStoreError(f"offline_store {str(path)!r}: the directory {str(self.path.parent)!r} does not "
                                     "exist; create it or pass another path")
         self.db: sqlite3.Connection | None = None
+        self._pending: deque[tuple[str, Any]] = deque()   # removals and users not written yet, in order
+        self._failing = False
         self.open()
 
     def open(self) -> None:
@@ -62,7 +77,8 @@ class OfflineJournal:
             if not existing:   # created here, private from the start
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, PRIVATE_FILE)
                 os.close(fd)
-            self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                                      timeout=BUSY_TIMEOUT)
             if not existing:   # the mark goes into the file's header before WAL mode keeps changes in the -wal
                 self.db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 self.db.execute(f"PRAGMA user_version={SCHEMA}")
@@ -98,20 +114,67 @@ class OfflineJournal:
         return [(int(s), str(a), bytes(r), float(sw), float(ew), d) for s, a, r, sw, ew, d in rows], known
 
     def add(self, seq: int, aor: str, raw: bytes, stored_wall: float, expires_wall: float, dedup: str | None) -> None:
-        self.db.execute("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
-                        (seq, aor, raw, stored_wall, expires_wall, dedup))
+        """Write a kept message through; OfflineStoreError (saying why) if the file does not take it now."""
+        assert self.db is not None
+        try:
+            self._flush()
+            self.db.execute("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+                            (seq, aor, raw, stored_wall, expires_wall, dedup))
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            raise OfflineStoreError(f"the offline store cannot be written now ({exc})") from None
+        self._recovered()
 
     def remove(self, seq: int) -> None:
-        self.db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+        """A message left the store: off the file now, or before the next write if the file does not take it."""
+        self._defer(("remove", seq))
 
     def know(self, aor: str) -> None:
-        self.db.execute("INSERT OR IGNORE INTO known VALUES (?)", (aor,))
+        """A user registered: remembered in the file (now, or before the next write)."""
+        self._defer(("know", aor))
+
+    def _defer(self, op: tuple[str, Any]) -> None:
+        self._pending.append(op)
+        if len(self._pending) > MAX_PENDING:   # the file has refused writes for that long: the oldest go
+            self._pending.popleft()
+        try:
+            self._flush()
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return
+        self._recovered()
+
+    def _flush(self) -> None:
+        assert self.db is not None
+        while self._pending:
+            op, arg = self._pending[0]
+            if op == "remove":
+                self.db.execute("DELETE FROM messages WHERE seq = ?", (arg,))
+            else:
+                self.db.execute("INSERT OR IGNORE INTO known VALUES (?)", (arg,))
+            self._pending.popleft()
+
+    def _failed(self, exc: Exception) -> None:
+        if not self._failing:   # once per outage, not once per message
+            log.warning("offline store %s cannot be written (%s): messages for offline users get 503 until it can",
+                        self.path, exc)
+        self._failing = True
+
+    def _recovered(self) -> None:
+        if self._failing:
+            log.warning("offline store %s takes writes again", self.path)
+        self._failing = False
 
     def close(self) -> None:
         """Let the file go (the lock too): another server may take it now."""
         if self.db is None:
             return
         try:
+            try:
+                self._flush()
+            except sqlite3.Error as exc:
+                log.warning("offline store %s: %d changes could not be written before closing (%s)", self.path,
+                            len(self._pending), exc)
             self.db.close()
         finally:
             self.db = None

@@ -25,7 +25,6 @@ from typing import Callable
 from ..core.sink import TraceSink
 from ..core.stack import ClientHandle, ServerHandle, SipStack
 from ..core.targets import target_of
-from ..im import iscomposing as ic
 from ..net.base import Target, Transport
 from ..sip import reason as reason_mod
 from ..sip.date import format_date
@@ -36,8 +35,8 @@ from ..sip.uri import Address, SipUri, bracket
 from .auth import Authenticator
 from .conference import Focus, FocusLimits
 from .forking import CancelBranches, EndBranch, Relay, ResponseContext
-from .offline import TRANSIENT, OfflineLimits, OfflineStore, Refused
-from .offline_db import OfflineJournal
+from .offline import TRANSIENT, OfflineLimits, OfflineStore, Refused, StoredMessage, is_composing
+from .offline_db import OfflineJournal, OfflineStoreError
 from .registrar import Binding, Registrar, aor_key
 
 log = logging.getLogger("notebook_im.server")
@@ -221,11 +220,14 @@ class ProxyCore:
                 request, 480, f"Temporarily Unavailable ({user} has not registered here yet)", to_tag=new_tag()))
             return
         storable = (request.method == "MESSAGE" and self.offline.enabled
-                    and (request.content_type or "text/plain") != ic.CONTENT_TYPE)  # "typing" goes stale: not kept
+                    and not is_composing(request))   # "typing" goes stale: not kept
         if not storable:
             self.stack.respond(handle, make_response(request, 480, "Temporarily Unavailable (not registered now)", to_tag=new_tag()))
             return
-        kept = self.offline.store(aor, request, time.monotonic(), time.time())
+        try:
+            kept: StoredMessage | Refused = self.offline.store(aor, request, time.monotonic(), time.time())
+        except OfflineStoreError as exc:   # not on disk, so no 202: the sender may try again (offline_db.py)
+            kept = Refused(503, f"Service Unavailable ({exc})")
         if isinstance(kept, Refused):
             resp = make_response(request, kept.status, kept.reason, to_tag=new_tag())
             if kept.status == 503:

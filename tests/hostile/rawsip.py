@@ -85,12 +85,13 @@ class RawUac:
         return resp
 
     def in_dialog(self, method: str, body: bytes = b"", content_type: str | None = None, *,
-                  timeout: float = 5.0) -> Response | None | bytes:
+                  timeout: float = 5.0, extra: str = "") -> Response | None | bytes:
         """One request in the dialog `invite` set up, and its final response."""
         assert self.call_id and self.remote_target and self.to_uri
         self.cseq += 1
         self.client.send(self._build(method, self.remote_target, to=self.to_uri, to_tag=self.remote_tag,
-                                     call_id=self.call_id, cseq=self.cseq, body=body, content_type=content_type))
+                                     call_id=self.call_id, cseq=self.cseq, body=body, content_type=content_type,
+                                     extra=extra))
         return self.final_response(timeout)
 
     def _next(self, timeout: float) -> Request | Response | None | bytes:

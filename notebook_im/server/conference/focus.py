@@ -23,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ...core.stack import ServerHandle
+from ...core.stack import ServerHandle, reason_phrase
 from ...im import cpim
 from ...im import iscomposing as ic
-from ...sip import sdp
+from ...sip import coding, sdp
 from ...sip.dialog import Dialog
+from ...sip.errors import RemoteProtocolError
 from ...sip.message import Request, make_response, new_tag, random_hex
 from ...sip.uri import Address, SipUri, bracket
 from .dialout import DialOut
@@ -96,6 +97,15 @@ class Focus:
                 if m is not None and not m.acked:
                     m.acked = True
             return
+        if request.body and "content-encoding" in request.headers.fields:
+            # the focus reads and re-wraps what members send it, as a user agent does: a compressed body is
+            # undone first (it used to be relayed compressed without its Content-Encoding, as garbage text)
+            try:
+                coding.decode(request)
+            except RemoteProtocolError as exc:
+                extra = {"Accept-Encoding": coding.ACCEPT_ENCODING} if exc.status_code == 415 else None
+                stack.reply(handle, exc.status_code, reason_phrase(exc), tag=request.to.tag is None, headers=extra)
+                return
         if request.to.tag is not None:
             self._in_dialog(request, handle)
             return
