@@ -5,12 +5,13 @@
 #   make lab    - JupyterLab on 127.0.0.1:8888 with the first tutorial open (two chat panels)
 #   make chat   - type as alice to an echo bot in the terminal
 #   make docs   - the API reference (pdoc) in build/api/
+#   make lint   - ruff: lint and the format check (make test runs it first)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo chat serve lab docs test test-fast system-deps setup clean
+.PHONY: demo chat serve lab docs lint test test-fast system-deps setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +39,11 @@ lab: setup
 docs: setup
 	$(PY) -m pdoc notebook_im -o build/api
 
-test: setup system-deps
+lint: setup
+	$(VENV)/bin/ruff check notebook_im tests bench support
+	$(VENV)/bin/ruff format --check notebook_im tests bench support
+
+test: setup system-deps lint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 test-fast: setup

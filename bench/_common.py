@@ -7,6 +7,7 @@ agree on how those programs are run; what differs here is that every program sta
 process group (bench/harness.py kills that group when a benchmark overruns its budget, so nothing leaks), and
 SIPp is run without -trace_msg (logging every message would slow it down and distort the anchor).
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,9 +20,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -29,7 +31,14 @@ if str(REPO) not in sys.path:  # the checkout's notebook_im and support/ helpers
     sys.path.insert(1, str(REPO))
 
 from support.programs import (  # noqa: E402,F401 - needs the path above; re-exported for the benchmarks
-    HOST, KAMAILIO_CFG, SIPP_DIR, free_port, kamailio_module_dir, sip_options, tcp_listening, udp_bound,
+    HOST,
+    KAMAILIO_CFG,
+    SIPP_DIR,
+    free_port,
+    kamailio_module_dir,
+    sip_options,
+    tcp_listening,
+    udp_bound,
 )
 
 COLUMNS = ("benchmark", "figure", "value", "unit", "anchor", "anchor_value", "ratio", "goal", "met")
@@ -50,7 +59,7 @@ class Row:
     anchor_value: float | None = None
     ratio: float | None = None
     goal: str = ""
-    met: str = ""          # "yes", "no" or "" (no goal)
+    met: str = ""  # "yes", "no" or "" (no goal)
 
 
 @dataclass
@@ -61,9 +70,9 @@ class Context:
     rows_file: Path
     workdir: Path
     quick: bool
-    deadline: float                     # time.monotonic() by which the child must be done (soft)
+    deadline: float  # time.monotonic() by which the child must be done (soft)
     notes: list[str] = field(default_factory=list)
-    pause: float = 1.0                  # quiet seconds between the end of one ladder step and the next one's traffic
+    pause: float = 1.0  # quiet seconds between the end of one ladder step and the next one's traffic
     last_step_end: float = 0.0
 
     def emit(self, row: Row) -> Row:
@@ -71,9 +80,15 @@ class Context:
         with open(self.rows_file, "a") as f:
             f.write(json.dumps({"row": asdict(row)}) + "\n")
         shown = "" if row.value is None else f"{row.value:,.3f}".rstrip("0").rstrip(".")
-        print(f"  [{self.name}] {row.figure}: {shown} {row.unit}"
-              + (f"  (anchor {row.anchor_value:,.1f}, ratio {row.ratio:.2f})" if row.anchor_value and row.ratio is not None else ""),
-              flush=True)
+        print(
+            f"  [{self.name}] {row.figure}: {shown} {row.unit}"
+            + (
+                f"  (anchor {row.anchor_value:,.1f}, ratio {row.ratio:.2f})"
+                if row.anchor_value and row.ratio is not None
+                else ""
+            ),
+            flush=True,
+        )
         return row
 
     def note(self, text: str) -> None:
@@ -161,11 +176,19 @@ class Child:
     prints one object when ready, then answers each command line on stdin with one object. It stays in
     our process group, so the harness's kill of a runaway benchmark takes it along."""
 
-    def __init__(self, args: Sequence[str], *, env: dict[str, str] | None = None, log: Path,
-                 ready_timeout: float = 20.0) -> None:
+    def __init__(
+        self, args: Sequence[str], *, env: dict[str, str] | None = None, log: Path, ready_timeout: float = 20.0
+    ) -> None:
         self._log = open(log, "wb")
-        self.proc = subprocess.Popen([sys.executable, *map(str, args)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._log, env={**os.environ, **(env or {})}, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            [sys.executable, *map(str, args)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env={**os.environ, **(env or {})},
+            text=True,
+            bufsize=1,
+        )
         try:
             self.info = self._read(ready_timeout)
         except BaseException:
@@ -214,7 +237,7 @@ class Child:
             self.proc.stdout.close()
         self._log.close()
 
-    def __enter__(self) -> "Child":
+    def __enter__(self) -> Child:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -229,8 +252,10 @@ def serve_commands(ready: dict[str, Any], commands: dict[str, Callable[[], dict[
         if name == "quit":
             break
         handler = commands.get(name)
-        print(json.dumps(handler() if handler else {"error": f"unknown command {name!r}; one of {sorted(commands)}"}),
-              flush=True)
+        print(
+            json.dumps(handler() if handler else {"error": f"unknown command {name!r}; one of {sorted(commands)}"}),
+            flush=True,
+        )
 
 
 def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> int | None:
@@ -270,12 +295,13 @@ class SippRun:
     started: float = 0.0
     elapsed: float | None = None
 
-    def start(self, log: Path) -> "SippRun":
+    def start(self, log: Path) -> SippRun:
         """Start it in the background (stdin closed, screen output to `log`)."""
         self._log = open(log, "wb")
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=self.stat_file.parent)
+        self.proc = subprocess.Popen(
+            self.args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.stat_file.parent
+        )
         return self
 
     def wait(self, timeout: float) -> int | None:
@@ -310,18 +336,57 @@ class SippRun:
             return ""
 
 
-def sipp_command(workdir: Path, scenario: str, *, local_port: int, calls: int, transport: str = "udp",
-                 remote: str | None = None, service: str | None = None, rate: int | None = None,
-                 timeout_s: float = 30.0, tag: str = "sipp") -> SippRun:
+def sipp_command(
+    workdir: Path,
+    scenario: str,
+    *,
+    local_port: int,
+    calls: int,
+    transport: str = "udp",
+    remote: str | None = None,
+    service: str | None = None,
+    rate: int | None = None,
+    timeout_s: float = 30.0,
+    tag: str = "sipp",
+) -> SippRun:
     """A bounded (-m, -timeout), quiet (-nostdin), loopback-only SIPp command with explicit ports and its counters
     in a statistics file every second (-trace_stat -stf FILE -fd 1). `remote` 'host:port' for a client."""
     stem = f"{tag}_{uuid.uuid4().hex[:6]}"
     stat_file, err_file = workdir / f"{stem}_stat.csv", workdir / f"{stem}_errors.log"
-    args = ["sipp", "-sf", str(SIPP_DIR / scenario), "-i", HOST, "-bind_local", "-p", str(local_port),
-            "-t", {"udp": "u1", "tcp": "t1"}[transport],
-            "-mi", HOST, "-mp", str(free_port(also=(2,))), "-ci", HOST, "-cp", str(free_port()),
-            "-m", str(calls), "-timeout", f"{int(timeout_s)}s", "-timeout_error", "-nostdin",
-            "-trace_err", "-error_file", str(err_file), "-trace_stat", "-stf", str(stat_file), "-fd", "1"]
+    args = [
+        "sipp",
+        "-sf",
+        str(SIPP_DIR / scenario),
+        "-i",
+        HOST,
+        "-bind_local",
+        "-p",
+        str(local_port),
+        "-t",
+        {"udp": "u1", "tcp": "t1"}[transport],
+        "-mi",
+        HOST,
+        "-mp",
+        str(free_port(also=(2,))),
+        "-ci",
+        HOST,
+        "-cp",
+        str(free_port()),
+        "-m",
+        str(calls),
+        "-timeout",
+        f"{int(timeout_s)}s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_err",
+        "-error_file",
+        str(err_file),
+        "-trace_stat",
+        "-stf",
+        str(stat_file),
+        "-fd",
+        "1",
+    ]
     if service:
         args += ["-s", service]
     if rate:
@@ -360,7 +425,9 @@ def start_sipp_server(run: SippRun, transport: str, log: Path, timeout: float = 
     assert run.proc is not None
     if not wait_until(lambda: run.proc.poll() is not None or listening(port), timeout) or run.proc.poll() is not None:
         run.stop()
-        raise RuntimeError(f"SIPp server did not start listening on {HOST}:{port}/{transport}: {log.read_text()[-800:]}")
+        raise RuntimeError(
+            f"SIPp server did not start listening on {HOST}:{port}/{transport}: {log.read_text()[-800:]}"
+        )
     return run
 
 
@@ -373,17 +440,40 @@ class KamailioProc:
     def __init__(self, workdir: Path, port: int, *, ready_timeout: float = 15.0) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = port
-        args = ["kamailio", "-f", str(KAMAILIO_CFG), "-m", "1024", "-M", "64", "-E", "-DD",
-                "-P", str(workdir / "kamailio.pid"), "-Y", str(workdir), "-w", str(workdir),
-                "-A", f"SIP_IP={HOST}", "-A", f"SIP_PORT={port}", "-A", "WITH_CHILDREN=2"]
+        args = [
+            "kamailio",
+            "-f",
+            str(KAMAILIO_CFG),
+            "-m",
+            "1024",
+            "-M",
+            "64",
+            "-E",
+            "-DD",
+            "-P",
+            str(workdir / "kamailio.pid"),
+            "-Y",
+            str(workdir),
+            "-w",
+            str(workdir),
+            "-A",
+            f"SIP_IP={HOST}",
+            "-A",
+            f"SIP_PORT={port}",
+            "-A",
+            "WITH_CHILDREN=2",
+        ]
         mdir = kamailio_module_dir()
         if mdir:
             args += ["-L", mdir]
         self.log_path = workdir / f"kamailio_{port}.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir)
-        ok = wait_until(lambda: self.proc.poll() is not None or udp_bound(port), ready_timeout) and \
-            wait_until(lambda: self.proc.poll() is not None or sip_options(port)[0] == 200, ready_timeout, 0.05)
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir
+        )
+        ok = wait_until(lambda: self.proc.poll() is not None or udp_bound(port), ready_timeout) and wait_until(
+            lambda: self.proc.poll() is not None or sip_options(port)[0] == 200, ready_timeout, 0.05
+        )
         if not ok or self.proc.poll() is not None:
             self.stop()
             raise RuntimeError(f"kamailio did not answer OPTIONS on {HOST}:{port}: {self.log_path.read_text()[-1500:]}")
@@ -408,19 +498,29 @@ def check_kamailio_config() -> None:
 # ---------------------------------------------------------------------------------------------------
 # raw SIP over UDP (the harness's own tiny client: REGISTER on behalf of SIPp, load for the scale benchmark)
 # ---------------------------------------------------------------------------------------------------
-def register_request(server_port: int, user: str, contact_port: int, *, local_port: int, n: int | str = 1,
-                     expires: int = 3600, run_id: str = "") -> bytes:
+def register_request(
+    server_port: int,
+    user: str,
+    contact_port: int,
+    *,
+    local_port: int,
+    n: int | str = 1,
+    expires: int = 3600,
+    run_id: str = "",
+) -> bytes:
     """A REGISTER for sip:USER@example.test whose Contact is sip:USER@127.0.0.1:CONTACT_PORT."""
-    return (f"REGISTER sip:{HOST}:{server_port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {HOST}:{local_port};branch=z9hG4bK-reg{run_id}-{n};rport\r\n"
-            "Max-Forwards: 70\r\n"
-            f"From: <sip:{user}@example.test>;tag=r{n}\r\n"
-            f"To: <sip:{user}@example.test>\r\n"
-            f"Call-ID: reg{run_id}-{n}@{HOST}\r\n"
-            "CSeq: 1 REGISTER\r\n"
-            f"Contact: <sip:{user}@{HOST}:{contact_port}>\r\n"
-            f"Expires: {expires}\r\n"
-            "Content-Length: 0\r\n\r\n").encode()
+    return (
+        f"REGISTER sip:{HOST}:{server_port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {HOST}:{local_port};branch=z9hG4bK-reg{run_id}-{n};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:{user}@example.test>;tag=r{n}\r\n"
+        f"To: <sip:{user}@example.test>\r\n"
+        f"Call-ID: reg{run_id}-{n}@{HOST}\r\n"
+        "CSeq: 1 REGISTER\r\n"
+        f"Contact: <sip:{user}@{HOST}:{contact_port}>\r\n"
+        f"Expires: {expires}\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
 
 
 def status_of(data: bytes) -> int | None:
@@ -446,7 +546,7 @@ def register_once(server_port: int, user: str, contact_port: int, timeout: float
                     status = status_of(s.recv(65535))
                     if status is not None and status >= 200:
                         return status
-            except socket.timeout:
+            except TimeoutError:
                 continue
     return None
 
@@ -465,8 +565,15 @@ class Step:
     marginal: bool = False
 
 
-def ladder(ctx: Context, label: str, rungs: Sequence[int], run_step: Callable[[int], Step], *,
-           step_cost: float, pause: float = 1.0) -> tuple[int, list[Step]]:
+def ladder(
+    ctx: Context,
+    label: str,
+    rungs: Sequence[int],
+    run_step: Callable[[int], Step],
+    *,
+    step_cost: float,
+    pause: float = 1.0,
+) -> tuple[int, list[Step]]:
     """Climb `rungs` (rates) until the first unclean step; the highest clean rate (0: none) and every step.
 
     A step that missed narrowly is run once more before the climb stops (this machine is shared and noisy;

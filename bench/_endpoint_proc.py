@@ -8,6 +8,7 @@ Speaks JSON lines on stdin/stdout (see _common.Child): "stats" -> received count
 NOTEBOOK_IM_LOOP (asyncio|uvloop), set by the harness, picks the event loop if notebook_im honours it; the
 "loop" field says which one really runs.
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,8 +30,10 @@ def main() -> None:
 
     endpoint.on(nim.MessageReceived, count)
     try:
-        serve_commands({"ready": True, "port": endpoint.local_address[1], "loop": loop_kind()},
-                       {"stats": lambda: {"received": received[0], "stats": endpoint.stats, "rss": rss_bytes()}})
+        serve_commands(
+            {"ready": True, "port": endpoint.local_address[1], "loop": loop_kind()},
+            {"stats": lambda: {"received": received[0], "stats": endpoint.stats, "rss": rss_bytes()}},
+        )
     finally:
         platform.shutdown(5)
 

@@ -8,6 +8,7 @@ stdin/stdout (see _common.Child): "stats" -> RSS, Python's allocated memory bloc
 objects are freed), number of registered addresses of record, SIP messages in the server's trace, server stats;
 "gc" -> the same after a full garbage collection.
 """
+
 from __future__ import annotations
 
 import gc
@@ -25,16 +26,22 @@ def main() -> None:
     server.start().result(15)
 
     def stats() -> dict[str, Any]:
-        return {"rss": rss_bytes(), "blocks": sys.getallocatedblocks(), "registered": len(server.registrations),
-                "trace": len(server.trace), "stats": server.stats}
+        return {
+            "rss": rss_bytes(),
+            "blocks": sys.getallocatedblocks(),
+            "registered": len(server.registrations),
+            "trace": len(server.trace),
+            "stats": server.stats,
+        }
 
     def collected() -> dict[str, Any]:
         gc.collect()
         return stats()
 
     try:
-        serve_commands({"ready": True, "port": server.port, "loop": loop_kind(), **stats()},
-                       {"stats": stats, "gc": collected})
+        serve_commands(
+            {"ready": True, "port": server.port, "loop": loop_kind(), **stats()}, {"stats": stats, "gc": collected}
+        )
     finally:
         server.stop()
 

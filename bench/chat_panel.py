@@ -9,6 +9,7 @@ measured in the same run: N plain `ipywidgets.HTML().value = ...` updates (what 
 escaped message per append costs at least), and N `html.escape` + a string join (the floor for turning
 N bodies into HTML at all). The ratios say how far the panel is from those.
 """
+
 from __future__ import annotations
 
 import html
@@ -37,12 +38,16 @@ def main(n: int = 10_000) -> None:
         conv = panel.conversation
         t0 = datetime.now(timezone.utc)
         texts = [f"message {i}: the quick brown fox <jumps> over the lazy dog" for i in range(n)]
-        events = [nim.MessageReceived(session, session.remote, texts[i], "text/plain", f"id{i}",
-                                      timestamp=t0 + timedelta(milliseconds=i)) for i in range(n)]
+        events = [
+            nim.MessageReceived(
+                session, session.remote, texts[i], "text/plain", f"id{i}", timestamp=t0 + timedelta(milliseconds=i)
+            )
+            for i in range(n)
+        ]
 
         start = time.perf_counter()
         for e in events:
-            conv._on_received(e)   # what the library's loop thread calls for each incoming MESSAGE
+            conv._on_received(e)  # what the library's loop thread calls for each incoming MESSAGE
         conv.flush()
         panel_s = time.perf_counter() - start
         assert conv.rendered_count == 200 and f"message {n - 1}:" in conv.messages_html.value
@@ -73,13 +78,18 @@ def main(n: int = 10_000) -> None:
 
         print(f"chat panel, {n:,} messages appended (newest 200 rendered), Python {sys.version.split()[0]}")
         print(f"{'figure':<58}{'seconds':>10}{'/ anchor':>10}")
-        print(f"{'panel: append %d MessageReceived events + final render' % n:<58}{panel_s:>10.3f}"
-              f"{panel_s / anchor_widget_s:>10.2f}")
-        print(f"{'panel, no coalescing: a full render after every append':<58}{eager_s:>10.3f}"
-              f"{eager_s / anchor_widget_s:>10.2f}")
-        print(f"{'anchor: %d ipywidgets.HTML value updates' % n:<58}{anchor_widget_s:>10.3f}{1:>10.2f}")
-        print(f"{'anchor: %d html.escape + one join' % n:<58}{anchor_join_s:>10.3f}"
-              f"{anchor_join_s / anchor_widget_s:>10.2f}")
+        print(
+            f"{f'panel: append {n} MessageReceived events + final render':<58}{panel_s:>10.3f}"
+            f"{panel_s / anchor_widget_s:>10.2f}"
+        )
+        print(
+            f"{'panel, no coalescing: a full render after every append':<58}{eager_s:>10.3f}"
+            f"{eager_s / anchor_widget_s:>10.2f}"
+        )
+        print(f"{f'anchor: {n} ipywidgets.HTML value updates':<58}{anchor_widget_s:>10.3f}{1:>10.2f}")
+        print(
+            f"{f'anchor: {n} html.escape + one join':<58}{anchor_join_s:>10.3f}{anchor_join_s / anchor_widget_s:>10.2f}"
+        )
         label = f"panel: 'show earlier' (render 400 of {n})"
         print(f"{label:<58}{earlier_s:>10.3f}")
         print(f"per message: {panel_s / n * 1e6:.1f} µs")

@@ -13,6 +13,7 @@ Bounded: sizes are capped at 60 (the focus limit is 100), every wait has a timeo
 starting new sizes once `--budget` seconds have passed. Everything (server, focus, all endpoints) runs in
 this one process on the library's one loop thread, so all of it shares one core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,10 +55,11 @@ def two_party_anchor(platform: nim.Platform, server: nim.Server, transport: str,
     return rate
 
 
-def run_conference(platform: nim.Platform, server: nim.Server, n: int, m: int, transport: str,
-                   offset: int) -> dict[str, float] | None:
+def run_conference(
+    platform: nim.Platform, server: nim.Server, n: int, m: int, transport: str, offset: int
+) -> dict[str, float] | None:
     eps = []
-    for name in NAMES[offset:offset + n]:
+    for name in NAMES[offset : offset + n]:
         ep = platform.endpoint(f"sip:{name}@example.test", server=server, transport=transport).result(10)
         ep.got = []
         ep.on(nim.MessageReceived, ep.got.append)
@@ -68,8 +70,11 @@ def run_conference(platform: nim.Platform, server: nim.Server, n: int, m: int, t
     conf = eps[0].sessions.create_conference([e.uri for e in eps[1:]]).result(300)
     sessions = [conf] + [e.joined[0] if e.joined else None for e in eps[1:]]
     ok = None not in sessions and wait_until(
-        lambda: all(len([p for p in s.participants if p.state is nim.ParticipantState.CONNECTED]) == n - 1
-                    for s in sessions), 60)
+        lambda: all(
+            len([p for p in s.participants if p.state is nim.ParticipantState.CONNECTED]) == n - 1 for s in sessions
+        ),
+        60,
+    )
     assemble = time.perf_counter() - t0
     if not ok:
         print(f"  size {n}: the conference did not assemble ({conf.failed_invitations})")
@@ -82,9 +87,16 @@ def run_conference(platform: nim.Platform, server: nim.Server, n: int, m: int, t
     want = (n - 1) * m
     complete = wait_until(lambda: all(len(e.got) >= want for e in eps), 300)
     elapsed = time.perf_counter() - t0
-    exact = complete and all(len(e.got) == want for e in eps) and all(
-        [x.text for x in e.got if x.participant.uri == o.uri] == [f"{o.uri} {i}" for i in range(m)]
-        for e in eps for o in eps if o is not e)
+    exact = (
+        complete
+        and all(len(e.got) == want for e in eps)
+        and all(
+            [x.text for x in e.got if x.participant.uri == o.uri] == [f"{o.uri} {i}" for i in range(m)]
+            for e in eps
+            for o in eps
+            if o is not e
+        )
+    )
     for s in sessions:
         s.terminate().result(30)
     for e in eps:
@@ -92,8 +104,13 @@ def run_conference(platform: nim.Platform, server: nim.Server, n: int, m: int, t
     if not exact:
         print(f"  size {n}: deliveries incomplete or out of order")
         return None
-    return {"n": n, "assemble_s": assemble, "sent_per_s": n * m / accepted, "deliveries_per_s": n * (n - 1) * m / elapsed,
-            "elapsed_s": elapsed}
+    return {
+        "n": n,
+        "assemble_s": assemble,
+        "sent_per_s": n * m / accepted,
+        "deliveries_per_s": n * (n - 1) * m / elapsed,
+        "elapsed_s": elapsed,
+    }
 
 
 def main() -> None:
@@ -119,15 +136,23 @@ def main() -> None:
                 break
             rows.append(r)
         focus_stats = server.focus.stats
-    print(f"| conference ({args.transport}, {args.messages} messages from every participant at once) | assemble (s) "
-          "| sent msg/s | deliveries/s | ratio to anchor |")
+    print(
+        f"| conference ({args.transport}, {args.messages} messages from every participant at once) | assemble (s) "
+        "| sent msg/s | deliveries/s | ratio to anchor |"
+    )
     print("|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['n']} participants | {r['assemble_s']:.2f} | {r['sent_per_s']:,.0f} | {r['deliveries_per_s']:,.0f} "
-              f"| {r['deliveries_per_s'] / anchor:.2f} |")
-    print(f"| anchor: two-party session, queued (msg/s, same server, same run) | | {anchor:,.0f} | {anchor:,.0f} | 1.00 |")
+        print(
+            f"| {r['n']} participants | {r['assemble_s']:.2f} | {r['sent_per_s']:,.0f} | {r['deliveries_per_s']:,.0f} "
+            f"| {r['deliveries_per_s'] / anchor:.2f} |"
+        )
+    print(
+        f"| anchor: two-party session, queued (msg/s, same server, same run) | | {anchor:,.0f} | {anchor:,.0f} | 1.00 |"
+    )
     if rows:
-        print(f"\nlargest conference that delivered every message exactly once and in order: {rows[-1]['n']} participants")
+        print(
+            f"\nlargest conference that delivered every message exactly once and in order: {rows[-1]['n']} participants"
+        )
     print(f"focus stats: {focus_stats}")
     print(f"total run time: {time.monotonic() - started:.1f} s")
 

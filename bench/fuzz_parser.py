@@ -15,6 +15,7 @@ only RemoteProtocolError may come out. Seeds are the corpus in tests/corpus.
 Exit status 0 means no input made anything but RemoteProtocolError escape; otherwise the offending input is
 written to fuzz-crash-*.sip in the current directory and the exit status is 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 def run_mutate(seconds: float, seed: int) -> int:
     from support.fuzzing import exercise, mutate, seeds
+
     rng = random.Random(seed)
     pool = seeds()
     n = 0
@@ -42,7 +44,9 @@ def run_mutate(seconds: float, seed: int) -> int:
     deadline = start + seconds
     while True:
         for _ in range(200):
-            data = mutate(rng.choice(pool), rng, rounds=8) if rng.random() < 0.97 else rng.randbytes(rng.randint(0, 512))
+            data = (
+                mutate(rng.choice(pool), rng, rounds=8) if rng.random() < 0.97 else rng.randbytes(rng.randint(0, 512))
+            )
             try:
                 exercise(data)
             except Exception:  # noqa: BLE001 - this is what we are hunting
@@ -80,13 +84,23 @@ def atheris_child(argv: list[str]) -> None:
 
 def run_atheris(seconds: float, seed: int) -> int:
     from support.fuzzing import seeds
+
     work = Path(tempfile.mkdtemp(prefix="fuzz-corpus-"))
     try:
         for i, data in enumerate(seeds()):
             (work / f"seed{i:03d}").write_bytes(data)
-        cmd = [sys.executable, __file__, "--atheris-child", f"-max_total_time={int(seconds)}", f"-seed={seed}",
-               "-max_len=70000", "-rss_limit_mb=2048", "-print_final_stats=1", f"-artifact_prefix={os.getcwd()}/fuzz-crash-",
-               str(work)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--atheris-child",
+            f"-max_total_time={int(seconds)}",
+            f"-seed={seed}",
+            "-max_len=70000",
+            "-rss_limit_mb=2048",
+            "-print_final_stats=1",
+            f"-artifact_prefix={os.getcwd()}/fuzz-crash-",
+            str(work),
+        ]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
         elapsed = time.perf_counter() - start
@@ -112,6 +126,7 @@ def main() -> int:
         return 0
     try:
         import atheris  # noqa: F401
+
         default = "atheris"
     except ImportError:
         default = "mutate"

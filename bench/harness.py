@@ -8,6 +8,7 @@ in its own process group, and its SIPp, Kamailio and helper processes stay in th
 wrote before that are kept. Budgets add up to less than ten minutes; each benchmark also stops starting new
 work when its own budget runs short, and says so in a note under the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,39 +20,61 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from _common import BENCH, REPO, COLUMNS, Context, Row, read_rows, write_csv
+from _common import BENCH, COLUMNS, REPO, Context, Row, read_rows, write_csv
 
 ORDER = ("import", "parse", "endpoint-udp", "endpoint-tcp", "relay", "latency", "scale", "pcap")
-BUDGET = {"import": 20, "parse": 35, "endpoint-udp": 130, "endpoint-tcp": 140, "relay": 110, "latency": 85, "scale": 90,
-          "pcap": 90}
-QUICK_BUDGET = {"import": 20, "parse": 20, "endpoint-udp": 40, "endpoint-tcp": 40, "relay": 40, "latency": 30, "scale": 40,
-                "pcap": 40}
+BUDGET = {
+    "import": 20,
+    "parse": 35,
+    "endpoint-udp": 130,
+    "endpoint-tcp": 140,
+    "relay": 110,
+    "latency": 85,
+    "scale": 90,
+    "pcap": 90,
+}
+QUICK_BUDGET = {
+    "import": 20,
+    "parse": 20,
+    "endpoint-udp": 40,
+    "endpoint-tcp": 40,
+    "relay": 40,
+    "latency": 30,
+    "scale": 40,
+    "pcap": 40,
+}
 NEEDS = {"endpoint-udp": ("sipp",), "endpoint-tcp": ("sipp",), "relay": ("sipp", "kamailio"), "pcap": ("tshark",)}
-KILL_GRACE = 10   # seconds past the budget before the benchmark's process group is killed
-TOTAL = 570       # all benchmarks together (seconds): a budget is cut to what is left of this, so a run stays < 10 min
+KILL_GRACE = 10  # seconds past the budget before the benchmark's process group is killed
+TOTAL = 570  # all benchmarks together (seconds): a budget is cut to what is left of this, so a run stays < 10 min
 
 
 def benchmark(name: str) -> Callable[[Context], None]:
     """The function that runs benchmark `name` (imported only in the child that runs it)."""
     if name == "import":
         from import_time import run
+
         return run
     if name == "parse":
         from parsers import run
+
         return run
     if name == "latency":
         from latency import run
+
         return run
     if name == "scale":
         from scale import run
+
         return run
     if name == "pcap":
         from pcap_scale import run
+
         return run
     from throughput import BENCHMARKS
+
     return BENCHMARKS[name]
 
 
@@ -62,14 +85,26 @@ def selected(only: str | None) -> list[str]:
     names = [n.strip() for n in only.split(",") if n.strip()]
     unknown = [n for n in names if n not in ORDER]
     if unknown:
-        raise SystemExit(f"unknown benchmark {', '.join(unknown)}; --only takes a comma-separated list of {', '.join(ORDER)}")
+        raise SystemExit(
+            f"unknown benchmark {', '.join(unknown)}; --only takes a comma-separated list of {', '.join(ORDER)}"
+        )
     return [n for n in ORDER if n in names]
 
 
 def run_child(name: str, rows_file: Path, workdir: Path, quick: bool, budget: float) -> tuple[int | None, float]:
     """Run one benchmark in its own process group; kill the group after budget + KILL_GRACE. (exit code, seconds)."""
-    args = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--rows", str(rows_file),
-            "--workdir", str(workdir), "--budget", str(budget)] + (["--quick"] if quick else [])
+    args = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        name,
+        "--rows",
+        str(rows_file),
+        "--workdir",
+        str(workdir),
+        "--budget",
+        str(budget),
+    ] + (["--quick"] if quick else [])
     t0 = time.monotonic()
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
     try:
@@ -87,7 +122,7 @@ def run_child(name: str, rows_file: Path, workdir: Path, quick: bool, budget: fl
                 continue
         code = None
     finally:
-        try:   # helpers it started that are still around (the group outlives a parent that exited)
+        try:  # helpers it started that are still around (the group outlives a parent that exited)
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
@@ -113,7 +148,9 @@ def machine_info() -> dict[str, str]:
         cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
     except OSError:
         pass
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
     loops = "uvloop " + _installed("uvloop") if _installed("uvloop") else "asyncio only (uvloop not installed)"
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -145,17 +182,28 @@ def fmt(value: float | None, unit: str = "") -> str:
     return f"{value:,.2f}"
 
 
-def markdown(rows: list[Row], notes: list[str], info: dict[str, str], took: float, quick: bool, names: list[str]) -> str:
+def markdown(
+    rows: list[Row], notes: list[str], info: dict[str, str], took: float, quick: bool, names: list[str]
+) -> str:
     """bench/results.md: machine, the table, the notes."""
-    head = ["# notebook_im benchmark results", "",
-            f"`bench/run{' --quick' if quick else ''}{' --only ' + ','.join(names) if names != list(ORDER) else ''}`"
-            f", {took:.0f} s in all. Every anchor was measured in the same run on the same machine.", ""]
+    head = [
+        "# notebook_im benchmark results",
+        "",
+        f"`bench/run{' --quick' if quick else ''}{' --only ' + ','.join(names) if names != list(ORDER) else ''}`"
+        f", {took:.0f} s in all. Every anchor was measured in the same run on the same machine.",
+        "",
+    ]
     head += [f"- {k}: {v}" for k, v in info.items() if v]
-    table = ["", "| benchmark | figure | value | unit | anchor | anchor value | ratio | goal | met |",
-             "|---|---|---:|---|---|---:|---:|---|---|"]
+    table = [
+        "",
+        "| benchmark | figure | value | unit | anchor | anchor value | ratio | goal | met |",
+        "|---|---|---:|---|---|---:|---:|---|---|",
+    ]
     for r in rows:
-        table.append(f"| {r.benchmark} | {r.figure} | {fmt(r.value, r.unit)} | {r.unit} | {r.anchor} | "
-                     f"{fmt(r.anchor_value, r.unit)} | {fmt(r.ratio, 'x')} | {r.goal} | {r.met} |")
+        table.append(
+            f"| {r.benchmark} | {r.figure} | {fmt(r.value, r.unit)} | {r.unit} | {r.anchor} | "
+            f"{fmt(r.anchor_value, r.unit)} | {fmt(r.ratio, 'x')} | {r.goal} | {r.met} |"
+        )
     tail = ["", "Notes:", ""] + [f"- {n}" for n in notes] if notes else []
     return "\n".join(head + table + tail) + "\n"
 
@@ -164,7 +212,7 @@ def child_main(args: argparse.Namespace) -> int:
     """Run one benchmark (in the process run_child started)."""
     ctx = Context(args.child, Path(args.rows), Path(args.workdir), args.quick, time.monotonic() + args.budget)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run `finally` blocks: stop SIPp, Kamailio, helpers
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run `finally` blocks: stop SIPp, Kamailio, helpers
     benchmark(args.child)(ctx)
     return 0
 
@@ -186,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    work = out / "results" / stamp   # logs, SIPp statistics, Kamailio logs (bench/results/ is git-ignored)
+    work = out / "results" / stamp  # logs, SIPp statistics, Kamailio logs (bench/results/ is git-ignored)
     work.mkdir(parents=True, exist_ok=True)
     budgets = QUICK_BUDGET if args.quick else BUDGET
     t0 = time.monotonic()
@@ -196,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         missing = [tool for tool in NEEDS.get(name, ()) if not shutil.which(tool)]
         if missing:
-            notes.append(f"{name}: not run, {' and '.join(missing)} missing (scripts/install-system-deps installs them)")
+            notes.append(
+                f"{name}: not run, {' and '.join(missing)} missing (scripts/install-system-deps installs them)"
+            )
             failed.append(name)
             continue
         budget = min(budgets[name], TOTAL - KILL_GRACE - (time.monotonic() - t0))

@@ -14,6 +14,7 @@
 
 Bounded: N messages per run (default 1000), each with the 32 s transaction timeout; kill runs end after 30 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import notebook_im as nim
 
@@ -122,7 +123,9 @@ def kill_once(folder: Path, after: int) -> int:
     last = max([last, *(int(x) for x in proc.stdout.read().split() if x.isdigit())])
     proc.stdout.close()
     with nim.Platform(history=path) as platform:
-        stored = {t for t in platform.trace.messages(owner="sip:alice@example.test").query("status == 'delivered'").text}
+        stored = {
+            t for t in platform.trace.messages(owner="sip:alice@example.test").query("status == 'delivered'").text
+        }
     return sum(f"line {i}" not in stored for i in range(last + 1))
 
 
@@ -145,26 +148,38 @@ def main() -> None:
     cpu_off, cpu_on = min(r[1] for r in off), min(r[1] for r in on)
     writer = statistics.median(r[2] for r in on)
     per_commit = statistics.median(r[3] for r in on)
-    print(f"| session MESSAGE, one at a time, via the embedded server ({args.count} messages, best of {args.repeat}) "
-          "| msg/s | CPU µs per message |")
+    print(
+        f"| session MESSAGE, one at a time, via the embedded server ({args.count} messages, best of {args.repeat}) "
+        "| msg/s | CPU µs per message |"
+    )
     print("|---|---:|---:|")
     print(f"| without history | {rate_off:,.1f} | {cpu_off:,.0f} |")
     print(f"| with history= (SQLite, WAL, writer thread) | {rate_on:,.1f} | {cpu_on:,.0f} |")
-    print(f"| cost of history | {100 * (1 - rate_on / rate_off):+.1f} % of msg/s | {100 * (cpu_on / cpu_off - 1):+.1f} % |")
+    print(
+        f"| cost of history | {100 * (1 - rate_on / rate_off):+.1f} % of msg/s | {100 * (cpu_on / cpu_off - 1):+.1f} % |"
+    )
     print(f"| ratio with/without | {rate_on / rate_off:.3f} | |")
     print(f"| of which the writer thread (median) | | {writer:,.0f} |")
     print()
     paired = [b[0] / a[0] for a, b in zip(off, on)]
-    print(f"messages per commit (median): {per_commit:.1f}; paired ratios (with/without, run by run): "
-          f"{', '.join(f'{r:.2f}' for r in paired)} (median {statistics.median(paired):.3f})")
-    print(f"writer behind (delivered messages not yet committed, {len(lag)} samples): "
-          f"median {statistics.median(lag):.0f}, max {max(lag)}")
+    print(
+        f"messages per commit (median): {per_commit:.1f}; paired ratios (with/without, run by run): "
+        f"{', '.join(f'{r:.2f}' for r in paired)} (median {statistics.median(paired):.3f})"
+    )
+    print(
+        f"writer behind (delivered messages not yet committed, {len(lag)} samples): "
+        f"median {statistics.median(lag):.0f}, max {max(lag)}"
+    )
     q = statistics.quantiles(latency, n=20)
-    print(f"chat pace (a message every 50 ms): ms from a completed send to its row committed: median "
-          f"{statistics.median(latency):.1f}, p95 {q[18]:.1f}, max {max(latency):.1f}")
+    print(
+        f"chat pace (a message every 50 ms): ms from a completed send to its row committed: median "
+        f"{statistics.median(latency):.1f}, p95 {q[18]:.1f}, max {max(latency):.1f}"
+    )
     if lost:
-        print(f"SIGKILL in a tight loop, {len(lost)} runs: completed messages missing after reopening: "
-              f"{sorted(lost)} (median {statistics.median(lost):.0f})")
+        print(
+            f"SIGKILL in a tight loop, {len(lost)} runs: completed messages missing after reopening: "
+            f"{sorted(lost)} (median {statistics.median(lost):.0f})"
+        )
 
 
 if __name__ == "__main__":

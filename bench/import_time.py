@@ -5,6 +5,7 @@ Each run is a new `python -c` process that times only the import statement (perf
 interpreter's own start-up is not counted, and it reports whether pandas or ipywidgets came along (they must
 not: they load on first use). The minimum is the run least disturbed by the other programs on this machine.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,16 +14,24 @@ import sys
 
 from _common import REPO, Context, Row, ratio, yes_no
 
-PROBE = ("import sys, time, json; t = time.perf_counter(); import {module}; dt = time.perf_counter() - t; "
-         "print(json.dumps({{'s': dt, 'heavy': sorted(m for m in ('pandas', 'ipywidgets', 'numpy') if m in sys.modules)}}))")
+PROBE = (
+    "import sys, time, json; t = time.perf_counter(); import {module}; dt = time.perf_counter() - t; "
+    "print(json.dumps({{'s': dt, 'heavy': sorted(m for m in ('pandas', 'ipywidgets', 'numpy') if m in sys.modules)}}))"
+)
 
 
 def import_seconds(module: str, runs: int) -> tuple[float, list[str]]:
     """The fastest of `runs` imports of `module`, each in a fresh interpreter; and the heavy modules it pulled in."""
     best, heavy = float("inf"), set()
     for _ in range(runs):
-        out = subprocess.run([sys.executable, "-c", PROBE.format(module=module)], capture_output=True, text=True,
-                             timeout=60, cwd=REPO, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE.format(module=module)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+            check=True,
+        )
         result = json.loads(out.stdout.strip().splitlines()[-1])
         best = min(best, result["s"])
         heavy.update(result["heavy"])
@@ -37,6 +46,16 @@ def run(ctx: Context) -> None:
     value, heavy = import_seconds("notebook_im", runs)
     if heavy:
         ctx.note(f"`import notebook_im` also imported {', '.join(heavy)} (it must not)")
-    ctx.emit(Row(ctx.name, f"import notebook_im (min of {runs} fresh interpreters)", value * 1000, "ms",
-                 anchor="import asyncio, same way", anchor_value=anchor * 1000, ratio=ratio(value, anchor),
-                 goal="< 150 ms, no pandas/ipywidgets", met=yes_no(value < 0.150 and not heavy)))
+    ctx.emit(
+        Row(
+            ctx.name,
+            f"import notebook_im (min of {runs} fresh interpreters)",
+            value * 1000,
+            "ms",
+            anchor="import asyncio, same way",
+            anchor_value=anchor * 1000,
+            ratio=ratio(value, anchor),
+            goal="< 150 ms, no pandas/ipywidgets",
+            met=yes_no(value < 0.150 and not heavy),
+        )
+    )

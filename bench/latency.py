@@ -17,6 +17,7 @@ DRAIN_CAP, ends the wait), so a late message counts in the latencies, not as los
 The anchor: a thread echoing UDP datagrams and the main thread sending pings on the same 1,000/s schedule,
 waiting for each echo: the p99 round trip of two loopback hops between two threads of one Python process.
 """
+
 from __future__ import annotations
 
 import gc
@@ -33,7 +34,7 @@ from typing import Any
 from _common import BENCH, HOST, Context, Row, loop_kind, ratio, yes_no
 
 RATE = 1000
-DRAIN_CAP = 20.0   # seconds after the last send that late messages are still waited for
+DRAIN_CAP = 20.0  # seconds after the last send that late messages are still waited for
 LOOPS = ("asyncio", "uvloop")
 
 
@@ -63,7 +64,7 @@ def udp_echo_rtts(count: int, rate: int) -> list[float]:
         while not stop.is_set():
             try:
                 data, addr = echo.recvfrom(2048)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             echo.sendto(data, addr)
 
@@ -73,7 +74,7 @@ def udp_echo_rtts(count: int, rate: int) -> list[float]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ping:
         ping.bind((HOST, 0))
         ping.settimeout(1.0)
-        payload = b"x" * 400   # about the size of a MESSAGE
+        payload = b"x" * 400  # about the size of a MESSAGE
         t0 = time.perf_counter() + 0.01
         for i in range(count):
             sleep_until(t0 + i / rate)
@@ -81,7 +82,7 @@ def udp_echo_rtts(count: int, rate: int) -> list[float]:
             ping.sendto(payload, echo.getsockname())
             try:
                 ping.recv(2048)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             rtts.append(time.perf_counter() - sent)
     stop.set()
@@ -123,7 +124,7 @@ def measure(seconds: float, rate: int, mode: str = "p2p", receipts: bool = False
             session.send(f"warm {i}").result(10)
         count = int(seconds * rate)
         sent = [0.0] * count
-        gc_pauses: list[float] = []   # full (generation 2) garbage collections during the run, in seconds
+        gc_pauses: list[float] = []  # full (generation 2) garbage collections during the run, in seconds
         gc_started = [0.0]
 
         def on_gc(phase: str, info: dict) -> None:
@@ -139,6 +140,7 @@ def measure(seconds: float, rate: int, mode: str = "p2p", receipts: bool = False
         def settled(op: Any) -> None:
             if op.exception() is not None:
                 outcomes["failed"] += 1
+
         t0 = time.perf_counter() + 0.05
         for i in range(count):
             sleep_until(t0 + i / rate)
@@ -155,10 +157,19 @@ def measure(seconds: float, rate: int, mode: str = "p2p", receipts: bool = False
         failed = outcomes["failed"]
         latencies = [received[i] - sent[i] for i in range(count) if i in received]
         span = max(received.values(), default=t0) - t0
-        result = {"loop": loop_kind(), "count": count, "received": len(received), "lost": count - len(received),
-                  "failed": failed, "send_rate": count / send_span, "delivery_rate": len(received) / span if span > 0 else 0.0,
-                  "gc_full": len(gc_pauses), "gc_longest_ms": max(gc_pauses, default=0.0) * 1000,
-                  "gc_total_ms": sum(gc_pauses) * 1000, **quantiles(latencies)}
+        result = {
+            "loop": loop_kind(),
+            "count": count,
+            "received": len(received),
+            "lost": count - len(received),
+            "failed": failed,
+            "send_rate": count / send_span,
+            "delivery_rate": len(received) / span if span > 0 else 0.0,
+            "gc_full": len(gc_pauses),
+            "gc_longest_ms": max(gc_pauses, default=0.0) * 1000,
+            "gc_total_ms": sum(gc_pauses) * 1000,
+            **quantiles(latencies),
+        }
         session.terminate().result(10)
     return result
 
@@ -167,18 +178,35 @@ def run(ctx: Context) -> None:
     """bench/run --only latency"""
     seconds = 2.0 if ctx.quick else 10.0
     anchor = quantiles(udp_echo_rtts(int(RATE * min(seconds, 3.0)), RATE))
-    ctx.emit(Row(ctx.name, f"raw UDP echo ping-pong between two threads, {RATE}/s: p99 round trip", anchor["p99"], "ms",
-                 goal="anchor"))
+    ctx.emit(
+        Row(
+            ctx.name,
+            f"raw UDP echo ping-pong between two threads, {RATE}/s: p99 round trip",
+            anchor["p99"],
+            "ms",
+            goal="anchor",
+        )
+    )
     variants = [("p2p", False, loop) for loop in LOOPS] + [("p2p", True, "asyncio"), ("server", False, "asyncio")]
     for mode, receipts, loop in variants:
         if ctx.left() < seconds + 10:
             ctx.note(f"no time left for the {mode}/{loop} run")
             break
         try:
-            out = subprocess.run([sys.executable, str(BENCH / "latency.py"), str(seconds), str(RATE), mode,
-                                  "receipts" if receipts else "no-receipts"],
-                                 env={**os.environ, "NOTEBOOK_IM_LOOP": loop}, capture_output=True, text=True,
-                                 timeout=max(10.0, ctx.left()))
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    str(BENCH / "latency.py"),
+                    str(seconds),
+                    str(RATE),
+                    mode,
+                    "receipts" if receipts else "no-receipts",
+                ],
+                env={**os.environ, "NOTEBOOK_IM_LOOP": loop},
+                capture_output=True,
+                text=True,
+                timeout=max(10.0, ctx.left()),
+            )
         except subprocess.TimeoutExpired:
             ctx.note(f"the {mode}/{loop} run did not finish within the budget")
             break
@@ -189,22 +217,67 @@ def run(ctx: Context) -> None:
         if res["loop"] != loop:
             ctx.note(f"NOTEBOOK_IM_LOOP={loop} asked, but the latency run used {res['loop']}")
         where = "two endpoints, peer to peer" if mode == "p2p" else "two endpoints via an embedded server, one process"
-        what = (f"session MESSAGE, {where}, receipts {'on' if receipts else 'off'}, {res['count']:,} at {RATE}/s "
-                f"(sent at {res['send_rate']:,.0f}/s), loop {res['loop']}")
+        what = (
+            f"session MESSAGE, {where}, receipts {'on' if receipts else 'off'}, {res['count']:,} at {RATE}/s "
+            f"(sent at {res['send_rate']:,.0f}/s), loop {res['loop']}"
+        )
         ctx.emit(Row(ctx.name, f"{what}: p50", res["p50"], "ms"))
         r = ratio(res["p99"], anchor["p99"])
-        ctx.emit(Row(ctx.name, f"{what}: p99", res["p99"], "ms", anchor="UDP echo p99", anchor_value=anchor["p99"],
-                     ratio=r, goal="<= 2 ms", met=yes_no(res["p99"] <= 2.0)))
+        ctx.emit(
+            Row(
+                ctx.name,
+                f"{what}: p99",
+                res["p99"],
+                "ms",
+                anchor="UDP echo p99",
+                anchor_value=anchor["p99"],
+                ratio=r,
+                goal="<= 2 ms",
+                met=yes_no(res["p99"] <= 2.0),
+            )
+        )
         ctx.emit(Row(ctx.name, f"{what}: max", res["max"], "ms"))
-        ctx.emit(Row(ctx.name, f"{what}: delivered per second (first send to last delivery)", res["delivery_rate"], "msg/s",
-                     anchor="offered", anchor_value=res["send_rate"], ratio=ratio(res["delivery_rate"], res["send_rate"])))
-        ctx.emit(Row(ctx.name, f"{what}: lost (+ failed sends {res['failed']})", res["lost"], "messages", goal="0",
-                     met=yes_no(res["lost"] == 0 and res["failed"] == 0)))
-        ctx.emit(Row(ctx.name, f"{what}: longest of {res['gc_full']} full garbage collections during the run "
-                               f"({res['gc_total_ms']:.0f} ms in all; the loop thread stands still meanwhile)",
-                     res["gc_longest_ms"], "ms"))
+        ctx.emit(
+            Row(
+                ctx.name,
+                f"{what}: delivered per second (first send to last delivery)",
+                res["delivery_rate"],
+                "msg/s",
+                anchor="offered",
+                anchor_value=res["send_rate"],
+                ratio=ratio(res["delivery_rate"], res["send_rate"]),
+            )
+        )
+        ctx.emit(
+            Row(
+                ctx.name,
+                f"{what}: lost (+ failed sends {res['failed']})",
+                res["lost"],
+                "messages",
+                goal="0",
+                met=yes_no(res["lost"] == 0 and res["failed"] == 0),
+            )
+        )
+        ctx.emit(
+            Row(
+                ctx.name,
+                f"{what}: longest of {res['gc_full']} full garbage collections during the run "
+                f"({res['gc_total_ms']:.0f} ms in all; the loop thread stands still meanwhile)",
+                res["gc_longest_ms"],
+                "ms",
+            )
+        )
 
 
 if __name__ == "__main__":  # the measuring process: python bench/latency.py SECONDS RATE -> one JSON line
-    print(json.dumps(measure(float(sys.argv[1]), int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "p2p",
-                             len(sys.argv) > 4 and sys.argv[4] == "receipts")), flush=True)
+    print(
+        json.dumps(
+            measure(
+                float(sys.argv[1]),
+                int(sys.argv[2]),
+                sys.argv[3] if len(sys.argv) > 3 else "p2p",
+                len(sys.argv) > 4 and sys.argv[4] == "receipts",
+            )
+        ),
+        flush=True,
+    )

@@ -6,6 +6,7 @@ Bounded: N messages (default 2000), each with the 32 s transaction timeout; loop
 the ratio is the parse+serialize rate of one message in this process (the work floor of a hop), so the
 figure is comparable across machines of different speed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,10 +16,12 @@ import time
 import notebook_im as nim
 from notebook_im.sip.parser import parse_message
 
-SAMPLE = (b"MESSAGE sip:bob@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK776;rport\r\n"
-          b"Max-Forwards: 70\r\nFrom: <sip:alice@example.test>;tag=49583\r\nTo: <sip:bob@example.test>;tag=8321\r\n"
-          b"Call-ID: asd88asd77a@127.0.0.1\r\nCSeq: 12 MESSAGE\r\nContent-Type: text/plain;charset=UTF-8\r\n"
-          b"Content-Length: 5\r\n\r\nhello")
+SAMPLE = (
+    b"MESSAGE sip:bob@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK776;rport\r\n"
+    b"Max-Forwards: 70\r\nFrom: <sip:alice@example.test>;tag=49583\r\nTo: <sip:bob@example.test>;tag=8321\r\n"
+    b"Call-ID: asd88asd77a@127.0.0.1\r\nCSeq: 12 MESSAGE\r\nContent-Type: text/plain;charset=UTF-8\r\n"
+    b"Content-Length: 5\r\n\r\nhello"
+)
 
 
 def parse_rate(seconds: float = 1.0) -> float:

@@ -15,6 +15,7 @@ apart, on the messages it can parse, against notebook_im on that same subset.
 Each library runs in rounds of about a second, interleaved (notebook_im, sipmessage, sippy, notebook_im, ...),
 and keeps its best round: the machine is shared and noisy, and the best round is the one least disturbed.
 """
+
 from __future__ import annotations
 
 import gc
@@ -22,8 +23,9 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from _common import REPO, Context, Row, ratio, yes_no
 
@@ -32,28 +34,33 @@ SIPP_MESSAGE = (
     b"MESSAGE sip:bob@127.0.0.1:5070 SIP/2.0\r\n"
     b"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-21519-1-0;rport\r\n"
     b"Max-Forwards: 70\r\n"
-    b"From: \"SIPp\" <sip:sipp@127.0.0.1:5061>;tag=21519SIPpTag001\r\n"
+    b'From: "SIPp" <sip:sipp@127.0.0.1:5061>;tag=21519SIPpTag001\r\n'
     b"To: <sip:bob@127.0.0.1:5070>\r\n"
     b"Call-ID: 1-21519@127.0.0.1\r\n"
     b"CSeq: 1 MESSAGE\r\n"
     b"User-Agent: SIPp\r\n"
     b"Content-Type: text/plain;charset=UTF-8\r\n"
     b"Content-Length: 17\r\n\r\n"
-    b"pager message 1\r\n")
+    b"pager message 1\r\n"
+)
 SIPP_200 = (
     b"SIP/2.0 200 OK\r\n"
     b"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-21519-1-0;rport=5061;received=127.0.0.1\r\n"
-    b"From: \"SIPp\" <sip:sipp@127.0.0.1:5061>;tag=21519SIPpTag001\r\n"
+    b'From: "SIPp" <sip:sipp@127.0.0.1:5061>;tag=21519SIPpTag001\r\n'
     b"To: <sip:bob@127.0.0.1:5070>;tag=8a3bd1c2\r\n"
     b"Call-ID: 1-21519@127.0.0.1\r\n"
     b"CSeq: 1 MESSAGE\r\n"
     b"Server: notebook_im\r\n"
-    b"Content-Length: 0\r\n\r\n")
+    b"Content-Length: 0\r\n\r\n"
+)
 
-VARIANTS = 200     # 200 copies of ~30 messages: more distinct values than any cache here keeps
-UNIQUE = (re.compile(rb"(branch=)([^;,\s]+)", re.I), re.compile(rb"(;\s*tag\s*=\s*)([^;,\s>]+)", re.I),
-          re.compile(rb"(^(?:call-id|i)[ \t]*:[ \t]*)(\S+)", re.I | re.M))
-Fields = tuple[Any, str, int, str, str, str]   # method or status, Call-ID, CSeq number, CSeq method, From tag, branch
+VARIANTS = 200  # 200 copies of ~30 messages: more distinct values than any cache here keeps
+UNIQUE = (
+    re.compile(rb"(branch=)([^;,\s]+)", re.I),
+    re.compile(rb"(;\s*tag\s*=\s*)([^;,\s>]+)", re.I),
+    re.compile(rb"(^(?:call-id|i)[ \t]*:[ \t]*)(\S+)", re.I | re.M),
+)
+Fields = tuple[Any, str, int, str, str, str]  # method or status, Call-ID, CSeq number, CSeq method, From tag, branch
 
 
 def corpus() -> list[tuple[str, bytes]]:
@@ -80,8 +87,15 @@ def notebook_im_reader() -> Callable[[bytes], Fields]:
     def read(data: bytes) -> Fields:
         m = parse_message(data)
         cseq = m.cseq
-        return (m.method if isinstance(m, Request) else m.status, m.call_id, cseq.number, cseq.method,
-                m.from_.tag, m.top_via.branch)
+        return (
+            m.method if isinstance(m, Request) else m.status,
+            m.call_id,
+            cseq.number,
+            cseq.method,
+            m.from_.tag,
+            m.top_via.branch,
+        )
+
     return read
 
 
@@ -92,8 +106,15 @@ def sipmessage_reader() -> Callable[[bytes], Fields]:
     def read(data: bytes) -> Fields:
         m = Message.parse(data)
         cseq = m.cseq
-        return (m.method if isinstance(m, Request) else m.code, m.call_id, cseq.sequence, cseq.method,
-                m.from_address.parameters.get("tag"), m.via[0].parameters.get("branch"))
+        return (
+            m.method if isinstance(m, Request) else m.code,
+            m.call_id,
+            cseq.sequence,
+            cseq.method,
+            m.from_address.parameters.get("tag"),
+            m.via[0].parameters.get("branch"),
+        )
+
     return read
 
 
@@ -112,8 +133,15 @@ def sippy_reader() -> Callable[[bytes], Fields]:
             m = SipRequest(text)
             first = m.getMethod()
         num, method = m.getHFBody("cseq").getCSeq()
-        return (first, m.getHFBody("call-id").body, num, method, m.getHFBody("from").getTag(),
-                m.getHFBody("via").getBranch())
+        return (
+            first,
+            m.getHFBody("call-id").body,
+            num,
+            method,
+            m.getHFBody("from").getTag(),
+            m.getHFBody("via").getBranch(),
+        )
+
     return read
 
 
@@ -126,8 +154,15 @@ def pyvoip_reader() -> Callable[[bytes], Fields]:
         m = SIPMessage(data)
         cseq = m.headers["CSeq"]
         first = int(m.status) if m.type == SIPMessageType.RESPONSE else m.method
-        return (first, m.headers["Call-ID"], int(cseq["check"]), cseq["method"], m.headers["From"]["tag"],
-                m.headers["Via"][0]["branch"])
+        return (
+            first,
+            m.headers["Call-ID"],
+            int(cseq["check"]),
+            cseq["method"],
+            m.headers["From"]["tag"],
+            m.headers["Via"][0]["branch"],
+        )
+
     return read
 
 
@@ -141,7 +176,8 @@ LIBRARIES: dict[str, tuple[str, Callable[[], Callable[[bytes], Fields]]]] = {
 
 def version(module: str) -> str:
     """The installed version of a distribution (or '?')."""
-    from importlib.metadata import PackageNotFoundError, version as v
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as v
 
     try:
         return v(module)
@@ -170,7 +206,9 @@ def rate(read: Callable[[bytes], Fields], messages: list[bytes], seconds: float)
             return n / elapsed
 
 
-def best_rates(readers: dict[str, Callable[[bytes], Fields]], messages: list[bytes], rounds: int, seconds: float) -> dict[str, float]:
+def best_rates(
+    readers: dict[str, Callable[[bytes], Fields]], messages: list[bytes], rounds: int, seconds: float
+) -> dict[str, float]:
     """Interleaved rounds, best round per library."""
     best = {name: 0.0 for name in readers}
     for _ in range(rounds):
@@ -186,16 +224,18 @@ def run(ctx: Context) -> None:
     if extra and extra not in sys.path:
         sys.path.append(extra)
     readers: dict[str, Callable[[bytes], Fields]] = {}
-    for name, (dist, make) in LIBRARIES.items():
+    for name, (_dist, make) in LIBRARIES.items():
         try:
             readers[name] = make()
         except ImportError as exc:
             ctx.note(f"{name} is not installed ({exc}); `bench/run` installs it (pip install -e '.[bench]')")
-    copies = VARIANTS   # also with --quick: fewer copies would fit in the caches and flatter a caching parser
+    copies = VARIANTS  # also with --quick: fewer copies would fit in the caches and flatter a caching parser
     items = corpus()
     variants = {n: [variant(data, k) for k in range(copies)] for n, data in items}
-    ok = {name: {n for n, data in items if parses(read, data) and all(parses(read, v) for v in variants[n])}
-          for name, read in readers.items()}
+    ok = {
+        name: {n for n, data in items if parses(read, data) and all(parses(read, v) for v in variants[n])}
+        for name, read in readers.items()
+    }
     for name, names in ok.items():
         missed = sorted(n for n, _ in items if n not in names)
         if missed:
@@ -204,7 +244,9 @@ def run(ctx: Context) -> None:
     main_libs = [n for n in readers if n != "pyVoIP"]
     common = set.intersection(*(ok[n] for n in main_libs))
     messages = [variants[n][k] for k in range(copies) for n, _ in items if n in common]
-    ctx.log(f"{len(common)} of {len(items)} corpus messages parsed by all of {', '.join(main_libs)}, {copies} copies each")
+    ctx.log(
+        f"{len(common)} of {len(items)} corpus messages parsed by all of {', '.join(main_libs)}, {copies} copies each"
+    )
     for name in main_libs[1:]:
         differ = [n for n, data in items if n in common and readers[name](data) != readers[main_libs[0]](data)]
         if differ:
@@ -214,14 +256,24 @@ def run(ctx: Context) -> None:
     fastest = max(others, key=others.get) if others else None
     corpus_note = f"{len(common)} of {len(items)} corpus messages parsed by all, x{copies} unique copies"
     for name in others:
-        ctx.emit(Row(ctx.name, f"{name} {version(LIBRARIES[name][0])} ({corpus_note})", others[name], "msg/s",
-                     goal="anchor"))
+        ctx.emit(
+            Row(ctx.name, f"{name} {version(LIBRARIES[name][0])} ({corpus_note})", others[name], "msg/s", goal="anchor")
+        )
     nim_rate = best["notebook_im"]
     r = ratio(nim_rate, others[fastest]) if fastest else None
-    ctx.emit(Row(ctx.name, f"notebook_im parse_message + 5 fields ({corpus_note})", nim_rate, "msg/s",
-                 anchor=f"fastest other: {fastest}" if fastest else "no other parser installed",
-                 anchor_value=others[fastest] if fastest else None, ratio=r, goal=">= 2x the fastest other",
-                 met=yes_no(r is not None and r >= 2)))
+    ctx.emit(
+        Row(
+            ctx.name,
+            f"notebook_im parse_message + 5 fields ({corpus_note})",
+            nim_rate,
+            "msg/s",
+            anchor=f"fastest other: {fastest}" if fastest else "no other parser installed",
+            anchor_value=others[fastest] if fastest else None,
+            ratio=r,
+            goal=">= 2x the fastest other",
+            met=yes_no(r is not None and r >= 2),
+        )
+    )
     if "pyVoIP" in readers and ok["pyVoIP"]:
         names = [n for n, _ in items if n in ok["pyVoIP"] and n in ok["notebook_im"]]
         subset = [variants[n][k] for k in range(copies) for n in names]
@@ -229,8 +281,19 @@ def run(ctx: Context) -> None:
         label = f"the {len(names)} corpus messages pyVoIP parses (INVITE/ACK/BYE/CANCEL, responses), x{copies}"
         ctx.emit(Row(ctx.name, f"pyVoIP {version('pyVoIP')} ({label})", pair["pyVoIP"], "msg/s", goal="anchor"))
         rv = ratio(pair["notebook_im"], pair["pyVoIP"])
-        ctx.emit(Row(ctx.name, f"notebook_im on pyVoIP's {len(names)} messages, x{copies}", pair["notebook_im"], "msg/s",
-                     anchor="pyVoIP", anchor_value=pair["pyVoIP"], ratio=rv, goal=">= 2x", met=yes_no(rv is not None and rv >= 2)))
+        ctx.emit(
+            Row(
+                ctx.name,
+                f"notebook_im on pyVoIP's {len(names)} messages, x{copies}",
+                pair["notebook_im"],
+                "msg/s",
+                anchor="pyVoIP",
+                anchor_value=pair["pyVoIP"],
+                ratio=rv,
+                goal=">= 2x",
+                met=yes_no(rv is not None and rv >= 2),
+            )
+        )
 
 
 def _main() -> None:  # pragma: no cover - a quick look without the harness: python bench/parsers.py

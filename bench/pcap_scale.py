@@ -19,6 +19,7 @@ Goals (the issue): import at least 2x tshark's speed, peak RSS at most 1 GiB wha
 within 10 s at 5 GB. Disk: the capture and the dataset (about a sixth of it) are written under --workdir (default a
 temporary directory, deleted at the end unless --keep); check `df -h` before asking for 5 GB.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,11 +63,13 @@ if __name__ == "__main__":
 
 def parse_size(text: str) -> int:
     from notebook_im.trace.capture import parse_size as parse
+
     return parse(text.strip())
 
 
-def measure(args: list[str], *, stdout: Any = subprocess.DEVNULL, cwd: Path = REPO,
-            timeout: float | None = None) -> tuple[float, int, str, bool]:
+def measure(
+    args: list[str], *, stdout: Any = subprocess.DEVNULL, cwd: Path = REPO, timeout: float | None = None
+) -> tuple[float, int, str, bool]:
     """(wall seconds, peak RSS bytes of that process, its stdout, whether it finished) of one child run; a child
     still running after `timeout` seconds is stopped (SIGTERM) and reported as not finished.
 
@@ -76,8 +79,13 @@ def measure(args: list[str], *, stdout: Any = subprocess.DEVNULL, cwd: Path = RE
     import threading
 
     t = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=stdout if stdout is not None else subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=cwd, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args,
+        stdout=stdout if stdout is not None else subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
     peak = [0]
     done = threading.Event()
 
@@ -98,9 +106,11 @@ def measure(args: list[str], *, stdout: Any = subprocess.DEVNULL, cwd: Path = RE
     poller.start()
     stopped = threading.Event()
     if timeout is not None:
+
         def stop() -> None:
             stopped.set()
             proc.send_signal(signal.SIGTERM)
+
         timer = threading.Timer(timeout, stop)
         timer.daemon = True
         timer.start()
@@ -131,63 +141,89 @@ def one_size(size: int, work: Path, *, dask: bool = True, log=print, tshark_time
     shutil.rmtree(dst, ignore_errors=True)
     t = time.perf_counter()
     truth = generate(cap, size)
-    log(f"generated {cap.stat().st_size / 1e6:,.0f} MB, {truth.packets:,} packets, {truth.messages:,} SIP messages "
-        f"over {(truth.last_ts - truth.first_ts) / 3600:.1f} h in {time.perf_counter() - t:.0f} s")
+    log(
+        f"generated {cap.stat().st_size / 1e6:,.0f} MB, {truth.packets:,} packets, {truth.messages:,} SIP messages "
+        f"over {(truth.last_ts - truth.first_ts) / 3600:.1f} h in {time.perf_counter() - t:.0f} s"
+    )
     fields = sum((["-e", f] for f in TSHARK_FIELDS), [])
     lines_file = work / "tshark-fields.txt"
     with open(lines_file, "wb") as sink:
-        ts_s, ts_rss, _, finished = measure(["tshark", "-r", str(cap), "-T", "fields", *fields], stdout=sink,
-                                            timeout=tshark_timeout)
+        ts_s, ts_rss, _, finished = measure(
+            ["tshark", "-r", str(cap), "-T", "fields", *fields], stdout=sink, timeout=tshark_timeout
+        )
     with open(lines_file, "rb") as f:
         printed = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
     lines_file.unlink()
     if not finished:
-        log(f"tshark -T fields stopped after {ts_s:.0f} s at {printed:,} of {truth.packets:,} packets "
-            f"({printed / truth.packets:.0%}); peak RSS so far {ts_rss / 2**20:,.0f} MiB")
-        ts_s = ts_s * truth.packets / max(printed, 1)      # a lower bound: its rate only falls as it goes
+        log(
+            f"tshark -T fields stopped after {ts_s:.0f} s at {printed:,} of {truth.packets:,} packets "
+            f"({printed / truth.packets:.0%}); peak RSS so far {ts_rss / 2**20:,.0f} MiB"
+        )
+        ts_s = ts_s * truth.packets / max(printed, 1)  # a lower bound: its rate only falls as it goes
     else:
         assert printed == truth.packets, (printed, truth.packets)
         log(f"tshark -T fields (6 fields): {ts_s:.1f} s, peak RSS {ts_rss / 2**20:,.0f} MiB")
     im_s, im_rss, out, _ = measure([sys.executable, "-c", IMPORT.format(src=str(cap), dst=str(dst))], stdout=None)
     info = json.loads(out.strip().splitlines()[-1])
     assert info["rows"] == truth.messages, (info, truth.messages)
-    log(f"read_pcap(to=): {im_s:.1f} s ({info['inside']:.1f} s inside), peak RSS {im_rss / 2**20:,.0f} MiB, "
-        f"{info['rows']:,} rows, {info['files']} files; {ts_s / im_s:.2f}x tshark's speed")
+    log(
+        f"read_pcap(to=): {im_s:.1f} s ({info['inside']:.1f} s inside), peak RSS {im_rss / 2**20:,.0f} MiB, "
+        f"{info['rows']:,} rows, {info['files']} files; {ts_s / im_s:.2f}x tshark's speed"
+    )
     dataset_bytes = sum(f.stat().st_size for f in dst.rglob("*.parquet"))
     import notebook_im as nim
+
     with nim.open_traces(dst) as traces:
         t = time.perf_counter()
         duck = traces.latency(by=("method", "hour"), q=(0.5, 0.99))
         duck_s = time.perf_counter() - t
     log(f"DuckDB latency p50/p99 per method per hour: {duck_s:.2f} s ({len(duck)} rows)")
-    result = {"size": size, "capture_bytes": cap.stat().st_size, "packets": truth.packets, "messages": truth.messages,
-              "tshark_finished": finished, "tshark_printed": printed,
-              "dataset_bytes": dataset_bytes, "tshark_s": ts_s, "tshark_rss": ts_rss, "import_s": im_s,
-              "import_inside_s": info["inside"], "import_rss": im_rss, "duckdb_s": duck_s, "dask_s": None,
-              "dask_identical": None}
+    result = {
+        "size": size,
+        "capture_bytes": cap.stat().st_size,
+        "packets": truth.packets,
+        "messages": truth.messages,
+        "tshark_finished": finished,
+        "tshark_printed": printed,
+        "dataset_bytes": dataset_bytes,
+        "tshark_s": ts_s,
+        "tshark_rss": ts_rss,
+        "import_s": im_s,
+        "import_inside_s": info["inside"],
+        "import_rss": im_rss,
+        "duckdb_s": duck_s,
+        "dask_s": None,
+        "dask_identical": None,
+    }
     if dask:
         dk_s, _rss, out, _ = measure([sys.executable, "-c", DASK.format(dst=str(dst))], stdout=None)
         got = json.loads(out.strip().splitlines()[-1])
         expected = duck.assign(hour=duck["hour"].astype(str)).to_dict("list")
         result["dask_s"] = got["seconds"]
         result["dask_identical"] = got["frame"] == expected
-        log(f"Dask LocalCluster (2 workers): {got['seconds']:.1f} s, numbers identical to DuckDB: "
-            f"{result['dask_identical']}")
+        log(
+            f"Dask LocalCluster (2 workers): {got['seconds']:.1f} s, numbers identical to DuckDB: "
+            f"{result['dask_identical']}"
+        )
     print(duck.to_string(index=False), flush=True)
     return result
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| capture | packets | tshark -T fields | read_pcap(to=) | speed vs tshark | peak RSS tshark | peak RSS "
-             "import | dataset | DuckDB latency query | Dask latency query (identical) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| capture | packets | tshark -T fields | read_pcap(to=) | speed vs tshark | peak RSS tshark | peak RSS "
+        "import | dataset | DuckDB latency query | Dask latency query (identical) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         dask = "" if r["dask_s"] is None else f"{r['dask_s']:.1f} s ({'yes' if r['dask_identical'] else 'NO'})"
         bound = "" if r.get("tshark_finished", True) else ">= "
-        lines.append(f"| {r['capture_bytes'] / 1e9:,.2f} GB | {r['packets']:,} | {bound}{r['tshark_s']:.1f} s | "
-                     f"{r['import_s']:.1f} s | {bound}{r['tshark_s'] / r['import_s']:.2f}x | {r['tshark_rss'] / 2**20:,.0f} MiB"
-                     f" | {r['import_rss'] / 2**20:,.0f} MiB | {r['dataset_bytes'] / 1e6:,.0f} MB | "
-                     f"{r['duckdb_s']:.2f} s | {dask} |")
+        lines.append(
+            f"| {r['capture_bytes'] / 1e9:,.2f} GB | {r['packets']:,} | {bound}{r['tshark_s']:.1f} s | "
+            f"{r['import_s']:.1f} s | {bound}{r['tshark_s'] / r['import_s']:.2f}x | {r['tshark_rss'] / 2**20:,.0f} MiB"
+            f" | {r['import_rss'] / 2**20:,.0f} MiB | {r['dataset_bytes'] / 1e6:,.0f} MB | "
+            f"{r['duckdb_s']:.2f} s | {dask} |"
+        )
     return "\n".join(lines)
 
 
@@ -209,19 +245,59 @@ def run(ctx) -> None:  # bench/run --only pcap
     speed, tspeed = mb / r["import_s"], mb / r["tshark_s"]
     # the goal is for captures of 100 MB and more: on a small one, starting Python and importing pyarrow (~0.5 s)
     # weigh as much as the reading (--quick: 30 MB, about 1.5x)
-    ctx.emit(Row(ctx.name, f"read_pcap(to=) import speed, {mb:,.0f} MB synthetic capture", speed, "MB/s", anchor,
-                 tspeed, ratio(speed, tspeed), ">= 2x tshark (100 MB and more)",
-                 yes_no(speed >= 2 * tspeed) if mb >= 100 else ""))
-    ctx.emit(Row(ctx.name, "read_pcap(to=) peak RSS of the import process", r["import_rss"] / 2**20, "MiB",
-                 anchor + " (its peak RSS)", r["tshark_rss"] / 2**20, ratio(r["import_rss"], r["tshark_rss"]),
-                 "<= 1024 MiB", yes_no(r["import_rss"] <= 2**30)))
-    ctx.emit(Row(ctx.name, "DuckDB: transaction latency p50/p99 per method per hour", r["duckdb_s"], "s",
-                 "the import of the same capture", r["import_s"], ratio(r["duckdb_s"], r["import_s"]),
-                 "<= 10 s at 5 GB", ""))
+    ctx.emit(
+        Row(
+            ctx.name,
+            f"read_pcap(to=) import speed, {mb:,.0f} MB synthetic capture",
+            speed,
+            "MB/s",
+            anchor,
+            tspeed,
+            ratio(speed, tspeed),
+            ">= 2x tshark (100 MB and more)",
+            yes_no(speed >= 2 * tspeed) if mb >= 100 else "",
+        )
+    )
+    ctx.emit(
+        Row(
+            ctx.name,
+            "read_pcap(to=) peak RSS of the import process",
+            r["import_rss"] / 2**20,
+            "MiB",
+            anchor + " (its peak RSS)",
+            r["tshark_rss"] / 2**20,
+            ratio(r["import_rss"], r["tshark_rss"]),
+            "<= 1024 MiB",
+            yes_no(r["import_rss"] <= 2**30),
+        )
+    )
+    ctx.emit(
+        Row(
+            ctx.name,
+            "DuckDB: transaction latency p50/p99 per method per hour",
+            r["duckdb_s"],
+            "s",
+            "the import of the same capture",
+            r["import_s"],
+            ratio(r["duckdb_s"], r["import_s"]),
+            "<= 10 s at 5 GB",
+            "",
+        )
+    )
     if r["dask_s"] is not None:
-        ctx.emit(Row(ctx.name, "Dask LocalCluster (2 workers): the same query", r["dask_s"], "s",
-                     "DuckDB, same query", r["duckdb_s"], ratio(r["dask_s"], r["duckdb_s"]),
-                     "identical numbers", yes_no(bool(r["dask_identical"]))))
+        ctx.emit(
+            Row(
+                ctx.name,
+                "Dask LocalCluster (2 workers): the same query",
+                r["dask_s"],
+                "s",
+                "DuckDB, same query",
+                r["duckdb_s"],
+                ratio(r["dask_s"], r["duckdb_s"]),
+                "identical numbers",
+                yes_no(bool(r["dask_identical"])),
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,16 +307,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the captures and datasets")
     ap.add_argument("--no-dask", action="store_true", help="skip the Dask query")
     ap.add_argument("--json", help="also write the figures to this JSON file")
-    ap.add_argument("--tshark-timeout", type=float, help="stop tshark after this many seconds (then its time is a "
-                                                         "lower bound scaled from the packets it printed)")
+    ap.add_argument(
+        "--tshark-timeout",
+        type=float,
+        help="stop tshark after this many seconds (then its time is a lower bound scaled from the packets it printed)",
+    )
     args = ap.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="pcap-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(work).free
     if sum(sizes) * 1.3 > free:
-        raise SystemExit(f"not enough disk in {work}: {free / 1e9:.1f} GB free, about {sum(sizes) * 1.3 / 1e9:.1f} GB "
-                         f"needed")
+        raise SystemExit(
+            f"not enough disk in {work}: {free / 1e9:.1f} GB free, about {sum(sizes) * 1.3 / 1e9:.1f} GB needed"
+        )
     results = []
     try:
         for size in sizes:

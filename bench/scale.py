@@ -14,6 +14,7 @@ stateful proxy that record-routes), so what a session costs is its transactions 
 their answer on UDP, RFC 3261 Timer J/RFC 6026), the registrar binding, and the server's trace of the
 messages (bounded by its max_records). The anchor puts that next to the bytes of the messages themselves.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,16 +22,18 @@ import select
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from _common import BENCH, HOST, Child, Context, Row, free_port, ratio, register_request, status_of, yes_no
 
 WINDOW = 100
 RETRY_AFTER = 1.0
 MAX_TRIES = 6
-SDP = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-       "m=message 5060 sip null\r\na=accept-types:text/plain text/html\r\n")
+SDP = (
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=message 5060 sip null\r\na=accept-types:text/plain text/html\r\n"
+)
 CALL_ID = re.compile(rb"^(?:Call-ID|i)[ \t]*:[ \t]*(\w+)-(\d+)@", re.M | re.I)
 
 
@@ -100,8 +103,9 @@ class Pending:
         return self.next_index >= self.total and not self.inflight
 
 
-def pump(sockets: list[socket.socket], handle: Callable[[socket.socket, bytes, tuple], None], work: Pending,
-         timeout: float) -> float:
+def pump(
+    sockets: list[socket.socket], handle: Callable[[socket.socket, bytes, tuple], None], work: Pending, timeout: float
+) -> float:
     """Drive `work` to the end (or `timeout` seconds): fill the window, read and handle datagrams, retry. Seconds taken."""
     t0 = time.monotonic()
     while not work.finished() and time.monotonic() - t0 < timeout:
@@ -133,12 +137,15 @@ def run(ctx: Context) -> None:
     settle = 0.0 if ctx.quick else 34.0
     run_id = uuid.uuid4().hex[:6]
     port = free_port()
-    with Child([BENCH / "_server_proc.py", port], log=ctx.workdir / "scale_server.log") as server, \
-            udp_socket() as users, udp_socket() as caller:
+    with (
+        Child([BENCH / "_server_proc.py", port], log=ctx.workdir / "scale_server.log") as server,
+        udp_socket() as users,
+        udp_socket() as caller,
+    ):
         addr = (HOST, port)
         uport, cport = users.getsockname()[1], caller.getsockname()[1]
         idle = server.ask("gc")
-        wire = {"register": 0, "invite": 0, "ok": 0, "ack": 0}   # sizes as the callee sees them
+        wire = {"register": 0, "invite": 0, "ok": 0, "ack": 0}  # sizes as the callee sees them
 
         # -- 1. n users register -----------------------------------------------------------------------
         def send_register(i: int) -> None:
@@ -155,13 +162,31 @@ def run(ctx: Context) -> None:
 
         reg_seconds = pump([users], on_register_answer, registering, max(5.0, min(60.0, ctx.left() / 3)))
         after_users = server.ask("gc")
-        ctx.emit(Row(ctx.name, f"users registered (raw UDP REGISTER, {WINDOW} in flight, "
-                               f"{registering.retransmitted} retransmitted) in {reg_seconds:.1f} s",
-                     after_users["registered"], "users", goal=f"{n:,}", met=yes_no(after_users["registered"] == n)))
+        ctx.emit(
+            Row(
+                ctx.name,
+                f"users registered (raw UDP REGISTER, {WINDOW} in flight, "
+                f"{registering.retransmitted} retransmitted) in {reg_seconds:.1f} s",
+                after_users["registered"],
+                "users",
+                goal=f"{n:,}",
+                met=yes_no(after_users["registered"] == n),
+            )
+        )
         per_user = (after_users["rss"] - idle["rss"]) / max(1, registering.done)
-        ctx.emit(Row(ctx.name, "server RSS growth per registered user", per_user, "bytes",
-                     anchor="one REGISTER on the wire", anchor_value=wire["register"], ratio=ratio(per_user, wire["register"]),
-                     goal=f"bounded: all {n:,} in place", met=yes_no(registering.done == n)))
+        ctx.emit(
+            Row(
+                ctx.name,
+                "server RSS growth per registered user",
+                per_user,
+                "bytes",
+                anchor="one REGISTER on the wire",
+                anchor_value=wire["register"],
+                ratio=ratio(per_user, wire["register"]),
+                goal=f"bounded: all {n:,} in place",
+                met=yes_no(registering.done == n),
+            )
+        )
 
         # -- 2. n sessions: caller INVITEs each user via the server; the users' socket answers 200 ----------
         answered: dict[int, bytes] = {}
@@ -169,17 +194,19 @@ def run(ctx: Context) -> None:
 
         def send_invite(i: int) -> None:
             body = SDP.encode()
-            msg = (f"INVITE sip:u{i:05d}@{HOST}:{port} SIP/2.0\r\n"
-                   f"Via: SIP/2.0/UDP {HOST}:{cport};branch=z9hG4bK-inv{run_id}-{i};rport\r\n"
-                   "Max-Forwards: 70\r\n"
-                   f"From: <sip:caller@example.test>;tag=c{i}\r\n"
-                   f"To: <sip:u{i:05d}@example.test>\r\n"
-                   f"Call-ID: inv{run_id}-{i}@{HOST}\r\n"
-                   "CSeq: 1 INVITE\r\n"
-                   f"Contact: <sip:caller@{HOST}:{cport}>\r\n"
-                   "Content-Type: application/sdp\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-            if i in answered:   # the 200 came but its ACK was lost on the way: the callee resends the 200
+            msg = (
+                f"INVITE sip:u{i:05d}@{HOST}:{port} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {HOST}:{cport};branch=z9hG4bK-inv{run_id}-{i};rport\r\n"
+                "Max-Forwards: 70\r\n"
+                f"From: <sip:caller@example.test>;tag=c{i}\r\n"
+                f"To: <sip:u{i:05d}@example.test>\r\n"
+                f"Call-ID: inv{run_id}-{i}@{HOST}\r\n"
+                "CSeq: 1 INVITE\r\n"
+                f"Contact: <sip:caller@{HOST}:{cport}>\r\n"
+                "Content-Type: application/sdp\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            if i in answered:  # the 200 came but its ACK was lost on the way: the callee resends the 200
                 users.sendto(answered[i], addr)
             else:
                 caller.sendto(msg, addr)
@@ -194,11 +221,14 @@ def run(ctx: Context) -> None:
             lines = header_lines(data)
             if s is users and data.startswith(b"INVITE "):
                 to = values(lines, "To", "t")[0]
-                ok = ("SIP/2.0 200 OK\r\n" + "".join(f"Via: {v}\r\n" for v in values(lines, "Via", "v"))
-                      + "".join(f"Record-Route: {v}\r\n" for v in values(lines, "Record-Route"))
-                      + f"From: {values(lines, 'From', 'f')[0]}\r\nTo: {to};tag=u{i}\r\n"
-                      f"Call-ID: {values(lines, 'Call-ID', 'i')[0]}\r\nCSeq: {values(lines, 'CSeq')[0]}\r\n"
-                      f"Contact: <sip:u{i:05d}@{HOST}:{uport}>\r\nContent-Length: 0\r\n\r\n").encode()
+                ok = (
+                    "SIP/2.0 200 OK\r\n"
+                    + "".join(f"Via: {v}\r\n" for v in values(lines, "Via", "v"))
+                    + "".join(f"Record-Route: {v}\r\n" for v in values(lines, "Record-Route"))
+                    + f"From: {values(lines, 'From', 'f')[0]}\r\nTo: {to};tag=u{i}\r\n"
+                    f"Call-ID: {values(lines, 'Call-ID', 'i')[0]}\r\nCSeq: {values(lines, 'CSeq')[0]}\r\n"
+                    f"Contact: <sip:u{i:05d}@{HOST}:{uport}>\r\nContent-Length: 0\r\n\r\n"
+                ).encode()
                 answered[i] = ok
                 users.sendto(ok, source)
                 wire["invite"], wire["ok"] = len(data), len(ok)
@@ -209,35 +239,76 @@ def run(ctx: Context) -> None:
                     opening.finish(i)
             elif s is caller and status_of(data) == 200:
                 routes = list(reversed(values(lines, "Record-Route")))
-                ack = (f"ACK sip:u{i:05d}@{HOST}:{uport} SIP/2.0\r\n"
-                       f"Via: SIP/2.0/UDP {HOST}:{cport};branch=z9hG4bK-ack{run_id}-{i};rport\r\n"
-                       + "".join(f"Route: {r}\r\n" for r in routes)
-                       + f"Max-Forwards: 70\r\nFrom: {values(lines, 'From', 'f')[0]}\r\nTo: {values(lines, 'To', 't')[0]}\r\n"
-                       f"Call-ID: {values(lines, 'Call-ID', 'i')[0]}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n").encode()
+                ack = (
+                    f"ACK sip:u{i:05d}@{HOST}:{uport} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP {HOST}:{cport};branch=z9hG4bK-ack{run_id}-{i};rport\r\n"
+                    + "".join(f"Route: {r}\r\n" for r in routes)
+                    + f"Max-Forwards: 70\r\nFrom: {values(lines, 'From', 'f')[0]}\r\nTo: {values(lines, 'To', 't')[0]}\r\n"
+                    f"Call-ID: {values(lines, 'Call-ID', 'i')[0]}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+                ).encode()
                 caller.sendto(ack, addr)
             elif s is caller and (status_of(data) or 0) >= 300:
                 opening.finish(i, ok=False)
 
         ses_seconds = pump([users, caller], on_datagram, opening, max(5.0, ctx.left() - settle - 10))
         after_sessions = server.ask("gc")
-        ctx.emit(Row(ctx.name, f"sessions open (INVITE/200/ACK through the server, {WINDOW} in flight, "
-                               f"{opening.retransmitted} retransmitted) in {ses_seconds:.1f} s",
-                     len(acked), "sessions", goal=f"{n:,}", met=yes_no(len(acked) == n)))
+        ctx.emit(
+            Row(
+                ctx.name,
+                f"sessions open (INVITE/200/ACK through the server, {WINDOW} in flight, "
+                f"{opening.retransmitted} retransmitted) in {ses_seconds:.1f} s",
+                len(acked),
+                "sessions",
+                goal=f"{n:,}",
+                met=yes_no(len(acked) == n),
+            )
+        )
         per_session = (after_sessions["rss"] - after_users["rss"]) / max(1, len(acked))
         session_bytes = wire["invite"] + wire["ok"] + wire["ack"]
-        ctx.emit(Row(ctx.name, "server RSS growth per open session", per_session, "bytes",
-                     anchor="INVITE + 200 + ACK on the wire", anchor_value=session_bytes,
-                     ratio=ratio(per_session, session_bytes), goal=f"bounded: all {n:,} in place", met=yes_no(len(acked) == n)))
-        ctx.emit(Row(ctx.name, f"server RSS with {registering.done:,} users and {len(acked):,} sessions", after_sessions["rss"] / 2**20, "MiB",
-                     anchor="idle server", anchor_value=idle["rss"] / 2**20, ratio=ratio(after_sessions["rss"], idle["rss"])))
+        ctx.emit(
+            Row(
+                ctx.name,
+                "server RSS growth per open session",
+                per_session,
+                "bytes",
+                anchor="INVITE + 200 + ACK on the wire",
+                anchor_value=session_bytes,
+                ratio=ratio(per_session, session_bytes),
+                goal=f"bounded: all {n:,} in place",
+                met=yes_no(len(acked) == n),
+            )
+        )
+        ctx.emit(
+            Row(
+                ctx.name,
+                f"server RSS with {registering.done:,} users and {len(acked):,} sessions",
+                after_sessions["rss"] / 2**20,
+                "MiB",
+                anchor="idle server",
+                anchor_value=idle["rss"] / 2**20,
+                ratio=ratio(after_sessions["rss"], idle["rss"]),
+            )
+        )
         if settle and ctx.left() > settle + 5:
-            time.sleep(settle)   # the transactions' 32 s linger (Timer J, RFC 6026 Accepted) runs out
+            time.sleep(settle)  # the transactions' 32 s linger (Timer J, RFC 6026 Accepted) runs out
             settled = server.ask("gc")
-            ctx.emit(Row(ctx.name, f"server RSS {settle:.0f} s later (transactions expired; users and sessions stay)",
-                         settled["rss"] / 2**20, "MiB", anchor="idle server", anchor_value=idle["rss"] / 2**20,
-                         ratio=ratio(settled["rss"], idle["rss"])))
-            ctx.note(f"Python memory blocks in the server: {idle['blocks']:,} idle, {after_sessions['blocks']:,} with "
-                     f"the users and sessions, {settled['blocks']:,} {settle:.0f} s later (RSS does not shrink when "
-                     "Python frees objects; the block count does)")
-        ctx.note(f"the server's trace held {after_sessions['trace']:,} SIP messages (part of the memory above); "
-                 f"server stats {after_sessions['stats']}")
+            ctx.emit(
+                Row(
+                    ctx.name,
+                    f"server RSS {settle:.0f} s later (transactions expired; users and sessions stay)",
+                    settled["rss"] / 2**20,
+                    "MiB",
+                    anchor="idle server",
+                    anchor_value=idle["rss"] / 2**20,
+                    ratio=ratio(settled["rss"], idle["rss"]),
+                )
+            )
+            ctx.note(
+                f"Python memory blocks in the server: {idle['blocks']:,} idle, {after_sessions['blocks']:,} with "
+                f"the users and sessions, {settled['blocks']:,} {settle:.0f} s later (RSS does not shrink when "
+                "Python frees objects; the block count does)"
+            )
+        ctx.note(
+            f"the server's trace held {after_sessions['trace']:,} SIP messages (part of the memory above); "
+            f"server stats {after_sessions['stats']}"
+        )

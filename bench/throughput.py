@@ -12,13 +12,29 @@ highest clean rate, and the ratio is against the anchor's highest clean rate on 
 Every receiver (SIPp UAS, endpoint process, server process, Kamailio) is started fresh for each step, so no
 step inherits lingering transactions from the one before.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from _common import (
-    BENCH, Child, Context, KamailioProc, Row, SippRun, Step, check_kamailio_config, counter, free_port, ladder,
-    ratio, register_once, sipp_command, start_sipp_server, wait_until, yes_no,
+    BENCH,
+    Child,
+    Context,
+    KamailioProc,
+    Row,
+    SippRun,
+    Step,
+    check_kamailio_config,
+    counter,
+    free_port,
+    ladder,
+    ratio,
+    register_once,
+    sipp_command,
+    start_sipp_server,
+    wait_until,
+    yes_no,
 )
 
 RUNGS = (1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 16000, 24000)
@@ -34,7 +50,11 @@ def step_seconds(ctx: Context) -> float:
 def judge(rate: int, count: int, uac: SippRun, code: int | None, received: int, receiver_ok: bool = True) -> Step:
     """Clean or not, and a one-line reason, from the UAC's exit code and counters and the receiver's count."""
     stats = uac.counters()
-    ok, failed, retrans = counter(stats, "SuccessfulCall(C)"), counter(stats, "FailedCall(C)"), counter(stats, "Retransmissions(C)")
+    ok, failed, retrans = (
+        counter(stats, "SuccessfulCall(C)"),
+        counter(stats, "FailedCall(C)"),
+        counter(stats, "Retransmissions(C)"),
+    )
     achieved = count / uac.elapsed if uac.elapsed else 0.0
     problems = []
     if code != 0:
@@ -57,35 +77,56 @@ def judge(rate: int, count: int, uac: SippRun, code: int | None, received: int, 
             problems.append(f"SIPp: {err[-1][:120]}")
     detail = "; ".join(problems) if problems else f"{count}/{count}, 0 failed, 0 retransmissions, {achieved:,.0f}/s"
     # missed narrowly: every call done and delivered, a few answers late (at most 2%) or the pace a little short
-    marginal = code == 0 and receiver_ok and received == count and failed + retrans <= 0.02 * count and achieved >= 0.7 * rate
+    marginal = (
+        code == 0 and receiver_ok and received == count and failed + retrans <= 0.02 * count and achieved >= 0.7 * rate
+    )
     return Step(rate, not problems, detail, marginal)
 
 
 def run_uac(ctx: Context, rate: int, transport: str, port: int, service: str) -> tuple[int, SippRun, int | None]:
     """Run the SIPp UAC for one step against 127.0.0.1:port; (count, run, exit code)."""
     count = int(rate * step_seconds(ctx))
-    uac = sipp_command(ctx.workdir, "uac_pager.xml", local_port=free_port(), calls=count, transport=transport,
-                       remote=f"127.0.0.1:{port}", service=service, rate=rate, timeout_s=step_seconds(ctx) + 4, tag="uac")
+    uac = sipp_command(
+        ctx.workdir,
+        "uac_pager.xml",
+        local_port=free_port(),
+        calls=count,
+        transport=transport,
+        remote=f"127.0.0.1:{port}",
+        service=service,
+        rate=rate,
+        timeout_s=step_seconds(ctx) + 4,
+        tag="uac",
+    )
     ctx.settle()
     uac.start(ctx.workdir / f"uac_{rate}.screen")
-    code = uac.wait(step_seconds(ctx) + 20)   # a clean step ends with its last answer; 4 s later it cannot be clean
+    code = uac.wait(step_seconds(ctx) + 20)  # a clean step ends with its last answer; 4 s later it cannot be clean
     return count, uac, code
 
 
 def sipp_uas_step(ctx: Context, transport: str) -> Callable[[int], Step]:
     """One step against SIPp's own UAS (tests/interop/sipp/uas_pager.xml): the anchor."""
+
     def step(rate: int) -> Step:
         port = free_port()
         count = int(rate * step_seconds(ctx))
-        uas = sipp_command(ctx.workdir, "uas_pager.xml", local_port=port, calls=count, transport=transport,
-                           timeout_s=step_seconds(ctx) + 20, tag="uas")
+        uas = sipp_command(
+            ctx.workdir,
+            "uas_pager.xml",
+            local_port=port,
+            calls=count,
+            transport=transport,
+            timeout_s=step_seconds(ctx) + 20,
+            tag="uas",
+        )
         start_sipp_server(uas, transport, ctx.workdir / f"uas_{rate}.screen")
         try:
             count, uac, code = run_uac(ctx, rate, transport, port, "sipp")
         finally:
-            uas_code = uas.wait(3)   # it exits by itself after exactly `count` MESSAGEs
+            uas_code = uas.wait(3)  # it exits by itself after exactly `count` MESSAGEs
         received = counter(uas.counters(), "SuccessfulCall(C)")
         return judge(rate, count, uac, code, received, receiver_ok=uas_code == 0)
+
     return step
 
 
@@ -95,8 +136,11 @@ def endpoint_step(ctx: Context, transport: str, loop: str) -> Callable[[int], St
 
     def step(rate: int) -> Step:
         port = free_port()
-        with Child([BENCH / "_endpoint_proc.py", port, transport], env={"NOTEBOOK_IM_LOOP": loop},
-                   log=ctx.workdir / f"endpoint_{transport}_{loop}_{rate}.log") as ep:
+        with Child(
+            [BENCH / "_endpoint_proc.py", port, transport],
+            env={"NOTEBOOK_IM_LOOP": loop},
+            log=ctx.workdir / f"endpoint_{transport}_{loop}_{rate}.log",
+        ) as ep:
             seen_loops.add(ep.info["loop"])
             count, uac, code = run_uac(ctx, rate, transport, port, "bob")
             answers: dict = {}
@@ -105,7 +149,7 @@ def endpoint_step(ctx: Context, transport: str, loop: str) -> Callable[[int], St
                 answers.update(ep.ask("stats"))
                 return answers["received"] >= count
 
-            wait_until(all_in, 3.0, 0.1)   # the last messages may still be in the endpoint's queue
+            wait_until(all_in, 3.0, 0.1)  # the last messages may still be in the endpoint's queue
         return judge(rate, count, uac, code, answers.get("received", -1))
 
     step.seen_loops = seen_loops  # type: ignore[attr-defined]
@@ -117,22 +161,39 @@ def endpoint_benchmark(ctx: Context, transport: str) -> None:
     rungs = QUICK_RUNGS if ctx.quick else RUNGS
     cost = step_seconds(ctx) + 3.0
     anchor, _ = ladder(ctx, f"SIPp UAS ({transport})", rungs, sipp_uas_step(ctx, transport), step_cost=cost)
-    ctx.emit(Row(ctx.name, f"SIPp UAC -> SIPp UAS, MESSAGE over {transport.upper()}: max clean rate", anchor, "msg/s",
-                 goal="anchor (about 12,000 on this machine)"))
+    ctx.emit(
+        Row(
+            ctx.name,
+            f"SIPp UAC -> SIPp UAS, MESSAGE over {transport.upper()}: max clean rate",
+            anchor,
+            "msg/s",
+            goal="anchor (about 12,000 on this machine)",
+        )
+    )
     for loop in LOOPS:
         step = endpoint_step(ctx, transport, loop)
         best, _ = ladder(ctx, f"endpoint ({transport}, {loop})", rungs, step, step_cost=cost)
         ran = "/".join(sorted(step.seen_loops)) or loop  # type: ignore[attr-defined]
         if ran != loop:
-            ctx.note(f"NOTEBOOK_IM_LOOP={loop} asked, but the endpoint ran on {ran} (the variable is not honoured, "
-                     "or uvloop is not installed)")
+            ctx.note(
+                f"NOTEBOOK_IM_LOOP={loop} asked, but the endpoint ran on {ran} (the variable is not honoured, "
+                "or uvloop is not installed)"
+            )
         r = ratio(best, anchor)
         which = f"loop {ran}" if ran == loop else f"NOTEBOOK_IM_LOOP={loop} but ran {ran}"
-        ctx.emit(Row(ctx.name, f"SIPp UAC -> notebook_im endpoint, MESSAGE over {transport.upper()}, {which}: "
-                               "max clean rate", best, "msg/s",
-                     anchor="SIPp UAS, same ladder", anchor_value=anchor, ratio=r,
-                     goal=">= 8,000/s and >= 2/3 of the anchor",
-                     met=yes_no(best >= 8000 and r is not None and r >= 2 / 3)))
+        ctx.emit(
+            Row(
+                ctx.name,
+                f"SIPp UAC -> notebook_im endpoint, MESSAGE over {transport.upper()}, {which}: max clean rate",
+                best,
+                "msg/s",
+                anchor="SIPp UAS, same ladder",
+                anchor_value=anchor,
+                ratio=r,
+                goal=">= 8,000/s and >= 2/3 of the anchor",
+                met=yes_no(best >= 8000 and r is not None and r >= 2 / 3),
+            )
+        )
 
 
 def run_endpoint_udp(ctx: Context) -> None:
@@ -148,8 +209,11 @@ def run_endpoint_tcp(ctx: Context) -> None:
 # ---------------------------------------------------------------------------------------------------
 # relay: SIPp UAC -> proxy -> SIPp UAS (registered with the proxy by a raw REGISTER naming SIPp's port)
 # ---------------------------------------------------------------------------------------------------
-def relay_step(ctx: Context, start_proxy: Callable[[int, int], object], stop_proxy: Callable[[object], None]) -> Callable[[int], Step]:
+def relay_step(
+    ctx: Context, start_proxy: Callable[[int, int], object], stop_proxy: Callable[[object], None]
+) -> Callable[[int], Step]:
     """One relay step: a fresh proxy and SIPp UAS, the UAS registered as sippuas, the UAC messaging it."""
+
     def step(rate: int) -> Step:
         proxy_port, uas_port = free_port(), free_port()
         count = int(rate * step_seconds(ctx))
@@ -158,16 +222,25 @@ def relay_step(ctx: Context, start_proxy: Callable[[int, int], object], stop_pro
             status = register_once(proxy_port, "sippuas", uas_port)
             if status != 200:
                 return Step(rate, False, f"REGISTER of the SIPp UAS answered {status}")
-            uas = sipp_command(ctx.workdir, "uas_pager.xml", local_port=uas_port, calls=count,
-                               timeout_s=step_seconds(ctx) + 20, tag="relay_uas")
+            uas = sipp_command(
+                ctx.workdir,
+                "uas_pager.xml",
+                local_port=uas_port,
+                calls=count,
+                timeout_s=step_seconds(ctx) + 20,
+                tag="relay_uas",
+            )
             start_sipp_server(uas, "udp", ctx.workdir / f"relay_uas_{rate}.screen")
             try:
                 count, uac, code = run_uac(ctx, rate, "udp", proxy_port, "sippuas")
             finally:
                 uas_code = uas.wait(3)
-            return judge(rate, count, uac, code, counter(uas.counters(), "SuccessfulCall(C)"), receiver_ok=uas_code == 0)
+            return judge(
+                rate, count, uac, code, counter(uas.counters(), "SuccessfulCall(C)"), receiver_ok=uas_code == 0
+            )
         finally:
             stop_proxy(proxy)
+
     return step
 
 
@@ -177,11 +250,22 @@ def run_relay(ctx: Context) -> None:
     cost = step_seconds(ctx) + 5.0
     check_kamailio_config()
     kam_dir = ctx.workdir / "kamailio"
-    anchor, _ = ladder(ctx, "Kamailio", rungs,
-                       relay_step(ctx, lambda port, rate: KamailioProc(kam_dir / str(rate), port), lambda k: k.stop()),
-                       step_cost=cost)
-    ctx.emit(Row(ctx.name, "SIPp -> Kamailio (stateful proxy) -> SIPp, MESSAGE over UDP: max clean rate", anchor, "msg/s",
-                 goal="anchor (about 8,000 on this machine)"))
+    anchor, _ = ladder(
+        ctx,
+        "Kamailio",
+        rungs,
+        relay_step(ctx, lambda port, rate: KamailioProc(kam_dir / str(rate), port), lambda k: k.stop()),
+        step_cost=cost,
+    )
+    ctx.emit(
+        Row(
+            ctx.name,
+            "SIPp -> Kamailio (stateful proxy) -> SIPp, MESSAGE over UDP: max clean rate",
+            anchor,
+            "msg/s",
+            goal="anchor (about 8,000 on this machine)",
+        )
+    )
     loops: set[str] = set()
 
     def start_server(port: int, rate: int) -> Child:
@@ -191,11 +275,19 @@ def run_relay(ctx: Context) -> None:
 
     best, _ = ladder(ctx, "embedded server", rungs, relay_step(ctx, start_server, lambda c: c.stop()), step_cost=cost)
     r = ratio(best, anchor)
-    ctx.emit(Row(ctx.name, f"SIPp -> notebook_im server -> SIPp, MESSAGE over UDP (loop {'/'.join(sorted(loops))}): "
-                           "max clean rate", best, "msg/s",
-                 anchor="Kamailio, same ladder", anchor_value=anchor, ratio=r,
-                 goal=">= 4,000/s and >= 50% of the anchor", met=yes_no(best >= 4000 and r is not None and r >= 0.5)))
+    ctx.emit(
+        Row(
+            ctx.name,
+            f"SIPp -> notebook_im server -> SIPp, MESSAGE over UDP (loop {'/'.join(sorted(loops))}): max clean rate",
+            best,
+            "msg/s",
+            anchor="Kamailio, same ladder",
+            anchor_value=anchor,
+            ratio=r,
+            goal=">= 4,000/s and >= 50% of the anchor",
+            met=yes_no(best >= 4000 and r is not None and r >= 0.5),
+        )
+    )
 
 
 BENCHMARKS = {"endpoint-udp": run_endpoint_udp, "endpoint-tcp": run_endpoint_tcp, "relay": run_relay}
-

@@ -11,6 +11,7 @@
 4. The hot path: session MESSAGEs per second between two endpoints through the embedded server, with
    recording on (default) and off (`trace.enabled = False`), runs alternated, best of each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,15 +26,29 @@ from notebook_im.record.recorder import Trace
 def messages(n: int) -> list[bytes]:
     out = []
     for i in range(n // 2):
-        cid, br, ft, tt = secrets.token_hex(12) + "@127.0.0.1", "z9hG4bK" + secrets.token_hex(8), secrets.token_hex(6), secrets.token_hex(6)
+        cid, br, ft, tt = (
+            secrets.token_hex(12) + "@127.0.0.1",
+            "z9hG4bK" + secrets.token_hex(8),
+            secrets.token_hex(6),
+            secrets.token_hex(6),
+        )
         body = f"message {i}: hello there".encode()
-        out.append((f"MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch={br};rport\r\n"
-                    f"Max-Forwards: 70\r\nFrom: <sip:alice@example.test>;tag={ft}\r\nTo: <sip:bob@example.test>;tag={tt}\r\n"
-                    f"Call-ID: {cid}\r\nCSeq: {i + 2} MESSAGE\r\nContent-Type: text/plain;charset=UTF-8\r\n"
-                    f"User-Agent: notebook_im/0.1\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
-        out.append((f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch={br};rport=5080;received=127.0.0.1\r\n"
-                     f"From: <sip:alice@example.test>;tag={ft}\r\nTo: <sip:bob@example.test>;tag={tt}\r\n"
-                     f"Call-ID: {cid}\r\nCSeq: {i + 2} MESSAGE\r\nServer: notebook_im/0.1\r\nContent-Length: 0\r\n\r\n").encode())
+        out.append(
+            (
+                f"MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch={br};rport\r\n"
+                f"Max-Forwards: 70\r\nFrom: <sip:alice@example.test>;tag={ft}\r\nTo: <sip:bob@example.test>;tag={tt}\r\n"
+                f"Call-ID: {cid}\r\nCSeq: {i + 2} MESSAGE\r\nContent-Type: text/plain;charset=UTF-8\r\n"
+                f"User-Agent: notebook_im/0.1\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body
+        )
+        out.append(
+            (
+                f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch={br};rport=5080;received=127.0.0.1\r\n"
+                f"From: <sip:alice@example.test>;tag={ft}\r\nTo: <sip:bob@example.test>;tag={tt}\r\n"
+                f"Call-ID: {cid}\r\nCSeq: {i + 2} MESSAGE\r\nServer: notebook_im/0.1\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+        )
     return out
 
 
@@ -61,9 +76,17 @@ def timed(fn, repeat: int = 1) -> float:
 def anchor_frame(trace: Trace):
     import pandas as pd
 
-    return pd.DataFrame({"timestamp": trace.sip_ts, "direction": trace.sip_direction, "transport": trace.sip_transport,
-                         "local": trace.sip_local, "remote": trace.sip_remote, "raw": trace.sip_raw,
-                         "owner": trace.sip_owner})
+    return pd.DataFrame(
+        {
+            "timestamp": trace.sip_ts,
+            "direction": trace.sip_direction,
+            "transport": trace.sip_transport,
+            "local": trace.sip_local,
+            "remote": trace.sip_remote,
+            "raw": trace.sip_raw,
+            "owner": trace.sip_owner,
+        }
+    )
 
 
 def hot_path(count: int) -> tuple[float, float]:
@@ -81,7 +104,7 @@ def hot_path(count: int) -> tuple[float, float]:
             for i in range(count):
                 session.send(f"message {i}").result(10)
             rate = count / (time.perf_counter() - t0)
-            cpu = (time.process_time() - c0) / count * 1e6   # all threads of this process (loop included)
+            cpu = (time.process_time() - c0) / count * 1e6  # all threads of this process (loop included)
             session.terminate().result(10)
             return rate, cpu
 
@@ -102,25 +125,25 @@ def main() -> None:
     n = len(raws)
     warm = Trace()
     fill(warm, raws[:1000])
-    warm.sip()          # imports pandas/pyarrow and warms them up outside the timings
+    warm.sip()  # imports pandas/pyarrow and warms them up outside the timings
     anchor_frame(warm)
 
     eager = Trace(max_records=None)
     rec_eager = fill(eager, raws)
-    build = timed(lambda: eager.sip())                 # the first build also maps fresh memory for pyarrow
+    build = timed(lambda: eager.sip())  # the first build also maps fresh memory for pyarrow
     anchor = timed(lambda: anchor_frame(eager), 3)
     rebuild = timed(lambda: eager.sip(), 3)
     build_noraw = timed(lambda: eager.sip(raw=False), 3)
     df = eager.sip()
     assert len(df) == n and df["call_id"].notna().all() and (df["status"].notna().sum() == n // 2)
-    del df, eager
+    df = eager = None  # free the memory before the lazy run
     gc.collect()
 
     lazy = Trace(max_records=None, index="lazy")
     rec_lazy = fill(lazy, raws)
     lazy_first = timed(lambda: lazy.sip())
     lazy_again = timed(lambda: lazy.sip())
-    del lazy
+    lazy = None
     gc.collect()
 
     off = Trace(max_records=None, enabled=False)
@@ -129,26 +152,37 @@ def main() -> None:
     print(f"| trace frames ({n:,} recorded SIP messages) | seconds | ratio to anchor |")
     print("|---|---:|---:|")
     print(f"| anchor: pandas DataFrame of the raw recorder columns, no parsing (best of 3) | {anchor:.3f} | 1.00 |")
-    print(f"| `trace.sip()`, header fields extracted while recording (default), first build | {build:.3f} | {build / anchor:.2f} |")
+    print(
+        f"| `trace.sip()`, header fields extracted while recording (default), first build | {build:.3f} | {build / anchor:.2f} |"
+    )
     print(f"| `trace.sip()` again (best of 3) | {rebuild:.3f} | {rebuild / anchor:.2f} |")
     print(f"| `trace.sip(raw=False)` (best of 3) | {build_noraw:.3f} | {build_noraw / anchor:.2f} |")
-    print(f"| `trace.sip()`, `index=\"lazy\"`, first build (extracts every message) | {lazy_first:.3f} | {lazy_first / anchor:.2f} |")
-    print(f"| `trace.sip()`, `index=\"lazy\"`, second build | {lazy_again:.3f} | {lazy_again / anchor:.2f} |")
+    print(
+        f'| `trace.sip()`, `index="lazy"`, first build (extracts every message) | {lazy_first:.3f} | {lazy_first / anchor:.2f} |'
+    )
+    print(f'| `trace.sip()`, `index="lazy"`, second build | {lazy_again:.3f} | {lazy_again / anchor:.2f} |')
     print()
     print("| recording (record_sip calls) | per second | µs per message |")
     print("|---|---:|---:|")
-    for name, secs in (("off (`enabled=False`)", rec_off), ("lazy (raw columns only)", rec_lazy),
-                       ("eager (default: + header extraction)", rec_eager)):
+    for name, secs in (
+        ("off (`enabled=False`)", rec_off),
+        ("lazy (raw columns only)", rec_lazy),
+        ("eager (default: + header extraction)", rec_eager),
+    ):
         print(f"| {name} | {n / secs:,.0f} | {secs / n * 1e6:.2f} |")
     if not args.skip_hot_path:
         on, off_rate, cpu_on, cpu_off = hot_path(args.messages)
         print()
-        print(f"| hot path: session MESSAGEs via the embedded server ({args.messages} one at a time, best of 5) "
-              "| msg/s (wall) | CPU µs per message (process) |")
+        print(
+            f"| hot path: session MESSAGEs via the embedded server ({args.messages} one at a time, best of 5) "
+            "| msg/s (wall) | CPU µs per message (process) |"
+        )
         print("|---|---:|---:|")
         print(f"| recording on (default) | {on:,.1f} | {cpu_on:,.0f} |")
         print(f"| recording off | {off_rate:,.1f} | {cpu_off:,.0f} |")
-        print(f"| overhead of recording | {(off_rate - on) / off_rate * 100:+.1f} % | {(cpu_on - cpu_off) / cpu_off * 100:+.1f} % |")
+        print(
+            f"| overhead of recording | {(off_rate - on) / off_rate * 100:+.1f} % | {(cpu_on - cpu_off) / cpu_off * 100:+.1f} % |"
+        )
 
 
 if __name__ == "__main__":

@@ -9,28 +9,50 @@ The programming model is UCCAPI's "Conducting IM Conversations" (platform -> end
 IM session -> participants), made Pythonic: every call returns an awaitable `Operation`, events are
 frozen dataclasses. This module imports neither pandas nor ipywidgets.
 """
+
 from .api.emitter import EventStream, Subscription
 from .api.endpoint import Endpoint
 from .api.events import (
-    ComposingChanged, EndpointState, EndpointStateChanged, Event, IncomingSession, MessageDelivered,
-    MessageDeliveryNotified, MessageDisplayed, MessageFailed, MessageReceived, MessageSending, ParticipantAdded,
-    ParticipantRemoved, ParticipantState, ParticipantStateChanged, SessionModeChanged, SessionState, SessionStateChanged,
+    ComposingChanged,
+    EndpointState,
+    EndpointStateChanged,
+    Event,
+    IncomingSession,
+    MessageDelivered,
+    MessageDeliveryNotified,
+    MessageDisplayed,
+    MessageFailed,
+    MessageReceived,
+    MessageSending,
+    ParticipantAdded,
+    ParticipantRemoved,
+    ParticipantState,
+    ParticipantStateChanged,
+    SessionModeChanged,
+    SessionState,
+    SessionStateChanged,
     SessionTerminated,
 )
 from .api.manager import SessionManager
+from .api.messages import ChatMessage
 from .api.participant import Participant
 from .api.platform import Platform
-from .api.messages import ChatMessage
 from .api.session import ImSession
 from .errors import (
-    ConferenceRequired, InvalidState, MessageTooLarge, NotebookImError, RemoteProtocolError, RequestFailed,
-    TransactionTimeout, TransportError,
+    ConferenceRequired,
+    InvalidState,
+    MessageTooLarge,
+    NotebookImError,
+    RemoteProtocolError,
+    RequestFailed,
+    TransactionTimeout,
+    TransportError,
 )
-from .runtime import DeadlockError, Operation
 from .net.impairment import Impairment
 from .net.memory import MemoryNetwork
-from .sip.transaction import Timers
 from .record import Trace
+from .runtime import DeadlockError, Operation
+from .sip.transaction import Timers
 
 __version__ = "0.1.0"
 
@@ -39,16 +61,18 @@ __version__ = "0.1.0"
 # "name": "module:attribute".
 # the trace's analysis methods: the recorder (below the API) cannot import the analysis layer (above it), so the
 # package that composes the layers plugs them in by name; each module is imported when first used (pandas then)
-Trace.analysis.update({
-    "sip": "notebook_im.trace.frames:sip_frame",
-    "messages": "notebook_im.trace.frames:messages_frame",
-    "events": "notebook_im.trace.frames:events_frame",
-    "drops": "notebook_im.trace.frames:drops_frame",
-    "dataset": "notebook_im.trace.dataset:write_dataset",
-    "pcap": "notebook_im.trace.pcap:write_pcap",
-    "ladder": "notebook_im.trace.ladder:Ladder.from_frame",
-    "plots": "notebook_im.trace.plots:TracePlots",
-})
+Trace.analysis.update(
+    {
+        "sip": "notebook_im.trace.frames:sip_frame",
+        "messages": "notebook_im.trace.frames:messages_frame",
+        "events": "notebook_im.trace.frames:events_frame",
+        "drops": "notebook_im.trace.frames:drops_frame",
+        "dataset": "notebook_im.trace.dataset:write_dataset",
+        "pcap": "notebook_im.trace.pcap:write_pcap",
+        "ladder": "notebook_im.trace.ladder:Ladder.from_frame",
+        "plots": "notebook_im.trace.plots:TracePlots",
+    }
+)
 
 _LAZY: dict[str, str] = {
     "ConferenceSession": "notebook_im.api.conference:ConferenceSession",
@@ -61,7 +85,7 @@ _LAZY: dict[str, str] = {
     "ChatPanel": "notebook_im.widgets.chat:ChatPanel",
     "LadderView": "notebook_im.widgets.ladder_view:LadderView",
     "read_pcap": "notebook_im.trace.pcap:read_pcap",
-    "teaching": "notebook_im.teaching:",   # the tutorials' helpers: numbered flows, checked exercises, raw SIP peers
+    "teaching": "notebook_im.teaching:",  # the tutorials' helpers: numbered flows, checked exercises, raw SIP peers
     "open_traces": "notebook_im.trace.query:open_traces",
     "write_dataset": "notebook_im.trace.dataset:write_dataset",
 }
@@ -82,11 +106,55 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
+
 __all__ = [
-    "ChatMessage", "ComposingChanged", "ConferenceRequired", "ConferenceSession", "FocusLimits", "DeadlockError", "HistoryError", "HistoryInUse", "Endpoint", "EndpointState",
-    "EndpointStateChanged", "Event", "EventStream", "Impairment", "ImSession", "MemoryNetwork", "IncomingSession", "InvalidState", "MessageDelivered",
-    "MessageDeliveryNotified", "MessageDisplayed", "MessageFailed", "MessageTooLarge", "MessageReceived", "MessageSending", "NotebookImError", "OfflineLimits", "Operation", "Participant", "ParticipantAdded",
-    "ParticipantRemoved", "ParticipantState", "ParticipantStateChanged", "Platform", "RemoteProtocolError",
-    "RequestFailed", "Server", "SessionManager", "SessionModeChanged", "SessionState", "SessionStateChanged", "SessionTerminated",
-    "Subscription", "Timers", "Trace", "TransactionTimeout", "TransportError", "UdpRelay", "__version__",
+    "ChatMessage",
+    "ComposingChanged",
+    "ConferenceRequired",
+    "ConferenceSession",
+    "FocusLimits",
+    "DeadlockError",
+    "HistoryError",
+    "HistoryInUse",
+    "Endpoint",
+    "EndpointState",
+    "EndpointStateChanged",
+    "Event",
+    "EventStream",
+    "Impairment",
+    "ImSession",
+    "MemoryNetwork",
+    "IncomingSession",
+    "InvalidState",
+    "MessageDelivered",
+    "MessageDeliveryNotified",
+    "MessageDisplayed",
+    "MessageFailed",
+    "MessageTooLarge",
+    "MessageReceived",
+    "MessageSending",
+    "NotebookImError",
+    "OfflineLimits",
+    "Operation",
+    "Participant",
+    "ParticipantAdded",
+    "ParticipantRemoved",
+    "ParticipantState",
+    "ParticipantStateChanged",
+    "Platform",
+    "RemoteProtocolError",
+    "RequestFailed",
+    "Server",
+    "SessionManager",
+    "SessionModeChanged",
+    "SessionState",
+    "SessionStateChanged",
+    "SessionTerminated",
+    "Subscription",
+    "Timers",
+    "Trace",
+    "TransactionTimeout",
+    "TransportError",
+    "UdpRelay",
+    "__version__",
 ]

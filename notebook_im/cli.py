@@ -1,11 +1,12 @@
 """`notebook-im`: run the embedded server, or watch two users chat over real SIP on loopback.
 
-    notebook-im serve [--host H] [--port P] [--users FILE] [--tls-cert PEM --tls-key PEM] [--offline-store FILE]
-                                               registrar + proxy until Ctrl-C
-    notebook-im demo [--transport udp|tcp]     server + alice + bob, a short conversation, the transcript
-    notebook-im chat                           the same two users, you type as alice (bob echoes)
-    notebook-im import-pcap FILE... --to DIR   stream captures into a Parquet dataset (nim.open_traces(DIR))
+notebook-im serve [--host H] [--port P] [--users FILE] [--tls-cert PEM --tls-key PEM] [--offline-store FILE]
+                                           registrar + proxy until Ctrl-C
+notebook-im demo [--transport udp|tcp]     server + alice + bob, a short conversation, the transcript
+notebook-im chat                           the same two users, you type as alice (bob echoes)
+notebook-im import-pcap FILE... --to DIR   stream captures into a Parquet dataset (nim.open_traces(DIR))
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 CONVERSATION = [
     ("alice", "Hi Bob! Are you there?"),
@@ -30,10 +31,18 @@ def _serve(args: argparse.Namespace) -> int:
     users = None
     if args.users:
         from .server.auth import load_users_file
+
         users = load_users_file(args.users)
     tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
-    server = Server(host=args.host, port=args.port, users=users, realm=args.realm, tls=tls, tls_port=args.tls_port,
-                    offline_store=args.offline_store)
+    server = Server(
+        host=args.host,
+        port=args.port,
+        users=users,
+        realm=args.realm,
+        tls=tls,
+        tls_port=args.tls_port,
+        offline_store=args.offline_store,
+    )
     server.start().result(10)
     extra = f", TLS on {server.tls_uri}" if server.tls_uri else ""
     auth = f", digest authentication for {len(users)} users (realm {args.realm!r})" if users else ""
@@ -59,8 +68,12 @@ def _demo(args: argparse.Namespace) -> int:
 
     with nim.Server() as server, nim.Platform("demo") as platform:
         print(f"server   {server.uri}")
-        alice = platform.endpoint("sip:alice@example.test", server=server, transport=args.transport, display_name="Alice").result(10)
-        bob = platform.endpoint("sip:bob@example.test", server=server, transport=args.transport, display_name="Bob").result(10)
+        alice = platform.endpoint(
+            "sip:alice@example.test", server=server, transport=args.transport, display_name="Alice"
+        ).result(10)
+        bob = platform.endpoint(
+            "sip:bob@example.test", server=server, transport=args.transport, display_name="Bob"
+        ).result(10)
         print(f"alice    registered, contact {alice.contact}")
         print(f"bob      registered, contact {bob.contact}\n")
         transcript: list[str] = []
@@ -80,8 +93,12 @@ def _demo(args: argparse.Namespace) -> int:
 
         bob.sessions.on_incoming(on_incoming)
         for ep, name in ((alice, "alice"), (bob, "bob")):
-            ep.on(nim.ComposingChanged, lambda e, n=name: line(f"{_now()}  {n:8} sees {e.participant.name} "
-                                                               f"{'typing…' if e.composing else 'stopped typing'}"))
+            ep.on(
+                nim.ComposingChanged,
+                lambda e, n=name: line(
+                    f"{_now()}  {n:8} sees {e.participant.name} {'typing…' if e.composing else 'stopped typing'}"
+                ),
+            )
         alice_session = alice.sessions.create("sip:bob@example.test").result(10)
         deadline = time.monotonic() + 5
         while not bob_sessions or bob_sessions[0].state is not nim.SessionState.CONNECTED:
@@ -96,7 +113,9 @@ def _demo(args: argparse.Namespace) -> int:
             session.start_composing().result(10)
             time.sleep(args.pause)
             delivered = session.send(text).result(10)
-            line(f"{_now()}  {who:8} {text!r}  [{delivered.status} {delivered.reason}, {delivered.latency * 1000:.1f} ms]")
+            line(
+                f"{_now()}  {who:8} {text!r}  [{delivered.status} {delivered.reason}, {delivered.latency * 1000:.1f} ms]"
+            )
         pager = alice.send_message("sip:bob@example.test", "(a pager-mode MESSAGE, outside the session)").result(10)
         line(f"{_now()}  alice    pager MESSAGE [{pager.status} {pager.reason}]")
         alice_session.terminate().result(10)
@@ -105,8 +124,10 @@ def _demo(args: argparse.Namespace) -> int:
         print("\nTranscript (from bob's session.messages):")
         for m in sessions["bob"].messages:
             print(f"  {m.timestamp.astimezone().strftime('%H:%M:%S.%f')[:-3]}  {m.sender:24} {m.status:9} {m.text}")
-        print(f"\n{len(platform.trace)} SIP messages recorded in platform.trace, "
-              f"{len(server.trace)} seen by the server; dropped: {platform.trace.drop_count}")
+        print(
+            f"\n{len(platform.trace)} SIP messages recorded in platform.trace, "
+            f"{len(server.trace)} seen by the server; dropped: {platform.trace.drop_count}"
+        )
     return 0
 
 
@@ -159,8 +180,10 @@ class _Progress:
         width = 30
         bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
         left = (total - done) / rate if rate > 0 and total > done else 0.0
-        self.stream.write(f"\r[{bar}] {frac * 100:5.1f}%  {done / 1e6:,.0f}/{total / 1e6:,.0f} MB  "
-                          f"{rate / 1e6:,.0f} MB/s  {left:,.0f} s left ")
+        self.stream.write(
+            f"\r[{bar}] {frac * 100:5.1f}%  {done / 1e6:,.0f}/{total / 1e6:,.0f} MB  "
+            f"{rate / 1e6:,.0f} MB/s  {left:,.0f} s left "
+        )
         self.stream.flush()
         self.drawn = True
 
@@ -175,20 +198,47 @@ def _import_pcap(args: argparse.Namespace) -> int:
 
     progress = _Progress(sys.stderr, force=args.progress)
     try:
-        result = import_captures(args.files, args.to, local=args.local or None, owner=args.owner,
-                                 memory=args.memory, progress=None if args.quiet else progress)
+        result = import_captures(
+            args.files,
+            args.to,
+            local=args.local or None,
+            owner=args.owner,
+            memory=args.memory,
+            progress=None if args.quiet else progress,
+        )
     except (DatasetError, ValueError, TypeError, FileNotFoundError) as exc:
         progress.end()
         print(f"notebook-im import-pcap: {exc}", file=sys.stderr)
         return 2
     progress.end()
     s = result.stats
-    print(f"{result.rows:,} SIP messages from {s.packets:,} packets in {s.files} file(s) -> {result.path} "
-          f"({len(result.files)} Parquet file(s), {result.seconds:.1f} s)")
-    skipped = {k: v for k, v in s.as_dict().items() if v and k in (
-        "files_skipped", "files_truncated", "files_corrupt", "non_ip", "other_ip", "non_sip_udp", "fragments_skipped",
-        "truncated_packets", "malformed_packets", "unsupported_linktype", "tcp_streams_ignored", "tcp_gaps",
-        "tcp_bad_messages", "tcp_flows_evicted", "tcp_incomplete_bytes")}
+    print(
+        f"{result.rows:,} SIP messages from {s.packets:,} packets in {s.files} file(s) -> {result.path} "
+        f"({len(result.files)} Parquet file(s), {result.seconds:.1f} s)"
+    )
+    skipped = {
+        k: v
+        for k, v in s.as_dict().items()
+        if v
+        and k
+        in (
+            "files_skipped",
+            "files_truncated",
+            "files_corrupt",
+            "non_ip",
+            "other_ip",
+            "non_sip_udp",
+            "fragments_skipped",
+            "truncated_packets",
+            "malformed_packets",
+            "unsupported_linktype",
+            "tcp_streams_ignored",
+            "tcp_gaps",
+            "tcp_bad_messages",
+            "tcp_flows_evicted",
+            "tcp_incomplete_bytes",
+        )
+    }
     if skipped:
         print("skipped and counted: " + ", ".join(f"{k}={v:,}" for k, v in skipped.items()))
     print(f"query it: nim.open_traces({str(result.path)!r})")
@@ -205,13 +255,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("serve", help="run the embedded registrar + proxy until Ctrl-C")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=5060, help="UDP and TCP port (default 5060; 0 picks a free one)")
-    p.add_argument("--users", metavar="FILE", help="require digest authentication for the users in FILE ('user:password' lines)")
+    p.add_argument(
+        "--users", metavar="FILE", help="require digest authentication for the users in FILE ('user:password' lines)"
+    )
     p.add_argument("--realm", default="notebook_im", help="digest realm (default notebook_im)")
     p.add_argument("--tls-cert", metavar="PEM", help="certificate chain for a TLS listener")
     p.add_argument("--tls-key", metavar="PEM", help="private key for the TLS listener")
     p.add_argument("--tls-port", type=int, default=0, help="TLS port (default: a free one)")
-    p.add_argument("--offline-store", metavar="FILE", help="keep the messages for offline users in this SQLite file "
-                                                             "(they survive a restart)")
+    p.add_argument(
+        "--offline-store",
+        metavar="FILE",
+        help="keep the messages for offline users in this SQLite file (they survive a restart)",
+    )
     p.set_defaults(func=_serve)
     p = sub.add_parser("demo", help="two users chat over real SIP on loopback; prints the transcript")
     p.add_argument("--transport", choices=("udp", "tcp"), default="udp")
@@ -219,14 +274,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=_demo)
     p = sub.add_parser("chat", help="type as alice to bob (an echo bot) in the terminal")
     p.set_defaults(func=_chat)
-    p = sub.add_parser("import-pcap", help="stream pcap/pcapng captures (gzip too) into a Parquet dataset",
-                       description="Read captures (files, or directories of rotated captures, in time order) and write "
-                                   "their SIP messages into a Parquet dataset partitioned by date and hour, with "
-                                   "memory bounded whatever their size. Query it with nim.open_traces(DIR).")
+    p = sub.add_parser(
+        "import-pcap",
+        help="stream pcap/pcapng captures (gzip too) into a Parquet dataset",
+        description="Read captures (files, or directories of rotated captures, in time order) and write "
+        "their SIP messages into a Parquet dataset partitioned by date and hour, with "
+        "memory bounded whatever their size. Query it with nim.open_traces(DIR).",
+    )
     p.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng files (.gz too), or directories of them")
-    p.add_argument("--to", required=True, metavar="DIR", help="the dataset directory: new, empty, or a dataset to add to")
-    p.add_argument("--local", action="append", metavar="ADDR",
-                   help="our side, for the direction column: host or host:port (repeatable)")
+    p.add_argument(
+        "--to", required=True, metavar="DIR", help="the dataset directory: new, empty, or a dataset to add to"
+    )
+    p.add_argument(
+        "--local",
+        action="append",
+        metavar="ADDR",
+        help="our side, for the direction column: host or host:port (repeatable)",
+    )
     p.add_argument("--owner", help="the owner column (default: pcap:<file or directory name>)")
     p.add_argument("--memory", default="512MiB", help="peak memory budget, e.g. 256MiB or 1GiB (default 512MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -1,4 +1,5 @@
 """Exceptions of the public API. Each message says what happened and, where it can, what to do."""
+
 from __future__ import annotations
 
 from .sip.errors import LocalProtocolError, NotebookImError, ProtocolError, RemoteProtocolError, SipError
@@ -77,6 +78,16 @@ class InvalidState(NotebookImError):
 
 
 __all__ = [
-    "ConferenceRequired", "InvalidState", "LocalProtocolError", "MessageTooLarge", "NO_ANSWER", "NotebookImError",
-    "ProtocolError", "RemoteProtocolError", "RequestFailed", "SipError", "TransactionTimeout", "TransportError",
+    "ConferenceRequired",
+    "InvalidState",
+    "LocalProtocolError",
+    "MessageTooLarge",
+    "NO_ANSWER",
+    "NotebookImError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "RequestFailed",
+    "SipError",
+    "TransactionTimeout",
+    "TransportError",
 ]

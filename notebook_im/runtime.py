@@ -9,6 +9,7 @@ This is the pattern jupyter_core, nbclient, fsspec and dask settled on.
 handle can be awaited from any loop, waited on with `.result(timeout)` from any thread except the
 library's own (which would deadlock, so it raises instead), or watched with callbacks.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +18,8 @@ import concurrent.futures
 import logging
 import os
 import threading
-from typing import Any, Awaitable, Callable, Coroutine, Generator, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, Generic, TypeVar
 
 from .sip.errors import NotebookImError
 
@@ -58,7 +60,7 @@ def new_loop() -> tuple[asyncio.AbstractEventLoop, str]:
 class Runtime:
     """One asyncio loop per process, owned by notebook_im, running on a daemon thread."""
 
-    _instance: "Runtime | None" = None
+    _instance: Runtime | None = None
     _lock = threading.Lock()
 
     def __init__(self) -> None:
@@ -70,12 +72,12 @@ class Runtime:
         self._ready.wait()
 
     @classmethod
-    def current(cls) -> "Runtime | None":
+    def current(cls) -> Runtime | None:
         """The runtime if one was started (None before the first call that needs one)."""
         return cls._instance
 
     @classmethod
-    def get(cls) -> "Runtime":
+    def get(cls) -> Runtime:
         inst = cls._instance
         if inst is not None and inst.thread.is_alive():
             return inst
@@ -99,7 +101,7 @@ class Runtime:
     def in_loop_thread(self) -> bool:
         return threading.get_ident() == self.thread.ident
 
-    def submit(self, coro: Coroutine[Any, Any, T], description: str = "") -> "Operation[T]":
+    def submit(self, coro: Coroutine[Any, Any, T], description: str = "") -> Operation[T]:
         """Schedule `coro` on the loop now and return its Operation."""
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         return Operation(future, description or getattr(coro, "__qualname__", "operation"), self)
@@ -177,8 +179,8 @@ class Operation(Generic[T]):
         try:
             return self._future.result(timeout)
         except concurrent.futures.TimeoutError:
-            if self._future.done():   # the work itself raised TimeoutError (the same class on 3.11+): its own
-                raise                 # message says what timed out
+            if self._future.done():  # the work itself raised TimeoutError (the same class on 3.11+): its own
+                raise  # message says what timed out
             raise TimeoutError(f"{self.description} did not finish within {timeout} s") from None
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -199,7 +201,7 @@ class Operation(Generic[T]):
         """Try to cancel the work; False if it already finished."""
         return self._future.cancel()
 
-    def add_done_callback(self, fn: Callable[["Operation[T]"], Any]) -> None:
+    def add_done_callback(self, fn: Callable[[Operation[T]], Any]) -> None:
         """Call `fn(operation)` when done (on the thread that completes it, usually the loop thread)."""
         self._future.add_done_callback(lambda _f: fn(self))
 

@@ -15,6 +15,7 @@ thread, so a notebook reads as: set up the break, run the chat, read the trace. 
 import this module (use `from notebook_im import teaching`), and this module imports neither pandas nor
 ipywidgets until an exercise needs a frame.
 """
+
 from __future__ import annotations
 
 import html
@@ -24,20 +25,51 @@ import selectors
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
-    "Flow", "Step", "RawPeer", "RawRequest", "Middlebox", "drop", "remove_header", "set_header", "silent",
-    "refuse_composing", "check", "Result", "Exercise", "exercise", "EXERCISES", "exercises_for", "self_test",
-    "REFERENCE_IM_SESSION", "compare_with_reference",
+    "Flow",
+    "Step",
+    "RawPeer",
+    "RawRequest",
+    "Middlebox",
+    "drop",
+    "remove_header",
+    "set_header",
+    "silent",
+    "refuse_composing",
+    "check",
+    "Result",
+    "Exercise",
+    "exercise",
+    "EXERCISES",
+    "exercises_for",
+    "self_test",
+    "REFERENCE_IM_SESSION",
+    "compare_with_reference",
 ]
 
 
 # -- reading SIP text ------------------------------------------------------------------------------------------
-COMPACT = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact", "l": "content-length",
-           "c": "content-type", "k": "supported", "s": "subject", "e": "content-encoding", "o": "event",
-           "r": "refer-to", "b": "referred-by", "x": "session-expires", "u": "allow-events"}
+COMPACT = {
+    "v": "via",
+    "f": "from",
+    "t": "to",
+    "i": "call-id",
+    "m": "contact",
+    "l": "content-length",
+    "c": "content-type",
+    "k": "supported",
+    "s": "subject",
+    "e": "content-encoding",
+    "o": "event",
+    "r": "refer-to",
+    "b": "referred-by",
+    "x": "session-expires",
+    "u": "allow-events",
+}
 
 
 def _split(raw: bytes | str) -> tuple[str, list[tuple[str, str]], str]:
@@ -89,10 +121,10 @@ class Step:
     number: int
     src: str
     dst: str
-    raw: str                  # the whole message, line breaks as "\n"
+    raw: str  # the whole message, line breaks as "\n"
     timestamp: float
-    owner: str                # the endpoint (or server) that recorded it
-    direction: str            # "in" / "out", relative to the owner
+    owner: str  # the endpoint (or server) that recorded it
+    direction: str  # "in" / "out", relative to the owner
     transport: str
 
     @property
@@ -117,7 +149,7 @@ class Step:
 
     @property
     def label(self) -> str:
-        """"INVITE", "180 Ringing", ... (what the ladder and RFC 3665 write on the arrow)."""
+        """ "INVITE", "180 Ringing", ... (what the ladder and RFC 3665 write on the arrow)."""
         return self.start_line.split(" ", 1)[1] if self.is_response else self.method
 
     def headers(self, name: str) -> list[str]:
@@ -170,6 +202,7 @@ class Step:
         if self.is_response or self.method != "MESSAGE":
             return ""
         from .trace.ladder import _preview
+
         return _preview(self.raw.replace("\n", "\r\n").encode("utf-8"))
 
     def __str__(self) -> str:
@@ -206,9 +239,9 @@ class Flow:
     def new(self) -> list[Step]:
         """The messages recorded since the last call (or since the Flow was made), numbered on."""
         records = self.trace.sip_records()
-        fresh = records[self._seen:]
+        fresh = records[self._seen :]
         self._seen = len(records)
-        owners: dict[str, str] = {}   # an endpoint's own address (where it sent or received): named after it
+        owners: dict[str, str] = {}  # an endpoint's own address (where it sent or received): named after it
         for r in records:
             owners.setdefault(_addr(r.local), _user(r.owner))
         out = []
@@ -218,7 +251,7 @@ class Flow:
             src, dst = (me, other) if r.direction == "out" else (other, me)
             other_end = (src, dst, raw, "in" if r.direction == "out" else "out")
             if self._unpaired.get(other_end):
-                self._unpaired[other_end] -= 1       # the same datagram, recorded at its other end
+                self._unpaired[other_end] -= 1  # the same datagram, recorded at its other end
                 continue
             key = (src, dst, raw, r.direction)
             self._unpaired[key] = self._unpaired.get(key, 0) + 1
@@ -246,25 +279,42 @@ class Flow:
         steps = list(steps)
         if not full:
             width = max((len(f"{s.src} -> {s.dst}") for s in steps), default=0)
-            return "\n".join(f"F{s.number:<3} {(s.src + ' -> ' + s.dst):<{width}}  {s.start_line}"
-                             + (f"  {s.carries}" if s.carries else "") for s in steps)
+            return "\n".join(
+                f"F{s.number:<3} {(s.src + ' -> ' + s.dst):<{width}}  {s.start_line}"
+                + (f"  {s.carries}" if s.carries else "")
+                for s in steps
+            )
         return "\n".join(str(s) for s in steps)
 
     def summary(self) -> str:
         """One line per message: number, hop, start line."""
         return self.format(self.steps, full=False)
 
-    def find(self, what: str | int, *, src: str | None = None, dst: str | None = None, nth: int = 0,
-             method: str | None = None) -> Step:
+    def find(
+        self,
+        what: str | int,
+        *,
+        src: str | None = None,
+        dst: str | None = None,
+        nth: int = 0,
+        method: str | None = None,
+    ) -> Step:
         """The `nth` (0: first, -1: last) step whose label starts with `what` ("INVITE", 200, "180"), on the hop
         `src` -> `dst` if given, for responses to `method` if given. KeyError if there is none."""
         want = str(what).upper()
-        hits = [s for s in self.steps if s.label.upper().startswith(want)
-                and (src is None or s.src == src) and (dst is None or s.dst == dst)
-                and (method is None or s.method.upper() == method.upper())]
+        hits = [
+            s
+            for s in self.steps
+            if s.label.upper().startswith(want)
+            and (src is None or s.src == src)
+            and (dst is None or s.dst == dst)
+            and (method is None or s.method.upper() == method.upper())
+        ]
         if not hits or not -len(hits) <= nth < len(hits):
-            raise KeyError(f"no {'' if nth in (0, -1) else f'#{nth} '}{what!r} from {src or 'anyone'} to {dst or 'anyone'}"
-                           f" in this flow (it has {len(self.steps)} messages: print(flow.summary()))")
+            raise KeyError(
+                f"no {'' if nth in (0, -1) else f'#{nth} '}{what!r} from {src or 'anyone'} to {dst or 'anyone'}"
+                f" in this flow (it has {len(self.steps)} messages: print(flow.summary()))"
+            )
         return hits[nth]
 
     def __iter__(self) -> Iterator[Step]:
@@ -282,7 +332,7 @@ class Flow:
 
 
 def _address_of(key: Any) -> str:
-    """"host:port" of a nim.Server, a Middlebox, a URI "sip:host:port", a (host, port) tuple or "host:port"."""
+    """ "host:port" of a nim.Server, a Middlebox, a URI "sip:host:port", a (host, port) tuple or "host:port"."""
     if hasattr(key, "host") and hasattr(key, "port") and not isinstance(key, str):
         return f"{key.host}:{key.port}"
     if isinstance(key, tuple):
@@ -326,8 +376,12 @@ REFERENCE_IM_SESSION: list[tuple[str, str, str, str]] = [
 ]
 
 
-def compare_with_reference(steps: Iterable[Step], reference: list[tuple[str, str, str, str]] | None = None, *,
-                           roles: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
+def compare_with_reference(
+    steps: Iterable[Step],
+    reference: list[tuple[str, str, str, str]] | None = None,
+    *,
+    roles: dict[str, str] | None = None,
+) -> list[tuple[str, str, str]]:
     """Match observed steps to a reference flow (default `REFERENCE_IM_SESSION`), in the reference's order:
     rows of (reference line, observed line or "(missing)", note). Observed messages that the reference does not
     have come last, marked "(extra)". `roles` maps the reference's roles to names in the flow, by default
@@ -338,7 +392,9 @@ def compare_with_reference(steps: Iterable[Step], reference: list[tuple[str, str
     rows = []
     for i, (label, src, dst, note) in enumerate(reference, 1):
         s, d = roles.get(src, src), roles.get(dst, dst)
-        hit = next((st for st in pool if st.label.upper().startswith(label.upper()) and st.src == s and st.dst == d), None)
+        hit = next(
+            (st for st in pool if st.label.upper().startswith(label.upper()) and st.src == s and st.dst == d), None
+        )
         ref = f"F{i:<3}{label:<12} {src} -> {dst}"
         if hit is None:
             rows.append((ref, "(missing)", note))
@@ -351,20 +407,35 @@ def compare_with_reference(steps: Iterable[Step], reference: list[tuple[str, str
 
 
 # -- a SIP user agent in a few lines over a plain UDP socket --------------------------------------------------
-def silent(request: "RawRequest") -> None:
+def silent(request: RawRequest) -> None:
     """A RawPeer answer policy: never answer anything (a phone that is gone)."""
     return None
 
 
-def refuse_composing(request: "RawRequest") -> int:
+def refuse_composing(request: RawRequest) -> int:
     """A RawPeer answer policy: 415 to is-composing indications (RFC 3994), 200 to everything else."""
     return 415 if "im-iscomposing" in request.content_type else 200
 
 
-REASONS = {100: "Trying", 180: "Ringing", 200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden",
-           404: "Not Found", 408: "Request Timeout", 415: "Unsupported Media Type", 480: "Temporarily Unavailable",
-           481: "Call/Transaction Does Not Exist", 486: "Busy Here", 487: "Request Terminated",
-           488: "Not Acceptable Here", 500: "Server Internal Error", 501: "Not Implemented", 603: "Decline"}
+REASONS = {
+    100: "Trying",
+    180: "Ringing",
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    415: "Unsupported Media Type",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    603: "Decline",
+}
 
 
 @dataclass
@@ -402,8 +473,15 @@ class RawPeer:
     It is deliberately small (read it: `teaching.RawPeer??`): enough SIP to play a peer that misbehaves in a
     controlled way. It runs on its own thread until `stop()`."""
 
-    def __init__(self, uri: str, *, server: Any = None, answer: Callable[[RawRequest], Any] | None = None,
-                 host: str = "127.0.0.1", ring: bool = True) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        server: Any = None,
+        answer: Callable[[RawRequest], Any] | None = None,
+        host: str = "127.0.0.1",
+        ring: bool = True,
+    ) -> None:
         self.uri = uri
         self.user = _user(uri)
         self.server = _split_hostport(_address_of(server)) if server is not None else None
@@ -421,7 +499,7 @@ class RawPeer:
     def contact(self) -> str:
         return f"sip:{self.user}@{self.address[0]}:{self.address[1]}"
 
-    def start(self, timeout: float = 5.0) -> "RawPeer":
+    def start(self, timeout: float = 5.0) -> RawPeer:
         """REGISTER with the server (if any; waits for its 200) and start answering. Returns the peer."""
         if self.server is not None:
             self._register(3600, timeout)
@@ -441,7 +519,7 @@ class RawPeer:
                 pass
         self._sock.close()
 
-    def __enter__(self) -> "RawPeer":
+    def __enter__(self) -> RawPeer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -449,8 +527,11 @@ class RawPeer:
 
     def received(self, method: str | None = None) -> list[str]:
         """The requests received (all, or those of `method`), retransmissions included."""
-        return [t for _ts, d, t in self.log if d == "in" and not t.startswith("SIP/2.0")
-                and (method is None or t.startswith(method + " "))]
+        return [
+            t
+            for _ts, d, t in self.log
+            if d == "in" and not t.startswith("SIP/2.0") and (method is None or t.startswith(method + " "))
+        ]
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _send(self, text: str, addr: tuple[str, int]) -> None:
@@ -462,10 +543,12 @@ class RawPeer:
         domain = self.uri.split("@", 1)[-1]
         self._reg_cseq = getattr(self, "_reg_cseq", 0) + 1
         self._reg_call = getattr(self, "_reg_call", secrets.token_hex(8))
-        return (f"REGISTER sip:{domain} SIP/2.0\nVia: SIP/2.0/UDP {host}:{port};branch=z9hG4bK{secrets.token_hex(8)};rport\n"
-                f"Max-Forwards: 70\nFrom: <{self.uri}>;tag={secrets.token_hex(4)}\nTo: <{self.uri}>\n"
-                f"Call-ID: {self._reg_call}\nCSeq: {self._reg_cseq} REGISTER\nContact: <{self.contact}>\n"
-                f"Expires: {expires}\nContent-Length: 0\n\n")
+        return (
+            f"REGISTER sip:{domain} SIP/2.0\nVia: SIP/2.0/UDP {host}:{port};branch=z9hG4bK{secrets.token_hex(8)};rport\n"
+            f"Max-Forwards: 70\nFrom: <{self.uri}>;tag={secrets.token_hex(4)}\nTo: <{self.uri}>\n"
+            f"Call-ID: {self._reg_call}\nCSeq: {self._reg_cseq} REGISTER\nContact: <{self.contact}>\n"
+            f"Expires: {expires}\nContent-Length: 0\n\n"
+        )
 
     def _register(self, expires: int, timeout: float) -> None:
         assert self.server is not None
@@ -476,7 +559,7 @@ class RawPeer:
             self._sock.settimeout(0.5)
             try:
                 data, _ = self._sock.recvfrom(65535)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             finally:
                 self._sock.settimeout(None)
@@ -494,7 +577,7 @@ class RawPeer:
         while not self._stop.is_set():
             try:
                 data, source = self._sock.recvfrom(65535)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -529,15 +612,18 @@ class RawPeer:
             if canon == "to" and _param(value, "tag") is None:
                 value += f";tag={tag}"
             if canon in ("via", "from", "to", "call-id", "cseq") or (
-                    canon == "record-route" and request.method == "INVITE" and status < 300):
+                canon == "record-route" and request.method == "INVITE" and status < 300
+            ):
                 lines.append(f"{name}: {value}")
         body = ""
         if request.method in ("INVITE", "SUBSCRIBE") and status < 300:
             lines.append(f"Contact: <{self.contact}>")
         if request.method == "INVITE" and 200 <= status < 300:
             host, port = self.address
-            body = (f"v=0\no=- 1 1 IN IP4 {host}\ns=-\nc=IN IP4 {host}\nt=0 0\nm=message {port} sip null\n"
-                    "a=accept-types:text/plain\n")
+            body = (
+                f"v=0\no=- 1 1 IN IP4 {host}\ns=-\nc=IN IP4 {host}\nt=0 0\nm=message {port} sip null\n"
+                "a=accept-types:text/plain\n"
+            )
             lines.append("Content-Type: application/sdp")
         if status == 415:
             lines.append("Accept: text/plain")
@@ -561,6 +647,7 @@ def drop(method: str) -> Rule:
 
     def rule(data: bytes, to_server: bool) -> bytes | None:
         return None if to_server and data.startswith(method_b) else data
+
     rule.__doc__ = f"drop {method.upper()} requests on their way to the server"
     return rule
 
@@ -573,6 +660,7 @@ def remove_header(name: str) -> Rule:
     def rule(data: bytes, to_server: bool) -> bytes | None:
         head, sep, body = data.partition(b"\r\n\r\n")
         return pattern.sub(b"", head + b"\r\n")[:-2] + sep + body
+
     rule.__doc__ = f"remove the {name} headers"
     return rule
 
@@ -594,6 +682,7 @@ def set_header(name: str, value: str, *, method: str | None = None) -> Rule:
             first, _, rest = head.partition(b"\r\n")
             head = first + b"\r\n" + line + b"\r\n" + rest
         return head + sep + body
+
     rule.__doc__ = f"set {name}: {value} in {method or 'all'} requests on their way to the server"
     return rule
 
@@ -613,7 +702,9 @@ class Middlebox:
         alice = await platform.endpoint("sip:alice@example.test", server=box.uri)
     """
 
-    def __init__(self, target: tuple[str, int] | None = None, *, rule: Rule | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, target: tuple[str, int] | None = None, *, rule: Rule | None = None, host: str = "127.0.0.1"
+    ) -> None:
         self.target = target
         self.rule = rule
         self.log: list[tuple[float, str, str, str]] = []
@@ -638,7 +729,7 @@ class Middlebox:
     def port(self) -> int:
         return self.address[1]
 
-    def start(self) -> "Middlebox":
+    def start(self) -> Middlebox:
         self._sel.register(self._listen, selectors.EVENT_READ)
         self._thread = threading.Thread(target=self._run, name="Middlebox", daemon=True)
         self._thread.start()
@@ -659,8 +750,14 @@ class Middlebox:
     def _apply(self, data: bytes, to_server: bool) -> bytes | None:
         out = data if self.rule is None else self.rule(data, to_server)
         action = "dropped" if out is None else ("passed" if out == data else "changed")
-        self.log.append((time.time(), "to server" if to_server else "to client", action,
-                         data.split(b"\r\n", 1)[0].decode("utf-8", "replace")))
+        self.log.append(
+            (
+                time.time(),
+                "to server" if to_server else "to client",
+                action,
+                data.split(b"\r\n", 1)[0].decode("utf-8", "replace"),
+            )
+        )
         return out
 
     def _run(self) -> None:
@@ -703,23 +800,26 @@ class Exercise:
     question: str
     truth: Callable[[dict[str, Any]], Any]
     hint: str
-    kind: str = "text"            # "int", "number", "text", "set", "choice", "mapping"
+    kind: str = "text"  # "int", "number", "text", "set", "choice", "mapping"
     needs: tuple[str, ...] = ("trace",)
     options: tuple[str, ...] = ()
-    tolerance: float = 0.0        # "number": absolute tolerance
+    tolerance: float = 0.0  # "number": absolute tolerance
     why: str = ""
 
 
 EXERCISES: dict[str, Exercise] = {}
 
 
-def exercise(exercise_id: str, question: str, hint: str,
-             **kwargs: Any) -> Callable[[Callable[[dict[str, Any]], Any]], Callable]:
+def exercise(
+    exercise_id: str, question: str, hint: str, **kwargs: Any
+) -> Callable[[Callable[[dict[str, Any]], Any]], Callable]:
     """Register the decorated function (context -> right answer) as exercise `exercise_id` ("NN.name": NN is the
     notebook); `kwargs` are the other fields of `Exercise` (kind, needs, options, tolerance, why)."""
+
     def register(truth: Callable[[dict[str, Any]], Any]) -> Callable:
         EXERCISES[exercise_id] = Exercise(exercise_id, question, truth, hint, **kwargs)
         return truth
+
     return register
 
 
@@ -746,8 +846,10 @@ class Result:
 
     def _repr_html_(self) -> str:
         colour = "#16a34a" if self.ok else ("#6b7280" if not self.answered else "#dc2626")
-        return (f'<div style="border-left:4px solid {colour};padding:4px 10px;margin:2px 0">'
-                f'{html.escape(self.message).replace(chr(10), "<br>")}</div>')
+        return (
+            f'<div style="border-left:4px solid {colour};padding:4px 10px;margin:2px 0">'
+            f"{html.escape(self.message).replace(chr(10), '<br>')}</div>"
+        )
 
 
 _checked: list[tuple[str, Any, dict[str, Any], bool]] = []
@@ -768,13 +870,15 @@ def check(exercise_id: str, answer: Any, **context: Any) -> Result:
 def _evaluate(ex: Exercise, answer: Any, context: dict[str, Any]) -> Result:
     missing = [n for n in ex.needs if n not in context]
     if missing:
-        raise TypeError(f"check({ex.id!r}, answer, ...) needs {', '.join(f'{n}=...' for n in missing)} "
-                        f"(for example trace=platform.trace)")
+        raise TypeError(
+            f"check({ex.id!r}, answer, ...) needs {', '.join(f'{n}=...' for n in missing)} "
+            f"(for example trace=platform.trace)"
+        )
     if _unanswered(answer):
         return Result(ex, answer, False, f"… {ex.question}\nNo answer yet: replace the ... with your answer.", False)
     try:
         right = ex.truth(context)
-    except LookupError as exc:      # what the exercise is about is not in the trace (yet)
+    except LookupError as exc:  # what the exercise is about is not in the trace (yet)
         return Result(ex, answer, False, f"… {ex.question}\n{exc}", False)
     try:
         ok = _same(ex, answer, right)
@@ -813,7 +917,7 @@ def _as_int(value: Any) -> int:
         return int(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value.strip())
-    if hasattr(value, "item"):                  # numpy / pandas scalars
+    if hasattr(value, "item"):  # numpy / pandas scalars
         return _as_int(value.item())
     raise TypeError(f"the answer is a whole number, such as 2; not {value!r}")
 
@@ -844,8 +948,9 @@ def _same(ex: Exercise, answer: Any, right: Any) -> bool:
     if ex.kind == "mapping":
         if not isinstance(answer, dict):
             raise TypeError(f"the answer is a dict, such as {_show(right)!s}; not {answer!r}")
-        return {str(k).strip(): _norm_text(v) for k, v in answer.items()} == \
-               {str(k): _norm_text(v) for k, v in right.items()}
+        return {str(k).strip(): _norm_text(v) for k, v in answer.items()} == {
+            str(k): _norm_text(v) for k, v in right.items()
+        }
     if ex.kind == "choice":
         given = _norm_text(answer)
         if ex.options and given not in [o.casefold() for o in ex.options]:
@@ -884,8 +989,12 @@ def self_test() -> list[dict[str, Any]]:
         ex = EXERCISES[exercise_id]
         right = ex.truth(context)
         wrong = _evaluate(ex, _wrong(ex, right), context)
-        rows[exercise_id] = {"id": exercise_id, "right": True, "wrong_rejected": not wrong.ok and wrong.answered,
-                             "message": wrong.message}
+        rows[exercise_id] = {
+            "id": exercise_id,
+            "right": True,
+            "wrong_rejected": not wrong.ok and wrong.answered,
+            "message": wrong.message,
+        }
     for exercise_id, *_rest in _checked:
         rows.setdefault(exercise_id, {"id": exercise_id, "right": False, "wrong_rejected": None, "message": ""})
     return list(rows.values())
@@ -931,8 +1040,7 @@ def _session_call_id(trace: Any, caller: str = "alice") -> str:
     return str(ok["call_id"].iloc[0])
 
 
-def _final_status(ctx: dict[str, Any], user: str, method: str, direction: str, *, at_least: int = 0,
-                  what: str) -> int:
+def _final_status(ctx: dict[str, Any], user: str, method: str, direction: str, *, at_least: int = 0, what: str) -> int:
     """The status of the first response to `method` in `user`'s trace (`direction` as recorded there) whose
     status is at least `at_least`."""
     df = _responses(_sip(ctx["trace"], user), method, direction)
@@ -950,29 +1058,41 @@ def _user_of(df: Any) -> Any:
 
 
 # 01 first chat ------------------------------------------------------------------------------------------------
-@exercise("01.session-method", "Which SIP method set up the session?",
-          "Look at the first request Alice sent for the session: the first line of the first message in "
-          "`platform.trace.sip(owner=alice.uri)` after the REGISTER (column `method`).",
-          why="The INVITE offers the session (its SDP says m=message), 200 OK accepts it, ACK confirms.")
+@exercise(
+    "01.session-method",
+    "Which SIP method set up the session?",
+    "Look at the first request Alice sent for the session: the first line of the first message in "
+    "`platform.trace.sip(owner=alice.uri)` after the REGISTER (column `method`).",
+    why="The INVITE offers the session (its SDP says m=message), 200 OK accepts it, ACK confirms.",
+)
 def _(ctx: dict[str, Any]) -> str:
     df = _sip(ctx["trace"], "alice")
-    return str(_first(_requests(df[df["call_id"] == _session_call_id(ctx["trace"])], direction="out"), "request")["method"])
+    return str(
+        _first(_requests(df[df["call_id"] == _session_call_id(ctx["trace"])], direction="out"), "request")["method"]
+    )
 
 
-@exercise("01.typing-content-type", "Which Content-Type carried \"Alice is typing\"?",
-          "Find the first MESSAGE Alice sent inside the session and read its Content-Type header "
-          "(`print(r.raw.decode())` for the records in `platform.trace.sip_records()`).",
-          why="An is-composing indication (RFC 3994) is a MESSAGE with an XML body <state>active</state>.")
+@exercise(
+    "01.typing-content-type",
+    'Which Content-Type carried "Alice is typing"?',
+    "Find the first MESSAGE Alice sent inside the session and read its Content-Type header "
+    "(`print(r.raw.decode())` for the records in `platform.trace.sip_records()`).",
+    why="An is-composing indication (RFC 3994) is a MESSAGE with an XML body <state>active</state>.",
+)
 def _(ctx: dict[str, Any]) -> str:
     df = _sip(ctx["trace"], "alice")
     df = _requests(df[df["call_id"] == _session_call_id(ctx["trace"])], "MESSAGE", "out")
     return _headers(str(_first(df, "MESSAGE in the session")["raw"]), "Content-Type")[0]
 
 
-@exercise("01.pager-requests", "How many SIP requests did Alice's endpoint send for the pager-mode message?",
-          "Count the MESSAGE requests Alice sent outside the session: no To tag, a Call-ID of their own. "
-          "A retransmission repeats the same request (same Via branch), so count branches.", kind="int",
-          why="Pager mode (RFC 3428) is one MESSAGE and its 200 OK: no INVITE, no dialog, no BYE.")
+@exercise(
+    "01.pager-requests",
+    "How many SIP requests did Alice's endpoint send for the pager-mode message?",
+    "Count the MESSAGE requests Alice sent outside the session: no To tag, a Call-ID of their own. "
+    "A retransmission repeats the same request (same Via branch), so count branches.",
+    kind="int",
+    why="Pager mode (RFC 3428) is one MESSAGE and its 200 OK: no INVITE, no dialog, no BYE.",
+)
 def _(ctx: dict[str, Any]) -> int:
     df = _requests(_sip(ctx["trace"], "alice"), "MESSAGE", "out")
     df = df[df["to_tag"].isna() & df["raw"].str.contains("Content-Type: text/plain", regex=False)]
@@ -985,37 +1105,53 @@ def _invite_at_bob(ctx: dict[str, Any]) -> Any:
     return _first(df[df["call_id"] == _session_call_id(ctx["trace"])], "INVITE at Bob")
 
 
-@exercise("02.vias-at-bob", "How many Via headers does the INVITE have when it reaches Bob?",
-          "Print the INVITE on the proxy -> bob hop (flow.find('INVITE', dst='bob')) and count its Via lines. "
-          "Every hop that forwards a request puts its own Via on top.", kind="int",
-          why="Alice's Via (with received/rport the proxy added) and the proxy's on top of it.")
+@exercise(
+    "02.vias-at-bob",
+    "How many Via headers does the INVITE have when it reaches Bob?",
+    "Print the INVITE on the proxy -> bob hop (flow.find('INVITE', dst='bob')) and count its Via lines. "
+    "Every hop that forwards a request puts its own Via on top.",
+    kind="int",
+    why="Alice's Via (with received/rport the proxy added) and the proxy's on top of it.",
+)
 def _(ctx: dict[str, Any]) -> int:
     return len(_headers(str(_invite_at_bob(ctx)["raw"]), "Via"))
 
 
-@exercise("02.vias-at-alice", "How many Via headers does the 200 OK have when it reaches Alice?",
-          "Print the 200 OK on the proxy -> alice hop (flow.find('200', dst='alice', method='INVITE')). A response "
-          "walks back down the Via stack: each hop removes its own Via before passing it on.", kind="int",
-          why="The proxy took its own Via off: what is left is Alice's, which brings the response home.")
+@exercise(
+    "02.vias-at-alice",
+    "How many Via headers does the 200 OK have when it reaches Alice?",
+    "Print the 200 OK on the proxy -> alice hop (flow.find('200', dst='alice', method='INVITE')). A response "
+    "walks back down the Via stack: each hop removes its own Via before passing it on.",
+    kind="int",
+    why="The proxy took its own Via off: what is left is Alice's, which brings the response home.",
+)
 def _(ctx: dict[str, Any]) -> int:
     df = _responses(_sip(ctx["trace"], "alice"), "INVITE", "in")
     row = _first(df[(df["call_id"] == _session_call_id(ctx["trace"])) & (df["status"] == 200)], "200 OK at Alice")
     return len(_headers(str(row["raw"]), "Via"))
 
 
-@exercise("02.max-forwards-at-bob", "What is Max-Forwards in the INVITE Bob receives?",
-          "Alice sends Max-Forwards: 70. Look at the INVITE on the proxy -> bob hop: what did the proxy do to it?",
-          kind="int", why="Each proxy takes one off; at 0 the next proxy answers 483 Too Many Hops (a loop guard).")
+@exercise(
+    "02.max-forwards-at-bob",
+    "What is Max-Forwards in the INVITE Bob receives?",
+    "Alice sends Max-Forwards: 70. Look at the INVITE on the proxy -> bob hop: what did the proxy do to it?",
+    kind="int",
+    why="Each proxy takes one off; at 0 the next proxy answers 483 Too Many Hops (a loop guard).",
+)
 def _(ctx: dict[str, Any]) -> int:
     return int(_headers(str(_invite_at_bob(ctx)["raw"]), "Max-Forwards")[0])
 
 
-@exercise("02.ack-branch", "Does Alice's ACK for the 200 OK carry the INVITE's branch ('same') or a new one ('new')?",
-          "Compare the branch= parameter of the top Via in Alice's INVITE and in her ACK (flow.find('ACK').branch).",
-          kind="choice", options=("same", "new"),
-          why="The INVITE transaction ended with the 2xx; the ACK for a 2xx is a request of its own, sent end to end "
-              "along the dialog's route, so it gets a new branch. The ACK for a failure (486) belongs to the INVITE "
-              "transaction and keeps its branch.")
+@exercise(
+    "02.ack-branch",
+    "Does Alice's ACK for the 200 OK carry the INVITE's branch ('same') or a new one ('new')?",
+    "Compare the branch= parameter of the top Via in Alice's INVITE and in her ACK (flow.find('ACK').branch).",
+    kind="choice",
+    options=("same", "new"),
+    why="The INVITE transaction ended with the 2xx; the ACK for a 2xx is a request of its own, sent end to end "
+    "along the dialog's route, so it gets a new branch. The ACK for a failure (486) belongs to the INVITE "
+    "transaction and keeps its branch.",
+)
 def _(ctx: dict[str, Any]) -> str:
     df = _requests(_sip(ctx["trace"], "alice"), direction="out")
     df = df[df["call_id"] == _session_call_id(ctx["trace"])]
@@ -1024,20 +1160,27 @@ def _(ctx: dict[str, Any]) -> str:
     return "same" if invite["branch"] == ack["branch"] else "new"
 
 
-@exercise("02.bob-first-cseq", "Which CSeq number does the first request Bob sends in the dialog carry?",
-          "Find the first request Bob sent in the session (his delivery receipt, flow.find('MESSAGE', src='bob')) "
-          "and read its CSeq. Whose counter is it?", kind="int",
-          why="CSeq counts per direction: Alice's requests went 1 (INVITE), 2, 3, ...; Bob's own start at 1.")
+@exercise(
+    "02.bob-first-cseq",
+    "Which CSeq number does the first request Bob sends in the dialog carry?",
+    "Find the first request Bob sent in the session (his delivery receipt, flow.find('MESSAGE', src='bob')) "
+    "and read its CSeq. Whose counter is it?",
+    kind="int",
+    why="CSeq counts per direction: Alice's requests went 1 (INVITE), 2, 3, ...; Bob's own start at 1.",
+)
 def _(ctx: dict[str, Any]) -> int:
     df = _requests(_sip(ctx["trace"], "bob"), direction="out")
     df = df[(df["call_id"] == _session_call_id(ctx["trace"])) & (df["method"] != "ACK")]
     return int(_first(df, "request from Bob in the session")["cseq"])
 
 
-@exercise("02.bob-tag", "Which tag did Bob add to the To header (his half of the dialog id)?",
-          "Bob's tag first appears in the To header of his 180 Ringing; it is in every later message of the dialog "
-          "(`flow.find('200', dst='alice', method='INVITE').to_tag`).",
-          why="Call-ID + From tag (Alice's) + To tag (Bob's) identify the dialog at both ends.")
+@exercise(
+    "02.bob-tag",
+    "Which tag did Bob add to the To header (his half of the dialog id)?",
+    "Bob's tag first appears in the To header of his 180 Ringing; it is in every later message of the dialog "
+    "(`flow.find('200', dst='alice', method='INVITE').to_tag`).",
+    why="Call-ID + From tag (Alice's) + To tag (Bob's) identify the dialog at both ends.",
+)
 def _(ctx: dict[str, Any]) -> str:
     df = _responses(_sip(ctx["trace"], "alice"), "INVITE", "in")
     df = df[(df["call_id"] == _session_call_id(ctx["trace"])) & (df["status"] == 200)]
@@ -1050,40 +1193,55 @@ def _session_transactions(ctx: dict[str, Any], owner: str | None) -> int:
     return int(df["transaction_id"].nunique())
 
 
-@exercise("02.transactions-alice", "How many transactions did Alice's endpoint take part in for the session, "
-          "from INVITE to BYE (the ones she started and the ones Bob started)?",
-          "Group Alice's rows of the session's Call-ID by transaction_id (the ACK for a 2xx is not a transaction: "
-          "leave ACK rows out). A request and its responses and retransmissions are one transaction.", kind="int",
-          why="INVITE, each MESSAGE either way, BYE: one transaction each.")
+@exercise(
+    "02.transactions-alice",
+    "How many transactions did Alice's endpoint take part in for the session, "
+    "from INVITE to BYE (the ones she started and the ones Bob started)?",
+    "Group Alice's rows of the session's Call-ID by transaction_id (the ACK for a 2xx is not a transaction: "
+    "leave ACK rows out). A request and its responses and retransmissions are one transaction.",
+    kind="int",
+    why="INVITE, each MESSAGE either way, BYE: one transaction each.",
+)
 def _(ctx: dict[str, Any]) -> int:
     return _session_transactions(ctx, "alice")
 
 
-@exercise("02.transactions-both", "Counted in both endpoints' traces (Alice's and Bob's), how many transactions?",
-          "Same grouping without the owner filter. Does the INVITE Alice sent and the INVITE Bob received have the "
-          "same branch?", kind="int",
-          why="A proxy ends each transaction and starts a new one on the next hop (its own branch): each of Alice's "
-              "transactions has a twin on the proxy -> Bob hop.")
+@exercise(
+    "02.transactions-both",
+    "Counted in both endpoints' traces (Alice's and Bob's), how many transactions?",
+    "Same grouping without the owner filter. Does the INVITE Alice sent and the INVITE Bob received have the "
+    "same branch?",
+    kind="int",
+    why="A proxy ends each transaction and starts a new one on the next hop (its own branch): each of Alice's "
+    "transactions has a twin on the proxy -> Bob hop.",
+)
 def _(ctx: dict[str, Any]) -> int:
     return _session_transactions(ctx, None)
 
 
-@exercise("02.dialogs", "How many dialogs did the session create?",
-          "A dialog is made by a 2xx (or a 1xx with a To tag) to an INVITE: count the distinct dialog_id of the "
-          "INVITE responses with a To tag, in both traces.", kind="int",
-          why="One dialog, the same at both ends and on both hops: Call-ID and tags travel end to end, branches do not.")
+@exercise(
+    "02.dialogs",
+    "How many dialogs did the session create?",
+    "A dialog is made by a 2xx (or a 1xx with a To tag) to an INVITE: count the distinct dialog_id of the "
+    "INVITE responses with a To tag, in both traces.",
+    kind="int",
+    why="One dialog, the same at both ends and on both hops: Call-ID and tags travel end to end, branches do not.",
+)
 def _(ctx: dict[str, Any]) -> int:
     df = _responses(_sip(ctx["trace"]), "INVITE")
     df = df[(df["call_id"] == _session_call_id(ctx["trace"])) & df["to_tag"].notna()]
     return int(df["dialog_id"].nunique())
 
 
-@exercise("02.ack-branch-486", "After Bob's 486 Busy Here, does Alice's ACK carry the INVITE's branch ('same') "
-          "or a new one ('new')?",
-          "Take the Call-ID of the INVITE that got the 486 and compare the branch of Alice's INVITE and ACK in it.",
-          kind="choice", options=("same", "new"),
-          why="The ACK for a non-2xx final response is part of the INVITE transaction (RFC 3261 §17.1.1.3): "
-              "same branch, and it goes hop by hop (the proxy ACKs Bob's 486 itself).")
+@exercise(
+    "02.ack-branch-486",
+    "After Bob's 486 Busy Here, does Alice's ACK carry the INVITE's branch ('same') or a new one ('new')?",
+    "Take the Call-ID of the INVITE that got the 486 and compare the branch of Alice's INVITE and ACK in it.",
+    kind="choice",
+    options=("same", "new"),
+    why="The ACK for a non-2xx final response is part of the INVITE transaction (RFC 3261 §17.1.1.3): "
+    "same branch, and it goes hop by hop (the proxy ACKs Bob's 486 itself).",
+)
 def _(ctx: dict[str, Any]) -> str:
     df = _sip(ctx["trace"], "alice")
     busy = _responses(df, "INVITE", "in")
@@ -1094,101 +1252,143 @@ def _(ctx: dict[str, Any]) -> str:
     return "same" if invite["branch"] == ack["branch"] else "new"
 
 
-@exercise("02.unknown-user", "Which status does the server answer for a user it never heard of?",
-          "Find the response to Alice's MESSAGE to sip:nobody@example.test in her trace (status >= 300).",
-          kind="int", why="404 Not Found: the registrar has no binding and never had one. A known user who is "
-                          "offline gets 480 for an INVITE (and a pager-mode message is kept: 202).")
+@exercise(
+    "02.unknown-user",
+    "Which status does the server answer for a user it never heard of?",
+    "Find the response to Alice's MESSAGE to sip:nobody@example.test in her trace (status >= 300).",
+    kind="int",
+    why="404 Not Found: the registrar has no binding and never had one. A known user who is "
+    "offline gets 480 for an INVITE (and a pager-mode message is kept: 202).",
+)
 def _(ctx: dict[str, Any]) -> int:
     df = _responses(_sip(ctx["trace"], "alice"), "MESSAGE", "in")
     df = df[(df["status"] >= 300) & df["raw"].str.contains("To: <sip:nobody@", regex=False)]
     return int(_first(df, "answer for sip:nobody")["status"])
 
 
-@exercise("02.responses", "How many of the SIP messages in the whole trace are responses?",
-          "`platform.trace.sip()` has a `status` column: NA for a request, the code for a response.", kind="int")
+@exercise(
+    "02.responses",
+    "How many of the SIP messages in the whole trace are responses?",
+    "`platform.trace.sip()` has a `status` column: NA for a request, the code for a response.",
+    kind="int",
+)
 def _(ctx: dict[str, Any]) -> int:
     return int(ctx["trace"].sip()["status"].notna().sum())
 
 
 # 03 traces as DataFrames --------------------------------------------------------------------------------------------
-@exercise("03.median-latency-ms", "What is the median delivery latency, in milliseconds, of the messages sent on "
-          "this platform (`platform.trace.messages()`, direction out)?",
-          "Filter `messages[messages.direction == 'out']`, take the `latency` column (seconds) times 1000, then "
-          ".median(). Compute it right before you check: new messages change it.", kind="number", tolerance=0.01,
-          why="On loopback through one proxy, a MESSAGE and its 200 OK cross four hops in a millisecond or two.")
+@exercise(
+    "03.median-latency-ms",
+    "What is the median delivery latency, in milliseconds, of the messages sent on "
+    "this platform (`platform.trace.messages()`, direction out)?",
+    "Filter `messages[messages.direction == 'out']`, take the `latency` column (seconds) times 1000, then "
+    ".median(). Compute it right before you check: new messages change it.",
+    kind="number",
+    tolerance=0.01,
+    why="On loopback through one proxy, a MESSAGE and its 200 OK cross four hops in a millisecond or two.",
+)
 def _(ctx: dict[str, Any]) -> float:
     m = ctx["trace"].messages()
     return float(m[m["direction"] == "out"]["latency"].median() * 1000)
 
 
-@exercise("03.top-talker", "Who sent the most messages?",
-          "Group the sent messages by `sender` and count: `sent.groupby('sender', observed=True).size()`.",
-          why="Alice: she talked to both Bob and Carol (and sent the pager message).")
+@exercise(
+    "03.top-talker",
+    "Who sent the most messages?",
+    "Group the sent messages by `sender` and count: `sent.groupby('sender', observed=True).size()`.",
+    why="Alice: she talked to both Bob and Carol (and sent the pager message).",
+)
 def _(ctx: dict[str, Any]) -> str:
     m = ctx["trace"].messages()
     counts = m[m["direction"] == "out"].groupby("sender", observed=True).size().sort_values(ascending=False)
     return str(counts.index[0])
 
 
-@exercise("03.retransmitted", "How many of dave's transactions needed at least one retransmission?",
-          "In `lossy_platform.trace.sip()`, keep dave's outgoing requests (owner, direction out, status NA), group by "
-          "`transaction_id` and count the groups with more than one row.", kind="int",
-          why="Each lost request (or lost 200 OK) cost its transaction one more send after T1; the chat above it "
-              "never noticed.")
+@exercise(
+    "03.retransmitted",
+    "How many of dave's transactions needed at least one retransmission?",
+    "In `lossy_platform.trace.sip()`, keep dave's outgoing requests (owner, direction out, status NA), group by "
+    "`transaction_id` and count the groups with more than one row.",
+    kind="int",
+    why="Each lost request (or lost 200 OK) cost its transaction one more send after T1; the chat above it "
+    "never noticed.",
+)
 def _(ctx: dict[str, Any]) -> int:
     df = _requests(_sip(ctx["trace"], "dave"), direction="out")
     sends = df.groupby("transaction_id", observed=True).size()
     return int((sends > 1).sum())
 
 
-@exercise("03.capture-messages", "How many SIP messages of the compared session are in the capture (what tshark "
-          "lists for its Call-ID)?",
-          "Count the rows of `platform.trace.sip(call_id=call_id)`: each is one packet in the pcap, one line in "
-          "tshark's output.", kind="int", needs=("trace", "call_id"),
-          why="Every message on each hop: alice <-> proxy and proxy <-> bob, both ways.")
+@exercise(
+    "03.capture-messages",
+    "How many SIP messages of the compared session are in the capture (what tshark lists for its Call-ID)?",
+    "Count the rows of `platform.trace.sip(call_id=call_id)`: each is one packet in the pcap, one line in "
+    "tshark's output.",
+    kind="int",
+    needs=("trace", "call_id"),
+    why="Every message on each hop: alice <-> proxy and proxy <-> bob, both ways.",
+)
 def _(ctx: dict[str, Any]) -> int:
     return int(len(ctx["trace"].sip(call_id=ctx["call_id"])))
 
 
 # 04 conferences ------------------------------------------------------------------------------------------------------
-@exercise("04.refer-status", "Which status does the focus answer to Alice's REFER?",
-          "Find the response to REFER in Alice's trace (method REFER, status not NA).", kind="int",
-          why="202 Accepted: \"I will try\" (RFC 3515). Whether Carol joins is reported later, here in the roster "
-              "(NOTIFY of the conference package).")
+@exercise(
+    "04.refer-status",
+    "Which status does the focus answer to Alice's REFER?",
+    "Find the response to REFER in Alice's trace (method REFER, status not NA).",
+    kind="int",
+    why='202 Accepted: "I will try" (RFC 3515). Whether Carol joins is reported later, here in the roster '
+    "(NOTIFY of the conference package).",
+)
 def _(ctx: dict[str, Any]) -> int:
     return _final_status(ctx, "alice", "REFER", "in", what="response to REFER")
 
 
-@exercise("04.dial-out-header", "Which header of the REFER names the person the focus should invite?",
-          "Print Alice's REFER in full and look for the header with Carol's URI in it.",
-          why="Refer-To: the focus sends an INVITE to that URI, with Referred-By naming Alice.")
+@exercise(
+    "04.dial-out-header",
+    "Which header of the REFER names the person the focus should invite?",
+    "Print Alice's REFER in full and look for the header with Carol's URI in it.",
+    why="Refer-To: the focus sends an INVITE to that URI, with Referred-By naming Alice.",
+)
 def _(ctx: dict[str, Any]) -> str:
     df = _requests(_sip(ctx["trace"], "alice"), "REFER", "out")
     raw = str(_first(df, "REFER from Alice")["raw"])
     return "Refer-To" if _headers(raw, "Refer-To") else "?"
 
 
-@exercise("04.event-package", "Which event package does a participant subscribe to for the roster (the value of "
-          "the Event header)?", "Print a SUBSCRIBE (or a NOTIFY) and read its Event header.",
-          why="The conference event package of RFC 4575: NOTIFY bodies are application/conference-info+xml.")
+@exercise(
+    "04.event-package",
+    "Which event package does a participant subscribe to for the roster (the value of the Event header)?",
+    "Print a SUBSCRIBE (or a NOTIFY) and read its Event header.",
+    why="The conference event package of RFC 4575: NOTIFY bodies are application/conference-info+xml.",
+)
 def _(ctx: dict[str, Any]) -> str:
     df = _requests(_sip(ctx["trace"], "alice"), "SUBSCRIBE", "out")
     return _headers(str(_first(df, "SUBSCRIBE from Alice")["raw"]), "Event")[0].split(";")[0].strip()
 
 
-@exercise("04.notifies", "How many NOTIFY requests did Alice's endpoint receive?",
-          "Count Alice's incoming NOTIFY requests in `platform.trace.sip()` (retransmissions would repeat a branch: "
-          "count branches).", kind="int",
-          why="One full document after the SUBSCRIBE, then one partial update per roster change.")
+@exercise(
+    "04.notifies",
+    "How many NOTIFY requests did Alice's endpoint receive?",
+    "Count Alice's incoming NOTIFY requests in `platform.trace.sip()` (retransmissions would repeat a branch: "
+    "count branches).",
+    kind="int",
+    why="One full document after the SUBSCRIBE, then one partial update per roster change.",
+)
 def _(ctx: dict[str, Any]) -> int:
     return int(_requests(_sip(ctx["trace"], "alice"), "NOTIFY", "in")["branch"].nunique())
 
 
-@exercise("04.first-notify-state", "What does the `state` attribute of the conference-info document say in the first "
-          "NOTIFY, and in the later ones? Answer for the first one.",
-          "Print the body of the first NOTIFY Alice received: `<conference-info ... state=\"...\">`.",
-          kind="choice", options=("full", "partial", "deleted"),
-          why="full: the whole roster, then partial updates with a version number one higher each time (RFC 4575).")
+@exercise(
+    "04.first-notify-state",
+    "What does the `state` attribute of the conference-info document say in the first "
+    "NOTIFY, and in the later ones? Answer for the first one.",
+    'Print the body of the first NOTIFY Alice received: `<conference-info ... state="...">`.',
+    kind="choice",
+    options=("full", "partial", "deleted"),
+    why="full: the whole roster, then partial updates with a version number one higher each time (RFC 4575).",
+)
 def _(ctx: dict[str, Any]) -> str:
     df = _requests(_sip(ctx["trace"], "alice"), "NOTIFY", "in")
     m = re.search(r'<conference-info\b[^>]*\bstate="(\w+)"', str(_first(df, "NOTIFY at Alice")["raw"]))
@@ -1196,16 +1396,23 @@ def _(ctx: dict[str, Any]) -> str:
 
 
 # 05 a real server ------------------------------------------------------------------------------------------------------
-@exercise("05.register-challenge", "Which status did Kamailio challenge the REGISTER with?",
-          "The first response to Alice's REGISTER in `platform.trace.sip()`.", kind="int",
-          why="401 Unauthorized with WWW-Authenticate: the registrar authenticates its users.")
+@exercise(
+    "05.register-challenge",
+    "Which status did Kamailio challenge the REGISTER with?",
+    "The first response to Alice's REGISTER in `platform.trace.sip()`.",
+    kind="int",
+    why="401 Unauthorized with WWW-Authenticate: the registrar authenticates its users.",
+)
 def _(ctx: dict[str, Any]) -> int:
     return _final_status(ctx, "alice", "REGISTER", "in", what="response to REGISTER")
 
 
-@exercise("05.digest-algorithm", "Which digest algorithm did Kamailio offer in its challenge?",
-          "Read the algorithm= parameter of the WWW-Authenticate header of the 401.",
-          why="SHA-256 (RFC 7616/8760); MD5 is the old default that every SIP stack still knows.")
+@exercise(
+    "05.digest-algorithm",
+    "Which digest algorithm did Kamailio offer in its challenge?",
+    "Read the algorithm= parameter of the WWW-Authenticate header of the 401.",
+    why="SHA-256 (RFC 7616/8760); MD5 is the old default that every SIP stack still knows.",
+)
 def _(ctx: dict[str, Any]) -> str:
     df = _responses(_sip(ctx["trace"], "alice"), "REGISTER", "in")
     raw = str(_first(df[df["status"] == 401], "401 at Alice")["raw"])
@@ -1214,42 +1421,61 @@ def _(ctx: dict[str, Any]) -> str:
     return m.group(1) if m else "MD5"
 
 
-@exercise("05.wrong-password", "Which status did the REGISTER with a wrong password get?",
-          "The final response to Bob's REGISTER with password 'guess' (owner bob).", kind="int",
-          why="403 Forbidden: the example configuration refuses a wrong answer instead of challenging again.")
+@exercise(
+    "05.wrong-password",
+    "Which status did the REGISTER with a wrong password get?",
+    "The final response to Bob's REGISTER with password 'guess' (owner bob).",
+    kind="int",
+    why="403 Forbidden: the example configuration refuses a wrong answer instead of challenging again.",
+)
 def _(ctx: dict[str, Any]) -> int:
     return _final_status(ctx, "bob", "REGISTER", "in", at_least=403, what="refusal at Bob")
 
 
-@exercise("05.record-routes", "How many Record-Route headers did the INVITE have when it reached Bob?",
-          "Print the INVITE in Bob's trace and count its Record-Route lines.", kind="int",
-          why="Two: Kamailio received it over UDP and sent it over TLS, so it record-routes once per transport "
-              "(double record-routing): each side's Route then names the address it can reach.")
+@exercise(
+    "05.record-routes",
+    "How many Record-Route headers did the INVITE have when it reached Bob?",
+    "Print the INVITE in Bob's trace and count its Record-Route lines.",
+    kind="int",
+    why="Two: Kamailio received it over UDP and sent it over TLS, so it record-routes once per transport "
+    "(double record-routing): each side's Route then names the address it can reach.",
+)
 def _(ctx: dict[str, Any]) -> int:
     df = _requests(_sip(ctx["trace"], "bob"), "INVITE", "in")
     return len(_headers(str(_first(df, "INVITE at Bob")["raw"]), "Record-Route"))
 
 
 # 06 from UCCAPI ------------------------------------------------------------------------------------------------------
-@exercise("06.enable-registers", "How many REGISTER requests did Alice's Enable (platform.endpoint with a password) send?",
-          "Count Alice's outgoing REGISTER requests (distinct branches) before anything else.", kind="int",
-          why="Two: the first is challenged (401), the second carries the Authorization.")
+@exercise(
+    "06.enable-registers",
+    "How many REGISTER requests did Alice's Enable (platform.endpoint with a password) send?",
+    "Count Alice's outgoing REGISTER requests (distinct branches) before anything else.",
+    kind="int",
+    why="Two: the first is challenged (401), the second carries the Authorization.",
+)
 def _(ctx: dict[str, Any]) -> int:
     df = _requests(_sip(ctx["trace"], "alice"), "REGISTER", "out")
-    df = df[~df["raw"].str.contains("Expires: 0", regex=False)]   # not the un-REGISTER of Disable
+    df = df[~df["raw"].str.contains("Expires: 0", regex=False)]  # not the un-REGISTER of Disable
     return int(df["branch"].nunique())
 
 
-@exercise("06.accept-status", "Which response does IUccIncomingSessionEvent::Accept send on the wire?",
-          "Bob's final response to the INVITE, in his trace (owner bob, direction out).", kind="int",
-          why="200 OK with Bob's SDP answer; Alice's ACK completes it.")
+@exercise(
+    "06.accept-status",
+    "Which response does IUccIncomingSessionEvent::Accept send on the wire?",
+    "Bob's final response to the INVITE, in his trace (owner bob, direction out).",
+    kind="int",
+    why="200 OK with Bob's SDP answer; Alice's ACK completes it.",
+)
 def _(ctx: dict[str, Any]) -> int:
     return _final_status(ctx, "bob", "INVITE", "out", at_least=200, what="final response from Bob")
 
 
-@exercise("06.terminate-method", "Which SIP request does IUccSession::Terminate send for a connected session?",
-          "The last request Alice sent in the session (its Call-ID).",
-          why="BYE (a CANCEL if the session were still ringing).")
+@exercise(
+    "06.terminate-method",
+    "Which SIP request does IUccSession::Terminate send for a connected session?",
+    "The last request Alice sent in the session (its Call-ID).",
+    why="BYE (a CANCEL if the session were still ringing).",
+)
 def _(ctx: dict[str, Any]) -> str:
     df = _requests(_sip(ctx["trace"], "alice"), direction="out")
     df = df[df["call_id"] == _session_call_id(ctx["trace"])]
@@ -1264,20 +1490,28 @@ def _sends_to(trace: Any, method: str, peer: Any) -> Any:
     return df[df["dst"].astype(str) == address]
 
 
-@exercise("07.proxy-sends", "How many times did the proxy send the MESSAGE to the silent Bob before it gave up?",
-          "Count the MESSAGE requests the server sent to Bob's address: `server.trace.sip()`, direction out, "
-          "status NA, dst == Bob's address. Timer E: T1, 2·T1, 4·T1, ... capped at T2; Timer F stops it at 64·T1.",
-          kind="int", needs=("server_trace", "peer"),
-          why="Sent at 0, 1, 3, 7, 15, 23, 31, 39, 47, 55 and 63 T1: 11 times, and at 64·T1 Timer F fires.")
+@exercise(
+    "07.proxy-sends",
+    "How many times did the proxy send the MESSAGE to the silent Bob before it gave up?",
+    "Count the MESSAGE requests the server sent to Bob's address: `server.trace.sip()`, direction out, "
+    "status NA, dst == Bob's address. Timer E: T1, 2·T1, 4·T1, ... capped at T2; Timer F stops it at 64·T1.",
+    kind="int",
+    needs=("server_trace", "peer"),
+    why="Sent at 0, 1, 3, 7, 15, 23, 31, 39, 47, 55 and 63 T1: 11 times, and at 64·T1 Timer F fires.",
+)
 def _(ctx: dict[str, Any]) -> int:
     return int(len(_sends_to(ctx["server_trace"], "MESSAGE", ctx["peer"])))
 
 
-@exercise("07.timer-f", "How many seconds after Alice sent it did the 408 come back (to a tenth of a second)?",
-          "Subtract the timestamp of Alice's first MESSAGE to Bob from that of the 408 she received "
-          "(`platform.trace.sip()`, owner alice). Which timer is 64·T1 of the proxy's timers?",
-          kind="number", tolerance=0.15,
-          why="Timer F = 64·T1: 64 × 25 ms = 1.6 s at the proxy, which then answered 408 Request Timeout.")
+@exercise(
+    "07.timer-f",
+    "How many seconds after Alice sent it did the 408 come back (to a tenth of a second)?",
+    "Subtract the timestamp of Alice's first MESSAGE to Bob from that of the 408 she received "
+    "(`platform.trace.sip()`, owner alice). Which timer is 64·T1 of the proxy's timers?",
+    kind="number",
+    tolerance=0.15,
+    why="Timer F = 64·T1: 64 × 25 ms = 1.6 s at the proxy, which then answered 408 Request Timeout.",
+)
 def _(ctx: dict[str, Any]) -> float:
     df = _sip(ctx["trace"], "alice")
     timeout = _first(_responses(df, "MESSAGE", "in").query("status == 408"), "408 at Alice")
@@ -1285,18 +1519,27 @@ def _(ctx: dict[str, Any]) -> float:
     return (timeout["timestamp"] - sent["timestamp"]).total_seconds()
 
 
-@exercise("07.invite-sends", "How many times did the proxy send the INVITE to the silent Bob?",
-          "Count the proxy's INVITE requests to Bob's address in `server.trace.sip()`. Timer A doubles like E, "
-          "but for INVITE it has no T2 cap; Timer B stops it at 64·T1.", kind="int", needs=("server_trace", "peer"),
-          why="Sent at 0, 1, 3, 7, 15, 31 and 63 T1: the gaps double without a cap, 7 sends before Timer B.")
+@exercise(
+    "07.invite-sends",
+    "How many times did the proxy send the INVITE to the silent Bob?",
+    "Count the proxy's INVITE requests to Bob's address in `server.trace.sip()`. Timer A doubles like E, "
+    "but for INVITE it has no T2 cap; Timer B stops it at 64·T1.",
+    kind="int",
+    needs=("server_trace", "peer"),
+    why="Sent at 0, 1, 3, 7, 15, 31 and 63 T1: the gaps double without a cap, 7 sends before Timer B.",
+)
 def _(ctx: dict[str, Any]) -> int:
     return int(len(_sends_to(ctx["server_trace"], "INVITE", ctx["peer"])))
 
 
-@exercise("07.cancel-final", "Which final response did the cancelled INVITE get?",
-          "The CANCEL gets its own 200 OK; look for the other final response, the one with CSeq ... INVITE, "
-          "in Alice's trace after her CANCEL.", kind="int",
-          why="487 Request Terminated ends the INVITE transaction; Alice ACKs it like any failure.")
+@exercise(
+    "07.cancel-final",
+    "Which final response did the cancelled INVITE get?",
+    "The CANCEL gets its own 200 OK; look for the other final response, the one with CSeq ... INVITE, "
+    "in Alice's trace after her CANCEL.",
+    kind="int",
+    why="487 Request Terminated ends the INVITE transaction; Alice ACKs it like any failure.",
+)
 def _(ctx: dict[str, Any]) -> int:
     df = _sip(ctx["trace"], "alice")
     cancel = _first(_requests(df, "CANCEL", "out"), "CANCEL from Alice")
@@ -1304,11 +1547,15 @@ def _(ctx: dict[str, Any]) -> int:
     return int(_first(finals, "final response to the INVITE")["status"])
 
 
-@exercise("07.cancel-branch", "Does the CANCEL carry the branch of the INVITE it cancels ('same') or a new one ('new')?",
-          "Compare the branch of Alice's CANCEL with that of her INVITE (same Call-ID).",
-          kind="choice", options=("same", "new"),
-          why="A CANCEL names the transaction it cancels by its branch (and has the INVITE's CSeq number, "
-              "method CANCEL); it is hop by hop: the proxy answers it and sends its own CANCEL to Bob.")
+@exercise(
+    "07.cancel-branch",
+    "Does the CANCEL carry the branch of the INVITE it cancels ('same') or a new one ('new')?",
+    "Compare the branch of Alice's CANCEL with that of her INVITE (same Call-ID).",
+    kind="choice",
+    options=("same", "new"),
+    why="A CANCEL names the transaction it cancels by its branch (and has the INVITE's CSeq number, "
+    "method CANCEL); it is hop by hop: the proxy answers it and sends its own CANCEL to Bob.",
+)
 def _(ctx: dict[str, Any]) -> str:
     df = _requests(_sip(ctx["trace"], "alice"), direction="out")
     cancel = _first(df[df["method"] == "CANCEL"], "CANCEL from Alice")
@@ -1316,13 +1563,16 @@ def _(ctx: dict[str, Any]) -> str:
     return "same" if invite["branch"] == cancel["branch"] else "new"
 
 
-@exercise("07.who-answered", "Who generated each failure: the proxy or the callee? Answer a dict such as "
-          "{404: 'proxy', 480: ..., 486: ..., 603: ...}.",
-          "A response made by the callee appears in the callee's own trace, direction out; one made by the "
-          "proxy appears only on the proxy -> alice hop. `flow.find('486')` shows the first hop of each.",
-          kind="mapping",
-          why="404 (no such user) and 480 (known, not registered) come from the registrar/proxy; 486 and 603 "
-              "from the callee's phone, relayed by the proxy.")
+@exercise(
+    "07.who-answered",
+    "Who generated each failure: the proxy or the callee? Answer a dict such as "
+    "{404: 'proxy', 480: ..., 486: ..., 603: ...}.",
+    "A response made by the callee appears in the callee's own trace, direction out; one made by the "
+    "proxy appears only on the proxy -> alice hop. `flow.find('486')` shows the first hop of each.",
+    kind="mapping",
+    why="404 (no such user) and 480 (known, not registered) come from the registrar/proxy; 486 and 603 "
+    "from the callee's phone, relayed by the proxy.",
+)
 def _(ctx: dict[str, Any]) -> dict[int, str]:
     df = _responses(_sip(ctx["trace"]))
     out = {}
@@ -1340,36 +1590,49 @@ def _auth_status(ctx: dict[str, Any], method: str) -> int:
     return int(_first(df[df["status"].isin([401, 407])], f"challenge to Alice's {method}")["status"])
 
 
-@exercise("07.register-challenge", "Which status challenged Alice's REGISTER?",
-          "Find the first response to REGISTER in the authenticating server's trace of Alice "
-          "(`auth_platform.trace`).", kind="int",
-          why="401 Unauthorized with WWW-Authenticate: the registrar itself (the UAS of the REGISTER) asks.")
+@exercise(
+    "07.register-challenge",
+    "Which status challenged Alice's REGISTER?",
+    "Find the first response to REGISTER in the authenticating server's trace of Alice (`auth_platform.trace`).",
+    kind="int",
+    why="401 Unauthorized with WWW-Authenticate: the registrar itself (the UAS of the REGISTER) asks.",
+)
 def _(ctx: dict[str, Any]) -> int:
     return _auth_status(ctx, "REGISTER")
 
 
-@exercise("07.message-challenge", "Which status challenged Alice's first MESSAGE?",
-          "Find the first response to Alice's MESSAGE in `auth_platform.trace`.", kind="int",
-          why="407 Proxy Authentication Required with Proxy-Authenticate: a proxy on the path asks; the request "
-              "is for someone else.")
+@exercise(
+    "07.message-challenge",
+    "Which status challenged Alice's first MESSAGE?",
+    "Find the first response to Alice's MESSAGE in `auth_platform.trace`.",
+    kind="int",
+    why="407 Proxy Authentication Required with Proxy-Authenticate: a proxy on the path asks; the request "
+    "is for someone else.",
+)
 def _(ctx: dict[str, Any]) -> int:
     return _auth_status(ctx, "MESSAGE")
 
 
-@exercise("07.proxy-challenge-header", "Which header carries the challenge in the 407, and so which header must the "
-          "retried request carry the answer in? Name the challenge header.",
-          "Print the 407 in full (auth_flow.find('407')) and look for the header with Digest realm=..., nonce=...",
-          why="Proxy-Authenticate → Proxy-Authorization (407); WWW-Authenticate → Authorization (401).")
+@exercise(
+    "07.proxy-challenge-header",
+    "Which header carries the challenge in the 407, and so which header must the "
+    "retried request carry the answer in? Name the challenge header.",
+    "Print the 407 in full (auth_flow.find('407')) and look for the header with Digest realm=..., nonce=...",
+    why="Proxy-Authenticate → Proxy-Authorization (407); WWW-Authenticate → Authorization (401).",
+)
 def _(ctx: dict[str, Any]) -> str:
     df = _responses(_sip(ctx["trace"], "alice"), "MESSAGE", "in")
     raw = str(_first(df[df["status"] == 407], "407 at Alice")["raw"])
     return "Proxy-Authenticate" if _headers(raw, "Proxy-Authenticate") else "WWW-Authenticate"
 
 
-@exercise("07.refused-type", "Which Content-Type did the peer refuse with 415?",
-          "Find the 415 in Alice's trace; the request it answers is in the same transaction (same branch): "
-          "read that request's Content-Type. The 415's Accept header says what the peer does take.",
-          why="415 Unsupported Media Type to application/im-iscomposing+xml: the peer takes text only.")
+@exercise(
+    "07.refused-type",
+    "Which Content-Type did the peer refuse with 415?",
+    "Find the 415 in Alice's trace; the request it answers is in the same transaction (same branch): "
+    "read that request's Content-Type. The 415's Accept header says what the peer does take.",
+    why="415 Unsupported Media Type to application/im-iscomposing+xml: the peer takes text only.",
+)
 def _(ctx: dict[str, Any]) -> str:
     df = _sip(ctx["trace"], "alice")
     refused = _first(_responses(df, direction="in").query("status == 415"), "415 at Alice")
@@ -1377,17 +1640,24 @@ def _(ctx: dict[str, Any]) -> str:
     return _headers(str(request["raw"]), "Content-Type")[0]
 
 
-@exercise("07.composing-sent", "How many is-composing MESSAGEs did Alice send to the peer that refuses them, "
-          "although start_composing() was called twice?",
-          "Count Alice's MESSAGE requests (distinct branches) with Content-Type application/im-iscomposing+xml "
-          "in the session with that peer.", kind="int", needs=("trace", "peer"),
-          why="After a 415 the session remembers (`session.unsupported_by_peer`) and sends no more of that kind: "
-              "the text keeps flowing.")
+@exercise(
+    "07.composing-sent",
+    "How many is-composing MESSAGEs did Alice send to the peer that refuses them, "
+    "although start_composing() was called twice?",
+    "Count Alice's MESSAGE requests (distinct branches) with Content-Type application/im-iscomposing+xml "
+    "in the session with that peer.",
+    kind="int",
+    needs=("trace", "peer"),
+    why="After a 415 the session remembers (`session.unsupported_by_peer`) and sends no more of that kind: "
+    "the text keeps flowing.",
+)
 def _(ctx: dict[str, Any]) -> int:
     df = _requests(_sip(ctx["trace"], "alice"), "MESSAGE", "out")
     peer_user = _user(ctx["peer"].uri) if hasattr(ctx["peer"], "uri") else str(ctx["peer"])
-    df = df[df["raw"].str.contains("application/im-iscomposing+xml", regex=False)
-            & df["raw"].str.contains(f"To: <sip:{peer_user}@", regex=False)]
+    df = df[
+        df["raw"].str.contains("application/im-iscomposing+xml", regex=False)
+        & df["raw"].str.contains(f"To: <sip:{peer_user}@", regex=False)
+    ]
     return int(df["branch"].nunique())
 
 
@@ -1397,44 +1667,65 @@ def _first_call(trace: Any) -> str:
     return str(_first(_requests(_sip(trace, "alice"), "INVITE", "out"), "INVITE from Alice")["call_id"])
 
 
-@exercise("08.no-ack.missing", "Which request did Alice send that never reached Bob?",
-          "Compare the requests in Alice's trace (direction out) with those in Bob's (direction in), by method and "
-          "CSeq: `p.trace.sip()` has both owners.", kind="set",
-          why="The ACK: the box dropped every one, so Bob's 200 OK was never confirmed.")
+@exercise(
+    "08.no-ack.missing",
+    "Which request did Alice send that never reached Bob?",
+    "Compare the requests in Alice's trace (direction out) with those in Bob's (direction in), by method and "
+    "CSeq: `p.trace.sip()` has both owners.",
+    kind="set",
+    why="The ACK: the box dropped every one, so Bob's 200 OK was never confirmed.",
+)
 def _(ctx: dict[str, Any]) -> set[str]:
     call = _first_call(ctx["trace"])
     df = _requests(_sip(ctx["trace"]))
     df = df[df["call_id"] == call]
-    alice_sent = {(m, int(c)) for m, c, o, d in zip(df["method"], df["cseq"], _user_of(df), df["direction"])
-                  if o == "alice" and d == "out"}
-    bob_got = {(m, int(c)) for m, c, o, d in zip(df["method"], df["cseq"], _user_of(df), df["direction"])
-               if o == "bob" and d == "in"}
+    alice_sent = {
+        (m, int(c))
+        for m, c, o, d in zip(df["method"], df["cseq"], _user_of(df), df["direction"])
+        if o == "alice" and d == "out"
+    }
+    bob_got = {
+        (m, int(c))
+        for m, c, o, d in zip(df["method"], df["cseq"], _user_of(df), df["direction"])
+        if o == "bob" and d == "in"
+    }
     return {str(m) for m, _c in alice_sent - bob_got}
 
 
-@exercise("08.no-ack.200-sends", "How many times did Bob's endpoint send its 200 OK for the INVITE?",
-          "Count the 200 responses to INVITE that Bob sent (owner bob, direction out). A UAS resends its 2xx "
-          "until the ACK comes, for at most 64·T1 (RFC 3261 §13.3.1.4).", kind="int",
-          why="T1, 2·T1, ... up to T2 between sends (Timer G's schedule), for 64·T1: 11 sends, here in 1.6 s.")
+@exercise(
+    "08.no-ack.200-sends",
+    "How many times did Bob's endpoint send its 200 OK for the INVITE?",
+    "Count the 200 responses to INVITE that Bob sent (owner bob, direction out). A UAS resends its 2xx "
+    "until the ACK comes, for at most 64·T1 (RFC 3261 §13.3.1.4).",
+    kind="int",
+    why="T1, 2·T1, ... up to T2 between sends (Timer G's schedule), for 64·T1: 11 sends, here in 1.6 s.",
+)
 def _(ctx: dict[str, Any]) -> int:
     df = _responses(_sip(ctx["trace"], "bob"), "INVITE", "out")
     return int(((df["status"] == 200) & (df["call_id"] == _first_call(ctx["trace"]))).sum())
 
 
-@exercise("08.no-ack.bye-from", "Who sent the BYE that ended the session: alice or bob?",
-          "Find the BYE in the flow (flow.find('BYE')) and read its hop, or its From header.",
-          why="Bob: without an ACK his 200 OK was never confirmed, so after 64·T1 he ends the session with a BYE "
-              "(RFC 3261 §13.3.1.4). Alice believed all was fine until then.")
+@exercise(
+    "08.no-ack.bye-from",
+    "Who sent the BYE that ended the session: alice or bob?",
+    "Find the BYE in the flow (flow.find('BYE')) and read its hop, or its From header.",
+    why="Bob: without an ACK his 200 OK was never confirmed, so after 64·T1 he ends the session with a BYE "
+    "(RFC 3261 §13.3.1.4). Alice believed all was fine until then.",
+)
 def _(ctx: dict[str, Any]) -> str:
     df = _requests(_sip(ctx["trace"]), "BYE", "out")
     return _user(str(_first(df[df["call_id"] == _first_call(ctx["trace"])], "BYE")["owner"]))
 
 
-@exercise("08.no-rr.direct", "Which requests did Alice send straight to Bob, past the proxy?",
-          "Compare the dst column of Alice's requests (direction out) with Bob's own address (the src of Bob's "
-          "messages): which methods went there directly?", kind="set",
-          why="Everything after the INVITE: ACK, MESSAGE and BYE. Without Record-Route the route set is empty and "
-              "in-dialog requests go to the remote target, the Contact.")
+@exercise(
+    "08.no-rr.direct",
+    "Which requests did Alice send straight to Bob, past the proxy?",
+    "Compare the dst column of Alice's requests (direction out) with Bob's own address (the src of Bob's "
+    "messages): which methods went there directly?",
+    kind="set",
+    why="Everything after the INVITE: ACK, MESSAGE and BYE. Without Record-Route the route set is empty and "
+    "in-dialog requests go to the remote target, the Contact.",
+)
 def _(ctx: dict[str, Any]) -> set[str]:
     df = _sip(ctx["trace"])
     bob_addresses = set(df[(_user_of(df) == "bob") & (df["direction"] == "out")]["src"].astype(str))
@@ -1442,55 +1733,81 @@ def _(ctx: dict[str, Any]) -> set[str]:
     return {str(m) for m, d in zip(mine["method"], mine["dst"].astype(str)) if d in bob_addresses}
 
 
-@exercise("08.no-rr.proxy-saw", "How many of the session's MESSAGE requests did the proxy see?",
-          "Look in the server's own trace (`server.trace.sip()`) for MESSAGE requests with the session's Call-ID.",
-          kind="int", needs=("trace", "server_trace"),
-          why="None: a proxy that does not record-route sees the INVITE and its responses only. A proxy that must "
-              "see the chat (billing, a firewall, a NAT) has to stay on the path with Record-Route.")
+@exercise(
+    "08.no-rr.proxy-saw",
+    "How many of the session's MESSAGE requests did the proxy see?",
+    "Look in the server's own trace (`server.trace.sip()`) for MESSAGE requests with the session's Call-ID.",
+    kind="int",
+    needs=("trace", "server_trace"),
+    why="None: a proxy that does not record-route sees the INVITE and its responses only. A proxy that must "
+    "see the chat (billing, a firewall, a NAT) has to stay on the path with Record-Route.",
+)
 def _(ctx: dict[str, Any]) -> int:
     df = _requests(ctx["server_trace"].sip(), "MESSAGE", "in")
     return int((df["call_id"] == _first_call(ctx["trace"])).sum())
 
 
-@exercise("08.max-forwards.at-bob", "With Max-Forwards: 1 on Alice's INVITE, what Max-Forwards did Bob see?",
-          "Print the INVITE on the proxy -> bob hop.", kind="int",
-          why="0: the proxy forwarded it (1 is still allowed) and took one off. One more proxy would have refused.")
+@exercise(
+    "08.max-forwards.at-bob",
+    "With Max-Forwards: 1 on Alice's INVITE, what Max-Forwards did Bob see?",
+    "Print the INVITE on the proxy -> bob hop.",
+    kind="int",
+    why="0: the proxy forwarded it (1 is still allowed) and took one off. One more proxy would have refused.",
+)
 def _(ctx: dict[str, Any]) -> int:
     df = _requests(_sip(ctx["trace"], "bob"), "INVITE", "in")
     return int(_headers(str(_first(df, "INVITE at Bob")["raw"]), "Max-Forwards")[0])
 
 
-@exercise("08.max-forwards.zero", "With Max-Forwards: 0, which status came back?", "Find the final response to "
-          "the INVITE with Max-Forwards: 0 in Alice's trace.", kind="int",
-          why="483 Too Many Hops: a proxy does not forward a request whose Max-Forwards is 0 (RFC 3261 §16.3).")
+@exercise(
+    "08.max-forwards.zero",
+    "With Max-Forwards: 0, which status came back?",
+    "Find the final response to the INVITE with Max-Forwards: 0 in Alice's trace.",
+    kind="int",
+    why="483 Too Many Hops: a proxy does not forward a request whose Max-Forwards is 0 (RFC 3261 §16.3).",
+)
 def _(ctx: dict[str, Any]) -> int:
     return _final_status(ctx, "alice", "INVITE", "in", at_least=300, what="failure at Alice")
 
 
-@exercise("08.silent.status", "Which status ended Alice's message to the silent Bob?",
-          "Find the final response to Alice's MESSAGE in her trace.", kind="int",
-          why="408 Request Timeout, from the proxy when its Timer F ran out; the session then ended "
-              "(\"stopped answering\").")
+@exercise(
+    "08.silent.status",
+    "Which status ended Alice's message to the silent Bob?",
+    "Find the final response to Alice's MESSAGE in her trace.",
+    kind="int",
+    why='408 Request Timeout, from the proxy when its Timer F ran out; the session then ended ("stopped answering").',
+)
 def _(ctx: dict[str, Any]) -> int:
     return _final_status(ctx, "alice", "MESSAGE", "in", at_least=300, what="failure at Alice")
 
 
-@exercise("08.silent.bob-answered", "How many 200 OKs for Alice's text did Bob's endpoint send?",
-          "Bob's own trace records what he sent (owner bob, direction out, status 200, method MESSAGE, the text's "
-          "CSeq): did he answer?", kind="int", needs=("trace",),
-          why="He answered every retransmission: his answers never left his machine (his network lost them all). "
-              "Each trace is one point of view: Bob's says he answered, the proxy's says nothing came.")
+@exercise(
+    "08.silent.bob-answered",
+    "How many 200 OKs for Alice's text did Bob's endpoint send?",
+    "Bob's own trace records what he sent (owner bob, direction out, status 200, method MESSAGE, the text's "
+    "CSeq): did he answer?",
+    kind="int",
+    needs=("trace",),
+    why="He answered every retransmission: his answers never left his machine (his network lost them all). "
+    "Each trace is one point of view: Bob's says he answered, the proxy's says nothing came.",
+)
 def _(ctx: dict[str, Any]) -> int:
     df = _sip(ctx["trace"])
     failed = _first(_responses(df[_user_of(df) == "alice"], "MESSAGE", "in").query("status >= 300"), "failure at Alice")
     mine = _responses(df[_user_of(df) == "bob"], "MESSAGE", "out")
-    return int(((mine["status"] == 200) & (mine["call_id"] == failed["call_id"]) & (mine["cseq"] == failed["cseq"])).sum())
+    return int(
+        ((mine["status"] == 200) & (mine["call_id"] == failed["call_id"]) & (mine["cseq"] == failed["cseq"])).sum()
+    )
 
 
-@exercise("08.silent.proxy-got", "How many of those 200 OKs reached the proxy?",
-          "Look for responses to that MESSAGE (same Call-ID and CSeq) coming in, in `server.trace.sip()`.",
-          kind="int", needs=("trace", "server_trace"),
-          why="None: so the proxy kept retransmitting (Timer E) until Timer F, and answered Alice 408.")
+@exercise(
+    "08.silent.proxy-got",
+    "How many of those 200 OKs reached the proxy?",
+    "Look for responses to that MESSAGE (same Call-ID and CSeq) coming in, in `server.trace.sip()`.",
+    kind="int",
+    needs=("trace", "server_trace"),
+    why="None: so the proxy kept retransmitting (Timer E) until Timer F, and answered Alice 408.",
+)
 def _(ctx: dict[str, Any]) -> int:
     df = _sip(ctx["trace"], "alice")
     failed = _first(_responses(df, "MESSAGE", "in").query("status >= 300"), "failure at Alice")

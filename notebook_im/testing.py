@@ -3,6 +3,7 @@ an application never should (crash it, look at its transaction table, shorten it
 named and documented, instead of in `._private` reaches scattered over the test suite; nothing in the library
 uses this module.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,8 +28,9 @@ def crash(endpoint: Any) -> Operation[None]:
     return runtime().submit(endpoint.agent.close(), f"crash({endpoint.uri})")
 
 
-def set_registration_timing(endpoint: Any, *, retry_base: float | None = None, retry_max: float | None = None,
-                            keepalive: float | None = None) -> None:
+def set_registration_timing(
+    endpoint: Any, *, retry_base: float | None = None, retry_max: float | None = None, keepalive: float | None = None
+) -> None:
     """Shorten an endpoint's re-REGISTER back-off and stream keep-alive interval (a test cannot wait minutes).
     A new keep-alive interval takes effect at once."""
     machine = endpoint.agent.registration

@@ -5,6 +5,7 @@
 partial request, a serialize/re-parse round trip, and `StreamFramer.feed` in uneven chunks. The only exception
 allowed out is `RemoteProtocolError`; anything else is a bug (the fuzzer reports it with the input).
 """
+
 from __future__ import annotations
 
 import random
@@ -15,8 +16,21 @@ from notebook_im.sip.message import make_response
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "corpus"
 
-_ACCESSORS = ("call_id", "cseq", "from_", "to", "vias", "top_via", "contacts", "routes", "record_routes",
-              "content_type", "charset", "expires", "max_forwards")
+_ACCESSORS = (
+    "call_id",
+    "cseq",
+    "from_",
+    "to",
+    "vias",
+    "top_via",
+    "contacts",
+    "routes",
+    "record_routes",
+    "content_type",
+    "charset",
+    "expires",
+    "max_forwards",
+)
 
 
 def seeds() -> list[bytes]:
@@ -71,7 +85,7 @@ def exercise(data: bytes) -> None:
     try:
         while i < len(data):
             step = rng.randint(1, 64)
-            for framed in framer.feed(data[i:i + step]):
+            for framed in framer.feed(data[i : i + step]):
                 try:
                     parse_message(framed, stream=True)
                 except RemoteProtocolError:
@@ -83,14 +97,76 @@ def exercise(data: bytes) -> None:
 
 # -- a small structure-aware mutator (used by the hypothesis strategy and the standalone fuzzer) -------------
 TOKENS = [
-    b"\r\n", b"\n", b"\r", b"\r\n\r\n", b" ", b"\t", b"\r\n ", b":", b";", b",", b"<", b">", b'"', b"\\", b"@", b"%",
-    b"%00", b"%zz", b"[", b"]", b"[::1]", b"=", b"?", b"/", b"\x00", b"\xff", b"\xc0\x80", b"\xed\xa0\x80",
-    b"\xc2\xb2", b"\xd9\xa1", b"0", b"-1", b"4294967296", b"99999999999999999999", b"65536", b"\xef\xbb\xbf",
-    b"SIP/2.0", b"SIP/2.0/UDP ", b"sip:", b"sips:", b"tel:", b"z9hG4bK", b";branch=", b";rport", b";tag=",
-    b";transport=", b";received=", b";maddr=", b"Content-Length: ", b"l: ", b"CSeq: ", b"Via: ", b"v: ",
-    b"From: ", b"To: ", b"Call-ID: ", b"Max-Forwards: ", b"Contact: *", b"Expires: ", b"Content-Type: ",
-    b"charset=", b"charset=idna", b"charset=utf-16", b"INVITE", b"ACK", b"MESSAGE", b"FOO.BAR", b"SIP/2.0 200 OK",
-    b"SIP/2.0 100", b"SIP/3.0",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b"\r\n\r\n",
+    b" ",
+    b"\t",
+    b"\r\n ",
+    b":",
+    b";",
+    b",",
+    b"<",
+    b">",
+    b'"',
+    b"\\",
+    b"@",
+    b"%",
+    b"%00",
+    b"%zz",
+    b"[",
+    b"]",
+    b"[::1]",
+    b"=",
+    b"?",
+    b"/",
+    b"\x00",
+    b"\xff",
+    b"\xc0\x80",
+    b"\xed\xa0\x80",
+    b"\xc2\xb2",
+    b"\xd9\xa1",
+    b"0",
+    b"-1",
+    b"4294967296",
+    b"99999999999999999999",
+    b"65536",
+    b"\xef\xbb\xbf",
+    b"SIP/2.0",
+    b"SIP/2.0/UDP ",
+    b"sip:",
+    b"sips:",
+    b"tel:",
+    b"z9hG4bK",
+    b";branch=",
+    b";rport",
+    b";tag=",
+    b";transport=",
+    b";received=",
+    b";maddr=",
+    b"Content-Length: ",
+    b"l: ",
+    b"CSeq: ",
+    b"Via: ",
+    b"v: ",
+    b"From: ",
+    b"To: ",
+    b"Call-ID: ",
+    b"Max-Forwards: ",
+    b"Contact: *",
+    b"Expires: ",
+    b"Content-Type: ",
+    b"charset=",
+    b"charset=idna",
+    b"charset=utf-16",
+    b"INVITE",
+    b"ACK",
+    b"MESSAGE",
+    b"FOO.BAR",
+    b"SIP/2.0 200 OK",
+    b"SIP/2.0 100",
+    b"SIP/3.0",
 ]
 
 
@@ -104,7 +180,7 @@ def mutate(data: bytes, rng: random.Random, rounds: int = 4) -> bytes:
         elif op == 1:  # insert a token
             buf[pos:pos] = rng.choice(TOKENS)
         elif op == 2 and buf:  # delete a range
-            del buf[pos:pos + rng.randint(1, 16)]
+            del buf[pos : pos + rng.randint(1, 16)]
         elif op == 3 and buf:  # duplicate a range
             end = min(len(buf), pos + rng.randint(1, 64))
             buf[pos:pos] = buf[pos:end] * rng.randint(1, 8)
@@ -123,5 +199,5 @@ def mutate(data: bytes, rng: random.Random, rounds: int = 4) -> bytes:
                 buf = bytearray(b"\r\n".join(lines))
         else:  # overwrite with a token
             tok = rng.choice(TOKENS)
-            buf[pos:pos + len(tok)] = tok
+            buf[pos : pos + len(tok)] = tok
     return bytes(buf[:70000])

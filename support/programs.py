@@ -12,6 +12,7 @@ test's tmp_path and are appended to assertion messages, so a failure says what t
 
 The fixtures that use them are in conftest.py.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -23,14 +24,13 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
-
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
-HERE = REPO / "tests" / "interop"   # the SIPp scenarios and raw requests stay with the interop tests
+HERE = REPO / "tests" / "interop"  # the SIPp scenarios and raw requests stay with the interop tests
 SIPP_DIR = HERE / "sipp"
 REQUESTS_DIR = HERE / "requests"
 KAMAILIO_CFG = REPO / "examples" / "kamailio" / "kamailio.cfg"
@@ -52,8 +52,9 @@ def require(program: str) -> str:
     """The path of `program`; MissingProgram with an install hint when it is not installed."""
     path = shutil.which(program)
     if path is None:
-        raise MissingProgram(f"{program} is not installed; run `make system-deps` (Debian packages kamailio, "
-                             "sip-tester, sipsak)")
+        raise MissingProgram(
+            f"{program} is not installed; run `make system-deps` (Debian packages kamailio, sip-tester, sipsak)"
+        )
     return path
 
 
@@ -137,11 +138,11 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, on_fail: 
 @dataclass
 class ToolResult:
     args: list[str]
-    returncode: int | None      # None: killed after the timeout
+    returncode: int | None  # None: killed after the timeout
     stdout: str
     stderr: str
     elapsed: float
-    extra: str = ""             # log files etc., for the assertion message
+    extra: str = ""  # log files etc., for the assertion message
 
     def describe(self, tail: int = 6000) -> str:
         parts = [f"$ {' '.join(self.args)}", f"exit status: {self.returncode} after {self.elapsed:.1f} s"]
@@ -159,8 +160,16 @@ def run_tool(args: Sequence[str], *, timeout: float, cwd: Path | None = None, lo
     caller asserts on the result (whose str() shows the command, exit status, output and `logs`)."""
     argv = [str(a) for a in args]
     started = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=cwd, text=True, errors="replace", start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
         code: int | None = proc.returncode
@@ -201,8 +210,14 @@ class Background:
         self.log_path = log
         self.name = name or Path(self.args[0]).name
         self._log_file = open(log, "wb")
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log_file,
-                                     stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+        )
 
     @property
     def pid(self) -> int:
@@ -249,7 +264,7 @@ class Background:
             self._log_file.close()
         return self.proc.returncode
 
-    def __enter__(self) -> "Background":
+    def __enter__(self) -> Background:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -259,7 +274,9 @@ class Background:
 # ---------------------------------------------------------------------------------------------------
 # SIP probes
 # ---------------------------------------------------------------------------------------------------
-def sip_options(port: int, *, transport: str = "udp", ruri: str | None = None, timeout: float = 0.5) -> tuple[int | None, str]:
+def sip_options(
+    port: int, *, transport: str = "udp", ruri: str | None = None, timeout: float = 0.5
+) -> tuple[int | None, str]:
     """Send one OPTIONS (to `ruri`, default sip:127.0.0.1:port) to 127.0.0.1:port; return the status
     and text of the first final response, or (None, "") if none came back in time."""
     branch = "z9hG4bK-probe-" + uuid.uuid4().hex[:12]
@@ -272,14 +289,16 @@ def sip_options(port: int, *, transport: str = "udp", ruri: str | None = None, t
             if transport != "udp":
                 s.connect((HOST, port))
             lport = s.getsockname()[1]
-            msg = (f"OPTIONS {ruri} SIP/2.0\r\n"
-                   f"Via: SIP/2.0/{transport.upper()} {HOST}:{lport};branch={branch};rport\r\n"
-                   "Max-Forwards: 70\r\n"
-                   f"From: <sip:probe@{HOST}>;tag={uuid.uuid4().hex[:8]}\r\n"
-                   f"To: <{ruri}>\r\n"
-                   f"Call-ID: {uuid.uuid4().hex}@{HOST}\r\n"
-                   f"Contact: <sip:probe@{HOST}:{lport};transport={transport}>\r\n"
-                   "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+            msg = (
+                f"OPTIONS {ruri} SIP/2.0\r\n"
+                f"Via: SIP/2.0/{transport.upper()} {HOST}:{lport};branch={branch};rport\r\n"
+                "Max-Forwards: 70\r\n"
+                f"From: <sip:probe@{HOST}>;tag={uuid.uuid4().hex[:8]}\r\n"
+                f"To: <{ruri}>\r\n"
+                f"Call-ID: {uuid.uuid4().hex}@{HOST}\r\n"
+                f"Contact: <sip:probe@{HOST}:{lport};transport={transport}>\r\n"
+                "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
             if transport == "udp":
                 s.sendto(msg, (HOST, port))
             else:
@@ -327,24 +346,55 @@ def start_kamailio(workdir: Path, port: int, *, ready_timeout: float = 15.0, def
     exe = require("kamailio")
     workdir.mkdir(parents=True, exist_ok=True)
     pidfile = workdir / "kamailio.pid"
-    args = [exe, "-f", KAMAILIO_CFG, "-m", "1024", "-M", "64", "-E", "-DD", "-P", pidfile, "-Y", workdir,
-            "-w", workdir, "-A", f"SIP_IP={HOST}", "-A", f"SIP_PORT={port}", "-A", "WITH_CHILDREN=2"]
+    args = [
+        exe,
+        "-f",
+        KAMAILIO_CFG,
+        "-m",
+        "1024",
+        "-M",
+        "64",
+        "-E",
+        "-DD",
+        "-P",
+        pidfile,
+        "-Y",
+        workdir,
+        "-w",
+        workdir,
+        "-A",
+        f"SIP_IP={HOST}",
+        "-A",
+        f"SIP_PORT={port}",
+        "-A",
+        "WITH_CHILDREN=2",
+    ]
     extra = [x for d in defines for x in ("-A", d)]
     args += extra
     mdir = kamailio_module_dir()
     if mdir:
         args += ["-L", mdir]
-    check = run_tool([exe, "-c", "-f", KAMAILIO_CFG, "-A", f"SIP_PORT={port}"] + extra + (["-L", mdir] if mdir else []), timeout=20)
+    check = run_tool(
+        [exe, "-c", "-f", KAMAILIO_CFG, "-A", f"SIP_PORT={port}"] + extra + (["-L", mdir] if mdir else []), timeout=20
+    )
     assert check.returncode == 0, f"kamailio.cfg does not pass `kamailio -c`:\n{check}"
     proc = Background(args, workdir / "kamailio.log", cwd=workdir, name="kamailio")
     k = Kamailio(port, proc, pidfile)
     try:
-        wait_for(lambda: not proc.alive() or (udp_bound(port) and tcp_listening(port)), ready_timeout,
-                 f"kamailio to bind udp+tcp {HOST}:{port}", k.describe)
+        wait_for(
+            lambda: not proc.alive() or (udp_bound(port) and tcp_listening(port)),
+            ready_timeout,
+            f"kamailio to bind udp+tcp {HOST}:{port}",
+            k.describe,
+        )
         assert proc.alive(), f"kamailio exited while starting:\n{k.describe()}"
         # bound is not ready: wait until a worker answers OPTIONS on both transports
-        wait_for(lambda: sip_options(port, transport="udp")[0] == 200 and sip_options(port, transport="tcp")[0] == 200,
-                 ready_timeout, "kamailio to answer OPTIONS with 200 on udp and tcp", k.describe)
+        wait_for(
+            lambda: sip_options(port, transport="udp")[0] == 200 and sip_options(port, transport="tcp")[0] == 200,
+            ready_timeout,
+            "kamailio to answer OPTIONS with 200 on udp and tcp",
+            k.describe,
+        )
         pid = int(pidfile.read_text().split()[0])
         assert pid == proc.pid, f"-DD keeps the main process in the foreground: pidfile {pid}, child {proc.pid}"
     except BaseException:
@@ -365,22 +415,58 @@ class Sipp:
 
     _counter = itertools.count(1)
 
-    def command(self, scenario: str, *, local_port: int, calls: int, remote: str | None = None,
-                service: str | None = None, transport: str = "udp", rate: int | None = None,
-                limit: int | None = None, timeout_s: int = 30, extra: Sequence[str] = ()) -> tuple[list[str], list[Path]]:
+    def command(
+        self,
+        scenario: str,
+        *,
+        local_port: int,
+        calls: int,
+        remote: str | None = None,
+        service: str | None = None,
+        transport: str = "udp",
+        rate: int | None = None,
+        limit: int | None = None,
+        timeout_s: int = 30,
+        extra: Sequence[str] = (),
+    ) -> tuple[list[str], list[Path]]:
         """The argv for one SIPp run, and its log files (errors, messages); `remote` is 'host:port'
         for a client scenario, None for a server one."""
         stem = f"sipp{next(self._counter)}_{Path(scenario).stem}"
         err_file = self.tmp_path / f"{stem}_errors.log"
         msg_file = self.tmp_path / f"{stem}_messages.log"
         screen_file = self.tmp_path / f"{stem}_screen.log"
-        args = [self.exe, "-sf", SIPP_DIR / scenario,
-                "-i", HOST, "-bind_local", "-p", str(local_port),
-                "-t", {"udp": "u1", "tcp": "t1"}[transport],
-                "-mi", HOST, "-mp", str(free_port(also=(2,))),      # RTP echo sockets: port and port+2
-                "-ci", HOST, "-cp", str(free_port()),               # remote-control socket
-                "-m", str(calls), "-timeout", f"{timeout_s}s", "-timeout_error", "-nostdin",
-                "-trace_err", "-error_file", err_file, "-trace_msg", "-message_file", msg_file]
+        args = [
+            self.exe,
+            "-sf",
+            SIPP_DIR / scenario,
+            "-i",
+            HOST,
+            "-bind_local",
+            "-p",
+            str(local_port),
+            "-t",
+            {"udp": "u1", "tcp": "t1"}[transport],
+            "-mi",
+            HOST,
+            "-mp",
+            str(free_port(also=(2,))),  # RTP echo sockets: port and port+2
+            "-ci",
+            HOST,
+            "-cp",
+            str(free_port()),  # remote-control socket
+            "-m",
+            str(calls),
+            "-timeout",
+            f"{timeout_s}s",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_err",
+            "-error_file",
+            err_file,
+            "-trace_msg",
+            "-message_file",
+            msg_file,
+        ]
         if service:
             args += ["-s", service]
         if rate:
@@ -397,15 +483,21 @@ class Sipp:
         args, logs = self.command(scenario, **kw)
         return run_tool(args, timeout=kw.get("timeout_s", 30) + 30, cwd=self.tmp_path, logs=logs[:2])
 
-    def start(self, scenario: str, **kw) -> "SippServer":
+    def start(self, scenario: str, **kw) -> SippServer:
         """Start a server scenario in the background; returns once SIPp listens on its port."""
         args, logs = self.command(scenario, **kw)
         proc = Background(args, logs[2], cwd=self.tmp_path, name="sipp")
         server = SippServer(proc, kw["local_port"], logs[:2], kw.get("timeout_s", 30))
         transport = kw.get("transport", "udp")
         try:
-            wait_for(lambda: not proc.alive() or (udp_bound(server.port) if transport == "udp" else tcp_listening(server.port)),
-                     10, f"SIPp to listen on {HOST}:{server.port}/{transport}", server.describe)
+            wait_for(
+                lambda: (
+                    not proc.alive() or (udp_bound(server.port) if transport == "udp" else tcp_listening(server.port))
+                ),
+                10,
+                f"SIPp to listen on {HOST}:{server.port}/{transport}",
+                server.describe,
+            )
             assert proc.alive(), f"SIPp exited while starting:\n{server.describe()}"
         except BaseException:
             proc.stop()

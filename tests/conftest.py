@@ -1,4 +1,5 @@
 """Shared fixtures: an embedded server and platforms on 127.0.0.1 (loopback only)."""
+
 from __future__ import annotations
 
 import os
@@ -24,5 +25,3 @@ def platform():
     p = nim.Platform("test")
     yield p
     p.shutdown()
-
-

@@ -1,9 +1,10 @@
 """Test helpers shared by the suites (import them; fixtures live in conftest.py)."""
+
 from __future__ import annotations
 
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import notebook_im as nim
 
@@ -26,7 +27,7 @@ def udp_exchange(data: bytes, addr: tuple[str, int], timeout: float = 2.0) -> by
         s.sendto(data, addr)
         try:
             return s.recvfrom(65535)[0]
-        except socket.timeout:
+        except TimeoutError:
             return None
 
 

@@ -7,6 +7,7 @@ injection: `display_name="A\\r\\nVia: ..."`), NUL cuts a message short in many s
 characters make every peer refuse the message. `sip.headers.field_value` refuses CR/LF/NUL again as the
 last gate; this module is where the caller learns which argument was wrong.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,7 +17,7 @@ from ..sip.errors import RemoteProtocolError
 from ..sip.parser import MAX_MESSAGE
 from ..sip.uri import SipUri
 
-MAX_DISPLAY_NAME = 256      # characters; the header line must stay far below the 8 KB peers accept
+MAX_DISPLAY_NAME = 256  # characters; the header line must stay far below the 8 KB peers accept
 MAX_USERNAME = 256
 MAX_URI = 2048
 MAX_REASON = 128
@@ -24,7 +25,7 @@ MAX_REASON = 128
 # limit) with room for the headers and a message/cpim wrapper
 MAX_TEXT_BYTES = MAX_MESSAGE - 5_535
 
-_CONTROLS = {c: None for c in [*range(0, 9), *range(10, 32), 127]}   # all C0 controls but TAB, and DEL
+_CONTROLS = {c: None for c in [*range(0, 9), *range(10, 32), 127]}  # all C0 controls but TAB, and DEL
 
 
 def header_text(value: Any, argument: str, *, max_len: int, optional: bool = False, quoted: bool = False) -> str | None:
@@ -35,8 +36,13 @@ def header_text(value: Any, argument: str, *, max_len: int, optional: bool = Fal
     if not isinstance(value, str):
         raise TypeError(f"{argument} must be a str{' or None' if optional else ''}, not {type(value).__name__}")
     if value.translate(_CONTROLS) != value:
-        what = "CR or LF (they would inject SIP header lines)" if ("\r" in value or "\n" in value) else \
-            "NUL" if "\0" in value else "control characters"
+        what = (
+            "CR or LF (they would inject SIP header lines)"
+            if ("\r" in value or "\n" in value)
+            else "NUL"
+            if "\0" in value
+            else "control characters"
+        )
         raise ValueError(f"{argument} must not contain {what}: {value[:40]!r}")
     if len(value) > max_len:
         raise ValueError(f"{argument} is {len(value):,} characters long; at most {max_len} are allowed")
@@ -68,8 +74,10 @@ def sip_uri(uri: Any, what: str = "remote_uri", *, user: bool = True) -> SipUri:
     except RemoteProtocolError:
         raise ValueError(f"{what} {uri[:80]!r} is not a SIP URI; write it like {example}") from None
     if parsed.scheme not in ("sip", "sips"):
-        raise ValueError(f"{what} {uri[:80]!r} is a {parsed.scheme}: URI; only sip: and sips: URIs can be reached; "
-                         f"write it like {example}")
+        raise ValueError(
+            f"{what} {uri[:80]!r} is a {parsed.scheme}: URI; only sip: and sips: URIs can be reached; "
+            f"write it like {example}"
+        )
     if user and not parsed.user:
         raise ValueError(f"{what} {uri!r} has no user part; write it like {example}")
     return parsed
@@ -84,5 +92,9 @@ def text_size(text: str, target: str) -> None:
     """Refuse a message text that cannot fit in one SIP MESSAGE, before anything is sent."""
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_TEXT_BYTES:
-        raise MessageTooLarge("MESSAGE", target, f"the text is {size:,} bytes in UTF-8; at most {MAX_TEXT_BYTES:,} "
-                                                 "fit in one SIP MESSAGE: split it, or share large content another way")
+        raise MessageTooLarge(
+            "MESSAGE",
+            target,
+            f"the text is {size:,} bytes in UTF-8; at most {MAX_TEXT_BYTES:,} "
+            "fit in one SIP MESSAGE: split it, or share large content another way",
+        )

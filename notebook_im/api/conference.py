@@ -14,12 +14,14 @@ joins, status changes and departures become `ParticipantAdded`, `ParticipantStat
     two = await alice.sessions.create("sip:bob@example.test")
     conf = await two.escalate(["sip:carol@example.test"])   # conf.messages starts with two.messages
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..errors import NO_ANSWER, InvalidState, RequestFailed
 from ..im import conference_info as ci
@@ -34,10 +36,14 @@ from ..sip.sdp import ACCEPT_TYPES
 from ..sip.uri import Address, SipUri
 from . import checks
 from .events import (
-    ComposingChanged, ParticipantAdded, ParticipantRemoved, ParticipantState, SessionState,
+    ComposingChanged,
+    ParticipantAdded,
+    ParticipantRemoved,
+    ParticipantState,
+    SessionState,
 )
-from .participant import Participant
 from .messages import now_utc
+from .participant import Participant
 from .session import ImSession
 
 log = logging.getLogger("notebook_im.conference")
@@ -45,24 +51,28 @@ log = logging.getLogger("notebook_im.conference")
 FACTORY_USER = "conference-factory"
 CONFERENCE_ACCEPT_TYPES = ACCEPT_TYPES + (cpim.CONTENT_TYPE,)
 SUBSCRIBE_EXPIRES = rs.EXPIRES
-INVITE_TIMEOUT = 150.0     # the invitee's client rings for 120 s, the focus cancels after 130 s
+INVITE_TIMEOUT = 150.0  # the invitee's client rings for 120 s, the focus cancels after 130 s
 
 _STATUS_TO_STATE = {
-    "connected": ParticipantState.CONNECTED, "on-hold": ParticipantState.CONNECTED,
-    "muted-via-focus": ParticipantState.CONNECTED, "pending": ParticipantState.CONNECTING,
-    "dialing-out": ParticipantState.CONNECTING, "dialing-in": ParticipantState.CONNECTING,
-    "alerting": ParticipantState.CONNECTING, "disconnecting": ParticipantState.DISCONNECTING,
+    "connected": ParticipantState.CONNECTED,
+    "on-hold": ParticipantState.CONNECTED,
+    "muted-via-focus": ParticipantState.CONNECTED,
+    "pending": ParticipantState.CONNECTING,
+    "dialing-out": ParticipantState.CONNECTING,
+    "dialing-in": ParticipantState.CONNECTING,
+    "alerting": ParticipantState.CONNECTING,
+    "disconnecting": ParticipantState.DISCONNECTING,
     "disconnected": ParticipantState.DISCONNECTED,
 }
 
 
-def entity_of(uri: "SipUri | str") -> str:
+def entity_of(uri: SipUri | str) -> str:
     """A participant's identity in a conference roster: scheme, user, host, port; no parameters."""
     u = SipUri.parse(uri) if isinstance(uri, str) else uri
     return str(SipUri(host=u.host, user=u.user, port=u.port, scheme=u.scheme))
 
 
-def check_uris(uris: "Iterable[str] | str") -> list[str]:
+def check_uris(uris: Iterable[str] | str) -> list[str]:
     if isinstance(uris, str):
         uris = [uris]
     out = list(uris)
@@ -84,9 +94,9 @@ class _RosterDialog:
     what they mean is the session's `im.roster.RosterSubscription`'s business."""
 
     def __init__(self, notified: Any) -> None:
-        self.notified = notified             # notified(info, terminated=...): the session's roster machine hears it
+        self.notified = notified  # notified(info, terminated=...): the session's roster machine hears it
         self.dialog: Any = None
-        self.remote_seq: int | None = None   # CSeq of NOTIFYs that came before the 200 to our SUBSCRIBE
+        self.remote_seq: int | None = None  # CSeq of NOTIFYs that came before the 200 to our SUBSCRIBE
 
     def on_notify(self, request: Request) -> int:
         if self.dialog is None:
@@ -131,12 +141,19 @@ class ConferenceSession(ImSession):
     """
 
     _accept_types = CONFERENCE_ACCEPT_TYPES
-    _receipts = False   # RFC 5438 receipts through the focus are not implemented: the focus relays none
+    _receipts = False  # RFC 5438 receipts through the focus are not implemented: the focus relays none
     is_conference = True
 
-    def __init__(self, manager: Any, conference_uri: str | None, *, incoming: bool,
-                 history: list | None = None, escalated_from: ImSession | None = None,
-                 subject: str | None = None) -> None:
+    def __init__(
+        self,
+        manager: Any,
+        conference_uri: str | None,
+        *,
+        incoming: bool,
+        history: list | None = None,
+        escalated_from: ImSession | None = None,
+        subject: str | None = None,
+    ) -> None:
         focus_uri = conference_uri or _factory_uri(manager.endpoint)
         super().__init__(manager, focus_uri, incoming=incoming, display_name="Conference")
         self._machine = sm.InviteSession(focus_uri, no_answer="no answer from the conference focus")
@@ -148,10 +165,10 @@ class ConferenceSession(ImSession):
         self._subscription = rs.RosterSubscription(SUBSCRIBE_EXPIRES)
         self._roster_dialog: _RosterDialog | None = None
         self._waiters: dict[str, asyncio.Future] = {}
-        self.failed_invitations: dict[str, str] = {}    # create_conference/escalate: uri -> "486 Busy Here"
+        self.failed_invitations: dict[str, str] = {}  # create_conference/escalate: uri -> "486 Busy Here"
         self._failures: dict[str, BaseException] = {}
         self.escalated_from = escalated_from
-        self.replaces: Any = None          # incoming: the two-party session this invitation replaces
+        self.replaces: Any = None  # incoming: the two-party session this invitation replaces
         self._local_entity = entity_of(self.endpoint.uri)
         if history:
             self.messages = list(history)
@@ -169,8 +186,10 @@ class ConferenceSession(ImSession):
 
     def __repr__(self) -> str:
         names = ", ".join(p.name for p in self._roster.values())
-        return (f"<ConferenceSession {self.id} {self.conference_uri or self._target_uri} {self.state.value}, "
-                f"{len(self._roster)} others ({names}), {len(self.messages)} messages>")
+        return (
+            f"<ConferenceSession {self.id} {self.conference_uri or self._target_uri} {self.state.value}, "
+            f"{len(self._roster)} others ({names}), {len(self.messages)} messages>"
+        )
 
     @property
     def roster_dialog(self) -> Any:
@@ -199,7 +218,7 @@ class ConferenceSession(ImSession):
         raise InvalidState("this session is already a conference: use session.invite(uri)")
 
     # -- creating / joining (loop thread) ---------------------------------------------------------------------
-    async def aconnect(self) -> "ConferenceSession":
+    async def aconnect(self) -> ConferenceSession:
         """Join: INVITE the factory (creates a conference) or a conference URI, then subscribe to the roster."""
         self._run(self._machine.start_outgoing())
         extra = {"Subject": self.subject} if self.subject and not self.is_incoming else None
@@ -209,7 +228,7 @@ class ConferenceSession(ImSession):
         await self._subscribe()
         return self
 
-    async def acreate(self, invitees: list[tuple[str, str | None]]) -> "ConferenceSession":
+    async def acreate(self, invitees: list[tuple[str, str | None]]) -> ConferenceSession:
         """Create (or join), then invite everyone (each with an optional Replaces); waits until each invitee has
         joined or failed (the coroutine `create_conference` and `escalate` run)."""
         await self.aconnect()
@@ -217,8 +236,9 @@ class ConferenceSession(ImSession):
         for (uri, _r), res in zip(invitees, results):
             if isinstance(res, BaseException):
                 self._failures[uri] = res
-                self.failed_invitations[uri] = (f"{res.status} {res.reason}" if isinstance(res, RequestFailed)
-                                                else str(res) or type(res).__name__)
+                self.failed_invitations[uri] = (
+                    f"{res.status} {res.reason}" if isinstance(res, RequestFailed) else str(res) or type(res).__name__
+                )
                 log.info("conference %s: inviting %s failed: %s", self.conference_uri, uri, res)
         return self
 
@@ -237,10 +257,20 @@ class ConferenceSession(ImSession):
         target = SipUri.parse(uri)
         if replaces:
             from urllib.parse import quote
-            target = SipUri(host=target.host, user=target.user, port=target.port, scheme=target.scheme,
-                            params=target.params, headers="Replaces=" + quote(replaces, safe=""))
-        extra = {"Refer-To": f"<{target}>", "Refer-Sub": "false",
-                 "Referred-By": str(Address(SipUri.parse(self.endpoint.uri), self.endpoint.display_name))}
+
+            target = SipUri(
+                host=target.host,
+                user=target.user,
+                port=target.port,
+                scheme=target.scheme,
+                params=target.params,
+                headers="Replaces=" + quote(replaces, safe=""),
+            )
+        extra = {
+            "Refer-To": f"<{target}>",
+            "Refer-Sub": "false",
+            "Referred-By": str(Address(SipUri.parse(self.endpoint.uri), self.endpoint.display_name)),
+        }
         async with self._get_lock():
             resp = await self.ua.send_in_dialog(self.dialog, "REFER", extra=extra)
         if resp.status >= 300:
@@ -277,7 +307,7 @@ class ConferenceSession(ImSession):
         await self._subscribe()
         old = self.replaces
         if old is not None and old.state is SessionState.CONNECTED:
-            await old.amove_to(self)    # RFC 3891: the replaced dialog ends once the new one is up
+            await old.amove_to(self)  # RFC 3891: the replaced dialog ends once the new one is up
 
     # -- roster subscription (the im.roster machine decides) -----------------------------------------------------
     async def _subscribe(self) -> None:
@@ -292,7 +322,9 @@ class ConferenceSession(ImSession):
             elif isinstance(a, rs.Refresh):
                 asyncio.ensure_future(self._send_refresh(a.expires))
             elif isinstance(a, rs.StartTimer):
-                self._arm("roster", a.delay, lambda: asyncio.ensure_future(self._run_roster(self._subscription.timer())))
+                self._arm(
+                    "roster", a.delay, lambda: asyncio.ensure_future(self._run_roster(self._subscription.timer()))
+                )
             elif isinstance(a, rs.StopTimer):
                 self._disarm("roster")
             elif isinstance(a, rs.Changes):
@@ -308,8 +340,9 @@ class ConferenceSession(ImSession):
         holder = _RosterDialog(self._roster_notified)
         self._roster_dialog = holder
         try:
-            dialog, resp = await self.ua.subscribe(SipUri.parse(self.conference_uri), ci.EVENT, holder,
-                                                   expires=expires, accept=ci.CONTENT_TYPE)
+            dialog, resp = await self.ua.subscribe(
+                SipUri.parse(self.conference_uri), ci.EVENT, holder, expires=expires, accept=ci.CONTENT_TYPE
+            )
         except NO_ANSWER as exc:
             await self._run_roster(self._subscription.unanswered(exc.reason))
             return
@@ -325,8 +358,11 @@ class ConferenceSession(ImSession):
         if holder is None or holder.dialog is None or self.state is not SessionState.CONNECTED:
             return
         try:
-            resp = await self.ua.send_in_dialog(holder.dialog, "SUBSCRIBE", extra={
-                "Event": ci.EVENT, "Expires": str(expires), "Accept": ci.CONTENT_TYPE})
+            resp = await self.ua.send_in_dialog(
+                holder.dialog,
+                "SUBSCRIBE",
+                extra={"Event": ci.EVENT, "Expires": str(expires), "Accept": ci.CONTENT_TYPE},
+            )
         except NO_ANSWER:
             return
         await self._run_roster(self._subscription.answered(resp.status, resp.reason, granted=resp.expires))
@@ -355,8 +391,9 @@ class ConferenceSession(ImSession):
             self.subject = subject
         self._update_title()
 
-    def _participant_for(self, entity: str, display_name: str | None,
-                         state: ParticipantState = ParticipantState.CONNECTED) -> Participant:
+    def _participant_for(
+        self, entity: str, display_name: str | None, state: ParticipantState = ParticipantState.CONNECTED
+    ) -> Participant:
         p = self._roster.get(entity)
         if p is None:
             p = Participant(entity, display_name=display_name, session=self)
@@ -452,7 +489,9 @@ class ConferenceSession(ImSession):
             self._run_conf_receiver(p, receiver.timer(name, time.monotonic()))
 
     # -- ending -------------------------------------------------------------------------------------------------
-    def _finish(self, reason: str, status: int | None, *, by_remote: bool = False, answered_elsewhere: bool = False) -> None:
+    def _finish(
+        self, reason: str, status: int | None, *, by_remote: bool = False, answered_elsewhere: bool = False
+    ) -> None:
         if self.state is SessionState.DISCONNECTED:
             return
         for fut in self._waiters.values():
@@ -472,7 +511,9 @@ class ConferenceSession(ImSession):
 
 def _factory_uri(endpoint: Any) -> str:
     if endpoint.server is None:
-        raise InvalidState(f"endpoint {endpoint.uri} has no server: conferences need the server's conference focus "
-                           "(or pass the conference URI to endpoint.sessions.join(uri))")
+        raise InvalidState(
+            f"endpoint {endpoint.uri} has no server: conferences need the server's conference focus "
+            "(or pass the conference URI to endpoint.sessions.join(uri))"
+        )
     server = SipUri.parse(endpoint.server)
     return str(SipUri(host=server.host, user=FACTORY_USER, port=server.port, scheme=server.scheme))

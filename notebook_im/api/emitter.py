@@ -5,6 +5,7 @@ Events are emitted on the library loop thread. Callbacks run there, in order; on
 and the others still run. `events()` streams are thread-safe queues that wake their consumer's own loop
 (or a blocking `get()` in a plain thread), so they work from a notebook cell, a script or an app.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,8 @@ import concurrent.futures
 import logging
 import threading
 from collections import deque
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from ..runtime import Operation, runtime
 
@@ -27,7 +29,7 @@ class Subscription:
     __slots__ = ("_callbacks", "_entry")
 
     def __init__(self, callbacks: list[Callable[[Any], Any]], entry: Callable[[Any], Any]) -> None:
-        self._callbacks, self._entry = callbacks, entry   # the source's list of callbacks for one event type
+        self._callbacks, self._entry = callbacks, entry  # the source's list of callbacks for one event type
 
     def cancel(self) -> None:
         """Unsubscribe the callback (calling the subscription does the same)."""
@@ -40,7 +42,7 @@ class Subscription:
 class EventStream(Generic[E]):
     """An async (and blocking) iterator over events; subscribed from creation on, so nothing is missed."""
 
-    def __init__(self, source: "EventSource", types: tuple[type, ...]) -> None:
+    def __init__(self, source: EventSource, types: tuple[type, ...]) -> None:
         self._buffer: deque[Any] = deque()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -57,7 +59,7 @@ class EventStream(Generic[E]):
             loop, fut = waiter
             loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
 
-    def __aiter__(self) -> "EventStream[E]":
+    def __aiter__(self) -> EventStream[E]:
         return self
 
     async def __anext__(self) -> E:
@@ -104,7 +106,7 @@ class EventStream(Generic[E]):
         """`close()` for `async with`/async generators' protocol."""
         self.close()
 
-    def __enter__(self) -> "EventStream[E]":
+    def __enter__(self) -> EventStream[E]:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -114,7 +116,7 @@ class EventStream(Generic[E]):
 class EventSource:
     """Mixin: subscribers per event type, and a parent that also hears every event (session -> endpoint)."""
 
-    _parent_source: "EventSource | None" = None
+    _parent_source: EventSource | None = None
 
     def __init__(self) -> None:
         self._subscribers: dict[type, list[Callable[[Any], Any]]] = {}
@@ -133,8 +135,9 @@ class EventSource:
         """A stream of this object's events (all, or only `types`): `async for e in obj.events(): ...`."""
         return EventStream(self, types)
 
-    def wait_for(self, event_type: type[E], *, predicate: Callable[[E], bool] | None = None,
-                 timeout: float | None = 10.0) -> Operation[E]:
+    def wait_for(
+        self, event_type: type[E], *, predicate: Callable[[E], bool] | None = None, timeout: float | None = 10.0
+    ) -> Operation[E]:
         """An Operation that resolves with the first event of `event_type` (or a subclass) for which
         `predicate(event)` is true (any one without a predicate), emitted from now on.
 
@@ -169,8 +172,12 @@ class EventSource:
             _settle(future, result=event)
 
         def expire() -> None:
-            _settle(future, exc=TimeoutError(f"no {event_type.__name__} event{' matching the predicate' if predicate else ''}"
-                                             f" within {timeout} s"))
+            _settle(
+                future,
+                exc=TimeoutError(
+                    f"no {event_type.__name__} event{' matching the predicate' if predicate else ''} within {timeout} s"
+                ),
+            )
 
         def arm() -> None:
             if not future.done():
@@ -190,7 +197,7 @@ class EventSource:
 
     def _emit(self, event: Any) -> None:
         source: EventSource | None = self
-        while source is not None:   # (the chain of EventSources: their own members, so no private access across)
+        while source is not None:  # (the chain of EventSources: their own members, so no private access across)
             source._dispatch(event)  # noqa: SLF001
             source = source._parent_source  # noqa: SLF001
 

@@ -1,4 +1,5 @@
 """Endpoint: one SIP identity, registered with a server (UCCAPI `IUccEndpoint` + `Enable`/`Disable`)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,29 +8,41 @@ import time
 from collections import OrderedDict, deque
 from typing import Any
 
+from ..core.agent import UserAgent
+from ..core.stack import ServerHandle
 from ..errors import NO_ANSWER, InvalidState, MessageTooLarge, RequestFailed
-from ..im import cpim
-from ..im import imdn
+from ..im import cpim, imdn
 from ..im import iscomposing as ic
+from ..net.transport import TransportLayer
 from ..runtime import Operation, runtime
 from ..sip.date import parse_date
 from ..sip.message import Request, new_call_id, random_hex
 from ..sip.uri import SipUri
-from ..core.agent import UserAgent
-from ..core.stack import ServerHandle
-from ..net.transport import TransportLayer
 from . import checks
 from .emitter import EventSource
 from .events import (
-    ComposingChanged, EndpointState, EndpointStateChanged, MessageDelivered, MessageReceived, MessageSending,
+    ComposingChanged,
+    EndpointState,
+    EndpointStateChanged,
+    MessageDelivered,
+    MessageReceived,
+    MessageSending,
 )
 from .manager import SessionManager, parse_remote_uri
+from .messages import (
+    MESSAGE_ATTEMPTS,
+    REFUSING,
+    ChatMessage,
+    RecentIds,
+    check_content_type,
+    check_message_ids,
+    failure_reason,
+    now_utc,
+    settle,
+    wire_text,
+)
 from .participant import Participant
 from .receipts import DEFAULT_SIZE, NOTIFICATION_CONTENT_TYPE, ReceiptBook, notification_body, party_key
-from .messages import (
-    MESSAGE_ATTEMPTS, REFUSING, ChatMessage, RecentIds, check_content_type, check_message_ids, failure_reason, now_utc,
-    settle, wire_text,
-)
 
 DISABLE_STEP_TIMEOUT = 3.0  # seconds for each BYE / un-REGISTER while disabling
 
@@ -45,9 +58,22 @@ class Endpoint(EventSource):
     read to yourself.
     """
 
-    def __init__(self, platform: Any, uri: SipUri, *, server: SipUri | None, transport: str, local_host: str,
-                 local_port: int, username: str | None, password: str | None, display_name: str | None,
-                 expires: int, tls_client: Any = None, impairment: Any = None) -> None:
+    def __init__(
+        self,
+        platform: Any,
+        uri: SipUri,
+        *,
+        server: SipUri | None,
+        transport: str,
+        local_host: str,
+        local_port: int,
+        username: str | None,
+        password: str | None,
+        display_name: str | None,
+        expires: int,
+        tls_client: Any = None,
+        impairment: Any = None,
+    ) -> None:
         super().__init__()
         self.platform = platform
         self.uri = str(uri)
@@ -57,18 +83,30 @@ class Endpoint(EventSource):
         self.expires = expires
         self.state = EndpointState.DISABLED
         network = platform.network
-        sockets: Any = (network.transport(local_host, local_port, impairment=impairment) if network is not None
-                        else TransportLayer(local_host, local_port, tls_client=tls_client, impairment=impairment))
+        sockets: Any = (
+            network.transport(local_host, local_port, impairment=impairment)
+            if network is not None
+            else TransportLayer(local_host, local_port, tls_client=tls_client, impairment=impairment)
+        )
         # the SIP user agent (core/agent.py): what the sessions of this endpoint send and receive through
-        self.agent = UserAgent(sockets, platform.trace, aor=uri, proxy=server, transport_name=transport,
-                             username=username, password=password, display_name=display_name, listener=self,
-                             timers=platform.timers)
+        self.agent = UserAgent(
+            sockets,
+            platform.trace,
+            aor=uri,
+            proxy=server,
+            transport_name=transport,
+            username=username,
+            password=password,
+            display_name=display_name,
+            listener=self,
+            timers=platform.timers,
+        )
         self.sessions = SessionManager(self)
         self.pager_messages: deque[Any] = deque(maxlen=10_000)  # recent pager-mode MessageReceived events
         self._seen_pager = RecentIds()
         self.request_receipts = True
         self.send_receipts = True
-        self.receipts = ReceiptBook()   # RFC 5438 bookkeeping of what was asked and notified (api/receipts.py)
+        self.receipts = ReceiptBook()  # RFC 5438 bookkeeping of what was asked and notified (api/receipts.py)
         # pager-mode messages received and not yet marked read: id -> (sender URI, what they asked for)
         self._pager_unread: OrderedDict[str, tuple[str, imdn.Request | None]] = OrderedDict()
         self._pager_refused: OrderedDict[str, None] = OrderedDict()  # peers that answered 415/501 to a receipt
@@ -79,7 +117,7 @@ class Endpoint(EventSource):
         # panel of an endpoint turns this on, so such texts show as a conversation)
         self._pager_sessions = False
         self._cpim: bool | str = "auto"
-        self._cpim_peers: OrderedDict[str, None] = OrderedDict()   # parties that sent us message/cpim texts
+        self._cpim_peers: OrderedDict[str, None] = OrderedDict()  # parties that sent us message/cpim texts
 
     # -- properties ------------------------------------------------------------------------------------
     @property
@@ -94,7 +132,7 @@ class Endpoint(EventSource):
     def cpim(self, value: bool | str) -> None:
         # by identity, not equality: 1, 0, 1.0 and 0.0 compare equal to True/False and would slip in as such
         if not (value is True or value is False or (isinstance(value, str) and value == "auto")):
-            raise ValueError(f"endpoint.cpim is \"auto\", True or False, not {value!r}")
+            raise ValueError(f'endpoint.cpim is "auto", True or False, not {value!r}')
         self._cpim = value
 
     @property
@@ -105,7 +143,7 @@ class Endpoint(EventSource):
 
     @pager_sessions.setter
     def pager_sessions(self, value: bool) -> None:
-        if not isinstance(value, bool):   # "no" is a true value: refused rather than taken for True
+        if not isinstance(value, bool):  # "no" is a true value: refused rather than taken for True
             raise TypeError(f"endpoint.pager_sessions is True or False, not {value!r}")
         self._pager_sessions = value
 
@@ -159,18 +197,20 @@ class Endpoint(EventSource):
     def require_enabled(self, what: str) -> None:
         """Raise InvalidState (saying how to get an enabled endpoint) unless this one is enabled."""
         if self.state not in (EndpointState.ENABLED, EndpointState.RECONNECTING):
-            raise InvalidState(f"cannot {what}: endpoint {self.uri} is {self.state.value}; "
-                               "get an enabled one from platform.endpoint(...)")
+            raise InvalidState(
+                f"cannot {what}: endpoint {self.uri} is {self.state.value}; "
+                "get an enabled one from platform.endpoint(...)"
+            )
 
     # -- lifecycle (loop thread) ------------------------------------------------------------------------
-    async def aenable(self) -> "Endpoint":
+    async def aenable(self) -> Endpoint:
         """Start the user agent and REGISTER (the coroutine `platform.endpoint()` runs)."""
         self._set_state(EndpointState.ENABLING)
         try:
             await self.agent.start()
             if self.server is not None:
                 await self.agent.register(self.expires)
-        except BaseException as exc:   # whatever went wrong (even a bug), never leave it "enabling"
+        except BaseException as exc:  # whatever went wrong (even a bug), never leave it "enabling"
             await self.agent.close()
             self._set_state(EndpointState.DISABLED, f"registration failed: {exc}")
             raise
@@ -229,8 +269,9 @@ class Endpoint(EventSource):
             return event
         raise RequestFailed("MESSAGE", event.status, event.reason, str(to))
 
-    async def asend_pager(self, to: SipUri, msg: ChatMessage, session: Any, emit: Any,
-                          call_id: str | None = None) -> Any:
+    async def asend_pager(
+        self, to: SipUri, msg: ChatMessage, session: Any, emit: Any, call_id: str | None = None
+    ) -> Any:
         """Send the new outgoing `msg` as an out-of-dialog MESSAGE (RFC 3428) and settle it: MessageSending, then
         MessageDelivered or MessageFailed, emitted through `emit` and naming `session` (a pager-mode ImSession,
         or None for `send_message`). Returns the settling event. A MESSAGE that got no answer is sent once more
@@ -240,8 +281,11 @@ class Endpoint(EventSource):
         body, content_type, extra = self.pager_payload(str(to), msg)
         if msg.requested:
             self.receipts.track(msg, session, emit, call_id=call_id)
-        emit(MessageSending(session, msg.id, msg.text, msg.content_type, "pager", str(to), timestamp=msg.timestamp,
-                            call_id=call_id))
+        emit(
+            MessageSending(
+                session, msg.id, msg.text, msg.content_type, "pager", str(to), timestamp=msg.timestamp, call_id=call_id
+            )
+        )
         started = time.perf_counter()
         status, reason = 408, "not sent"
         attempts = MESSAGE_ATTEMPTS
@@ -265,8 +309,9 @@ class Endpoint(EventSource):
                 attempts = 1
                 continue
             break
-        event = settle(msg, session, status, failure_reason(status, reason, len(body)), time.perf_counter() - started,
-                       call_id)
+        event = settle(
+            msg, session, status, failure_reason(status, reason, len(body)), time.perf_counter() - started, call_id
+        )
         emit(event)
         return event
 
@@ -284,13 +329,21 @@ class Endpoint(EventSource):
         inner = f"{msg.content_type};charset=UTF-8"
         if self.speaks_cpim(to):
             disposition = ", ".join(imdn.REQUESTED) if msg.requested else None
-            body = cpim.wrap(self.uri, to, wire_text(msg.text), inner, message_id=msg.id,
-                             display_name=self.display_name, now=msg.timestamp, disposition=disposition)
+            body = cpim.wrap(
+                self.uri,
+                to,
+                wire_text(msg.text),
+                inner,
+                message_id=msg.id,
+                display_name=self.display_name,
+                now=msg.timestamp,
+                disposition=disposition,
+            )
             return body, cpim.CONTENT_TYPE, {}
         extra = imdn.request_headers(msg.id, msg.timestamp) if msg.requested else {"Imdn-Message-ID": msg.id}
         return wire_text(msg.text), inner, extra
 
-    def mark_read(self, message_ids: "list[str] | None" = None) -> Operation[int]:
+    def mark_read(self, message_ids: list[str] | None = None) -> Operation[int]:
         """Pager mode's `session.mark_read()`: the user has seen the pager-mode messages received (all, or
         those with these ids); a display notification goes to each sender that asked for one. Resolves with
         the number of messages newly marked."""
@@ -315,7 +368,9 @@ class Endpoint(EventSource):
         except NO_ANSWER:
             return
         if resp.status in REFUSING:
-            log.info("%s: %s answered %s %s to a receipt; not sending it any more", self.uri, peer, resp.status, resp.reason)
+            log.info(
+                "%s: %s answered %s %s to a receipt; not sending it any more", self.uri, peer, resp.status, resp.reason
+            )
             self._pager_refused[peer] = None
             if len(self._pager_refused) > DEFAULT_SIZE:
                 self._pager_refused.popitem(last=False)
@@ -328,7 +383,7 @@ class Endpoint(EventSource):
         participant = Participant(str(sender.uri.without_params("transport")), display_name=sender.display_name)
         ct = request.content_type or "text/plain"
         status = self._pager_request(request, participant, ct)
-        if ct == cpim.CONTENT_TYPE and status == 200:   # only a wrapper we could read teaches us the party's way
+        if ct == cpim.CONTENT_TYPE and status == 200:  # only a wrapper we could read teaches us the party's way
             self._learn_cpim(participant.uri)
         return status
 
@@ -352,15 +407,25 @@ class Endpoint(EventSource):
             if session is not None:
                 return session.on_pager_request(request)
         composing = self._pager_composing.get(participant.uri)
-        if composing is not None:   # a text ends the sender's composing (RFC 3994 §4)
+        if composing is not None:  # a text ends the sender's composing (RFC 3994 §4)
             self._run_pager_receiver(participant.uri, composing[0].message_received(time.monotonic()))
         text = (request.text() if wrapper is None else body.decode("utf-8", "replace")).replace("\r\n", "\n")
         header_id = (wrapper.message_id if wrapper is not None else None) or request.headers.get("Imdn-Message-ID")
         if header_id and self._seen_pager.seen(f"{participant.uri} {header_id}"):
             return 200  # a retry of a message we already delivered
         msg_id = header_id or random_hex(2 * 6)
-        event = MessageReceived(None, participant, text, ct, msg_id, "pager", self.uri, timestamp=now_utc(),
-                                sent_at=parse_date(request.headers.get("Date")), call_id=request.call_id)
+        event = MessageReceived(
+            None,
+            participant,
+            text,
+            ct,
+            msg_id,
+            "pager",
+            self.uri,
+            timestamp=now_utc(),
+            sent_at=parse_date(request.headers.get("Date")),
+            call_id=request.call_id,
+        )
         self.pager_messages.append(event)
         wanted = imdn.requested(request.headers, wrapper)
         self._pager_unread[msg_id] = (participant.uri, wanted)
@@ -380,7 +445,7 @@ class Endpoint(EventSource):
         receiver = self._pager_composing.get(participant.uri, (None, None))[0]
         if receiver is None:
             if len(self._pager_composing) >= DEFAULT_SIZE:
-                return 200   # bounded: that many people typing at us at once is a flood, not a chat
+                return 200  # bounded: that many people typing at us at once is a flood, not a chat
             receiver = ic.ComposingReceiver()
         self._pager_composing[participant.uri] = (receiver, participant)
         self._run_pager_receiver(participant.uri, receiver.indication(indication, time.monotonic()))
@@ -394,7 +459,8 @@ class Endpoint(EventSource):
             if isinstance(a, ic.StartTimer):
                 self._cancel_pager_timer(uri)
                 self._pager_timers[uri] = asyncio.get_running_loop().call_later(
-                    a.delay, lambda n=a.name: self._run_pager_receiver(uri, receiver.timer(n, time.monotonic())))
+                    a.delay, lambda n=a.name: self._run_pager_receiver(uri, receiver.timer(n, time.monotonic()))
+                )
             elif isinstance(a, ic.StopTimer):
                 self._cancel_pager_timer(uri)
             elif isinstance(a, ic.Changed):
@@ -422,7 +488,11 @@ class Endpoint(EventSource):
             return
         if state == "failed":
             if self.state is EndpointState.RECONNECTING:  # still down: report each attempt
-                self._emit(EndpointStateChanged(self, self.state, self.state, f"registration failed: {detail}", timestamp=now_utc()))
+                self._emit(
+                    EndpointStateChanged(
+                        self, self.state, self.state, f"registration failed: {detail}", timestamp=now_utc()
+                    )
+                )
             self._set_state(EndpointState.RECONNECTING, f"registration failed: {detail}")
         elif state == "recovered":
             self._set_state(EndpointState.ENABLED, detail)

@@ -13,6 +13,7 @@
 | (no UCCAPI counterpart: a callee without IM sessions) | `SessionModeChanged(mode="pager")` |
 | endpoint `OnEnable` / `OnDisable` | `EndpointStateChanged` |
 """
+
 from __future__ import annotations
 
 import enum
@@ -38,7 +39,7 @@ class Event:
 
 @dataclass(frozen=True)
 class EndpointStateChanged(Event):
-    endpoint: Any                   # the Endpoint
+    endpoint: Any  # the Endpoint
     state: EndpointState
     previous: EndpointState
     reason: str = ""
@@ -48,16 +49,16 @@ class EndpointStateChanged(Event):
 class IncomingSession(Event):
     """Someone invites us to an IM session. Call `.accept()` or `.reject(code)`; until then it rings."""
 
-    session: Any                    # the ImSession
+    session: Any  # the ImSession
     inviter: Participant
     subject: str | None = None
 
-    def accept(self) -> "Operation[Any]":
+    def accept(self) -> Operation[Any]:
         """Accept the invitation (200 OK with our SDP); resolves with the session once the ACK arrives. Shorthand
         for `endpoint.sessions.accept(incoming)`: the event only carries the data, the session manager acts."""
         return self.session.manager.accept(self)
 
-    def reject(self, code: int = 486, reason: str | None = None) -> "Operation[None]":
+    def reject(self, code: int = 486, reason: str | None = None) -> Operation[None]:
         """Decline the invitation with a SIP status (486 Busy Here by default, 603 Decline, ...); shorthand for
         `endpoint.sessions.reject(incoming, code, reason)`."""
         return self.session.manager.reject(self, code, reason)
@@ -65,30 +66,30 @@ class IncomingSession(Event):
 
 @dataclass(frozen=True)
 class MessageReceived(Event):
-    session: Any                    # the ImSession; None for a pager-mode (out-of-dialog) MESSAGE
+    session: Any  # the ImSession; None for a pager-mode (out-of-dialog) MESSAGE
     participant: Participant
     text: str
     content_type: str
     message_id: str = ""
-    mode: str = "session"           # "session" or "pager"
-    recipient: str = ""             # our own URI (the endpoint that received it)
+    mode: str = "session"  # "session" or "pager"
+    recipient: str = ""  # our own URI (the endpoint that received it)
     # when the sender sent it, from the message's Date header (None without one). A message the server kept
     # while we were offline arrives later: `timestamp` is when it arrived, `sent_at` when it was sent
     sent_at: datetime | None = None
-    call_id: str = ""               # the Call-ID of the MESSAGE that carried it (the session's dialog, or its own)
+    call_id: str = ""  # the Call-ID of the MESSAGE that carried it (the session's dialog, or its own)
 
 
 @dataclass(frozen=True)
 class MessageSending(Event):
     """A message was queued for sending (it shows as "sending" until MessageDelivered/MessageFailed)."""
 
-    session: Any                    # the ImSession, or None
+    session: Any  # the ImSession, or None
     message_id: str
     text: str
     content_type: str
     mode: str = "session"
     recipient: str = ""
-    call_id: str = ""               # the Call-ID it goes with: the session's dialog, or its own pager MESSAGE's
+    call_id: str = ""  # the Call-ID it goes with: the session's dialog, or its own pager MESSAGE's
 
 
 @dataclass(frozen=True)
@@ -97,28 +98,28 @@ class MessageDelivered(Event):
     it reached the recipient's device and was seen is what the receipts say (`state`, MessageDeliveryNotified,
     MessageDisplayed)."""
 
-    session: Any                    # the ImSession, or None
+    session: Any  # the ImSession, or None
     message_id: str
     text: str
     content_type: str
     status: int
     reason: str
-    latency: float                  # seconds from send to final response
+    latency: float  # seconds from send to final response
     mode: str = "session"
     recipient: str = ""
     sent_at: datetime | None = None
-    state: str = "sent"             # the message's state now: "sent", or "delivered"/"displayed" if a receipt overtook the 200
+    state: str = "sent"  # the message's state now: "sent", or "delivered"/"displayed" if a receipt overtook the 200
     # 202 Accepted: the server keeps the message for a recipient who is offline and delivers it when they
     # register again; it has not reached them yet (`status` is 202, `reason` says so)
     stored: bool = False
-    call_id: str = ""               # the Call-ID of the MESSAGE (the session's dialog, or its own in pager mode)
+    call_id: str = ""  # the Call-ID of the MESSAGE (the session's dialog, or its own in pager mode)
 
 
 @dataclass(frozen=True)
 class MessageFailed(Event):
     """A sent message got an error response or none at all; `status` and `reason` say which."""
 
-    session: Any                    # the ImSession, or None
+    session: Any  # the ImSession, or None
     message_id: str
     text: str
     content_type: str
@@ -127,8 +128,8 @@ class MessageFailed(Event):
     mode: str = "session"
     recipient: str = ""
     sent_at: datetime | None = None
-    state: str = "failed"           # "failed", or "delivered"/"displayed" if a receipt proved it arrived anyway
-    call_id: str = ""               # the Call-ID of the MESSAGE (the session's dialog, or its own in pager mode)
+    state: str = "failed"  # "failed", or "delivered"/"displayed" if a receipt proved it arrived anyway
+    call_id: str = ""  # the Call-ID of the MESSAGE (the session's dialog, or its own in pager mode)
 
 
 @dataclass(frozen=True)
@@ -137,9 +138,9 @@ class MessageDeliveryNotified(Event):
     is "delivered" (it arrived), "failed", "forbidden" (their policy withholds receipts) or "error".
     `state` is the message's state afterwards ("delivered", or unchanged)."""
 
-    session: Any                    # the ImSession; None in pager mode
+    session: Any  # the ImSession; None in pager mode
     message_id: str
-    participant: Participant      # who sent the notification (the message's recipient)
+    participant: Participant  # who sent the notification (the message's recipient)
     disposition: str
     state: str
     mode: str = "session"
@@ -151,7 +152,7 @@ class MessageDisplayed(Event):
     """The recipient has seen a message we sent (an RFC 5438 display notification: their chat panel showed
     it, or they called `session.mark_read()`). `state` is "displayed"."""
 
-    session: Any                    # the ImSession; None in pager mode
+    session: Any  # the ImSession; None in pager mode
     message_id: str
     participant: Participant
     state: str = "displayed"
@@ -161,20 +162,20 @@ class MessageDisplayed(Event):
 
 @dataclass(frozen=True)
 class ComposingChanged(Event):
-    session: Any                    # the ImSession, or None
+    session: Any  # the ImSession, or None
     participant: Participant
     composing: bool
 
 
 @dataclass(frozen=True)
 class ParticipantAdded(Event):
-    session: Any                    # the ImSession
+    session: Any  # the ImSession
     participant: Participant
 
 
 @dataclass(frozen=True)
 class ParticipantRemoved(Event):
-    session: Any                    # the ImSession
+    session: Any  # the ImSession
     participant: Participant
 
 
@@ -183,7 +184,7 @@ class ParticipantStateChanged(Event):
     """A participant moved to `state`. `reason` says why when it is not the session's own doing (a
     participant that stopped answering is DISCONNECTED with the failed request in `reason`)."""
 
-    session: Any                    # the ImSession
+    session: Any  # the ImSession
     participant: Participant
     state: ParticipantState
     previous: ParticipantState
@@ -192,7 +193,7 @@ class ParticipantStateChanged(Event):
 
 @dataclass(frozen=True)
 class SessionStateChanged(Event):
-    session: Any                    # the ImSession
+    session: Any  # the ImSession
     state: SessionState
     previous: SessionState
 
@@ -204,7 +205,7 @@ class SessionModeChanged(Event):
     go as pager-mode MESSAGEs (RFC 3428) between the same two parties. `status` is None when pager mode was
     asked for (`sessions.create(uri, mode="pager")`)."""
 
-    session: Any                    # the ImSession
+    session: Any  # the ImSession
     mode: str
     status: int | None = None
     reason: str = ""
@@ -212,7 +213,7 @@ class SessionModeChanged(Event):
 
 @dataclass(frozen=True)
 class SessionTerminated(Event):
-    session: Any                    # the ImSession
+    session: Any  # the ImSession
     reason: str
     status: int | None = None
     by_remote: bool = False

@@ -1,22 +1,23 @@
 """SessionManager: creates sessions and announces incoming ones (UCCAPI `IUccSessionManager`)."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from ..core.stack import ServerHandle
+from ..errors import InvalidState
 from ..runtime import Operation, runtime
 from ..sip.message import Request, new_tag
 from ..sip.uri import Address, SipUri
-from ..core.stack import ServerHandle
 from . import checks
-from ..errors import InvalidState
 from .emitter import Subscription
 from .events import IncomingSession
 from .receipts import party_key
-from .states import SessionState
 from .session import ImSession
+from .states import SessionState
 
-
-MODES = ("auto", "session", "pager")   # sessions.create(mode=...)
+MODES = ("auto", "session", "pager")  # sessions.create(mode=...)
 
 
 def parse_remote_uri(uri: Any, what: str = "remote_uri") -> SipUri:
@@ -27,11 +28,11 @@ def parse_remote_uri(uri: Any, what: str = "remote_uri") -> SipUri:
 class SessionManager:
     """`endpoint.sessions`: `create(uri)`, `on_incoming(cb)`, and the list of live `sessions`."""
 
-    def __init__(self, endpoint: Any) -> None:   # the Endpoint it belongs to (built on this class)
+    def __init__(self, endpoint: Any) -> None:  # the Endpoint it belongs to (built on this class)
         self.endpoint = endpoint
         self._sessions: list[ImSession] = []
         self.max_incoming_per_source = 1000  # live incoming sessions (dialogs) per source address; 503 beyond
-        self._max_pager_sessions = 1000      # live incoming pager-mode sessions (endpoint.pager_sessions)
+        self._max_pager_sessions = 1000  # live incoming pager-mode sessions (endpoint.pager_sessions)
         # live two-party pager-mode sessions by party (receipts.party_key), oldest first: every out-of-dialog
         # MESSAGE looks its sender up here (a scan of every session cost 0.31 ms a message with 1,000 of them)
         self._pager: dict[str, list[ImSession]] = {}
@@ -47,8 +48,10 @@ class SessionManager:
     def max_pager_sessions(self, value: int) -> None:
         # checked here: a wrong value used to surface only inside the stack, as a 500 to the next stranger's text
         if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"sessions.max_pager_sessions is an int (how many incoming pager-mode sessions may live "
-                            f"at once, e.g. 1000), not {value!r}")
+            raise TypeError(
+                f"sessions.max_pager_sessions is an int (how many incoming pager-mode sessions may live "
+                f"at once, e.g. 1000), not {value!r}"
+            )
         if value < 0:
             raise ValueError(f"sessions.max_pager_sessions is 0 or more (0: none), not {value}")
         self._max_pager_sessions = value
@@ -100,12 +103,13 @@ class SessionManager:
         if session.is_incoming:
             self._incoming_pager += 1
 
-    def create_conference(self, uris: "list[str] | str" = (), *, subject: str | None = None) -> Operation[Any]:
+    def create_conference(self, uris: list[str] | str = (), *, subject: str | None = None) -> Operation[Any]:
         """Create a conference on the endpoint's server (INVITE to its conference factory, RFC 4579), join it,
         subscribe to its roster (RFC 4575) and invite `uris` (REFER to the focus, which dials out). Resolves
         with the ConferenceSession once every invitee has joined or failed (failures are in
         `session.failed_invitations`); raises RequestFailed if the conference cannot be created."""
         from .conference import ConferenceSession, check_uris
+
         invitees = check_uris(list(uris) if not isinstance(uris, str) else [uris])
         self.endpoint.require_enabled("create a conference")
         checks.header_text(subject, "subject", max_len=200, optional=True)
@@ -117,36 +121,41 @@ class SessionManager:
         """Join an existing conference by its URI (INVITE to the conference URI). Resolves with the
         ConferenceSession once connected and subscribed to the roster."""
         from .conference import ConferenceSession
+
         parse_remote_uri(conference_uri, "conference_uri")
         self.endpoint.require_enabled("join a conference")
         session = ConferenceSession(self, conference_uri, incoming=False)
         self._sessions.append(session)
         return runtime().submit(session.aconnect(), f"join({conference_uri!r})")
 
-    def escalate(self, session: ImSession, uris: "list[str] | str") -> Operation[Any]:
+    def escalate(self, session: ImSession, uris: list[str] | str) -> Operation[Any]:
         """`session.escalate(uris)`: move a two-party conversation to a conference (as Lync does when a third
         person is added). Creates a conference on the endpoint's server, joins it, invites the other party (with a
         Replaces header naming the session's dialog, so their client swaps sessions without asking) and `uris`,
         then ends the session. Resolves with the new ConferenceSession, whose `.messages` starts with the
         session's history."""
         from .conference import check_uris
+
         uris = check_uris(uris)
         if session.is_conference:
             raise InvalidState("this session is already a conference: use session.invite(uri)")
         session.require_connected("escalate")
         if session.mode == "pager":
-            raise InvalidState(f"cannot escalate: {session.remote.uri} does not take IM sessions (this conversation is "
-                               "in pager mode), so it cannot join a conference either")
+            raise InvalidState(
+                f"cannot escalate: {session.remote.uri} does not take IM sessions (this conversation is "
+                "in pager mode), so it cannot join a conference either"
+            )
         if self.endpoint.server is None:
             raise InvalidState(f"cannot escalate: endpoint {self.endpoint.uri} has no server, so no conference focus")
         return runtime().submit(self._escalate(session, uris), f"escalate({uris!r})")
 
     async def _escalate(self, session: ImSession, uris: list[str]) -> Any:
         from .conference import ConferenceSession
+
         replaces = session.replaces_header()
         conf = ConferenceSession(self, None, incoming=False, history=session.messages, escalated_from=session)
         self.adopt(conf)
-        session.escalated_to = conf   # the peer's client may end that dialog (RFC 3891) as soon as it has joined
+        session.escalated_to = conf  # the peer's client may end that dialog (RFC 3891) as soon as it has joined
         try:
             await conf.acreate([(session.remote.uri, replaces)] + [(u, None) for u in uris])
         except BaseException:
@@ -168,39 +177,52 @@ class SessionManager:
     def invited(self, request: Request, handle: ServerHandle) -> None:
         """A new INVITE for this endpoint (the endpoint hands it over): a session (or conference) for it."""
         from_ = request.from_
-        if request.to.tag is None and any(s.dialog is not None and s.dialog.call_id == request.call_id for s in self._sessions):
+        if request.to.tag is None and any(
+            s.dialog is not None and s.dialog.call_id == request.call_id for s in self._sessions
+        ):
             self.endpoint.agent.reply(handle, 482)  # merged request (§8.2.2.2)
             return
         source = handle.remote[0]
         from_source = sum(1 for s in self._sessions if s.invited_from == source)
         if from_source >= self.max_incoming_per_source:
             # bounded state: a peer (or a proxy relaying a flood) cannot open sessions without limit
-            self.endpoint.agent.reply(handle, 503, "Service Unavailable (too many sessions from your address)",
-                                    headers={"Retry-After": "30"})
+            self.endpoint.agent.reply(
+                handle, 503, "Service Unavailable (too many sessions from your address)", headers={"Retry-After": "30"}
+            )
             return
         contact = request.contacts[0] if request.contacts else None
         if contact is not None and "isfocus" in contact.params:  # RFC 4579: an invitation to a conference
             self._on_conference_invite(request, handle, contact.uri)
             return
-        session = ImSession(self, str(from_.uri.without_params("transport")), incoming=True, display_name=from_.display_name)
+        session = ImSession(
+            self, str(from_.uri.without_params("transport")), incoming=True, display_name=from_.display_name
+        )
         self._sessions.append(session)
         session.receive_invitation(request, handle, new_tag())
 
     def _on_conference_invite(self, request: Request, handle: ServerHandle, focus: SipUri) -> None:
         from .conference import ConferenceSession, entity_of
+
         replaced = self._replaced_session(request)
         history = replaced.messages if replaced is not None else None
-        session = ConferenceSession(self, entity_of(focus), incoming=True, history=history, escalated_from=replaced,
-                                    subject=request.headers.get("Subject"))
+        session = ConferenceSession(
+            self,
+            entity_of(focus),
+            incoming=True,
+            history=history,
+            escalated_from=replaced,
+            subject=request.headers.get("Subject"),
+        )
         session.replaces = replaced
         self._sessions.append(session)
         session.receive_invitation(request, handle, new_tag())
         if replaced is not None and session.ringing:  # RFC 3891: the user already talks with the referrer;
-            session.accept()                           # no second question (unless they said no meanwhile)
+            session.accept()  # no second question (unless they said no meanwhile)
 
-    def _replaced_session(self, request: Request) -> "ImSession | None":
+    def _replaced_session(self, request: Request) -> ImSession | None:
         """The connected two-party session a Replaces header names, if its peer is the one who referred us."""
         from .conference import entity_of
+
         value = request.headers.get("Replaces")
         referred_by = request.headers.get("Referred-By")
         if not value or not referred_by:
@@ -215,8 +237,14 @@ class SessionManager:
             return None
         for s in self._sessions:
             d = s.dialog
-            if (not s.is_conference and d is not None and d.call_id == call_id and {d.local_tag, d.remote_tag} == wanted
-                    and s.state.value == "connected" and entity_of(s.remote.uri) == referrer):
+            if (
+                not s.is_conference
+                and d is not None
+                and d.call_id == call_id
+                and {d.local_tag, d.remote_tag} == wanted
+                and s.state.value == "connected"
+                and entity_of(s.remote.uri) == referrer
+            ):
                 return s
         return None
 

@@ -1,6 +1,7 @@
 """`ChatMessage`, one IM message of a conversation with its delivery state, and the small rules every way of
 sending or receiving one shares (session mode, pager mode, a conference): what a text looks like on the wire,
 how a final response settles a sent message, which content types a user may send, duplicate suppression."""
+
 from __future__ import annotations
 
 from collections import deque
@@ -30,23 +31,23 @@ class ChatMessage:
     """
 
     id: str
-    direction: str                  # "out" or "in"
+    direction: str  # "out" or "in"
     sender: str
     recipient: str
     text: str
     content_type: str
     timestamp: datetime
-    status: str                     # "sending", "delivered", "failed" or "received"
+    status: str  # "sending", "delivered", "failed" or "received"
     mode: str = "session"
     sip_status: int | None = None
     reason: str = ""
-    delivered_at: datetime | None = None   # when the 2xx came (sent) or the message arrived (received)
+    delivered_at: datetime | None = None  # when the 2xx came (sent) or the message arrived (received)
     extra: dict[str, Any] = field(default_factory=dict)
-    state: str = ""                 # sending / sent / delivered / displayed / failed; received / displayed
+    state: str = ""  # sending / sent / delivered / displayed / failed; received / displayed
     requested: frozenset[str] = frozenset()  # the receipts asked for ("positive-delivery", "display")
-    imdn_datetime: str | None = None        # the message's DateTime, echoed in its notifications
+    imdn_datetime: str | None = None  # the message's DateTime, echoed in its notifications
     delivery_notified_at: datetime | None = None  # sent: when the delivery notification came
-    displayed_at: datetime | None = None          # sent: when the display notification came; received: when read
+    displayed_at: datetime | None = None  # sent: when the display notification came; received: when read
 
     def __post_init__(self) -> None:
         if not self.state:
@@ -85,8 +86,10 @@ def failure_reason(status: int, reason: str, size: int) -> str:
     """The reason a failed MESSAGE reports: the SIP reason phrase, spelled out where the phrase alone would
     leave the user guessing (413: the server's size limit)."""
     if status == 413:
-        return (f"{reason or 'Request Entity Too Large'}: the server refuses messages this large (this one is "
-                f"{size:,} bytes); send a shorter message or split it")
+        return (
+            f"{reason or 'Request Entity Too Large'}: the server refuses messages this large (this one is "
+            f"{size:,} bytes); send a shorter message or split it"
+        )
     return reason
 
 
@@ -94,10 +97,15 @@ def check_message_ids(message_ids: Any) -> set[str] | None:
     """`mark_read()`'s argument: None (all) or a list of message ids, with an error that says so otherwise."""
     if message_ids is None:
         return None
-    if isinstance(message_ids, str) or not hasattr(message_ids, "__iter__") or \
-            not all(isinstance(i, str) for i in message_ids):
-        raise TypeError("mark_read() takes a list of message ids (ChatMessage.id / MessageReceived.message_id), "
-                        f"or nothing for all of them; not {message_ids!r}")
+    if (
+        isinstance(message_ids, str)
+        or not hasattr(message_ids, "__iter__")
+        or not all(isinstance(i, str) for i in message_ids)
+    ):
+        raise TypeError(
+            "mark_read() takes a list of message ids (ChatMessage.id / MessageReceived.message_id), "
+            f"or nothing for all of them; not {message_ids!r}"
+        )
     return set(message_ids)
 
 
@@ -108,8 +116,9 @@ def check_content_type(content_type: str) -> str:
     return ct
 
 
-def settle(msg: ChatMessage, session: Any, status: int, reason: str, latency: float,
-           call_id: str = "") -> MessageDelivered | MessageFailed:
+def settle(
+    msg: ChatMessage, session: Any, status: int, reason: str, latency: float, call_id: str = ""
+) -> MessageDelivered | MessageFailed:
     """Record the final response of a sent message on `msg` (status, state through the IMDN table) and
     return the event that reports it (`session`: the ImSession, or None in pager mode; `call_id`: the Call-ID
     of the MESSAGE)."""
@@ -117,10 +126,35 @@ def settle(msg: ChatMessage, session: Any, status: int, reason: str, latency: fl
     if 200 <= status < 300:
         msg.status, msg.delivered_at = "delivered", now_utc()
         msg.state = imdn.advance(msg.state, imdn.Input.RESPONSE_2XX).value
-        return MessageDelivered(session, msg.id, msg.text, msg.content_type, status, reason, latency, msg.mode,
-                                msg.recipient, msg.timestamp, msg.state, timestamp=msg.delivered_at,
-                                stored=status == 202, call_id=call_id)
+        return MessageDelivered(
+            session,
+            msg.id,
+            msg.text,
+            msg.content_type,
+            status,
+            reason,
+            latency,
+            msg.mode,
+            msg.recipient,
+            msg.timestamp,
+            msg.state,
+            timestamp=msg.delivered_at,
+            stored=status == 202,
+            call_id=call_id,
+        )
     msg.status = "failed"
     msg.state = imdn.advance(msg.state, imdn.Input.RESPONSE_ERROR).value
-    return MessageFailed(session, msg.id, msg.text, msg.content_type, status, reason, msg.mode, msg.recipient,
-                         msg.timestamp, msg.state, timestamp=now_utc(), call_id=call_id)
+    return MessageFailed(
+        session,
+        msg.id,
+        msg.text,
+        msg.content_type,
+        status,
+        reason,
+        msg.mode,
+        msg.recipient,
+        msg.timestamp,
+        msg.state,
+        timestamp=now_utc(),
+        call_id=call_id,
+    )

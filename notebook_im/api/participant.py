@@ -1,4 +1,5 @@
 """A party of an IM session (UCCAPI `IUccSessionParticipant`)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -10,8 +11,15 @@ class Participant:
     """One party: its URI, display name and connection state. Compare participants by URI. `session` is the
     ImSession it belongs to (None for a pager-mode sender)."""
 
-    def __init__(self, uri: str, *, display_name: str | None = None, is_local: bool = False,
-                 session: Any = None, state: ParticipantState = ParticipantState.IDLE) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        display_name: str | None = None,
+        is_local: bool = False,
+        session: Any = None,
+        state: ParticipantState = ParticipantState.IDLE,
+    ) -> None:
         self.uri = uri
         self.display_name = display_name
         self.is_local = is_local

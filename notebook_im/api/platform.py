@@ -3,6 +3,7 @@
 The asyncio loop itself is process-wide (`runtime.Runtime`), so several platforms can coexist (two users
 in one notebook is the usual teaching setup) and one going away does not stop the others.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,10 +13,10 @@ from typing import Any
 
 from ..net.impairment import Impairment
 from ..net.memory import MemoryNetwork
+from ..record.recorder import Trace
 from ..runtime import Operation, runtime
 from ..sip.transaction import DEFAULT_TIMERS, Timers
 from ..sip.uri import SipUri
-from ..record.recorder import Trace
 from . import checks
 from .endpoint import Endpoint
 from .manager import parse_remote_uri
@@ -57,12 +58,21 @@ class Platform:
     writes a store at a time (`HistoryInUse` otherwise); `shutdown()` flushes and closes it.
     """
 
-    def __init__(self, name: str = "notebook_im", *, max_trace_records: int | None = 1_000_000,
-                 timers: Timers | None = None, history: Any = None, network: MemoryNetwork | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "notebook_im",
+        *,
+        max_trace_records: int | None = 1_000_000,
+        timers: Timers | None = None,
+        history: Any = None,
+        network: MemoryNetwork | None = None,
+    ) -> None:
         if timers is not None and not isinstance(timers, Timers):
             raise TypeError("timers must be a nim.Timers(t1=..., t2=..., t4=...)")
         if network is not None and not isinstance(network, MemoryNetwork):
-            raise TypeError(f"network must be a nim.MemoryNetwork() (or None for real sockets), not {type(network).__name__}")
+            raise TypeError(
+                f"network must be a nim.MemoryNetwork() (or None for real sockets), not {type(network).__name__}"
+            )
         # None: endpoints use real sockets; a MemoryNetwork: they talk over it, with no sockets (net/memory.py)
         self.network = network
         self.name = name
@@ -89,10 +99,22 @@ class Platform:
     def endpoints(self) -> list[Endpoint]:
         return list(self._endpoints)
 
-    def endpoint(self, uri: str, *, server: Any = None, username: str | None = None, password: str | None = None,
-                 transport: str | None = None, local_port: int = 0, local_host: str | None = None,
-                 display_name: str | None = None, expires: int = 3600, verify: bool = True,
-                 ca_file: str | None = None, impairment: Impairment | None = None) -> Operation[Endpoint]:
+    def endpoint(
+        self,
+        uri: str,
+        *,
+        server: Any = None,
+        username: str | None = None,
+        password: str | None = None,
+        transport: str | None = None,
+        local_port: int = 0,
+        local_host: str | None = None,
+        display_name: str | None = None,
+        expires: int = 3600,
+        verify: bool = True,
+        ca_file: str | None = None,
+        impairment: Impairment | None = None,
+    ) -> Operation[Endpoint]:
         """Create and enable an endpoint for `uri` (UCCAPI create + `IUccEndpoint.Enable`).
 
         `server` is the registrar/proxy: a `nim.Server`, or its URI such as 'sip:127.0.0.1:5060' (or
@@ -114,9 +136,13 @@ class Platform:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
         if transport == "tls" and self.network is not None:
-            raise ValueError("a MemoryNetwork carries udp and tcp, not tls; use real sockets (a Platform without network=) for TLS")
+            raise ValueError(
+                "a MemoryNetwork carries udp and tcp, not tls; use real sockets (a Platform without network=) for TLS"
+            )
         if ca_file is not None and not os.path.isfile(ca_file):
-            raise FileNotFoundError(f"ca_file {ca_file!r} does not exist; give the PEM file of the CA that signed the server certificate")
+            raise FileNotFoundError(
+                f"ca_file {ca_file!r} does not exist; give the PEM file of the CA that signed the server certificate"
+            )
         if not isinstance(local_port, int) or not 0 <= local_port < 65536:
             raise ValueError(f"local_port must be an int from 0 (any free port) to 65535, not {local_port!r}")
         if password is not None and not isinstance(password, str):
@@ -131,13 +157,26 @@ class Platform:
             if text is None:
                 raise ValueError("this nim.Server has no TLS listener; create it with Server(tls=(certfile, keyfile))")
             if not isinstance(text, str):
-                raise TypeError(f"server must be a nim.Server or a URI string like 'sip:127.0.0.1:5060', not {type(server).__name__}")
+                raise TypeError(
+                    f"server must be a nim.Server or a URI string like 'sip:127.0.0.1:5060', not {type(server).__name__}"
+                )
             server_uri = checks.sip_uri(text, "server", user=False)
         host = local_host or (local_host_for(server_uri.host) if server_uri else "127.0.0.1")
         tls_client = client_context(verify=verify, ca_file=ca_file) if transport == "tls" else None
-        ep = Endpoint(self, aor, server=server_uri, transport=transport, local_host=host, local_port=local_port,
-                      username=username, password=password, display_name=display_name, expires=expires,
-                      tls_client=tls_client, impairment=impairment)
+        ep = Endpoint(
+            self,
+            aor,
+            server=server_uri,
+            transport=transport,
+            local_host=host,
+            local_port=local_port,
+            username=username,
+            password=password,
+            display_name=display_name,
+            expires=expires,
+            tls_client=tls_client,
+            impairment=impairment,
+        )
         self._endpoints.append(ep)
         return runtime().submit(ep.aenable(), f"endpoint({uri!r})")
 
@@ -178,13 +217,13 @@ class Platform:
         self._shut = True
         await runtime().submit(self._shutdown(), "shutdown()")
 
-    def __enter__(self) -> "Platform":
+    def __enter__(self) -> Platform:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.shutdown()
 
-    async def __aenter__(self) -> "Platform":
+    async def __aenter__(self) -> Platform:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

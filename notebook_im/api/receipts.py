@@ -10,6 +10,7 @@ A notification is only believed from the party the message went to: in a session
 arrive in that session's dialog count for its messages; in pager mode the notifier's address of record must
 be the recipient's.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -17,8 +18,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ..im import cpim
-from ..im import imdn
+from ..im import cpim, imdn
 from ..im import iscomposing as ic
 from ..sip.errors import RemoteProtocolError
 from ..sip.message import random_hex
@@ -51,15 +51,16 @@ def same_party(a: str, b: str) -> bool:
     return (ua.user or "", ua.host.lower()) == (ub.user or "", ub.host.lower())
 
 
-def notification_body(message_id: str, message_datetime: str | None, kind: str, status: str, local_uri: str,
-                      peer_uri: str, now: datetime) -> bytes:
+def notification_body(
+    message_id: str, message_datetime: str | None, kind: str, status: str, local_uri: str, peer_uri: str, now: datetime
+) -> bytes:
     """The CPIM-wrapped IMDN (RFC 5438 §7) that reports `kind`/`status` about a received message (its id and
     the DateTime it was sent with, echoed so the sender can match the two)."""
     n = imdn.Notification(message_id, kind, status, message_datetime or imdn.format_datetime(now), local_uri)
     return imdn.wrap(n, local_uri, peer_uri, random_hex(2 * 6), now)
 
 
-NOTIFICATION_CONTENT_TYPE = cpim.CONTENT_TYPE   # notifications go CPIM-wrapped (RFC 5438 proper, as linphone)
+NOTIFICATION_CONTENT_TYPE = cpim.CONTENT_TYPE  # notifications go CPIM-wrapped (RFC 5438 proper, as linphone)
 
 
 class ReceiptBook:
@@ -69,7 +70,7 @@ class ReceiptBook:
         self.size = size
         # two maps rather than one of (source, message) pairs: a pair per message would be one more GC-tracked
         # object kept per sent message (record/packed.py says why that count matters)
-        self._sent: OrderedDict[str, "ChatMessage"] = OrderedDict()
+        self._sent: OrderedDict[str, ChatMessage] = OrderedDict()
         self._source: dict[str, Any] = {}
         # Call-ID of a pager-mode message -> its id: liblinphone names the message a receipt is about by the
         # Call-ID of its MESSAGE when the request came as SIP headers (it reads them only from a CPIM wrapper)
@@ -78,7 +79,7 @@ class ReceiptBook:
     def __len__(self) -> int:
         return len(self._sent)
 
-    def track(self, msg: "ChatMessage", session: Any, emit: Any, call_id: str | None = None) -> None:
+    def track(self, msg: ChatMessage, session: Any, emit: Any, call_id: str | None = None) -> None:
         """Remember `msg` (sent with a notification request); `session` is its session (None for a message
         sent with `endpoint.send_message`), `emit` the function that emits the receipt events, `call_id` the
         Call-ID of its pager-mode MESSAGE (a receipt may name the message by it)."""
@@ -91,26 +92,25 @@ class ReceiptBook:
             if old_call is not None:
                 self._by_call_id.pop(old_call, None)
 
-    def find(self, message_id: str) -> "ChatMessage | None":
+    def find(self, message_id: str) -> ChatMessage | None:
         """The tracked message with this id, if it is still remembered."""
         return self._sent.get(message_id)
 
-    def apply(self, n: imdn.Notification, notifier: "Participant", now: datetime,
-              session: Any = None) -> bool:
+    def apply(self, n: imdn.Notification, notifier: Participant, now: datetime, session: Any = None) -> bool:
         """Apply a notification that arrived in `session`'s dialog (or out of dialog: None) from `notifier`.
         Moves the message's state through the `im.imdn` table and emits MessageDeliveryNotified /
         MessageDisplayed on its session (or endpoint). False if it is about no message we know or comes
         from somebody else than the message's recipient."""
         message_id = n.message_id
         msg = self._sent.get(message_id)
-        if msg is None:   # a receipt naming the MESSAGE by its Call-ID (liblinphone, see __init__)
+        if msg is None:  # a receipt naming the MESSAGE by its Call-ID (liblinphone, see __init__)
             message_id = self._by_call_id.get(message_id, "")
             msg = self._sent.get(message_id)
         if msg is None:
             return False
         own_session, emit, _call = self._source[message_id]
         if session is not None and own_session is not session:
-            return False   # a receipt in a session's dialog counts only for that session's messages
+            return False  # a receipt in a session's dialog counts only for that session's messages
         if session is None and not same_party(notifier.uri, msg.recipient):
             return False
         event_input = imdn.input_for(n)
@@ -119,18 +119,21 @@ class ReceiptBook:
         if n.kind == imdn.DELIVERY:
             if n.status == "delivered":
                 if msg.delivery_notified_at is not None:
-                    return True   # the same receipt again (a retried notification): reported once
+                    return True  # the same receipt again (a retried notification): reported once
                 msg.delivery_notified_at = now
-            emit(MessageDeliveryNotified(own_session, msg.id, notifier, n.status, msg.state, msg.mode,
-                                                 msg.recipient, timestamp=now))
+            emit(
+                MessageDeliveryNotified(
+                    own_session, msg.id, notifier, n.status, msg.state, msg.mode, msg.recipient, timestamp=now
+                )
+            )
         elif n.kind == imdn.DISPLAY_KIND and n.status == "displayed" and msg.displayed_at is None:
             msg.displayed_at = now
-            emit(MessageDisplayed(own_session, msg.id, notifier, msg.state, msg.mode, msg.recipient,
-                                          timestamp=now))
+            emit(MessageDisplayed(own_session, msg.id, notifier, msg.state, msg.mode, msg.recipient, timestamp=now))
         return True
 
-    def open(self, content_type: str, body: bytes, notifier: "Participant", now: datetime,
-             session: Any = None) -> tuple[int, cpim.Cpim | None]:
+    def open(
+        self, content_type: str, body: bytes, notifier: Participant, now: datetime, session: Any = None
+    ) -> tuple[int, cpim.Cpim | None]:
         """A received message/imdn+xml or message/cpim body: a receipt is applied (`apply`) and answered
         (200, None); a text or an is-composing indication in a CPIM wrapper (liblinphone's way with CPIM on)
         comes back as (200, wrapper) for the caller to deliver, its inner Content-Type normalised; a malformed

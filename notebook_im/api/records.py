@@ -10,6 +10,7 @@ classes (`MessageDelivered`, ...), with small stand-ins for the live objects the
 same name and fields, and a row that fits neither is refused (`BadRecord`) rather than becoming an object that
 fails later.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,9 +20,10 @@ import json
 import json.encoder
 import keyword
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from ..record.store import BadRecord
 from . import events
@@ -30,15 +32,22 @@ from .participant import Participant
 
 # -- events to JSON and back -------------------------------------------------------------------------------------
 def _ref(value: Any) -> dict:  # a participant or an endpoint
-    return {"$ref": type(value).__name__, "uri": str(value.uri), "name": getattr(value, "display_name", None),
-            "local": bool(getattr(value, "is_local", False))}
+    return {
+        "$ref": type(value).__name__,
+        "uri": str(value.uri),
+        "name": getattr(value, "display_name", None),
+        "local": bool(getattr(value, "is_local", False)),
+    }
 
 
 def _session(value: Any) -> dict:
-    return {"$session": str(value.id), "remote": value.remote,
-            "local": str(getattr(getattr(value, "endpoint", None), "uri", "") or ""),
-            "conference": bool(getattr(value, "is_conference", False)),
-            "incoming": bool(getattr(value, "is_incoming", False))}
+    return {
+        "$session": str(value.id),
+        "remote": value.remote,
+        "local": str(getattr(getattr(value, "endpoint", None), "uri", "") or ""),
+        "conference": bool(getattr(value, "is_conference", False)),
+        "incoming": bool(getattr(value, "is_incoming", False)),
+    }
 
 
 def encode_value(value: Any) -> Any:
@@ -64,8 +73,9 @@ def _json_encoder() -> Any:
     No circular check: the values are fresh dicts and strings."""
     c_make_encoder = json.encoder.c_make_encoder
     if c_make_encoder is None:  # pragma: no cover - not CPython
-        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False,
-                                default=encode_value).encode
+        return json.JSONEncoder(
+            ensure_ascii=False, separators=(",", ":"), check_circular=False, default=encode_value
+        ).encode
     make = c_make_encoder(None, encode_value, json.encoder.encode_basestring, None, ":", ",", False, False, True)
     return lambda value: "".join(make(value, 0))
 
@@ -155,8 +165,10 @@ class EarlierSession:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        raise AttributeError(f"session {self.id} is a record from the history store (an earlier run), so it has no "
-                             f"{name!r}: start a new conversation with endpoint.sessions.create({self.remote.uri!r})")
+        raise AttributeError(
+            f"session {self.id} is a record from the history store (an earlier run), so it has no "
+            f"{name!r}: start a new conversation with endpoint.sessions.create({self.remote.uri!r})"
+        )
 
     def __repr__(self) -> str:
         return f"<EarlierSession {self.id} with {self.remote.uri}>"
@@ -199,8 +211,11 @@ def decode_value(data: Any) -> Any:
     if "$session" in data:
         remote = decode_value(data.get("remote")) or EarlierRef("")
         local = data.get("local", "")
-        if not isinstance(data["$session"], str) or not isinstance(getattr(remote, "uri", None), str) \
-                or not isinstance(local, str):
+        if (
+            not isinstance(data["$session"], str)
+            or not isinstance(getattr(remote, "uri", None), str)
+            or not isinstance(local, str)
+        ):
             raise BadRecord("a session without an id or a remote URI")
         return EarlierSession(data["$session"], remote, local, bool(data.get("conference")), bool(data.get("incoming")))
     return {k: decode_value(v) for k, v in data.items()}
@@ -219,14 +234,14 @@ _CHECKS: dict[str, Any] = {
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
     "bool": lambda v: isinstance(v, bool),
-    "datetime": lambda v: isinstance(v, datetime),   # decode_value made it, with a time zone
+    "datetime": lambda v: isinstance(v, datetime),  # decode_value made it, with a time zone
     "Participant": _is_uri_object,
     "Endpoint": _is_uri_object,
     "ImSession": lambda v: isinstance(v, EarlierSession),
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _field_enums(cls: type) -> dict[str, Any]:
     """The fields of an event class, each with the Enum class its annotation names (or None): states are stored
     as their plain value and turned back into the enum here."""
@@ -237,7 +252,7 @@ def _field_enums(cls: type) -> dict[str, Any]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _field_checks(cls: type) -> dict[str, Any]:
     """The fields of an event class, each with a test of what its annotation allows (`str`, `int | None`,
     'Participant', an enum, ...), so a stored row with a number where the text goes is refused here rather

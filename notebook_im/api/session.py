@@ -7,6 +7,7 @@ is decided by the sans-IO `im.session.InviteSession` machine, composing by `im.i
 everything underscore-prefixed runs on the library loop. In-dialog requests of one session are sent one at a
 time, in call order: the receiver checks CSeq order (RFC 3261 §12.2.2), and a chat must not arrive shuffled.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,12 +31,31 @@ from ..sip.uri import SipUri
 from . import checks
 from .emitter import EventSource
 from .events import (
-    ComposingChanged, IncomingSession, MessageDelivered, MessageReceived, MessageSending, ParticipantAdded,
-    ParticipantState, ParticipantStateChanged, SessionModeChanged, SessionState, SessionStateChanged, SessionTerminated,
+    ComposingChanged,
+    IncomingSession,
+    MessageDelivered,
+    MessageReceived,
+    MessageSending,
+    ParticipantAdded,
+    ParticipantState,
+    ParticipantStateChanged,
+    SessionModeChanged,
+    SessionState,
+    SessionStateChanged,
+    SessionTerminated,
 )
 from .messages import (
-    MESSAGE_ATTEMPTS, REFUSING, TEXT_TYPES, ChatMessage, RecentIds, check_content_type, check_message_ids,
-    failure_reason, now_utc, settle, wire_text,
+    MESSAGE_ATTEMPTS,
+    REFUSING,
+    TEXT_TYPES,
+    ChatMessage,
+    RecentIds,
+    check_content_type,
+    check_message_ids,
+    failure_reason,
+    now_utc,
+    settle,
+    wire_text,
 )
 from .participant import Participant
 from .receipts import NOTIFICATION_CONTENT_TYPE, notification_body
@@ -43,9 +63,9 @@ from .receipts import NOTIFICATION_CONTENT_TYPE, notification_body
 log = logging.getLogger("notebook_im.session")
 
 RING_TIMEOUT = sm.RING_TIMEOUT
-ANSWERED_ELSEWHERE = sm.ANSWERED_ELSEWHERE   # SessionTerminated.reason when another device of the user answered
+ANSWERED_ELSEWHERE = sm.ANSWERED_ELSEWHERE  # SessionTerminated.reason when another device of the user answered
 UNANSWERED_LIMIT = sm.UNANSWERED_LIMIT
-PAGER_CALLS_KEPT = 10_000   # Call-IDs a pager-mode session remembers for history("sip")
+PAGER_CALLS_KEPT = 10_000  # Call-IDs a pager-mode session remembers for history("sip")
 
 __all__ = ["ANSWERED_ELSEWHERE", "ChatMessage", "ImSession", "TEXT_TYPES"]
 
@@ -55,11 +75,12 @@ class ImSession(EventSource):
 
     # what we take in a two-party session: text, composing, and receipts (bare or CPIM-wrapped, RFC 5438)
     _accept_types: tuple[str, ...] = _SDP_ACCEPT_TYPES + (cpim.CONTENT_TYPE, imdn.CONTENT_TYPE)
-    _receipts = True   # RFC 5438 receipts between the two parties (a conference's focus relays none)
+    _receipts = True  # RFC 5438 receipts between the two parties (a conference's focus relays none)
     is_conference = False
 
-    def __init__(self, manager: Any, remote_uri: str, *, incoming: bool,
-                 display_name: str | None = None, mode: str = "session") -> None:
+    def __init__(
+        self, manager: Any, remote_uri: str, *, incoming: bool, display_name: str | None = None, mode: str = "session"
+    ) -> None:
         super().__init__()
         self.manager = manager
         self.endpoint = manager.endpoint
@@ -67,8 +88,9 @@ class ImSession(EventSource):
         self.id = random_hex(2 * 4)
         self.is_incoming = incoming
         self.state = SessionState.IDLE
-        self.local_participant = Participant(self.endpoint.uri, is_local=True, session=self,
-                                             display_name=self.endpoint.display_name)
+        self.local_participant = Participant(
+            self.endpoint.uri, is_local=True, session=self, display_name=self.endpoint.display_name
+        )
         self._remote = Participant(remote_uri, display_name=display_name, session=self)
         self.messages: list[ChatMessage] = []
         self.dialog: Dialog | None = None
@@ -88,10 +110,10 @@ class ImSession(EventSource):
         self._sender = ic.ComposingSender()
         self._receiver = ic.ComposingReceiver()
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._refused: set[str] = set()     # content types the peer answered 415/501 to (composing, IMDN)
-        self._unread: dict[str, ChatMessage] = {}   # received messages not yet displayed / marked read
+        self._refused: set[str] = set()  # content types the peer answered 415/501 to (composing, IMDN)
+        self._unread: dict[str, ChatMessage] = {}  # received messages not yet displayed / marked read
         self._seen = RecentIds()
-        self.escalated_to: Any = None      # the ConferenceSession this conversation moved to (escalate())
+        self.escalated_to: Any = None  # the ConferenceSession this conversation moved to (escalate())
 
     # -- properties ---------------------------------------------------------------------------------------
     @property
@@ -159,14 +181,14 @@ class ImSession(EventSource):
         """Feed the current contents of an input box: non-empty means typing, empty means stopped."""
         return self.start_composing() if text else self.stop_composing()
 
-    def mark_read(self, message_ids: "list[str] | None" = None) -> Operation[int]:
+    def mark_read(self, message_ids: list[str] | None = None) -> Operation[int]:
         """The user has seen the received messages (all, or those with these ids): their state becomes
         "displayed" and, for each whose sender asked (RFC 5438 `Disposition-Notification: display`), a display
         notification goes back, so the sender's panel shows "Seen". Resolves with the number of messages newly
         marked. A chat panel calls this by itself for the messages it shows while a front end displays it."""
         return runtime().submit(self._mark_read(check_message_ids(message_ids)), "mark_read()")
 
-    def accept(self) -> Operation["ImSession"]:
+    def accept(self) -> Operation[ImSession]:
         """Accept an incoming invitation (200 OK with our SDP); resolves with the session once the ACK arrives.
         (UCCAPI `Accept`; `IncomingSession.accept()` is the same.)"""
         return runtime().submit(self._do_accept(), "accept()")
@@ -174,7 +196,9 @@ class ImSession(EventSource):
     def reject(self, code: int = 486, reason: str | None = None) -> Operation[None]:
         """Decline an incoming invitation with a SIP status (486 Busy Here by default, 603 Decline, ...)."""
         if not isinstance(code, int) or isinstance(code, bool) or not 300 <= code <= 699:
-            raise ValueError(f"reject() takes a SIP status code from 300 to 699 (486 Busy Here, 603 Decline), not {code!r}")
+            raise ValueError(
+                f"reject() takes a SIP status code from 300 to 699 (486 Busy Here, 603 Decline), not {code!r}"
+            )
         checks.reason_phrase(reason)
         return runtime().submit(self._do_reject(code, reason), f"reject({code})")
 
@@ -192,21 +216,23 @@ class ImSession(EventSource):
             f"your server's conference focus (or start one with endpoint.sessions.create_conference([...]))."
         )
 
-    def escalate(self, uris: "list[str] | str") -> Operation[Any]:
+    def escalate(self, uris: list[str] | str) -> Operation[Any]:
         """Move this two-party conversation to a conference (as Lync does when a third person is added):
         creates a conference on the endpoint's server, joins it, invites the other party (with a Replaces
         header naming this dialog, so their client swaps sessions without asking) and `uris`, then ends this
         session. Resolves with the new ConferenceSession, whose `.messages` starts with this session's history."""
         return self.manager.escalate(self, uris)
 
-    def wait_connected(self, timeout: float | None = None) -> Operation["ImSession"]:
+    def wait_connected(self, timeout: float | None = None) -> Operation[ImSession]:
         """An Operation that resolves with the session once it is connected (raises if it ends first)."""
-        async def wait() -> "ImSession":
+
+        async def wait() -> ImSession:
             while self.state in (SessionState.IDLE, SessionState.CONNECTING):
                 await asyncio.sleep(0.01)
             if self.state is not SessionState.CONNECTED:
                 raise InvalidState(f"session {self.id} ended before it connected: {self.terminate_reason}")
             return self
+
         return runtime().submit(asyncio.wait_for(wait(), timeout), "wait_connected()")
 
     # -- carrying out the machine's actions (loop thread) --------------------------------------------------------
@@ -222,8 +248,13 @@ class ImSession(EventSource):
                 self.ua.ring(self._server_handle, self.dialog.local_tag)
             elif isinstance(a, sm.SendOk):
                 assert self._server_handle is not None and self.dialog is not None
-                self.ua.accept_invite(self._server_handle, self.dialog, self, accept_types=self._accept_types,
-                                      acked=lambda: self._machine.phase is not sm.Phase.ANSWERING)
+                self.ua.accept_invite(
+                    self._server_handle,
+                    self.dialog,
+                    self,
+                    accept_types=self._accept_types,
+                    acked=lambda: self._machine.phase is not sm.Phase.ANSWERING,
+                )
             elif isinstance(a, sm.SendFinal):
                 handle = self._server_handle
                 if handle is not None and not handle.answered:
@@ -253,13 +284,18 @@ class ImSession(EventSource):
         is announced, so whoever sees its ParticipantAdded (a chat panel making its conversation) sees that."""
         self.mode = "pager"
         self._emit(ParticipantAdded(self, self._remote, timestamp=now_utc()))
-        self._run(self._machine.start_pager("a pager-mode message arrived" if self.is_incoming else "pager mode asked for"))
+        self._run(
+            self._machine.start_pager("a pager-mode message arrived" if self.is_incoming else "pager mode asked for")
+        )
 
     def _pager_mode(self, status: int | None, reason: str) -> None:
         self.mode = "pager"
         self.manager.pager_started(self)
-        why = reason if status is None else \
-            f"{self._remote.uri} answered the invitation {status} {reason}: it does not take IM sessions"
+        why = (
+            reason
+            if status is None
+            else f"{self._remote.uri} answered the invitation {status} {reason}: it does not take IM sessions"
+        )
         log.info("session %s: %s; texts go as pager-mode MESSAGEs", self.id, why)
         self._emit(SessionModeChanged(self, "pager", status, why, timestamp=now_utc()))
 
@@ -292,7 +328,9 @@ class ImSession(EventSource):
             self._set_participant_state(self._remote, ParticipantState(state.value))
         self._set_participant_state(self.local_participant, ParticipantState(state.value), emit=False)
 
-    def _set_participant_state(self, p: Participant, state: ParticipantState, emit: bool = True, reason: str = "") -> None:
+    def _set_participant_state(
+        self, p: Participant, state: ParticipantState, emit: bool = True, reason: str = ""
+    ) -> None:
         previous = p.state
         if previous is state:
             return
@@ -306,7 +344,7 @@ class ImSession(EventSource):
         return self._lock
 
     # -- outgoing session -------------------------------------------------------------------------------------
-    async def aconnect(self) -> "ImSession":
+    async def aconnect(self) -> ImSession:
         """Invite the other party (the coroutine `sessions.create()` runs); resolves once connected."""
         if self._pager_asked:
             self.start_pager()
@@ -320,11 +358,14 @@ class ImSession(EventSource):
     async def _send_invite(self, target: str, *, extra: dict[str, str] | None) -> Any:
         """INVITE `target` and feed the outcome to the machine; the 2xx (the dialog set), or RequestFailed /
         TransactionTimeout / InvalidState (terminated meanwhile) raised after the session ended."""
+
         def keep(h: ClientHandle) -> None:
             self._invite_handle = h
+
         try:
-            dialog, resp = await self.ua.invite(SipUri.parse(target), self, on_handle=keep,
-                                                accept_types=self._accept_types, extra=extra)
+            dialog, resp = await self.ua.invite(
+                SipUri.parse(target), self, on_handle=keep, accept_types=self._accept_types, extra=extra
+            )
         except NO_ANSWER as exc:
             self._run(self._machine.invite_unanswered(exc.reason))
             raise
@@ -332,10 +373,10 @@ class ImSession(EventSource):
             self.dialog = dialog
         pending = self._run(self._machine.invite_answered(resp.status, resp.reason))
         if self._machine.pager:
-            return resp        # the callee refused a session; the conversation goes on in pager mode
+            return resp  # the callee refused a session; the conversation goes on in pager mode
         if dialog is None:
             raise RequestFailed("INVITE", resp.status, resp.reason, target)
-        if pending or self._machine.ended:   # terminate() was called while we were inviting
+        if pending or self._machine.ended:  # terminate() was called while we were inviting
             for f in pending:
                 await f
             raise InvalidState(f"session {self.id} was terminated while connecting")
@@ -344,7 +385,7 @@ class ImSession(EventSource):
     def _remote_named(self, resp: Any) -> None:
         """The callee may name itself in its Contact (or To)."""
         if not self._remote.display_name:
-            for addr in (resp.contacts[:1] + [resp.to]):
+            for addr in resp.contacts[:1] + [resp.to]:
                 if addr.display_name:
                     self._remote.display_name = addr.display_name
                     break
@@ -358,7 +399,9 @@ class ImSession(EventSource):
         self.dialog = Dialog.from_uas(request, local_tag)
         if not self.is_conference:  # a conference's participants come from its roster
             self._emit(ParticipantAdded(self, self._remote, timestamp=now_utc()))
-        event = IncomingSession(self, self._inviter(request), subject=request.headers.get("Subject"), timestamp=now_utc())
+        event = IncomingSession(
+            self, self._inviter(request), subject=request.headers.get("Subject"), timestamp=now_utc()
+        )
         self._incoming_event = event
         self._run(self._machine.start_incoming())
         self._emit(event)
@@ -376,7 +419,7 @@ class ImSession(EventSource):
         """An incoming invitation nobody has answered yet."""
         return self._machine.phase is sm.Phase.RINGING
 
-    async def _do_accept(self) -> "ImSession":
+    async def _do_accept(self) -> ImSession:
         if self._server_handle is None or self.dialog is None:
             raise InvalidState("only an incoming invitation can be accepted")
         if self.state is SessionState.CONNECTED:
@@ -384,8 +427,9 @@ class ImSession(EventSource):
         try:
             actions = self._machine.accept()
         except sm.NotAllowed:
-            raise InvalidState(f"the invitation from {self._remote.uri} was already answered or ended "
-                               f"({self.state.value})") from None
+            raise InvalidState(
+                f"the invitation from {self._remote.uri} was already answered or ended ({self.state.value})"
+            ) from None
         self._accepted = asyncio.get_running_loop().create_future()
         self._run(actions)
         await asyncio.wait_for(asyncio.shield(self._accepted), 64 * self.ua.timers.t1 + 1)
@@ -415,7 +459,7 @@ class ImSession(EventSource):
 
     def on_bye(self, request: Request) -> None:
         """The other party sent BYE."""
-        elsewhere = completed_elsewhere(request) and self.is_incoming   # we answered as another device did
+        elsewhere = completed_elsewhere(request) and self.is_incoming  # we answered as another device did
         moved = self.escalated_to.conference_uri if self.escalated_to is not None else None
         self._run(self._machine.bye_received(elsewhere=elsewhere, moved_to=moved))
 
@@ -427,8 +471,8 @@ class ImSession(EventSource):
 
     def on_dialog_request(self, request: Request) -> int:
         """An in-dialog MESSAGE: text, a composing indication or a receipt. Returns the status to answer."""
-        self._run(self._machine.acked())   # a request that overtook the ACK: the caller evidently got our 200
-        self._machine.unanswered = 0      # the other party is evidently there
+        self._run(self._machine.acked())  # a request that overtook the ACK: the caller evidently got our 200
+        self._machine.unanswered = 0  # the other party is evidently there
         return self._message_in(request)
 
     def _message_in(self, request: Request) -> int:
@@ -460,12 +504,27 @@ class ImSession(EventSource):
             return status
         if wrapped.content_type == ic.CONTENT_TYPE:
             return self._indication_in(wrapped.body)
-        self._deliver_text(request, wrapped.content_type, mode=self.mode, text=wrapped.body.decode("utf-8", "replace"),
-                           message_id=wrapped.message_id, wrapper=wrapped)
+        self._deliver_text(
+            request,
+            wrapped.content_type,
+            mode=self.mode,
+            text=wrapped.body.decode("utf-8", "replace"),
+            message_id=wrapped.message_id,
+            wrapper=wrapped,
+        )
         return status
 
-    def _deliver_text(self, request: Request, ct: str, *, mode: str, participant: Participant | None = None,
-                      text: str | None = None, message_id: str | None = None, wrapper: cpim.Cpim | None = None) -> None:
+    def _deliver_text(
+        self,
+        request: Request,
+        ct: str,
+        *,
+        mode: str,
+        participant: Participant | None = None,
+        text: str | None = None,
+        message_id: str | None = None,
+        wrapper: cpim.Cpim | None = None,
+    ) -> None:
         """Record and announce a received text. In a conference `participant` is the original sender (from
         the focus's message/cpim wrapper), `text` the unwrapped body and `message_id` its id. If the sender
         asked for a delivery notification (and receipts are on), it goes back at once."""
@@ -485,8 +544,11 @@ class ImSession(EventSource):
         self.messages.append(msg)
         self._unread[msg.id] = msg
         self._receiver_message(sender)
-        self._emit(MessageReceived(self, sender, text, ct, msg_id, mode, self.endpoint.uri, timestamp=ts,
-                                   call_id=request.call_id))
+        self._emit(
+            MessageReceived(
+                self, sender, text, ct, msg_id, mode, self.endpoint.uri, timestamp=ts, call_id=request.call_id
+            )
+        )
         if wanted is not None and wanted.delivery and self._may_notify():
             asyncio.ensure_future(self._notify(msg, imdn.DELIVERY, "delivered"))
 
@@ -498,7 +560,11 @@ class ImSession(EventSource):
     def _run_receiver(self, actions: list) -> None:
         for a in actions:
             if isinstance(a, ic.StartTimer):
-                self._arm("rx_" + a.name, a.delay, lambda n=a.name: self._run_receiver(self._receiver.timer(n, time.monotonic())))
+                self._arm(
+                    "rx_" + a.name,
+                    a.delay,
+                    lambda n=a.name: self._run_receiver(self._receiver.timer(n, time.monotonic())),
+                )
             elif isinstance(a, ic.StopTimer):
                 self._disarm("rx_" + a.name)
             elif isinstance(a, ic.Changed):
@@ -509,7 +575,9 @@ class ImSession(EventSource):
         sends: list[asyncio.Future] = []
         for a in actions:
             if isinstance(a, ic.StartTimer):
-                self._arm("tx_" + a.name, a.delay, lambda n=a.name: self._run_sender(self._sender.timer(n, time.monotonic())))
+                self._arm(
+                    "tx_" + a.name, a.delay, lambda n=a.name: self._run_sender(self._sender.timer(n, time.monotonic()))
+                )
             elif isinstance(a, ic.StopTimer):
                 self._disarm("tx_" + a.name)
             elif isinstance(a, ic.SendIndication):
@@ -523,7 +591,11 @@ class ImSession(EventSource):
         """Send a composing indication or a receipt (`kind`: its content type) in the dialog. A peer that
         answers 415/501 gets no more of that kind in this session, while text keeps flowing (clients such as
         linphone refuse is-composing or IMDN this way). True if the peer took it."""
-        if kind in self._refused or self.state is not SessionState.CONNECTED or (self.dialog is None and self.mode != "pager"):
+        if (
+            kind in self._refused
+            or self.state is not SessionState.CONNECTED
+            or (self.dialog is None and self.mode != "pager")
+        ):
             return False
         async with self._get_lock():
             if kind in self._refused or self.state is not SessionState.CONNECTED:
@@ -532,7 +604,9 @@ class ImSession(EventSource):
                 if self.mode == "pager":
                     call_id = self.endpoint.new_call_id()
                     self._pager_calls.append(call_id)
-                    resp = await self.ua.send_message(SipUri.parse(self._remote.uri), body, content_type, call_id=call_id)
+                    resp = await self.ua.send_message(
+                        SipUri.parse(self._remote.uri), body, content_type, call_id=call_id
+                    )
                 else:
                     assert self.dialog is not None
                     resp = await self.ua.send_in_dialog(self.dialog, "MESSAGE", body=body, content_type=content_type)
@@ -541,19 +615,31 @@ class ImSession(EventSource):
                 return False
             if resp.status in REFUSING:
                 self._refused.add(kind)
-                log.info("session %s: %s answered %s %s to %s; not sending those any more", self.id, self._remote.uri,
-                         resp.status, resp.reason, kind)
+                log.info(
+                    "session %s: %s answered %s %s to %s; not sending those any more",
+                    self.id,
+                    self._remote.uri,
+                    resp.status,
+                    resp.reason,
+                    kind,
+                )
             self._run(self._machine.answered("MESSAGE", resp.status, resp.reason))
             return 200 <= resp.status < 300
 
     # -- receipts (loop thread) ---------------------------------------------------------------------------------------
     def _may_notify(self) -> bool:
-        return (self._receipts and self.endpoint.send_receipts and imdn.CONTENT_TYPE not in self._refused
-                and self.state is SessionState.CONNECTED)
+        return (
+            self._receipts
+            and self.endpoint.send_receipts
+            and imdn.CONTENT_TYPE not in self._refused
+            and self.state is SessionState.CONNECTED
+        )
 
     async def _notify(self, msg: ChatMessage, kind: str, status: str) -> None:
         """Send one notification about the received message `msg` (CPIM-wrapped, in the dialog)."""
-        body = notification_body(msg.id, msg.imdn_datetime, kind, status, self.endpoint.uri, self._remote.uri, now_utc())
+        body = notification_body(
+            msg.id, msg.imdn_datetime, kind, status, self.endpoint.uri, self._remote.uri, now_utc()
+        )
         await self._send_aux(imdn.CONTENT_TYPE, body, NOTIFICATION_CONTENT_TYPE)
 
     async def _mark_read(self, ids: set[str] | None) -> int:
@@ -594,14 +680,18 @@ class ImSession(EventSource):
     def require_connected(self, what: str) -> None:
         """Raise InvalidState (saying what to do instead) unless the session is connected."""
         if self.state is not SessionState.CONNECTED or (self.dialog is None and self.mode != "pager"):
-            hint = "await the session (or incoming.accept()) first" if self.state in (SessionState.IDLE, SessionState.CONNECTING) \
+            hint = (
+                "await the session (or incoming.accept()) first"
+                if self.state in (SessionState.IDLE, SessionState.CONNECTING)
                 else "create a new session with endpoint.sessions.create(uri)"
+            )
             raise InvalidState(f"cannot {what}: session {self.id} is {self.state.value}; {hint}")
 
     async def _send_text(self, text: str, ct: str) -> MessageDelivered:
         self.require_connected("send")
-        msg = ChatMessage(random_hex(2 * 6), "out", self.endpoint.uri, self._remote.uri, text, ct, now_utc(), "sending",
-                          self.mode)
+        msg = ChatMessage(
+            random_hex(2 * 6), "out", self.endpoint.uri, self._remote.uri, text, ct, now_utc(), "sending", self.mode
+        )
         self.messages.append(msg)
         if self.mode == "pager":
             return await self._send_pager_text(msg)
@@ -611,20 +701,22 @@ class ImSession(EventSource):
             msg.requested = imdn.REQUESTED_SET
             self.endpoint.receipts.track(msg, self, self._emit)
         call_id = self.dialog.call_id if self.dialog is not None else ""
-        self._emit(MessageSending(self, msg.id, text, ct, "session", msg.recipient, timestamp=msg.timestamp,
-                                  call_id=call_id))
+        self._emit(
+            MessageSending(self, msg.id, text, ct, "session", msg.recipient, timestamp=msg.timestamp, call_id=call_id)
+        )
         self._run_sender(self._sender.message_sent(time.monotonic()))
         started = time.perf_counter()
         body = wire_text(text)
-        news: list = []   # what the attempts taught the session machine, acted on once the message is settled
+        news: list = []  # what the attempts taught the session machine, acted on once the message is settled
         async with self._get_lock():
             status, reason = 481, f"session {self.state.value} before the message was sent"
             for _attempt in range(MESSAGE_ATTEMPTS):
                 if self.state is not SessionState.CONNECTED or self.dialog is None:
                     break
                 try:
-                    resp = await self.ua.send_in_dialog(self.dialog, "MESSAGE", body=body,
-                                                        content_type=f"{ct};charset=UTF-8", extra=extra)
+                    resp = await self.ua.send_in_dialog(
+                        self.dialog, "MESSAGE", body=body, content_type=f"{ct};charset=UTF-8", extra=extra
+                    )
                 except MessageTooLarge as exc:  # not the peer's fault, and a retry cannot help
                     status, reason = exc.status, exc.reason
                     break
@@ -635,8 +727,9 @@ class ImSession(EventSource):
                 status, reason = resp.status, resp.reason
                 news += self._machine.answered("MESSAGE", status, reason)
                 break
-        event = settle(msg, self, status, failure_reason(status, reason, len(body)), time.perf_counter() - started,
-                       call_id)
+        event = settle(
+            msg, self, status, failure_reason(status, reason, len(body)), time.perf_counter() - started, call_id
+        )
         self._emit(event)
         self._run(news)
         if isinstance(event, MessageDelivered):
@@ -681,7 +774,9 @@ class ImSession(EventSource):
         """End the session at once without telling the other party (the endpoint's sockets are gone)."""
         self._finish(reason, None)
 
-    def _finish(self, reason: str, status: int | None, *, by_remote: bool = False, answered_elsewhere: bool = False) -> None:
+    def _finish(
+        self, reason: str, status: int | None, *, by_remote: bool = False, answered_elsewhere: bool = False
+    ) -> None:
         """The session is over (the machine said so): timers, composing and the dialog go; SessionTerminated."""
         if self.state is SessionState.DISCONNECTED:
             return
@@ -698,8 +793,11 @@ class ImSession(EventSource):
             self.ua.forget_dialog(self.dialog)
         if self._accepted is not None and not self._accepted.done():
             self._accepted.set_exception(InvalidState(f"session ended before it connected: {reason}"))
-        self._emit(SessionTerminated(self, reason, status, by_remote, timestamp=now_utc(),
-                                     answered_elsewhere=answered_elsewhere))
+        self._emit(
+            SessionTerminated(
+                self, reason, status, by_remote, timestamp=now_utc(), answered_elsewhere=answered_elsewhere
+            )
+        )
         self.manager.forget(self)
 
     # -- history (trace frames, pandas imported on use) -----------------------------------------------------------
@@ -708,7 +806,7 @@ class ImSession(EventSource):
         as seen by this endpoint; in pager mode the out-of-dialog MESSAGEs of the conversation). Same schema as
         the trace's frames."""
         trace = self.endpoint.platform.trace
-        if frame == "sip" and self.mode == "pager":   # no dialog: the out-of-dialog MESSAGEs of this conversation
+        if frame == "sip" and self.mode == "pager":  # no dialog: the out-of-dialog MESSAGEs of this conversation
             sip = trace.sip(owner=self.endpoint.uri)
             return sip[sip["call_id"].isin(set(self._pager_calls))].reset_index(drop=True)
         if frame == "sip":

@@ -1,5 +1,6 @@
 """The states of endpoints, sessions and participants (UCCAPI's state enumerations), at the bottom of the API
 layer: the events carry them, the participants and sessions hold them."""
+
 from __future__ import annotations
 
 import enum
@@ -27,5 +28,5 @@ class EndpointState(str, enum.Enum):
     DISABLED = "disabled"
     ENABLING = "enabling"
     ENABLED = "enabled"
-    RECONNECTING = "reconnecting"   # the registration failed or lapsed; retrying with backoff
+    RECONNECTING = "reconnecting"  # the registration failed or lapsed; retrying with backoff
     DISABLING = "disabling"

@@ -8,11 +8,13 @@ layer's business: it hears from the agent through the small `AgentListener` and 
 
 All methods run on the loop thread.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ..errors import NO_ANSWER, MessageTooLarge, RequestFailed, TransportError
 from ..im import registration as reg
@@ -31,12 +33,14 @@ from .targets import resolve_request_target, resolve_target, target_of
 log = logging.getLogger("notebook_im.ua")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, MESSAGE, OPTIONS, NOTIFY"
-ACCEPT = ("application/sdp, text/plain, text/html, text/enriched, application/im-iscomposing+xml, message/cpim, "
-          "message/imdn+xml, application/conference-info+xml")
+ACCEPT = (
+    "application/sdp, text/plain, text/html, text/enriched, application/im-iscomposing+xml, message/cpim, "
+    "message/imdn+xml, application/conference-info+xml"
+)
 # RFC 3261 §18.1.1: a request within 200 bytes of the path MTU (1500 for Ethernet), or larger than 1300 bytes
 # when the MTU is unknown, must go over a congestion-controlled transport (TCP) instead of UDP
 UDP_MAX_REQUEST = 1300
-KEEPALIVE_INTERVAL = 90.0   # CRLF keep-alives to the registrar over TCP/TLS (RFC 5626 suggests 95-120 s)
+KEEPALIVE_INTERVAL = 90.0  # CRLF keep-alives to the registrar over TCP/TLS (RFC 5626 suggests 95-120 s)
 
 
 class AgentListener(Protocol):
@@ -73,14 +77,24 @@ class DialogUser(Protocol):
 class UserAgent:
     """The user agent of one address of record: `UserAgent(transport, sink, aor=..., proxy=..., ...)`."""
 
-    def __init__(self, transport: Transport, sink: TraceSink, *, aor: SipUri, proxy: SipUri | None,
-                 transport_name: str, username: str | None = None, password: str | None = None,
-                 display_name: str | None = None, listener: AgentListener | None = None,
-                 timers: Timers = DEFAULT_TIMERS) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        sink: TraceSink,
+        *,
+        aor: SipUri,
+        proxy: SipUri | None,
+        transport_name: str,
+        username: str | None = None,
+        password: str | None = None,
+        display_name: str | None = None,
+        listener: AgentListener | None = None,
+        timers: Timers = DEFAULT_TIMERS,
+    ) -> None:
         self.stack = SipStack(name=aor.aor, transport=transport, sink=sink, timers=timers, handler=self)
         self.aor = aor
         self.proxy = proxy.with_params(lr=None, transport=transport_name) if proxy is not None else None
-        self.proxy_target: Target | None = None     # the proxy's address, resolved when the agent starts
+        self.proxy_target: Target | None = None  # the proxy's address, resolved when the agent starts
         self.default_transport = transport_name
         self.display_name = display_name
         self.listener = listener
@@ -91,7 +105,7 @@ class UserAgent:
         self.pending_subscriptions: dict[tuple[str, str], Any] = {}
         self.registration = reg.Registration(keepalive=KEEPALIVE_INTERVAL if transport_name != "udp" else None)
         self._reg_timers: dict[str, asyncio.TimerHandle] = {}
-        self._reg_waiter: asyncio.Future | None = None     # the first REGISTER's outcome, for `register()`
+        self._reg_waiter: asyncio.Future | None = None  # the first REGISTER's outcome, for `register()`
         self._register_call_id = ""
         self._register_cseq = 0
         self._cseq = 0
@@ -127,8 +141,15 @@ class UserAgent:
     def respond(self, handle: ServerHandle, response: Response) -> None:
         self.stack.respond(handle, response)
 
-    def reply(self, handle: ServerHandle, status: int, reason: str | None = None, *, tag: str | None | bool = True,
-              headers: dict[str, str] | None = None) -> None:
+    def reply(
+        self,
+        handle: ServerHandle,
+        status: int,
+        reason: str | None = None,
+        *,
+        tag: str | None | bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.stack.reply(handle, status, reason, tag=tag, headers=headers)
 
     # -- addresses ----------------------------------------------------------------------------------
@@ -159,21 +180,38 @@ class UserAgent:
         """Our `m=message ... sip null` session description."""
         return sdp.build(self.stack.host, self.local_addr[1], accept_types=accept_types)
 
-    def new_request(self, method: str, to: SipUri, *, body: bytes = b"", content_type: str | None = None,
-                    call_id: str | None = None, cseq: int | None = None, from_tag: str | None = None,
-                    extra: dict[str, str] | None = None, ruri: SipUri | None = None) -> Request:
+    def new_request(
+        self,
+        method: str,
+        to: SipUri,
+        *,
+        body: bytes = b"",
+        content_type: str | None = None,
+        call_id: str | None = None,
+        cseq: int | None = None,
+        from_tag: str | None = None,
+        extra: dict[str, str] | None = None,
+        ruri: SipUri | None = None,
+    ) -> Request:
         """An out-of-dialog request sent through the outbound proxy (pre-loaded Route, RFC 3261 §8.1.2)."""
         if cseq is None:
             self._cseq += 1
             cseq = self._cseq
         wants_contact = method in ("INVITE", "REGISTER", "SUBSCRIBE", "REFER")
-        return make_request(method, ruri or to, via=self.via(self.default_transport),
-                            from_=f"{self.local_address()};tag={from_tag or new_tag()}", to=str(Address(to)),
-                            call_id=call_id or new_call_id(self.stack.host), cseq=cseq,
-                            routes=[f"<{self.proxy}>"] if self.proxy is not None else (),
-                            contact=self.contact if wants_contact else None,
-                            headers=[("User-Agent", USER_AGENT), *(extra or {}).items()], body=body,
-                            content_type=content_type)
+        return make_request(
+            method,
+            ruri or to,
+            via=self.via(self.default_transport),
+            from_=f"{self.local_address()};tag={from_tag or new_tag()}",
+            to=str(Address(to)),
+            call_id=call_id or new_call_id(self.stack.host),
+            cseq=cseq,
+            routes=[f"<{self.proxy}>"] if self.proxy is not None else (),
+            contact=self.contact if wants_contact else None,
+            headers=[("User-Agent", USER_AGENT), *(extra or {}).items()],
+            body=body,
+            content_type=content_type,
+        )
 
     async def _congestion_safe(self, request: Request) -> tuple[Target, int]:
         """Where to send `request`, and its size. RFC 3261 §18.1.1: a request over `UDP_MAX_REQUEST` bytes that
@@ -191,8 +229,13 @@ class UserAgent:
         return Target("tcp", target.host, target.port), size
 
     # -- requests with authentication ---------------------------------------------------------------
-    async def send_authenticated(self, request: Request, *, on_provisional: Callable[[Response], None] | None = None,
-                                 on_handle: Callable[[ClientHandle], None] | None = None) -> tuple[Request, Response]:
+    async def send_authenticated(
+        self,
+        request: Request,
+        *,
+        on_provisional: Callable[[Response], None] | None = None,
+        on_handle: Callable[[ClientHandle], None] | None = None,
+    ) -> tuple[Request, Response]:
         """Send `request`; answer up to two digest challenges; return the request finally sent and the final
         response. A request too large for UDP goes over TCP; if TCP is refused, MessageTooLarge says so."""
         self.auth.apply_cached(request)
@@ -206,10 +249,15 @@ class UserAgent:
             except TransportError as exc:
                 if not size:
                     raise
-                raise MessageTooLarge(request.method, str(request.uri), (
-                    f"the {request.method} is {size:,} bytes, too large for UDP (RFC 3261 §18.1.1 sends requests over "
-                    f"{UDP_MAX_REQUEST} bytes over TCP), and TCP to {target.host}:{target.port} was unavailable: "
-                    f"{exc.reason}")) from None
+                raise MessageTooLarge(
+                    request.method,
+                    str(request.uri),
+                    (
+                        f"the {request.method} is {size:,} bytes, too large for UDP (RFC 3261 §18.1.1 sends requests over "
+                        f"{UDP_MAX_REQUEST} bytes over TCP), and TCP to {target.host}:{target.port} was unavailable: "
+                        f"{exc.reason}"
+                    ),
+                ) from None
             if response.status not in (401, 407) or attempt == 2:
                 return request, response
             challenge = self.auth.challenge_to_answer(response, attempt)
@@ -267,7 +315,8 @@ class UserAgent:
                 self._stop_reg_timer(a.name)
                 if self.stack.loop is not None and not self.closed:
                     self._reg_timers[a.name] = self.stack.loop.call_later(
-                        a.delay, lambda n=a.name: self._run_registration(self.registration.timer(n)))
+                        a.delay, lambda n=a.name: self._run_registration(self.registration.timer(n))
+                    )
             elif isinstance(a, reg.StopTimer):
                 self._stop_reg_timer(a.name)
             elif isinstance(a, reg.SendKeepalive):
@@ -289,7 +338,9 @@ class UserAgent:
         waiter = self._reg_waiter
         if note.report is reg.Report.FIRST_FAILED:
             if waiter is not None and not waiter.done():
-                waiter.set_exception(self._failure or RequestFailed("REGISTER", note.status, note.detail, str(self.proxy)))
+                waiter.set_exception(
+                    self._failure or RequestFailed("REGISTER", note.status, note.detail, str(self.proxy))
+                )
             return
         if note.report in (reg.Report.REGISTERED, reg.Report.UNREGISTERED):
             if waiter is not None and not waiter.done():
@@ -305,14 +356,20 @@ class UserAgent:
                 detail = "registration refreshed"
             self.listener.on_registration(note.report, detail)
 
-    _failure: BaseException | None = None   # the exception of the REGISTER that just failed (for `register()`)
+    _failure: BaseException | None = None  # the exception of the REGISTER that just failed (for `register()`)
 
     async def _send_register(self, expires: int) -> None:
         """One REGISTER (our Contact, `expires`) and its outcome fed back to the machine."""
         self._register_cseq += 1
         registrar = SipUri(host=self.aor.host)
-        req = self.new_request("REGISTER", self.aor, call_id=self._register_call_id, cseq=self._register_cseq,
-                               extra={"Expires": str(expires)}, ruri=registrar)
+        req = self.new_request(
+            "REGISTER",
+            self.aor,
+            call_id=self._register_call_id,
+            cseq=self._register_cseq,
+            extra={"Expires": str(expires)},
+            ruri=registrar,
+        )
         req.headers.set("Contact", f"{self.contact};expires={expires}")
         self._failure = None
         try:
@@ -328,8 +385,9 @@ class UserAgent:
         granted = self._granted(resp, expires)
         if resp.status >= 300:
             self._failure = RequestFailed("REGISTER", resp.status, resp.reason, str(self.proxy))
-        self._run_registration(self.registration.answered(resp.status, granted=granted,
-                                                          detail=f"{resp.status} {resp.reason}"))
+        self._run_registration(
+            self.registration.answered(resp.status, granted=granted, detail=f"{resp.status} {resp.reason}")
+        )
 
     def _granted(self, resp: Response, asked: int) -> int:
         """The expiry the registrar granted our Contact (its `expires` parameter, else the Expires header)."""
@@ -367,25 +425,43 @@ class UserAgent:
         self.stack.reply(invite, 487)
 
     # -- pager mode ---------------------------------------------------------------------------------------
-    async def send_message(self, to: SipUri, body: bytes, content_type: str,
-                           extra: dict[str, str] | None = None, call_id: str | None = None) -> Response:
+    async def send_message(
+        self,
+        to: SipUri,
+        body: bytes,
+        content_type: str,
+        extra: dict[str, str] | None = None,
+        call_id: str | None = None,
+    ) -> Response:
         req = self.new_request("MESSAGE", to, body=body, content_type=content_type, extra=extra, call_id=call_id)
         _, resp = await self.send_authenticated(req)
         return resp
 
     # -- sessions -------------------------------------------------------------------------------------------
-    async def invite(self, to: SipUri, user: DialogUser, *, on_provisional: Callable[[Response], None] | None = None,
-                     on_handle: Callable[[ClientHandle], None] | None = None,
-                     accept_types: tuple[str, ...] = sdp.ACCEPT_TYPES,
-                     extra: dict[str, str] | None = None) -> tuple[Dialog | None, Response]:
-        req = self.new_request("INVITE", to, body=self.sdp_offer(accept_types), content_type="application/sdp",
-                               extra={"Allow": ALLOW, "Supported": "ms-text-format", **(extra or {})})
+    async def invite(
+        self,
+        to: SipUri,
+        user: DialogUser,
+        *,
+        on_provisional: Callable[[Response], None] | None = None,
+        on_handle: Callable[[ClientHandle], None] | None = None,
+        accept_types: tuple[str, ...] = sdp.ACCEPT_TYPES,
+        extra: dict[str, str] | None = None,
+    ) -> tuple[Dialog | None, Response]:
+        req = self.new_request(
+            "INVITE",
+            to,
+            body=self.sdp_offer(accept_types),
+            content_type="application/sdp",
+            extra={"Allow": ALLOW, "Supported": "ms-text-format", **(extra or {})},
+        )
         handles: list[ClientHandle] = []
 
         def keep(h: ClientHandle) -> None:
             handles.append(h)
             if on_handle:
                 on_handle(h)
+
         sent, resp = await self.send_authenticated(req, on_provisional=on_provisional, on_handle=keep)
         if not 200 <= resp.status < 300:
             return None, resp
@@ -408,18 +484,37 @@ class UserAgent:
             return dialog.route_set[0].uri.transport
         return dialog.remote_target.transport
 
-    def dialog_request(self, dialog: Dialog, method: str, *, body: bytes = b"", content_type: str | None = None,
-                       extra: dict[str, str] | None = None) -> Request:
-        req = dialog.create_request(method, via=self.via(self._dialog_transport(dialog)), contact=self.contact,
-                                    body=body, content_type=content_type)
+    def dialog_request(
+        self,
+        dialog: Dialog,
+        method: str,
+        *,
+        body: bytes = b"",
+        content_type: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> Request:
+        req = dialog.create_request(
+            method,
+            via=self.via(self._dialog_transport(dialog)),
+            contact=self.contact,
+            body=body,
+            content_type=content_type,
+        )
         if method != "ACK":
             req.headers.add("User-Agent", USER_AGENT)
         for k, v in (extra or {}).items():
             req.headers.add(k, v)
         return req
 
-    async def send_in_dialog(self, dialog: Dialog, method: str, *, body: bytes = b"", content_type: str | None = None,
-                             extra: dict[str, str] | None = None) -> Response:
+    async def send_in_dialog(
+        self,
+        dialog: Dialog,
+        method: str,
+        *,
+        body: bytes = b"",
+        content_type: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> Response:
         req = self.dialog_request(dialog, method, body=body, content_type=content_type, extra=extra)
         sent, resp = await self.send_authenticated(req)
         dialog.local_seq = max(dialog.local_seq, sent.cseq.number)
@@ -431,29 +526,45 @@ class UserAgent:
         ringing.headers.set("Contact", self.contact)
         self.stack.respond(handle, ringing)
 
-    def accept_invite(self, handle: ServerHandle, dialog: Dialog, user: DialogUser, *,
-                      accept_types: tuple[str, ...] = sdp.ACCEPT_TYPES, acked: Callable[[], bool]) -> Response:
+    def accept_invite(
+        self,
+        handle: ServerHandle,
+        dialog: Dialog,
+        user: DialogUser,
+        *,
+        accept_types: tuple[str, ...] = sdp.ACCEPT_TYPES,
+        acked: Callable[[], bool],
+    ) -> Response:
         """Answer an INVITE with 200 + SDP and retransmit the 2xx until `acked()` (RFC 3261 §13.3.1.4); after
         64*T1 without an ACK the dialog user's `on_ack_timeout` runs."""
-        resp = make_response(handle.request, 200, to_tag=dialog.local_tag, body=self.sdp_offer(accept_types),
-                             content_type="application/sdp")
+        resp = make_response(
+            handle.request,
+            200,
+            to_tag=dialog.local_tag,
+            body=self.sdp_offer(accept_types),
+            content_type="application/sdp",
+        )
         resp.headers.set("Contact", self.named_contact)
         resp.headers.set("Allow", ALLOW)
         self.dialogs[dialog.id] = user
         self.stack.respond(handle, resp)
-        self.stack.retransmit_2xx(handle, resp, lambda: acked() or self.dialogs.get(dialog.id) is not user,
-                                  user.on_ack_timeout)
+        self.stack.retransmit_2xx(
+            handle, resp, lambda: acked() or self.dialogs.get(dialog.id) is not user, user.on_ack_timeout
+        )
         return resp
 
     def forget_dialog(self, dialog: Dialog) -> None:
         self.dialogs.pop(dialog.id, None)
 
     # -- subscriptions (RFC 6665), as a subscriber ---------------------------------------------------------------
-    async def subscribe(self, to: SipUri, event: str, user: Any, *, expires: int, accept: str) -> tuple[Dialog | None, Response]:
+    async def subscribe(
+        self, to: SipUri, event: str, user: Any, *, expires: int, accept: str
+    ) -> tuple[Dialog | None, Response]:
         """SUBSCRIBE out of dialog; a NOTIFY that overtakes the 200 reaches `user.on_notify` all the same.
         On 2xx the subscription dialog is registered for `user` and returned."""
-        req = self.new_request("SUBSCRIBE", to, extra={"Event": event, "Expires": str(expires), "Accept": accept,
-                                                        "Allow": ALLOW})
+        req = self.new_request(
+            "SUBSCRIBE", to, extra={"Event": event, "Expires": str(expires), "Accept": accept, "Allow": ALLOW}
+        )
         key = (req.call_id, req.from_.tag or "")
         self.pending_subscriptions[key] = user
         try:
@@ -472,13 +583,14 @@ class UserAgent:
     def on_request(self, request: Request, handle: ServerHandle | None, transport: str, remote: Addr) -> None:
         method = request.method
         if request.body and "content-encoding" in request.headers.fields:
-            try:   # a compressed body (liblinphone's receipts): inflated before anyone reads it
+            try:  # a compressed body (liblinphone's receipts): inflated before anyone reads it
                 coding.decode(request)
             except RemoteProtocolError as exc:
                 if handle is not None:
                     extra = {"Accept-Encoding": coding.ACCEPT_ENCODING} if exc.status_code == 415 else None
-                    self.stack.reply(handle, exc.status_code, reason_phrase(exc), tag=request.to.tag is None,
-                                     headers=extra)
+                    self.stack.reply(
+                        handle, exc.status_code, reason_phrase(exc), tag=request.to.tag is None, headers=extra
+                    )
                 return
         to_tag = request.to.tag
         if to_tag:  # in-dialog
@@ -551,8 +663,9 @@ class UserAgent:
             self._method_not_allowed(handle, in_dialog=True)
 
     def _answer_options(self, request: Request, handle: ServerHandle) -> None:
-        self.stack.reply(handle, 200, tag=request.to.tag is None,
-                         headers={"Allow": ALLOW, "Accept": ACCEPT, "Contact": self.contact})
+        self.stack.reply(
+            handle, 200, tag=request.to.tag is None, headers={"Allow": ALLOW, "Accept": ACCEPT, "Contact": self.contact}
+        )
 
     def _method_not_allowed(self, handle: ServerHandle, *, in_dialog: bool) -> None:
         self.stack.reply(handle, 405, tag=not in_dialog, headers={"Allow": ALLOW})

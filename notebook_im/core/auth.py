@@ -8,6 +8,7 @@ asked may see one. Before anyone asks, credentials go only on:
 In-dialog requests reach the peer through proxies that need not strip credentials: they carry some only
 after a challenge of their own.
 """
+
 from __future__ import annotations
 
 from ..sip import digest

@@ -9,13 +9,15 @@ arm timers, deliver to the handler) and keeps bounded state: live server transac
 
 All methods run on the loop thread.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from ..errors import TransactionTimeout, TransportError
 from ..net.base import Addr, Target, Transport
@@ -26,8 +28,18 @@ from ..sip.message import Request, Response, make_response, new_branch, new_tag
 from ..sip.parser import parse_message
 from ..sip.reason import Reason
 from ..sip.transaction import (
-    DEFAULT_TIMERS, ClientTransaction, Deliver, ServerTransaction, StartTimer, StopTimer, Terminated, Timeout, Timers,
-    Transmit, client_key, server_key,
+    DEFAULT_TIMERS,
+    ClientTransaction,
+    Deliver,
+    ServerTransaction,
+    StartTimer,
+    StopTimer,
+    Terminated,
+    Timeout,
+    Timers,
+    Transmit,
+    client_key,
+    server_key,
 )
 from ..sip.uri import bracket
 from .sink import TraceSink
@@ -46,7 +58,7 @@ class ClientHandle:
     target: Target
     future: asyncio.Future
     on_provisional: Callable[[Response], None] | None = None
-    ack: bytes | None = None            # the ACK we sent for a 2xx, resent when the 2xx is retransmitted
+    ack: bytes | None = None  # the ACK we sent for a 2xx, resent when the 2xx is retransmitted
     on_late_2xx: Callable[[Response], None] | None = None  # a proxy relays retransmitted 2xx upstream
     timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     # called with the future as soon as it is settled, in the same turn of the loop (a done callback would wait
@@ -98,8 +110,15 @@ class StackHandler(Protocol):
 class SipStack:
     """Transport + transaction layer. Give it a transport, a sink and (before `start`) a handler."""
 
-    def __init__(self, *, name: str, transport: Transport, sink: TraceSink, timers: Timers = DEFAULT_TIMERS,
-                 handler: StackHandler | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        transport: Transport,
+        sink: TraceSink,
+        timers: Timers = DEFAULT_TIMERS,
+        handler: StackHandler | None = None,
+    ) -> None:
         self.name = name
         self.sink = sink
         self.timers = timers
@@ -109,8 +128,14 @@ class SipStack:
         self._transport_errors: dict[tuple[str, Addr], str] = {}
         self._clients: dict[tuple[Any, ...], ClientHandle] = {}
         self._servers: dict[tuple[Any, ...], ServerHandle] = {}
-        self.stats = {"received": 0, "sent": 0, "bad_request_400": 0, "dropped": 0, "retransmissions_absorbed": 0,
-                      "refused_503": 0}
+        self.stats = {
+            "received": 0,
+            "sent": 0,
+            "bad_request_400": 0,
+            "dropped": 0,
+            "retransmissions_absorbed": 0,
+            "refused_503": 0,
+        }
         # live server transactions per source (address, port) and in all: beyond these a flood is refused
         # with 503 (UDP transactions linger 64*T1 after their answer, so this is what bounds memory)
         self.max_transactions_per_source = 20_000
@@ -184,14 +209,20 @@ class SipStack:
         except (OSError, RuntimeError) as exc:
             log.warning("%s: send to %s failed: %s", self.name, target, exc)
         # the source address the peer sees: a connection's own local port on TCP/TLS, the socket's on UDP
-        self.sink.record_sip("out", target.transport, self.transport.source_addr(target), target.addr, data, self.name,
-                             message=message)
+        self.sink.record_sip(
+            "out", target.transport, self.transport.source_addr(target), target.addr, data, self.name, message=message
+        )
 
     def send_stateless(self, message: Request | Response, target: Target) -> None:
         self.send_bytes(bytes(message), target, message)
 
-    def send_request(self, request: Request, target: Target | None = None, *,
-                     on_provisional: Callable[[Response], None] | None = None) -> ClientHandle:
+    def send_request(
+        self,
+        request: Request,
+        target: Target | None = None,
+        *,
+        on_provisional: Callable[[Response], None] | None = None,
+    ) -> ClientHandle:
         """Start a client transaction; `handle.future` resolves with the final response."""
         assert self.loop is not None
         target = target or request_target(request)
@@ -205,8 +236,13 @@ class SipStack:
         self._execute_client(handle, txn.start())
         return handle
 
-    async def request(self, request: Request, target: Target | None = None, *,
-                      on_provisional: Callable[[Response], None] | None = None) -> Response:
+    async def request(
+        self,
+        request: Request,
+        target: Target | None = None,
+        *,
+        on_provisional: Callable[[Response], None] | None = None,
+    ) -> Response:
         return await self.send_request(request, target, on_provisional=on_provisional).future
 
     def respond(self, handle: ServerHandle, response: Response) -> None:
@@ -219,8 +255,15 @@ class SipStack:
             return
         self._execute_server(handle, actions)
 
-    def reply(self, handle: ServerHandle, status: int, reason: str | None = None, *, tag: str | None | bool = True,
-              headers: dict[str, str] | None = None) -> None:
+    def reply(
+        self,
+        handle: ServerHandle,
+        status: int,
+        reason: str | None = None,
+        *,
+        tag: str | None | bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         """Answer `handle` with a bodiless response: `tag=True` adds a fresh To tag (out of dialog), a string that
         tag, False none (in dialog). The one place a handler's plain answers are built."""
         to_tag = new_tag() if tag is True else (tag or None)
@@ -244,8 +287,9 @@ class SipStack:
         host, port = handle.txn.request.top_via.response_address()
         return Target("udp", host, port)
 
-    def retransmit_2xx(self, handle: ServerHandle, response: Response, acked: Callable[[], bool],
-                       on_timeout: Callable[[], None]) -> None:
+    def retransmit_2xx(
+        self, handle: ServerHandle, response: Response, acked: Callable[[], bool], on_timeout: Callable[[], None]
+    ) -> None:
         """RFC 3261 §13.3.1.4: a UAS retransmits its 2xx to an INVITE over UDP (T1 doubling to T2) until
         `acked()` says the ACK came, and calls `on_timeout()` after 64*T1 without one. Over a reliable
         transport nothing is retransmitted. Shared by the user agent and the conference focus."""
@@ -263,7 +307,8 @@ class SipStack:
                 return
             self.send_bytes(data, self.response_target(handle))
             nxt = min(interval * 2, self.timers.t2)
-            self.loop.call_later(nxt, fire, nxt)   # type: ignore[union-attr]
+            self.loop.call_later(nxt, fire, nxt)  # type: ignore[union-attr]
+
         self.loop.call_later(self.timers.t1, fire, self.timers.t1)
 
     def ack_and_bye(self, invite: Request, resp: Response, dest: Target, reason: Reason | None = None) -> bytes | None:
@@ -335,8 +380,11 @@ class SipStack:
     def connection_lost(self, transport: str, addr: Addr) -> None:
         # requests still waiting for an answer on that connection will not get one: fail them now (the
         # session and pager layers retry a MESSAGE once, over a new connection)
-        pending = [h for h in self._clients.values() if h.target.transport == transport and h.target.addr == addr
-                   and not h.future.done()]
+        pending = [
+            h
+            for h in self._clients.values()
+            if h.target.transport == transport and h.target.addr == addr and not h.future.done()
+        ]
         if pending:
             self.send_failed(transport, addr, f"connection to {addr[0]}:{addr[1]} closed by the peer")
         if self.handler is not None:
@@ -395,12 +443,19 @@ class SipStack:
             self._on_cancel(req, transport, remote, local)
             return
         source = remote  # (address, port): one client socket; all of loopback is one address
-        if self._per_source.get(source, 0) >= self.max_transactions_per_source or len(self._servers) >= self.max_transactions:
+        if (
+            self._per_source.get(source, 0) >= self.max_transactions_per_source
+            or len(self._servers) >= self.max_transactions
+        ):
             # a flood from one address: refuse statelessly, remember nothing (memory stays bounded)
             self.stats["refused_503"] += 1
-            resp = make_response(req, 503, "Service Unavailable (too many transactions from your address)", to_tag=new_tag())
+            resp = make_response(
+                req, 503, "Service Unavailable (too many transactions from your address)", to_tag=new_tag()
+            )
             resp.headers.set("Retry-After", "5")
-            self.send_stateless(resp, self.response_target(ServerHandle(ServerTransaction(req), transport, remote, local)))
+            self.send_stateless(
+                resp, self.response_target(ServerHandle(ServerTransaction(req), transport, remote, local))
+            )
             return
         txn = ServerTransaction(req, reliable=transport != "udp", timers=self.timers)
         sh = ServerHandle(txn, transport, remote, local)
@@ -479,8 +534,13 @@ class SipStack:
                     if reason is not None:
                         h.future.set_exception(TransportError(req.method, str(req.uri), reason))
                     else:
-                        h.future.set_exception(TransactionTimeout(
-                            req.method, str(req.uri), f"no response within {64 * self.timers.t1:g} s (timer {a.timer})"))
+                        h.future.set_exception(
+                            TransactionTimeout(
+                                req.method,
+                                str(req.uri),
+                                f"no response within {64 * self.timers.t1:g} s (timer {a.timer})",
+                            )
+                        )
                     self._finalised(h)
             elif isinstance(a, Terminated):
                 self._forget_client(h)
@@ -551,8 +611,11 @@ class SipStack:
         assert self.loop is not None
         self.completed.expire(self.loop.time())
         nxt = self.completed.next_expiry()
-        self._sweep_handle = None if nxt is None or self.closed else \
-            self.loop.call_later(max(0.05, min(1.0, nxt - self.loop.time())), self._sweep_completed)
+        self._sweep_handle = (
+            None
+            if nxt is None or self.closed
+            else self.loop.call_later(max(0.05, min(1.0, nxt - self.loop.time())), self._sweep_completed)
+        )
 
     def _forget_server(self, h: ServerHandle, key: tuple[Any, ...]) -> None:
         self._cancel_timers(h.timers)
@@ -588,6 +651,12 @@ class SipStack:
 def reason_phrase(exc: RemoteProtocolError) -> str:
     """A reason phrase naming the problem (no CR/LF, bounded)."""
     text = exc.reason.replace("\r", " ").replace("\n", " ")
-    prefix = {400: "Bad Request", 413: "Request Entity Too Large", 416: "Unsupported URI Scheme",
-              488: "Not Acceptable Here", 505: "Version Not Supported", 513: "Message Too Large"}.get(exc.status_code, "Error")
+    prefix = {
+        400: "Bad Request",
+        413: "Request Entity Too Large",
+        416: "Unsupported URI Scheme",
+        488: "Not Acceptable Here",
+        505: "Version Not Supported",
+        513: "Message Too Large",
+    }.get(exc.status_code, "Error")
     return f"{prefix} ({text[:120]})"

@@ -5,6 +5,7 @@ Request-URI; its transport from the URI, its port 5060/5061 by default.
 `UnresolvedHost` (an OSError) for a name nobody looked up yet: code on the loop that may meet a host name
 awaits `resolve_target` first, which asks the resolver off the loop thread.
 """
+
 from __future__ import annotations
 
 from ..net import resolve

@@ -11,11 +11,11 @@ Only what an IM conference needs of the schema: conference-description (subject)
 (user-count, active), and users with their display-text and endpoints (status, joining-method,
 disconnection-method and -info reason). Unknown elements are ignored, as §5 asks.
 """
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
-from typing import Union
 
 from ..sip.errors import RemoteProtocolError
 from .xmldoc import ascii_int, escape, parse_untrusted
@@ -28,8 +28,17 @@ MAX_USERS = 1000
 MAX_VERSION = 2**32 - 1
 
 # endpoint <status> values of RFC 4575 §5.7.2
-STATUSES = ("pending", "dialing-out", "dialing-in", "alerting", "on-hold", "connected", "muted-via-focus",
-            "disconnecting", "disconnected")
+STATUSES = (
+    "pending",
+    "dialing-out",
+    "dialing-in",
+    "alerting",
+    "on-hold",
+    "connected",
+    "muted-via-focus",
+    "disconnecting",
+    "disconnected",
+)
 ELEMENT_STATES = ("full", "partial", "deleted")
 
 
@@ -39,15 +48,15 @@ class EndpointInfo:
     status: str = "connected"
     state: str = "full"
     display_text: str | None = None
-    joining_method: str | None = None          # dialed-in, dialed-out, focus-owner
-    disconnection_method: str | None = None    # departed, booted, failed, busy
-    disconnection_reason: str | None = None    # <disconnection-info><reason>, e.g. "486 Busy Here"
+    joining_method: str | None = None  # dialed-in, dialed-out, focus-owner
+    disconnection_method: str | None = None  # departed, booted, failed, busy
+    disconnection_reason: str | None = None  # <disconnection-info><reason>, e.g. "486 Busy Here"
 
 
 @dataclass(frozen=True)
 class UserInfo:
     entity: str
-    state: str = "full"                        # full, partial or deleted
+    state: str = "full"  # full, partial or deleted
     display_text: str | None = None
     endpoints: tuple[EndpointInfo, ...] = ()
 
@@ -61,7 +70,7 @@ class UserInfo:
 class ConferenceInfo:
     entity: str
     version: int
-    state: str = "full"                        # full or partial
+    state: str = "full"  # full or partial
     users: tuple[UserInfo, ...] = ()
     subject: str | None = None
     user_count: int | None = None
@@ -73,10 +82,14 @@ _esc = escape  # display names and entities are chosen by participants (see xmld
 
 def build(info: ConferenceInfo) -> bytes:
     """The XML document of `info`."""
-    out = ['<?xml version="1.0" encoding="UTF-8"?>\n',
-           f'<conference-info xmlns="{NS}" entity="{_esc(info.entity)}" state="{info.state}" version="{int(info.version)}">\n']
+    out = [
+        '<?xml version="1.0" encoding="UTF-8"?>\n',
+        f'<conference-info xmlns="{NS}" entity="{_esc(info.entity)}" state="{info.state}" version="{int(info.version)}">\n',
+    ]
     if info.subject is not None:
-        out.append(f"  <conference-description>\n    <subject>{_esc(info.subject)}</subject>\n  </conference-description>\n")
+        out.append(
+            f"  <conference-description>\n    <subject>{_esc(info.subject)}</subject>\n  </conference-description>\n"
+        )
     if info.user_count is not None or info.active is not None:
         out.append("  <conference-state>\n")
         if info.user_count is not None:
@@ -99,10 +112,14 @@ def build(info: ConferenceInfo) -> bytes:
             if e.disconnection_method:
                 out.append(f"        <disconnection-method>{e.disconnection_method}</disconnection-method>\n")
             if e.disconnection_reason:
-                out.append(f"        <disconnection-info>\n          <reason>{_esc(e.disconnection_reason)}</reason>\n"
-                           "        </disconnection-info>\n")
-            out.append('        <media id="1">\n          <type>message</type>\n          <status>sendrecv</status>\n'
-                       "        </media>\n")
+                out.append(
+                    f"        <disconnection-info>\n          <reason>{_esc(e.disconnection_reason)}</reason>\n"
+                    "        </disconnection-info>\n"
+                )
+            out.append(
+                '        <media id="1">\n          <type>message</type>\n          <status>sendrecv</status>\n'
+                "        </media>\n"
+            )
             out.append("      </endpoint>\n")
         out.append("    </user>\n")
     out.append("  </users>\n</conference-info>\n")
@@ -127,7 +144,7 @@ def parse(body: bytes) -> ConferenceInfo:
     active_text = _text(_child(cs, "active"))
     users: list[UserInfo] = []
     users_el = _child(root, "users")
-    for u in (users_el if users_el is not None else []):
+    for u in users_el if users_el is not None else []:
         if _local(u.tag) != "user":
             continue
         if len(users) >= MAX_USERS:
@@ -148,15 +165,27 @@ def parse(body: bytes) -> ConferenceInfo:
             status = _text(_child(e, "status")) or ("disconnected" if e_state == "deleted" else "connected")
             if status not in STATUSES:
                 raise RemoteProtocolError(f"unknown endpoint status {status!r}")
-            endpoints.append(EndpointInfo(
-                entity=e.get("entity") or u_entity, status=status, state=e_state,
-                display_text=_text(_child(e, "display-text")),
-                joining_method=_text(_child(e, "joining-method")),
-                disconnection_method=_text(_child(e, "disconnection-method")),
-                disconnection_reason=_text(_child(_child(e, "disconnection-info"), "reason"))))
+            endpoints.append(
+                EndpointInfo(
+                    entity=e.get("entity") or u_entity,
+                    status=status,
+                    state=e_state,
+                    display_text=_text(_child(e, "display-text")),
+                    joining_method=_text(_child(e, "joining-method")),
+                    disconnection_method=_text(_child(e, "disconnection-method")),
+                    disconnection_reason=_text(_child(_child(e, "disconnection-info"), "reason")),
+                )
+            )
         users.append(UserInfo(u_entity, u_state, _text(_child(u, "display-text")), tuple(endpoints)))
-    return ConferenceInfo(entity, version, state, tuple(users), subject, ascii_int(count_text),
-                          None if active_text is None else active_text.lower() == "true")
+    return ConferenceInfo(
+        entity,
+        version,
+        state,
+        tuple(users),
+        subject,
+        ascii_int(count_text),
+        None if active_text is None else active_text.lower() == "true",
+    )
 
 
 def _local(tag: str) -> str:
@@ -184,7 +213,7 @@ class Joined:
 
 @dataclass(frozen=True)
 class Left:
-    user: UserInfo                 # its last known state (status, disconnection method and reason)
+    user: UserInfo  # its last known state (status, disconnection method and reason)
 
 
 @dataclass(frozen=True)
@@ -193,7 +222,7 @@ class StatusChanged:
     previous: str
 
 
-Change = Union[Joined, Left, StatusChanged]
+Change = Joined | Left | StatusChanged
 
 
 @dataclass
@@ -208,9 +237,9 @@ class RosterView:
     def apply(self, info: ConferenceInfo) -> list[Change]:
         if info.state == "partial":
             if self.version is None or info.version <= self.version:
-                return []                       # before the full state, or old news: ignore
+                return []  # before the full state, or old news: ignore
             if info.version != self.version + 1:
-                self.needs_full = True          # a gap: merge what we have, and ask for the full state
+                self.needs_full = True  # a gap: merge what we have, and ask for the full state
         elif self.version is not None and info.version < self.version:
             return []
         changes: list[Change] = []
@@ -231,8 +260,9 @@ class RosterView:
                 continue
             merged = u
             if old is not None and u.state == "partial":
-                merged = replace(u, display_text=u.display_text or old.display_text,
-                                 endpoints=u.endpoints or old.endpoints)
+                merged = replace(
+                    u, display_text=u.display_text or old.display_text, endpoints=u.endpoints or old.endpoints
+                )
             self.users[u.entity] = merged
             if old is None:
                 changes.append(Joined(merged))

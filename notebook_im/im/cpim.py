@@ -9,6 +9,7 @@ though the SIP MESSAGE comes from the focus. The RFC 5438 namespace carries the 
     unwrap(body) -> Cpim(sender, display_name, recipient, content_type, body, message_id, datetime,
                          disposition_notification, content_disposition)
 """
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,8 @@ from ..sip.uri import Address
 
 CONTENT_TYPE = "message/cpim"
 IMDN_NS = "urn:ietf:params:imdn"
-MAX_HEADERS = 64        # header lines in each of the two blocks
-MAX_LINE = 4096         # bytes in one header line
+MAX_HEADERS = 64  # header lines in each of the two blocks
+MAX_LINE = 4096  # bytes in one header line
 # fields that say who sent a message or which message it is: more than one of each is ambiguous, and an
 # ambiguity about the sender is a spoof (RFC 3862 §5 allows From and DateTime once)
 _ONCE = ("From", "DateTime")
@@ -30,15 +31,15 @@ _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 @dataclass(frozen=True)
 class Cpim:
-    sender: str                     # the original sender's URI
+    sender: str  # the original sender's URI
     display_name: str | None
     recipient: str | None
-    content_type: str               # of the wrapped body, parameters included
+    content_type: str  # of the wrapped body, parameters included
     body: bytes
     message_id: str | None = None
     datetime: str | None = None
-    disposition_notification: str | None = None   # imdn.Disposition-Notification (RFC 5438 request)
-    content_disposition: str | None = None        # "notification" on an IMDN
+    disposition_notification: str | None = None  # imdn.Disposition-Notification (RFC 5438 request)
+    content_disposition: str | None = None  # "notification" on an IMDN
 
 
 # C0 controls but HTAB, DEL and C1 controls: a CPIM header value ends up in events, the history and the chat
@@ -52,9 +53,18 @@ def _clean(value: str) -> str:
     return _CONTROLS.sub(" ", value)
 
 
-def wrap(sender: str, recipient: str, body: bytes, content_type: str, *, message_id: str | None = None,
-         display_name: str | None = None, now: datetime | None = None,
-         content_headers: dict[str, str] | None = None, disposition: str | None = None) -> bytes:
+def wrap(
+    sender: str,
+    recipient: str,
+    body: bytes,
+    content_type: str,
+    *,
+    message_id: str | None = None,
+    display_name: str | None = None,
+    now: datetime | None = None,
+    content_headers: dict[str, str] | None = None,
+    disposition: str | None = None,
+) -> bytes:
     """A message/cpim body around `body`. `content_headers` go next to the inner Content-Type (an IMDN's
     `Content-Disposition: notification`, RFC 5438 §7.1); `disposition` asks for notifications the way RFC 5438
     §6.3 does, in the wrapper (`imdn.Disposition-Notification: positive-delivery, display`), which is the only
@@ -138,7 +148,7 @@ def unwrap(data: bytes) -> Cpim:
         if name == "From":
             try:
                 addr = Address.parse(value)
-            except Exception:
+            except (RemoteProtocolError, ValueError):
                 raise RemoteProtocolError(f"bad message/cpim From {value[:60]!r}") from None
             sender, display = str(addr.uri), addr.display_name
         elif name == "To":

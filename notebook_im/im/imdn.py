@@ -19,6 +19,7 @@ Three parts, each small and pure:
 
 Nothing here reads a clock: callers pass `now`.
 """
+
 from __future__ import annotations
 
 import enum
@@ -40,8 +41,8 @@ NEGATIVE_DELIVERY = "negative-delivery"
 DISPLAY = "display"
 PROCESSING = "processing"
 DISPOSITIONS = (POSITIVE_DELIVERY, NEGATIVE_DELIVERY, DISPLAY, PROCESSING)
-REQUESTED = (POSITIVE_DELIVERY, DISPLAY)          # what notebook_im asks for on every sent message
-REQUESTED_SET = frozenset(REQUESTED)              # the same, as a sent ChatMessage's `requested` (one shared set)
+REQUESTED = (POSITIVE_DELIVERY, DISPLAY)  # what notebook_im asks for on every sent message
+REQUESTED_SET = frozenset(REQUESTED)  # the same, as a sent ChatMessage's `requested` (one shared set)
 
 # notification kinds and the statuses each may carry (RFC 5438 §7)
 DELIVERY = "delivery"
@@ -142,8 +143,11 @@ class Notification:
 def build(n: Notification) -> bytes:
     """The message/imdn+xml document of `n` (values through xmldoc.escape: ids and URIs come from the other party)."""
     esc = escape
-    parts = ['<?xml version="1.0" encoding="UTF-8"?>\n', f'<imdn xmlns="{NS}">\n',
-             f"  <message-id>{esc(n.message_id)}</message-id>\n"]
+    parts = [
+        '<?xml version="1.0" encoding="UTF-8"?>\n',
+        f'<imdn xmlns="{NS}">\n',
+        f"  <message-id>{esc(n.message_id)}</message-id>\n",
+    ]
     if n.datetime:
         parts.append(f"  <datetime>{esc(n.datetime)}</datetime>\n")
     if n.recipient_uri:
@@ -185,15 +189,28 @@ def parse(body: bytes) -> Notification:
         raise RemoteProtocolError("IMDN without a delivery, display or processing notification")
     if not fields.get("message-id"):
         raise RemoteProtocolError("IMDN without a message-id")
-    return Notification(fields["message-id"], kind, status, fields.get("datetime"), fields.get("recipient-uri"),
-                        fields.get("original-recipient-uri"))
+    return Notification(
+        fields["message-id"],
+        kind,
+        status,
+        fields.get("datetime"),
+        fields.get("recipient-uri"),
+        fields.get("original-recipient-uri"),
+    )
 
 
 def wrap(n: Notification, sender: str, recipient: str, notification_id: str, now: datetime) -> bytes:
     """`n` as RFC 5438 sends it: a message/cpim body (From/To/NS imdn/imdn.Message-ID of the notification
     itself) around the message/imdn+xml document, with `Content-Disposition: notification`."""
-    return cpim.wrap(sender, recipient, build(n), CONTENT_TYPE, message_id=notification_id, now=now,
-                     content_headers={"Content-Disposition": "notification"})
+    return cpim.wrap(
+        sender,
+        recipient,
+        build(n),
+        CONTENT_TYPE,
+        message_id=notification_id,
+        now=now,
+        content_headers={"Content-Disposition": "notification"},
+    )
 
 
 def unpack(content_type: str, body: bytes) -> Notification | None:
@@ -224,44 +241,44 @@ class MessageState(str, enum.Enum):
 class Input(str, enum.Enum):
     """What can happen to a sent message."""
 
-    RESPONSE_2XX = "2xx"                    # the final response of its MESSAGE was 2xx
-    RESPONSE_ERROR = "error"                # an error response, or no response at all
-    DELIVERED = "delivered"                 # a delivery notification with status delivered
-    DELIVERY_FAILED = "delivery-failed"     # a delivery notification with status failed
-    DISPLAYED = "displayed"                 # a display notification with status displayed
+    RESPONSE_2XX = "2xx"  # the final response of its MESSAGE was 2xx
+    RESPONSE_ERROR = "error"  # an error response, or no response at all
+    DELIVERED = "delivered"  # a delivery notification with status delivered
+    DELIVERY_FAILED = "delivery-failed"  # a delivery notification with status failed
+    DISPLAYED = "displayed"  # a display notification with status displayed
 
 
-S, I = MessageState, Input
+S, In = MessageState, Input
 # (state, input) -> next state: complete, so no combination is undefined. Rows are read "in state X, input Y
 # leads to Z"; the comments say why the surprising ones are right.
 TRANSITIONS: dict[tuple[MessageState, Input], MessageState] = {
-    (S.SENDING, I.RESPONSE_2XX): S.SENT,
-    (S.SENDING, I.RESPONSE_ERROR): S.FAILED,
-    (S.SENDING, I.DELIVERED): S.DELIVERED,            # the receipt overtook the 200
-    (S.SENDING, I.DELIVERY_FAILED): S.FAILED,
-    (S.SENDING, I.DISPLAYED): S.DISPLAYED,            # displayed implies delivered
-    (S.SENT, I.RESPONSE_2XX): S.SENT,                 # a retransmitted 2xx
-    (S.SENT, I.RESPONSE_ERROR): S.SENT,               # cannot follow a 2xx; a final response is final
-    (S.SENT, I.DELIVERED): S.DELIVERED,
-    (S.SENT, I.DELIVERY_FAILED): S.FAILED,            # a store-and-forward server took it, the device did not
-    (S.SENT, I.DISPLAYED): S.DISPLAYED,               # the delivery notification was lost or never requested
-    (S.DELIVERED, I.RESPONSE_2XX): S.DELIVERED,       # the 200 came after the receipt
-    (S.DELIVERED, I.RESPONSE_ERROR): S.DELIVERED,     # the 200 was lost and the retry timed out: it did arrive
-    (S.DELIVERED, I.DELIVERED): S.DELIVERED,
-    (S.DELIVERED, I.DELIVERY_FAILED): S.DELIVERED,    # contradicts an earlier success: the success stands
-    (S.DELIVERED, I.DISPLAYED): S.DISPLAYED,
-    (S.DISPLAYED, I.RESPONSE_2XX): S.DISPLAYED,
-    (S.DISPLAYED, I.RESPONSE_ERROR): S.DISPLAYED,
-    (S.DISPLAYED, I.DELIVERED): S.DISPLAYED,          # a late delivery receipt never moves the state back
-    (S.DISPLAYED, I.DELIVERY_FAILED): S.DISPLAYED,
-    (S.DISPLAYED, I.DISPLAYED): S.DISPLAYED,
-    (S.FAILED, I.RESPONSE_2XX): S.FAILED,             # the recipient's "failed" overtook the proxy's 200
-    (S.FAILED, I.RESPONSE_ERROR): S.FAILED,
-    (S.FAILED, I.DELIVERED): S.DELIVERED,             # proof of arrival beats a timed-out transaction
-    (S.FAILED, I.DELIVERY_FAILED): S.FAILED,
-    (S.FAILED, I.DISPLAYED): S.DISPLAYED,
+    (S.SENDING, In.RESPONSE_2XX): S.SENT,
+    (S.SENDING, In.RESPONSE_ERROR): S.FAILED,
+    (S.SENDING, In.DELIVERED): S.DELIVERED,  # the receipt overtook the 200
+    (S.SENDING, In.DELIVERY_FAILED): S.FAILED,
+    (S.SENDING, In.DISPLAYED): S.DISPLAYED,  # displayed implies delivered
+    (S.SENT, In.RESPONSE_2XX): S.SENT,  # a retransmitted 2xx
+    (S.SENT, In.RESPONSE_ERROR): S.SENT,  # cannot follow a 2xx; a final response is final
+    (S.SENT, In.DELIVERED): S.DELIVERED,
+    (S.SENT, In.DELIVERY_FAILED): S.FAILED,  # a store-and-forward server took it, the device did not
+    (S.SENT, In.DISPLAYED): S.DISPLAYED,  # the delivery notification was lost or never requested
+    (S.DELIVERED, In.RESPONSE_2XX): S.DELIVERED,  # the 200 came after the receipt
+    (S.DELIVERED, In.RESPONSE_ERROR): S.DELIVERED,  # the 200 was lost and the retry timed out: it did arrive
+    (S.DELIVERED, In.DELIVERED): S.DELIVERED,
+    (S.DELIVERED, In.DELIVERY_FAILED): S.DELIVERED,  # contradicts an earlier success: the success stands
+    (S.DELIVERED, In.DISPLAYED): S.DISPLAYED,
+    (S.DISPLAYED, In.RESPONSE_2XX): S.DISPLAYED,
+    (S.DISPLAYED, In.RESPONSE_ERROR): S.DISPLAYED,
+    (S.DISPLAYED, In.DELIVERED): S.DISPLAYED,  # a late delivery receipt never moves the state back
+    (S.DISPLAYED, In.DELIVERY_FAILED): S.DISPLAYED,
+    (S.DISPLAYED, In.DISPLAYED): S.DISPLAYED,
+    (S.FAILED, In.RESPONSE_2XX): S.FAILED,  # the recipient's "failed" overtook the proxy's 200
+    (S.FAILED, In.RESPONSE_ERROR): S.FAILED,
+    (S.FAILED, In.DELIVERED): S.DELIVERED,  # proof of arrival beats a timed-out transaction
+    (S.FAILED, In.DELIVERY_FAILED): S.FAILED,
+    (S.FAILED, In.DISPLAYED): S.DISPLAYED,
 }
-del S, I
+del S, In
 
 
 def advance(state: MessageState | str, event: Input | str) -> MessageState:
@@ -280,4 +297,3 @@ def input_for(n: Notification) -> Input | None:
     if n.kind == DISPLAY_KIND and n.status == "displayed":
         return Input.DISPLAYED
     return None
-

@@ -10,11 +10,11 @@ Receiver (RFC 3994 §4): `active` shows composing until the refresh interval lap
 
 Both machines are sans-IO: methods take `now` (seconds, any monotonic origin) and return actions.
 """
+
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Union
 
 from ..sip.actions import StartTimer, StopTimer
 from ..sip.errors import RemoteProtocolError
@@ -43,8 +43,11 @@ class Indication:
 
 
 def build(indication: Indication) -> bytes:
-    parts = ['<?xml version="1.0" encoding="UTF-8"?>\n',
-             f'<isComposing xmlns="{NS}">\n', f"  <state>{indication.state.value}</state>\n"]
+    parts = [
+        '<?xml version="1.0" encoding="UTF-8"?>\n',
+        f'<isComposing xmlns="{NS}">\n',
+        f"  <state>{indication.state.value}</state>\n",
+    ]
     if indication.content_type:
         parts.append(f"  <contenttype>{escape(indication.content_type)}</contenttype>\n")
     if indication.refresh is not None:
@@ -85,17 +88,23 @@ class SendIndication:
 @dataclass(frozen=True)
 class Changed:
     """The receiver's view of the remote party changed."""
+
     composing: bool
 
 
-Action = Union[SendIndication, StartTimer, StopTimer, Changed]
+Action = SendIndication | StartTimer | StopTimer | Changed
 
 
 class ComposingSender:
     """Our side: turns keystrokes, sends and explicit stops into indications."""
 
-    def __init__(self, *, refresh: float = DEFAULT_REFRESH, idle_timeout: float = IDLE_TIMEOUT,
-                 content_type: str | None = "text/plain") -> None:
+    def __init__(
+        self,
+        *,
+        refresh: float = DEFAULT_REFRESH,
+        idle_timeout: float = IDLE_TIMEOUT,
+        content_type: str | None = "text/plain",
+    ) -> None:
         self.state = ComposingState.IDLE
         self.refresh = refresh
         self.idle_timeout = idle_timeout
@@ -104,8 +113,10 @@ class ComposingSender:
 
     def _active(self, now: float) -> list[Action]:
         self._last_active_sent = now
-        return [SendIndication(Indication(ComposingState.ACTIVE, int(self.refresh), self.content_type)),
-                StartTimer("refresh", self.refresh)]
+        return [
+            SendIndication(Indication(ComposingState.ACTIVE, int(self.refresh), self.content_type)),
+            StartTimer("refresh", self.refresh),
+        ]
 
     def keystroke(self, now: float) -> list[Action]:
         """The user typed (or `start_composing()` was called)."""
@@ -123,8 +134,11 @@ class ComposingSender:
         if self.state is ComposingState.IDLE:
             return []
         self.state = ComposingState.IDLE
-        return [SendIndication(Indication(ComposingState.IDLE, None, self.content_type)),
-                StopTimer("refresh"), StopTimer("idle")]
+        return [
+            SendIndication(Indication(ComposingState.IDLE, None, self.content_type)),
+            StopTimer("refresh"),
+            StopTimer("idle"),
+        ]
 
     def message_sent(self, now: float) -> list[Action]:
         """A content message went out: idle, with no indication (the message implies it)."""

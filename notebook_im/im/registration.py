@@ -8,33 +8,34 @@ in, so every transition is tested without sockets, loop or clock (tests/sansio/t
     actions = machine.start()                      # [Send(3600)]
     actions = machine.answered(200, granted=3600)  # [Report(REGISTERED, ...), StartTimer("refresh", 3540)]
 """
+
 from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..sip.actions import StartTimer, StopTimer
 
 
 class RegState(str, enum.Enum):
-    IDLE = "idle"                   # not registered (never, or after un-registering or a failed first attempt)
-    REGISTERING = "registering"     # the first REGISTER is out
+    IDLE = "idle"  # not registered (never, or after un-registering or a failed first attempt)
+    REGISTERING = "registering"  # the first REGISTER is out
     REGISTERED = "registered"
-    REFRESHING = "refreshing"       # a refresh (or a retry after a failure) is out
-    RETRYING = "retrying"           # the last refresh failed: waiting the back-off
+    REFRESHING = "refreshing"  # a refresh (or a retry after a failure) is out
+    RETRYING = "retrying"  # the last refresh failed: waiting the back-off
     UNREGISTERING = "unregistering"  # Expires: 0 is out
 
 
 class Report(str, enum.Enum):
     """What the driver tells its owner (the endpoint's state follows these)."""
 
-    REGISTERED = "registered"       # the first REGISTER succeeded
-    FIRST_FAILED = "first_failed"   # the first REGISTER failed: enabling fails with this status
+    REGISTERED = "registered"  # the first REGISTER succeeded
+    FIRST_FAILED = "first_failed"  # the first REGISTER failed: enabling fails with this status
     REFRESHED = "refreshed"
-    FAILED = "failed"               # a refresh failed; retrying in `delay` seconds
-    RECOVERED = "recovered"         # registered again after failures
+    FAILED = "failed"  # a refresh failed; retrying in `delay` seconds
+    RECOVERED = "recovered"  # registered again after failures
     UNREGISTERED = "unregistered"
 
 
@@ -57,12 +58,12 @@ class Notify:
     report: Report
     status: int = 0
     detail: str = ""
-    delay: float = 0.0              # FAILED: seconds until the next attempt
+    delay: float = 0.0  # FAILED: seconds until the next attempt
 
 
 Action = Send | StartTimer | StopTimer | SendKeepalive | Notify
 
-RECONNECT_DELAY = 0.05   # seconds: the connection to the registrar dropped, register again (over a new one)
+RECONNECT_DELAY = 0.05  # seconds: the connection to the registrar dropped, register again (over a new one)
 
 
 def refresh_delay(granted: int) -> float:
@@ -76,8 +77,15 @@ class Registration:
     flow (None over UDP); `retry_base`/`retry_max`: the back-off after a failure (doubling, with jitter from
     `jitter()` in [0, 1): 80-100% of the delay, so a classroom does not retry in step after a server restart)."""
 
-    def __init__(self, expires: int = 3600, *, keepalive: float | None = None, retry_base: float = 1.0,
-                 retry_max: float = 60.0, jitter: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        expires: int = 3600,
+        *,
+        keepalive: float | None = None,
+        retry_base: float = 1.0,
+        retry_max: float = 60.0,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
         self.state = RegState.IDLE
         self.expires = expires
         self.keepalive = keepalive
@@ -114,7 +122,7 @@ class Registration:
                 self.failures = 0
                 return self._registered(granted, report, status, detail)
             return self._failed(status, detail)
-        return []   # a late answer in a state that is not waiting for one
+        return []  # a late answer in a state that is not waiting for one
 
     def no_answer(self, detail: str) -> list[Action]:
         """The REGISTER got no answer (timeout, or the transport failed)."""

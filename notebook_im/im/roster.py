@@ -5,6 +5,7 @@ state again when a version is missing, and end when the focus terminates the sub
 The driver (api/conference.py) sends the SUBSCRIBEs, arms the timer and turns changes into participant events
 (tests/sansio/test_roster.py drives every transition without sockets).
 """
+
 from __future__ import annotations
 
 import enum
@@ -106,7 +107,7 @@ class RosterSubscription:
             if changes or info.subject is not None:
                 actions.append(Changes(tuple(changes), self.view.subject))
             if self.view.needs_full and self.state is SubState.ACTIVE and not terminated:
-                actions.append(Refresh(self.expires))   # a missing version: a refresh brings the full state
+                actions.append(Refresh(self.expires))  # a missing version: a refresh brings the full state
         if terminated:
             actions += self._end("terminated by the focus")
         return actions

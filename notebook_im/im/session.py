@@ -25,6 +25,7 @@ A peer that does not answer `UNANSWERED_LIMIT` requests in a row (a text and its
 gone: the session ends without a BYE (RFC 3261 §12.2.1.2: a 408 or 481 ends the dialog; a BYE would only time
 out as well).
 """
+
 from __future__ import annotations
 
 import enum
@@ -34,7 +35,7 @@ from ..sip.actions import StartTimer, StopTimer
 
 RING_TIMEOUT = 120.0
 UNANSWERED_LIMIT = 2
-ANSWERED_ELSEWHERE = "answered elsewhere"   # the end reason when another device of ours answered
+ANSWERED_ELSEWHERE = "answered elsewhere"  # the end reason when another device of ours answered
 # answers to our INVITE that mean "not a session with me" rather than "not you" or "not now": the method (405,
 # 501) or the offer (415, 488, 606) is what the callee refuses, so pager mode can still reach them
 PAGER_FALLBACK = frozenset({405, 415, 488, 501, 606})
@@ -45,10 +46,10 @@ class Phase(str, enum.Enum):
     INVITING = "inviting"
     CANCELLING = "cancelling"
     RINGING = "ringing"
-    ANSWERING = "answering"         # our 200 OK is out, its ACK not in yet
+    ANSWERING = "answering"  # our 200 OK is out, its ACK not in yet
     CONNECTED = "connected"
-    CLOSING = "closing"             # our BYE is out
-    PAGER = "pager"                 # no dialog: out-of-dialog MESSAGEs (the callee refused a session)
+    CLOSING = "closing"  # our BYE is out
+    PAGER = "pager"  # no dialog: out-of-dialog MESSAGEs (the callee refused a session)
     ENDED = "ended"
 
 
@@ -129,21 +130,40 @@ class Ended:
     answered_elsewhere: bool = False
 
 
-Action = SendInvite | SendCancel | SendRinging | SendOk | SendFinal | SendBye | StartTimer | StopTimer | Progress | \
-    Connected | PagerMode | PeerLost | Ended
+Action = (
+    SendInvite
+    | SendCancel
+    | SendRinging
+    | SendOk
+    | SendFinal
+    | SendBye
+    | StartTimer
+    | StopTimer
+    | Progress
+    | Connected
+    | PagerMode
+    | PeerLost
+    | Ended
+)
 
 
 class InviteSession:
     """One session's dialog life. `remote` names the other party in the reasons it writes."""
 
-    def __init__(self, remote: str, *, ring_timeout: float = RING_TIMEOUT, no_answer: str = "no answer",
-                 pager_fallback: bool = False) -> None:
+    def __init__(
+        self,
+        remote: str,
+        *,
+        ring_timeout: float = RING_TIMEOUT,
+        no_answer: str = "no answer",
+        pager_fallback: bool = False,
+    ) -> None:
         self.phase = Phase.IDLE
         self.remote = remote
-        self.pager_fallback = pager_fallback   # a PAGER_FALLBACK answer to our INVITE goes on in pager mode
+        self.pager_fallback = pager_fallback  # a PAGER_FALLBACK answer to our INVITE goes on in pager mode
         self.ring_timeout = ring_timeout
-        self.no_answer = no_answer       # how the end reason starts when the INVITE got no answer
-        self.unanswered = 0              # our requests in a row that got no answer at all
+        self.no_answer = no_answer  # how the end reason starts when the INVITE got no answer
+        self.unanswered = 0  # our requests in a row that got no answer at all
         self._closing: tuple[str, int | None] = ("local party ended the session", None)
 
     @property
@@ -177,7 +197,7 @@ class InviteSession:
             if self.phase is Phase.INVITING:
                 self.phase = Phase.CONNECTED
                 return [Progress("connected"), Connected()]
-            if self.phase is Phase.CANCELLING:   # the callee answered as our CANCEL crossed: end it properly
+            if self.phase is Phase.CANCELLING:  # the callee answered as our CANCEL crossed: end it properly
                 self.phase = Phase.CLOSING
                 return [SendBye()]
             return []
@@ -204,7 +224,7 @@ class InviteSession:
 
     def accept(self) -> list[Action]:
         if self.phase in (Phase.ANSWERING, Phase.CONNECTED):
-            return []    # accepted already (twice is harmless)
+            return []  # accepted already (twice is harmless)
         self._require(Phase.RINGING, "accept the invitation")
         self.phase = Phase.ANSWERING
         return [StopTimer("ring"), SendOk()]
@@ -256,13 +276,13 @@ class InviteSession:
             self.phase = Phase.CLOSING
             self._closing = (reason, None)
             return [Progress("disconnecting"), SendBye()]
-        if phase is Phase.PAGER:    # nothing to tear down on the wire
+        if phase is Phase.PAGER:  # nothing to tear down on the wire
             self.phase = Phase.ENDED
             return [Progress("disconnecting"), Ended(reason, None)]
         if phase is Phase.IDLE:
             self.phase = Phase.ENDED
             return [Ended(reason, None)]
-        return []   # cancelling, closing or ended already
+        return []  # cancelling, closing or ended already
 
     def bye_done(self) -> list[Action]:
         """Our BYE was answered (or timed out: the session is over either way)."""

@@ -28,6 +28,7 @@ must refuse.
 `int()` then refuses with ValueError) and a bounded number of them (`int()` refuses more than 4,300 digits, and
 `float()` overflows far sooner).
 """
+
 from __future__ import annotations
 
 import codecs
@@ -41,13 +42,27 @@ from ..sip.errors import RemoteProtocolError
 MAX_DEPTH = 64
 
 # declared encoding (lower case) -> the Python codec that decodes it; expat knows all of these natively
-_ENCODINGS = {"utf-8": "utf-8", "utf8": "utf-8", "us-ascii": "ascii", "ascii": "ascii", "iso-8859-1": "latin-1",
-              "latin-1": "latin-1", "latin1": "latin-1", "iso_8859-1": "latin-1", "utf-16": "utf-16",
-              "utf-16le": "utf-16", "utf-16be": "utf-16"}
-_DECLARATION = re.compile(rb"<\?xml[ \t\r\n]+version[ \t\r\n]*=[ \t\r\n]*[\"'][^\"']*[\"']"
-                          rb"(?:[ \t\r\n]+encoding[ \t\r\n]*=[ \t\r\n]*[\"']([^\"']*)[\"'])?")
-_DECLARATION_TEXT = re.compile(r"<\?xml[ \t\r\n]+version[ \t\r\n]*=[ \t\r\n]*[\"'][^\"']*[\"']"
-                               r"(?:[ \t\r\n]+encoding[ \t\r\n]*=[ \t\r\n]*[\"']([^\"']*)[\"'])?")
+_ENCODINGS = {
+    "utf-8": "utf-8",
+    "utf8": "utf-8",
+    "us-ascii": "ascii",
+    "ascii": "ascii",
+    "iso-8859-1": "latin-1",
+    "latin-1": "latin-1",
+    "latin1": "latin-1",
+    "iso_8859-1": "latin-1",
+    "utf-16": "utf-16",
+    "utf-16le": "utf-16",
+    "utf-16be": "utf-16",
+}
+_DECLARATION = re.compile(
+    rb"<\?xml[ \t\r\n]+version[ \t\r\n]*=[ \t\r\n]*[\"'][^\"']*[\"']"
+    rb"(?:[ \t\r\n]+encoding[ \t\r\n]*=[ \t\r\n]*[\"']([^\"']*)[\"'])?"
+)
+_DECLARATION_TEXT = re.compile(
+    r"<\?xml[ \t\r\n]+version[ \t\r\n]*=[ \t\r\n]*[\"'][^\"']*[\"']"
+    r"(?:[ \t\r\n]+encoding[ \t\r\n]*=[ \t\r\n]*[\"']([^\"']*)[\"'])?"
+)
 
 
 class _Refused(Exception):
@@ -65,16 +80,18 @@ def decode(body: bytes, what: str) -> str:
     """The text of an XML document in one of the accepted encodings (see the module docstring);
     RemoteProtocolError 415 for another encoding, 400 for bytes that are not valid in the one it names."""
     if body.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
-        raise RemoteProtocolError(f"{what} document in UTF-32: only UTF-8, US-ASCII, ISO-8859-1 and UTF-16 are "
-                                  "accepted", 415)
+        raise RemoteProtocolError(
+            f"{what} document in UTF-32: only UTF-8, US-ASCII, ISO-8859-1 and UTF-16 are accepted", 415
+        )
     if body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         codec, bom = "utf-16", True
     elif body.startswith(codecs.BOM_UTF8):
-        codec, bom, body = "utf-8", True, body[len(codecs.BOM_UTF8):]
+        codec, bom, body = "utf-8", True, body[len(codecs.BOM_UTF8) :]
     else:
         if body[:1] == b"\x00" or body[1:2] == b"\x00" or body.startswith(b"\x4c\x6f\xa7\x94"):
-            raise RemoteProtocolError(f"{what} document in an unsupported encoding (UTF-16 without a byte-order "
-                                      "mark, UTF-32 or EBCDIC)", 415)
+            raise RemoteProtocolError(
+                f"{what} document in an unsupported encoding (UTF-16 without a byte-order mark, UTF-32 or EBCDIC)", 415
+            )
         codec, bom = None, False
         declared = _declared(_DECLARATION.match(body))
         if declared is not None:
@@ -89,8 +106,9 @@ def decode(body: bytes, what: str) -> str:
     if bom:  # the declaration, if any, must agree with the byte-order mark
         declared = _declared(_DECLARATION_TEXT.match(text))
         if declared is not None and _ENCODINGS.get(declared) != codec:
-            raise RemoteProtocolError(f"{what} document declares {declared[:40]!r} but starts with a {codec} "
-                                      "byte-order mark", 415)
+            raise RemoteProtocolError(
+                f"{what} document declares {declared[:40]!r} but starts with a {codec} byte-order mark", 415
+            )
     return text
 
 

@@ -4,6 +4,7 @@ in-memory network of `memory.MemoryNetwork` that the loss tests use to run deter
 
 `Target` names where a message goes: a transport name ("udp", "tcp", "tls") and an address.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,6 +5,7 @@ after which copies of it are delivered (empty: dropped). The UDP transport appli
 (`platform.endpoint(..., impairment=...)`), and `UdpRelay` applies it in both directions between two
 real sockets, so tests and teaching notebooks can watch SIP's retransmissions work under loss.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,11 +16,11 @@ from typing import Any
 
 @dataclass
 class Impairment:
-    loss: float = 0.0          # probability that a datagram is dropped
-    duplicate: float = 0.0     # probability that a delivered datagram arrives twice
-    delay: float = 0.0         # base one-way delay, seconds
-    jitter: float = 0.0        # extra uniform random delay, seconds
-    reorder: float = 0.0       # probability that a datagram is held back (reorder_delay) so later ones overtake it
+    loss: float = 0.0  # probability that a datagram is dropped
+    duplicate: float = 0.0  # probability that a delivered datagram arrives twice
+    delay: float = 0.0  # base one-way delay, seconds
+    jitter: float = 0.0  # extra uniform random delay, seconds
+    reorder: float = 0.0  # probability that a datagram is held back (reorder_delay) so later ones overtake it
     reorder_delay: float = 0.02
     seed: int | None = None
     _rng: random.Random = field(init=False, repr=False)
@@ -68,5 +69,9 @@ class Impairment:
 
     @property
     def stats(self) -> dict[str, int]:
-        return {"delivered": self.delivered, "dropped": self.dropped, "duplicated": self.duplicated,
-                "reordered": self.reordered}
+        return {
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+            "duplicated": self.duplicated,
+            "reordered": self.reordered,
+        }

@@ -21,6 +21,7 @@ as a reliable, ordered message pipe (a connection exists between two transports 
 sending to an address nobody listens on fails as a refused connection; closing a transport tells its peers the
 connection was lost). Not modelled: TLS (use sockets for that), partial stream reads, MTU.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,16 +43,22 @@ class MemoryNetwork:
         self.host = host
         self._bound: dict[Addr, MemoryTransport] = {}
         self._next_port = FIRST_PORT
-        self.sent = 0          # datagrams and stream messages handed to the network
-        self.unreachable = 0   # datagrams that arrived where nobody listens
+        self.sent = 0  # datagrams and stream messages handed to the network
+        self.unreachable = 0  # datagrams that arrived where nobody listens
 
-    def transport(self, host: str | None = None, port: int = 0, *, transports: tuple[str, ...] = ("udp", "tcp"),
-                  impairment: "Impairment | None" = None) -> "MemoryTransport":
+    def transport(
+        self,
+        host: str | None = None,
+        port: int = 0,
+        *,
+        transports: tuple[str, ...] = ("udp", "tcp"),
+        impairment: Impairment | None = None,
+    ) -> MemoryTransport:
         """A new transport on this network (bound when the stack starts it); `port=0` takes the next free port.
         `impairment` damages the datagrams it sends (its streams stay reliable, as TCP is)."""
         return MemoryTransport(self, host or self.host, port, transports=transports, impairment=impairment)
 
-    def bind(self, transport: "MemoryTransport") -> int:
+    def bind(self, transport: MemoryTransport) -> int:
         """Give `transport` its address (the port asked for, or the next free one); OSError if taken."""
         port = transport.port
         if port == 0:
@@ -64,12 +71,12 @@ class MemoryNetwork:
         self._bound[(transport.host, port)] = transport
         return port
 
-    def unbind(self, transport: "MemoryTransport") -> None:
+    def unbind(self, transport: MemoryTransport) -> None:
         """Free `transport`'s address (it closed): datagrams sent there are lost from now on."""
         if self._bound.get(transport.addr) is transport:
             del self._bound[transport.addr]
 
-    def at(self, addr: Addr) -> "MemoryTransport | None":
+    def at(self, addr: Addr) -> MemoryTransport | None:
         """The transport bound at `addr`, if any."""
         return self._bound.get(addr)
 
@@ -83,15 +90,22 @@ class MemoryTransport:
     tls_port = 0
     tls_server: object | None = None
 
-    def __init__(self, network: MemoryNetwork, host: str, port: int, *, transports: tuple[str, ...],
-                 impairment: "Impairment | None") -> None:
+    def __init__(
+        self,
+        network: MemoryNetwork,
+        host: str,
+        port: int,
+        *,
+        transports: tuple[str, ...],
+        impairment: Impairment | None,
+    ) -> None:
         self.network = network
         self.host = host
         self.port = port
         self.transports = transports
         self.impairment = impairment
         self.events: TransportEvents | None = None
-        self.streams: set[Addr] = set()    # addresses this transport has a "connection" with
+        self.streams: set[Addr] = set()  # addresses this transport has a "connection" with
         self.closing = False
         self._bound = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -114,7 +128,7 @@ class MemoryTransport:
         if self._bound:
             self.network.unbind(self)
             self._bound = False
-        for addr in list(self.streams):   # our connections end: the other side hears it, as with a FIN
+        for addr in list(self.streams):  # our connections end: the other side hears it, as with a FIN
             peer = self.network.at(addr)
             if peer is not None and self.addr in peer.streams:
                 peer.streams.discard(self.addr)
@@ -161,7 +175,7 @@ class MemoryTransport:
     def _arrive(self, data: bytes, addr: Addr) -> None:
         dest = self.network.at(addr)
         if dest is None or dest.closing or dest.events is None or "udp" not in dest.transports:
-            self.network.unreachable += 1   # as a datagram to a closed port: gone
+            self.network.unreachable += 1  # as a datagram to a closed port: gone
             return
         dest.events.data_received(data, "udp", self.addr, addr)
 
@@ -180,7 +194,7 @@ class MemoryTransport:
         if self.events is not None:
             self.events.send_failed("tcp", addr, "connection refused (nobody listens there on the memory network)")
 
-    def _arrive_stream(self, dest: "MemoryTransport", data: bytes) -> None:
+    def _arrive_stream(self, dest: MemoryTransport, data: bytes) -> None:
         if dest.closing or dest.events is None:
             return
         dest.events.data_received(data, "tcp", self.addr, dest.addr)

@@ -4,6 +4,7 @@ Put it between an endpoint and a server (`server=relay.uri`): each client gets i
 (like a NAT), so the server's responses and requests find their way back through the relay. Used by the
 loss tests and handy in teaching notebooks to watch retransmissions. Runs on the library loop.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -16,7 +17,7 @@ Addr = tuple[str, int]
 
 
 class _Upstream(asyncio.DatagramProtocol):
-    def __init__(self, relay: "UdpRelay", client: Addr) -> None:
+    def __init__(self, relay: UdpRelay, client: Addr) -> None:
         self.relay = relay
         self.client = client
         self.transport: asyncio.DatagramTransport | None = None
@@ -30,7 +31,7 @@ class _Upstream(asyncio.DatagramProtocol):
 
 
 class _Listen(asyncio.DatagramProtocol):
-    def __init__(self, relay: "UdpRelay") -> None:
+    def __init__(self, relay: UdpRelay) -> None:
         self.relay = relay
 
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
@@ -40,8 +41,16 @@ class _Listen(asyncio.DatagramProtocol):
 class UdpRelay:
     """`UdpRelay(target=(host, port), upstream=Impairment(loss=0.2), downstream=Impairment(loss=0.2))`."""
 
-    def __init__(self, target: Addr, *, upstream: Impairment | None = None, downstream: Impairment | None = None,
-                 host: str = "127.0.0.1", port: int = 0, max_clients: int = 1000) -> None:
+    def __init__(
+        self,
+        target: Addr,
+        *,
+        upstream: Impairment | None = None,
+        downstream: Impairment | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_clients: int = 1000,
+    ) -> None:
         self.target = target
         self.upstream = upstream or Impairment()
         self.downstream = downstream or Impairment()
@@ -56,17 +65,22 @@ class UdpRelay:
     def uri(self) -> str:
         return f"sip:{self.host}:{self.port}"
 
-    def start(self) -> Operation["UdpRelay"]:
+    def start(self) -> Operation[UdpRelay]:
         """Bind the relay's listening socket; resolves with the relay (its `uri` is then final)."""
-        async def run() -> "UdpRelay":
+
+        async def run() -> UdpRelay:
             loop = asyncio.get_running_loop()
-            self.listener, _ = await loop.create_datagram_endpoint(lambda: _Listen(self), local_addr=(self.host, self.port))
+            self.listener, _ = await loop.create_datagram_endpoint(
+                lambda: _Listen(self), local_addr=(self.host, self.port)
+            )
             self.port = self.listener.get_extra_info("sockname")[1]
             return self
+
         return runtime().submit(run(), "UdpRelay.start()")
 
     def stop(self) -> None:
         """Close the relay's sockets (blocking)."""
+
         async def run() -> None:
             for up in self._clients.values():
                 if up.transport:
@@ -74,9 +88,10 @@ class UdpRelay:
             self._clients.clear()
             if self.listener:
                 self.listener.close()
+
         runtime().submit(run(), "UdpRelay.stop()").result(5)
 
-    def __enter__(self) -> "UdpRelay":
+    def __enter__(self) -> UdpRelay:
         return self.start().result(5)
 
     def __exit__(self, *exc: Any) -> None:
@@ -93,7 +108,9 @@ class UdpRelay:
                 loop = asyncio.get_running_loop()
                 fut = self._connecting[client] = loop.create_future()
                 try:
-                    _t, up = await loop.create_datagram_endpoint(lambda: _Upstream(self, client), local_addr=(self.host, 0))
+                    _t, up = await loop.create_datagram_endpoint(
+                        lambda: _Upstream(self, client), local_addr=(self.host, 0)
+                    )
                     self._clients[client] = up
                 finally:
                     fut.set_result(None)
@@ -101,7 +118,9 @@ class UdpRelay:
         if up is not None and up.transport is not None:
             self.forward(up.transport, data, self.target, self.upstream)
 
-    def forward(self, transport: asyncio.DatagramTransport | None, data: bytes, addr: Addr, impairment: Impairment) -> None:
+    def forward(
+        self, transport: asyncio.DatagramTransport | None, data: bytes, addr: Addr, impairment: Impairment
+    ) -> None:
         """Send a datagram on through `transport`, impaired (dropped, duplicated, delayed, reordered)."""
         if transport is not None:
             impairment.sendto(transport, data, addr)

@@ -6,6 +6,7 @@ keeps running; answers are cached (a SIP peer's name is looked up once per proce
 the common case, never reach the resolver. `cached` answers synchronously for code that cannot wait: an IP
 literal or a name resolved before, else None.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -6,6 +6,7 @@ Stream framing uses the sans-IO `StreamFramer`. Connections are reused in both d
 or a request to an address we already have a connection with goes over that connection (how a
 registered TCP client is reached through the flow it opened, RFC 5626 style).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,14 +22,14 @@ from .udp import BatchedUdp
 
 log = logging.getLogger("notebook_im.net")
 
-LINGER = 2.0                  # seconds a stream is read and discarded after an answer-then-close
-LINGER_BYTES = 32 * 2**20     # ... and bytes at most
+LINGER = 2.0  # seconds a stream is read and discarded after an answer-then-close
+LINGER_BYTES = 32 * 2**20  # ... and bytes at most
 
 __all__ = ["Addr", "LINGER", "LINGER_BYTES", "Target", "TransportLayer"]
 
 
 class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, owner: "TransportLayer") -> None:
+    def __init__(self, owner: TransportLayer) -> None:
         self.owner = owner
 
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
@@ -41,7 +42,7 @@ class _Udp(asyncio.DatagramProtocol):
 class _Stream(asyncio.Protocol):
     """One TCP or TLS connection: frames messages by Content-Length and hands them to the owner."""
 
-    def __init__(self, owner: "TransportLayer", remote: Addr | None = None, name: str = "tcp") -> None:
+    def __init__(self, owner: TransportLayer, remote: Addr | None = None, name: str = "tcp") -> None:
         self.owner = owner
         self.name = name
         self.framer = StreamFramer()
@@ -50,8 +51,8 @@ class _Stream(asyncio.Protocol):
         self.local: Addr = owner.tcp_addr if name == "tcp" else owner.tls_addr
         self.last_activity = owner.now()
         self.partial_since: float | None = None  # when an incomplete message started waiting in the framer
-        self._held: list[bytes] | None = None     # writes held while a batch of received messages is handled
-        self.lingering: int | None = None         # bytes discarded since an answer-then-close began (`_linger`)
+        self._held: list[bytes] | None = None  # writes held while a batch of received messages is handled
+        self.lingering: int | None = None  # bytes discarded since an answer-then-close began (`_linger`)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -75,7 +76,7 @@ class _Stream(asyncio.Protocol):
                 pass
 
     def data_received(self, data: bytes) -> None:
-        if self.lingering is not None:   # answered and half-closed: discard the rest, bounded
+        if self.lingering is not None:  # answered and half-closed: discard the rest, bounded
             self.lingering += len(data)
             if self.lingering > LINGER_BYTES and self.transport is not None:
                 self.transport.close()
@@ -128,7 +129,7 @@ class _Stream(asyncio.Protocol):
         loop.call_later(LINGER, t.close)
 
     def eof_received(self) -> bool | None:
-        return None   # the peer is done sending: close our side too (after what we still have to write)
+        return None  # the peer is done sending: close our side too (after what we still have to write)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.remote is not None and self.owner.connections.get(self.remote) is self:
@@ -151,16 +152,24 @@ class _Stream(asyncio.Protocol):
 class TransportLayer:
     """UDP + TCP on one local address. All methods run on the runtime loop."""
 
-    def __init__(self, host: str, port: int, *, transports: tuple[str, ...] = ("udp", "tcp"),
-                 tls_server: ssl.SSLContext | None = None, tls_port: int = 0,
-                 tls_client: ssl.SSLContext | None = None, impairment: "Impairment | None" = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        transports: tuple[str, ...] = ("udp", "tcp"),
+        tls_server: ssl.SSLContext | None = None,
+        tls_port: int = 0,
+        tls_client: ssl.SSLContext | None = None,
+        impairment: Impairment | None = None,
+    ) -> None:
         self.host = host
         self.port = port
-        self.events: TransportEvents | None = None   # the stack that hears what arrives (`attach`)
+        self.events: TransportEvents | None = None  # the stack that hears what arrives (`attach`)
         self.transports = transports
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.AbstractServer | None = None
-        self.connections: dict[Addr, _Stream] = {}   # open stream connections by remote address (either side)
+        self.connections: dict[Addr, _Stream] = {}  # open stream connections by remote address (either side)
         self._pending: dict[Addr, asyncio.Task] = {}
         self._pending_data: dict[Addr, list[bytes]] = {}
         self.udp_addr: Addr = (host, port)
@@ -196,7 +205,12 @@ class TransportLayer:
                 if conn.transport is None or conn.transport.is_closing():
                     continue
                 if conn.partial_since is not None and now - conn.partial_since > self.read_timeout:
-                    self.report_drop(b"", conn.name, conn.remote, f"incomplete message for {self.read_timeout:g} s: connection closed")
+                    self.report_drop(
+                        b"",
+                        conn.name,
+                        conn.remote,
+                        f"incomplete message for {self.read_timeout:g} s: connection closed",
+                    )
                     conn.transport.close()
                 elif self.idle_timeout is not None and now - conn.last_activity > self.idle_timeout:
                     conn.transport.close()
@@ -225,7 +239,9 @@ class TransportLayer:
                 self._udp = BatchedUdp.bind(loop, self.host, port, proto.datagram_received)  # type: ignore[assignment]
             else:  # uvloop: its own transport is already fast
                 family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-                self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(self.host, port), family=family)
+                self._udp, _ = await loop.create_datagram_endpoint(
+                    lambda: _Udp(self), local_addr=(self.host, port), family=family
+                )
             sock = self._udp.get_extra_info("sockname")
             port = sock[1]
             self.udp_addr = (self.host, port)
@@ -241,9 +257,14 @@ class TransportLayer:
             self.tcp_addr = (self.host, port)
         self.port = port
         if self.tls_server is not None and self._tls_listener is None:
-            self._tls_listener = await loop.create_server(lambda: _Stream(self, name="tls"), self.host, self.tls_port,
-                                                          ssl=self.tls_server, reuse_address=True,
-                                                          ssl_handshake_timeout=10)
+            self._tls_listener = await loop.create_server(
+                lambda: _Stream(self, name="tls"),
+                self.host,
+                self.tls_port,
+                ssl=self.tls_server,
+                reuse_address=True,
+                ssl_handshake_timeout=10,
+            )
             self.tls_port = self._tls_listener.sockets[0].getsockname()[1]
             self.tls_addr = (self.host, self.tls_port)
 
@@ -311,20 +332,31 @@ class TransportLayer:
             return
         self._pending_data.setdefault(target.addr, []).append(data)
         if target.addr not in self._pending:
-            self._pending[target.addr] = asyncio.get_running_loop().create_task(self._connect(target.addr, target.transport))
+            self._pending[target.addr] = asyncio.get_running_loop().create_task(
+                self._connect(target.addr, target.transport)
+            )
 
     async def _connect(self, addr: Addr, name: str = "tcp") -> None:
         loop = asyncio.get_running_loop()
         kwargs: dict = {}
         if name == "tls":
-            kwargs = {"ssl": self.tls_client or ssl.create_default_context(), "server_hostname": addr[0],
-                      "ssl_handshake_timeout": 10}
+            kwargs = {
+                "ssl": self.tls_client or ssl.create_default_context(),
+                "server_hostname": addr[0],
+                "ssl_handshake_timeout": 10,
+            }
         try:
-            await asyncio.wait_for(loop.create_connection(lambda: _Stream(self, addr, name), addr[0], addr[1], **kwargs), 15)
+            await asyncio.wait_for(
+                loop.create_connection(lambda: _Stream(self, addr, name), addr[0], addr[1], **kwargs), 15
+            )
         except ssl.SSLCertVerificationError as exc:
-            self._connect_failed(addr, name, f"TLS certificate verification failed for {addr[0]}:{addr[1]}: "
-                                             f"{exc.verify_message or exc.reason} (pass ca_file=... to trust its CA, "
-                                             "or verify=False in a lab)")
+            self._connect_failed(
+                addr,
+                name,
+                f"TLS certificate verification failed for {addr[0]}:{addr[1]}: "
+                f"{exc.verify_message or exc.reason} (pass ca_file=... to trust its CA, "
+                "or verify=False in a lab)",
+            )
             return
         except (OSError, asyncio.TimeoutError) as exc:
             what = "TLS connection" if name == "tls" else "connection"

@@ -10,26 +10,29 @@ needs none of this, so it is used as is when the loop is uvloop (see runtime.new
 It offers the part of `asyncio.DatagramTransport` the transport layer uses: `sendto`, `close`,
 `get_extra_info("sockname" | "socket")` and `is_closing`.
 """
+
 from __future__ import annotations
 
 import asyncio
 import collections
 import logging
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("notebook_im.net")
 
-BATCH = 64             # datagrams read per readiness event, at most (bounded: other work gets its turn)
+BATCH = 64  # datagrams read per readiness event, at most (bounded: other work gets its turn)
 MAX_DATAGRAM = 65535
-MAX_QUEUED = 10_000    # datagrams waiting for send-buffer space before new ones are dropped (UDP may drop)
+MAX_QUEUED = 10_000  # datagrams waiting for send-buffer space before new ones are dropped (UDP may drop)
 
 
 class BatchedUdp:
     """A bound UDP socket whose datagrams go to `on_datagram(data, addr)`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                 on_datagram: Callable[[bytes, Any], None]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, on_datagram: Callable[[bytes, Any], None]
+    ) -> None:
         self._loop = loop
         self._sock = sock
         self._fd = sock.fileno()
@@ -41,8 +44,9 @@ class BatchedUdp:
         loop.add_reader(self._fd, self._read_ready)
 
     @classmethod
-    def bind(cls, loop: asyncio.AbstractEventLoop, host: str, port: int,
-             on_datagram: Callable[[bytes, Any], None]) -> "BatchedUdp":
+    def bind(
+        cls, loop: asyncio.AbstractEventLoop, host: str, port: int, on_datagram: Callable[[bytes, Any], None]
+    ) -> BatchedUdp:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:

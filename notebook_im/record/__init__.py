@@ -2,6 +2,7 @@
 cheap; recorder.py), the header fields pulled out of SIP messages (extract.py), events packed so the garbage
 collector does not walk them (packed.py), and the history store that writes it all to SQLite (store.py).
 Imports nothing above `sip/`; turning records into DataFrames is the analysis layer's job (`notebook_im.trace`)."""
+
 from .recorder import Trace
 
 __all__ = ["Trace"]

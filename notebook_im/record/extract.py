@@ -18,6 +18,7 @@ scan that is case-insensitive and knows the compact forms (`i`, `f`, `t`, `v`) a
 never raises: a message too broken to read yields Nones (the raw bytes are still in the frame).
 This is ~3 µs per message, which is why the recorder can afford it on the hot path (see recorder.py).
 """
+
 from __future__ import annotations
 
 import re
@@ -127,11 +128,17 @@ def extract(raw: bytes) -> tuple:
             via = via[:comma]
     ft, tt, br = _param(frm, b";tag="), _param(to, b";tag="), _param(via, b";branch=")
     # decoded here (~0.4 µs) because pyarrow converts a list of str ~5x faster than a list of bytes
-    return (method.decode("utf-8", "replace") if method else None, status,
-            call_id.decode("utf-8", "replace") if call_id else None, cseq_num,
-            cseq_method.decode("utf-8", "replace") if cseq_method else None,
-            ft.decode("utf-8", "replace") if ft else None, tt.decode("utf-8", "replace") if tt else None,
-            br.decode("utf-8", "replace") if br else None, body_size)
+    return (
+        method.decode("utf-8", "replace") if method else None,
+        status,
+        call_id.decode("utf-8", "replace") if call_id else None,
+        cseq_num,
+        cseq_method.decode("utf-8", "replace") if cseq_method else None,
+        ft.decode("utf-8", "replace") if ft else None,
+        tt.decode("utf-8", "replace") if tt else None,
+        br.decode("utf-8", "replace") if br else None,
+        body_size,
+    )
 
 
 def fields_of(message) -> tuple | None:
@@ -141,8 +148,16 @@ def fields_of(message) -> tuple | None:
     try:
         cseq = message.cseq
         method = getattr(message, "method", None)
-        return (method, getattr(message, "status", None), message.call_id, cseq.number, cseq.method,
-                message.from_.params.get("tag"), message.to.params.get("tag"), message.top_via.params.get("branch"),
-                len(message.body))
+        return (
+            method,
+            getattr(message, "status", None),
+            message.call_id,
+            cseq.number,
+            cseq.method,
+            message.from_.params.get("tag"),
+            message.to.params.get("tag"),
+            message.top_via.params.get("branch"),
+            len(message.body),
+        )
     except Exception:  # noqa: BLE001 - a message we cannot read is indexed from its bytes instead
         return None

@@ -20,6 +20,7 @@ Unpacking builds each event again, with the very same live objects in its fields
 event holds (dataclass equality), `is` does not. Readers (`Trace.event_records()`, the frames) unpack on each
 call and do not keep the objects, so nothing tracked accumulates per message.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,10 +36,10 @@ class EventPacker:
     """Packs events into untracked tuples and back (one per Trace; the caller holds the trace's lock)."""
 
     def __init__(self) -> None:
-        self.shapes: list[tuple[type, tuple[str, ...]]] = []   # shape number -> (event class, field names)
+        self.shapes: list[tuple[type, tuple[str, ...]]] = []  # shape number -> (event class, field names)
         self._shape_of: dict[type, int] = {}
-        self.objects: list[Any] = []                            # n -> live object (kept: ids stay unique)
-        self._ref_of: dict[int, tuple[str, int]] = {}           # id(object) -> (REF, n)
+        self.objects: list[Any] = []  # n -> live object (kept: ids stay unique)
+        self._ref_of: dict[int, tuple[str, int]] = {}  # id(object) -> (REF, n)
 
     def pack(self, ts: float, owner: str, event: Any) -> tuple:
         """The record of `event` at `ts` by `owner`: a tuple the GC can untrack when its objects are plain."""
@@ -46,7 +47,7 @@ class EventPacker:
         shape = self._shape_of.get(cls)
         if shape is None:
             shape = self._new_shape(cls)
-        if shape < 0:   # not a dataclass with a __dict__: kept as it is (tracked, as every event used to be)
+        if shape < 0:  # not a dataclass with a __dict__: kept as it is (tracked, as every event used to be)
             return (ts, owner, -1, event)
         fields = event.__dict__
         names = self.shapes[shape][1]
@@ -71,8 +72,9 @@ class EventPacker:
         cls, names = self.shapes[shape]
         objects = self.objects
         event = object.__new__(cls)
-        event.__dict__.update(zip(names, [objects[v[1]] if type(v) is tuple and v[0] == REF else v
-                                          for v in record[3:]]))
+        event.__dict__.update(
+            zip(names, [objects[v[1]] if type(v) is tuple and v[0] == REF else v for v in record[3:]])
+        )
         return record[0], record[1], event
 
     def _new_shape(self, cls: type) -> int:

@@ -20,6 +20,7 @@ The analysis methods (`sip()`, `messages()`, `events()`, `to_pcap()`, `ladder()`
 layer's functions, plugged in by `notebook_im/__init__.py` (`Trace.analysis`) and imported on first use, so
 this module imports nothing above `sip/` and `import notebook_im` stays light.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,9 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .extract import FIELDS, extract, fields_of
 from .packed import EventPacker
@@ -64,7 +66,7 @@ class Column:
 
     __slots__ = ("chunks", "tail", "append", "lock")
 
-    def __init__(self, lock: "threading.RLock") -> None:
+    def __init__(self, lock: threading.RLock) -> None:
         self.chunks: list[tuple] = []
         self.tail: list[Any] = []
         self.append = self.tail.append
@@ -98,7 +100,7 @@ class Column:
         """Every value, as a new list."""
         with self.lock:
             out: list[Any] = []
-            extend = out.extend   # a tuple is copied in one go: faster than chaining the values one by one
+            extend = out.extend  # a tuple is copied in one go: faster than chaining the values one by one
             for chunk in self.chunks:
                 extend(chunk)
             extend(self.tail)
@@ -111,13 +113,13 @@ class Column:
                 if step != 1 or start >= stop:
                     return self.to_list()[key]
                 sealed = len(self.chunks)
-                first, last = min(start // CHUNK, sealed), (stop - 1) // CHUNK   # (a tail may be longer than a chunk)
+                first, last = min(start // CHUNK, sealed), (stop - 1) // CHUNK  # (a tail may be longer than a chunk)
                 out = []
-                for chunk in self.chunks[first:min(last + 1, sealed)]:
+                for chunk in self.chunks[first : min(last + 1, sealed)]:
                     out.extend(chunk)
                 if last >= sealed:
-                    out.extend(self.tail[:stop - sealed * CHUNK])
-                return out[start - first * CHUNK:stop - first * CHUNK]
+                    out.extend(self.tail[: stop - sealed * CHUNK])
+                return out[start - first * CHUNK : stop - first * CHUNK]
         with self.lock:
             n = len(self.chunks) * CHUNK + len(self.tail)
             i = key + n if key < 0 else key
@@ -133,12 +135,12 @@ class Column:
 @dataclass(frozen=True)
 class SipRecord:
     timestamp: float
-    direction: str        # "in" / "out"
-    transport: str        # "udp" / "tcp"
+    direction: str  # "in" / "out"
+    transport: str  # "udp" / "tcp"
     local: tuple[str, int]
     remote: tuple[str, int]
     raw: bytes
-    owner: str            # which endpoint or server recorded it
+    owner: str  # which endpoint or server recorded it
 
 
 @dataclass(frozen=True)
@@ -161,8 +163,15 @@ class EventRecord:
 class Trace:
     """Append-only record of SIP messages, API events and drops. Thread-safe for readers."""
 
-    def __init__(self, *, max_records: int | None = 1_000_000, index: str = "eager", enabled: bool = True,
-                 name: str = "", max_drops: int = 10_000) -> None:
+    def __init__(
+        self,
+        *,
+        max_records: int | None = 1_000_000,
+        index: str = "eager",
+        enabled: bool = True,
+        name: str = "",
+        max_drops: int = 10_000,
+    ) -> None:
         if index not in ("eager", "lazy"):
             raise ValueError(f"index must be 'eager' or 'lazy', not {index!r}")
         self.max_records = max_records
@@ -175,15 +184,22 @@ class Trace:
         # SIP messages as columns: cheap appends, easy DataFrame construction later, sealed in untracked chunks
         self._columns_lock = threading.RLock()
         column = functools.partial(Column, self._columns_lock)
-        self.sip_ts: Column = column()          # float
-        self.sip_direction: Column = column()   # str
-        self.sip_transport: Column = column()   # str
-        self.sip_local: Column = column()       # (host, port)
-        self.sip_remote: Column = column()      # (host, port)
-        self.sip_raw: Column = column()         # bytes
-        self.sip_owner: Column = column()       # str
-        self._sip_columns = (self.sip_ts, self.sip_direction, self.sip_transport, self.sip_local, self.sip_remote,
-                             self.sip_raw, self.sip_owner)
+        self.sip_ts: Column = column()  # float
+        self.sip_direction: Column = column()  # str
+        self.sip_transport: Column = column()  # str
+        self.sip_local: Column = column()  # (host, port)
+        self.sip_remote: Column = column()  # (host, port)
+        self.sip_raw: Column = column()  # bytes
+        self.sip_owner: Column = column()  # str
+        self._sip_columns = (
+            self.sip_ts,
+            self.sip_direction,
+            self.sip_transport,
+            self.sip_local,
+            self.sip_remote,
+            self.sip_raw,
+            self.sip_owner,
+        )
         # header fields pulled out of sip_raw (extract.FIELDS), row-aligned; filled eagerly or lazily
         self._fields: tuple[Column, ...] = tuple(column() for _ in FIELDS)
         # API events packed as tuples of plain values (packed.py: the GC untracks them, so a long chat does not
@@ -191,14 +207,24 @@ class Trace:
         self._events: Column = column()
         self._packer = EventPacker()
         self.drops: deque[DropRecord] = deque()  # the most recent max_records drops
-        self.drops_total = 0                      # every drop, also those no longer kept
+        self.drops_total = 0  # every drop, also those no longer kept
         self.dropped_sip = 0  # messages not kept because max_records was reached
-        self.skipped = 0      # messages and events not recorded because recording was off
+        self.skipped = 0  # messages and events not recorded because recording was off
         self.store: Any = None  # a HistoryStore (Platform(history=...)): every record is also queued for it
 
-    def record_sip(self, direction: str, transport: str, local: tuple[str, int], remote: tuple[str, int],
-                   raw: bytes, owner: str, ts: float | None = None, fields: tuple | None = None, *,
-                   message: Any = None) -> None:
+    def record_sip(
+        self,
+        direction: str,
+        transport: str,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+        raw: bytes,
+        owner: str,
+        ts: float | None = None,
+        fields: tuple | None = None,
+        *,
+        message: Any = None,
+    ) -> None:
         """Record one SIP message as it went over the wire (the stack's `TraceSink`; credentials redacted).
         `message` (its parse, when the caller has one) or `fields` (its extract.FIELDS) saves scanning `raw`."""
         if fields is None and message is not None and self.index == "eager":
@@ -220,7 +246,7 @@ class Trace:
                     for column, value in zip(self._fields, fields or extract(raw)):
                         column.append(value)
                     if len(self._fields[0].tail) >= CHUNK:  # the index columns are sealed under the index lock,
-                        for column in self._fields:         # which a lazy index holds while it counts rows done
+                        for column in self._fields:  # which a lazy index holds while it counts rows done
                             column.seal()
         self.sip_ts.append(ts)
         self.sip_direction.append(direction)
@@ -258,7 +284,7 @@ class Trace:
         if self.store is not None:
             self.store.put_event(ts, owner, event)
 
-    def load_records(self, sip: "list[tuple]", drops: "list[DropRecord]") -> None:
+    def load_records(self, sip: list[tuple], drops: list[DropRecord]) -> None:
         """Append SIP messages and drops recorded elsewhere (the history store's earlier ones), without handing them
         to a store: `sip` rows are (timestamp, owner, direction, transport, local, remote, raw). Their header
         fields are extracted on the first frame build, so opening a large store stays fast."""
@@ -275,7 +301,7 @@ class Trace:
             self.drops.extend(drops)
             self.drops_total += len(drops)
 
-    def add_event_records(self, records: "list[EventRecord]") -> None:
+    def add_event_records(self, records: list[EventRecord]) -> None:
         """Append events recorded elsewhere (the history store's earlier ones), without handing them to a store."""
         with self._lock:
             pack = self._packer.pack
@@ -291,7 +317,7 @@ class Trace:
         self.store = None
 
     @contextlib.contextmanager
-    def paused(self) -> Iterator["Trace"]:
+    def paused(self) -> Iterator[Trace]:
         """`with trace.paused(): ...` records nothing inside the block (drops are still kept)."""
         before = self.enabled
         self.enabled = False
@@ -304,8 +330,16 @@ class Trace:
         """Forget everything recorded so far (columns, events, drops, counters). A history store attached to the
         trace keeps its rows: it is an append-only log (delete its file to forget it)."""
         with self._index_lock, self._lock:
-            for column in (self.sip_owner, self.sip_ts, self.sip_direction, self.sip_transport, self.sip_local,
-                           self.sip_remote, self.sip_raw, *self._fields):
+            for column in (
+                self.sip_owner,
+                self.sip_ts,
+                self.sip_direction,
+                self.sip_transport,
+                self.sip_local,
+                self.sip_remote,
+                self.sip_raw,
+                *self._fields,
+            ):
                 column.clear()
             self._events.clear()
             self._packer.clear()
@@ -331,8 +365,15 @@ class Trace:
         """Rows lo..hi of the SIP columns (timestamp, direction, transport, local, remote, raw, owner), read
         together: a consistent slice while the loop thread keeps recording."""
         with self._columns_lock:
-            return (self.sip_ts[lo:hi], self.sip_direction[lo:hi], self.sip_transport[lo:hi], self.sip_local[lo:hi],
-                    self.sip_remote[lo:hi], self.sip_raw[lo:hi], self.sip_owner[lo:hi])
+            return (
+                self.sip_ts[lo:hi],
+                self.sip_direction[lo:hi],
+                self.sip_transport[lo:hi],
+                self.sip_local[lo:hi],
+                self.sip_remote[lo:hi],
+                self.sip_raw[lo:hi],
+                self.sip_owner[lo:hi],
+            )
 
     def sip_records(self) -> list[SipRecord]:
         """The recorded SIP messages as SipRecord objects (raw bytes, direction, addresses, time), oldest first."""
@@ -384,23 +425,24 @@ class Trace:
         module, _, attr = target.partition(":")
         return functools.reduce(getattr, attr.split("."), importlib.import_module(module))
 
-    def sip(self, *, owner: str | None = None, call_id: str | None = None, raw: bool = True) -> "pd.DataFrame":
+    def sip(self, *, owner: str | None = None, call_id: str | None = None, raw: bool = True) -> pd.DataFrame:
         """One row per SIP message on the wire (schema: `notebook_im.trace.frames.SIP_SCHEMA`).
         `raw=False` leaves out the raw message text (faster for very large traces)."""
         return self._view("sip")(self, owner=owner, call_id=call_id, raw=raw)
 
-    def messages(self, *, owner: str | None = None, session_id: str | None = None,
-                 source: str = "auto") -> "pd.DataFrame":
+    def messages(
+        self, *, owner: str | None = None, session_id: str | None = None, source: str = "auto"
+    ) -> pd.DataFrame:
         """One row per IM message sent or received (schema: `frames.MESSAGES_SCHEMA`). `source="events"`
         builds it from the API events, `"sip"` reconstructs it from the SIP messages (what a pcap gives),
         `"auto"` uses the events when there are any."""
         return self._view("messages")(self, owner=owner, session_id=session_id, source=source)
 
-    def events(self, *, owner: str | None = None, session_id: str | None = None) -> "pd.DataFrame":
+    def events(self, *, owner: str | None = None, session_id: str | None = None) -> pd.DataFrame:
         """One row per API event (schema: `frames.EVENTS_SCHEMA`)."""
         return self._view("events")(self, owner=owner, session_id=session_id)
 
-    def drops_frame(self) -> "pd.DataFrame":
+    def drops_frame(self) -> pd.DataFrame:
         """One row per dropped datagram or stream chunk (schema: `frames.DROPS_SCHEMA`)."""
         return self._view("drops")(self)
 

@@ -43,6 +43,7 @@ so the frame builders run on them exactly as on live events and a column added t
 earlier conversations too. What an event looks like in JSON is the API's business: the Platform hands the store
 a codec (`EventCodec`, implemented by api/records.py), and this module imports nothing above `sip/`.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -55,8 +56,9 @@ import time
 import urllib.parse
 import weakref
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import NotebookImError
 from .recorder import DropRecord, EventRecord
@@ -78,7 +80,7 @@ WINDOW = 0.010  # s between commits when records come in steadily: ~10 ms of rec
 LOAD_WINDOW = 0.050  # ... and when they come faster than LOAD_RATE records/s (a send loop, not a chat)
 LOAD_RATE = 2000
 PRIVATE_FILE = 0o600  # the store, its lock and the files SQLite keeps next to it: chat history is private
-PRIVATE_DIR = 0o700   # a directory history= creates
+PRIVATE_DIR = 0o700  # a directory history= creates
 SIDECARS = ("-wal", "-shm", "-journal", ".lock")  # what SQLite and the lock put next to the store
 SQLITE_MAGIC = b"SQLite format 3\x00"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -109,31 +111,42 @@ def resolve_path(history: Any) -> Path:
     """The store file for `Platform(history=...)`: a `.sqlite`/`.sqlite3`/`.db` file, or a directory (created if
     missing) holding `history.sqlite`. Raises TypeError/HistoryError saying what to pass instead."""
     if isinstance(history, bytes) or not isinstance(history, (str, os.PathLike)):
-        raise TypeError("history must be a path (str or pathlib.Path) to a .sqlite or .db file, or to a directory, "
-                        f"not {type(history).__name__}")
+        raise TypeError(
+            "history must be a path (str or pathlib.Path) to a .sqlite or .db file, or to a directory, "
+            f"not {type(history).__name__}"
+        )
     text = os.fspath(history)
     if not text.strip():
         raise HistoryError("history is an empty path; pass a file such as 'chat.sqlite' or a directory")
     path = Path(text).expanduser()
     if path.suffix.lower() in SUFFIXES:
         if path.is_dir():
-            raise HistoryError(f"history {str(path)!r} is a directory named like a database file; pass "
-                               f"{str(path / DIRECTORY_FILE)!r} or another file name")
+            raise HistoryError(
+                f"history {str(path)!r} is a directory named like a database file; pass "
+                f"{str(path / DIRECTORY_FILE)!r} or another file name"
+            )
         if not path.parent.is_dir():
-            raise HistoryError(f"cannot create the history store {str(path)!r}: the directory "
-                               f"{str(path.parent)!r} does not exist; create it first or choose another path")
+            raise HistoryError(
+                f"cannot create the history store {str(path)!r}: the directory "
+                f"{str(path.parent)!r} does not exist; create it first or choose another path"
+            )
         return path
     if path.is_file():
-        raise HistoryError(f"history {str(path)!r} is an existing file without a .sqlite/.sqlite3/.db suffix; "
-                           "pass a database file name ending in .sqlite or .db, or a directory")
+        raise HistoryError(
+            f"history {str(path)!r} is an existing file without a .sqlite/.sqlite3/.db suffix; "
+            "pass a database file name ending in .sqlite or .db, or a directory"
+        )
     if path.suffix and not path.exists():
-        raise HistoryError(f"history {str(path)!r}: a store file must end in .sqlite, .sqlite3 or .db "
-                           f"(for a directory, leave out the suffix {path.suffix!r})")
+        raise HistoryError(
+            f"history {str(path)!r}: a store file must end in .sqlite, .sqlite3 or .db "
+            f"(for a directory, leave out the suffix {path.suffix!r})"
+        )
     try:
         path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
     except OSError as exc:
-        raise HistoryError(f"cannot create the history directory {str(path)!r}: {exc.strerror or exc}; "
-                           "choose a writable location") from None
+        raise HistoryError(
+            f"cannot create the history directory {str(path)!r}: {exc.strerror or exc}; choose a writable location"
+        ) from None
     return path / DIRECTORY_FILE
 
 
@@ -164,21 +177,27 @@ def check_location(path: Path, *, error: type[Exception] = HistoryError, what: s
         except OSError:
             continue  # resolve_path checked that the directory exists; a race shows up below
         if posix and stat.S_ISLNK(st.st_mode) and st.st_uid not in (me, 0):
-            raise error(f"the {what} path {str(path)!r} goes through {str(part)!r}, a symbolic link "
-                               f"owned by another user (uid {st.st_uid}); the store does not follow it. Pass a "
-                               "path in a directory of your own")
+            raise error(
+                f"the {what} path {str(path)!r} goes through {str(part)!r}, a symbolic link "
+                f"owned by another user (uid {st.st_uid}); the store does not follow it. Pass a "
+                "path in a directory of your own"
+            )
     directory = absolute.parent
     try:
         st = os.stat(directory)
     except OSError as exc:
         raise error(f"cannot use the {what}'s directory {str(directory)!r}: {exc.strerror or exc}") from None
     if posix and st.st_uid not in (me, 0):
-        raise error(f"the {what}'s directory {str(directory)!r} belongs to another user (uid {st.st_uid}), who "
-                           "could read or replace the store; choose a directory of your own")
+        raise error(
+            f"the {what}'s directory {str(directory)!r} belongs to another user (uid {st.st_uid}), who "
+            "could read or replace the store; choose a directory of your own"
+        )
     if posix and st.st_mode & stat.S_IWOTH:
-        raise error(f"the {what}'s directory {str(directory)!r} is writable by every user, who could plant "
-                    f"files or links where the {what} writes; choose a directory only you can write "
-                           "(for example a folder in your home directory)")
+        raise error(
+            f"the {what}'s directory {str(directory)!r} is writable by every user, who could plant "
+            f"files or links where the {what} writes; choose a directory only you can write "
+            "(for example a folder in your home directory)"
+        )
     for name in (absolute.name, *(absolute.name + s for s in SIDECARS)):
         p = directory / name
         try:
@@ -188,13 +207,16 @@ def check_location(path: Path, *, error: type[Exception] = HistoryError, what: s
         except OSError as exc:
             raise error(f"cannot use the {what} {str(path)!r}: {str(p)!r}: {exc.strerror or exc}") from None
         if stat.S_ISLNK(st.st_mode):
-            raise error(f"{str(p)!r} is a symbolic link; the {what} never writes through one. Pass "
-                               "the path of a real file (or a new file name)")
+            raise error(
+                f"{str(p)!r} is a symbolic link; the {what} never writes through one. Pass "
+                "the path of a real file (or a new file name)"
+            )
         if not stat.S_ISREG(st.st_mode):
-            raise error(f"{str(p)!r} is not a regular file, so it is not part of a {what}; pass a "
-                               "new file name")
+            raise error(f"{str(p)!r} is not a regular file, so it is not part of a {what}; pass a new file name")
         if posix and st.st_uid != me:
-            raise error(f"{str(p)!r} belongs to another user (uid {st.st_uid}), so it is not your {what}; pass a new file name")
+            raise error(
+                f"{str(p)!r} belongs to another user (uid {st.st_uid}), so it is not your {what}; pass a new file name"
+            )
 
 
 def read_header(path: Path, *, error: type[Exception] = HistoryError, what: str = "history store") -> bytes | None:
@@ -225,17 +247,22 @@ def sniff(path: Path) -> bool:
     if head is None:
         return False  # missing, or an empty file (an empty database): it becomes a store
     if not head.startswith(SQLITE_MAGIC):
-        raise HistoryError(f"{str(path)!r} is not a SQLite database, so it is not a notebook_im history store; "
-                           "pass a new file name (or move this file away)")
+        raise HistoryError(
+            f"{str(path)!r} is not a SQLite database, so it is not a notebook_im history store; "
+            "pass a new file name (or move this file away)"
+        )
     if len(head) < 100:
-        raise HistoryError(f"{str(path)!r} is a truncated SQLite database, not a notebook_im history store; pass a "
-                           "new file name")
+        raise HistoryError(
+            f"{str(path)!r} is a truncated SQLite database, not a notebook_im history store; pass a new file name"
+        )
     app = int.from_bytes(head[68:72], "big")
     if app == APPLICATION_ID:
         return True
     if app != 0:
-        raise HistoryError(f"{str(path)!r} is a SQLite database of another application (application_id {app:#x}), "
-                           "not a notebook_im history store; pass a new file name so it is left untouched")
+        raise HistoryError(
+            f"{str(path)!r} is a SQLite database of another application (application_id {app:#x}), "
+            "not a notebook_im history store; pass a new file name so it is left untouched"
+        )
     import sqlite3
 
     wal = path.with_name(path.name + "-wal").exists()
@@ -249,8 +276,10 @@ def sniff(path: Path) -> bool:
         if not tables:
             if db.execute("PRAGMA user_version").fetchone()[0] == 0:
                 return False  # a blank database (nothing in it, no mark of any program): it becomes a store
-            raise HistoryError(f"{str(path)!r} is a SQLite database of another program (it sets user_version), not "
-                               "a notebook_im history store; pass a new file name so it is left untouched")
+            raise HistoryError(
+                f"{str(path)!r} is a SQLite database of another program (it sets user_version), not "
+                "a notebook_im history store; pass a new file name so it is left untouched"
+            )
         check_schema(db, tables, path)
         return True
     except sqlite3.DatabaseError as exc:
@@ -259,18 +288,22 @@ def sniff(path: Path) -> bool:
         db.close()
 
 
-def check_schema(db: "sqlite3.Connection", tables: set[str], path: Path) -> None:
+def check_schema(db: sqlite3.Connection, tables: set[str], path: Path) -> None:
     """HistoryError unless `db` (with these tables) is a notebook_im history store this version can read."""
     p = str(path)
     row = None
     if "schema" in tables:
         row = db.execute("SELECT version, application FROM schema").fetchone()
     if row is None or row[1] != APPLICATION or not _TABLES <= tables:
-        raise HistoryError(f"{p!r} is a SQLite database but not a notebook_im history store (its tables: "
-                           f"{', '.join(sorted(tables))}); pass a new file name so it is left untouched")
+        raise HistoryError(
+            f"{p!r} is a SQLite database but not a notebook_im history store (its tables: "
+            f"{', '.join(sorted(tables))}); pass a new file name so it is left untouched"
+        )
     if not isinstance(row[0], int) or row[0] > SCHEMA_VERSION:
-        raise HistoryError(f"{p!r} was written by a newer notebook_im (history schema {row[0]}; this version "
-                           f"reads schema {SCHEMA_VERSION}); upgrade notebook_im, or pass a new file name")
+        raise HistoryError(
+            f"{p!r} was written by a newer notebook_im (history schema {row[0]}; this version "
+            f"reads schema {SCHEMA_VERSION}); upgrade notebook_im, or pass a new file name"
+        )
 
 
 def _private(path: Path) -> None:
@@ -289,14 +322,22 @@ class FileLock:
     builds the error for a store another process (or object) holds; `error` the one for a lock file that cannot be
     used. Shared by the history store and the server's offline store: one writer per file."""
 
-    def __init__(self, store_path: Path, *, error: type[Exception] = HistoryError, what: str = "history store",
-                 in_use: Any = None) -> None:
+    def __init__(
+        self,
+        store_path: Path,
+        *,
+        error: type[Exception] = HistoryError,
+        what: str = "history store",
+        in_use: Any = None,
+    ) -> None:
         self.path = store_path.with_name(store_path.name + ".lock")
         try:  # never through a symbolic link (O_NOFOLLOW): a planted link would have its target truncated
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, PRIVATE_FILE)
         except OSError as exc:
-            raise error(f"cannot write the {what} {str(store_path)!r}: {exc.strerror or exc} "
-                        f"({str(self.path)!r}); choose a writable location") from None
+            raise error(
+                f"cannot write the {what} {str(store_path)!r}: {exc.strerror or exc} "
+                f"({str(self.path)!r}); choose a writable location"
+            ) from None
         st = os.fstat(self._fd)
         if not stat.S_ISREG(st.st_mode) or (os.name == "posix" and st.st_uid != _uid()):
             os.close(self._fd)
@@ -329,7 +370,8 @@ def _history_in_use(store_path: Path, holder: str) -> Exception:
     return HistoryInUse(
         f"the history store {str(store_path)!r} is in use by another Platform (process {holder}); one "
         "Platform writes a store at a time: call platform.shutdown() on the other one (or end that "
-        "process), or pass a different history= path")
+        "process), or pass a different history= path"
+    )
 
 
 def _lock_fd(fd: int) -> None:
@@ -362,40 +404,52 @@ class EventCodec(Protocol):
 
 # -- the store ----------------------------------------------------------------------------------------------------
 _COLUMNS = {
-    "sip": ("timestamp", "owner", "direction", "transport", "local_host", "local_port", "remote_host", "remote_port", "raw"),
+    "sip": (
+        "timestamp",
+        "owner",
+        "direction",
+        "transport",
+        "local_host",
+        "local_port",
+        "remote_host",
+        "remote_port",
+        "raw",
+    ),
     "events": ("timestamp", "owner", "type", "session_id", "fields"),
     "drops": ("timestamp", "owner", "transport", "remote_host", "remote_port", "reason", "raw"),
 }
 _NO_ADDRESS = (None, None)
-MAX_RAW = 1 << 17        # bytes of one stored SIP message or drop (a SIP message is at most 65,535)
-MAX_FIELDS = 1 << 20     # characters of one event's JSON
-MAX_TEXT = 1024          # characters of an owner, a host, a transport, a drop reason
-MAX_TIMESTAMP = 9e9      # s since the epoch: 2255, within what pandas' nanosecond timestamps hold
+MAX_RAW = 1 << 17  # bytes of one stored SIP message or drop (a SIP message is at most 65,535)
+MAX_FIELDS = 1 << 20  # characters of one event's JSON
+MAX_TEXT = 1024  # characters of an owner, a host, a transport, a drop reason
+MAX_TIMESTAMP = 9e9  # s since the epoch: 2255, within what pandas' nanosecond timestamps hold
 _TS = f"typeof(timestamp) IN ('integer', 'real') AND timestamp BETWEEN 0 AND {MAX_TIMESTAMP}"
 _SHORT = "(typeof({0}) = 'text' AND length({0}) <= " + str(MAX_TEXT) + ")"
-_ADDRESS = ("({0}_host IS NULL OR " + _SHORT.format("{0}_host") + ") AND ({0}_port IS NULL OR (typeof({0}_port) = "
-            "'integer' AND {0}_port BETWEEN 0 AND 65535))")
+_ADDRESS = (
+    "({0}_host IS NULL OR " + _SHORT.format("{0}_host") + ") AND ({0}_port IS NULL OR (typeof({0}_port) = "
+    "'integer' AND {0}_port BETWEEN 0 AND 65535))"
+)
 # what a row must be for load_into to take it (the SQL types the writer uses; SQLite itself would take any)
 _VALID = {
     "sip": f"{_TS} AND {_SHORT.format('owner')} AND direction IN ('in', 'out') AND {_SHORT.format('transport')} AND "
-           f"{_ADDRESS.format('local')} AND {_ADDRESS.format('remote')} AND typeof(raw) = 'blob' AND "
-           f"length(raw) <= {MAX_RAW}",
+    f"{_ADDRESS.format('local')} AND {_ADDRESS.format('remote')} AND typeof(raw) = 'blob' AND "
+    f"length(raw) <= {MAX_RAW}",
     "events": f"{_TS} AND {_SHORT.format('owner')} AND {_SHORT.format('type')} AND typeof(fields) = 'text' AND "
-              f"length(fields) <= {MAX_FIELDS}",
+    f"length(fields) <= {MAX_FIELDS}",
     "drops": f"{_TS} AND {_SHORT.format('owner')} AND {_SHORT.format('transport')} AND {_ADDRESS.format('remote')} "
-             f"AND {_SHORT.format('reason')} AND typeof(raw) = 'blob' AND length(raw) <= {MAX_RAW}",
+    f"AND {_SHORT.format('reason')} AND typeof(raw) = 'blob' AND length(raw) <= {MAX_RAW}",
 }
 MAX_ROWS_PER_INSERT = 64  # 64 rows x 9 columns stays under SQLite's historical limit of 999 parameters
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _insert_sql(table: str, rows: int) -> str:
     columns = _COLUMNS[table]
     one = "(" + ",".join("?" * len(columns)) + ")"
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ",".join([one] * rows)
 
 
-def _insert(db: "sqlite3.Connection", table: str, values: list) -> None:
+def _insert(db: sqlite3.Connection, table: str, values: list) -> None:
     """Insert rows given as one flat list of values, with few statements of many rows each (sizes are powers of
     two, so only a handful of statements are ever prepared). Why not executemany: it steps SQLite once per row,
     and every step releases and retakes the GIL, handing it to the loop thread and back: a context switch per
@@ -404,7 +458,7 @@ def _insert(db: "sqlite3.Connection", table: str, values: list) -> None:
     i, n = 0, len(values) // width
     while i < n:
         size = min(MAX_ROWS_PER_INSERT, 1 << ((n - i).bit_length() - 1))
-        db.execute(_insert_sql(table, size), values[i * width:(i + size) * width])
+        db.execute(_insert_sql(table, size), values[i * width : (i + size) * width])
         i += size
 
 
@@ -416,11 +470,11 @@ class HistoryStore:
     def __init__(self, history: Any, codec: EventCodec) -> None:
         self.path = resolve_path(history)
         self.codec = codec
-        self.loaded = {"sip": 0, "events": 0, "drops": 0}   # records read from the store when it was opened
-        self.earlier: list[EventRecord] = []                 # the events read when opened (earlier conversations)
-        self.written = 0                                     # rows committed by this store object
-        self.commits = 0                                     # transactions committed (batches)
-        self.writer_cpu = 0.0                                # CPU seconds the writer thread used (bench/history.py)
+        self.loaded = {"sip": 0, "events": 0, "drops": 0}  # records read from the store when it was opened
+        self.earlier: list[EventRecord] = []  # the events read when opened (earlier conversations)
+        self.written = 0  # rows committed by this store object
+        self.commits = 0  # transactions committed (batches)
+        self.writer_cpu = 0.0  # CPU seconds the writer thread used (bench/history.py)
         self.write_errors = 0
         self.last_error: str | None = None
         # what the recorder hands over (deque appends and pops are atomic: no lock on the hot path)
@@ -433,9 +487,9 @@ class HistoryStore:
         self._encode = codec.encoder()
         self._closed = False
         self._close_lock = threading.Lock()
-        self.skipped = {"sip": 0, "events": 0, "drops": 0}   # stored rows not loaded: malformed (see load_into)
+        self.skipped = {"sip": 0, "events": 0, "drops": 0}  # stored rows not loaded: malformed (see load_into)
         check_location(self.path)
-        existing = sniff(self.path)   # before anything is created or opened for writing
+        existing = sniff(self.path)  # before anything is created or opened for writing
         self._lock = FileLock(self.path)
         try:
             self._db = self._open(existing)
@@ -445,7 +499,7 @@ class HistoryStore:
         self._thread: threading.Thread | None = None
 
     # -- opening ---------------------------------------------------------------------------------------------
-    def _open(self, existing: bool) -> "sqlite3.Connection":
+    def _open(self, existing: bool) -> sqlite3.Connection:
         """Open the store for writing. `existing`: `sniff` found a store (else a new one is made: the file created
         here, private, with O_EXCL and without following links, so SQLite's own files inherit its mode). A new
         store is written in one transaction, application id included, before the switch to WAL: the id is in
@@ -457,8 +511,9 @@ class HistoryStore:
             try:
                 os.close(os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, PRIVATE_FILE))
             except OSError as exc:
-                raise HistoryError(f"cannot write the history store {str(p)!r}: {exc.strerror or exc}; choose a "
-                                   "writable location") from None
+                raise HistoryError(
+                    f"cannot write the history store {str(p)!r}: {exc.strerror or exc}; choose a writable location"
+                ) from None
         try:
             db = sqlite3.connect(p, check_same_thread=False, timeout=5.0)
         except sqlite3.Error as exc:
@@ -466,8 +521,10 @@ class HistoryStore:
         try:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if not tables:
-                db.executescript(f"BEGIN; {_DDL} PRAGMA application_id={APPLICATION_ID}; INSERT INTO schema VALUES "
-                                 f"({SCHEMA_VERSION}, '{APPLICATION}', {time.time()!r}); COMMIT;")
+                db.executescript(
+                    f"BEGIN; {_DDL} PRAGMA application_id={APPLICATION_ID}; INSERT INTO schema VALUES "
+                    f"({SCHEMA_VERSION}, '{APPLICATION}', {time.time()!r}); COMMIT;"
+                )
             else:
                 check_schema(db, tables, p)
             db.execute("PRAGMA journal_mode=WAL")
@@ -475,8 +532,9 @@ class HistoryStore:
         except sqlite3.DatabaseError as exc:
             db.close()
             if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
-                raise HistoryError(f"cannot write the history store {str(p)!r}: it is read-only; choose a writable "
-                                   "location") from None
+                raise HistoryError(
+                    f"cannot write the history store {str(p)!r}: it is read-only; choose a writable location"
+                ) from None
             raise HistoryError(f"cannot use {str(p)!r} as a history store: {exc}; pass a new file name") from None
         except BaseException:
             db.close()
@@ -485,7 +543,7 @@ class HistoryStore:
             _private(p.with_name(p.name + name))
         return db
 
-    def load_into(self, trace: "Trace") -> None:
+    def load_into(self, trace: Trace) -> None:
         """Append the stored records to `trace` (the newest `trace.max_records` SIP messages and events, the
         newest `max_drops` drops) and remember the events as `earlier`. Header fields of the SIP messages are
         extracted on the first frame build, so opening a large store stays fast.
@@ -499,18 +557,31 @@ class HistoryStore:
         # the newest `limit` rows of each table, as before; of those, the malformed ones are counted, not loaded
         # (range scans over that window only: opening a large store stays as fast as it was)
         limits = {"sip": cap, "events": cap, "drops": trace.max_drops}
-        first = {t: db.execute(f"SELECT min(id) FROM (SELECT id FROM {t} ORDER BY id DESC LIMIT ?)", (n,)).fetchone()[0]
-                 for t, n in limits.items()}
+        first = {
+            t: db.execute(f"SELECT min(id) FROM (SELECT id FROM {t} ORDER BY id DESC LIMIT ?)", (n,)).fetchone()[0]
+            for t, n in limits.items()
+        }
         first = {t: 2**63 - 1 if v is None else v for t, v in first.items()}  # None: empty, or a limit of 0
-        skipped = {t: db.execute(f"SELECT count(*) FROM {t} WHERE id >= ? AND ({_VALID[t]}) IS NOT 1",
-                                 (first[t],)).fetchone()[0] for t in limits}
-        sip = db.execute("SELECT id, timestamp, owner, direction, transport, local_host, local_port, remote_host, "
-                         f"remote_port, raw FROM sip WHERE id >= ? AND {_VALID['sip']} ORDER BY id",
-                         (first["sip"],)).fetchall()
-        rows = db.execute(f"SELECT id, timestamp, owner, type, fields FROM events WHERE id >= ? AND {_VALID['events']} "
-                          "ORDER BY id", (first["events"],)).fetchall()
-        drops = db.execute("SELECT id, timestamp, owner, transport, remote_host, remote_port, reason, raw FROM drops "
-                           f"WHERE id >= ? AND {_VALID['drops']} ORDER BY id", (first["drops"],)).fetchall()
+        skipped = {
+            t: db.execute(f"SELECT count(*) FROM {t} WHERE id >= ? AND ({_VALID[t]}) IS NOT 1", (first[t],)).fetchone()[
+                0
+            ]
+            for t in limits
+        }
+        sip = db.execute(
+            "SELECT id, timestamp, owner, direction, transport, local_host, local_port, remote_host, "
+            f"remote_port, raw FROM sip WHERE id >= ? AND {_VALID['sip']} ORDER BY id",
+            (first["sip"],),
+        ).fetchall()
+        rows = db.execute(
+            f"SELECT id, timestamp, owner, type, fields FROM events WHERE id >= ? AND {_VALID['events']} ORDER BY id",
+            (first["events"],),
+        ).fetchall()
+        drops = db.execute(
+            "SELECT id, timestamp, owner, transport, remote_host, remote_port, reason, raw FROM drops "
+            f"WHERE id >= ? AND {_VALID['drops']} ORDER BY id",
+            (first["drops"],),
+        ).fetchall()
         earlier = []
         for _, ts, owner, kind, fields in rows:
             try:
@@ -518,20 +589,30 @@ class HistoryStore:
             except Exception:  # noqa: BLE001 - BadRecord, bad JSON, too deep: one row, never the whole history
                 skipped["events"] += 1
         events = earlier
-        trace.load_records([(ts, owner, direction, transport, (lh, lp), (rh, rp), bytes(raw))
-                            for _, ts, owner, direction, transport, lh, lp, rh, rp, raw in sip],
-                           [DropRecord(ts, transport, None if rh is None else (rh, rp), reason, bytes(raw), owner)
-                            for _, ts, owner, transport, rh, rp, reason, raw in drops])
+        trace.load_records(
+            [
+                (ts, owner, direction, transport, (lh, lp), (rh, rp), bytes(raw))
+                for _, ts, owner, direction, transport, lh, lp, rh, rp, raw in sip
+            ],
+            [
+                DropRecord(ts, transport, None if rh is None else (rh, rp), reason, bytes(raw), owner)
+                for _, ts, owner, transport, rh, rp, reason, raw in drops
+            ],
+        )
         self.earlier = earlier
-        trace.add_event_records(self.earlier)   # (takes the trace's lock itself)
+        trace.add_event_records(self.earlier)  # (takes the trace's lock itself)
         self.loaded = {"sip": len(sip), "events": len(events), "drops": len(drops)}
         self.skipped = skipped
         if any(skipped.values()):
-            log.warning("history store %s: skipped %s malformed rows (%s); the rest is loaded", self.path,
-                        sum(skipped.values()), ", ".join(f"{v} {k}" for k, v in skipped.items() if v))
+            log.warning(
+                "history store %s: skipped %s malformed rows (%s); the rest is loaded",
+                self.path,
+                sum(skipped.values()),
+                ", ".join(f"{v} {k}" for k, v in skipped.items() if v),
+            )
 
     # -- writing (the recorder calls put_*, any thread: one deque append each) ----------------------------------
-    def start(self) -> "HistoryStore":
+    def start(self) -> HistoryStore:
         """Start the writer thread (Platform does this after loading)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"nim-history {self.path.name}", daemon=True)
@@ -625,10 +706,10 @@ class HistoryStore:
                 break
         db.close()
 
-    def _write_batch(self, db: "sqlite3.Connection") -> int:
+    def _write_batch(self, db: sqlite3.Connection) -> int:
         """Take up to BATCH records of each kind, insert them and commit (errors are counted, never raised: the
         history must not take the platform down)."""
-        sip: list = []     # flat: the columns of one row after the other
+        sip: list = []  # flat: the columns of one row after the other
         events: list = []
         drops: list = []
         rows = 0
@@ -641,15 +722,22 @@ class HistoryStore:
                 ts, owner, ev = event_q.popleft()
                 try:
                     session = getattr(ev, "session", None)
-                    events += (ts, owner, type(ev).__name__, getattr(session, "id", None) if session else None,
-                               self._encode(ev))
+                    events += (
+                        ts,
+                        owner,
+                        type(ev).__name__,
+                        getattr(session, "id", None) if session else None,
+                        self._encode(ev),
+                    )
                 except Exception as exc:  # noqa: BLE001 - one odd event must not stop the history
                     self._failed(f"cannot encode {type(ev).__name__}: {exc}")
             for _ in range(min(len(drop_q), BATCH)):
                 d = drop_q.popleft()
                 drops += (d.timestamp, d.owner, d.transport, *(d.remote or _NO_ADDRESS), d.reason, d.raw)
-            rows = sum(len(values) // len(_COLUMNS[table]) for table, values in
-                       (("sip", sip), ("events", events), ("drops", drops)))
+            rows = sum(
+                len(values) // len(_COLUMNS[table])
+                for table, values in (("sip", sip), ("events", events), ("drops", drops))
+            )
             for table, values in (("sip", sip), ("events", events), ("drops", drops)):
                 _insert(db, table, values)
             db.commit()

@@ -19,6 +19,7 @@ Guessing is slowed two ways, keyed so that the innocent are not locked out with 
 
 Passwords never leave this module: no repr, log line, exception or response contains one.
 """
+
 from __future__ import annotations
 
 import base64
@@ -27,8 +28,8 @@ import hmac
 import secrets
 import struct
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from ..sip import digest
 from ..sip.errors import RemoteProtocolError
@@ -36,14 +37,14 @@ from ..sip.message import Request
 from ..sip.uri import SipUri
 
 ALGORITHMS = ("SHA-256", "MD5")  # offered in this order; RFC 8760: the client picks the first it supports
-UNKNOWN_USER = ""                # failures for user names that do not exist share this key (per source)
+UNKNOWN_USER = ""  # failures for user names that do not exist share this key (per source)
 
 
 @dataclass(frozen=True)
 class AuthResult:
     ok: bool
     user: str | None = None
-    status: int = 0                 # 401/407 to challenge, 403 to refuse, 400 for a malformed answer
+    status: int = 0  # 401/407 to challenge, 403 to refuse, 400 for a malformed answer
     stale: bool = False
     reason: str = ""
 
@@ -62,15 +63,15 @@ class _UserGuard:
     count: int = 0
     last: float = 0.0
     wait_until: float = 0.0
-    trusted: "OrderedDict[str, float]" = field(default_factory=OrderedDict)
+    trusted: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
 
 @dataclass
 class _Nonces:
     """The nonces one user authenticated with: nonce -> (last nonce count, time it was issued)."""
 
-    used: "OrderedDict[str, tuple[int, float]]" = field(default_factory=OrderedDict)
-    forgotten_until: float = float("-inf")   # nonces issued up to here and not in `used` are refused (stale)
+    used: OrderedDict[str, tuple[int, float]] = field(default_factory=OrderedDict)
+    forgotten_until: float = float("-inf")  # nonces issued up to here and not in `used` are refused (stale)
 
 
 @dataclass
@@ -78,19 +79,19 @@ class Authenticator:
     users: Mapping[str, str] = field(repr=False)
     realm: str = "notebook_im"
     nonce_ttl: float = 300.0
-    max_failures: int = 5           # failures of one (user, source) within `failure_window` before it is locked
+    max_failures: int = 5  # failures of one (user, source) within `failure_window` before it is locked
     failure_window: float = 60.0
     lockout: float = 60.0
-    user_threshold: int = 10        # failures against one user (any source) before the per-user back-off
+    user_threshold: int = 10  # failures against one user (any source) before the per-user back-off
     backoff_base: float = 1.0
     backoff_max: float = 60.0
-    user_memory: float = 600.0      # a user's failure count is forgotten after this long without failures
+    user_memory: float = 600.0  # a user's failure count is forgotten after this long without failures
     trusted_sources: int = 16
     max_nonces_per_user: int = 64
-    max_tracked: int = 10_000       # (user, source) failure records kept (oldest forgotten first)
+    max_tracked: int = 10_000  # (user, source) failure records kept (oldest forgotten first)
     _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     _nonces: dict[str, _Nonces] = field(default_factory=dict, repr=False)
-    _failures: "OrderedDict[tuple[str, str], _Failures]" = field(default_factory=OrderedDict, repr=False)
+    _failures: OrderedDict[tuple[str, str], _Failures] = field(default_factory=OrderedDict, repr=False)
     _guards: dict[str, _UserGuard] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -120,7 +121,9 @@ class Authenticator:
         """WWW-/Proxy-Authenticate values: one per algorithm, strongest first (RFC 8760 §2.4)."""
         nonce = self._nonce(now)
         extra = ", stale=true" if stale else ""
-        return [f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={alg}, qop="auth"{extra}' for alg in ALGORITHMS]
+        return [
+            f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={alg}, qop="auth"{extra}' for alg in ALGORITHMS
+        ]
 
     def _count_nonce(self, user: str, nonce: str, nc: int, issued: float, now: float) -> bool:
         """Record that `user` used `nonce` with count `nc`; False if that is a replay or the nonce's state is
@@ -132,8 +135,8 @@ class Authenticator:
         seen = used.get(nonce)
         if seen is None:
             if issued <= table.forgotten_until:
-                return False          # its count may have been pushed out of the table: refuse, never guess
-            for old, (_, t) in list(used.items()):   # expired nonces are refused anyway: drop them first
+                return False  # its count may have been pushed out of the table: refuse, never guess
+            for old, (_, t) in list(used.items()):  # expired nonces are refused anyway: drop them first
                 if now - t <= self.nonce_ttl:
                     break
                 del used[old]
@@ -186,7 +189,7 @@ class Authenticator:
         self._failures.pop((user, source), None)
         guard = self._guards.get(user)
         if guard is None:
-            if len(self._guards) >= len(self.users):   # (one per configured user at most)
+            if len(self._guards) >= len(self.users):  # (one per configured user at most)
                 return
             guard = self._guards[user] = _UserGuard()
         guard.trusted[source] = now
@@ -214,16 +217,22 @@ class Authenticator:
             return AuthResult(False, status=403, reason="Forbidden (too many failed authentications; try later)")
         wait = self._slowed(key_user, source, now)
         if wait > 0:
-            return AuthResult(False, status=403, reason=f"Forbidden (too many failed authentications for this "
-                                                        f"user; try again in {wait:.0f} s)")
+            return AuthResult(
+                False,
+                status=403,
+                reason=f"Forbidden (too many failed authentications for this user; try again in {wait:.0f} s)",
+            )
         if password is None:
             return self._fail(UNKNOWN_USER, source, now, "Forbidden (unknown user or wrong password)")
         issued = self._nonce_time(params.get("nonce", ""))
         if issued is None:
             return AuthResult(False, status=challenge_status, reason="nonce not issued here")
         if (params.get("qop") or "").lower() != "auth":
-            return AuthResult(False, status=400, reason="Bad Request (digest without qop=auth is refused: "
-                                                        "it could be replayed; RFC 7616)")
+            return AuthResult(
+                False,
+                status=400,
+                reason="Bad Request (digest without qop=auth is refused: it could be replayed; RFC 7616)",
+            )
         if not _same_uri(params.get("uri", ""), request.uri):
             return AuthResult(False, status=400, reason="Bad Request (the digest uri is not the Request-URI)")
         try:

@@ -22,6 +22,7 @@ same Reason). The caller sees one answer and the second device hears "answered e
 
 The context only counts branches and looks at responses; sending, timers and CANCELs are the caller's.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -65,10 +66,10 @@ class ResponseContext:
             raise ValueError("a forked request needs at least one branch")
         self.method = method
         self.branches = branches
-        self.final_sent: Response | None = None     # what went upstream as the final answer
-        self._finished = [False] * branches           # a final response (or a timeout) came on the branch
-        self._cancelled = [False] * branches           # a CANCEL was asked for on the branch
-        self._responses: list[Response] = []           # the non-2xx finals, for §16.7.6
+        self.final_sent: Response | None = None  # what went upstream as the final answer
+        self._finished = [False] * branches  # a final response (or a timeout) came on the branch
+        self._cancelled = [False] * branches  # a CANCEL was asked for on the branch
+        self._responses: list[Response] = []  # the non-2xx finals, for §16.7.6
 
     @property
     def done(self) -> bool:

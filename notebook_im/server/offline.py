@@ -17,6 +17,7 @@ lost. A message is removed only on a 2xx from the user (`delivered`) or a defini
 e.g. 415: the device will never take it, and it must not block the messages behind it); after a transient
 failure (no answer, 480, 503, ...) it stays, in order, until the next attempt or its expiry.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -60,11 +61,11 @@ def is_composing(request: Request) -> bool:
 class OfflineLimits:
     """Bounds of the offline store. `max_per_user=0` turns offline delivery off (480 as before)."""
 
-    max_per_user: int = 100               # messages waiting for one user
-    max_total: int = 10_000               # messages waiting in all
-    max_bytes: int = 16 * 1024 * 1024     # their size in all (a MESSAGE is at most 64 KiB)
-    ttl: float = 24 * 3600.0              # seconds a message is kept before it is dropped as expired
-    retry_interval: float = 30.0          # seconds between delivery attempts while the user stays registered
+    max_per_user: int = 100  # messages waiting for one user
+    max_total: int = 10_000  # messages waiting in all
+    max_bytes: int = 16 * 1024 * 1024  # their size in all (a MESSAGE is at most 64 KiB)
+    ttl: float = 24 * 3600.0  # seconds a message is kept before it is dropped as expired
+    retry_interval: float = 30.0  # seconds between delivery attempts while the user stays registered
 
     def __post_init__(self) -> None:
         for name in ("max_per_user", "max_total", "max_bytes"):
@@ -81,11 +82,11 @@ class OfflineLimits:
 class StoredMessage:
     """One message waiting for its user, ready to be delivered as `request` (give each attempt a copy)."""
 
-    seq: int                               # store order: delivery order, and expiry order (one ttl for all)
+    seq: int  # store order: delivery order, and expiry order (one ttl for all)
     aor: str
     request: Request
-    stored_at: float                       # monotonic
-    expires_at: float                      # monotonic
+    stored_at: float  # monotonic
+    expires_at: float  # monotonic
     size: int
     attempts: int = 0
     dedup_key: tuple[str, str] | None = field(default=None, repr=False)
@@ -103,7 +104,9 @@ class Journal(Protocol):
     """Where the store writes its changes through (offline_db.OfflineJournal: SQLite), if anywhere. `add` may
     raise (the message is then not kept); `remove` must not (it writes later what it cannot write now)."""
 
-    def add(self, seq: int, aor: str, raw: bytes, stored_wall: float, expires_wall: float, dedup: str | None) -> None: ...
+    def add(
+        self, seq: int, aor: str, raw: bytes, stored_wall: float, expires_wall: float, dedup: str | None
+    ) -> None: ...
 
     def remove(self, seq: int) -> None: ...
 
@@ -115,13 +118,20 @@ class OfflineStore:
     def __init__(self, limits: OfflineLimits | None = None, journal: Journal | None = None) -> None:
         self.limits = limits or OfflineLimits()
         self.journal = journal
-        self._all: OrderedDict[int, StoredMessage] = OrderedDict()           # by seq = by age = by expiry
+        self._all: OrderedDict[int, StoredMessage] = OrderedDict()  # by seq = by age = by expiry
         self._by_user: dict[str, OrderedDict[int, StoredMessage]] = {}
-        self._dedup: dict[tuple[str, str], int] = {}                           # (aor, sender + message id) -> seq
+        self._dedup: dict[tuple[str, str], int] = {}  # (aor, sender + message id) -> seq
         self._seq = 0
         self.bytes = 0
-        self.stats = {"stored": 0, "delivered": 0, "expired": 0, "rejected": 0, "refused": 0, "duplicates": 0,
-                      "attempts": 0}
+        self.stats = {
+            "stored": 0,
+            "delivered": 0,
+            "expired": 0,
+            "rejected": 0,
+            "refused": 0,
+            "duplicates": 0,
+            "attempts": 0,
+        }
 
     @property
     def enabled(self) -> bool:
@@ -141,8 +151,11 @@ class OfflineStore:
         limits = self.limits
         if queue is not None and len(queue) >= limits.max_per_user:
             self.stats["refused"] += 1
-            return Refused(480, f"Temporarily Unavailable ({aor} is offline and already has {len(queue)} messages "
-                                "waiting, the most this server keeps per user)")
+            return Refused(
+                480,
+                f"Temporarily Unavailable ({aor} is offline and already has {len(queue)} messages "
+                "waiting, the most this server keeps per user)",
+            )
         kept = request.copy()
         for name in HOP_BY_HOP:
             kept.headers.remove(name)
@@ -151,11 +164,14 @@ class OfflineStore:
         size = len(bytes(kept))
         if len(self._all) >= limits.max_total or self.bytes + size > limits.max_bytes:
             self.stats["refused"] += 1
-            return Refused(503, f"Service Unavailable (the offline message store is full: {len(self._all)} messages, "
-                                f"{self.bytes} bytes)")
+            return Refused(
+                503,
+                f"Service Unavailable (the offline message store is full: {len(self._all)} messages, "
+                f"{self.bytes} bytes)",
+            )
         self._seq += 1
         stored = StoredMessage(self._seq, aor, kept, now, now + limits.ttl, size, dedup_key=dedup)
-        if self.journal is not None:   # on disk before the sender hears 202 (a raise leaves nothing half-kept)
+        if self.journal is not None:  # on disk before the sender hears 202 (a raise leaves nothing half-kept)
             self.journal.add(stored.seq, aor, bytes(kept), wall, wall + limits.ttl, "\n".join(dedup) if dedup else None)
         self._all[stored.seq] = stored
         self._by_user.setdefault(aor, OrderedDict())[stored.seq] = stored
@@ -209,10 +225,11 @@ class OfflineStore:
         removed from the journal). Returns how many were kept."""
         from ..sip.errors import RemoteProtocolError
         from ..sip.parser import parse_message
+
         kept = 0
         for seq, aor, raw, stored_wall, expires_wall, dedup in rows:
             self._seq = max(self._seq, seq)
-            try:   # kept without its hop-by-hop headers: a placeholder Via lets the parser read it, then goes
+            try:  # kept without its hop-by-hop headers: a placeholder Via lets the parser read it, then goes
                 start, _, rest = raw.partition(b"\r\n")
                 request = parse_message(start + b"\r\nVia: SIP/2.0/UDP stored.invalid;branch=z9hG4bKstored\r\n" + rest)
                 request.headers.remove("Via")
@@ -224,12 +241,13 @@ class OfflineStore:
                 self.stats["expired"] += 1
                 continue
             key = tuple(dedup.split("\n", 1)) if dedup and "\n" in dedup else None
-            stored = StoredMessage(seq, aor, request, now - (wall - stored_wall), now + (expires_wall - wall),
-                                   len(raw), dedup_key=key)  # type: ignore[arg-type]
+            stored = StoredMessage(
+                seq, aor, request, now - (wall - stored_wall), now + (expires_wall - wall), len(raw), dedup_key=key
+            )  # type: ignore[arg-type]
             self._all[seq] = stored
             self._by_user.setdefault(aor, OrderedDict())[seq] = stored
             if key is not None:
-                self._dedup[key] = seq   # type: ignore[index]
+                self._dedup[key] = seq  # type: ignore[index]
             self.bytes += stored.size
             kept += 1
         return kept
@@ -245,7 +263,7 @@ class OfflineStore:
         if msg.dedup_key is not None:
             self._dedup.pop(msg.dedup_key, None)
         self.bytes -= msg.size
-        if self.journal is not None:   # last: the memory is consistent whatever the journal does
+        if self.journal is not None:  # last: the memory is consistent whatever the journal does
             self.journal.remove(msg.seq)
         return True
 

@@ -11,6 +11,7 @@ server writes a file at a time, and a file that is not an offline store is refus
 Times are stored as wall-clock seconds (a monotonic clock means nothing across a restart) and turned back into
 monotonic deadlines when the file is loaded.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,12 +24,12 @@ from typing import Any
 from ..errors import NotebookImError
 from ..record.store import PRIVATE_FILE, SQLITE_MAGIC, FileLock, check_location, read_header
 
-APPLICATION_ID = 0x6E696D6F   # "nimo", PRAGMA application_id
+APPLICATION_ID = 0x6E696D6F  # "nimo", PRAGMA application_id
 SCHEMA = 1
 # How long a write waits for a lock another program holds on the file (the sqlite3 shell, a backup tool): the
 # server's loop waits with it, so not SQLite's default of 5 s, during which every other request waited too.
 BUSY_TIMEOUT = 0.1
-MAX_PENDING = 100_000          # removals and users waiting for the file to take writes again
+MAX_PENDING = 100_000  # removals and users waiting for the file to take writes again
 log = logging.getLogger("notebook_im.server")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -38,8 +39,10 @@ class OfflineStoreError(NotebookImError):
 
 
 def _in_use(path: Path, holder: str) -> Exception:
-    return OfflineStoreError(f"the offline store {str(path)!r} is in use by another server (process {holder}); one "
-                             "server writes it at a time: stop the other one, or pass another offline_store= path")
+    return OfflineStoreError(
+        f"the offline store {str(path)!r} is in use by another server (process {holder}); one "
+        "server writes it at a time: stop the other one, or pass another offline_store= path"
+    )
 
 
 class OfflineJournal:
@@ -58,10 +61,12 @@ class OfflineJournal:
         if self.path.suffix.lower() not in (".sqlite", ".sqlite3", ".db"):
             raise OfflineStoreError(f"offline_store {str(path)!r}: the file must end in .sqlite, .sqlite3 or .db")
         if not self.path.parent.is_dir():
-            raise OfflineStoreError(f"offline_store {str(path)!r}: the directory {str(self.path.parent)!r} does not "
-                                    "exist; create it or pass another path")
+            raise OfflineStoreError(
+                f"offline_store {str(path)!r}: the directory {str(self.path.parent)!r} does not "
+                "exist; create it or pass another path"
+            )
         self.db: sqlite3.Connection | None = None
-        self._pending: deque[tuple[str, Any]] = deque()   # removals and users not written yet, in order
+        self._pending: deque[tuple[str, Any]] = deque()  # removals and users not written yet, in order
         self._failing = False
         self.open()
 
@@ -74,20 +79,23 @@ class OfflineJournal:
         existing = self._sniff()
         self._lock = FileLock(self.path, error=OfflineStoreError, what="offline store", in_use=_in_use)
         try:
-            if not existing:   # created here, private from the start
+            if not existing:  # created here, private from the start
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, PRIVATE_FILE)
                 os.close(fd)
-            self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
-                                      timeout=BUSY_TIMEOUT)
-            if not existing:   # the mark goes into the file's header before WAL mode keeps changes in the -wal
+            self.db = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT
+            )
+            if not existing:  # the mark goes into the file's header before WAL mode keeps changes in the -wal
                 self.db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 self.db.execute(f"PRAGMA user_version={SCHEMA}")
-                self.db.execute("CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, aor TEXT NOT NULL, "
-                                "raw BLOB NOT NULL, stored_wall REAL NOT NULL, expires_wall REAL NOT NULL, dedup TEXT)")
+                self.db.execute(
+                    "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, aor TEXT NOT NULL, "
+                    "raw BLOB NOT NULL, stored_wall REAL NOT NULL, expires_wall REAL NOT NULL, dedup TEXT)"
+                )
                 self.db.execute("CREATE TABLE IF NOT EXISTS known (aor TEXT PRIMARY KEY)")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
-            for sidecar in ("-wal", "-shm"):   # SQLite makes these with the umask's mode: private like the file
+            for sidecar in ("-wal", "-shm"):  # SQLite makes these with the umask's mode: private like the file
                 side = self.path.with_name(self.path.name + sidecar)
                 if side.exists() and not side.is_symlink():
                     os.chmod(side, PRIVATE_FILE)
@@ -102,14 +110,17 @@ class OfflineJournal:
         if head is None:
             return False
         if not head.startswith(SQLITE_MAGIC) or len(head) < 100 or int.from_bytes(head[68:72], "big") != APPLICATION_ID:
-            raise OfflineStoreError(f"{str(self.path)!r} is not a notebook_im offline store; pass a new file name so "
-                                    "it is left untouched")
+            raise OfflineStoreError(
+                f"{str(self.path)!r} is not a notebook_im offline store; pass a new file name so it is left untouched"
+            )
         return True
 
     def load(self) -> tuple[list[tuple[int, str, bytes, float, float, str | None]], set[str]]:
         """(messages: seq, aor, raw, stored_wall, expires_wall, dedup; oldest first), and the known users."""
         assert self.db is not None
-        rows = self.db.execute("SELECT seq, aor, raw, stored_wall, expires_wall, dedup FROM messages ORDER BY seq").fetchall()
+        rows = self.db.execute(
+            "SELECT seq, aor, raw, stored_wall, expires_wall, dedup FROM messages ORDER BY seq"
+        ).fetchall()
         known = {row[0] for row in self.db.execute("SELECT aor FROM known")}
         return [(int(s), str(a), bytes(r), float(sw), float(ew), d) for s, a, r, sw, ew, d in rows], known
 
@@ -118,8 +129,10 @@ class OfflineJournal:
         assert self.db is not None
         try:
             self._flush()
-            self.db.execute("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
-                            (seq, aor, raw, stored_wall, expires_wall, dedup))
+            self.db.execute(
+                "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+                (seq, aor, raw, stored_wall, expires_wall, dedup),
+            )
         except sqlite3.Error as exc:
             self._failed(exc)
             raise OfflineStoreError(f"the offline store cannot be written now ({exc})") from None
@@ -135,7 +148,7 @@ class OfflineJournal:
 
     def _defer(self, op: tuple[str, Any]) -> None:
         self._pending.append(op)
-        if len(self._pending) > MAX_PENDING:   # the file has refused writes for that long: the oldest go
+        if len(self._pending) > MAX_PENDING:  # the file has refused writes for that long: the oldest go
             self._pending.popleft()
         try:
             self._flush()
@@ -155,9 +168,12 @@ class OfflineJournal:
             self._pending.popleft()
 
     def _failed(self, exc: Exception) -> None:
-        if not self._failing:   # once per outage, not once per message
-            log.warning("offline store %s cannot be written (%s): messages for offline users get 503 until it can",
-                        self.path, exc)
+        if not self._failing:  # once per outage, not once per message
+            log.warning(
+                "offline store %s cannot be written (%s): messages for offline users get 503 until it can",
+                self.path,
+                exc,
+            )
         self._failing = True
 
     def _recovered(self) -> None:
@@ -173,8 +189,12 @@ class OfflineJournal:
             try:
                 self._flush()
             except sqlite3.Error as exc:
-                log.warning("offline store %s: %d changes could not be written before closing (%s)", self.path,
-                            len(self._pending), exc)
+                log.warning(
+                    "offline store %s: %d changes could not be written before closing (%s)",
+                    self.path,
+                    len(self._pending),
+                    exc,
+                )
             self.db.close()
         finally:
             self.db = None

@@ -10,6 +10,7 @@ A user registered from several devices gets an initial request on all of them at
 record-routed (double Record-Route when the two legs use different transports) so in-dialog requests pass
 through it and appear in its trace. Requests addressed to the conference focus go to it (conference/).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,8 +20,8 @@ import ipaddress
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..core.sink import TraceSink
 from ..core.stack import ClientHandle, ServerHandle, SipStack
@@ -41,32 +42,40 @@ from .registrar import Binding, Registrar, aor_key
 
 log = logging.getLogger("notebook_im.server")
 
-DIALOG_PARAM = "dlg"   # the Record-Route URI parameter that carries a dialog's token
+DIALOG_PARAM = "dlg"  # the Record-Route URI parameter that carries a dialog's token
 
 
 class ProxyCore:
     """Registrar + proxy logic, the handler of a `SipStack` it owns (core/stack.py)."""
 
-    def __init__(self, *, transport: Transport, trace: TraceSink, registrar: Registrar,
-                 auth: Authenticator | None = None, timers: Timers = DEFAULT_TIMERS,
-                 focus_limits: FocusLimits | None = None, offline_limits: OfflineLimits | None = None,
-                 offline_journal: "OfflineJournal | None" = None) -> None:
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        trace: TraceSink,
+        registrar: Registrar,
+        auth: Authenticator | None = None,
+        timers: Timers = DEFAULT_TIMERS,
+        focus_limits: FocusLimits | None = None,
+        offline_limits: OfflineLimits | None = None,
+        offline_journal: OfflineJournal | None = None,
+    ) -> None:
         self.stack = SipStack(name="server", transport=transport, sink=trace, timers=timers, handler=self)
         self.registrar = registrar
         self.auth = auth
         self.focus = Focus(self, focus_limits)
-        self._forwarded: dict[int, Fork] = {}   # id(server handle) -> its branches downstream
+        self._forwarded: dict[int, Fork] = {}  # id(server handle) -> its branches downstream
         self.offline = OfflineStore(offline_limits, journal=offline_journal)
         self.journal = offline_journal
-        self._delivering: set[str] = set()      # AORs whose stored messages are being delivered right now
-        self._dialog_secret = secrets.token_bytes(32)   # keys the dialog tokens of our Record-Routes
+        self._delivering: set[str] = set()  # AORs whose stored messages are being delivered right now
+        self._dialog_secret = secrets.token_bytes(32)  # keys the dialog tokens of our Record-Routes
         # how long a device may leave a request unanswered (no response at all, not even 100/180) before it counts
         # as gone: a few retransmissions (0.5 + 1 + 2 s at T1 = 500 ms), not Timer F's 64*T1 (32 s). Its binding is
         # then skipped (dead) until it registers again; a pager MESSAGE is kept for later and answered 202
         self.device_timeout: float | None = 8 * timers.t1
 
     async def start(self) -> None:
-        if self.journal is not None:   # what a previous run kept: the messages, and the users they wait for
+        if self.journal is not None:  # what a previous run kept: the messages, and the users they wait for
             self.journal.open()
             rows, known = self.journal.load()
             for aor in known:
@@ -101,7 +110,9 @@ class ProxyCore:
             return True
         if host not in (self.stack.host, "localhost"):
             return False
-        return port == self.stack.port or (self.stack.transport.tls_server is not None and port == self.stack.transport.tls_port)
+        return port == self.stack.port or (
+            self.stack.transport.tls_server is not None and port == self.stack.transport.tls_port
+        )
 
     def rr_uri(self, transport: str, dialog_token: str) -> str:
         """Our Record-Route entry for `transport`, carrying the dialog's token (see `dialog_token`)."""
@@ -145,7 +156,9 @@ class ProxyCore:
         return not (self.focus.wants(request) or self._routed_dialog(request))
 
     # -- requests -----------------------------------------------------------------------------------------
-    def on_request(self, request: Request, handle: ServerHandle | None, transport: str, remote: tuple[str, int]) -> None:
+    def on_request(
+        self, request: Request, handle: ServerHandle | None, transport: str, remote: tuple[str, int]
+    ) -> None:
         mf = request.max_forwards
         if handle is None:  # ACK for a 2xx: forward statelessly along its route
             if self.focus.wants(request):
@@ -154,14 +167,20 @@ class ProxyCore:
             if self.auth is not None and not self._routed_dialog(request):
                 # an ACK cannot be challenged: with users=, only one of a dialog we routed goes on
                 self.stack.stats["dropped"] += 1
-                self.stack.sink.record_drop(transport, remote, "ACK outside a dialog this server routed", bytes(request), self.stack.name)
+                self.stack.sink.record_drop(
+                    transport, remote, "ACK outside a dialog this server routed", bytes(request), self.stack.name
+                )
                 return
             self._forward_ack(request)
             return
         if mf is not None and mf <= 0 and not (request.method == "OPTIONS" and self.is_us(request.uri)):
             self.stack.respond(handle, make_response(request, 483, to_tag=new_tag()))
             return
-        if self.auth is not None and self._needs_credentials(request) and not self._authenticated(request, handle, remote):
+        if (
+            self.auth is not None
+            and self._needs_credentials(request)
+            and not self._authenticated(request, handle, remote)
+        ):
             return
         if request.method == "REGISTER":
             self._register(request, handle, transport, remote)
@@ -193,7 +212,9 @@ class ProxyCore:
                 resp.headers.set("Allow", "INVITE, ACK, CANCEL, BYE, MESSAGE, OPTIONS, REGISTER")
                 self.stack.respond(handle, resp)
             else:
-                self.stack.respond(handle, make_response(request, 404, "Not Found (no user in the Request-URI)", to_tag=new_tag()))
+                self.stack.respond(
+                    handle, make_response(request, 404, "Not Found (no user in the Request-URI)", to_tag=new_tag())
+                )
             return
         aor = aor_key(request.uri)
         if self.is_us(request.uri):  # sip:bob@<this server>: the user of that name, whatever their domain
@@ -216,17 +237,24 @@ class ProxyCore:
         if aor not in self.registrar.known and self.is_us(request.uri):
             # sip:carol@<this server> for a user of users= who never registered: we do not know the address
             # of record they will register, so there is nowhere to keep the message
-            self.stack.respond(handle, make_response(
-                request, 480, f"Temporarily Unavailable ({user} has not registered here yet)", to_tag=new_tag()))
+            self.stack.respond(
+                handle,
+                make_response(
+                    request, 480, f"Temporarily Unavailable ({user} has not registered here yet)", to_tag=new_tag()
+                ),
+            )
             return
-        storable = (request.method == "MESSAGE" and self.offline.enabled
-                    and not is_composing(request))   # "typing" goes stale: not kept
+        storable = (
+            request.method == "MESSAGE" and self.offline.enabled and not is_composing(request)
+        )  # "typing" goes stale: not kept
         if not storable:
-            self.stack.respond(handle, make_response(request, 480, "Temporarily Unavailable (not registered now)", to_tag=new_tag()))
+            self.stack.respond(
+                handle, make_response(request, 480, "Temporarily Unavailable (not registered now)", to_tag=new_tag())
+            )
             return
         try:
             kept: StoredMessage | Refused = self.offline.store(aor, request, time.monotonic(), time.time())
-        except OfflineStoreError as exc:   # not on disk, so no 202: the sender may try again (offline_db.py)
+        except OfflineStoreError as exc:  # not on disk, so no 202: the sender may try again (offline_db.py)
             kept = Refused(503, f"Service Unavailable ({exc})")
         if isinstance(kept, Refused):
             resp = make_response(request, kept.status, kept.reason, to_tag=new_tag())
@@ -234,8 +262,10 @@ class ProxyCore:
                 resp.headers.set("Retry-After", "60")
             self.stack.respond(handle, resp)
             return
-        self.stack.respond(handle, make_response(
-            request, 202, f"Accepted (stored for later delivery: {aor} is offline)", to_tag=new_tag()))
+        self.stack.respond(
+            handle,
+            make_response(request, 202, f"Accepted (stored for later delivery: {aor} is offline)", to_tag=new_tag()),
+        )
 
     def _deliver_offline(self, aor: str) -> None:
         """Start handing `aor` their stored messages (one delivery run per user at a time)."""
@@ -257,8 +287,11 @@ class ProxyCore:
                 if msg is None or not bindings:
                     return
                 done: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-                self._fork(None, self._branches(msg.request.copy(), bindings, "udp"),
-                           on_final=lambda resp: done.done() or done.set_result(resp))
+                self._fork(
+                    None,
+                    self._branches(msg.request.copy(), bindings, "udp"),
+                    on_final=lambda resp, done=done: done.done() or done.set_result(resp),
+                )
                 resp = await done
                 if 200 <= resp.status < 300:
                     self.offline.delivered(msg)
@@ -267,7 +300,9 @@ class ProxyCore:
                     retry = True
                     return
                 else:
-                    log.info("offline message for %s refused by the device (%s %s); dropped", aor, resp.status, resp.reason)
+                    log.info(
+                        "offline message for %s refused by the device (%s %s); dropped", aor, resp.status, resp.reason
+                    )
                     self.offline.rejected(msg)
         finally:
             self._delivering.discard(aor)
@@ -317,8 +352,15 @@ class ProxyCore:
             return False
         claimed = (request.to if method == "REGISTER" else request.from_).uri.user
         if claimed != result.user:
-            self.stack.respond(handle, make_response(
-                request, 403, f"Forbidden (authenticated as {result.user}, but the request claims {claimed})", to_tag=new_tag()))
+            self.stack.respond(
+                handle,
+                make_response(
+                    request,
+                    403,
+                    f"Forbidden (authenticated as {result.user}, but the request claims {claimed})",
+                    to_tag=new_tag(),
+                ),
+            )
             return False
         request.headers.remove("Proxy-Authorization")  # consumed here; the next hop must not see them
         request.headers.remove("Authorization")
@@ -375,26 +417,46 @@ class ProxyCore:
         now = time.monotonic()
         binding = self.registrar.find_contact(next_hop.host.strip("[]"), next_hop.port, now)
         if binding is None:
-            self.stack.respond(handle, make_response(request, 404 if request.method != "BYE" else 481,
-                                               "Not Found (not a contact registered here; this server relays nothing else)"))
+            self.stack.respond(
+                handle,
+                make_response(
+                    request,
+                    404 if request.method != "BYE" else 481,
+                    "Not Found (not a contact registered here; this server relays nothing else)",
+                ),
+            )
             return
         target = self.binding_target(binding) if not routes else target_of(next_hop)
         self._fork(handle, [(request.copy(), target, binding if not routes else None)])
 
-    def _fork(self, handle: ServerHandle | None, branches: list[Hop], on_final: Callable[[Response], None] | None = None,
-              *, aor: str | None = None) -> "Fork":
+    def _fork(
+        self,
+        handle: ServerHandle | None,
+        branches: list[Hop],
+        on_final: Callable[[Response], None] | None = None,
+        *,
+        aor: str | None = None,
+    ) -> Fork:
         """Forward on every branch at once (one branch for in-dialog requests). The answer goes to the server
         transaction `handle`, or to `on_final` (the offline store's deliveries, which have no upstream). For an
         initial request to the user `aor`, devices that all stopped answering make the user offline for it."""
         if handle is not None:
+
             def upstream(resp: Response) -> None:
                 if aor is not None and resp.status >= 300 and fork.all_silent:
                     self._devices_gone(handle, aor)
                 else:
                     self.stack.respond(handle, self._upstream(resp))
-            fork = Fork(self, branches, upstream, late_2xx=lambda resp: self.stack.send_stateless(
-                self._upstream(resp), self.stack.response_target(handle)),
-                device_timeout=self.device_timeout if aor is not None else None)
+
+            fork = Fork(
+                self,
+                branches,
+                upstream,
+                late_2xx=lambda resp: self.stack.send_stateless(
+                    self._upstream(resp), self.stack.response_target(handle)
+                ),
+                device_timeout=self.device_timeout if aor is not None else None,
+            )
             self._forwarded[id(handle)] = fork
             fork.on_done = lambda: self._forwarded.pop(id(handle), None)
         else:
@@ -462,21 +524,21 @@ class ProxyCore:
             self._deliver_offline(bindings[0].aor)  # messages kept while the user was offline, now
 
 
-Hop = tuple[Request, Target, "Binding | None"]   # a request as forwarded, where it goes, the device it is for
+Hop = tuple[Request, Target, "Binding | None"]  # a request as forwarded, where it goes, the device it is for
 
 
 @dataclass
 class Branch:
     """One copy of a forked request: where it goes, its client transaction, and its CANCEL bookkeeping."""
 
-    request: Request                    # as forwarded (the proxy's Via goes on top when it is sent)
+    request: Request  # as forwarded (the proxy's Via goes on top when it is sent)
     target: Target
-    binding: Binding | None = None      # the registered device it goes to (None: a next hop that is no device)
+    binding: Binding | None = None  # the registered device it goes to (None: a next hop that is no device)
     client: ClientHandle | None = None
-    ringing: bool = False               # a provisional response came: a CANCEL may be sent now (§9.1)
-    cancel_reason: "Reason | None | bool" = False   # False: no CANCEL wanted; else the Reason to send with it
-    timer: asyncio.TimerHandle | None = None        # the device's time to answer (ProxyCore.device_timeout)
-    silent: bool = False                # the device did not answer in time: given up, its binding dead
+    ringing: bool = False  # a provisional response came: a CANCEL may be sent now (§9.1)
+    cancel_reason: Reason | None | bool = False  # False: no CANCEL wanted; else the Reason to send with it
+    timer: asyncio.TimerHandle | None = None  # the device's time to answer (ProxyCore.device_timeout)
+    silent: bool = False  # the device did not answer in time: given up, its binding dead
 
 
 class Fork:
@@ -484,8 +546,14 @@ class Fork:
     sans-IO `ResponseContext` (forking.py) that says what goes upstream and which branches to CANCEL.
     `upstream(resp)` gets responses as they came from downstream (the caller strips the proxy's Via)."""
 
-    def __init__(self, core: ProxyCore, branches: list[Hop], upstream: Callable[[Response], None],
-                 late_2xx: Callable[[Response], None] | None = None, device_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        core: ProxyCore,
+        branches: list[Hop],
+        upstream: Callable[[Response], None],
+        late_2xx: Callable[[Response], None] | None = None,
+        device_timeout: float | None = None,
+    ) -> None:
         self.core = core
         self.branches = [Branch(req, target, binding) for req, target, binding in branches]
         self.device_timeout = device_timeout
@@ -501,7 +569,9 @@ class Fork:
             mf = b.request.max_forwards
             b.request.headers.set("Max-Forwards", str((mf if mf is not None else 70) - 1))
             b.request.headers.prepend("Via", core.stack.via(b.target.transport))
-            b.client = core.stack.send_request(b.request, b.target, on_provisional=lambda r, i=i: self._provisional(i, r))
+            b.client = core.stack.send_request(
+                b.request, b.target, on_provisional=lambda r, i=i: self._provisional(i, r)
+            )
             if self.late_2xx is not None:
                 b.client.on_late_2xx = self.late_2xx
             if b.client.future.done():  # (a closed stack fails the request at once)
@@ -531,13 +601,17 @@ class Fork:
         b.silent = True
         if b.binding is not None:
             b.binding.dead = True
-        log.info("server: %s did not answer a %s within %g s: offline until it registers again",
-                 b.target, b.request.method, self.device_timeout)
+        log.info(
+            "server: %s did not answer a %s within %g s: offline until it registers again",
+            b.target,
+            b.request.method,
+            self.device_timeout,
+        )
         self.core.stack.abandon_client(b.client, f"the device did not answer within {self.device_timeout:g} s")
 
     def _provisional(self, i: int, resp: Response) -> None:
         b = self.branches[i]
-        if b.timer is not None:   # it answers: alive, however long it rings
+        if b.timer is not None:  # it answers: alive, however long it rings
             b.timer.cancel()
             b.timer = None
         if not b.ringing:
@@ -553,8 +627,12 @@ class Fork:
             b.timer = None
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or exc is not None:
-            resp = make_response(b.request, 408, f"Request Timeout (no answer from {b.target.transport}:"
-                                                 f"{b.target.host}:{b.target.port})", to_tag=new_tag())
+            resp = make_response(
+                b.request,
+                408,
+                f"Request Timeout (no answer from {b.target.transport}:{b.target.host}:{b.target.port})",
+                to_tag=new_tag(),
+            )
         else:
             resp = fut.result()
         self.run(self.ctx.final(i, resp))
@@ -607,14 +685,14 @@ def _behind_nat(binding: Binding) -> bool:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        return False   # a name: resolved and used as it is
+        return False  # a name: resolved and used as it is
     try:
         source = ipaddress.ip_address(binding.source[0])
     except ValueError:
         return False
-    if ip == source or (ip.is_loopback and source.is_loopback):   # the same host: its Contact is right
+    if ip == source or (ip.is_loopback and source.is_loopback):  # the same host: its Contact is right
         return False
     return ip.is_private or ip.is_loopback or ip.is_link_local or ip in _SHARED
 
 
-_SHARED = ipaddress.ip_network("100.64.0.0/10")   # RFC 6598 carrier-grade NAT space
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598 carrier-grade NAT space

@@ -8,6 +8,7 @@ so the bindings are also indexed by address: by the Contact's host:port and by t
 The index answers in O(1) instead of scanning every user, and every change of a binding (new, refreshed,
 moved to another source, expired, removed, wildcard) goes through `_put`/`_drop`, which keep it in step.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,15 +64,21 @@ def aor_key(uri: SipUri) -> str:
 class Registrar:
     """The location service: AOR -> live bindings, plus the set of AORs that ever registered."""
 
-    def __init__(self, *, min_expires: int = 1, max_expires: int = 7200, default_expires: int = 3600,
-                 max_bindings_per_aor: int = 10) -> None:
+    def __init__(
+        self,
+        *,
+        min_expires: int = 1,
+        max_expires: int = 7200,
+        default_expires: int = 3600,
+        max_bindings_per_aor: int = 10,
+    ) -> None:
         self.min_expires = min_expires
         self.max_expires = max_expires
         self.default_expires = default_expires
         self.max_bindings_per_aor = max_bindings_per_aor
         self._bindings: dict[str, dict[str, Binding]] = {}
-        self.known: set[str] = set()   # AORs that ever registered: 480 rather than 404 when offline
-        self._known_by_user: dict[str, set[str]] = {}   # user part -> known AORs (for sip:user@<server>)
+        self.known: set[str] = set()  # AORs that ever registered: 480 rather than 404 when offline
+        self._known_by_user: dict[str, set[str]] = {}  # user part -> known AORs (for sip:user@<server>)
         # address -> the bindings there, as {(aor, contact key): None} (an ordered set): who is at host:port
         self._by_contact: dict[tuple[str, int], dict[tuple[str, str], None]] = {}
         self._by_source: dict[tuple[str, int], dict[tuple[str, str], None]] = {}
@@ -89,7 +96,7 @@ class Registrar:
         self._by_source.setdefault(binding.source_addr, {})[ref] = None
         if binding.aor not in self.known:
             self.known.add(binding.aor)
-            user = binding.aor[4:].partition("@")[0]   # aor_key: "sip:user@host"
+            user = binding.aor[4:].partition("@")[0]  # aor_key: "sip:user@host"
             self._known_by_user.setdefault(user, set()).add(binding.aor)
 
     def _drop(self, aor: str, key: str) -> None:
@@ -109,7 +116,9 @@ class Registrar:
                 if not refs:
                     del index[addr]
 
-    def register(self, request: Request, transport: str, source: tuple[str, int], now: float) -> tuple[int, list[Binding], str]:
+    def register(
+        self, request: Request, transport: str, source: tuple[str, int], now: float
+    ) -> tuple[int, list[Binding], str]:
         """Apply a REGISTER. Returns (status, current bindings, reason)."""
         to = request.to.uri
         if not to.user:

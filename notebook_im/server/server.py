@@ -4,6 +4,7 @@ transaction-stateful proxy (proxy.py, RFC 3261 §16), a digest authenticator (au
 (offline.py) and a conference focus (conference/: `sip:conference-factory@<server>` creates
 `sip:conf-<id>@<server>`), for notebooks, teaching and tests. It binds to loopback unless told otherwise.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -15,16 +16,17 @@ from typing import Any
 
 from ..net.memory import MemoryNetwork, memory_transport
 from ..net.transport import TransportLayer
+from ..record.recorder import Trace
 from ..runtime import Operation, runtime
 from ..sip.transaction import DEFAULT_TIMERS, Timers
 from ..sip.uri import bracket
-from ..record.recorder import Trace
 from .auth import Authenticator
 from .conference import Focus, FocusLimits
 from .offline import OfflineLimits
 from .offline_db import OfflineJournal
 from .proxy import ProxyCore
 from .registrar import Registrar
+
 
 class Server:
     """The embedded registrar + proxy + conference focus. `Server().start().result()`, or `with Server() as server:`.
@@ -37,13 +39,26 @@ class Server:
     (and the users they wait for) in that file, so that a restart loses none of them. `network=nim.MemoryNetwork()`
     runs the server without sockets, on that in-memory network (net/memory.py)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, transports: tuple[str, ...] = ("udp", "tcp"),
-                 users: dict[str, str] | None = None, realm: str = "notebook_im", min_expires: int = 1,
-                 max_expires: int = 7200, timers: Timers = DEFAULT_TIMERS,
-                 tls: "tuple[str, str] | ssl.SSLContext | None" = None, tls_port: int = 0,
-                 advertise: tuple[str, int] | None = None, focus_limits: FocusLimits | None = None,
-                 offline_limits: OfflineLimits | None = None, device_timeout: "float | None | str" = "auto",
-                 offline_store: "str | os.PathLike[str] | None" = None, network: MemoryNetwork | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        transports: tuple[str, ...] = ("udp", "tcp"),
+        users: dict[str, str] | None = None,
+        realm: str = "notebook_im",
+        min_expires: int = 1,
+        max_expires: int = 7200,
+        timers: Timers = DEFAULT_TIMERS,
+        tls: tuple[str, str] | ssl.SSLContext | None = None,
+        tls_port: int = 0,
+        advertise: tuple[str, int] | None = None,
+        focus_limits: FocusLimits | None = None,
+        offline_limits: OfflineLimits | None = None,
+        device_timeout: float | None | str = "auto",
+        offline_store: str | os.PathLike[str] | None = None,
+        network: MemoryNetwork | None = None,
+    ) -> None:
         if not isinstance(port, int) or not 0 <= port < 65536:
             raise ValueError(f"port must be an int from 0 (any free port) to 65535, not {port!r}")
         bad = [t for t in transports if t not in ("udp", "tcp")]
@@ -54,34 +69,48 @@ class Server:
         if users is not None and not isinstance(users, dict):
             raise TypeError("users must be a dict of user name -> password, e.g. {'alice': 'secret'}")
         if offline_limits is not None and not isinstance(offline_limits, OfflineLimits):
-            raise TypeError("offline_limits must be a nim.OfflineLimits(max_per_user=..., max_total=..., ttl=...), "
-                            f"not {type(offline_limits).__name__}")
+            raise TypeError(
+                "offline_limits must be a nim.OfflineLimits(max_per_user=..., max_total=..., ttl=...), "
+                f"not {type(offline_limits).__name__}"
+            )
         self.trace = Trace()
         self.registrar = Registrar(min_expires=min_expires, max_expires=max_expires)
         self.auth = Authenticator(users, realm=realm) if users else None
         if network is not None and tls is not None:
             raise ValueError("a MemoryNetwork carries udp and tcp, not tls; leave network= out for a TLS server")
         tls_ctx = _server_context(tls) if tls is not None else None
-        if network is not None:   # no sockets: the in-memory network of net/memory.py (tests, tutorials)
+        if network is not None:  # no sockets: the in-memory network of net/memory.py (tests, tutorials)
             sockets: Any = memory_transport(network, host, port, transports=tuple(transports))
         else:
             sockets = TransportLayer(host, port, transports=tuple(transports), tls_server=tls_ctx, tls_port=tls_port)
         # the proxy (proxy.py) and the SIP stack it runs on: what does the work behind this facade
         journal = OfflineJournal(offline_store) if offline_store is not None else None
-        self.proxy = ProxyCore(transport=sockets, trace=self.trace, registrar=self.registrar, auth=self.auth,
-                               timers=timers, focus_limits=focus_limits, offline_limits=offline_limits,
-                               offline_journal=journal)
+        self.proxy = ProxyCore(
+            transport=sockets,
+            trace=self.trace,
+            registrar=self.registrar,
+            auth=self.auth,
+            timers=timers,
+            focus_limits=focus_limits,
+            offline_limits=offline_limits,
+            offline_journal=journal,
+        )
         # the UDP address to put in Via and Record-Route when peers reach us through a NAT, port forward or relay
         self.proxy.stack.advertise = advertise
         if device_timeout != "auto":
-            if device_timeout is not None and (isinstance(device_timeout, bool) or not isinstance(device_timeout, (int, float))
-                                               or device_timeout <= 0):
+            if device_timeout is not None and (
+                isinstance(device_timeout, bool) or not isinstance(device_timeout, (int, float)) or device_timeout <= 0
+            ):
                 raise ValueError(f"device_timeout must be a number of seconds > 0, or None, not {device_timeout!r}")
             self.proxy.device_timeout = device_timeout
         self._started = False
         if not users and not _is_loopback(host):
-            warnings.warn(f"notebook_im Server binds to {host} without users: anyone who can reach it can register. "
-                          "Pass users={...} (or --users FILE) or bind to 127.0.0.1.", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"notebook_im Server binds to {host} without users: anyone who can reach it can register. "
+                "Pass users={...} (or --users FILE) or bind to 127.0.0.1.",
+                UserWarning,
+                stacklevel=2,
+            )
 
     @property
     def advertise(self) -> tuple[str, int] | None:
@@ -130,8 +159,11 @@ class Server:
         `offline_`: stored, delivered, expired, rejected (refused for good by the device), refused (store full),
         duplicates, attempts, and `offline_waiting` (messages kept right now)."""
         offline = self.proxy.offline
-        return {**self.proxy.stack.stats, **{f"offline_{k}": v for k, v in offline.stats.items()},
-                "offline_waiting": len(offline)}
+        return {
+            **self.proxy.stack.stats,
+            **{f"offline_{k}": v for k, v in offline.stats.items()},
+            "offline_waiting": len(offline),
+        }
 
     @property
     def offline(self) -> dict[str, int]:
@@ -156,13 +188,15 @@ class Server:
         """Conference URI -> its participants with their status (a snapshot taken on the loop thread)."""
         return runtime().run_sync(self.proxy.focus.snapshot)
 
-    def start(self) -> Operation["Server"]:
+    def start(self) -> Operation[Server]:
         """Bind the sockets (UDP and TCP on one port) and start serving."""
-        async def run() -> "Server":
+
+        async def run() -> Server:
             if not self._started:
                 await self.proxy.start()
                 self._started = True
             return self
+
         return runtime().submit(run(), "Server.start()")
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -182,13 +216,13 @@ class Server:
             await runtime().submit(self.proxy.close(), "Server.stop()")
             self._started = False
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self.start().result(10)
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    async def __aenter__(self) -> "Server":
+    async def __aenter__(self) -> Server:
         return await self.start()
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -199,7 +233,7 @@ class Server:
         return f"<Server {self.uri} {state}, {len(self.registrar)} bindings>"
 
 
-def _server_context(tls: "tuple[str, str] | ssl.SSLContext") -> ssl.SSLContext:
+def _server_context(tls: tuple[str, str] | ssl.SSLContext) -> ssl.SSLContext:
     if isinstance(tls, ssl.SSLContext):
         return tls
     if not (isinstance(tls, tuple) and len(tls) == 2):
@@ -216,4 +250,4 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-__all__ = ["OfflineLimits", "Server", "USER_AGENT"]
+__all__ = ["OfflineLimits", "Server"]

@@ -1,6 +1,7 @@
 """Timer actions shared by every sans-IO state machine (transactions, registration, the INVITE session, the roster
 subscription, composing). A machine returns them; its driver arms or cancels a timer of that name and feeds the
 expiry back as an input. One definition, so a driver (and a test) reads the same two actions everywhere."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

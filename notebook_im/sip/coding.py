@@ -7,6 +7,7 @@ a body that inflates past `MAX_INFLATED` bytes (a decompression bomb) is refused
 (or more than `MAX_CODINGS` of them) with 415, and a body that does not inflate, or has bytes after its compressed
 stream, with 400.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -16,11 +17,15 @@ from .message import Message
 from .parser import MAX_BODY
 
 ACCEPT_ENCODING = "deflate, gzip, identity"
-MAX_INFLATED = MAX_BODY      # what a body may be once decoded: what the parser takes undecoded
+MAX_INFLATED = MAX_BODY  # what a body may be once decoded: what the parser takes undecoded
 # Codings undone on one body. Real clients apply one; each layer may cost inflating a whole body, so a header of
 # 900 "deflate"s around stored blocks cost 12 ms of CPU per datagram (360 times one layer) before this bound.
 MAX_CODINGS = 4
-_WBITS = {"deflate": (zlib.MAX_WBITS, -zlib.MAX_WBITS), "gzip": (zlib.MAX_WBITS | 16,), "x-gzip": (zlib.MAX_WBITS | 16,)}
+_WBITS = {
+    "deflate": (zlib.MAX_WBITS, -zlib.MAX_WBITS),
+    "gzip": (zlib.MAX_WBITS | 16,),
+    "x-gzip": (zlib.MAX_WBITS | 16,),
+}
 
 
 def codings(message: Message) -> list[str]:
@@ -40,15 +45,20 @@ def decode(message: Message) -> None:
         if message.headers.get("Content-Encoding") is not None:
             message.headers.remove("Content-Encoding")
         return
-    if len(applied) > MAX_CODINGS:   # refused before any layer is undone
-        raise RemoteProtocolError(f"{len(applied)} content codings on one body; at most {MAX_CODINGS} are undone "
-                                  f"(accepted: {ACCEPT_ENCODING})", 415, message)
+    if len(applied) > MAX_CODINGS:  # refused before any layer is undone
+        raise RemoteProtocolError(
+            f"{len(applied)} content codings on one body; at most {MAX_CODINGS} are undone "
+            f"(accepted: {ACCEPT_ENCODING})",
+            415,
+            message,
+        )
     unknown = [c for c in applied if c not in _WBITS]
     if unknown:
-        raise RemoteProtocolError(f"content coding {unknown[0][:40]!r} is not supported (accepted: {ACCEPT_ENCODING})",
-                                  415, message)
+        raise RemoteProtocolError(
+            f"content coding {unknown[0][:40]!r} is not supported (accepted: {ACCEPT_ENCODING})", 415, message
+        )
     body = message.body
-    for coding in reversed(applied):   # the last one applied comes off first
+    for coding in reversed(applied):  # the last one applied comes off first
         body = _inflate(body, coding, message)
     message.body = body
     message.headers.remove("Content-Encoding")
@@ -58,7 +68,7 @@ def decode(message: Message) -> None:
 def _inflate(data: bytes, coding: str, message: Message) -> bytes:
     """One layer off. A gzip body may hold several members (RFC 1952 §2.2), all of which are the body; any other
     bytes after the compressed stream are a 400 rather than dropped without a word."""
-    for wbits in _WBITS[coding]:     # "deflate" is zlib-wrapped by the RFC, raw by some implementations: try both
+    for wbits in _WBITS[coding]:  # "deflate" is zlib-wrapped by the RFC, raw by some implementations: try both
         out = b""
         rest = data
         while True:
@@ -68,7 +78,9 @@ def _inflate(data: bytes, coding: str, message: Message) -> bytes:
             except zlib.error:
                 break
             if len(out) > MAX_INFLATED or inflater.unconsumed_tail:
-                raise RemoteProtocolError(f"a {coding} body inflating past {MAX_INFLATED} bytes is refused", 413, message)
+                raise RemoteProtocolError(
+                    f"a {coding} body inflating past {MAX_INFLATED} bytes is refused", 413, message
+                )
             if not inflater.eof:
                 break
             rest = inflater.unused_data
@@ -76,6 +88,8 @@ def _inflate(data: bytes, coding: str, message: Message) -> bytes:
                 return out
             if "gzip" not in coding:
                 raise RemoteProtocolError(f"{len(rest)} bytes follow the {coding} stream", 400, message)
-            if len(out) == MAX_INFLATED:   # another member, and no room left for any of it
-                raise RemoteProtocolError(f"a {coding} body inflating past {MAX_INFLATED} bytes is refused", 413, message)
+            if len(out) == MAX_INFLATED:  # another member, and no room left for any of it
+                raise RemoteProtocolError(
+                    f"a {coding} body inflating past {MAX_INFLATED} bytes is refused", 413, message
+                )
     raise RemoteProtocolError(f"the {coding} body does not inflate", 400, message)

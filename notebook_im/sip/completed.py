@@ -12,10 +12,12 @@ Bounds (a flood must not grow memory without limit): at most `per_source` entrie
 window in which a retransmission is absorbed for the busiest sender, the way Kamailio's tm keeps a fixed
 5 s wait timer under load. Sans-IO: the caller passes the time in and sends the bytes.
 """
+
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 
 class CompletedTransactions:
@@ -27,8 +29,8 @@ class CompletedTransactions:
         self.per_source = per_source
         self.total = total
         self._entries: dict[Hashable, tuple[bytes, Any, Hashable, float]] = {}
-        self._expiry: deque[tuple[float, Hashable]] = deque()        # (expires_at, key), oldest first
-        self._by_source: dict[Hashable, deque[Hashable]] = {}         # source -> its keys, oldest first
+        self._expiry: deque[tuple[float, Hashable]] = deque()  # (expires_at, key), oldest first
+        self._by_source: dict[Hashable, deque[Hashable]] = {}  # source -> its keys, oldest first
         self.evicted_early = 0  # entries that left before Timer J because a bound was reached
 
     def __len__(self) -> int:

@@ -4,6 +4,7 @@ A registrar puts one in its 200 OK; the embedded server stamps one on a MESSAGE 
 user, so the receiver learns when the message was really sent (not when it came out of storage). Sans-IO:
 the caller passes the time; nothing here reads the clock.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timezone

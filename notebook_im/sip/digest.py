@@ -4,6 +4,7 @@ Sans-IO: `parse_challenge` reads a WWW-/Proxy-Authenticate value, `DigestCredent
 the Authorization value for a request (counting nonces per realm), `verify` checks one on a server.
 The password is never stored in a repr.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,7 +60,7 @@ class Challenge:
     proxy: bool = False
 
     @staticmethod
-    def parse(value: str, *, proxy: bool = False) -> "Challenge":
+    def parse(value: str, *, proxy: bool = False) -> Challenge:
         scheme, p = parse_auth_params(value)
         if scheme.lower() != "digest":
             raise RemoteProtocolError(f"unsupported authentication scheme {scheme!r}")
@@ -69,16 +70,34 @@ class Challenge:
         if algorithm not in _ALGORITHMS:
             raise RemoteProtocolError(f"unsupported digest algorithm {algorithm!r}")
         qop = tuple(q.strip().lower() for q in p.get("qop", "").split(",") if q.strip())
-        return Challenge(realm=p["realm"], nonce=p["nonce"], algorithm=algorithm, qop=qop,
-                         opaque=p.get("opaque"), stale=p.get("stale", "").lower() == "true", proxy=proxy)
+        return Challenge(
+            realm=p["realm"],
+            nonce=p["nonce"],
+            algorithm=algorithm,
+            qop=qop,
+            opaque=p.get("opaque"),
+            stale=p.get("stale", "").lower() == "true",
+            proxy=proxy,
+        )
 
 
 def _h(algorithm: str, text: str) -> str:
     return _ALGORITHMS[algorithm](text.encode("utf-8")).hexdigest()
 
 
-def compute_response(*, algorithm: str, username: str, realm: str, password: str, method: str, uri: str,
-                     nonce: str, qop: str | None = None, nc: str = "", cnonce: str = "") -> str:
+def compute_response(
+    *,
+    algorithm: str,
+    username: str,
+    realm: str,
+    password: str,
+    method: str,
+    uri: str,
+    nonce: str,
+    qop: str | None = None,
+    nc: str = "",
+    cnonce: str = "",
+) -> str:
     ha1 = _h(algorithm, f"{username}:{realm}:{password}")
     if algorithm.endswith("-SESS"):
         ha1 = _h(algorithm, f"{ha1}:{nonce}:{cnonce}")
@@ -101,11 +120,26 @@ class DigestCredentials:
         qop = "auth" if "auth" in challenge.qop else None
         nc = f"{count:08x}"
         cnonce = secrets.token_hex(8)
-        response = compute_response(algorithm=challenge.algorithm, username=self.username, realm=challenge.realm,
-                                    password=self.password, method=method, uri=uri, nonce=challenge.nonce,
-                                    qop=qop, nc=nc, cnonce=cnonce)
-        parts = [f'username="{self.username}"', f'realm="{challenge.realm}"', f'nonce="{challenge.nonce}"',
-                 f'uri="{uri}"', f'response="{response}"', f"algorithm={challenge.algorithm}"]
+        response = compute_response(
+            algorithm=challenge.algorithm,
+            username=self.username,
+            realm=challenge.realm,
+            password=self.password,
+            method=method,
+            uri=uri,
+            nonce=challenge.nonce,
+            qop=qop,
+            nc=nc,
+            cnonce=cnonce,
+        )
+        parts = [
+            f'username="{self.username}"',
+            f'realm="{challenge.realm}"',
+            f'nonce="{challenge.nonce}"',
+            f'uri="{uri}"',
+            f'response="{response}"',
+            f"algorithm={challenge.algorithm}",
+        ]
         if qop:
             parts += [f"qop={qop}", f"nc={nc}", f'cnonce="{cnonce}"']
         if challenge.opaque is not None:
@@ -122,9 +156,18 @@ def verify(authorization: str, *, method: str, password: str, algorithm_default:
         algorithm = p.get("algorithm", algorithm_default).upper()
         if algorithm not in _ALGORITHMS:
             return False
-        expected = compute_response(algorithm=algorithm, username=p["username"], realm=p["realm"], password=password,
-                                    method=method, uri=p["uri"], nonce=p["nonce"], qop=p.get("qop"),
-                                    nc=p.get("nc", ""), cnonce=p.get("cnonce", ""))
+        expected = compute_response(
+            algorithm=algorithm,
+            username=p["username"],
+            realm=p["realm"],
+            password=password,
+            method=method,
+            uri=p["uri"],
+            nonce=p["nonce"],
+            qop=p.get("qop"),
+            nc=p.get("nc", ""),
+            cnonce=p.get("cnonce", ""),
+        )
     except KeyError:
         return False
     return secrets.compare_digest(expected, p.get("response", ""))

@@ -9,6 +9,7 @@ answer "400 Bad Request" with a reason instead of silently dropping it.
 `NotebookImError` is defined here, in the lowest layer, so that the errors of every layer (this one
 included) can derive from it: `except nim.NotebookImError` catches whatever the library raises on purpose.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,7 +23,7 @@ class ProtocolError(NotebookImError):
     """A SIP protocol error, ours (LocalProtocolError) or the peer's (RemoteProtocolError)."""
 
 
-SipError = ProtocolError   # the name this class had before; kept for code that catches it
+SipError = ProtocolError  # the name this class had before; kept for code that catches it
 
 
 class LocalProtocolError(ProtocolError):

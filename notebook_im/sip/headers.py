@@ -3,9 +3,11 @@
 Values are stored as the strings that came off the wire and parsed only when asked for (lazily): a
 proxy that relays a MESSAGE never needs to parse its Content-Type or Subject.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 from .errors import LocalProtocolError
 from .uri import split_header_values
@@ -14,25 +16,94 @@ T = TypeVar("T")
 
 # RFC 3261 §7.3.3 and later RFCs' compact forms
 COMPACT = {
-    "i": "call-id", "m": "contact", "e": "content-encoding", "l": "content-length", "c": "content-type",
-    "f": "from", "s": "subject", "k": "supported", "t": "to", "v": "via", "o": "event", "r": "refer-to",
-    "u": "allow-events", "x": "session-expires", "b": "referred-by", "a": "accept-contact",
-    "j": "reject-contact", "d": "request-disposition", "y": "identity", "n": "identity-info",
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "f": "from",
+    "s": "subject",
+    "k": "supported",
+    "t": "to",
+    "v": "via",
+    "o": "event",
+    "r": "refer-to",
+    "u": "allow-events",
+    "x": "session-expires",
+    "b": "referred-by",
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+    "y": "identity",
+    "n": "identity-info",
 }
 
 CANONICAL = {
     n.lower(): n
     for n in (
-        "Via", "Max-Forwards", "Route", "Record-Route", "From", "To", "Call-ID", "CSeq", "Contact",
-        "Expires", "Min-Expires", "Content-Type", "Content-Length", "Content-Encoding", "Content-Disposition",
-        "User-Agent", "Server", "Allow", "Accept", "Accept-Encoding", "Accept-Language", "Supported",
-        "Require", "Proxy-Require", "Unsupported", "Authorization", "Proxy-Authorization", "WWW-Authenticate",
-        "Proxy-Authenticate", "Authentication-Info", "Subject", "Date", "Event", "Allow-Events",
-        "Subscription-State", "Refer-To", "Referred-By", "Timestamp", "Retry-After", "Warning",
-        "Imdn-Message-ID", "Disposition-Notification", "Session-Expires", "Min-SE", "Priority",
-        "Organization", "In-Reply-To", "Reply-To", "Alert-Info", "Error-Info", "Call-Info", "Path",
-        "Service-Route", "Identity", "Identity-Info", "Accept-Contact", "Reject-Contact",
-        "Request-Disposition", "Reason", "RSeq", "RAck", "P-Asserted-Identity", "Ms-Text-Format",
+        "Via",
+        "Max-Forwards",
+        "Route",
+        "Record-Route",
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+        "Contact",
+        "Expires",
+        "Min-Expires",
+        "Content-Type",
+        "Content-Length",
+        "Content-Encoding",
+        "Content-Disposition",
+        "User-Agent",
+        "Server",
+        "Allow",
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Supported",
+        "Require",
+        "Proxy-Require",
+        "Unsupported",
+        "Authorization",
+        "Proxy-Authorization",
+        "WWW-Authenticate",
+        "Proxy-Authenticate",
+        "Authentication-Info",
+        "Subject",
+        "Date",
+        "Event",
+        "Allow-Events",
+        "Subscription-State",
+        "Refer-To",
+        "Referred-By",
+        "Timestamp",
+        "Retry-After",
+        "Warning",
+        "Imdn-Message-ID",
+        "Disposition-Notification",
+        "Session-Expires",
+        "Min-SE",
+        "Priority",
+        "Organization",
+        "In-Reply-To",
+        "Reply-To",
+        "Alert-Info",
+        "Error-Info",
+        "Call-Info",
+        "Path",
+        "Service-Route",
+        "Identity",
+        "Identity-Info",
+        "Accept-Contact",
+        "Reject-Contact",
+        "Request-Disposition",
+        "Reason",
+        "RSeq",
+        "RAck",
+        "P-Asserted-Identity",
+        "Ms-Text-Format",
     )
 }
 CANONICAL["call-id"] = "Call-ID"
@@ -41,10 +112,25 @@ CANONICAL["www-authenticate"] = "WWW-Authenticate"
 
 # headers whose comma-separated values are separate fields (RFC 3261 §7.3.1); the auth headers are
 # excluded because their parameters contain commas themselves
-MULTI_VALUED = frozenset({
-    "via", "route", "record-route", "contact", "allow", "supported", "require", "proxy-require",
-    "unsupported", "accept", "accept-encoding", "accept-language", "allow-events", "path", "service-route",
-})
+MULTI_VALUED = frozenset(
+    {
+        "via",
+        "route",
+        "record-route",
+        "contact",
+        "allow",
+        "supported",
+        "require",
+        "proxy-require",
+        "unsupported",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "allow-events",
+        "path",
+        "service-route",
+    }
+)
 
 
 _NAME_CACHE: dict[str, str] = {}
@@ -72,8 +158,10 @@ def field_value(key: str, value: object) -> str:
     the argument; this is what holds if a path forgets to."""
     text = value if type(value) is str else str(value)
     if "\n" in text or "\r" in text or "\x00" in text:
-        raise LocalProtocolError(f"a {display_name(key)} header value may not contain CR, LF or NUL "
-                                 f"(it would inject header lines): {text[:60]!r}")
+        raise LocalProtocolError(
+            f"a {display_name(key)} header value may not contain CR, LF or NUL "
+            f"(it would inject header lines): {text[:60]!r}"
+        )
     return text
 
 
@@ -99,7 +187,7 @@ class Headers:
         for name, value in items:
             self.add(name, value)
 
-    def copy(self) -> "Headers":
+    def copy(self) -> Headers:
         h = Headers()
         h.fields = {k: list(v) for k, v in self.fields.items()}
         h.cache = dict(self.cache)  # same values, so the same parses (parsed objects are immutable)

@@ -4,13 +4,15 @@ Messages are mutable on purpose: a proxy adds a Via, pops a Route and decrements
 message it relays. Typed accessors (`from_`, `cseq`, `vias`...) parse on access through the cached
 parse functions of `uri.py`, so repeated access costs a dict lookup.
 """
+
 from __future__ import annotations
 
 import codecs
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .headers import Headers
@@ -20,19 +22,55 @@ BRANCH_MAGIC = "z9hG4bK"
 _TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"  # RFC 3261 §25.1
 
 REASONS = {
-    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued", 183: "Session Progress",
-    200: "OK", 202: "Accepted", 204: "No Notification",
-    300: "Multiple Choices", 301: "Moved Permanently", 302: "Moved Temporarily", 305: "Use Proxy",
-    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    406: "Not Acceptable", 407: "Proxy Authentication Required", 408: "Request Timeout", 410: "Gone",
-    413: "Request Entity Too Large", 414: "Request-URI Too Long", 415: "Unsupported Media Type",
-    416: "Unsupported URI Scheme", 420: "Bad Extension", 423: "Interval Too Brief",
-    429: "Too Many Requests", 480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
-    482: "Loop Detected", 483: "Too Many Hops", 484: "Address Incomplete", 486: "Busy Here",
-    487: "Request Terminated", 488: "Not Acceptable Here", 489: "Bad Event", 491: "Request Pending",
-    500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
-    504: "Server Time-out", 505: "Version Not Supported", 513: "Message Too Large",
-    600: "Busy Everywhere", 603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    204: "No Notification",
+    300: "Multiple Choices",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    305: "Use Proxy",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    410: "Gone",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    423: "Interval Too Brief",
+    429: "Too Many Requests",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    489: "Bad Event",
+    491: "Request Pending",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
 }
 
 
@@ -222,7 +260,9 @@ class Message:
         """The body decoded with its charset (replacement characters for undecodable bytes)."""
         charset = self.charset
         try:
-            if not codecs.lookup(charset)._is_text_encoding:  # (CodecInfo has no public flag for it) e.g. hex, rot13, zlib
+            if not codecs.lookup(
+                charset
+            )._is_text_encoding:  # (CodecInfo has no public flag for it) e.g. hex, rot13, zlib
                 charset = "utf-8"
             return self.body.decode(charset, errors="replace")
         except (LookupError, ValueError):  # unknown charset; or a codec without "replace" (idna, punycode)
@@ -238,7 +278,7 @@ class Message:
         lines.append(f"Content-Length: {len(self.body)}\r\n\r\n")
         return "\r\n".join(lines).encode("utf-8") + self.body
 
-    def copy(self) -> "Message":  # pragma: no cover - overridden
+    def copy(self) -> Message:  # pragma: no cover - overridden
         raise NotImplementedError
 
 
@@ -255,7 +295,7 @@ class Request(Message):
     def start_line(self) -> str:
         return f"{self.method} {self.uri} SIP/2.0"
 
-    def copy(self) -> "Request":
+    def copy(self) -> Request:
         return Request(self.method, self.uri, self.headers.copy(), self.body)
 
     def __repr__(self) -> str:
@@ -265,7 +305,9 @@ class Request(Message):
 class Response(Message):
     __slots__ = ("status", "reason")
 
-    def __init__(self, status: int, reason: str | None = None, headers: Headers | None = None, body: bytes = b"") -> None:
+    def __init__(
+        self, status: int, reason: str | None = None, headers: Headers | None = None, body: bytes = b""
+    ) -> None:
         super().__init__(headers, body)
         if not 100 <= status <= 699:
             raise LocalProtocolError(f"status code {status} is outside 100-699")
@@ -279,7 +321,7 @@ class Response(Message):
     def start_line(self) -> str:
         return f"SIP/2.0 {self.status} {self.reason}"
 
-    def copy(self) -> "Response":
+    def copy(self) -> Response:
         return Response(self.status, self.reason, self.headers.copy(), self.body)
 
     @property
@@ -290,10 +332,22 @@ class Response(Message):
         return f"<Response {self.status} {self.reason}>"
 
 
-def make_request(method: str, uri: SipUri | str, *, via: str, from_: str, to: str, call_id: str, cseq: int,
-                 routes: "list[str] | tuple[str, ...]" = (), contact: str | None = None, max_forwards: int = 70,
-                 headers: "dict[str, str] | list[tuple[str, str]] | None" = None, body: bytes = b"",
-                 content_type: str | None = None) -> Request:
+def make_request(
+    method: str,
+    uri: SipUri | str,
+    *,
+    via: str,
+    from_: str,
+    to: str,
+    call_id: str,
+    cseq: int,
+    routes: list[str] | tuple[str, ...] = (),
+    contact: str | None = None,
+    max_forwards: int = 70,
+    headers: dict[str, str] | list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    content_type: str | None = None,
+) -> Request:
     """A request with the header fields every request has, in RFC 3261's usual order (§8.1.1): Via,
     Max-Forwards, Route, From, To, Call-ID, CSeq, Contact, then `headers` and Content-Type. The one builder of the
     stack: the user agent's out-of-dialog requests, dialogs' in-dialog requests and the conference focus's
@@ -309,7 +363,7 @@ def make_request(method: str, uri: SipUri | str, *, via: str, from_: str, to: st
     h.add("CSeq", f"{cseq} {method}")
     if contact:
         h.add("Contact", contact)
-    for name, value in (headers.items() if isinstance(headers, dict) else headers or ()):
+    for name, value in headers.items() if isinstance(headers, dict) else headers or ():
         h.add(name, value)
     if content_type:
         h.add("Content-Type", content_type)
@@ -319,8 +373,15 @@ def make_request(method: str, uri: SipUri | str, *, via: str, from_: str, to: st
 _COPIED_TO_RESPONSE = ("via", "from", "to", "call-id", "cseq")
 
 
-def make_response(request: Request, status: int, reason: str | None = None, *, to_tag: str | None = None,
-                  body: bytes = b"", content_type: str | None = None) -> Response:
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    body: bytes = b"",
+    content_type: str | None = None,
+) -> Response:
     """Build a response to `request` (RFC 3261 §8.2.6): Via, From, To, Call-ID, CSeq copied; a To tag added
     when given and not already present (never on 100 Trying).
 

@@ -10,6 +10,7 @@ Only `RemoteProtocolError` comes out (tests/hostile fuzzes this). When a Via and
 carries the partial Request so the caller can answer it (400, or 413/414/416/505) with the reason; errors in the
 start line are raised after the headers are read for that purpose. Otherwise the input is to be dropped.
 """
+
 from __future__ import annotations
 
 from .errors import RemoteProtocolError
@@ -17,11 +18,11 @@ from .headers import Headers, normalize_name
 from .message import Message, Request, Response
 from .uri import SipUri
 
-MAX_MESSAGE = 65535          # bytes in one message (a datagram, or one message framed from a stream)
-MAX_HEADERS = 1000           # header fields besides Content-Length (folded continuations not counted); real
-                             # traffic carries a few hundred (Kamailio answers 300 extension headers)
-MAX_LINE = 8192              # characters in the start line or in any header line
-MAX_BODY = 65535 - 200       # Content-Length a message may announce (413 above that)
+MAX_MESSAGE = 65535  # bytes in one message (a datagram, or one message framed from a stream)
+MAX_HEADERS = 1000  # header fields besides Content-Length (folded continuations not counted); real
+# traffic carries a few hundred (Kamailio answers 300 extension headers)
+MAX_LINE = 8192  # characters in the start line or in any header line
+MAX_BODY = 65535 - 200  # Content-Length a message may announce (413 above that)
 
 _WS = " \t"
 # control characters that may not appear in a start line or header (RFC 3261 §25.1: TEXT-UTF8char, LWS);
@@ -131,8 +132,11 @@ def _read_unfolded(lines: list[str], fields: dict[str, list[str]]) -> str | None
         if key is None:
             stripped = name.rstrip(_WS)
             if not sep or len(stripped) > MAX_LINE or (stripped not in _GOOD_NAMES and not _good_name(stripped)):
-                bad = bad or (f"header line longer than {MAX_LINE} bytes" if len(line) > MAX_LINE
-                              else f"malformed header line {line[:60]!r}")
+                bad = bad or (
+                    f"header line longer than {MAX_LINE} bytes"
+                    if len(line) > MAX_LINE
+                    else f"malformed header line {line[:60]!r}"
+                )
                 continue
             key = normalize_name(stripped)
             if len(keys) < 4096 and len(name) <= 64:
@@ -140,9 +144,12 @@ def _read_unfolded(lines: list[str], fields: dict[str, list[str]]) -> str | None
         if len(line) > MAX_LINE:
             bad = bad or f"header line longer than {MAX_LINE} bytes"
             if key not in _ECHOED_SET:
-                continue   # (a header the 400 must echo is kept: the client matches the answer by it)
+                continue  # (a header the 400 must echo is kept: the client matches the answer by it)
         count += 1
-        if count > MAX_HEADERS and count - len(fields.get("content-length") or ()) - (key == "content-length") > MAX_HEADERS:
+        if (
+            count > MAX_HEADERS
+            and count - len(fields.get("content-length") or ()) - (key == "content-length") > MAX_HEADERS
+        ):
             bad = bad or f"more than {MAX_HEADERS} header fields"
             if key not in _ECHOED_SET:
                 continue
@@ -194,8 +201,11 @@ def _read_folded(lines: list[str], headers: Headers) -> str | None:
         name, sep, value = line.partition(":")
         name = name.rstrip(_WS)
         if not sep or len(name) > MAX_LINE or (name not in _GOOD_NAMES and not _good_name(name)):
-            bad = bad or (f"header line longer than {MAX_LINE} bytes" if len(line) > MAX_LINE
-                          else f"malformed header line {line[:60]!r}")
+            bad = bad or (
+                f"header line longer than {MAX_LINE} bytes"
+                if len(line) > MAX_LINE
+                else f"malformed header line {line[:60]!r}"
+            )
             current_name = None
             continue
         key = normalize_name(name)
@@ -205,8 +215,10 @@ def _read_folded(lines: list[str], headers: Headers) -> str | None:
                 current_name = None
                 continue
         count += 1
-        if count > MAX_HEADERS and count - len(headers.fields.get("content-length") or ()) - (
-                key == "content-length") > MAX_HEADERS:  # (the one we write back is not counted)
+        if (
+            count > MAX_HEADERS
+            and count - len(headers.fields.get("content-length") or ()) - (key == "content-length") > MAX_HEADERS
+        ):  # (the one we write back is not counted)
             bad = bad or f"more than {MAX_HEADERS} header fields"
             if key not in _ECHOED_SET:
                 current_name = None
@@ -220,13 +232,24 @@ def _read_folded(lines: list[str], headers: Headers) -> str | None:
     return bad
 
 
-def _finish_headers(message: Message, headers: Headers, start: str, pending: RemoteProtocolError | None, ctl: bool,
-                    bad: str | None, body: bytes, stream: bool) -> None:
+def _finish_headers(
+    message: Message,
+    headers: Headers,
+    start: str,
+    pending: RemoteProtocolError | None,
+    ctl: bool,
+    bad: str | None,
+    body: bytes,
+    stream: bool,
+) -> None:
     """Checks that need all headers: control characters, Content-Length and the body, required fields."""
     if ctl:
         bad = "control character in the header section"
-        if any(v.translate(_CTL_STR) != v or "\r" in v for k in _ECHOED for v in headers.get_all(k)) or \
-                start.translate(_CTL_STR) != start or "\r" in start:
+        if (
+            any(v.translate(_CTL_STR) != v or "\r" in v for k in _ECHOED for v in headers.get_all(k))
+            or start.translate(_CTL_STR) != start
+            or "\r" in start
+        ):
             raise RemoteProtocolError(bad + " (in the start line or a header a response must echo)")
     if pending is not None:
         raise RemoteProtocolError(pending.reason, pending.status_code, _answerable(message))
@@ -244,7 +267,9 @@ def _finish_headers(message: Message, headers: Headers, start: str, pending: Rem
         if stream:  # RFC 3261 §20.14 (the framer read the message as having no body)
             bad = bad or "Content-Length is mandatory on a stream transport (RFC 3261 §18.3)"
     if length > MAX_BODY:
-        raise RemoteProtocolError(f"body of {length} bytes exceeds the {MAX_BODY}-byte limit", 413, _answerable(message))
+        raise RemoteProtocolError(
+            f"body of {length} bytes exceeds the {MAX_BODY}-byte limit", 413, _answerable(message)
+        )
     if len(body) < length:
         bad = bad or f"body shorter ({len(body)} bytes) than Content-Length {length}"
     elif len(body) > length:
@@ -279,7 +304,7 @@ def _parse_start_line(start: str) -> tuple[Message, RemoteProtocolError | None]:
         if len(code) != 3 or status is None or not 100 <= status <= 699:
             raise RemoteProtocolError(f"bad status code {code[:20]!r}")
         response = Response(status)
-        response.reason = reason.strip()   # (as received: control characters are refused with the headers)
+        response.reason = reason.strip()  # (as received: control characters are refused with the headers)
         return response, None
     parts = start.split(" ")
     method = parts[0]
@@ -293,9 +318,10 @@ def _parse_start_line(start: str) -> tuple[Message, RemoteProtocolError | None]:
         uri = SipUri.parse(uri_text)
     except RemoteProtocolError as exc:
         return Request(method, _INVALID_URI), RemoteProtocolError(exc.reason, exc.status_code)
-    if uri.scheme not in ("sip", "sips"):   # (a tel: URI names no host: nothing here routes one)
+    if uri.scheme not in ("sip", "sips"):  # (a tel: URI names no host: nothing here routes one)
         return Request(method, _INVALID_URI), RemoteProtocolError(
-            f"not a sip: or sips: URI: a {uri.scheme}: Request-URI cannot be routed here", 416)
+            f"not a sip: or sips: URI: a {uri.scheme}: Request-URI cannot be routed here", 416
+        )
     request = Request(method, uri)
     if version != "SIP/2.0":
         return request, RemoteProtocolError(f"unsupported version {version[:20]!r}", 505)
@@ -376,7 +402,7 @@ class StreamFramer:
         self._buf = bytearray()
         self._scanned = 0  # bytes of _buf already searched for the end of the header section
         self.keepalives = 0
-        self.broken: RemoteProtocolError | None = None   # set once the stream cannot be framed any further
+        self.broken: RemoteProtocolError | None = None  # set once the stream cannot be framed any further
 
     @property
     def buffered(self) -> int:
@@ -411,7 +437,7 @@ class StreamFramer:
                 raise RemoteProtocolError("Content-Length is mandatory on a stream transport (RFC 3261 §18.3)")
             total = end + 4 + (length or 0)
             if length is not None and (length > MAX_BODY or total > MAX_MESSAGE):
-                out.append(bytes(buf[:end + 4]))   # the header section alone: the parser answers 413
+                out.append(bytes(buf[: end + 4]))  # the header section alone: the parser answers 413
                 buf.clear()
                 self.broken = RemoteProtocolError(f"message of {total} bytes exceeds the limit on a stream", 513)
                 break

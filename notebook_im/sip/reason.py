@@ -5,6 +5,7 @@ elsewhere"`, so a device that rang can say "answered elsewhere" instead of "miss
 Lync/OCS and most phones show). Parsing is lenient: a Reason we cannot read is ignored, never an error,
 because it only decorates a request that is valid without it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ def parse(value: str) -> Reason | None:
             parts.append(rest.strip())
             break
         parts.append(rest[:i].strip())
-        rest = rest[i + 1:]
+        rest = rest[i + 1 :]
     protocol = parts[0]
     if not protocol or any(c in protocol for c in ' \t"=<>'):
         return None

@@ -3,6 +3,7 @@
 Only what IM needs: build an offer or answer, and check that a remote description offers a message
 stream and which content types it accepts (Lync sends `a=accept-types:`).
 """
+
 from __future__ import annotations
 
 import time
@@ -19,12 +20,19 @@ class MessageMedia:
     accept_types: tuple[str, ...]
 
 
-def build(host: str, port: int, *, session_id: int | None = None, accept_types: tuple[str, ...] = ACCEPT_TYPES) -> bytes:
+def build(
+    host: str, port: int, *, session_id: int | None = None, accept_types: tuple[str, ...] = ACCEPT_TYPES
+) -> bytes:
     sid = session_id if session_id is not None else int(time.time())
     family = "IP6" if ":" in host else "IP4"
     lines = [
-        "v=0", f"o=- {sid} {sid} IN {family} {host}", "s=-", f"c=IN {family} {host}", "t=0 0",
-        f"m=message {port} sip null", "a=accept-types:" + " ".join(accept_types),
+        "v=0",
+        f"o=- {sid} {sid} IN {family} {host}",
+        "s=-",
+        f"c=IN {family} {host}",
+        "t=0 0",
+        f"m=message {port} sip null",
+        "a=accept-types:" + " ".join(accept_types),
     ]
     return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
@@ -49,7 +57,7 @@ def parse_message_media(body: bytes) -> MessageMedia:
             if in_message:
                 port = int(fields[1]) if fields[1].isascii() and fields[1].isdigit() and len(fields[1]) <= 5 else 0
         elif in_message and line.startswith("a=accept-types:"):
-            accept = tuple(t.lower() for t in line[len("a=accept-types:"):].split())
+            accept = tuple(t.lower() for t in line[len("a=accept-types:") :].split())
     if in_message:
         media = MessageMedia(port=port, accept_types=accept)
     if media is None:

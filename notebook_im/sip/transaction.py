@@ -8,20 +8,22 @@ transactions, `respond(response)` -- and answers with a list of actions for the 
 The state tables below are the RFC's figures 5-8 written as dictionaries:
 `(state, event) -> (next state, action names)`. The action names are methods of the transaction.
 """
+
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any
 
 from .actions import StartTimer, StopTimer
 from .errors import LocalProtocolError
 from .headers import Headers
 from .message import Request, Response
 
-T1 = 0.5   # RTT estimate
-T2 = 4.0   # maximum retransmit interval for non-INVITE requests and INVITE responses
-T4 = 5.0   # maximum duration a message remains in the network
+T1 = 0.5  # RTT estimate
+T2 = 4.0  # maximum retransmit interval for non-INVITE requests and INVITE responses
+T4 = 5.0  # maximum duration a message remains in the network
 
 
 @dataclass(frozen=True)
@@ -55,18 +57,21 @@ class State(str, enum.Enum):
 @dataclass(frozen=True)
 class Transmit:
     """Send this message to the transaction's peer (a request or a response)."""
-    message: Union[Request, Response]
+
+    message: Request | Response
 
 
 @dataclass(frozen=True)
 class Deliver:
     """Hand this message to the transaction user (a response for a client, the request for a server)."""
-    message: Union[Request, Response]
+
+    message: Request | Response
 
 
 @dataclass(frozen=True)
 class Timeout:
     """The transaction gave up (timer B, F or H): the TU treats it as a 408 / lost ACK."""
+
     timer: str
 
 
@@ -75,7 +80,7 @@ class Terminated:
     """The transaction is over: forget it."""
 
 
-Action = Union[Transmit, StartTimer, StopTimer, Deliver, Timeout, Terminated]
+Action = Transmit | StartTimer | StopTimer | Deliver | Timeout | Terminated
 
 S = State
 # --- the state tables ---------------------------------------------------------------------------
@@ -94,7 +99,7 @@ INVITE_CLIENT: dict[tuple[State, str], tuple[State, tuple[str, ...]]] = {
     (S.PROCEEDING, "3xx+"): (S.COMPLETED, ("stop_B", "deliver", "transmit_ack", "start_D")),
     (S.PROCEEDING, "timer_B"): (S.TERMINATED, ("timeout",)),
     (S.PROCEEDING, "timer_A"): (S.PROCEEDING, ()),
-    (S.ACCEPTED, "2xx"): (S.ACCEPTED, ("deliver",)),   # RFC 6026: retransmitted 2xx go to the TU to re-ACK
+    (S.ACCEPTED, "2xx"): (S.ACCEPTED, ("deliver",)),  # RFC 6026: retransmitted 2xx go to the TU to re-ACK
     (S.ACCEPTED, "1xx"): (S.ACCEPTED, ()),
     (S.ACCEPTED, "3xx+"): (S.ACCEPTED, ()),
     (S.ACCEPTED, "timer_M"): (S.TERMINATED, ()),
@@ -134,9 +139,9 @@ INVITE_SERVER: dict[tuple[State, str], tuple[State, tuple[str, ...]]] = {
     (S.PROCEEDING, "send_2xx"): (S.ACCEPTED, ("transmit_response", "start_L")),
     (S.PROCEEDING, "send_3xx+"): (S.COMPLETED, ("transmit_response", "start_G", "start_H")),
     (S.PROCEEDING, "transport_error"): (S.TERMINATED, ()),
-    (S.ACCEPTED, "request"): (S.ACCEPTED, ()),         # absorbed; the TU retransmits the 2xx itself
+    (S.ACCEPTED, "request"): (S.ACCEPTED, ()),  # absorbed; the TU retransmits the 2xx itself
     (S.ACCEPTED, "send_2xx"): (S.ACCEPTED, ("transmit_response",)),
-    (S.ACCEPTED, "ack"): (S.ACCEPTED, ()),             # ACK for 2xx is not part of the transaction
+    (S.ACCEPTED, "ack"): (S.ACCEPTED, ()),  # ACK for 2xx is not part of the transaction
     (S.ACCEPTED, "timer_L"): (S.TERMINATED, ()),
     (S.COMPLETED, "request"): (S.COMPLETED, ("retransmit_response",)),
     (S.COMPLETED, "timer_G"): (S.COMPLETED, ("retransmit_response", "restart_G")),
@@ -151,7 +156,7 @@ INVITE_SERVER: dict[tuple[State, str], tuple[State, tuple[str, ...]]] = {
 
 NON_INVITE_SERVER: dict[tuple[State, str], tuple[State, tuple[str, ...]]] = {
     (S.TRYING, "start"): (S.TRYING, ("deliver_request",)),
-    (S.TRYING, "request"): (S.TRYING, ()),               # absorbed: nothing to resend yet
+    (S.TRYING, "request"): (S.TRYING, ()),  # absorbed: nothing to resend yet
     (S.TRYING, "send_1xx"): (S.PROCEEDING, ("transmit_response",)),
     (S.TRYING, "send_2xx"): (S.COMPLETED, ("transmit_response", "start_J")),
     (S.TRYING, "send_3xx+"): (S.COMPLETED, ("transmit_response", "start_J")),
@@ -183,11 +188,13 @@ def _action_func(cls: type, name: str) -> Callable[[Any, Any], list]:
     method = getattr(cls, "_a_" + name, None)
     if method is not None:
         return method
-    for prefix, make in (("start_", lambda t: lambda self, _m: self._start(t)),
-                         ("restart_", lambda t: lambda self, _m: self._restart(t)),
-                         ("stop_", lambda t: lambda self, _m: [StopTimer(t)])):
+    for prefix, make in (
+        ("start_", lambda t: lambda self, _m: self._start(t)),
+        ("restart_", lambda t: lambda self, _m: self._restart(t)),
+        ("stop_", lambda t: lambda self, _m: [StopTimer(t)]),
+    ):
         if name.startswith(prefix):
-            return make(name[len(prefix):])
+            return make(name[len(prefix) :])
     raise AttributeError(f"{cls.__name__} has no action {name!r}")
 
 
@@ -257,8 +264,12 @@ class ClientTransaction(_Base):
         invite = request.method == "INVITE"
         if request.method == "ACK":
             raise LocalProtocolError("ACK is sent without a client transaction")
-        super().__init__(reliable=reliable, timers=timers, state=State.CALLING if invite else State.TRYING,
-                         _table=INVITE_CLIENT if invite else NON_INVITE_CLIENT)
+        super().__init__(
+            reliable=reliable,
+            timers=timers,
+            state=State.CALLING if invite else State.TRYING,
+            _table=INVITE_CLIENT if invite else NON_INVITE_CLIENT,
+        )
         self.request = request
         self.invite = invite
         self.branch = request.top_via.branch
@@ -306,8 +317,12 @@ class ServerTransaction(_Base):
 
     def __init__(self, request: Request, *, reliable: bool = False, timers: Timers = DEFAULT_TIMERS) -> None:
         invite = request.method == "INVITE"
-        super().__init__(reliable=reliable, timers=timers, state=State.PROCEEDING if invite else State.TRYING,
-                         _table=INVITE_SERVER if invite else NON_INVITE_SERVER)
+        super().__init__(
+            reliable=reliable,
+            timers=timers,
+            state=State.PROCEEDING if invite else State.TRYING,
+            _table=INVITE_SERVER if invite else NON_INVITE_SERVER,
+        )
         self.request = request
         self.invite = invite
         self.last_response: Response | None = None
@@ -342,6 +357,7 @@ class ServerTransaction(_Base):
 
     def _a_send_trying(self, request) -> list[Action]:
         from .message import make_response
+
         trying = make_response(request, 100)
         self.last_response = trying
         return [Transmit(trying)]

@@ -4,12 +4,13 @@ The objects are frozen and their parse functions are cached: the same From/To/Co
 on every message of a dialog, so caching turns most parses into a dict lookup (the performance issue
 asks for thousands of messages per second on one core).
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Mapping
 from urllib.parse import quote, unquote
 
 from .errors import RemoteProtocolError
@@ -18,7 +19,9 @@ _EMPTY: Mapping[str, str | None] = MappingProxyType({})
 # the parse caches keep at most 4096 entries each; only values up to this length are cached, so a flood of
 # distinct long values (up to 8 KB a header line) cannot pin 3 x 4096 x 8 KB of memory
 _CACHED_LEN = 512
-_USER_SAFE = "-_.!~*'()&=+$,;/"  # RFC 3261 user-unreserved + unreserved but '?' (it starts URI headers); the rest is %-escaped
+_USER_SAFE = (
+    "-_.!~*'()&=+$,;/"  # RFC 3261 user-unreserved + unreserved but '?' (it starts URI headers); the rest is %-escaped
+)
 
 
 _USER_PLAIN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789" + _USER_SAFE  # users needing no escapes
@@ -77,7 +80,7 @@ class SipUri:
     headers: str = field(default="", compare=False)
 
     @staticmethod
-    def parse(text: str) -> "SipUri":
+    def parse(text: str) -> SipUri:
         text = text.strip()
         return _parse_uri(text) if len(text) <= _CACHED_LEN else _parse_uri.__wrapped__(text)
 
@@ -100,13 +103,13 @@ class SipUri:
     def hostport(self) -> str:
         return self.host if self.port is None else f"{self.host}:{self.port}"
 
-    def with_params(self, **params: str | None) -> "SipUri":
+    def with_params(self, **params: str | None) -> SipUri:
         merged = dict(self.params)
         for k, v in params.items():
             merged[k.replace("_", "-")] = v
         return replace(self, params=MappingProxyType(merged))
 
-    def without_params(self, *names: str) -> "SipUri":
+    def without_params(self, *names: str) -> SipUri:
         if not any(n in self.params for n in names):
             return self  # frozen: nothing to remove, nothing to copy
         return replace(self, params=MappingProxyType({k: v for k, v in self.params.items() if k not in names}))
@@ -121,7 +124,7 @@ class SipUri:
         return f"{self.scheme}:{user}{self.host}{port}{_format_params(self.params)}{hdrs}"
 
 
-_TEL_CHARS = "0123456789abcdefABCDEF*#+-.()"   # RFC 3966 global and local numbers with visual separators
+_TEL_CHARS = "0123456789abcdefABCDEF*#+-.()"  # RFC 3966 global and local numbers with visual separators
 
 
 @lru_cache(maxsize=4096)
@@ -135,8 +138,9 @@ def _parse_uri(text: str) -> SipUri:
         number, _, params = rest.partition(";")
         if not number or number.strip(_TEL_CHARS) or not any(c.isalnum() or c in "*#" for c in number):
             raise RemoteProtocolError(f"bad tel: URI {text[:80]!r}")
-        return SipUri(host="", user=number, scheme="tel",
-                      params=MappingProxyType(_parse_params(params)) if params else _EMPTY)
+        return SipUri(
+            host="", user=number, scheme="tel", params=MappingProxyType(_parse_params(params)) if params else _EMPTY
+        )
     if not sep or scheme not in ("sip", "sips"):
         raise RemoteProtocolError(f"not a sip:, sips: or tel: URI: {text[:80]!r}", 416)
     rest, _, headers = rest.partition("?")
@@ -148,8 +152,14 @@ def _parse_uri(text: str) -> SipUri:
             raise RemoteProtocolError(f"empty user part in {text!r}")
     hostport, _, params = rest.partition(";")
     host, port = _split_hostport(hostport)
-    return SipUri(host=host, user=user, port=port, scheme=scheme,
-                  params=MappingProxyType(_parse_params(params)) if params else _EMPTY, headers=headers)
+    return SipUri(
+        host=host,
+        user=user,
+        port=port,
+        scheme=scheme,
+        params=MappingProxyType(_parse_params(params)) if params else _EMPTY,
+        headers=headers,
+    )
 
 
 def _find_unquoted(text: str, chars: str, start: int = 0) -> int:
@@ -208,7 +218,7 @@ class Address:
     wildcard: bool = False  # the "Contact: *" of a REGISTER that removes every binding
 
     @staticmethod
-    def parse(text: str) -> "Address":
+    def parse(text: str) -> Address:
         text = text.strip()
         return _parse_address(text) if len(text) <= _CACHED_LEN else _parse_address.__wrapped__(text)
 
@@ -216,10 +226,10 @@ class Address:
     def tag(self) -> str | None:
         return self.params.get("tag")
 
-    def with_tag(self, tag: str) -> "Address":
+    def with_tag(self, tag: str) -> Address:
         return Address(self.uri, self.display_name, MappingProxyType({**self.params, "tag": tag}), self.wildcard)
 
-    def with_params(self, **params: str | None) -> "Address":
+    def with_params(self, **params: str | None) -> Address:
         return replace(self, params=MappingProxyType({**self.params, **params}))
 
     def __str__(self) -> str:
@@ -246,16 +256,18 @@ def _parse_address(text: str) -> Address:
             name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
         uri = SipUri.parse(text[lt + 1 : gt])
         params = text[gt + 1 :]
-        return Address(uri=uri, display_name=name or None,
-                       params=MappingProxyType(_parse_params(params)) if params.strip() else _EMPTY)
+        return Address(
+            uri=uri,
+            display_name=name or None,
+            params=MappingProxyType(_parse_params(params)) if params.strip() else _EMPTY,
+        )
     # addr-spec: parameters after the URI belong to the header, not to the URI (RFC 3261 §20.10)
     uri_text, _, params = text.partition(";")
     if '"' in uri_text:
         raise RemoteProtocolError(f"unterminated quoted display name in {text[:80]!r}")
     if "?" in uri_text or "," in uri_text:
         raise RemoteProtocolError(f"addr-spec with reserved characters must use <...>: {text!r}")
-    return Address(uri=SipUri.parse(uri_text),
-                   params=MappingProxyType(_parse_params(params)) if params else _EMPTY)
+    return Address(uri=SipUri.parse(uri_text), params=MappingProxyType(_parse_params(params)) if params else _EMPTY)
 
 
 @dataclass(frozen=True)
@@ -268,7 +280,7 @@ class Via:
     params: Mapping[str, str | None] = field(default_factory=lambda: _EMPTY, compare=False)
 
     @staticmethod
-    def parse(text: str) -> "Via":
+    def parse(text: str) -> Via:
         text = text.strip()
         return _parse_via(text) if len(text) <= _CACHED_LEN else _parse_via.__wrapped__(text)
 
@@ -289,7 +301,7 @@ class Via:
             return host.strip("[]"), int(rport)
         return host.strip("[]"), self.sent_by[1]
 
-    def with_params(self, **params: str | None) -> "Via":
+    def with_params(self, **params: str | None) -> Via:
         # the constructor, not dataclasses.replace: this runs for every request received (received/rport)
         return Via(self.transport, self.host, self.port, MappingProxyType({**self.params, **params}))
 
@@ -313,5 +325,9 @@ def _parse_via(text: str) -> Via:
         raise RemoteProtocolError(f"bad Via transport in {text[:80]!r}")
     hostport, _, params = rest.partition(";")
     host, port = _split_hostport(hostport.strip())
-    return Via(transport=transport.upper(), host=host, port=port,
-               params=MappingProxyType(_parse_params(params)) if params else _EMPTY)
+    return Via(
+        transport=transport.upper(),
+        host=host,
+        port=port,
+        params=MappingProxyType(_parse_params(params)) if params else _EMPTY,
+    )

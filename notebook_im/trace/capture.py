@@ -22,6 +22,7 @@ SIP payloads on as bytes. Everything is bounded so that hostile or broken input 
 raw)` gets each SIP message (src/dst as (host, port)), `sink.begin(owner)` the owner of the next file. This module
 imports only the standard library, so the in-memory `read_pcap` and the Parquet import share it.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -32,9 +33,10 @@ import socket
 import struct
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Protocol, Sequence
+from typing import Any, BinaryIO, Protocol
 
 from ..sip.errors import RemoteProtocolError
 from ..sip.parser import _content_length
@@ -43,17 +45,28 @@ MiB = 1024 * 1024
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 GZIP_MAGIC = b"\x1f\x8b"
 _PCAP_MAGICS = {  # magic -> (struct prefix, nanosecond resolution)
-    b"\xd4\xc3\xb2\xa1": ("<", False), b"\xa1\xb2\xc3\xd4": (">", False),
-    b"\x4d\x3c\xb2\xa1": ("<", True), b"\xa1\xb2\x3c\x4d": (">", True),
+    b"\xd4\xc3\xb2\xa1": ("<", False),
+    b"\xa1\xb2\xc3\xd4": (">", False),
+    b"\x4d\x3c\xb2\xa1": ("<", True),
+    b"\xa1\xb2\x3c\x4d": (">", True),
 }
-DLT_NULL, DLT_EN10MB, DLT_RAW, DLT_LOOP, DLT_LINUX_SLL, DLT_IPV4, DLT_IPV6, DLT_LINUX_SLL2 = 0, 1, 101, 108, 113, 228, 229, 276
+DLT_NULL, DLT_EN10MB, DLT_RAW, DLT_LOOP, DLT_LINUX_SLL, DLT_IPV4, DLT_IPV6, DLT_LINUX_SLL2 = (
+    0,
+    1,
+    101,
+    108,
+    113,
+    228,
+    229,
+    276,
+)
 _RAW_LINKTYPES = frozenset({12, 14, DLT_RAW, DLT_IPV4, DLT_IPV6})
 SUPPORTED_LINKTYPES = frozenset({DLT_NULL, DLT_EN10MB, DLT_LOOP, DLT_LINUX_SLL, DLT_LINUX_SLL2}) | _RAW_LINKTYPES
 _VLAN = frozenset({0x8100, 0x88A8, 0x9100})
-_AF_INET6 = frozenset({10, 24, 28, 30})      # Linux, NetBSD/OpenBSD, FreeBSD, macOS
+_AF_INET6 = frozenset({10, 24, 28, 30})  # Linux, NetBSD/OpenBSD, FreeBSD, macOS
 _IPV6_EXT = frozenset({0, 43, 60, 51, 135})  # hop-by-hop, routing, destination options, AH, mobility
-MAX_RECORD = 16 * MiB                        # a record longer than this is garbage, whatever the snap length says
-_READ = 4 * MiB                              # bytes read at a time
+MAX_RECORD = 16 * MiB  # a record longer than this is garbage, whatever the snap length says
+_READ = 4 * MiB  # bytes read at a time
 
 
 # -- settings and counters ------------------------------------------------------------------------------------------
@@ -76,7 +89,7 @@ def parse_size(value: int | str) -> int:
     return size
 
 
-BASELINE = 200 * MiB   # what an import process holds besides its buffers: Python, numpy, pyarrow, Parquet pages
+BASELINE = 200 * MiB  # what an import process holds besides its buffers: Python, numpy, pyarrow, Parquet pages
 
 
 @dataclass(frozen=True)
@@ -104,12 +117,17 @@ class CaptureLimits:
     def __post_init__(self) -> None:
         memory = parse_size(self.memory)
         if memory < 256 * MiB:
-            raise ValueError(f"memory={self.memory!r} is too small to import with: the interpreter and pyarrow "
-                             f"alone take about 200 MiB; give at least '256MiB'")
+            raise ValueError(
+                f"memory={self.memory!r} is too small to import with: the interpreter and pyarrow "
+                f"alone take about 200 MiB; give at least '256MiB'"
+            )
         object.__setattr__(self, "memory", memory)
         rest = memory - BASELINE
-        derived = {"batch_bytes": max(min(rest // 8, 8 * MiB), MiB), "tcp_buffer_bytes": rest // 4,
-                   "max_flows": rest // 4096}
+        derived = {
+            "batch_bytes": max(min(rest // 8, 8 * MiB), MiB),
+            "tcp_buffer_bytes": rest // 4,
+            "max_flows": rest // 4096,
+        }
         for name, value in derived.items():
             given = getattr(self, name)
             object.__setattr__(self, name, value if given is None else parse_size(given))
@@ -175,16 +193,27 @@ class CaptureStats:
     @property
     def skipped(self) -> int:
         """Packets that carried nothing usable (all the packet-level skip counters added up)."""
-        return (self.non_ip + self.other_ip + self.non_sip_udp + self.fragments_skipped + self.truncated_packets
-                + self.malformed_packets + self.unsupported_linktype)
+        return (
+            self.non_ip
+            + self.other_ip
+            + self.non_sip_udp
+            + self.fragments_skipped
+            + self.truncated_packets
+            + self.malformed_packets
+            + self.unsupported_linktype
+        )
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    def __add__(self, other: "CaptureStats") -> "CaptureStats":
+    def __add__(self, other: CaptureStats) -> CaptureStats:
         peaks = ("tcp_peak_flows", "tcp_peak_buffered")
-        return CaptureStats(**{k: (max(v, getattr(other, k)) if k in peaks else v + getattr(other, k))
-                               for k, v in self.as_dict().items()})
+        return CaptureStats(
+            **{
+                k: (max(v, getattr(other, k)) if k in peaks else v + getattr(other, k))
+                for k, v in self.as_dict().items()
+            }
+        )
 
 
 class _Counters:
@@ -220,8 +249,10 @@ def looks_like_sip(data: bytes) -> bool:
 
 # a start line at a line start, or a standard method's request line or a status line anywhere: after a gap the next
 # message usually follows the previous body directly (bodies seldom end with CRLF)
-_START_LINE = re.compile(rb"(?m)^[A-Z]+ [^ \r\n]+ SIP/2\.0\r?$|(?:INVITE|ACK|BYE|CANCEL|MESSAGE|OPTIONS|REGISTER|"
-                         rb"SUBSCRIBE|NOTIFY|PUBLISH|REFER|INFO|PRACK|UPDATE) [^ \r\n]+ SIP/2\.0\r?$|SIP/2\.0 \d{3} ")
+_START_LINE = re.compile(
+    rb"(?m)^[A-Z]+ [^ \r\n]+ SIP/2\.0\r?$|(?:INVITE|ACK|BYE|CANCEL|MESSAGE|OPTIONS|REGISTER|"
+    rb"SUBSCRIBE|NOTIFY|PUBLISH|REFER|INFO|PRACK|UPDATE) [^ \r\n]+ SIP/2\.0\r?$|SIP/2\.0 \d{3} "
+)
 
 
 def find_start_line(buf: bytes | bytearray, start: int = 0) -> int:
@@ -238,7 +269,7 @@ class CaptureFile:
 
     path: Path
     owner: str
-    first_ts: int          # ns of its first packet (0 if it has none): rotated captures are read in this order
+    first_ts: int  # ns of its first packet (0 if it has none): rotated captures are read in this order
     gzipped: bool
 
 
@@ -282,8 +313,9 @@ def _natural(name: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def capture_files(paths: str | os.PathLike | Sequence[str | os.PathLike], owner: str | None = None,
-                  counters: _Counters | None = None) -> list[CaptureFile]:
+def capture_files(
+    paths: str | os.PathLike | Sequence[str | os.PathLike], owner: str | None = None, counters: _Counters | None = None
+) -> list[CaptureFile]:
     """The files to read, in time order: each path is a capture file or a directory of them (rotated captures:
     tcpdump -C/-G, dumpcap ring buffers; files that are not captures are skipped and counted). Files are ordered by
     their first packet's time, then by name (numbers compared as numbers), and read as one capture, so a TCP
@@ -302,8 +334,10 @@ def capture_files(paths: str | os.PathLike | Sequence[str | os.PathLike], owner:
             raise FileNotFoundError(f"capture {str(path)!r} does not exist")
         name = owner or f"pcap:{path.resolve().name if path.is_dir() else path.name}"
         if path.is_dir():
-            members = sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")),
-                             key=lambda p: _natural(p.name))
+            members = sorted(
+                (p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")),
+                key=lambda p: _natural(p.name),
+            )
             for member in members:
                 ok, gz, ts = _sniff(member)
                 if ok:
@@ -327,7 +361,7 @@ class _Bytes:
         self.data, self.pos = data, 0
 
     def read(self, n: int) -> bytes:
-        out = self.data[self.pos:self.pos + n]
+        out = self.data[self.pos : self.pos + n]
         self.pos += len(out)
         return out
 
@@ -352,7 +386,7 @@ def _pcap_records(f: Any, counters: _Counters) -> Iterator[tuple[int, int, bytes
     endian, nano = _PCAP_MAGICS[head[:4]]
     snaplen, network = struct.unpack_from(endian + "II", head, 16)
     linktype = network & 0x0FFFFFFF
-    limit = min(max(snaplen, 262144), MAX_RECORD)   # writers exceed a small snap length; nobody exceeds 16 MiB
+    limit = min(max(snaplen, 262144), MAX_RECORD)  # writers exceed a small snap length; nobody exceeds 16 MiB
     unpack = struct.Struct(endian + "IIII").unpack_from
     mult = 1 if nano else 1000
     buf = b""
@@ -365,20 +399,20 @@ def _pcap_records(f: Any, counters: _Counters) -> Iterator[tuple[int, int, bytes
                 break
             sec, frac, caplen, _orig = unpack(buf, pos)
             if caplen > limit:
-                counters.files_corrupt += 1          # garbage lengths: classic pcap cannot resynchronise
+                counters.files_corrupt += 1  # garbage lengths: classic pcap cannot resynchronise
                 return
             end = pos + 16 + caplen
             if end > n_buf:
                 need = 16 + caplen
                 break
-            yield sec * 1_000_000_000 + frac * mult, linktype, buf[pos + 16:end]
+            yield sec * 1_000_000_000 + frac * mult, linktype, buf[pos + 16 : end]
             pos = end
         more = _read(f, max(_READ, need), counters)
         buf = buf[pos:] + more
         pos = 0
         if len(buf) < need:
             if buf:
-                counters.files_truncated += 1        # cut mid-record or mid-header
+                counters.files_truncated += 1  # cut mid-record or mid-header
             return
 
 
@@ -386,7 +420,7 @@ def _pcapng_records(f: Any, counters: _Counters) -> Iterator[tuple[int, int, byt
     """(ts_ns, linktype, packet bytes) of a pcapng: EPB, SPB and the obsolete PB with per-interface link types,
     timestamp resolutions and offsets; other blocks skipped. Read in 4 MiB blocks like classic pcap."""
     endian = "<"
-    interfaces: list[tuple[int, int, int]] = []   # (linktype, divisor of the raw timestamp to seconds, offset ns)
+    interfaces: list[tuple[int, int, int]] = []  # (linktype, divisor of the raw timestamp to seconds, offset ns)
     last_ts = 0
     buf = b""
     pos = 0
@@ -402,8 +436,8 @@ def _pcapng_records(f: Any, counters: _Counters) -> Iterator[tuple[int, int, byt
                 if buf:
                     counters.files_truncated += 1
                 return
-        if buf[pos:pos + 4] == PCAPNG_MAGIC:
-            bom = buf[pos + 8:pos + 12]
+        if buf[pos : pos + 4] == PCAPNG_MAGIC:
+            bom = buf[pos + 8 : pos + 12]
             endian = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">" if bom == b"\x1a\x2b\x3c\x4d" else ""
             if not endian:
                 counters.files_corrupt += 1
@@ -424,7 +458,7 @@ def _pcapng_records(f: Any, counters: _Counters) -> Iterator[tuple[int, int, byt
         body_at = pos + 8
         body_end = pos + blen - 4
         pos += blen
-        if btype == 6 or btype == 2:                    # enhanced packet block, obsolete packet block
+        if btype == 6 or btype == 2:  # enhanced packet block, obsolete packet block
             if body_end - body_at < 20:
                 counters.malformed_packets += 1
                 continue
@@ -437,14 +471,14 @@ def _pcapng_records(f: Any, counters: _Counters) -> Iterator[tuple[int, int, byt
                 continue
             linktype, div, offset = interfaces[iface]
             last_ts = ((hi << 32) | lo) * 1_000_000_000 // div + offset
-            yield last_ts, linktype, buf[body_at + 20:body_at + 20 + caplen]
-        elif btype == 3:                                # simple packet block: interface 0, no timestamp
+            yield last_ts, linktype, buf[body_at + 20 : body_at + 20 + caplen]
+        elif btype == 3:  # simple packet block: interface 0, no timestamp
             if not interfaces or body_end - body_at < 4:
                 counters.malformed_packets += 1
                 continue
             orig = u32[endian](buf, body_at)[0]
-            yield last_ts, interfaces[0][0], buf[body_at + 4:body_at + 4 + min(orig, body_end - body_at - 4)]
-        elif btype == 1:                                # interface description
+            yield last_ts, interfaces[0][0], buf[body_at + 4 : body_at + 4 + min(orig, body_end - body_at - 4)]
+        elif btype == 1:  # interface description
             if body_end - body_at < 8:
                 counters.files_corrupt += 1
                 return
@@ -455,10 +489,10 @@ def _pcapng_records(f: Any, counters: _Counters) -> Iterator[tuple[int, int, byt
                 code, olen = struct.unpack_from(endian + "HH", buf, opt)
                 if code == 0 or opt + 4 + olen > body_end:
                     break
-                if code == 9 and olen >= 1:             # if_tsresol: 10**-n, or 2**-n with the top bit set
+                if code == 9 and olen >= 1:  # if_tsresol: 10**-n, or 2**-n with the top bit set
                     r = buf[opt + 4]
                     div = 2 ** (r & 0x7F) if r & 0x80 else 10 ** min(r, 30)
-                elif code == 14 and olen == 8:          # if_tsoffset (seconds)
+                elif code == 14 and olen == 8:  # if_tsoffset (seconds)
                     offset = struct.unpack_from(endian + "q", buf, opt + 4)[0] * 1_000_000_000
                 opt += 4 + ((olen + 3) & ~3)
             interfaces.append((linktype, div, offset))
@@ -483,7 +517,7 @@ def _records(cf: CaptureFile, counters: _Counters) -> Iterator[tuple[int, int, b
         try:
             yield from reader(f, counters)
         except (EOFError, zlib.error, gzip.BadGzipFile):
-            counters.files_truncated += 1            # a gzip stream cut short or damaged
+            counters.files_truncated += 1  # a gzip stream cut short or damaged
         except OSError:
             counters.files_corrupt += 1
 
@@ -496,16 +530,16 @@ class _Flow:
     __slots__ = ("next", "isn", "held", "held_bytes", "buf", "scanned", "sip", "resync", "fin", "seq_base", "arrivals")
 
     def __init__(self, first_seq: int, isn: int | None) -> None:
-        self.next = 0                 # absolute offset of the next byte the stream expects (64-bit: no wraparound)
-        self.seq_base = first_seq     # the 32-bit sequence number of absolute offset 0
-        self.isn = isn                # the SYN's sequence number, when the SYN was seen
+        self.next = 0  # absolute offset of the next byte the stream expects (64-bit: no wraparound)
+        self.seq_base = first_seq  # the 32-bit sequence number of absolute offset 0
+        self.isn = isn  # the SYN's sequence number, when the SYN was seen
         self.held: list[tuple[int, int, bytes]] = []
         self.held_bytes = 0
         self.buf = bytearray()
         self.scanned = 0
         self.sip: bool | None = None  # None: undecided; False: not SIP (ignored)
-        self.resync = isn is None     # joined mid-stream: look for a start line first
-        self.fin: int | None = None   # absolute offset of the FIN
+        self.resync = isn is None  # joined mid-stream: look for a start line first
+        self.fin: int | None = None  # absolute offset of the FIN
         self.arrivals = 0
 
 
@@ -513,14 +547,14 @@ class _Tcp:
     """TCP reassembly and SIP framing for all flows, bounded (see the module docstring)."""
 
     def __init__(self, limits: CaptureLimits, counters: _Counters, emit: Callable[[int, Any, bytes], None]) -> None:
-        self.flows: "OrderedDict[Any, _Flow]" = OrderedDict()
+        self.flows: OrderedDict[Any, _Flow] = OrderedDict()
         # connections that ended (FIN/RST/eviction) -> the 32-bit sequence number after their last byte, so that a
         # late retransmission is recognised as old data rather than opening a new stream (bounded like the flows)
-        self.closed: "OrderedDict[Any, int]" = OrderedDict()
+        self.closed: OrderedDict[Any, int] = OrderedDict()
         self.limits = limits
         self.c = counters
-        self.emit = emit               # emit(ts_ns, key, raw)
-        self.buffered = 0              # bytes held in all flows (held segments + unframed bytes)
+        self.emit = emit  # emit(ts_ns, key, raw)
+        self.buffered = 0  # bytes held in all flows (held segments + unframed bytes)
         self.max_flows = limits.max_flows or 1
         self.max_buffered = limits.tcp_buffer_bytes or 1
 
@@ -529,16 +563,16 @@ class _Tcp:
         flows = self.flows
         flow = flows.get(key)
         c = self.c
-        if flags & 0x04:                                        # RST: the connection is gone
+        if flags & 0x04:  # RST: the connection is gone
             if flow is not None:
                 self._close(key, flow)
                 c.tcp_reused += 1
             return
-        if flags & 0x02:                                        # SYN
+        if flags & 0x02:  # SYN
             if flow is not None:
                 if flow.isn == seq:
-                    return                                      # a retransmitted SYN
-                self._close(key, flow)                          # the 4-tuple reused by a new connection
+                    return  # a retransmitted SYN
+                self._close(key, flow)  # the 4-tuple reused by a new connection
                 c.tcp_reused += 1
             flow = flows[key] = _Flow((seq + 1) & 0xFFFFFFFF, seq)
             self.closed.pop(key, None)
@@ -550,9 +584,9 @@ class _Tcp:
                 return
             ended = self.closed.get(key)
             if ended is not None and ((ended - seq - len(data)) & 0xFFFFFFFF) < self.limits.flow_pending_bytes:
-                c.tcp_duplicate_bytes += len(data)              # a late copy of data from a connection that ended
+                c.tcp_duplicate_bytes += len(data)  # a late copy of data from a connection that ended
                 return
-            flow = flows[key] = _Flow(seq, None)                # the capture joined the connection midway
+            flow = flows[key] = _Flow(seq, None)  # the capture joined the connection midway
             c.tcp_streams += 1
             self._bound()
         else:
@@ -562,7 +596,7 @@ class _Tcp:
         # absolute offset of this segment: the signed 32-bit distance from the next expected byte
         delta = ((seq - flow.seq_base - flow.next + 0x80000000) & 0xFFFFFFFF) - 0x80000000
         start = flow.next + delta
-        if flags & 0x01:                                        # FIN (it may carry data)
+        if flags & 0x01:  # FIN (it may carry data)
             flow.fin = start + len(data)
         if data:
             c.tcp_segments += 1
@@ -584,10 +618,13 @@ class _Tcp:
                 flow.held_bytes += len(data)
                 self.buffered += len(data)
                 c.tcp_out_of_order += 1
-                if flow.held_bytes > self.limits.flow_pending_bytes or len(flow.held) > self.limits.flow_pending_segments:
+                if (
+                    flow.held_bytes > self.limits.flow_pending_bytes
+                    or len(flow.held) > self.limits.flow_pending_segments
+                ):
                     self._skip_gap(ts, key, flow)
         if flow.fin is not None and flow.next >= flow.fin and flows.get(key) is flow:
-            self._close(key, flow)                              # all data up to the FIN is in: done
+            self._close(key, flow)  # all data up to the FIN is in: done
             return
         if self.buffered > self.max_buffered:
             self._bound()
@@ -648,7 +685,7 @@ class _Tcp:
         buf = flow.buf
         buf += data
         self.buffered += len(data)
-        if flow.sip is None and not flow.resync:                # a stream seen from its SYN: SIP from the start?
+        if flow.sip is None and not flow.resync:  # a stream seen from its SYN: SIP from the start?
             head = bytes(buf[:2048]).lstrip(b"\r\n")
             if not head:
                 c.keepalives += 1
@@ -657,8 +694,8 @@ class _Tcp:
                 return
             if b"\n" not in head and len(head) < 2048:
                 if head[:1].isupper():
-                    return                                      # the start line is not complete yet: wait
-                self._ignore(flow)                              # no SIP start line begins like this
+                    return  # the start line is not complete yet: wait
+                self._ignore(flow)  # no SIP start line begins like this
                 return
             if not looks_like_sip(head):
                 self._ignore(flow)
@@ -700,7 +737,7 @@ class _Tcp:
             if end < 0:
                 flow.scanned = len(buf)
                 if len(buf) > max_message:
-                    c.tcp_bad_messages += 1                     # a header section that never ends
+                    c.tcp_bad_messages += 1  # a header section that never ends
                     self._resync_after(flow, 1)
                     continue
                 return
@@ -732,7 +769,7 @@ class _Tcp:
         i = buf.find(b"\r\nContent-Length: ", 0, end)
         if i >= 0:
             j = buf.find(b"\r\n", i + 18, end + 2)
-            value = bytes(buf[i + 18:j])
+            value = bytes(buf[i + 18 : j])
             if value.isdigit() and buf.find(b"\r\nContent-Length:", j, end) < 0:
                 return int(value)
         try:
@@ -756,7 +793,7 @@ class _Tcp:
         self.c.tcp_incomplete_bytes += len(flow.buf) + flow.held_bytes
         self.buffered -= len(flow.buf) + flow.held_bytes
         if flow.sip is None and flow.resync and flow.scanned + len(flow.buf) > 0:
-            self.c.tcp_streams_ignored += 1                     # joined midway and never showed SIP
+            self.c.tcp_streams_ignored += 1  # joined midway and never showed SIP
 
     def _bound(self) -> None:
         flows = self.flows
@@ -784,8 +821,12 @@ class _Tcp:
 
 
 # -- the packet loop ------------------------------------------------------------------------------------------------
-def scan(files: Sequence[CaptureFile], sink: Sink, limits: CaptureLimits | None = None,
-         progress: Callable[[int], None] | None = None) -> CaptureStats:
+def scan(
+    files: Sequence[CaptureFile],
+    sink: Sink,
+    limits: CaptureLimits | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> CaptureStats:
     """Read `files` in order as one capture and hand every SIP message to `sink`; returns the counts.
 
     `progress(bytes_read)` is called every few MiB (a progress bar). Time is linear in the input: every loop is
@@ -811,7 +852,6 @@ def scan(files: Sequence[CaptureFile], sink: Sink, limits: CaptureLimits | None 
 
     tcp = _Tcp(limits, c, emit_tcp)
     segment = tcp.segment
-    unpack_hh = struct.Struct(">HH").unpack_from
     unpack_hhh = struct.Struct(">HHH").unpack_from
     unpack_tcp = struct.Struct(">HHIIBB").unpack_from
     next_report = 0
@@ -873,16 +913,16 @@ def scan(files: Sequence[CaptureFile], sink: Sink, limits: CaptureLimits | None 
                 ihl = (vihl & 15) * 4
                 total = (buf[off + 2] << 8) | buf[off + 3]
                 if total == 0:
-                    total = n - off                          # segmentation offload: the length left unset
+                    total = n - off  # segmentation offload: the length left unset
                 if vihl >> 4 != 4 or ihl < 20 or total < ihl:
                     c.malformed_packets += 1
                     continue
-                if (buf[off + 6] & 0x3F) or buf[off + 7]:     # more fragments, or a fragment offset
+                if (buf[off + 6] & 0x3F) or buf[off + 7]:  # more fragments, or a fragment offset
                     c.fragments_skipped += 1
                     continue
                 proto = buf[off + 9]
-                src_ip = buf[off + 12:off + 16]
-                dst_ip = buf[off + 16:off + 20]
+                src_ip = buf[off + 12 : off + 16]
+                dst_ip = buf[off + 16 : off + 20]
                 l4 = off + ihl
                 ip_end = off + total
             elif etype == 0x86DD:
@@ -894,15 +934,15 @@ def scan(files: Sequence[CaptureFile], sink: Sink, limits: CaptureLimits | None 
                     continue
                 proto = buf[off + 6]
                 ip_end = off + 40 + ((buf[off + 4] << 8) | buf[off + 5])
-                src_ip = buf[off + 8:off + 24]
-                dst_ip = buf[off + 24:off + 40]
+                src_ip = buf[off + 8 : off + 24]
+                dst_ip = buf[off + 24 : off + 40]
                 l4 = off + 40
                 fragment = False
-                for _ in range(8):                           # extension headers, bounded
+                for _ in range(8):  # extension headers, bounded
                     if proto == 44:
                         if n < l4 + 8:
                             break
-                        if ((buf[l4 + 2] << 8) | buf[l4 + 3]) & 0xFFF9:   # offset or more-fragments: a real fragment
+                        if ((buf[l4 + 2] << 8) | buf[l4 + 3]) & 0xFFF9:  # offset or more-fragments: a real fragment
                             fragment = True
                             break
                         proto, l4 = buf[l4], l4 + 8
@@ -920,7 +960,7 @@ def scan(files: Sequence[CaptureFile], sink: Sink, limits: CaptureLimits | None 
                 c.non_ip += 1
                 continue
             if ip_end > n:
-                c.truncated_packets += 1                     # cut by the snap length
+                c.truncated_packets += 1  # cut by the snap length
                 continue
             # -- UDP / TCP
             if proto == 17:
@@ -933,8 +973,8 @@ def scan(files: Sequence[CaptureFile], sink: Sink, limits: CaptureLimits | None 
                     if end > ip_end and ulen >= 8:
                         c.malformed_packets += 1
                         continue
-                    end = ip_end                             # ulen 0 (jumbograms) or nonsense: the IP length rules
-                payload = buf[l4 + 8:end]
+                    end = ip_end  # ulen 0 (jumbograms) or nonsense: the IP length rules
+                payload = buf[l4 + 8 : end]
                 first = payload[:1]
                 if first == b"\r" or first == b"\n":
                     if not payload.strip(b"\r\n"):
@@ -955,7 +995,7 @@ def scan(files: Sequence[CaptureFile], sink: Sink, limits: CaptureLimits | None 
                 if doff < 20 or l4 + doff > ip_end:
                     c.malformed_packets += 1
                     continue
-                segment(ts, (src_ip, sport, dst_ip, dport), seq, flags, buf[l4 + doff:ip_end])
+                segment(ts, (src_ip, sport, dst_ip, dport), seq, flags, buf[l4 + doff : ip_end])
             else:
                 c.other_ip += 1
     tcp.finish()

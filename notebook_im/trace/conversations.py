@@ -11,11 +11,13 @@ earlier-conversation view shows it as failed with the reason `UNCONFIRMED`.
 
 Analysis layer: above the API (it builds `api.messages.ChatMessage`), below the widgets.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any
 
 from ..api import events
 from ..api.messages import ChatMessage
@@ -82,19 +84,38 @@ def rebuild(records: Iterable[EventRecord], owner: str | None = None) -> Rebuilt
         when: datetime = ev.timestamp
         call_id = getattr(ev, "call_id", "") or None
         if kind == "MessageReceived":
-            msg = ChatMessage(ev.message_id or f"{kind}-{rec.timestamp}", "in", ev.participant.uri,
-                              ev.recipient or rec.owner, ev.text, ev.content_type, when, "received", ev.mode,
-                              delivered_at=when)
+            msg = ChatMessage(
+                ev.message_id or f"{kind}-{rec.timestamp}",
+                "in",
+                ev.participant.uri,
+                ev.recipient or rec.owner,
+                ev.text,
+                ev.content_type,
+                when,
+                "received",
+                ev.mode,
+                delivered_at=when,
+            )
             out.messages.append(RebuiltMessage(rec.owner, key, session_id, peer, msg, call_id=call_id))
             continue
         message_id = ev.message_id or f"{kind}-{rec.timestamp}"
         item = sent.get((rec.owner, message_id))
         if item is None:
             recipient = ev.recipient or peer
-            msg = ChatMessage(message_id, "out", rec.owner, recipient, ev.text, ev.content_type,
-                              getattr(ev, "sent_at", None) or when, "sending", ev.mode)
-            item = sent[(rec.owner, message_id)] = RebuiltMessage(rec.owner, key, session_id, recipient, msg,
-                                                                  call_id=call_id)
+            msg = ChatMessage(
+                message_id,
+                "out",
+                rec.owner,
+                recipient,
+                ev.text,
+                ev.content_type,
+                getattr(ev, "sent_at", None) or when,
+                "sending",
+                ev.mode,
+            )
+            item = sent[(rec.owner, message_id)] = RebuiltMessage(
+                rec.owner, key, session_id, recipient, msg, call_id=call_id
+            )
             out.messages.append(item)
         if kind == "MessageSending":
             continue
@@ -105,12 +126,19 @@ def rebuild(records: Iterable[EventRecord], owner: str | None = None) -> Rebuilt
         msg.delivered_at = when if delivered else None
         item.latency = ev.latency if delivered else None
         item.call_id = call_id or item.call_id
-    for item in out.messages:   # the receipts' word on each sent message that was settled
+    for item in out.messages:  # the receipts' word on each sent message that was settled
         msg = item.message
         if msg.direction == "out":
             reported = states.get((item.owner, msg.id))
-            msg.state = "sending" if msg.status == "sending" else (
-                reported if reported and reported != "sending" else ("sent" if msg.status == "delivered" else "failed"))
+            msg.state = (
+                "sending"
+                if msg.status == "sending"
+                else (
+                    reported
+                    if reported and reported != "sending"
+                    else ("sent" if msg.status == "delivered" else "failed")
+                )
+            )
     return out
 
 
@@ -120,9 +148,9 @@ class EarlierConversation:
     """The messages of one earlier session (or of the pager-mode messages with one peer), oldest first, as the
     `ChatMessage`s a live session keeps; `names` are the display names the events carried, by URI."""
 
-    key: str                    # the session id, or "pager:<peer uri>"
-    peer: str                   # the remote party's URI
-    mode: str                   # "session" / "pager"
+    key: str  # the session id, or "pager:<peer uri>"
+    peer: str  # the remote party's URI
+    mode: str  # "session" / "pager"
     messages: list[ChatMessage] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)
 
@@ -146,8 +174,9 @@ def earlier_conversations(records: Iterable[EventRecord], owner: str) -> list[Ea
         msg = item.message
         conv = convs.get(item.key)
         if conv is None:
-            conv = convs[item.key] = EarlierConversation(item.key, item.peer, msg.mode,
-                                                         names=rebuilt.names.get((owner, item.key), {}))
+            conv = convs[item.key] = EarlierConversation(
+                item.key, item.peer, msg.mode, names=rebuilt.names.get((owner, item.key), {})
+            )
         if msg.status == "sending":
             msg.status, msg.state, msg.reason = "failed", "failed", UNCONFIRMED
         conv.messages.append(msg)

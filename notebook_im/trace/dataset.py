@@ -16,6 +16,7 @@ into the same dataset; the owner column tells them apart.
 
 This module imports pyarrow and numpy, not pandas: an import process stays small.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -25,24 +26,25 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .capture import CaptureLimits, CaptureStats, capture_files, parse_local, scan
 from ..record.extract import extract
-from .layout import COLUMNS, FORMAT, MARKER, SCHEMA, VERSION, DatasetError, _DICT, read_marker  # noqa: F401 - the layout's names, as this module always had them
+from .capture import CaptureLimits, CaptureStats, capture_files, parse_local, scan
+from .layout import _DICT, COLUMNS, FORMAT, MARKER, SCHEMA, VERSION, DatasetError, read_marker  # noqa: F401 - the layout's names, as this module always had them
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..record.recorder import Trace
 
 HOUR_NS = 3_600_000_000_000
-MAX_OPEN_FILES = 8          # hours written to at once (out-of-order captures); the least recently used is closed
+MAX_OPEN_FILES = 8  # hours written to at once (out-of-order captures); the least recently used is closed
 
 _DICTIONARY_COLUMNS = ["owner", "direction", "transport", "src", "dst", "method"]
 _STATISTICS_COLUMNS = ["timestamp", "owner", "transport", "method", "status", "cseq", "body_size"]
@@ -56,18 +58,24 @@ def check_destination(path: str | os.PathLike) -> Path:
         raise TypeError(f"to= takes a directory path (str or os.PathLike), not {type(path).__name__}")
     root = Path(path)
     if root.exists() and not root.is_dir():
-        raise DatasetError(f"to={str(path)!r} is an existing file, not a dataset directory; pass a new or empty "
-                           f"directory (e.g. to='traces/'), or an existing notebook_im dataset to add to")
+        raise DatasetError(
+            f"to={str(path)!r} is an existing file, not a dataset directory; pass a new or empty "
+            f"directory (e.g. to='traces/'), or an existing notebook_im dataset to add to"
+        )
     if root.is_dir():
         marker = root / MARKER
         if marker.exists():
-            read_marker(root)   # a dataset of a newer version is refused here, before any work
+            read_marker(root)  # a dataset of a newer version is refused here, before any work
         elif any(p for p in root.iterdir() if not p.name.startswith(".")):
-            raise DatasetError(f"to={str(path)!r} is a directory that holds other files and no notebook_im dataset; "
-                               f"pass a new or empty directory, or an existing dataset (it has {MARKER})")
+            raise DatasetError(
+                f"to={str(path)!r} is a directory that holds other files and no notebook_im dataset; "
+                f"pass a new or empty directory, or an existing dataset (it has {MARKER})"
+            )
     elif not root.parent.exists():
-        raise DatasetError(f"to={str(path)!r}: the parent directory {str(root.parent)!r} does not exist; create it "
-                           f"first (or pass a path in an existing directory)")
+        raise DatasetError(
+            f"to={str(path)!r}: the parent directory {str(root.parent)!r} does not exist; create it "
+            f"first (or pass a path in an existing directory)"
+        )
     return root
 
 
@@ -112,8 +120,9 @@ def _bytes_to_strings(values: Sequence[bytes]) -> pa.Array:
     data = b"".join(values)
     large = offsets[-1] >= 2**31 - 1
     typ = pa.large_string() if large else pa.string()
-    arr = pa.Array.from_buffers(typ, n, [None, pa.py_buffer(offsets if large else offsets.astype(np.int32)),
-                                         pa.py_buffer(data)])
+    arr = pa.Array.from_buffers(
+        typ, n, [None, pa.py_buffer(offsets if large else offsets.astype(np.int32)), pa.py_buffer(data)]
+    )
     try:
         arr.validate(full=True)
     except pa.ArrowInvalid:
@@ -125,8 +134,9 @@ def _str_array(values: Sequence[Any]) -> pa.Array:
     try:
         return pa.array(values, pa.string())
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array([v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else v for v in values],
-                        pa.string())
+        return pa.array(
+            [v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else v for v in values], pa.string()
+        )
 
 
 def extract_columns(raws: Sequence[bytes]) -> list[list[Any]]:
@@ -140,9 +150,16 @@ def extract_columns(raws: Sequence[bytes]) -> list[list[Any]]:
     return cols
 
 
-def build_table(ts_ns: Sequence[int] | np.ndarray, owner: Sequence[str], direction: Sequence[str | None],
-                transport: Sequence[str], src: Sequence[str], dst: Sequence[str], raw: Sequence[bytes],
-                fields: Sequence[Sequence[Any]] | None = None) -> pa.Table:
+def build_table(
+    ts_ns: Sequence[int] | np.ndarray,
+    owner: Sequence[str],
+    direction: Sequence[str | None],
+    transport: Sequence[str],
+    src: Sequence[str],
+    dst: Sequence[str],
+    raw: Sequence[bytes],
+    fields: Sequence[Sequence[Any]] | None = None,
+) -> pa.Table:
     """One Arrow table with SCHEMA from row-aligned columns; `fields` are the extract.FIELDS columns (extracted from
     `raw` here when not given). The derived columns are computed as frames.sip_frame computes them, so a dataset
     row equals the trace.sip() row of the same message."""
@@ -158,12 +175,20 @@ def build_table(ts_ns: Sequence[int] | np.ndarray, owner: Sequence[str], directi
     ts = np.asarray(ts_ns, dtype=np.int64)
     columns = [
         pa.array(ts, pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
-        _dictionary(owner), _dictionary(direction), _dictionary(transport), _dictionary(src), _dictionary(dst),
+        _dictionary(owner),
+        _dictionary(direction),
+        _dictionary(transport),
+        _dictionary(src),
+        _dictionary(dst),
         pc.coalesce(method_a, cseq_method_a).dictionary_encode(),
         pa.array(status, pa.int16()),
         call_id_a,
         pa.array(cseq, pa.int64()),
-        from_a, to_a, branch_a, txn, dialog,
+        from_a,
+        to_a,
+        branch_a,
+        txn,
+        dialog,
         pa.array(body_size, pa.int64()),
         _bytes_to_strings(raw),
     ]
@@ -283,16 +308,21 @@ class DatasetWriter:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"part-{self.import_id}-{self._seq:05d}.parquet.tmp"
             self._seq += 1
-            writer = pq.ParquetWriter(path, SCHEMA, compression=self.compression, use_dictionary=_DICTIONARY_COLUMNS,
-                                      write_statistics=_STATISTICS_COLUMNS)
+            writer = pq.ParquetWriter(
+                path,
+                SCHEMA,
+                compression=self.compression,
+                use_dictionary=_DICTIONARY_COLUMNS,
+                write_statistics=_STATISTICS_COLUMNS,
+            )
             entry = (writer, path)
-        self.open[hour] = entry                 # most recently used last
+        self.open[hour] = entry  # most recently used last
         return entry[0]
 
     def _close(self, hour: int) -> None:
         writer, path = self.open.pop(hour)
         writer.close()
-        final = path.with_name(path.name[:-len(".tmp")])
+        final = path.with_name(path.name[: -len(".tmp")])
         os.replace(path, final)
         self.files.append(final)
 
@@ -344,15 +374,20 @@ class _CaptureSink:
         self.ts.append(ts_ns)
         self.owners.append(self.owner)
         if self.addrs or self.hosts:
-            self.directions.append("out" if src in self.addrs or src[0] in self.hosts else
-                                   "in" if dst in self.addrs or dst[0] in self.hosts else None)
+            self.directions.append(
+                "out"
+                if src in self.addrs or src[0] in self.hosts
+                else "in"
+                if dst in self.addrs or dst[0] in self.hosts
+                else None
+            )
         else:
             self.directions.append(None)
         self.transports.append(transport)
         self.srcs.append(self.name(src))
         self.dsts.append(self.name(dst))
         self.raws.append(raw)
-        self.size += len(raw) + 200          # the bytes, and what the row's Python objects cost beside them
+        self.size += len(raw) + 200  # the bytes, and what the row's Python objects cost beside them
         if self.size >= self.batch_bytes:
             self.flush()
 
@@ -383,7 +418,6 @@ class _LocalWriter:
         self.writer.abort()
 
 
-
 @dataclass(frozen=True)
 class ImportResult:
     """What an import wrote: the dataset directory, the rows and files added, the capture counters, the time.
@@ -400,6 +434,7 @@ class ImportResult:
     def open(self, **kwargs: Any) -> Any:
         """The dataset, ready to query (`open_traces(self.path, **kwargs)`)."""
         from .query import open_traces
+
         return open_traces(self.path, **kwargs)
 
     @property
@@ -408,9 +443,17 @@ class ImportResult:
         return self.stats
 
 
-def import_captures(paths: Any, to: str | os.PathLike, *, local: Any = None, owner: str | None = None,
-                    memory: int | str | None = None, limits: CaptureLimits | None = None,
-                    progress: Callable[[int, int], None] | None = None, compression: str = "zstd") -> ImportResult:
+def import_captures(
+    paths: Any,
+    to: str | os.PathLike,
+    *,
+    local: Any = None,
+    owner: str | None = None,
+    memory: int | str | None = None,
+    limits: CaptureLimits | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    compression: str = "zstd",
+) -> ImportResult:
     """Stream pcap/pcapng files (gzip too; several, or directories of rotated captures) into the Parquet dataset
     `to` with memory bounded by `memory` (or `limits`), whatever their size. Everything is checked before any work.
     `progress(done_bytes, total_bytes)` is called as it goes (total: the files' sizes on disk)."""
@@ -423,6 +466,7 @@ def import_captures(paths: Any, to: str | os.PathLike, *, local: Any = None, own
         raise ValueError(f"compression must be one of zstd, snappy, gzip, lz4, brotli, none; not {compression!r}")
     root = check_destination(to)
     from .capture import _Counters
+
     pre = _Counters()
     files = capture_files(paths, owner, pre)
     total = sum(cf.path.stat().st_size for cf in files)
@@ -443,18 +487,28 @@ def import_captures(paths: Any, to: str | os.PathLike, *, local: Any = None, own
     stats = stats + CaptureStats(files_skipped=pre.files_skipped)
     seconds = time.perf_counter() - t0
     sources = tuple(str(cf.path) for cf in files)
-    _write_marker(root, {"id": import_id, "kind": "capture", "started": started, "seconds": round(seconds, 3),
-                         "rows": rows, "sources": list(sources), "stats": stats.as_dict()})
+    _write_marker(
+        root,
+        {
+            "id": import_id,
+            "kind": "capture",
+            "started": started,
+            "seconds": round(seconds, 3),
+            "rows": rows,
+            "sources": list(sources),
+            "stats": stats.as_dict(),
+        },
+    )
     return ImportResult(root, rows, tuple(written), stats, seconds, import_id, sources)
 
 
 # -- live traces ----------------------------------------------------------------------------------------------------
 # trace -> {dataset directory: rows already flushed there}; weak, so a trace that is gone is forgotten
-_FLUSHED: "weakref.WeakKeyDictionary[Trace, dict[str, int]]" = weakref.WeakKeyDictionary()
+_FLUSHED: weakref.WeakKeyDictionary[Trace, dict[str, int]] = weakref.WeakKeyDictionary()
 _FLUSH_ROWS = 100_000
 
 
-def write_dataset(trace: "Trace", path: str | os.PathLike, *, compression: str = "zstd") -> ImportResult:
+def write_dataset(trace: Trace, path: str | os.PathLike, *, compression: str = "zstd") -> ImportResult:
     """Flush a live `Trace` (e.g. `platform.trace`) into the dataset at `path`, the layout a capture import writes,
     so a chat recorded today and a production capture are analysed with the same code (`open_traces`). Each call
     writes the rows recorded since this trace's previous call for the same directory (the first call: all of them);
@@ -470,7 +524,7 @@ def write_dataset(trace: "Trace", path: str | os.PathLike, *, compression: str =
     n = len(trace)
     done = _FLUSHED.get(trace, {}).get(key, 0)
     if done > n:
-        done = 0                                  # cleared since: start again
+        done = 0  # cleared since: start again
     import_id = new_import_id()
     t0 = time.perf_counter()
     writer = DatasetWriter(root, import_id, compression=compression)
@@ -481,7 +535,7 @@ def write_dataset(trace: "Trace", path: str | os.PathLike, *, compression: str =
             ts, direction, transport, local, remote, raw, owner = trace.sip_columns(lo, hi)
             names: dict[Any, str] = {}
 
-            def name(a: Any) -> str:
+            def name(a: Any, names: dict[Any, str] = names) -> str:
                 text = names.get(a)
                 if text is None:
                     text = names[a] = "" if not a else (f"[{a[0]}]:{a[1]}" if ":" in str(a[0]) else f"{a[0]}:{a[1]}")
@@ -500,8 +554,24 @@ def write_dataset(trace: "Trace", path: str | os.PathLike, *, compression: str =
         raise
     _FLUSHED.setdefault(trace, {})[key] = n
     seconds = time.perf_counter() - t0
-    _write_marker(root, {"id": import_id, "kind": "trace", "started": time.time(), "seconds": round(seconds, 3),
-                         "rows": writer.rows, "sources": [trace.name or "trace"], "first_row": done})
-    return ImportResult(root, writer.rows, tuple(written), CaptureStats(sip_messages=writer.rows), seconds, import_id,
-                        (trace.name or "trace",))
-
+    _write_marker(
+        root,
+        {
+            "id": import_id,
+            "kind": "trace",
+            "started": time.time(),
+            "seconds": round(seconds, 3),
+            "rows": writer.rows,
+            "sources": [trace.name or "trace"],
+            "first_row": done,
+        },
+    )
+    return ImportResult(
+        root,
+        writer.rows,
+        tuple(written),
+        CaptureStats(sip_messages=writer.rows),
+        seconds,
+        import_id,
+        (trace.name or "trace",),
+    )

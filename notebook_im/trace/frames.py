@@ -13,10 +13,12 @@ The SIP frame is built column-wise with pyarrow (strings, dictionary encoding, e
 recorder's columns; the header fields were already pulled out of the raw bytes (extract.py), so building a
 1,000,000-row frame costs about a second (bench/trace_frames.py).
 """
+
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -31,15 +33,42 @@ STRING = pd.StringDtype()
 
 DIRECTIONS = ["in", "out"]
 TRANSPORTS = ["udp", "tcp", "tls", "ws", "wss", "sctp"]
-METHODS = ["INVITE", "ACK", "BYE", "CANCEL", "MESSAGE", "OPTIONS", "REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH",
-           "REFER", "INFO", "PRACK", "UPDATE"]
+METHODS = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "MESSAGE",
+    "OPTIONS",
+    "REGISTER",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "REFER",
+    "INFO",
+    "PRACK",
+    "UPDATE",
+]
 MODES = ["session", "pager"]
 MESSAGE_STATUSES = ["delivered", "failed", "received"]
-MESSAGE_STATES = ["sending", "sent", "delivered", "displayed", "failed"]   # RFC 5438 receipts, sent messages
-EVENT_TYPES = ["EndpointStateChanged", "IncomingSession", "SessionStateChanged", "ParticipantAdded",
-               "ParticipantRemoved", "ParticipantStateChanged", "ComposingChanged", "MessageReceived",
-               "MessageSending", "MessageDelivered", "MessageFailed", "SessionTerminated",
-               "MessageDeliveryNotified", "MessageDisplayed", "SessionModeChanged"]
+MESSAGE_STATES = ["sending", "sent", "delivered", "displayed", "failed"]  # RFC 5438 receipts, sent messages
+EVENT_TYPES = [
+    "EndpointStateChanged",
+    "IncomingSession",
+    "SessionStateChanged",
+    "ParticipantAdded",
+    "ParticipantRemoved",
+    "ParticipantStateChanged",
+    "ComposingChanged",
+    "MessageReceived",
+    "MessageSending",
+    "MessageDelivered",
+    "MessageFailed",
+    "SessionTerminated",
+    "MessageDeliveryNotified",
+    "MessageDisplayed",
+    "SessionModeChanged",
+]
 
 
 def _cat(categories: Sequence[str]) -> pd.CategoricalDtype:
@@ -49,57 +78,57 @@ def _cat(categories: Sequence[str]) -> pd.CategoricalDtype:
 # column -> dtype. Categoricals whose categories depend on the data (owner, addresses) are "category";
 # method keeps the standard methods first and appends any other method found.
 SIP_SCHEMA: dict[str, Any] = {
-    "timestamp": UTC_NS,          # when the message was sent or received (UTC)
-    "owner": "category",          # the endpoint URI / "server" / pcap file that recorded it
+    "timestamp": UTC_NS,  # when the message was sent or received (UTC)
+    "owner": "category",  # the endpoint URI / "server" / pcap file that recorded it
     "direction": _cat(DIRECTIONS),  # "out" sent by owner, "in" received by owner; NA in a pcap without `local=`
     "transport": _cat(TRANSPORTS),
-    "src": "category",            # "host:port" ("[v6]:port") of the sender
-    "dst": "category",            # "host:port" of the receiver
-    "method": _cat(METHODS),      # request method; for a response the method of its CSeq
-    "status": "Int16",            # response status code; NA for a request
+    "src": "category",  # "host:port" ("[v6]:port") of the sender
+    "dst": "category",  # "host:port" of the receiver
+    "method": _cat(METHODS),  # request method; for a response the method of its CSeq
+    "status": "Int16",  # response status code; NA for a request
     "call_id": STRING,
     "cseq": "Int64",
     "from_tag": STRING,
     "to_tag": STRING,
-    "branch": STRING,             # branch of the top Via
-    "transaction_id": STRING,     # branch:method (ACK and CANCEL belong with their INVITE's branch)
-    "dialog_id": STRING,          # call_id;tag;tag (tags sorted, so both sides agree); NA before the To tag
+    "branch": STRING,  # branch of the top Via
+    "transaction_id": STRING,  # branch:method (ACK and CANCEL belong with their INVITE's branch)
+    "dialog_id": STRING,  # call_id;tag;tag (tags sorted, so both sides agree); NA before the To tag
     "body_size": "int64",
-    "raw": STRING,                # the message as sent/received, credentials redacted at record time
+    "raw": STRING,  # the message as sent/received, credentials redacted at record time
 }
 
 MESSAGES_SCHEMA: dict[str, Any] = {
-    "owner": STRING,              # the endpoint that sent or received it
-    "session_id": STRING,         # ImSession.id (from events) or Call-ID (from SIP); NA for pager messages outside a session
+    "owner": STRING,  # the endpoint that sent or received it
+    "session_id": STRING,  # ImSession.id (from events) or Call-ID (from SIP); NA for pager messages outside a session
     "direction": _cat(DIRECTIONS),
     "sender": STRING,
     "recipient": STRING,
     "text": STRING,
     "content_type": STRING,
     "mode": _cat(MODES),
-    "sent_at": UTC_NS,            # when it was sent (NaT for a received message known only from events)
-    "delivered_at": UTC_NS,       # final 2xx (sent) or arrival (received); NaT if it failed
+    "sent_at": UTC_NS,  # when it was sent (NaT for a received message known only from events)
+    "delivered_at": UTC_NS,  # final 2xx (sent) or arrival (received); NaT if it failed
     "status": _cat(MESSAGE_STATUSES),  # the SIP outcome: delivered (2xx) / failed, or received
     "state": _cat(MESSAGE_STATES),  # sent messages: sending/sent/delivered/displayed/failed (receipts); NA if received
-    "sip_status": "Int16",        # final SIP status of the MESSAGE; NA for received messages from events
-    "latency": "float64",         # seconds from send to final response
+    "sip_status": "Int16",  # final SIP status of the MESSAGE; NA for received messages from events
+    "latency": "float64",  # seconds from send to final response
     "message_id": STRING,
-    "call_id": STRING,            # the Call-ID of the MESSAGE that carried it (events and SIP alike)
+    "call_id": STRING,  # the Call-ID of the MESSAGE that carried it (events and SIP alike)
     "reason": STRING,
 }
 
 EVENTS_SCHEMA: dict[str, Any] = {
     "timestamp": UTC_NS,
-    "owner": STRING,              # the endpoint URI the event was raised on
+    "owner": STRING,  # the endpoint URI the event was raised on
     "type": _cat(EVENT_TYPES),
     "session_id": STRING,
-    "participant": STRING,        # participant / inviter URI (for message events: the remote party)
-    "state": STRING,              # new state (state changes), "composing"/"idle", or NA
+    "participant": STRING,  # participant / inviter URI (for message events: the remote party)
+    "state": STRING,  # new state (state changes), "composing"/"idle", or NA
     "status": "Int16",
     "reason": STRING,
     "text": STRING,
     "message_id": STRING,
-    "detail": STRING,             # all fields of the event as JSON
+    "detail": STRING,  # all fields of the event as JSON
 }
 
 DROPS_SCHEMA: dict[str, Any] = {
@@ -158,13 +187,17 @@ def _from_bytes(values: Sequence[Any], *, empty_is_null: bool) -> pa.Array:
         if not present.all():
             validity = pa.array(present).buffers()[1]
     typ = pa.large_string() if large else pa.string()
-    arr = pa.Array.from_buffers(typ, n, [validity, pa.py_buffer(offsets if large else offsets.astype(np.int32)),
-                                         pa.py_buffer(data)])
+    arr = pa.Array.from_buffers(
+        typ, n, [validity, pa.py_buffer(offsets if large else offsets.astype(np.int32)), pa.py_buffer(data)]
+    )
     try:
         arr.validate(full=True)  # UTF-8 check
     except pa.ArrowInvalid:
-        decoded = [v.decode("utf-8", "replace") if v else None for v in values] if empty_is_null else \
-            [v.decode("utf-8", "replace") for v in values]
+        decoded = (
+            [v.decode("utf-8", "replace") if v else None for v in values]
+            if empty_is_null
+            else [v.decode("utf-8", "replace") for v in values]
+        )
         arr = pa.array(decoded, typ)
     return arr
 
@@ -174,8 +207,9 @@ def _strings(values: Sequence[Any]) -> pa.Array:
     try:
         return pa.array(values, pa.string())
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
-        return pa.array([v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else v for v in values],
-                        pa.string())
+        return pa.array(
+            [v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else v for v in values], pa.string()
+        )
 
 
 def _raw_strings(values: Sequence[bytes]) -> pa.Array:
@@ -244,7 +278,7 @@ def _codes(values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
 
 
 # -- the SIP frame ----------------------------------------------------------------------------------------
-def sip_frame(trace: "Trace", *, owner: str | None = None, call_id: str | None = None, raw: bool = True) -> pd.DataFrame:
+def sip_frame(trace: Trace, *, owner: str | None = None, call_id: str | None = None, raw: bool = True) -> pd.DataFrame:
     n = len(trace.sip_owner)  # owner is appended last: every column has at least n entries
     if n == 0:
         df = empty(SIP_SCHEMA)
@@ -259,8 +293,9 @@ def sip_frame(trace: "Trace", *, owner: str | None = None, call_id: str | None =
     dir_codes = np.array([{"in": 0, "out": 1}.get(d, -1) for d in dvalues] + [-1], dtype=np.int8)[dcodes]
     tcodes, tvalues = _codes(trace.sip_transport[:n])
     tcats = TRANSPORTS + sorted(set(tvalues) - set(TRANSPORTS))
-    transports = pd.Categorical.from_codes(np.array([tcats.index(t) for t in tvalues], dtype=np.int32)[tcodes],
-                                           categories=tcats)
+    transports = pd.Categorical.from_codes(
+        np.array([tcats.index(t) for t in tvalues], dtype=np.int32)[tcodes], categories=tcats
+    )
 
     # addresses: code the (host, port) tuples, then pick local/remote per direction
     local_codes, local_values = _codes(trace.sip_local[:n])
@@ -332,7 +367,7 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def events_frame(trace: "Trace", *, owner: str | None = None, session_id: str | None = None) -> pd.DataFrame:
+def events_frame(trace: Trace, *, owner: str | None = None, session_id: str | None = None) -> pd.DataFrame:
     from ..api.events import event_fields
 
     rows = []
@@ -349,31 +384,42 @@ def events_frame(trace: "Trace", *, owner: str | None = None, session_id: str | 
         elif name == "SessionModeChanged":
             state = ev.mode
         fields = {k: _jsonable(v) for k, v in event_fields(ev).items()}
-        rows.append((
-            when.timestamp() if when is not None else rec.timestamp,
-            rec.owner, name, _session_id(getattr(ev, "session", None)), _uri(participant),
-            None if state is None else str(getattr(state, "value", state)),
-            getattr(ev, "status", None), getattr(ev, "reason", None), getattr(ev, "text", None),
-            getattr(ev, "message_id", None) or None, json.dumps(fields, ensure_ascii=False, default=str),
-        ))
+        rows.append(
+            (
+                when.timestamp() if when is not None else rec.timestamp,
+                rec.owner,
+                name,
+                _session_id(getattr(ev, "session", None)),
+                _uri(participant),
+                None if state is None else str(getattr(state, "value", state)),
+                getattr(ev, "status", None),
+                getattr(ev, "reason", None),
+                getattr(ev, "text", None),
+                getattr(ev, "message_id", None) or None,
+                json.dumps(fields, ensure_ascii=False, default=str),
+            )
+        )
     if not rows:
         df = empty(EVENTS_SCHEMA)
     else:
         cols = list(zip(*rows))
-        df = pd.DataFrame({
-            "timestamp": _utc(cols[0]),
-            "owner": pd.array(cols[1], dtype=STRING),
-            "type": pd.Categorical(cols[2], dtype=EVENTS_SCHEMA["type"])
-            if set(cols[2]) <= set(EVENT_TYPES) else pd.Categorical(cols[2], categories=EVENT_TYPES + sorted(set(cols[2]) - set(EVENT_TYPES))),
-            "session_id": pd.array(cols[3], dtype=STRING),
-            "participant": pd.array(cols[4], dtype=STRING),
-            "state": pd.array(cols[5], dtype=STRING),
-            "status": _nullable_int(cols[6], "Int16"),
-            "reason": pd.array(cols[7], dtype=STRING),
-            "text": pd.array(cols[8], dtype=STRING),
-            "message_id": pd.array(cols[9], dtype=STRING),
-            "detail": pd.array(cols[10], dtype=STRING),
-        })
+        df = pd.DataFrame(
+            {
+                "timestamp": _utc(cols[0]),
+                "owner": pd.array(cols[1], dtype=STRING),
+                "type": pd.Categorical(cols[2], dtype=EVENTS_SCHEMA["type"])
+                if set(cols[2]) <= set(EVENT_TYPES)
+                else pd.Categorical(cols[2], categories=EVENT_TYPES + sorted(set(cols[2]) - set(EVENT_TYPES))),
+                "session_id": pd.array(cols[3], dtype=STRING),
+                "participant": pd.array(cols[4], dtype=STRING),
+                "state": pd.array(cols[5], dtype=STRING),
+                "status": _nullable_int(cols[6], "Int16"),
+                "reason": pd.array(cols[7], dtype=STRING),
+                "text": pd.array(cols[8], dtype=STRING),
+                "message_id": pd.array(cols[9], dtype=STRING),
+                "detail": pd.array(cols[10], dtype=STRING),
+            }
+        )
     if owner is not None:
         df = df[df["owner"] == owner].reset_index(drop=True)
     if session_id is not None:
@@ -382,7 +428,7 @@ def events_frame(trace: "Trace", *, owner: str | None = None, session_id: str | 
 
 
 # -- the messages frame -----------------------------------------------------------------------------------
-def _messages_rows_from_events(trace: "Trace") -> list[tuple]:
+def _messages_rows_from_events(trace: Trace) -> list[tuple]:
     """One row per message the events describe (conversations.py rebuilds them; a message still in flight is
     "sending" with no status)."""
     from .conversations import rebuild
@@ -392,21 +438,57 @@ def _messages_rows_from_events(trace: "Trace") -> list[tuple]:
         m = item.message
         delivered = m.delivered_at.timestamp() if m.delivered_at is not None else None
         if m.direction == "in":
-            rows.append((item.owner, item.session_id, "in", m.sender, m.recipient, m.text, m.content_type, m.mode,
-                         None, delivered, "received", None, None, None, m.id or None, item.call_id, None))
+            rows.append(
+                (
+                    item.owner,
+                    item.session_id,
+                    "in",
+                    m.sender,
+                    m.recipient,
+                    m.text,
+                    m.content_type,
+                    m.mode,
+                    None,
+                    delivered,
+                    "received",
+                    None,
+                    None,
+                    None,
+                    m.id or None,
+                    item.call_id,
+                    None,
+                )
+            )
             continue
         settled = m.status != "sending"
-        rows.append((item.owner, item.session_id, "out", m.sender, m.recipient, m.text, m.content_type, m.mode,
-                     m.timestamp.timestamp(), delivered, m.status if settled else None, m.state,
-                     m.sip_status if settled else None, item.latency, m.id or None, item.call_id,
-                     (m.reason or None) if settled else None))
+        rows.append(
+            (
+                item.owner,
+                item.session_id,
+                "out",
+                m.sender,
+                m.recipient,
+                m.text,
+                m.content_type,
+                m.mode,
+                m.timestamp.timestamp(),
+                delivered,
+                m.status if settled else None,
+                m.state,
+                m.sip_status if settled else None,
+                item.latency,
+                m.id or None,
+                item.call_id,
+                (m.reason or None) if settled else None,
+            )
+        )
     return rows
 
 
 _NOT_IM = ("application/im-iscomposing+xml", "message/imdn+xml")
 
 
-def _messages_rows_from_sip(trace: "Trace") -> list[tuple]:
+def _messages_rows_from_sip(trace: Trace) -> list[tuple]:
     from ..im import cpim, imdn
     from ..sip.parser import parse_message
 
@@ -421,7 +503,7 @@ def _messages_rows_from_sip(trace: "Trace") -> list[tuple]:
     key_cols = ["owner", "call_id", "cseq", "from_tag"]
     requests: dict[tuple, dict] = {}
     finals: dict[tuple, tuple[float, int, str]] = {}
-    receipts: dict[tuple[str, str], list[Any]] = {}   # (owner, message id) -> im.imdn inputs seen in the trace
+    receipts: dict[tuple[str, str], list[Any]] = {}  # (owner, message id) -> im.imdn inputs seen in the trace
     ts = np.asarray(trace.sip_ts[:n_all], dtype=np.float64)[positions]
     status = sub["status"].to_numpy(dtype="float64", na_value=np.nan)
     keys = list(zip(*(sub[c].astype(object).where(sub[c].notna(), None) for c in key_cols)))
@@ -461,10 +543,17 @@ def _messages_rows_from_sip(trace: "Trace") -> list[tuple]:
                     if ct in _NOT_IM:
                         continue
             to = msg.to
-            requests[key] = dict(ts=ts[i], direction=directions[i], sender=sender,
-                                 recipient=str(to.uri.without_params("transport")), text=text, ct=ct,
-                                 mode="session" if to.tag else "pager", call_id=msg.call_id,
-                                 message_id=msg.headers.get("Imdn-Message-ID"))
+            requests[key] = dict(
+                ts=ts[i],
+                direction=directions[i],
+                sender=sender,
+                recipient=str(to.uri.without_params("transport")),
+                text=text,
+                ct=ct,
+                mode="session" if to.tag else "pager",
+                call_id=msg.call_id,
+                message_id=msg.headers.get("Imdn-Message-ID"),
+            )
         elif status[i] >= 200:
             reason = bytes(raws[pos].split(b"\r\n", 1)[0][12:]).decode("utf-8", "replace").strip()
             finals[key] = (ts[i], int(status[i]), reason)  # the last final response seen (the one back at the sender)
@@ -482,14 +571,34 @@ def _messages_rows_from_sip(trace: "Trace") -> list[tuple]:
             status_word, delivered = "failed", None
         if status_word != "received":
             state = imdn.MessageState.SENDING
-            for event in [imdn.Input.RESPONSE_2XX if status_word == "delivered" else imdn.Input.RESPONSE_ERROR,
-                          *receipts.get((owner, r["message_id"]), ())]:
+            for event in [
+                imdn.Input.RESPONSE_2XX if status_word == "delivered" else imdn.Input.RESPONSE_ERROR,
+                *receipts.get((owner, r["message_id"]), ()),
+            ]:
                 state = imdn.advance(state, event)
             state = state.value
         latency = (final[0] - r["ts"]) if final is not None and status_word == "delivered" else None
-        rows.append((owner, r["call_id"] if r["mode"] == "session" else None, r["direction"], r["sender"], r["recipient"],
-                     r["text"], r["ct"], r["mode"], sent, delivered, status_word, state,
-                     final[1] if final else None, latency, r["message_id"], r["call_id"], final[2] if final else None))
+        rows.append(
+            (
+                owner,
+                r["call_id"] if r["mode"] == "session" else None,
+                r["direction"],
+                r["sender"],
+                r["recipient"],
+                r["text"],
+                r["ct"],
+                r["mode"],
+                sent,
+                delivered,
+                status_word,
+                state,
+                final[1] if final else None,
+                latency,
+                r["message_id"],
+                r["call_id"],
+                final[2] if final else None,
+            )
+        )
     return rows
 
 
@@ -502,6 +611,7 @@ def _focus_uris(raws: Any) -> set[str]:
     §5.4, in the answer that set up the conference dialog): only what they relay is attributed to the author
     their message/cpim wrapper names."""
     from ..sip.parser import parse_message
+
     found: set[str] = set()
     for raw in raws:
         if b";isfocus" not in raw:
@@ -519,6 +629,7 @@ def _note_receipt(receipts: dict[tuple[str, str], list[Any]], owner: str, ct: st
     """Remember the state-machine input of an IMDN seen in the trace, under the owner that recorded it (the
     sender of the message it is about sees it arrive; the recipient sees it leave, about a received message)."""
     from ..im import imdn
+
     try:
         notification = imdn.unpack(ct, body)
     except Exception:  # noqa: BLE001 - a broken receipt changes nothing
@@ -528,8 +639,9 @@ def _note_receipt(receipts: dict[tuple[str, str], list[Any]], owner: str, ct: st
         receipts.setdefault((owner, notification.message_id), []).append(event)
 
 
-def messages_frame(trace: "Trace", *, owner: str | None = None, session_id: str | None = None,
-                   source: str = "auto") -> pd.DataFrame:
+def messages_frame(
+    trace: Trace, *, owner: str | None = None, session_id: str | None = None, source: str = "auto"
+) -> pd.DataFrame:
     if source not in ("auto", "events", "sip"):
         raise ValueError(f"source must be 'auto', 'events' or 'sip', not {source!r}")
     rows: list[tuple] = []
@@ -545,25 +657,27 @@ def messages_frame(trace: "Trace", *, owner: str | None = None, session_id: str 
         def times(values: Sequence[Any]) -> pd.DatetimeIndex:
             return _utc([np.nan if v is None else v for v in values])
 
-        df = pd.DataFrame({
-            "owner": pd.array(cols[0], dtype=STRING),
-            "session_id": pd.array(cols[1], dtype=STRING),
-            "direction": pd.Categorical(cols[2], dtype=MESSAGES_SCHEMA["direction"]),
-            "sender": pd.array(cols[3], dtype=STRING),
-            "recipient": pd.array(cols[4], dtype=STRING),
-            "text": pd.array(cols[5], dtype=STRING),
-            "content_type": pd.array(cols[6], dtype=STRING),
-            "mode": pd.Categorical(cols[7], dtype=MESSAGES_SCHEMA["mode"]),
-            "sent_at": times(cols[8]),
-            "delivered_at": times(cols[9]),
-            "status": pd.Categorical(cols[10], dtype=MESSAGES_SCHEMA["status"]),
-            "state": pd.Categorical(cols[11], dtype=MESSAGES_SCHEMA["state"]),
-            "sip_status": _nullable_int(cols[12], "Int16"),
-            "latency": np.array([np.nan if v is None else v for v in cols[13]], dtype=np.float64),
-            "message_id": pd.array(cols[14], dtype=STRING),
-            "call_id": pd.array(cols[15], dtype=STRING),
-            "reason": pd.array(cols[16], dtype=STRING),
-        })
+        df = pd.DataFrame(
+            {
+                "owner": pd.array(cols[0], dtype=STRING),
+                "session_id": pd.array(cols[1], dtype=STRING),
+                "direction": pd.Categorical(cols[2], dtype=MESSAGES_SCHEMA["direction"]),
+                "sender": pd.array(cols[3], dtype=STRING),
+                "recipient": pd.array(cols[4], dtype=STRING),
+                "text": pd.array(cols[5], dtype=STRING),
+                "content_type": pd.array(cols[6], dtype=STRING),
+                "mode": pd.Categorical(cols[7], dtype=MESSAGES_SCHEMA["mode"]),
+                "sent_at": times(cols[8]),
+                "delivered_at": times(cols[9]),
+                "status": pd.Categorical(cols[10], dtype=MESSAGES_SCHEMA["status"]),
+                "state": pd.Categorical(cols[11], dtype=MESSAGES_SCHEMA["state"]),
+                "sip_status": _nullable_int(cols[12], "Int16"),
+                "latency": np.array([np.nan if v is None else v for v in cols[13]], dtype=np.float64),
+                "message_id": pd.array(cols[14], dtype=STRING),
+                "call_id": pd.array(cols[15], dtype=STRING),
+                "reason": pd.array(cols[16], dtype=STRING),
+            }
+        )
         order = df["sent_at"].fillna(df["delivered_at"])
         df = df.iloc[np.argsort(order.to_numpy(), kind="stable")].reset_index(drop=True)
     if owner is not None:
@@ -574,16 +688,18 @@ def messages_frame(trace: "Trace", *, owner: str | None = None, session_id: str 
 
 
 # -- drops ------------------------------------------------------------------------------------------------
-def drops_frame(trace: "Trace") -> pd.DataFrame:
+def drops_frame(trace: Trace) -> pd.DataFrame:
     drops = list(trace.drops)
     if not drops:
         return empty(DROPS_SCHEMA)
-    return pd.DataFrame({
-        "timestamp": _utc([d.timestamp for d in drops]),
-        "owner": pd.array([d.owner for d in drops], dtype=STRING),
-        "transport": pd.Categorical([d.transport for d in drops], dtype=DROPS_SCHEMA["transport"]),
-        "remote": pd.array([_addr(d.remote) if d.remote else None for d in drops], dtype=STRING),
-        "reason": pd.array([d.reason for d in drops], dtype=STRING),
-        "size": np.array([len(d.raw) for d in drops], dtype=np.int64),
-        "raw": _pd_string(_raw_strings([d.raw for d in drops])),
-    })
+    return pd.DataFrame(
+        {
+            "timestamp": _utc([d.timestamp for d in drops]),
+            "owner": pd.array([d.owner for d in drops], dtype=STRING),
+            "transport": pd.Categorical([d.transport for d in drops], dtype=DROPS_SCHEMA["transport"]),
+            "remote": pd.array([_addr(d.remote) if d.remote else None for d in drops], dtype=STRING),
+            "reason": pd.array([d.reason for d in drops], dtype=STRING),
+            "size": np.array([len(d.raw) for d in drops], dtype=np.int64),
+            "raw": _pd_string(_raw_strings([d.raw for d in drops])),
+        }
+    )

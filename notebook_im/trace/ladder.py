@@ -22,13 +22,15 @@ in `names=`. A message recorded by both its sender and its receiver is drawn onc
 retransmission (the same bytes again between the same two columns) is dashed and labelled "(retransmission)";
 a failure (final status >= 300) is red and has class "failure"; provisional responses are grey.
 """
+
 from __future__ import annotations
 
 import html
 import re
 import unicodedata
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from ..record.extract import extract
 
@@ -44,16 +46,16 @@ class Arrow:
     """One SIP message as drawn: from column `src` to column `dst`."""
 
     ts: float
-    src: str                      # address "host:port" of the sender
-    dst: str                      # address of the receiver
-    owner: str                    # who recorded it ("" if nobody, e.g. a pcap)
-    direction: str                # "out", "in" or "" (unknown)
+    src: str  # address "host:port" of the sender
+    dst: str  # address of the receiver
+    owner: str  # who recorded it ("" if nobody, e.g. a pcap)
+    direction: str  # "out", "in" or "" (unknown)
     method: str | None
     status: int | None
     reason: str = ""
     call_id: str | None = None
-    preview: str = ""             # a few words of a MESSAGE body
-    key: bytes = b""              # the raw bytes (to spot retransmissions and double recordings)
+    preview: str = ""  # a few words of a MESSAGE body
+    key: bytes = b""  # the raw bytes (to spot retransmissions and double recordings)
     retransmission: bool = False  # set at layout time
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -113,8 +115,10 @@ def _unwrap_cpim(body: bytes) -> tuple[bytes, bytes]:
     return _content_type(mime), inner
 
 
-_IMDN_STATUS = re.compile(rb"<(?:\w+:)?(delivery|display|processing)-notification\b[^>]*>\s*<(?:\w+:)?status\b[^>]*>"
-                          rb"\s*<(?:\w+:)?([A-Za-z-]+)")
+_IMDN_STATUS = re.compile(
+    rb"<(?:\w+:)?(delivery|display|processing)-notification\b[^>]*>\s*<(?:\w+:)?status\b[^>]*>"
+    rb"\s*<(?:\w+:)?([A-Za-z-]+)"
+)
 _COMPOSING_STATE = re.compile(rb"<(?:\w+:)?state\b[^>]*>\s*([A-Za-z]+)\s*<")
 
 
@@ -165,38 +169,56 @@ class Ladder:
     """A ladder diagram: `.add_record()`/`.extend_records()` to grow it, `.to_svg()`, `.to_mermaid()`,
     `.filter(...)`; shows inline in Jupyter (`_repr_svg_`, `_repr_html_`)."""
 
-    def __init__(self, arrows: Iterable[Arrow] = (), *, names: dict[str, str] | None = None,
-                 max_rows: int | None = 500, title: str | None = None) -> None:
+    def __init__(
+        self,
+        arrows: Iterable[Arrow] = (),
+        *,
+        names: dict[str, str] | None = None,
+        max_rows: int | None = 500,
+        title: str | None = None,
+    ) -> None:
         self.arrows: list[Arrow] = list(arrows)
         self.names = dict(names or {})
         self.max_rows = max_rows
         self.title = title
 
     # -- building ------------------------------------------------------------------------------------------
-    def add(self, arrow: Arrow) -> "Ladder":
+    def add(self, arrow: Arrow) -> Ladder:
         self.arrows.append(arrow)
         return self
 
-    def add_record(self, record: Any) -> "Ladder":
+    def add_record(self, record: Any) -> Ladder:
         """Add one SIP record (anything with timestamp, direction, local, remote, raw, owner)."""
-        self.arrows.append(arrow_from_raw(record.timestamp, record.direction, record.local, record.remote,
-                                          record.raw, record.owner))
+        self.arrows.append(
+            arrow_from_raw(record.timestamp, record.direction, record.local, record.remote, record.raw, record.owner)
+        )
         return self
 
-    def extend_records(self, records: Iterable[Any]) -> "Ladder":
+    def extend_records(self, records: Iterable[Any]) -> Ladder:
         for record in records:
             self.add_record(record)
         return self
 
     @classmethod
-    def from_records(cls, records: Iterable[Any], **kwargs: Any) -> "Ladder":
+    def from_records(cls, records: Iterable[Any], **kwargs: Any) -> Ladder:
         return cls(**kwargs).extend_records(records)
 
     @classmethod
-    def from_frame(cls, frame: Any, *, call_id: str | None = None, dialog_id: str | None = None,
-                   session: Any = None, owner: str | None = None, methods: Sequence[str] | None = None,
-                   exclude: Sequence[str] | None = None, since: Any = None, until: Any = None,
-                   where: Callable[[Any], Any] | None = None, **kwargs: Any) -> "Ladder":
+    def from_frame(
+        cls,
+        frame: Any,
+        *,
+        call_id: str | None = None,
+        dialog_id: str | None = None,
+        session: Any = None,
+        owner: str | None = None,
+        methods: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        since: Any = None,
+        until: Any = None,
+        where: Callable[[Any], Any] | None = None,
+        **kwargs: Any,
+    ) -> Ladder:
         """A ladder of the rows of a `sip()` frame, filtered: `call_id`, `dialog_id`, `session` (an
         ImSession: its Call-ID), `owner`, `methods` to keep / `exclude` (by method, responses follow their
         CSeq method), `since`/`until` timestamps, `where` (a function of the frame returning a mask)."""
@@ -224,17 +246,29 @@ class Ladder:
             df = df[where(df)]
         ts = df["timestamp"].astype("int64").to_numpy() / 1e9 if len(df) else []
         arrows = []
-        for i, (direction, src, dst, raw, own) in enumerate(zip(
-                df["direction"].astype(object), df["src"].astype(object), df["dst"].astype(object),
-                df["raw"].astype(object), df["owner"].astype(object))):
+        for i, (direction, src, dst, raw, own) in enumerate(
+            zip(
+                df["direction"].astype(object),
+                df["src"].astype(object),
+                df["dst"].astype(object),
+                df["raw"].astype(object),
+                df["owner"].astype(object),
+            )
+        ):
             raw_b = raw.encode("utf-8") if isinstance(raw, str) else b""
             d = direction if isinstance(direction, str) else ""
             local, remote = (src, dst) if d == "out" else (dst, src)
             arrows.append(arrow_from_raw(float(ts[i]), d, local, remote, raw_b, own if isinstance(own, str) else ""))
         return cls(arrows, **kwargs)
 
-    def filter(self, predicate: Callable[[Arrow], bool] | None = None, *, call_id: str | None = None,
-               methods: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> "Ladder":
+    def filter(
+        self,
+        predicate: Callable[[Arrow], bool] | None = None,
+        *,
+        call_id: str | None = None,
+        methods: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+    ) -> Ladder:
         """A new Ladder with only the arrows that pass (a predicate on `Arrow`, and/or the keywords)."""
         keep = []
         for a in self.arrows:
@@ -280,7 +314,7 @@ class Ladder:
             occurrences[occ_key] = occ + 1
             wire_key = (src, dst, a.key, occ)
             if wire_key in seen:
-                continue          # the same message on the wire, recorded by its other end
+                continue  # the same message on the wire, recorded by its other end
             seen.add(wire_key)
             shown = Arrow(**{**a.__dict__, "retransmission": occ > 0})
             for name in (src, dst):
@@ -289,32 +323,41 @@ class Ladder:
                     columns.append(name)
             drawn.append((shown, position[src], position[dst]))
         if self.max_rows is not None and len(drawn) > self.max_rows:
-            drawn = drawn[-self.max_rows:]
+            drawn = drawn[-self.max_rows :]
         return columns, drawn
 
     # -- output ----------------------------------------------------------------------------------------------
     def to_svg(self) -> str:
         columns, drawn = self.layout()
         if not columns:
-            return ('<svg xmlns="http://www.w3.org/2000/svg" width="320" height="40" class="nim-ladder">'
-                    '<text x="10" y="24" font-family="sans-serif" font-size="13" fill="#6b7280">'
-                    'No SIP messages.</text></svg>')
+            return (
+                '<svg xmlns="http://www.w3.org/2000/svg" width="320" height="40" class="nim-ladder">'
+                '<text x="10" y="24" font-family="sans-serif" font-size="13" fill="#6b7280">'
+                "No SIP messages.</text></svg>"
+            )
         width = LEFT + LANE_W * len(columns)
         height = TOP + ROW_H * (len(drawn) + 1)
         x = [LEFT + LANE_W * i + LANE_W // 2 for i in range(len(columns))]
-        out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="nim-ladder" '
-               f'font-family="-apple-system, Segoe UI, Roboto, sans-serif" font-size="12">',
-               "<defs>" + "".join(
-                   f'<marker id="nim-ladder-{k}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
-                   f'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{c}"/></marker>'
-                   for k, c in COLOURS.items()) + "</defs>"]
+        out = [
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="nim-ladder" '
+            f'font-family="-apple-system, Segoe UI, Roboto, sans-serif" font-size="12">',
+            "<defs>"
+            + "".join(
+                f'<marker id="nim-ladder-{k}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+                f'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{c}"/></marker>'
+                for k, c in COLOURS.items()
+            )
+            + "</defs>",
+        ]
         if self.title:
             out.append(f'<text x="6" y="14" font-weight="600">{html.escape(self.title)}</text>')
         for i, name in enumerate(columns):
-            out.append(f'<g class="participant"><text x="{x[i]}" y="{TOP - 18}" text-anchor="middle" '
-                       f'font-weight="600">{html.escape(name)}</text>'
-                       f'<line x1="{x[i]}" y1="{TOP - 10}" x2="{x[i]}" y2="{height - 4}" stroke="#cbd5e1" '
-                       f'stroke-width="2"/></g>')
+            out.append(
+                f'<g class="participant"><text x="{x[i]}" y="{TOP - 18}" text-anchor="middle" '
+                f'font-weight="600">{html.escape(name)}</text>'
+                f'<line x1="{x[i]}" y1="{TOP - 10}" x2="{x[i]}" y2="{height - 4}" stroke="#cbd5e1" '
+                f'stroke-width="2"/></g>'
+            )
         t0 = drawn[0][0].ts if drawn else 0.0
         for n, (a, i, j) in enumerate(drawn):
             y = TOP + ROW_H * (n + 1) - 6
@@ -322,18 +365,26 @@ class Ladder:
             classes = f"arrow {a.kind}" + (" retransmission" if a.retransmission else "")
             dash = ' stroke-dasharray="5 4"' if a.retransmission or a.kind == "provisional" else ""
             label = html.escape(a.label)
-            out.append(f'<g class="{classes}" data-src="{html.escape(columns[i])}" data-dst="{html.escape(columns[j])}"'
-                       f' data-call-id="{html.escape(a.call_id or "")}">'
-                       f'<title>{html.escape(a.call_id or "")}</title>'
-                       f'<text x="6" y="{y + 4}" fill="#6b7280" font-size="10.5">+{a.ts - t0:.3f}s</text>')
+            out.append(
+                f'<g class="{classes}" data-src="{html.escape(columns[i])}" data-dst="{html.escape(columns[j])}"'
+                f' data-call-id="{html.escape(a.call_id or "")}">'
+                f"<title>{html.escape(a.call_id or '')}</title>"
+                f'<text x="6" y="{y + 4}" fill="#6b7280" font-size="10.5">+{a.ts - t0:.3f}s</text>'
+            )
             if i == j:
-                out.append(f'<path d="M{x[i]},{y - 8} h30 v10 h-30" fill="none" stroke="{colour}"'
-                           f' marker-end="url(#nim-ladder-{a.kind})"/>')
+                out.append(
+                    f'<path d="M{x[i]},{y - 8} h30 v10 h-30" fill="none" stroke="{colour}"'
+                    f' marker-end="url(#nim-ladder-{a.kind})"/>'
+                )
             else:
-                out.append(f'<line x1="{x[i]}" y1="{y}" x2="{x[j]}" y2="{y}" stroke="{colour}" stroke-width="1.6"'
-                           f'{dash} marker-end="url(#nim-ladder-{a.kind})"/>')
-            out.append(f'<text class="label" x="{(x[i] + x[j]) / 2}" y="{y - 5}" text-anchor="middle" '
-                       f'fill="{colour}">{label}</text></g>')
+                out.append(
+                    f'<line x1="{x[i]}" y1="{y}" x2="{x[j]}" y2="{y}" stroke="{colour}" stroke-width="1.6"'
+                    f'{dash} marker-end="url(#nim-ladder-{a.kind})"/>'
+                )
+            out.append(
+                f'<text class="label" x="{(x[i] + x[j]) / 2}" y="{y - 5}" text-anchor="middle" '
+                f'fill="{colour}">{label}</text></g>'
+            )
         out.append("</svg>")
         return "".join(out)
 

@@ -18,24 +18,40 @@ The in-memory result is a `Trace` like the platform's, so `read_pcap(p).sip()` h
 Without `local=`, a capture has no "our side": direction is NA. Give `local="127.0.0.1:5060"` (or a host,
 or a list) to mark packets from those addresses "out" and to them "in".
 """
+
 from __future__ import annotations
 
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from .capture import (  # noqa: F401 - re-exported: the names this module always had
-    DLT_EN10MB, DLT_IPV4, DLT_IPV6, DLT_LINUX_SLL, DLT_LINUX_SLL2, DLT_LOOP, DLT_NULL, DLT_RAW, PCAPNG_MAGIC,
-    CaptureLimits, CaptureStats, capture_files, looks_like_sip, parse_local, scan, split_addr,
-)
 from ..record.recorder import Trace
+from .capture import (  # noqa: F401 - re-exported: the names this module always had
+    DLT_EN10MB,
+    DLT_IPV4,
+    DLT_IPV6,
+    DLT_LINUX_SLL,
+    DLT_LINUX_SLL2,
+    DLT_LOOP,
+    DLT_NULL,
+    DLT_RAW,
+    PCAPNG_MAGIC,
+    CaptureLimits,
+    CaptureStats,
+    capture_files,
+    looks_like_sip,
+    parse_local,
+    scan,
+    split_addr,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from .dataset import ImportResult
 
-PcapStats = CaptureStats   # the name of read_pcap's counters before they grew (trace.pcap_stats)
+PcapStats = CaptureStats  # the name of read_pcap's counters before they grew (trace.pcap_stats)
 
 
 class _TraceSink:
@@ -59,9 +75,16 @@ class _TraceSink:
             self.trace.record_sip("", transport, dst, src, raw, self.owner, ts=ts)
 
 
-def read_pcap(path: Any, *, local: Any = None, owner: str | None = None, to: str | os.PathLike | None = None,
-              memory: int | str | None = None, limits: CaptureLimits | None = None,
-              progress: Callable[[int, int], None] | None = None) -> "Trace | ImportResult":
+def read_pcap(
+    path: Any,
+    *,
+    local: Any = None,
+    owner: str | None = None,
+    to: str | os.PathLike | None = None,
+    memory: int | str | None = None,
+    limits: CaptureLimits | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Trace | ImportResult:
     """Load the SIP messages of a pcap or pcapng capture (UDP and TCP, IPv4 and IPv6, any port; gzip-compressed
     too) into a `Trace`, or with `to="dir/"` stream them into a Parquet dataset on disk.
 
@@ -79,11 +102,13 @@ def read_pcap(path: Any, *, local: Any = None, owner: str | None = None, to: str
     gets the bytes read so far and the total (both sizes on disk)."""
     if to is not None:
         from .dataset import import_captures
+
         return import_captures(path, to, local=local, owner=owner, memory=memory, limits=limits, progress=progress)
     if limits is not None and memory is not None:
         raise ValueError("pass memory= or limits=, not both (limits=CaptureLimits(memory=...) holds the budget)")
     limits = limits or CaptureLimits(memory=memory if memory is not None else "512MiB")
     from .capture import _Counters
+
     pre = _Counters()
     files = capture_files(path, owner, pre)
     name = str(path) if isinstance(path, (str, os.PathLike)) else ", ".join(map(str, path))
@@ -95,7 +120,7 @@ def read_pcap(path: Any, *, local: Any = None, owner: str | None = None, to: str
 
 
 # -- writing ----------------------------------------------------------------------------------------------
-def write_pcap(frame: "pd.DataFrame", path: str | os.PathLike) -> int:
+def write_pcap(frame: pd.DataFrame, path: str | os.PathLike) -> int:
     """Write the rows of a `sip()` frame as Ethernet/IP/UDP|TCP packets (pcap, nanosecond timestamps).
 
     Each TCP connection (src, dst pair) gets its own running sequence numbers, one segment per message,
@@ -107,8 +132,14 @@ def write_pcap(frame: "pd.DataFrame", path: str | os.PathLike) -> int:
     ts_ns = frame["timestamp"].astype("int64").to_numpy() if len(frame) else []
     with open(path, "wb") as f:
         writer = dpkt.pcap.Writer(f, snaplen=262144, linktype=DLT_EN10MB, nano=True)
-        for i, (transport, src, dst, raw) in enumerate(zip(frame["transport"].astype(object), frame["src"].astype(object),
-                                                           frame["dst"].astype(object), frame["raw"].astype(object))):
+        for i, (transport, src, dst, raw) in enumerate(
+            zip(
+                frame["transport"].astype(object),
+                frame["src"].astype(object),
+                frame["dst"].astype(object),
+                frame["raw"].astype(object),
+            )
+        ):
             if not (isinstance(raw, str) and isinstance(src, str) and isinstance(dst, str)):
                 continue
             payload = raw.encode("utf-8")
@@ -121,23 +152,40 @@ def write_pcap(frame: "pd.DataFrame", path: str | os.PathLike) -> int:
                 key = (shost, sport, dhost, dport)
                 seq = seqs.get(key, 1)
                 back = seqs.get((dhost, dport, shost, sport), 1)
-                l4 = dpkt.tcp.TCP(sport=sport, dport=dport, seq=seq, ack=back, off=5,
-                                  flags=dpkt.tcp.TH_PUSH | dpkt.tcp.TH_ACK, win=65535, data=payload)
+                l4 = dpkt.tcp.TCP(
+                    sport=sport,
+                    dport=dport,
+                    seq=seq,
+                    ack=back,
+                    off=5,
+                    flags=dpkt.tcp.TH_PUSH | dpkt.tcp.TH_ACK,
+                    win=65535,
+                    data=payload,
+                )
                 seqs[key] = (seq + len(payload)) & 0xFFFFFFFF
                 proto = dpkt.ip.IP_PROTO_TCP
             if ":" in shost:
-                ip: Any = dpkt.ip6.IP6(src=socket.inet_pton(socket.AF_INET6, shost), dst=socket.inet_pton(socket.AF_INET6, dhost),
-                                       nxt=proto, hlim=64, data=l4)
+                ip: Any = dpkt.ip6.IP6(
+                    src=socket.inet_pton(socket.AF_INET6, shost),
+                    dst=socket.inet_pton(socket.AF_INET6, dhost),
+                    nxt=proto,
+                    hlim=64,
+                    data=l4,
+                )
                 ip.plen = len(bytes(l4))
                 ip.extension_hdrs = {}
                 eth_type = dpkt.ethernet.ETH_TYPE_IP6
             else:
-                ip = dpkt.ip.IP(src=socket.inet_pton(socket.AF_INET, shost), dst=socket.inet_pton(socket.AF_INET, dhost),
-                                p=proto, ttl=64, data=l4)
+                ip = dpkt.ip.IP(
+                    src=socket.inet_pton(socket.AF_INET, shost),
+                    dst=socket.inet_pton(socket.AF_INET, dhost),
+                    p=proto,
+                    ttl=64,
+                    data=l4,
+                )
                 ip.len = 20 + len(bytes(l4))
                 eth_type = dpkt.ethernet.ETH_TYPE_IP
             eth = dpkt.ethernet.Ethernet(src=b"\x00" * 6, dst=b"\x00" * 6, type=eth_type, data=ip)
             writer.writepkt(bytes(eth), ts=int(ts_ns[i]) / 1e9)  # dpkt takes float seconds: ~0.2 µs resolution
             count += 1
     return count
-

@@ -7,6 +7,7 @@
 Each returns the matplotlib Axes (pass `ax=` to draw into an existing one); the numbers behind a plot are
 `trace.plot.latency_data()`, `.messages_per_participant_data()` and `.composing_data()` (DataFrames).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -28,15 +29,21 @@ def _axes(ax: Any) -> Any:
 
 
 class TracePlots:
-    def __init__(self, trace: "Trace") -> None:
+    def __init__(self, trace: Trace) -> None:
         self.trace = trace
 
     # -- data ----------------------------------------------------------------------------------------------
     def latency_data(self) -> pd.DataFrame:
         m = self.trace.messages()
         sent = m[(m["direction"] == "out") & (m["status"] == "delivered")]
-        return pd.DataFrame({"sent_at": sent["sent_at"], "latency_ms": sent["latency"] * 1000.0,
-                             "sender": sent["sender"], "mode": sent["mode"]}).reset_index(drop=True)
+        return pd.DataFrame(
+            {
+                "sent_at": sent["sent_at"],
+                "latency_ms": sent["latency"] * 1000.0,
+                "sender": sent["sender"],
+                "mode": sent["mode"],
+            }
+        ).reset_index(drop=True)
 
     def messages_per_participant_data(self) -> pd.Series:
         m = self.trace.messages()
@@ -52,8 +59,9 @@ class TracePlots:
         ev = ev[ev["type"].isin(["ComposingChanged", "MessageReceived"])].sort_values("timestamp", kind="stable")
         started: dict[tuple, Any] = {}
         rows = []
-        for t, typ, owner, sid, who, state, text in zip(ev["timestamp"], ev["type"], ev["owner"], ev["session_id"],
-                                                         ev["participant"], ev["state"], ev["text"]):
+        for t, typ, owner, sid, who, state, text in zip(
+            ev["timestamp"], ev["type"], ev["owner"], ev["session_id"], ev["participant"], ev["state"], ev["text"]
+        ):
             key = (owner, None if pd.isna(sid) else sid, who)
             if typ == "ComposingChanged":
                 if state == "composing":
@@ -69,8 +77,9 @@ class TracePlots:
         ax = _axes(ax)
         if len(data):
             for (sender, mode), part in data.groupby([data["sender"].astype(object), data["mode"].astype(object)]):
-                ax.plot(part["sent_at"], part["latency_ms"], marker="o", linestyle="-", label=f"{sender} ({mode})",
-                        **kwargs)
+                ax.plot(
+                    part["sent_at"], part["latency_ms"], marker="o", linestyle="-", label=f"{sender} ({mode})", **kwargs
+                )
             ax.legend(fontsize=8)
         ax.set_title("Delivery latency")
         ax.set_xlabel("sent at (UTC)")

@@ -23,6 +23,7 @@ Long conversations: every message is kept in the panel's model, only the newest 
 into HTML; "Show earlier" widens the window by `max_rendered` each click. Each message's HTML fragment is
 cached, so an append costs one fragment plus a join of at most `max_rendered` cached strings.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,18 +31,29 @@ import secrets
 import threading
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ipywidgets as w
 
 from ..api.endpoint import Endpoint
 from ..api.events import (
-    ComposingChanged, IncomingSession, MessageDelivered, MessageDeliveryNotified, MessageDisplayed, MessageFailed,
-    MessageReceived, ParticipantAdded, ParticipantStateChanged, SessionModeChanged, SessionState, SessionStateChanged,
+    ComposingChanged,
+    IncomingSession,
+    MessageDelivered,
+    MessageDeliveryNotified,
+    MessageDisplayed,
+    MessageFailed,
+    MessageReceived,
+    ParticipantAdded,
+    ParticipantStateChanged,
+    SessionModeChanged,
+    SessionState,
+    SessionStateChanged,
     SessionTerminated,
 )
-from ..api.participant import Participant
 from ..api.messages import ChatMessage, now_utc
+from ..api.participant import Participant
 from ..api.session import ImSession
 from . import render as r
 from .composer import Composer
@@ -99,9 +111,17 @@ class _Throttle:
 class Conversation(w.VBox):
     """One IM session as a chat window: header, messages, composing line, message box."""
 
-    def __init__(self, session: ImSession, *, max_rendered: int = 200, height: str = "380px",
-                 min_interval: float = 0.05, content_type: str = "text/plain", style: bool = True,
-                 names: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        session: ImSession,
+        *,
+        max_rendered: int = 200,
+        height: str = "380px",
+        min_interval: float = 0.05,
+        content_type: str = "text/plain",
+        style: bool = True,
+        names: dict[str, str] | None = None,
+    ) -> None:
         if not isinstance(session, ImSession):
             raise TypeError(f"Conversation takes an ImSession, not {type(session).__name__}")
         if not isinstance(max_rendered, int) or max_rendered < 1:
@@ -115,7 +135,7 @@ class Conversation(w.VBox):
         self._render_lock = threading.Lock()
         self._entries: list[r.Entry] = []
         self._by_id: dict[str, r.Entry] = {}
-        self._pending: list[r.Entry] = []          # sent from this panel, library id not known yet
+        self._pending: list[r.Entry] = []  # sent from this panel, library id not known yet
         self.incoming: IncomingSession | None = None
         self._subs: list[Any] = []
         self._throttle = _Throttle(self._render, min_interval)
@@ -123,47 +143,66 @@ class Conversation(w.VBox):
 
         self._style = w.HTML(r.CSS if style else "", layout=w.Layout(height="0px", margin="0"))
         self.header_html = w.HTML()
-        self.end_button = w.Button(description="End chat", tooltip="Leave this conversation (BYE)",
-                                   layout=w.Layout(width="auto", margin="0 0 0 auto"))
+        self.end_button = w.Button(
+            description="End chat",
+            tooltip="Leave this conversation (BYE)",
+            layout=w.Layout(width="auto", margin="0 0 0 auto"),
+        )
         self.end_button.on_click(lambda _b: self._end())
         self.header = w.HBox([self.header_html, self.end_button], layout=w.Layout(width="100%"))
         self.header.add_class("nim-chat-head")
         self.invite_text = w.HTML()
-        self.accept_button = w.Button(description="Accept", button_style="success", icon="check",
-                                      layout=w.Layout(width="auto"))
-        self.decline_button = w.Button(description="Decline", button_style="danger", icon="times",
-                                       layout=w.Layout(width="auto"))
+        self.accept_button = w.Button(
+            description="Accept", button_style="success", icon="check", layout=w.Layout(width="auto")
+        )
+        self.decline_button = w.Button(
+            description="Decline", button_style="danger", icon="times", layout=w.Layout(width="auto")
+        )
         self.accept_button.on_click(lambda _b: self.accept())
         self.decline_button.on_click(lambda _b: self.decline())
-        self.invite_bar = w.HBox([self.invite_text, self.accept_button, self.decline_button],
-                                 layout=w.Layout(display="none"))
+        self.invite_bar = w.HBox(
+            [self.invite_text, self.accept_button, self.decline_button], layout=w.Layout(display="none")
+        )
         self.invite_bar.add_class("nim-invite")
-        self.earlier_button = w.Button(description="Show earlier messages", icon="angle-up",
-                                       layout=w.Layout(display="none", width="auto", margin="6px auto 2px auto"))
+        self.earlier_button = w.Button(
+            description="Show earlier messages",
+            icon="angle-up",
+            layout=w.Layout(display="none", width="auto", margin="6px auto 2px auto"),
+        )
         self.earlier_button.add_class("nim-earlier")
         self.earlier_button.on_click(lambda _b: self.show_earlier())
         self.messages_html = w.HTML()
-        self.messages_html._view_count = 0   # (an ipywidgets trait, private by name only) ask the front end to count its views: that is "visible" (see above)
+        self.messages_html._view_count = 0  # (an ipywidgets trait, private by name only) ask the front end to count its views: that is "visible" (see above)
         self.messages_html.observe(self._on_views, names="_view_count")
-        self.messages_box = w.VBox([self.earlier_button, self.messages_html],
-                                   layout=w.Layout(height=height, overflow="hidden auto"))
+        self.messages_box = w.VBox(
+            [self.earlier_button, self.messages_html], layout=w.Layout(height=height, overflow="hidden auto")
+        )
         self.messages_box.add_class("nim-chat-messages")
         self.status_html = w.HTML("&nbsp;", layout=w.Layout(height="22px", min_height="22px", margin="0"))
         self.status_html.add_class("nim-chat-status")
         self.composer = Composer()
         self.composer.on_submit(self.send)
         self.composer.observe(self._on_input, names="value")
-        super().__init__([self._style, self.header, self.invite_bar, self.messages_box, self.status_html, self.composer],
-                         layout=w.Layout(width="100%"))
+        super().__init__(
+            [self._style, self.header, self.invite_bar, self.messages_box, self.status_html, self.composer],
+            layout=w.Layout(width="100%"),
+        )
         self.add_class("nim-chat")
         self.add_class("nim-chat-conv")
 
         s = session
-        self._subs = [s.on(MessageReceived, self._on_received), s.on(MessageDelivered, self._on_settled),
-                      s.on(MessageFailed, self._on_settled), s.on(MessageDeliveryNotified, self._on_receipt),
-                      s.on(MessageDisplayed, self._on_receipt), s.on(ComposingChanged, self._on_change),
-                      s.on(ParticipantStateChanged, self._on_change), s.on(SessionStateChanged, self._on_change),
-                      s.on(SessionTerminated, self._on_change), s.on(SessionModeChanged, self._on_change)]
+        self._subs = [
+            s.on(MessageReceived, self._on_received),
+            s.on(MessageDelivered, self._on_settled),
+            s.on(MessageFailed, self._on_settled),
+            s.on(MessageDeliveryNotified, self._on_receipt),
+            s.on(MessageDisplayed, self._on_receipt),
+            s.on(ComposingChanged, self._on_change),
+            s.on(ParticipantStateChanged, self._on_change),
+            s.on(SessionStateChanged, self._on_change),
+            s.on(SessionTerminated, self._on_change),
+            s.on(SessionModeChanged, self._on_change),
+        ]
         with self._lock:
             for m in list(s.messages):
                 self._add_entry(self._entry_from_message(m))
@@ -175,8 +214,16 @@ class Conversation(w.VBox):
         if not text.strip():
             return
         s = self.session
-        entry = r.Entry("local-" + secrets.token_hex(6), "out", s.local_participant.uri, self.name_of(s.local_participant),
-                        text, self.content_type, now_utc(), "sending")
+        entry = r.Entry(
+            "local-" + secrets.token_hex(6),
+            "out",
+            s.local_participant.uri,
+            self.name_of(s.local_participant),
+            text,
+            self.content_type,
+            now_utc(),
+            "sending",
+        )
         with self._lock:
             self._add_entry(entry)
             self._pending.append(entry)
@@ -223,7 +270,7 @@ class Conversation(w.VBox):
     def visible(self) -> bool:
         """True while a front end shows this conversation's messages (it reports its live views); only then
         are shown messages marked read, which sends the senders their "Seen" receipts."""
-        return (self.messages_html._view_count or 0) > 0   # (ipywidgets' view counter, see the module docstring)
+        return (self.messages_html._view_count or 0) > 0  # (ipywidgets' view counter, see the module docstring)
 
     def close(self) -> None:
         """Unsubscribe from the session's events and close the widgets."""
@@ -246,8 +293,19 @@ class Conversation(w.VBox):
             if who is None:
                 who = s.remote if not s.is_conference else Participant(m.sender)
         name = self.name_of(who)
-        return r.Entry(m.id, m.direction, m.sender, name, m.text, m.content_type, m.timestamp, m.status,
-                       m.sip_status, m.reason, m.state)
+        return r.Entry(
+            m.id,
+            m.direction,
+            m.sender,
+            name,
+            m.text,
+            m.content_type,
+            m.timestamp,
+            m.status,
+            m.sip_status,
+            m.reason,
+            m.state,
+        )
 
     def _add_entry(self, entry: r.Entry) -> None:
         if entry.id in self._by_id:
@@ -268,8 +326,17 @@ class Conversation(w.VBox):
         return self.names.get(p.uri) or p.name
 
     def _on_received(self, e: MessageReceived) -> None:
-        entry = r.Entry(e.message_id or secrets.token_hex(6), "in", e.participant.uri, self.name_of(e.participant), e.text,
-                        e.content_type, e.timestamp, "received", state="received")
+        entry = r.Entry(
+            e.message_id or secrets.token_hex(6),
+            "in",
+            e.participant.uri,
+            self.name_of(e.participant),
+            e.text,
+            e.content_type,
+            e.timestamp,
+            "received",
+            state="received",
+        )
         with self._lock:
             self._add_entry(entry)
         self._throttle()
@@ -286,8 +353,16 @@ class Conversation(w.VBox):
                     self._by_id[entry.id] = entry
                 else:  # sent by code outside the panel
                     s = self.session
-                    entry = r.Entry(e.message_id, "out", s.local_participant.uri, self.name_of(s.local_participant), e.text,
-                                    e.content_type, e.sent_at or e.timestamp, "sending")
+                    entry = r.Entry(
+                        e.message_id,
+                        "out",
+                        s.local_participant.uri,
+                        self.name_of(s.local_participant),
+                        e.text,
+                        e.content_type,
+                        e.sent_at or e.timestamp,
+                        "sending",
+                    )
                     self._add_entry(entry)
             entry.status = "delivered" if isinstance(e, MessageDelivered) else "failed"
             entry.state = e.state or ("sent" if isinstance(e, MessageDelivered) else "failed")
@@ -308,7 +383,7 @@ class Conversation(w.VBox):
 
     def _on_views(self, _change: dict) -> None:
         if self.visible:
-            self._throttle()   # the next render marks what it shows as read
+            self._throttle()  # the next render marks what it shows as read
 
     def _mark_shown_read(self, shown: list[r.Entry]) -> None:
         """Visible: the received messages just rendered have been seen (see the module docstring)."""
@@ -317,7 +392,7 @@ class Conversation(w.VBox):
             for e in unread:
                 e.state = "displayed"
         if unread:
-            self.session.mark_read([e.id for e in unread])   # an Operation: never waited for here
+            self.session.mark_read([e.id for e in unread])  # an Operation: never waited for here
 
     def _send_done(self, entry: r.Entry, op) -> None:
         exc = op.exception() if op.done() else None
@@ -360,18 +435,22 @@ class Conversation(w.VBox):
             s = self.session
             with self._lock:
                 total = len(self._entries)
-                shown = self._entries[-self._window:] if total > self._window else list(self._entries)
+                shown = self._entries[-self._window :] if total > self._window else list(self._entries)
                 hidden = total - len(shown)
                 incoming = self.incoming
             body = r.messages_html(shown)
             if self.visible:
                 self._mark_shown_read(shown)
-            head = "".join(r.participant_chip(self.name_of(p), p.uri, p.state.value) for p in s.participants) \
-                + r.mode_badge(s.mode)
+            head = "".join(
+                r.participant_chip(self.name_of(p), p.uri, p.state.value) for p in s.participants
+            ) + r.mode_badge(s.mode)
             typing = [(self.name_of(p), p.uri) for p in s.participants if p.composing]
-            status = (f'<span class="nim-typing">{r.composing_html(typing)}'
-                      '<span class="nim-dots"><span>.</span><span>.</span><span>.</span></span></span>'
-                      if typing else "&nbsp;")
+            status = (
+                f'<span class="nim-typing">{r.composing_html(typing)}'
+                '<span class="nim-dots"><span>.</span><span>.</span><span>.</span></span></span>'
+                if typing
+                else "&nbsp;"
+            )
             connected = s.state is SessionState.CONNECTED
             ended = s.state in (SessionState.DISCONNECTING, SessionState.DISCONNECTED)
             if self.header_html.value != head:
@@ -384,9 +463,13 @@ class Conversation(w.VBox):
                 self.earlier_button.description = f"Show earlier messages ({hidden})"
             self.earlier_button.layout.display = None if hidden else "none"
             self.composer.disabled = not connected
-            placeholder = (f"Message {r.who_text(self.name_of(s.remote), s.remote.uri)}" if connected else
-                           f"Conversation ended ({r.clean_text(s.terminate_reason or '', 200)})" if ended else
-                           "Connecting…")
+            placeholder = (
+                f"Message {r.who_text(self.name_of(s.remote), s.remote.uri)}"
+                if connected
+                else f"Conversation ended ({r.clean_text(s.terminate_reason or '', 200)})"
+                if ended
+                else "Connecting…"
+            )
             if self.composer.placeholder != placeholder:
                 self.composer.placeholder = placeholder
             self.end_button.layout.display = "none" if ended else None
@@ -410,11 +493,19 @@ class ChatPanel(w.VBox):
     store, read-only (`panel.earlier`), and shows the newest one until a live conversation starts.
     """
 
-    def __init__(self, target: ImSession | Endpoint, *, max_rendered: int = 200, height: str = "380px",
-                 content_type: str = "text/plain", min_interval: float = 0.05,
-                 names: dict[str, str] | None = None) -> None:
-        self._options = dict(max_rendered=max_rendered, height=height, content_type=content_type,
-                             min_interval=min_interval, names=names)
+    def __init__(
+        self,
+        target: ImSession | Endpoint,
+        *,
+        max_rendered: int = 200,
+        height: str = "380px",
+        content_type: str = "text/plain",
+        min_interval: float = 0.05,
+        names: dict[str, str] | None = None,
+    ) -> None:
+        self._options = dict(
+            max_rendered=max_rendered, height=height, content_type=content_type, min_interval=min_interval, names=names
+        )
         self.endpoint: Endpoint | None = None
         self.conversations: dict[ImSession, Conversation] = {}
         self._lock = threading.RLock()
@@ -429,36 +520,49 @@ class ChatPanel(w.VBox):
             self.add_class("nim-chat")
             return
         if not isinstance(target, Endpoint):
-            raise TypeError("ChatPanel takes an ImSession (one conversation) or an Endpoint (all of its "
-                            f"conversations), not {type(target).__name__}")
+            raise TypeError(
+                "ChatPanel takes an ImSession (one conversation) or an Endpoint (all of its "
+                f"conversations), not {type(target).__name__}"
+            )
         self.endpoint = target
-        target.pager_sessions = True   # a pager-mode text from somebody new shows as a conversation of its own
+        target.pager_sessions = True  # a pager-mode text from somebody new shows as a conversation of its own
         self.uri_box = w.Text(placeholder="sip:bob@example.test", layout=w.Layout(width="auto"))
         with warnings.catch_warnings():  # Enter in the box; ipywidgets 8 deprecates on_submit but has no other
             warnings.simplefilter("ignore", DeprecationWarning)  # way to tell Enter from leaving the box
             self.uri_box.on_submit(lambda _t: self.start_chat(self.uri_box.value))
-        self.new_button = w.Button(description="New chat", icon="plus", button_style="primary",
-                                   layout=w.Layout(width="auto"))
+        self.new_button = w.Button(
+            description="New chat", icon="plus", button_style="primary", layout=w.Layout(width="auto")
+        )
         self.new_button.on_click(lambda _b: self.start_chat(self.uri_box.value))
         self.side_error = w.HTML()
         self.side_error.add_class("nim-side-error")
         self.conv_list = w.VBox([])
-        title = w.HTML(f'<div class="nim-side-title">{r.avatar(target.display_name or target.uri.split(":", 1)[-1].split("@")[0], target.uri, 26)} '
-                       f"{r.html.escape(target.uri)}</div>")
-        self.main = w.Box([w.HTML('<div class="nim-empty">No conversations yet: start one, or wait for '
-                                  "an invitation.</div>")], layout=w.Layout(flex="1"))
+        title = w.HTML(
+            f'<div class="nim-side-title">{r.avatar(target.display_name or target.uri.split(":", 1)[-1].split("@")[0], target.uri, 26)} '
+            f"{r.html.escape(target.uri)}</div>"
+        )
+        self.main = w.Box(
+            [w.HTML('<div class="nim-empty">No conversations yet: start one, or wait for an invitation.</div>')],
+            layout=w.Layout(flex="1"),
+        )
         # earlier runs' conversations (Platform(history=...)), read-only
         self.earlier = EarlierList(target, main=self.main, start_chat=self.start_chat, options=self._options)
-        self.sidebar = w.VBox([title, self.uri_box, self.new_button, self.side_error, self.conv_list, self.earlier],
-                              layout=w.Layout(width="240px", min_width="240px", margin="0 8px 0 0"))
+        self.sidebar = w.VBox(
+            [title, self.uri_box, self.new_button, self.side_error, self.conv_list, self.earlier],
+            layout=w.Layout(width="240px", min_width="240px", margin="0 8px 0 0"),
+        )
         self.sidebar.add_class("nim-side")
         style = w.HTML(r.CSS, layout=w.Layout(height="0px", margin="0"))
-        super().__init__([style, w.HBox([self.sidebar, self.main], layout=w.Layout(width="100%"))],
-                         layout=w.Layout(width="100%", max_width="1000px"))
+        super().__init__(
+            [style, w.HBox([self.sidebar, self.main], layout=w.Layout(width="100%"))],
+            layout=w.Layout(width="100%", max_width="1000px"),
+        )
         self.add_class("nim-chat")
-        self._subs = [target.on(ParticipantAdded, self._on_participant_added),
-                      target.on(IncomingSession, self._on_incoming),
-                      target.on(SessionStateChanged, lambda _e: self._refresh_list())]
+        self._subs = [
+            target.on(ParticipantAdded, self._on_participant_added),
+            target.on(IncomingSession, self._on_incoming),
+            target.on(SessionStateChanged, lambda _e: self._refresh_list()),
+        ]
         for s in target.sessions.sessions:
             conv = self._add_session(s)
             # an invitation that was already ringing when the panel was made
@@ -501,6 +605,7 @@ class ChatPanel(w.VBox):
             exc = o.exception()
             if exc is not None:
                 self.side_error.value = r.html.escape(f"{uri}: {exc}")
+
         op.add_done_callback(done)
 
     def close(self) -> None:
@@ -550,8 +655,12 @@ class ChatPanel(w.VBox):
                 label += " • invitation"
             elif state != "connected":
                 label += f" ({state})"
-            b = w.Button(description=label, tooltip=session.remote.uri, layout=w.Layout(width="100%"),
-                         button_style="info" if conv is selected else "")
+            b = w.Button(
+                description=label,
+                tooltip=session.remote.uri,
+                layout=w.Layout(width="100%"),
+                button_style="info" if conv is selected else "",
+            )
             b.add_class("nim-conv-item")
             b.on_click(lambda _b, s=session: self.select(s))
             buttons.append(b)

@@ -13,10 +13,11 @@ every scroll event) or has just sent a message.
 Python side: `value` mirrors the text box on every input event, `on_submit(cb)` gets the text on Enter or
 the Send button. Keydown events are kept from JupyterLab's shortcuts (Shift+Enter would run the cell).
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import anywidget
 import traitlets

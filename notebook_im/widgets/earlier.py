@@ -7,11 +7,13 @@ conversation is read-only (its session ended with the earlier kernel): it has no
 "Chat again" button that invites the same peer. Kept apart from chat.py so the live conversation code stays
 as it is; the messages are rendered by the same `render.messages_html` as live ones.
 """
+
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
@@ -33,29 +35,52 @@ class EarlierView(w.VBox):
     """One earlier conversation, read-only: a header naming the peer, the date and that it is from the history,
     then its messages, and a "Chat again" button that starts a new session with the same peer."""
 
-    def __init__(self, conversation: EarlierConversation, listing: "EarlierList") -> None:
+    def __init__(self, conversation: EarlierConversation, listing: EarlierList) -> None:
         self.conversation = c = conversation
         name, names = listing.name(c), listing.name_of
-        span = f"{when(c.started)}–{c.ended.astimezone().strftime('%H:%M')}" \
-            if c.started.astimezone().date() == c.ended.astimezone().date() else f"{when(c.started)} – {when(c.ended)}"
+        span = (
+            f"{when(c.started)}–{c.ended.astimezone().strftime('%H:%M')}"
+            if c.started.astimezone().date() == c.ended.astimezone().date()
+            else f"{when(c.started)} – {when(c.ended)}"
+        )
         mode = " (pager mode)" if c.mode == "pager" else ""
         self.header_html = w.HTML(
             '<div class="nim-earlier-head" style="padding:6px 12px;font-size:12.5px;'
             'color:var(--jp-ui-font-color2,#6b7280);border-bottom:1px solid var(--jp-border-color2,#e5e7eb)">'
             f"Earlier conversation{mode} with <b>{r.who_html(name, c.peer)}</b> · {html.escape(span)} · "
-            f"<i>{EARLIER_BADGE}</i></div>")
-        shown = c.messages[-listing.max_rendered:]  # the newest, as a live conversation renders them
-        entries = [r.Entry(id=m.id, direction=m.direction, sender=m.sender, sender_name=names(m.sender, c),
-                           text=m.text, content_type=m.content_type, timestamp=m.timestamp, status=m.status,
-                           sip_status=m.sip_status, reason=m.reason or "") for m in shown]
+            f"<i>{EARLIER_BADGE}</i></div>"
+        )
+        shown = c.messages[-listing.max_rendered :]  # the newest, as a live conversation renders them
+        entries = [
+            r.Entry(
+                id=m.id,
+                direction=m.direction,
+                sender=m.sender,
+                sender_name=names(m.sender, c),
+                text=m.text,
+                content_type=m.content_type,
+                timestamp=m.timestamp,
+                status=m.status,
+                sip_status=m.sip_status,
+                reason=m.reason or "",
+            )
+            for m in shown
+        ]
         hidden = len(c.messages) - len(shown)
-        note = (f'<div class="nim-empty" style="padding:4px 0">{hidden} earlier messages are in '
-                "endpoint.history()</div>" if hidden else "")
+        note = (
+            f'<div class="nim-empty" style="padding:4px 0">{hidden} earlier messages are in endpoint.history()</div>'
+            if hidden
+            else ""
+        )
         self.messages_html = w.HTML(note + r.messages_html(entries))
         box = w.VBox([self.messages_html], layout=w.Layout(height=listing.height, overflow="hidden auto"))
         box.add_class("nim-chat-messages")
-        self.again_button = w.Button(description=f"Chat again with {r.who_text(name, c.peer)}", icon="comment",
-                                     tooltip=f"Start a new conversation with {c.peer}", layout=w.Layout(width="auto"))
+        self.again_button = w.Button(
+            description=f"Chat again with {r.who_text(name, c.peer)}",
+            icon="comment",
+            tooltip=f"Start a new conversation with {c.peer}",
+            layout=w.Layout(width="auto"),
+        )
         self.again_button.on_click(lambda _b: listing.start_chat(c.peer))
         super().__init__([self.header_html, box, self.again_button], layout=w.Layout(width="100%"))
         self.add_class("nim-chat")
@@ -66,8 +91,15 @@ class EarlierList(w.VBox):
     """The sidebar section of `ChatPanel(endpoint)` listing the endpoint's earlier conversations (the newest
     `limit`); empty and hidden when the platform has no history store or the store had none."""
 
-    def __init__(self, endpoint: "Endpoint", *, main: w.Box, start_chat: Callable[[str], Any],
-                 options: dict[str, Any], limit: int = 50) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        main: w.Box,
+        start_chat: Callable[[str], Any],
+        options: dict[str, Any],
+        limit: int = 50,
+    ) -> None:
         """`main`: the panel's main area (an earlier conversation is shown there); `start_chat(uri)`: what "Chat
         again" does; `options`: the panel's names/height/max_rendered."""
         store = getattr(endpoint.platform, "history_store", None)
@@ -85,21 +117,28 @@ class EarlierList(w.VBox):
         children: list[Any] = []
         if self.conversations:
             more = len(self.conversations) - limit
-            children.append(w.HTML('<div class="nim-side-title" style="margin-top:10px">Earlier conversations '
-                                   '<span style="font-weight:400;font-size:11.5px">(history)</span></div>'))
+            children.append(
+                w.HTML(
+                    '<div class="nim-side-title" style="margin-top:10px">Earlier conversations '
+                    '<span style="font-weight:400;font-size:11.5px">(history)</span></div>'
+                )
+            )
             for c in self.conversations[:limit]:
                 pager = " · pager" if c.mode == "pager" else ""
-                b = w.Button(description=f"{r.who_text(self.name(c), c.peer)} · {when(c.ended)}{pager}",
-                             tooltip=f"{c.peer} ({EARLIER_BADGE})",
-                             layout=w.Layout(width="100%"))
+                b = w.Button(
+                    description=f"{r.who_text(self.name(c), c.peer)} · {when(c.ended)}{pager}",
+                    tooltip=f"{c.peer} ({EARLIER_BADGE})",
+                    layout=w.Layout(width="100%"),
+                )
                 b.add_class("nim-conv-item")
                 b.add_class("nim-earlier-item")
                 b.on_click(lambda _b, conv=c: self.show(conv))
                 self._buttons[c.key] = b
                 children.append(b)
             if more > 0:
-                children.append(w.HTML(f'<div class="nim-empty" style="padding:4px 0">{more} more in '
-                                       "endpoint.history()</div>"))
+                children.append(
+                    w.HTML(f'<div class="nim-empty" style="padding:4px 0">{more} more in endpoint.history()</div>')
+                )
         super().__init__(children, layout=w.Layout(display=None if children else "none"))
         self._observing = False
 

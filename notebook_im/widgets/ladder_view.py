@@ -12,11 +12,13 @@ the last poll and re-renders it. `renderer=` takes any other function `records -
 The trace has no "message recorded" callback (recording is on the hot path and stays a list append), so the
 view polls `len(trace)` every `interval` seconds on a daemon thread and re-renders only when it changed.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ipywidgets as w
 
@@ -36,16 +38,26 @@ def _records_source(source: Any) -> tuple[Callable[[], Sequence[Any]], Callable[
         return source, None
     if isinstance(source, (list, tuple)):
         return (lambda: source), (lambda: len(source))
-    raise TypeError("LadderView takes a Trace, something with a .trace (Platform, Server), a list of SIP "
-                    f"records or a function returning one, not {type(source).__name__}")
+    raise TypeError(
+        "LadderView takes a Trace, something with a .trace (Platform, Server), a list of SIP "
+        f"records or a function returning one, not {type(source).__name__}"
+    )
 
 
 class LadderView(w.VBox):
     """A ladder diagram widget that follows a trace live (`interval` seconds between polls)."""
 
-    def __init__(self, source: Any, *, interval: float = 0.5, max_rows: int = 300, live: bool = True,
-                 names: dict[str, str] | None = None, renderer: Callable[[Sequence[Any]], str] | None = None,
-                 height: str = "420px") -> None:
+    def __init__(
+        self,
+        source: Any,
+        *,
+        interval: float = 0.5,
+        max_rows: int = 300,
+        live: bool = True,
+        names: dict[str, str] | None = None,
+        renderer: Callable[[Sequence[Any]], str] | None = None,
+        height: str = "420px",
+    ) -> None:
         self._records, self._len = _records_source(source)
         self.max_rows = max_rows
         self.interval = interval
@@ -80,13 +92,14 @@ class LadderView(w.VBox):
             if self.renderer is not None:
                 svg = self.renderer(records)
             else:
-                self.ladder.extend_records(records[self._count:])
+                self.ladder.extend_records(records[self._count :])
                 svg = self.ladder.to_svg()
             self._count = len(records)
             self.svg.value = svg
             following = " · following live" if not self._stop.is_set() else ""
-            self.caption.value = (f'<span style="color:#6b7280;font-size:12px">{self._count} SIP messages recorded'
-                                  f"{following}</span>")
+            self.caption.value = (
+                f'<span style="color:#6b7280;font-size:12px">{self._count} SIP messages recorded{following}</span>'
+            )
             return True
 
     def _follow(self) -> None:

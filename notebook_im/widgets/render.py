@@ -20,30 +20,50 @@ every name is shown through `who_html` / `who_text`, which
 So a display name equal to another participant's, with homoglyphs or with zero-width joiners, still comes
 with an address that tells the two apart. Message bodies are isolated by their own block (`<div dir="auto">`).
 """
+
 from __future__ import annotations
 
 import html
 import unicodedata
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterable
 
 # A palette that reads well on light and dark Jupyter themes (white initials on each).
-PALETTE = ("#4f46e5", "#0891b2", "#059669", "#d97706", "#dc2626", "#7c3aed", "#db2777", "#2563eb",
-           "#65a30d", "#ea580c")
+PALETTE = ("#4f46e5", "#0891b2", "#059669", "#d97706", "#dc2626", "#7c3aed", "#db2777", "#2563eb", "#65a30d", "#ea580c")
 
-HTML_TAGS = {"a", "b", "blockquote", "br", "code", "del", "div", "em", "i", "li", "ol", "p", "pre", "s", "span",
-             "strong", "sub", "sup", "u", "ul"}
+HTML_TAGS = {
+    "a",
+    "b",
+    "blockquote",
+    "br",
+    "code",
+    "del",
+    "div",
+    "em",
+    "i",
+    "li",
+    "ol",
+    "p",
+    "pre",
+    "s",
+    "span",
+    "strong",
+    "sub",
+    "sup",
+    "u",
+    "ul",
+}
 HTML_ATTRIBUTES = {"a": {"href", "title"}}
 URL_SCHEMES = {"http", "https", "mailto"}
 GROUP_GAP = timedelta(minutes=5)  # a new group starts when one sender pauses this long
 
 
-MAX_NAME = 64       # characters of a display name shown (a longer one is cut with "…")
-MAX_ADDRESS = 96    # characters of an address shown (a longer one keeps its start and its end)
+MAX_NAME = 64  # characters of a display name shown (a longer one is cut with "…")
+MAX_ADDRESS = 96  # characters of an address shown (a longer one keeps its start and its end)
 FSI, PDI = "\u2068", "\u2069"  # first-strong isolate ... pop directional isolate: <bdi> in plain text
-_DROPPED = frozenset({"Cc", "Cf", "Cs", "Co"})   # controls, format (bidi, ZWJ, BOM, tags), surrogates, private use
+_DROPPED = frozenset({"Cc", "Cf", "Cs", "Co"})  # controls, format (bidi, ZWJ, BOM, tags), surrogates, private use
 _SPACES = frozenset({"Zl", "Zp", "Zs"})
 _ADDRESS_MARKS = ("@", "<", ">", "sip:", "sips:", "tel:", "mailto:")
 
@@ -76,8 +96,9 @@ def address(uri: str) -> str:
     if sep and scheme.lower() in ("sip", "sips", "tel"):
         text = rest
     text = text.split(";", 1)[0].split("?", 1)[0]
-    shown = "".join(ch if 0x20 < ord(ch) < 0x7F else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "replace"))
-                    for ch in text)
+    shown = "".join(
+        ch if 0x20 < ord(ch) < 0x7F else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "replace")) for ch in text
+    )
     if len(shown) > MAX_ADDRESS:
         half = MAX_ADDRESS // 2 - 1
         shown = shown[:half] + "…" + shown[-half:]
@@ -142,8 +163,14 @@ def sanitize_html(body: str) -> str:
     """A text/html body reduced to inert formatting (nh3: the Rust ammonia sanitiser)."""
     import nh3
 
-    return nh3.clean(body, tags=HTML_TAGS, attributes=HTML_ATTRIBUTES, url_schemes=URL_SCHEMES,
-                     link_rel="noopener noreferrer nofollow", strip_comments=True)
+    return nh3.clean(
+        body,
+        tags=HTML_TAGS,
+        attributes=HTML_ATTRIBUTES,
+        url_schemes=URL_SCHEMES,
+        link_rel="noopener noreferrer nofollow",
+        strip_comments=True,
+    )
 
 
 def body_html(text: str, content_type: str) -> str:
@@ -154,9 +181,11 @@ def body_html(text: str, content_type: str) -> str:
 
 
 def avatar(name: str, uri: str, size: int = 32) -> str:
-    return (f'<span class="nim-avatar" style="background:{colour_for(uri)};width:{size}px;height:{size}px;'
-            f'line-height:{size}px;font-size:{max(10, size * 0.4):.0f}px" title="{html.escape(uri, quote=True)}">'
-            f"{html.escape(initials(clean_text(name)))}</span>")
+    return (
+        f'<span class="nim-avatar" style="background:{colour_for(uri)};width:{size}px;height:{size}px;'
+        f'line-height:{size}px;font-size:{max(10, size * 0.4):.0f}px" title="{html.escape(uri, quote=True)}">'
+        f"{html.escape(initials(clean_text(name)))}</span>"
+    )
 
 
 def local_time(ts: datetime) -> str:
@@ -168,16 +197,16 @@ class Entry:
     """One message as the panel shows it (a view of `ChatMessage` plus a cached HTML fragment)."""
 
     id: str
-    direction: str          # "out" / "in"
-    sender: str             # URI
+    direction: str  # "out" / "in"
+    sender: str  # URI
     sender_name: str
     text: str
     content_type: str
     timestamp: datetime
-    status: str             # sending / delivered / failed / received (the SIP outcome)
+    status: str  # sending / delivered / failed / received (the SIP outcome)
     sip_status: int | None = None
     reason: str = ""
-    state: str = ""         # receipts (RFC 5438): sending / sent / delivered / displayed / failed; received / displayed
+    state: str = ""  # receipts (RFC 5438): sending / sent / delivered / displayed / failed; received / displayed
     _html: str | None = field(default=None, repr=False)
     _html_latest: bool = field(default=False, repr=False)
 
@@ -188,9 +217,11 @@ class Entry:
         """The message's HTML (cached). `latest`: the newest message we sent, whose state is spelled out."""
         if self._html is None or self._html_latest != latest:
             self._html_latest = latest
-            self._html = (f'<div class="nim-msg nim-{self.status}" data-id="{html.escape(self.id, quote=True)}">'
-                          f'<div class="nim-body" dir="auto">{body_html(self.text, self.content_type)}</div>'
-                          f"{status_html(self, latest)}</div>")
+            self._html = (
+                f'<div class="nim-msg nim-{self.status}" data-id="{html.escape(self.id, quote=True)}">'
+                f'<div class="nim-body" dir="auto">{body_html(self.text, self.content_type)}</div>'
+                f"{status_html(self, latest)}</div>"
+            )
         return self._html
 
 
@@ -229,8 +260,10 @@ def status_html(e: Entry, latest: bool = False) -> str:
 
 def group_header(e: Entry) -> str:
     when = e.timestamp.astimezone()
-    return (f'<div class="nim-group-head"><span class="nim-name">{who_html(e.sender_name, e.sender)}</span>'
-            f'<span class="nim-time" title="{when.strftime("%Y-%m-%d %H:%M:%S")}">{local_time(e.timestamp)}</span></div>')
+    return (
+        f'<div class="nim-group-head"><span class="nim-name">{who_html(e.sender_name, e.sender)}</span>'
+        f'<span class="nim-time" title="{when.strftime("%Y-%m-%d %H:%M:%S")}">{local_time(e.timestamp)}</span></div>'
+    )
 
 
 def messages_html(entries: Iterable[Entry], *, empty: str = "No messages yet. Say hello!") -> str:
@@ -244,8 +277,10 @@ def messages_html(entries: Iterable[Entry], *, empty: str = "No messages yet. Sa
             if prev is not None:
                 parts.append("</div></div>")
             mine = " nim-mine" if e.direction == "out" else ""
-            parts.append(f'<div class="nim-group{mine}">{avatar(e.sender_name, e.sender, 36)}'
-                         f'<div class="nim-group-main">{group_header(e)}')
+            parts.append(
+                f'<div class="nim-group{mine}">{avatar(e.sender_name, e.sender, 36)}'
+                f'<div class="nim-group-main">{group_header(e)}'
+            )
         parts.append(e.fragment(e is latest_out))
         prev = e
     if prev is None:
@@ -271,12 +306,19 @@ def composing_html(people: list[tuple[str | None, str]]) -> str:
     return composing_text([who_html(name, uri) for name, uri in people])[:-1]
 
 
-STATE_LABELS = {"idle": "idle", "connecting": "connecting…", "connected": "connected",
-                "disconnecting": "leaving…", "disconnected": "disconnected"}
+STATE_LABELS = {
+    "idle": "idle",
+    "connecting": "connecting…",
+    "connected": "connected",
+    "disconnecting": "leaving…",
+    "disconnected": "disconnected",
+}
 
 
-PAGER_NOTE = ("Pager mode: this contact does not take IM sessions, so each message goes on its own "
-              "(SIP MESSAGE, RFC 3428); typing and receipts still work if their client sends them.")
+PAGER_NOTE = (
+    "Pager mode: this contact does not take IM sessions, so each message goes on its own "
+    "(SIP MESSAGE, RFC 3428); typing and receipts still work if their client sends them."
+)
 
 
 def mode_badge(mode: str) -> str:
@@ -287,10 +329,12 @@ def mode_badge(mode: str) -> str:
 
 
 def participant_chip(name: str, uri: str, state: str) -> str:
-    return (f'<span class="nim-chip">{avatar(name, uri, 30)}<span class="nim-chip-text">'
-            f'<span class="nim-chip-name">{who_html(name, uri)}</span>'
-            f'<span class="nim-chip-state nim-pstate-{html.escape(state)}"><i></i>{STATE_LABELS.get(state, html.escape(state))}</span>'
-            f"</span></span>")
+    return (
+        f'<span class="nim-chip">{avatar(name, uri, 30)}<span class="nim-chip-text">'
+        f'<span class="nim-chip-name">{who_html(name, uri)}</span>'
+        f'<span class="nim-chip-state nim-pstate-{html.escape(state)}"><i></i>{STATE_LABELS.get(state, html.escape(state))}</span>'
+        f"</span></span>"
+    )
 
 
 CSS = """

@@ -6,6 +6,7 @@ that are real measurements (non-zero), and results.md with the same rows.
 parsers of the bench extra are compared when they are installed here (bench/run without --no-setup
 installs them); the notebook_im rate is always measured.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,9 +26,15 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 def test_quick_parse_and_one_sipp_rung(tmp_path: Path) -> None:
     committed = REPO / "bench" / "results.md"
     before = committed.read_bytes() if committed.exists() else None
-    done = subprocess.run([str(REPO / "bench" / "run"), "--no-setup", "--quick", "--only", "parse,endpoint-udp",
-                           "--out", str(tmp_path)], cwd=REPO, env={**os.environ, "BENCH_PYTHON": sys.executable},
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=100)
+    done = subprocess.run(
+        [str(REPO / "bench" / "run"), "--no-setup", "--quick", "--only", "parse,endpoint-udp", "--out", str(tmp_path)],
+        cwd=REPO,
+        env={**os.environ, "BENCH_PYTHON": sys.executable},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
     assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     with open(tmp_path / "results.csv", newline="") as f:
         reader = csv.DictReader(f)
@@ -36,7 +43,7 @@ def test_quick_parse_and_one_sipp_rung(tmp_path: Path) -> None:
     by_bench = {b: [r for r in rows if r["benchmark"] == b] for b in ("parse", "endpoint-udp")}
     assert all(by_bench.values()), rows
     for row in rows:
-        assert float(row["value"]) > 0, row               # every figure was measured
+        assert float(row["value"]) > 0, row  # every figure was measured
         assert row["met"] in ("yes", "no", ""), row
         if row["anchor_value"]:
             assert float(row["ratio"]) == pytest.approx(float(row["value"]) / float(row["anchor_value"]), rel=1e-3)
@@ -44,10 +51,10 @@ def test_quick_parse_and_one_sipp_rung(tmp_path: Path) -> None:
     assert len(nim) == 1 and nim[0]["unit"] == "msg/s" and nim[0]["goal"] == ">= 2x the fastest other"
     sipp = [r for r in by_bench["endpoint-udp"] if r["figure"].startswith("SIPp UAC -> SIPp UAS")]
     endpoint = [r for r in by_bench["endpoint-udp"] if "notebook_im endpoint" in r["figure"]]
-    assert [float(r["value"]) for r in sipp] == [500]      # the one rung of --quick, clean
-    assert len(endpoint) == 2                              # NOTEBOOK_IM_LOOP=asyncio and =uvloop
+    assert [float(r["value"]) for r in sipp] == [500]  # the one rung of --quick, clean
+    assert len(endpoint) == 2  # NOTEBOOK_IM_LOOP=asyncio and =uvloop
     assert all(float(r["anchor_value"]) == 500 for r in endpoint)
     md = (tmp_path / "results.md").read_text()
     assert "| benchmark | figure | value | unit | anchor | anchor value | ratio | goal | met |" in md
     assert md.count("\n| parse |") + md.count("\n| endpoint-udp |") == len(rows)
-    assert (committed.read_bytes() if committed.exists() else None) == before   # --out: bench/results.md untouched
+    assert (committed.read_bytes() if committed.exists() else None) == before  # --out: bench/results.md untouched

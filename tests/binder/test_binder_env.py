@@ -1,9 +1,9 @@
 """Build the Binder environment (binder/requirements.txt, as repo2docker does from the repository root) in a
 fresh virtualenv and execute every tutorial notebook with it."""
+
 from __future__ import annotations
 
 import subprocess
-import sys
 import textwrap
 import venv
 from pathlib import Path
@@ -16,7 +16,9 @@ pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
 def test_binder_files_are_complete():
     req = (ROOT / "binder" / "requirements.txt").read_text()
-    assert any(line.strip().startswith("-e .") for line in req.splitlines()), "binder/ disables auto-install: needs -e ."
+    assert any(line.strip().startswith("-e .") for line in req.splitlines()), (
+        "binder/ disables auto-install: needs -e ."
+    )
     runtime = (ROOT / "binder" / "runtime.txt").read_text().strip()
     major, minor = runtime.removeprefix("python-").split(".")[:2]
     assert (int(major), int(minor)) >= (3, 11)
@@ -26,10 +28,25 @@ def test_notebooks_run_in_a_fresh_binder_environment(tmp_path):
     env_dir = tmp_path / "binder-env"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
-    install = subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", "binder/requirements.txt",
-                              # what repo2docker's base environment brings: a kernel and the notebook machinery
-                              "ipykernel", "nbclient", "nbformat"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=900)
+    install = subprocess.run(
+        [
+            str(py),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "-r",
+            "binder/requirements.txt",
+            # what repo2docker's base environment brings: a kernel and the notebook machinery
+            "ipykernel",
+            "nbclient",
+            "nbformat",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert install.returncode == 0, install.stderr[-4000:]
     script = textwrap.dedent("""
         import sys, time, nbformat

@@ -5,6 +5,7 @@ directory; the notebook holds two ChatPanels (alice and bob, one session over th
 types into alice's box and checks that bob's panel shows "typing" and then the message, and back.
 Screenshots go to tests/browser/artifacts/ (and to docs/chat-panel.png with NIM_UPDATE_SCREENSHOT=1).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,17 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = os.environ.get("NIM_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
-SETUP = '''\
+SETUP = """\
 import time
 import ipywidgets as widgets
 import notebook_im as nim
@@ -48,25 +56,31 @@ b_session.send("Hi Alice! Did my INVITE reach you?").result(5)
 b_session.send("The embedded server says we are both registered.").result(5)
 a_session.send("It did: 180, 200 OK, ACK. We are in a session.").result(5)
 a_session.send('And <b>rich text</b> works too <img src=x onerror="window.nimXss=1">', "text/html").result(5)
-'''
+"""
 
-PANELS = '''\
+PANELS = """\
 names = {"sip:alice@example.test": "Alice Smith", "sip:bob@example.test": "Bob Jones"}
 left = nim.ChatPanel(a_session, names=names, height="300px")
 right = nim.ChatPanel(b_session, names=names, height="300px")
 widgets.HBox([left, right], layout=widgets.Layout(gap="16px", width="100%"))
-'''
+"""
 
-LADDER = '''\
+LADDER = """\
 nim.LadderView(platform, height="260px", interval=0.2)
-'''
+"""
 
 
 def _notebook(path: Path) -> None:
-    cells = [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": src}
-             for src in (SETUP, PANELS, LADDER)]
-    nb = {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
-          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}}
+    cells = [
+        {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": src}
+        for src in (SETUP, PANELS, LADDER)
+    ]
+    nb = {
+        "cells": cells,
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    }
     path.write_text(json.dumps(nb))
 
 
@@ -80,7 +94,10 @@ def _free_port() -> int:
 def lab(tmp_path):
     import jupyterlab  # noqa: F401 - the test extra; `make test` installs it
     import playwright  # noqa: F401
-    assert Path(CHROMIUM).exists(), f"chromium not found at {CHROMIUM} (Debian package chromium; `make test` installs it)"
+
+    assert Path(CHROMIUM).exists(), (
+        f"chromium not found at {CHROMIUM} (Debian package chromium; `make test` installs it)"
+    )
     port, token = _free_port(), secrets.token_hex(16)
     work = tmp_path / "nb"
     work.mkdir()
@@ -88,14 +105,33 @@ def lab(tmp_path):
     settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
-               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"), JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
-               PYTHONPATH=str(ROOT), HOME=str(tmp_path))
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-           "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
-           "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=", "--ServerApp.open_browser=False",
-           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly",
-           "--ServerApp.terminals_enabled=False", "--ServerApp.allow_root=True"]
+    env = dict(
+        os.environ,
+        JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"),
+        JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
+        PYTHONPATH=str(ROOT),
+        HOME=str(tmp_path),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={work}",
+        "--LabApp.expose_app_in_browser=True",
+        "--LabApp.news_url=",
+        "--ServerApp.open_browser=False",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.extension_manager=readonly",
+        "--ServerApp.terminals_enabled=False",
+        "--ServerApp.allow_root=True",
+    ]
     log = open(tmp_path / "jupyterlab.log", "wb")
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -139,7 +175,9 @@ def test_two_panels_in_jupyterlab(lab):
             page.wait_for_function(
                 "(() => { const w = window.jupyterapp.shell.currentWidget;"
                 " return w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel"
-                " && w.sessionContext.session.kernel.status === 'idle'; })()", timeout=90_000)
+                " && w.sessionContext.session.kernel.status === 'idle'; })()",
+                timeout=90_000,
+            )
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
             convs = page.locator(".nim-chat-conv")
             expect(convs).to_have_count(2, timeout=90_000)
@@ -152,7 +190,9 @@ def test_two_panels_in_jupyterlab(lab):
             box = left.locator("textarea")
             box.click()
             box.press_sequentially("Great, I'm typing this in Chromium", delay=25)
-            expect(right.locator(".nim-chat-status")).to_contain_text("Alice Smith <alice@example.test> is typing", timeout=15_000)
+            expect(right.locator(".nim-chat-status")).to_contain_text(
+                "Alice Smith <alice@example.test> is typing", timeout=15_000
+            )
             box.press("Shift+Enter")
             box.press_sequentially("(Shift+Enter made this second line)", delay=10)
             expect(box).to_have_value("Great, I'm typing this in Chromium\n(Shift+Enter made this second line)")
@@ -173,7 +213,9 @@ def test_two_panels_in_jupyterlab(lab):
             rbox.press("Enter")
             expect(left.locator(".nim-chat-messages")).to_contain_text("Both lines arrived", timeout=15_000)
             rbox.press_sequentially("Let me check the ladder diagram", delay=20)
-            expect(left.locator(".nim-chat-status")).to_contain_text("Bob Jones <bob@example.test> is typing", timeout=15_000)
+            expect(left.locator(".nim-chat-status")).to_contain_text(
+                "Bob Jones <bob@example.test> is typing", timeout=15_000
+            )
             page.wait_for_timeout(400)  # let the typing dots and scrolling settle
             output = page.locator(".jp-OutputArea-output").filter(has=page.locator(".nim-chat-conv"))
             shot = output.screenshot(path=str(ARTIFACTS / "chat-panel.png"))
@@ -193,8 +235,9 @@ def test_two_panels_in_jupyterlab(lab):
             rbox.fill("")
             rbox.press_sequentially('<img src=x onerror="window.nimXss=2">', delay=5)
             rbox.press("Enter")
-            expect(left.locator(".nim-chat-messages")).to_contain_text('<img src=x onerror="window.nimXss=2">',
-                                                                       timeout=15_000)
+            expect(left.locator(".nim-chat-messages")).to_contain_text(
+                '<img src=x onerror="window.nimXss=2">', timeout=15_000
+            )
             page.wait_for_timeout(300)
             assert page.evaluate("window.nimXss") is None
             assert dialogs == []

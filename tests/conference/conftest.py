@@ -1,7 +1,8 @@
 """Fixtures for the conference tests: the embedded server (with its focus) and N registered endpoints."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -23,14 +24,17 @@ def server():
 def people(server, platform) -> Callable[..., list]:
     """people(n, transport="udp") -> n endpoints (alice, bob, ...) registered with the server; every one
     but the first accepts invitations (their sessions are in `endpoint.accepted`)."""
+
     def make(n: int, transport: str = "udp", accept: bool = True) -> list:
         eps = []
         for name in NAMES[:n]:
-            ep = platform.endpoint(f"sip:{name}@example.test", server=server.uri, transport=transport,
-                                   display_name=name.title()).result(10)
+            ep = platform.endpoint(
+                f"sip:{name}@example.test", server=server.uri, transport=transport, display_name=name.title()
+            ).result(10)
             ep.accepted = accept_all(ep) if accept and eps else []
             ep.received = []
             ep.on(nim.MessageReceived, ep.received.append)
             eps.append(ep)
         return eps
+
     return make

@@ -1,5 +1,6 @@
 """Conferences through the embedded server's focus: 3 and 5 notebook_im participants, relay order and
 exactly-once delivery, roster NOTIFYs (RFC 4575), composing, invitations, leave, crash, escalation, bursts."""
+
 from __future__ import annotations
 
 import re
@@ -43,7 +44,7 @@ def test_three_participants(people, server, transport: str) -> None:
     conf = sessions[0]
     assert conf.is_conference and conf.state is nim.SessionState.CONNECTED and not conf.failed_invitations
     assert re.fullmatch(r"sip:conf-[0-9a-f]+@127\.0\.0\.1:\d+", conf.conference_uri)
-    for e, s in zip(eps[1:], sessions[1:]):
+    for _ep, s in zip(eps[1:], sessions[1:]):
         assert s.is_conference and s.is_incoming and s.conference_uri == conf.conference_uri
     assert {p.name for p in conf.participants} == {"Bob", "Carol"}
     # each one says something; every other participant gets it once, from the original sender
@@ -52,7 +53,7 @@ def test_three_participants(people, server, transport: str) -> None:
     for e in eps:
         wait_for(lambda e=e: len(e.received) == 2, 5, f"{e.uri} got both")
         senders = sorted(m.participant.uri for m in e.received)
-        assert senders == sorted({x.uri for x in eps} - {e.uri})   # never back to the sender
+        assert senders == sorted({x.uri for x in eps} - {e.uri})  # never back to the sender
         for m in e.received:
             assert m.text == f"hello from {m.participant.uri}"
             assert m.session.is_conference and m.participant.session is m.session
@@ -93,8 +94,11 @@ def test_five_participants_order_and_exactly_once(people, server) -> None:
 def test_roster_notify_contents(people, server, platform) -> None:
     eps, sessions = start(people, 3)
     alice = eps[0]
-    notifies = [r.raw for r in platform.trace.sip_records()
-                if r.owner == alice.uri and r.direction == "in" and r.raw.startswith(b"NOTIFY ")]
+    notifies = [
+        r.raw
+        for r in platform.trace.sip_records()
+        if r.owner == alice.uri and r.direction == "in" and r.raw.startswith(b"NOTIFY ")
+    ]
     assert notifies
     docs = []
     for raw in notifies:
@@ -111,8 +115,11 @@ def test_roster_notify_contents(people, server, platform) -> None:
         assert (e.uri, "dialing-out") in statuses and (e.uri, "connected") in statuses
         assert statuses.index((e.uri, "dialing-out")) < statuses.index((e.uri, "connected"))
     # a participant that subscribes later gets the full state: all three, connected, with display names
-    bob_docs = [ci.parse(r.raw.partition(b"\r\n\r\n")[2]) for r in platform.trace.sip_records()
-                if r.owner == eps[1].uri and r.direction == "in" and r.raw.startswith(b"NOTIFY ")]
+    bob_docs = [
+        ci.parse(r.raw.partition(b"\r\n\r\n")[2])
+        for r in platform.trace.sip_records()
+        if r.owner == eps[1].uri and r.direction == "in" and r.raw.startswith(b"NOTIFY ")
+    ]
     full = bob_docs[0]
     assert full.state == "full" and {u.entity for u in full.users} >= {alice.uri, eps[1].uri}
     assert {u.display_text for u in full.users if u.entity == alice.uri} == {"Alice"}
@@ -128,6 +135,7 @@ def test_roster_notify_contents(people, server, platform) -> None:
                 for u in d.users:
                     if u.entity == eps[2].uri and u.status == "disconnected":
                         return u.endpoints[0].disconnection_method
+
     assert departed() == "departed"
 
 
@@ -136,7 +144,7 @@ def test_leave_and_end(people, server) -> None:
     removed = {e.uri: [] for e in eps}
     for e, s in zip(eps, sessions):
         s.on(nim.ParticipantRemoved, lambda ev, e=e: removed[e.uri].append(ev.participant.uri))
-    sessions[1].terminate().result(5)          # bob leaves (BYE)
+    sessions[1].terminate().result(5)  # bob leaves (BYE)
     for e in (eps[0], eps[2]):
         wait_for(lambda e=e: removed[e.uri] == [eps[1].uri], 5, f"{e.uri} told bob left")
     assert roster(sessions[0]) == {eps[2].uri} and roster(sessions[2]) == {eps[0].uri}
@@ -160,7 +168,7 @@ def test_crashed_participant_is_removed(people, server) -> None:
     sessions[0].on(nim.ParticipantRemoved, lambda ev: removed.append(ev.participant.uri))
     # carol's process "crashes": her sockets close, no BYE, no un-REGISTER
     testing.crash(eps[2]).result(5)
-    sessions[1].send("anyone there?").result(5)     # the focus's relay to carol gets no answer
+    sessions[1].send("anyone there?").result(5)  # the focus's relay to carol gets no answer
     wait_for(lambda: removed == [eps[2].uri], 15, "alice told carol vanished")
     wait_for(lambda: roster(sessions[1]) == {eps[0].uri}, 5, "bob's roster without carol")
     assert texts_from(eps[0], eps[1].uri) == ["anyone there?"]
@@ -189,7 +197,7 @@ def test_invite_later_decline_and_unknown(people, server, platform) -> None:
         conf.invite("sip:nobody@example.test").result(10)
     assert err.value.status == 404
     assert roster(conf) == {bob.uri, carol.uri}
-    assert conf.add_participant(carol.uri).result(5).uri == carol.uri   # already in: resolves at once
+    assert conf.add_participant(carol.uri).result(5).uri == carol.uri  # already in: resolves at once
 
 
 def test_escalate_two_party_session_keeps_history(people, server) -> None:
@@ -273,22 +281,32 @@ def _shown(fragment: str) -> str:
     """The text a browser shows for an HTML fragment."""
     import html
     import re
+
     return html.unescape(re.sub(r"<[^>]*>", "", fragment))
 
 
 def test_chat_panel_shows_roster_and_who_is_typing(people, server) -> None:
     from notebook_im.widgets.chat import ChatPanel
+
     eps, sessions = start(people, 3)
-    panel = ChatPanel(sessions[2])                        # carol's window on the conference
+    panel = ChatPanel(sessions[2])  # carol's window on the conference
     conv = panel.conversation
     try:
         conv.flush()
         assert "Alice" in conv.header_html.value and "Bob" in conv.header_html.value
         sessions[0].start_composing().result(5)
         sessions[1].start_composing().result(5)
-        wait_for(lambda: (conv.flush(), _shown(conv.status_html.value).startswith(
-            "Alice <alice@example.test> and Bob <bob@example.test> are typing"))[1], 5, "typing line")
-        sessions[1].terminate().result(5)                 # bob leaves: his chip goes
+        wait_for(
+            lambda: (
+                conv.flush(),
+                _shown(conv.status_html.value).startswith(
+                    "Alice <alice@example.test> and Bob <bob@example.test> are typing"
+                ),
+            )[1],
+            5,
+            "typing line",
+        )
+        sessions[1].terminate().result(5)  # bob leaves: his chip goes
         wait_for(lambda: (conv.flush(), "Bob" not in conv.header_html.value)[1], 5, "bob's chip removed")
         assert _shown(conv.status_html.value).startswith("Alice <alice@example.test> is typing")
         sessions[0].send("hi carol").result(5)
@@ -305,7 +323,7 @@ def test_escalation_the_peer_refuses_keeps_the_two_party_session(server, platfor
     two = alice.sessions.create(bob.uri).result(10)
     two.send("before").result(5)
     with pytest.raises(nim.RequestFailed) as err:
-        two.escalate(["sip:carol@example.test"]).result(20)    # carol is unknown too
+        two.escalate(["sip:carol@example.test"]).result(20)  # carol is unknown too
     assert err.value.status == 603
     assert two.state is nim.SessionState.CONNECTED and two.escalated_to is None
     two.send("still two of us").result(5)

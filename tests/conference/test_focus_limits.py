@@ -1,5 +1,6 @@
 """The focus is bounded: conference and participant limits, probes that find silent crashes, a rejoin that
 replaces the old dialog, subscription expiry, and authentication on a server with users."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,14 @@ TIMERS = nim.Timers(t1=0.1, t2=0.4)
 
 @pytest.fixture
 def limited():
-    srv = nim.Server(timers=TIMERS, focus_limits=FocusLimits(max_conferences=1, max_participants=2,
-                                                            probe_interval=0.5, max_expires=2)).start().result(10)
+    srv = (
+        nim.Server(
+            timers=TIMERS,
+            focus_limits=FocusLimits(max_conferences=1, max_participants=2, probe_interval=0.5, max_expires=2),
+        )
+        .start()
+        .result(10)
+    )
     yield srv
     srv.stop()
 
@@ -36,12 +43,13 @@ def test_limits_probe_and_expiry(limited, platform) -> None:
     wait_for(lambda: len(conf.participants) == 1 and bob.accepted, 5, "bob in")
     with pytest.raises(nim.RequestFailed) as err:
         conf.invite(carol.uri).result(10)
-    assert err.value.status == 486                                  # full (max_participants=2)
+    assert err.value.status == 486  # full (max_participants=2)
     with pytest.raises(nim.RequestFailed) as err:
         carol.sessions.create_conference([]).result(10)
-    assert err.value.status == 503                                  # max_conferences=1
+    assert err.value.status == 503  # max_conferences=1
     # subscriptions are granted at most max_expires (2 s) and refreshed: the roster keeps working past it
     import time
+
     time.sleep(2.5)
     focus = limited.focus
     assert runtime().run_sync(lambda: sum(len(c.subscriptions) for c in focus.conferences.values())) == 2
@@ -91,6 +99,7 @@ def final_reply(data: bytes, addr: tuple[str, int], timeout: float = 3.0) -> byt
     """Send one request from a fresh socket; the first final (non-1xx) response."""
     import socket
     import time
+
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         s.sendto(data, addr)
@@ -99,7 +108,7 @@ def final_reply(data: bytes, addr: tuple[str, int], timeout: float = 3.0) -> byt
             s.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 reply = s.recvfrom(65535)[0]
-            except socket.timeout:
+            except TimeoutError:
                 return None
             if not reply.startswith(b"SIP/2.0 1"):
                 return reply
@@ -111,15 +120,19 @@ def test_focus_refuses_strangers(server, platform) -> None:
     conf = alice.sessions.create_conference([]).result(10)
     # joining a conference that does not exist, and an out-of-dialog MESSAGE to a real one
     # (a stranger learns nothing, not even whether the conference exists: 403 before any lookup)
-    for ruri, method, status in ((f"sip:conf-nope@127.0.0.1:{server.port}", "INVITE", b"403"),
-                                 (conf.conference_uri, "MESSAGE", b"403"),
-                                 (conf.conference_uri, "SUBSCRIBE", b"403")):
+    for ruri, method, status in (
+        (f"sip:conf-nope@127.0.0.1:{server.port}", "INVITE", b"403"),
+        (conf.conference_uri, "MESSAGE", b"403"),
+        (conf.conference_uri, "SUBSCRIBE", b"403"),
+    ):
         body = b"" if method != "INVITE" else b"v=0\r\nm=message 9 sip null\r\n"
-        req = (f"{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK{method}x;rport\r\n"
-               f"Max-Forwards: 70\r\nFrom: <sip:eve@evil.test>;tag=1\r\nTo: <{ruri}>\r\nCall-ID: {method}@x\r\n"
-               f"CSeq: 1 {method}\r\nContact: <sip:eve@127.0.0.1:9>\r\nEvent: conference\r\n"
-               + ("Content-Type: application/sdp\r\n" if body else "")
-               + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        req = (
+            f"{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK{method}x;rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:eve@evil.test>;tag=1\r\nTo: <{ruri}>\r\nCall-ID: {method}@x\r\n"
+            f"CSeq: 1 {method}\r\nContact: <sip:eve@127.0.0.1:9>\r\nEvent: conference\r\n"
+            + ("Content-Type: application/sdp\r\n" if body else "")
+            + f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
         reply = final_reply(req, (server.host, server.port))
         assert reply is not None and reply.split(b" ", 2)[1] == status, reply
     conf.terminate().result(5)

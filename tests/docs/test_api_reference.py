@@ -1,4 +1,5 @@
 """The API reference is generated from docstrings by pdoc, so it cannot rot: every public name is documented."""
+
 from __future__ import annotations
 
 import inspect
@@ -31,12 +32,27 @@ def test_every_public_name_has_a_docstring():
 
 
 def test_pdoc_builds_the_reference(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pdoc", "notebook_im", "-o", str(tmp_path), "--no-show-source"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "pdoc", "notebook_im", "-o", str(tmp_path), "--no-show-source"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     index = (tmp_path / "notebook_im.html").read_text()
     # the reference is the public surface (`notebook_im.__all__`): every class with its methods and docstrings
-    for name in ("Platform", "Endpoint", "ImSession", "ConferenceSession", "Operation", "MessageReceived", "Server",
-                 "start_composing", "send_message", "create_conference", "on_incoming"):
+    for name in (
+        "Platform",
+        "Endpoint",
+        "ImSession",
+        "ConferenceSession",
+        "Operation",
+        "MessageReceived",
+        "Server",
+        "start_composing",
+        "send_message",
+        "create_conference",
+        "on_incoming",
+    ):
         assert f'id="{name}' in index or f'.{name}"' in index or f">{name}<" in index, name
     assert "Schedule" in index or "awaitable" in index, "docstrings are rendered"

@@ -5,6 +5,7 @@ number of each message whose send completed (its 200 OK arrived), until it is SI
 
 PAUSE is the time between messages in seconds (0: a tight loop).
 """
+
 from __future__ import annotations
 
 import sys

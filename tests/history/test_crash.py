@@ -6,6 +6,7 @@ kill can lose is the records of those last ms: at chat pace (here a message ever
 types) that is at most the last message. In a send loop (~1,000 messages/s) it commits every 50 ms
 (store.LOAD_WINDOW) and a kill loses the messages of the last ~50 ms (bench/history.py measures it).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,9 @@ CHATTER = Path(__file__).with_name("chatter.py")
 
 def chat_and_kill(path: Path, pause: float, kill_after: int) -> list[int]:
     """Run chatter.py, SIGKILL it once it has completed `kill_after` messages; the numbers it completed."""
-    child = subprocess.Popen([sys.executable, str(CHATTER), str(path), str(pause)], stdout=subprocess.PIPE,
-                             text=True, env=CHILD_ENV)
+    child = subprocess.Popen(
+        [sys.executable, str(CHATTER), str(path), str(pause)], stdout=subprocess.PIPE, text=True, env=CHILD_ENV
+    )
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 30
@@ -67,7 +69,7 @@ def reopen_and_check(path: Path, completed: list[int], may_lose: int) -> None:
         stored = [int(t.split()[1]) for t in sent[sent.status == "delivered"].text]
         assert stored == list(range(len(stored))), "delivered messages are stored in order, without gaps"
         missing = sorted(set(completed) - set(stored))
-        assert missing == completed[len(completed) - len(missing):], f"not the last ones: {missing}"
+        assert missing == completed[len(completed) - len(missing) :], f"not the last ones: {missing}"
         assert len(missing) <= may_lose, f"lost {len(missing)} completed messages: {missing}"
         received = platform.trace.messages(owner="sip:bob@example.test").text.tolist()
         assert received[: len(stored)] == [f"line {i}" for i in range(len(stored))]

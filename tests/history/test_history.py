@@ -1,4 +1,5 @@
 """Platform(history=...): the trace kept in SQLite and loaded again by the next Platform (a kernel restart)."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,9 @@ import pandas as pd
 import pytest
 
 import notebook_im as nim
-from notebook_im.trace import frames
 from notebook_im.api.records import CODEC
 from notebook_im.record.store import SCHEMA_VERSION, HistoryError, HistoryInUse, HistoryStore
+from notebook_im.trace import frames
 from tests.helpers import accept_all, wait_for
 
 from .conftest import CHILD_ENV, TEXTS, record_chat
@@ -36,8 +37,12 @@ def test_round_trip_same_rows_and_dtypes(tmp_path, server):
         for name in FRAMES:
             after = getattr(second.trace, name)()
             pd.testing.assert_frame_equal(after, before[name], check_exact=True)  # rows, order, values, dtypes
-        schema = {"sip": frames.SIP_SCHEMA, "messages": frames.MESSAGES_SCHEMA, "events": frames.EVENTS_SCHEMA,
-                  "drops_frame": frames.DROPS_SCHEMA}
+        schema = {
+            "sip": frames.SIP_SCHEMA,
+            "messages": frames.MESSAGES_SCHEMA,
+            "events": frames.EVENTS_SCHEMA,
+            "drops_frame": frames.DROPS_SCHEMA,
+        }
         for name in FRAMES:
             df = getattr(second.trace, name)()
             assert list(df.columns) == list(schema[name])
@@ -50,8 +55,11 @@ def test_round_trip_same_rows_and_dtypes(tmp_path, server):
         assert sent.status.tolist() == ["delivered", "delivered", "delivered", "failed"]
         assert sent.sip_status.tolist() == [200, 200, 200, 404]
         # the rebuilt events are the event classes, with stand-ins for the sessions of the earlier run
-        delivered = [r.event for r in second.trace.event_records()
-                     if r.owner == "sip:alice@example.test" and isinstance(r.event, nim.MessageDelivered)]
+        delivered = [
+            r.event
+            for r in second.trace.event_records()
+            if r.owner == "sip:alice@example.test" and isinstance(r.event, nim.MessageDelivered)
+        ]
         assert [e.text for e in delivered] == [*TEXTS, "pager hello"]
         assert delivered[0].session.remote.uri == "sip:bob@example.test" and delivered[2].session is None
         with pytest.raises(AttributeError, match="record from the history store.*sessions.create"):
@@ -105,7 +113,9 @@ def test_a_second_platform_on_the_same_store_gets_a_clear_error(tmp_path):
     path = tmp_path / "history.sqlite"
     first = nim.Platform("first", history=path)
     try:
-        with pytest.raises(HistoryInUse, match=rf"in use by another Platform \(process {os.getpid()}, this one\).*shutdown\(\)"):
+        with pytest.raises(
+            HistoryInUse, match=rf"in use by another Platform \(process {os.getpid()}, this one\).*shutdown\(\)"
+        ):
             nim.Platform("second", history=path)
         with pytest.raises(HistoryInUse):  # the directory form names the same file
             HistoryStore(tmp_path, CODEC)
@@ -117,10 +127,13 @@ def test_a_second_platform_on_the_same_store_gets_a_clear_error(tmp_path):
 
 def test_another_process_holding_the_store_and_exiting_without_shutdown(tmp_path):
     path = tmp_path / "chat.sqlite"
-    code = ("import sys, notebook_im as nim; p = nim.Platform(history=sys.argv[1]); print('open', flush=True); "
-            "sys.stdin.readline(); p.trace.record_drop('udp', ('127.0.0.1', 9), 'written at exit', b'x', 'child')")
-    child = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True, env=CHILD_ENV)
+    code = (
+        "import sys, notebook_im as nim; p = nim.Platform(history=sys.argv[1]); print('open', flush=True); "
+        "sys.stdin.readline(); p.trace.record_drop('udp', ('127.0.0.1', 9), 'written at exit', b'x', 'child')"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=CHILD_ENV
+    )
     try:
         assert child.stdout.readline().strip() == "open"
         with pytest.raises(HistoryInUse, match=f"process {child.pid}"):
@@ -175,15 +188,21 @@ def test_files_that_are_not_our_store(tmp_path):
     other = tmp_path / "other.db"
     with sqlite3.connect(other) as db:
         db.execute("CREATE TABLE customers (name TEXT)")
-    with pytest.raises(HistoryError, match=r"SQLite database but not a notebook_im history store \(its tables: "
-                                           r"customers\); pass a new file name"):
+    with pytest.raises(
+        HistoryError,
+        match=r"SQLite database but not a notebook_im history store \(its tables: "
+        r"customers\); pass a new file name",
+    ):
         nim.Platform(history=other)
     newer = tmp_path / "newer.sqlite"
     nim.Platform(history=newer).shutdown()
     with sqlite3.connect(newer) as db:
         db.execute("UPDATE schema SET version = ?", (SCHEMA_VERSION + 1,))
-    with pytest.raises(HistoryError, match=rf"newer notebook_im \(history schema {SCHEMA_VERSION + 1}; this version "
-                                           rf"reads schema {SCHEMA_VERSION}\); upgrade notebook_im"):
+    with pytest.raises(
+        HistoryError,
+        match=rf"newer notebook_im \(history schema {SCHEMA_VERSION + 1}; this version "
+        rf"reads schema {SCHEMA_VERSION}\); upgrade notebook_im",
+    ):
         nim.Platform(history=newer)
     with sqlite3.connect(newer) as db:  # a failed open released the lock: the file is usable once fixed
         db.execute("UPDATE schema SET version = ?", (SCHEMA_VERSION,))
@@ -215,11 +234,17 @@ def test_passwords_never_reach_the_store(tmp_path):
 def test_events_of_a_type_this_version_does_not_know_pass_through(tmp_path, server):
     path = tmp_path / "chat.sqlite"
     record_chat(path, server)
-    fields = {"timestamp": {"$dt": "2030-01-02T03:04:05+00:00"}, "message_id": "m-1", "text": "read",
-              "participant": {"$ref": "Participant", "uri": "sip:bob@example.test", "name": None, "local": False}}
+    fields = {
+        "timestamp": {"$dt": "2030-01-02T03:04:05+00:00"},
+        "message_id": "m-1",
+        "text": "read",
+        "participant": {"$ref": "Participant", "uri": "sip:bob@example.test", "name": None, "local": False},
+    }
     with sqlite3.connect(path) as db:  # what a later version (or another helper's new event) might write
-        db.execute("INSERT INTO events (timestamp, owner, type, session_id, fields) VALUES (?,?,?,?,?)",
-                   (1893553445.0, "sip:alice@example.test", "MessageDisplayed", None, json.dumps(fields)))
+        db.execute(
+            "INSERT INTO events (timestamp, owner, type, session_id, fields) VALUES (?,?,?,?,?)",
+            (1893553445.0, "sip:alice@example.test", "MessageDisplayed", None, json.dumps(fields)),
+        )
     platform = nim.Platform(history=path)
     try:
         events = platform.trace.events()
@@ -252,10 +277,14 @@ def test_writer_backlog_flush_and_odd_events(tmp_path):
         for i in range(n):
             store.put_sip(float(i), "out", "udp", ("127.0.0.1", 5060), ("127.0.0.1", 5070), b"OPTIONS x", "sip:a@b")
         when = datetime(2030, 1, 1, tzinfo=timezone.utc)
-        store.put_event(1.0, "sip:a@b", nim.MessageReceived(None, nim.Participant("sip:b@c"), "ok", "text/plain",
-                                                            timestamp=when))
-        store.put_event(2.0, "sip:a@b", nim.MessageReceived(None, nim.Participant("sip:b@c"), Unprintable(),
-                                                            "text/plain", timestamp=when))
+        store.put_event(
+            1.0, "sip:a@b", nim.MessageReceived(None, nim.Participant("sip:b@c"), "ok", "text/plain", timestamp=when)
+        )
+        store.put_event(
+            2.0,
+            "sip:a@b",
+            nim.MessageReceived(None, nim.Participant("sip:b@c"), Unprintable(), "text/plain", timestamp=when),
+        )
         store.start()
         assert store.flush(20)
         assert store.commits >= 3 and store.written == n + 1

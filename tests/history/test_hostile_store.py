@@ -7,6 +7,7 @@
 - The files the store creates are the user's only: 0600, a directory it creates 0700.
 - Malformed rows (NULL-like, wrong types, bad JSON, unknown and impossible event types, huge values) are
   skipped and counted; the rest of the history loads and the chat panel shows it."""
+
 from __future__ import annotations
 
 import hashlib
@@ -27,7 +28,7 @@ from notebook_im.record.store import HistoryError
 from .conftest import TEXTS, record_chat
 
 OTHER_UID = 65534  # nobody
-MAX_RAW = getattr(history, "MAX_RAW", 1 << 17)            # (getattr: the file also runs against the code before)
+MAX_RAW = getattr(history, "MAX_RAW", 1 << 17)  # (getattr: the file also runs against the code before)
 MAX_FIELDS = getattr(history, "MAX_FIELDS", 1 << 20)
 
 
@@ -71,10 +72,16 @@ def _foreign_files(d: Path) -> dict[str, str]:
         db.execute("INSERT INTO schema VALUES (1, 'someone else', 0)")
     db.close()
     (d / "truncated.db").write_bytes(b"SQLite format 3\x00" + b"\x10\x00")
-    return {"notes.sqlite": "not a SQLite database", "customers.db": r"not a notebook_im history store \(its tables: "
-            "customers", "wal-app.db": "its tables: t", "tagged.db": "another application .application_id 0x4d2",
-            "versioned.db": "another program .it sets user_version", "lookalike.sqlite": "not a notebook_im history store",
-            "truncated.db": "truncated SQLite database"}
+    return {
+        "notes.sqlite": "not a SQLite database",
+        "customers.db": r"not a notebook_im history store \(its tables: "
+        "customers",
+        "wal-app.db": "its tables: t",
+        "tagged.db": "another application .application_id 0x4d2",
+        "versioned.db": "another program .it sets user_version",
+        "lookalike.sqlite": "not a notebook_im history store",
+        "truncated.db": "truncated SQLite database",
+    }
 
 
 def test_foreign_files_are_refused_and_left_byte_identical(tmp_path):
@@ -98,7 +105,7 @@ def test_symlinks_are_never_written_through(tmp_path):
     (d / "to-store.sqlite").symlink_to(ours)
     (d / "dangling.sqlite").symlink_to(tmp_path / "made-by-the-link.sqlite")
     (d / "to-dir.sqlite").symlink_to(tmp_path)
-    (d / "planted.sqlite.lock").symlink_to(victim)   # the lock file used to be truncated through the link
+    (d / "planted.sqlite.lock").symlink_to(victim)  # the lock file used to be truncated through the link
     (d / "planted.sqlite-wal").symlink_to(victim)
     (d / "journal.sqlite-journal").symlink_to(victim)
     before, victim_before, ours_before = _snapshot(d), victim.read_bytes(), ours.read_bytes()
@@ -121,7 +128,7 @@ def test_a_directory_link_planted_by_another_user_is_not_followed(tmp_path):
     _refused(planted / "chat.sqlite", "symbolic link owned by another user")
     assert list(target.iterdir()) == []
     mine = tmp_path / "mine"
-    mine.symlink_to(target)   # a link the user made is the user's choice
+    mine.symlink_to(target)  # a link the user made is the user's choice
     nim.Platform(history=mine).shutdown()
     assert (target / history.DIRECTORY_FILE).is_file()
 
@@ -129,7 +136,7 @@ def test_a_directory_link_planted_by_another_user_is_not_followed(tmp_path):
 def test_directories_others_control_are_refused(tmp_path, monkeypatch):
     open_dir = tmp_path / "everyone"
     open_dir.mkdir()
-    open_dir.chmod(0o1777)   # like /tmp: anyone could plant chat.sqlite-wal before the store makes it
+    open_dir.chmod(0o1777)  # like /tmp: anyone could plant chat.sqlite-wal before the store makes it
     _refused(open_dir / "chat.sqlite", "writable by every user")
     _refused(open_dir, "writable by every user")
     assert list(open_dir.iterdir()) == []
@@ -167,10 +174,12 @@ def test_a_store_an_older_version_left_after_a_kill_still_opens(tmp_path):
     """The old writer set the application id after switching to WAL: killed before a checkpoint, the file
     itself has no id and no tables (they are in the WAL). sniff looks into the WAL read-only."""
     path = tmp_path / "legacy.sqlite"
-    code = (f"import sqlite3, os\ndb = sqlite3.connect({str(path)!r})\ndb.execute('PRAGMA journal_mode=WAL')\n"
-            f"db.executescript({history._DDL!r} + 'PRAGMA application_id={history.APPLICATION_ID};')\n"
-            f"db.execute('INSERT INTO schema VALUES (1, ?, 0)', ({history.APPLICATION!r},)); db.commit()\n"
-            "os._exit(9)\n")
+    code = (
+        f"import sqlite3, os\ndb = sqlite3.connect({str(path)!r})\ndb.execute('PRAGMA journal_mode=WAL')\n"
+        f"db.executescript({history._DDL!r} + 'PRAGMA application_id={history.APPLICATION_ID};')\n"
+        f"db.execute('INSERT INTO schema VALUES (1, ?, 0)', ({history.APPLICATION!r},)); db.commit()\n"
+        "os._exit(9)\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=False)
     assert int.from_bytes(path.read_bytes()[68:72], "big") == 0 and Path(str(path) + "-wal").exists()
     nim.Platform(history=path).shutdown()
@@ -183,18 +192,27 @@ def _event(type_name: str, fields: dict | str, ts: float = 1.9e9, owner: str = "
 
 WHEN = {"$dt": "2030-01-02T03:04:05+00:00"}
 BOB = {"$ref": "Participant", "uri": "sip:bob@example.test", "name": "Bob", "local": False}
-RECEIVED = {"timestamp": WHEN, "session": None, "participant": BOB, "text": "hi", "content_type": "text/plain",
-            "message_id": "m", "mode": "pager", "recipient": "sip:alice@example.test", "sent_at": None}
+RECEIVED = {
+    "timestamp": WHEN,
+    "session": None,
+    "participant": BOB,
+    "text": "hi",
+    "content_type": "text/plain",
+    "message_id": "m",
+    "mode": "pager",
+    "recipient": "sip:alice@example.test",
+    "sent_at": None,
+}
 
 BAD_EVENTS = [
     _event("MessageReceived", "{not json"),
     _event("MessageReceived", "[1, 2, 3]"),
-    _event("MessageReceived", "[" * 100_000 + "]" * 100_000),                     # too deep for the decoder
-    _event("MessageReceived", {**RECEIVED, "text": 12345}),                        # a number where text goes
-    _event("MessageReceived", {**RECEIVED, "participant": {"$ref": "Participant"}}),   # a reference without URI
+    _event("MessageReceived", "[" * 100_000 + "]" * 100_000),  # too deep for the decoder
+    _event("MessageReceived", {**RECEIVED, "text": 12345}),  # a number where text goes
+    _event("MessageReceived", {**RECEIVED, "participant": {"$ref": "Participant"}}),  # a reference without URI
     _event("MessageReceived", {**RECEIVED, "participant": {"$ref": "Participant", "uri": ["x"]}}),
     _event("MessageReceived", {**RECEIVED, "timestamp": {"$dt": "yesterday"}}),
-    _event("MessageReceived", {**RECEIVED, "timestamp": {"$dt": "2030-01-02T03:04:05"}}),   # no time zone
+    _event("MessageReceived", {**RECEIVED, "timestamp": {"$dt": "2030-01-02T03:04:05"}}),  # no time zone
     _event("MessageReceived", {**RECEIVED, "timestamp": {"$dt": 5}}),
     _event("MessageReceived", {**RECEIVED, "session": {"$session": 7, "remote": BOB}}),
     _event("MessageDelivered", {**RECEIVED, "status": "two hundred", "reason": "OK", "latency": 0.1}),
@@ -204,10 +222,10 @@ BAD_EVENTS = [
     _event("SomethingNew", {"timestamp": WHEN, "__init__": 1}),
     _event("SomethingNew", {"timestamp": WHEN, "not a name": 1}),
     _event("SomethingNewer", {"no_timestamp": 1}),
-    _event("MessageReceived", json.dumps({**RECEIVED, "text": "x" * (MAX_FIELDS + 10)})),   # huge
-    ("soon", "sip:alice@example.test", "MessageReceived", None, json.dumps(RECEIVED)),           # text timestamp
+    _event("MessageReceived", json.dumps({**RECEIVED, "text": "x" * (MAX_FIELDS + 10)})),  # huge
+    ("soon", "sip:alice@example.test", "MessageReceived", None, json.dumps(RECEIVED)),  # text timestamp
     (1e300, "sip:alice@example.test", "MessageReceived", None, json.dumps(RECEIVED)),
-    (1.9e9, b"alice", "MessageReceived", None, json.dumps(RECEIVED)),      # a blob (a number would become text)
+    (1.9e9, b"alice", "MessageReceived", None, json.dumps(RECEIVED)),  # a blob (a number would become text)
     (1.9e9, "sip:alice@example.test", "MessageReceived", None, b'{"blob": 1}'),
 ]
 BAD_SIP = [
@@ -231,12 +249,20 @@ GOOD_UNKNOWN = _event("SomethingNew", {"timestamp": WHEN, "detail": "from a late
 
 def _plant_rows(path: Path) -> None:
     with sqlite3.connect(path) as db:
-        db.executemany("INSERT INTO events (timestamp, owner, type, session_id, fields) VALUES (?,?,?,?,?)",
-                       [*BAD_EVENTS, GOOD_UNKNOWN])
-        db.executemany("INSERT INTO sip (timestamp, owner, direction, transport, local_host, local_port, remote_host, "
-                       "remote_port, raw) VALUES (?,?,?,?,?,?,?,?,?)", BAD_SIP)
-        db.executemany("INSERT INTO drops (timestamp, owner, transport, remote_host, remote_port, reason, raw) "
-                       "VALUES (?,?,?,?,?,?,?)", BAD_DROPS)
+        db.executemany(
+            "INSERT INTO events (timestamp, owner, type, session_id, fields) VALUES (?,?,?,?,?)",
+            [*BAD_EVENTS, GOOD_UNKNOWN],
+        )
+        db.executemany(
+            "INSERT INTO sip (timestamp, owner, direction, transport, local_host, local_port, remote_host, "
+            "remote_port, raw) VALUES (?,?,?,?,?,?,?,?,?)",
+            BAD_SIP,
+        )
+        db.executemany(
+            "INSERT INTO drops (timestamp, owner, transport, remote_host, remote_port, reason, raw) "
+            "VALUES (?,?,?,?,?,?,?)",
+            BAD_DROPS,
+        )
     db.close()
 
 
@@ -260,8 +286,9 @@ def test_bad_rows_are_skipped_and_counted_the_rest_loads(tmp_path, server, caplo
         alice = platform.endpoint("sip:alice@example.test", server=None).result(10)
         assert len(alice.history()) >= len(TEXTS)
         panel = nim.ChatPanel(alice)
-        assert panel.earlier.conversations and any(TEXTS[0] in m.text for c in panel.earlier.conversations
-                                                   for m in c.messages)
+        assert panel.earlier.conversations and any(
+            TEXTS[0] in m.text for c in panel.earlier.conversations for m in c.messages
+        )
         panel.close()
     finally:
         platform.shutdown()

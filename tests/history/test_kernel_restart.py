@@ -1,13 +1,13 @@
 """The issue's case in a real Jupyter kernel: chat with history, restart the kernel (no shutdown() call: the
 kernel process is killed), and the new kernel's Platform and ChatPanel show the earlier conversation."""
+
 from __future__ import annotations
 
 import ast
 
-import pytest
-
 import jupyter_client  # installed by `make test` (the test extra)
 import jupyter_client.manager
+import pytest
 
 from tests.integration.test_kernel import _collect  # stream and error output of a cell
 
@@ -38,7 +38,9 @@ def run(kc, cells: list[str], path: str) -> str:
     out = []
     for cell in cells:
         chunks: list[str] = []
-        reply = kc.execute_interactive(cell.format(path=path), timeout=60, output_hook=lambda m: _collect(m, chunks))
+        reply = kc.execute_interactive(
+            cell.format(path=path), timeout=60, output_hook=lambda m, chunks=chunks: _collect(m, chunks)
+        )
         assert reply["content"]["status"] == "ok", (cell, chunks)
         out.append("".join(chunks))
     return "\n".join(out)
@@ -57,12 +59,13 @@ def test_history_survives_a_kernel_restart(tmp_path):
         # where the writer's last commit fell: the line and its 200 OK; the line with no final response recorded
         # (a row with state "sending" and no status, as the docs say); or not the line at all.
         line = next(ln for ln in text.splitlines() if ln.startswith("EARLIER "))
-        texts, statuses, states = ast.literal_eval("(" + line[len("EARLIER "):].replace("] [", "], [") + ")")
+        texts, statuses, states = ast.literal_eval("(" + line[len("EARLIER ") :].replace("] [", "], [") + ")")
         assert texts in (["before the restart", "the last line"], ["before the restart"]), text
         assert statuses[0] == "delivered" and states[0] in ("sent", "delivered", "displayed"), text  # receipts may lag
         if len(texts) == 2:
             assert (statuses[1], states[1]) == ("-", "sending") or (
-                statuses[1] == "delivered" and states[1] in ("sent", "delivered", "displayed")), text
+                statuses[1] == "delivered" and states[1] in ("sent", "delivered", "displayed")
+            ), text
         assert "PANEL True" in text
     finally:
         kc.stop_channels()

@@ -1,5 +1,6 @@
 """One embedded server and one endpoint (bob, registered over UDP) shared by a test module: throwing ~100
 hostile messages at them one after the other is the point, and restarting them for each would hide leaks."""
+
 from __future__ import annotations
 
 import pytest

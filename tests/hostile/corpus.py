@@ -1,12 +1,14 @@
 """The hostile-input corpus (tests/corpus) and the wire harness that throws it at a running target."""
+
 from __future__ import annotations
 
 import os
 import socket
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 from notebook_im.sip import RemoteProtocolError, parse_message
 from notebook_im.sip.message import Request, Response
@@ -18,7 +20,7 @@ MANIFEST = tomllib.loads((ROOT / "manifest.toml").read_text(encoding="utf-8"))
 
 @dataclass(frozen=True)
 class Case:
-    kind: str       # "valid" / "invalid"
+    kind: str  # "valid" / "invalid"
     name: str
     meta: dict
 
@@ -87,13 +89,13 @@ class Client:
                         if name.strip().lower() in ("content-length", "l"):
                             length = int(value.strip())
                     if len(self._buf) >= end + 4 + length:
-                        msg, self._buf = self._buf[: end + 4 + length], self._buf[end + 4 + length:]
+                        msg, self._buf = self._buf[: end + 4 + length], self._buf[end + 4 + length :]
                         return _lenient(msg)
                 chunk = self.sock.recv(65536)
                 if not chunk:
                     return b""
                 self._buf += chunk
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return None
         except ConnectionResetError:
             return b""
@@ -111,7 +113,7 @@ class Client:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:

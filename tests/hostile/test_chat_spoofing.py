@@ -9,6 +9,7 @@
 
 The live part: mallory picks her display name (it is just the From header) and invites alice; alice's
 ChatPanel(endpoint) is inspected at every place it shows a name."""
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,20 @@ import notebook_im as nim
 from notebook_im.widgets import render as r
 from tests.helpers import accept_all, wait_for
 
-BIDI = ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069", "\u200e", "\u200f",
-        "\u061c"]
+BIDI = [
+    "\u202a",
+    "\u202b",
+    "\u202c",
+    "\u202d",
+    "\u202e",
+    "\u2066",
+    "\u2067",
+    "\u2068",
+    "\u2069",
+    "\u200e",
+    "\u200f",
+    "\u061c",
+]
 INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\U000e0041"]
 NOW = datetime.now(timezone.utc)
 
@@ -52,16 +65,22 @@ def test_bidi_and_invisible_characters_never_reach_the_page_in_a_name(ch):
     assert '<bdi class="nim-who">' in places["group header"] and '<bdi class="nim-who">' in places["chip"]
 
 
-@pytest.mark.parametrize("name", [
-    "Bob <sip:bob@example.test>",
-    "bob@example.test",
-    "Bob ＜sip:bob＠example.test＞",          # full-width: NFKC makes them < @ >
-    "sips:bob@example.test",
-    "Bob \ufe6b example.test",                 # small commercial at
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Bob <sip:bob@example.test>",
+        "bob@example.test",
+        "Bob ＜sip:bob＠example.test＞",  # full-width: NFKC makes them < @ >
+        "sips:bob@example.test",
+        "Bob \ufe6b example.test",  # small commercial at
+    ],
+)
 def test_a_name_that_claims_an_address_is_replaced_by_the_real_one(name):
-    for out in (r.messages_html([_entry(name)]), r.participant_chip(name, "sip:mallory@evil.test", "connected"),
-                r.who_text(name, "sip:mallory@evil.test")):
+    for out in (
+        r.messages_html([_entry(name)]),
+        r.participant_chip(name, "sip:mallory@evil.test", "connected"),
+        r.who_text(name, "sip:mallory@evil.test"),
+    ):
         shown = _shown(out)
         assert "mallory@evil.test" in shown
         assert "bob@example.test" not in shown.replace("＠", "@") and "example.test" not in shown
@@ -69,10 +88,12 @@ def test_a_name_that_claims_an_address_is_replaced_by_the_real_one(name):
 
 def test_lookalike_and_colliding_names_come_with_the_real_address():
     bob = ("Bob Jones", "sip:bob@example.test")
-    spoofs = [("Bob Jones", "sip:mallory@evil.test"),            # the same name as a participant
-              ("Воb Jones", "sip:mallory@evil.test"),            # Cyrillic В and о
-              ("B\u200dob Jones", "sip:mallory@evil.test"),      # a zero-width joiner
-              ("Bob  Jones\u2028", "sip:mallory@evil.test")]     # odd white space
+    spoofs = [
+        ("Bob Jones", "sip:mallory@evil.test"),  # the same name as a participant
+        ("Воb Jones", "sip:mallory@evil.test"),  # Cyrillic В and о
+        ("B\u200dob Jones", "sip:mallory@evil.test"),  # a zero-width joiner
+        ("Bob  Jones\u2028", "sip:mallory@evil.test"),
+    ]  # odd white space
     real = r.who_text(*bob)
     assert real == "Bob Jones <bob@example.test>"
     for name, uri in spoofs:
@@ -86,7 +107,7 @@ def test_lookalike_and_colliding_names_come_with_the_real_address():
 
 
 def test_an_address_with_lookalike_letters_is_shown_escaped():
-    cyrillic = "sip:b\u043eb@example.test"                     # bоb with a Cyrillic о
+    cyrillic = "sip:b\u043eb@example.test"  # bоb with a Cyrillic о
     assert r.address(cyrillic) == "b%D0%BEb@example.test"
     assert r.address("sip:bob@example.test;transport=tcp") == "bob@example.test"
     assert r.address("sip:b\u202eob@example.test") == "b%E2%80%AEob@example.test"
@@ -99,9 +120,9 @@ def test_message_text_stays_inside_its_own_block():
     text = "pay to \u202e1234 5678\u202c now \u2067x"
     out = r.messages_html([_entry("Mallory", text=text)])
     body = re.search(r'<div class="nim-body" dir="auto">(.*?)</div>', out)
-    assert body is not None and "\u202e" in body.group(1)   # the sender's text is what they wrote...
+    assert body is not None and "\u202e" in body.group(1)  # the sender's text is what they wrote...
     outside = out.replace(body.group(0), "")
-    assert not any(c in outside for c in BIDI)              # ...and nothing of it is outside its block
+    assert not any(c in outside for c in BIDI)  # ...and nothing of it is outside its block
 
 
 def test_a_spoofing_peer_in_a_live_panel(server, platform):
@@ -118,7 +139,7 @@ def test_a_spoofing_peer_in_a_live_panel(server, platform):
         conv = panel.conversation
         wait_for(lambda: conv.invite_bar.layout.display is None, what="the invitation bar")
         invite = conv.invite_text.value
-        assert _shown(invite) == "mallory@evil.test wants to chat"   # the claimed name is dropped, nothing reversed
+        assert _shown(invite) == "mallory@evil.test wants to chat"  # the claimed name is dropped, nothing reversed
         assert not any(c in invite for c in BIDI)
         label = panel.conv_list.children[0].description
         assert label.startswith("mallory@evil.test") and "bob@example.test" not in label
@@ -149,10 +170,15 @@ def test_a_spoofing_peer_in_a_live_panel(server, platform):
 def test_ladder_labels_drop_bidi_and_invisible_characters():
     """A reason phrase or a body preview a peer chose cannot reorder the labels of a ladder diagram."""
     from notebook_im.trace.ladder import arrow_from_raw
-    resp = ("SIP/2.0 486 Busy \u202eereh ton\u202c\u200b\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCall-ID: c\r\n"
-            "CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").encode()
+
+    resp = (
+        "SIP/2.0 486 Busy \u202eereh ton\u202c\u200b\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCall-ID: c\r\n"
+        "CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
     arrow = arrow_from_raw(0.0, "in", ("127.0.0.1", 1), ("127.0.0.1", 2), resp, "me")
     assert arrow.label == "486 Busy ereh ton"
-    msg = ("MESSAGE sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK2\r\nCall-ID: c\r\nCSeq: 2 MESSAGE\r\n"
-           "Content-Type: text/plain\r\nContent-Length: 9\r\n\r\n").encode() + "a\u2066b\u2069c".encode()
+    msg = (
+        b"MESSAGE sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK2\r\nCall-ID: c\r\nCSeq: 2 MESSAGE\r\n"
+        b"Content-Type: text/plain\r\nContent-Length: 9\r\n\r\n"
+    ) + "a\u2066b\u2069c".encode()
     assert arrow_from_raw(0.0, "in", ("127.0.0.1", 1), ("127.0.0.1", 2), msg, "me").preview == '"abc"'

@@ -1,6 +1,7 @@
 """Every corpus file through the parser, then over UDP (and a subset over TCP) to a running endpoint and to the
 embedded server: valid messages are answered, invalid ones get 4xx/5xx with the reason or are dropped and counted,
 and after each one the target still answers the next valid request."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,9 @@ from tests.hostile.corpus import CASES, TCP_CASES, Case, Client, ack_for, assert
 
 
 def test_corpus_is_complete():
-    files = {p.relative_to(p.parent.parent).with_suffix("").as_posix() for p in CASES[0].path.parent.parent.glob("*/*.sip")}
+    files = {
+        p.relative_to(p.parent.parent).with_suffix("").as_posix() for p in CASES[0].path.parent.parent.glob("*/*.sip")
+    }
     assert files == {str(c) for c in CASES}, "every .sip file has a manifest entry and every entry a file"
     assert len([c for c in CASES if c.kind == "valid"]) >= 30 and len([c for c in CASES if c.kind == "invalid"]) >= 40
     for case in CASES:

@@ -10,6 +10,7 @@
 Each document must get the answer documents.py expects (a 4xx for a hostile one, 200 for an odd but
 legitimate one), within a second, never a 500 (an exception inside the stack); the target must answer the next
 valid request; no error may be logged; and RSS must stay bounded over the whole run."""
+
 from __future__ import annotations
 
 import gc
@@ -23,15 +24,25 @@ from notebook_im import testing
 from notebook_im.sip.message import Response
 from tests.helpers import accept_all, wait_for
 from tests.hostile.documents import (
-    CI_CT, CPIM_CT, CPIM_DOCS, IC_CT, IMDN_CT, NUMBERS, OK, REFUSED, Doc, accepted_documents, xml_documents,
+    CI_CT,
+    CPIM_CT,
+    CPIM_DOCS,
+    IC_CT,
+    IMDN_CT,
+    NUMBERS,
+    OK,
+    REFUSED,
+    Doc,
+    accepted_documents,
+    xml_documents,
 )
 from tests.hostile.rawsip import RawUac, rss_mib
 
 pytestmark = pytest.mark.timeout(240)
 
-WIRE_BODY = 60_000          # what fits a SIP message (MAX_BODY 65,335) with room for the headers
-ANSWER_WITHIN = 1.0         # s of wall time for one exchange on a shared 2-core machine (the parse is < 100 ms CPU)
-RSS_BOUND = 25              # MiB of growth over all the attacks on one target
+WIRE_BODY = 60_000  # what fits a SIP message (MAX_BODY 65,335) with room for the headers
+ANSWER_WITHIN = 1.0  # s of wall time for one exchange on a shared 2-core machine (the parse is < 100 ms CPU)
+RSS_BOUND = 25  # MiB of growth over all the attacks on one target
 
 
 def _docs(*cts: str) -> list[Doc]:
@@ -91,8 +102,10 @@ def _throw(send, docs: list[Doc], alive, label: str, capsys) -> None:
     gc.collect()
     rss1 = rss_mib()
     with capsys.disabled():
-        print(f"\n[documents] {label}: {len(docs)} documents, slowest answer {slowest * 1000:.1f} ms, "
-              f"RSS {rss0:.0f} -> {rss1:.0f} MiB ({rss1 - rss0:+.1f})")
+        print(
+            f"\n[documents] {label}: {len(docs)} documents, slowest answer {slowest * 1000:.1f} ms, "
+            f"RSS {rss0:.0f} -> {rss1:.0f} MiB ({rss1 - rss0:+.1f})"
+        )
     assert not wrong, f"{label}: {len(wrong)} wrong answers:\n" + "\n".join(wrong)
     assert rss1 - rss0 < RSS_BOUND
 
@@ -103,10 +116,13 @@ def test_pager_messages_to_an_endpoint(transport, p2p, no_errors_logged, capsys)
     host, port = bob.local_address
     ruri = f"sip:bob@{host}:{port}"
     with RawUac(transport, (host, port)) as mallory:
-        _throw(lambda d: mallory.request("MESSAGE", ruri, d.body, d.content_type, to="sip:bob@example.test"),
-               _docs(IC_CT, IMDN_CT, CPIM_CT),
-               lambda: mallory.request("MESSAGE", ruri, b"still there?", "text/plain", to="sip:bob@example.test"),
-               f"pager MESSAGE over {transport} to an endpoint", capsys)
+        _throw(
+            lambda d: mallory.request("MESSAGE", ruri, d.body, d.content_type, to="sip:bob@example.test"),
+            _docs(IC_CT, IMDN_CT, CPIM_CT),
+            lambda: mallory.request("MESSAGE", ruri, b"still there?", "text/plain", to="sip:bob@example.test"),
+            f"pager MESSAGE over {transport} to an endpoint",
+            capsys,
+        )
 
 
 def test_in_dialog_messages_to_an_endpoint(p2p, no_errors_logged, capsys):
@@ -117,9 +133,13 @@ def test_in_dialog_messages_to_an_endpoint(p2p, no_errors_logged, capsys):
         mallory.invite(f"sip:bob@{host}:{port}")
         wait_for(lambda: len(sessions) > before and sessions[-1].state is nim.SessionState.CONNECTED, 5, "session up")
         session = sessions[-1]
-        _throw(lambda d: mallory.in_dialog("MESSAGE", d.body, d.content_type), _docs(IC_CT, IMDN_CT, CPIM_CT),
-               lambda: mallory.in_dialog("MESSAGE", b"still there?", "text/plain"),
-               "in-dialog MESSAGE over udp to an endpoint", capsys)
+        _throw(
+            lambda d: mallory.in_dialog("MESSAGE", d.body, d.content_type),
+            _docs(IC_CT, IMDN_CT, CPIM_CT),
+            lambda: mallory.in_dialog("MESSAGE", b"still there?", "text/plain"),
+            "in-dialog MESSAGE over udp to an endpoint",
+            capsys,
+        )
         assert session.state is nim.SessionState.CONNECTED
         assert mallory.in_dialog("BYE").status == 200
 
@@ -157,10 +177,18 @@ def test_focus_relays_and_members_refuse(conference, no_errors_logged, capsys):
         ic_docs = _docs(IC_CT)
         focus_view = [Doc(d.name, d.content_type, d.body, frozenset({200, 413})) for d in ic_docs]  # opaque to it
         other = [Doc(d.name, d.content_type, d.body, frozenset({415})) for d in _docs(IMDN_CT)[:6] + CPIM_DOCS[:4]]
-        _throw(send, focus_view + other, lambda: mallory.in_dialog("MESSAGE", b"still there?", "text/plain"),
-               "in-dialog MESSAGE over udp to the conference focus", capsys)
-        wait_for(lambda: sum(m.text == "still there?" for m in got) == len(focus_view) + len(other), 10,
-                 "alice got every text mallory sent after an attack")
+        _throw(
+            send,
+            focus_view + other,
+            lambda: mallory.in_dialog("MESSAGE", b"still there?", "text/plain"),
+            "in-dialog MESSAGE over udp to the conference focus",
+            capsys,
+        )
+        wait_for(
+            lambda: sum(m.text == "still there?" for m in got) == len(focus_view) + len(other),
+            10,
+            "alice got every text mallory sent after an attack",
+        )
         assert {m.participant.uri for m in got} == {"sip:mallory@example.test"}
         assert got[-1].participant.display_name.startswith("Mallory")
         # alice answered each relayed indication herself: 400 for the hostile ones, 200 for the rest, never 500
@@ -187,12 +215,19 @@ def test_notify_into_a_roster_subscription(conference, no_errors_logged, capsys)
 
         def build(method, ruri, **kw):  # every NOTIFY carries the event package headers
             return original(method, ruri, **{**kw, "extra": notify})
+
         focus._build = build  # type: ignore[method-assign]
-        valid = (f'<conference-info xmlns="urn:ietf:params:xml:ns:conference-info" entity="{conf.conference_uri}" '
-                 'state="partial" version="1"><users/></conference-info>').encode()
-        _throw(lambda d: focus.in_dialog("NOTIFY", d.body, d.content_type), _docs(CI_CT),
-               lambda: focus.in_dialog("NOTIFY", valid, CI_CT),
-               "NOTIFY over udp into a roster subscription", capsys)
+        valid = (
+            f'<conference-info xmlns="urn:ietf:params:xml:ns:conference-info" entity="{conf.conference_uri}" '
+            'state="partial" version="1"><users/></conference-info>'
+        ).encode()
+        _throw(
+            lambda d: focus.in_dialog("NOTIFY", d.body, d.content_type),
+            _docs(CI_CT),
+            lambda: focus.in_dialog("NOTIFY", valid, CI_CT),
+            "NOTIFY over udp into a roster subscription",
+            capsys,
+        )
     assert conf.state is nim.SessionState.CONNECTED
 
 
@@ -202,19 +237,32 @@ def test_invite_with_an_sdp_port_that_is_not_ascii_digits(port, p2p, conference,
     and raised ValueError in int(), so the endpoint and the focus answered 500 (sip/sdp.py, one line)."""
     bob, _ = p2p
     server, _alice, _conf, _ = conference
-    sdp = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-           f"m=message {port} sip null\r\n").encode()
+    sdp = (
+        f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=message {port} sip null\r\n"
+    ).encode()
     host, bport = bob.local_address
-    for addr, ruri in (((host, bport), f"sip:bob@{host}:{bport}"),
-                       ((server.host, server.port), f"sip:conference-factory@{server.host}:{server.port}")):
+    for addr, ruri in (
+        ((host, bport), f"sip:bob@{host}:{bport}"),
+        ((server.host, server.port), f"sip:conference-factory@{server.host}:{server.port}"),
+    ):
         with RawUac("udp", addr) as mallory:
             resp = mallory.request("INVITE", ruri, sdp, "application/sdp")
             assert isinstance(resp, Response) and resp.status != 500 and resp.status < 600, (ruri, resp)
             if resp.status == 200:  # accepted (the port does not matter to SIP IM): ACK, then hang up
                 mallory.call_id, mallory.remote_tag, mallory.to_uri = resp.call_id, resp.to.tag, ruri
                 mallory.remote_target, mallory.cseq = str(resp.contacts[0].uri), 1
-                mallory.client.send(mallory._build("ACK", mallory.remote_target, to=ruri, to_tag=resp.to.tag,
-                                                   call_id=resp.call_id, cseq=1, body=b"", content_type=None))
+                mallory.client.send(
+                    mallory._build(
+                        "ACK",
+                        mallory.remote_target,
+                        to=ruri,
+                        to_tag=resp.to.tag,
+                        call_id=resp.call_id,
+                        cseq=1,
+                        body=b"",
+                        content_type=None,
+                    )
+                )
                 assert mallory.in_dialog("BYE").status == 200
 
 
@@ -226,8 +274,9 @@ def test_a_display_name_xml_cannot_hold_does_not_break_the_roster(conference, no
     with RawUac("udp", (server.host, server.port), display_name="Mal\uffffory") as mallory:
         mallory.register()
         mallory.invite(conf.conference_uri)
-        wait_for(lambda: any(p.uri == "sip:mallory@example.test" for p in conf.participants), 5,
-                 "mallory in alice's roster")
+        wait_for(
+            lambda: any(p.uri == "sip:mallory@example.test" for p in conf.participants), 5, "mallory in alice's roster"
+        )
         assert next(p for p in conf.participants if p.uri == "sip:mallory@example.test").display_name == "Malory"
         sip = alice.platform.trace.sip()
         notify_answers = sip[(sip.direction == "out") & (sip.method == "NOTIFY")].status.dropna().astype(int).tolist()

@@ -3,6 +3,7 @@
 capped, malformed input keeps no state, the trace keeps at most max_records messages. Figures are printed
 (RSS, the drop list, live transactions) for the README; bench-free: ~5 s per target.
 """
+
 from __future__ import annotations
 
 import gc
@@ -19,9 +20,11 @@ from tests.hostile.corpus import CASES, assert_alive, instantiate
 
 N = int(os.environ.get("NIM_FLOOD_DATAGRAMS", "20000"))
 TRACE_RECORDS = 1000
-VALID = ("MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKfl{i};rport\r\n"
-         "Max-Forwards: 70\r\nFrom: <sip:flood@example.test>;tag=f{i}\r\nTo: <sip:bob@example.test>\r\n"
-         "Call-ID: flood-{i}@127.0.0.1\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nflood")
+VALID = (
+    "MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKfl{i};rport\r\n"
+    "Max-Forwards: 70\r\nFrom: <sip:flood@example.test>;tag=f{i}\r\nTo: <sip:bob@example.test>\r\n"
+    "Call-ID: flood-{i}@127.0.0.1\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nflood"
+)
 
 
 def _rss_mb() -> float:
@@ -39,8 +42,10 @@ def _garbage(rng: random.Random, port: int, invalid: list[bytes]) -> bytes:
     if kind == 1:  # a big one: the drop record must not keep it whole
         return rng.randbytes(rng.randint(20000, 60000))
     if kind == 2:  # unique long header values: the parse caches must not keep them
-        return (f"MESSAGE sip:bob@example.test;x={rng.getrandbits(64)} SIP/2.0\r\nVia: SIP/2.0/UDP h{rng.getrandbits(64)}.test;"
-                f"branch=z9hG4bK{'v' * 3000}\r\nFrom: <sip:{'u' * 3000}{rng.getrandbits(64)}@h>\r\nX: y\r\n\r\n").encode()
+        return (
+            f"MESSAGE sip:bob@example.test;x={rng.getrandbits(64)} SIP/2.0\r\nVia: SIP/2.0/UDP h{rng.getrandbits(64)}.test;"
+            f"branch=z9hG4bK{'v' * 3000}\r\nFrom: <sip:{'u' * 3000}{rng.getrandbits(64)}@h>\r\nX: y\r\n\r\n"
+        ).encode()
     return instantiate(rng.choice(invalid), port)
 
 
@@ -97,7 +102,12 @@ def _drop_bytes(trace) -> int:
 def test_memory_bounded_under_flood(target, flood_stack, capsys):
     server, platform, bob = flood_stack
     if target == "server":
-        addr, stats, trace, core = (server.host, server.port), (lambda: server.stats), server.trace, testing.stack_of(server)
+        addr, stats, trace, core = (
+            (server.host, server.port),
+            (lambda: server.stats),
+            server.trace,
+            testing.stack_of(server),
+        )
     else:
         addr, stats, trace, core = bob.local_address, (lambda: bob.stats), platform.trace, testing.stack_of(bob)
     txn_start = core.live_server_transactions
@@ -112,18 +122,22 @@ def test_memory_bounded_under_flood(target, flood_stack, capsys):
     drops_growth = (drops1 - drops0) / 2**20
     valid_sent = (N + 9) // 10
     with capsys.disabled():
-        print(f"\n[flood] {target}: {result['sent']} datagrams ({valid_sent} valid) sent, {result['processed']} processed in "
-              f"{elapsed:.1f} s; RSS {rss0:.0f} -> {rss1:.0f} MiB (+{rss1 - rss0:.0f}), trace.drops {drops_growth:+.1f} MiB "
-              f"({len(trace.drops)} records kept); server transactions {txn0} -> {txn1}; trace kept {len(trace)} messages "
-              f"(max_records {TRACE_RECORDS}, {trace.dropped_sip} not kept); stats {stats()}")
+        print(
+            f"\n[flood] {target}: {result['sent']} datagrams ({valid_sent} valid) sent, {result['processed']} processed in "
+            f"{elapsed:.1f} s; RSS {rss0:.0f} -> {rss1:.0f} MiB (+{rss1 - rss0:.0f}), trace.drops {drops_growth:+.1f} MiB "
+            f"({len(trace.drops)} records kept); server transactions {txn0} -> {txn1}; trace kept {len(trace)} messages "
+            f"(max_records {TRACE_RECORDS}, {trace.dropped_sip} not kept); stats {stats()}"
+        )
     assert result["processed"] >= N * 0.8, "the flood reached the target"
     assert len(trace) <= TRACE_RECORDS
-    assert len(trace.drops) <= TRACE_RECORDS and all(len(d.raw) <= 2048 for d in trace.drops), \
+    assert len(trace.drops) <= TRACE_RECORDS and all(len(d.raw) <= 2048 for d in trace.drops), (
         "the drop list keeps the last max_records drops, at most 2 KB of each datagram"
+    )
     # counted from before the warm-up, so that warm-up datagrams still queued when txn0 was read cannot count
     warm_valid = (2000 + 9) // 10
-    assert txn1 - txn_start <= warm_valid + valid_sent, \
+    assert txn1 - txn_start <= warm_valid + valid_sent, (
         "garbage creates no transaction state (only the valid MESSAGEs do, for timer J)"
+    )
     # what may grow: ~2,000 live transactions (about 5 KB each), the capped parse caches, allocator slack
     assert rss1 - rss0 < 64, f"RSS grew {rss1 - rss0:.0f} MiB"
     assert_alive(addr, f"{target} after a flood")
@@ -132,6 +146,7 @@ def test_memory_bounded_under_flood(target, flood_stack, capsys):
 def test_drop_list_is_bounded():
     """Trace.drops keeps the most recent max_records drops, each with at most 2 KB of the datagram."""
     from notebook_im.record.recorder import Trace
+
     trace = Trace(max_records=1000)
     for _ in range(5000):
         trace.record_drop("udp", ("127.0.0.1", 1), "garbage", b"x" * 4096, "test")

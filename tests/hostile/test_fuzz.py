@@ -5,6 +5,7 @@ Two parts, both reporting their executions: hypothesis drawing corpus seeds, mut
 (NIM_FUZZ_EXAMPLES, default 15000), and a time-bounded run of the structure-aware mutator (NIM_FUZZ_SECONDS,
 default 15 s). `python bench/fuzz_parser.py` is the longer, coverage-guided run (atheris).
 """
+
 from __future__ import annotations
 
 import os
@@ -25,9 +26,13 @@ _count = {"hypothesis": 0}
 inputs = st.one_of(
     st.binary(max_size=2048),
     st.builds(lambda seed, r: mutate(seed, random.Random(r), rounds=8), st.sampled_from(SEEDS), st.integers(0, 2**32)),
-    st.builds(lambda seed, cut: seed[:cut], st.sampled_from(SEEDS), st.integers(0, 4000)),   # truncations
-    st.builds(lambda seed, junk, at: seed[:at] + junk + seed[at:], st.sampled_from(SEEDS), st.binary(max_size=64),
-              st.integers(0, 4000)),
+    st.builds(lambda seed, cut: seed[:cut], st.sampled_from(SEEDS), st.integers(0, 4000)),  # truncations
+    st.builds(
+        lambda seed, junk, at: seed[:at] + junk + seed[at:],
+        st.sampled_from(SEEDS),
+        st.binary(max_size=64),
+        st.integers(0, 4000),
+    ),
 )
 
 

@@ -5,9 +5,9 @@ connection closes), MAX_BODY 65,335 bytes announced by Content-Length (413), MAX
 MAX_LINE 8,192 characters in a start or header line (414 for a request line, 400 for a header line). Over UDP a
 datagram cannot exceed 65,507 bytes, so MAX_MESSAGE is reached on streams.
 """
+
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -17,11 +17,15 @@ from notebook_im.sip.parser import MAX_BODY, MAX_HEADERS, MAX_LINE, MAX_MESSAGE
 from tests.helpers import wait_for
 from tests.hostile.corpus import Client, assert_alive
 
-HEAD = ("MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/{t} 127.0.0.1:{port};branch=z9hG4bK{b};rport\r\n"
-        "From: <sip:a@example.test>;tag=1\r\nTo: <sip:bob@example.test>\r\nCall-ID: {b}\r\nCSeq: 1 MESSAGE\r\n")
+HEAD = (
+    "MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/{t} 127.0.0.1:{port};branch=z9hG4bK{b};rport\r\n"
+    "From: <sip:a@example.test>;tag=1\r\nTo: <sip:bob@example.test>\r\nCall-ID: {b}\r\nCSeq: 1 MESSAGE\r\n"
+)
 
 
-def msg(extra: str = "", body: bytes = b"", length: int | None = None, port: int = 5060, branch: str = "lim", t: str = "UDP") -> bytes:
+def msg(
+    extra: str = "", body: bytes = b"", length: int | None = None, port: int = 5060, branch: str = "lim", t: str = "UDP"
+) -> bytes:
     cl = len(body) if length is None else length
     return (HEAD.format(port=port, b=branch, t=t) + extra + f"Content-Length: {cl}\r\n\r\n").encode() + body
 
@@ -43,8 +47,10 @@ def test_message_size_limit():
 
 
 def test_body_size_limit():
-    small = ("MESSAGE sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\n"
-             "Call-ID: c\r\nCSeq: 1 MESSAGE\r\nContent-Length: {}\r\n\r\n")
+    small = (
+        "MESSAGE sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\n"
+        "Call-ID: c\r\nCSeq: 1 MESSAGE\r\nContent-Length: {}\r\n\r\n"
+    )
     exact = small.format(MAX_BODY).encode() + b"b" * MAX_BODY
     assert len(exact) <= MAX_MESSAGE
     assert len(parse_message(exact).body) == MAX_BODY
@@ -90,7 +96,7 @@ def test_stream_framer_cost_is_linear_for_a_slow_sender():
     with pytest.raises(RemoteProtocolError, match="size limit"):
         data = b"MESSAGE sip:b@h SIP/2.0\r\nX: " + b"y" * (MAX_MESSAGE + 10)
         for i in range(0, len(data), 16):  # 4,000 segments, header section never ends
-            framer.feed(data[i:i + 16])
+            framer.feed(data[i : i + 16])
     assert time.perf_counter() - start < 1.0
 
 
@@ -122,7 +128,10 @@ def test_stream_framer_limits():
 # -- on the wire ---------------------------------------------------------------------------------------------
 def _targets(stack):
     server, _platform, bob = stack
-    return {"server": ((server.host, server.port), lambda: server.stats), "endpoint": (bob.local_address, lambda: bob.stats)}
+    return {
+        "server": ((server.host, server.port), lambda: server.stats),
+        "endpoint": (bob.local_address, lambda: bob.stats),
+    }
 
 
 @pytest.mark.parametrize("target", ["endpoint", "server"])
@@ -138,7 +147,13 @@ def test_udp_limits_on_the_wire(target, stack):
         assert c.final_response(5).status == 200, "300 extension headers (~8 KB) are real traffic: accepted"
         c.send(msg("Subject: " + "s" * MAX_LINE + "\r\n", port=c.port, branch="over-line"))
         assert c.final_response(5).status == 400
-        c.send(msg("X: " + "p" * 8000 + "\r\n" * 1 + "".join(f"X{i}: {'p' * 8100}\r\n" for i in range(7)), port=c.port, branch="near-max"))  # ~65,000 bytes: fine
+        c.send(
+            msg(
+                "X: " + "p" * 8000 + "\r\n" * 1 + "".join(f"X{i}: {'p' * 8100}\r\n" for i in range(7)),
+                port=c.port,
+                branch="near-max",
+            )
+        )  # ~65,000 bytes: fine
         assert c.final_response(5).status == 200
     assert_alive(addr, target)
 
@@ -150,7 +165,10 @@ def test_tcp_framing_limits_close_only_that_connection(target, stack):
         # announces more than a message may hold, and sends 10 MB of it: answered 413, then closed
         (msg(length=10_000_000, t="TCP") + b"z" * 10_000_000, 413),
         (msg(length=MAX_MESSAGE + 1, t="TCP"), 413),
-        (b"MESSAGE sip:bob@example.test SIP/2.0\r\nX: " + b"y" * (MAX_MESSAGE + 100), None),  # header section never ends
+        (
+            b"MESSAGE sip:bob@example.test SIP/2.0\r\nX: " + b"y" * (MAX_MESSAGE + 100),
+            None,
+        ),  # header section never ends
         (msg(t="TCP").replace(b"Content-Length: 0", b"Content-Length: -1"), None),
     ]
     with Client("tcp", addr) as good:  # an innocent connection opened before, used after
@@ -167,7 +185,7 @@ def test_tcp_framing_limits_close_only_that_connection(target, stack):
                     assert resp is not None and not isinstance(resp, bytes) and resp.status == answer, resp
                     assert "exceeds" in resp.reason
                 assert c.recv(5) == b"", "the target closes a stream it cannot frame"
-            wait_for(lambda: stats()["dropped"] > before, what="unframeable stream counted")
+            wait_for(lambda before=before: stats()["dropped"] > before, what="unframeable stream counted")
         # no Content-Length on a stream: answered 400, and the connection goes on
         with Client("tcp", addr) as c:
             c.send(msg(port=c.port, branch="no-cl", t="TCP").replace(b"Content-Length: 0\r\n", b""))
@@ -189,12 +207,15 @@ def test_tcp_lying_content_length_waits_without_blocking_others(target, stack):
         assert_alive(addr, f"{target} while a stream waits for a body that never comes")
 
 
-@pytest.mark.parametrize("body", [
-    b"l: 0\r\n" * 10000,                                   # thousands of (consistent) Content-Length fields
-    b"Subject: a\r\n" + b" x\r\n" * 15000,                # a field folded 15,000 times
-    b"X: " + b"a, " * 2700 + b"\r\n" + b"Via: " + b"SIP/2.0/UDP h;branch=z9hG4bK1, " * 250 + b"\r\n",
-    b"\r\n".join(b"X%d:" % i for i in range(255)) + b"\r\n" + b"bad line\r\n" * 4000,
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"l: 0\r\n" * 10000,  # thousands of (consistent) Content-Length fields
+        b"Subject: a\r\n" + b" x\r\n" * 15000,  # a field folded 15,000 times
+        b"X: " + b"a, " * 2700 + b"\r\n" + b"Via: " + b"SIP/2.0/UDP h;branch=z9hG4bK1, " * 250 + b"\r\n",
+        b"\r\n".join(b"X%d:" % i for i in range(255)) + b"\r\n" + b"bad line\r\n" * 4000,
+    ],
+)
 def test_pathological_messages_parse_in_bounded_time(body):
     data = b"MESSAGE sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCSeq: 1 MESSAGE\r\n" + body + b"\r\n"
     assert len(data) <= MAX_MESSAGE

@@ -1,4 +1,5 @@
 """Parser bugs found by the corpus, the property tests and the fuzzers, one test each (fixed in notebook_im/sip)."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,9 +8,11 @@ from notebook_im.sip import RemoteProtocolError, Request, SipUri, StreamFramer, 
 from notebook_im.sip.parser import MAX_LINE
 from notebook_im.sip.uri import _parse_uri
 
-BASE = (b"MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKr1;rport\r\n"
-        b"Max-Forwards: 70\r\nFrom: <sip:alice@example.test>;tag=a\r\nTo: <sip:bob@example.test>\r\n"
-        b"Call-ID: reg@h\r\nCSeq: 1 MESSAGE\r\nContent-Length: 5\r\n\r\nhello")
+BASE = (
+    b"MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKr1;rport\r\n"
+    b"Max-Forwards: 70\r\nFrom: <sip:alice@example.test>;tag=a\r\nTo: <sip:bob@example.test>\r\n"
+    b"Call-ID: reg@h\r\nCSeq: 1 MESSAGE\r\nContent-Length: 5\r\n\r\nhello"
+)
 
 
 def error(data: bytes) -> RemoteProtocolError:
@@ -38,11 +41,14 @@ def test_unicode_digit_port_in_request_uri_is_answerable():
     assert exc.status_code == 400 and isinstance(exc.message, Request)
 
 
-@pytest.mark.parametrize("start, status", [
-    (b"MESSAGE tel:+15550100 SIP/2.0", 416),           # was: 416 without the request: dropped, never answered
-    (b"MESSAGE sip:bob@example.test SIP/3.0", 505),    # was: 505 without the request
-    (b"MESSAGE  sip:bob@example.test SIP/2.0", 400),   # was: dropped
-])
+@pytest.mark.parametrize(
+    "start, status",
+    [
+        (b"MESSAGE tel:+15550100 SIP/2.0", 416),  # was: 416 without the request: dropped, never answered
+        (b"MESSAGE sip:bob@example.test SIP/3.0", 505),  # was: 505 without the request
+        (b"MESSAGE  sip:bob@example.test SIP/2.0", 400),  # was: dropped
+    ],
+)
 def test_start_line_errors_are_answered_once_headers_are_read(start, status):
     exc = error(BASE.replace(b"MESSAGE sip:bob@example.test SIP/2.0", start))
     assert exc.status_code == status and isinstance(exc.message, Request)
@@ -91,7 +97,11 @@ def test_cseq_with_tab_is_lws():
 @pytest.mark.parametrize("charset", ["idna", "punycode", "hex", "rot13", "zlib", "nonexistent"])
 def test_body_text_never_raises(charset):
     # was: UnicodeError out of Message.text() for codecs without "replace" error handling
-    m = parse_message(BASE.replace(b"Content-Length", b"Content-Type: text/plain; charset=" + charset.encode() + b"\r\nContent-Length"))
+    m = parse_message(
+        BASE.replace(
+            b"Content-Length", b"Content-Type: text/plain; charset=" + charset.encode() + b"\r\nContent-Length"
+        )
+    )
     m.body = b"\xff\xfe\x00 bad"
     assert isinstance(m.text(), str)
 
@@ -124,6 +134,7 @@ def test_header_limit_survives_serialization():
     # was: 256 fields without Content-Length parsed, but bytes() adds Content-Length and the result (257) did not
     # (found by bench/fuzz_parser.py --engine mutate --seed 7)
     from notebook_im.sip.parser import MAX_HEADERS
+
     head, _, _ = BASE.partition(b"Content-Length")
     fields = head.count(b"\r\n") - 1
     data = head + b"".join(b"X-%d: v\r\n" % i for i in range(MAX_HEADERS - fields)) + b"\r\n"

@@ -1,5 +1,6 @@
 """Property-based tests (hypothesis): parse/serialize round trips of generated requests and responses, and the
 RFC 3261 §17 transaction state machines driven by random event sequences."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,20 @@ from hypothesis import strategies as st
 from notebook_im.sip import LocalProtocolError, Request, Response, parse_message
 from notebook_im.sip.headers import Headers, normalize_name
 from notebook_im.sip.message import make_response
-from notebook_im.sip.transaction import (T1, T2, T4, ClientTransaction, Deliver, ServerTransaction, StartTimer, State,
-                                         StopTimer, Terminated, Timeout, Transmit)
+from notebook_im.sip.transaction import (
+    T1,
+    T2,
+    T4,
+    ClientTransaction,
+    Deliver,
+    ServerTransaction,
+    StartTimer,
+    State,
+    StopTimer,
+    Terminated,
+    Timeout,
+    Transmit,
+)
 from notebook_im.sip.uri import Address, SipUri, Via
 
 EXAMPLES = int(os.environ.get("NIM_PROPERTY_EXAMPLES", "300"))  # raise it for a longer local run
@@ -26,19 +39,32 @@ text = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max
 label = st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=10)
 hosts = st.one_of(
     st.lists(label, min_size=1, max_size=4).map(".".join),
-    st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: "%d.%d.%d.%d" % t),
+    st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t))),
     st.lists(st.integers(0, 0xFFFF).map("{:x}".format), min_size=8, max_size=8).map(lambda g: "[" + ":".join(g) + "]"),
 )
 params = st.dictionaries(lower_tokens.filter(lambda k: k not in ("tag",)), st.one_of(st.none(), tokens), max_size=4)
 users = st.one_of(st.none(), st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20))
-uris = st.builds(lambda h, u, p, s, pr: SipUri(host=h, user=u, port=p, scheme=s).with_params(**pr) if pr else
-                 SipUri(host=h, user=u, port=p, scheme=s),
-                 hosts, users, st.one_of(st.none(), st.integers(1, 65535)), st.sampled_from(["sip", "sips"]), params)
-addresses = st.builds(lambda u, d, tag: Address(u, d).with_tag(tag) if tag else Address(u, d),
-                      uris, st.one_of(st.none(), text.filter(lambda s: s.strip() == s and s)), st.one_of(st.none(), tokens))
+uris = st.builds(
+    lambda h, u, p, s, pr: (
+        SipUri(host=h, user=u, port=p, scheme=s).with_params(**pr) if pr else SipUri(host=h, user=u, port=p, scheme=s)
+    ),
+    hosts,
+    users,
+    st.one_of(st.none(), st.integers(1, 65535)),
+    st.sampled_from(["sip", "sips"]),
+    params,
+)
+addresses = st.builds(
+    lambda u, d, tag: Address(u, d).with_tag(tag) if tag else Address(u, d),
+    uris,
+    st.one_of(st.none(), text.filter(lambda s: s.strip() == s and s)),
+    st.one_of(st.none(), tokens),
+)
 RESERVED = {"via", "from", "to", "call-id", "cseq", "max-forwards", "content-length"}
-extra_headers = st.lists(st.tuples(tokens.filter(lambda n: normalize_name(n) not in RESERVED),
-                                   text.map(lambda s: s.strip(" \t"))), max_size=8)
+extra_headers = st.lists(
+    st.tuples(tokens.filter(lambda n: normalize_name(n) not in RESERVED), text.map(lambda s: s.strip(" \t"))),
+    max_size=8,
+)
 methods = st.one_of(st.sampled_from(["INVITE", "MESSAGE", "OPTIONS", "BYE", "CANCEL", "REGISTER", "INFO"]), tokens)
 
 
@@ -80,7 +106,9 @@ def test_request_round_trip(method, uri, frm, to, via_host, cseq, extra, body):
 
 
 @SETTINGS
-@given(st.integers(100, 699), text.map(lambda s: s.strip()), addresses, addresses, extra_headers, st.binary(max_size=300))
+@given(
+    st.integers(100, 699), text.map(lambda s: s.strip()), addresses, addresses, extra_headers, st.binary(max_size=300)
+)
 def test_response_round_trip(status, reason, frm, to, extra, body):
     resp = Response(status, reason, _headers("MESSAGE", frm, to, "h.example.test", 1, extra), body)
     parsed = parse_message(bytes(resp))
@@ -99,7 +127,11 @@ def test_uri_round_trip(uri):
 @given(addresses)
 def test_address_round_trip(address):
     again = Address.parse(str(address))
-    assert (again.uri, again.display_name, dict(again.params)) == (address.uri, address.display_name, dict(address.params))
+    assert (again.uri, again.display_name, dict(again.params)) == (
+        address.uri,
+        address.display_name,
+        dict(address.params),
+    )
 
 
 # -- transaction state machines ----------------------------------------------------------------------------------
@@ -179,11 +211,14 @@ class Driver:
             self.armed.clear()
 
 
-client_events = st.lists(st.one_of(
-    st.tuples(st.just("response"), st.sampled_from([100, 180, 183, 200, 202, 302, 404, 486, 500, 603])),
-    st.tuples(st.just("timer"), st.integers(0, 20)),   # fires the n-th armed timer, if any
-    st.tuples(st.just("transport_error"), st.none()),
-), max_size=30)
+client_events = st.lists(
+    st.one_of(
+        st.tuples(st.just("response"), st.sampled_from([100, 180, 183, 200, 202, 302, 404, 486, 500, 603])),
+        st.tuples(st.just("timer"), st.integers(0, 20)),  # fires the n-th armed timer, if any
+        st.tuples(st.just("transport_error"), st.none()),
+    ),
+    max_size=30,
+)
 
 
 @settings(max_examples=EXAMPLES * 4 // 3, deadline=None, database=None)
@@ -205,13 +240,16 @@ def test_client_transaction_random_events(method, reliable, events):
             d.apply(txn.transport_error())
 
 
-server_events = st.lists(st.one_of(
-    st.tuples(st.just("retransmission"), st.none()),
-    st.tuples(st.just("ack"), st.none()),
-    st.tuples(st.just("respond"), st.sampled_from([100, 180, 200, 404, 486, 500])),
-    st.tuples(st.just("timer"), st.integers(0, 20)),
-    st.tuples(st.just("transport_error"), st.none()),
-), max_size=30)
+server_events = st.lists(
+    st.one_of(
+        st.tuples(st.just("retransmission"), st.none()),
+        st.tuples(st.just("ack"), st.none()),
+        st.tuples(st.just("respond"), st.sampled_from([100, 180, 200, 404, 486, 500])),
+        st.tuples(st.just("timer"), st.integers(0, 20)),
+        st.tuples(st.just("transport_error"), st.none()),
+    ),
+    max_size=30,
+)
 
 
 @settings(max_examples=EXAMPLES * 4 // 3, deadline=None, database=None)

@@ -1,5 +1,6 @@
 """Fixtures of the receipt tests: two endpoints on the embedded server with a connected session; SIPp's
 fixtures come from tests/interop/conftest.py."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ def scenario(name: str) -> str:
 class Pair:
     alice: nim.Endpoint
     bob: nim.Endpoint
-    session: nim.ImSession       # alice's
+    session: nim.ImSession  # alice's
     bob_session: nim.ImSession
 
 

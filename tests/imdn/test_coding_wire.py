@@ -2,6 +2,7 @@
 MESSAGE by its Call-ID, is-composing inside a deflated CPIM wrapper, gzip text, and the refusals (415 with
 Accept-Encoding for a coding we do not take, 413 for a decompression bomb, 400 for a body that does not
 inflate), none of which reaches the application."""
+
 from __future__ import annotations
 
 import gzip
@@ -19,8 +20,10 @@ from tests.security.raw import RawPeer, header
 
 pytestmark = pytest.mark.timeout(60)
 
-COMPOSING = (b'<?xml version="1.0" encoding="UTF-8"?>\r\n<isComposing xmlns="urn:ietf:params:xml:ns:im-iscomposing">'
-             b'<state>active</state><contenttype>text/plain</contenttype><refresh>60</refresh></isComposing>')
+COMPOSING = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\r\n<isComposing xmlns="urn:ietf:params:xml:ns:im-iscomposing">'
+    b"<state>active</state><contenttype>text/plain</contenttype><refresh>60</refresh></isComposing>"
+)
 
 
 @pytest.fixture
@@ -34,12 +37,25 @@ def to_alice(alice: nim.Endpoint) -> tuple[str, int]:
     return host, port
 
 
-def deliver(peer: RawPeer, alice: nim.Endpoint, body: bytes, content_type: str, coding: str | None,
-            extra: list[str] | None = None) -> bytes:
+def deliver(
+    peer: RawPeer,
+    alice: nim.Endpoint,
+    body: bytes,
+    content_type: str,
+    coding: str | None,
+    extra: list[str] | None = None,
+) -> bytes:
     """Send one MESSAGE from bob (the raw peer) to alice; her final response."""
     lines = list(extra or []) + ([f"Content-Encoding: {coding}"] if coding else [])
-    req, _ = peer.request("MESSAGE", alice.contact.strip("<>"), from_=f"sip:bob@{peer.hostport}",
-                          to=alice.uri, body=body, content_type=content_type, extra=lines)
+    req, _ = peer.request(
+        "MESSAGE",
+        alice.contact.strip("<>"),
+        from_=f"sip:bob@{peer.hostport}",
+        to=alice.uri,
+        body=body,
+        content_type=content_type,
+        extra=lines,
+    )
     resp = peer.exchange(req, to_alice(alice), 5)
     assert resp is not None, "alice did not answer"
     return resp
@@ -58,9 +74,11 @@ def test_a_deflated_receipt_naming_the_call_id_is_believed(alice: nim.Endpoint) 
         peer.send(bytes(make_response(request, 200, to_tag="lin")), to_alice(alice))
         sent = op.result(5)
         for kind, status in (("delivery-notification", "delivered"), ("display-notification", "displayed")):
-            doc = (f'<?xml version="1.0" encoding="UTF-8"?><imdn xmlns="urn:ietf:params:xml:ns:imdn">'
-                   f"<message-id>{request.call_id}</message-id><datetime>2026-12-05T08:00:00.000Z</datetime>"
-                   f"<{kind}><status><{status}/></status></{kind}></imdn>").encode()
+            doc = (
+                f'<?xml version="1.0" encoding="UTF-8"?><imdn xmlns="urn:ietf:params:xml:ns:imdn">'
+                f"<message-id>{request.call_id}</message-id><datetime>2026-12-05T08:00:00.000Z</datetime>"
+                f"<{kind}><status><{status}/></status></{kind}></imdn>"
+            ).encode()
             resp = deliver(peer, alice, zlib.compress(doc), imdn.CONTENT_TYPE, "deflate", ["Priority: non-urgent"])
             assert resp.startswith(b"SIP/2.0 200"), resp
     first, second = notified.get(5), notified.get(5)
@@ -87,18 +105,22 @@ def test_composing_in_a_deflated_cpim_wrapper_is_shown(alice: nim.Endpoint) -> N
     assert isinstance(text, nim.MessageReceived) and text.text == "gzipped ✓"
 
 
-@pytest.mark.parametrize("coding, body, status", [
-    ("br", b"\x0b\x02\x80hello\x03", 415),
-    ("deflate", b"this was never compressed", 400),
-    ("gzip", zlib.compress(b"zlib is not gzip"), 400),
-])
-def test_bodies_we_cannot_read_are_refused_and_lost_to_nobody(alice: nim.Endpoint, coding: str, body: bytes,
-                                                              status: int) -> None:
+@pytest.mark.parametrize(
+    "coding, body, status",
+    [
+        ("br", b"\x0b\x02\x80hello\x03", 415),
+        ("deflate", b"this was never compressed", 400),
+        ("gzip", zlib.compress(b"zlib is not gzip"), 400),
+    ],
+)
+def test_bodies_we_cannot_read_are_refused_and_lost_to_nobody(
+    alice: nim.Endpoint, coding: str, body: bytes, status: int
+) -> None:
     events = alice.events(nim.MessageReceived, nim.ComposingChanged)
     with RawPeer() as peer:
         resp = deliver(peer, alice, body, "text/plain", coding)
     assert resp.startswith(f"SIP/2.0 {status} ".encode()), resp
-    if status == 415:   # RFC 3261 §8.2.3: say which codings we take
+    if status == 415:  # RFC 3261 §8.2.3: say which codings we take
         assert header(resp, "Accept-Encoding") == "deflate, gzip, identity", resp
     assert events.drain() == []
 
@@ -130,18 +152,18 @@ def test_a_cpim_peer_gets_cpim_and_receipts_flow(server: nim.Server, platform: n
     bob = platform.endpoint("sip:bob@example.test", server=server).result(10)
     for wrong in ("yes", 1, None):
         with pytest.raises(ValueError, match="auto"):
-            bob.cpim = wrong   # type: ignore[assignment]
+            bob.cpim = wrong  # type: ignore[assignment]
     assert alice.cpim == "auto" and not alice.speaks_cpim(bob.uri)
     got_alice, got_bob = alice.events(nim.MessageReceived), bob.events(nim.MessageReceived)
     receipts = bob.events(nim.MessageDeliveryNotified)
 
-    alice.send_message(bob.uri, "plain first").result(10)       # alice knows nothing of bob yet: plain text
+    alice.send_message(bob.uri, "plain first").result(10)  # alice knows nothing of bob yet: plain text
     assert got_bob.get(5).text == "plain first"
     bob.cpim = True
     sent = bob.send_message(alice.uri, "wrapped ✓").result(10)
     received = got_alice.get(5)
     assert (received.text, received.message_id, received.content_type) == ("wrapped ✓", sent.message_id, "text/plain")
-    assert receipts.get(5).message_id == sent.message_id        # asked for inside the wrapper, answered
+    assert receipts.get(5).message_id == sent.message_id  # asked for inside the wrapper, answered
     assert alice.speaks_cpim("sip:bob@example.test;transport=udp")
     reply = alice.send_message(bob.uri, "so do I").result(10)
     assert got_bob.get(5).message_id == reply.message_id
@@ -152,4 +174,4 @@ def test_a_cpim_peer_gets_cpim_and_receipts_flow(server: nim.Server, platform: n
     assert "Content-Type: message/cpim" not in texts[0] and "Imdn-Message-ID:" in texts[0]
     assert "Content-Type: message/cpim" in texts[1] and f"imdn.Message-ID: {reply.message_id}" in texts[1]
     assert "imdn.Disposition-Notification: positive-delivery, display" in texts[1]
-    assert "Disposition-Notification:" not in texts[1].split("\r\n\r\n")[0]   # not twice: only in the wrapper
+    assert "Disposition-Notification:" not in texts[1].split("\r\n\r\n")[0]  # not twice: only in the wrapper

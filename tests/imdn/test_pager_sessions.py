@@ -1,6 +1,7 @@
 """Pager-mode sessions: a callee that does not take IM sessions (it answers the INVITE 488, as liblinphone and
 baresip do) still gets the conversation, as out-of-dialog MESSAGEs with composing and receipts, tied to an
 ImSession both sides can chat in; `mode=` chooses; a refusal of the person is not taken for a refused offer."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,6 +19,7 @@ def refuse_sessions(endpoint: nim.Endpoint, status: int = 488) -> list[nim.Incom
     def on_incoming(incoming: nim.IncomingSession) -> None:
         seen.append(incoming)
         incoming.reject(status)
+
     endpoint.sessions.on_incoming(on_incoming)
     return seen
 
@@ -33,7 +35,9 @@ def test_a_488_turns_the_session_into_a_pager_conversation(server: nim.Server, p
     bob = platform.endpoint("sip:bob@example.test", server=server, transport="tcp").result(10)
     invitations = refuse_sessions(bob)
     modes = alice.events(nim.SessionModeChanged)
-    a_events = alice.events(nim.MessageReceived, nim.ComposingChanged, nim.MessageDeliveryNotified, nim.MessageDisplayed)
+    a_events = alice.events(
+        nim.MessageReceived, nim.ComposingChanged, nim.MessageDeliveryNotified, nim.MessageDisplayed
+    )
     b_events = bob.events(nim.MessageReceived, nim.ComposingChanged)
 
     session = alice.sessions.create(bob.uri).result(10)
@@ -74,7 +78,7 @@ def test_a_488_turns_the_session_into_a_pager_conversation(server: nim.Server, p
     # read receipts both ways, out of dialog
     assert session.mark_read().result(5) == 1
     wait_for(lambda: reply_to.messages[-1].state == "displayed", 5, "bob's message displayed")
-    assert bob.mark_read().result(5) == 1     # bob read alice's first message as a plain pager message
+    assert bob.mark_read().result(5) == 1  # bob read alice's first message as a plain pager message
     shown = a_events.get(5)
     assert isinstance(shown, nim.MessageDisplayed) and shown.session is session and shown.message_id == sent.message_id
 
@@ -106,7 +110,7 @@ def test_mode_session_keeps_the_refusal_and_bad_modes_are_refused(server: nim.Se
     assert info.value.status == 488
     for wrong in ("Pager", "", None):
         with pytest.raises(ValueError, match="'auto', 'session', 'pager'"):
-            alice.sessions.create(bob.uri, mode=wrong)   # type: ignore[arg-type]
+            alice.sessions.create(bob.uri, mode=wrong)  # type: ignore[arg-type]
     assert alice.sessions.sessions == []
 
 
@@ -151,19 +155,39 @@ def test_texts_from_strangers_open_bounded_pager_sessions(platform: nim.Platform
     got = bob.events(nim.MessageReceived)
     host, port = bob.agent.local_addr
     with RawPeer() as peer:
-        composing = (b'<?xml version="1.0"?><isComposing xmlns="urn:ietf:params:xml:ns:im-iscomposing">'
-                     b"<state>active</state></isComposing>")
-        req, _ = peer.request("MESSAGE", f"sip:bob@{host}:{port}", from_="sip:typist@example.test", to=bob.uri,
-                              body=composing, content_type="application/im-iscomposing+xml")
+        composing = (
+            b'<?xml version="1.0"?><isComposing xmlns="urn:ietf:params:xml:ns:im-iscomposing">'
+            b"<state>active</state></isComposing>"
+        )
+        req, _ = peer.request(
+            "MESSAGE",
+            f"sip:bob@{host}:{port}",
+            from_="sip:typist@example.test",
+            to=bob.uri,
+            body=composing,
+            content_type="application/im-iscomposing+xml",
+        )
         assert peer.exchange(req, (host, port)).startswith(b"SIP/2.0 200")
         assert bob.sessions.sessions == [], "composing alone opens no conversation"
         for i in range(5):
-            req, _ = peer.request("MESSAGE", f"sip:bob@{host}:{port}", from_=f"sip:stranger{i}@example.test",
-                                  to=bob.uri, body=f"hello {i}".encode(), content_type="text/plain")
+            req, _ = peer.request(
+                "MESSAGE",
+                f"sip:bob@{host}:{port}",
+                from_=f"sip:stranger{i}@example.test",
+                to=bob.uri,
+                body=f"hello {i}".encode(),
+                content_type="text/plain",
+            )
             assert peer.exchange(req, (host, port)).startswith(b"SIP/2.0 200")
         # the first stranger again: into the session that exists
-        req, _ = peer.request("MESSAGE", f"sip:bob@{host}:{port}", from_="sip:stranger0@example.test", to=bob.uri,
-                              body=b"me again", content_type="text/plain")
+        req, _ = peer.request(
+            "MESSAGE",
+            f"sip:bob@{host}:{port}",
+            from_="sip:stranger0@example.test",
+            to=bob.uri,
+            body=b"me again",
+            content_type="text/plain",
+        )
         assert peer.exchange(req, (host, port)).startswith(b"SIP/2.0 200")
     events = [got.get(5) for _ in range(6)]
     sessions = bob.sessions.sessions

@@ -1,6 +1,7 @@
 """Delivery and read receipts (RFC 5438) end to end between two endpoints on the embedded server: the states
 sending -> sent -> delivered -> displayed, the events, mark_read(), pager mode, the messages frame, the
 switches, and who may send a receipt."""
+
 from __future__ import annotations
 
 import re
@@ -33,14 +34,22 @@ def receipts_sent(platform: nim.Platform, owner: str, kind: str | None = None) -
 def test_delivered_then_displayed(pair: Pair, platform: nim.Platform) -> None:
     notified = pair.alice.events(nim.MessageDeliveryNotified, nim.MessageDisplayed)
     delivered = pair.session.send("hello bob").result(10)
-    assert delivered.status == 200 and delivered.state in ("sent", "delivered")   # a receipt may overtake the 200
+    assert delivered.status == 200 and delivered.state in ("sent", "delivered")  # a receipt may overtake the 200
     first = notified.get(5)
     assert isinstance(first, nim.MessageDeliveryNotified)
-    assert (first.message_id, first.disposition, first.state, first.mode) == (delivered.message_id, "delivered",
-                                                                              "delivered", "session")
+    assert (first.message_id, first.disposition, first.state, first.mode) == (
+        delivered.message_id,
+        "delivered",
+        "delivered",
+        "session",
+    )
     assert first.session is pair.session and first.participant.uri == "sip:bob@example.test"
     msg = pair.session.messages[-1]
-    assert (msg.status, msg.state, msg.requested) == ("delivered", "delivered", frozenset({"positive-delivery", "display"}))
+    assert (msg.status, msg.state, msg.requested) == (
+        "delivered",
+        "delivered",
+        frozenset({"positive-delivery", "display"}),
+    )
     assert msg.delivery_notified_at is not None and msg.displayed_at is None
 
     # bob has it, unread; the request travelled as SIP headers
@@ -67,7 +76,7 @@ def test_delivered_then_displayed(pair: Pair, platform: nim.Platform) -> None:
     raw = receipts_sent(platform, pair.bob.uri, "display")[0]
     assert "Content-Type: message/cpim" in raw and "Content-Disposition: notification" in raw
     assert f"<message-id>{msg.id}</message-id>" in raw and "<displayed/>" in raw
-    assert f"<datetime>{received.imdn_datetime}</datetime>" in raw    # the sender's DateTime, echoed
+    assert f"<datetime>{received.imdn_datetime}</datetime>" in raw  # the sender's DateTime, echoed
 
 
 def test_mark_read_by_id_and_argument_errors(pair: Pair, platform: nim.Platform) -> None:
@@ -108,7 +117,7 @@ def test_messages_frame_state_column(pair: Pair, platform: nim.Platform) -> None
     m = platform.trace.messages()
     out = m[m["direction"] == "out"]
     assert out["state"].astype(str).tolist() == ["displayed", "delivered"]
-    assert out["status"].astype(str).tolist() == ["delivered", "delivered"]    # the SIP outcome: both 2xx
+    assert out["status"].astype(str).tolist() == ["delivered", "delivered"]  # the SIP outcome: both 2xx
     assert list(m["state"].dtype.categories) == ["sending", "sent", "delivered", "displayed", "failed"]
     assert m[m["direction"] == "in"]["state"].isna().all()
     # the same states rebuilt from the SIP messages alone (a pcap): the receipts are in the trace
@@ -122,8 +131,9 @@ def test_frame_lists_a_message_still_sending() -> None:
     """A message with MessageSending and no final response yet is a row with state "sending"."""
     trace = Trace()
     now = datetime.now(timezone.utc)
-    trace.record_event("sip:a@x", nim.MessageSending(None, "m1", "in flight", "text/plain", "pager", "sip:b@x",
-                                                     timestamp=now))
+    trace.record_event(
+        "sip:a@x", nim.MessageSending(None, "m1", "in flight", "text/plain", "pager", "sip:b@x", timestamp=now)
+    )
     m = trace.messages()
     assert len(m) == 1 and m["state"].astype(str).tolist() == ["sending"] and pd.isna(m["status"].iloc[0])
     assert abs(m["sent_at"].iloc[0] - pd.Timestamp(now)) < pd.Timedelta(microseconds=1)
@@ -146,17 +156,19 @@ def test_request_receipts_off_asks_for_none(pair: Pair, platform: nim.Platform) 
     time.sleep(0.3)
     sip = platform.trace.sip(owner=pair.alice.uri)
     raw = [r for r in sip["raw"] if "no receipts please" in r][0]
-    assert "Disposition-Notification" not in raw and "Imdn-Message-ID" in raw   # the id still de-duplicates retries
+    assert "Disposition-Notification" not in raw and "Imdn-Message-ID" in raw  # the id still de-duplicates retries
     assert receipts_sent(platform, pair.bob.uri) == []
     assert pair.session.messages[-1].state == "sent"
 
 
 def raw_message(ep: nim.Endpoint, sender: str, content_type: str, body: bytes) -> bytes:
     """Send one out-of-dialog MESSAGE to `ep` from a plain UDP socket; return the reply."""
-    request = (f"MESSAGE {ep.contact} SIP/2.0\r\n"
-               f"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK{uuid.uuid4().hex[:10]};rport\r\nMax-Forwards: 70\r\n"
-               f"From: <{sender}>;tag=t1\r\nTo: <{ep.uri}>\r\nCall-ID: {uuid.uuid4().hex}\r\nCSeq: 1 MESSAGE\r\n"
-               f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    request = (
+        f"MESSAGE {ep.contact} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK{uuid.uuid4().hex[:10]};rport\r\nMax-Forwards: 70\r\n"
+        f"From: <{sender}>;tag=t1\r\nTo: <{ep.uri}>\r\nCall-ID: {uuid.uuid4().hex}\r\nCSeq: 1 MESSAGE\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     reply = udp_exchange(request, ep.local_address, timeout=3)
     assert reply is not None, "no answer"
     return reply
@@ -166,10 +178,15 @@ def test_receipt_from_someone_else_is_ignored(pair: Pair, platform: nim.Platform
     """A pager-mode receipt about alice's message that does not come from its recipient changes nothing."""
     sent = pair.alice.send_message("sip:bob@example.test", "only bob may confirm").result(10)
     wait_for(lambda: pair.alice.receipts.find(sent.message_id).state == "delivered", 5, "bob's receipt")
-    forged = imdn.wrap(imdn.Notification(sent.message_id, "display", "displayed", None, "sip:mallory@example.test"),
-                       "sip:mallory@example.test", pair.alice.uri, "f1", datetime.now(timezone.utc))
+    forged = imdn.wrap(
+        imdn.Notification(sent.message_id, "display", "displayed", None, "sip:mallory@example.test"),
+        "sip:mallory@example.test",
+        pair.alice.uri,
+        "f1",
+        datetime.now(timezone.utc),
+    )
     reply = raw_message(pair.alice, "sip:mallory@example.test", "message/cpim", forged)
-    assert reply.startswith(b"SIP/2.0 200")          # answered, but believed only from the recipient
+    assert reply.startswith(b"SIP/2.0 200")  # answered, but believed only from the recipient
     assert pair.alice.receipts.find(sent.message_id).state == "delivered"
 
 
@@ -198,8 +215,10 @@ def test_conference_messages_ask_for_no_receipts(server: nim.Server, platform: n
 
 def test_chat_message_state_defaults_follow_status() -> None:
     now = datetime.now(timezone.utc)
-    states = [ChatMessage("i", "out", "a", "b", "t", "text/plain", now, s).state
-              for s in ("sending", "delivered", "failed", "received")]
+    states = [
+        ChatMessage("i", "out", "a", "b", "t", "text/plain", now, s).state
+        for s in ("sending", "delivered", "failed", "received")
+    ]
     assert states == ["sending", "sent", "failed", "received"]
 
 
@@ -207,17 +226,28 @@ def test_cpim_text_in_a_session_asks_for_receipts(pair: Pair, platform: nim.Plat
     """linphone's form in session mode: the text inside message/cpim, the request in CPIM headers."""
     from notebook_im.im import cpim
     from notebook_im.runtime import runtime
-    body = cpim.wrap(pair.alice.uri, pair.bob.uri, "wrapped hello".encode(), "text/plain;charset=UTF-8",
-                     message_id="cpim-1").replace(b"imdn.Message-ID: cpim-1\r\n",
-                                                  b"imdn.Message-ID: cpim-1\r\nimdn.Disposition-Notification: display\r\n")
+
+    body = cpim.wrap(
+        pair.alice.uri, pair.bob.uri, b"wrapped hello", "text/plain;charset=UTF-8", message_id="cpim-1"
+    ).replace(b"imdn.Message-ID: cpim-1\r\n", b"imdn.Message-ID: cpim-1\r\nimdn.Disposition-Notification: display\r\n")
     got = pair.bob.events(nim.MessageReceived)
-    resp = runtime().submit(pair.session.ua.send_in_dialog(pair.session.dialog, "MESSAGE", body=body,
-                                                           content_type="message/cpim"), "cpim").result(10)
+    resp = (
+        runtime()
+        .submit(
+            pair.session.ua.send_in_dialog(pair.session.dialog, "MESSAGE", body=body, content_type="message/cpim"),
+            "cpim",
+        )
+        .result(10)
+    )
     assert resp.status == 200
     msg = got.get(5)
-    assert (msg.text, msg.message_id, msg.content_type, msg.session) == ("wrapped hello", "cpim-1", "text/plain",
-                                                                         pair.bob_session)
-    assert pair.bob_session.messages[-1].requested == {"display"}     # display only: no delivery receipt
+    assert (msg.text, msg.message_id, msg.content_type, msg.session) == (
+        "wrapped hello",
+        "cpim-1",
+        "text/plain",
+        pair.bob_session,
+    )
+    assert pair.bob_session.messages[-1].requested == {"display"}  # display only: no delivery receipt
     time.sleep(0.2)
     assert receipts_sent(platform, pair.bob.uri) == []
     assert pair.bob_session.mark_read().result(5) == 1

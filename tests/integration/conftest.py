@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import pytest
 
-import notebook_im as nim
-
 
 @pytest.fixture(params=["udp", "tcp"])
 def transport(request):
@@ -13,6 +11,8 @@ def transport(request):
 @pytest.fixture
 def pair(server, platform, transport):
     """alice and bob registered with the embedded server over `transport`; bob auto-accepts."""
-    alice = platform.endpoint("sip:alice@example.test", server=server, transport=transport, display_name="Alice").result(10)
+    alice = platform.endpoint(
+        "sip:alice@example.test", server=server, transport=transport, display_name="Alice"
+    ).result(10)
     bob = platform.endpoint("sip:bob@example.test", server=server, transport=transport, display_name="Bob").result(10)
     return alice, bob

@@ -1,4 +1,5 @@
 """Two endpoints chat through the embedded server: the README's example, over UDP and TCP."""
+
 from __future__ import annotations
 
 import pytest
@@ -153,8 +154,12 @@ def test_participant_and_session_state_events(pair):
     session.terminate().result(5)
     assert added.get(timeout=5).participant.uri == "sip:bob@example.test"
     seen = [e.state for e in states.drain()]
-    assert seen == [nim.ParticipantState.CONNECTING, nim.ParticipantState.CONNECTED,
-                    nim.ParticipantState.DISCONNECTING, nim.ParticipantState.DISCONNECTED]
+    assert seen == [
+        nim.ParticipantState.CONNECTING,
+        nim.ParticipantState.CONNECTED,
+        nim.ParticipantState.DISCONNECTING,
+        nim.ParticipantState.DISCONNECTED,
+    ]
 
 
 def test_trace_records_every_message_and_event(pair):
@@ -170,7 +175,13 @@ def test_trace_records_every_message_and_event(pair):
         assert method in alice_out
     assert any(b"traced" in r.raw for r in records if r.owner == bob.uri and r.direction == "in")
     kinds = {type(e.event).__name__ for e in trace.events_list}
-    assert {"EndpointStateChanged", "IncomingSession", "MessageReceived", "MessageDelivered", "SessionTerminated"} <= kinds
+    assert {
+        "EndpointStateChanged",
+        "IncomingSession",
+        "MessageReceived",
+        "MessageDelivered",
+        "SessionTerminated",
+    } <= kinds
 
 
 def test_sending_event_invitation_and_callee_display_name(pair):

@@ -1,10 +1,10 @@
 """The README example in a real Jupyter kernel (ipykernel 7): top-level await and blocking calls in cells."""
-from __future__ import annotations
 
-import pytest
+from __future__ import annotations
 
 import jupyter_client  # installed by `make test` (the test extra)
 import jupyter_client.manager
+import pytest
 
 pytestmark = pytest.mark.kernel
 
@@ -24,13 +24,14 @@ CELLS = [
 
 def test_readme_example_in_ipykernel():
     import ipykernel
+
     assert int(ipykernel.__version__.split(".")[0]) >= 7
     km, kc = jupyter_client.manager.start_new_kernel(kernel_name="python3")
     try:
         outputs = []
         for cell in CELLS:
             chunks: list[str] = []
-            reply = kc.execute_interactive(cell, timeout=60, output_hook=lambda m: _collect(m, chunks))
+            reply = kc.execute_interactive(cell, timeout=60, output_hook=lambda m, chunks=chunks: _collect(m, chunks))
             assert reply["content"]["status"] == "ok", (cell, chunks)
             outputs.append("".join(chunks))
         text = "\n".join(outputs)

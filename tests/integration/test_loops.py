@@ -1,5 +1,6 @@
 """The library's loop thread runs on uvloop when installed and on asyncio otherwise (NOTEBOOK_IM_LOOP chooses):
 the same chat works on both. Each runs in its own process because the loop is created once per process."""
+
 from __future__ import annotations
 
 import os
@@ -40,6 +41,11 @@ def test_chat_on_each_loop(choice: str, module: str) -> None:
 
 def test_a_wrong_loop_choice_says_what_to_write() -> None:
     env = {**os.environ, "NOTEBOOK_IM_LOOP": "trio"}
-    out = subprocess.run([sys.executable, "-c", "import notebook_im as nim; nim.Platform()"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", "import notebook_im as nim; nim.Platform()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode != 0 and "use 'auto' (uvloop when installed), 'asyncio' or 'uvloop'" in out.stderr

@@ -1,5 +1,6 @@
 """Bad bytes never crash or hang the stack: answerable garbage gets 400 with a reason, the rest is dropped
 and counted, and the next valid message still works."""
+
 from __future__ import annotations
 
 import socket
@@ -17,15 +18,20 @@ GOOD = (
 )
 
 GARBAGE = [
-    b"\x00" * 64, b"hello world\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\xff" * 3000,
-    b"INVITE sip:bob@127.0.0.1 SIP/2.0\r\n\r\n",                     # no headers at all: nothing to answer
+    b"\x00" * 64,
+    b"hello world\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"\xff" * 3000,
+    b"INVITE sip:bob@127.0.0.1 SIP/2.0\r\n\r\n",  # no headers at all: nothing to answer
     b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKnope\r\n\r\n",  # response matching nothing
-    b"MESSAGE sip:bob@127.0.0.1 SIP/2.0\r\n" + b"X: y\r\n" * 300 + b"\r\n",        # too many headers
+    b"MESSAGE sip:bob@127.0.0.1 SIP/2.0\r\n" + b"X: y\r\n" * 300 + b"\r\n",  # too many headers
 ]
 
 
 def good(user: str, addr: tuple[str, int], branch: str, body: str = "still works") -> bytes:
-    return GOOD.format(user=user, host=addr[0], port=addr[1], lport=40000, branch=branch, length=len(body), body=body).encode()
+    return GOOD.format(
+        user=user, host=addr[0], port=addr[1], lport=40000, branch=branch, length=len(body), body=body
+    ).encode()
 
 
 def target_addr(kind, server, bob):
@@ -112,7 +118,9 @@ def test_unsupported_method_405_and_options_200(server, platform):
 
 def test_server_is_not_an_open_relay(server):
     # an in-dialog request towards an address nobody registered must not be forwarded anywhere
-    relay = good("victim", ("127.0.0.1", 9), "relay1").replace(b"To: <sip:victim@example.test>", b"To: <sip:victim@example.test>;tag=x")
+    relay = good("victim", ("127.0.0.1", 9), "relay1").replace(
+        b"To: <sip:victim@example.test>", b"To: <sip:victim@example.test>;tag=x"
+    )
     reply = udp_exchange(relay, (server.host, server.port))
     assert reply is not None and reply.startswith(b"SIP/2.0 404")
     initial = good("victim", ("192.0.2.1", 5060), "relay2")  # unknown user on another host

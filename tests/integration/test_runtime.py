@@ -1,4 +1,5 @@
 """The library-owned loop: Operations work from asyncio.run, threads and plain scripts, never deadlock."""
+
 from __future__ import annotations
 
 import asyncio
@@ -131,8 +132,13 @@ def test_api_argument_errors_say_what_to_do(server, platform):
 
 def test_registration_is_refreshed_and_disable_unregisters(server, platform):
     alice = platform.endpoint("sip:alice@example.test", server=server, expires=2).result(10)
-    wait_for(lambda: sum(1 for r in server.trace.sip_records() if r.direction == "in" and r.raw.startswith(b"REGISTER")) >= 2,
-             timeout=4, what="a refresh REGISTER")
+    wait_for(
+        lambda: (
+            sum(1 for r in server.trace.sip_records() if r.direction == "in" and r.raw.startswith(b"REGISTER")) >= 2
+        ),
+        timeout=4,
+        what="a refresh REGISTER",
+    )
     assert "sip:alice@example.test" in server.registrations
     alice.disable().result(10)
     assert alice.state is nim.EndpointState.DISABLED
@@ -140,8 +146,10 @@ def test_registration_is_refreshed_and_disable_unregisters(server, platform):
 
 
 def test_import_is_light_and_fast():
-    code = ("import sys, time; t = time.perf_counter(); import notebook_im; dt = time.perf_counter() - t; "
-            "bad = [m for m in ('pandas', 'ipywidgets', 'IPython', 'numpy') if m in sys.modules]; print(bad)")
+    code = (
+        "import sys, time; t = time.perf_counter(); import notebook_im; dt = time.perf_counter() - t; "
+        "bad = [m for m in ('pandas', 'ipywidgets', 'IPython', 'numpy') if m in sys.modules]; print(bad)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -155,6 +163,7 @@ def test_a_timeout_raised_by_the_work_is_not_reported_as_results_own_wait():
 
     async def work() -> None:
         raise asyncio.TimeoutError("the ACK never came")
+
     op = runtime().submit(work(), "work()")
     with pytest.raises(TimeoutError, match="the ACK never came"):
         op.result(5)

@@ -29,6 +29,7 @@ baresip answers a MESSAGE only if some module listens for it (menu does), else t
 Contact user is `<user>-0x<pointer>`, so the server's registration shows e.g. sip:carol-0x55d0...@127.0.0.1;
 SIGKILL (`Baresip.kill`) leaves the binding at the server until it expires: what the "crashed device" tests need.
 """
+
 from __future__ import annotations
 
 import re
@@ -39,8 +40,11 @@ from pathlib import Path
 from .netns_support import Netns, NsProcess, require_tool
 
 HOST = "127.0.0.1"
-MODULE_DIRS = ("/usr/lib/baresip/modules", "/usr/lib/x86_64-linux-gnu/baresip/modules",
-               "/usr/local/lib/baresip/modules")
+MODULE_DIRS = (
+    "/usr/lib/baresip/modules",
+    "/usr/lib/x86_64-linux-gnu/baresip/modules",
+    "/usr/local/lib/baresip/modules",
+)
 
 
 def module_dir() -> str:
@@ -58,9 +62,9 @@ class BaresipConfig:
     domain: str = "example.test"
     transport: str = "udp"
     display_name: str | None = None
-    regint: int = 600                       # registration interval (Expires) in seconds; 0: do not register
+    regint: int = 600  # registration interval (Expires) in seconds; 0: do not register
     password: str | None = None
-    contacts: list[str] = field(default_factory=list)   # peer URIs, the first is the current contact
+    contacts: list[str] = field(default_factory=list)  # peer URIs, the first is the current contact
 
     @property
     def aor(self) -> str:
@@ -70,23 +74,32 @@ class BaresipConfig:
         if self.transport not in ("udp", "tcp"):
             raise ValueError(f"transport must be udp or tcp, not {self.transport!r}")
         confdir.mkdir(parents=True, exist_ok=True)
-        (confdir / "config").write_text("\n".join([
-            "poll_method\t\tepoll",
-            f"sip_listen\t\t{HOST}:{self.local_port}",
-            f"net_interface\t\t{HOST}",
-            "dns_server\t\t127.0.0.1:53",
-            "call_local_timeout\t30",
-            "call_max_calls\t\t4",
-            f"module_path\t\t{module_dir()}",
-            "module\t\t\tstdio.so",
-            "module_tmp\t\taccount.so",
-            "module_app\t\tcontact.so",
-            "module_app\t\tmenu.so",
-            "",
-        ]))
+        (confdir / "config").write_text(
+            "\n".join(
+                [
+                    "poll_method\t\tepoll",
+                    f"sip_listen\t\t{HOST}:{self.local_port}",
+                    f"net_interface\t\t{HOST}",
+                    "dns_server\t\t127.0.0.1:53",
+                    "call_local_timeout\t30",
+                    "call_max_calls\t\t4",
+                    f"module_path\t\t{module_dir()}",
+                    "module\t\t\tstdio.so",
+                    "module_tmp\t\taccount.so",
+                    "module_app\t\tcontact.so",
+                    "module_app\t\tmenu.so",
+                    "",
+                ]
+            )
+        )
         name = f'"{self.display_name}" ' if self.display_name else ""
-        params = [f'outbound="sip:{HOST}:{self.server_port};transport={self.transport}"', f"regint={self.regint}",
-                  "answermode=manual", "mwi=no", "pubint=0"]
+        params = [
+            f'outbound="sip:{HOST}:{self.server_port};transport={self.transport}"',
+            f"regint={self.regint}",
+            "answermode=manual",
+            "mwi=no",
+            "pubint=0",
+        ]
         if self.password is not None:
             params.append(f"auth_pass={self.password}")
         (confdir / "accounts").write_text(f"{name}<{self.aor};transport={self.transport}>;{';'.join(params)}\n")
@@ -104,8 +117,9 @@ class Received:
 class Baresip:
     """baresip in the namespace, typed at through its stdio UI; everything it prints goes to `log_path`."""
 
-    def __init__(self, netns: Netns, workdir: Path, config: BaresipConfig, *, sip_trace: bool = True,
-                 name: str | None = None) -> None:
+    def __init__(
+        self, netns: Netns, workdir: Path, config: BaresipConfig, *, sip_trace: bool = True, name: str | None = None
+    ) -> None:
         self.netns = netns
         self.workdir = workdir
         self.confdir = workdir / "baresip"
@@ -116,7 +130,7 @@ class Baresip:
         self.process: NsProcess | None = None
         self.current = config.contacts[0] if config.contacts else None
 
-    def start(self, ready_timeout: float = 15.0) -> "Baresip":
+    def start(self, ready_timeout: float = 15.0) -> Baresip:
         exe = require_tool("baresip", "Debian package baresip-core")
         self.config.write(self.confdir)
         argv = [exe, "-f", self.confdir] + (["-s"] if self.sip_trace else [])
@@ -128,8 +142,9 @@ class Baresip:
                 if not self.process.alive():
                     raise AssertionError(f"baresip exited while starting\n{self.describe()}")
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"baresip did not bind {HOST}:{self.config.local_port} in {ready_timeout} s\n"
-                                         f"{self.describe()}")
+                    raise AssertionError(
+                        f"baresip did not bind {HOST}:{self.config.local_port} in {ready_timeout} s\n{self.describe()}"
+                    )
                 time.sleep(0.05)
         except BaseException:
             self.stop()
@@ -138,8 +153,10 @@ class Baresip:
 
     def _bound(self) -> bool:
         port = f"{self.config.local_port:04X}"
-        code = ("import pathlib\n"
-                f"result = any(l.split()[1].endswith(':{port}') for l in pathlib.Path('/proc/net/udp').read_text().splitlines()[1:])")
+        code = (
+            "import pathlib\n"
+            f"result = any(l.split()[1].endswith(':{port}') for l in pathlib.Path('/proc/net/udp').read_text().splitlines()[1:])"
+        )
         return bool(self.netns.call("exec", code=code, rpc_timeout=10))
 
     # -- commands ----------------------------------------------------------------------------------------
@@ -177,8 +194,10 @@ class Baresip:
 
     def received(self) -> list[Received]:
         """Every MESSAGE baresip printed as received so far (menu: `\\r<From URI>: "<text>"\\n`)."""
-        return [Received(m.group(1), m.group(2))
-                for m in re.finditer(r'\r(sips?:[^\r\n" ]+): "(.*?)"\n', self.log(None), re.S)]
+        return [
+            Received(m.group(1), m.group(2))
+            for m in re.finditer(r'\r(sips?:[^\r\n" ]+): "(.*?)"\n', self.log(None), re.S)
+        ]
 
     def wait_received(self, count: int = 1, timeout: float = 10.0, sender: str | None = None) -> list[Received]:
         deadline = time.monotonic() + timeout
@@ -187,8 +206,9 @@ class Baresip:
             if len(got) >= count:
                 return got
             if time.monotonic() > deadline:
-                raise AssertionError(f"baresip printed {len(got)} of {count} received messages in {timeout} s\n"
-                                     f"{self.describe()}")
+                raise AssertionError(
+                    f"baresip printed {len(got)} of {count} received messages in {timeout} s\n{self.describe()}"
+                )
             time.sleep(0.05)
 
     def failures(self) -> list[str]:
@@ -196,7 +216,7 @@ class Baresip:
         return re.findall(r"\x1b\[31m ?(\d{3} [^\x1b]*)\x1b\[;m", self.log(None))
 
     def log(self, chars: int | None = 20000) -> str:
-        try:   # bytes, not read_text(): universal newlines would turn the \r that marks a received message into \n
+        try:  # bytes, not read_text(): universal newlines would turn the \r that marks a received message into \n
             text = self.log_path.read_bytes().decode("utf-8", "replace")
         except OSError:
             return ""
@@ -219,6 +239,6 @@ class Baresip:
             try:
                 self.command("/quit")
                 self.process.proc.wait(timeout=grace)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a stop that fails is followed by a kill below
                 pass
         self.process.stop(grace=2)

@@ -3,18 +3,20 @@
 Each fixture starts a real program on a free 127.0.0.1 port, returns once it is ready and stops it when
 the test (or module) is done, also on failure.
 """
+
 from __future__ import annotations
 
 import signal
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
 import notebook_im as nim
-
 from support.programs import HOST, Kamailio, Sipp, SippServer, free_port, require, start_kamailio
+
+from .loopback_capture import LoopbackCapture
 from .netns_support import Netns
 
 
@@ -79,8 +81,8 @@ def netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Netns]:
 
 
 @pytest.fixture
-def capture(netns: Netns) -> Iterator["LoopbackCapture"]:
+def capture(netns: Netns) -> Iterator[LoopbackCapture]:
     """Everything on the namespace's loopback while the test runs (loopback_capture.py)."""
-    from .loopback_capture import LoopbackCapture
+
     with LoopbackCapture(netns) as cap:
         yield cap

@@ -17,6 +17,7 @@ must keep iterating, so the pytest side polls (`events`) with its own bounded de
 Callbacks run inside linphone_core_iterate on the main thread; each records plain data (no pointer escapes a
 callback except the chat rooms and messages we take a reference on).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,22 @@ from ctypes import CFUNCTYPE, c_char_p, c_int, c_size_t, c_uint, c_void_p
 from typing import Any
 
 # enums from linphone/enums/chat-message-enums.h and linphone/types.h (5.1)
-MESSAGE_STATES = {0: "Idle", 1: "InProgress", 2: "Delivered", 3: "NotDelivered", 4: "FileTransferError",
-                  5: "FileTransferDone", 6: "DeliveredToUser", 7: "Displayed", 8: "FileTransferInProgress"}
+MESSAGE_STATES = {
+    0: "Idle",
+    1: "InProgress",
+    2: "Delivered",
+    3: "NotDelivered",
+    4: "FileTransferError",
+    5: "FileTransferDone",
+    6: "DeliveredToUser",
+    7: "Displayed",
+    8: "FileTransferInProgress",
+}
 REGISTRATION_STATES = {0: "None", 1: "Progress", 2: "Ok", 3: "Cleared", 4: "Failed"}
 LOG_LEVEL_MESSAGE = 1 << 2
 
-MessageReceivedCb = CFUNCTYPE(None, c_void_p, c_void_p, c_void_p)          # (core, chat_room, message)
-IsComposingReceivedCb = CFUNCTYPE(None, c_void_p, c_void_p)                # (core, chat_room)
+MessageReceivedCb = CFUNCTYPE(None, c_void_p, c_void_p, c_void_p)  # (core, chat_room, message)
+IsComposingReceivedCb = CFUNCTYPE(None, c_void_p, c_void_p)  # (core, chat_room)
 RegistrationStateChangedCb = CFUNCTYPE(None, c_void_p, c_void_p, c_int, c_char_p)  # (core, proxy_cfg, state, msg)
 
 
@@ -111,7 +121,7 @@ class Client:
             lp.linphone_logging_service_set_log_file(service, log_dir.encode(), b"liblinphone.log", 0)
             lp.linphone_logging_service_set_log_level(service, LOG_LEVEL_MESSAGE)
         self.events: list[dict[str, Any]] = []
-        self.rooms: dict[str, int] = {}            # peer URI -> chat room pointer (referenced)
+        self.rooms: dict[str, int] = {}  # peer URI -> chat room pointer (referenced)
         self.sent: dict[str, dict[str, Any]] = {}  # our id -> {"ptr", "states", "to", ...}
         self.running = True
         factory = lp.linphone_factory_get()
@@ -119,8 +129,11 @@ class Client:
         if not self.core:
             raise RuntimeError(f"linphone_factory_create_core_3 failed for {config}")
         # keep the ctypes callback objects alive as long as the core
-        self._cbs_refs = (MessageReceivedCb(self._on_message), IsComposingReceivedCb(self._on_composing),
-                          RegistrationStateChangedCb(self._on_registration))
+        self._cbs_refs = (
+            MessageReceivedCb(self._on_message),
+            IsComposingReceivedCb(self._on_composing),
+            RegistrationStateChangedCb(self._on_registration),
+        )
         cbs = lp.linphone_factory_create_core_cbs(factory)
         lp.linphone_core_cbs_set_message_received(cbs, self._cbs_refs[0])
         lp.linphone_core_cbs_set_is_composing_received(cbs, self._cbs_refs[1])
@@ -168,20 +181,28 @@ class Client:
                 value = lp.linphone_chat_message_get_custom_header(msg, name.encode())
                 if value is not None:
                     headers[name] = text(value)
-            self.record("message-received", peer=peer, sender=self.address(lp.linphone_chat_message_get_from_address(msg)),
-                        to=self.address(lp.linphone_chat_message_get_to_address(msg)),
-                        text=text(lp.linphone_chat_message_get_utf8_text(msg)),
-                        content_type=text(lp.linphone_chat_message_get_content_type(msg)),
-                        message_id=text(lp.linphone_chat_message_get_message_id(msg)), headers=headers,
-                        unread=lp.linphone_chat_room_get_unread_messages_count(room))
-        except Exception:  # a Python exception must not unwind through C
+            self.record(
+                "message-received",
+                peer=peer,
+                sender=self.address(lp.linphone_chat_message_get_from_address(msg)),
+                to=self.address(lp.linphone_chat_message_get_to_address(msg)),
+                text=text(lp.linphone_chat_message_get_utf8_text(msg)),
+                content_type=text(lp.linphone_chat_message_get_content_type(msg)),
+                message_id=text(lp.linphone_chat_message_get_message_id(msg)),
+                headers=headers,
+                unread=lp.linphone_chat_room_get_unread_messages_count(room),
+            )
+        except Exception:  # noqa: BLE001 - a Python exception must not unwind through C
             self.record("agent-error", where="message_received", traceback=traceback.format_exc())
 
     def _on_composing(self, core: int, room: int) -> None:
         try:
-            self.record("is-composing", peer=self.address(self.lp.linphone_chat_room_get_peer_address(room)),
-                        composing=bool(self.lp.linphone_chat_room_is_remote_composing(room)))
-        except Exception:
+            self.record(
+                "is-composing",
+                peer=self.address(self.lp.linphone_chat_room_get_peer_address(room)),
+                composing=bool(self.lp.linphone_chat_room_is_remote_composing(room)),
+            )
+        except Exception:  # noqa: BLE001 - a Python exception must not unwind through C
             self.record("agent-error", where="is_composing_received", traceback=traceback.format_exc())
 
     def _on_registration(self, core: int, cfg: int, state: int, message: bytes | None) -> None:
@@ -213,8 +234,12 @@ class Client:
         self.lp.linphone_chat_message_send(msg)
         mid = f"m{len(self.sent) + 1}"
         message_id = self.lp.linphone_chat_message_get_message_id(msg)
-        self.sent[mid] = {"ptr": msg, "states": [], "to": to,
-                          "message_id": None if message_id is None else message_id.decode()}
+        self.sent[mid] = {
+            "ptr": msg,
+            "states": [],
+            "to": to,
+            "message_id": None if message_id is None else message_id.decode(),
+        }
         self.poll_states()
         return {"id": mid, "message_id": self.sent[mid]["message_id"]}
 
@@ -254,7 +279,7 @@ class Client:
             return {"id": rid, "ok": False, "error": f"unknown op {request.get('op')!r}", "traceback": ""}
         try:
             return {"id": rid, "ok": True, "result": op(**request.get("args", {}))}
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - every failure goes back to the test, with its traceback
             return {"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
 
 
@@ -265,7 +290,7 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=600, help="exit after this long, whatever happens")
     ns = parser.parse_args()
     proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
-    os.dup2(2, 1)               # anything the library prints goes to the log, not into the protocol
+    os.dup2(2, 1)  # anything the library prints goes to the log, not into the protocol
     sys.stdout = sys.stderr
     client = Client(ns.config, ns.log_dir)
     proto.write(json.dumps({"id": 0, "ok": True, "result": client.op_hello()}) + "\n")

@@ -41,6 +41,7 @@ Pitfalls met (and handled here):
   message-state-changed events (Delivered / NotDelivered).
 - HOME is pointed at the work dir: liblinphone otherwise writes ~/.local/share/linphone and ~/.linphone_history.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,9 +50,10 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .netns_support import HERE, AgentError, JsonLines, Netns, NsProcess, require_tool
 
@@ -66,14 +68,14 @@ class LinphoneConfig:
     user: str
     server_port: int
     domain: str = "example.test"
-    transport: str = "udp"                 # "udp" or "tcp": the only SIP transport it listens on and registers over
-    local_port: int = -1                   # -1: let liblinphone pick a free port
+    transport: str = "udp"  # "udp" or "tcp": the only SIP transport it listens on and registers over
+    local_port: int = -1  # -1: let liblinphone pick a free port
     display_name: str | None = None
     expires: int = 600
-    cpim: bool = False                     # cpim_in_basic_chat_rooms_enabled
-    im_notif_policy: str = "all"           # or "none", or a comma list: send_is_comp,recv_imdn_delivered,...
+    cpim: bool = False  # cpim_in_basic_chat_rooms_enabled
+    im_notif_policy: str = "all"  # or "none", or a comma list: send_is_comp,recv_imdn_delivered,...
     register: bool = True
-    extra: dict[str, dict[str, str]] = field(default_factory=dict)   # more [section] key=value, overriding
+    extra: dict[str, dict[str, str]] = field(default_factory=dict)  # more [section] key=value, overriding
 
     @property
     def aor(self) -> str:
@@ -101,14 +103,28 @@ class LinphoneConfig:
                 "im_notif_policy": self.im_notif_policy,
                 "inc_timeout": "60",
             },
-            "net": {"firewall_policy": "0", "stun_server": "", "nat_policy_ref": "", "mtu": "0",
-                    "dns_srv_enabled": "0"},
+            "net": {
+                "firewall_policy": "0",
+                "stun_server": "",
+                "nat_policy_ref": "",
+                "mtu": "0",
+                "dns_srv_enabled": "0",
+            },
             "rtp": {"audio_rtp_port": "-1", "video_rtp_port": "-1", "text_rtp_port": "-1"},
             "sound": {"echocancellation": "0"},
-            "video": {"capture": "0", "display": "0", "automatically_initiate": "0", "automatically_accept": "0",
-                      "show_local": "0"},
-            "misc": {"enable_basic_to_client_group_chat_room_migration": "0", "conference_server_enabled": "0",
-                     "version_check_url_root": "", "log_collection_upload_server_url": ""},
+            "video": {
+                "capture": "0",
+                "display": "0",
+                "automatically_initiate": "0",
+                "automatically_accept": "0",
+                "show_local": "0",
+            },
+            "misc": {
+                "enable_basic_to_client_group_chat_room_migration": "0",
+                "conference_server_enabled": "0",
+                "version_check_url_root": "",
+                "log_collection_upload_server_url": "",
+            },
             "lime": {"enabled": "0"},
             "storage": {"backend": "sqlite3", "uri": str(workdir / "linphone.db")},
             "proxy_default_values": {"cpim_in_basic_chat_rooms_enabled": "1" if self.cpim else "0"},
@@ -204,8 +220,9 @@ def parse_event(body: str) -> dict[str, str] | None:
 class LinphoneDaemon:
     """linphone-daemon in the namespace, driven over its --pipe unix socket."""
 
-    def __init__(self, netns: Netns, workdir: Path, config: LinphoneConfig, *, auto_answer: bool = False,
-                 name: str | None = None) -> None:
+    def __init__(
+        self, netns: Netns, workdir: Path, config: LinphoneConfig, *, auto_answer: bool = False, name: str | None = None
+    ) -> None:
         self.netns = netns
         self.workdir = workdir
         self.config = config
@@ -213,29 +230,31 @@ class LinphoneDaemon:
         self.auto_answer = auto_answer
         self.log_path = workdir / "linphone-daemon.log"
         self.pipe_name = f"nim-linphone-{uuid.uuid4().hex[:12]}"
-        self.pipe_path = Path("/tmp") / self.pipe_name    # ortp_server_pipe_create() puts it in /tmp
+        self.pipe_path = Path("/tmp") / self.pipe_name  # ortp_server_pipe_create() puts it in /tmp
         self.events: list[dict[str, str]] = []
         self.process: NsProcess | None = None
         self.sock: socket.socket | None = None
-        self.version = "?"                               # the daemon's `version` answer, once started
+        self.version = "?"  # the daemon's `version` answer, once started
 
-    def start(self, ready_timeout: float = 20.0) -> "LinphoneDaemon":
+    def start(self, ready_timeout: float = 20.0) -> LinphoneDaemon:
         exe = require_tool("linphone-daemon", "Debian package linphone-cli")
         rc = self.config.write(self.workdir)
         argv = [exe, "--config", rc, "--log", self.log_path, "--pipe", self.pipe_name, "--disable-stats-events"]
         if self.auto_answer:
             argv.append("--auto-answer")
-        self.process = self.netns.spawn(argv, self.workdir / "linphone-daemon.out", name=self.name,
-                                        env=linphone_env(self.workdir), cwd=self.workdir)
-        self.process.cleanup.append(self.pipe_path)   # also when Netns.stop() ends it after a failed test
+        self.process = self.netns.spawn(
+            argv, self.workdir / "linphone-daemon.out", name=self.name, env=linphone_env(self.workdir), cwd=self.workdir
+        )
+        self.process.cleanup.append(self.pipe_path)  # also when Netns.stop() ends it after a failed test
         deadline = time.monotonic() + ready_timeout
         try:
             while self.sock is None:
                 if not self.process.alive():
                     raise AssertionError(f"linphone-daemon exited while starting\n{self.describe()}")
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"linphone-daemon did not open {self.pipe_path} in {ready_timeout} s\n"
-                                         f"{self.describe()}")
+                    raise AssertionError(
+                        f"linphone-daemon did not open {self.pipe_path} in {ready_timeout} s\n{self.describe()}"
+                    )
                 if self.pipe_path.exists():
                     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                     try:
@@ -266,10 +285,12 @@ class LinphoneDaemon:
         while True:
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 if chunks:
                     break
-                raise AssertionError(f"linphone-daemon did not answer {line!r} within {timeout} s\n{self.describe()}")
+                raise AssertionError(
+                    f"linphone-daemon did not answer {line!r} within {timeout} s\n{self.describe()}"
+                ) from None
             if not data:
                 if chunks:
                     break
@@ -300,8 +321,9 @@ class LinphoneDaemon:
                 if predicate(event):
                     return event
             if time.monotonic() > deadline:
-                raise AssertionError(f"linphone-daemon: no {what} within {timeout} s; events: {self.events}\n"
-                                     f"{self.describe()}")
+                raise AssertionError(
+                    f"linphone-daemon: no {what} within {timeout} s; events: {self.events}\n{self.describe()}"
+                )
             if not self.pop_events():
                 time.sleep(0.05)
 
@@ -329,22 +351,33 @@ class LinphoneDaemon:
     def wait_message_state(self, message_id: str, states: tuple[str, ...], timeout: float = 15.0) -> str:
         """Wait for a message-state-changed of `message_id` into one of `states` (e.g. 'Delivered');
         returns the state name without the LinphoneChatMessageState prefix."""
-        event = self.wait_event(lambda e: e["type"] == "message-state-changed" and e.get("Id") == message_id
-                                and e.get("State", "").replace("LinphoneChatMessageState", "") in states,
-                                timeout, f"state {states} for message {message_id}")
+        event = self.wait_event(
+            lambda e: (
+                e["type"] == "message-state-changed"
+                and e.get("Id") == message_id
+                and e.get("State", "").replace("LinphoneChatMessageState", "") in states
+            ),
+            timeout,
+            f"state {states} for message {message_id}",
+        )
         return event["State"].replace("LinphoneChatMessageState", "")
 
     def wait_received(self, count: int = 1, timeout: float = 15.0, sender: str | None = None) -> list[dict[str, str]]:
         """At least `count` message-received events (From/To/Id/Content), optionally from `sender` only."""
         deadline = time.monotonic() + timeout
         while True:
-            got = [e for e in self.events if e["type"] == "message-received"
-                   and (sender is None or sender in e.get("From", ""))]
+            got = [
+                e
+                for e in self.events
+                if e["type"] == "message-received" and (sender is None or sender in e.get("From", ""))
+            ]
             if len(got) >= count:
                 return got
             if time.monotonic() > deadline:
-                raise AssertionError(f"linphone-daemon received {len(got)} of {count} messages in {timeout} s; "
-                                     f"events: {self.events}\n{self.describe()}")
+                raise AssertionError(
+                    f"linphone-daemon received {len(got)} of {count} messages in {timeout} s; "
+                    f"events: {self.events}\n{self.describe()}"
+                )
             if not self.pop_events():
                 time.sleep(0.05)
 
@@ -374,7 +407,7 @@ class LinphoneDaemon:
                 pass
             try:
                 self.process.proc.wait(timeout=grace)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a stop that fails is followed by a kill below
                 pass
         if self.process is not None:
             self.process.stop(grace=2)
@@ -407,12 +440,27 @@ class Liblinphone:
         self.events: list[dict[str, Any]] = []
         self.version = "?"
 
-    def start(self, ready_timeout: float = 20.0, max_seconds: float = 300) -> "Liblinphone":
+    def start(self, ready_timeout: float = 20.0, max_seconds: float = 300) -> Liblinphone:
         rc = self.config.write(self.workdir)
-        argv = [sys.executable, LIBLINPHONE_AGENT, "--config", rc, "--log-dir", self.workdir,
-                "--max-seconds", str(max_seconds)]
-        self.process = self.netns.spawn(argv, self.workdir / "liblinphone-agent.log", name=self.name,
-                                        env=linphone_env(self.workdir), cwd=self.workdir, stdin=True, stdout=True)
+        argv = [
+            sys.executable,
+            LIBLINPHONE_AGENT,
+            "--config",
+            rc,
+            "--log-dir",
+            self.workdir,
+            "--max-seconds",
+            str(max_seconds),
+        ]
+        self.process = self.netns.spawn(
+            argv,
+            self.workdir / "liblinphone-agent.log",
+            name=self.name,
+            env=linphone_env(self.workdir),
+            cwd=self.workdir,
+            stdin=True,
+            stdout=True,
+        )
         assert self.process.proc.stdin is not None and self.process.proc.stdout is not None
         self.rpc = JsonLines(self.process.proc.stdin, self.process.proc.stdout, self.name, self.describe)
         try:
@@ -435,8 +483,9 @@ class Liblinphone:
             raise AgentError(f"{self.name}: a callback failed: {errors}")
         return new
 
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str,
-                 count: int = 1) -> list[dict[str, Any]]:
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str, count: int = 1
+    ) -> list[dict[str, Any]]:
         """At least `count` events (seen before or new) matching `predicate`, polling every 50 ms."""
         deadline = time.monotonic() + timeout
         while True:
@@ -444,8 +493,10 @@ class Liblinphone:
             if len(got) >= count:
                 return got
             if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name}: {len(got)} of {count} {what} within {timeout} s; events: "
-                                     f"{self.events}\n{self.describe()}")
+                raise AssertionError(
+                    f"{self.name}: {len(got)} of {count} {what} within {timeout} s; events: "
+                    f"{self.events}\n{self.describe()}"
+                )
             if not self.poll():
                 time.sleep(0.05)
 
@@ -465,8 +516,11 @@ class Liblinphone:
     def wait_state(self, mid: str, state: str, timeout: float = 15.0) -> list[str]:
         """Wait until sent message `mid` reached `state` (Delivered, DeliveredToUser, Displayed, NotDelivered);
         returns every state it went through."""
-        self.wait_for(lambda e: e["type"] == "message-state" and e["id"] == mid and e["state"] == state,
-                      timeout, f"{state} state for {mid}")
+        self.wait_for(
+            lambda e: e["type"] == "message-state" and e["id"] == mid and e["state"] == state,
+            timeout,
+            f"{state} state for {mid}",
+        )
         return self.call("states", id=mid)
 
     def received(self, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
@@ -497,7 +551,7 @@ class Liblinphone:
             try:
                 self.call("quit", rpc_timeout=grace)
                 self.process.proc.wait(timeout=grace)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a stop that fails is followed by a kill below
                 pass
         if self.process is not None:
             self.process.stop(grace=2)

@@ -13,6 +13,7 @@ IPv4).
 `WireMessage.body()` undoes `Content-Encoding: deflate` (zlib or raw deflate) and gzip, so the report can show
 the CPIM/IMDN/is-composing document that was compressed on the wire.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,8 +29,19 @@ from .netns_support import Netns
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
-COMPACT = {"c": "content-type", "e": "content-encoding", "l": "content-length", "f": "from", "t": "to",
-           "i": "call-id", "v": "via", "m": "contact", "k": "supported", "s": "subject", "o": "event"}
+COMPACT = {
+    "c": "content-type",
+    "e": "content-encoding",
+    "l": "content-length",
+    "f": "from",
+    "t": "to",
+    "i": "call-id",
+    "v": "via",
+    "m": "contact",
+    "k": "supported",
+    "s": "subject",
+    "o": "event",
+}
 
 
 @dataclass
@@ -37,10 +49,10 @@ class WireMessage:
     """One SIP message as it crossed loopback."""
 
     time: float
-    transport: str            # "udp" or "tcp"
-    src: str                  # "host:port"
+    transport: str  # "udp" or "tcp"
+    src: str  # "host:port"
     dst: str
-    raw: bytes                # the whole message: header bytes, blank line, body bytes
+    raw: bytes  # the whole message: header bytes, blank line, body bytes
     head: str = field(init=False)
     headers: list[tuple[str, str]] = field(init=False)
     raw_body: bytes = field(init=False)
@@ -91,7 +103,9 @@ class WireMessage:
                     return zlib.decompress(data, wbits)
                 except zlib.error:
                     continue
-            raise ValueError(f"a Content-Encoding: deflate body that neither zlib nor raw deflate decodes: {data[:40]!r}")
+            raise ValueError(
+                f"a Content-Encoding: deflate body that neither zlib nor raw deflate decodes: {data[:40]!r}"
+            )
         if encoding in ("gzip", "x-gzip"):
             return zlib.decompress(data, 16 + zlib.MAX_WBITS)
         return data
@@ -101,7 +115,9 @@ class WireMessage:
         body = self.body()
         note = ""
         if body != self.raw_body:
-            note = f"[body: {len(self.raw_body)} bytes {self.header('Content-Encoding')} on the wire, inflated here]\r\n"
+            note = (
+                f"[body: {len(self.raw_body)} bytes {self.header('Content-Encoding')} on the wire, inflated here]\r\n"
+            )
         return f"{self.head}\r\n\r\n{note}{body.decode('utf-8', 'replace')}"
 
 
@@ -111,7 +127,7 @@ class LoopbackCapture:
     def __init__(self, netns: Netns, ports: set[int] | None = None, max_frames: int = 200_000) -> None:
         self.ports = ports
         self.max_frames = max_frames
-        self.truncated = False          # True once max_frames were kept and later frames were dropped
+        self.truncated = False  # True once max_frames were kept and later frames were dropped
         self.frames: list[tuple[float, bytes]] = []
         self._stop = threading.Event()
 
@@ -130,7 +146,7 @@ class LoopbackCapture:
         while not self._stop.is_set():
             try:
                 frame, addr = self.sock.recvfrom(1 << 17)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -145,7 +161,7 @@ class LoopbackCapture:
         self._thread.join(2)
         self.sock.close()
 
-    def __enter__(self) -> "LoopbackCapture":
+    def __enter__(self) -> LoopbackCapture:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -156,7 +172,7 @@ class LoopbackCapture:
         """(time, "udp"|"tcp", src host, src port, dst host, dst port, payload) of each IPv4 packet kept."""
         out = []
         for t, frame in list(self.frames):
-            if len(frame) < 34 or frame[12:14] != b"\x08\x00":      # Ethernet header, then IPv4 only
+            if len(frame) < 34 or frame[12:14] != b"\x08\x00":  # Ethernet header, then IPv4 only
                 continue
             ip = frame[14:]
             ihl = (ip[0] & 0x0F) * 4
@@ -169,7 +185,7 @@ class LoopbackCapture:
                 payload, kind = seg[8:], "udp"
             elif proto == 6 and len(seg) >= 20:
                 sport, dport = struct.unpack("!HH", seg[:4])
-                payload, kind = seg[(seg[12] >> 4) * 4:], "tcp"
+                payload, kind = seg[(seg[12] >> 4) * 4 :], "tcp"
             else:
                 continue
             if self.ports is not None and sport not in self.ports and dport not in self.ports:
@@ -184,7 +200,7 @@ class LoopbackCapture:
         streams: dict[tuple[str, int, str, int], tuple[float, bytearray]] = {}
         for t, kind, src, sport, dst, dport, payload in self.packets():
             if not payload.strip():
-                continue        # keep-alive CRLFs, empty TCP segments
+                continue  # keep-alive CRLFs, empty TCP segments
             if kind == "udp":
                 if payload[:3] != b"SIP" and not re.match(rb"^[A-Z]+ \S+ SIP/2\.0\r\n", payload):
                     continue
@@ -197,12 +213,12 @@ class LoopbackCapture:
                 end = buf.find(b"\r\n\r\n")
                 if end < 0:
                     break
-                m = re.search(rb"\r\n(?:Content-Length|l)[ \t]*:[ \t]*(\d+)", bytes(buf[:end + 2]), re.I)
+                m = re.search(rb"\r\n(?:Content-Length|l)[ \t]*:[ \t]*(\d+)", bytes(buf[: end + 2]), re.I)
                 length = int(m.group(1)) if m else 0
                 if len(buf) < end + 4 + length:
                     break
-                raw = bytes(buf[:end + 4 + length])
-                del buf[:end + 4 + length]
+                raw = bytes(buf[: end + 4 + length])
+                del buf[: end + 4 + length]
                 stripped = raw.lstrip(b"\r\n")
                 if stripped:
                     messages.append(WireMessage(t, "tcp", f"{src}:{sport}", f"{dst}:{dport}", stripped))

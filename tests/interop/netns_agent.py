@@ -23,6 +23,7 @@ Operations (see `Agent.op_*`): ping, server_start, server_stop, registrations, e
 events, messages, composing, mark_read, invite, wire, exec (run a snippet of Python here, with `result` as the answer: the escape
 hatch for what later tests need before it deserves an operation of its own), shutdown.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,7 +36,8 @@ import struct
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault("NOTEBOOK_IM_LOOP", "asyncio")
 
@@ -77,12 +79,19 @@ class Agent:
         self.server: Any = None
         self.platform = nim.Platform("netns")
         self.endpoints: dict[str, Any] = {}
-        self.events: dict[str, list[dict[str, Any]]] = {}     # endpoint name -> its events, as dicts, in order
+        self.events: dict[str, list[dict[str, Any]]] = {}  # endpoint name -> its events, as dicts, in order
         self.streams: dict[str, Any] = {}
         # what an endpoint's event list records: messages, composing, receipts, failures
-        self.event_types = (nim.MessageReceived, nim.ComposingChanged, nim.MessageDeliveryNotified,
-                            nim.MessageDisplayed, nim.MessageFailed, nim.IncomingSession, nim.SessionTerminated,
-                            nim.SessionModeChanged)
+        self.event_types = (
+            nim.MessageReceived,
+            nim.ComposingChanged,
+            nim.MessageDeliveryNotified,
+            nim.MessageDisplayed,
+            nim.MessageFailed,
+            nim.IncomingSession,
+            nim.SessionTerminated,
+            nim.SessionModeChanged,
+        )
         self.scope: dict[str, Any] = {"nim": nim, "agent": self}
         self.running = True
 
@@ -120,10 +129,16 @@ class Agent:
 
     # -- operations ----------------------------------------------------------------------------------------
     def op_ping(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "netns": netns_inode(), "interfaces": [n for _, n in socket.if_nameindex()],
-                "python": sys.version.split()[0]}
+        return {
+            "pid": os.getpid(),
+            "netns": netns_inode(),
+            "interfaces": [n for _, n in socket.if_nameindex()],
+            "python": sys.version.split()[0],
+        }
 
-    def op_server_start(self, host: str = "127.0.0.1", port: int = 0, users: dict[str, str] | None = None) -> dict[str, Any]:
+    def op_server_start(
+        self, host: str = "127.0.0.1", port: int = 0, users: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         if self.server is not None:
             raise RuntimeError("the server is already running")
         self.server = self.nim.Server(host=host, port=port, users=users).start().result(10)
@@ -138,15 +153,24 @@ class Agent:
     def op_registrations(self) -> dict[str, list[str]]:
         return self.server.registrations
 
-    def op_endpoint(self, name: str, uri: str, transport: str = "udp", display_name: str | None = None,
-                    registered: bool = True, password: str | None = None, expires: int = 3600,
-                    timeout: float = 10) -> dict[str, Any]:
+    def op_endpoint(
+        self,
+        name: str,
+        uri: str,
+        transport: str = "udp",
+        display_name: str | None = None,
+        registered: bool = True,
+        password: str | None = None,
+        expires: int = 3600,
+        timeout: float = 10,
+    ) -> dict[str, Any]:
         """Create and enable an endpoint (registered with the agent's server unless `registered` is False)."""
         if name in self.endpoints:
             raise ValueError(f"endpoint {name!r} exists")
         server = self.server if registered else None
-        ep = self.platform.endpoint(uri, server=server, transport=transport, display_name=display_name,
-                                    password=password, expires=expires).result(timeout)
+        ep = self.platform.endpoint(
+            uri, server=server, transport=transport, display_name=display_name, password=password, expires=expires
+        ).result(timeout)
         self.endpoints[name] = ep
         self.events[name] = []
         self.streams[name] = ep.events(*self.event_types)
@@ -156,39 +180,61 @@ class Agent:
     def op_disable(self, name: str, timeout: float = 10) -> None:
         self.endpoint_named(name).disable().result(timeout)
 
-    def op_send_message(self, name: str, to: str, text: str, content_type: str = "text/plain",
-                        timeout: float = 15) -> dict[str, Any]:
+    def op_send_message(
+        self, name: str, to: str, text: str, content_type: str = "text/plain", timeout: float = 15
+    ) -> dict[str, Any]:
         """Pager-mode MESSAGE; the outcome as data (a failure is an answer, not an exception)."""
         ep = self.endpoint_named(name)
         started = time.monotonic()
         try:
             delivered = ep.send_message(to, text, content_type=content_type).result(timeout)
         except self.nim.RequestFailed as e:
-            return {"ok": False, "status": e.status, "reason": e.reason, "error": str(e),
-                    "elapsed": time.monotonic() - started}
-        except Exception as e:  # TransactionTimeout, TransportError, TimeoutError
-            return {"ok": False, "status": None, "reason": None, "error": f"{type(e).__name__}: {e}",
-                    "elapsed": time.monotonic() - started}
-        return {"ok": True, "status": delivered.status, "reason": delivered.reason, "stored": delivered.stored,
-                "mode": delivered.mode, "message_id": delivered.message_id,
-                "elapsed": time.monotonic() - started}
+            return {
+                "ok": False,
+                "status": e.status,
+                "reason": e.reason,
+                "error": str(e),
+                "elapsed": time.monotonic() - started,
+            }
+        except Exception as e:  # noqa: BLE001 - TransactionTimeout, TransportError, TimeoutError: an answer, as data
+            return {
+                "ok": False,
+                "status": None,
+                "reason": None,
+                "error": f"{type(e).__name__}: {e}",
+                "elapsed": time.monotonic() - started,
+            }
+        return {
+            "ok": True,
+            "status": delivered.status,
+            "reason": delivered.reason,
+            "stored": delivered.stored,
+            "mode": delivered.mode,
+            "message_id": delivered.message_id,
+            "elapsed": time.monotonic() - started,
+        }
 
-    def op_events(self, name: str, type: str | None = None, count: int = 0, timeout: float = 0,
-                  sender: str | None = None) -> list[dict[str, Any]]:
+    def op_events(
+        self, name: str, type: str | None = None, count: int = 0, timeout: float = 0, sender: str | None = None
+    ) -> list[dict[str, Any]]:
         """Events of endpoint `name` (all, or of one `type` such as "MessageDisplayed", optionally only from
         URIs containing `sender`), waiting up to `timeout` s until there are at least `count` of them."""
         self.endpoint_named(name)
         deadline = time.monotonic() + timeout
         while True:
             self.pump(name)
-            got = [e for e in self.events[name] if (type is None or e["type"] == type)
-                   and (sender is None or sender in e.get("sender", ""))]
+            got = [
+                e
+                for e in self.events[name]
+                if (type is None or e["type"] == type) and (sender is None or sender in e.get("sender", ""))
+            ]
             if len(got) >= count or time.monotonic() >= deadline:
                 return got
             time.sleep(0.02)
 
-    def op_messages(self, name: str, count: int = 1, timeout: float = 10,
-                    sender: str | None = None) -> list[dict[str, Any]]:
+    def op_messages(
+        self, name: str, count: int = 1, timeout: float = 10, sender: str | None = None
+    ) -> list[dict[str, Any]]:
         """The messages endpoint `name` received (MessageReceived), waiting up to `timeout` s for `count`."""
         return self.op_events(name, "MessageReceived", count, timeout, sender)
 
@@ -200,8 +246,9 @@ class Agent:
         """endpoint.mark_read(): pager messages seen; display notifications go to senders that asked."""
         return self.endpoint_named(name).mark_read().result(timeout)
 
-    def op_invite(self, name: str, to: str, timeout: float = 15, terminate: bool = True,
-                  mode: str = "auto") -> dict[str, Any]:
+    def op_invite(
+        self, name: str, to: str, timeout: float = 15, terminate: bool = True, mode: str = "auto"
+    ) -> dict[str, Any]:
         """A session-mode INVITE (m=message) from endpoint `name` to `to` (`sessions.create(to, mode=mode)`);
         what happened, as data. With terminate=False the session is kept in scope["sessions"] (exec uses it)."""
         ep = self.endpoint_named(name)
@@ -209,11 +256,21 @@ class Agent:
         try:
             session = ep.sessions.create(to, mode=mode).result(timeout)
         except self.nim.RequestFailed as e:
-            return {"ok": False, "status": e.status, "reason": e.reason, "error": str(e),
-                    "elapsed": time.monotonic() - started}
-        except Exception as e:
-            return {"ok": False, "status": None, "reason": None, "error": f"{type(e).__name__}: {e}",
-                    "elapsed": time.monotonic() - started}
+            return {
+                "ok": False,
+                "status": e.status,
+                "reason": e.reason,
+                "error": str(e),
+                "elapsed": time.monotonic() - started,
+            }
+        except Exception as e:  # noqa: BLE001 - any failure is an answer, as data
+            return {
+                "ok": False,
+                "status": None,
+                "reason": None,
+                "error": f"{type(e).__name__}: {e}",
+                "elapsed": time.monotonic() - started,
+            }
         result = {"ok": True, "state": str(session.state), "mode": session.mode, "elapsed": time.monotonic() - started}
         if terminate:
             session.terminate().result(timeout)
@@ -221,8 +278,9 @@ class Agent:
             self.scope.setdefault("sessions", []).append(session)
         return result
 
-    def op_wire(self, owner: str | None = None, method: str | None = None, contains: str | None = None,
-                limit: int = 500) -> list[dict[str, Any]]:
+    def op_wire(
+        self, owner: str | None = None, method: str | None = None, contains: str | None = None, limit: int = 500
+    ) -> list[dict[str, Any]]:
         """SIP messages as the server and the endpoints recorded them (raw text included), oldest first:
         what the third-party programs actually put on the wire, seen from our side."""
         import pandas as pd
@@ -236,11 +294,20 @@ class Agent:
             df = trace.sip()
             for rec in df.to_dict("records"):
                 status = text(rec["status"])
-                rows.append({"time": rec["timestamp"].timestamp(), "owner": text(rec["owner"]),
-                             "direction": text(rec["direction"]), "transport": text(rec["transport"]),
-                             "src": text(rec["src"]), "dst": text(rec["dst"]), "method": text(rec["method"]),
-                             "status": None if status is None else int(status), "call_id": text(rec["call_id"]),
-                             "raw": text(rec["raw"]) or ""})
+                rows.append(
+                    {
+                        "time": rec["timestamp"].timestamp(),
+                        "owner": text(rec["owner"]),
+                        "direction": text(rec["direction"]),
+                        "transport": text(rec["transport"]),
+                        "src": text(rec["src"]),
+                        "dst": text(rec["dst"]),
+                        "method": text(rec["method"]),
+                        "status": None if status is None else int(status),
+                        "call_id": text(rec["call_id"]),
+                        "raw": text(rec["raw"]) or "",
+                    }
+                )
         rows.sort(key=lambda r: r["time"])
         if owner is not None:
             rows = [r for r in rows if owner in (r["owner"] or "")]

@@ -28,6 +28,7 @@ How it is built (the robust option, and why):
 Needs root (CAP_SYS_ADMIN for unshare/setns) and util-linux's `unshare`/`nsenter` (Debian: essential). CI and
 the dev machines run as root; a test that cannot build the namespace fails, it does not skip.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -42,8 +43,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping, Sequence, TypeVar
+from typing import IO, Any, TypeVar
 
 import pytest
 
@@ -89,7 +91,7 @@ class JsonLines:
         self.stdin = stdin
         self.name = name
         self.describe = describe
-        self._lines: "queue.Queue[str | None]" = queue.Queue()
+        self._lines: queue.Queue[str | None] = queue.Queue()
         self._ids = 0
         threading.Thread(target=self._reader, args=(stdout,), daemon=True, name=f"{name}-reader").start()
 
@@ -126,10 +128,10 @@ class JsonLines:
             except queue.Empty:
                 continue
             if line is None:
-                self._lines.put(None)   # stays closed for the next caller too
+                self._lines.put(None)  # stays closed for the next caller too
                 raise AssertionError(f"{self.name} exited while waiting for {what}\n{self.describe()}")
             msg = json.loads(line)
-            if msg.get("id") != rid:    # the late answer to an earlier call that timed out: not ours
+            if msg.get("id") != rid:  # the late answer to an earlier call that timed out: not ours
                 continue
             if not msg["ok"]:
                 raise AgentError(f"{what} failed: {msg['error']}\n{msg.get('traceback', '')}")
@@ -145,17 +147,31 @@ class NsProcess:
     then SIGKILL after `grace` seconds.
     """
 
-    def __init__(self, argv: Sequence[str], log: Path, *, name: str, env: Mapping[str, str] | None = None,
-                 cwd: Path | None = None, stdin: bool = False, stdout: bool = False) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log: Path,
+        *,
+        name: str,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        stdin: bool = False,
+        stdout: bool = False,
+    ) -> None:
         self.argv = [str(a) for a in argv]
         self.name = name
         self.log_path = log
-        self.cleanup: list[Path] = []     # files the program leaves behind (a unix socket), removed when it ends
+        self.cleanup: list[Path] = []  # files the program leaves behind (a unix socket), removed when it ends
         self._log_file = open(log, "ab")
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE if stdout else self._log_file,
-                                     stderr=self._log_file if stdout else subprocess.STDOUT, cwd=cwd,
-                                     env=dict(env) if env is not None else None, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout else self._log_file,
+            stderr=self._log_file if stdout else subprocess.STDOUT,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )
 
     @property
     def pid(self) -> int:
@@ -191,7 +207,7 @@ class NsProcess:
                 self.proc.wait(timeout=grace)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
-        kill_group(self.proc)   # leftovers of the group, or the program itself if it ignored SIGTERM
+        kill_group(self.proc)  # leftovers of the group, or the program itself if it ignored SIGTERM
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -226,17 +242,23 @@ class Netns:
         self.children: list[NsProcess] = []
         self.rpc: JsonLines | None = None
         self.info: dict[str, Any] = {}
-        self.server: dict[str, Any] = {}        # uri, host, port of the embedded server once started
+        self.server: dict[str, Any] = {}  # uri, host, port of the embedded server once started
         self._next_port = 20000
 
     # -- life cycle --------------------------------------------------------------------------------------
-    def start(self, ready_timeout: float = 30.0) -> "Netns":
+    def start(self, ready_timeout: float = 30.0) -> Netns:
         unshare = require_tool("unshare", "util-linux")
         require_tool("nsenter", "util-linux")
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen([unshare, "--net", "--", sys.executable, str(AGENT)], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=log, cwd=self.workdir, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [unshare, "--net", "--", sys.executable, str(AGENT)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
         finally:
             log.close()
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -289,7 +311,9 @@ class Netns:
         return f"/proc/{self.pid}/ns/net"
 
     def describe(self) -> str:
-        return f"namespace agent (pid {self.proc.pid if self.proc else None}) log {self.log_path}:\n{tail(self.log_path)}"
+        return (
+            f"namespace agent (pid {self.proc.pid if self.proc else None}) log {self.log_path}:\n{tail(self.log_path)}"
+        )
 
     def port(self) -> int:
         """A port for a program in this namespace: nothing else lives here, and handing them out in order from
@@ -316,9 +340,18 @@ class Netns:
         """`argv` prefixed so that it runs in this namespace (nsenter setns()s, then execs: same pid)."""
         return ["nsenter", f"--net={self.ns_path}", "--"] + [str(a) for a in argv]
 
-    def spawn(self, argv: Sequence[str], log: Path, *, name: str, env: Mapping[str, str] | None = None,
-              cwd: Path | None = None, stdin: bool = False, stdout: bool = False,
-              max_seconds: int | None = 600) -> NsProcess:
+    def spawn(
+        self,
+        argv: Sequence[str],
+        log: Path,
+        *,
+        name: str,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        stdin: bool = False,
+        stdout: bool = False,
+        max_seconds: int | None = 600,
+    ) -> NsProcess:
         """Start `argv` inside the namespace; it is stopped by `Netns.stop()` if the test does not stop it.
 
         `max_seconds` bounds its life even if pytest itself is killed and no teardown runs (coreutils
@@ -364,10 +397,12 @@ class Netns:
 
     def udp_socket(self, host: str = "127.0.0.1") -> socket.socket:
         """A UDP socket bound to host:<any port> inside the namespace (raw SIP probes)."""
+
         def make() -> socket.socket:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind((host, 0))
             return s
+
         return self.run_in(make)
 
     # -- conveniences over the agent's operations -------------------------------------------------------------
@@ -389,17 +424,21 @@ class Netns:
         """A pager MESSAGE from endpoint `name`; the outcome as data (ok, status, reason, elapsed)."""
         return self.call("send_message", name=name, to=to, text=text, **kwargs)
 
-    def messages(self, name: str, count: int = 1, timeout: float = 10, sender: str | None = None) -> list[dict[str, Any]]:
+    def messages(
+        self, name: str, count: int = 1, timeout: float = 10, sender: str | None = None
+    ) -> list[dict[str, Any]]:
         """What endpoint `name` received (MessageReceived as dicts), after waiting for `count` of them."""
         return self.call("messages", name=name, count=count, timeout=timeout, sender=sender)
 
-    def events(self, name: str, type: str | None = None, count: int = 0, timeout: float = 0,
-               sender: str | None = None) -> list[dict[str, Any]]:
+    def events(
+        self, name: str, type: str | None = None, count: int = 0, timeout: float = 0, sender: str | None = None
+    ) -> list[dict[str, Any]]:
         """Endpoint `name`'s events as dicts ({"type": "MessageDisplayed", ...}), after waiting for `count`."""
         return self.call("events", name=name, type=type, count=count, timeout=timeout, sender=sender)
 
-    def wait_registered(self, aor: str, timeout: float = 15.0, *, count: int = 1,
-                        on_fail: Callable[[], str] = lambda: "") -> list[str]:
+    def wait_registered(
+        self, aor: str, timeout: float = 15.0, *, count: int = 1, on_fail: Callable[[], str] = lambda: ""
+    ) -> list[str]:
         """Wait until `aor` has at least `count` live bindings with the embedded server; its Contact URIs."""
         deadline = time.monotonic() + timeout
         regs: dict[str, list[str]] = {}
@@ -408,8 +447,9 @@ class Netns:
             if len(regs.get(aor, [])) >= count:
                 return regs[aor]
             time.sleep(0.05)
-        raise AssertionError(f"{aor} did not register (have {count} bindings) within {timeout} s; the server "
-                             f"has {regs}\n{on_fail()}")
+        raise AssertionError(
+            f"{aor} did not register (have {count} bindings) within {timeout} s; the server has {regs}\n{on_fail()}"
+        )
 
     def wait_unregistered(self, aor: str, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout

@@ -12,21 +12,23 @@ makes of them:
 
 Helpers: netns_support.py (the namespace and its agent), baresip_support.py, loopback_capture.py.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
 from tests.helpers import wait_for
 
 from .baresip_support import Baresip, BaresipConfig
-from .loopback_capture import LoopbackCapture, WireMessage
+from .loopback_capture import LoopbackCapture
 from .netns_support import DOMAIN, Netns, nim_user, shown, user
 
 pytestmark = pytest.mark.interop
+
 
 @pytest.fixture
 def baresips(netns: Netns, tmp_path: Path) -> Iterator[Callable[..., Baresip]]:
@@ -34,8 +36,13 @@ def baresips(netns: Netns, tmp_path: Path) -> Iterator[Callable[..., Baresip]]:
     started: list[Baresip] = []
 
     def start(name: str, transport: str = "udp", contacts: list[str] | None = None) -> Baresip:
-        cfg = BaresipConfig(user=name, server_port=netns.server_port, local_port=netns.port(), transport=transport,
-                            contacts=list(contacts or []))
+        cfg = BaresipConfig(
+            user=name,
+            server_port=netns.server_port,
+            local_port=netns.port(),
+            transport=transport,
+            contacts=list(contacts or []),
+        )
         b = Baresip(netns, tmp_path / f"baresip-{name}", cfg)
         started.append(b)
         b.start()
@@ -48,8 +55,9 @@ def baresips(netns: Netns, tmp_path: Path) -> Iterator[Callable[..., Baresip]]:
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-def test_baresip_registers(netns: Netns, baresips: Callable[..., Baresip], capture: LoopbackCapture,
-                           transport: str) -> None:
+def test_baresip_registers(
+    netns: Netns, baresips: Callable[..., Baresip], capture: LoopbackCapture, transport: str
+) -> None:
     name = user("carol")
     b = baresips(name, transport)
     [contact] = netns.wait_registered(f"sip:{name}@{DOMAIN}")
@@ -63,23 +71,27 @@ def test_baresip_registers(netns: Netns, baresips: Callable[..., Baresip], captu
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-def test_pager_messages_both_ways(netns: Netns, baresips: Callable[..., Baresip], capture: LoopbackCapture,
-                                  transport: str) -> None:
+def test_pager_messages_both_ways(
+    netns: Netns, baresips: Callable[..., Baresip], capture: LoopbackCapture, transport: str
+) -> None:
     bob_name, dave_name = user("bob"), user("dave")
     bob, dave = nim_user(netns, bob_name, transport), nim_user(netns, dave_name, transport)
     name = user("carol")
     b = baresips(name, transport, contacts=[bob, dave])
 
     b.send_message(bob, "hello bob from baresip")
-    b.send_message(dave, "hello dave ✓")               # the second contact: /contact_next first
+    b.send_message(dave, "hello dave ✓")  # the second contact: /contact_next first
     [to_bob] = netns.messages(bob_name, 1)
     [to_dave] = netns.messages(dave_name, 1)
     for got, text in ((to_bob, "hello bob from baresip"), (to_dave, "hello dave ✓")):
         assert got["sender"] == f"sip:{name}@{DOMAIN}" and got["text"] == text, got
         assert got["mode"] == "pager" and got["content_type"] == "text/plain", got
     assert b.failures() == [], b.describe()
-    [wire] = [m for m in capture.sip("MESSAGE", contains="hello bob from baresip") if m.is_request
-              and m.dst.endswith(f":{netns.server_port}")]
+    [wire] = [
+        m
+        for m in capture.sip("MESSAGE", contains="hello bob from baresip")
+        if m.is_request and m.dst.endswith(f":{netns.server_port}")
+    ]
     assert wire.transport == transport and wire.header("Content-Type") == "text/plain", wire.text()
     assert wire.header("Imdn-Message-ID") is None and wire.header("Accept") == "text/plain", wire.text()
 
@@ -104,8 +116,9 @@ def test_non_text_plain_message_is_answered_415_by_baresip(netns: Netns, baresip
     assert b.received() == []
 
 
-def test_a_session_with_baresip_goes_on_in_pager_mode(netns: Netns, baresips: Callable[..., Baresip],
-                                                      capture: LoopbackCapture) -> None:
+def test_a_session_with_baresip_goes_on_in_pager_mode(
+    netns: Netns, baresips: Callable[..., Baresip], capture: LoopbackCapture
+) -> None:
     """baresip answers an INVITE with only `m=message ... sip null` 488 Not Acceptable Here; the session goes on in
     pager mode at once: our text reaches baresip, and baresip's answer lands in the same session."""
     bob_name = user("bob")
@@ -128,8 +141,9 @@ def test_a_session_with_baresip_goes_on_in_pager_mode(netns: Netns, baresips: Ca
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-def test_a_crashed_baresip_does_not_swallow_messages(netns: Netns, baresips: Callable[..., Baresip],
-                                                      transport: str) -> None:
+def test_a_crashed_baresip_does_not_swallow_messages(
+    netns: Netns, baresips: Callable[..., Baresip], transport: str
+) -> None:
     """baresip is SIGKILLed while registered (its binding outlives it): a pager MESSAGE to that user gets a definite
     answer within 5 s (202, kept: over TCP at once, the flow closed; over UDP after a few retransmissions), a
     second one at once (the device is known gone), and both reach baresip, in order, once, when it registers
@@ -144,7 +158,7 @@ def test_a_crashed_baresip_does_not_swallow_messages(netns: Netns, baresips: Cal
     b.wait_received(1)
 
     assert b.kill() == -9
-    assert netns.call("registrations")[aor] == before        # the binding outlives the device
+    assert netns.call("registrations")[aor] == before  # the binding outlives the device
     first = netns.send_message(bob_name, aor, "kept one", timeout=20)
     assert first["ok"] is True and first["status"] == 202 and first["stored"] is True, first
     assert first["elapsed"] < (1 if transport == "tcp" else 5), first
@@ -153,7 +167,7 @@ def test_a_crashed_baresip_does_not_swallow_messages(netns: Netns, baresips: Cal
     invite = netns.call("invite", name=bob_name, to=aor, timeout=15)
     assert invite["ok"] is False and invite["status"] == 480 and invite["elapsed"] < 1, invite
 
-    again = baresips(name, transport, contacts=[f"sip:{bob_name}@{DOMAIN}"])   # the device comes back
+    again = baresips(name, transport, contacts=[f"sip:{bob_name}@{DOMAIN}"])  # the device comes back
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and len([r for r in again.received() if r.text.startswith("kept")]) < 2:
         time.sleep(0.05)

@@ -4,6 +4,7 @@ Session mode (INVITE/200/ACK, is-composing, in-order MESSAGEs, BYE), pager mode 
 and mixed, a rejected and a cancelled invitation, OPTIONS relayed to a user, and 404 for users that are
 not registered.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,7 +16,7 @@ from support.programs import HOST, Kamailio, sip_options, wait_for
 
 pytestmark = pytest.mark.interop
 
-DOMAIN = "example.test"   # the SIP_DOMAIN of kamailio.cfg
+DOMAIN = "example.test"  # the SIP_DOMAIN of kamailio.cfg
 TIMEOUT = 10
 
 TRANSPORTS = [
@@ -32,8 +33,9 @@ def next_of(stream: nim.EventStream, kind: type, kamailio: Kamailio, timeout: fl
         try:
             event = stream.get(timeout=timeout)
         except TimeoutError:
-            pytest.fail(f"no {kind.__name__} {match or ''} within {timeout} s; other events: {skipped}\n"
-                        f"{kamailio.describe()}")
+            pytest.fail(
+                f"no {kind.__name__} {match or ''} within {timeout} s; other events: {skipped}\n{kamailio.describe()}"
+            )
         if isinstance(event, kind) and all(getattr(event, k) == v for k, v in match.items()):
             return event
         skipped.append(type(event).__name__)
@@ -41,8 +43,12 @@ def next_of(stream: nim.EventStream, kind: type, kamailio: Kamailio, timeout: fl
 
 def register_pair(platform: nim.Platform, kamailio: Kamailio, unique, transports: tuple[str, str]):
     """alice and bob, each registered with Kamailio over its own transport."""
-    alice = platform.endpoint(f"sip:{unique('alice')}@{DOMAIN}", server=kamailio.uri, transport=transports[0]).result(TIMEOUT)
-    bob = platform.endpoint(f"sip:{unique('bob')}@{DOMAIN}", server=kamailio.uri, transport=transports[1]).result(TIMEOUT)
+    alice = platform.endpoint(f"sip:{unique('alice')}@{DOMAIN}", server=kamailio.uri, transport=transports[0]).result(
+        TIMEOUT
+    )
+    bob = platform.endpoint(f"sip:{unique('bob')}@{DOMAIN}", server=kamailio.uri, transport=transports[1]).result(
+        TIMEOUT
+    )
     assert alice.state is nim.EndpointState.ENABLED and bob.state is nim.EndpointState.ENABLED
     return alice, bob
 
@@ -50,8 +56,11 @@ def register_pair(platform: nim.Platform, kamailio: Kamailio, unique, transports
 def received_requests(platform: nim.Platform, endpoint: nim.Endpoint) -> list[bytes]:
     """The raw SIP requests `endpoint` received (from the platform trace)."""
     owner = endpoint.uri
-    return [r.raw for r in platform.trace.sip_records()
-            if r.direction == "in" and r.owner == owner and not r.raw.startswith(b"SIP/2.0 ")]
+    return [
+        r.raw
+        for r in platform.trace.sip_records()
+        if r.direction == "in" and r.owner == owner and not r.raw.startswith(b"SIP/2.0 ")
+    ]
 
 
 def top_via(raw: bytes) -> str:
@@ -98,8 +107,12 @@ def test_session_mode_through_kamailio(kamailio: Kamailio, platform: nim.Platfor
     assert [m.text for m in bob_session.messages if m.direction == "in"] == texts
     assert [m.status for m in session.messages] == ["delivered"] * len(texts)
     # bob's delivery receipts came back through Kamailio too
-    wait_for(lambda: [m.state for m in session.messages] == ["delivered"] * len(texts), 5, "receipts via Kamailio",
-             kamailio.describe)
+    wait_for(
+        lambda: [m.state for m in session.messages] == ["delivered"] * len(texts),
+        5,
+        "receipts via Kamailio",
+        kamailio.describe,
+    )
 
     # and the other way
     bob_session.send("pong").result(TIMEOUT)
@@ -128,7 +141,9 @@ def test_session_mode_through_kamailio(kamailio: Kamailio, platform: nim.Platfor
 
 
 @pytest.mark.parametrize("transports", TRANSPORTS)
-def test_pager_mode_both_directions_through_kamailio(kamailio: Kamailio, platform: nim.Platform, unique, transports) -> None:
+def test_pager_mode_both_directions_through_kamailio(
+    kamailio: Kamailio, platform: nim.Platform, unique, transports
+) -> None:
     alice, bob = register_pair(platform, kamailio, unique, transports)
     alice_events = alice.events(nim.MessageReceived)
     bob_events = bob.events(nim.MessageReceived)
@@ -156,7 +171,9 @@ def test_pager_mode_both_directions_through_kamailio(kamailio: Kamailio, platfor
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_unknown_user_gets_404(kamailio: Kamailio, platform: nim.Platform, unique, transport: str) -> None:
-    alice = platform.endpoint(f"sip:{unique('alice')}@{DOMAIN}", server=kamailio.uri, transport=transport).result(TIMEOUT)
+    alice = platform.endpoint(f"sip:{unique('alice')}@{DOMAIN}", server=kamailio.uri, transport=transport).result(
+        TIMEOUT
+    )
     nobody = f"sip:{unique('nobody')}@{DOMAIN}"
 
     with pytest.raises(nim.RequestFailed) as pager:
@@ -192,7 +209,7 @@ def test_rejected_invitation_is_relayed(kamailio: Kamailio, platform: nim.Platfo
 def test_cancelled_invitation(kamailio: Kamailio, platform: nim.Platform, unique, transports) -> None:
     """alice gives up while bob's side still rings: CANCEL through Kamailio, 487 back."""
     alice, bob = register_pair(platform, kamailio, unique, transports)
-    bob_events = bob.events(nim.IncomingSession, nim.SessionTerminated)   # bob never answers: it rings
+    bob_events = bob.events(nim.IncomingSession, nim.SessionTerminated)  # bob never answers: it rings
     inviting = alice.sessions.create(bob.uri)
     incoming = next_of(bob_events, nim.IncomingSession, kamailio)
     (session,) = alice.sessions.sessions
@@ -211,7 +228,7 @@ def test_options_to_a_registered_user(kamailio: Kamailio, platform: nim.Platform
     bob = platform.endpoint(f"sip:{unique('bob')}@{DOMAIN}", server=kamailio.uri, transport=transport).result(TIMEOUT)
     status, response = sip_options(kamailio.port, transport=transport, ruri=bob.uri, timeout=5)
     assert status == 200, f"{response}\n{kamailio.describe()}"
-    assert "notebook_im" in response and "MESSAGE" in response, response   # bob's Server and Allow headers
+    assert "notebook_im" in response and "MESSAGE" in response, response  # bob's Server and Allow headers
     # and the proxy itself answers an OPTIONS without a user (keepalive)
     status, response = sip_options(kamailio.port, transport=transport, timeout=5)
     assert status == 200 and "Keepalive" in response, response
@@ -221,6 +238,8 @@ def test_user_at_the_proxy_address(kamailio: Kamailio, platform: nim.Platform, u
     """sip:bob@<proxy address> reaches bob@example.test (usrloc matches on the user part, use_domain=0)."""
     alice, bob = register_pair(platform, kamailio, unique, ("udp", "udp"))
     bob_events = bob.events(nim.MessageReceived)
-    user = bob.uri[len("sip:"):].split("@")[0]
-    assert alice.send_message(f"sip:{user}@{HOST}:{kamailio.port}", "via the proxy address").result(TIMEOUT).status == 200
+    user = bob.uri[len("sip:") :].split("@")[0]
+    assert (
+        alice.send_message(f"sip:{user}@{HOST}:{kamailio.port}", "via the proxy address").result(TIMEOUT).status == 200
+    )
     assert next_of(bob_events, nim.MessageReceived, kamailio).text == "via the proxy address"

@@ -1,17 +1,16 @@
 """notebook_im endpoints authenticate with Kamailio's auth + auth_db modules (SHA-256 digest, qop=auth,
 nonce counting), then chat through it; a wrong password is refused."""
+
 from __future__ import annotations
 
 import signal
-from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
 import notebook_im as nim
-from tests.helpers import accept_all, wait_for
-
 from support.programs import Kamailio, free_port, start_kamailio
+from tests.helpers import accept_all, wait_for
 
 pytestmark = pytest.mark.interop
 
@@ -25,7 +24,9 @@ def kamailio_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio
     db.mkdir()
     (db / "version").write_text("table_name(str) table_version(int)\nsubscriber:7\n")
     rows = "".join(f"{i}:{u}:example.test:{p}:::\n" for i, (u, p) in enumerate(USERS.items(), 1))
-    (db / "subscriber").write_text("id(int,auto) username(str) domain(str) password(str) ha1(str,null) ha1b(str,null)\n" + rows)
+    (db / "subscriber").write_text(
+        "id(int,auto) username(str) domain(str) password(str) ha1(str,null) ha1b(str,null)\n" + rows
+    )
     k = start_kamailio(workdir, free_port(), defines=["WITH_AUTH", f'DBURL="text://{db}"'])
     try:
         yield k
@@ -36,8 +37,9 @@ def kamailio_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio
 
 def test_register_and_chat_with_digest(kamailio_auth: Kamailio, platform: nim.Platform) -> None:
     alice = platform.endpoint("sip:alice@example.test", server=kamailio_auth.uri, password=USERS["alice"]).result(10)
-    bob = platform.endpoint("sip:bob@example.test", server=kamailio_auth.uri, password=USERS["bob"],
-                            transport="tcp").result(10)
+    bob = platform.endpoint(
+        "sip:bob@example.test", server=kamailio_auth.uri, password=USERS["bob"], transport="tcp"
+    ).result(10)
     sessions = accept_all(bob)
     session = alice.sessions.create("sip:bob@example.test").result(10)
     assert session.send("through an authenticating Kamailio").result(10).status == 200
@@ -80,7 +82,9 @@ def test_the_callee_never_receives_the_callers_credentials(kamailio_auth: Kamail
     to_bob = [r.raw for r in records if r.owner == bob.uri and r.direction == "in" and not r.raw.startswith(b"SIP/2.0")]
     assert any(r.startswith(b"INVITE ") for r in to_bob) and sum(r.startswith(b"MESSAGE ") for r in to_bob) >= 4
     assert not [r.split(b"\r\n", 1)[0] for r in to_bob if b"uthorization:" in r], "bob saw alice's credentials"
-    from_alice = [r.raw for r in records if r.owner == alice.uri and r.direction == "out" and not r.raw.startswith(b"SIP/2.0")]
+    from_alice = [
+        r.raw for r in records if r.owner == alice.uri and r.direction == "out" and not r.raw.startswith(b"SIP/2.0")
+    ]
     for raw in from_alice:
         method = raw.split(b" ", 1)[0]
         in_dialog = b";tag=" in next(line for line in raw.split(b"\r\n") if line.startswith(b"To:"))

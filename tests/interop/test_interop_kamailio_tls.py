@@ -1,17 +1,17 @@
 """notebook_im endpoints reach Kamailio's tls module on loopback: REGISTER and chat over TLS, the
 certificate verified against a CA made on the fly (trustme)."""
+
 from __future__ import annotations
 
 import signal
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import trustme
 
 import notebook_im as nim
-from tests.helpers import accept_all, wait_for
-
 from support.programs import Kamailio, free_port, start_kamailio, tcp_listening
+from tests.helpers import accept_all, wait_for
 
 pytestmark = pytest.mark.interop
 
@@ -27,7 +27,8 @@ def kamailio_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Kam
     tls_cfg.write_text(
         "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n"
         f"certificate = {workdir / 'server.pem'}\nprivate_key = {workdir / 'server.pem'}\n\n"
-        "[client:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n")
+        "[client:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n"
+    )
     port = free_port()
     tls_port = free_port()
     while tls_port == port:

@@ -14,11 +14,12 @@
 
 Helpers: netns_support.py (the namespace and its agent), linphone_support.py, loopback_capture.py.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -27,6 +28,7 @@ from .loopback_capture import LoopbackCapture, WireMessage
 from .netns_support import DOMAIN, Netns, nim_user, shown, user
 
 pytestmark = pytest.mark.interop
+
 
 @pytest.fixture
 def daemons(netns: Netns, tmp_path: Path) -> Iterator[Callable[..., LinphoneDaemon]]:
@@ -70,8 +72,9 @@ def liblinphones(netns: Netns, tmp_path: Path) -> Iterator[Callable[..., Liblinp
 # linphone-daemon: registration and pager mode
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-def test_linphone_daemon_registers(netns: Netns, daemons: Callable[..., LinphoneDaemon], capture: LoopbackCapture,
-                                   transport: str) -> None:
+def test_linphone_daemon_registers(
+    netns: Netns, daemons: Callable[..., LinphoneDaemon], capture: LoopbackCapture, transport: str
+) -> None:
     name = user("lin")
     daemon = daemons(name, transport)
     assert daemon.version.startswith("5."), daemon.version
@@ -85,8 +88,9 @@ def test_linphone_daemon_registers(netns: Netns, daemons: Callable[..., Linphone
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-def test_pager_message_from_notebook_im_reaches_linphone(netns: Netns, daemons: Callable[..., LinphoneDaemon],
-                                                          transport: str) -> None:
+def test_pager_message_from_notebook_im_reaches_linphone(
+    netns: Netns, daemons: Callable[..., LinphoneDaemon], transport: str
+) -> None:
     name = user("lin")
     daemon = daemons(name, transport)
     bob_name = user("bob")
@@ -100,8 +104,9 @@ def test_pager_message_from_notebook_im_reaches_linphone(netns: Netns, daemons: 
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-def test_pager_message_from_linphone_reaches_notebook_im(netns: Netns, daemons: Callable[..., LinphoneDaemon],
-                                                          capture: LoopbackCapture, transport: str) -> None:
+def test_pager_message_from_linphone_reaches_notebook_im(
+    netns: Netns, daemons: Callable[..., LinphoneDaemon], capture: LoopbackCapture, transport: str
+) -> None:
     name = user("lin")
     daemon = daemons(name, transport)
     bob_name = user("bob")
@@ -118,8 +123,9 @@ def test_pager_message_from_linphone_reaches_notebook_im(netns: Netns, daemons: 
     assert wire.header("Content-Encoding") is None and wire.header("Imdn-Message-ID") is None, wire.text()
 
 
-def test_a_session_with_linphone_goes_on_in_pager_mode(netns: Netns, daemons: Callable[..., LinphoneDaemon],
-                                                       capture: LoopbackCapture) -> None:
+def test_a_session_with_linphone_goes_on_in_pager_mode(
+    netns: Netns, daemons: Callable[..., LinphoneDaemon], capture: LoopbackCapture
+) -> None:
     """liblinphone refuses an INVITE whose only media line is `m=message <port> sip null` with 488 Not acceptable
     here (no Warning header, no SDP). `sessions.create()` goes on in pager mode: the session is connected with
     mode "pager" within a round trip, and its text reaches the daemon as a pager MESSAGE."""
@@ -132,7 +138,9 @@ def test_a_session_with_linphone_goes_on_in_pager_mode(netns: Netns, daemons: Ca
     assert outcome["elapsed"] < 5, outcome
     [changed] = netns.events(bob_name, "SessionModeChanged", count=1, timeout=5)
     assert changed["status"] == 488 and "not acceptable here" in changed["reason"].lower(), changed
-    invites = [m for m in capture.sip("INVITE") if m.is_request and m.start_line.startswith(f"INVITE sip:{name}@127.0.0.1")]
+    invites = [
+        m for m in capture.sip("INVITE") if m.is_request and m.start_line.startswith(f"INVITE sip:{name}@127.0.0.1")
+    ]
     assert invites and b"m=message " in invites[0].raw_body, shown(capture.sip("INVITE"))
     from_linphone = [m for m in capture.sip("INVITE") if m.status == 488 and m.src == invites[0].dst]
     assert from_linphone, shown(capture.sip("INVITE"))
@@ -146,9 +154,9 @@ def test_a_session_with_linphone_goes_on_in_pager_mode(netns: Netns, daemons: Ca
 # ---------------------------------------------------------------------------------------------------
 # liblinphone through ctypes: CPIM, IMDN, is-composing
 # ---------------------------------------------------------------------------------------------------
-def test_cpim_message_from_liblinphone_is_delivered_and_displayed(netns: Netns,
-                                                                  liblinphones: Callable[..., Liblinphone],
-                                                                  capture: LoopbackCapture) -> None:
+def test_cpim_message_from_liblinphone_is_delivered_and_displayed(
+    netns: Netns, liblinphones: Callable[..., Liblinphone], capture: LoopbackCapture
+) -> None:
     """With cpim_in_basic_chat_rooms_enabled=1 liblinphone sends message/cpim (not deflated) with
     imdn.Message-ID and imdn.Disposition-Notification: positive-delivery, negative-delivery, display.
     notebook_im unwraps the text, answers "delivered" at once (liblinphone: DeliveredToUser) and "displayed"
@@ -175,9 +183,9 @@ def test_cpim_message_from_liblinphone_is_delivered_and_displayed(netns: Netns,
     assert notifications and notifications[0].header("Content-Type") == "message/cpim", shown(notifications)
 
 
-def test_liblinphone_with_cpim_receipts_composing_and_wrapped_replies(netns: Netns,
-                                                                      liblinphones: Callable[..., Liblinphone],
-                                                                      capture: LoopbackCapture) -> None:
+def test_liblinphone_with_cpim_receipts_composing_and_wrapped_replies(
+    netns: Netns, liblinphones: Callable[..., Liblinphone], capture: LoopbackCapture
+) -> None:
     """liblinphone (CPIM on) sends its delivered/displayed IMDNs and its is-composing as message/cpim bodies
     compressed with `Content-Encoding: deflate` (zlib), `Priority: non-urgent`. notebook_im inflates and answers
     each 200: the sender sees MessageDeliveryNotified, MessageDisplayed and ComposingChanged. Once liblinphone
@@ -203,8 +211,12 @@ def test_liblinphone_with_cpim_receipts_composing_and_wrapped_replies(netns: Net
     [displayed] = netns.events(bob_name, "MessageDisplayed", count=1, timeout=10)
     assert displayed["message_id"] == sent["message_id"], displayed
     for marker in ("<delivered/>", "<state>active</state>", "<displayed/>"):
-        wait_until(lambda: answers(capture, sent_to_server(netns, capture, name, marker)), 10,
-                   f"liblinphone's MESSAGE with {marker} and the answer to it", lambda: shown(capture.sip("MESSAGE")))
+        wait_until(
+            lambda marker=marker: answers(capture, sent_to_server(netns, capture, name, marker)),
+            10,
+            f"liblinphone's MESSAGE with {marker} and the answer to it",
+            lambda: shown(capture.sip("MESSAGE")),
+        )
         [req] = sent_to_server(netns, capture, name, marker)[:1]
         assert req.header("Content-Encoding") == "deflate" and req.header("Content-Type") == "message/cpim", req.text()
         assert answers(capture, [req]) == [200], shown([req] + responses_to(capture, req))
@@ -215,7 +227,9 @@ def test_liblinphone_with_cpim_receipts_composing_and_wrapped_replies(netns: Net
     reply = netns.send_message(bob_name, lin, "wrapped reply ✓")
     assert reply["status"] == 200, reply
     [wire] = sent_to_server(netns, capture, bob_name, "wrapped reply")[:1]
-    assert wire.header("Content-Type") == "message/cpim" and wire.header("Disposition-Notification") is None, wire.text()
+    assert wire.header("Content-Type") == "message/cpim" and wire.header("Disposition-Notification") is None, (
+        wire.text()
+    )
     body = wire.body().decode()
     assert f"imdn.Message-ID: {reply['message_id']}" in body, wire.text()
     assert "imdn.Disposition-Notification: positive-delivery, display" in body, wire.text()
@@ -229,14 +243,20 @@ def test_liblinphone_with_cpim_receipts_composing_and_wrapped_replies(netns: Net
 def sent_to_server(netns: Netns, capture: LoopbackCapture, sender: str, contains: str) -> list[WireMessage]:
     """MESSAGE requests that `sender` (a user name in From) sent to the embedded server and that contain
     `contains` (in the raw bytes or the inflated body), oldest first. The server's relayed copy is left out."""
-    return [m for m in capture.sip("MESSAGE", contains=contains) if m.is_request
-            and m.dst.endswith(f":{netns.server_port}") and f"{sender}@" in (m.header("From") or "")]
+    return [
+        m
+        for m in capture.sip("MESSAGE", contains=contains)
+        if m.is_request and m.dst.endswith(f":{netns.server_port}") and f"{sender}@" in (m.header("From") or "")
+    ]
 
 
 def responses_to(capture: LoopbackCapture, request: WireMessage) -> list[WireMessage]:
     """The responses the server sent back to `request`'s sender (same Call-ID, to its source address)."""
-    return [m for m in capture.sip() if not m.is_request and m.header("Call-ID") == request.header("Call-ID")
-            and m.dst == request.src]
+    return [
+        m
+        for m in capture.sip()
+        if not m.is_request and m.header("Call-ID") == request.header("Call-ID") and m.dst == request.src
+    ]
 
 
 def answers(capture: LoopbackCapture, requests: list[WireMessage]) -> list[int]:
@@ -246,8 +266,9 @@ def answers(capture: LoopbackCapture, requests: list[WireMessage]) -> list[int]:
     return [m.status for m in responses_to(capture, requests[0]) if m.status is not None and m.status >= 200]
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str,
-               context: Callable[[], str] = lambda: "") -> None:
+def wait_until(
+    condition: Callable[[], object], timeout: float, what: str, context: Callable[[], str] = lambda: ""
+) -> None:
     """Poll `condition` every 50 ms until it is truthy; AssertionError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -257,7 +278,8 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str,
 
 
 def test_liblinphone_without_cpim_composes_plainly_and_names_our_message_by_call_id(
-        netns: Netns, liblinphones: Callable[..., Liblinphone], capture: LoopbackCapture) -> None:
+    netns: Netns, liblinphones: Callable[..., Liblinphone], capture: LoopbackCapture
+) -> None:
     """CPIM off (liblinphone's default for basic chat rooms).
 
     - is-composing goes as a bare application/im-iscomposing+xml (not deflated; `Priority: non-urgent`,
@@ -272,15 +294,20 @@ def test_liblinphone_without_cpim_composes_plainly_and_names_our_message_by_call
     sent = netns.send_message(bob_name, f"sip:{name}@{DOMAIN}", "receipt please")
     assert sent["status"] == 200, sent
     client.received(1)
-    ours = [m for m in capture.sip("MESSAGE", contains="receipt please") if m.is_request
-            and m.dst.endswith(f":{netns.server_port}")]
+    ours = [
+        m
+        for m in capture.sip("MESSAGE", contains="receipt please")
+        if m.is_request and m.dst.endswith(f":{netns.server_port}")
+    ]
     assert ours and ours[0].header("Imdn-Message-ID") == sent["message_id"], shown(ours)
     call_id = ours[0].header("Call-ID")
 
     client.compose(bob)
     composing = netns.events(bob_name, "ComposingChanged", count=1, timeout=10)
-    assert composing and composing[0]["composing"] is True and composing[0]["sender"] == f"sip:{name}@{DOMAIN}", \
-        (composing, shown(capture.sip("MESSAGE")))
+    assert composing and composing[0]["composing"] is True and composing[0]["sender"] == f"sip:{name}@{DOMAIN}", (
+        composing,
+        shown(capture.sip("MESSAGE")),
+    )
     [typing] = sent_to_server(netns, capture, name, "<state>active</state>")[:1]
     assert typing.header("Content-Type") == "application/im-iscomposing+xml", typing.text()
     assert typing.header("Content-Encoding") is None and typing.header("Priority") == "non-urgent", typing.text()
@@ -288,13 +315,16 @@ def test_liblinphone_without_cpim_composes_plainly_and_names_our_message_by_call
     [notified] = netns.events(bob_name, "MessageDeliveryNotified", count=1, timeout=10)
     assert notified["message_id"] == sent["message_id"] and notified["disposition"] == "delivered", notified
     [imdn] = sent_to_server(netns, capture, name, "<delivered/>")[:1]
-    assert imdn.header("Content-Type") == "message/imdn+xml" and imdn.header("Content-Encoding") == "deflate", imdn.text()
+    assert imdn.header("Content-Type") == "message/imdn+xml" and imdn.header("Content-Encoding") == "deflate", (
+        imdn.text()
+    )
     assert f"<message-id>{call_id}</message-id>".encode() in imdn.body(), imdn.text()
     assert answers(capture, [imdn]) == [200], shown([imdn] + responses_to(capture, imdn))
 
 
-def test_a_pager_mode_session_with_liblinphone_both_ways(netns: Netns, liblinphones: Callable[..., Liblinphone],
-                                                          capture: LoopbackCapture) -> None:
+def test_a_pager_mode_session_with_liblinphone_both_ways(
+    netns: Netns, liblinphones: Callable[..., Liblinphone], capture: LoopbackCapture
+) -> None:
     """The session notebook_im opens to liblinphone goes on in pager mode and works as a chat: our typing shows
     in liblinphone's room, our text arrives and its receipts come back into the session (delivered, then
     displayed when liblinphone marks the room read); liblinphone's typing and text land in the same session."""

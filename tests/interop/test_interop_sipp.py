@@ -1,8 +1,9 @@
 """SIPp against a notebook_im endpoint that has no server (direct, to its contact port), both ways.
 
-  SIPp UAC -> notebook_im:  sipp/uac_pager.xml (N pager MESSAGEs), sipp/uac_im_session.xml (full IM session)
-  notebook_im -> SIPp UAS:  sipp/uas_pager.xml (answers MESSAGE 200), sipp/uas_im_session.xml (INVITE..BYE)
+SIPp UAC -> notebook_im:  sipp/uac_pager.xml (N pager MESSAGEs), sipp/uac_im_session.xml (full IM session)
+notebook_im -> SIPp UAS:  sipp/uas_pager.xml (answers MESSAGE 200), sipp/uas_im_session.xml (INVITE..BYE)
 """
+
 from __future__ import annotations
 
 import threading
@@ -41,7 +42,7 @@ def assert_sipp_ok(result: ToolResult, calls: int) -> None:
     assert result.returncode == 0, f"SIPp failed (0 = every call succeeded):\n{result}"
     assert "Successful call" in result.stdout, result
     # the final statistics screen: "Successful call | 0 | <calls>"
-    final = result.stdout[result.stdout.rfind("Successful call"):].split("\n", 1)[0]
+    final = result.stdout[result.stdout.rfind("Successful call") :].split("\n", 1)[0]
     assert final.split("|")[-1].strip() == str(calls), f"{final!r}\n{result}"
 
 
@@ -54,21 +55,29 @@ def test_sipp_sends_pager_messages(platform: nim.Platform, sipp: Sipp, transport
     received = carol.events(nim.MessageReceived)
     host, port = carol.local_address
 
-    result = sipp.run("uac_pager.xml", remote=f"{host}:{port}", service="carol", local_port=free_port(),
-                      transport=transport, calls=PAGER_COUNT, rate=200, limit=50)
+    result = sipp.run(
+        "uac_pager.xml",
+        remote=f"{host}:{port}",
+        service="carol",
+        local_port=free_port(),
+        transport=transport,
+        calls=PAGER_COUNT,
+        rate=200,
+        limit=50,
+    )
     assert_sipp_ok(result, PAGER_COUNT)
 
     events = collect(received, PAGER_COUNT, 5, result)
     # SIPp ends the last body line with CRLF; notebook_im hands text out with "\n" line breaks
     texts = [e.text for e in events]
     expected = [f"pager message {n}\n" for n in range(1, PAGER_COUNT + 1)]
-    assert sorted(texts) == sorted(expected)            # exactly these N, none lost, none doubled
+    assert sorted(texts) == sorted(expected)  # exactly these N, none lost, none doubled
     assert len(set(texts)) == PAGER_COUNT
     assert texts[0] == "pager message 1\n"
     for e in events[:5]:
         assert e.mode == "pager" and e.session is None and e.content_type == "text/plain"
         assert e.participant.uri.startswith(f"sip:sipp@{HOST}")
-    assert received.drain() == []                       # nothing more arrived
+    assert received.drain() == []  # nothing more arrived
     assert len(carol.pager_messages) == PAGER_COUNT
     stats = carol.stats
     assert stats["bad_request_400"] == 0 and stats["dropped"] == 0, stats
@@ -89,8 +98,15 @@ def test_sipp_runs_im_sessions(platform: nim.Platform, sipp: Sipp, transport: st
     events = carol.events(nim.MessageReceived, nim.ComposingChanged, nim.SessionTerminated)
     host, port = carol.local_address
 
-    result = sipp.run("uac_im_session.xml", remote=f"{host}:{port}", service="carol", local_port=free_port(),
-                      transport=transport, calls=SESSION_CALLS, limit=1)
+    result = sipp.run(
+        "uac_im_session.xml",
+        remote=f"{host}:{port}",
+        service="carol",
+        local_port=free_port(),
+        transport=transport,
+        calls=SESSION_CALLS,
+        limit=1,
+    )
     assert_sipp_ok(result, SESSION_CALLS)
 
     # per session: text, composing on, composing off (the session ended), terminated by the remote BYE
@@ -100,8 +116,12 @@ def test_sipp_runs_im_sessions(platform: nim.Platform, sipp: Sipp, transport: st
         session = incoming.session
         mine = [e for e in got if e.session is session]
         kinds = [(type(e).__name__, getattr(e, "composing", None)) for e in mine]
-        assert kinds == [("MessageReceived", None), ("ComposingChanged", True), ("ComposingChanged", False),
-                         ("SessionTerminated", None)], kinds
+        assert kinds == [
+            ("MessageReceived", None),
+            ("ComposingChanged", True),
+            ("ComposingChanged", False),
+            ("SessionTerminated", None),
+        ], kinds
         text, _, _, ended = mine
         assert text.text == f"hello from SIPp {n}\n" and text.mode == "session" and text.content_type == "text/plain"
         assert text.participant.uri.startswith(f"sip:sipp@{HOST}")
@@ -116,7 +136,9 @@ def test_sipp_runs_im_sessions(platform: nim.Platform, sipp: Sipp, transport: st
 # SIPp as server
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-def test_pager_messages_to_sipp(platform: nim.Platform, sipp: Sipp, sipp_servers: list[SippServer], transport: str) -> None:
+def test_pager_messages_to_sipp(
+    platform: nim.Platform, sipp: Sipp, sipp_servers: list[SippServer], transport: str
+) -> None:
     count = 20
     server = sipp.start("uas_pager.xml", local_port=free_port(), transport=transport, calls=count)
     sipp_servers.append(server)
@@ -125,7 +147,7 @@ def test_pager_messages_to_sipp(platform: nim.Platform, sipp: Sipp, sipp_servers
 
     texts = [f"to sipp #{i}" for i in range(count)]
     results = [dave.send_message(target, t).result(10) for t in texts[: count // 2]]
-    ops = [dave.send_message(target, t) for t in texts[count // 2:]]     # and some concurrently
+    ops = [dave.send_message(target, t) for t in texts[count // 2 :]]  # and some concurrently
     results += [op.result(10) for op in ops]
     assert [r.status for r in results] == [200] * count, server.describe()
     assert all(r.mode == "pager" for r in results)
@@ -138,7 +160,9 @@ def test_pager_messages_to_sipp(platform: nim.Platform, sipp: Sipp, sipp_servers
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-def test_im_session_with_sipp(platform: nim.Platform, sipp: Sipp, sipp_servers: list[SippServer], transport: str) -> None:
+def test_im_session_with_sipp(
+    platform: nim.Platform, sipp: Sipp, sipp_servers: list[SippServer], transport: str
+) -> None:
     server = sipp.start("uas_im_session.xml", local_port=free_port(), transport=transport, calls=1)
     sipp_servers.append(server)
     dave = listening_endpoint(platform, "dave", transport)
@@ -162,8 +186,9 @@ def test_im_session_with_sipp(platform: nim.Platform, sipp: Sipp, sipp_servers: 
         assert needle in log, f"{needle!r} not in SIPp's message log\n{server.describe()}"
 
 
-def test_third_party_registration_routes_to_the_contact(server: nim.Server, platform: nim.Platform, sipp: Sipp,
-                                                       sipp_servers: list[SippServer]) -> None:
+def test_third_party_registration_routes_to_the_contact(
+    server: nim.Server, platform: nim.Platform, sipp: Sipp, sipp_servers: list[SippServer]
+) -> None:
     """A SIPp UAS listens on port A; bob is registered by a REGISTER sent from port B naming `Contact: <sip:bob@A>`
     (third-party registration, RFC 3261 §10: load rigs, softphones with separate sockets). A MESSAGE to bob through
     the embedded server goes to the Contact, A, as Kamailio routes it, not to B where the REGISTER came from."""
@@ -171,7 +196,7 @@ def test_third_party_registration_routes_to_the_contact(server: nim.Server, plat
 
     uas = sipp.start("uas_pager.xml", local_port=free_port(), calls=3)
     sipp_servers.append(uas)
-    with RawPeer() as registrar_side:   # port B: only ever sends the REGISTER
+    with RawPeer() as registrar_side:  # port B: only ever sends the REGISTER
         reply = registrar_side.register((server.host, server.port), "bob", contact=f"sip:bob@{HOST}:{uas.port}")
         assert reply is not None and reply.startswith(b"SIP/2.0 200"), reply
         alice = platform.endpoint("sip:alice@example.test", server=server).result(10)

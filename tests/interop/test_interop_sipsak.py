@@ -4,6 +4,7 @@ registered endpoint, and an OPTIONS ping answered by the server itself.
 sipsak is run in shoot mode with a request file (`-f`), never `-M`, which crashes in Debian's 0.9.8.1;
 the server sits on a 4-digit port because sipsak truncates 5-digit ones in URIs it builds (DESIGN.md §7).
 """
+
 from __future__ import annotations
 
 import re
@@ -34,25 +35,34 @@ def write_message(tmp_path: Path, *, ruri: str, to: str, text: str) -> Path:
     """Fill in requests/message.txt (CRLF, exact Content-Length) and write it to tmp_path."""
     body = text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
     template = (REQUESTS_DIR / "message.txt").read_bytes()
-    values = {"@RURI@": ruri, "@TO@": to, "@TAG@": uuid.uuid4().hex[:8],
-              "@CALLID@": f"{uuid.uuid4().hex}@{HOST}", "@LENGTH@": str(len(body))}
+    values = {
+        "@RURI@": ruri,
+        "@TO@": to,
+        "@TAG@": uuid.uuid4().hex[:8],
+        "@CALLID@": f"{uuid.uuid4().hex}@{HOST}",
+        "@LENGTH@": str(len(body)),
+    }
     for token, value in values.items():
         template = template.replace(token.encode(), value.encode())
     request = template.replace(b"@BODY@", body)
-    assert not re.search(rb"@[A-Z]+@", request), request   # every token filled in
+    assert not re.search(rb"@[A-Z]+@", request), request  # every token filled in
     path = tmp_path / "request.txt"
     path.write_bytes(request)
     return path
 
 
-@pytest.mark.parametrize("ruri_form", [
-    pytest.param("sip:{user}@{host}", id="ruri-without-port"),
-    # what sipsak itself would put in the request line for -s sip:bob@127.0.0.1:PORT
-    pytest.param("sip:{user}@{host}:{port}", id="ruri-with-server-port"),
-])
+@pytest.mark.parametrize(
+    "ruri_form",
+    [
+        pytest.param("sip:{user}@{host}", id="ruri-without-port"),
+        # what sipsak itself would put in the request line for -s sip:bob@127.0.0.1:PORT
+        pytest.param("sip:{user}@{host}:{port}", id="ruri-with-server-port"),
+    ],
+)
 @pytest.mark.parametrize("bob_transport", ["udp", "tcp"])
-def test_sipsak_message_reaches_registered_endpoint(nim_server: nim.Server, platform: nim.Platform, tmp_path: Path,
-                                                     ruri_form: str, bob_transport: str) -> None:
+def test_sipsak_message_reaches_registered_endpoint(
+    nim_server: nim.Server, platform: nim.Platform, tmp_path: Path, ruri_form: str, bob_transport: str
+) -> None:
     bob = platform.endpoint(f"sip:bob@{HOST}", server=nim_server.uri, transport=bob_transport).result(10)
     assert nim_server.registrations.get(f"sip:bob@{HOST}"), nim_server.registrations
     received = bob.events(nim.MessageReceived)

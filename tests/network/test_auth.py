@@ -1,4 +1,5 @@
 """Digest authentication against the embedded server: challenges, SHA-256, caching, 403, lockout, no leaks."""
+
 from __future__ import annotations
 
 import logging
@@ -47,9 +48,13 @@ def test_register_and_chat_with_credentials(auth_server, platform):
     pager = [r for r in messages if r.startswith(b"MESSAGE sip:bob@example.test")]
     assert pager and all(b"Proxy-Authorization: Digest <redacted>" in r for r in pager)
     assert all(b"uthorization" not in r for r in messages if r not in pager)
-    assert sum(1 for r in sent if r.startswith(b"MESSAGE sip:bob@example.test")) == 1, "pager MESSAGE not challenged again"
+    assert sum(1 for r in sent if r.startswith(b"MESSAGE sip:bob@example.test")) == 1, (
+        "pager MESSAGE not challenged again"
+    )
     # the server consumes the credentials: bob never sees them
-    assert not any(b"uthorization" in r.raw for r in platform.trace.sip_records() if r.owner == bob.uri and r.direction == "in")
+    assert not any(
+        b"uthorization" in r.raw for r in platform.trace.sip_records() if r.owner == bob.uri and r.direction == "in"
+    )
 
 
 def test_wrong_password_gets_403_and_lockout(auth_server, platform, caplog):
@@ -71,25 +76,32 @@ def test_no_credentials_no_routing(auth_server, platform):
     platform.endpoint("sip:bob@example.test", server=auth_server, password=USERS["bob"]).result(10)
     mallory = platform.endpoint("sip:mallory@example.test", server=None).result(10)
     # an unauthenticated MESSAGE through the server is challenged and never reaches bob
-    raw = ("MESSAGE sip:bob@example.test SIP/2.0\r\n"
-           f"Via: SIP/2.0/UDP 127.0.0.1:{mallory.local_address[1]};branch=z9hG4bKm1;rport\r\n"
-           "From: <sip:mallory@example.test>;tag=m\r\nTo: <sip:bob@example.test>\r\nCall-ID: m1@x\r\n"
-           "CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi").encode()
+    raw = (
+        "MESSAGE sip:bob@example.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{mallory.local_address[1]};branch=z9hG4bKm1;rport\r\n"
+        "From: <sip:mallory@example.test>;tag=m\r\nTo: <sip:bob@example.test>\r\nCall-ID: m1@x\r\n"
+        "CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+    ).encode()
     reply = udp_exchange(raw, (auth_server.host, auth_server.port))
     assert reply.startswith(b"SIP/2.0 407") and b"Proxy-Authenticate: Digest" in reply
-    assert not any(b"Call-ID: m1@x" in r.raw and r.direction == "out" and not r.raw.startswith(b"SIP/2.0")
-                   for r in auth_server.trace.sip_records())
+    assert not any(
+        b"Call-ID: m1@x" in r.raw and r.direction == "out" and not r.raw.startswith(b"SIP/2.0")
+        for r in auth_server.trace.sip_records()
+    )
 
 
 def test_cannot_impersonate_another_user(auth_server, platform):
     # carol's credentials, but REGISTER for bob's address: 403
     with pytest.raises(nim.RequestFailed) as info:
-        platform.endpoint("sip:bob@example.test", server=auth_server, username="carol", password=USERS["carol"]).result(10)
+        platform.endpoint("sip:bob@example.test", server=auth_server, username="carol", password=USERS["carol"]).result(
+            10
+        )
     assert info.value.status == 403 and "claims bob" in info.value.reason
 
 
 def test_md5_only_server_challenge_is_answered(platform):
     from notebook_im.server import auth as auth_mod
+
     original = auth_mod.ALGORITHMS
     auth_mod.ALGORITHMS = ("MD5",)
     try:
@@ -114,6 +126,7 @@ def test_stale_nonce_is_rechallenged_transparently(auth_server, platform):
     # a first pager MESSAGE is challenged (407): from then on alice answers that realm's nonce pre-emptively
     assert alice.send_message("sip:bob@example.test", "before").result(10).status == 200
     import time
+
     time.sleep(1.2)  # the nonce alice cached is now stale; a fresh one is good for a second
     assert alice.send_message("sip:bob@example.test", "after the nonce expired").result(10).status == 200
     stale = [r.raw for r in platform.trace.sip_records() if r.direction == "in" and b"stale=true" in r.raw]
@@ -125,10 +138,15 @@ def test_serve_with_users_file(tmp_path):
     import re
     import subprocess
     import sys
+
     users = tmp_path / "users.txt"
     users.write_text("# lab accounts\nalice:pw-a\nbob:pw-b\n")
-    proc = subprocess.Popen([sys.executable, "-m", "notebook_im.cli", "serve", "--port", "0", "--users", str(users)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "notebook_im.cli", "serve", "--port", "0", "--users", str(users)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert "digest authentication for 2 users" in line and "pw-a" not in line

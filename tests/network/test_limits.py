@@ -1,5 +1,6 @@
 """Streams and floods: slow or silent TCP peers do not block others and are cut off; transaction and
 registration limits answer 503/403 instead of growing without bound."""
+
 from __future__ import annotations
 
 import socket
@@ -13,9 +14,11 @@ from tests.helpers import udp_exchange, wait_for
 
 
 def message(port: int, branch: str, user: str = "nobody") -> bytes:
-    return (f"MESSAGE sip:{user}@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{branch};rport\r\n"
-            f"From: <sip:flood@example.test>;tag=f\r\nTo: <sip:{user}@example.test>\r\nCall-ID: {branch}@flood\r\n"
-            "CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx").encode()
+    return (
+        f"MESSAGE sip:{user}@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{branch};rport\r\n"
+        f"From: <sip:flood@example.test>;tag=f\r\nTo: <sip:{user}@example.test>\r\nCall-ID: {branch}@flood\r\n"
+        "CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx"
+    ).encode()
 
 
 @pytest.mark.slow
@@ -51,7 +54,7 @@ def test_keepalives_keep_a_registered_tcp_flow_open(server, platform):
     for ep in (alice, bob):  # restart the keep-alive rhythm with a short interval
         testing.set_registration_timing(ep, keepalive=0.3)
     time.sleep(2.5)
-    alice.request_receipts = False   # one request and its response: no delivery receipt coming back
+    alice.request_receipts = False  # one request and its response: no delivery receipt coming back
     before = server.stats["received"]
     assert alice.send_message("sip:bob@example.test", "flow still open").result(5).status == 200
     assert server.stats["received"] == before + 2, "the same connections carried request and response"
@@ -62,6 +65,7 @@ def test_tcp_connection_dropped_is_reopened_for_the_next_request(server, platfor
     platform.endpoint("sip:bob@example.test", server=server).result(10)
     assert alice.send_message("sip:bob@example.test", "one").result(5).status == 200
     from notebook_im.runtime import runtime
+
     transport = testing.stack_of(server).transport
     runtime().run_sync(lambda: [c.transport.close() for c in list(transport.connections.values())])
     wait_for(lambda: transport.connection_count == 0 or alice.state is nim.EndpointState.ENABLED, 5)
@@ -71,10 +75,12 @@ def test_tcp_connection_dropped_is_reopened_for_the_next_request(server, platfor
 def register_raw(sock: socket.socket, server, user: str) -> None:
     """REGISTER `user` with the contact of a raw UDP socket (which the test then reads by hand)."""
     port = sock.getsockname()[1]
-    reg = (f"REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKreg{port};rport\r\n"
-           f"From: <sip:{user}@example.test>;tag=r\r\nTo: <sip:{user}@example.test>\r\nCall-ID: reg{port}@raw\r\n"
-           f"CSeq: 1 REGISTER\r\nContact: <sip:{user}@127.0.0.1:{port}>\r\nExpires: 300\r\nMax-Forwards: 70\r\n"
-           "Content-Length: 0\r\n\r\n").encode()
+    reg = (
+        f"REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKreg{port};rport\r\n"
+        f"From: <sip:{user}@example.test>;tag=r\r\nTo: <sip:{user}@example.test>\r\nCall-ID: reg{port}@raw\r\n"
+        f"CSeq: 1 REGISTER\r\nContact: <sip:{user}@127.0.0.1:{port}>\r\nExpires: 300\r\nMax-Forwards: 70\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
     sock.sendto(reg, (server.host, server.port))
     assert sock.recvfrom(4096)[0].startswith(b"SIP/2.0 200")
 
@@ -83,8 +89,10 @@ def register_raw(sock: socket.socket, server, user: str) -> None:
 def test_flood_of_unanswered_transactions_from_one_source_gets_503(server):
     """Live (unanswered) transactions are what a flood can pile up: beyond the per-source limit, 503 and no state."""
     testing.stack_of(server).max_transactions_per_source = 50
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent_bob, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent_bob,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
+    ):
         silent_bob.bind(("127.0.0.1", 0))
         silent_bob.settimeout(2)
         register_raw(silent_bob, server, "bob")  # bob never answers what the server relays to him
@@ -101,7 +109,7 @@ def test_flood_of_unanswered_transactions_from_one_source_gets_503(server):
         while time.monotonic() < deadline and len(relayed) < 120:  # bounded in time and count
             try:
                 data = silent_bob.recvfrom(4096)[0]
-            except socket.timeout:
+            except TimeoutError:
                 continue
             relayed.add(data.split(b"Call-ID: ", 1)[1].split(b"\r\n", 1)[0])
         assert len(relayed) == 50
@@ -125,7 +133,9 @@ def test_completed_transactions_are_compact_and_bounded_per_source(server):
             answers.append(s.recvfrom(4096)[0])
         assert all(a.startswith(b"SIP/2.0 404") for a in answers)
         # (the response is sent before the transaction is compacted: the last one may still be on its way)
-        wait_for(lambda: not core.live_server_transactions, 2, "no full transaction object is kept for an answered request")
+        wait_for(
+            lambda: not core.live_server_transactions, 2, "no full transaction object is kept for an answered request"
+        )
         assert len(core.completed) == 50 and core.completed.evicted_early == 70
         absorbed = core.stats["retransmissions_absorbed"]
         s.sendto(message(port, "ok119"), (server.host, server.port))
@@ -137,7 +147,7 @@ def test_completed_transactions_are_compact_and_bounded_per_source(server):
 
 
 def test_registrations_per_user_are_bounded(server, platform):
-    for i in range(10):
+    for _ in range(10):
         platform.endpoint("sip:alice@example.test", server=server).result(10)
     with pytest.raises(nim.RequestFailed) as info:
         platform.endpoint("sip:alice@example.test", server=server).result(10)

@@ -6,6 +6,7 @@ The endpoints and the server talk over an in-memory network (net/memory.py): eac
 delayed or held back as its sender's seeded Impairment decides and by nothing else (no socket buffer, no kernel
 scheduling), so the test is about the stack, not the machine it runs on. One test keeps real UDP sockets and a
 lossy relay process in between (marked slow)."""
+
 from __future__ import annotations
 
 import time
@@ -87,6 +88,7 @@ def test_thousand_messages_through_a_lossy_udp_relay():
     # so every datagram between the endpoints and the server crosses it, both ways: four lossy crossings
     # per message, so T1 is 10 ms here to keep the test short
     from notebook_im.net.relay import UdpRelay
+
     timers = nim.Timers(t1=0.01, t2=0.08, t4=0.1)
     fast_platform = nim.Platform("relay", timers=timers)
     server = nim.Server(timers=timers).start().result(10)

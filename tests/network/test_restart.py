@@ -1,7 +1,7 @@
 """The server restarts: endpoints notice (registration refresh over UDP, the dropped connection over TCP),
 retry with backoff, register again on their own, and the session carries on."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 
@@ -34,8 +34,11 @@ def test_endpoints_reregister_after_server_restart_and_session_continues(transpo
         assert ev.state is nim.EndpointState.RECONNECTING and "registration failed" in ev.reason
 
         server = nim.Server(port=port, timers=TIMERS).start().result(10)  # a new process would look the same
-        wait_for(lambda: alice.state is nim.EndpointState.ENABLED and bob.state is nim.EndpointState.ENABLED,
-                 15, "both registered again")
+        wait_for(
+            lambda: alice.state is nim.EndpointState.ENABLED and bob.state is nim.EndpointState.ENABLED,
+            15,
+            "both registered again",
+        )
         assert set(server.registrations) == {"sip:alice@example.test", "sip:bob@example.test"}
         recovered = [e for e in states.drain() if e.state is nim.EndpointState.ENABLED]
         assert recovered and recovered[-1].reason == "registered again"

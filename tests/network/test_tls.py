@@ -1,4 +1,5 @@
 """TLS between endpoints and the embedded server, with certificates made on the fly by trustme."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """Each tutorial notebook is executed once per test session, in a fresh kernel, the way a student runs it top to
 bottom (hidden solution cells included), plus one cell at the end that replays every `check()` the notebook made
 with a wrong answer (`teaching.self_test()`). The tests in this folder read the executed notebooks from here."""
+
 from __future__ import annotations
 
 import json
@@ -14,15 +15,14 @@ from nbclient.exceptions import CellExecutionError
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-SELF_TEST = ("import json\nfrom notebook_im import teaching\n"
-             "print('SELFTEST ' + json.dumps(teaching.self_test()))")
+SELF_TEST = "import json\nfrom notebook_im import teaching\nprint('SELFTEST ' + json.dumps(teaching.self_test()))"
 
 
 @dataclass
 class Executed:
     path: Path
-    stored: nbformat.NotebookNode           # as stored in git
-    nb: nbformat.NotebookNode               # executed (with the self-test cell at the end)
+    stored: nbformat.NotebookNode  # as stored in git
+    nb: nbformat.NotebookNode  # executed (with the self-test cell at the end)
     elapsed: float
     error: str | None
     self_test: list[dict] = field(default_factory=list)
@@ -53,7 +53,9 @@ def executed(path: Path) -> Executed:
         stored = nbformat.read(path, as_version=4)
         nb = nbformat.read(path, as_version=4)
         nb.cells.append(nbformat.v4.new_code_cell(SELF_TEST))
-        client = NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+        client = NotebookClient(
+            nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        )
         started = time.monotonic()
         error = None
         try:

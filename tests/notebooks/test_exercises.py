@@ -4,6 +4,7 @@ every such check must come out right, and the same check with a wrong answer mus
 to look. Each notebook also has hidden solutions, "predict before you run" prompts and a summary. And the
 executed outputs show what the notebooks promise: notebook 2 the full INVITE with its SDP, notebook 7 the
 retransmission intervals, a 408, a CANCEL and its 487, a 401 and a 407."""
+
 from __future__ import annotations
 
 import re
@@ -58,15 +59,31 @@ def test_unanswered_exercises_say_so_without_failing():
 
 def test_notebook_2_shows_the_full_invite_with_its_sdp_numbered():
     texts = executed(next(p for p in NOTEBOOKS if p.name.startswith("02-"))).text_outputs()
-    invites = [t for t in texts if re.search(r"^F\d+  alice -> proxy  \(UDP\)\nINVITE sip:bob@example.test SIP/2.0$", t, re.M)]
+    invites = [
+        t for t in texts if re.search(r"^F\d+  alice -> proxy  \(UDP\)\nINVITE sip:bob@example.test SIP/2.0$", t, re.M)
+    ]
     assert invites, "the numbered INVITE is printed"
     text = invites[0]
-    for line in ("Via: SIP/2.0/UDP", "Max-Forwards: 70", "Content-Type: application/sdp", "v=0", "o=- ",
-                 "c=IN IP4 127.0.0.1", "t=0 0", "m=message ", " sip null", "a=accept-types:text/plain"):
+    for line in (
+        "Via: SIP/2.0/UDP",
+        "Max-Forwards: 70",
+        "Content-Type: application/sdp",
+        "v=0",
+        "o=- ",
+        "c=IN IP4 127.0.0.1",
+        "t=0 0",
+        "m=message ",
+        " sip null",
+        "a=accept-types:text/plain",
+    ):
         assert line in text, line
     # the proxy puts its Record-Route first (as Kamailio does), then its Via above Alice's
-    assert re.search(r"^F\d+  proxy -> bob  \(UDP\)\nINVITE sip:bob@127.0.0.1:\d+ SIP/2.0\nRecord-Route: <sip:.*;lr.*>\n"
-                     r"Via: .*\nVia: .*\nMax-Forwards: 69", text, re.M), "the INVITE at Bob: Record-Route, two Vias, Max-Forwards 69"
+    assert re.search(
+        r"^F\d+  proxy -> bob  \(UDP\)\nINVITE sip:bob@127.0.0.1:\d+ SIP/2.0\nRecord-Route: <sip:.*;lr.*>\n"
+        r"Via: .*\nVia: .*\nMax-Forwards: 69",
+        text,
+        re.M,
+    ), "the INVITE at Bob: Record-Route, two Vias, Max-Forwards 69"
     mermaid = next(t for t in texts if t.startswith("sequenceDiagram"))
     assert "MESSAGE (receipt: delivered)" in mermaid and "MESSAGE (composing: active)" in mermaid
     assert "From: <sip" not in mermaid and mermaid.rstrip().endswith("200 OK")
@@ -80,10 +97,20 @@ def test_notebook_7_shows_timers_and_failures():
     assert 15 < gaps[0] < 60 and 35 < gaps[1] < 90 and 80 < gaps[2] < 160, "Timer E doubles from T1 = 25 ms"
     assert all(150 < g < 300 for g in gaps[3:]), "... up to T2 = 200 ms"
     everything = "\n".join(texts)
-    for seen in ("408 Request Timeout", "CANCEL sip:carol@example.test SIP/2.0", "SIP/2.0 487 Request Terminated",
-                 "SIP/2.0 401 Unauthorized", "WWW-Authenticate: Digest", "SIP/2.0 407 Proxy Authentication Required",
-                 "Proxy-Authenticate: Digest", "SIP/2.0 415 Unsupported Media Type", "404 Not Found", "480 Temporarily",
-                 "486 Busy Here", "603 Decline"):
+    for seen in (
+        "408 Request Timeout",
+        "CANCEL sip:carol@example.test SIP/2.0",
+        "SIP/2.0 487 Request Terminated",
+        "SIP/2.0 401 Unauthorized",
+        "WWW-Authenticate: Digest",
+        "SIP/2.0 407 Proxy Authentication Required",
+        "Proxy-Authenticate: Digest",
+        "SIP/2.0 415 Unsupported Media Type",
+        "404 Not Found",
+        "480 Temporarily",
+        "486 Busy Here",
+        "603 Decline",
+    ):
         assert seen in everything, seen
     cancel = next(t for t in texts if "CSeq: " in t and " CANCEL " in t and "branch" in t)
     branches = re.findall(r"^F\d+\s+(INVITE|CANCEL|ACK)\s+CSeq: .*branch (\S+)$", cancel, re.M)

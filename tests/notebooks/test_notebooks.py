@@ -1,5 +1,6 @@
 """Every tutorial notebook runs top to bottom in a fresh kernel, within a minute, with no error, and is stored
 with its outputs stripped."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,5 +25,11 @@ def test_notebook_runs(path: Path):
             assert cell.get("execution_count") is None, f"{path.name}: execution counts must be stripped in git"
     assert run.error is None, run.error
     assert run.elapsed < 60, f"{path.name} took {run.elapsed:.0f} s"
-    errors = [o for c in run.nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [
+        o
+        for c in run.nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     assert not errors

@@ -1,5 +1,6 @@
 """The sans-IO tests run without sockets and without the library's loop: both are forbidden here, so a machine
 test that starts needing either fails instead of quietly becoming an integration test."""
+
 from __future__ import annotations
 
 import socket
@@ -20,4 +21,5 @@ def no_io(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def no_loop() -> None:
         raise AssertionError("a sans-IO test started the library's loop thread: it belongs in tests/integration")
+
     monkeypatch.setattr(notebook_im.runtime, "runtime", no_loop)

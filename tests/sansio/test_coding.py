@@ -1,4 +1,5 @@
 """Content-Encoding (sip/coding.py): deflate (zlib and raw) and gzip inflated, unknown codings 415, bombs 413."""
+
 from __future__ import annotations
 
 import gzip
@@ -14,18 +15,24 @@ DOC = b'<?xml version="1.0"?><isComposing xmlns="urn:ietf:params:xml:ns:im-iscom
 
 
 def message(body: bytes, coding: str | None) -> object:
-    head = ("MESSAGE sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\n"
-            "Call-ID: c\r\nCSeq: 1 MESSAGE\r\nContent-Type: application/im-iscomposing+xml\r\n"
-            + (f"Content-Encoding: {coding}\r\n" if coding else "") + f"Content-Length: {len(body)}\r\n\r\n")
+    head = (
+        "MESSAGE sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\n"
+        "Call-ID: c\r\nCSeq: 1 MESSAGE\r\nContent-Type: application/im-iscomposing+xml\r\n"
+        + (f"Content-Encoding: {coding}\r\n" if coding else "")
+        + f"Content-Length: {len(body)}\r\n\r\n"
+    )
     return parse_message(head.encode() + body)
 
 
-@pytest.mark.parametrize("coding, packed", [
-    ("deflate", zlib.compress(DOC)),                                     # RFC 1950 zlib, what liblinphone sends
-    ("deflate", zlib.compress(DOC)[2:-4]),                               # raw RFC 1951, what some send as "deflate"
-    ("gzip", gzip.compress(DOC)),
-    ("Deflate, identity", zlib.compress(DOC)),
-])
+@pytest.mark.parametrize(
+    "coding, packed",
+    [
+        ("deflate", zlib.compress(DOC)),  # RFC 1950 zlib, what liblinphone sends
+        ("deflate", zlib.compress(DOC)[2:-4]),  # raw RFC 1951, what some send as "deflate"
+        ("gzip", gzip.compress(DOC)),
+        ("Deflate, identity", zlib.compress(DOC)),
+    ],
+)
 def test_compressed_bodies_are_inflated_and_the_header_goes(coding, packed):
     m = message(packed, coding)
     decode(m)

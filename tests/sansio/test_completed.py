@@ -1,5 +1,6 @@
 """The compact store of completed UDP non-INVITE server transactions (sip/completed.py): Timer J expiry and
 the bounds that keep a flood from growing memory."""
+
 from notebook_im.sip.completed import CompletedTransactions
 
 

@@ -8,7 +8,7 @@ from notebook_im.sip.parser import parse_message
 INVITE = (
     b"INVITE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n"
     b"Record-Route: <sip:p2.example.test;lr>, <sip:p1.example.test;lr>\r\n"
-    b"From: \"Alice\" <sip:alice@example.test>;tag=a\r\nTo: <sip:bob@example.test>\r\nCall-ID: c1\r\n"
+    b'From: "Alice" <sip:alice@example.test>;tag=a\r\nTo: <sip:bob@example.test>\r\nCall-ID: c1\r\n'
     b"CSeq: 5 INVITE\r\nContact: <sip:alice@127.0.0.1:5070>\r\nContent-Length: 0\r\n\r\n"
 )
 
@@ -32,7 +32,9 @@ def test_uas_and_uac_dialogs_mirror_each_other():
 
 
 def test_strict_route_fallback():
-    inv = parse_message(INVITE.replace(b"<sip:p2.example.test;lr>, ", b"").replace(b"p1.example.test;lr", b"strict.example.test"))
+    inv = parse_message(
+        INVITE.replace(b"<sip:p2.example.test;lr>, ", b"").replace(b"p1.example.test;lr", b"strict.example.test")
+    )
     ok = make_response(inv, 200, to_tag="b")
     ok.headers.set("Contact", "<sip:bob@127.0.0.1:5080>")
     d = Dialog.from_uac(inv, ok)
@@ -49,22 +51,41 @@ def test_dialog_needs_tag_and_contact():
 
 def test_digest_rfc2617_vector_md5():
     # RFC 2617 §3.5 example (HTTP, same algorithm)
-    r = digest.compute_response(algorithm="MD5", username="Mufasa", realm="testrealm@host.com",
-                                password="Circle Of Life", method="GET", uri="/dir/index.html",
-                                nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", qop="auth", nc="00000001", cnonce="0a4f113b")
+    r = digest.compute_response(
+        algorithm="MD5",
+        username="Mufasa",
+        realm="testrealm@host.com",
+        password="Circle Of Life",
+        method="GET",
+        uri="/dir/index.html",
+        nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093",
+        qop="auth",
+        nc="00000001",
+        cnonce="0a4f113b",
+    )
     assert r == "6629fae49393a05397450978507c4ef1"
 
 
 def test_digest_rfc7616_vector_sha256():
-    r = digest.compute_response(algorithm="SHA-256", username="Mufasa", realm="http-auth@example.org",
-                                password="Circle of Life", method="GET", uri="/dir/index.html",
-                                nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", qop="auth", nc="00000001",
-                                cnonce="f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ")
+    r = digest.compute_response(
+        algorithm="SHA-256",
+        username="Mufasa",
+        realm="http-auth@example.org",
+        password="Circle of Life",
+        method="GET",
+        uri="/dir/index.html",
+        nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v",
+        qop="auth",
+        nc="00000001",
+        cnonce="f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
+    )
     assert r == "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
 
 
 def test_digest_round_trip_counts_nonces_and_hides_password():
-    ch = digest.Challenge.parse('Digest realm="example.test", nonce="n1", qop="auth,auth-int", algorithm=SHA-256, opaque="o"')
+    ch = digest.Challenge.parse(
+        'Digest realm="example.test", nonce="n1", qop="auth,auth-int", algorithm=SHA-256, opaque="o"'
+    )
     creds = digest.DigestCredentials("alice", "s3cret")
     a1 = creds.authorize(ch, "REGISTER", "sip:example.test")
     a2 = creds.authorize(ch, "REGISTER", "sip:example.test")

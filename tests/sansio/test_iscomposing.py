@@ -1,4 +1,5 @@
 """RFC 3994 state machines with time passed in."""
+
 import pytest
 
 from notebook_im.im import iscomposing as ic
@@ -28,8 +29,16 @@ def test_document_round_trip():
     assert ic.parse(rfc_example).state is ic.ComposingState.IDLE
 
 
-@pytest.mark.parametrize("body", [b"not xml", b"<foo/>", b"<isComposing><state>busy</state></isComposing>",
-                                  b'<!DOCTYPE x [<!ENTITY a "b">]><isComposing/>', b"<isComposing>" + b"x" * 5000])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not xml",
+        b"<foo/>",
+        b"<isComposing><state>busy</state></isComposing>",
+        b'<!DOCTYPE x [<!ENTITY a "b">]><isComposing/>',
+        b"<isComposing>" + b"x" * 5000,
+    ],
+)
 def test_bad_documents(body):
     with pytest.raises(RemoteProtocolError):
         ic.parse(body)

@@ -1,4 +1,5 @@
 """Parser and serializer: RFC 3261 syntax, RFC 4475 torture-style cases, framing and limits."""
+
 import pytest
 
 from notebook_im.sip import RemoteProtocolError, Request, Response, StreamFramer, parse_message
@@ -8,7 +9,7 @@ BASIC = (
     b"MESSAGE sip:bob@example.test SIP/2.0\r\n"
     b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKabc;rport\r\n"
     b"Max-Forwards: 70\r\n"
-    b"From: \"Alice\" <sip:alice@example.test>;tag=a1\r\n"
+    b'From: "Alice" <sip:alice@example.test>;tag=a1\r\n'
     b"To: <sip:bob@example.test>\r\n"
     b"Call-ID: call-1@127.0.0.1\r\n"
     b"CSeq: 7 MESSAGE\r\n"
@@ -70,8 +71,10 @@ def test_case_insensitive_names_and_whitespace():
 
 
 def test_response_parse():
-    data = (b"SIP/2.0 404 Not Found Here\r\nVia: SIP/2.0/UDP h:1;branch=z9hG4bKx\r\nFrom: <sip:a@h>;tag=1\r\n"
-            b"To: <sip:b@h>;tag=2\r\nCall-ID: c\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n")
+    data = (
+        b"SIP/2.0 404 Not Found Here\r\nVia: SIP/2.0/UDP h:1;branch=z9hG4bKx\r\nFrom: <sip:a@h>;tag=1\r\n"
+        b"To: <sip:b@h>;tag=2\r\nCall-ID: c\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+    )
     m = parse_message(data)
     assert isinstance(m, Response)
     assert m.status == 404 and m.reason == "Not Found Here"
@@ -87,16 +90,19 @@ def test_datagram_extra_bytes_discarded():
     assert m.body == b"hello"
 
 
-@pytest.mark.parametrize("mutate, fragment", [
-    (lambda d: d.replace(b"Content-Length: 5", b"Content-Length: 50"), "shorter"),
-    (lambda d: d.replace(b"CSeq: 7 MESSAGE", b"CSeq: seven MESSAGE"), "CSeq"),
-    (lambda d: d.replace(b"CSeq: 7 MESSAGE", b"CSeq: 7 INVITE"), "does not match"),
-    (lambda d: d.replace(b"Call-ID: call-1@127.0.0.1\r\n", b""), "Call-ID"),
-    (lambda d: d.replace(b"Max-Forwards: 70", b"Max-Forwards: many"), "Max-Forwards"),
-    (lambda d: d.replace(b"Content-Length: 5", b"Content-Length: -5"), "Content-Length"),
-    (lambda d: d.replace(b"To: <sip:bob@example.test>", b"To: <sip:bob@example.test"), "unterminated"),
-    (lambda d: d.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards 70\r\n"), "malformed header"),
-])
+@pytest.mark.parametrize(
+    "mutate, fragment",
+    [
+        (lambda d: d.replace(b"Content-Length: 5", b"Content-Length: 50"), "shorter"),
+        (lambda d: d.replace(b"CSeq: 7 MESSAGE", b"CSeq: seven MESSAGE"), "CSeq"),
+        (lambda d: d.replace(b"CSeq: 7 MESSAGE", b"CSeq: 7 INVITE"), "does not match"),
+        (lambda d: d.replace(b"Call-ID: call-1@127.0.0.1\r\n", b""), "Call-ID"),
+        (lambda d: d.replace(b"Max-Forwards: 70", b"Max-Forwards: many"), "Max-Forwards"),
+        (lambda d: d.replace(b"Content-Length: 5", b"Content-Length: -5"), "Content-Length"),
+        (lambda d: d.replace(b"To: <sip:bob@example.test>", b"To: <sip:bob@example.test"), "unterminated"),
+        (lambda d: d.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards 70\r\n"), "malformed header"),
+    ],
+)
 def test_answerable_errors_carry_the_request(mutate, fragment):
     with pytest.raises(RemoteProtocolError) as info:
         parse_message(mutate(BASIC))
@@ -105,12 +111,21 @@ def test_answerable_errors_carry_the_request(mutate, fragment):
     assert isinstance(info.value.message, Request), "a 400 can be sent for this request"
 
 
-@pytest.mark.parametrize("data", [
-    b"", b"\r\n\r\n", b"\x00\x01\x02garbage", b"NOT A SIP MESSAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"MESSAGE sip:bob@example.test SIP/3.0\r\n\r\n", b"SIP/2.0 99 Too Low\r\n\r\n", b"SIP/2.0 abc OK\r\n\r\n",
-    b"\xff\xfe\xfd MESSAGE\r\n\r\n",
-    b"MESSAGE http://example.test/ SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\r\n\r\n",
+        b"\x00\x01\x02garbage",
+        b"NOT A SIP MESSAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"MESSAGE sip:bob@example.test SIP/3.0\r\n\r\n",
+        b"SIP/2.0 99 Too Low\r\n\r\n",
+        b"SIP/2.0 abc OK\r\n\r\n",
+        b"\xff\xfe\xfd MESSAGE\r\n\r\n",
+        b"MESSAGE http://example.test/ SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\n",
+    ],
+)
 def test_garbage_raises_remote_protocol_error(data):
     with pytest.raises(RemoteProtocolError):
         parse_message(data)
@@ -127,7 +142,9 @@ def test_size_limits():
     with pytest.raises(RemoteProtocolError) as info:
         parse_message(BASIC + b"x" * MAX_MESSAGE)
     assert info.value.status_code == 513
-    many = BASIC.replace(b"Content-Type", b"".join(b"X-H%d: v\r\n" % i for i in range(MAX_HEADERS + 1)) + b"Content-Type")
+    many = BASIC.replace(
+        b"Content-Type", b"".join(b"X-H%d: v\r\n" % i for i in range(MAX_HEADERS + 1)) + b"Content-Type"
+    )
     with pytest.raises(RemoteProtocolError, match="header fields"):
         parse_message(many)
 
@@ -146,7 +163,7 @@ def test_stream_framer_splits_and_joins():
     two = BASIC + b"\r\n\r\n" + BASIC.replace(b"hello", b"world")
     out = []
     for i in range(0, len(two), 7):  # one message across many segments
-        out += framer.feed(two[i:i + 7])
+        out += framer.feed(two[i : i + 7])
     assert [parse_message(m, stream=True).body for m in out] == [b"hello", b"world"]
     assert framer.buffered == 0
     whole = StreamFramer()

@@ -7,7 +7,8 @@ def register(contact="<sip:alice@127.0.0.1:5070>", expires="60", cseq=1, call_id
     return parse_message(
         f"REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{cseq}\r\n"
         f"From: <sip:alice@example.test>;tag=a\r\nTo: <sip:alice@example.test>\r\nCall-ID: {call_id}\r\n"
-        f"CSeq: {cseq} REGISTER\r\nContact: {contact}\r\n{exp}{extra}Content-Length: 0\r\n\r\n".encode())
+        f"CSeq: {cseq} REGISTER\r\nContact: {contact}\r\n{exp}{extra}Content-Length: 0\r\n\r\n".encode()
+    )
 
 
 def test_bind_expire_and_known():

@@ -1,15 +1,25 @@
 """The registration machine (im/registration.py), every transition, without sockets, loop or clock."""
+
 from __future__ import annotations
 
 import pytest
 
 from notebook_im.im.registration import (
-    RECONNECT_DELAY, Notify, Registration, RegState, Report, Send, SendKeepalive, StartTimer, StopTimer, refresh_delay,
+    RECONNECT_DELAY,
+    Notify,
+    Registration,
+    RegState,
+    Report,
+    Send,
+    SendKeepalive,
+    StartTimer,
+    StopTimer,
+    refresh_delay,
 )
 
 
 def make(**kw) -> Registration:
-    return Registration(expires=600, jitter=lambda: 1.0, **kw)   # jitter 1.0: the full back-off, deterministic
+    return Registration(expires=600, jitter=lambda: 1.0, **kw)  # jitter 1.0: the full back-off, deterministic
 
 
 def registered(**kw) -> Registration:

@@ -1,10 +1,19 @@
 """The roster subscription machine (im/roster.py): subscribe, refresh, NOTIFYs merged into changes, gaps asking
 for the full state, termination; no sockets."""
+
 from __future__ import annotations
 
 from notebook_im.im import conference_info as ci
 from notebook_im.im.roster import (
-    Changes, Ended, Refresh, RosterSubscription, StartTimer, StopTimer, Subscribe, SubState, refresh_delay,
+    Changes,
+    Ended,
+    Refresh,
+    RosterSubscription,
+    StartTimer,
+    StopTimer,
+    Subscribe,
+    SubState,
+    refresh_delay,
 )
 
 CONF = "sip:conf-1@h"
@@ -30,7 +39,9 @@ def test_subscribe_refresh_cycle():
     m = active()
     assert m.state is SubState.ACTIVE
     assert m.timer() == [Refresh(600)]
-    assert m.answered(200, "OK", granted=1) == [StartTimer("refresh", 1.0)], "never refresh more often than every second"
+    assert m.answered(200, "OK", granted=1) == [StartTimer("refresh", 1.0)], (
+        "never refresh more often than every second"
+    )
     assert m.answered(200, "OK", granted=0) == []
     assert refresh_delay(3600) == 1800
 

@@ -1,11 +1,29 @@
 """The INVITE-dialog machine of an IM session (im/session.py): every transition, both sides, no sockets."""
+
 from __future__ import annotations
 
 import pytest
 
 from notebook_im.im.session import (
-    ANSWERED_ELSEWHERE, PAGER_FALLBACK, RING_TIMEOUT, Connected, Ended, InviteSession, NotAllowed, PagerMode, PeerLost,
-    Phase, Progress, SendBye, SendCancel, SendFinal, SendInvite, SendOk, SendRinging, StartTimer, StopTimer,
+    ANSWERED_ELSEWHERE,
+    PAGER_FALLBACK,
+    RING_TIMEOUT,
+    Connected,
+    Ended,
+    InviteSession,
+    NotAllowed,
+    PagerMode,
+    PeerLost,
+    Phase,
+    Progress,
+    SendBye,
+    SendCancel,
+    SendFinal,
+    SendInvite,
+    SendOk,
+    SendRinging,
+    StartTimer,
+    StopTimer,
 )
 
 BOB = "sip:bob@example.test"
@@ -121,7 +139,10 @@ def test_ring_timeout_answers_480():
 def test_cancel_while_ringing(elsewhere, reason):
     m = incoming()
     assert m.cancelled(elsewhere=elsewhere) == [
-        StopTimer("ring"), SendFinal(487), Ended(reason, 487, by_remote=True, answered_elsewhere=elsewhere)]
+        StopTimer("ring"),
+        SendFinal(487),
+        Ended(reason, 487, by_remote=True, answered_elsewhere=elsewhere),
+    ]
     assert m.cancelled(elsewhere=False) == []
     answered = incoming()
     answered.accept()
@@ -148,11 +169,14 @@ def test_terminate_before_anything_ends_at_once():
     assert m.terminate() == [Ended("local party ended the session", None)]
 
 
-@pytest.mark.parametrize("kwargs, ended", [
-    ({}, Ended("remote party ended the session", 200, by_remote=True)),
-    ({"elsewhere": True}, Ended(ANSWERED_ELSEWHERE, 200, by_remote=True, answered_elsewhere=True)),
-    ({"moved_to": "sip:conf-9@h"}, Ended("moved to conference sip:conf-9@h", 200, by_remote=True)),
-])
+@pytest.mark.parametrize(
+    "kwargs, ended",
+    [
+        ({}, Ended("remote party ended the session", 200, by_remote=True)),
+        ({"elsewhere": True}, Ended(ANSWERED_ELSEWHERE, 200, by_remote=True, answered_elsewhere=True)),
+        ({"moved_to": "sip:conf-9@h"}, Ended("moved to conference sip:conf-9@h", 200, by_remote=True)),
+    ],
+)
 def test_bye_received(kwargs, ended):
     m = connected()
     assert m.bye_received(**kwargs) == [ended]
@@ -181,7 +205,8 @@ def test_a_408_answer_means_gone_and_a_481_that_the_dialog_is():
     assert m.answered("MESSAGE", 408, "Request Timeout") == [PeerLost(why), Ended(why, 408)]
     m = connected()
     assert m.answered("MESSAGE", 481, "Call/Transaction Does Not Exist") == [
-        Ended("dialog gone (481 Call/Transaction Does Not Exist)", 481)]
+        Ended("dialog gone (481 Call/Transaction Does Not Exist)", 481)
+    ]
     m = connected()
     assert m.answered("MESSAGE", 415, "Unsupported Media Type") == [] and m.connected
     closing = connected()
@@ -194,8 +219,11 @@ def test_a_408_answer_means_gone_and_a_481_that_the_dialog_is():
 def test_a_refused_offer_goes_on_in_pager_mode_when_allowed(status):
     m = InviteSession(BOB, pager_fallback=True)
     m.start_outgoing()
-    assert m.invite_answered(status, "Not Acceptable Here") == [PagerMode(status, "Not Acceptable Here"),
-                                                                  Progress("connected"), Connected()]
+    assert m.invite_answered(status, "Not Acceptable Here") == [
+        PagerMode(status, "Not Acceptable Here"),
+        Progress("connected"),
+        Connected(),
+    ]
     assert m.pager and not m.connected and not m.ended
     assert m.invite_answered(200, "OK") == [], "a late 2xx changes nothing"
 
@@ -222,8 +250,12 @@ def test_a_488_after_terminate_ends_even_with_fallback():
 
 def test_pager_mode_from_the_start_and_its_end():
     m = InviteSession(BOB)
-    assert m.start_pager() == [Progress("connecting"), PagerMode(None, "pager mode asked for"), Progress("connected"),
-                               Connected()]
+    assert m.start_pager() == [
+        Progress("connecting"),
+        PagerMode(None, "pager mode asked for"),
+        Progress("connected"),
+        Connected(),
+    ]
     with pytest.raises(NotAllowed):
         m.start_outgoing()
     # a lost or refused MESSAGE fails alone: the conversation goes on

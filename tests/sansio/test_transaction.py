@@ -1,12 +1,27 @@
 """RFC 3261 §17 state machines, driven by hand: no sockets, no clock."""
+
 import pytest
 
-from notebook_im.sip import LocalProtocolError, Request, Response
+from notebook_im.sip import LocalProtocolError, Request
 from notebook_im.sip.message import make_response
 from notebook_im.sip.parser import parse_message
 from notebook_im.sip.transaction import (
-    INVITE_CLIENT, INVITE_SERVER, NON_INVITE_CLIENT, NON_INVITE_SERVER, T1, T2, T4, ClientTransaction, Deliver,
-    ServerTransaction, StartTimer, State, StopTimer, Terminated, Timeout, Transmit, client_key, server_key,
+    INVITE_CLIENT,
+    INVITE_SERVER,
+    NON_INVITE_CLIENT,
+    NON_INVITE_SERVER,
+    T1,
+    T2,
+    T4,
+    ClientTransaction,
+    Deliver,
+    ServerTransaction,
+    StartTimer,
+    State,
+    StopTimer,
+    Transmit,
+    client_key,
+    server_key,
 )
 
 
@@ -14,7 +29,8 @@ def request(method="MESSAGE", branch="z9hG4bKtest"):
     return parse_message(
         f"{method} sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch}\r\n"
         f"From: <sip:alice@example.test>;tag=a\r\nTo: <sip:bob@example.test>\r\nCall-ID: c1\r\n"
-        f"CSeq: 1 {method}\r\nContact: <sip:alice@127.0.0.1:5070>\r\nContent-Length: 0\r\n\r\n".encode())
+        f"CSeq: 1 {method}\r\nContact: <sip:alice@127.0.0.1:5070>\r\nContent-Length: 0\r\n\r\n".encode()
+    )
 
 
 def response(req, status):
@@ -168,9 +184,13 @@ def test_invite_server_2xx_accepted_absorbs_retransmitted_invite():
 def test_tables_only_name_existing_actions():
     from notebook_im.sip.transaction import _action_func
 
-    for table, cls in ((INVITE_CLIENT, ClientTransaction), (NON_INVITE_CLIENT, ClientTransaction),
-                       (INVITE_SERVER, ServerTransaction), (NON_INVITE_SERVER, ServerTransaction)):
-        t = cls(request("INVITE" if table in (INVITE_CLIENT, INVITE_SERVER) else "MESSAGE"))
+    for table, cls in (
+        (INVITE_CLIENT, ClientTransaction),
+        (NON_INVITE_CLIENT, ClientTransaction),
+        (INVITE_SERVER, ServerTransaction),
+        (NON_INVITE_SERVER, ServerTransaction),
+    ):
+        cls(request("INVITE" if table in (INVITE_CLIENT, INVITE_SERVER) else "MESSAGE"))  # the class builds
         for (_state, _event), (_next, names) in table.items():
             for name in names:
                 assert callable(_action_func(cls, name)), name

@@ -17,7 +17,9 @@ def test_uri_equality_ignores_case_of_host():
     assert SipUri.parse("sip:bob@EXAMPLE.test") == SipUri.parse("sip:bob@example.test")
 
 
-@pytest.mark.parametrize("text", ["http://x", "sip:", "sip:@host", "sip:bob@host:99999", "sip:bob@[::1", "sip:bob@host:abc"])
+@pytest.mark.parametrize(
+    "text", ["http://x", "sip:", "sip:@host", "sip:bob@host:99999", "sip:bob@[::1", "sip:bob@host:abc"]
+)
 def test_bad_uris(text):
     with pytest.raises(RemoteProtocolError):
         SipUri.parse(text)

@@ -1,6 +1,7 @@
 """A raw SIP peer for attack tests: a UDP (or TCP) socket on a loopback address of its own, requests written
 by hand, and whatever comes back read with a bounded wait. Nothing here goes through notebook_im's stack,
 so what the tests see is what the wire carries."""
+
 from __future__ import annotations
 
 import secrets
@@ -25,7 +26,7 @@ class RawPeer:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "RawPeer":
+    def __enter__(self) -> RawPeer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -35,19 +36,34 @@ class RawPeer:
     def hostport(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def request(self, method: str, ruri: str, *, from_: str, to: str, call_id: str | None = None, cseq: int = 1,
-                from_tag: str | None = None, to_tag: str | None = None, contact: str | None = None,
-                body: bytes = b"", content_type: str | None = None, extra: list[str] | None = None,
-                branch: str | None = None) -> tuple[bytes, str]:
+    def request(
+        self,
+        method: str,
+        ruri: str,
+        *,
+        from_: str,
+        to: str,
+        call_id: str | None = None,
+        cseq: int = 1,
+        from_tag: str | None = None,
+        to_tag: str | None = None,
+        contact: str | None = None,
+        body: bytes = b"",
+        content_type: str | None = None,
+        extra: list[str] | None = None,
+        branch: str | None = None,
+    ) -> tuple[bytes, str]:
         """The bytes of a request from this peer, and its Call-ID."""
         call_id = call_id or f"{token()}@attacker"
-        lines = [f"{method} {ruri} SIP/2.0",
-                 f"Via: SIP/2.0/UDP {self.hostport};branch=z9hG4bK{branch or token()};rport",
-                 "Max-Forwards: 70",
-                 f"From: <{from_}>;tag={from_tag or token()}",
-                 f"To: <{to}>" + (f";tag={to_tag}" if to_tag else ""),
-                 f"Call-ID: {call_id}",
-                 f"CSeq: {cseq} {method}"]
+        lines = [
+            f"{method} {ruri} SIP/2.0",
+            f"Via: SIP/2.0/UDP {self.hostport};branch=z9hG4bK{branch or token()};rport",
+            "Max-Forwards: 70",
+            f"From: <{from_}>;tag={from_tag or token()}",
+            f"To: <{to}>" + (f";tag={to_tag}" if to_tag else ""),
+            f"Call-ID: {call_id}",
+            f"CSeq: {cseq} {method}",
+        ]
         if contact:
             lines.append(f"Contact: <{contact}>")
         lines += extra or []
@@ -69,7 +85,7 @@ class RawPeer:
             self.sock.settimeout(left)
             try:
                 data = self.sock.recvfrom(65535)[0]
-            except (socket.timeout, BlockingIOError):
+            except (TimeoutError, BlockingIOError):
                 return None
             if want is None or data.startswith(want):
                 return data
@@ -96,21 +112,44 @@ class RawPeer:
                 return got
             got.append(data)
 
-    def register(self, server: tuple[str, int], user: str, domain: str = "example.test", *,
-                 password: str | None = None, contact: str | None = None, expires: int = 300) -> bytes | None:
+    def register(
+        self,
+        server: tuple[str, int],
+        user: str,
+        domain: str = "example.test",
+        *,
+        password: str | None = None,
+        contact: str | None = None,
+        expires: int = 300,
+    ) -> bytes | None:
         """REGISTER `user` with a Contact at this socket (or `contact`); answers a digest challenge if given
         a password. Returns the final response."""
         call_id = f"{token()}@reg"
         aor = f"sip:{user}@{domain}"
         contact = contact or f"sip:{user}@{self.hostport}"
-        req, _ = self.request("REGISTER", f"sip:{domain}", from_=aor, to=aor, call_id=call_id, contact=contact,
-                              extra=[f"Expires: {expires}"])
+        req, _ = self.request(
+            "REGISTER",
+            f"sip:{domain}",
+            from_=aor,
+            to=aor,
+            call_id=call_id,
+            contact=contact,
+            extra=[f"Expires: {expires}"],
+        )
         resp = self.exchange(req, server)
         if resp is None or not resp.startswith(b"SIP/2.0 401") or password is None:
             return resp
         auth = answer_challenge(resp, "REGISTER", f"sip:{domain}", user, password)
-        req, _ = self.request("REGISTER", f"sip:{domain}", from_=aor, to=aor, call_id=call_id, cseq=2,
-                              contact=contact, extra=[f"Expires: {expires}", f"Authorization: {auth}"])
+        req, _ = self.request(
+            "REGISTER",
+            f"sip:{domain}",
+            from_=aor,
+            to=aor,
+            call_id=call_id,
+            cseq=2,
+            contact=contact,
+            extra=[f"Expires: {expires}", f"Authorization: {auth}"],
+        )
         return self.exchange(req, server)
 
 
@@ -124,22 +163,48 @@ def header(message: bytes, name: str) -> str | None:
     return None
 
 
-def answer_challenge(response: bytes, method: str, uri: str, user: str, password: str, *,
-                     qop: bool = True, digest_uri: str | None = None, nc: int = 1) -> str:
+def answer_challenge(
+    response: bytes,
+    method: str,
+    uri: str,
+    user: str,
+    password: str,
+    *,
+    qop: bool = True,
+    digest_uri: str | None = None,
+    nc: int = 1,
+) -> str:
     """An Authorization value answering the SHA-256 (or first) challenge in a raw 401/407."""
     name = "WWW-Authenticate" if response.startswith(b"SIP/2.0 401") else "Proxy-Authenticate"
     head = response.split(b"\r\n\r\n", 1)[0].decode()
-    values = [line.split(":", 1)[1].strip() for line in head.split("\r\n")[1:] if line.lower().startswith(name.lower() + ":")]
+    values = [
+        line.split(":", 1)[1].strip() for line in head.split("\r\n")[1:] if line.lower().startswith(name.lower() + ":")
+    ]
     challenges = [digest.Challenge.parse(v) for v in values]
     ch = next((c for c in challenges if c.algorithm == "SHA-256"), challenges[0])
     cnonce = token()
     nc_text = f"{nc:08x}"
     duri = digest_uri or uri
-    resp = digest.compute_response(algorithm=ch.algorithm, username=user, realm=ch.realm, password=password,
-                                   method=method, uri=duri, nonce=ch.nonce, qop="auth" if qop else None,
-                                   nc=nc_text, cnonce=cnonce)
-    parts = [f'username="{user}"', f'realm="{ch.realm}"', f'nonce="{ch.nonce}"', f'uri="{duri}"',
-             f'response="{resp}"', f"algorithm={ch.algorithm}"]
+    resp = digest.compute_response(
+        algorithm=ch.algorithm,
+        username=user,
+        realm=ch.realm,
+        password=password,
+        method=method,
+        uri=duri,
+        nonce=ch.nonce,
+        qop="auth" if qop else None,
+        nc=nc_text,
+        cnonce=cnonce,
+    )
+    parts = [
+        f'username="{user}"',
+        f'realm="{ch.realm}"',
+        f'nonce="{ch.nonce}"',
+        f'uri="{duri}"',
+        f'response="{resp}"',
+        f"algorithm={ch.algorithm}",
+    ]
     if qop:
         parts += ["qop=auth", f"nc={nc_text}", f'cnonce="{cnonce}"']
     return "Digest " + ", ".join(parts)

@@ -1,5 +1,6 @@
 """Hostile arguments through the public API: header injection (CR/LF/NUL), quotes in quoted strings, wrong types
 and absurd sizes raise TypeError/ValueError (or MessageTooLarge) naming the argument, before anything is sent."""
+
 from __future__ import annotations
 
 import time
@@ -20,18 +21,21 @@ def wire(platform) -> list[bytes]:
     return [r.raw for r in platform.trace.sip_records()]
 
 
-@pytest.mark.parametrize("kwargs, argument", [
-    ({"display_name": "Alice" + INJECT}, "display_name"),
-    ({"display_name": "Alice\rVia: SIP/2.0/UDP evil"}, "display_name"),
-    ({"display_name": "Alice\x00"}, "display_name"),
-    ({"display_name": "Alice\x1b[31m"}, "display_name"),
-    ({"display_name": "x" * 9000}, "display_name"),
-    ({"username": 'a"' + INJECT}, "username"),
-    ({"username": 'a"b'}, "username"),
-    ({"username": "a\\b"}, "username"),
-    ({"server_suffix": ";x=1" + INJECT}, "server"),
-    ({"uri_suffix": ";x=1" + INJECT}, "uri"),
-])
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"display_name": "Alice" + INJECT}, "display_name"),
+        ({"display_name": "Alice\rVia: SIP/2.0/UDP evil"}, "display_name"),
+        ({"display_name": "Alice\x00"}, "display_name"),
+        ({"display_name": "Alice\x1b[31m"}, "display_name"),
+        ({"display_name": "x" * 9000}, "display_name"),
+        ({"username": 'a"' + INJECT}, "username"),
+        ({"username": 'a"b'}, "username"),
+        ({"username": "a\\b"}, "username"),
+        ({"server_suffix": ";x=1" + INJECT}, "server"),
+        ({"uri_suffix": ";x=1" + INJECT}, "uri"),
+    ],
+)
 def test_endpoint_arguments_that_would_inject_headers_are_refused(server, platform, kwargs, argument):
     kwargs = dict(kwargs)
     uri = "sip:alice@example.test" + kwargs.pop("uri_suffix", "")

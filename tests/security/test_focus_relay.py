@@ -1,5 +1,6 @@
 """The conference focus is no relay: strangers cannot create or join a conference, and the focus only ever
 sends requests to contacts registered with its server (attacks on raw sockets, loopback only)."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,14 +14,23 @@ SDP = sdp.build("127.0.0.1", 9, accept_types=("text/plain",))
 
 
 def invite(peer: RawPeer, ruri: str, user: str, contact: str, **kw) -> tuple[bytes, str]:
-    return peer.request("INVITE", ruri, from_=f"sip:{user}@example.test", to=ruri, contact=contact,
-                        body=SDP, content_type="application/sdp", **kw)
+    return peer.request(
+        "INVITE",
+        ruri,
+        from_=f"sip:{user}@example.test",
+        to=ruri,
+        contact=contact,
+        body=SDP,
+        content_type="application/sdp",
+        **kw,
+    )
 
 
 def ack_for(peer: RawPeer, ok: bytes, ruri: str, user: str, call_id: str, from_tag: str) -> bytes:
     to_tag = header(ok, "To").split("tag=")[1].split(";")[0]
-    req, _ = peer.request("ACK", ruri, from_=f"sip:{user}@example.test", to=ruri, call_id=call_id,
-                          from_tag=from_tag, to_tag=to_tag)
+    req, _ = peer.request(
+        "ACK", ruri, from_=f"sip:{user}@example.test", to=ruri, call_id=call_id, from_tag=from_tag, to_tag=to_tag
+    )
     return req
 
 
@@ -40,8 +50,14 @@ def test_strangers_cannot_make_the_focus_relay_to_a_victim(server):
             bob = platform.endpoint("sip:bob@example.test", server=server).result(10)
             bob.sessions.on_incoming(lambda inc: inc.accept())
             conf = alice.sessions.create_conference(["sip:bob@example.test"]).result(10)
-            wait_for(lambda: len(conf.participants) == 1 and all(
-                p.state is nim.ParticipantState.CONNECTED for p in conf.participants), 10, "bob joined")
+            wait_for(
+                lambda: (
+                    len(conf.participants) == 1
+                    and all(p.state is nim.ParticipantState.CONNECTED for p in conf.participants)
+                ),
+                10,
+                "bob joined",
+            )
             req, call_id = invite(b, conf.conference_uri, "stranger-b", f"sip:stranger-b@{b.hostport}")
             reply = b.exchange(req, addr)
             assert reply is not None and reply.startswith(b"SIP/2.0 403"), reply
@@ -80,8 +96,18 @@ def test_registered_user_creates_a_conference_and_gets_its_messages_at_the_regis
         assert ok_b is not None and ok_b.startswith(b"SIP/2.0 200"), ok_b
         b.send(ack_for(b, ok_b, conf_uri, "ben", b_call, btag), addr)
         to_tag = header(ok_b, "To").split("tag=")[1].split(";")[0]
-        msg, _ = b.request("MESSAGE", conf_uri, from_="sip:ben@example.test", to=conf_uri, call_id=b_call,
-                           from_tag=btag, to_tag=to_tag, cseq=2, body=b"hello ann", content_type="text/plain")
+        msg, _ = b.request(
+            "MESSAGE",
+            conf_uri,
+            from_="sip:ben@example.test",
+            to=conf_uri,
+            call_id=b_call,
+            from_tag=btag,
+            to_tag=to_tag,
+            cseq=2,
+            body=b"hello ann",
+            content_type="text/plain",
+        )
         assert b.exchange(msg, addr).startswith(b"SIP/2.0 200")
         got = a_media.recv(3, want=b"MESSAGE ")
         assert got is not None and got.endswith(b"hello ann")
@@ -99,8 +125,15 @@ def test_with_users_only_authenticated_registered_users_create_conferences(with_
             challenge = a.exchange(req, addr)
             assert challenge.startswith(b"SIP/2.0 407")
             auth = answer_challenge(challenge, "INVITE", srv.conference_factory, "ann", users["ann"])
-            req, _ = invite(a, srv.conference_factory, "ann", f"sip:ann@{a.hostport}", call_id=call_id, cseq=2,
-                            extra=[f"Proxy-Authorization: {auth}"])
+            req, _ = invite(
+                a,
+                srv.conference_factory,
+                "ann",
+                f"sip:ann@{a.hostport}",
+                call_id=call_id,
+                cseq=2,
+                extra=[f"Proxy-Authorization: {auth}"],
+            )
             reply = a.exchange(req, addr)
             assert reply is not None and reply.startswith(b"SIP/2.0 403"), reply
             assert srv.conferences == {}

@@ -2,6 +2,7 @@
 learning, and the embedded server's dead-device detection and offline store. Each test is an attack a hostile
 peer, a hostile server or a confused user could make, run on loopback from raw sockets or through the public API;
 each failed on the code before the fix it names."""
+
 from __future__ import annotations
 
 import gzip
@@ -27,11 +28,24 @@ def alice(platform: nim.Platform) -> nim.Endpoint:
     return platform.endpoint("sip:alice@example.test").result(10)
 
 
-def message_to(peer: RawPeer, alice: nim.Endpoint, body: bytes, content_type: str = "text/plain",
-               extra: list[str] | None = None, from_: str | None = None) -> bytes:
+def message_to(
+    peer: RawPeer,
+    alice: nim.Endpoint,
+    body: bytes,
+    content_type: str = "text/plain",
+    extra: list[str] | None = None,
+    from_: str | None = None,
+) -> bytes:
     """One MESSAGE from the raw peer straight to alice's contact; her final response."""
-    req, _ = peer.request("MESSAGE", alice.contact.strip("<>"), from_=from_ or f"sip:bob@{peer.hostport}",
-                          to=alice.uri, body=body, content_type=content_type, extra=extra)
+    req, _ = peer.request(
+        "MESSAGE",
+        alice.contact.strip("<>"),
+        from_=from_ or f"sip:bob@{peer.hostport}",
+        to=alice.uri,
+        body=body,
+        content_type=content_type,
+        extra=extra,
+    )
     resp = peer.exchange(req, alice.agent.local_addr, 5)
     assert resp is not None, "alice did not answer"
     return resp
@@ -39,12 +53,15 @@ def message_to(peer: RawPeer, alice: nim.Endpoint, body: bytes, content_type: st
 
 def raw_message(body: bytes, encodings: list[str]) -> bytes:
     lines = "".join(f"Content-Encoding: {e}\r\n" for e in encodings)
-    return (f"MESSAGE sip:alice@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKcoding\r\n"
-            f"From: <sip:bob@example.test>;tag=1\r\nTo: <sip:alice@example.test>\r\nCall-ID: coding@x\r\n"
-            f"CSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n{lines}Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"MESSAGE sip:alice@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKcoding\r\n"
+        f"From: <sip:bob@example.test>;tag=1\r\nTo: <sip:alice@example.test>\r\nCall-ID: coding@x\r\n"
+        f"CSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n{lines}Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 # -- Content-Encoding ---------------------------------------------------------------------------------------------
+
 
 def onion(layers: int, inner: int) -> bytes:
     """`layers` zlib layers (stored blocks: each costs a copy of the whole body to undo) around `inner` bytes."""
@@ -70,7 +87,9 @@ def test_a_thousand_layers_of_deflate_are_refused_before_any_is_undone(alice: ni
         assert resp.startswith(b"SIP/2.0 415 "), resp[:200]
         assert header(resp, "Accept-Encoding") == coding.ACCEPT_ENCODING
         # a few layers (what a real client could send) still work
-        resp = message_to(peer, alice, onion(MAX_CODINGS, 100), extra=[f"Content-Encoding: {', '.join(['deflate'] * MAX_CODINGS)}"])
+        resp = message_to(
+            peer, alice, onion(MAX_CODINGS, 100), extra=[f"Content-Encoding: {', '.join(['deflate'] * MAX_CODINGS)}"]
+        )
         assert resp.startswith(b"SIP/2.0 200 "), resp[:200]
     assert events.get(5).text == "A" * 100
     assert events.drain() == []
@@ -79,14 +98,15 @@ def test_a_thousand_layers_of_deflate_are_refused_before_any_is_undone(alice: ni
 def test_a_second_content_encoding_line_is_undone_too(alice: nim.Endpoint) -> None:
     """RFC 3261 §7.3.1: two Content-Encoding lines are one comma-separated list. Only the first line was read and
     both were removed: the text arrived still gzipped, as garbage."""
-    body = gzip.compress(zlib.compress("twice ✓".encode()))   # deflate applied first, then gzip
+    body = gzip.compress(zlib.compress("twice ✓".encode()))  # deflate applied first, then gzip
     request = parse_message(raw_message(body, ["deflate", "gzip"]))
     coding.decode(request)
     assert request.body == "twice ✓".encode() and request.headers.get("Content-Encoding") is None
     events = alice.events(nim.MessageReceived)
     with RawPeer() as peer:
-        resp = message_to(peer, alice, body, "text/plain;charset=UTF-8",
-                          extra=["Content-Encoding: deflate", "Content-Encoding: gzip"])
+        resp = message_to(
+            peer, alice, body, "text/plain;charset=UTF-8", extra=["Content-Encoding: deflate", "Content-Encoding: gzip"]
+        )
         assert resp.startswith(b"SIP/2.0 200 "), resp[:200]
         # identity on the first line hid the gzip on the second
         resp = message_to(peer, alice, gzip.compress(b"hidden"), extra=["Content-Encoding: identity", "e: gzip"])
@@ -94,16 +114,21 @@ def test_a_second_content_encoding_line_is_undone_too(alice: nim.Endpoint) -> No
     assert [events.get(5).text, events.get(5).text] == ["twice ✓", "hidden"]
 
 
-@pytest.mark.parametrize("encoding, body, status, text", [
-    # a gzip body may hold several members (RFC 1952 §2.2): all of them are the text, not the first alone
-    ("gzip", gzip.compress(b"first half, ") + gzip.compress(b"second half"), 200, "first half, second half"),
-    # bytes after the end of the compressed stream were dropped without a word
-    ("gzip", gzip.compress(b"gzip then junk") + b"JUNK", 400, None),
-    ("deflate", zlib.compress(b"zlib then junk") + b"JUNK", 400, None),
-    ("deflate", zlib.compress(b"zlib twice") + zlib.compress(b"!"), 400, None),
-], ids=["gzip-two-members", "gzip-trailing-junk", "zlib-trailing-junk", "zlib-twice"])
-def test_what_follows_the_compressed_stream_is_not_dropped_silently(alice: nim.Endpoint, encoding: str, body: bytes,
-                                                                    status: int, text: str | None) -> None:
+@pytest.mark.parametrize(
+    "encoding, body, status, text",
+    [
+        # a gzip body may hold several members (RFC 1952 §2.2): all of them are the text, not the first alone
+        ("gzip", gzip.compress(b"first half, ") + gzip.compress(b"second half"), 200, "first half, second half"),
+        # bytes after the end of the compressed stream were dropped without a word
+        ("gzip", gzip.compress(b"gzip then junk") + b"JUNK", 400, None),
+        ("deflate", zlib.compress(b"zlib then junk") + b"JUNK", 400, None),
+        ("deflate", zlib.compress(b"zlib twice") + zlib.compress(b"!"), 400, None),
+    ],
+    ids=["gzip-two-members", "gzip-trailing-junk", "zlib-trailing-junk", "zlib-twice"],
+)
+def test_what_follows_the_compressed_stream_is_not_dropped_silently(
+    alice: nim.Endpoint, encoding: str, body: bytes, status: int, text: str | None
+) -> None:
     events = alice.events(nim.MessageReceived)
     with RawPeer() as peer:
         resp = message_to(peer, alice, body, extra=[f"Content-Encoding: {encoding}"])
@@ -127,9 +152,11 @@ def test_a_body_inflating_to_exactly_the_limit_is_taken_and_one_more_byte_is_413
 
 # -- CPIM learned from a forged From ------------------------------------------------------------------------------
 
-def answer_each(peer: RawPeer, alice: nim.Endpoint, status_for: "dict[str, int]", count: int) -> list[bytes]:
+
+def answer_each(peer: RawPeer, alice: nim.Endpoint, status_for: dict[str, int], count: int) -> list[bytes]:
     """Answer `count` MESSAGEs alice sends to the raw peer, by their Content-Type (200 if not listed)."""
     from notebook_im.sip.message import make_response
+
     got: list[bytes] = []
     for _ in range(count):
         raw = peer.recv(5, want=b"MESSAGE ")
@@ -155,7 +182,7 @@ def test_a_forged_cpim_message_does_not_cut_alice_off_from_a_plain_client(alice:
         good = cpim.wrap(bob_uri, alice.uri, b"a real cpim text", "text/plain")
         resp = message_to(mallory, alice, good, "message/cpim", from_=bob_uri)
         assert resp.startswith(b"SIP/2.0 200 ")
-        assert alice.speaks_cpim(bob_uri)              # (From is what it is without a server with users=)
+        assert alice.speaks_cpim(bob_uri)  # (From is what it is without a server with users=)
 
         op = alice.send_message(bob_uri, "hello bob")
         wire = answer_each(bob, alice, {"message/cpim": 415}, 2)
@@ -184,10 +211,10 @@ def offline_server(tmp_path):
     server.stop()
 
 
-def send_timed(endpoint: nim.Endpoint, to: str, text: str) -> tuple[float, "nim.MessageDelivered | Exception"]:
+def send_timed(endpoint: nim.Endpoint, to: str, text: str) -> tuple[float, nim.MessageDelivered | Exception]:
     started = time.perf_counter()
     try:
-        result: "nim.MessageDelivered | Exception" = endpoint.send_message(to, text).result(20)
+        result: nim.MessageDelivered | Exception = endpoint.send_message(to, text).result(20)
     except nim.RequestFailed as exc:
         result = exc
     return time.perf_counter() - started, result
@@ -200,6 +227,7 @@ def test_a_locked_offline_store_is_503_at_once_and_stalls_nobody(offline_server,
     `offline_db.BUSY_TIMEOUT`, the sender gets 503 with Retry-After (the message is not kept: it is not on disk),
     and once the lock is gone messages are kept again."""
     import sqlite3
+
     server, path = offline_server
     bob = platform.endpoint(BOB, server=server).result(10)
     alice = platform.endpoint("sip:alice@example.test", server=server).result(10)
@@ -226,6 +254,7 @@ def test_a_removal_that_cannot_be_written_delivers_once_and_is_written_later(off
     (the message out of the total but still in bob's queue, delivered again and again). Now bob gets each message
     once, the store is empty, and the removal reaches the file once it can be written."""
     import sqlite3
+
     server, path = offline_server
     bob = platform.endpoint(BOB, server=server).result(10)
     alice = platform.endpoint("sip:alice@example.test", server=server).result(10)
@@ -245,7 +274,7 @@ def test_a_removal_that_cannot_be_written_delivers_once_and_is_written_later(off
         other.execute("ROLLBACK")
         other.close()
     bob2.disable().result(10)
-    assert alice.send_message(BOB, "next").result(10).stored      # this write takes the pending removal along
+    assert alice.send_message(BOB, "next").result(10).stored  # this write takes the pending removal along
     db = sqlite3.connect(path)
     rows = [bytes(r[0]) for r in db.execute("SELECT raw FROM messages")]
     db.close()
@@ -254,8 +283,10 @@ def test_a_removal_that_cannot_be_written_delivers_once_and_is_written_later(off
 
 # -- the server keeping "typing" for an offline user ---------------------------------------------------------------
 
-COMPOSING = (b'<?xml version="1.0" encoding="UTF-8"?>\r\n<isComposing xmlns="urn:ietf:params:xml:ns:im-iscomposing">'
-             b'<state>active</state><contenttype>text/plain</contenttype><refresh>60</refresh></isComposing>')
+COMPOSING = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\r\n<isComposing xmlns="urn:ietf:params:xml:ns:im-iscomposing">'
+    b"<state>active</state><contenttype>text/plain</contenttype><refresh>60</refresh></isComposing>"
+)
 
 
 def test_wrapped_or_compressed_composing_does_not_fill_an_offline_mailbox(server, platform) -> None:
@@ -267,23 +298,40 @@ def test_wrapped_or_compressed_composing_does_not_fill_an_offline_mailbox(server
     bob.disable().result(10)
     addr = (server.host, server.port)
     wrapped = cpim.wrap("sip:lin@example.test", BOB, COMPOSING, "application/im-iscomposing+xml")
-    shapes = [(wrapped, "message/cpim", None), (zlib.compress(wrapped), "message/cpim", "deflate"),
-              (zlib.compress(COMPOSING), "application/im-iscomposing+xml", "deflate"),
-              (gzip.compress(wrapped), "message/cpim", "gzip")]
+    shapes = [
+        (wrapped, "message/cpim", None),
+        (zlib.compress(wrapped), "message/cpim", "deflate"),
+        (zlib.compress(COMPOSING), "application/im-iscomposing+xml", "deflate"),
+        (gzip.compress(wrapped), "message/cpim", "gzip"),
+    ]
     with RawPeer() as lin:
         for body, ct, enc in shapes * 30:
-            req, _ = lin.request("MESSAGE", BOB, from_="sip:lin@example.test", to=BOB, body=body, content_type=ct,
-                                 extra=[f"Content-Encoding: {enc}"] if enc else None)
+            req, _ = lin.request(
+                "MESSAGE",
+                BOB,
+                from_="sip:lin@example.test",
+                to=BOB,
+                body=body,
+                content_type=ct,
+                extra=[f"Content-Encoding: {enc}"] if enc else None,
+            )
             resp = lin.exchange(req, addr, 5)
             assert resp is not None and resp.startswith(b"SIP/2.0 480 "), (ct, enc, resp and resp[:120])
         assert server.offline == {}
         text = cpim.wrap("sip:lin@example.test", BOB, b"the text itself", "text/plain")
-        req, _ = lin.request("MESSAGE", BOB, from_="sip:lin@example.test", to=BOB, body=zlib.compress(text),
-                             content_type="message/cpim", extra=["Content-Encoding: deflate"])
+        req, _ = lin.request(
+            "MESSAGE",
+            BOB,
+            from_="sip:lin@example.test",
+            to=BOB,
+            body=zlib.compress(text),
+            content_type="message/cpim",
+            extra=["Content-Encoding: deflate"],
+        )
         resp = lin.exchange(req, addr, 5)
         assert resp is not None and resp.startswith(b"SIP/2.0 202 "), resp
     assert server.offline == {BOB: 1}
-    bob2 = platform.endpoint(BOB, server=server).result(10)   # relayed untouched: bob inflates and unwraps it
+    bob2 = platform.endpoint(BOB, server=server).result(10)  # relayed untouched: bob inflates and unwraps it
     deadline = time.monotonic() + 5
     while not bob2.pager_messages and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -291,6 +339,7 @@ def test_wrapped_or_compressed_composing_does_not_fill_an_offline_mailbox(server
 
 
 # -- wrong arguments through the public API ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("value", ["no", "False", 1, 0, None, 2.0])
 def test_pager_sessions_takes_true_or_false_only(alice: nim.Endpoint, value) -> None:
@@ -309,7 +358,7 @@ def test_max_pager_sessions_takes_a_sensible_int_only(alice: nim.Endpoint, value
     with pytest.raises((TypeError, ValueError), match="max_pager_sessions"):
         alice.sessions.max_pager_sessions = value
     assert alice.sessions.max_pager_sessions == 1000
-    alice.sessions.max_pager_sessions = 0      # no incoming pager-mode sessions at all
+    alice.sessions.max_pager_sessions = 0  # no incoming pager-mode sessions at all
     alice.pager_sessions = True
     events = alice.events(nim.MessageReceived)
     with RawPeer() as peer:
@@ -336,20 +385,37 @@ def test_a_wrong_mode_is_refused_before_anything_is_sent(alice: nim.Endpoint, pl
 
 # -- a thousand pager-mode sessions ---------------------------------------------------------------------------------
 
+
 def test_finding_a_pager_session_does_not_scan_a_thousand(alice: nim.Endpoint) -> None:
     """Every out-of-dialog MESSAGE asks `sessions.pager_session(sender)`. It parsed and compared every live session:
     0.31 ms per message with the 1,000 incoming pager-mode sessions strangers may open (`max_pager_sessions`), more
     than the rest of the message's handling (0.22 ms). Now it is a dictionary lookup."""
     from notebook_im.api.participant import Participant
+
     manager = alice.sessions
 
-    async def on_loop(make):   # what a text from somebody new does, on the library's loop
+    async def on_loop(make):  # what a text from somebody new does, on the library's loop
         return make()
-    opened = runtime().submit(on_loop(lambda: [manager.open_pager(Participant(f"sip:u{i}@evil.test"))
-                                               for i in range(manager.max_pager_sessions)]), "open").result(10)
+
+    opened = (
+        runtime()
+        .submit(
+            on_loop(
+                lambda: [
+                    manager.open_pager(Participant(f"sip:u{i}@evil.test")) for i in range(manager.max_pager_sessions)
+                ]
+            ),
+            "open",
+        )
+        .result(10)
+    )
     assert all(s is not None for s in opened)
-    assert runtime().submit(on_loop(lambda: manager.open_pager(Participant("sip:one-too-many@evil.test"))),
-                            "open").result(10) is None
+    assert (
+        runtime()
+        .submit(on_loop(lambda: manager.open_pager(Participant("sip:one-too-many@evil.test"))), "open")
+        .result(10)
+        is None
+    )
     started = time.perf_counter()
     for i in range(2000):
         found = manager.pager_session(f"sip:u{i % 1000}@evil.test;transport=tcp")
@@ -363,11 +429,16 @@ def test_finding_a_pager_session_does_not_scan_a_thousand(alice: nim.Endpoint) -
     assert manager.pager_session("sip:u5@evil.test") is opened[5]
     opened[7].terminate().result(5)
     assert manager.pager_session("sip:u7@evil.test") is None
-    assert runtime().submit(on_loop(lambda: manager.open_pager(Participant("sip:now-there-is-room@evil.test"))),
-                            "open").result(10) is not None
+    assert (
+        runtime()
+        .submit(on_loop(lambda: manager.open_pager(Participant("sip:now-there-is-room@evil.test"))), "open")
+        .result(10)
+        is not None
+    )
 
 
 # -- Content-Encoding through the conference focus ----------------------------------------------------------------
+
 
 def test_the_focus_inflates_a_compressed_text_before_relaying_it(server, platform) -> None:
     """The focus is a user agent for the MESSAGEs members send it: it wraps their texts for the others. A deflated
@@ -376,6 +447,7 @@ def test_the_focus_inflates_a_compressed_text_before_relaying_it(server, platfor
     not take with 415 and Accept-Encoding."""
     from notebook_im.sip.message import Response
     from tests.hostile.rawsip import RawUac
+
     alice = platform.endpoint("sip:alice@example.test", server=server, display_name="Alice").result(10)
     got = alice.events(nim.MessageReceived)
     conf = alice.sessions.create_conference([]).result(20)
@@ -385,8 +457,12 @@ def test_the_focus_inflates_a_compressed_text_before_relaying_it(server, platfor
         deadline = time.monotonic() + 5
         while not any(p.uri == "sip:mallory@example.test" for p in conf.participants) and time.monotonic() < deadline:
             time.sleep(0.05)
-        resp = mallory.in_dialog("MESSAGE", zlib.compress("squeezed ✓".encode()), "text/plain;charset=UTF-8",
-                                 extra="Content-Encoding: deflate\r\n")
+        resp = mallory.in_dialog(
+            "MESSAGE",
+            zlib.compress("squeezed ✓".encode()),
+            "text/plain;charset=UTF-8",
+            extra="Content-Encoding: deflate\r\n",
+        )
         assert isinstance(resp, Response) and resp.status == 200, resp
         resp = mallory.in_dialog("MESSAGE", b"\x0b\x02\x80hello\x03", "text/plain", extra="Content-Encoding: br\r\n")
         assert isinstance(resp, Response) and resp.status == 415 and resp.headers.get("Accept-Encoding"), resp
@@ -397,12 +473,14 @@ def test_the_focus_inflates_a_compressed_text_before_relaying_it(server, platfor
 
 # -- receipts from somebody else (holds: evidence) ------------------------------------------------------------------
 
+
 def test_a_receipt_by_message_id_or_call_id_from_another_party_changes_nothing(alice: nim.Endpoint) -> None:
     """mallory knows the message id and the Call-ID of alice's MESSAGE to bob (she is on the path): her receipts,
     from her own address, are answered 200 and ignored either way; bob's, naming the Call-ID, count."""
     from notebook_im.api.messages import now_utc
     from notebook_im.api.receipts import notification_body
     from notebook_im.sip.message import make_response
+
     notified = alice.events(nim.MessageDeliveryNotified, nim.MessageDisplayed)
     with RawPeer() as bob, RawPeer("127.0.0.9") as mallory:
         op = alice.send_message(f"sip:bob@{bob.hostport}", "for bob only")
@@ -411,14 +489,16 @@ def test_a_receipt_by_message_id_or_call_id_from_another_party_changes_nothing(a
         sent = op.result(5)
         for name in (sent.message_id, request.call_id):
             for kind, status in (("delivery", "delivered"), ("display", "displayed")):
-                body = notification_body(name, None, kind, status, f"sip:mallory@{mallory.hostport}", alice.uri,
-                                         now_utc())
+                body = notification_body(
+                    name, None, kind, status, f"sip:mallory@{mallory.hostport}", alice.uri, now_utc()
+                )
                 resp = message_to(mallory, alice, body, "message/cpim", from_=f"sip:mallory@{mallory.hostport}")
                 assert resp.startswith(b"SIP/2.0 200 ")
         time.sleep(0.3)
         assert notified.drain() == [] and alice.receipts.find(sent.message_id).state == "sent"
-        body = notification_body(request.call_id, None, "delivery", "delivered", f"sip:bob@{bob.hostport}", alice.uri,
-                                 now_utc())
+        body = notification_body(
+            request.call_id, None, "delivery", "delivered", f"sip:bob@{bob.hostport}", alice.uri, now_utc()
+        )
         assert message_to(bob, alice, body, "message/cpim").startswith(b"SIP/2.0 200 ")
     got = notified.get(5)
     assert isinstance(got, nim.MessageDeliveryNotified) and got.message_id == sent.message_id

@@ -1,6 +1,7 @@
 """A message/cpim wrapper names an author; only a conference focus may speak for someone else. The trace's
 `messages()` (live, and from a capture) believes the wrapper for what a focus relayed, never for what a peer
 sends in its own name."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,8 +20,14 @@ def test_a_pager_message_wrapped_in_cpim_claiming_to_be_bob_is_mallorys(server, 
     body = cpim.wrap("sip:bob@example.test", "sip:alice@example.test", b"it is me, bob", "text/plain")
     with RawPeer() as m:
         assert m.register((server.host, server.port), "mallory").startswith(b"SIP/2.0 200")
-        req, _ = m.request("MESSAGE", "sip:alice@example.test", from_="sip:mallory@example.test",
-                           to="sip:alice@example.test", body=body, content_type="message/cpim")
+        req, _ = m.request(
+            "MESSAGE",
+            "sip:alice@example.test",
+            from_="sip:mallory@example.test",
+            to="sip:alice@example.test",
+            body=body,
+            content_type="message/cpim",
+        )
         reply = m.exchange(req, (server.host, server.port))
         assert reply is not None and reply.startswith(b"SIP/2.0 2")
     event = received.get(timeout=5)

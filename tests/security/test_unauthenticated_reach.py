@@ -1,6 +1,7 @@
 """With `users=`, nothing from an unauthenticated sender reaches a registered user: in-dialog requests pass
 only within dialogs the server record-routed (its Record-Route carries a token of the dialog), everything else
 is challenged (407) or, for an ACK that cannot be challenged, dropped and counted."""
+
 from __future__ import annotations
 
 import time
@@ -26,14 +27,17 @@ def stack():
 
 
 def bob_got(platform, bob, call_id: str) -> list[bytes]:
-    return [r.raw for r in platform.trace.sip_records()
-            if r.owner == bob.uri and r.direction == "in" and f"Call-ID: {call_id}".encode() in r.raw]
+    return [
+        r.raw
+        for r in platform.trace.sip_records()
+        if r.owner == bob.uri and r.direction == "in" and f"Call-ID: {call_id}".encode() in r.raw
+    ]
 
 
 def test_unauthenticated_in_dialog_shapes_do_not_reach_bob(stack):
     srv, platform, alice, bob = stack
     addr = (srv.host, srv.port)
-    contact = bob.contact.split("@", 1)[1]            # 127.0.0.1:port, no user part
+    contact = bob.contact.split("@", 1)[1]  # 127.0.0.1:port, no user part
     attempts = []
     with RawPeer("127.0.0.7") as m:
         frm, to = "sip:mallory@example.test", "sip:bob@example.test"
@@ -44,25 +48,46 @@ def test_unauthenticated_in_dialog_shapes_do_not_reach_bob(stack):
         attempts.append(cid)
         # 2. OPTIONS and MESSAGE routed through the server to bob's contact
         for method in ("OPTIONS", "MESSAGE", "BYE", "INFO"):
-            req, cid = m.request(method, f"sip:bob@{contact}", from_=frm, to=to, to_tag=token(),
-                                 extra=[f"Route: <sip:{srv.host}:{srv.port};lr>", f"Route: <sip:{contact};lr>"],
-                                 body=b"hi bob" if method in ("MESSAGE", "INFO") else b"",
-                                 content_type="text/plain" if method in ("MESSAGE", "INFO") else None)
+            req, cid = m.request(
+                method,
+                f"sip:bob@{contact}",
+                from_=frm,
+                to=to,
+                to_tag=token(),
+                extra=[f"Route: <sip:{srv.host}:{srv.port};lr>", f"Route: <sip:{contact};lr>"],
+                body=b"hi bob" if method in ("MESSAGE", "INFO") else b"",
+                content_type="text/plain" if method in ("MESSAGE", "INFO") else None,
+            )
             reply = m.exchange(req, addr)
             assert reply is not None and reply.startswith(b"SIP/2.0 407"), (method, reply)
             attempts.append(cid)
         # 3. a forged dialog token in a Route naming the server
-        req, cid = m.request("MESSAGE", f"sip:bob@{contact}", from_=frm, to=to, to_tag=token(),
-                             extra=[f"Route: <sip:{srv.host}:{srv.port};transport=udp;lr;dlg=00112233445566778899>"],
-                             body=b"forged", content_type="text/plain")
+        req, cid = m.request(
+            "MESSAGE",
+            f"sip:bob@{contact}",
+            from_=frm,
+            to=to,
+            to_tag=token(),
+            extra=[f"Route: <sip:{srv.host}:{srv.port};transport=udp;lr;dlg=00112233445566778899>"],
+            body=b"forged",
+            content_type="text/plain",
+        )
         reply = m.exchange(req, addr)
         assert reply is not None and reply.startswith(b"SIP/2.0 407"), reply
         attempts.append(cid)
         # 4. ACKs (with a body) to the contact address, plain and routed: no answer, dropped and counted
         dropped = srv.stats["dropped"]
         for extra in ([], [f"Route: <sip:{contact};lr>"], [f"Route: <sip:{srv.host}:{srv.port};lr>"]):
-            req, cid = m.request("ACK", f"sip:{contact}", from_=frm, to=to, to_tag=token(), extra=extra,
-                                 body=b"ack body", content_type="text/plain")
+            req, cid = m.request(
+                "ACK",
+                f"sip:{contact}",
+                from_=frm,
+                to=to,
+                to_tag=token(),
+                extra=extra,
+                body=b"ack body",
+                content_type="text/plain",
+            )
             m.send(req, addr)
             attempts.append(cid)
         assert m.drain(0.5) == []
@@ -85,11 +110,19 @@ def test_a_real_session_passes_without_credentials_in_dialog(stack):
     session.terminate().result(5)
     records = platform.trace.sip_records()
     cid = session.dialog.call_id
-    in_dialog_out = [r.raw for r in records if r.direction == "out" and f"Call-ID: {cid}".encode() in r.raw
-                     and not r.raw.startswith((b"SIP/2.0", b"INVITE", b"ACK"))]
+    in_dialog_out = [
+        r.raw
+        for r in records
+        if r.direction == "out"
+        and f"Call-ID: {cid}".encode() in r.raw
+        and not r.raw.startswith((b"SIP/2.0", b"INVITE", b"ACK"))
+    ]
     assert in_dialog_out and all(b";dlg=" in r for r in in_dialog_out)
-    challenged = [r.raw for r in records if r.direction == "in" and r.raw.startswith(b"SIP/2.0 407")
-                  and f"Call-ID: {cid}".encode() in r.raw]
+    challenged = [
+        r.raw
+        for r in records
+        if r.direction == "in" and r.raw.startswith(b"SIP/2.0 407") and f"Call-ID: {cid}".encode() in r.raw
+    ]
     assert [header(c, "CSeq") for c in challenged] == ["1 INVITE"], "only the INVITE is challenged"
     bob_in = [r.raw for r in records if r.owner == bob.uri and r.direction == "in"]
     assert not any(b"uthorization:" in r for r in bob_in)

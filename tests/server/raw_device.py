@@ -1,11 +1,12 @@
 """A hand-driven SIP device on a UDP socket (for the server tests): it REGISTERs as a user and answers each
 request it gets with the statuses a test chooses, or stays silent, which no notebook_im endpoint would do."""
+
 from __future__ import annotations
 
 import socket
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import notebook_im as nim
 from notebook_im.sip.message import Request, make_response
@@ -29,15 +30,23 @@ class RawDevice:
         """Send a REGISTER for our address (its 200 is read and dropped by `serve`)."""
         self.cseq += 1
         user = self.aor.split(":", 1)[1].split("@", 1)[0]
-        self.sock.sendto((
-            f"REGISTER sip:example.test SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{uuid.uuid4().hex};rport\r\n"
-            f"Max-Forwards: 70\r\nFrom: <{self.aor}>;tag=raw\r\nTo: <{self.aor}>\r\nCall-ID: {self.call_id}\r\n"
-            f"CSeq: {self.cseq} REGISTER\r\nContact: <sip:{user}@127.0.0.1:{self.port}>\r\nExpires: {expires}\r\n"
-            "Content-Length: 0\r\n\r\n").encode(), self.server)
+        self.sock.sendto(
+            (
+                f"REGISTER sip:example.test SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{uuid.uuid4().hex};rport\r\n"
+                f"Max-Forwards: 70\r\nFrom: <{self.aor}>;tag=raw\r\nTo: <{self.aor}>\r\nCall-ID: {self.call_id}\r\n"
+                f"CSeq: {self.cseq} REGISTER\r\nContact: <sip:{user}@127.0.0.1:{self.port}>\r\nExpires: {expires}\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode(),
+            self.server,
+        )
 
-    def serve(self, respond: Callable[[Request], list[int]], seconds: float,
-              until: Callable[[list[Request]], bool] = lambda seen: False) -> list[Request]:
+    def serve(
+        self,
+        respond: Callable[[Request], list[int]],
+        seconds: float,
+        until: Callable[[list[Request]], bool] = lambda seen: False,
+    ) -> list[Request]:
         """For `seconds` (or until `until(seen)`), answer each request with the statuses respond(request)
         returns ([] = stay silent); returns the requests seen (retransmissions included)."""
         seen: list[Request] = []
@@ -45,7 +54,7 @@ class RawDevice:
         while time.monotonic() < deadline and not until(seen):
             try:
                 data, addr = self.sock.recvfrom(65535)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             msg = parse_message(data)
             if not isinstance(msg, Request) or msg.method == "ACK":
@@ -58,7 +67,7 @@ class RawDevice:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "RawDevice":
+    def __enter__(self) -> RawDevice:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -2,6 +2,7 @@
 sockets: bob is signed in twice (one device over UDP, one over TCP, each its own Platform as two machines
 would be). A pager message reaches both; an INVITE rings both, the first to accept wins and the other
 stops ringing with "answered elsewhere"; the chat then flows only to the device that answered."""
+
 from __future__ import annotations
 
 import socket
@@ -176,13 +177,21 @@ def test_upstream_cancel_reason_is_passed_to_every_device(server, devices):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        head = (f"sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKupstream1;rport\r\n"
-                f"Max-Forwards: 70\r\nFrom: <sip:carol@example.test>;tag=c1\r\nTo: <{BOB}>\r\nCall-ID: up-1\r\n")
-        s.sendto(f"INVITE {head}CSeq: 1 INVITE\r\nContact: <sip:carol@127.0.0.1:{port}>\r\n"
-                 "Content-Length: 0\r\n\r\n".encode(), (server.host, server.port))
+        head = (
+            f"sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKupstream1;rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:carol@example.test>;tag=c1\r\nTo: <{BOB}>\r\nCall-ID: up-1\r\n"
+        )
+        s.sendto(
+            f"INVITE {head}CSeq: 1 INVITE\r\nContact: <sip:carol@127.0.0.1:{port}>\r\n"
+            "Content-Length: 0\r\n\r\n".encode(),
+            (server.host, server.port),
+        )
         wait_for(lambda: calls1 and calls2, 5, "both devices ring")
-        s.sendto(f'CANCEL {head}CSeq: 1 CANCEL\r\nReason: SIP;cause=200;text="Call completed elsewhere"\r\n'
-                 "Content-Length: 0\r\n\r\n".encode(), (server.host, server.port))
+        s.sendto(
+            f'CANCEL {head}CSeq: 1 CANCEL\r\nReason: SIP;cause=200;text="Call completed elsewhere"\r\n'
+            "Content-Length: 0\r\n\r\n".encode(),
+            (server.host, server.port),
+        )
         for e in ended:
             ev = e.get(timeout=5)
             assert ev.answered_elsewhere and ev.reason == "answered elsewhere"

@@ -1,5 +1,6 @@
 """The forking response context (RFC 3261 §16.7), sans-IO: which responses go upstream, which branches get
 CANCEL (with RFC 3326 Reason), and the best response when every branch failed (§16.7.6)."""
+
 from __future__ import annotations
 
 import pytest
@@ -62,14 +63,17 @@ def test_6xx_cancels_the_rest_and_is_the_answer():
     assert relayed(ctx.final(2, resp(404))) == [603]
 
 
-@pytest.mark.parametrize("statuses, best", [
-    ([486, 404], 404),              # lowest class, then the lowest code
-    ([408, 486], 486),              # a real answer beats a timeout
-    ([486, 302, 500], 302),         # 3xx < 4xx < 5xx
-    ([404, 401, 480], 401),         # answers that say how to retry come first
-    ([500, 503], 500),
-    ([600, 486, 404], 600),       # 6xx if there is one
-])
+@pytest.mark.parametrize(
+    "statuses, best",
+    [
+        ([486, 404], 404),  # lowest class, then the lowest code
+        ([408, 486], 486),  # a real answer beats a timeout
+        ([486, 302, 500], 302),  # 3xx < 4xx < 5xx
+        ([404, 401, 480], 401),  # answers that say how to retry come first
+        ([500, 503], 500),
+        ([600, 486, 404], 600),  # 6xx if there is one
+    ],
+)
 def test_best_response_when_every_branch_failed(statuses, best):
     ctx = ResponseContext("MESSAGE", len(statuses))
     out = []
@@ -86,7 +90,10 @@ def test_503_becomes_500_and_challenges_are_collected():
     ctx = ResponseContext("MESSAGE", 2)
     ctx.final(0, resp(401, WWW_Authenticate='Digest realm="a", nonce="1"'))
     ctx.final(1, resp(401, WWW_Authenticate='Digest realm="b", nonce="2"'))
-    assert ctx.final_sent.headers.get_all("WWW-Authenticate") == ['Digest realm="a", nonce="1"', 'Digest realm="b", nonce="2"']
+    assert ctx.final_sent.headers.get_all("WWW-Authenticate") == [
+        'Digest realm="a", nonce="1"',
+        'Digest realm="b", nonce="2"',
+    ]
 
 
 def test_upstream_cancel_cancels_each_pending_branch_once():

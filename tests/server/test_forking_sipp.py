@@ -3,6 +3,7 @@ server forks to it is answered by the out-of-call scenario ooc_second_device.xml
 A pager message reaches both; an INVITE rings both, SIPp answers after bob#1 has rung, so bob#1 is CANCELled
 and ends "answered elsewhere", and the chat goes to SIPp only. SIPp runs bounded (-m 1, -timeout, -d),
 -nostdin, on explicit 127.0.0.1 ports (support/programs.py)."""
+
 from __future__ import annotations
 
 import threading
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import notebook_im as nim
-from tests.helpers import wait_for
 from support.programs import HOST, Sipp, free_port, require
+from tests.helpers import wait_for
 
 HERE = Path(__file__).resolve().parent / "sipp"
 BOB = "sip:bob@example.test"
@@ -33,9 +34,19 @@ def test_sipp_as_bobs_second_device_wins_the_call(server, platform, tmp_path: Pa
         sipp = Sipp(tmp_path, require("sipp"))
         port = free_port()
         results = []
-        runner = threading.Thread(target=lambda: results.append(sipp.run(
-            str(HERE / "uac_second_device.xml"), remote=f"{server.host}:{server.port}", local_port=port, calls=1,
-            timeout_s=30, extra=["-oocsf", HERE / "ooc_second_device.xml", "-d", "4000"])), daemon=True)
+        runner = threading.Thread(
+            target=lambda: results.append(
+                sipp.run(
+                    str(HERE / "uac_second_device.xml"),
+                    remote=f"{server.host}:{server.port}",
+                    local_port=port,
+                    calls=1,
+                    timeout_s=30,
+                    extra=["-oocsf", HERE / "ooc_second_device.xml", "-d", "4000"],
+                )
+            ),
+            daemon=True,
+        )
         runner.start()
         wait_for(lambda: len(server.registrations.get(BOB, [])) == 2, 10, "SIPp registered as bob's second device")
         assert any(c.startswith(f"sip:bob@{HOST}:{port}") for c in server.registrations[BOB])
@@ -43,7 +54,7 @@ def test_sipp_as_bobs_second_device_wins_the_call(server, platform, tmp_path: Pa
         assert alice.send_message(BOB, "pager to both").result(10).status == 200
         assert pager.get(timeout=5).text == "pager to both"
 
-        session = alice.sessions.create(BOB).result(10)     # SIPp answers 500 ms after it rang
+        session = alice.sessions.create(BOB).result(10)  # SIPp answers 500 ms after it rang
         assert session.state is nim.SessionState.CONNECTED
         assert calls, "bob#1 rang before SIPp answered"
         lost = ended.get(timeout=5)

@@ -2,6 +2,7 @@
 who is not registered is kept (202 "stored for later delivery") and delivered, in order, exactly once, with
 the original sender and time, when the user registers again. Expiry, the per-user limit, unknown users
 (404), a device that does not answer (kept, retried) and one that refuses (dropped, the rest still flow)."""
+
 from __future__ import annotations
 
 import time
@@ -15,7 +16,7 @@ from tests.helpers import wait_for
 from tests.server.raw_device import RawDevice
 
 BOB = "sip:bob@example.test"
-FAST = nim.Timers(t1=0.02, t2=0.16, t4=0.2)   # 64*T1 = 1.28 s: a device that never answers times out quickly
+FAST = nim.Timers(t1=0.02, t2=0.16, t4=0.2)  # 64*T1 = 1.28 s: a device that never answers times out quickly
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -151,7 +152,11 @@ def test_refused_message_is_dropped_and_does_not_block_the_next():
         alice.send_message(BOB, "plain").result(10)
         with RawDevice(server, BOB) as device:
             device.register()
-            seen = device.serve(lambda m: [415 if m.content_type == "text/html" else 200], 2.0, until=lambda s: len(s) == 2)
+            seen = device.serve(
+                lambda m: [415 if m.content_type == "text/html" else 200], 2.0, until=lambda s: len(s) == 2
+            )
             assert [m.text() for m in seen] == ["<b>html</b>", "plain"]
-            wait_for(lambda: server.stats["offline_delivered"] == 1 and server.stats["offline_rejected"] == 1, 3, "settled")
+            wait_for(
+                lambda: server.stats["offline_delivered"] == 1 and server.stats["offline_rejected"] == 1, 3, "settled"
+            )
             assert server.offline == {}

@@ -1,5 +1,6 @@
 """The offline store on disk: messages kept for offline users survive a server restart (and a kill), are delivered
 in order, once, when the user registers again; the file gets the history store's care."""
+
 from __future__ import annotations
 
 import os
@@ -32,19 +33,19 @@ def test_kept_messages_survive_a_restart_and_are_delivered_in_order_once(tmp_pat
     finally:
         server.stop()
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
-    server = nim.Server(port=port, offline_store=path).start().result(10)   # a new server process would be the same
+    server = nim.Server(port=port, offline_store=path).start().result(10)  # a new server process would be the same
     try:
         assert server.offline == {BOB: 3}, "the restarted server still has them"
-        bob2 = platform.endpoint(BOB, server=server).result(10)   # (delivery starts with its REGISTER)
+        bob2 = platform.endpoint(BOB, server=server).result(10)  # (delivery starts with its REGISTER)
         received = bob2.pager_messages
         wait_for(lambda: len(received) == 3, 10, "the three kept messages")
         assert [e.text for e in received] == [f"while away {i}" for i in range(3)]
         assert [e.participant.uri for e in received] == ["sip:alice@example.test"] * 3
-        wait_for(lambda: BOB not in server.offline, 5, "bob's messages left the store")   # (his receipts wait for alice)
+        wait_for(lambda: BOB not in server.offline, 5, "bob's messages left the store")  # (his receipts wait for alice)
         time.sleep(0.3)
         assert len(received) == 3, "each once"
     finally:
-        platform.shutdown()   # before the server goes: un-REGISTERs get their answer instead of a 3 s wait
+        platform.shutdown()  # before the server goes: un-REGISTERs get their answer instead of a 3 s wait
         server.stop()
     db = sqlite3.connect(path)
     assert db.execute("SELECT count(*) FROM messages WHERE aor = ?", (BOB,)).fetchone()[0] == 0

@@ -1,5 +1,6 @@
 """The offline message store, sans-IO (time passed in): order, bounds per user / in all / in bytes, expiry,
 duplicates, and what a stored message looks like when it is delivered."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,7 @@ from notebook_im.sip.date import parse_date
 from notebook_im.sip.parser import parse_message
 
 BOB = "sip:bob@example.test"
-WALL = 1_700_000_000.0   # 2023-11-14 22:13:20 UTC
+WALL = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 
 
 def message(text: str = "hi", msg_id: str | None = None, sender: str = "alice", date: str | None = None, size: int = 0):
@@ -17,10 +18,11 @@ def message(text: str = "hi", msg_id: str | None = None, sender: str = "alice", 
     extra = (f"Imdn-Message-ID: {msg_id}\r\n" if msg_id else "") + (f"Date: {date}\r\n" if date else "")
     return parse_message(
         f"MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{text}{msg_id}\r\n"
-        "Max-Forwards: 70\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nProxy-Authorization: Digest username=\"alice\"\r\n"
+        'Max-Forwards: 70\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nProxy-Authorization: Digest username="alice"\r\n'
         f"From: <sip:{sender}@example.test>;tag=a1\r\nTo: <sip:bob@example.test>\r\nCall-ID: c-{text}\r\n"
         f"CSeq: 7 MESSAGE\r\n{extra}Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body)
+        + body
+    )
 
 
 def test_kept_in_order_and_delivered_oldest_first():
@@ -104,12 +106,15 @@ def test_rejected_leaves_and_counts_twice_removal_is_harmless():
     assert store.stats["rejected"] == 1 and store.stats["delivered"] == 0 and len(store) == 0
 
 
-@pytest.mark.parametrize("kwargs, text", [
-    ({"max_per_user": -1}, "max_per_user must be an int >= 0"),
-    ({"max_total": 1.5}, "max_total must be an int >= 0"),
-    ({"ttl": 0}, "ttl must be a number of seconds > 0"),
-    ({"retry_interval": "30"}, "retry_interval must be a number of seconds > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, text",
+    [
+        ({"max_per_user": -1}, "max_per_user must be an int >= 0"),
+        ({"max_total": 1.5}, "max_total must be an int >= 0"),
+        ({"ttl": 0}, "ttl must be a number of seconds > 0"),
+        ({"retry_interval": "30"}, "retry_interval must be a number of seconds > 0"),
+    ],
+)
 def test_bad_limits_say_what_is_wrong(kwargs, text):
     with pytest.raises(ValueError, match=text):
         OfflineLimits(**kwargs)

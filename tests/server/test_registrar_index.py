@@ -1,6 +1,7 @@
 """The registrar's address index (find_contact in O(1)): it must give the same answer as a scan of every
 binding, across refreshes, moves to another source, expiry, de-registration, wildcards and several
 bindings per user (forking). Sans-IO: no sockets, time passed in."""
+
 from __future__ import annotations
 
 import os
@@ -20,11 +21,21 @@ def register(user: str, contact: str, expires: int | str, cseq: int, call_id: st
     return parse_message(
         f"REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{cseq}\r\n"
         f"From: <sip:{user}@example.test>;tag=a\r\nTo: <sip:{user}@example.test>\r\nCall-ID: {call_id}\r\n"
-        f"CSeq: {cseq} REGISTER\r\nContact: {contact}\r\nExpires: {expires}\r\nContent-Length: 0\r\n\r\n".encode())
+        f"CSeq: {cseq} REGISTER\r\nContact: {contact}\r\nExpires: {expires}\r\nContent-Length: 0\r\n\r\n".encode()
+    )
 
 
-def bind(r: Registrar, user: str, contact: str, expires: int | str, cseq: int, source_port: int, now: float,
-         transport: str = "udp", call_id: str = "c1") -> None:
+def bind(
+    r: Registrar,
+    user: str,
+    contact: str,
+    expires: int | str,
+    cseq: int,
+    source_port: int,
+    now: float,
+    transport: str = "udp",
+    call_id: str = "c1",
+) -> None:
     """REGISTER `contact` for `user`, as if it came from 127.0.0.1:source_port."""
     r.register(register(user, contact, expires, cseq, call_id), transport, ("127.0.0.1", source_port), now)
 
@@ -86,16 +97,22 @@ def test_known_user_lookup_by_user_part():
 
 def test_find_contact_does_not_scan_every_user():
     """10,000 users: one lookup costs about as much as with 10 (the old scan was O(users))."""
+
     def cost(n: int) -> float:
         r = Registrar()
         for i in range(n):
-            r.register(register(f"u{i}", f"<sip:u{i}@10.0.{i // 250}.{i % 250}:5060>", 3600, 1, f"c{i}"),
-                       "udp", (f"10.0.{i // 250}.{i % 250}", 5060), 0.0)
+            r.register(
+                register(f"u{i}", f"<sip:u{i}@10.0.{i // 250}.{i % 250}:5060>", 3600, 1, f"c{i}"),
+                "udp",
+                (f"10.0.{i // 250}.{i % 250}", 5060),
+                0.0,
+            )
         started = time.perf_counter()
         for _ in range(2000):
             assert r.find_contact("10.0.0.3", 5060, 1.0) is not None
             assert r.find_contact("192.0.2.1", 5060, 1.0) is None
         return time.perf_counter() - started
+
     small, big = cost(10), cost(10_000)
     assert big < small * 5 + 0.05, f"10 users: {small:.4f} s, 10,000 users: {big:.4f} s"
 
@@ -104,11 +121,17 @@ def test_find_contact_does_not_scan_every_user():
 USERS = ["alice", "bob"]
 PORTS = [5071, 5072, 5073]
 SOURCES = [5071, 5072, 40001, 40002]
-operations = st.lists(st.tuples(
-    st.sampled_from(["register", "unregister", "wildcard", "advance"]),
-    st.sampled_from(USERS), st.sampled_from(PORTS), st.sampled_from(SOURCES),
-    st.sampled_from([0, 5, 30]), st.sampled_from(["c1", "c2"]),
-), max_size=40)
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["register", "unregister", "wildcard", "advance"]),
+        st.sampled_from(USERS),
+        st.sampled_from(PORTS),
+        st.sampled_from(SOURCES),
+        st.sampled_from([0, 5, 30]),
+        st.sampled_from(["c1", "c2"]),
+    ),
+    max_size=40,
+)
 
 
 @SETTINGS
@@ -123,8 +146,14 @@ def test_index_agrees_with_a_full_scan(ops):
         elif op == "wildcard":
             r.register(register(user, "*", 0, cseq, call_id), "udp", ("127.0.0.1", source), now)
         else:
-            r.register(register(user, f"<sip:{user}@127.0.0.1:{port}>", 0 if op == "unregister" else expires or 10,
-                                cseq, call_id), "udp", ("127.0.0.1", source), now)
+            r.register(
+                register(
+                    user, f"<sip:{user}@127.0.0.1:{port}>", 0 if op == "unregister" else expires or 10, cseq, call_id
+                ),
+                "udp",
+                ("127.0.0.1", source),
+                now,
+            )
         for probe in set(PORTS + SOURCES):
             got = found(r.find_contact("127.0.0.1", probe, now))  # first, on bindings not purged yet
             want = scan(r, "127.0.0.1", probe, now)

@@ -3,6 +3,7 @@
 composing, two session messages, one pager message (each answered by bob's delivery notification), one pager
 message to nobody (404), BYE.
 """
+
 from __future__ import annotations
 
 import time
@@ -22,7 +23,7 @@ class Chat:
     server_trace: nim.Trace
     alice: nim.Endpoint
     bob: nim.Endpoint
-    session: Any          # alice's ImSession
+    session: Any  # alice's ImSession
     bob_session: Any
     call_id: str
 
@@ -52,7 +53,7 @@ def chat() -> Chat:
         for text in TEXTS:
             session.send(text).result(10)
         alice.send_message("sip:bob@example.test", "pager hello").result(10)
-        for _ in range(len(TEXTS) + 1):   # bob's delivery notifications (RFC 5438): one per message
+        for _ in range(len(TEXTS) + 1):  # bob's delivery notifications (RFC 5438): one per message
             receipts.get(timeout=5)
         receipts.close()
         with pytest.raises(nim.RequestFailed):

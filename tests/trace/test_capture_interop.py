@@ -4,6 +4,7 @@ load the capture with `nim.read_pcap` and check the frames against what was sent
 SIPp (UDP) --MESSAGE x5, INVITE/ACK/MESSAGE/MESSAGE(composing)/BYE--> Kamailio --TCP--> bob (notebook_im)
 The capture filter is "udp port K or tcp port K" (K: Kamailio's port), bounded with -a duration:.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -32,10 +33,17 @@ def test_capture_kamailio_sipp_traffic_and_import(tmp_path) -> None:
     dumper = None
     try:
         K = kamailio.port
-        dumper = Background([tshark, "-i", "lo", "-f", f"udp port {K} or tcp port {K}", "-w", capture,
-                             "-a", "duration:45", "-q"], tmp_path / "tshark.log", name="tshark")
-        wait_for(lambda: "Capturing on" in dumper.log() or not dumper.alive(), 15, "tshark to start capturing",
-                 dumper.describe)
+        dumper = Background(
+            [tshark, "-i", "lo", "-f", f"udp port {K} or tcp port {K}", "-w", capture, "-a", "duration:45", "-q"],
+            tmp_path / "tshark.log",
+            name="tshark",
+        )
+        wait_for(
+            lambda: "Capturing on" in dumper.log() or not dumper.alive(),
+            15,
+            "tshark to start capturing",
+            dumper.describe,
+        )
         assert dumper.alive(), dumper.describe()
         time.sleep(0.5)
 
@@ -44,20 +52,37 @@ def test_capture_kamailio_sipp_traffic_and_import(tmp_path) -> None:
         bob.sessions.on_incoming(lambda inc: inc.accept())
         got = bob.events(nim.MessageReceived)
 
-        result = sipp.run("uac_pager.xml", remote=f"{HOST}:{K}", service=user, local_port=free_port(),
-                          transport="udp", calls=PAGERS, rate=50, limit=5, timeout_s=20)
+        result = sipp.run(
+            "uac_pager.xml",
+            remote=f"{HOST}:{K}",
+            service=user,
+            local_port=free_port(),
+            transport="udp",
+            calls=PAGERS,
+            rate=50,
+            limit=5,
+            timeout_s=20,
+        )
         assert result.returncode == 0, str(result)
-        result = sipp.run("uac_im_session.xml", remote=f"{HOST}:{K}", service=user, local_port=free_port(),
-                          transport="udp", calls=1, limit=1, timeout_s=20)
+        result = sipp.run(
+            "uac_im_session.xml",
+            remote=f"{HOST}:{K}",
+            service=user,
+            local_port=free_port(),
+            transport="udp",
+            calls=1,
+            limit=1,
+            timeout_s=20,
+        )
         assert result.returncode == 0, str(result)
         for _ in range(PAGERS + 1):
             got.get(timeout=5)
-        time.sleep(0.5)                      # let the last answers reach the wire
+        time.sleep(0.5)  # let the last answers reach the wire
     finally:
-        platform.shutdown()                  # the un-REGISTER is captured too
+        platform.shutdown()  # the un-REGISTER is captured too
         if dumper is not None:
             time.sleep(0.3)
-            dumper.stop()                    # SIGTERM: tshark finishes the file
+            dumper.stop()  # SIGTERM: tshark finishes the file
         kamailio.process.stop()
 
     trace = nim.read_pcap(capture)
@@ -79,8 +104,12 @@ def test_capture_kamailio_sipp_traffic_and_import(tmp_path) -> None:
     assert len(set(sipp_msgs["call_id"])) == PAGERS + 1
 
     # tshark agrees on the Call-IDs
-    out = subprocess.run([tshark, "-r", str(capture), "-Y", "sip", "-T", "fields", "-e", "sip.Call-ID"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [tshark, "-r", str(capture), "-Y", "sip", "-T", "fields", "-e", "sip.Call-ID"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     tshark_ids = {c for line in out.stdout.splitlines() for c in line.split(",") if c}
     assert tshark_ids == set(df["call_id"].dropna())
 

@@ -1,6 +1,7 @@
 """read_pcap(to=): streaming import into a Parquet dataset (partitioned by date/hour, the columns and dtypes of
 trace.sip(), memory bounded by a setting), and nim.open_traces (DuckDB): the views, filters and aggregations checked
 against what the synthetic capture generator says it wrote, and against the in-memory read_pcap."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,8 @@ import notebook_im as nim
 from notebook_im.trace import frames
 from notebook_im.trace.capture import CaptureLimits
 from notebook_im.trace.dataset import MARKER, DatasetError
-
 from support.captures import generate
+
 from .test_frames import assert_schema
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def capture(tmp_path_factory: pytest.TempPathFactory):
     path = tmp_path_factory.mktemp("cap") / "sbc.pcap"
-    truth = generate(path, 3_000_000, seed=3, rate=0.5, keep_call_ids=True)   # ~1.8 hours of traffic
+    truth = generate(path, 3_000_000, seed=3, rate=0.5, keep_call_ids=True)  # ~1.8 hours of traffic
     return path, truth
 
 
@@ -54,7 +55,7 @@ def test_import_writes_partitioned_parquet_with_the_sip_schema(capture, imported
     assert imported.stats.packets == truth.packets and imported.stats.skipped == 0
     hours = sorted({f.parent.relative_to(imported.path).as_posix() for f in imported.files})
     assert hours[0] == "date=2024-05-01/hour=08" and len(hours) >= 2
-    for f in imported.files:                                   # every row lies in its file's hour
+    for f in imported.files:  # every row lies in its file's hour
         ts = pq.read_table(f, columns=["timestamp"]).column("timestamp").to_pandas()
         hour = int(f.parent.name.split("=")[1])
         assert (ts.dt.hour == hour).all() and (ts.dt.strftime("%Y-%m-%d") == f.parent.parent.name[5:]).all()
@@ -72,7 +73,7 @@ def test_dataset_rows_equal_the_in_memory_read_pcap(capture, traces) -> None:
     assert len(disk) == len(mem)
     for col in frames.SIP_SCHEMA:
         if col == "timestamp":
-            assert ((disk[col] - mem[col]).abs() < pd.Timedelta("1us")).all()   # in memory: float seconds
+            assert ((disk[col] - mem[col]).abs() < pd.Timedelta("1us")).all()  # in memory: float seconds
         else:
             assert disk[col].astype(object).tolist() == mem[col].astype(object).tolist(), col
 
@@ -82,41 +83,49 @@ def test_sip_filters_are_pushed_down(traces, capture) -> None:
     start, end = "2024-05-01 08:30", "2024-05-01 09:10"
     df = traces.sip(start=start, end=end, method="MESSAGE", status=408)
     assert len(df) > 0 and (df["status"] == 408).all() and (df["method"] == "MESSAGE").all()
-    assert df["timestamp"].min() >= pd.Timestamp(start, tz="UTC") and df["timestamp"].max() < pd.Timestamp(end, tz="UTC")
+    assert df["timestamp"].min() >= pd.Timestamp(start, tz="UTC") and df["timestamp"].max() < pd.Timestamp(
+        end, tz="UTC"
+    )
     everything = traces.sip(raw=False)
     assert "raw" not in everything
-    want = everything[(everything.timestamp >= pd.Timestamp(start, tz="UTC")) & (everything.timestamp < pd.Timestamp(end, tz="UTC"))
-                      & (everything.method == "MESSAGE") & (everything.status == 408)]
+    want = everything[
+        (everything.timestamp >= pd.Timestamp(start, tz="UTC"))
+        & (everything.timestamp < pd.Timestamp(end, tz="UTC"))
+        & (everything.method == "MESSAGE")
+        & (everything.status == 408)
+    ]
     assert df["call_id"].tolist() == want["call_id"].tolist()
     assert len(traces.sip(where="transport = 'tcp'")) == truth.by_transport["tcp"]
     assert list(traces.sip(columns=["call_id", "status"], limit=5).columns) == ["call_id", "status"]
     assert len(traces.sip(limit=5)) == 5
     assert traces.sip(call_id=truth.call_ids[0])["call_id"].unique().tolist() == [truth.call_ids[0]]
     # a time range reaches the Parquet scan (row groups are skipped by their statistics)
-    plan = traces.con.execute("EXPLAIN SELECT count(*) FROM sip_parts WHERE "
-                              + traces._where(pd.Timestamp(start, tz="UTC").value, None)).fetchall()[0][1]
+    plan = traces.con.execute(
+        "EXPLAIN SELECT count(*) FROM sip_parts WHERE " + traces._where(pd.Timestamp(start, tz="UTC").value, None)
+    ).fetchall()[0][1]
     assert "timestamp>=" in plan.replace(" ", "")
 
 
 def test_a_time_range_skips_other_dates_without_opening_them(imported, tmp_path: Path) -> None:
     import shutil
+
     copy = tmp_path / "copy"
     shutil.copytree(imported.path, copy)
     bad = copy / "date=2024-05-03" / "hour=00"
     bad.mkdir(parents=True)
-    (bad / "part-x.parquet").write_bytes(b"not parquet at all")     # opening it would fail
+    (bad / "part-x.parquet").write_bytes(b"not parquet at all")  # opening it would fail
     with nim.open_traces(copy) as t:
         assert len(t.sip(start="2024-05-01 08:30", end="2024-05-02", raw=False)) > 0
-        assert len(t.transactions(start="2024-05-01 08:30", end="2024-05-01 09:00")) > 0   # (+5 min slack)
-        with pytest.raises(Exception):
-            t.sip(raw=False)                                            # without a range it is read, and fails
+        assert len(t.transactions(start="2024-05-01 08:30", end="2024-05-01 09:00")) > 0  # (+5 min slack)
+        with pytest.raises(Exception, match="(?i)parquet"):  # duckdb's own error class, which names the file
+            t.sip(raw=False)  # without a range it is read, and fails
 
 
 def test_transactions_match_what_was_sent(traces, capture) -> None:
     _, truth = capture
     tx = traces.transactions()
     by_method = tx.groupby("method", observed=True).size().to_dict()
-    assert by_method == {m: n for m, n in truth.requests.items() if m != "ACK"}   # (the ACKs to 2xx are no rows)
+    assert by_method == {m: n for m, n in truth.requests.items() if m != "ACK"}  # (the ACKs to 2xx are no rows)
     assert tx["status"].value_counts().to_dict() == dict(truth.finals)
     assert int(tx["retransmissions"].sum()) == truth.retransmissions
     for method in ("MESSAGE", "INVITE", "BYE"):
@@ -126,7 +135,7 @@ def test_transactions_match_what_was_sent(traces, capture) -> None:
     assert len(slow) == sum(1 for x in truth.latencies["MESSAGE"] if x >= 0.2 - 1e-6) and (slow["latency"] >= 0.2).all()
     late = traces.transactions(start="2024-05-01 09:00", status=408)
     assert len(late) > 0 and (late["request_at"] >= pd.Timestamp("2024-05-01 09:00", tz="UTC")).all()
-    who = traces.transactions(start="2024-05-01 09:00", status=408, users=True)       # who failed with 408 after 9
+    who = traces.transactions(start="2024-05-01 09:00", status=408, users=True)  # who failed with 408 after 9
     assert who.drop(columns=["from_user", "to_user"]).equals(late)
     rows = traces.sip(call_id=who["call_id"].tolist(), method="MESSAGE", raw=True)
     for call_id, frm, to in zip(who["call_id"], who["from_user"], who["to_user"]):
@@ -227,7 +236,7 @@ def test_to_refuses_wrong_destinations_before_any_work(capture, tmp_path: Path) 
         nim.read_pcap(path, to=tmp_path / "new", memory="lots")
     with pytest.raises(FileNotFoundError):
         nim.read_pcap(tmp_path / "missing.pcap", to=tmp_path / "new")
-    assert time.perf_counter() - t0 < 1.0                              # no capture was read
+    assert time.perf_counter() - t0 < 1.0  # no capture was read
     assert afile.read_text() == "mine" and sorted(p.name for p in other.iterdir()) == ["cat.jpg"]
     assert not (tmp_path / "new").exists()
     newer = tmp_path / "newer"
@@ -253,8 +262,10 @@ def test_several_captures_into_one_dataset(tmp_path: Path) -> None:
 
 
 def test_import_notebook_im_stays_light() -> None:
-    code = ("import sys, notebook_im; notebook_im.read_pcap; "
-            "print(sorted(m for m in ('pandas', 'pyarrow', 'duckdb', 'dask', 'distributed', 'numpy') if m in sys.modules))")
+    code = (
+        "import sys, notebook_im; notebook_im.read_pcap; "
+        "print(sorted(m for m in ('pandas', 'pyarrow', 'duckdb', 'dask', 'distributed', 'numpy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
@@ -281,8 +292,12 @@ def test_peak_memory_does_not_grow_with_the_capture(tmp_path: Path) -> None:
     for size in (24_000_000, 96_000_000):
         src = tmp_path / f"c{size}.pcap"
         truth = generate(src, size, seed=5)
-        out = subprocess.run([sys.executable, "-c", PEAK.format(repo=str(REPO), src=str(src), dst=str(tmp_path / f"d{size}"))],
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-c", PEAK.format(repo=str(REPO), src=str(src), dst=str(tmp_path / f"d{size}"))],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr
         rows, peak_mib, _secs = out.stdout.split()
         assert int(rows) == truth.messages
@@ -296,11 +311,17 @@ def test_peak_memory_does_not_grow_with_the_capture(tmp_path: Path) -> None:
 def test_cli_import_pcap_with_a_progress_bar(capture, tmp_path: Path) -> None:
     path, truth = capture
     cli = [sys.executable, "-m", "notebook_im.cli"]
-    out = subprocess.run(cli + ["import-pcap", str(path), "--to", str(tmp_path / "cli"), "--progress",
-                                "--memory", "256MiB"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    out = subprocess.run(
+        cli + ["import-pcap", str(path), "--to", str(tmp_path / "cli"), "--progress", "--memory", "256MiB"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stderr
     assert f"{truth.messages:,} SIP messages" in out.stdout and "open_traces" in out.stdout
     assert "100.0%" in out.stderr and "[" in out.stderr
-    again = subprocess.run(cli + ["import-pcap", str(path), "--to", str(path)], capture_output=True, text=True,
-                           timeout=60, cwd=REPO)
+    again = subprocess.run(
+        cli + ["import-pcap", str(path), "--to", str(path)], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
     assert again.returncode == 2 and "existing file" in again.stderr

@@ -1,6 +1,7 @@
 """The same Parquet dataset on a Dask cluster (distributed.LocalCluster in this process): counts by method/status/hour
 and transaction latency quantiles per method per hour identical to DuckDB's, transactions that span files and
 hours kept whole."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,6 @@ import pytest
 
 import notebook_im as nim
 from notebook_im.trace.capture import CaptureLimits
-
 from support.captures import generate
 
 pytestmark = pytest.mark.timeout(180)
@@ -32,8 +32,10 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def client():
     from distributed import Client, LocalCluster
 
-    with LocalCluster(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
-            Client(cluster) as c:
+    with (
+        LocalCluster(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as c,
+    ):
         yield c
 
 
@@ -52,7 +54,10 @@ def test_counts_identical_to_duckdb(dataset: Path, client) -> None:
 def test_latency_quantiles_identical_to_duckdb(dataset: Path, client) -> None:
     duck = nim.open_traces(dataset)
     dask = nim.open_traces(dataset, engine="dask", client=client)
-    a, b = duck.latency(by=("method", "hour"), q=(0.5, 0.9, 0.99)), dask.latency(by=("method", "hour"), q=(0.5, 0.9, 0.99))
+    a, b = (
+        duck.latency(by=("method", "hour"), q=(0.5, 0.9, 0.99)),
+        dask.latency(by=("method", "hour"), q=(0.5, 0.9, 0.99)),
+    )
     assert len(a) >= 6
     pd.testing.assert_frame_equal(a, b)
     a, b = duck.latency(by="status", start="2024-05-01 09:00"), dask.latency(by="status", start="2024-05-01 09:00")
@@ -76,7 +81,9 @@ def test_sip_is_a_lazy_dask_frame(dataset: Path, client) -> None:
     ddf = dask.sip(start="2024-05-01 09:00", columns=["timestamp", "method", "status"], method="MESSAGE")
     assert type(ddf).__module__.startswith("dask")
     pdf = ddf.compute()
-    assert (pdf["method"].astype(str) == "MESSAGE").all() and (pdf["timestamp"] >= pd.Timestamp("2024-05-01 09:00", tz="UTC")).all()
+    assert (pdf["method"].astype(str) == "MESSAGE").all() and (
+        pdf["timestamp"] >= pd.Timestamp("2024-05-01 09:00", tz="UTC")
+    ).all()
     assert len(pdf) == len(nim.open_traces(dataset).sip(start="2024-05-01 09:00", method="MESSAGE", raw=False))
     with pytest.raises(ValueError, match="DuckDB settings"):
         nim.open_traces(dataset, engine="dask", threads=2)

@@ -1,4 +1,5 @@
 """Frame schemas (column order and dtypes, also when empty), contents, history(), Parquet/CSV, recording switches."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,14 +9,18 @@ import pandas as pd
 import pytest
 
 import notebook_im as nim
-from notebook_im.trace import frames
 from notebook_im.record.extract import extract
 from notebook_im.record.recorder import Trace
+from notebook_im.trace import frames
 
 from .conftest import TEXTS
 
-FRAMES = {"sip": frames.SIP_SCHEMA, "messages": frames.MESSAGES_SCHEMA, "events": frames.EVENTS_SCHEMA,
-          "drops_frame": frames.DROPS_SCHEMA}
+FRAMES = {
+    "sip": frames.SIP_SCHEMA,
+    "messages": frames.MESSAGES_SCHEMA,
+    "events": frames.EVENTS_SCHEMA,
+    "drops_frame": frames.DROPS_SCHEMA,
+}
 
 
 def assert_schema(df: pd.DataFrame, schema: dict) -> None:
@@ -36,8 +41,9 @@ def assert_schema(df: pd.DataFrame, schema: dict) -> None:
 
 
 def test_import_stays_light() -> None:
-    code = ("import sys, notebook_im; "
-            "print([m for m in ('pandas', 'matplotlib', 'pyarrow', 'dpkt') if m in sys.modules])")
+    code = (
+        "import sys, notebook_im; print([m for m in ('pandas', 'matplotlib', 'pyarrow', 'dpkt') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
@@ -65,7 +71,9 @@ def test_sip_frame_contents(chat) -> None:
     assert set(df["transport"].astype(str)) == {"udp", "tcp"}
     session_rows = df[df["call_id"] == chat.call_id]
     methods = session_rows[session_rows["status"].isna()]["method"].astype(str).tolist()
-    assert methods.count("INVITE") == 2 and methods.count("ACK") == 2 and methods.count("BYE") == 2  # out at alice, in at bob
+    assert (
+        methods.count("INVITE") == 2 and methods.count("ACK") == 2 and methods.count("BYE") == 2
+    )  # out at alice, in at bob
     # the texts, the "active" indication and bob's delivery notification for each text (RFC 5438)
     assert methods.count("MESSAGE") == 2 * (2 * len(TEXTS) + 1)
     responses = session_rows[session_rows["status"].notna()]
@@ -80,7 +88,7 @@ def test_sip_frame_contents(chat) -> None:
     assert (alice_out["src"].astype(str) == f"{host}:{port}").all()
     # transaction and dialog ids
     invite = session_rows[(session_rows["method"] == "INVITE")]
-    assert invite["transaction_id"].nunique() == 2          # one transaction per hop
+    assert invite["transaction_id"].nunique() == 2  # one transaction per hop
     assert session_rows["dialog_id"].dropna().nunique() == 1  # same dialog id seen from both ends
     assert (df["body_size"] >= 0).all()
     first = df.iloc[0]
@@ -97,8 +105,8 @@ def test_messages_frame_from_events(chat) -> None:
     assert out["text"].tolist() == TEXTS + ["pager hello", "anyone?"]
     assert inn["text"].tolist() == TEXTS + ["pager hello"]
     assert out["status"].astype(str).tolist() == ["delivered"] * 3 + ["failed"]
-    assert out["state"].astype(str).tolist() == ["delivered"] * 3 + ["failed"]   # bob's receipts came back
-    assert inn["state"].isna().all()                                           # the state is a sent message's
+    assert out["state"].astype(str).tolist() == ["delivered"] * 3 + ["failed"]  # bob's receipts came back
+    assert inn["state"].isna().all()  # the state is a sent message's
     assert out["sip_status"].astype(int).tolist() == [200, 200, 200, 404]
     assert out["mode"].astype(str).tolist() == ["session", "session", "pager", "pager"]
     assert out["session_id"].iloc[0] == chat.session.id and pd.isna(out["session_id"].iloc[2])
@@ -113,8 +121,10 @@ def test_messages_frame_from_events(chat) -> None:
     sip = chat.trace.sip()
     pager = sip[(sip["method"] == "MESSAGE") & sip["raw"].str.contains("pager hello", regex=False)]
     assert out["call_id"].iloc[2] == inn["call_id"].iloc[2] == pager["call_id"].iloc[0]
-    ladder = chat.trace.ladder(call_id=out["call_id"].iloc[2])   # what the README shows
-    assert len(ladder.arrows) == 4 and {a.call_id for a in ladder.arrows} == {pager["call_id"].iloc[0]}   # 2 hops x (MESSAGE, 200)
+    ladder = chat.trace.ladder(call_id=out["call_id"].iloc[2])  # what the README shows
+    assert len(ladder.arrows) == 4 and {a.call_id for a in ladder.arrows} == {
+        pager["call_id"].iloc[0]
+    }  # 2 hops x (MESSAGE, 200)
 
 
 def test_messages_frame_reconstructed_from_sip(chat) -> None:
@@ -133,8 +143,16 @@ def test_messages_frame_reconstructed_from_sip(chat) -> None:
 def test_events_frame(chat) -> None:
     e = chat.trace.events()
     types = e["type"].astype(str).tolist()
-    for t in ("EndpointStateChanged", "IncomingSession", "ComposingChanged", "MessageReceived", "MessageDelivered",
-              "MessageFailed", "SessionTerminated", "ParticipantStateChanged"):
+    for t in (
+        "EndpointStateChanged",
+        "IncomingSession",
+        "ComposingChanged",
+        "MessageReceived",
+        "MessageDelivered",
+        "MessageFailed",
+        "SessionTerminated",
+        "ParticipantStateChanged",
+    ):
         assert t in types, t
     composing = e[e["type"] == "ComposingChanged"]
     assert composing["state"].tolist()[:2] == ["composing", "idle"]
@@ -189,9 +207,11 @@ def test_csv_keeps_every_column(chat, tmp_path) -> None:
 
 
 def test_recording_off_lazy_and_cleared() -> None:
-    raw = (b"MESSAGE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4:5;branch=z9hG4bKa\r\nFrom: <sip:a@x>;tag=1\r\n"
-           b"To: <sip:b@x>\r\nCall-ID: c1\r\nCSeq: 1 MESSAGE\r\nAuthorization: Digest username=\"a\", response=\"secret\"\r\n"
-           b"Content-Length: 2\r\n\r\nhi")
+    raw = (
+        b"MESSAGE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4:5;branch=z9hG4bKa\r\nFrom: <sip:a@x>;tag=1\r\n"
+        b'To: <sip:b@x>\r\nCall-ID: c1\r\nCSeq: 1 MESSAGE\r\nAuthorization: Digest username="a", response="secret"\r\n'
+        b"Content-Length: 2\r\n\r\nhi"
+    )
     t = Trace()
     t.enabled = False
     t.record_sip("out", "udp", ("1.2.3.4", 5), ("5.6.7.8", 9), raw, "a")
@@ -204,8 +224,10 @@ def test_recording_off_lazy_and_cleared() -> None:
     lazy = Trace(index="lazy")
     for tr in (t, lazy):
         tr.record_sip("out", "udp", ("1.2.3.4", 5), ("5.6.7.8", 9), raw, "a", ts=1.5e9)
-        tr.record_sip("in", "udp", ("::1", 5060), ("::1", 5070), raw.replace(b"Call-ID: c1", b"i: c2"), "a", ts=1.5e9 + 1)
-    assert len(lazy._fields[0]) == 0                       # nothing extracted while recording
+        tr.record_sip(
+            "in", "udp", ("::1", 5060), ("::1", 5070), raw.replace(b"Call-ID: c1", b"i: c2"), "a", ts=1.5e9 + 1
+        )
+    assert len(lazy._fields[0]) == 0  # nothing extracted while recording
     pd.testing.assert_frame_equal(t.sip(), lazy.sip())
     df = t.sip()
     assert df["call_id"].tolist() == ["c1", "c2"] and df["src"].astype(str).tolist() == ["1.2.3.4:5", "[::1]:5070"]
@@ -216,8 +238,10 @@ def test_recording_off_lazy_and_cleared() -> None:
 
 
 def test_extract_handles_compact_forms_and_junk() -> None:
-    raw = (b"\r\nINVITE sip:a@b SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bKx, SIP/2.0/UDP g;branch=y\r\ni: abc\r\n"
-           b"f: <sip:a@b;tag=inuri>;TAG=yes\r\nt: <sip:c@d>\r\ncseq:7 INVITE\r\nl: 0\r\n\r\n")
+    raw = (
+        b"\r\nINVITE sip:a@b SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bKx, SIP/2.0/UDP g;branch=y\r\ni: abc\r\n"
+        b"f: <sip:a@b;tag=inuri>;TAG=yes\r\nt: <sip:c@d>\r\ncseq:7 INVITE\r\nl: 0\r\n\r\n"
+    )
     assert extract(raw) == ("INVITE", None, "abc", 7, "INVITE", "yes", None, "z9hG4bKx", 0)
     assert extract(b"SIP/2.0 486 Busy Here\r\nCall-ID:x\r\n\r\n")[:3] == (None, 486, "x")
     assert extract(b"\x00\xff garbage")[2:] == (None,) * 6 + (0,)
@@ -226,7 +250,7 @@ def test_extract_handles_compact_forms_and_junk() -> None:
     t.record_sip("in", "udp", ("1.2.3.4", 5), ("5.6.7.8", 9), b"FOO sip:x SIP/2.0\r\nCall-ID: q\r\n\r\n", "a")
     df = t.sip()
     assert_schema(df, frames.SIP_SCHEMA)
-    assert pd.isna(df["method"].iloc[0]) and df["method"].iloc[1] == "FOO"   # an unknown method is appended
+    assert pd.isna(df["method"].iloc[0]) and df["method"].iloc[1] == "FOO"  # an unknown method is appended
     assert "\ufffd" in df["raw"].iloc[0]
 
 

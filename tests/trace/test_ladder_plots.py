@@ -1,12 +1,13 @@
 """Ladder diagrams (SVG parsed back: columns, arrows, labels, marks; Mermaid; filters) and the ready plots."""
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
 import matplotlib
 
-from notebook_im.trace.ladder import Ladder, render_svg
 from notebook_im.record.recorder import Trace
+from notebook_im.trace.ladder import Ladder, render_svg
 
 matplotlib.use("Agg")
 NS = {"s": "http://www.w3.org/2000/svg"}
@@ -20,14 +21,23 @@ def arrows(svg: str) -> list[dict]:
         if "arrow" not in classes:
             continue
         label = g.find("s:text[@class='label']", NS).text
-        out.append({"classes": classes, "label": label, "src": g.get("data-src"), "dst": g.get("data-dst"),
-                    "lines": len(g.findall("s:line", NS)) + len(g.findall("s:path", NS))})
+        out.append(
+            {
+                "classes": classes,
+                "label": label,
+                "src": g.get("data-src"),
+                "dst": g.get("data-dst"),
+                "lines": len(g.findall("s:line", NS)) + len(g.findall("s:path", NS)),
+            }
+        )
     return out
 
 
 def participants(svg: str) -> list[str]:
     root = ET.fromstring(svg)
-    return [g.find("s:text", NS).text for g in root.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "participant"]
+    return [
+        g.find("s:text", NS).text for g in root.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "participant"
+    ]
 
 
 def test_session_ladder_svg(chat) -> None:
@@ -35,7 +45,7 @@ def test_session_ladder_svg(chat) -> None:
     svg = ladder._repr_svg_()
     drawn = arrows(svg)
     cols = participants(svg)
-    assert cols[0] == chat.alice.uri and chat.bob.uri in cols and len(cols) == 3   # alice | server | bob
+    assert cols[0] == chat.alice.uri and chat.bob.uri in cols and len(cols) == 3  # alice | server | bob
     labels = [a["label"] for a in drawn]
     # each message once (both ends recorded it), every arrow has a line and a label
     # the proxy answers 100 Trying before (or while) it forwards the INVITE
@@ -46,7 +56,7 @@ def test_session_ladder_svg(chat) -> None:
     assert {"180 Ringing", "200 OK"} <= set(labels)
     first = drawn[0]
     assert (first["src"], first["dst"]) == (chat.alice.uri, cols[1])
-    assert drawn[-1]["src"] == cols[1] and drawn[-1]["dst"] == chat.alice.uri      # the final 200 for the BYE
+    assert drawn[-1]["src"] == cols[1] and drawn[-1]["dst"] == chat.alice.uri  # the final 200 for the BYE
     assert "provisional" in [c for a in drawn for c in a["classes"]]
     assert ladder._repr_html_().startswith("<div")
 
@@ -70,19 +80,23 @@ def test_whole_trace_ladder_marks_failures_and_filters(chat) -> None:
 
 
 def test_retransmissions_are_marked_and_the_ladder_grows() -> None:
-    raw = (b"MESSAGE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1\r\nFrom: <sip:a@x>;tag=1\r\n"
-           b"To: <sip:b@x>\r\nCall-ID: r1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 5\r\n\r\nhello")
+    raw = (
+        b"MESSAGE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1\r\nFrom: <sip:a@x>;tag=1\r\n"
+        b"To: <sip:b@x>\r\nCall-ID: r1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 5\r\n\r\nhello"
+    )
     t = Trace()
     a, b = ("10.0.0.1", 5060), ("10.0.0.2", 5060)
-    for ts in (1.0, 1.5, 2.5):                       # sent three times (T1 doubling)
+    for ts in (1.0, 1.5, 2.5):  # sent three times (T1 doubling)
         t.record_sip("out", "udp", a, b, raw, "sip:a@x", ts=ts)
     ladder = Ladder(names={"10.0.0.2:5060": "bob's phone"})
-    ladder.extend_records(t.sip_records())         # incremental: add records, re-render
+    ladder.extend_records(t.sip_records())  # incremental: add records, re-render
     first = arrows(ladder.to_svg())
     assert [x["label"] for x in first] == ['MESSAGE "hello"'] + ['MESSAGE "hello" (retransmission)'] * 2
     assert ["retransmission" in x["classes"] for x in first] == [False, True, True]
     assert participants(ladder.to_svg()) == ["sip:a@x", "bob's phone"]
-    resp = b"SIP/2.0 500 Oops\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1\r\nCall-ID: r1\r\nCSeq: 1 MESSAGE\r\n\r\n"
+    resp = (
+        b"SIP/2.0 500 Oops\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1\r\nCall-ID: r1\r\nCSeq: 1 MESSAGE\r\n\r\n"
+    )
     t.record_sip("in", "udp", a, b, resp, "sip:a@x", ts=3.0)
     ladder.add_record(t.sip_records()[-1])
     last = arrows(ladder.to_svg())[-1]
@@ -107,6 +121,7 @@ def test_ready_plots(chat) -> None:
     ax = plots.composing_time()
     assert len(ax.patches) == len(comp)
     import matplotlib.pyplot as plt
+
     plt.close("all")
 
 
@@ -118,4 +133,5 @@ def test_empty_trace_plots_and_ladder() -> None:
     t.plot.composing_time()
     assert "No SIP messages" in t.ladder().to_svg()
     import matplotlib.pyplot as plt
+
     plt.close("all")

@@ -1,6 +1,7 @@
 """Adversarial TCP for the capture reader: overlaps with differing bytes (the same stream as tshark's follow, first seen
 wins), reordering, gaps that never fill (bounded, skipped, counted), sequence wraparound, SYN/FIN/RST reuse of a
 4-tuple, 100,000 open flows (bounded, LRU eviction counted), and time linear in the input."""
+
 from __future__ import annotations
 
 import random
@@ -14,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from notebook_im.trace.capture import CaptureLimits, CaptureStats, capture_files, scan
-
 from support.captures import sip_request, tcp_packet, udp_packet, write_packets
 
 TSHARK = shutil.which("tshark")
@@ -46,21 +46,23 @@ def run(path: Path, limits: CaptureLimits | None = None) -> tuple[Collect, Captu
 def follow(path: Path, stream: int = 0) -> bytes:
     """The client-to-server bytes of TCP stream `stream` as `tshark -q -z follow,tcp,raw,N` shows them."""
     assert TSHARK, "tshark is not installed (Debian package tshark; `make test` installs it)"
-    out = subprocess.run([TSHARK, "-r", str(path), "-q", "-z", f"follow,tcp,raw,{stream}"], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [TSHARK, "-r", str(path), "-q", "-z", f"follow,tcp,raw,{stream}"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    body = lines[lines.index(next(l for l in lines if l.startswith("Node 1:"))) + 1:]
+    body = lines[lines.index(next(x for x in lines if x.startswith("Node 1:"))) + 1 :]
     # the server's bytes are indented with a tab; the client's are not
-    return b"".join(bytes.fromhex(l.strip()) for l in body if l.strip() and not l.startswith(("=", "\t")))
+    return b"".join(bytes.fromhex(x.strip()) for x in body if x.strip() and not x.startswith(("=", "\t")))
 
 
 def tshark_call_ids(path: Path, *prefs: str) -> list[str]:
     args = [TSHARK, "-r", str(path)]
     for p in prefs:
         args += ["-o", p]
-    out = subprocess.run(args + ["-Y", "sip", "-T", "fields", "-e", "sip.Call-ID"], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        args + ["-Y", "sip", "-T", "fields", "-e", "sip.Call-ID"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     return [c for line in out.stdout.splitlines() for c in line.split(",") if c]
 
@@ -70,14 +72,20 @@ def messages(n: int, tag: str = "c", body: int = 40) -> list[bytes]:
 
 
 # -- overlaps and reordering against tshark ------------------------------------------------------------------------
-CASES = {   # segments after the SYN (isn 999, data from 1000) -> the stream tshark's follow shows (checked below)
+CASES = {  # segments after the SYN (isn 999, data from 1000) -> the stream tshark's follow shows (checked below)
     "in-order overlap, different bytes": ([(1000, b"0123456789"), (1005, b"XXXXXabcde")], b"0123456789abcde"),
-    "held overlap: the first that reaches the stream wins": ([(1000, b"aaaa"), (1014, b"PPPPPqqqqq"), (1009, b"RRRRRSSSSS"),
-                                        (1004, b"fffff")], b"aaaafffffRRRRRSSSSSqqqqq"),
-    "same start: first seen, then the longer tail": ([(1000, b"aaaa"), (1010, b"BBB"), (1010, b"CCCCCC"),
-                                                      (1004, b"dddddd")], b"aaaaddddddBBBCCC"),
-    "held then an overlapping gap filler": ([(1000, b"aaaa"), (1010, b"HHHHHH"), (1004, b"ffffffffff")],
-                                            b"aaaaffffffffffHH"),
+    "held overlap: the first that reaches the stream wins": (
+        [(1000, b"aaaa"), (1014, b"PPPPPqqqqq"), (1009, b"RRRRRSSSSS"), (1004, b"fffff")],
+        b"aaaafffffRRRRRSSSSSqqqqq",
+    ),
+    "same start: first seen, then the longer tail": (
+        [(1000, b"aaaa"), (1010, b"BBB"), (1010, b"CCCCCC"), (1004, b"dddddd")],
+        b"aaaaddddddBBBCCC",
+    ),
+    "held then an overlapping gap filler": (
+        [(1000, b"aaaa"), (1010, b"HHHHHH"), (1004, b"ffffffffff")],
+        b"aaaaffffffffffHH",
+    ),
     "held inside held": ([(1000, b"aaaa"), (1008, b"LLLLLLLL"), (1010, b"ii"), (1004, b"gggg")], b"aaaaggggLLLLLLLL"),
 }
 
@@ -86,13 +94,14 @@ CASES = {   # segments after the SYN (isn 999, data from 1000) -> the stream tsh
 def test_overlap_policy_is_tsharks(tmp_path: Path, name: str) -> None:
     segments, expected = CASES[name]
     # the stream must be SIP for the reader to keep it: put a message in front and read the bytes back out of it
-    head = sip_request("overlap", 1, "")             # Content-Length 0: what follows it stays buffered
+    head = sip_request("overlap", 1, "")  # Content-Length 0: what follows it stays buffered
     shift = len(head)
     packets = [tcp_packet(A, B, 999 - shift, flags=SYN), tcp_packet(A, B, 1000 - shift, head)]
     packets += [tcp_packet(A, B, seq, data) for seq, data in segments]
     path = write_packets(tmp_path / "o.pcap", packets)
-    assert follow(path) == head + expected             # what tshark shows is what the table above says
+    assert follow(path) == head + expected  # what tshark shows is what the table above says
     from notebook_im.trace import capture
+
     c = capture._Counters()
     got = bytearray()
     tcp = capture._Tcp(CaptureLimits(), c, lambda ts, key, raw: got.extend(raw))
@@ -105,18 +114,19 @@ def test_overlap_policy_is_tsharks(tmp_path: Path, name: str) -> None:
     assert bytes(got) + bytes(flow.buf) == head + expected
 
 
-def adversarial_stream(rnd: random.Random, msgs: list[bytes], isn: int,
-                       conflicts: bool = True, copies: bool = True) -> tuple[list[tuple[int, bytes]], bytes]:
+def adversarial_stream(
+    rnd: random.Random, msgs: list[bytes], isn: int, conflicts: bool = True, copies: bool = True
+) -> tuple[list[tuple[int, bytes]], bytes]:
     """Cut the stream into segments, reorder them within windows, and add overlapping copies whose bytes differ
     (lower-case a..h changed to upper case, so either version is still SIP; `conflicts=False`: the same bytes).
     Every byte is covered."""
     stream = b"".join(msgs)
     cuts = sorted(rnd.sample(range(1, len(stream)), len(stream) // 60))
     bounds = [0, *cuts, len(stream)]
-    segs = [(bounds[i], stream[bounds[i]:bounds[i + 1]]) for i in range(len(bounds) - 1)]
+    segs = [(bounds[i], stream[bounds[i] : bounds[i + 1]]) for i in range(len(bounds) - 1)]
     out: list[tuple[int, bytes]] = []
     for i in range(0, len(segs), 6):
-        window = segs[i:i + 6]
+        window = segs[i : i + 6]
         rnd.shuffle(window)
         out += window
     extra = []
@@ -125,7 +135,7 @@ def adversarial_stream(rnd: random.Random, msgs: list[bytes], isn: int,
         b = min(len(stream), a + rnd.randint(5, 120))
         piece = bytearray(stream[a:b])
         for j in range(len(piece)):
-            if conflicts and 97 <= piece[j] <= 104 and rnd.random() < 0.5:   # a..h -> A..H
+            if conflicts and 97 <= piece[j] <= 104 and rnd.random() < 0.5:  # a..h -> A..H
                 piece[j] -= 32
         extra.append((rnd.randrange(0, len(out) + 1), (a, bytes(piece))))
     for pos, seg in sorted(extra, key=lambda e: -e[0]):
@@ -136,14 +146,14 @@ def adversarial_stream(rnd: random.Random, msgs: list[bytes], isn: int,
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_reordered_overlapping_stream_equals_tshark_follow(tmp_path: Path, seed: int) -> None:
     rnd = random.Random(seed)
-    isn = 0xFFFFF000 if seed == 2 else rnd.getrandbits(32)        # seed 2 wraps around 2**32 mid-stream
+    isn = 0xFFFFF000 if seed == 2 else rnd.getrandbits(32)  # seed 2 wraps around 2**32 mid-stream
     msgs = messages(25, tag=f"s{seed}")
     segs, _ = adversarial_stream(rnd, msgs, isn)
     packets = [tcp_packet(A, B, isn, flags=SYN)] + [tcp_packet(A, B, s, d) for s, d in segs]
     path = write_packets(tmp_path / "adv.pcap", packets)
     sink, stats = run(path)
     ours = b"".join(sink.flows[(A, B)])
-    assert ours == follow(path)                                    # byte for byte the stream tshark reassembles
+    assert ours == follow(path)  # byte for byte the stream tshark reassembles
     assert len(sink.flows[(A, B)]) == len(msgs)
     assert stats.tcp_out_of_order > 0 and stats.tcp_duplicate_bytes > 0
 
@@ -161,6 +171,7 @@ def test_reordered_stream_call_ids_equal_tsharks_sip_dissector(tmp_path: Path, s
     path = write_packets(tmp_path / "adv.pcap", packets)
     sink, _ = run(path)
     from notebook_im.record.extract import extract
+
     ours_ids = [extract(m)[2] for m in sink.flows[(A, B)]]
     assert len(ours_ids) == len(msgs)
     assert ours_ids == tshark_call_ids(path, "tcp.reassemble_out_of_order:TRUE")
@@ -175,16 +186,17 @@ def test_in_order_retransmissions_with_different_bytes_match_tshark_defaults(tmp
     rnd = random.Random(9)
     while pos < len(stream):
         n = rnd.randint(30, 200)
-        packets.append(tcp_packet(A, B, isn + 1 + pos, stream[pos:pos + n]))
-        if rnd.random() < 0.5:     # a retransmission of this segment with altered Call-IDs
-            more = stream[pos:pos + n].replace(b"abcd", b"ABCD")
+        packets.append(tcp_packet(A, B, isn + 1 + pos, stream[pos : pos + n]))
+        if rnd.random() < 0.5:  # a retransmission of this segment with altered Call-IDs
+            more = stream[pos : pos + n].replace(b"abcd", b"ABCD")
             packets.append(tcp_packet(A, B, isn + 1 + pos, more))
         pos += n
     path = write_packets(tmp_path / "rt.pcap", packets)
     sink, stats = run(path)
     assert b"".join(sink.flows[(A, B)]) == follow(path)
     from notebook_im.record.extract import extract
-    assert [extract(m)[2] for m in sink.flows[(A, B)]] == tshark_call_ids(path)   # tshark with its defaults
+
+    assert [extract(m)[2] for m in sink.flows[(A, B)]] == tshark_call_ids(path)  # tshark with its defaults
 
 
 # -- gaps, wraparound, reuse ---------------------------------------------------------------------------------------
@@ -192,7 +204,7 @@ def test_gap_that_never_fills_is_skipped_bounded_and_counted(tmp_path: Path) -> 
     msgs = messages(200, tag="g", body=400)
     stream = b"".join(msgs)
     isn = 100
-    hole = (len(msgs[0]) + 10, len(msgs[0]) + 60)                  # 50 bytes of the second message never arrive
+    hole = (len(msgs[0]) + 10, len(msgs[0]) + 60)  # 50 bytes of the second message never arrive
     packets = [tcp_packet(A, B, isn, flags=SYN)]
     for pos in range(0, len(stream), 100):
         lo, hi = pos, min(pos + 100, len(stream))
@@ -200,25 +212,25 @@ def test_gap_that_never_fills_is_skipped_bounded_and_counted(tmp_path: Path) -> 
             packets.append(tcp_packet(A, B, isn + 1 + lo, stream[lo:hi]))
         else:
             if lo < hole[0]:
-                packets.append(tcp_packet(A, B, isn + 1 + lo, stream[lo:hole[0]]))
+                packets.append(tcp_packet(A, B, isn + 1 + lo, stream[lo : hole[0]]))
             if hi > hole[1]:
-                packets.append(tcp_packet(A, B, isn + 1 + hole[1], stream[hole[1]:hi]))
+                packets.append(tcp_packet(A, B, isn + 1 + hole[1], stream[hole[1] : hi]))
     path = write_packets(tmp_path / "gap.pcap", packets)
     limits = CaptureLimits(flow_pending_bytes=16 * 1024, flow_pending_segments=64)
     sink, stats = run(path, limits)
     got = sink.flows[(A, B)]
     assert stats.tcp_gaps == 1 and stats.tcp_gap_bytes == hole[1] - hole[0]
-    assert stats.tcp_resyncs == 1                                  # picked up at the next start line
-    assert stats.tcp_peak_buffered <= 16 * 1024 + 200              # held bytes stayed within the cap
-    assert got[0] == msgs[0] and got[1:] == msgs[2:]               # only the message with the hole is lost
+    assert stats.tcp_resyncs == 1  # picked up at the next start line
+    assert stats.tcp_peak_buffered <= 16 * 1024 + 200  # held bytes stayed within the cap
+    assert got[0] == msgs[0] and got[1:] == msgs[2:]  # only the message with the hole is lost
     assert stats.tcp_incomplete_bytes > 0
 
 
 def test_sequence_numbers_wrap_inside_the_stream_out_of_order(tmp_path: Path) -> None:
     msgs = messages(6, tag="w")
     stream = b"".join(msgs)
-    isn = 0xFFFFFFFF - 150                                          # the wrap falls inside the first message
-    segs = [(i, stream[i:i + 97]) for i in range(0, len(stream), 97)]
+    isn = 0xFFFFFFFF - 150  # the wrap falls inside the first message
+    segs = [(i, stream[i : i + 97]) for i in range(0, len(stream), 97)]
     segs[1], segs[2] = segs[2], segs[1]
     packets = [tcp_packet(A, B, isn, flags=SYN)] + [tcp_packet(A, B, isn + 1 + off, d) for off, d in segs]
     sink, stats = run(write_packets(tmp_path / "wrap.pcap", packets))
@@ -230,19 +242,24 @@ def test_syn_fin_rst_reuse_of_a_four_tuple(tmp_path: Path) -> None:
     p = [tcp_packet(A, B, 1000, flags=SYN)]
     p += [tcp_packet(A, B, 1001, one[0]), tcp_packet(A, B, 1001 + len(one[0]), one[1])]
     p += [tcp_packet(A, B, 1001 + len(one[0] + one[1]), flags=FIN)]
-    p += [tcp_packet(A, B, 1001 + len(one[0]), one[1])]                 # a late retransmission after the FIN
-    p += [tcp_packet(A, B, 7_000_000, flags=SYN)]                       # the same 4-tuple, a new connection
+    p += [tcp_packet(A, B, 1001 + len(one[0]), one[1])]  # a late retransmission after the FIN
+    p += [tcp_packet(A, B, 7_000_000, flags=SYN)]  # the same 4-tuple, a new connection
     p += [tcp_packet(A, B, 7_000_001, two[0]), tcp_packet(A, B, 7_000_001 + len(two[0]), two[1][:50])]
-    p += [tcp_packet(A, B, 7_000_001 + len(two[0]) + 50, flags=RST)]    # reset mid-message: the half is dropped
+    p += [tcp_packet(A, B, 7_000_001 + len(two[0]) + 50, flags=RST)]  # reset mid-message: the half is dropped
     tail = b"garbage tail of something\r\n"
-    p += [tcp_packet(A, B, 99, tail + three[0]),                          # no SYN: joined midway
-          tcp_packet(A, B, 99 + len(tail + three[0]), three[1])]
-    p += [tcp_packet(A, B, 500, flags=SYN), tcp_packet(A, B, 500, flags=SYN),   # a retransmitted SYN changes nothing
-          tcp_packet(A, B, 501, one[0])]
+    p += [
+        tcp_packet(A, B, 99, tail + three[0]),  # no SYN: joined midway
+        tcp_packet(A, B, 99 + len(tail + three[0]), three[1]),
+    ]
+    p += [
+        tcp_packet(A, B, 500, flags=SYN),
+        tcp_packet(A, B, 500, flags=SYN),  # a retransmitted SYN changes nothing
+        tcp_packet(A, B, 501, one[0]),
+    ]
     sink, stats = run(write_packets(tmp_path / "reuse.pcap", p))
     assert sink.flows[(A, B)] == one + [two[0]] + three + [one[0]]
-    assert stats.tcp_reused == 2                                        # the RST, and a SYN on an open 4-tuple
-    assert stats.tcp_duplicate_bytes == len(one[1])                     # the late copy was recognised as old
+    assert stats.tcp_reused == 2  # the RST, and a SYN on an open 4-tuple
+    assert stats.tcp_duplicate_bytes == len(one[1])  # the late copy was recognised as old
     assert stats.tcp_incomplete_bytes == 50
     assert stats.tcp_resyncs == 0 and stats.tcp_streams == 4
 
@@ -250,14 +267,14 @@ def test_syn_fin_rst_reuse_of_a_four_tuple(tmp_path: Path) -> None:
 def test_stream_that_does_not_start_like_sip_is_ignored_and_counted(tmp_path: Path) -> None:
     http = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 50
     p = [tcp_packet(A, B, 1, flags=SYN), tcp_packet(A, B, 2, http), tcp_packet(B, A, 1, b"HTTP/1.1 200 OK\r\n\r\n")]
-    p += [tcp_packet(("10.0.0.3", 1), B, 7, b"\x16\x03\x01" + bytes(range(256)) * 40)]   # TLS-ish, joined midway
+    p += [tcp_packet(("10.0.0.3", 1), B, 7, b"\x16\x03\x01" + bytes(range(256)) * 40)]  # TLS-ish, joined midway
     sink, stats = run(write_packets(tmp_path / "http.pcap", p))
     assert sink.all == [] and stats.tcp_streams_ignored == 3 and stats.sip_messages == 0
 
 
 # -- many flows, linear time ------------------------------------------------------------------------------------------
 def test_100k_open_flows_stay_within_the_caps(tmp_path: Path) -> None:
-    half = sip_request("many", 1, "x" * 100)[:120]                       # a header section that never ends
+    half = sip_request("many", 1, "x" * 100)[:120]  # a header section that never ends
     packets = []
     for i in range(100_000):
         src = (f"10.{1 + i // 65000}.{(i // 250) % 250}.{1 + i % 250}", 1024 + i % 60000)
@@ -318,12 +335,16 @@ def adversarial_capture(path: Path, n: int, seed: int = 5) -> Path:
         msgs = messages(max(2, n // 600), tag=f"f{f}", body=200)
         segs, _ = adversarial_stream(rnd, msgs, 10_000 * f)
         if f % 5 == 0:
-            segs = [s for s in segs if rnd.random() > 0.05]             # gaps that never fill
+            segs = [s for s in segs if rnd.random() > 0.05]  # gaps that never fill
         flows.append([tcp_packet(src, B, 10_000 * f, flags=SYN)] + [tcp_packet(src, B, s, d) for s, d in segs])
     slow = sip_request("slow", 1, "y" * 50)
-    flows.append([tcp_packet(("10.9.1.1", 1), B, 0, flags=SYN)] +
-                 [tcp_packet(("10.9.1.1", 1), B, 1 + i % len(slow), slow[i % len(slow):i % len(slow) + 1])
-                  for i in range(n // 10)])
+    flows.append(
+        [tcp_packet(("10.9.1.1", 1), B, 0, flags=SYN)]
+        + [
+            tcp_packet(("10.9.1.1", 1), B, 1 + i % len(slow), slow[i % len(slow) : i % len(slow) + 1])
+            for i in range(n // 10)
+        ]
+    )
     while len(packets) < n and any(flows):
         flow = rnd.choice([f for f in flows if f])
         packets.append(flow.pop(0))

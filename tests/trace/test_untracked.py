@@ -1,6 +1,7 @@
 """The trace keeps its records where the garbage collector does not walk them (record/packed.py, recorder.Column):
 sealed column chunks and packed events are untracked tuples, and reading them gives back exactly what was
 recorded, also while a writer thread appends."""
+
 from __future__ import annotations
 
 import gc
@@ -24,8 +25,15 @@ def test_column_reads_back_what_was_appended_across_chunks() -> None:
     assert len(col) == len(values) and len(col.chunks) == 3 and len(col.tail) == 17
     assert col.to_list() == values
     assert list(col) == values
-    for key in (slice(None), slice(5, 2 * CHUNK + 3), slice(CHUNK, CHUNK), slice(-10, None), slice(0, 10**9),
-                slice(3, 2000, 7), slice(CHUNK - 1, CHUNK + 1)):
+    for key in (
+        slice(None),
+        slice(5, 2 * CHUNK + 3),
+        slice(CHUNK, CHUNK),
+        slice(-10, None),
+        slice(0, 10**9),
+        slice(3, 2000, 7),
+        slice(CHUNK - 1, CHUNK + 1),
+    ):
         assert col[key] == values[key], key
     for i in (0, CHUNK - 1, CHUNK, 3 * CHUNK, len(values) - 1, -1, -CHUNK - 5):
         assert col[i] == values[i]
@@ -42,9 +50,9 @@ def test_column_reads_a_tail_longer_than_a_chunk() -> None:
     values = list(range(CHUNK + 7))
     for v in values[:10]:
         col.append(v)
-    col.seal()   # nothing to seal yet
+    col.seal()  # nothing to seal yet
     for v in values[10:]:
-        col.append(v)   # not sealed: the tail holds more than a chunk (as a lazy index does while it extracts)
+        col.append(v)  # not sealed: the tail holds more than a chunk (as a lazy index does while it extracts)
     for key in (slice(None), slice(CHUNK + 1, CHUNK + 5), slice(CHUNK - 2, CHUNK + 2), slice(5, 9)):
         assert col[key] == values[key], key
     assert col[CHUNK + 3] == values[CHUNK + 3]
@@ -59,25 +67,26 @@ def test_sealed_chunks_are_not_tracked_by_the_gc() -> None:
         col.append(("127.0.0.1", 5060 + i, f"b{i}".encode()))
         col.seal()
     gc.collect()
-    gc.collect()   # a chunk is untracked once its items are (a pass may see the chunk before its items)
+    gc.collect()  # a chunk is untracked once its items are (a pass may see the chunk before its items)
     assert not any(gc.is_tracked(chunk) for chunk in col.chunks)
 
 
 def test_packed_events_equal_the_emitted_ones_and_are_untracked() -> None:
     packer = EventPacker()
 
-    class Session:   # stands for a live object an event points at
+    class Session:  # stands for a live object an event points at
         id = "s1"
 
     live = Session()
     now = datetime.now(timezone.utc)
-    events = [SessionStateChanged(live, SessionState.CONNECTED, SessionState.CONNECTING, timestamp=now)
-              for _ in range(100)]
+    events = [
+        SessionStateChanged(live, SessionState.CONNECTED, SessionState.CONNECTING, timestamp=now) for _ in range(100)
+    ]
     records = [packer.pack(1.5, "sip:a@x", ev) for ev in events]
     gc.collect()
     gc.collect()
     assert not any(gc.is_tracked(r) for r in records)
-    assert len(packer.objects) == 3   # the session and two enum members, once each
+    assert len(packer.objects) == 3  # the session and two enum members, once each
     for ev, rec in zip(events, records):
         ts, owner, back = packer.unpack(rec)
         assert (ts, owner) == (1.5, "sip:a@x")
@@ -97,10 +106,14 @@ def test_events_the_packer_cannot_flatten_are_kept_as_they_are() -> None:
         a: int = 1
 
     later = Later()
-    later.extra = "set after __init__"   # not a field: the packed form would lose it, so the event is kept whole
+    later.extra = "set after __init__"  # not a field: the packed form would lose it, so the event is kept whole
     odd = object()
-    for ev in (WithList([1, 2]), later, odd, ParticipantStateChanged(None, None, ParticipantState.CONNECTED,
-                                                                         ParticipantState.IDLE, timestamp=None)):
+    for ev in (
+        WithList([1, 2]),
+        later,
+        odd,
+        ParticipantStateChanged(None, None, ParticipantState.CONNECTED, ParticipantState.IDLE, timestamp=None),
+    ):
         assert packer.unpack(packer.pack(0.0, "o", ev))[2] == ev
     assert packer.unpack(packer.pack(0.0, "o", later))[2] is later
     assert packer.unpack(packer.pack(0.0, "o", odd))[2] is odd
@@ -120,7 +133,7 @@ def test_trace_reads_are_consistent_while_a_thread_records() -> None:
     thread = threading.Thread(target=write)
     thread.start()
     checks = 0
-    while not done.is_set() or checks == 0:   # bounded: the writer ends after `total` rows
+    while not done.is_set() or checks == 0:  # bounded: the writer ends after `total` rows
         records = trace.sip_records()
         assert [r.timestamp for r in records] == [float(i) for i in range(len(records))]
         assert all(r.owner == f"o{int(r.timestamp)}" and r.remote[1] == int(r.timestamp) for r in records)
@@ -140,15 +153,16 @@ def test_a_lazy_index_built_while_a_thread_records_stays_row_aligned() -> None:
 
     def write() -> None:
         for i in range(total):
-            raw = (f"MESSAGE sip:b@x SIP/2.0\r\nCall-ID: c{i}\r\nCSeq: {i + 1} MESSAGE\r\n"
-                   f"Content-Length: 0\r\n\r\n").encode()
+            raw = (
+                f"MESSAGE sip:b@x SIP/2.0\r\nCall-ID: c{i}\r\nCSeq: {i + 1} MESSAGE\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
             trace.record_sip("out", "udp", ("127.0.0.1", 1), ("127.0.0.1", 2), raw, "o", ts=float(i))
         done.set()
 
     thread = threading.Thread(target=write)
     thread.start()
     builds = 0
-    while not done.is_set() or builds == 0:   # bounded: the writer ends after `total` rows
+    while not done.is_set() or builds == 0:  # bounded: the writer ends after `total` rows
         df = trace.sip(raw=False)
         assert df["call_id"].tolist() == [f"c{i}" for i in range(len(df))]
         builds += 1

@@ -1,6 +1,7 @@
 """The layer rules of docs/architecture.md, checked on the source: every import between notebook_im's modules (at
 the top, inside functions, under TYPE_CHECKING) goes to the same layer or one below, and no two files import
 each other, directly or around a circle. A new import that breaks either fails here, naming the file and line."""
+
 from __future__ import annotations
 
 import ast
@@ -10,16 +11,16 @@ ROOT = Path(__file__).resolve().parents[2] / "notebook_im"
 
 # bottom first: a module may import modules of its own layer and of the layers below it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("sip", ("sip",)),                                   # sans-IO SIP: nothing of ours
-    ("base", ("errors", "runtime")),                     # the error hierarchy, the loop thread
-    ("im, net, record", ("im", "net", "record")),        # IM documents and machines; transports; the recorder
-    ("core", ("core",)),                                 # the SIP stack and the user agent, by composition
-    ("api and server", ("api", "server")),               # UCCAPI's model; the registrar/proxy/focus
-    ("trace", ("trace",)),                               # analysis: frames, pcap, datasets, ladders (pandas)
+    ("sip", ("sip",)),  # sans-IO SIP: nothing of ours
+    ("base", ("errors", "runtime")),  # the error hierarchy, the loop thread
+    ("im, net, record", ("im", "net", "record")),  # IM documents and machines; transports; the recorder
+    ("core", ("core",)),  # the SIP stack and the user agent, by composition
+    ("api and server", ("api", "server")),  # UCCAPI's model; the registrar/proxy/focus
+    ("trace", ("trace",)),  # analysis: frames, pcap, datasets, ladders (pandas)
     ("widgets", ("widgets",)),
-    ("top", ("", "cli", "teaching", "testing")),         # the package itself composes the layers
+    ("top", ("", "cli", "teaching", "testing")),  # the package itself composes the layers
 ]
-FORBIDDEN_PAIRS = [("api", "server"), ("server", "api")]   # same layer, but neither knows the other
+FORBIDDEN_PAIRS = [("api", "server"), ("server", "api")]  # same layer, but neither knows the other
 
 
 def module_name(path: Path) -> str:
@@ -80,14 +81,18 @@ def test_every_import_goes_down_or_stays_in_its_layer() -> None:
             if theirs > mine:
                 wrong.append(f"{rel}:{line} imports {target} ({LAYERS[theirs][0]}), above {LAYERS[mine][0]}")
             elif (top_package(name), top_package(target)) in FORBIDDEN_PAIRS:
-                wrong.append(f"{rel}:{line} imports {target}: {top_package(name)} and {top_package(target)} do not know each other")
+                wrong.append(
+                    f"{rel}:{line} imports {target}: {top_package(name)} and {top_package(target)} do not know each other"
+                )
     assert not wrong, "imports against the layers (docs/architecture.md):\n" + "\n".join(wrong)
 
 
 def test_no_import_circles_between_files() -> None:
     known = modules()
-    edges = {name: {t for t, _ in imports(name, path, known) if not known[t].name == "__init__.py"}
-             for name, path in known.items()}
+    edges = {
+        name: {t for t, _ in imports(name, path, known) if not known[t].name == "__init__.py"}
+        for name, path in known.items()
+    }
     # Tarjan's strongly connected components: any component of more than one file is a circle
     index: dict[str, int] = {}
     low: dict[str, int] = {}

@@ -1,5 +1,6 @@
 """The in-memory network (net/memory.py): what it carries, what it refuses, and that an Impairment alone decides
 the losses (same seed, same decisions; no seed, no loss)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -47,8 +48,8 @@ def test_datagrams_streams_refusals_and_closing():
         assert a.addr != b.addr and a.port >= 20000
         a.send(b"one", Target("udp", *b.addr))
         a.send(b"two", Target("tcp", *b.addr))
-        a.send(b"nobody", Target("udp", "127.0.0.1", 9))     # a datagram to nowhere is gone, and counted
-        a.send(b"refused", Target("tcp", "127.0.0.1", 9))    # a stream to nowhere is a refused connection
+        a.send(b"nobody", Target("udp", "127.0.0.1", 9))  # a datagram to nowhere is gone, and counted
+        a.send(b"refused", Target("tcp", "127.0.0.1", 9))  # a stream to nowhere is a refused connection
         await asyncio.sleep(0.01)
         assert rb.data == [(b"one", "udp", a.addr), (b"two", "tcp", a.addr)]
         assert net.unreachable == 1 and [f[:2] for f in ra.failed] == [("tcp", ("127.0.0.1", 9))]
@@ -58,7 +59,7 @@ def test_datagrams_streams_refusals_and_closing():
         taken = net.transport(port=b.port)
         with pytest.raises(OSError, match="already in use"):
             await taken.start()
-        await b.close()                                       # b goes away: a hears its connection end
+        await b.close()  # b goes away: a hears its connection end
         assert ra.lost == [("tcp", b.addr)] and not a.has_connection(b.addr)
         a.send(b"late", Target("udp", *b.addr))
         await asyncio.sleep(0.01)
@@ -66,11 +67,13 @@ def test_datagrams_streams_refusals_and_closing():
         await a.close()
         with pytest.raises(RuntimeError, match="closed"):
             a.send(b"x", Target("udp", *b.addr))
+
     run(scenario())
 
 
 def test_the_impairment_alone_decides():
     """The same seed draws the same fate for the same datagrams; the fate is what the receiver sees."""
+
     async def one_run(seed: int) -> tuple[list[bytes], dict[str, int]]:
         net = MemoryNetwork()
         imp = nim.Impairment(loss=0.3, duplicate=0.1, seed=seed)
@@ -82,6 +85,7 @@ def test_the_impairment_alone_decides():
             a.send(b"%d" % i, Target("udp", *b.addr))
         await asyncio.sleep(0.01)
         return [d for d, _t, _r in rb.data], imp.stats
+
     first, stats = run(one_run(7))
     again, _ = run(one_run(7))
     other, _ = run(one_run(8))

@@ -2,6 +2,7 @@
 (hops, numbering on, a datagram recorded at both ends drawn once), the Middlebox rules on raw bytes, a RawPeer
 through the embedded server (a silent one, one that refuses is-composing), and the reference-flow comparison.
 `import notebook_im` does not import it, and importing it imports neither pandas nor ipywidgets."""
+
 from __future__ import annotations
 
 import subprocess
@@ -16,9 +17,11 @@ from notebook_im.teaching import Flow, Step, check
 
 
 def test_import_stays_light():
-    code = ("import sys, notebook_im as nim; assert 'notebook_im.teaching' not in sys.modules; "
-            "from notebook_im import teaching; assert nim.teaching is teaching; "
-            "print('pandas' in sys.modules, 'ipywidgets' in sys.modules)")
+    code = (
+        "import sys, notebook_im as nim; assert 'notebook_im.teaching' not in sys.modules; "
+        "from notebook_im import teaching; assert nim.teaching is teaching; "
+        "print('pandas' in sys.modules, 'ipywidgets' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
@@ -40,7 +43,10 @@ def chat(server, platform):
 def test_flow_numbers_hops_and_goes_on(chat):
     platform, flow, registered, _session = chat
     assert [s.number for s in registered] == [1, 2, 3, 4]
-    assert [(s.src, s.dst, s.label) for s in registered[:2]] == [("alice", "proxy", "REGISTER"), ("proxy", "alice", "200 OK")]
+    assert [(s.src, s.dst, s.label) for s in registered[:2]] == [
+        ("alice", "proxy", "REGISTER"),
+        ("proxy", "alice", "200 OK"),
+    ]
     steps = flow.new()
     assert steps[0].number == 5 and flow[5] is steps[0]
     invite_at_bob = flow.find("INVITE", dst="bob")
@@ -71,7 +77,7 @@ def test_a_datagram_recorded_at_both_ends_is_one_step():
     trace = nim.Trace()
     raw = b"MESSAGE sip:bob@127.0.0.1:6000 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5000;branch=z9hG4bK1\r\nCSeq: 2 MESSAGE\r\n\r\n"
     a, b = ("127.0.0.1", 5000), ("127.0.0.1", 6000)
-    for _ in range(2):                    # sent twice (a retransmission), each received
+    for _ in range(2):  # sent twice (a retransmission), each received
         trace.record_sip("out", "udp", a, b, raw, "sip:alice@example.test")
         trace.record_sip("in", "udp", b, a, raw, "sip:bob@example.test")
     steps = Flow(trace).new()
@@ -82,7 +88,7 @@ def test_check_right_wrong_and_unanswered(chat):
     platform = chat[0]
     right = check("02.vias-at-bob", 2, trace=platform.trace)
     assert right.ok and bool(right) and str(right).startswith("✓ Right: 2.") and "#16a34a" in right._repr_html_()
-    assert check("02.vias-at-bob", "2", trace=platform.trace).ok          # a number typed as text is fine
+    assert check("02.vias-at-bob", "2", trace=platform.trace).ok  # a number typed as text is fine
     wrong = check("02.vias-at-bob", 3, trace=platform.trace)
     assert not wrong.ok and repr(wrong).startswith("✗ Not 3.") and "Via" in repr(wrong)
     unanswered = check("02.vias-at-bob", ..., trace=platform.trace)
@@ -107,27 +113,38 @@ def test_every_exercise_has_a_question_a_hint_and_a_kind():
         assert ex.id.split(".", 1)[0] in {f"0{i}" for i in range(1, 9)}, ex.id
 
 
-@pytest.mark.parametrize("kind, right", [("int", 2), ("number", 1.5), ("text", "INVITE"), ("set", {"ACK", "BYE"}),
-                                          ("choice", "same"), ("mapping", {404: "proxy", 486: "bob"})])
+@pytest.mark.parametrize(
+    "kind, right",
+    [
+        ("int", 2),
+        ("number", 1.5),
+        ("text", "INVITE"),
+        ("set", {"ACK", "BYE"}),
+        ("choice", "same"),
+        ("mapping", {404: "proxy", 486: "bob"}),
+    ],
+)
 def test_the_wrong_answer_of_each_kind_is_wrong(kind, right):
     ex = teaching.Exercise("x.y", "q?", lambda ctx: right, "look", kind=kind, options=("same", "new"), tolerance=0.1)
     assert teaching._evaluate(ex, right, {"trace": None}).ok
     assert not teaching._evaluate(ex, teaching._wrong(ex, right), {"trace": None}).ok
 
 
-GOING_OUT = (b"INVITE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5000;branch=z9hG4bK1\r\n"
-             b"Max-Forwards: 70\r\nRecord-Route: <sip:p1;lr>\r\nrecord-route: <sip:p2;lr>\r\nContent-Length: 4\r\n\r\nbody")
+GOING_OUT = (
+    b"INVITE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5000;branch=z9hG4bK1\r\n"
+    b"Max-Forwards: 70\r\nRecord-Route: <sip:p1;lr>\r\nrecord-route: <sip:p2;lr>\r\nContent-Length: 4\r\n\r\nbody"
+)
 
 
 def test_middlebox_rules_on_bytes():
     assert teaching.drop("ACK")(b"ACK sip:bob SIP/2.0\r\n\r\n", True) is None
-    assert teaching.drop("ACK")(b"ACK sip:bob SIP/2.0\r\n\r\n", False) is not None       # only towards the server
+    assert teaching.drop("ACK")(b"ACK sip:bob SIP/2.0\r\n\r\n", False) is not None  # only towards the server
     assert teaching.drop("ACK")(GOING_OUT, True) == GOING_OUT
     stripped = teaching.remove_header("Record-Route")(GOING_OUT, False)
     assert b"ecord-Route" not in stripped and stripped.endswith(b"Content-Length: 4\r\n\r\nbody")
     one = teaching.set_header("Max-Forwards", "1", method="INVITE")
     assert b"\r\nMax-Forwards: 1\r\n" in one(GOING_OUT, True) and b"70" not in one(GOING_OUT, True)
-    assert one(GOING_OUT, False) == GOING_OUT                                            # responses/clients untouched
+    assert one(GOING_OUT, False) == GOING_OUT  # responses/clients untouched
     added = teaching.set_header("Subject", "hi")(b"MESSAGE sip:b SIP/2.0\r\nCSeq: 1 MESSAGE\r\n\r\n", True)
     assert added == b"MESSAGE sip:b SIP/2.0\r\nSubject: hi\r\nCSeq: 1 MESSAGE\r\n\r\n"
 
@@ -156,7 +173,7 @@ def test_middlebox_in_front_of_the_server_drops_what_its_rule_says():
 
 def test_raw_peers_silent_and_refusing_composing(platform):
     timers = nim.Timers(t1=0.02, t2=0.16, t4=0.2)
-    server = nim.Server(timers=timers, device_timeout=None).start().result(10)   # Timer F decides, not the proxy
+    server = nim.Server(timers=timers, device_timeout=None).start().result(10)  # Timer F decides, not the proxy
     quiet = teaching.RawPeer("sip:quiet@example.test", server=server, answer=teaching.silent).start()
     picky = teaching.RawPeer("sip:picky@example.test", server=server, answer=teaching.refuse_composing).start()
     try:
@@ -164,7 +181,7 @@ def test_raw_peers_silent_and_refusing_composing(platform):
         alice = platform.endpoint("sip:alice@example.test", server=server).result(10)
         with pytest.raises(nim.RequestFailed) as failed:
             alice.send_message("sip:quiet@example.test", "anyone?").result(30)
-        assert failed.value.status == 408 and len(quiet.received("MESSAGE")) == 11   # 0,1,3,7,15,23,...,63 T1
+        assert failed.value.status == 408 and len(quiet.received("MESSAGE")) == 11  # 0,1,3,7,15,23,...,63 T1
         session = alice.sessions.create("sip:picky@example.test").result(10)
         session.start_composing().result(5)
         assert session.send("text is fine").result(5).status == 200
@@ -172,7 +189,7 @@ def test_raw_peers_silent_and_refusing_composing(platform):
         session.terminate().result(5)
         assert [t.split(" ", 1)[0] for t in picky.received()] == ["INVITE", "ACK", "MESSAGE", "MESSAGE", "BYE"]
     finally:
-        platform.shutdown()   # before the server goes: alice's un-REGISTER is answered, not waited out
+        platform.shutdown()  # before the server goes: alice's un-REGISTER is answered, not waited out
         quiet.stop()
         picky.stop()
         server.stop()
@@ -184,8 +201,10 @@ def test_compare_with_reference_marks_missing_and_extra():
         return Step(n, src, dst, f"{start}\nCSeq: 1 INVITE\n\n", 0.0, "", "out", "udp")
 
     reference = [("INVITE", "A", "P", "offer"), ("100 Trying", "P", "A", ""), ("200 OK", "P", "A", "")]
-    rows = teaching.compare_with_reference([step(1, "INVITE", "alice", "proxy"), step(2, "200 OK", "proxy", "alice"),
-                                            step(3, "BYE", "alice", "proxy")], reference)
+    rows = teaching.compare_with_reference(
+        [step(1, "INVITE", "alice", "proxy"), step(2, "200 OK", "proxy", "alice"), step(3, "BYE", "alice", "proxy")],
+        reference,
+    )
     assert [r[1].split()[0] for r in rows] == ["F1", "(missing)", "F2", "F3"]
     assert rows[-1][2] == "(extra)" and rows[0][2] == "offer"
 

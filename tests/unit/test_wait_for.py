@@ -2,6 +2,7 @@
 unsubscribed once it is settled (resolved, timed out, cancelled); awaitable from a loop, `.result()` in a script.
 The unit tests drive a bare EventSource, emitting on the library loop thread as the real objects do; the last
 test waits for real events of an endpoint and a session through the embedded server."""
+
 from __future__ import annotations
 
 import asyncio
@@ -28,9 +29,11 @@ class Pong:
 
 def emit_on_loop(source: EventSource, *events: object, delay: float = 0.0) -> None:
     """Emit `events` on the library loop thread (where real events come from), after `delay` seconds."""
+
     def later() -> None:
         for e in events:
             source._emit(e)
+
     runtime().loop.call_soon_threadsafe(lambda: runtime().loop.call_later(delay, later))
 
 
@@ -63,7 +66,7 @@ def test_without_predicate_any_event_of_the_type_or_a_subclass():
 
 def test_listens_from_the_call_on_not_before():
     source = EventSource()
-    source._emit(Ping(1))                       # before: not seen
+    source._emit(Ping(1))  # before: not seen
     op = source.wait_for(Ping, timeout=0.3)
     with pytest.raises(TimeoutError, match=r"no Ping event within 0.3 s"):
         op.result(5)
@@ -106,7 +109,7 @@ def test_cancel_unsubscribes():
     op = source.wait_for(Ping, timeout=None)
     assert op.cancel() and op.cancelled()
     assert subscribers(source) == 0
-    source._emit(Ping(1))                       # nothing left to resolve, nothing raises
+    source._emit(Ping(1))  # nothing left to resolve, nothing raises
 
 
 def test_result_in_an_event_callback_raises_deadlock_error():
@@ -128,12 +131,15 @@ def test_result_in_an_event_callback_raises_deadlock_error():
     op.cancel()
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    ({"event_type": "MessageReceived"}, TypeError),
-    ({"event_type": Ping, "predicate": 3}, TypeError),
-    ({"event_type": Ping, "timeout": -1}, ValueError),
-    ({"event_type": Ping, "timeout": "5"}, ValueError),
-])
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"event_type": "MessageReceived"}, TypeError),
+        ({"event_type": Ping, "predicate": 3}, TypeError),
+        ({"event_type": Ping, "timeout": -1}, ValueError),
+        ({"event_type": Ping, "timeout": "5"}, ValueError),
+    ],
+)
 def test_bad_arguments_say_what_a_good_one_looks_like(kwargs, error):
     source = EventSource()
     event_type = kwargs.pop("event_type")

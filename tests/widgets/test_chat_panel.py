@@ -1,4 +1,5 @@
 """Headless widget tests (no browser, no kernel: ipywidgets uses a DummyComm): two panels on two endpoints."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -8,17 +9,15 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 
+import anywidget  # noqa: F401 - runtime dependencies; `make test` installs them
+import ipywidgets  # noqa: F401
 import pytest
 
 import notebook_im as nim
 from notebook_im.runtime import Operation, runtime
-from tests.helpers import accept_all, wait_for
-
-import anywidget  # noqa: F401 - runtime dependencies; `make test` installs them
-import ipywidgets  # noqa: F401
-
 from notebook_im.widgets import render as r  # noqa: E402
 from notebook_im.widgets.chat import ChatPanel, Conversation  # noqa: E402
+from tests.helpers import accept_all, wait_for
 
 
 def n_rendered(conv: Conversation) -> int:
@@ -46,7 +45,9 @@ def sessions(pair):
 
 
 def test_import_notebook_im_does_not_import_ipywidgets():
-    code = "import sys, notebook_im; print('ipywidgets' in sys.modules, 'anywidget' in sys.modules, 'nh3' in sys.modules)"
+    code = (
+        "import sys, notebook_im; print('ipywidgets' in sys.modules, 'anywidget' in sys.modules, 'nh3' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False", "False"]
     assert nim.ChatPanel is ChatPanel
@@ -75,8 +76,13 @@ def test_two_endpoint_panels_invitation_typing_and_delivery(pair):
 
         # typing in alice's box shows in bob's panel; clearing the box sends idle
         ca.composer.value = "Hel"
-        wait_for(lambda: "Alice Smith</bdi> <span class=\"nim-addr\" dir=\"ltr\">&lt;alice@example.test&gt;</span> is typing"
-                 in cb.status_html.value, what="composing shown, with the address")
+        wait_for(
+            lambda: (
+                'Alice Smith</bdi> <span class="nim-addr" dir="ltr">&lt;alice@example.test&gt;</span> is typing'
+                in cb.status_html.value
+            ),
+            what="composing shown, with the address",
+        )
         ca.composer.value = ""
         wait_for(lambda: "typing" not in cb.status_html.value, what="idle after clearing")
         ca.composer.value = "Hello Bob"
@@ -103,7 +109,7 @@ def test_two_endpoint_panels_invitation_typing_and_delivery(pair):
         cb.flush()
         assert n_groups(cb) == 2
         local = datetime.now(timezone.utc).astimezone().strftime("%H:")
-        assert f'class="nim-time"' in ca.messages_html.value and local in ca.messages_html.value
+        assert 'class="nim-time"' in ca.messages_html.value and local in ca.messages_html.value
 
         # a frontend Enter arrives as a custom message from the anywidget
         ca.composer._handle_custom_msg({"event": "submit", "text": "from the browser"}, [])
@@ -133,7 +139,7 @@ def test_pager_mode_conversations_in_both_panels(pair):
         wait_for(lambda: "pager mode" in ca.header_html.value, what="the pager-mode badge")
         assert "does not take IM sessions" in ca.header_html.value and ca.session.mode == "pager"
         assert pa.side_error.value == ""
-        [refused] = pb.conversations.values()     # the invitation bob's client answered 488, ended
+        [refused] = pb.conversations.values()  # the invitation bob's client answered 488, ended
         wait_for(lambda: refused.session.state is nim.SessionState.DISCONNECTED, what="the refused invitation ended")
         ca.composer.submit("Hello over pager mode")
         wait_for(lambda: len(pb.conversations) == 2, what="a conversation in bob's panel")
@@ -141,7 +147,9 @@ def test_pager_mode_conversations_in_both_panels(pair):
         assert cb.session.mode == "pager" and cb.session.is_incoming
         pb.select(cb.session)
         wait_for(lambda: "Hello over pager mode" in cb.messages_html.value, what="the text in bob's panel")
-        assert cb.invite_bar.layout.display == "none" and not cb.composer.disabled and "pager mode" in cb.header_html.value
+        assert (
+            cb.invite_bar.layout.display == "none" and not cb.composer.disabled and "pager mode" in cb.header_html.value
+        )
         cb.composer.value = "typing back"
         wait_for(lambda: "is typing" in ca.status_html.value, what="bob's typing at alice")
         cb.composer.submit()
@@ -165,7 +173,10 @@ def test_session_panels_and_decline(pair):
             op.result(10)
         assert info.value.status == 603
         wait_for(lambda: "disconnected" in pb.conversation.header_html.value, what="declined shown")
-        assert "declined" not in pb.conversation.invite_text.value.lower() or pb.conversation.invite_bar.layout.display == "none"
+        assert (
+            "declined" not in pb.conversation.invite_text.value.lower()
+            or pb.conversation.invite_bar.layout.display == "none"
+        )
     finally:
         pb.close()
     with pytest.raises(TypeError, match="ImSession .* or an Endpoint"):
@@ -189,17 +200,20 @@ def test_html_is_inert(sessions):
     pa, pb = ChatPanel(a), ChatPanel(b)
     try:
         a.send("<img src=x onerror=alert(1)>").result(5)
-        a.send('<b>bold</b><img src=x onerror=alert(2)><script>alert(3)</script>'
-               '<a href="javascript:alert(4)" onclick="alert(5)">link</a><a href="https://example.test/">ok</a>'
-               '<p style="position:fixed">p</p>', "text/html").result(5)
+        a.send(
+            "<b>bold</b><img src=x onerror=alert(2)><script>alert(3)</script>"
+            '<a href="javascript:alert(4)" onclick="alert(5)">link</a><a href="https://example.test/">ok</a>'
+            '<p style="position:fixed">p</p>',
+            "text/html",
+        ).result(5)
         for panel in (pa, pb):  # renders are coalesced: wait for each panel's
-            wait_for(lambda: "ok</a>" in panel.conversation.messages_html.value, what="both messages")
+            wait_for(lambda panel=panel: "ok</a>" in panel.conversation.messages_html.value, what="both messages")
         for panel in (pa, pb):
             html = panel.conversation.messages_html.value
             assert "&lt;img src=x onerror=alert(1)&gt;" in html  # plain text shows as text
             assert "<b>bold</b>" in html
             html = html.replace("&lt;img src=x onerror=alert(1)&gt;", "")  # the text of the first one
-            for bad in ("<img", "<script", "onerror=", "onclick", "javascript:", "alert(3)", "style=\"position"):
+            for bad in ("<img", "<script", "onerror=", "onclick", "javascript:", "alert(3)", 'style="position'):
                 assert bad not in html, bad
             assert 'href="https://example.test/"' in html and 'rel="noopener noreferrer nofollow"' in html
     finally:
@@ -208,9 +222,13 @@ def test_html_is_inert(sessions):
 
 
 def test_names_and_uris_are_escaped():
-    e = r.Entry("1", "in", "sip:x@y", '<script>alert(1)</script>', "t", "text/plain", datetime.now(timezone.utc), "received")
+    e = r.Entry(
+        "1", "in", "sip:x@y", "<script>alert(1)</script>", "t", "text/plain", datetime.now(timezone.utc), "received"
+    )
     out = r.messages_html([e])
-    assert "<script>" not in out and '"nim-who">x@y</bdi>' in out  # a name with "<" looks like an address: the real one shows
+    assert (
+        "<script>" not in out and '"nim-who">x@y</bdi>' in out
+    )  # a name with "<" looks like an address: the real one shows
     e = r.Entry("2", "in", "sip:x@y", 'Tom & "Jerry"', "t", "text/plain", datetime.now(timezone.utc), "received")
     assert "Tom &amp; &quot;Jerry&quot;" in r.messages_html([e])
     chip = r.participant_chip('"><img src=x>', 'sip:"><img@x', "connected")
@@ -223,10 +241,22 @@ def test_history_cap_and_show_earlier(sessions):
     try:
         t0 = datetime.now(timezone.utc)
         for i in range(12):
-            conv.append(nim.ChatMessage(f"m{i}", "in", "sip:bob@example.test", "sip:alice@example.test", f"msg {i}",
-                                        "text/plain", t0 + timedelta(seconds=i), "received"))
+            conv.append(
+                nim.ChatMessage(
+                    f"m{i}",
+                    "in",
+                    "sip:bob@example.test",
+                    "sip:alice@example.test",
+                    f"msg {i}",
+                    "text/plain",
+                    t0 + timedelta(seconds=i),
+                    "received",
+                )
+            )
         conv.flush()
-        assert n_rendered(conv) == 5 and "msg 11" in conv.messages_html.value and "msg 6" not in conv.messages_html.value
+        assert (
+            n_rendered(conv) == 5 and "msg 11" in conv.messages_html.value and "msg 6" not in conv.messages_html.value
+        )
         assert conv.earlier_button.layout.display is None and "(7)" in conv.earlier_button.description
         conv.earlier_button.click()
         assert n_rendered(conv) == 10 and "msg 2" in conv.messages_html.value
@@ -255,10 +285,13 @@ def test_enter_never_blocks_and_failures_show_reason(sessions, monkeypatch):
         monkeypatch.undo()
 
         # a MessageFailed event for a message this panel did not send (e.g. from a cell) also shows
-        ev = nim.MessageFailed(a, "xyz", "from a cell", "text/plain", 408, "Request Timeout",
-                               timestamp=datetime.now(timezone.utc))
+        ev = nim.MessageFailed(
+            a, "xyz", "from a cell", "text/plain", 408, "Request Timeout", timestamp=datetime.now(timezone.utc)
+        )
         runtime().call_soon(a._emit, ev)  # events arrive on the library's loop thread
-        wait_for(lambda: "from a cell" in conv.messages_html.value and "408 Request Timeout" in conv.messages_html.value)
+        wait_for(
+            lambda: "from a cell" in conv.messages_html.value and "408 Request Timeout" in conv.messages_html.value
+        )
 
         b.terminate().result(5)
         wait_for(lambda: a.state is nim.SessionState.DISCONNECTED)

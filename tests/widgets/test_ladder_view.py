@@ -1,14 +1,13 @@
 """The live ladder view grows as SIP messages go over the wire (headless)."""
+
 from __future__ import annotations
 
+import ipywidgets  # noqa: F401 - a runtime dependency; `make test` installs it
 import pytest
 
 import notebook_im as nim
-from tests.helpers import accept_all, wait_for
-
-import ipywidgets  # noqa: F401 - a runtime dependency; `make test` installs it
-
 from notebook_im.widgets.ladder_view import LadderView  # noqa: E402
+from tests.helpers import accept_all, wait_for
 
 
 def test_ladder_view_follows_the_trace(server, platform):

@@ -11,6 +11,7 @@ for IM with three or more participants. By role:
 It depends on the proxy only through `host.FocusHost` (what it needs: the stack, the registrar, where a party
 may be reached), so the proxy imports the focus and not the other way round.
 """
+
 from .focus import Focus
 from .state import FocusLimits
 

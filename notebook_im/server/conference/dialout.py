@@ -4,6 +4,7 @@ conference URI, `Contact: <conf URI>;isfocus`, `Referred-By` the referrer (RFC 3
 from the Refer-To URI (RFC 3891) when a two-party session is being escalated. Never an open relay: the focus
 dials out only to users registered with its server (404/480 on the REFER otherwise), at a contact they
 registered. A dial-out nobody answers is CANCELled after `FocusLimits.dial_timeout`."""
+
 from __future__ import annotations
 
 import asyncio
@@ -24,7 +25,6 @@ from ..registrar import Binding
 from .host import FocusParts
 from .sender import DialogSender
 from .state import ACCEPT_TYPES, ALLOW, Conference, Member, entity_of
-
 
 
 class DialOut:
@@ -64,8 +64,12 @@ class DialOut:
         no_sub = (request.headers.get("Refer-Sub") or "").strip().lower() == "false"
         stack.reply(handle, 202, tag=False, headers={"Refer-Sub": "false"} if no_sub else None)
         if not no_sub and referrer.sender is not None:  # RFC 3515 implicit subscription: end it at once
-            referrer.sender.push("NOTIFY", b"SIP/2.0 100 Trying\r\n", "message/sipfrag;version=2.0",
-                                 {"Event": "refer", "Subscription-State": "terminated;reason=noresource"})
+            referrer.sender.push(
+                "NOTIFY",
+                b"SIP/2.0 100 Trying\r\n",
+                "message/sipfrag;version=2.0",
+                {"Event": "refer", "Subscription-State": "terminated;reason=noresource"},
+            )
         replaces = None
         for part in target.headers.split("&") if target.headers else []:
             name, _, value = part.partition("=")
@@ -76,8 +80,9 @@ class DialOut:
         focus.roster.announce(conf, conf.user_info(m))
         asyncio.ensure_future(self._dial(conf, m, target, bindings[0], referrer, replaces))
 
-    async def _dial(self, conf: Conference, m: Member, target: SipUri, binding: Binding, referrer: Member,
-                    replaces: str | None) -> None:
+    async def _dial(
+        self, conf: Conference, m: Member, target: SipUri, binding: Binding, referrer: Member, replaces: str | None
+    ) -> None:
         focus = self.focus
         stack = focus.host.stack
         dest = focus.host.binding_target(binding)
@@ -89,11 +94,19 @@ class DialOut:
         if conf.subject:
             headers.append(("Subject", conf.subject))
         headers += [("Allow", ALLOW), ("Supported", "replaces"), ("User-Agent", USER_AGENT)]
-        invite = make_request("INVITE", binding.contact, via=stack.via(dest.transport),
-                              from_=f'"Conference" <{conf.uri}>;tag={new_tag()}', to=f"<{entity_of(target)}>",
-                              call_id=new_call_id(stack.host), cseq=1, contact=conf.contact(dest.transport),
-                              headers=headers, body=sdp.build(stack.host, stack.port, accept_types=ACCEPT_TYPES),
-                              content_type="application/sdp")
+        invite = make_request(
+            "INVITE",
+            binding.contact,
+            via=stack.via(dest.transport),
+            from_=f'"Conference" <{conf.uri}>;tag={new_tag()}',
+            to=f"<{entity_of(target)}>",
+            call_id=new_call_id(stack.host),
+            cseq=1,
+            contact=conf.contact(dest.transport),
+            headers=headers,
+            body=sdp.build(stack.host, stack.port, accept_types=ACCEPT_TYPES),
+            content_type="application/sdp",
+        )
         handle = stack.send_request(invite, dest)
         m.invite_handle = handle
         cancel_timer = asyncio.get_running_loop().call_later(focus.limits.dial_timeout, lambda: self.cancel(handle))
@@ -129,8 +142,14 @@ class DialOut:
         m.dialog = dialog
         m.cpim = cpim.CONTENT_TYPE in accepts or "*" in accepts
         m.display_name = next((a.display_name for a in (resp.contacts[:1] + [resp.to]) if a.display_name), None)
-        m.sender = DialogSender(stack, dialog, dest, lambda s, r, c=conf, e=m.entity: focus.failed(c, e, s, r),
-                                conf.contact(dest.transport), max_queue=focus.limits.max_queue)
+        m.sender = DialogSender(
+            stack,
+            dialog,
+            dest,
+            lambda s, r, c=conf, e=m.entity: focus.failed(c, e, s, r),
+            conf.contact(dest.transport),
+            max_queue=focus.limits.max_queue,
+        )
         m.status = "connected"
         focus.dialogs[dialog.id] = (conf, m.entity, None)
         focus.stats["joins"] += 1

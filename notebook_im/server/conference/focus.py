@@ -18,6 +18,7 @@ Wire flow (see docs/conferences.md):
   times out (or gets 481/408) removes the participant too (disconnection-method `failed`); the others are
   told. The conference ends when nobody is left. Every queue, table and timer is bounded.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,7 +36,17 @@ from .dialout import DialOut
 from .host import FocusHost
 from .roster import Roster
 from .sender import DialogSender
-from .state import ACCEPT_TYPES, ALLOW, CONF_PREFIX, FACTORY_USER, Conference, FocusLimits, Member, Subscription, entity_of
+from .state import (
+    ACCEPT_TYPES,
+    ALLOW,
+    CONF_PREFIX,
+    FACTORY_USER,
+    Conference,
+    FocusLimits,
+    Member,
+    Subscription,
+    entity_of,
+)
 
 log = logging.getLogger("notebook_im.focus")
 
@@ -51,8 +62,15 @@ class Focus:
         self.conferences: dict[str, Conference] = {}
         # dialog id -> (conference, member entity or None, subscription or None)
         self.dialogs: dict[tuple[str, str, str], DialogEntry] = {}
-        self.stats = {"conferences_created": 0, "conferences_ended": 0, "relayed": 0, "notifies": 0,
-                      "joins": 0, "leaves": 0, "failures": 0}
+        self.stats = {
+            "conferences_created": 0,
+            "conferences_ended": 0,
+            "relayed": 0,
+            "notifies": 0,
+            "joins": 0,
+            "leaves": 0,
+            "failures": 0,
+        }
         self.roster = Roster(self)
         self.dialout = DialOut(self)
 
@@ -62,10 +80,13 @@ class Focus:
         user = request.uri.user or ""
         if request.to.tag is not None:
             return self._dialog_key(request) in self.dialogs or (
-                user.startswith(CONF_PREFIX) and self.host.is_us(request.uri))
+                user.startswith(CONF_PREFIX) and self.host.is_us(request.uri)
+            )
         if user == FACTORY_USER:
             return True
-        return user.startswith(CONF_PREFIX) and (user[len(CONF_PREFIX):] in self.conferences or self.host.is_us(request.uri))
+        return user.startswith(CONF_PREFIX) and (
+            user[len(CONF_PREFIX) :] in self.conferences or self.host.is_us(request.uri)
+        )
 
     @staticmethod
     def _dialog_key(request: Request) -> tuple[str, str, str]:
@@ -79,12 +100,16 @@ class Focus:
         return SipUri(host=bracket(host), user=CONF_PREFIX + conf_id, port=port)
 
     def refuse_stranger(self, handle: ServerHandle) -> None:
-        self.host.stack.reply(handle, 403, "Forbidden (only users registered with this server may use its "
-                                           "conferences, from a Contact they registered)")
+        self.host.stack.reply(
+            handle,
+            403,
+            "Forbidden (only users registered with this server may use its "
+            "conferences, from a Contact they registered)",
+        )
 
     def _conference_of(self, request: Request) -> Conference | None:
         user = request.uri.user or ""
-        return self.conferences.get(user[len(CONF_PREFIX):])
+        return self.conferences.get(user[len(CONF_PREFIX) :])
 
     # -- requests --------------------------------------------------------------------------------------
     def on_request(self, request: Request, handle: ServerHandle | None) -> None:
@@ -138,7 +163,7 @@ class Focus:
             stack.reply(handle, 400, "Bad Request (an INVITE needs a Contact)")
             return
         target = self.host.party_target(request, handle.transport, handle.remote)
-        if target is None:   # a stranger: no conference is created, nothing is kept
+        if target is None:  # a stranger: no conference is created, nothing is kept
             self.refuse_stranger(handle)
             return
         if user == FACTORY_USER:
@@ -147,8 +172,12 @@ class Focus:
                 return
             conf_id = random_hex(2 * 6)
             transport = stack.transport
-            conf = Conference(conf_id, self.conference_uri(conf_id), recent_ids=self.limits.recent_ids,
-                              tls_port=transport.tls_port if transport.tls_server is not None else 0)
+            conf = Conference(
+                conf_id,
+                self.conference_uri(conf_id),
+                recent_ids=self.limits.recent_ids,
+                tls_port=transport.tls_port if transport.tls_server is not None else 0,
+            )
             subject = request.headers.get("Subject")
             conf.subject = subject.replace("\r", " ").replace("\n", " ")[:200] if subject else None
             self.conferences[conf_id] = conf
@@ -173,20 +202,42 @@ class Focus:
         old = conf.members.get(entity)
         if old is not None:  # the same user joins again (a restarted client): the new dialog replaces the old
             self.drop_member(conf, old, announce=False, bye=True, end_if_empty=False)
-        m = Member(entity, request.from_.display_name, joining, dialog=dialog,
-                   cpim=cpim.CONTENT_TYPE in accepts or "*" in accepts, acked=False, server_handle=handle)
-        m.sender = DialogSender(stack, dialog, target, lambda s, r, c=conf, e=entity: self.failed(c, e, s, r),
-                                conf.contact(handle.transport), max_queue=self.limits.max_queue)
+        m = Member(
+            entity,
+            request.from_.display_name,
+            joining,
+            dialog=dialog,
+            cpim=cpim.CONTENT_TYPE in accepts or "*" in accepts,
+            acked=False,
+            server_handle=handle,
+        )
+        m.sender = DialogSender(
+            stack,
+            dialog,
+            target,
+            lambda s, r, c=conf, e=entity: self.failed(c, e, s, r),
+            conf.contact(handle.transport),
+            max_queue=self.limits.max_queue,
+        )
         conf.members[entity] = m
         self.dialogs[dialog.id] = (conf, entity, None)
-        resp = make_response(request, 200, to_tag=local_tag, body=sdp.build(stack.host, stack.port, accept_types=ACCEPT_TYPES),
-                             content_type="application/sdp")
+        resp = make_response(
+            request,
+            200,
+            to_tag=local_tag,
+            body=sdp.build(stack.host, stack.port, accept_types=ACCEPT_TYPES),
+            content_type="application/sdp",
+        )
         resp.headers.set("Contact", conf.contact(handle.transport))
         resp.headers.set("Allow", ALLOW)
         resp.headers.set("Supported", "replaces")
         stack.respond(handle, resp)
-        stack.retransmit_2xx(handle, resp, lambda: m.acked or conf.members.get(m.entity) is not m,
-                             lambda: self.failed(conf, m.entity, 408, "no ACK for the 200 OK"))
+        stack.retransmit_2xx(
+            handle,
+            resp,
+            lambda: m.acked or conf.members.get(m.entity) is not m,
+            lambda: self.failed(conf, m.entity, 408, "no ACK for the 200 OK"),
+        )
         self.stats["joins"] += 1
         self.roster.announce(conf, conf.user_info(m))
 
@@ -221,8 +272,12 @@ class Focus:
         elif method == "REFER":
             self.dialout.refer(conf, m, request, handle)
         elif method == "INVITE":  # re-INVITE: answer with our SDP
-            resp = make_response(request, 200, body=sdp.build(stack.host, stack.port, accept_types=ACCEPT_TYPES),
-                                 content_type="application/sdp")
+            resp = make_response(
+                request,
+                200,
+                body=sdp.build(stack.host, stack.port, accept_types=ACCEPT_TYPES),
+                content_type="application/sdp",
+            )
             resp.headers.set("Contact", conf.contact(handle.transport))
             stack.respond(handle, resp)
         elif method in ("OPTIONS", "INFO", "NOTIFY", "UPDATE"):
@@ -247,8 +302,14 @@ class Focus:
                 continue
             if m.cpim:
                 if wrapped is None:
-                    wrapped = cpim.wrap(sender.entity, conf.entity, request.body, ct_full, message_id=msg_id,
-                                        display_name=sender.display_name)
+                    wrapped = cpim.wrap(
+                        sender.entity,
+                        conf.entity,
+                        request.body,
+                        ct_full,
+                        message_id=msg_id,
+                        display_name=sender.display_name,
+                    )
                 m.sender.push("MESSAGE", wrapped, cpim.CONTENT_TYPE, extra)
             else:
                 m.sender.push("MESSAGE", request.body, ct_full, extra)
@@ -266,8 +327,17 @@ class Focus:
         log.info("conference %s: %s dropped (%s %s)", conf.id, entity, status, reason)
         self.drop_member(conf, m, method="failed", reason=f"{status} {reason}", bye=status != 481)
 
-    def drop_member(self, conf: Conference, m: Member, *, method: str = "departed", reason: str | None = None,
-                    announce: bool = True, bye: bool = False, end_if_empty: bool = True) -> None:
+    def drop_member(
+        self,
+        conf: Conference,
+        m: Member,
+        *,
+        method: str = "departed",
+        reason: str | None = None,
+        announce: bool = True,
+        bye: bool = False,
+        end_if_empty: bool = True,
+    ) -> None:
         if conf.members.get(m.entity) is not m:
             return
         del conf.members[m.entity]
@@ -315,6 +385,7 @@ class Focus:
                 if m.status == "connected" and m.sender is not None and not m.sender.queue:
                     m.sender.push("OPTIONS")
             conf.probe = asyncio.get_running_loop().call_later(self.limits.probe_interval, probe)
+
         conf.probe = asyncio.get_running_loop().call_later(self.limits.probe_interval, probe)
 
     def close(self) -> None:

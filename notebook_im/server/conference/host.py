@@ -2,6 +2,7 @@
 `FocusHost` is what the focus needs of the server it runs in (the proxy implements it; the focus never imports
 the proxy); `FocusParts` is what the roster and dial-out components need of the focus that owns them (the
 focus implements it and imports them, not the other way round)."""
+
 from __future__ import annotations
 
 from typing import Any, Protocol
@@ -31,16 +32,24 @@ class FocusParts(Protocol):
     """What the focus's components (roster.py, dialout.py) use of the focus."""
 
     host: FocusHost
-    limits: Any             # state.FocusLimits
+    limits: Any  # state.FocusLimits
     stats: dict[str, int]
     dialogs: dict[tuple[str, str, str], Any]
-    roster: Any             # roster.Roster (announces roster changes)
+    roster: Any  # roster.Roster (announces roster changes)
 
     def failed(self, conf: Any, entity: str, status: int, reason: str) -> None:
         """A participant stopped answering: drop them."""
 
-    def drop_member(self, conf: Any, m: Any, *, method: str = "departed", reason: str | None = None,
-                    announce: bool = True, bye: bool = False, end_if_empty: bool = True) -> None: ...
+    def drop_member(
+        self,
+        conf: Any,
+        m: Any,
+        *,
+        method: str = "departed",
+        reason: str | None = None,
+        announce: bool = True,
+        bye: bool = False,
+        end_if_empty: bool = True,
+    ) -> None: ...
 
     def refuse_stranger(self, handle: Any) -> None: ...
-

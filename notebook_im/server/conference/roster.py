@@ -2,6 +2,7 @@
 conference URI with `Event: conference`; the focus answers 200 and NOTIFYs `application/conference-info+xml`,
 the full state first (and on every refresh), then a partial document (version + 1) for each join, status change
 and departure. Only participants may subscribe; subscriptions per conference and their expiry are bounded."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +16,6 @@ from ...sip.uri import Address
 from .host import FocusParts
 from .sender import DialogSender
 from .state import Conference, Subscription, entity_of
-
 
 
 class Roster:
@@ -50,10 +50,18 @@ class Roster:
         dialog = Dialog.from_uas(request, local_tag)
         dialog.local_address = Address(conf.uri, "Conference")
         key = dialog.id
-        sender = DialogSender(stack, dialog, target, lambda s, r, c=conf, k=key: self._failed(c, k, s, r),
-                              conf.contact(handle.transport), max_queue=focus.limits.max_queue)
+        sender = DialogSender(
+            stack,
+            dialog,
+            target,
+            lambda s, r, c=conf, k=key: self._failed(c, k, s, r),
+            conf.contact(handle.transport),
+            max_queue=focus.limits.max_queue,
+        )
         sub = Subscription(entity, dialog, sender, time.monotonic() + expires)
-        stack.reply(handle, 200, tag=local_tag, headers={"Expires": str(expires), "Contact": conf.contact(handle.transport)})
+        stack.reply(
+            handle, 200, tag=local_tag, headers={"Expires": str(expires), "Contact": conf.contact(handle.transport)}
+        )
         if expires == 0:  # a fetch: one NOTIFY, terminated
             self.notify(sub, conf.full_document(), terminated="timeout")
             return
@@ -68,8 +76,9 @@ class Roster:
             self.focus.host.stack.reply(handle, 500, "Server Internal Error (CSeq out of order)", tag=False)
             return
         expires = self._expires(request)
-        self.focus.host.stack.reply(handle, 200, tag=False,
-                                    headers={"Expires": str(expires), "Contact": conf.contact(handle.transport)})
+        self.focus.host.stack.reply(
+            handle, 200, tag=False, headers={"Expires": str(expires), "Contact": conf.contact(handle.transport)}
+        )
         if expires == 0:
             self.end(conf, sub, "timeout")
             return

@@ -1,11 +1,12 @@
 """The in-dialog requests of the focus to one participant: sent one at a time in FIFO order (the participant
 checks CSeq order, RFC 3261 §12.2.2, and a chat must not arrive shuffled), from a bounded queue (a participant
 that cannot keep up is dropped rather than let memory grow)."""
+
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from ...core.stack import USER_AGENT, SipStack
 from ...errors import NO_ANSWER
@@ -17,8 +18,16 @@ class DialogSender:
     """`push(method, body, content_type, headers)` queues a request; `on_failure(status, reason)` is called once
     if one times out or gets 408/481/503 (the participant is gone), or the queue overflows."""
 
-    def __init__(self, stack: SipStack, dialog: Dialog, target: Target, on_failure: Callable[[int, str], None],
-                 contact: str, *, max_queue: int) -> None:
+    def __init__(
+        self,
+        stack: SipStack,
+        dialog: Dialog,
+        target: Target,
+        on_failure: Callable[[int, str], None],
+        contact: str,
+        *,
+        max_queue: int,
+    ) -> None:
         self.stack = stack
         self.dialog = dialog
         self.target = target
@@ -30,8 +39,9 @@ class DialogSender:
         self.closed = False
         self.sent = 0
 
-    def push(self, method: str, body: bytes = b"", content_type: str | None = None,
-             extra: dict[str, str] | None = None) -> bool:
+    def push(
+        self, method: str, body: bytes = b"", content_type: str | None = None, extra: dict[str, str] | None = None
+    ) -> bool:
         if self.closed:
             return False
         if len(self.queue) >= self.max_queue:
@@ -51,8 +61,9 @@ class DialogSender:
         stack = self.stack
         while self.queue and not self.closed:
             method, body, ct, extra = self.queue.popleft()
-            req = self.dialog.create_request(method, via=stack.via(self.target.transport), contact=self.contact,
-                                             body=body, content_type=ct)
+            req = self.dialog.create_request(
+                method, via=stack.via(self.target.transport), contact=self.contact, body=body, content_type=ct
+            )
             req.headers.add("User-Agent", USER_AGENT)
             for k, v in extra.items():
                 req.headers.add(k, v)

@@ -1,5 +1,6 @@
 """What a conference is: its members and roster subscriptions, the roster documents (RFC 4575) built from
 them, and the limits that bound every table and queue of the focus."""
+
 from __future__ import annotations
 
 import asyncio
@@ -33,26 +34,26 @@ def entity_of(uri: SipUri) -> str:
 class FocusLimits:
     max_conferences: int = 1000
     max_participants: int = 100
-    max_subscriptions: int = 200          # per conference
-    max_queue: int = 10_000               # requests waiting for one participant; beyond, it is dropped as too slow
-    max_expires: int = 3600               # SUBSCRIBE
+    max_subscriptions: int = 200  # per conference
+    max_queue: int = 10_000  # requests waiting for one participant; beyond, it is dropped as too slow
+    max_expires: int = 3600  # SUBSCRIBE
     default_expires: int = 600
-    probe_interval: float = 300.0         # in-dialog OPTIONS to every participant (finds crashed ones); 0 = off
-    dial_timeout: float = 130.0           # CANCEL a dial-out nobody answers
-    recent_ids: int = 4096                # per conference, for duplicate suppression of retried MESSAGEs
+    probe_interval: float = 300.0  # in-dialog OPTIONS to every participant (finds crashed ones); 0 = off
+    dial_timeout: float = 130.0  # CANCEL a dial-out nobody answers
+    recent_ids: int = 4096  # per conference, for duplicate suppression of retried MESSAGEs
 
 
 @dataclass
 class Member:
     entity: str
     display_name: str | None
-    joining: str                              # dialed-in, dialed-out, focus-owner
-    status: str = "connected"                 # dialing-out, connected
+    joining: str  # dialed-in, dialed-out, focus-owner
+    status: str = "connected"  # dialing-out, connected
     dialog: Dialog | None = None
-    sender: "DialogSender | None" = None
+    sender: DialogSender | None = None
     cpim: bool = False
     acked: bool = True
-    invite_handle: Any = None                 # dial-out: the client transaction (for CANCEL)
+    invite_handle: Any = None  # dial-out: the client transaction (for CANCEL)
     server_handle: ServerHandle | None = None
     joined_at: float = field(default_factory=time.monotonic)
 
@@ -61,7 +62,7 @@ class Member:
 class Subscription:
     entity: str
     dialog: Dialog
-    sender: "DialogSender"
+    sender: DialogSender
     expires_at: float
     timer: asyncio.TimerHandle | None = None
 
@@ -72,11 +73,11 @@ class Conference:
 
     def __init__(self, conf_id: str, uri: SipUri, *, recent_ids: int, tls_port: int = 0) -> None:
         self.id = conf_id
-        self.uri = uri                        # sip:conf-<id>@host:port
-        self.members: "OrderedDict[str, Member]" = OrderedDict()
+        self.uri = uri  # sip:conf-<id>@host:port
+        self.members: OrderedDict[str, Member] = OrderedDict()
         self.subscriptions: dict[tuple[str, str, str], Subscription] = {}
         self.version = 0
-        self.recent: "OrderedDict[str, None]" = OrderedDict()
+        self.recent: OrderedDict[str, None] = OrderedDict()
         self.recent_ids = recent_ids
         self.tls_port = tls_port
         self.created_at = time.monotonic()
@@ -108,22 +109,40 @@ class Conference:
         return False
 
     # -- roster documents ----------------------------------------------------------------------------
-    def user_info(self, m: Member, status: str | None = None, method: str | None = None, reason: str | None = None,
-                  state: str = "full") -> ci.UserInfo:
-        ep = ci.EndpointInfo(entity=m.entity, status=status or m.status, joining_method=m.joining,
-                             disconnection_method=method, disconnection_reason=reason, display_text=m.display_name)
+    def user_info(
+        self,
+        m: Member,
+        status: str | None = None,
+        method: str | None = None,
+        reason: str | None = None,
+        state: str = "full",
+    ) -> ci.UserInfo:
+        ep = ci.EndpointInfo(
+            entity=m.entity,
+            status=status or m.status,
+            joining_method=m.joining,
+            disconnection_method=method,
+            disconnection_reason=reason,
+            display_text=m.display_name,
+        )
         return ci.UserInfo(m.entity, state, m.display_name, (ep,))
 
     def full_document(self) -> bytes:
         users = tuple(self.user_info(m) for m in self.members.values())
-        return ci.build(ci.ConferenceInfo(self.entity, self.version, "full", users, self.subject,
-                                          self.connected_count(), not self.ended))
+        return ci.build(
+            ci.ConferenceInfo(
+                self.entity, self.version, "full", users, self.subject, self.connected_count(), not self.ended
+            )
+        )
 
     def partial_document(self, user: ci.UserInfo) -> bytes:
         """The next version of the roster with one changed user (RFC 4575 §4.6 partial notification)."""
         self.version += 1
-        return ci.build(ci.ConferenceInfo(self.entity, self.version, "partial", (user,), None,
-                                          self.connected_count(), not self.ended))
+        return ci.build(
+            ci.ConferenceInfo(
+                self.entity, self.version, "partial", (user,), None, self.connected_count(), not self.ended
+            )
+        )
 
     def connected_count(self) -> int:
         return sum(1 for m in self.members.values() if m.status == "connected")
