@@ -26,6 +26,8 @@ from pathlib import Path
 from _common import BENCH, COLUMNS, REPO, Context, Row, read_rows, write_csv
 
 ORDER = ("import", "parse", "endpoint-udp", "endpoint-tcp", "relay", "latency", "scale", "pcap")
+# run only when named with --only: minutes each, so they stay out of the ten-minute full run
+OPTIONAL = ("soak",)
 BUDGET = {
     "import": 20,
     "parse": 35,
@@ -35,6 +37,7 @@ BUDGET = {
     "latency": 85,
     "scale": 90,
     "pcap": 90,
+    "soak": 600,  # two soaks of 150,000 messages at 800/s (history off, on), each ~3.5 min
 }
 QUICK_BUDGET = {
     "import": 20,
@@ -45,10 +48,12 @@ QUICK_BUDGET = {
     "latency": 30,
     "scale": 40,
     "pcap": 40,
+    "soak": 150,
 }
 NEEDS = {"endpoint-udp": ("sipp",), "endpoint-tcp": ("sipp",), "relay": ("sipp", "kamailio"), "pcap": ("tshark",)}
 KILL_GRACE = 10  # seconds past the budget before the benchmark's process group is killed
 TOTAL = 570  # all benchmarks together (seconds): a budget is cut to what is left of this, so a run stays < 10 min
+SOAK_TOTAL = 700  # ... except with --only soak, which takes its own ~10 minutes
 
 
 def benchmark(name: str) -> Callable[[Context], None]:
@@ -73,6 +78,10 @@ def benchmark(name: str) -> Callable[[Context], None]:
         from pcap_scale import run
 
         return run
+    if name == "soak":
+        from soak import run
+
+        return run
     from throughput import BENCHMARKS
 
     return BENCHMARKS[name]
@@ -83,12 +92,13 @@ def selected(only: str | None) -> list[str]:
     if not only:
         return list(ORDER)
     names = [n.strip() for n in only.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ORDER]
+    unknown = [n for n in names if n not in ORDER + OPTIONAL]
     if unknown:
         raise SystemExit(
-            f"unknown benchmark {', '.join(unknown)}; --only takes a comma-separated list of {', '.join(ORDER)}"
+            f"unknown benchmark {', '.join(unknown)}; --only takes a comma-separated list of "
+            f"{', '.join(ORDER + OPTIONAL)}"
         )
-    return [n for n in ORDER if n in names]
+    return [n for n in ORDER + OPTIONAL if n in names]
 
 
 def run_child(name: str, rows_file: Path, workdir: Path, quick: bool, budget: float) -> tuple[int | None, float]:
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the selected benchmarks and write the results."""
     ap = argparse.ArgumentParser(description="notebook_im benchmarks, each with its anchor measured in the same run")
     ap.add_argument("--quick", action="store_true", help="a much shorter run (smoke test): 1 s steps, fewer rungs")
-    ap.add_argument("--only", help=f"comma-separated subset of: {', '.join(ORDER)}")
+    ap.add_argument("--only", help=f"comma-separated subset of: {', '.join(ORDER + OPTIONAL)} (soak: only when named)")
     ap.add_argument("--out", default=str(BENCH), help="where results.md and results.csv go (default: bench/)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--rows", help=argparse.SUPPRESS)
@@ -249,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             failed.append(name)
             continue
-        budget = min(budgets[name], TOTAL - KILL_GRACE - (time.monotonic() - t0))
+        total = SOAK_TOTAL if names == ["soak"] else TOTAL
+        budget = min(budgets[name], total - KILL_GRACE - (time.monotonic() - t0))
         if budget < 10:
             notes.append(f"{name}: not run, the run's {TOTAL} s were used up")
             failed.append(name)

@@ -51,6 +51,9 @@ from .errors import (
 from .net.impairment import Impairment
 from .net.memory import MemoryNetwork
 from .record import Trace
+from .record.budget import TraceBudget
+from .record.budget import process_budget as trace_budget
+from .record.recorder import TraceBudgetWarning
 from .runtime import DeadlockError, Operation
 from .sip.transaction import Timers
 
@@ -67,6 +70,7 @@ Trace.analysis.update(
         "messages": "notebook_im.trace.frames:messages_frame",
         "events": "notebook_im.trace.frames:events_frame",
         "drops": "notebook_im.trace.frames:drops_frame",
+        "chat_messages": "notebook_im.trace.conversations:chat_messages",
         "dataset": "notebook_im.trace.dataset:write_dataset",
         "pcap": "notebook_im.trace.pcap:write_pcap",
         "ladder": "notebook_im.trace.ladder:Ladder.from_frame",
@@ -152,6 +156,9 @@ __all__ = [
     "SessionTerminated",
     "Subscription",
     "Timers",
+    "TraceBudget",
+    "TraceBudgetWarning",
+    "trace_budget",
     "Trace",
     "TransactionTimeout",
     "TransportError",

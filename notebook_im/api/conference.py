@@ -42,7 +42,7 @@ from .events import (
     ParticipantState,
     SessionState,
 )
-from .messages import now_utc
+from .messages import ChatMessage, MessageLog, now_utc
 from .participant import Participant
 from .session import ImSession
 
@@ -170,8 +170,17 @@ class ConferenceSession(ImSession):
         self.escalated_from = escalated_from
         self.replaces: Any = None  # incoming: the two-party session this invitation replaces
         self._local_entity = entity_of(self.endpoint.uri)
+        # the conversation this one continues: its messages (the newest window of them) start `messages`
+        self._seed: list[ChatMessage] = []
+        self._seed_log: Any = history
         if history:
-            self.messages = list(history)
+            self._seed = history.recent() if isinstance(history, MessageLog) else list(history)
+            self.messages.extend(self._seed)
+
+    def _stored_messages(self) -> list[ChatMessage]:
+        """The continued conversation's messages this session started with, then its own from the store."""
+        seed = list(self._seed_log)[-len(self._seed) :] if self._seed else []
+        return seed + super()._stored_messages()
 
     # -- properties ---------------------------------------------------------------------------------------
     @property

@@ -5,6 +5,7 @@ how a final response settles a sent message, which content types a user may send
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -52,6 +53,92 @@ class ChatMessage:
     def __post_init__(self) -> None:
         if not self.state:
             self.state = _STATE_OF_STATUS.get(self.status, self.status)
+
+
+DEFAULT_WINDOW = 10_000  # messages a session keeps as ChatMessage objects (Platform(message_window=...))
+
+
+class MessageLog(Sequence[ChatMessage]):
+    """A session's messages (`session.messages`), oldest first: the newest `window` as live `ChatMessage`s, the
+    older ones read back from the history store when asked for.
+
+    Why a window. Each message leaves a ChatMessage at both ends, ~700 B each with its strings and datetimes: a
+    soak of 1,000,000 messages kept 1.4 GB of them, and they are what every full garbage collection walks. The
+    newest `window` (Platform(message_window=...), 10,000 by default: ~7 MB) stay objects, so the states that
+    receipts still change and what a chat panel shows are live; past it the oldest leaves memory, counted in
+    `evicted`. With `Platform(history=...)` every message is in the store, so nothing is lost: `len()` counts
+    them all, and an index, slice or iteration that reaches past the window rebuilds the older ones from the
+    store's events (`loader`; each such access reads the store again, and they are copies, not the live
+    objects). Without a store the window is all there is: `len()` and indexes cover the window only, and
+    `evicted` says how many are gone."""
+
+    def __init__(self, window: int = DEFAULT_WINDOW, loader: Callable[[], list[ChatMessage]] | None = None) -> None:
+        self.window = window
+        self.evicted = 0  # messages that left memory (in the store when there is one, else gone)
+        self._recent: deque[ChatMessage] = deque()
+        self._loader = loader
+
+    def append(self, msg: ChatMessage) -> None:
+        """Add the newest message (the oldest in memory leaves past the window)."""
+        recent = self._recent
+        recent.append(msg)
+        if len(recent) > self.window:
+            recent.popleft()
+            self.evicted += 1
+
+    def extend(self, messages: Iterable[ChatMessage]) -> None:
+        for msg in messages:
+            self.append(msg)
+
+    @property
+    def stored(self) -> bool:
+        """True when messages past the window are read back from a history store."""
+        return self._loader is not None
+
+    def recent(self) -> list[ChatMessage]:
+        """The messages in memory (the newest `window`), as live objects."""
+        return list(self._recent)
+
+    def older(self) -> list[ChatMessage]:
+        """The messages that left memory, rebuilt from the history store (empty without one)."""
+        if self._loader is None or not self.evicted:
+            return []
+        return self._loader()[: self.evicted]
+
+    def __len__(self) -> int:
+        return len(self._recent) + (self.evicted if self._loader is not None else 0)
+
+    def __getitem__(self, key: Any) -> Any:
+        recent = list(self._recent)
+        base = self.evicted if self._loader is not None else 0
+        n = base + len(recent)
+        if isinstance(key, slice):
+            positions = range(*key.indices(n))
+            if not positions or min(positions) >= base:  # within the window: no store read
+                return [recent[i - base] for i in positions]
+            return (self.older() + recent)[key]
+        i = key + n if key < 0 else key
+        if not 0 <= i < n:
+            raise IndexError("session.messages index out of range")
+        if i >= base:
+            return recent[i - base]
+        return self.older()[i]
+
+    def __iter__(self) -> Iterator[ChatMessage]:
+        recent = list(self._recent)
+        yield from self.older()
+        yield from recent
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (MessageLog, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        kept = f"{self.evicted:,} older in the history store" if self.stored else f"{self.evicted:,} older dropped"
+        return f"<MessageLog {len(self._recent):,} in memory (window {self.window:,}), {kept}>"
 
 
 class RecentIds:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..net.impairment import Impairment
 from ..net.memory import MemoryNetwork
+from ..record.budget import TraceBudget, parse_size, process_budget
 from ..record.recorder import Trace
 from ..runtime import Operation, runtime
 from ..sip.transaction import DEFAULT_TIMERS, Timers
@@ -20,6 +21,7 @@ from ..sip.uri import SipUri
 from . import checks
 from .endpoint import Endpoint
 from .manager import parse_remote_uri
+from .messages import DEFAULT_WINDOW
 
 TRANSPORTS = ("udp", "tcp", "tls")
 
@@ -56,16 +58,25 @@ class Platform:
     file as it is recorded, and loads what an earlier run wrote there: `trace.sip()`, `.messages()`,
     `.events()`, `endpoint.history()` and `ChatPanel(endpoint)` show the earlier conversations too. One Platform
     writes a store at a time (`HistoryInUse` otherwise); `shutdown()` flushes and closes it.
+
+    Memory is bounded whatever the traffic: the trace counts against `trace_budget` (by default the process's
+    shared budget, `nim.trace_budget()`, 96 MiB for every platform and server trace together; a TraceBudget to
+    share another, or a size such as "64MiB" for one of its own), evicting its oldest rows past it (still in the
+    history store when there is one); each session keeps its newest `message_window` (10,000) messages as
+    objects, older ones read back from the history store on access. `max_trace_records` caps the SIP messages
+    kept in memory on top of the budget (None: the budget alone).
     """
 
     def __init__(
         self,
         name: str = "notebook_im",
         *,
-        max_trace_records: int | None = 1_000_000,
+        max_trace_records: int | None = None,
         timers: Timers | None = None,
         history: Any = None,
         network: MemoryNetwork | None = None,
+        trace_budget: Any = None,
+        message_window: int = DEFAULT_WINDOW,
     ) -> None:
         if timers is not None and not isinstance(timers, Timers):
             raise TypeError("timers must be a nim.Timers(t1=..., t2=..., t4=...)")
@@ -77,7 +88,17 @@ class Platform:
         self.network = network
         self.name = name
         self.timers = timers or DEFAULT_TIMERS
-        self.trace = Trace(max_records=max_trace_records)
+        if isinstance(message_window, bool) or not isinstance(message_window, int) or message_window < 1:
+            raise ValueError(f"message_window must be a positive int (messages per session), not {message_window!r}")
+        # the newest messages each session keeps as ChatMessage objects (older ones: from the history store)
+        self.message_window = message_window
+        if trace_budget is None:
+            budget = process_budget()  # shared with every Platform and Server of this process
+        elif isinstance(trace_budget, TraceBudget):
+            budget = trace_budget
+        else:
+            budget = TraceBudget(parse_size(trace_budget, "trace_budget"))  # a budget of this trace's own
+        self.trace = Trace(max_records=max_trace_records, budget=budget, name=f"platform {name}")
         self.history_store: Any = None  # the HistoryStore when history= was given
         if history is not None:
             from ..record.store import HistoryStore  # sqlite3 only when asked for

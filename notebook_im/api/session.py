@@ -45,10 +45,12 @@ from .events import (
     SessionTerminated,
 )
 from .messages import (
+    DEFAULT_WINDOW,
     MESSAGE_ATTEMPTS,
     REFUSING,
     TEXT_TYPES,
     ChatMessage,
+    MessageLog,
     RecentIds,
     check_content_type,
     check_message_ids,
@@ -92,7 +94,12 @@ class ImSession(EventSource):
             self.endpoint.uri, is_local=True, session=self, display_name=self.endpoint.display_name
         )
         self._remote = Participant(remote_uri, display_name=display_name, session=self)
-        self.messages: list[ChatMessage] = []
+        # the newest Platform(message_window=...) messages as objects; older ones from the history store (if any)
+        platform = self.endpoint.platform
+        stored = getattr(platform, "history_store", None) is not None
+        self.messages = MessageLog(
+            getattr(platform, "message_window", DEFAULT_WINDOW), self._stored_messages if stored else None
+        )
         self.dialog: Dialog | None = None
         self.terminate_reason: str | None = None
         self._machine = sm.InviteSession(remote_uri, pager_fallback=mode == "auto" and not self.is_conference)
@@ -542,7 +549,10 @@ class ImSession(EventSource):
         if wanted is not None:
             msg.requested, msg.imdn_datetime = wanted.dispositions, wanted.datetime
         self.messages.append(msg)
-        self._unread[msg.id] = msg
+        unread = self._unread
+        unread[msg.id] = msg
+        if len(unread) > self.messages.window:  # bounded like the window: the oldest unread is not marked read
+            del unread[next(iter(unread))]
         self._receiver_message(sender)
         self._emit(
             MessageReceived(
@@ -801,6 +811,10 @@ class ImSession(EventSource):
         self.manager.forget(self)
 
     # -- history (trace frames, pandas imported on use) -----------------------------------------------------------
+    def _stored_messages(self) -> list[ChatMessage]:
+        """This session's messages rebuilt from the history store (what `messages` reads past its window)."""
+        return self.endpoint.platform.trace.chat_messages(owner=self.endpoint.uri, session_id=self.id, full=True)
+
     def history(self, frame: str = "messages") -> Any:
         """This session's rows of `platform.trace.messages()` (or frame="events" / "sip": its SIP messages,
         as seen by this endpoint; in pager mode the out-of-dialog MESSAGEs of the conversation). Same schema as

@@ -27,13 +27,16 @@ import contextlib
 import functools
 import importlib
 import re
+import sys
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .budget import TraceBudget, format_size
 from .extract import FIELDS, extract, fields_of
 from .packed import EventPacker
 
@@ -51,6 +54,29 @@ def redact(raw: bytes) -> bytes:
 
 
 CHUNK = 1024  # rows per sealed chunk of a Column
+# bytes a SIP row holds beyond its raw message: timestamp, address tuples, list slots, the extracted header fields
+# (tracemalloc: ~480 B; tests/trace/test_budget.py holds the estimate to tracemalloc's figure)
+SIP_ROW_OVERHEAD = 512 + sys.getsizeof(b"")
+
+
+class TraceBudgetWarning(UserWarning):
+    """A trace evicted its oldest rows from memory to stay within its byte budget (said once per trace)."""
+
+
+@dataclass(frozen=True)
+class Evicted:
+    """What a trace evicted from memory to stay within its budget: SIP messages and events (rows), their bytes,
+    and of the rows how many are still in the history store (`spilled`: `full=True` reads them back) and how
+    many are gone (`dropped`: no history store was attached)."""
+
+    sip: int = 0
+    events: int = 0
+    bytes: int = 0
+    spilled: int = 0
+    dropped: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.sip or self.events)
 
 
 class Column:
@@ -90,6 +116,19 @@ class Column:
     def extend(self, values: Any) -> None:
         self.tail.extend(values)
         self.seal()
+
+    def drop_first(self, n: int) -> None:
+        """Forget the first n values (eviction): a whole sealed chunk is one list pop; anything else is re-cut."""
+        with self.lock:
+            if n <= 0:
+                return
+            if n == CHUNK and self.chunks:
+                del self.chunks[0]
+                return
+            rest = self.to_list()[n:]
+            self.chunks.clear()
+            self.tail.clear()
+            self.extend(rest)
 
     def clear(self) -> None:
         with self.lock:
@@ -143,6 +182,32 @@ class SipRecord:
     owner: str  # which endpoint or server recorded it
 
 
+@dataclass
+class SipSnapshot:
+    """The SIP columns of a trace at one moment (`Trace.sip_snapshot()`), with the attribute names of the Trace's
+    columns, so the frame builders read either. `first` is the position of its first row among all rows the
+    trace recorded (the rows evicted before it)."""
+
+    sip_ts: list[float]
+    sip_direction: list[str]
+    sip_transport: list[str]
+    sip_local: list[tuple[str, int]]
+    sip_remote: list[tuple[str, int]]
+    sip_raw: list[bytes]
+    sip_owner: list[str]
+    fields: tuple[list, ...]
+    first: int = 0
+
+    def __len__(self) -> int:
+        return len(self.sip_owner)
+
+    def sip_snapshot(self) -> SipSnapshot:
+        return self
+
+    def header_columns(self, n: int) -> tuple[list, ...]:
+        return tuple(c[:n] for c in self.fields)
+
+
 @dataclass(frozen=True)
 class DropRecord:
     timestamp: float
@@ -166,14 +231,21 @@ class Trace:
     def __init__(
         self,
         *,
-        max_records: int | None = 1_000_000,
+        max_records: int | None = None,
         index: str = "eager",
         enabled: bool = True,
         name: str = "",
         max_drops: int = 10_000,
+        budget: TraceBudget | None = None,
     ) -> None:
         if index not in ("eager", "lazy"):
             raise ValueError(f"index must be 'eager' or 'lazy', not {index!r}")
+        if max_records is not None and (isinstance(max_records, bool) or not isinstance(max_records, int)):
+            raise TypeError(f"max_records must be an int or None, not {max_records!r}")
+        if budget is not None and not isinstance(budget, TraceBudget):
+            raise TypeError(f"budget must be a notebook_im.record.budget.TraceBudget or None, not {budget!r}")
+        # a cap on the SIP messages kept in memory on top of the byte budget (None: the budget alone decides):
+        # past it new messages are not kept in memory (counted in dropped_sip; a history store still gets them)
         self.max_records = max_records
         self.max_drops = max_drops  # the drop list keeps the most recent max_drops (at most 2 KB each)
         self.index = index
@@ -211,6 +283,16 @@ class Trace:
         self.dropped_sip = 0  # messages not kept because max_records was reached
         self.skipped = 0  # messages and events not recorded because recording was off
         self.store: Any = None  # a HistoryStore (Platform(history=...)): every record is also queued for it
+        self._reader: Any = None  # the store the evicted rows are read back from (kept after detach_store)
+        # the byte budget (budget.py): bytes of each sealed chunk, oldest first, and what was evicted
+        self._sip_chunk_bytes: deque[int] = deque()
+        self._event_chunk_bytes: deque[int] = deque()
+        self._evicted = {"sip": 0, "events": 0, "bytes": 0, "spilled": 0, "dropped": 0}
+        self._warned = False
+        self.budget: TraceBudget | None = None
+        if budget is not None:
+            self.budget = budget
+            budget.register(self)
 
     def record_sip(
         self,
@@ -259,6 +341,9 @@ class Trace:
             with self._columns_lock:
                 for col in self._sip_columns:
                     col.seal()
+                self._count_sip_chunks()
+            if self.budget is not None:  # (no lock of ours held: the budget may evict from any trace)
+                self.budget.enforce()
 
     def record_drop(self, transport: str, remote: tuple[str, int] | None, reason: str, raw: bytes, owner: str) -> None:
         """Record a datagram or stream chunk that was dropped, with the reason (at most 2 KB of it kept)."""
@@ -280,9 +365,14 @@ class Trace:
         ts = time.time()
         with self._lock:
             self._events.append(self._packer.pack(ts, owner, event))
-            self._events.seal()
+            sealed = len(self._events.tail) >= CHUNK
+            if sealed:
+                self._events.seal()
+                self._count_event_chunks()
         if self.store is not None:
             self.store.put_event(ts, owner, event)
+        if sealed and self.budget is not None:
+            self.budget.enforce()
 
     def load_records(self, sip: list[tuple], drops: list[DropRecord]) -> None:
         """Append SIP messages and drops recorded elsewhere (the history store's earlier ones), without handing them
@@ -298,19 +388,28 @@ class Trace:
                 self.sip_remote.extend(remote)
                 self.sip_raw.extend(raw)
                 self.sip_owner.extend(owner)  # last: readers take len(sip_owner) as the row count
+                with self._columns_lock:
+                    self._count_sip_chunks()
             self.drops.extend(drops)
             self.drops_total += len(drops)
+        if self.budget is not None:
+            self.budget.enforce()
 
     def add_event_records(self, records: list[EventRecord]) -> None:
         """Append events recorded elsewhere (the history store's earlier ones), without handing them to a store."""
         with self._lock:
             pack = self._packer.pack
             self._events.extend([pack(r.timestamp, r.owner, r.event) for r in records])
+            self._count_event_chunks()
+        if self.budget is not None:
+            self.budget.enforce()
 
     def attach_store(self, store: Any) -> None:
         """Also hand every new record to `store` (a `trace.store.HistoryStore`, which writes it on its own
-        thread); Platform(history=...) does this after loading the store's earlier records."""
+        thread); Platform(history=...) does this after loading the store's earlier records. Rows evicted from
+        memory while it is attached stay readable there (`full=True`)."""
         self.store = store
+        self._reader = store
 
     def detach_store(self) -> None:
         """Stop handing records to the store (Platform.shutdown() does this before closing it)."""
@@ -345,6 +444,152 @@ class Trace:
             self._packer.clear()
             self.drops.clear()
             self.dropped_sip = self.skipped = self.drops_total = 0
+            self._sip_chunk_bytes.clear()
+            self._event_chunk_bytes.clear()
+            self._evicted = dict.fromkeys(self._evicted, 0)
+
+    # -- the byte budget (budget.py) -------------------------------------------------------------------------
+    def _count_sip_chunks(self) -> None:
+        """Count the bytes of SIP chunks sealed since the last call (columns' lock held)."""
+        chunks = self.sip_raw.chunks
+        sizes = self._sip_chunk_bytes
+        while len(sizes) < len(self.sip_owner.chunks) and len(sizes) < len(chunks):
+            chunk = chunks[len(sizes)]
+            sizes.append(sum(map(len, chunk)) + SIP_ROW_OVERHEAD * len(chunk))
+
+    def _count_event_chunks(self) -> None:
+        """Count the bytes of event chunks sealed since the last call (the trace's lock held): each packed tuple,
+        its timestamp and its plain values (strings, datetimes); the (REF, n) tuples are shared, not counted."""
+        size = sys.getsizeof
+        chunks = self._events.chunks
+        sizes = self._event_chunk_bytes
+        while len(sizes) < len(chunks):
+            total = 0
+            seen: set[int] = set()  # a value several events share (a text, a constant) counts once per chunk
+            for record in chunks[len(sizes)]:
+                total += size(record) + 24
+                for value in record[3:]:  # None, booleans, "" and small ints are shared: not counted
+                    if value and type(value) is not tuple and type(value) is not bool and id(value) not in seen:
+                        seen.add(id(value))
+                        total += size(value)
+            sizes.append(total)
+
+    def use_budget(self, budget: TraceBudget | None) -> None:
+        """Count this trace against `budget` from now on (None: no budget); a smaller one evicts at once."""
+        if self.budget is not None:
+            self.budget.unregister(self)
+        self.budget = budget
+        if budget is not None:
+            budget.register(self)
+
+    @property
+    def sealed_bytes(self) -> int:
+        """Bytes of the sealed chunks in memory (what the budget counts)."""
+        return sum(self._sip_chunk_bytes) + sum(self._event_chunk_bytes)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the trace in memory, about: the sealed chunks, plus the unsealed tails (under 1,024 rows each)
+        estimated the same way."""
+        tail_raw = sum(map(len, list(self.sip_raw.tail)))
+        n_sip, n_events = len(self.sip_raw.tail), len(self._events.tail)
+        per_event = (sum(self._event_chunk_bytes) // max(1, len(self._event_chunk_bytes) * CHUNK)) or 200
+        return self.sealed_bytes + tail_raw + SIP_ROW_OVERHEAD * n_sip + per_event * n_events
+
+    def oldest_chunk(self) -> tuple[float, str] | None:
+        """(time of its first row, "sip" or "events") of the oldest sealed chunk in memory, or None."""
+        oldest = None
+        with self._columns_lock:
+            if self._sip_chunk_bytes and self.sip_ts.chunks:
+                oldest = (self.sip_ts.chunks[0][0], "sip")
+            if self._event_chunk_bytes and self._events.chunks:
+                ts = self._events.chunks[0][0][0]
+                if oldest is None or ts < oldest[0]:
+                    oldest = (ts, "events")
+        return oldest
+
+    def evict_oldest(self, kind: str) -> int:
+        """Evict the oldest sealed chunk of SIP messages or events from memory (the budget calls this); returns
+        its bytes. With a history store attached the rows stay there (spilled), else they are dropped; either
+        way they are counted in `evicted`, and the first eviction warns once."""
+        if kind == "sip":
+            with self._index_lock, self._columns_lock:
+                if not self._sip_chunk_bytes or not all(c.chunks for c in self._sip_columns):
+                    return 0
+                for col in self._sip_columns:
+                    del col.chunks[0]
+                done = len(self._fields[0])  # the header fields extracted so far cover the first `done` rows
+                for col in self._fields:
+                    col.drop_first(min(done, CHUNK))
+                n = self._sip_chunk_bytes.popleft()
+        else:
+            with self._lock, self._columns_lock:
+                if not self._event_chunk_bytes or not self._events.chunks:
+                    return 0
+                del self._events.chunks[0]
+                n = self._event_chunk_bytes.popleft()
+        counts = self._evicted
+        counts[kind] += CHUNK
+        counts["bytes"] += n
+        counts["spilled" if self.store is not None else "dropped"] += CHUNK
+        if not self._warned:
+            self._warned = True
+            self._warn_evicted(kind)
+        return n
+
+    def _warn_evicted(self, kind: str) -> None:
+        budget = self.budget
+        limit = format_size(budget.limit) if budget is not None else "?"
+        what = "SIP messages" if kind == "sip" else "events"
+        if self.store is not None:
+            fate = (
+                f"they stay in the history store {str(getattr(self.store, 'path', ''))!r}: trace.sip(full=True), "
+                ".messages(full=True) and .events(full=True) read them back"
+            )
+        else:
+            fate = (
+                "they are dropped (no history store: Platform(history='chat.sqlite') keeps everything on disk); "
+                "nim.trace_budget().set_limit('512MiB') keeps more in memory"
+            )
+        warnings.warn(
+            TraceBudgetWarning(
+                f"trace {self.name or 'unnamed'!r}: the trace budget ({limit} for the traces of this process) is "
+                f"full, so the oldest {CHUNK} {what} left memory; {fate}. trace.evicted counts what left"
+            ),
+            stacklevel=3,
+        )
+
+    @property
+    def evicted(self) -> Evicted:
+        """What was evicted from memory to stay within the budget (rows, bytes; spilled to the store or dropped)."""
+        return Evicted(**self._evicted)
+
+    @property
+    def sip_total(self) -> int:
+        """SIP messages recorded in memory since the trace was made or cleared, evicted ones included: a position
+        that stays put when the oldest rows are evicted (`sip_total - len(trace)` rows are gone)."""
+        with self._columns_lock:
+            return self._evicted["sip"] + len(self.sip_owner)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters: rows and bytes in memory, what was evicted (spilled or dropped), skipped and capped rows,
+        drops, the budget."""
+        ev = self.evicted
+        return {
+            "sip_messages": len(self),
+            "events": self.event_count,
+            "bytes": self.nbytes,
+            "evicted_sip": ev.sip,
+            "evicted_events": ev.events,
+            "evicted_bytes": ev.bytes,
+            "spilled": ev.spilled,
+            "dropped": ev.dropped,
+            "dropped_sip_max_records": self.dropped_sip,
+            "skipped": self.skipped,
+            "drops": self.drops_total,
+            "budget": self.budget.limit if self.budget is not None else None,
+        }
 
     def header_columns(self, n: int) -> tuple[list, ...]:
         """The extracted header columns (extract.FIELDS) of the first n rows, extracting any not done yet: what the
@@ -373,6 +618,23 @@ class Trace:
                 self.sip_remote[lo:hi],
                 self.sip_raw[lo:hi],
                 self.sip_owner[lo:hi],
+            )
+
+    def sip_snapshot(self) -> SipSnapshot:
+        """Every SIP column and extracted header field, read together under the trace's locks: what the frame
+        builders read, so that rows evicted (or recorded) meanwhile cannot shift one column against another."""
+        with self._index_lock, self._columns_lock:
+            n = len(self.sip_owner)
+            done = len(self._fields[0])
+            if done < n:  # extract what a lazy index (or rows loaded from a store) left undone
+                appenders = [c.append for c in self._fields]
+                for raw in self.sip_raw[done:n]:
+                    for append, value in zip(appenders, extract(raw)):
+                        append(value)
+                for col in self._fields:
+                    col.seal()
+            return SipSnapshot(
+                *(c[:n] for c in self._sip_columns), tuple(c[:n] for c in self._fields), self._evicted["sip"]
             )
 
     def sip_records(self) -> list[SipRecord]:
@@ -409,7 +671,17 @@ class Trace:
 
     def __repr__(self) -> str:
         off = "" if self.enabled else " (recording off)"
-        return f"<Trace {len(self)} SIP messages, {len(self._events)} events, {len(self.drops)} dropped{off}>"
+        ev = self.evicted
+        evicted = ""
+        if ev:
+            fate = f"{ev.spilled:,} in the history store" if ev.spilled else ""
+            fate += (", " if fate and ev.dropped else "") + (f"{ev.dropped:,} dropped" if ev.dropped else "")
+            evicted = f"; evicted {ev.sip:,} SIP messages and {ev.events:,} events ({fate})"
+        budget = f", {format_size(self.nbytes)} of a {format_size(self.budget.limit)} budget" if self.budget else ""
+        return (
+            f"<Trace {len(self)} SIP messages, {len(self._events)} events, {len(self.drops)} dropped{budget}"
+            f"{evicted}{off}>"
+        )
 
     # -- analysis (pandas, imported on first use) -------------------------------------------------------
     # The bodies of these methods live in the analysis layer (frames.py, pcap.py, dataset.py, ladder.py,
@@ -425,26 +697,88 @@ class Trace:
         module, _, attr = target.partition(":")
         return functools.reduce(getattr, attr.split("."), importlib.import_module(module))
 
-    def sip(self, *, owner: str | None = None, call_id: str | None = None, raw: bool = True) -> pd.DataFrame:
-        """One row per SIP message on the wire (schema: `notebook_im.trace.frames.SIP_SCHEMA`).
-        `raw=False` leaves out the raw message text (faster for very large traces)."""
-        return self._view("sip")(self, owner=owner, call_id=call_id, raw=raw)
+    def stored(
+        self,
+        *,
+        owner: str | None = None,
+        session_id: str | None = None,
+        sip: bool = True,
+        events: bool = True,
+        drops: bool = True,
+    ) -> Trace:
+        """A new Trace (no budget) holding every record of the history store (of `owner`; the events of the session
+        `session_id`): what this trace evicted from memory, the rows in memory, and earlier runs. It reads all of
+        them into memory; for larger stores query the file with SQL (`platform.history_store.path`)."""
+        reader = self._reader
+        if reader is None:
+            raise ValueError(
+                f"trace {self.name or 'unnamed'!r} has no history store to read from; Platform(history='chat.sqlite') "
+                "keeps every record on disk"
+            )
+        sip_rows, event_records, drop_records = reader.read(
+            owner=owner, session_id=session_id, sip=sip, events=events, drops=drops
+        )
+        out = Trace(index="lazy", name=f"{self.name} (history store)")
+        out.load_records(sip_rows, drop_records)
+        out.add_event_records(event_records)
+        return out
+
+    def _source(self, full: bool, **filters: Any) -> Trace:
+        """The trace a frame is built from: this one, or with `full=True` the history store's whole record."""
+        if not full:
+            return self
+        if self._reader is None:
+            if self.evicted:
+                ev = self.evicted
+                raise ValueError(
+                    f"full=True: trace {self.name or 'unnamed'!r} evicted {ev.sip:,} SIP messages and {ev.events:,} "
+                    "events to stay within its budget and has no history store that keeps them (they were dropped); "
+                    "without full=True the frame shows what is in memory; Platform(history='chat.sqlite') keeps "
+                    "everything"
+                )
+            return self
+        return self.stored(**filters)
+
+    def sip(
+        self, *, owner: str | None = None, call_id: str | None = None, raw: bool = True, full: bool = False
+    ) -> pd.DataFrame:
+        """One row per SIP message on the wire (schema: `notebook_im.trace.frames.SIP_SCHEMA`), of those in memory
+        (the newest that fit the budget; `evicted` says what left), or with `full=True` of everything the
+        history store holds (every run). `raw=False` leaves out the raw message text (faster for very large
+        traces)."""
+        source = self._source(full, owner=owner, events=False, drops=False)
+        return self._view("sip")(source, owner=owner, call_id=call_id, raw=raw)
 
     def messages(
-        self, *, owner: str | None = None, session_id: str | None = None, source: str = "auto"
+        self,
+        *,
+        owner: str | None = None,
+        session_id: str | None = None,
+        source: str = "auto",
+        full: bool = False,
     ) -> pd.DataFrame:
         """One row per IM message sent or received (schema: `frames.MESSAGES_SCHEMA`). `source="events"`
         builds it from the API events, `"sip"` reconstructs it from the SIP messages (what a pcap gives),
-        `"auto"` uses the events when there are any."""
-        return self._view("messages")(self, owner=owner, session_id=session_id, source=source)
+        `"auto"` uses the events when there are any. `full=True` reads the history store's whole record instead
+        of what is in memory."""
+        sip = source == "sip" or (source == "auto" and session_id is None)
+        trace = self._source(full, owner=owner, session_id=session_id, sip=sip, drops=False)
+        return self._view("messages")(trace, owner=owner, session_id=session_id, source=source)
 
-    def events(self, *, owner: str | None = None, session_id: str | None = None) -> pd.DataFrame:
-        """One row per API event (schema: `frames.EVENTS_SCHEMA`)."""
-        return self._view("events")(self, owner=owner, session_id=session_id)
+    def events(self, *, owner: str | None = None, session_id: str | None = None, full: bool = False) -> pd.DataFrame:
+        """One row per API event (schema: `frames.EVENTS_SCHEMA`); `full=True` as for `messages()`."""
+        trace = self._source(full, owner=owner, session_id=session_id, sip=False, drops=False)
+        return self._view("events")(trace, owner=owner, session_id=session_id)
 
-    def drops_frame(self) -> pd.DataFrame:
+    def drops_frame(self, *, full: bool = False) -> pd.DataFrame:
         """One row per dropped datagram or stream chunk (schema: `frames.DROPS_SCHEMA`)."""
-        return self._view("drops")(self)
+        return self._view("drops")(self._source(full, sip=False, events=False))
+
+    def chat_messages(self, *, owner: str, session_id: str, full: bool = False) -> list[Any]:
+        """The `ChatMessage`s of one session of `owner`, rebuilt from its events (trace/conversations.py), oldest
+        first; `full=True` from the history store (what `session.messages` reads for its evicted part)."""
+        trace = self._source(full, owner=owner, session_id=session_id, sip=False, drops=False)
+        return self._view("chat_messages")(trace, owner=owner, session_id=session_id)
 
     def to_parquet(self, path: Any, *, frame: str = "sip", **kwargs: Any) -> None:
         """Write one frame ("sip", "messages" or "events") to Parquet (pyarrow)."""

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import NotebookImError
-from .recorder import DropRecord, EventRecord
+from .recorder import SIP_ROW_OVERHEAD, DropRecord, EventRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     import sqlite3
@@ -462,6 +462,61 @@ def _insert(db: sqlite3.Connection, table: str, values: list) -> None:
         i += size
 
 
+def _select(
+    db: sqlite3.Connection,
+    codec: EventCodec,
+    *,
+    first: dict[str, int],
+    owner: str | None = None,
+    session_id: str | None = None,
+) -> tuple[list[tuple], list[EventRecord], list[DropRecord], int]:
+    """The valid rows of each table from id `first[table]` on (of `owner`; events of `session_id`), oldest first:
+    (SIP rows as `Trace.load_records` takes them, events, drops, events that did not decode)."""
+    where = {t: "" for t in first}
+    params: dict[str, list[Any]] = {t: [first[t]] for t in first}
+    if owner is not None:
+        for t in where:
+            where[t] += " AND owner = ?"
+            params[t].append(owner)
+    if session_id is not None:
+        where["events"] += " AND session_id = ?"
+        params["events"].append(session_id)
+    sip = db.execute(
+        "SELECT timestamp, owner, direction, transport, local_host, local_port, remote_host, "
+        f"remote_port, raw FROM sip WHERE id >= ? AND {_VALID['sip']}{where['sip']} ORDER BY id",
+        params["sip"],
+    ).fetchall()
+    rows = db.execute(
+        f"SELECT timestamp, owner, type, fields FROM events WHERE id >= ? AND {_VALID['events']}{where['events']} "
+        "ORDER BY id",
+        params["events"],
+    ).fetchall()
+    drops = db.execute(
+        "SELECT timestamp, owner, transport, remote_host, remote_port, reason, raw FROM drops "
+        f"WHERE id >= ? AND {_VALID['drops']}{where['drops']} ORDER BY id",
+        params["drops"],
+    ).fetchall()
+    events = []
+    bad = 0
+    for ts, who, kind, fields in rows:
+        try:
+            events.append(EventRecord(ts, who, codec.decode(kind, fields)))
+        except Exception:  # noqa: BLE001 - BadRecord, bad JSON, too deep: one row, never the whole history
+            bad += 1
+    return (
+        [
+            (ts, who, direction, transport, (lh, lp), (rh, rp), bytes(raw))
+            for ts, who, direction, transport, lh, lp, rh, rp, raw in sip
+        ],
+        events,
+        [
+            DropRecord(ts, transport, None if rh is None else (rh, rp), reason, bytes(raw), who)
+            for ts, who, transport, rh, rp, reason, raw in drops
+        ],
+        bad,
+    )
+
+
 class HistoryStore:
     """A SQLite file the trace is appended to as it records (see the module docstring). Made by
     `Platform(history=path)`, which loads the earlier records into its trace and attaches the store; `codec`
@@ -544,19 +599,20 @@ class HistoryStore:
         return db
 
     def load_into(self, trace: Trace) -> None:
-        """Append the stored records to `trace` (the newest `trace.max_records` SIP messages and events, the
-        newest `max_drops` drops) and remember the events as `earlier`. Header fields of the SIP messages are
-        extracted on the first frame build, so opening a large store stays fast.
+        """Append the stored records to `trace` (the newest SIP messages and events that fit its budget, or
+        `trace.max_records` of each when that is set; the newest `max_drops` drops) and remember the events as
+        `earlier`. Header fields of the SIP messages are extracted on the first frame build, so opening a large
+        store stays fast. What is not loaded stays in the store: `trace.sip(full=True)` reads everything.
 
         A row this version cannot use (a NULL or a number where text goes, a blob too large for a SIP message,
         a timestamp pandas cannot hold, JSON that does not decode or does not fit its event class) is skipped
         and counted in `skipped` (and logged once): one bad row, whoever wrote it, must not lock the user out
         of the rest of their history."""
-        cap = trace.max_records if trace.max_records is not None else -1
         db = self._db
-        # the newest `limit` rows of each table, as before; of those, the malformed ones are counted, not loaded
+        # the newest `limit` rows of each table; of those, the malformed ones are counted, not loaded
         # (range scans over that window only: opening a large store stays as fast as it was)
-        limits = {"sip": cap, "events": cap, "drops": trace.max_drops}
+        limits = {"sip": self._load_limit(db, trace, "sip"), "events": self._load_limit(db, trace, "events")}
+        limits["drops"] = trace.max_drops
         first = {
             t: db.execute(f"SELECT min(id) FROM (SELECT id FROM {t} ORDER BY id DESC LIMIT ?)", (n,)).fetchone()[0]
             for t, n in limits.items()
@@ -568,40 +624,12 @@ class HistoryStore:
             ]
             for t in limits
         }
-        sip = db.execute(
-            "SELECT id, timestamp, owner, direction, transport, local_host, local_port, remote_host, "
-            f"remote_port, raw FROM sip WHERE id >= ? AND {_VALID['sip']} ORDER BY id",
-            (first["sip"],),
-        ).fetchall()
-        rows = db.execute(
-            f"SELECT id, timestamp, owner, type, fields FROM events WHERE id >= ? AND {_VALID['events']} ORDER BY id",
-            (first["events"],),
-        ).fetchall()
-        drops = db.execute(
-            "SELECT id, timestamp, owner, transport, remote_host, remote_port, reason, raw FROM drops "
-            f"WHERE id >= ? AND {_VALID['drops']} ORDER BY id",
-            (first["drops"],),
-        ).fetchall()
-        earlier = []
-        for _, ts, owner, kind, fields in rows:
-            try:
-                earlier.append(EventRecord(ts, owner, self.codec.decode(kind, fields)))
-            except Exception:  # noqa: BLE001 - BadRecord, bad JSON, too deep: one row, never the whole history
-                skipped["events"] += 1
-        events = earlier
-        trace.load_records(
-            [
-                (ts, owner, direction, transport, (lh, lp), (rh, rp), bytes(raw))
-                for _, ts, owner, direction, transport, lh, lp, rh, rp, raw in sip
-            ],
-            [
-                DropRecord(ts, transport, None if rh is None else (rh, rp), reason, bytes(raw), owner)
-                for _, ts, owner, transport, rh, rp, reason, raw in drops
-            ],
-        )
+        sip, earlier, drops, bad = _select(db, self.codec, first=first)
+        skipped["events"] += bad
+        trace.load_records(sip, drops)
         self.earlier = earlier
         trace.add_event_records(self.earlier)  # (takes the trace's lock itself)
-        self.loaded = {"sip": len(sip), "events": len(events), "drops": len(drops)}
+        self.loaded = {"sip": len(sip), "events": len(earlier), "drops": len(drops)}
         self.skipped = skipped
         if any(skipped.values()):
             log.warning(
@@ -610,6 +638,57 @@ class HistoryStore:
                 sum(skipped.values()),
                 ", ".join(f"{v} {k}" for k, v in skipped.items() if v),
             )
+
+    @staticmethod
+    def _load_limit(db: sqlite3.Connection, trace: Trace, table: str) -> int:
+        """How many of the newest rows of `table` to load into `trace`: `max_records` if set, and no more than
+        half of the trace's budget for SIP messages, a quarter for events (the average size of the newest 1,000
+        rows, measured the way the recorder counts them); -1 for all."""
+        caps = []
+        if trace.max_records is not None:
+            caps.append(trace.max_records)
+        budget = trace.budget.limit if trace.budget is not None else None
+        if budget is not None:
+            column, share, overhead = ("raw", 2, SIP_ROW_OVERHEAD) if table == "sip" else ("fields", 4, 250)
+            avg = db.execute(
+                f"SELECT avg(length({column})) FROM (SELECT {column} FROM {table} ORDER BY id DESC LIMIT 1000)"
+            ).fetchone()[0]
+            caps.append(int(budget // share // ((avg or 0) + overhead)))
+        return min(caps) if caps else -1
+
+    def read(
+        self,
+        *,
+        owner: str | None = None,
+        session_id: str | None = None,
+        sip: bool = True,
+        events: bool = True,
+        drops: bool = True,
+        timeout: float = 10.0,
+    ) -> tuple[list[tuple], list[EventRecord], list[DropRecord]]:
+        """Every record in the store (of `owner`; events of the session `session_id`), oldest first, in the forms
+        `Trace.load_records` and `Trace.add_event_records` take: what a trace evicted from memory read back
+        (`trace.stored()`, `full=True`). Waits for what is queued to be committed, then reads on a connection of
+        its own (read-only; WAL: the writer goes on meanwhile), also after `close()`. Malformed rows are skipped
+        as in `load_into`. It reads everything asked for into memory: for stores larger than memory, query the
+        file with SQL instead (sqlite3, DuckDB: the schema is in the module docstring)."""
+        import sqlite3
+
+        if not self._closed:
+            self.flush(timeout)
+        try:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        except sqlite3.Error as exc:
+            raise HistoryError(f"cannot read the history store {str(self.path)!r}: {exc}") from None
+        try:
+            skip = 2**63 - 1
+            first = {"sip": 0 if sip else skip, "events": 0 if events else skip, "drops": 0 if drops else skip}
+            sip_rows, event_rows, drop_rows, _ = _select(
+                db, self.codec, first=first, owner=owner, session_id=session_id
+            )
+        finally:
+            db.close()
+        return sip_rows, event_rows, drop_rows
 
     # -- writing (the recorder calls put_*, any thread: one deque append each) ----------------------------------
     def start(self) -> HistoryStore:

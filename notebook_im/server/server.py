@@ -16,6 +16,7 @@ from typing import Any
 
 from ..net.memory import MemoryNetwork, memory_transport
 from ..net.transport import TransportLayer
+from ..record.budget import process_budget
 from ..record.recorder import Trace
 from ..runtime import Operation, runtime
 from ..sip.transaction import DEFAULT_TIMERS, Timers
@@ -73,7 +74,7 @@ class Server:
                 "offline_limits must be a nim.OfflineLimits(max_per_user=..., max_total=..., ttl=...), "
                 f"not {type(offline_limits).__name__}"
             )
-        self.trace = Trace()
+        self.trace = Trace(budget=process_budget(), name="server")  # shares the process's trace budget
         self.registrar = Registrar(min_expires=min_expires, max_expires=max_expires)
         self.auth = Authenticator(users, realm=realm) if users else None
         if network is not None and tls is not None:

@@ -183,3 +183,10 @@ def earlier_conversations(records: Iterable[EventRecord], owner: str) -> list[Ea
     out = [c for c in convs.values() if c.messages]
     out.sort(key=lambda c: c.ended, reverse=True)
     return out
+
+
+def chat_messages(trace: Any, *, owner: str, session_id: str) -> list[ChatMessage]:
+    """The `ChatMessage`s of the session `session_id` of endpoint `owner` in `trace`'s events, oldest first
+    (`Trace.chat_messages`: what `session.messages` reads back from the history store for its evicted part). A
+    message whose send was never settled stays "sending"."""
+    return [item.message for item in rebuild(trace.event_records(), owner).messages if item.session_id == session_id]

@@ -521,18 +521,31 @@ def write_dataset(trace: Trace, path: str | os.PathLike, *, compression: str = "
     root.mkdir(parents=True, exist_ok=True)
     _write_marker(root, None)
     key = str(root.resolve())
-    n = len(trace)
+    snap = trace.sip_snapshot()  # one consistent read; positions count the rows the budget evicted too
+    n = len(snap)
+    total = snap.first + n
     done = _FLUSHED.get(trace, {}).get(key, 0)
-    if done > n:
+    if done > total:
         done = 0  # cleared since: start again
     import_id = new_import_id()
     t0 = time.perf_counter()
     writer = DatasetWriter(root, import_id, compression=compression)
     try:
-        fields = trace.header_columns(n)
-        for lo in range(done, n, _FLUSH_ROWS):
+        fields = snap.fields
+        for lo in range(max(done - snap.first, 0), n, _FLUSH_ROWS):  # (rows evicted before a flush are not here)
             hi = min(n, lo + _FLUSH_ROWS)
-            ts, direction, transport, local, remote, raw, owner = trace.sip_columns(lo, hi)
+            ts, direction, transport, local, remote, raw, owner = (
+                c[lo:hi]
+                for c in (
+                    snap.sip_ts,
+                    snap.sip_direction,
+                    snap.sip_transport,
+                    snap.sip_local,
+                    snap.sip_remote,
+                    snap.sip_raw,
+                    snap.sip_owner,
+                )
+            )
             names: dict[Any, str] = {}
 
             def name(a: Any, names: dict[Any, str] = names) -> str:
@@ -552,7 +565,7 @@ def write_dataset(trace: Trace, path: str | os.PathLike, *, compression: str = "
     except BaseException:
         writer.abort()
         raise
-    _FLUSHED.setdefault(trace, {})[key] = n
+    _FLUSHED.setdefault(trace, {})[key] = total
     seconds = time.perf_counter() - t0
     _write_marker(
         root,

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..record.recorder import Trace
+    from ..record.recorder import SipSnapshot, Trace
 
 UTC_NS = pd.DatetimeTZDtype("ns", "UTC")
 STRING = pd.StringDtype()
@@ -278,8 +278,12 @@ def _codes(values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
 
 
 # -- the SIP frame ----------------------------------------------------------------------------------------
-def sip_frame(trace: Trace, *, owner: str | None = None, call_id: str | None = None, raw: bool = True) -> pd.DataFrame:
-    n = len(trace.sip_owner)  # owner is appended last: every column has at least n entries
+def sip_frame(
+    trace: Trace | SipSnapshot, *, owner: str | None = None, call_id: str | None = None, raw: bool = True
+) -> pd.DataFrame:
+    # every column read together: rows evicted (or recorded) meanwhile cannot shift one column against another
+    trace = trace.sip_snapshot()
+    n = len(trace.sip_owner)
     if n == 0:
         df = empty(SIP_SCHEMA)
         return df if raw else df.drop(columns="raw")
@@ -488,10 +492,11 @@ def _messages_rows_from_events(trace: Trace) -> list[tuple]:
 _NOT_IM = ("application/im-iscomposing+xml", "message/imdn+xml")
 
 
-def _messages_rows_from_sip(trace: Trace) -> list[tuple]:
+def _messages_rows_from_sip(trace: Trace | SipSnapshot) -> list[tuple]:
     from ..im import cpim, imdn
     from ..sip.parser import parse_message
 
+    trace = trace.sip_snapshot()  # one consistent read for the frame and the raw messages below
     df = sip_frame(trace, raw=False)
     if df.empty:
         return []

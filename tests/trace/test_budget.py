@@ -1,0 +1,329 @@
+"""The trace budget (record/budget.py) and the session window (api/messages.MessageLog): memory stays bounded
+however long a chat runs, what leaves memory is counted (and, with a history store, read back), and nothing is
+lost silently. Each documented promise of docs/traces.md "Memory: the trace budget" is tried here."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+import tracemalloc
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pytest
+
+import notebook_im as nim
+from notebook_im.api.messages import ChatMessage, MessageLog, now_utc
+from notebook_im.record.budget import TraceBudget, format_size, parse_size
+from notebook_im.record.recorder import CHUNK, Trace, TraceBudgetWarning
+from tests.helpers import accept_all
+
+SAMPLE = (
+    "MESSAGE sip:bob@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK{i}x;rport\r\n"
+    "Max-Forwards: 70\r\nFrom: <sip:alice@example.test>;tag=49583{i}\r\nTo: <sip:bob@example.test>;tag=8321\r\n"
+    "Call-ID: asd88asd77a{i}@127.0.0.1\r\nCSeq: {i} MESSAGE\r\nContent-Type: text/plain;charset=UTF-8\r\n"
+    "Imdn-Message-ID: {i:012d}\r\nDateTime: 2024-05-01T18:00:00.000Z\r\n"
+    "Disposition-Notification: positive-delivery, display\r\nContent-Length: 9\r\n\r\nhello {i:03d}"
+)
+
+
+def sip_message(i: int) -> bytes:
+    return SAMPLE.format(i=i).encode()
+
+
+def record(trace: Trace, i: int) -> None:
+    raw = sip_message(i)
+    trace.record_sip("in", "udp", ("127.0.0.1", 5070), ("127.0.0.1", 5080 + i % 7), raw, "sip:bob@x", message=None)
+
+
+# -- the byte budget ----------------------------------------------------------------------------------------------
+def test_sizes_parse_and_refuse_nonsense() -> None:
+    assert parse_size("256MiB") == 256 * 2**20 and parse_size("1.5GiB") == int(1.5 * 2**30)
+    assert parse_size("500MB") == 500 * 10**6 and parse_size(4096) == 4096 and parse_size(None) is None
+    assert parse_size("unlimited") is None and format_size(128 * 2**20) == "128 MiB"
+    for bad in ("lots", "12 parsecs", -1):
+        with pytest.raises(ValueError, match="size such as|negative"):
+            parse_size(bad)
+    for bad in (True, 1.5, [1]):
+        with pytest.raises(TypeError):
+            parse_size(bad)
+    with pytest.raises(ValueError, match="trace_budget"):
+        nim.Platform("bad", trace_budget="a lot")
+    with pytest.raises(ValueError, match="message_window"):
+        nim.Platform("bad", message_window=0)
+
+
+def test_budget_holds_and_evicted_rows_add_up() -> None:
+    budget = TraceBudget("1MiB")
+    trace = Trace(budget=budget, name="t")
+    recorded = 0
+    with pytest.warns(TraceBudgetWarning, match="dropped") as caught:
+        for i in range(20 * CHUNK):
+            record(trace, i)
+            recorded += 1
+            if i % 500 == 0:
+                assert trace.sealed_bytes <= budget.limit, "the sealed chunks stay within the budget"
+    assert len(caught) == 1, "the first eviction warns, once"
+    ev = trace.evicted
+    assert ev.sip > 0 and ev.sip % CHUNK == 0 and ev.dropped == ev.sip + ev.events and ev.spilled == 0
+    assert len(trace) + ev.sip == recorded == trace.sip_total, "every recorded row is in memory or counted"
+    # the newest rows are the ones kept
+    df = trace.sip()
+    assert df["cseq"].iloc[-1] == recorded - 1 and df["cseq"].iloc[0] == ev.sip
+    assert "evicted" in repr(trace) and "dropped" in repr(trace) and trace.stats["evicted_sip"] == ev.sip
+    with pytest.raises(ValueError, match="dropped"):
+        trace.sip(full=True)  # nothing to read them back from: said, not an empty answer
+
+
+def test_accounting_matches_tracemalloc() -> None:
+    """The bytes the budget counts for SIP rows are within 25 % of what the rows really hold (tracemalloc)."""
+    raws = [sip_message(i) for i in range(8 * CHUNK)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        trace = Trace(budget=TraceBudget(None))
+        for raw in raws:  # the raw bytes are made here, as a socket read makes them: counted by both
+            trace.record_sip("in", "udp", ("127.0.0.1", 5070), ("127.0.0.1", 5080), bytes(bytearray(raw)), "o")
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.75 <= trace.nbytes / held <= 1.25, f"counted {trace.nbytes:,} B, tracemalloc {held:,} B"
+
+
+@dataclass
+class _Said:
+    """An event of the shape the API emits: a shared live object, fresh strings and datetimes, shared constants."""
+
+    session: object
+    text: str
+    message_id: str
+    mode: str
+    status: int
+    latency: float
+    sent_at: datetime
+    timestamp: datetime
+    call_id: str
+
+
+def test_event_accounting_matches_tracemalloc() -> None:
+    """... and for events (fresh values made as the API makes them, then held by the trace alone)."""
+    session = object()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        trace = Trace(budget=TraceBudget(None))
+        for i in range(8 * CHUNK):
+            now = datetime.now(timezone.utc)
+            trace.record_event(
+                "sip:alice@example.test",
+                _Said(session, f"message number {i}", f"{i:012x}", "session", 200, i / 7, now, now, "abc@host"),
+            )
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.75 <= trace.nbytes / held <= 1.25, f"counted {trace.nbytes:,} B, tracemalloc {held:,} B"
+
+
+def test_traces_share_a_budget_oldest_first() -> None:
+    budget = TraceBudget(6 * CHUNK * 1200)
+    old, new = Trace(budget=budget, name="old"), Trace(budget=budget, name="new")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TraceBudgetWarning)
+        for i in range(4 * CHUNK):
+            record(old, i)
+        for i in range(4 * CHUNK):
+            record(new, i)
+    assert budget.used <= budget.limit
+    assert old.evicted.sip >= CHUNK and new.evicted.sip == 0, "the oldest chunks go first, whichever trace"
+    budget.set_limit(2 * CHUNK * 1200)  # a smaller limit evicts at once
+    assert budget.used <= budget.limit and len(old) < CHUNK
+    assert budget.stats()["traces"] == 2 and "TraceBudget" in repr(budget)
+
+
+def test_max_records_still_caps_on_top_of_the_budget() -> None:
+    trace = Trace(max_records=100, budget=TraceBudget("64MiB"))
+    for i in range(250):
+        record(trace, i)
+    assert len(trace) == 100 and trace.dropped_sip == 150 and not trace.evicted
+
+
+def test_frames_stay_aligned_while_rows_are_evicted() -> None:
+    """A frame built while the loop thread records (and evicts) has every row whole: its columns come from one
+    consistent snapshot."""
+    import threading
+
+    trace = Trace(budget=TraceBudget(3 * CHUNK * 1200))
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set() and i < 200 * CHUNK:
+            record(trace, i)
+            i += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TraceBudgetWarning)
+        t = threading.Thread(target=writer)
+        t.start()
+        try:
+            for _ in range(10):
+                df = trace.sip()
+                if len(df):
+                    # the CSeq, the Call-ID and the raw text of a row are of the same message
+                    assert (df["call_id"] == "asd88asd77a" + df["cseq"].astype(str) + "@127.0.0.1").all()
+                    assert df["raw"].str.contains("CSeq: ").all()
+        finally:
+            stop.set()
+            t.join()
+
+
+# -- the session window -------------------------------------------------------------------------------------------
+def _msg(i: int) -> ChatMessage:
+    return ChatMessage(str(i), "out", "a", "b", f"m{i}", "text/plain", now_utc(), "delivered")
+
+
+def test_message_log_without_store_keeps_the_window() -> None:
+    log = MessageLog(window=5)
+    for i in range(12):
+        log.append(_msg(i))
+    assert len(log) == 5 and log.evicted == 7 and not log.stored
+    assert [m.text for m in log] == ["m7", "m8", "m9", "m10", "m11"]
+    assert log[0].text == "m7" and log[-1].text == "m11" and [m.text for m in log[1:3]] == ["m8", "m9"]
+    assert "7 older dropped" in repr(log)
+    with pytest.raises(IndexError):
+        log[5]
+    assert MessageLog() == [] and log == log.recent()
+
+
+def test_message_log_with_store_reads_old_part_back() -> None:
+    everything = [_msg(i) for i in range(12)]
+    reads = []
+
+    def loader() -> list[ChatMessage]:
+        reads.append(1)
+        return everything
+
+    log = MessageLog(window=5, loader=loader)
+    for m in everything:
+        log.append(m)
+    assert len(log) == 12 and log.evicted == 7 and log.stored
+    assert log[-1] is everything[-1] and log[-5:] == everything[-5:] and not reads, "the window needs no store"
+    assert log[0].text == "m0" and log[3:9] == everything[3:9] and [m.text for m in log] == [m.text for m in everything]
+    assert reads
+
+
+# -- end to end: a soak through the embedded server with a small budget -------------------------------------------
+def _soak(platform: nim.Platform, server, count: int) -> tuple[object, object, list[str]]:
+    alice = platform.endpoint("sip:alice@example.test", server=server).result(10)
+    bob = platform.endpoint("sip:bob@example.test", server=server).result(10)
+    accept_all(bob)
+    got: list[str] = []
+    bob.on(nim.MessageReceived, lambda e: got.append(e.text))
+    session = alice.sessions.create("sip:bob@example.test").result(10)
+    ops = [session.send(f"m{i}") for i in range(count)]
+    for op in ops:
+        op.result(60)
+    deadline = time.monotonic() + 20
+    while len(got) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the last receipts
+    return session, bob.sessions.sessions[0], got
+
+
+COUNT = 2500
+
+
+@pytest.mark.timeout(120)
+def test_soak_history_off_budget_holds_and_counts_drops(server) -> None:
+    budget = TraceBudget("3MiB")
+    server.trace.use_budget(budget)
+    platform = nim.Platform("soak-off", trace_budget=budget, message_window=400)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TraceBudgetWarning)
+            session, bob_session, got = _soak(platform, server, COUNT)
+        texts = [f"m{i}" for i in range(COUNT)]
+        assert got == texts, "every message arrived, once, in order"
+        assert budget.used <= budget.limit and platform.trace.nbytes + server.trace.nbytes < budget.limit + 3 * 2**20
+        assert sum(issubclass(w.category, TraceBudgetWarning) for w in caught) == 2, "one warning per trace"
+        for trace in (platform.trace, server.trace):
+            ev = trace.evicted
+            assert ev.sip > 0 and ev.dropped == ev.sip + ev.events and ev.spilled == 0
+            assert len(trace) + ev.sip == trace.sip_total
+        # the session keeps its window, the rest is counted as gone
+        assert len(session.messages) == 400 and session.messages.evicted == COUNT - 400
+        assert [m.text for m in session.messages] == texts[-400:]
+        assert [m.state for m in session.messages][:-5] == ["delivered"] * 395, "receipts still reach the window"
+        assert len(bob_session.messages) == 400 and bob_session.messages[-1].text == texts[-1]
+        assert len(platform.trace.messages()) < 2 * COUNT
+        with pytest.raises(ValueError, match="no history store"):
+            platform.trace.messages(full=True)
+    finally:
+        platform.shutdown()
+        server.trace.use_budget(nim.trace_budget())
+
+
+@pytest.mark.timeout(120)
+def test_soak_history_on_reads_evicted_rows_back(tmp_path, server) -> None:
+    budget = TraceBudget("3MiB")
+    server.trace.use_budget(budget)
+    platform = nim.Platform("soak-on", trace_budget=budget, message_window=400, history=tmp_path / "h.sqlite")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TraceBudgetWarning)
+            session, bob_session, got = _soak(platform, server, COUNT)
+        texts = [f"m{i}" for i in range(COUNT)]
+        assert got == texts
+        trace = platform.trace
+        ev = trace.evicted
+        assert ev.sip > 0 and ev.events > 0 and ev.spilled == ev.sip + ev.events and ev.dropped == 0
+        assert budget.used <= budget.limit
+        assert "in the history store" in repr(trace)
+        # in memory: the newest rows; full=True: every one of them, from the store
+        assert len(trace.messages(owner="sip:alice@example.test")) < COUNT
+        full = trace.messages(full=True, owner="sip:alice@example.test")
+        assert full["text"].tolist() == texts and (full["state"] == "delivered").all()
+        assert len(trace.sip(full=True)) == trace.sip_total, "evicted + in memory = what the store holds"
+        assert len(trace.events(full=True)) == trace.event_count + ev.events
+        # the session: its window live, the older messages from the store, nothing a user can see is lost
+        assert len(session.messages) == COUNT and session.messages.evicted == COUNT - 400
+        assert session.messages[-1] is session.messages.recent()[-1]
+        assert session.messages[0].text == "m0" and session.messages[0].state == "delivered"
+        assert [m.text for m in session.messages] == texts
+        assert [m.text for m in bob_session.messages] == texts and bob_session.messages[0].direction == "in"
+        assert [m.text for m in session.messages[1000:1005]] == texts[1000:1005]
+    finally:
+        platform.shutdown()
+        server.trace.use_budget(nim.trace_budget())
+    # after shutdown the store is closed and still read
+    assert len(platform.trace.messages(full=True, owner="sip:alice@example.test")) == COUNT
+
+
+def test_reopened_store_loads_what_fits_the_budget(tmp_path, server) -> None:
+    path = tmp_path / "h.sqlite"
+    first = nim.Platform("first", trace_budget=TraceBudget(None), history=path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TraceBudgetWarning)
+            _soak(first, server, 600)
+    finally:
+        first.shutdown()
+    total = first.trace.sip_total
+    second = nim.Platform("second", trace_budget=TraceBudget("1MiB"), history=path)
+    try:
+        loaded = second.history_store.loaded["sip"]
+        assert 0 < loaded < total, "the newest rows that fit, not the whole store"
+        assert second.trace.sealed_bytes <= 2**20
+        assert len(second.trace.sip(full=True)) == total, "the rest stays in the store"
+    finally:
+        second.shutdown()
+
+
+def test_import_stays_light() -> None:
+    assert "notebook_im.record.budget" in sys.modules and nim.trace_budget() is nim.trace_budget()
