@@ -76,6 +76,13 @@ APPLICATION_ID = 0x6E696D68  # "nimh", PRAGMA application_id
 SUFFIXES = (".sqlite", ".sqlite3", ".db")
 DIRECTORY_FILE = "history.sqlite"
 BATCH = 2048  # records of each kind per transaction at most: a backlog is committed in steps
+# records waiting for the writer at most: past HIGH_WATER the recording thread waits (up to STALL_CAP s) until the
+# writer is down to LOW_WATER. Why: when the loop thread is busy all the time (a send loop at the loop's limit),
+# the writer gets the GIL too rarely to keep up, and the queue grew ~7.5 KB a message without end
+# (bench/soak.py, history on: 1.1 GiB after 150,000 messages). Waiting gives the writer the GIL; ~20 MB queued.
+HIGH_WATER = 20_000
+LOW_WATER = 10_000
+STALL_CAP = 2.0
 WINDOW = 0.010  # s between commits when records come in steadily: ~10 ms of records per commit
 LOAD_WINDOW = 0.050  # ... and when they come faster than LOAD_RATE records/s (a send loop, not a chat)
 LOAD_RATE = 2000
@@ -531,6 +538,8 @@ class HistoryStore:
         self.commits = 0  # transactions committed (batches)
         self.writer_cpu = 0.0  # CPU seconds the writer thread used (bench/history.py)
         self.write_errors = 0
+        self.stalls = 0  # times the recording thread waited for the writer (HIGH_WATER)
+        self.stalled = 0.0  # seconds it waited in all
         self.last_error: str | None = None
         # what the recorder hands over (deque appends and pops are atomic: no lock on the hot path)
         self._sip: deque[tuple] = deque()
@@ -706,12 +715,34 @@ class HistoryStore:
         self._sip.append(row)
         if not self._wake.is_set():
             self._wake.set()
+        if len(self._sip) > HIGH_WATER:
+            self._wait_for_writer()
 
     def put_event(self, ts: float, owner: str, event: Any) -> None:
         """Queue one API event for writing (encoded on the writer thread)."""
         self._events.append((ts, owner, event))
         if not self._wake.is_set():
             self._wake.set()
+        if len(self._events) > HIGH_WATER:
+            self._wait_for_writer()
+
+    @property
+    def queued(self) -> int:
+        """Records waiting for the writer."""
+        return len(self._sip) + len(self._events) + len(self._drops)
+
+    def _wait_for_writer(self) -> None:
+        """Backpressure: the writer fell HIGH_WATER records behind; wait (releasing the GIL to it) until it is down
+        to LOW_WATER, at most STALL_CAP seconds (a stuck disk must not stop the platform: then the queue grows)."""
+        thread = self._thread
+        if thread is None or self._closed or not thread.is_alive():
+            return
+        t0 = time.monotonic()
+        self._wake.set()
+        while (len(self._sip) > LOW_WATER or len(self._events) > LOW_WATER) and time.monotonic() - t0 < STALL_CAP:
+            time.sleep(0.002)
+        self.stalls += 1
+        self.stalled += time.monotonic() - t0
 
     def put_drop(self, record: DropRecord) -> None:
         """Queue one dropped datagram or stream chunk for writing."""
