@@ -183,7 +183,7 @@ class Headers:
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self.fields: dict[str, list[str]] = {}
-        self.cache: dict[str, Any] = {}   # (Any: each key holds its own parse: str, CSeq, Address, Via)
+        self.cache: dict[str, Any] = {}  # (Any: each key holds its own parse: str, CSeq, Address, Via)
         for name, value in items:
             self.add(name, value)
 

@@ -115,7 +115,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
     return message
 
 
-_LOW_SURROGATE, _HIGH_SURROGATE = chr(0xDC80), chr(0xDCFF)   # surrogateescape's range (chr(): mypyc takes no literal)
+_LOW_SURROGATE, _HIGH_SURROGATE = chr(0xDC80), chr(0xDCFF)  # surrogateescape's range (chr(): mypyc takes no literal)
 
 
 def _has_surrogates(text: str) -> bool:
