@@ -178,9 +178,9 @@ class UserAgent:
     def local_address(self) -> Address:
         return Address(self.aor, self.display_name)
 
-    def sdp_offer(self, accept_types: tuple[str, ...] = sdp.ACCEPT_TYPES) -> bytes:
-        """Our `m=message ... sip null` session description."""
-        return sdp.build(self.stack.host, self.local_addr[1], accept_types=accept_types)
+    def sdp_offer(self, accept_types: tuple[str, ...] = sdp.ACCEPT_TYPES, media: str = "message") -> bytes:
+        """Our `m=message ... sip null` session description (`m=x-ms-message` to answer an OCS 2005 offer)."""
+        return sdp.build(self.stack.host, self.local_addr[1], accept_types=accept_types, media=media)
 
     def new_request(
         self,
@@ -541,11 +541,13 @@ class UserAgent:
         """Answer an INVITE with 200 + SDP (and `headers`, such as `Supported: ms-text-format`) and retransmit the
         2xx until `acked()` (RFC 3261 §13.3.1.4); after 64*T1 without an ACK the dialog user's `on_ack_timeout`
         runs."""
+        offer = handle.request.body
+        media = sdp.parse_message_media(offer).media if offer else "message"  # checked on arrival (on_request)
         resp = make_response(
             handle.request,
             200,
             to_tag=dialog.local_tag,
-            body=self.sdp_offer(accept_types),
+            body=self.sdp_offer(accept_types, media),
             content_type="application/sdp",
         )
         resp.headers.set("Contact", self.named_contact)

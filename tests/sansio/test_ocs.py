@@ -10,6 +10,7 @@ import pytest
 
 from notebook_im.im import iscomposing as ic
 from notebook_im.im import ocs
+from notebook_im.sip import sdp
 from notebook_im.sip.actions import StartTimer, StopTimer
 from notebook_im.sip.errors import RemoteProtocolError
 
@@ -141,3 +142,23 @@ def test_conversation_id_is_read_and_bounded():
     assert ocs.conversation_id("") is None
     assert ocs.conversation_id("x" * ocs.MAX_CONVERSATION_ID) == "x" * ocs.MAX_CONVERSATION_ID
     assert ocs.conversation_id("x" * (ocs.MAX_CONVERSATION_ID + 1)) is None
+
+
+# -- OCS 2005's m=x-ms-message ---------------------------------------------------------------------------------------
+def test_an_ocs_2005_offer_is_a_message_stream_and_is_answered_in_kind():
+    # SIPE's offer for OCS 2005 (src/core/sipe-im.c, sipe_invite)
+    offer = (
+        b"v=0\r\no=- 0 0 IN IP4 10.0.0.5\r\ns=session\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\n"
+        b"m=x-ms-message 5061 sip null\r\na=accept-types:text/plain text/html image/gif\r\n"
+    )
+    media = sdp.parse_message_media(offer)
+    assert (media.media, media.port, media.accept_types) == (
+        "x-ms-message",
+        5061,
+        ("text/plain", "text/html", "image/gif"),
+    )
+    assert b"\r\nm=x-ms-message 5070 sip null\r\n" in sdp.build("127.0.0.1", 5070, media=media.media)
+    assert sdp.parse_message_media(sdp.build("127.0.0.1", 5070)).media == "message"
+    with pytest.raises(RemoteProtocolError) as err:
+        sdp.parse_message_media(offer.replace(b"x-ms-message", b"x-ms-audio"))
+    assert err.value.status_code == 488
