@@ -186,6 +186,12 @@ def test_a_first_message_that_cannot_be_read_is_dropped_and_the_invitation_goes_
         (b"<action><RequestRM/></action>", "application/xml", 200),  # another document: nothing happens
         (b'<KeyboardActivity><status status="type"/></KeyboardActivity>', "text/plain", 200),  # not XML to us
         (b"", None, 200),  # an empty INFO (a keep-alive some clients send)
+        (  # a C3P request (OCS conferences, SIPE's sipe-conf.c): not spoken here, answered 200, nothing happens
+            b'<?xml version="1.0"?><request xmlns="urn:ietf:params:xml:ns:cccp" C3PVersion="1" requestId="1">'
+            b"<getConference/></request>",
+            "application/cccp+xml",
+            200,
+        ),
     ],
 )
 def test_info_bodies_hostile_or_foreign(bob: nim.Endpoint, body: bytes, content_type: str | None, status: int):
@@ -224,3 +230,23 @@ def test_a_rejected_ocs_invitation_still_shows_its_first_message(bob: nim.Endpoi
         assert answer.startswith(b"SIP/2.0 603"), answer
     assert stream.get(timeout=5).text == "are you there?"
     wait_for(lambda: bob.sessions.sessions == [], what="the declined session gone")
+
+
+def test_notebook_im_itself_sends_the_standard_forms(platform: nim.Platform):
+    """What it takes from OCS clients it does not send: its INVITE carries no first message, its typing is an
+    RFC 3994 MESSAGE, its first text a MESSAGE after the INVITE; no INFO goes out."""
+    alice = platform.endpoint("sip:alice@127.0.0.1", server=None).result(10)
+    bob = platform.endpoint("sip:bob@127.0.0.1", server=None).result(10)
+    bob.sessions.on_incoming(lambda e: e.accept())
+    host, port = bob.local_address
+    session = alice.sessions.create(f"sip:bob@{host}:{port}").result(10)
+    session.start_composing().result(5)
+    session.send("first").result(5)
+    session.terminate().result(5)
+    sip = platform.trace.sip(owner=alice.uri)
+    sent = sip[(sip.direction == "out") & sip.status.isna()]
+    assert set(sent.method.astype(str)) == {"INVITE", "ACK", "MESSAGE", "BYE"}
+    invite = sent[sent.method == "INVITE"].raw.iloc[0]
+    assert "ms-text-format:" not in invite and "m=message " in invite
+    messages = sent[sent.method == "MESSAGE"].raw.tolist()
+    assert "application/im-iscomposing+xml" in messages[0] and messages[1].endswith("first")

@@ -162,3 +162,29 @@ def test_an_ocs_2005_offer_is_a_message_stream_and_is_answered_in_kind():
     with pytest.raises(RemoteProtocolError) as err:
         sdp.parse_message_media(offer.replace(b"x-ms-message", b"x-ms-audio"))
     assert err.value.status_code == 488
+
+
+# -- what notebook_im does not speak: OCS's NTLM / Kerberos -----------------------------------------------------------
+@pytest.mark.parametrize(
+    "challenge",
+    [
+        # as an OCS front end challenges (SIPE's src/core/sip-sec-ntlm-tests.c and sip-transport.c)
+        'NTLM realm="SIP Communications Service", targetname="ocs1.ocs.example", version=3',
+        'Kerberos realm="SIP Communications Service", targetname="sip/ocs1.ocs.example", version=3',
+        'TLS-DSK realm="SIP Communications Service", targetname="ocs1.ocs.example", version=4, sts-uri="https://x"',
+    ],
+)
+def test_an_ocs_servers_ntlm_or_kerberos_challenge_is_not_answered(challenge):
+    """notebook_im answers digest only: a REGISTER challenged the OCS way is not retried (it fails with the 401),
+    and no password-derived value goes out."""
+    from notebook_im.core.auth import ClientAuth
+    from notebook_im.sip.parser import parse_message
+
+    raw = (
+        "SIP/2.0 401 Unauthorized\r\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKx\r\n"
+        "From: <sip:alice@ocs.example>;tag=1\r\nTo: <sip:alice@ocs.example>;tag=2\r\nCall-ID: c\r\n"
+        f"CSeq: 1 REGISTER\r\nWWW-Authenticate: {challenge}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    auth = ClientAuth("alice", "secret")
+    assert auth.challenge_to_answer(parse_message(raw), attempt=0) is None
+    assert auth.challenges == {}
