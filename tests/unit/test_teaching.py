@@ -272,3 +272,16 @@ def test_uccapi_results_are_the_sip_status_in_an_hresult():
     for status, name in teaching.UCCAPI_STATUS.items():
         part = {4: "_CLIENT_", 5: "_SERVER_", 6: "_GLOBAL_"}[status // 100]
         assert name.startswith("UCC_E_SIP_STATUS_") and (part in name or status in (487, 488)), (status, name)
+
+
+def test_ocs_client_as_an_ocs_2005_client_without_a_first_message(platform):
+    bob = platform.endpoint("sip:bob@example.test", server=None).result(10)
+    bob.sessions.on_incoming(lambda invitation: invitation.accept())
+    with teaching.OcsClient(timeout=2) as sipe:
+        assert sipe.invite(bob, media="x-ms-message") == 200 and not sipe.first_message_taken
+        assert sipe.conversation_id.isdigit()  # a random number, as SIPE writes it
+        assert sipe.bye() == 200
+        sent = next(t for _ts, d, t in sipe.log if d == "out" and t.startswith("INVITE "))
+        ok = next(t for _ts, d, t in sipe.log if d == "in" and t.startswith("SIP/2.0 200") and "CSeq: 1 INVITE" in t)
+    assert "m=x-ms-message " in sent and "ms-text-format" not in sent
+    assert "m=x-ms-message " in ok and "Supported: ms-text-format" not in ok
