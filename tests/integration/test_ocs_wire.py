@@ -125,6 +125,7 @@ def test_an_ocs_conversation_first_message_typing_message_bye(bob: nim.Endpoint,
     assert "IncomingSession" in set(events["type"])
 
 
+@pytest.mark.slow
 def test_typing_expires_after_the_keyboard_window_without_another_type(bob: nim.Endpoint, monkeypatch):
     monkeypatch.setattr(ocs, "KEYBOARD_ACTIVITY_WINDOW", 1)  # 6 s in real life; the test waits 1
     bob.sessions.on_incoming(lambda e: e.accept())

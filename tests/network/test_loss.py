@@ -123,6 +123,7 @@ def pager_pair(network):
     srv.stop()
 
 
+@pytest.mark.slow
 def test_pager_messages_under_loss_exactly_once(pager_pair):
     server, fast_platform = pager_pair
     alice = fast_platform.endpoint("sip:alice@example.test", server=server, impairment=lossy(5)).result(30)

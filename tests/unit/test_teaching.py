@@ -149,6 +149,7 @@ def test_middlebox_rules_on_bytes():
     assert added == b"MESSAGE sip:b SIP/2.0\r\nSubject: hi\r\nCSeq: 1 MESSAGE\r\n\r\n"
 
 
+@pytest.mark.slow
 def test_middlebox_in_front_of_the_server_drops_what_its_rule_says():
     box = teaching.Middlebox().start()
     timers = nim.Timers(t1=0.02, t2=0.16, t4=0.2)
@@ -171,6 +172,7 @@ def test_middlebox_in_front_of_the_server_drops_what_its_rule_says():
         box.stop()
 
 
+@pytest.mark.slow
 def test_raw_peers_silent_and_refusing_composing(platform):
     timers = nim.Timers(t1=0.02, t2=0.16, t4=0.2)
     server = nim.Server(timers=timers, device_timeout=None).start().result(10)  # Timer F decides, not the proxy
