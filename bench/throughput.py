@@ -156,8 +156,39 @@ def endpoint_step(ctx: Context, transport: str, loop: str) -> Callable[[int], St
     return step
 
 
+def pjsua2_step(ctx: Context, transport: str) -> Callable[[int], Step]:
+    """One step against PJSUA2 (pjsip from Python) in its own process (bench/_pjsua2_proc.py)."""
+
+    def step(rate: int) -> Step:
+        port = free_port()
+        with Child(
+            [BENCH / "_pjsua2_proc.py", port, transport], log=ctx.workdir / f"pjsua2_{transport}_{rate}.log"
+        ) as ep:
+            count, uac, code = run_uac(ctx, rate, transport, port, "bob")
+            answers: dict = {}
+
+            def all_in() -> bool:
+                answers.update(ep.ask("stats"))
+                return answers["received"] >= count
+
+            wait_until(all_in, 3.0, 0.1)
+        return judge(rate, count, uac, code, answers.get("received", -1))
+
+    return step
+
+
+def pjsua2_available() -> str | None:
+    """PJSUA2's version, or None when the pjsua2 module (PyPI pjsua2-python, in the bench extra) is missing."""
+    try:
+        import pjsua2
+    except ImportError:
+        return None
+    return str(pjsua2.Endpoint().libVersion().full) if hasattr(pjsua2, "Endpoint") else "?"
+
+
 def endpoint_benchmark(ctx: Context, transport: str) -> None:
-    """The endpoint ladder over one transport, with both event loops, against the SIPp UAS anchor."""
+    """The endpoint ladder over one transport, with both event loops, against the SIPp UAS anchor and, when it is
+    installed, PJSUA2 (the C stack a Python user would pick instead)."""
     rungs = QUICK_RUNGS if ctx.quick else RUNGS
     cost = step_seconds(ctx) + 3.0
     anchor, _ = ladder(ctx, f"SIPp UAS ({transport})", rungs, sipp_uas_step(ctx, transport), step_cost=cost)
@@ -170,9 +201,46 @@ def endpoint_benchmark(ctx: Context, transport: str) -> None:
             goal="anchor (about 12,000 on this machine)",
         )
     )
+    pj_version = pjsua2_available()
+    pj_best: int | None = None
+    if pj_version is None:
+        ctx.note(
+            "PJSUA2 not measured: its Python module is not installed (pip install -e '.[bench]' installs pjsua2-python)"
+        )
+    else:
+        pj_best, _ = ladder(ctx, f"PJSUA2 ({transport})", rungs, pjsua2_step(ctx, transport), step_cost=cost)
+        r = ratio(pj_best, anchor)
+        ctx.emit(
+            Row(
+                ctx.name,
+                f"SIPp UAC -> PJSUA2 {pj_version} from Python (onInstantMessage, main-thread polling), MESSAGE over "
+                f"{transport.upper()}: max clean rate",
+                pj_best,
+                "msg/s",
+                anchor="SIPp UAS, same ladder",
+                anchor_value=anchor,
+                ratio=r,
+                goal="anchor",
+            )
+        )
     for loop in LOOPS:
         step = endpoint_step(ctx, transport, loop)
         best, _ = ladder(ctx, f"endpoint ({transport}, {loop})", rungs, step, step_cost=cost)
+        if pj_best:
+            rp = ratio(best, pj_best)
+            ctx.emit(
+                Row(
+                    ctx.name,
+                    f"notebook_im endpoint ({loop}) against PJSUA2 from Python, MESSAGE over {transport.upper()}",
+                    best,
+                    "msg/s",
+                    anchor="PJSUA2, same ladder",
+                    anchor_value=pj_best,
+                    ratio=rp,
+                    goal=">= 2x PJSUA2",
+                    met=yes_no(rp is not None and rp >= 2),
+                )
+            )
         ran = "/".join(sorted(step.seen_loops)) or loop  # type: ignore[attr-defined]
         if ran != loop:
             ctx.note(

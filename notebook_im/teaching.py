@@ -8,9 +8,10 @@ things go wrong on purpose.
 
     peer = teaching.RawPeer("sip:dave@example.test", server=server, answer=teaching.refuse_composing).start()
     box = teaching.Middlebox(rule=teaching.drop("ACK")).start()  # a hop that breaks the flow as told
+    sipe = teaching.OcsClient()                                  # what an OCS/Lync client puts on the wire
 
-Nothing here changes how the library works: `RawPeer` is a few lines of SIP over a plain UDP socket, and
-`Middlebox` a UDP hop (like a NAT or a firewall) that passes, drops or edits datagrams; both run on their own
+Nothing here changes how the library works: `RawPeer` and `OcsClient` are a few lines of SIP over a plain UDP
+socket, and `Middlebox` a UDP hop (like a NAT or a firewall) that passes, drops or edits datagrams; both run on their own
 thread, so a notebook reads as: set up the break, run the chat, read the trace. `import notebook_im` does not
 import this module (use `from notebook_im import teaching`), and this module imports neither pandas nor
 ipywidgets until an exercise needs a frame.
@@ -18,6 +19,7 @@ ipywidgets until an exercise needs a frame.
 
 from __future__ import annotations
 
+import base64
 import html
 import re
 import secrets
@@ -34,6 +36,9 @@ __all__ = [
     "Step",
     "RawPeer",
     "RawRequest",
+    "OcsClient",
+    "UCCAPI_STATUS",
+    "uccapi_result",
     "Middlebox",
     "drop",
     "remove_header",
@@ -198,8 +203,21 @@ class Step:
     @property
     def carries(self) -> str:
         """For a MESSAGE request, what it carries as the ladder labels it: '"first words…"', "(composing: active)",
-        "(receipt: delivered)"; "" otherwise."""
-        if self.is_response or self.method != "MESSAGE":
+        "(receipt: delivered)"; for an OCS client's INFO "(KeyboardActivity: type)" and its INVITE
+        '(first message: "Hi…")'; "" otherwise."""
+        if self.is_response:
+            return ""
+        if self.method == "INFO":
+            m = re.search(r"<KeyboardActivity>.*?status\s*=\s*[\"']([^\"']*)", self.body, re.S)
+            return f"(KeyboardActivity: {m.group(1)})" if m else ""
+        if self.method == "INVITE":
+            m = re.search(r"ms-body=([A-Za-z0-9+/=]+)", self.header("ms-text-format") or "")
+            try:
+                text = base64.b64decode(m.group(1), validate=True).decode("utf-8") if m else ""
+            except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+                return "(first message: unreadable)"
+            return f'(first message: "{text[:24]}{"…" if len(text) > 24 else ""}")' if text else ""
+        if self.method != "MESSAGE":
             return ""
         from .trace.ladder import _preview
 
@@ -232,6 +250,10 @@ class Flow:
         # a message recorded by both ends of one hop (two endpoints talking directly) is one step:
         # (src, dst, raw) -> how many recordings of one direction still wait for the other end's
         self._unpaired: dict[tuple[str, str, str, str], int] = {}
+
+    def name(self, key: Any, name: str) -> None:
+        """Name one more column after the flow was made (a `teaching.OcsClient`, a server, "host:port")."""
+        self.names[_address_of(key)] = name
 
     def _name(self, address: str, owners: dict[str, str]) -> str:
         return self.names.get(address) or owners.get(address) or address
@@ -635,6 +657,211 @@ class RawPeer:
 def _split_hostport(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+# -- an OCS/Lync client's IM, as SIPE writes it ------------------------------------------------------------------
+KEYBOARD_ACTIVITY = '<?xml version="1.0"?><KeyboardActivity> <status status="{}" /></KeyboardActivity>'
+
+
+class OcsClient:
+    """The IM of an Office Communications Server / Lync client, written the way the open-source OCS client SIPE
+    writes it (github.com/tieto/sipe, src/core), over a plain UDP socket: what such a client puts on the wire that
+    an RFC client does not, to see in a trace and to point at a notebook_im endpoint.
+
+    - `invite(endpoint, first_message)`: INVITE with `Supported: ms-sender`, the first message in a header
+      `ms-text-format: text/plain; charset=UTF-8;ms-body=<base64>`, an `Ms-Conversation-ID`, and SDP
+      `m=message <port> sip null` (`media="x-ms-message"` for an OCS 2005 client), then the ACK (sipe-im.c,
+      `sipe_invite`). `first_message_taken` then says whether the 200 OK carried `Supported: ms-text-format`
+      (SIPE sends the text again as a MESSAGE when it did not).
+    - `typing(True)` / `typing(False)`: in-dialog INFO, `Content-Type: application/xml`, a KeyboardActivity
+      document with status "type" / "idle" (sipe-user.c, `sipe_core_user_feedback_typing`).
+    - `send(text)`: in-dialog MESSAGE text/plain. `bye()`: BYE.
+
+    It calls the endpoint directly at its contact (no registration, no authentication: OCS used NTLM or
+    Kerberos, which this does not speak). Each call blocks until the final answer (UDP retransmissions every
+    0.5 s) and returns its status; TimeoutError after `timeout` seconds. `log` keeps what went out and came in."""
+
+    def __init__(self, uri: str = "sip:sipe@example.test", *, host: str = "127.0.0.1", timeout: float = 5.0) -> None:
+        self.uri = uri
+        self.timeout = timeout
+        self.log: list[tuple[float, str, str]] = []
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind((host, 0))
+        self.address: tuple[str, int] = self._sock.getsockname()[:2]
+        self.target: tuple[str, int] | None = None
+        self.ruri = ""
+        self.call_id = ""
+        self.conversation_id = ""
+        self._from_tag = secrets.token_hex(4)
+        self._to_tag = ""
+        self._cseq = 0
+        self.first_message_taken = False
+
+    @property
+    def host(self) -> str:
+        return self.address[0]
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> OcsClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def invite(
+        self,
+        endpoint: Any,
+        first_message: str | None = None,
+        *,
+        conversation_id: str | None = None,
+        media: str = "message",
+    ) -> int:
+        """Invite `endpoint` (a nim.Endpoint, or "host:port") to an IM session, the first message (if any) in the
+        INVITE; ACK the final answer; return its status."""
+        if hasattr(endpoint, "local_address"):
+            self.target = tuple(endpoint.local_address)[:2]  # type: ignore[assignment]
+            user = _user(endpoint.uri)
+        else:
+            self.target, user = _split_hostport(str(endpoint)), "user"
+        host, port = self.target
+        self.ruri = f"sip:{user}@{host}:{port}"
+        self.call_id, self._to_tag, self._cseq = f"{secrets.token_hex(8)}@sipe", "", 0
+        self.conversation_id = conversation_id or str(secrets.randbelow(1_000_000_000))  # as SIPE: a random number
+        headers = ["Supported: ms-sender"]
+        if first_message is not None:
+            body = base64.b64encode(first_message.encode("utf-8")).decode("ascii")
+            headers.append(f"ms-text-format: text/plain; charset=UTF-8;ms-body={body}")
+        headers += [f"Ms-Conversation-ID: {self.conversation_id}", "Content-Type: application/sdp"]
+        me = self.address[0]
+        sdp = (
+            f"v=0\r\no=- 0 0 IN IP4 {me}\r\ns=session\r\nc=IN IP4 {me}\r\nt=0 0\r\n"
+            f"m={media} {self.address[1]} sip null\r\n"
+            "a=accept-types:text/plain text/html image/gif multipart/alternative application/im-iscomposing+xml "
+            "application/ms-imdn+xml text/x-msmsgsinvite\r\n"
+        )
+        final, branch = self._transaction("INVITE", headers, sdp)
+        status = int(final.split()[1])
+        to = next((v for n, v in _split(final)[1] if _canon(n) == "to"), "")
+        self._to_tag = _param(to, "tag") or ""
+        supported = [v for n, v in _split(final)[1] if _canon(n) == "supported"]
+        self.first_message_taken = any("ms-text-format" in v.lower() for v in supported)
+        # the ACK: its own transaction for a 2xx, the INVITE's branch for a refusal (RFC 3261 §17.1.1.3)
+        self._send(self._request("ACK", [], "", cseq=1, branch=None if status < 300 else branch))
+        if status >= 300:
+            self._to_tag = ""  # refused: no dialog to type or talk in
+        return status
+
+    def typing(self, typing: bool = True) -> int:
+        """INFO with a KeyboardActivity document: status "type" (typing) or "idle"; returns the status."""
+        body = KEYBOARD_ACTIVITY.format("type" if typing else "idle")
+        return int(self._transaction("INFO", ["Content-Type: application/xml"], body)[0].split()[1])
+
+    def send(self, text: str) -> int:
+        """An in-dialog MESSAGE with `text` (text/plain); returns the status."""
+        return int(self._transaction("MESSAGE", ["Content-Type: text/plain; charset=UTF-8"], text)[0].split()[1])
+
+    def bye(self) -> int:
+        """BYE; returns the status."""
+        return int(self._transaction("BYE", [], "")[0].split()[1])
+
+    # -- internals ---------------------------------------------------------------------------------------------
+    def _request(self, method: str, headers: list[str], body: str, *, cseq: int, branch: str | None = None) -> str:
+        host, port = self.address
+        data = body.encode("utf-8")
+        to = f"<{self.ruri}>" + (f";tag={self._to_tag}" if self._to_tag else "")
+        lines = [
+            f"{method} {self.ruri} SIP/2.0",
+            f"Via: SIP/2.0/UDP {host}:{port};branch={branch or 'z9hG4bK' + secrets.token_hex(8)};rport",
+            "Max-Forwards: 70",
+            f'From: "SIPE" <{self.uri}>;tag={self._from_tag}',
+            f"To: {to}",
+            f"Call-ID: {self.call_id}",
+            f"CSeq: {cseq} {method}",
+            f"Contact: <sip:{_user(self.uri)}@{host}:{port}>",
+            *headers,
+            f"Content-Length: {len(data)}",
+        ]
+        return "\r\n".join(lines) + "\r\n\r\n" + body
+
+    def _send(self, text: str) -> None:
+        assert self.target is not None, "invite() first"
+        self._sock.sendto(text.encode("utf-8"), self.target)
+        self.log.append((time.time(), "out", text))
+
+    def _transaction(self, method: str, headers: list[str], body: str) -> tuple[str, str]:
+        """Send a request until its final answer (retransmitted every 0.5 s over UDP); returns (answer, branch)."""
+        if method != "INVITE" and not self._to_tag:
+            raise RuntimeError(f"{method} needs a session: invite() an endpoint first (and have it accept)")
+        self._cseq += 1
+        branch = "z9hG4bK" + secrets.token_hex(8)
+        request = self._request(method, headers, body, cseq=self._cseq, branch=branch)
+        deadline = time.monotonic() + self.timeout
+        resend = 0.0
+        provisional = False
+        while time.monotonic() < deadline:
+            if not provisional and time.monotonic() >= resend:
+                self._send(request)
+                resend = time.monotonic() + 0.5
+            self._sock.settimeout(max(0.01, min(resend, deadline) - time.monotonic()))
+            try:
+                data = self._sock.recvfrom(65535)[0].decode("utf-8", "replace")
+            except TimeoutError:
+                continue
+            self.log.append((time.time(), "in", data))
+            if not data.startswith("SIP/2.0 "):
+                continue
+            headers = _split(data)[1]
+            cseq = next((v for n, v in headers if _canon(n) == "cseq"), "")
+            via = next((v for n, v in headers if _canon(n) == "via"), "")
+            if cseq.split()[-1:] != [method] or _param(via, "branch") != branch:
+                continue  # a retransmitted answer to an earlier request
+            if data.split()[1].startswith("1"):
+                provisional = True  # the other side has it: stop retransmitting (RFC 3261 §17.1.1.2)
+                continue
+            return data.replace("\r\n", "\n"), branch
+        raise TimeoutError(f"no final answer to {method} from {self.target} within {self.timeout} s")
+
+
+# -- UCCAPI's names for SIP outcomes ----------------------------------------------------------------------------
+# A failed UCCAPI operation reports an HRESULT whose low 16 bits are the SIP status: 0x80EF0000 + status, named
+# UCC_E_SIP_STATUS_... (Microsoft's "Unified Communications Client API Error Codes"); the few a chat meets:
+UCCAPI_STATUS: dict[int, str] = {
+    400: "UCC_E_SIP_STATUS_CLIENT_BAD_REQUEST",
+    401: "UCC_E_SIP_STATUS_CLIENT_UNAUTHORIZED",
+    403: "UCC_E_SIP_STATUS_CLIENT_FORBIDDEN",
+    404: "UCC_E_SIP_STATUS_CLIENT_NOT_FOUND",
+    405: "UCC_E_SIP_STATUS_CLIENT_METHOD_NOT_ALLOWED",
+    407: "UCC_E_SIP_STATUS_CLIENT_PROXY_AUTHENTICATION_REQUIRED",
+    408: "UCC_E_SIP_STATUS_CLIENT_REQUEST_TIMEOUT",
+    413: "UCC_E_SIP_STATUS_CLIENT_REQUEST_ENTITY_TOO_LARGE",
+    415: "UCC_E_SIP_STATUS_CLIENT_UNSUPPORTED_MEDIA_TYPE",
+    480: "UCC_E_SIP_STATUS_CLIENT_TEMPORARILY_NOT_AVAILABLE",
+    481: "UCC_E_SIP_STATUS_CLIENT_TRANSACTION_DOES_NOT_EXIST",
+    486: "UCC_E_SIP_STATUS_CLIENT_BUSY_HERE",
+    487: "UCC_E_SIP_STATUS_REQUEST_TERMINATED",
+    488: "UCC_E_SIP_STATUS_NOT_ACCEPTABLE_HERE",
+    500: "UCC_E_SIP_STATUS_SERVER_INTERNAL_ERROR",
+    501: "UCC_E_SIP_STATUS_SERVER_NOT_IMPLEMENTED",
+    503: "UCC_E_SIP_STATUS_SERVER_SERVICE_UNAVAILABLE",
+    600: "UCC_E_SIP_STATUS_GLOBAL_BUSY_EVERYWHERE",
+    603: "UCC_E_SIP_STATUS_GLOBAL_DECLINE",
+    604: "UCC_E_SIP_STATUS_GLOBAL_DOES_NOT_EXIST_ANYWHERE",
+    606: "UCC_E_SIP_STATUS_GLOBAL_NOT_ACCEPTABLE",
+}
+
+
+def uccapi_result(status: int) -> str:
+    """What a UCCAPI client would have been told for a final SIP `status`: "UCC_E_SIP_STATUS_CLIENT_NOT_FOUND
+    (0x80EF0194)" for 404; the bare HRESULT for a status without a name here."""
+    hresult = f"0x{0x80EF0000 + status:08X}"
+    name = UCCAPI_STATUS.get(status)
+    return f"{name} ({hresult})" if name else hresult
 
 
 # -- a hop that breaks things on purpose ------------------------------------------------------------------------
@@ -1480,6 +1707,33 @@ def _(ctx: dict[str, Any]) -> str:
     df = _requests(_sip(ctx["trace"], "alice"), direction="out")
     df = df[df["call_id"] == _session_call_id(ctx["trace"])]
     return str(_first(df.iloc[::-1], "request from Alice")["method"])
+
+
+@exercise(
+    "06.reject-status",
+    "Which status did Bob's Reject with UCCROTR_DECLINE put on the wire?",
+    "Bob's final answer to the invitation he declined: his trace (owner bob), INVITE responses he sent "
+    "(direction out) with a status of 300 or more.",
+    kind="int",
+    why="603 Decline: UCC_REJECT_OR_TERMINATE_REASON values are SIP statuses (UCCROTR_BUSY is 486); Alice's "
+    "side reports UCC_E_SIP_STATUS_GLOBAL_DECLINE, here RequestFailed with status 603.",
+)
+def _(ctx: dict[str, Any]) -> int:
+    return _final_status(ctx, "bob", "INVITE", "out", at_least=300, what="refusal from Bob")
+
+
+@exercise(
+    "06.ocs-typing-method",
+    "Which SIP request carried the OCS client's typing notification to Bob?",
+    "Bob's incoming requests in the OCS client's dialog: which one has the KeyboardActivity body "
+    "(Content-Type: application/xml)? print(wire.find('INFO')) or look at the flow above.",
+    why="INFO, in the dialog, with an application/xml KeyboardActivity document; an RFC 3994 client sends a "
+    "MESSAGE with application/im-iscomposing+xml instead. Bob's ComposingChanged is the same either way.",
+)
+def _(ctx: dict[str, Any]) -> str:
+    df = _requests(_sip(ctx["trace"], "bob"), direction="in")
+    df = df[df["raw"].str.contains("<KeyboardActivity>", regex=False)]
+    return str(_first(df, "typing notification from the OCS client")["method"])
 
 
 # 07 failures and timers ---------------------------------------------------------------------------------------

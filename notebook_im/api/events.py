@@ -52,6 +52,8 @@ class IncomingSession(Event):
     session: Any  # the ImSession
     inviter: Participant
     subject: str | None = None
+    # the invitation's Ms-Conversation-ID (OCS/Lync clients name the conversation with it); None without one
+    conversation_id: str | None = None
 
     def accept(self) -> Operation[Any]:
         """Accept the invitation (200 OK with our SDP); resolves with the session once the ACK arrives. Shorthand

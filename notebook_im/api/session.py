@@ -18,7 +18,7 @@ from typing import Any
 
 from ..core.stack import ClientHandle, ServerHandle
 from ..errors import NO_ANSWER, ConferenceRequired, InvalidState, MessageTooLarge, RequestFailed
-from ..im import cpim, imdn
+from ..im import cpim, imdn, ocs
 from ..im import iscomposing as ic
 from ..im import session as sm
 from ..runtime import Operation, runtime
@@ -121,6 +121,10 @@ class ImSession(EventSource):
         self._unread: dict[str, ChatMessage] = {}  # received messages not yet displayed / marked read
         self._seen = RecentIds()
         self.escalated_to: Any = None  # the ConferenceSession this conversation moved to (escalate())
+        # an incoming OCS/Lync invitation's Ms-Conversation-ID header (None otherwise), and whether we took the
+        # first message its ms-text-format header carried (our 200 then says `Supported: ms-text-format`)
+        self.conversation_id: str | None = None
+        self._first_message_taken = False
 
     # -- properties ---------------------------------------------------------------------------------------
     @property
@@ -261,6 +265,7 @@ class ImSession(EventSource):
                     self,
                     accept_types=self._accept_types,
                     acked=lambda: self._machine.phase is not sm.Phase.ANSWERING,
+                    headers={"Supported": ocs.SUPPORTED} if self._first_message_taken else None,
                 )
             elif isinstance(a, sm.SendFinal):
                 handle = self._server_handle
@@ -400,19 +405,48 @@ class ImSession(EventSource):
     # -- incoming session --------------------------------------------------------------------------------------
     def receive_invitation(self, request: Request, handle: ServerHandle, local_tag: str) -> IncomingSession:
         """The INVITE that makes this new incoming session (the session manager hands it over): ring (180),
-        start the ring timer, and emit the IncomingSession event (returned too)."""
+        start the ring timer, and emit the IncomingSession event (returned too); then the first message, if an
+        OCS client put one in the INVITE."""
         self._server_handle = handle
         handle.on_cancel = self._on_cancelled
         self.dialog = Dialog.from_uas(request, local_tag)
+        self.conversation_id = ocs.conversation_id(request.headers.get(ocs.CONVERSATION_HEADER))
         if not self.is_conference:  # a conference's participants come from its roster
             self._emit(ParticipantAdded(self, self._remote, timestamp=now_utc()))
         event = IncomingSession(
-            self, self._inviter(request), subject=request.headers.get("Subject"), timestamp=now_utc()
+            self,
+            self._inviter(request),
+            subject=request.headers.get("Subject"),
+            timestamp=now_utc(),
+            conversation_id=self.conversation_id,
         )
         self._incoming_event = event
         self._run(self._machine.start_incoming())
         self._emit(event)
+        if not self.is_conference:
+            self._first_message_in(request, handle)
         return event
+
+    def _first_message_in(self, request: Request, handle: ServerHandle) -> None:
+        """An OCS client's first message, carried in the INVITE's `ms-text-format` header (`im/ocs.py`): a
+        MessageReceived now, while the invitation rings (UCCAPI: the invitation carries the first message; Lync
+        shows it in the toast), and `Supported: ms-text-format` in our 200, which tells the sender not to send it
+        again. One that cannot be read is dropped and counted (`stats["first_messages_dropped"]`, the trace's
+        drops) and the invitation goes on as if it had none: refusing the INVITE would lose the conversation for
+        one bad header, and the sender, not seeing `Supported: ms-text-format`, sends the text again as a
+        MESSAGE."""
+        value = request.headers.get(ocs.TEXT_FORMAT_HEADER)
+        if value is None:
+            return
+        try:
+            first = ocs.first_message(value)
+        except RemoteProtocolError as exc:
+            raw = f"{ocs.TEXT_FORMAT_HEADER}: {value}".encode("utf-8", "replace")
+            self.ua.dropped_first_message(handle, f"first message dropped ({exc.reason})", raw)
+            return
+        if first is not None:
+            self._first_message_taken = True
+            self._deliver_text(request, first.content_type, mode="session", text=first.text)
 
     def _inviter(self, request: Request) -> Participant:
         return self._remote
@@ -477,10 +511,29 @@ class ImSession(EventSource):
         return self._message_in(request)
 
     def on_dialog_request(self, request: Request) -> int:
-        """An in-dialog MESSAGE: text, a composing indication or a receipt. Returns the status to answer."""
+        """An in-dialog MESSAGE (text, a composing indication or a receipt) or INFO (an OCS client's typing).
+        Returns the status to answer."""
         self._run(self._machine.acked())  # a request that overtook the ACK: the caller evidently got our 200
         self._machine.unanswered = 0  # the other party is evidently there
+        if request.method == "INFO":
+            return self._info_in(request)
         return self._message_in(request)
+
+    def _info_in(self, request: Request) -> int:
+        """An in-dialog INFO. An OCS/Lync `application/xml` KeyboardActivity document is typing: it goes to the
+        same RFC 3994 receiver as is-composing (`im/ocs.py` says why its window is 6 s), so ComposingChanged,
+        expiry and "a message clears it" behave alike. An XML body the hardened parser refuses gets its status
+        (400; 413 too large; 415 an encoding not taken), as an is-composing one does. Every other INFO (another
+        body, another document, a conference's) is answered 200 and changes nothing, as before."""
+        if (request.content_type or "") != ocs.KEYBOARD_CONTENT_TYPE or self.is_conference:
+            return 200
+        try:
+            indication = ocs.parse_keyboard_activity(request.body)
+        except RemoteProtocolError as exc:
+            return exc.status_code
+        if indication is not None:
+            self._run_receiver(self._receiver.indication(indication, time.monotonic()))
+        return 200
 
     def _message_in(self, request: Request) -> int:
         ct = request.content_type or "text/plain"

@@ -32,7 +32,7 @@ from .targets import resolve_request_target, resolve_target, target_of
 
 log = logging.getLogger("notebook_im.ua")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, MESSAGE, OPTIONS, NOTIFY"
+ALLOW = "INVITE, ACK, CANCEL, BYE, MESSAGE, OPTIONS, NOTIFY, INFO"
 ACCEPT = (
     "application/sdp, text/plain, text/html, text/enriched, application/im-iscomposing+xml, message/cpim, "
     "message/imdn+xml, application/conference-info+xml"
@@ -62,7 +62,7 @@ class DialogUser(Protocol):
     dialog: Dialog | None
 
     def on_dialog_request(self, request: Request) -> int:
-        """An in-dialog MESSAGE (or INFO); returns the status to answer."""
+        """An in-dialog MESSAGE or INFO (OCS clients type with INFO); returns the status to answer."""
 
     def on_ack(self, request: Request) -> None: ...
 
@@ -92,6 +92,8 @@ class UserAgent:
         timers: Timers = DEFAULT_TIMERS,
     ) -> None:
         self.stack = SipStack(name=aor.aor, transport=transport, sink=sink, timers=timers, handler=self)
+        # OCS first messages (ms-text-format in an INVITE) that could not be read; the INVITE was answered anyway
+        self.stack.stats["first_messages_dropped"] = 0
         self.aor = aor
         self.proxy = proxy.with_params(lr=None, transport=transport_name) if proxy is not None else None
         self.proxy_target: Target | None = None  # the proxy's address, resolved when the agent starts
@@ -176,9 +178,9 @@ class UserAgent:
     def local_address(self) -> Address:
         return Address(self.aor, self.display_name)
 
-    def sdp_offer(self, accept_types: tuple[str, ...] = sdp.ACCEPT_TYPES) -> bytes:
-        """Our `m=message ... sip null` session description."""
-        return sdp.build(self.stack.host, self.local_addr[1], accept_types=accept_types)
+    def sdp_offer(self, accept_types: tuple[str, ...] = sdp.ACCEPT_TYPES, media: str = "message") -> bytes:
+        """Our `m=message ... sip null` session description (`m=x-ms-message` to answer an OCS 2005 offer)."""
+        return sdp.build(self.stack.host, self.local_addr[1], accept_types=accept_types, media=media)
 
     def new_request(
         self,
@@ -534,24 +536,37 @@ class UserAgent:
         *,
         accept_types: tuple[str, ...] = sdp.ACCEPT_TYPES,
         acked: Callable[[], bool],
+        headers: dict[str, str] | None = None,
     ) -> Response:
-        """Answer an INVITE with 200 + SDP and retransmit the 2xx until `acked()` (RFC 3261 §13.3.1.4); after
-        64*T1 without an ACK the dialog user's `on_ack_timeout` runs."""
+        """Answer an INVITE with 200 + SDP (and `headers`, such as `Supported: ms-text-format`) and retransmit the
+        2xx until `acked()` (RFC 3261 §13.3.1.4); after 64*T1 without an ACK the dialog user's `on_ack_timeout`
+        runs."""
+        offer = handle.request.body
+        media = sdp.parse_message_media(offer).media if offer else "message"  # checked on arrival (on_request)
         resp = make_response(
             handle.request,
             200,
             to_tag=dialog.local_tag,
-            body=self.sdp_offer(accept_types),
+            body=self.sdp_offer(accept_types, media),
             content_type="application/sdp",
         )
         resp.headers.set("Contact", self.named_contact)
         resp.headers.set("Allow", ALLOW)
+        for name, value in (headers or {}).items():
+            resp.headers.set(name, value)
         self.dialogs[dialog.id] = user
         self.stack.respond(handle, resp)
         self.stack.retransmit_2xx(
             handle, resp, lambda: acked() or self.dialogs.get(dialog.id) is not user, user.on_ack_timeout
         )
         return resp
+
+    def dropped_first_message(self, handle: ServerHandle, reason: str, raw: bytes) -> None:
+        """The first message an INVITE carried (OCS `ms-text-format`) could not be read: counted in
+        `stats["first_messages_dropped"]` and kept in the trace's drops with the reason. The INVITE itself is
+        answered as usual, so only that text is lost, and an OCS sender sends it again (see `im/ocs.py`)."""
+        self.stack.stats["first_messages_dropped"] += 1
+        self.stack.sink.record_drop(handle.transport, handle.remote, reason, raw, self.stack.name)
 
     def forget_dialog(self, dialog: Dialog) -> None:
         self.dialogs.pop(dialog.id, None)
@@ -645,7 +660,7 @@ class UserAgent:
         if method == "BYE":
             self.stack.reply(handle, 200, tag=False)
             user.on_bye(request)
-        elif method == "MESSAGE":
+        elif method in ("MESSAGE", "INFO"):  # INFO: an OCS client's typing (KeyboardActivity), or news we ignore
             self.stack.reply(handle, user.on_dialog_request(request), tag=False)
         elif method == "INVITE":  # session refresh / target refresh: answer with our SDP
             dialog.update_target(request)
@@ -657,7 +672,7 @@ class UserAgent:
         elif method == "NOTIFY":
             # a roster NOTIFY to a conference session, or the end of a REFER's implicit subscription (RFC 3515)
             self.stack.reply(handle, user.on_notify(request), tag=False)
-        elif method in ("INFO", "UPDATE"):
+        elif method == "UPDATE":
             self.stack.reply(handle, 200, tag=False)
         else:
             self._method_not_allowed(handle, in_dialog=True)

@@ -7,7 +7,7 @@ proxy that relays a MESSAGE never needs to parse its Content-Type or Subject.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .errors import LocalProtocolError
 from .uri import split_header_values
@@ -183,7 +183,7 @@ class Headers:
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self.fields: dict[str, list[str]] = {}
-        self.cache: dict[str, object] = {}
+        self.cache: dict[str, Any] = {}  # (Any: each key holds its own parse: str, CSeq, Address, Via)
         for name, value in items:
             self.add(name, value)
 

@@ -115,8 +115,11 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
     return message
 
 
+_LOW_SURROGATE, _HIGH_SURROGATE = chr(0xDC80), chr(0xDCFF)  # surrogateescape's range (chr(): mypyc takes no literal)
+
+
 def _has_surrogates(text: str) -> bool:
-    return not text.isascii() and any("\udc80" <= c <= "\udcff" for c in text)
+    return not text.isascii() and any(_LOW_SURROGATE <= c <= _HIGH_SURROGATE for c in text)
 
 
 def _read_unfolded(lines: list[str], fields: dict[str, list[str]]) -> str | None:
@@ -281,7 +284,7 @@ def _finish_headers(
         raise RemoteProtocolError(bad, 400, _answerable(message))
     if isinstance(message, Request):
         _check_request(message)
-    else:
+    elif isinstance(message, Response):
         _check_response(message)
 
 

@@ -223,7 +223,7 @@ class _Base:
             actions.append(Terminated())
         return actions
 
-    def _timer_delay(self, timer: str) -> float:
+    def _timer_delay(self, timer: str) -> float | None:
         raise NotImplementedError
 
     def _start(self, timer: str) -> list[Action]:

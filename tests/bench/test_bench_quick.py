@@ -50,10 +50,15 @@ def test_quick_parse_and_one_sipp_rung(tmp_path: Path) -> None:
     nim = [r for r in by_bench["parse"] if r["figure"].startswith("notebook_im parse_message")]
     assert len(nim) == 1 and nim[0]["unit"] == "msg/s" and nim[0]["goal"] == ">= 2x the fastest other"
     sipp = [r for r in by_bench["endpoint-udp"] if r["figure"].startswith("SIPp UAC -> SIPp UAS")]
-    endpoint = [r for r in by_bench["endpoint-udp"] if "notebook_im endpoint" in r["figure"]]
+    endpoint = [r for r in by_bench["endpoint-udp"] if r["figure"].startswith("SIPp UAC -> notebook_im endpoint")]
     assert [float(r["value"]) for r in sipp] == [500]  # the one rung of --quick, clean
     assert len(endpoint) == 2  # NOTEBOOK_IM_LOOP=asyncio and =uvloop
     assert all(float(r["anchor_value"]) == 500 for r in endpoint)
+    # PJSUA2 (pjsip from Python, the test extra installs it): its own rung, and the endpoint's ratio to it
+    pjsua2 = [r for r in by_bench["endpoint-udp"] if r["figure"].startswith("SIPp UAC -> PJSUA2")]
+    versus = [r for r in by_bench["endpoint-udp"] if "against PJSUA2" in r["figure"]]
+    assert [float(r["value"]) for r in pjsua2] == [500] and float(pjsua2[0]["anchor_value"]) == 500, rows
+    assert len(versus) == 2 and all(r["goal"] == ">= 2x PJSUA2" and float(r["anchor_value"]) == 500 for r in versus)
     md = (tmp_path / "results.md").read_text()
     assert "| benchmark | figure | value | unit | anchor | anchor value | ratio | goal | met |" in md
     assert md.count("\n| parse |") + md.count("\n| endpoint-udp |") == len(rows)

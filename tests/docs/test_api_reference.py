@@ -6,6 +6,8 @@ import inspect
 import subprocess
 import sys
 
+import pytest
+
 import notebook_im as nim
 
 
@@ -31,6 +33,7 @@ def test_every_public_name_has_a_docstring():
     assert not missing, f"public names without a docstring: {missing}"
 
 
+@pytest.mark.slow
 def test_pdoc_builds_the_reference(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "pdoc", "notebook_im", "-o", str(tmp_path), "--no-show-source"],

@@ -89,12 +89,14 @@ def reopen_and_check(path: Path, completed: list[int], may_lose: int) -> None:
 
 
 @pytest.mark.parametrize("kill_after", [10, 30])
+@pytest.mark.slow
 def test_sigkill_at_chat_pace_loses_at_most_the_last_message(tmp_path, kill_after):
     path = tmp_path / "chat.sqlite"
     completed = chat_and_kill(path, 0.05, kill_after)
     reopen_and_check(path, completed, may_lose=1)
 
 
+@pytest.mark.slow
 def test_sigkill_in_a_tight_loop_loses_only_the_last_few_ms(tmp_path):
     path = tmp_path / "chat.sqlite"
     completed = chat_and_kill(path, 0.0, 400)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -89,6 +90,7 @@ def _same(a, b) -> None:
 
 @SETTINGS
 @given(methods, uris, addresses, addresses, hosts, st.integers(0, 2**31 - 1), extra_headers, st.binary(max_size=600))
+@pytest.mark.slow
 def test_request_round_trip(method, uri, frm, to, via_host, cseq, extra, body):
     req = Request(method, uri, _headers(method, frm, to, via_host, cseq, extra), body)
     wire = bytes(req)
@@ -109,6 +111,7 @@ def test_request_round_trip(method, uri, frm, to, via_host, cseq, extra, body):
 @given(
     st.integers(100, 699), text.map(lambda s: s.strip()), addresses, addresses, extra_headers, st.binary(max_size=300)
 )
+@pytest.mark.slow
 def test_response_round_trip(status, reason, frm, to, extra, body):
     resp = Response(status, reason, _headers("MESSAGE", frm, to, "h.example.test", 1, extra), body)
     parsed = parse_message(bytes(resp))

@@ -121,6 +121,7 @@ def test_transport_failure_marks_the_participant_disconnected() -> None:
         platform.shutdown()
 
 
+@pytest.mark.slow
 def test_pager_mode_composing_clears_too(platform: nim.Platform) -> None:
     """Out of dialog the same holds: `active` with refresh=1 from a sender that then goes quiet ends after the
     window; a text from a sender who is typing ends it at once (RFC 3994 §4)."""

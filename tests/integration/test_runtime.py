@@ -130,6 +130,7 @@ def test_api_argument_errors_say_what_to_do(server, platform):
         alice.send_message("sip:bob@example.test", "x")
 
 
+@pytest.mark.slow
 def test_registration_is_refreshed_and_disable_unregisters(server, platform):
     alice = platform.endpoint("sip:alice@example.test", server=server, expires=2).result(10)
     wait_for(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import notebook_im as nim
-from support.programs import HOST, Sipp, SippServer, ToolResult, free_port
+from support.programs import HOST, SIPP_DIR, Sipp, SippServer, ToolResult, free_port
 
 pytestmark = pytest.mark.interop
 
@@ -207,3 +207,90 @@ def test_third_party_registration_routes_to_the_contact(
     assert uas.wait() == 0, uas.describe()
     log = uas.messages()
     assert all(f"to the contact #{i}" in log for i in range(3))
+
+
+# ---------------------------------------------------------------------------------------------------
+# SIPp as an OCS/Lync-style client (the shapes SIPE writes)
+# ---------------------------------------------------------------------------------------------------
+OCS_FIRST_MESSAGE = "Hi from an OCS client \u2713"
+
+
+@pytest.mark.parametrize("media", ["message", "x-ms-message"])  # OCS 2007 and later, OCS 2005
+def test_sipp_as_an_ocs_client(platform: nim.Platform, sipp: Sipp, media: str) -> None:
+    carol = listening_endpoint(platform, "carol")
+    invitations: list[nim.IncomingSession] = []
+    carol.sessions.on_incoming(lambda incoming: (invitations.append(incoming), incoming.accept()))
+    events = carol.events(nim.MessageReceived, nim.ComposingChanged, nim.SessionTerminated)
+    host, port = carol.local_address
+
+    result = sipp.run(
+        "uac_ocs_session.xml",
+        remote=f"{host}:{port}",
+        service="carol",
+        local_port=free_port(),
+        calls=1,
+        extra=["-key", "media", media],
+    )
+    assert_sipp_ok(result, 1)  # SIPp checked that our 200 says "Supported: ms-text-format"
+
+    got = collect(events, 5, 5, result)
+    kinds = [(type(e).__name__, getattr(e, "composing", getattr(e, "text", None))) for e in got]
+    assert kinds == [
+        ("MessageReceived", OCS_FIRST_MESSAGE),  # out of the INVITE's ms-text-format header
+        ("ComposingChanged", True),  # INFO application/xml KeyboardActivity "type"
+        ("ComposingChanged", False),  # the MESSAGE ends typing
+        ("MessageReceived", "second line from SIPp 1\n"),
+        ("SessionTerminated", None),
+    ], kinds
+    (incoming,) = invitations
+    session = incoming.session
+    assert incoming.conversation_id == "47111" == session.conversation_id
+    assert all(e.session is session for e in got)
+    assert got[0].call_id == got[3].call_id and got[0].mode == "session"
+    assert [m.text for m in session.messages] == [OCS_FIRST_MESSAGE, "second line from SIPp 1\n"]
+    sip = platform.trace.sip(owner=carol.uri)
+    invite = sip[(sip.method == "INVITE") & sip.status.isna()].raw.iloc[0]
+    assert "Ms-Conversation-ID: 47111" in invite and "ms-text-format: text/plain" in invite
+    info = sip[(sip.method == "INFO") & sip.status.isna()].raw.iloc[0]
+    assert "Content-Type: application/xml" in info and '<status status="type" />' in info
+    ok = sip[(sip.method == "INVITE") & (sip.status == 200)].raw.iloc[0]
+    assert "Supported: ms-text-format" in ok and f"m={media} " in ok  # answered in kind
+    stats = carol.stats
+    assert stats["first_messages_dropped"] == 0 and stats["bad_request_400"] == 0, stats
+
+
+def test_sipp_as_a_hostile_ocs_client(platform: nim.Platform, sipp: Sipp) -> None:
+    carol = listening_endpoint(platform, "carol")
+    carol.sessions.on_incoming(lambda incoming: incoming.accept())
+    events = carol.events(nim.MessageReceived, nim.ComposingChanged, nim.SessionTerminated)
+    host, port = carol.local_address
+
+    result = sipp.run(
+        "uac_ocs_hostile.xml",
+        remote=f"{host}:{port}",
+        service="carol",
+        local_port=free_port(),
+        calls=2,
+        limit=1,
+        extra=["-inf", str(SIPP_DIR / "ocs_bad_first_messages.csv")],
+    )
+    # SIPp checked: each INVITE answered 200 without "Supported: ms-text-format", the DTD INFO 400, the big one 413
+    assert_sipp_ok(result, 2)
+
+    got = collect(events, 4, 5, result)
+    kinds = [(type(e).__name__, getattr(e, "text", None)) for e in got]
+    assert kinds == [
+        ("MessageReceived", "first message again 1\n"),  # only the MESSAGE: the unreadable first ones are dropped
+        ("SessionTerminated", None),
+        ("MessageReceived", "first message again 2\n"),
+        ("SessionTerminated", None),
+    ], kinds  # and no ComposingChanged: the refused KeyboardActivity documents changed nothing
+    assert carol.stats["first_messages_dropped"] == 2
+    reasons = [d.reason for d in platform.trace.drops if d.owner == carol.uri]
+    assert reasons == [
+        "first message dropped (first message is not valid base64)",
+        "first message dropped (first message too large: 6,000 base64 characters, at most 5,464 (4,096 bytes of text))",
+    ], reasons
+    sip = platform.trace.sip(owner=carol.uri)
+    answers = sip[(sip.method == "INFO") & sip.status.notna()].status.astype(int).tolist()
+    assert answers == [400, 413, 400, 413]

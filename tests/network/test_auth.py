@@ -119,6 +119,7 @@ def test_server_warns_when_binding_beyond_loopback_without_users():
         nim.Server(host="0.0.0.0")
 
 
+@pytest.mark.slow
 def test_stale_nonce_is_rechallenged_transparently(auth_server, platform):
     alice = platform.endpoint("sip:alice@example.test", server=auth_server, password=USERS["alice"]).result(10)
     platform.endpoint("sip:bob@example.test", server=auth_server, password=USERS["bob"]).result(10)

@@ -115,3 +115,37 @@ def test_notebook_7_shows_timers_and_failures():
     cancel = next(t for t in texts if "CSeq: " in t and " CANCEL " in t and "branch" in t)
     branches = re.findall(r"^F\d+\s+(INVITE|CANCEL|ACK)\s+CSeq: .*branch (\S+)$", cancel, re.M)
     assert {m for m, _b in branches} == {"INVITE", "CANCEL", "ACK"} and len({b for _m, b in branches}) == 1
+
+
+def test_notebook_6_shows_the_sip_of_each_uccapi_call_and_the_ocs_wire():
+    run = executed(next(p for p in NOTEBOOKS if p.name.startswith("06-")))
+    everything = "\n".join(run.text_outputs())
+    for seen in (
+        "REGISTER sip:example.test SIP/2.0",  # Enable
+        "SIP/2.0 401 Unauthorized",
+        "SIP/2.0 407 Proxy Authentication Required",  # CreateSession through the authenticating proxy
+        "(composing: active)",  # StartComposing
+        "(composing: idle)",  # StopComposing
+        "BYE sip:bob@",  # Terminate
+        "Alice's CreateSession failed: 603 Decline = UCC_E_SIP_STATUS_GLOBAL_DECLINE (0x80EF025B)",  # Reject
+        "SIP/2.0 603 Decline",
+        "UCC_E_SIP_STATUS_CLIENT_NOT_FOUND (0x80EF0194)",
+        "SIP/2.0 404 Not Found",
+        # an OCS client, as SIPE writes it
+        "ms-text-format: text/plain; charset=UTF-8;ms-body=",
+        "Ms-Conversation-ID: 4711",
+        "Content-Type: application/xml",
+        '<?xml version="1.0"?><KeyboardActivity> <status status="type" /></KeyboardActivity>',
+        "(KeyboardActivity: type)",
+        '(first message: "Hi Bob, this rides in th…")',
+        "first message taken: True",
+        "('OnIncomingSession', '4711')",
+        "('OnInstantMessageReceived', 'Hi Bob, this rides in the INVITE')",
+        "EndpointState.DISABLED",  # Disable
+    ):
+        assert seen in everything, seen
+    # Bob's own answer to the OCS INVITE says it took the first message
+    assert re.search(r"^ms-text-format$", everything, re.M)
+    markdown = "\n".join(c.source for c in run.stored.cells if c.cell_type == "markdown")
+    for cited in ("sipe-im.c", "sipe-user.c", "sipe-incoming.c", "sipe-conf.c", "sip-transport.c", "m=x-ms-message"):
+        assert cited in markdown, cited

@@ -158,6 +158,7 @@ def test_lockout_is_per_user_and_source_so_the_innocent_behind_the_same_nat_get_
         assert guess(nat, addr, "bob", USERS["bob"]).startswith(b"SIP/2.0 200")  # bob, same address: in
 
 
+@pytest.mark.slow
 def test_distributed_guessing_is_slowed_per_user_but_alice_still_gets_in(srv):
     srv.auth.backoff_max = 1.0
     addr = (srv.host, srv.port)

@@ -248,6 +248,7 @@ def test_a_locked_offline_store_is_503_at_once_and_stalls_nobody(offline_server,
     assert server.offline == {BOB: 2}
 
 
+@pytest.mark.slow
 def test_a_removal_that_cannot_be_written_delivers_once_and_is_written_later(offline_server, platform) -> None:
     """The lock is held while bob registers again. Remembering bob raised out of the REGISTER handling, so his
     kept messages were not delivered at all; had a removal failed, the store's memory would be half-updated

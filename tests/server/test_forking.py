@@ -143,6 +143,7 @@ def test_caller_cancels_both_devices_stop_ringing_as_cancelled(devices):
         assert ev.reason == "cancelled by the caller" and not ev.answered_elsewhere
 
 
+@pytest.mark.slow
 def test_a_device_that_ignores_cancel_does_not_hold_the_caller(platform):
     """bob#2 rings and then never answers the CANCEL: its branch ends with a 408 after 64*T1 (the INVITE
     transaction's Timer B) and alice gets her 487, the best answer (without that she would wait for ever)."""

@@ -41,6 +41,7 @@ def incoming_messages(endpoint: nim.Endpoint):
     return df[(df["method"] == "MESSAGE") & df["status"].isna() & (df["direction"] == "in")]
 
 
+@pytest.mark.slow
 def test_three_messages_stored_then_delivered_in_order_once_with_sender_and_time(server, platform):
     alice = platform.endpoint("sip:alice@example.test", server=server).result(10)
     go_offline(server)
@@ -71,6 +72,7 @@ def test_three_messages_stored_then_delivered_in_order_once_with_sender_and_time
         assert bob.pager_messages[-1].sent_at is None, "a live message carries no Date"
 
 
+@pytest.mark.slow
 def test_a_message_waiting_too_long_expires():
     with world(offline_limits=nim.OfflineLimits(ttl=0.5)) as (server, alice):
         go_offline(server)
@@ -124,6 +126,7 @@ def test_user_known_from_users_is_kept_before_first_registration():
             wait_for(lambda: [e.text for e in bob.pager_messages] == ["welcome"], 5, "the welcome message")
 
 
+@pytest.mark.slow
 def test_silent_device_keeps_the_message_until_it_registers_again():
     """A device that registers but does not answer the delivery (frozen, or gone without un-registering) is given
     up after a few retransmissions (8*T1), not Timer F: the message stays, and goes out again, the same message,

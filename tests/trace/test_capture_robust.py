@@ -267,6 +267,7 @@ def test_every_link_type_we_claim(tmp_path: Path) -> None:
     assert v6["src"].astype(str).tolist() == ["[fd00::1]:5060"]
 
 
+@pytest.mark.slow
 def test_an_import_that_fails_midway_leaves_no_partial_file(tmp_path: Path) -> None:
     from support.captures import generate
 

@@ -284,6 +284,7 @@ print(r.rows, hwm // 1024, time.perf_counter() - t)
 """
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_capture(tmp_path: Path) -> None:
     """Importing 4x the capture with the same budget: the same peak RSS (within 20%; both captures are several
     batches long, so both reach the steady state of one batch gathered, one queued, one written), under the
@@ -308,6 +309,7 @@ def test_peak_memory_does_not_grow_with_the_capture(tmp_path: Path) -> None:
 
 
 # -- the CLI --------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_import_pcap_with_a_progress_bar(capture, tmp_path: Path) -> None:
     path, truth = capture
     cli = [sys.executable, "-m", "notebook_im.cli"]

@@ -39,6 +39,7 @@ def client():
         yield c
 
 
+@pytest.mark.slow
 def test_counts_identical_to_duckdb(dataset: Path, client) -> None:
     duck = nim.open_traces(dataset)
     dask = nim.open_traces(dataset, engine="dask", client=client)

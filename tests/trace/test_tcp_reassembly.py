@@ -273,6 +273,7 @@ def test_stream_that_does_not_start_like_sip_is_ignored_and_counted(tmp_path: Pa
 
 
 # -- many flows, linear time ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_100k_open_flows_stay_within_the_caps(tmp_path: Path) -> None:
     half = sip_request("many", 1, "x" * 100)[:120]  # a header section that never ends
     packets = []
@@ -292,6 +293,7 @@ def test_100k_open_flows_stay_within_the_caps(tmp_path: Path) -> None:
     assert [raw for _, _, raw in sink.all] == [sip_request("after", 1)]
 
 
+@pytest.mark.slow
 def test_100k_open_flows_memory_bounded_in_a_child(tmp_path: Path) -> None:
     """Peak RSS of a process reading 100,000 half-open flows with a 256 MiB budget stays below it: the flows are
     capped at 14,336 (the rest evicted, least recently used first) and cost about a kilobyte each."""
@@ -319,7 +321,7 @@ print(stats.tcp_peak_flows, stats.tcp_flows_evicted, base, hwm())
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     peak_flows, evicted, base, peak = map(int, out.stdout.split())
-    assert peak_flows == (256 - 200) * 1024 * 1024 // 4096 and evicted == 100_000 - peak_flows
+    assert peak_flows == (256 - 224) * 1024 * 1024 // 4096 and evicted == 100_000 - peak_flows
     assert (peak - base) / 1024 < 40, f"reading grew RSS by {(peak - base) / 1024:.0f} MiB"
     assert peak / 1024 < 256, f"peak RSS {peak / 1024:.0f} MiB over the 256 MiB budget"
 
@@ -353,6 +355,7 @@ def adversarial_capture(path: Path, n: int, seed: int = 5) -> Path:
     return write_packets(path, packets[:n])
 
 
+@pytest.mark.slow
 def test_time_is_linear_in_adversarial_input(tmp_path: Path) -> None:
     small = adversarial_capture(tmp_path / "n.pcap", 20_000)
     large = adversarial_capture(tmp_path / "4n.pcap", 80_000)

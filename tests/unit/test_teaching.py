@@ -149,6 +149,7 @@ def test_middlebox_rules_on_bytes():
     assert added == b"MESSAGE sip:b SIP/2.0\r\nSubject: hi\r\nCSeq: 1 MESSAGE\r\n\r\n"
 
 
+@pytest.mark.slow
 def test_middlebox_in_front_of_the_server_drops_what_its_rule_says():
     box = teaching.Middlebox().start()
     timers = nim.Timers(t1=0.02, t2=0.16, t4=0.2)
@@ -171,6 +172,7 @@ def test_middlebox_in_front_of_the_server_drops_what_its_rule_says():
         box.stop()
 
 
+@pytest.mark.slow
 def test_raw_peers_silent_and_refusing_composing(platform):
     timers = nim.Timers(t1=0.02, t2=0.16, t4=0.2)
     server = nim.Server(timers=timers, device_timeout=None).start().result(10)  # Timer F decides, not the proxy
@@ -212,3 +214,76 @@ def test_compare_with_reference_marks_missing_and_extra():
 def test_checking_before_the_flow_ran_says_what_to_run(platform):
     result = check("02.vias-at-bob", 2, trace=platform.trace)
     assert not result.ok and not result.answered and "run the cells above first" in repr(result)
+
+
+def test_ocs_client_speaks_sipes_shapes_to_an_endpoint(platform):
+    """teaching.OcsClient writes what SIPE writes; the endpoint takes each shape, and the flow labels them."""
+    bob = platform.endpoint("sip:bob@example.test", server=None).result(10)
+    bob.sessions.on_incoming(lambda invitation: invitation.accept())
+    events = bob.events(nim.IncomingSession, nim.MessageReceived, nim.ComposingChanged, nim.SessionTerminated)
+    flow = Flow(platform.trace)
+    with teaching.OcsClient() as sipe:
+        assert sipe.invite(bob, "Hi Bob ✓", conversation_id="4711") == 200 and sipe.first_message_taken
+        assert (sipe.typing(), sipe.send("and more"), sipe.typing(), sipe.typing(False), sipe.bye()) == (200,) * 5
+        invite = next(t for _ts, d, t in sipe.log if d == "out" and t.startswith("INVITE"))
+        for line in (
+            "Supported: ms-sender",
+            "ms-text-format: text/plain; charset=UTF-8;ms-body=SGkgQm9iIOKckw==",  # base64 of "Hi Bob ✓"
+            "Ms-Conversation-ID: 4711",
+            "m=message ",
+        ):
+            assert line in invite, line
+    got = [events.get(timeout=5) for _ in range(7)]
+    assert [type(e).__name__ for e in got] == [
+        "IncomingSession",
+        "MessageReceived",
+        "ComposingChanged",
+        "ComposingChanged",
+        "MessageReceived",
+        "ComposingChanged",
+        "ComposingChanged",
+    ]
+    assert got[0].conversation_id == "4711" and got[1].text == "Hi Bob ✓" and got[4].text == "and more"
+    assert [e.composing for e in got if isinstance(e, nim.ComposingChanged)] == [True, False, True, False]
+    assert isinstance(events.get(timeout=5), nim.SessionTerminated)
+    listing = Flow.format(flow.new(), full=False)
+    assert '(first message: "Hi Bob ✓")' in listing and "(KeyboardActivity: type)" in listing
+    assert "(KeyboardActivity: idle)" in listing and '"and more"' in listing
+
+
+def test_ocs_client_refused_and_unanswered(platform):
+    bob = platform.endpoint("sip:bob@example.test", server=None).result(10)
+    bob.sessions.on_incoming(lambda invitation: invitation.reject(603))
+    with teaching.OcsClient(timeout=1) as sipe:
+        assert sipe.invite(bob, "anyone?") == 603 and not sipe.first_message_taken
+        with pytest.raises(RuntimeError, match="invite"):
+            sipe.typing()
+    with (
+        teaching.OcsClient(timeout=0.3) as sipe,
+        teaching.RawPeer("sip:x@example.test", answer=teaching.silent) as nobody,
+    ):
+        with pytest.raises(TimeoutError, match="no final answer to INVITE"):
+            sipe.invite(f"{nobody.address[0]}:{nobody.address[1]}", "hello?")
+
+
+def test_uccapi_results_are_the_sip_status_in_an_hresult():
+    assert teaching.uccapi_result(404) == "UCC_E_SIP_STATUS_CLIENT_NOT_FOUND (0x80EF0194)"
+    assert teaching.uccapi_result(486) == "UCC_E_SIP_STATUS_CLIENT_BUSY_HERE (0x80EF01E6)"
+    assert teaching.uccapi_result(603) == "UCC_E_SIP_STATUS_GLOBAL_DECLINE (0x80EF025B)"
+    assert teaching.uccapi_result(499) == "0x80EF01F3"  # no name here: the HRESULT alone
+    for status, name in teaching.UCCAPI_STATUS.items():
+        part = {4: "_CLIENT_", 5: "_SERVER_", 6: "_GLOBAL_"}[status // 100]
+        assert name.startswith("UCC_E_SIP_STATUS_") and (part in name or status in (487, 488)), (status, name)
+
+
+def test_ocs_client_as_an_ocs_2005_client_without_a_first_message(platform):
+    bob = platform.endpoint("sip:bob@example.test", server=None).result(10)
+    bob.sessions.on_incoming(lambda invitation: invitation.accept())
+    with teaching.OcsClient(timeout=2) as sipe:
+        assert sipe.invite(bob, media="x-ms-message") == 200 and not sipe.first_message_taken
+        assert sipe.conversation_id.isdigit()  # a random number, as SIPE writes it
+        assert sipe.bye() == 200
+        sent = next(t for _ts, d, t in sipe.log if d == "out" and t.startswith("INVITE "))
+        ok = next(t for _ts, d, t in sipe.log if d == "in" and t.startswith("SIP/2.0 200") and "CSeq: 1 INVITE" in t)
+    assert "m=x-ms-message " in sent and "ms-text-format" not in sent
+    assert "m=x-ms-message " in ok and "Supported: ms-text-format" not in ok
