@@ -4,10 +4,17 @@
 Each run is a new `python -c` process that times only the import statement (perf_counter around it), so the
 interpreter's own start-up is not counted, and it reports whether pandas or ipywidgets came along (they must
 not: they load on first use). The minimum is the run least disturbed by the other programs on this machine.
+
+The package's bytecode is compiled first (`compileall`), as `pip install` does and as the first import of an
+editable install does unless PYTHONDONTWRITEBYTECODE is set. With that variable set (as it is on some CI and
+container images) nothing wrote the .pyc files and every run compiled all ~56 modules from source: ~40 ms of the
+117 ms this benchmark used to report, time a user never sees twice; the standard library anchor was always
+measured from its installed bytecode.
 """
 
 from __future__ import annotations
 
+import compileall
 import json
 import subprocess
 import sys
@@ -41,7 +48,9 @@ def import_seconds(module: str, runs: int) -> tuple[float, list[str]]:
 def run(ctx: Context) -> None:
     """bench/run --only import"""
     runs = 3 if ctx.quick else 7
-    import_seconds("notebook_im", 1)  # a first import writes the .pyc files; it is not what users see twice
+    # the bytecode a user's install has (pip compiles it; py_compile writes it whatever PYTHONDONTWRITEBYTECODE says)
+    compileall.compile_dir(str(REPO / "notebook_im"), quiet=1)
+    import_seconds("notebook_im", 1)  # warms the file cache
     anchor, _ = import_seconds("asyncio", runs)
     value, heavy = import_seconds("notebook_im", runs)
     if heavy:
@@ -55,7 +64,7 @@ def run(ctx: Context) -> None:
             anchor="import asyncio, same way",
             anchor_value=anchor * 1000,
             ratio=ratio(value, anchor),
-            goal="< 150 ms, no pandas/ipywidgets",
-            met=yes_no(value < 0.150 and not heavy),
+            goal="<= 100 ms, no pandas/ipywidgets",
+            met=yes_no(value <= 0.100 and not heavy),
         )
     )
