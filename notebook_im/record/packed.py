@@ -12,9 +12,12 @@ the collector in one of the first passes that see it (once its items are) and ne
 
 with `shape` an int naming the event class and its field names, and each field value kept as it is when it
 is such a plain value, or else as `(REF, n)`: the n-th entry of a table of the live objects the events point
-at (their sessions, participants, endpoints, state enum members). Those are few (a conversation's events
-all point at the same session and participant) and are kept alive anyway by the manager and the sessions.
-An event that is not a dataclass is kept as it is.
+at (their sessions, participants, endpoints, state enum members). Those are few at a time (a conversation's
+events all point at the same session and participant), but the table holds them alive: a session that ended
+is still in it, with its messages, dialog and participants (~100 KB for a session of 20 messages). So the
+table lets go of an object once no event in memory points at it any more (`release`, which the trace calls
+when the byte budget evicts a chunk of events): else a program that opens and ends sessions for hours would
+keep every one of them, outside the budget. An event that is not a dataclass is kept as it is.
 
 Unpacking builds each event again, with the very same live objects in its fields: `==` with the emitted
 event holds (dataclass equality), `is` does not. Readers (`Trace.event_records()`, the frames) unpack on each
@@ -38,8 +41,9 @@ class EventPacker:
     def __init__(self) -> None:
         self.shapes: list[tuple[type, tuple[str, ...]]] = []  # shape number -> (event class, field names)
         self._shape_of: dict[type, int] = {}
-        self.objects: list[Any] = []  # n -> live object (kept: ids stay unique)
-        self._ref_of: dict[int, tuple[str, int]] = {}  # id(object) -> (REF, n)
+        self.objects: dict[int, Any] = {}  # n -> live object (kept while an event in memory points at it)
+        self._ref_of: dict[int, tuple[str, int]] = {}  # id(object) -> (REF, n) (ids stay unique: objects are kept)
+        self._next = 0  # the n of the next object (never reused, so a record never points at a later object)
 
     def pack(self, ts: float, owner: str, event: Any) -> tuple:
         """The record of `event` at `ts` by `owner`: a tuple the GC can untrack when its objects are plain."""
@@ -89,10 +93,29 @@ class EventPacker:
     def _ref(self, value: Any) -> tuple[str, int]:
         ref = self._ref_of.get(id(value))
         if ref is None:
-            ref = (REF, len(self.objects))
-            self.objects.append(value)
+            ref = (REF, self._next)
+            self.objects[self._next] = value
             self._ref_of[id(value)] = ref
+            self._next += 1
         return ref
+
+    @staticmethod
+    def refs(records: Any) -> set[int]:
+        """The numbers of the live objects `records` (packed events) point at."""
+        out: set[int] = set()
+        for record in records:
+            if record[2] >= 0:
+                out.update(v[1] for v in record[3:] if type(v) is tuple)  # (a field value is plain or a (REF, n))
+        return out
+
+    def release(self, refs: set[int]) -> None:
+        """Forget the live objects numbered `refs` (no event in memory points at them any more): the table stops
+        keeping them alive. An event recorded later that points at one of them gets a new number."""
+        objects, ref_of = self.objects, self._ref_of
+        for n in refs:
+            value = objects.pop(n, None)
+            if value is not None:
+                ref_of.pop(id(value), None)
 
     def clear(self) -> None:
         """Forget the shapes and live objects (Trace.clear())."""
@@ -100,3 +123,4 @@ class EventPacker:
         self._shape_of.clear()
         self.objects.clear()
         self._ref_of.clear()
+        self._next = 0

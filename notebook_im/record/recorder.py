@@ -287,6 +287,10 @@ class Trace:
         # the byte budget (budget.py): bytes of each sealed chunk, oldest first, and what was evicted
         self._sip_chunk_bytes: deque[int] = deque()
         self._event_chunk_bytes: deque[int] = deque()
+        # the live objects (packer numbers) each sealed event chunk points at, and in how many chunks each is: an
+        # evicted chunk's objects no event in memory points at any more are released (packed.py: ended sessions)
+        self._event_chunk_refs: deque[set[int]] = deque()
+        self._ref_chunks: dict[int, int] = {}
         self._evicted = {"sip": 0, "events": 0, "bytes": 0, "spilled": 0, "dropped": 0}
         self._warned = False
         self.budget: TraceBudget | None = None
@@ -446,6 +450,8 @@ class Trace:
             self.dropped_sip = self.skipped = self.drops_total = 0
             self._sip_chunk_bytes.clear()
             self._event_chunk_bytes.clear()
+            self._event_chunk_refs.clear()
+            self._ref_chunks.clear()
             self._evicted = dict.fromkeys(self._evicted, 0)
 
     # -- the byte budget (budget.py) -------------------------------------------------------------------------
@@ -464,15 +470,21 @@ class Trace:
         chunks = self._events.chunks
         sizes = self._event_chunk_bytes
         while len(sizes) < len(chunks):
+            chunk = chunks[len(sizes)]
             total = 0
             seen: set[int] = set()  # a value several events share (a text, a constant) counts once per chunk
-            for record in chunks[len(sizes)]:
+            for record in chunk:
                 total += size(record) + 24
                 for value in record[3:]:  # None, booleans, "" and small ints are shared: not counted
                     if value and type(value) is not tuple and type(value) is not bool and id(value) not in seen:
                         seen.add(id(value))
                         total += size(value)
             sizes.append(total)
+            refs = self._packer.refs(chunk)
+            self._event_chunk_refs.append(refs)
+            counts = self._ref_chunks
+            for n in refs:
+                counts[n] = counts.get(n, 0) + 1
 
     def use_budget(self, budget: TraceBudget | None) -> None:
         """Count this trace against `budget` from now on (None: no budget); a smaller one evicts at once."""
@@ -528,6 +540,7 @@ class Trace:
                     return 0
                 del self._events.chunks[0]
                 n = self._event_chunk_bytes.popleft()
+                self._release_refs(self._event_chunk_refs.popleft())
         counts = self._evicted
         counts[kind] += CHUNK
         counts["bytes"] += n
@@ -536,6 +549,21 @@ class Trace:
             self._warned = True
             self._warn_evicted(kind)
         return n
+
+    def _release_refs(self, refs: set[int]) -> None:
+        """The evicted event chunk pointed at the live objects `refs`: release those no sealed chunk and no event
+        of the tail points at any more (the trace's lock held), so an ended session does not stay in memory."""
+        counts = self._ref_chunks
+        gone = set()
+        for ref in refs:
+            left = counts[ref] - 1
+            if left:
+                counts[ref] = left
+            else:
+                del counts[ref]
+                gone.add(ref)
+        if gone:
+            self._packer.release(gone - self._packer.refs(self._events.tail))
 
     def _warn_evicted(self, kind: str) -> None:
         budget = self.budget

@@ -327,3 +327,40 @@ def test_reopened_store_loads_what_fits_the_budget(tmp_path, server) -> None:
 
 def test_import_stays_light() -> None:
     assert "notebook_im.record.budget" in sys.modules and nim.trace_budget() is nim.trace_budget()
+
+
+class _Session:
+    """A stand-in for a live session an event points at (weakly referenceable, not a plain value)."""
+
+
+def test_evicted_events_let_go_of_the_sessions_they_pointed_at() -> None:
+    """The packer's table of live objects kept every session an event ever pointed at, ended and evicted ones
+    too (with their messages and dialogs: ~100 KB a session), outside the budget; a program that opens and ends
+    sessions for hours grew without end. Once no event in memory points at an object, the trace lets go of it."""
+    import weakref
+
+    trace = Trace(budget=TraceBudget(2 * CHUNK * 300), name="t")
+    refs = []
+    live = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TraceBudgetWarning)
+        for i in range(40):  # 40 conversations of 200 events, each pointing at its own session
+            live = _Session()
+            refs.append(weakref.ref(live))
+            for j in range(200):
+                now = datetime.now(timezone.utc)
+                trace.record_event("o", _Said(live, f"m{i}.{j}", f"{i}.{j}", "session", 200, 0.1, now, now, "c"))
+    gc.collect()
+    assert trace.evicted.events > 20 * 200, "most conversations were evicted"
+    kept = [r() is not None for r in refs]
+    assert not any(kept[:20]), "the sessions of evicted conversations are not kept alive by the trace"
+    assert len(trace._packer.objects) <= 10, "the table holds what the events in memory point at, no more"
+    # what is still in memory unpacks to the very same objects
+    records = trace.event_records()
+    assert records and records[-1].event.session is live and records[-1].event.text == "m39.199"
+    assert all(r.event.session is not None for r in records)
+    # an object released and then pointed at again gets a new entry and unpacks right
+    first = refs[-1]()
+    now = datetime.now(timezone.utc)
+    trace.record_event("o", _Said(first, "again", "x", "session", 200, 0.1, now, now, "c"))
+    assert trace.event_records()[-1].event.session is first
