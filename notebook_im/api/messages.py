@@ -70,21 +70,33 @@ class MessageLog(Sequence[ChatMessage]):
     them all, and an index, slice or iteration that reaches past the window rebuilds the older ones from the
     store's events (`loader`; each such access reads the store again, and they are copies, not the live
     objects). Without a store the window is all there is: `len()` and indexes cover the window only, and
-    `evicted` says how many are gone."""
+    `evicted` says how many are gone.
+
+    A message appended while the trace was not recording (`trace.paused()`) is not in the store: once it leaves
+    the window it is gone (`lost`), and the positions of the stored ones are counted without it, so that what is
+    read back lines up with the window rather than repeating part of it."""
 
     def __init__(self, window: int = DEFAULT_WINDOW, loader: Callable[[], list[ChatMessage]] | None = None) -> None:
         self.window = window
         self.evicted = 0  # messages that left memory (in the store when there is one, else gone)
+        self.lost = 0  # of those, the ones the store does not have either (appended while recording was off)
         self._recent: deque[ChatMessage] = deque()
+        self._unstored: set[int] = set()  # id() of the messages in the window that the store does not have
         self._loader = loader
 
-    def append(self, msg: ChatMessage) -> None:
-        """Add the newest message (the oldest in memory leaves past the window)."""
+    def append(self, msg: ChatMessage, stored: bool = True) -> None:
+        """Add the newest message (the oldest in memory leaves past the window). `stored=False`: the history store
+        does not get it (the trace was not recording)."""
         recent = self._recent
         recent.append(msg)
+        if not stored:
+            self._unstored.add(id(msg))
         if len(recent) > self.window:
-            recent.popleft()
+            gone = recent.popleft()
             self.evicted += 1
+            if self._unstored and id(gone) in self._unstored:
+                self._unstored.discard(id(gone))
+                self.lost += 1
 
     def extend(self, messages: Iterable[ChatMessage]) -> None:
         for msg in messages:
@@ -101,16 +113,16 @@ class MessageLog(Sequence[ChatMessage]):
 
     def older(self) -> list[ChatMessage]:
         """The messages that left memory, rebuilt from the history store (empty without one)."""
-        if self._loader is None or not self.evicted:
+        if self._loader is None or self.evicted == self.lost:
             return []
-        return self._loader()[: self.evicted]
+        return self._loader()[: self.evicted - self.lost]
 
     def __len__(self) -> int:
-        return len(self._recent) + (self.evicted if self._loader is not None else 0)
+        return len(self._recent) + (self.evicted - self.lost if self._loader is not None else 0)
 
     def __getitem__(self, key: Any) -> Any:
         recent = list(self._recent)
-        base = self.evicted if self._loader is not None else 0
+        base = self.evicted - self.lost if self._loader is not None else 0
         n = base + len(recent)
         if isinstance(key, slice):
             positions = range(*key.indices(n))
@@ -129,6 +141,29 @@ class MessageLog(Sequence[ChatMessage]):
         yield from self.older()
         yield from recent
 
+    def __reversed__(self) -> Iterator[ChatMessage]:
+        # (Sequence's own goes index by index: one read of the whole store per message past the window)
+        recent = list(self._recent)
+        yield from reversed(recent)
+        yield from reversed(self.older())
+
+    def index(self, value: Any, start: int = 0, stop: int | None = None) -> int:
+        """The position of `value` (as list.index). A message of the window is found without reading the store
+        (the older ones are copies of other messages); else the store is read once (Sequence's own index read it
+        once per position past the window)."""
+        recent = list(self._recent)
+        base = self.evicted - self.lost if self._loader is not None else 0
+        lo, hi, _ = slice(start, stop).indices(base + len(recent))
+        for i in range(max(lo, base), hi):
+            msg = recent[i - base]
+            if msg is value or msg == value:
+                return i
+        if lo < base:
+            for i, msg in enumerate(self.older()[lo : min(hi, base)], lo):
+                if msg is value or msg == value:
+                    return i
+        raise ValueError(f"{value!r} is not in session.messages")
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (MessageLog, list, tuple)):
             return list(self) == list(other)
@@ -137,7 +172,11 @@ class MessageLog(Sequence[ChatMessage]):
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        kept = f"{self.evicted:,} older in the history store" if self.stored else f"{self.evicted:,} older dropped"
+        if self.stored:
+            kept = f"{self.evicted - self.lost:,} older in the history store"
+            kept += f", {self.lost:,} dropped (recorded while the trace was paused)" if self.lost else ""
+        else:
+            kept = f"{self.evicted:,} older dropped"
         return f"<MessageLog {len(self._recent):,} in memory (window {self.window:,}), {kept}>"
 
 

@@ -601,7 +601,7 @@ class ImSession(EventSource):
         wanted = imdn.requested(request.headers, wrapper) if self._receipts else None
         if wanted is not None:
             msg.requested, msg.imdn_datetime = wanted.dispositions, wanted.datetime
-        self.messages.append(msg)
+        self.messages.append(msg, self.endpoint.platform.trace.enabled)  # (paused: not in the history store)
         unread = self._unread
         unread[msg.id] = msg
         if len(unread) > self.messages.window:  # bounded like the window: the oldest unread is not marked read
@@ -755,7 +755,7 @@ class ImSession(EventSource):
         msg = ChatMessage(
             random_hex(2 * 6), "out", self.endpoint.uri, self._remote.uri, text, ct, now_utc(), "sending", self.mode
         )
-        self.messages.append(msg)
+        self.messages.append(msg, self.endpoint.platform.trace.enabled)
         if self.mode == "pager":
             return await self._send_pager_text(msg)
         extra = {"Imdn-Message-ID": msg.id}

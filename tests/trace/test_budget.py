@@ -364,3 +364,69 @@ def test_evicted_events_let_go_of_the_sessions_they_pointed_at() -> None:
     now = datetime.now(timezone.utc)
     trace.record_event("o", _Said(first, "again", "x", "session", 200, 0.1, now, now, "c"))
     assert trace.event_records()[-1].event.session is first
+
+
+def test_message_log_reads_the_store_once_backwards_and_for_index() -> None:
+    """reversed() and index() went position by position through Sequence's defaults: one read of the whole store
+    per message past the window (11,500 evicted messages: 11,500 reads of ~2 s each)."""
+    everything = [_msg(i) for i in range(40)]
+    reads = []
+
+    def loader() -> list[ChatMessage]:
+        reads.append(1)
+        return list(everything)
+
+    log = MessageLog(window=5, loader=loader)
+    log.extend(everything)
+    assert [m.text for m in reversed(log)] == [m.text for m in reversed(everything)] and len(reads) == 1
+    assert [m.text for m in list(reversed(log))[:5]] == ["m39", "m38", "m37", "m36", "m35"] and len(reads) == 2
+    reads.clear()
+    assert log.index(everything[38]) == 38 and not reads, "in the window: no store read"
+    assert log.index(everything[3]) == 3 and log.index(everything[20], 10, 30) == 20 and len(reads) == 2
+    with pytest.raises(ValueError, match="not in session.messages"):
+        log.index(everything[3], 4)
+    assert log.index(everything[-1], -1) == 39 and log.count(everything[0]) == 1
+    window_only = MessageLog(window=5)
+    window_only.extend(everything)
+    assert [m.text for m in reversed(window_only)] == ["m39", "m38", "m37", "m36", "m35"]
+    assert window_only.index(everything[37]) == 2
+
+
+def test_message_log_messages_the_store_never_got_do_not_shift_it() -> None:
+    """A message appended while the trace was paused is not in the store: counting it among the stored ones made
+    the part read back repeat messages of the window (and lose the oldest)."""
+    everything = [_msg(i) for i in range(12)]
+    unrecorded = {3, 4, 5}
+    log = MessageLog(window=5, loader=lambda: [m for m in everything if int(m.id) not in unrecorded])
+    for m in everything:
+        log.append(m, int(m.id) not in unrecorded)
+    expected = [f"m{i}" for i in range(12) if i not in unrecorded]
+    assert log.evicted == 7 and log.lost == 3 and len(log) == len(expected) == len(list(log))
+    assert [m.text for m in log] == expected and [log[i].text for i in range(len(log))] == expected
+    assert [m.text for m in log[::-1]] == expected[::-1] and "3 dropped" in repr(log)
+
+
+@pytest.mark.timeout(60)
+def test_session_messages_with_history_and_a_paused_trace(tmp_path) -> None:
+    net = nim.MemoryNetwork()
+    server = nim.Server(network=net).start().result(10)
+    platform = nim.Platform("paused", network=net, message_window=5, history=tmp_path / "h.sqlite")
+    try:
+        alice = platform.endpoint("sip:alice@example.test", server=server).result(10)
+        bob = platform.endpoint("sip:bob@example.test", server=server).result(10)
+        accept_all(bob)
+        session = alice.sessions.create("sip:bob@example.test").result(10)
+        for text in ("a0", "a1", "a2"):
+            session.send(text).result(10)
+        with platform.trace.paused():
+            for text in ("p0", "p1", "p2"):
+                session.send(text).result(10)
+        for text in ("b0", "b1", "b2", "b3", "b4", "b5"):
+            session.send(text).result(10)
+        expected = ["a0", "a1", "a2", "b0", "b1", "b2", "b3", "b4", "b5"]
+        assert [m.text for m in session.messages] == expected, "no message twice, none shifted"
+        assert len(session.messages) == len(expected) and session.messages.lost == 3
+        assert session.messages[3].text == "b0" and session.messages[-5].text == "b1"
+    finally:
+        platform.shutdown()
+        server.stop()
