@@ -32,6 +32,8 @@ human pace. `NOTEBOOK_IM_TRACE_BUDGET` ("512MiB", "2GiB", "none") sets it before
 
 from __future__ import annotations
 
+import math
+import operator
 import os
 import re
 import threading
@@ -52,6 +54,8 @@ def parse_size(value: Any, what: str = "the trace budget") -> int | None:
         return None
     if isinstance(value, bool):
         raise TypeError(f"{what} must be a size such as '256MiB' or a number of bytes, not {value!r}")
+    if not isinstance(value, (int, str)) and hasattr(type(value), "__index__"):
+        value = operator.index(value)  # a numpy integer, say: a number of bytes too
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"{what} must not be negative, not {value!r}")
@@ -62,7 +66,13 @@ def parse_size(value: Any, what: str = "the trace budget") -> int | None:
         m = _SIZE.match(value)
         unit = m.group(2).lower() if m else ""
         if m and unit in _UNITS:
-            return int(float(m.group(1)) * _UNITS[unit])
+            number = float(m.group(1))
+            if not math.isfinite(number * _UNITS[unit]):  # ("9" * 400 + "GiB": int() of infinity raised OverflowError)
+                raise ValueError(f"{what} is too large to be a size: {value!r} (pass 'none' for no limit)")
+            if _UNITS[unit] == 1 and number != int(number):
+                # "0.5" (meant as GiB?) became 0 bytes, a budget that evicts everything: say so instead
+                raise ValueError(f"{what} must be a whole number of bytes or have a unit ('0.5GiB'), not {value!r}")
+            return int(number * _UNITS[unit])
         raise ValueError(f"{what} must be a size such as '256MiB', '1GiB' or '500MB' (or 'none'), not {value!r}")
     raise TypeError(f"{what} must be a size such as '256MiB' or a number of bytes, not {type(value).__name__}")
 
@@ -71,6 +81,8 @@ def format_size(n: int | None) -> str:
     """'128 MiB', '1.5 GiB', 'unlimited'."""
     if n is None:
         return "unlimited"
+    if n >= 2**80:  # (n / size overflows a float past ~1e308: a repr must not raise)
+        return f"{n // 2**30:,} GiB"
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
             return f"{n / size:,.1f}".rstrip("0").rstrip(".") + f" {unit}"
@@ -173,5 +185,8 @@ def process_budget() -> TraceBudget:
     global _process
     with _process_lock:
         if _process is None:
-            _process = TraceBudget(os.environ.get(ENV, DEFAULT_LIMIT))
+            # set but empty counts as unset (`export NOTEBOOK_IM_TRACE_BUDGET=`); a bad value names the variable,
+            # since the Platform() or Server() that fails was not given it
+            value = os.environ.get(ENV, "").strip() or DEFAULT_LIMIT
+            _process = TraceBudget(parse_size(value, f"the {ENV} environment variable"))
         return _process

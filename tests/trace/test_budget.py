@@ -430,3 +430,36 @@ def test_session_messages_with_history_and_a_paused_trace(tmp_path) -> None:
     finally:
         platform.shutdown()
         server.stop()
+
+
+def test_hostile_sizes_say_what_is_wrong(monkeypatch) -> None:
+    """Sizes that used to escape as OverflowError (int() of an infinite float), reprs that raised for huge
+    limits, fractions of a byte that silently became a budget of 0 (evict everything), and an environment
+    variable whose error did not name it (the Platform() that failed was given no budget)."""
+    from notebook_im.record import budget as budget_mod
+
+    huge = "9" * 400 + "GiB"
+    with pytest.raises(ValueError, match="too large"):
+        parse_size(huge)
+    for fraction in ("0.5", "1.9B", "0.0001b"):
+        with pytest.raises(ValueError, match="whole number of bytes"):
+            parse_size(fraction)
+    assert parse_size("1.5KiB") == 1536 and parse_size("2.0") == 2
+    big = TraceBudget(10**400)
+    assert "GiB" in repr(big) and format_size(10**400).endswith(" GiB")
+    import numpy as np
+
+    assert parse_size(np.int64(4096)) == 4096
+
+    monkeypatch.setattr(budget_mod, "_process", None)
+    monkeypatch.setenv(budget_mod.ENV, "plenty")
+    with pytest.raises(ValueError, match="NOTEBOOK_IM_TRACE_BUDGET environment variable"):
+        nim.trace_budget()
+    monkeypatch.setenv(budget_mod.ENV, huge)
+    with pytest.raises(ValueError, match="NOTEBOOK_IM_TRACE_BUDGET .*too large"):
+        nim.trace_budget()
+    monkeypatch.setenv(budget_mod.ENV, "")  # set but empty: as if unset
+    assert nim.trace_budget().limit == budget_mod.DEFAULT_LIMIT
+    monkeypatch.setattr(budget_mod, "_process", None)
+    monkeypatch.setenv(budget_mod.ENV, " 64MiB ")
+    assert nim.trace_budget().limit == 64 * 2**20
