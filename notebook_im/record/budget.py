@@ -16,7 +16,8 @@ back), counted as dropped otherwise; either way `trace.evicted` counts it and th
 What is counted. A sealed SIP chunk is counted as the bytes of its raw messages plus `SIP_ROW_OVERHEAD` (512)
 per row: the timestamp, the address tuples, the list slots and the extracted header fields, measured with
 tracemalloc at ~480 B a row beyond the raw bytes object (tests/trace/test_budget.py holds the estimate to
-within 25 % of tracemalloc). An event chunk is counted from the sizes of its packed values (~180 B an event).
+within 25 % of tracemalloc); header fields longer than that covers (a 30 KB Call-ID is held twice, raw and
+extracted) are added when they are extracted (recorder.FIELD_SLACK). An event chunk is counted from the sizes of its packed values (~180 B an event).
 The unsealed tail of each column (under 1,024 rows, ~1 MiB for a trace) is not counted: the budget holds the
 sealed part, the tails come on top.
 

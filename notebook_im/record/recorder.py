@@ -57,6 +57,10 @@ CHUNK = 1024  # rows per sealed chunk of a Column
 # bytes a SIP row holds beyond its raw message: timestamp, address tuples, list slots, the extracted header fields
 # (tracemalloc: ~480 B; tests/trace/test_budget.py holds the estimate to tracemalloc's figure)
 SIP_ROW_OVERHEAD = 512 + sys.getsizeof(b"")
+# the characters of an extracted header field (Call-ID, tags, branch, ...) beyond this many a row are counted on top
+# of SIP_ROW_OVERHEAD, which covers ordinary ones: a message with a 30 KB Call-ID is held twice (raw and field)
+FIELD_SLACK = 64
+_STR_FIELDS = tuple(i for i, name in enumerate(FIELDS) if name not in ("status", "cseq", "body_size"))
 
 
 class TraceBudgetWarning(UserWarning):
@@ -286,6 +290,7 @@ class Trace:
         self._reader: Any = None  # the store the evicted rows are read back from (kept after detach_store)
         # the byte budget (budget.py): bytes of each sealed chunk, oldest first, and what was evicted
         self._sip_chunk_bytes: deque[int] = deque()
+        self._sip_chunk_fields: deque[bool] = deque()  # whether each one's extracted fields are counted yet
         self._event_chunk_bytes: deque[int] = deque()
         # the live objects (packer numbers) each sealed event chunk points at, and in how many chunks each is: an
         # evicted chunk's objects no event in memory points at any more are released (packed.py: ended sessions)
@@ -449,6 +454,7 @@ class Trace:
             self.drops.clear()
             self.dropped_sip = self.skipped = self.drops_total = 0
             self._sip_chunk_bytes.clear()
+            self._sip_chunk_fields.clear()
             self._event_chunk_bytes.clear()
             self._event_chunk_refs.clear()
             self._ref_chunks.clear()
@@ -461,7 +467,36 @@ class Trace:
         sizes = self._sip_chunk_bytes
         while len(sizes) < len(self.sip_owner.chunks) and len(sizes) < len(chunks):
             chunk = chunks[len(sizes)]
-            sizes.append(sum(map(len, chunk)) + SIP_ROW_OVERHEAD * len(chunk))
+            fields = self._long_fields(len(sizes))
+            sizes.append(sum(map(len, chunk)) + SIP_ROW_OVERHEAD * len(chunk) + (fields or 0))
+            self._sip_chunk_fields.append(fields is not None)
+
+    def _long_fields(self, k: int) -> int | None:
+        """Bytes of the extracted header fields of sealed SIP chunk `k` longer than FIELD_SLACK (what
+        SIP_ROW_OVERHEAD does not cover), or None when they are not extracted yet (columns' lock held)."""
+        if len(self._fields[0].chunks) <= k:
+            return None
+        total = 0
+        for i in _STR_FIELDS:  # (summed at C speed: the characters of a column beyond FIELD_SLACK a row)
+            chunk = self._fields[i].chunks[k]
+            total += max(0, sum(map(len, filter(None, chunk))) - FIELD_SLACK * len(chunk))
+        return total
+
+    def _count_late_fields(self) -> bool:
+        """Count the fields extracted after their chunk was sealed (a lazy index, rows loaded from a store);
+        True when something was added, so the caller enforces the budget once it holds no lock of ours."""
+        added = False
+        with self._columns_lock:
+            counted, sizes = self._sip_chunk_fields, self._sip_chunk_bytes
+            for k in range(min(len(counted), len(sizes))):
+                if not counted[k]:
+                    fields = self._long_fields(k)
+                    if fields is None:
+                        break
+                    sizes[k] += fields
+                    counted[k] = True
+                    added = added or fields > 0
+        return added
 
     def _count_event_chunks(self) -> None:
         """Count the bytes of event chunks sealed since the last call (the trace's lock held): each packed tuple,
@@ -534,6 +569,7 @@ class Trace:
                 for col in self._fields:
                     col.drop_first(min(done, CHUNK))
                 n = self._sip_chunk_bytes.popleft()
+                self._sip_chunk_fields.popleft()
         else:
             with self._lock, self._columns_lock:
                 if not self._event_chunk_bytes or not self._events.chunks:
@@ -631,7 +667,11 @@ class Trace:
                         append(value)
                 for col in self._fields:
                     col.seal()
-            return tuple(c[:n] for c in self._fields)
+            out = tuple(c[:n] for c in self._fields)
+            grew = done < n and self._count_late_fields()
+        if grew and self.budget is not None:  # (no lock of ours held, as after a seal)
+            self.budget.enforce()
+        return out
 
     # -- reading -----------------------------------------------------------------------------------
     def sip_columns(self, lo: int, hi: int) -> tuple[list, ...]:
@@ -661,9 +701,13 @@ class Trace:
                         append(value)
                 for col in self._fields:
                     col.seal()
-            return SipSnapshot(
+            snapshot = SipSnapshot(
                 *(c[:n] for c in self._sip_columns), tuple(c[:n] for c in self._fields), self._evicted["sip"]
             )
+            grew = done < n and self._count_late_fields()
+        if grew and self.budget is not None:  # the fields extracted now count too (no lock of ours held)
+            self.budget.enforce()
+        return snapshot
 
     def sip_records(self) -> list[SipRecord]:
         """The recorded SIP messages as SipRecord objects (raw bytes, direction, addresses, time), oldest first."""

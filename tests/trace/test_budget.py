@@ -77,9 +77,11 @@ def test_budget_holds_and_evicted_rows_add_up() -> None:
         trace.sip(full=True)  # nothing to read them back from: said, not an empty answer
 
 
-def test_accounting_matches_tracemalloc() -> None:
-    """The bytes the budget counts for SIP rows are within 25 % of what the rows really hold (tracemalloc)."""
-    raws = [sip_message(i) for i in range(8 * CHUNK)]
+@pytest.mark.parametrize("body", [0, 60_000])
+def test_accounting_matches_tracemalloc(body: int) -> None:
+    """The bytes the budget counts for SIP rows are within 25 % of what the rows really hold (tracemalloc), for
+    small messages and 60 KB ones."""
+    raws = [sip_message(i) + b"x" * body for i in range(8 * CHUNK if not body else 2 * CHUNK)]
     gc.collect()
     tracemalloc.start()
     try:
@@ -463,3 +465,36 @@ def test_hostile_sizes_say_what_is_wrong(monkeypatch) -> None:
     monkeypatch.setattr(budget_mod, "_process", None)
     monkeypatch.setenv(budget_mod.ENV, " 64MiB ")
     assert nim.trace_budget().limit == 64 * 2**20
+
+
+@pytest.mark.parametrize("index", ["eager", "lazy"])
+def test_long_header_fields_are_counted(index: str) -> None:
+    """A message with a 30 KB Call-ID is held twice, as raw bytes and as the extracted field, and was counted
+    once: a peer sending such messages made the trace hold twice its budget. Counted when extracted (as it is
+    recorded, or on the first frame build for a lazy index), and the budget is enforced then."""
+    raws = [
+        sip_message(i).replace(b"Call-ID: ", b"Call-ID: " + b"c" * 30_000 + str(i).encode()) for i in range(2 * CHUNK)
+    ]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        trace = Trace(budget=TraceBudget(None), index=index)
+        for raw in raws:
+            trace.record_sip("in", "udp", ("127.0.0.1", 5070), ("127.0.0.1", 5080), bytes(bytearray(raw)), "o")
+        trace.header_columns(len(trace))  # (what the first frame build does)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.75 <= trace.nbytes / held <= 1.25, f"counted {trace.nbytes:,} B, tracemalloc {held:,} B"
+    # with a budget, the fields extracted by a frame build make it evict at once
+    budget = TraceBudget(3 * CHUNK * 32_000)
+    trace = Trace(budget=budget, index=index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TraceBudgetWarning)
+        for raw in raws + raws[:CHUNK]:
+            trace.record_sip("in", "udp", ("127.0.0.1", 5070), ("127.0.0.1", 5080), raw, "o")
+        df = trace.sip(raw=False)
+    assert budget.used <= budget.limit and len(trace) == CHUNK, "the fields count against the budget"
+    assert (df["call_id"].str.len() > 30_000).all()
