@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from . import budget as budget_module
 from .budget import TraceBudget, format_size
 from .extract import FIELDS, extract, fields_of
 from .packed import EventPacker
@@ -605,6 +606,15 @@ class Trace:
         budget = self.budget
         limit = format_size(budget.limit) if budget is not None else "?"
         what = "SIP messages" if kind == "sip" else "events"
+        # (a budget of its own, Platform(trace_budget="64MiB"), is not the process's: the advice names the right one)
+        shared = budget is not None and budget is budget_module._process
+        if shared:
+            whose = "the traces of this process"
+        elif budget is not None and len(budget.traces) > 1:
+            whose = "the traces sharing it"
+        else:
+            whose = "this trace"
+        more = "nim.trace_budget().set_limit('512MiB')" if shared else "trace.budget.set_limit('512MiB')"
         if self.store is not None:
             fate = (
                 f"they stay in the history store {str(getattr(self.store, 'path', ''))!r}: trace.sip(full=True), "
@@ -613,11 +623,11 @@ class Trace:
         else:
             fate = (
                 "they are dropped (no history store: Platform(history='chat.sqlite') keeps everything on disk); "
-                "nim.trace_budget().set_limit('512MiB') keeps more in memory"
+                f"{more} keeps more in memory"
             )
         warnings.warn(
             TraceBudgetWarning(
-                f"trace {self.name or 'unnamed'!r}: the trace budget ({limit} for the traces of this process) is "
+                f"trace {self.name or 'unnamed'!r}: the trace budget ({limit} for {whose}) is "
                 f"full, so the oldest {CHUNK} {what} left memory; {fate}. trace.evicted counts what left"
             ),
             stacklevel=3,

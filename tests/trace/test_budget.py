@@ -498,3 +498,25 @@ def test_long_header_fields_are_counted(index: str) -> None:
         df = trace.sip(raw=False)
     assert budget.used <= budget.limit and len(trace) == CHUNK, "the fields count against the budget"
     assert (df["call_id"].str.len() > 30_000).all()
+
+
+def test_the_warning_names_the_budget_to_raise(monkeypatch) -> None:
+    """A platform with a budget of its own was told "nim.trace_budget().set_limit(...) keeps more in memory",
+    which changes the process's budget, not the one that evicted."""
+    own = nim.Platform("own", trace_budget=CHUNK * 600)
+    try:
+        with pytest.warns(TraceBudgetWarning) as caught:
+            for i in range(3 * CHUNK):
+                record(own.trace, i)
+        text = str(caught[0].message)
+        assert len(caught) == 1 and "for this trace" in text and "trace.budget.set_limit(" in text
+        assert "nim.trace_budget()" not in text
+    finally:
+        own.shutdown()
+    from notebook_im.record import budget as budget_mod
+
+    monkeypatch.setattr(budget_mod, "_process", TraceBudget(CHUNK * 600))  # (the other tests' traces untouched)
+    shared = Trace(budget=nim.trace_budget(), name="shared")
+    with pytest.warns(TraceBudgetWarning, match=r"traces of this process.*nim\.trace_budget\(\)\.set_limit"):
+        for i in range(3 * CHUNK):
+            record(shared, i)
