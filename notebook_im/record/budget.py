@@ -18,7 +18,8 @@ per row: the timestamp, the address tuples, the list slots and the extracted hea
 tracemalloc at ~480 B a row beyond the raw bytes object (tests/trace/test_budget.py holds the estimate to
 within 25 % of tracemalloc); header fields longer than that covers (a 30 KB Call-ID is held twice, raw and
 extracted) are added when they are extracted (recorder.FIELD_SLACK). An event chunk is counted from the sizes of its packed values (~180 B an event).
-The unsealed tail of each column (under 1,024 rows, ~1 MiB for a trace) is not counted: the budget holds the
+The unsealed tail of each column (under 1,024 rows: ~1 MiB for a trace at usual message sizes, at most
+1,023 x 64 KiB with nothing but the largest messages) is not counted: the budget holds the
 sealed part, the tails come on top.
 
 The default, 96 MiB, is what keeps a process of one platform and an embedded server under 300 MiB RSS for any
