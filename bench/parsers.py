@@ -79,10 +79,17 @@ def variant(data: bytes, k: int) -> bytes:
     return head + rest
 
 
-def notebook_im_reader() -> Callable[[bytes], Fields]:
-    """notebook_im.sip.parser.parse_message and the Message accessors."""
-    from notebook_im.sip.message import Request
-    from notebook_im.sip.parser import parse_message
+def notebook_im_reader(pure: bool = False) -> Callable[[bytes], Fields]:
+    """notebook_im.sip.parser.parse_message and the Message accessors (compiled when installed so, unless pure)."""
+    if pure:
+        from support.puresip import pure_sip_modules
+
+        modules = pure_sip_modules()
+        parser, message = modules["parser"], modules["message"]
+        parse_message, Request = parser.parse_message, message.Request  # noqa: N806 - the class, by its name
+    else:
+        from notebook_im.sip.message import Request
+        from notebook_im.sip.parser import parse_message
 
     def read(data: bytes) -> Fields:
         m = parse_message(data)
@@ -168,6 +175,7 @@ def pyvoip_reader() -> Callable[[bytes], Fields]:
 
 LIBRARIES: dict[str, tuple[str, Callable[[], Callable[[bytes], Fields]]]] = {
     "notebook_im": ("notebook_im", notebook_im_reader),
+    "notebook_im pure": ("notebook_im", lambda: notebook_im_reader(pure=True)),
     "sipmessage": ("sipmessage", sipmessage_reader),
     "sippy": ("sippy", sippy_reader),
     "pyVoIP": ("pyVoIP", pyvoip_reader),
@@ -241,6 +249,12 @@ def run(ctx: Context) -> None:
         if missed:
             ctx.note(f"{name} cannot parse {len(missed)} of {len(items)} corpus messages: {', '.join(missed)}")
     rounds, seconds = (1, 0.2) if ctx.quick else (3, 1.0)
+    import notebook_im.sip as sip
+
+    compiled = all(sip.COMPILED.values())
+    if not compiled:  # one and the same code: measuring it twice says nothing
+        readers.pop("notebook_im pure", None)
+        ctx.note("notebook_im's SIP core is not compiled here (pure Python): see setup.py")
     main_libs = [n for n in readers if n != "pyVoIP"]
     common = set.intersection(*(ok[n] for n in main_libs))
     messages = [variants[n][k] for k in range(copies) for n, _ in items if n in common]
@@ -252,7 +266,7 @@ def run(ctx: Context) -> None:
         if differ:
             ctx.note(f"{name} reads other field values than {main_libs[0]} from: {', '.join(differ)}")
     best = best_rates({n: readers[n] for n in main_libs}, messages, rounds, seconds)
-    others = {n: r for n, r in best.items() if n != "notebook_im"}
+    others = {n: r for n, r in best.items() if not n.startswith("notebook_im")}
     fastest = max(others, key=others.get) if others else None
     corpus_note = f"{len(common)} of {len(items)} corpus messages parsed by all, x{copies} unique copies"
     for name in others:
@@ -261,10 +275,22 @@ def run(ctx: Context) -> None:
         )
     nim_rate = best["notebook_im"]
     r = ratio(nim_rate, others[fastest]) if fastest else None
+    if "notebook_im pure" in best:
+        ctx.emit(
+            Row(
+                ctx.name,
+                f"notebook_im parse_message + 5 fields, pure Python ({corpus_note})",
+                best["notebook_im pure"],
+                "msg/s",
+                anchor=f"fastest other: {fastest}" if fastest else "no other parser installed",
+                anchor_value=others[fastest] if fastest else None,
+                ratio=ratio(best["notebook_im pure"], others[fastest]) if fastest else None,
+            )
+        )
     ctx.emit(
         Row(
             ctx.name,
-            f"notebook_im parse_message + 5 fields ({corpus_note})",
+            f"notebook_im parse_message + 5 fields, {'compiled (mypyc)' if compiled else 'pure Python'} ({corpus_note})",
             nim_rate,
             "msg/s",
             anchor=f"fastest other: {fastest}" if fastest else "no other parser installed",
@@ -278,13 +304,14 @@ def run(ctx: Context) -> None:
         names = [n for n, _ in items if n in ok["pyVoIP"] and n in ok["notebook_im"]]
         subset = [variants[n][k] for k in range(copies) for n in names]
         pair = best_rates({"notebook_im": readers["notebook_im"], "pyVoIP": readers["pyVoIP"]}, subset, rounds, seconds)
+        mode = "compiled" if compiled else "pure Python"
         label = f"the {len(names)} corpus messages pyVoIP parses (INVITE/ACK/BYE/CANCEL, responses), x{copies}"
         ctx.emit(Row(ctx.name, f"pyVoIP {version('pyVoIP')} ({label})", pair["pyVoIP"], "msg/s", goal="anchor"))
         rv = ratio(pair["notebook_im"], pair["pyVoIP"])
         ctx.emit(
             Row(
                 ctx.name,
-                f"notebook_im on pyVoIP's {len(names)} messages, x{copies}",
+                f"notebook_im ({mode}) on pyVoIP's {len(names)} messages, x{copies}",
                 pair["notebook_im"],
                 "msg/s",
                 anchor="pyVoIP",

@@ -2,14 +2,90 @@
 
 Nothing in this package opens a socket, touches asyncio or reads the clock: time is passed in by the
 caller. That keeps every state machine testable with plain unit tests (the h11/h2 model).
+
+Four modules (uri, headers, message, parser: the parse path of every packet) are compiled with mypyc when the
+package is installed with a C compiler at hand (setup.py); the `.py` files are the one source and the fallback.
+`COMPILED` says which ones run. `NOTEBOOK_IM_PURE=1` in the environment loads the `.py` modules even where the
+compiled ones are installed: the test suite runs both ways with it, and a user who suspects the compiled core
+can rule it out without reinstalling.
 """
 
-from .errors import LocalProtocolError, RemoteProtocolError, SipError
-from .message import Message, Request, Response
-from .parser import StreamFramer, parse_message
-from .uri import Address, SipUri, Via
+import os as _os
+import sys as _sys
+
+COMPILED_MODULES = ("uri", "headers", "message", "parser")
+
+
+def _load_pure_modules() -> None:
+    """Import the compiled modules from their `.py` source instead (NOTEBOOK_IM_PURE=1).
+
+    An extension module wins over a `.py` of the same name in a directory, so the source is loaded by path and
+    put in sys.modules before anything imports the module by name. In dependency order: each module's own
+    imports then find their pure siblings already there."""
+    import importlib.util
+
+    here = _os.path.dirname(__file__)
+    for name in ("errors", *COMPILED_MODULES):  # errors is plain Python either way; uri imports it first
+        full = f"{__name__}.{name}"
+        if full in _sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(full, _os.path.join(here, f"{name}.py"))
+        if spec is None or spec.loader is None:  # pragma: no cover - the .py files ship with the package
+            raise ImportError(f"cannot load {full} from source")
+        module = importlib.util.module_from_spec(spec)
+        _sys.modules[full] = module
+        spec.loader.exec_module(module)
+
+
+def compiled_build_is_stale() -> bool:
+    """True when a compiled build is installed but its sources have changed since (an editable install whose
+    `.py` files were edited): the build would run the old code, so the `.py` files are loaded instead, with a
+    warning that says how to rebuild. setup.py records the sha256 of the sources it compiled in `_build.py`;
+    hashing them again costs ~0.2 ms of the import, only where a build exists."""
+    try:
+        from ._build import SOURCE_HASH
+    except ImportError:  # no compiled build (or a pure-Python install): nothing can be stale
+        return False
+    import hashlib
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    here = _os.path.dirname(__file__)
+    if not any(_os.path.exists(_os.path.join(here, f"parser{suffix}")) for suffix in EXTENSION_SUFFIXES):
+        return False  # the record outlived its build: the .py files are what loads anyway
+    h = hashlib.sha256()
+    try:
+        for name in COMPILED_MODULES:
+            with open(_os.path.join(here, f"{name}.py"), "rb") as f:
+                h.update(f.read())
+    except OSError:  # sources not shipped: the build is all there is
+        return False
+    return h.hexdigest() != SOURCE_HASH
+
+
+if _os.environ.get("NOTEBOOK_IM_PURE") == "1":
+    _load_pure_modules()
+elif compiled_build_is_stale():
+    import warnings as _warnings
+
+    _warnings.warn(
+        "notebook_im: the compiled SIP core is older than its sources; running the .py files. "
+        "Rebuild it with `pip install -e .` (or `make setup`), or set NOTEBOOK_IM_PURE=1 to silence this.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    _load_pure_modules()
+
+from .errors import LocalProtocolError, RemoteProtocolError, SipError  # noqa: E402 - after the pure-module switch above
+from .message import Message, Request, Response  # noqa: E402 - after the pure-module switch above
+from .parser import StreamFramer, parse_message  # noqa: E402 - after the pure-module switch above
+from .uri import Address, SipUri, Via  # noqa: E402 - after the pure-module switch above
+
+COMPILED: dict[str, bool] = {
+    name: not _sys.modules[f"{__name__}.{name}"].__file__.endswith(".py") for name in COMPILED_MODULES
+}  # module -> True when its mypyc build is the one loaded
 
 __all__ = [
+    "COMPILED",
     "Address",
     "LocalProtocolError",
     "Message",

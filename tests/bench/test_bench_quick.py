@@ -48,7 +48,15 @@ def test_quick_parse_and_one_sipp_rung(tmp_path: Path) -> None:
         if row["anchor_value"]:
             assert float(row["ratio"]) == pytest.approx(float(row["value"]) / float(row["anchor_value"]), rel=1e-3)
     nim = [r for r in by_bench["parse"] if r["figure"].startswith("notebook_im parse_message")]
-    assert len(nim) == 1 and nim[0]["unit"] == "msg/s" and nim[0]["goal"] == ">= 2x the fastest other"
+    goal = [r for r in nim if r["goal"] == ">= 2x the fastest other"]
+    assert len(goal) == 1 and goal[0]["unit"] == "msg/s"
+    import notebook_im.sip as sip
+
+    if all(sip.COMPILED.values()):  # the compiled core against its own .py modules, in the same rounds
+        assert "compiled (mypyc)" in goal[0]["figure"] and len(nim) == 2, nim
+        assert any("pure Python" in r["figure"] and float(r["value"]) > 0 for r in nim), nim
+    else:
+        assert "pure Python" in goal[0]["figure"] and len(nim) == 1, nim
     sipp = [r for r in by_bench["endpoint-udp"] if r["figure"].startswith("SIPp UAC -> SIPp UAS")]
     endpoint = [r for r in by_bench["endpoint-udp"] if r["figure"].startswith("SIPp UAC -> notebook_im endpoint")]
     assert [float(r["value"]) for r in sipp] == [500]  # the one rung of --quick, clean

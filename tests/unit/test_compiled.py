@@ -1,0 +1,131 @@
+"""The compiled SIP core (setup.py builds uri, headers, message and parser with mypyc) and its pure fallback.
+
+`make test` runs the whole suite on what the install built (compiled where a C compiler is at hand, which
+NOTEBOOK_IM_EXPECT_COMPILED=1 then demands), then the sans-IO, unit and hostile-input tests again with
+NOTEBOOK_IM_PURE=1 on the .py modules. These tests check the switch itself, that both read every message of
+the corpus alike (valid ones to the same fields and bytes, invalid ones to the same error), that an edited
+source is never shadowed by a stale build, and that an install without a working compiler still succeeds.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import notebook_im.sip as sip
+from support.fuzzing import mutate
+
+REPO = Path(__file__).resolve().parents[2]
+CORPUS = REPO / "tests" / "corpus"
+
+
+def test_the_loaded_core_is_the_one_asked_for():
+    loaded = {name: sys.modules[f"notebook_im.sip.{name}"].__file__ for name in sip.COMPILED_MODULES}
+    if os.environ.get("NOTEBOOK_IM_PURE") == "1":
+        assert sip.COMPILED == dict.fromkeys(sip.COMPILED_MODULES, False)
+        assert all(path.endswith(".py") for path in loaded.values()), loaded
+    elif os.environ.get("NOTEBOOK_IM_EXPECT_COMPILED") == "1":  # make test, where `cc` exists
+        assert sip.COMPILED == dict.fromkeys(sip.COMPILED_MODULES, True), (
+            f"the install did not build the compiled core: {loaded} (see the WARNING in pip's output)"
+        )
+    # either way the flags say what is loaded
+    assert sip.COMPILED == {name: not path.endswith(".py") for name, path in loaded.items()}
+
+
+def _reading(parse, data: bytes):
+    """What a parser makes of `data`: the fields a stack reads and the bytes it would send, or the error."""
+    try:
+        m = parse(data)
+        start = m.method if hasattr(m, "method") else m.status
+        fields = [start, m.call_id, m.body, list(m.headers.items()), bytes(m)]
+        for read in ("cseq", "from_", "to", "top_via"):  # parsed on first access: errors may come from here
+            try:
+                fields.append(str(getattr(m, read)))
+            except Exception as exc:  # noqa: BLE001 - the two must fail alike (classes differ: two modules)
+                fields.append((type(exc).__name__, str(exc)))
+        return ("ok", fields)
+    except Exception as exc:  # noqa: BLE001 - see above
+        return ("error", type(exc).__name__, str(exc), getattr(exc, "status", None))
+
+
+def test_compiled_and_pure_read_every_message_alike():
+    if not any(sip.COMPILED.values()):
+        pytest.skip("the core is pure Python here: there is no second implementation to compare")
+    pure = __import__("support.puresip", fromlist=["pure_sip_modules"]).pure_sip_modules()
+    compiled_parse, pure_parse = sip.parse_message, pure["parser"].parse_message
+    assert pure["parser"].__file__.endswith(".py") and compiled_parse is not pure_parse
+    messages = [p.read_bytes() for p in sorted(CORPUS.glob("*/*.sip"))]
+    assert len(messages) > 60
+    rng = random.Random(20261205)
+    messages += [mutate(data, rng) for data in messages for _ in range(20)]  # odd bytes too: errors must agree
+    for data in messages:
+        assert _reading(compiled_parse, data) == _reading(pure_parse, data), data[:200]
+
+
+def _copy_core(tmp: Path, *, build_hash: str, extension: bool) -> Path:
+    """A copy of notebook_im/sip as a top-level package `sip` with a `_build.py` record (and a fake extension)."""
+    pkg = tmp / "sip"
+    shutil.copytree(Path(sip.__file__).parent, pkg, ignore=shutil.ignore_patterns("*.so", "_build.py", "__pycache__"))
+    (pkg / "_build.py").write_text(f'SOURCE_HASH = "{build_hash}"\n')
+    if extension:  # an "extension" that cannot load: importing it would fail loudly
+        (pkg / f"parser{__import__('importlib.machinery').machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"stale")
+    return tmp
+
+
+def _import_copy(tmp: Path) -> subprocess.CompletedProcess:
+    code = "import warnings, sip; warnings.simplefilter('always'); print(sorted(sip.COMPILED.items()))"
+    env = {k: v for k, v in os.environ.items() if k != "NOTEBOOK_IM_PURE"}
+    return subprocess.run(
+        [sys.executable, "-W", "always", "-c", code], cwd=tmp, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_a_stale_build_is_never_run(tmp_path):
+    """An editable install whose .py files were edited after the build: the .py files run, with a warning."""
+    out = _import_copy(_copy_core(tmp_path, build_hash="0" * 64, extension=True))
+    assert out.returncode == 0, out.stderr
+    assert "compiled SIP core is older than its sources" in out.stderr
+    assert "('parser', False)" in out.stdout and "True" not in out.stdout
+
+
+def test_a_build_record_without_a_build_is_quiet(tmp_path):
+    out = _import_copy(_copy_core(tmp_path, build_hash="0" * 64, extension=False))
+    assert out.returncode == 0, out.stderr
+    assert "older than its sources" not in out.stderr
+    assert "True" not in out.stdout
+
+
+@pytest.mark.slow
+def test_an_install_without_a_compiler_is_pure_python_not_a_failure(tmp_path):
+    """The constraint on the build: a missing or failing C compiler gives a pure-Python install and a warning."""
+    pytest.importorskip("mypyc", reason="the test extra installs mypy (mypyc), as the build does")
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(
+        REPO / "notebook_im", src / "notebook_im", ignore=shutil.ignore_patterns("*.so", "_build.py", "__pycache__")
+    )
+    env = dict(os.environ, CC="false", LDSHARED="false")  # a compiler that fails every call
+    env.pop("NOTEBOOK_IM_PURE", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), "."],
+        cwd=src,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "installing the pure-Python SIP core (the C build failed" in out.stdout + out.stderr
+    (wheel,) = (tmp_path / "dist").glob("notebook_im-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "notebook_im/sip/parser.py" in names
+    assert not [n for n in names if n.endswith(".so") or n.endswith("_build.py")], names
