@@ -68,10 +68,15 @@ class ReceiptBook:
 
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         self.size = size
-        # two maps rather than one of (source, message) pairs: a pair per message would be one more GC-tracked
-        # object kept per sent message (record/packed.py says why that count matters)
+        # Nothing here may add a GC-tracked object per sent message: every full collection walks them all, and
+        # they set the latency's p99 (record/packed.py, docs/performance.md). The message is the session's own
+        # ChatMessage; who sent it is a key shared by all messages of one (session, emit) pair: one tuple of two
+        # ints per pair, where a (session, emit, call_id) tuple and a bound method per message were two objects
+        # each (20,000 of the 75,000 a process held after 10,000 messages).
         self._sent: OrderedDict[str, ChatMessage] = OrderedDict()
-        self._source: dict[str, Any] = {}
+        self._source: dict[str, tuple[int, int]] = {}  # message id -> the key of its owner in _owners
+        self._owners: dict[tuple[int, int], list[Any]] = {}  # key -> [session, emit, messages tracked, key]
+        self._call_of: dict[str, str] = {}  # message id -> Call-ID, for pager messages sent with one
         # Call-ID of a pager-mode message -> its id: liblinphone names the message a receipt is about by the
         # Call-ID of its MESSAGE when the request came as SIP headers (it reads them only from a CPIM wrapper)
         self._by_call_id: dict[str, str] = {}
@@ -83,14 +88,34 @@ class ReceiptBook:
         """Remember `msg` (sent with a notification request); `session` is its session (None for a message
         sent with `endpoint.send_message`), `emit` the function that emits the receipt events, `call_id` the
         Call-ID of its pager-mode MESSAGE (a receipt may name the message by it)."""
+        # (the objects stay alive while an entry holds them, so their ids cannot be reused meanwhile)
+        key = (id(session), id(getattr(emit, "__self__", emit)))
+        owner = self._owners.get(key)
+        if owner is None:
+            owner = self._owners[key] = [session, emit, 0, key]
+        if msg.id in self._sent:  # tracked again (a retry): one count per message
+            self._forget(msg.id)
+        owner[2] += 1
         self._sent[msg.id] = msg
-        self._source[msg.id] = (session, emit, call_id)
+        self._source[msg.id] = owner[3]
         if call_id is not None:
+            self._call_of[msg.id] = call_id
             self._by_call_id[call_id] = msg.id
         if len(self._sent) > self.size:
-            _, _, old_call = self._source.pop(self._sent.popitem(last=False)[0], (None, None, None))
-            if old_call is not None:
-                self._by_call_id.pop(old_call, None)
+            self._forget(next(iter(self._sent)))
+
+    def _forget(self, message_id: str) -> None:
+        """Drop one tracked message, and its owner's entry with its last message."""
+        self._sent.pop(message_id, None)
+        key = self._source.pop(message_id, None)
+        owner = self._owners.get(key) if key is not None else None
+        if owner is not None:
+            owner[2] -= 1
+            if owner[2] <= 0:
+                del self._owners[key]
+        call_id = self._call_of.pop(message_id, None)
+        if call_id is not None and self._by_call_id.get(call_id) == message_id:
+            del self._by_call_id[call_id]
 
     def find(self, message_id: str) -> ChatMessage | None:
         """The tracked message with this id, if it is still remembered."""
@@ -108,7 +133,7 @@ class ReceiptBook:
             msg = self._sent.get(message_id)
         if msg is None:
             return False
-        own_session, emit, _call = self._source[message_id]
+        own_session, emit = self._owners[self._source[message_id]][:2]
         if session is not None and own_session is not session:
             return False  # a receipt in a session's dialog counts only for that session's messages
         if session is None and not same_party(notifier.uri, msg.recipient):

@@ -169,3 +169,45 @@ def test_a_lazy_index_built_while_a_thread_records_stays_row_aligned() -> None:
     thread.join(10)
     df = trace.sip(raw=False)
     assert len(df) == total and df["cseq"].tolist() == list(range(1, total + 1))
+
+
+@pytest.mark.slow
+def test_a_chat_with_receipts_keeps_two_tracked_objects_per_message() -> None:
+    """What stays per message for the garbage collector to walk, at both ends of a session with receipts on:
+    the two sessions' ChatMessages (their window) and nothing else: no tuple, bound method or record per
+    message in the receipt book, the trace, the transaction caches or the dedupe filters. (Before: ~5.3.)"""
+    import time
+
+    import notebook_im as nim
+
+    network = nim.MemoryNetwork()
+    with nim.Platform("gc-count", network=network) as platform:
+        alice = platform.endpoint("sip:alice@127.0.0.1").result(10)
+        bob = platform.endpoint("sip:bob@127.0.0.1").result(10)
+        bob.sessions.on_incoming(lambda incoming: incoming.accept())
+        session = alice.sessions.create(bob.contact).result(10)
+        pending = []
+        for i in range(4500):  # warm-up: the parse caches fill (4,096 URIs and 4,096 Vias), the first trace chunks
+            pending.append(session.send(f"warm {i}"))
+            if len(pending) > 100:
+                pending.pop(0).result(10)
+        for op in pending:
+            op.result(10)
+        time.sleep(0.3)
+        gc.collect()
+        before = len(gc.get_objects())
+        count, pending = 3000, []
+        for i in range(count):
+            pending.append(session.send(f"m{i}"))
+            if len(pending) > 100:
+                pending.pop(0).result(10)
+        for op in pending:
+            op.result(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sum(m.delivery_notified_at is not None for m in session.messages) < 7500:
+            time.sleep(0.05)  # the last delivery receipts
+        gc.collect()
+        per_message = (len(gc.get_objects()) - before) / count
+        assert len(alice.receipts) >= 7500  # the receipt book holds them all
+    print(f"[gc] {per_message:.2f} GC-tracked objects kept per message")
+    assert per_message < 2.3, f"{per_message:.2f} GC-tracked objects kept per message"
