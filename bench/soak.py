@@ -73,6 +73,30 @@ def slope_per_100k(samples: list[tuple[int, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var * 100_000
 
 
+def stored_in_order(platform: Any, count: int) -> dict[str, int]:
+    """The whole conversation must still be queryable from the history store once memory let go of it: every
+    soak message bob received, read back with SQL (streamed, after the RSS figures are taken), in order."""
+    import sqlite3
+
+    platform.history_store.flush(60)
+    con = sqlite3.connect(f"file:{platform.history_store.path}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT fields FROM events WHERE type = 'MessageReceived' ORDER BY id")
+        expected, found, out_of_order = 0, 0, 0
+        for (fields,) in rows:
+            text = json.loads(fields).get("text", "")
+            if not text.startswith("m") or not text[1:].isdigit():
+                continue  # the warm-up
+            found += 1
+            if int(text[1:]) != expected:
+                out_of_order += 1
+            expected = int(text[1:]) + 1
+        sip_rows = con.execute("SELECT count(*) FROM sip").fetchone()[0]
+    finally:
+        con.close()
+    return {"messages": found, "out_of_order": out_of_order, "sip_rows": sip_rows, "of": count}
+
+
 def measure(count: int, rate: int, history: bool, trace_budget: str | None, in_flight: int) -> dict[str, Any]:
     """The soak itself (in a fresh process: RSS is the process's)."""
     import gc
@@ -141,6 +165,7 @@ def measure(count: int, rate: int, history: bool, trace_budget: str | None, in_f
             time.sleep(0.05)
         time.sleep(1.0)  # the last receipts
         end = proc_status()
+        stored = stored_in_order(platform, count) if history else None
         second_half = [(n, rss) for n, _, rss in samples if n >= count // 2]
         slope = slope_per_100k(second_half)
         budget = nim.trace_budget()
@@ -171,6 +196,7 @@ def measure(count: int, rate: int, history: bool, trace_budget: str | None, in_f
             "alice_messages": repr(session.messages),
             "bob_messages": repr(bob_session.messages) if bob_session is not None else "",
             "loop": type(runtime().loop).__module__.split(".")[0],
+            "stored": stored,
         }
     finally:
         platform.shutdown()
@@ -206,7 +232,21 @@ def rows_of(res: dict) -> list[Any]:
     anchor = "idle platform+server RSS, same run"
     goal = GOAL_MIB[res["history"]]
     delivered = res["received"] == res["count"] and res["out_of_order"] == 0 and res["failed"] == 0
-    return [
+    stored = res.get("stored")
+    store_rows = []
+    if stored:
+        store_rows.append(
+            Row(
+                name,
+                f"{label}: read back from the history store with SQL after the soak (in order: "
+                f"{stored['out_of_order'] == 0}; {stored['sip_rows']:,} SIP messages stored)",
+                stored["messages"],
+                "messages",
+                goal=f"{res['count']:,}",
+                met=yes_no(stored["messages"] == res["count"] and stored["out_of_order"] == 0),
+            )
+        )
+    return store_rows + [
         Row(name, f"{label}: idle RSS before the soak", res["idle_rss"], "MiB", goal="anchor"),
         Row(
             name,
@@ -297,6 +337,8 @@ def main() -> None:
         ratio = f"  (x{row.ratio:.2f} of the anchor {row.anchor_value:.1f})" if row.ratio else ""
         print(f"{row.figure}: {row.value:,.1f} {row.unit}{ratio} {row.met}")
     print(res["platform_trace"], res["server_trace"], res["alice_messages"], sep="\n")
+    if res.get("stored"):
+        print("history store:", res["stored"])
 
 
 if __name__ == "__main__":
