@@ -669,19 +669,25 @@ class Trace:
         """The extracted header columns (extract.FIELDS) of the first n rows, extracting any not done yet: what the
         frame builders and the dataset writer read."""
         with self._index_lock:
-            done = len(self._fields[0])
-            if done < n:
-                appenders = [c.append for c in self._fields]
-                for raw in self.sip_raw[done:n]:
-                    for append, value in zip(appenders, extract(raw)):
-                        append(value)
-                for col in self._fields:
-                    col.seal()
+            done = self._extract_up_to(n)
             out = tuple(c[:n] for c in self._fields)
             grew = done < n and self._count_late_fields()
         if grew and self.budget is not None:  # (no lock of ours held, as after a seal)
             self.budget.enforce()
         return out
+
+    def _extract_up_to(self, n: int) -> int:
+        """Extract the header fields of SIP rows up to `n` that have none yet (a lazy index, rows loaded from a
+        store); returns how many rows had them before. The caller holds `_index_lock`."""
+        done = len(self._fields[0])
+        if done < n:
+            appenders = [c.append for c in self._fields]
+            for raw in self.sip_raw[done:n]:
+                for append, value in zip(appenders, extract(raw)):
+                    append(value)
+            for col in self._fields:
+                col.seal()
+        return done
 
     # -- reading -----------------------------------------------------------------------------------
     def sip_columns(self, lo: int, hi: int) -> tuple[list, ...]:
@@ -703,14 +709,7 @@ class Trace:
         builders read, so that rows evicted (or recorded) meanwhile cannot shift one column against another."""
         with self._index_lock, self._columns_lock:
             n = len(self.sip_owner)
-            done = len(self._fields[0])
-            if done < n:  # extract what a lazy index (or rows loaded from a store) left undone
-                appenders = [c.append for c in self._fields]
-                for raw in self.sip_raw[done:n]:
-                    for append, value in zip(appenders, extract(raw)):
-                        append(value)
-                for col in self._fields:
-                    col.seal()
+            done = self._extract_up_to(n)  # what a lazy index (or rows loaded from a store) left undone
             snapshot = SipSnapshot(
                 *(c[:n] for c in self._sip_columns), tuple(c[:n] for c in self._fields), self._evicted["sip"]
             )
