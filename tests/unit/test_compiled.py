@@ -9,6 +9,7 @@ source is never shadowed by a stale build, and that an install without a working
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -69,14 +70,21 @@ def test_compiled_and_pure_read_every_message_alike():
         assert _reading(compiled_parse, data) == _reading(pure_parse, data), data[:200]
 
 
-def _copy_core(tmp: Path, *, build_hash: str, extension: bool) -> Path:
-    """A copy of notebook_im/sip as a top-level package `sip` with a `_build.py` record (and a fake extension)."""
+def _copy_core(tmp: Path, *, build_hash: str, extension: bool, module: str = "parser") -> Path:
+    """A copy of notebook_im/sip as a top-level package `sip` with a `_build.py` record (and a fake extension of
+    `module`)."""
     pkg = tmp / "sip"
     shutil.copytree(Path(sip.__file__).parent, pkg, ignore=shutil.ignore_patterns("*.so", "_build.py", "__pycache__"))
     (pkg / "_build.py").write_text(f'SOURCE_HASH = "{build_hash}"\n')
     if extension:  # an "extension" that cannot load: importing it would fail loudly
-        (pkg / f"parser{__import__('importlib.machinery').machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"stale")
+        (pkg / f"{module}{__import__('importlib.machinery').machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"stale")
     return tmp
+
+
+def _source_hash() -> str:
+    """The record setup.py writes for the sources as they are (a build that is not stale)."""
+    here = Path(sip.__file__).parent
+    return hashlib.sha256(b"".join((here / f"{name}.py").read_bytes() for name in sip.COMPILED_MODULES)).hexdigest()
 
 
 def _import_copy(tmp: Path) -> subprocess.CompletedProcess:
@@ -93,6 +101,38 @@ def test_a_stale_build_is_never_run(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "compiled SIP core is older than its sources" in out.stderr
     assert "('parser', False)" in out.stdout and "True" not in out.stdout
+
+
+@pytest.mark.parametrize("module", ["uri", "headers", "message"])
+def test_a_stale_build_is_never_run_whichever_module_is_left(tmp_path, module):
+    """The parser's extension deleted and another left: that one is stale too (it was imported silently)."""
+    out = _import_copy(_copy_core(tmp_path, build_hash="0" * 64, extension=True, module=module))
+    assert out.returncode == 0, out.stderr
+    assert "compiled SIP core is older than its sources" in out.stderr
+    assert "True" not in out.stdout
+
+
+def test_a_build_that_cannot_load_runs_the_py_files(tmp_path):
+    """A build that is current but cannot load (a shared library deleted or corrupt): a warning and the .py
+    files, all four of them, not a failed import."""
+    tmp = _copy_core(tmp_path, build_hash=_source_hash(), extension=True, module="parser")
+    message = sorted((CORPUS / "valid").glob("*.sip"))[0]
+    code = (
+        "import warnings, sip; warnings.simplefilter('always'); print(sorted(sip.COMPILED.items()));"
+        "print(sip.parser.__file__.endswith('.py'), sip.parse_message is sip.parser.parse_message);"
+        f"print(sip.parse_message(open({str(message)!r}, 'rb').read()).call_id)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NOTEBOOK_IM_PURE"}
+    out = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code], cwd=tmp, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "compiled SIP core cannot be loaded" in out.stderr and "older than" not in out.stderr
+    assert out.stdout.splitlines() == [
+        str(sorted(dict.fromkeys(sip.COMPILED_MODULES, False).items())),
+        "True True",
+        sip.parse_message(message.read_bytes()).call_id,
+    ]
 
 
 def test_a_build_record_without_a_build_is_quiet(tmp_path):
