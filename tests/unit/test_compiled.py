@@ -9,8 +9,10 @@ source is never shadowed by a stale build, and that an install without a working
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
+import pickle
 import random
 import shutil
 import subprocess
@@ -133,6 +135,39 @@ def test_a_build_that_cannot_load_runs_the_py_files(tmp_path):
         "True True",
         sip.parse_message(message.read_bytes()).call_id,
     ]
+
+
+def _values(modules):
+    uri, message, parser = modules["uri"], modules["message"], modules["parser"]
+    data = (CORPUS / "valid").glob("*.sip")
+    return [
+        uri.SipUri.parse("sip:bob@example.com:5070;transport=tcp;lr"),
+        uri.Address.parse('"Bob" <sip:bob@example.com>;tag=9'),
+        uri.Via.parse("SIP/2.0/UDP host:5060;branch=z9hG4bK1;rport"),
+        message.CSeq(7, "MESSAGE"),
+        *(parser.parse_message(p.read_bytes()) for p in sorted(data)[:3]),
+    ]
+
+
+def test_copies_are_alike_compiled_or_pure():
+    """copy.copy and copy.deepcopy of the core's values work, and alike, compiled or not (mypyc's __setstate__
+    could not fill a frozen dataclass, nor rebuild a Message without its constructor's arguments)."""
+    loaded = {name: sys.modules[f"notebook_im.sip.{name}"] for name in sip.COMPILED_MODULES}
+    pure = __import__("support.puresip", fromlist=["pure_sip_modules"]).pure_sip_modules()
+    for modules in (loaded, pure):
+        for value in _values(modules):
+            for copied in (copy.copy(value), copy.deepcopy(value)):
+                assert type(copied) is type(value)
+                if isinstance(value, modules["message"].Message):
+                    assert bytes(copied) == bytes(value) and copied.headers is not value.headers
+                    copied.headers.set("Subject", "changed")  # the copy's headers are its own
+                    assert value.headers.get("Subject") != "changed"
+                else:
+                    assert copied == value and str(copied) == str(value)
+        cseq = modules["message"].CSeq(7, "MESSAGE")
+        assert pickle.loads(pickle.dumps(cseq)) == cseq
+    shown = [[str(copy.deepcopy(v)) for v in _values(m)] for m in (loaded, pure)]
+    assert shown[0] == shown[1]
 
 
 def test_a_build_record_without_a_build_is_quiet(tmp_path):
