@@ -35,6 +35,20 @@ def _load_pure_modules() -> None:
         module = importlib.util.module_from_spec(spec)
         _sys.modules[full] = module
         spec.loader.exec_module(module)
+        globals()[name] = module  # as an import would: notebook_im.sip.parser is the module that runs
+
+
+def _extensions_present() -> bool:
+    """Whether any of the compiled modules is here as an extension module: any one of them (not only the parser)
+    would be imported instead of its `.py` file."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    here = _os.path.dirname(__file__)
+    return any(
+        _os.path.exists(_os.path.join(here, f"{name}{suffix}"))
+        for name in COMPILED_MODULES
+        for suffix in EXTENSION_SUFFIXES
+    )
 
 
 def compiled_build_is_stale() -> bool:
@@ -47,10 +61,9 @@ def compiled_build_is_stale() -> bool:
     except ImportError:  # no compiled build (or a pure-Python install): nothing can be stale
         return False
     import hashlib
-    from importlib.machinery import EXTENSION_SUFFIXES
 
     here = _os.path.dirname(__file__)
-    if not any(_os.path.exists(_os.path.join(here, f"parser{suffix}")) for suffix in EXTENSION_SUFFIXES):
+    if not _extensions_present():
         return False  # the record outlived its build: the .py files are what loads anyway
     h = hashlib.sha256()
     try:
@@ -74,6 +87,23 @@ elif compiled_build_is_stale():
         stacklevel=2,
     )
     _load_pure_modules()
+else:
+    try:  # the build as installed: every module, so that a broken one is found here and not half way through
+        from . import errors, headers, message, parser, uri  # noqa: F401 - imported for sys.modules
+    except ImportError as _exc:  # a build that cannot load (a shared library deleted or corrupt): the .py files
+        if not _extensions_present():
+            raise  # the .py files themselves failed: nothing to fall back to
+        import warnings as _warnings
+
+        for _name in COMPILED_MODULES:  # the ones that did load go too: never half compiled, half pure
+            _sys.modules.pop(f"{__name__}.{_name}", None)
+        _warnings.warn(
+            f"notebook_im: the compiled SIP core cannot be loaded ({_exc}); running the .py files. "
+            "Rebuild it with `pip install -e .` (or `make setup`), or set NOTEBOOK_IM_PURE=1 to silence this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        _load_pure_modules()
 
 from .errors import LocalProtocolError, RemoteProtocolError, SipError  # noqa: E402 - after the pure-module switch above
 from .message import Message, Request, Response  # noqa: E402 - after the pure-module switch above

@@ -125,6 +125,15 @@ class CSeq:
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
 
+    def __copy__(self) -> CSeq:
+        return self  # immutable (copy.copy would fail compiled: mypyc's __setstate__ cannot fill a frozen class)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> CSeq:
+        return self
+
+    def __reduce__(self) -> tuple[type[CSeq], tuple[int, str]]:
+        return CSeq, (self.number, self.method)  # pickle: the constructor, as for __copy__
+
 
 def _parse_cseq(text: str) -> CSeq:
     num, _, method = text.strip(" \t").replace("\t", " ").partition(" ")  # CSeq = 1*DIGIT LWS Method
@@ -280,6 +289,14 @@ class Message:
 
     def copy(self) -> Message:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def __copy__(self) -> Message:
+        """copy.copy and copy.deepcopy are `copy()`: the headers copied, the parsed values and body shared (they
+        are immutable). The same compiled or not: mypyc's classes cannot be rebuilt without their arguments."""
+        return self.copy()
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Message:
+        return self.copy()
 
 
 class Request(Message):

@@ -123,6 +123,12 @@ class SipUri:
         hdrs = f"?{self.headers}" if self.headers else ""
         return f"{self.scheme}:{user}{self.host}{port}{_format_params(self.params)}{hdrs}"
 
+    def __copy__(self) -> SipUri:
+        return self  # immutable (copy.copy would fail compiled: mypyc's __setstate__ cannot fill a frozen class)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> SipUri:
+        return self
+
 
 _TEL_CHARS = "0123456789abcdefABCDEF*#+-.()"  # RFC 3966 global and local numbers with visual separators
 
@@ -241,6 +247,12 @@ class Address:
             name = f'"{escaped}" '
         return f"{name}<{self.uri}>{_format_params(self.params)}"
 
+    def __copy__(self) -> Address:
+        return self  # immutable (copy.copy would fail compiled: mypyc's __setstate__ cannot fill a frozen class)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Address:
+        return self
+
 
 @lru_cache(maxsize=4096)
 def _parse_address(text: str) -> Address:
@@ -308,6 +320,12 @@ class Via:
     def __str__(self) -> str:
         port = f":{self.port}" if self.port is not None else ""
         return f"SIP/2.0/{self.transport} {self.host}{port}{_format_params(self.params)}"
+
+    def __copy__(self) -> Via:
+        return self  # immutable (copy.copy would fail compiled: mypyc's __setstate__ cannot fill a frozen class)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Via:
+        return self
 
 
 @lru_cache(maxsize=4096)

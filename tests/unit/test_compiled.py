@@ -9,7 +9,10 @@ source is never shadowed by a stale build, and that an install without a working
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
+import pickle
 import random
 import shutil
 import subprocess
@@ -69,14 +72,21 @@ def test_compiled_and_pure_read_every_message_alike():
         assert _reading(compiled_parse, data) == _reading(pure_parse, data), data[:200]
 
 
-def _copy_core(tmp: Path, *, build_hash: str, extension: bool) -> Path:
-    """A copy of notebook_im/sip as a top-level package `sip` with a `_build.py` record (and a fake extension)."""
+def _copy_core(tmp: Path, *, build_hash: str, extension: bool, module: str = "parser") -> Path:
+    """A copy of notebook_im/sip as a top-level package `sip` with a `_build.py` record (and a fake extension of
+    `module`)."""
     pkg = tmp / "sip"
     shutil.copytree(Path(sip.__file__).parent, pkg, ignore=shutil.ignore_patterns("*.so", "_build.py", "__pycache__"))
     (pkg / "_build.py").write_text(f'SOURCE_HASH = "{build_hash}"\n')
     if extension:  # an "extension" that cannot load: importing it would fail loudly
-        (pkg / f"parser{__import__('importlib.machinery').machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"stale")
+        (pkg / f"{module}{__import__('importlib.machinery').machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"stale")
     return tmp
+
+
+def _source_hash() -> str:
+    """The record setup.py writes for the sources as they are (a build that is not stale)."""
+    here = Path(sip.__file__).parent
+    return hashlib.sha256(b"".join((here / f"{name}.py").read_bytes() for name in sip.COMPILED_MODULES)).hexdigest()
 
 
 def _import_copy(tmp: Path) -> subprocess.CompletedProcess:
@@ -93,6 +103,71 @@ def test_a_stale_build_is_never_run(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "compiled SIP core is older than its sources" in out.stderr
     assert "('parser', False)" in out.stdout and "True" not in out.stdout
+
+
+@pytest.mark.parametrize("module", ["uri", "headers", "message"])
+def test_a_stale_build_is_never_run_whichever_module_is_left(tmp_path, module):
+    """The parser's extension deleted and another left: that one is stale too (it was imported silently)."""
+    out = _import_copy(_copy_core(tmp_path, build_hash="0" * 64, extension=True, module=module))
+    assert out.returncode == 0, out.stderr
+    assert "compiled SIP core is older than its sources" in out.stderr
+    assert "True" not in out.stdout
+
+
+def test_a_build_that_cannot_load_runs_the_py_files(tmp_path):
+    """A build that is current but cannot load (a shared library deleted or corrupt): a warning and the .py
+    files, all four of them, not a failed import."""
+    tmp = _copy_core(tmp_path, build_hash=_source_hash(), extension=True, module="parser")
+    message = sorted((CORPUS / "valid").glob("*.sip"))[0]
+    code = (
+        "import warnings, sip; warnings.simplefilter('always'); print(sorted(sip.COMPILED.items()));"
+        "print(sip.parser.__file__.endswith('.py'), sip.parse_message is sip.parser.parse_message);"
+        f"print(sip.parse_message(open({str(message)!r}, 'rb').read()).call_id)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NOTEBOOK_IM_PURE"}
+    out = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code], cwd=tmp, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "compiled SIP core cannot be loaded" in out.stderr and "older than" not in out.stderr
+    assert out.stdout.splitlines() == [
+        str(sorted(dict.fromkeys(sip.COMPILED_MODULES, False).items())),
+        "True True",
+        sip.parse_message(message.read_bytes()).call_id,
+    ]
+
+
+def _values(modules):
+    uri, message, parser = modules["uri"], modules["message"], modules["parser"]
+    data = (CORPUS / "valid").glob("*.sip")
+    return [
+        uri.SipUri.parse("sip:bob@example.com:5070;transport=tcp;lr"),
+        uri.Address.parse('"Bob" <sip:bob@example.com>;tag=9'),
+        uri.Via.parse("SIP/2.0/UDP host:5060;branch=z9hG4bK1;rport"),
+        message.CSeq(7, "MESSAGE"),
+        *(parser.parse_message(p.read_bytes()) for p in sorted(data)[:3]),
+    ]
+
+
+def test_copies_are_alike_compiled_or_pure():
+    """copy.copy and copy.deepcopy of the core's values work, and alike, compiled or not (mypyc's __setstate__
+    could not fill a frozen dataclass, nor rebuild a Message without its constructor's arguments)."""
+    loaded = {name: sys.modules[f"notebook_im.sip.{name}"] for name in sip.COMPILED_MODULES}
+    pure = __import__("support.puresip", fromlist=["pure_sip_modules"]).pure_sip_modules()
+    for modules in (loaded, pure):
+        for value in _values(modules):
+            for copied in (copy.copy(value), copy.deepcopy(value)):
+                assert type(copied) is type(value)
+                if isinstance(value, modules["message"].Message):
+                    assert bytes(copied) == bytes(value) and copied.headers is not value.headers
+                    copied.headers.set("Subject", "changed")  # the copy's headers are its own
+                    assert value.headers.get("Subject") != "changed"
+                else:
+                    assert copied == value and str(copied) == str(value)
+        cseq = modules["message"].CSeq(7, "MESSAGE")
+        assert pickle.loads(pickle.dumps(cseq)) == cseq
+    shown = [[str(copy.deepcopy(v)) for v in _values(m)] for m in (loaded, pure)]
+    assert shown[0] == shown[1]
 
 
 def test_a_build_record_without_a_build_is_quiet(tmp_path):
