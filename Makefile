@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml setup.py notebook_im/sip/uri.py notebook_im/sip/headers
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	@# (pip -q hides setup.py's warning when the C build fell back to pure Python: say which core was installed)
+	@cd /tmp && $(abspath $(PY)) -c "import notebook_im.sip as s; print('notebook_im SIP core:', 'compiled (mypyc)' if all(s.COMPILED.values()) else 'pure Python: the C build did not happen, pip install -v -e . says why')"
 	touch $(STAMP)
 
 setup: $(STAMP)

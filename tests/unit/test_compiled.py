@@ -36,7 +36,7 @@ def test_the_loaded_core_is_the_one_asked_for():
         assert all(path.endswith(".py") for path in loaded.values()), loaded
     elif os.environ.get("NOTEBOOK_IM_EXPECT_COMPILED") == "1":  # make test, where `cc` exists
         assert sip.COMPILED == dict.fromkeys(sip.COMPILED_MODULES, True), (
-            f"the install did not build the compiled core: {loaded} (see the WARNING in pip's output)"
+            f"the install did not build the compiled core: {loaded} (`pip install -v -e .` shows setup.py's warning that says why)"
         )
     # either way the flags say what is loaded
     assert sip.COMPILED == {name: not path.endswith(".py") for name, path in loaded.items()}
