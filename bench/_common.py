@@ -40,6 +40,7 @@ from support.programs import (  # noqa: E402,F401 - needs the path above; re-exp
     tcp_listening,
     udp_bound,
 )
+from support.programs import sipp_command as sipp_argv  # noqa: E402 - the argv the tests build too
 
 COLUMNS = ("benchmark", "figure", "value", "unit", "anchor", "anchor_value", "ratio", "goal", "met")
 
@@ -353,46 +354,19 @@ def sipp_command(
     in a statistics file every second (-trace_stat -stf FILE -fd 1). `remote` 'host:port' for a client."""
     stem = f"{tag}_{uuid.uuid4().hex[:6]}"
     stat_file, err_file = workdir / f"{stem}_stat.csv", workdir / f"{stem}_errors.log"
-    args = [
+    args = sipp_argv(
         "sipp",
-        "-sf",
-        str(SIPP_DIR / scenario),
-        "-i",
-        HOST,
-        "-bind_local",
-        "-p",
-        str(local_port),
-        "-t",
-        {"udp": "u1", "tcp": "t1"}[transport],
-        "-mi",
-        HOST,
-        "-mp",
-        str(free_port(also=(2,))),
-        "-ci",
-        HOST,
-        "-cp",
-        str(free_port()),
-        "-m",
-        str(calls),
-        "-timeout",
-        f"{int(timeout_s)}s",
-        "-timeout_error",
-        "-nostdin",
-        "-trace_err",
-        "-error_file",
-        str(err_file),
-        "-trace_stat",
-        "-stf",
-        str(stat_file),
-        "-fd",
-        "1",
-    ]
-    if service:
-        args += ["-s", service]
-    if rate:
-        args += ["-r", str(rate), "-rp", "1000"]
-    if remote:
-        args.append(remote)
+        scenario,
+        local_port=local_port,
+        calls=calls,
+        transport=transport,
+        timeout_s=timeout_s,
+        err_file=err_file,
+        traces=["-trace_stat", "-stf", str(stat_file), "-fd", "1"],
+        service=service,
+        rate=rate,
+        remote=remote,
+    )
     return SippRun(args, stat_file, err_file)
 
 

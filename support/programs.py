@@ -406,6 +406,65 @@ def start_kamailio(workdir: Path, port: int, *, ready_timeout: float = 15.0, def
 # ---------------------------------------------------------------------------------------------------
 # SIPp
 # ---------------------------------------------------------------------------------------------------
+def sipp_command(
+    exe: str,
+    scenario: str,
+    *,
+    local_port: int,
+    calls: int,
+    transport: str,
+    timeout_s: float,
+    err_file: Path,
+    traces: Sequence[str] = (),
+    service: str | None = None,
+    rate: int | None = None,
+    extra: Sequence[str] = (),
+    remote: str | None = None,
+) -> list[str]:
+    """The argv of one SIPp run as the tests and the benchmarks start it: bounded (-m, -timeout), quiet (-nostdin),
+    loopback-only with explicit ports (signalling; RTP echo sockets at a free port and port+2; the remote-control
+    socket), errors to `err_file`, then the caller's trace options, `-s service`, `-r rate`, `extra`, and `remote`
+    ('host:port') last for a client scenario."""
+    args = [
+        exe,
+        "-sf",
+        str(SIPP_DIR / scenario),
+        "-i",
+        HOST,
+        "-bind_local",
+        "-p",
+        str(local_port),
+        "-t",
+        {"udp": "u1", "tcp": "t1"}[transport],
+        "-mi",
+        HOST,
+        "-mp",
+        str(free_port(also=(2,))),  # RTP echo sockets: port and port+2
+        "-ci",
+        HOST,
+        "-cp",
+        str(free_port()),  # remote-control socket
+        "-m",
+        str(calls),
+        "-timeout",
+        f"{int(timeout_s)}s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_err",
+        "-error_file",
+        str(err_file),
+        *traces,
+    ]
+    if service:
+        args += ["-s", service]
+    if rate:
+        args += ["-r", str(rate), "-rp", "1000"]
+    args += list(extra)
+    if remote:
+        args.append(remote)
+    return args
+
+
 @dataclass
 class Sipp:
     """Builds SIPp command lines that are bounded (-m, -timeout), quiet (-nostdin) and loopback-only."""
@@ -435,47 +494,20 @@ class Sipp:
         err_file = self.tmp_path / f"{stem}_errors.log"
         msg_file = self.tmp_path / f"{stem}_messages.log"
         screen_file = self.tmp_path / f"{stem}_screen.log"
-        args = [
+        args = sipp_command(
             self.exe,
-            "-sf",
-            SIPP_DIR / scenario,
-            "-i",
-            HOST,
-            "-bind_local",
-            "-p",
-            str(local_port),
-            "-t",
-            {"udp": "u1", "tcp": "t1"}[transport],
-            "-mi",
-            HOST,
-            "-mp",
-            str(free_port(also=(2,))),  # RTP echo sockets: port and port+2
-            "-ci",
-            HOST,
-            "-cp",
-            str(free_port()),  # remote-control socket
-            "-m",
-            str(calls),
-            "-timeout",
-            f"{timeout_s}s",
-            "-timeout_error",
-            "-nostdin",
-            "-trace_err",
-            "-error_file",
-            err_file,
-            "-trace_msg",
-            "-message_file",
-            msg_file,
-        ]
-        if service:
-            args += ["-s", service]
-        if rate:
-            args += ["-r", str(rate), "-rp", "1000"]
-        if limit:
-            args += ["-l", str(limit)]
-        args += list(extra)
-        if remote:
-            args.append(remote)
+            scenario,
+            local_port=local_port,
+            calls=calls,
+            transport=transport,
+            timeout_s=timeout_s,
+            err_file=err_file,
+            traces=["-trace_msg", "-message_file", str(msg_file)],
+            service=service,
+            rate=rate,
+            extra=(["-l", str(limit)] if limit else []) + list(extra),
+            remote=remote,
+        )
         return [str(a) for a in args], [err_file, msg_file, screen_file]
 
     def run(self, scenario: str, **kw) -> ToolResult:
