@@ -439,16 +439,7 @@ class Trace:
         """Forget everything recorded so far (columns, events, drops, counters). A history store attached to the
         trace keeps its rows: it is an append-only log (delete its file to forget it)."""
         with self._index_lock, self._lock:
-            for column in (
-                self.sip_owner,
-                self.sip_ts,
-                self.sip_direction,
-                self.sip_transport,
-                self.sip_local,
-                self.sip_remote,
-                self.sip_raw,
-                *self._fields,
-            ):
+            for column in (*self._sip_columns, *self._fields):
                 column.clear()
             self._events.clear()
             self._packer.clear()
@@ -694,15 +685,7 @@ class Trace:
         """Rows lo..hi of the SIP columns (timestamp, direction, transport, local, remote, raw, owner), read
         together: a consistent slice while the loop thread keeps recording."""
         with self._columns_lock:
-            return (
-                self.sip_ts[lo:hi],
-                self.sip_direction[lo:hi],
-                self.sip_transport[lo:hi],
-                self.sip_local[lo:hi],
-                self.sip_remote[lo:hi],
-                self.sip_raw[lo:hi],
-                self.sip_owner[lo:hi],
-            )
+            return tuple(column[lo:hi] for column in self._sip_columns)
 
     def sip_snapshot(self) -> SipSnapshot:
         """Every SIP column and extracted header field, read together under the trace's locks: what the frame
