@@ -16,26 +16,50 @@ import sys as _sys
 COMPILED_MODULES = ("uri", "headers", "message", "parser")
 
 
-def _load_pure_modules() -> None:
-    """Import the compiled modules from their `.py` source instead (NOTEBOOK_IM_PURE=1).
+def load_source_modules(package: str | None = None) -> dict[str, object]:
+    """Import the compiled modules (and errors, which they import first) from their `.py` source: as this package's
+    own when `package` is None (NOTEBOOK_IM_PURE=1, a stale or broken build), or under a shadow package of that
+    name, next to the compiled ones (support/puresip.py: the benchmark and the test that compare the two).
 
     An extension module wins over a `.py` of the same name in a directory, so the source is loaded by path and
-    put in sys.modules before anything imports the module by name. In dependency order: each module's own
-    imports then find their pure siblings already there."""
+    put in sys.modules before anything imports the module by name. In dependency order: each module's relative
+    imports then find their pure siblings already there. Returns name -> module."""
     import importlib.util
+    import types
 
     here = _os.path.dirname(__file__)
+    prefix = package or __name__
+    if package is not None and package not in _sys.modules:
+        shadow = types.ModuleType(package)
+        shadow.__path__ = [here]
+        _sys.modules[package] = shadow
+    loaded: dict[str, object] = {}
     for name in ("errors", *COMPILED_MODULES):  # errors is plain Python either way; uri imports it first
-        full = f"{__name__}.{name}"
-        if full in _sys.modules:
-            continue
-        spec = importlib.util.spec_from_file_location(full, _os.path.join(here, f"{name}.py"))
-        if spec is None or spec.loader is None:  # pragma: no cover - the .py files ship with the package
-            raise ImportError(f"cannot load {full} from source")
-        module = importlib.util.module_from_spec(spec)
-        _sys.modules[full] = module
-        spec.loader.exec_module(module)
-        globals()[name] = module  # as an import would: notebook_im.sip.parser is the module that runs
+        full = f"{prefix}.{name}"
+        if full not in _sys.modules:
+            spec = importlib.util.spec_from_file_location(full, _os.path.join(here, f"{name}.py"))
+            if spec is None or spec.loader is None:  # pragma: no cover - the .py files ship with the package
+                raise ImportError(f"cannot load {full} from source")
+            module = importlib.util.module_from_spec(spec)
+            _sys.modules[full] = module
+            spec.loader.exec_module(module)
+            if package is None:
+                globals()[name] = module  # as an import would: notebook_im.sip.parser is the module that runs
+        loaded[name] = _sys.modules[full]
+    return loaded
+
+
+def _fall_back(why: str) -> None:
+    """Run the .py modules instead of a build that must not run, and say so (a RuntimeWarning)."""
+    import warnings
+
+    warnings.warn(
+        f"notebook_im: {why}; running the .py files. Rebuild it with `pip install -e .` (or `make setup`), or set "
+        "NOTEBOOK_IM_PURE=1 to silence this.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    load_source_modules()
 
 
 def _extensions_present() -> bool:
@@ -76,34 +100,18 @@ def compiled_build_is_stale() -> bool:
 
 
 if _os.environ.get("NOTEBOOK_IM_PURE") == "1":
-    _load_pure_modules()
+    load_source_modules()
 elif compiled_build_is_stale():
-    import warnings as _warnings
-
-    _warnings.warn(
-        "notebook_im: the compiled SIP core is older than its sources; running the .py files. "
-        "Rebuild it with `pip install -e .` (or `make setup`), or set NOTEBOOK_IM_PURE=1 to silence this.",
-        RuntimeWarning,
-        stacklevel=2,
-    )
-    _load_pure_modules()
+    _fall_back("the compiled SIP core is older than its sources")
 else:
     try:  # the build as installed: every module, so that a broken one is found here and not half way through
         from . import errors, headers, message, parser, uri  # noqa: F401 - imported for sys.modules
     except ImportError as _exc:  # a build that cannot load (a shared library deleted or corrupt): the .py files
         if not _extensions_present():
             raise  # the .py files themselves failed: nothing to fall back to
-        import warnings as _warnings
-
         for _name in COMPILED_MODULES:  # the ones that did load go too: never half compiled, half pure
             _sys.modules.pop(f"{__name__}.{_name}", None)
-        _warnings.warn(
-            f"notebook_im: the compiled SIP core cannot be loaded ({_exc}); running the .py files. "
-            "Rebuild it with `pip install -e .` (or `make setup`), or set NOTEBOOK_IM_PURE=1 to silence this.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        _load_pure_modules()
+        _fall_back(f"the compiled SIP core cannot be loaded ({_exc})")
 
 from .errors import LocalProtocolError, RemoteProtocolError, SipError  # noqa: E402 - after the pure-module switch above
 from .message import Message, Request, Response  # noqa: E402 - after the pure-module switch above
