@@ -1,6 +1,6 @@
 """The embedded server (registrar + proxy, no users: no authentication) in a process of its own.
 
-    python bench/_server_proc.py PORT
+    python bench/_server_proc.py PORT [--workers N] [--stateful]
 
 Used by the relay ladder (SIPp -> server -> SIPp) and the scale benchmark (10,000 users and sessions). Its own
 process gives it a core of its own and lets the harness read its memory alone. Speaks JSON lines on
@@ -22,8 +22,10 @@ import notebook_im as nim
 
 def main() -> None:
     """Start the server, answer commands until stdin closes."""
-    server = nim.Server(HOST, int(sys.argv[1]))
-    server.start().result(15)
+    args = sys.argv[1:]
+    workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
+    server = nim.Server(HOST, int(args[0]), workers=workers, stateless="--stateful" not in args)
+    server.start().result(30)
 
     def stats() -> dict[str, Any]:
         return {

@@ -1,6 +1,7 @@
 """`notebook-im`: run the embedded server, or watch two users chat over real SIP on loopback.
 
 notebook-im serve [--host H] [--port P] [--users FILE] [--tls-cert PEM --tls-key PEM] [--offline-store FILE]
+                  [--workers N]
                                            registrar + proxy until Ctrl-C
 notebook-im demo [--transport udp|tcp]     server + alice + bob, a short conversation, the transcript
 notebook-im chat                           the same two users, you type as alice (bob echoes)
@@ -34,16 +35,21 @@ def _serve(args: argparse.Namespace) -> int:
 
         users = load_users_file(args.users)
     tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
-    server = Server(
-        host=args.host,
-        port=args.port,
-        users=users,
-        realm=args.realm,
-        tls=tls,
-        tls_port=args.tls_port,
-        offline_store=args.offline_store,
-    )
-    server.start().result(10)
+    try:
+        server = Server(
+            host=args.host,
+            port=args.port,
+            users=users,
+            realm=args.realm,
+            tls=tls,
+            tls_port=args.tls_port,
+            offline_store=args.offline_store,
+            workers=args.workers,
+        )
+    except (ValueError, TypeError) as exc:  # a wrong option: say which, without a traceback
+        print(f"notebook-im serve: {exc}", file=sys.stderr)
+        return 2
+    server.start().result(30)
     extra = f", TLS on {server.tls_uri}" if server.tls_uri else ""
     auth = f", digest authentication for {len(users)} users (realm {args.realm!r})" if users else ""
     stop = threading.Event()
@@ -52,7 +58,10 @@ def _serve(args: argparse.Namespace) -> int:
     # Installed before "listening" is printed: whoever waits for that line may signal at once
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"notebook_im server listening on {server.uri} (UDP and TCP{extra}){auth}. Ctrl-C to stop.", flush=True)
+    procs = f", {args.workers} processes on UDP" if args.workers > 1 else ""
+    print(
+        f"notebook_im server listening on {server.uri} (UDP and TCP{extra}){auth}{procs}. Ctrl-C to stop.", flush=True
+    )
     try:
         while not stop.wait(0.5):
             pass
@@ -266,6 +275,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--offline-store",
         metavar="FILE",
         help="keep the messages for offline users in this SQLite file (they survive a restart)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N processes on the UDP port, one per core (default 1; not with --users): see docs/server.md",
     )
     p.set_defaults(func=_serve)
     p = sub.add_parser("demo", help="two users chat over real SIP on loopback; prints the transcript")

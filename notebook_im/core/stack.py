@@ -153,6 +153,11 @@ class SipStack:
         self.max_heard = 65_536
         # the address peers must use to reach us over UDP (a NAT, a port forward, a relay in front of us)
         self.advertise: Addr | None = None
+        # a handler's stateless path: offered each new request that no transaction absorbed (not ACK, not
+        # CANCEL), with the bytes it came as, before a server transaction is made for it; True means it was dealt
+        # with (the proxy's stateless relay, server/stateless.py). Retransmissions of a request it took come to it
+        # again; a request it gives back later (`adopt`) is not offered again.
+        self.stateless: Callable[[Request, str, Addr, bytes], bool] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -333,13 +338,17 @@ class SipStack:
         """When `addr` last sent us anything (loop time), or None."""
         return self._heard.get(addr)
 
-    def data_received(self, data: bytes, transport: str, remote: Addr, local: Addr) -> None:
-        self.stats["received"] += 1
+    def note_heard(self, remote: Addr) -> None:
+        """`remote` sent us something just now (see `heard_from`)."""
         heard = self._heard
         if heard.pop(remote, None) is None and len(heard) >= self.max_heard:
             del heard[next(iter(heard))]
         if self.loop is not None:
             heard[remote] = self.loop.time()
+
+    def data_received(self, data: bytes, transport: str, remote: Addr, local: Addr) -> None:
+        self.stats["received"] += 1
+        self.note_heard(remote)
         if len(data) <= 4 and not data.strip():
             return  # keep-alive
         try:
@@ -356,7 +365,7 @@ class SipStack:
         self.sink.record_sip("in", transport, local, remote, data, self.name, message=message)
         try:
             if isinstance(message, Request):
-                self._on_request_message(message, transport, remote, local)
+                self._on_request_message(message, transport, remote, local, data)
             else:
                 self._on_response_message(message, transport, remote)
         except RemoteProtocolError as exc:
@@ -412,15 +421,20 @@ class SipStack:
         self.stats["dropped"] += 1
         self.sink.record_drop(transport, remote, exc.reason, data, self.name)
 
-    def _on_request_message(self, req: Request, transport: str, remote: Addr, local: Addr) -> None:
-        # RFC 3261 §18.2.1 + RFC 3581: note where the request really came from
-        top = req.top_via
-        if "rport" in top.params or top.host.strip("[]") != remote[0]:
-            params: dict[str, str | None] = {"received": remote[0]}
-            if "rport" in top.params:
-                params["rport"] = str(remote[1])
-            top = top.with_params(**params)
-            req.headers.replace_first("via", str(top), top)
+    def adopt(self, data: bytes, transport: str, remote: Addr) -> None:
+        """Handle a request that came earlier (and was recorded then) as if it had just arrived, with a
+        transaction this time: the stateless relay's request whose device turned out dead (server/stateless.py)."""
+        try:
+            message = parse_message(data, stream=transport != "udp")
+            if isinstance(message, Request):
+                self._on_request_message(message, transport, remote, self.transport.local_addr(transport), None)
+        except Exception:  # noqa: BLE001 - it parsed once; anything now is a bug, which must not reach the caller
+            log.exception("%s: adopting a request from %s failed", self.name, remote)
+
+    def _on_request_message(
+        self, req: Request, transport: str, remote: Addr, local: Addr, data: bytes | None = None
+    ) -> None:
+        mark_received(req, remote)
         key = server_key(req)
         if req.method == "ACK":
             sh = self._servers.get(key)
@@ -442,6 +456,8 @@ class SipStack:
         if req.method == "CANCEL":
             self._on_cancel(req, transport, remote, local)
             return
+        if data is not None and self.stateless is not None and self.stateless(req, transport, remote, data):
+            return  # relayed without a transaction (the proxy's fast path, RFC 3261 §16.11)
         source = remote  # (address, port): one client socket; all of loopback is one address
         if (
             self._per_source.get(source, 0) >= self.max_transactions_per_source
@@ -646,6 +662,17 @@ class SipStack:
         for t in timers.values():
             t.cancel()
         timers.clear()
+
+
+def mark_received(req: Request, remote: Addr) -> None:
+    """RFC 3261 §18.2.1 + RFC 3581: note in the top Via where the request really came from."""
+    top = req.top_via
+    if "rport" in top.params or top.host.strip("[]") != remote[0]:
+        params: dict[str, str | None] = {"received": remote[0]}
+        if "rport" in top.params:
+            params["rport"] = str(remote[1])
+        top = top.with_params(**params)
+        req.headers.replace_first("via", str(top), top)
 
 
 def reason_phrase(exc: RemoteProtocolError) -> str:

@@ -182,6 +182,7 @@ class TransportLayer:
         self._tls_listener: asyncio.AbstractServer | None = None
         self.impairment = impairment  # loss/reorder applied to datagrams we send (tests, teaching)
         self.closing = False
+        self.reuse_port = False  # SO_REUSEPORT on the UDP socket: a server's worker processes share its port
         # stream hygiene: an idle connection is closed after idle_timeout s; a peer that leaves a message
         # incomplete for read_timeout s (slowloris) is cut off; at most max_connections are open at once
         self.idle_timeout: float | None = 600.0
@@ -236,11 +237,13 @@ class TransportLayer:
         if "udp" in self.transports:
             if isinstance(loop, asyncio.SelectorEventLoop):  # stock asyncio: read datagrams in batches (net/udp.py)
                 proto = _Udp(self)
-                self._udp = BatchedUdp.bind(loop, self.host, port, proto.datagram_received)  # type: ignore[assignment]
+                self._udp = BatchedUdp.bind(  # type: ignore[assignment]
+                    loop, self.host, port, proto.datagram_received, reuse_port=self.reuse_port
+                )
             else:  # uvloop: its own transport is already fast
                 family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
                 self._udp, _ = await loop.create_datagram_endpoint(
-                    lambda: _Udp(self), local_addr=(self.host, port), family=family
+                    lambda: _Udp(self), local_addr=(self.host, port), family=family, reuse_port=self.reuse_port or None
                 )
             sock = self._udp.get_extra_info("sockname")
             port = sock[1]

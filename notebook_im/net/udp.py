@@ -45,11 +45,19 @@ class BatchedUdp:
 
     @classmethod
     def bind(
-        cls, loop: asyncio.AbstractEventLoop, host: str, port: int, on_datagram: Callable[[bytes, Any], None]
+        cls,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        on_datagram: Callable[[bytes, Any], None],
+        *,
+        reuse_port: bool = False,
     ) -> BatchedUdp:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
+            if reuse_port:  # several processes of one server share the port (server/workers.py)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             return cls(loop, sock, on_datagram)
         except BaseException:

@@ -39,6 +39,7 @@ from .forking import CancelBranches, EndBranch, Relay, ResponseContext
 from .offline import TRANSIENT, OfflineLimits, OfflineStore, Refused, StoredMessage, is_composing
 from .offline_db import OfflineJournal, OfflineStoreError
 from .registrar import Binding, Registrar, aor_key
+from .stateless import StatelessRelay
 
 log = logging.getLogger("notebook_im.server")
 
@@ -73,6 +74,9 @@ class ProxyCore:
         # as gone: a few retransmissions (0.5 + 1 + 2 s at T1 = 500 ms), not Timer F's 64*T1 (32 s). Its binding is
         # then skipped (dead) until it registers again; a pager MESSAGE is kept for later and answered 202
         self.device_timeout: float | None = 8 * timers.t1
+        # the fast path (stateless.py): the common requests relayed without transactions
+        self.stateless = StatelessRelay(self)
+        self.stack.stateless = self.stateless.offer
 
     async def start(self) -> None:
         if self.journal is not None:  # what a previous run kept: the messages, and the users they wait for
@@ -85,12 +89,15 @@ class ProxyCore:
 
     async def close(self) -> None:
         self.focus.close()
+        self.stateless.close()
         await self.stack.close()
         if self.journal is not None:
             self.journal.close()
 
     # -- StackHandler: the rest of it ---------------------------------------------------------------------------
     def on_stray_response(self, response: Response, transport: str, remote: tuple[str, int]) -> None:
+        if self.stateless.response(response, transport):
+            return
         log.debug("server: stray response %s dropped", response)
 
     def on_server_timeout(self, handle: ServerHandle) -> None:
@@ -101,7 +108,7 @@ class ProxyCore:
         or without a listener has no other way in, RFC 5626), so they count as offline at once."""
         for binding in self.registrar.from_source(*addr):
             if binding.transport == transport:
-                binding.dead = True
+                self.registrar.mark_dead(binding)
 
     def is_us(self, uri: SipUri) -> bool:
         host = uri.host.strip("[]")
@@ -600,7 +607,7 @@ class Fork:
             return
         b.silent = True
         if b.binding is not None:
-            b.binding.dead = True
+            self.core.registrar.mark_dead(b.binding)
         log.info(
             "server: %s did not answer a %s within %g s: offline until it registers again",
             b.target,

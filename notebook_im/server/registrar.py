@@ -12,6 +12,7 @@ moved to another source, expired, removed, wildcard) goes through `_put`/`_drop`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..sip.errors import RemoteProtocolError
 from ..sip.message import Request
@@ -61,6 +62,14 @@ def aor_key(uri: SipUri) -> str:
     return f"sip:{uri.user}@{uri.host}" if uri.user else f"sip:{uri.host}"
 
 
+class Mirror(Protocol):
+    """What keeps a copy of the bindings elsewhere (shared.py: the SQLite file a server's workers read)."""
+
+    def put(self, binding: Binding) -> None: ...
+
+    def drop(self, aor: str, key: str) -> None: ...
+
+
 class Registrar:
     """The location service: AOR -> live bindings, plus the set of AORs that ever registered."""
 
@@ -82,13 +91,34 @@ class Registrar:
         # address -> the bindings there, as {(aor, contact key): None} (an ordered set): who is at host:port
         self._by_contact: dict[tuple[str, int], dict[tuple[str, str], None]] = {}
         self._by_source: dict[tuple[str, int], dict[tuple[str, str], None]] = {}
+        # told of every change (`put(binding)`, `drop(aor, contact key)`): the shared copy that a server's worker
+        # processes read (shared.py); None for a server of one process
+        self.mirror: Mirror | None = None
 
-    # -- the only two ways a binding changes (they keep the address index in step) ----------------------
+    # -- the only ways a binding changes (they keep the address index and the mirror in step) -------------
     def _put(self, binding: Binding) -> None:
+        self.apply(binding)
+        if self.mirror is not None:
+            self.mirror.put(binding)
+
+    def _drop(self, aor: str, key: str) -> None:
+        self.forget(aor, key)
+        if self.mirror is not None:
+            self.mirror.drop(aor, key)
+
+    def mark_dead(self, binding: Binding) -> None:
+        """The device stopped answering: requests skip it until it registers again (a new binding)."""
+        if not binding.dead:
+            binding.dead = True
+            if self.mirror is not None:
+                self.mirror.put(binding)
+
+    def apply(self, binding: Binding) -> None:
+        """Put `binding` in place (a new one, or one changed elsewhere: a worker's copy of the main registrar)."""
         key = str(binding.contact)
         current = self._bindings.setdefault(binding.aor, {})
         if key in current:
-            self._drop(binding.aor, key)
+            self.forget(binding.aor, key)
             current = self._bindings.setdefault(binding.aor, {})
         current[key] = binding
         ref = (binding.aor, key)
@@ -99,7 +129,8 @@ class Registrar:
             user = binding.aor[4:].partition("@")[0]  # aor_key: "sip:user@host"
             self._known_by_user.setdefault(user, set()).add(binding.aor)
 
-    def _drop(self, aor: str, key: str) -> None:
+    def forget(self, aor: str, key: str) -> None:
+        """Remove the binding of `aor` whose Contact is `key` (its str), if there is one."""
         current = self._bindings.get(aor)
         if current is None:
             return

@@ -12,7 +12,7 @@ import os
 import ssl
 import time
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..net.memory import MemoryNetwork, memory_transport
 from ..net.transport import TransportLayer
@@ -27,6 +27,10 @@ from .offline import OfflineLimits
 from .offline_db import OfflineJournal
 from .proxy import ProxyCore
 from .registrar import Registrar
+from .stateless import MAX_WORKERS
+
+if TYPE_CHECKING:
+    from .workers import WorkerPool
 
 
 class Server:
@@ -38,7 +42,12 @@ class Server:
     a pager MESSAGE is then kept and answered 202, an INVITE 480, until the device registers again); None waits
     for the transaction's own Timer F / B (64*T1). `offline_store="offline.sqlite"` keeps the offline messages
     (and the users they wait for) in that file, so that a restart loses none of them. `network=nim.MemoryNetwork()`
-    runs the server without sockets, on that in-memory network (net/memory.py)."""
+    runs the server without sockets, on that in-memory network (net/memory.py). `stateless=False` relays every
+    request through transactions; by default the common case (a pager MESSAGE to a user with one device over UDP,
+    the non-INVITE requests of a dialog, no `users=`) is relayed statelessly (stateless.py, RFC 3261 §16.11).
+    `workers=N` runs N processes on the UDP port (workers.py: N-1 worker processes relay the fast path on the
+    other cores, the main process does everything else); `Server.stats` adds up their counters, and the
+    workers keep no message trace. One process (the default) is what a notebook wants."""
 
     def __init__(
         self,
@@ -59,6 +68,8 @@ class Server:
         device_timeout: float | None | str = "auto",
         offline_store: str | os.PathLike[str] | None = None,
         network: MemoryNetwork | None = None,
+        stateless: bool = True,
+        workers: int = 1,
     ) -> None:
         if not isinstance(port, int) or not 0 <= port < 65536:
             raise ValueError(f"port must be an int from 0 (any free port) to 65535, not {port!r}")
@@ -74,6 +85,19 @@ class Server:
                 "offline_limits must be a nim.OfflineLimits(max_per_user=..., max_total=..., ttl=...), "
                 f"not {type(offline_limits).__name__}"
             )
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+            raise ValueError(
+                f"workers must be an int from 1 to {MAX_WORKERS} (processes sharing the port), not {workers!r}"
+            )
+        if workers > 1 and (network is not None or "udp" not in transports or users or not stateless):
+            raise ValueError(
+                "workers > 1 share a UDP port and relay the stateless fast path: they need a real UDP socket "
+                "(no network=), 'udp' in transports, stateless=True and no users= (with digest authentication "
+                "every request is checked in the main process, so workers would only add a hop)"
+            )
+        self.workers = workers
+        self._pool: WorkerPool | None = None
+        self._last_worker_stats: dict[str, int] = {}
         self.trace = Trace(budget=process_budget(), name="server")  # shares the process's trace budget
         self.registrar = Registrar(min_expires=min_expires, max_expires=max_expires)
         self.auth = Authenticator(users, realm=realm) if users else None
@@ -84,6 +108,7 @@ class Server:
             sockets: Any = memory_transport(network, host, port, transports=tuple(transports))
         else:
             sockets = TransportLayer(host, port, transports=tuple(transports), tls_server=tls_ctx, tls_port=tls_port)
+            sockets.reuse_port = workers > 1
         # the proxy (proxy.py) and the SIP stack it runs on: what does the work behind this facade
         journal = OfflineJournal(offline_store) if offline_store is not None else None
         self.proxy = ProxyCore(
@@ -98,6 +123,9 @@ class Server:
         )
         # the UDP address to put in Via and Record-Route when peers reach us through a NAT, port forward or relay
         self.proxy.stack.advertise = advertise
+        if not isinstance(stateless, bool):
+            raise TypeError(f"stateless must be True or False, not {stateless!r}")
+        self.proxy.stateless.enabled = stateless
         if device_timeout != "auto":
             if device_timeout is not None and (
                 isinstance(device_timeout, bool) or not isinstance(device_timeout, (int, float)) or device_timeout <= 0
@@ -158,13 +186,23 @@ class Server:
     def stats(self) -> dict[str, int]:
         """Counters of the SIP core (received, sent, 400s, drops, ...) and of the offline store, prefixed
         `offline_`: stored, delivered, expired, rejected (refused for good by the device), refused (store full),
-        duplicates, attempts, and `offline_waiting` (messages kept right now)."""
+        duplicates, attempts, and `offline_waiting` (messages kept right now); of the stateless relay, prefixed
+        `stateless_`: relayed (requests), responses (relayed back), forged (responses dropped: not to our requests)."""
         offline = self.proxy.offline
-        return {
+        out = {
             **self.proxy.stack.stats,
             **{f"offline_{k}": v for k, v in offline.stats.items()},
+            **{f"stateless_{k}": v for k, v in self.proxy.stateless.stats.items()},
             "offline_waiting": len(offline),
         }
+        if self.workers > 1:  # the workers' counters (reported twice a second) added in
+            totals = self._pool.totals() if self._pool is not None else self._last_worker_stats
+            for k, v in totals.items():
+                if k in out:
+                    out[k] += v
+                else:
+                    out[f"workers_{k}"] = v
+        return out
 
     @property
     def offline(self) -> dict[str, int]:
@@ -195,6 +233,16 @@ class Server:
         async def run() -> Server:
             if not self._started:
                 await self.proxy.start()
+                if self.workers > 1:
+                    from .workers import WorkerPool  # (sqlite3, subprocesses: only for a server that has workers)
+
+                    pool = WorkerPool(self.proxy, self.workers)
+                    try:
+                        await pool.start()
+                    except BaseException:
+                        await self.proxy.close()
+                        raise
+                    self._pool = pool
                 self._started = True
             return self
 
@@ -206,16 +254,28 @@ class Server:
             return
         rt = runtime()
         if rt.in_loop_thread():
-            rt.loop.create_task(self.proxy.close())
+            rt.loop.create_task(self._close())
         else:
-            rt.submit(self.proxy.close(), "Server.stop()").result(timeout)
+            rt.submit(self._close(), "Server.stop()").result(timeout)
         self._started = False
 
     async def astop(self) -> None:
         """`stop()` for async code."""
         if self._started:
-            await runtime().submit(self.proxy.close(), "Server.stop()")
+            await runtime().submit(self._close(), "Server.stop()")
             self._started = False
+
+    async def _close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+            self._last_worker_stats = pool.totals()
+        await self.proxy.close()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The process ids of the worker processes (empty with `workers=1`, or when stopped)."""
+        return self._pool.pids if self._pool is not None else []
 
     def __enter__(self) -> Server:
         return self.start().result(10)

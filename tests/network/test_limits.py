@@ -86,8 +86,18 @@ def register_raw(sock: socket.socket, server, user: str) -> None:
 
 
 @pytest.mark.slow
-def test_flood_of_unanswered_transactions_from_one_source_gets_503(server):
-    """Live (unanswered) transactions are what a flood can pile up: beyond the per-source limit, 503 and no state."""
+@pytest.mark.parametrize("stateless", [False, True])
+def test_flood_of_unanswered_transactions_from_one_source_gets_503(stateless: bool):
+    """Live (unanswered) transactions are what a flood can pile up: beyond the per-source limit, 503 and no state.
+    With the stateless relay, its table of unanswered requests (bounded by `max_pending`) fills first, then the
+    stateful path and its limit take over."""
+    with nim.Server(stateless=stateless) as server:
+        share = 30 if stateless else 0
+        server.proxy.stateless.max_pending = 30
+        _flood(server, share)
+
+
+def _flood(server: nim.Server, share: int) -> None:
     testing.stack_of(server).max_transactions_per_source = 50
     with (
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent_bob,
@@ -101,8 +111,9 @@ def test_flood_of_unanswered_transactions_from_one_source_gets_503(server):
         port = s.getsockname()[1]
         for i in range(120):  # bounded: 120 requests
             s.sendto(message(port, f"fl{i}", user="bob"), (server.host, server.port))
-        statuses = [int(s.recvfrom(4096)[0].split(b" ", 2)[1]) for _ in range(70)]
-        assert statuses == [503] * 70, "the 50 relayed ones are pending; the 70 beyond the limit are refused"
+        refused = 70 - share
+        statuses = [int(s.recvfrom(4096)[0].split(b" ", 2)[1]) for _ in range(refused)]
+        assert statuses == [503] * refused, "the relayed ones are pending; those beyond the limits are refused"
         relayed: set[bytes] = set()  # Call-IDs bob received (the server retransmits them, he never answers)
         silent_bob.settimeout(0.2)
         deadline = time.monotonic() + 3
@@ -112,8 +123,9 @@ def test_flood_of_unanswered_transactions_from_one_source_gets_503(server):
             except TimeoutError:
                 continue
             relayed.add(data.split(b"Call-ID: ", 1)[1].split(b"\r\n", 1)[0])
-        assert len(relayed) == 50
+        assert len(relayed) == 50 + share
         assert testing.stack_of(server).live_server_transactions <= 50, "refused requests leave no state behind"
+        assert server.proxy.stateless.pending <= share
     other = udp_exchange(message(0, "other").replace(b"127.0.0.1:0", b"127.0.0.1:9"), (server.host, server.port))
     assert other.startswith(b"SIP/2.0 404"), "another source is still served"
 

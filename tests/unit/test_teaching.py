@@ -175,7 +175,8 @@ def test_middlebox_in_front_of_the_server_drops_what_its_rule_says():
 @pytest.mark.slow
 def test_raw_peers_silent_and_refusing_composing(platform):
     timers = nim.Timers(t1=0.02, t2=0.16, t4=0.2)
-    server = nim.Server(timers=timers, device_timeout=None).start().result(10)  # Timer F decides, not the proxy
+    # Timer F of a transaction-stateful proxy decides (as in notebook 7), not the device timeout
+    server = nim.Server(timers=timers, device_timeout=None, stateless=False).start().result(10)
     quiet = teaching.RawPeer("sip:quiet@example.test", server=server, answer=teaching.silent).start()
     picky = teaching.RawPeer("sip:picky@example.test", server=server, answer=teaching.refuse_composing).start()
     try:

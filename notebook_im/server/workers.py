@@ -1,0 +1,361 @@
+"""A server on every core: `Server(workers=N)` / `notebook-im serve --workers N`.
+
+The main process is the whole server (registrar, proxy, offline store, focus, TCP and TLS). N-1 worker processes
+bind the same UDP port with SO_REUSEPORT, so the kernel spreads the datagrams over all N sockets by source
+address. A worker relays what the stateless fast path takes (stateless.py: a pager MESSAGE to a user with one
+device over UDP, the non-INVITE requests of a dialog, and the responses to these) with a copy of the registrar
+that it keeps up to date from the main process's SQLite file (shared.py). Everything else it hands, as it came
+and with the address it came from, to the main process over a Unix datagram socket; the main process handles it
+as if its own socket had read it, and answers from the shared port, so the peer sees one server.
+
+The processes tell each other, on the same sockets, what the fast path needs across them: that a device answered
+a request another process timed (the kernel may deliver the answer to any of them), that a worker found a device
+dead (the main process marks the binding, and the file tells the other workers), and each worker's counters
+twice a second (`Server.stats` adds them up). A worker keeps no message trace: a server with workers is for
+throughput, and `Server.trace` has what the main process handled (all of it with the default `workers=1`).
+
+A worker exits when its standard input closes, so it never outlives the main process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..core.sink import NullSink
+from ..core.stack import mark_received
+from ..net.base import Addr
+from ..net.transport import TransportLayer
+from ..sip.message import Request
+from ..sip.parser import parse_message
+from ..sip.transaction import Timers
+from .registrar import Binding, Registrar
+from .shared import BindingReplica, SharedBindings
+
+if TYPE_CHECKING:
+    from .proxy import ProxyCore
+
+log = logging.getLogger("notebook_im.server")
+
+RAW, ANSWERED, DEAD, STATS = b"R", b"A", b"D", b"S"
+_PORT = struct.Struct(">H")
+
+
+def _pack_raw(data: bytes, remote: Addr) -> bytes:
+    host = remote[0].encode()
+    return RAW + _PORT.pack(remote[1]) + bytes([len(host)]) + host + data
+
+
+def _unpack_raw(msg: bytes) -> tuple[bytes, Addr]:
+    port = _PORT.unpack_from(msg, 1)[0]
+    n = msg[3]
+    return msg[4 + n :], (msg[4 : 4 + n].decode(), port)
+
+
+def _unix_socket(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+        except OSError:
+            pass
+    return sock
+
+
+class _Channel:
+    """This process's end of the Unix datagram sockets: reads its own, sends to the others' (never blocking:
+    a full peer queue loses the datagram, as UDP would, and it is counted)."""
+
+    def __init__(self, directory: Path, index: int, on_message: Any) -> None:
+        self.directory = directory
+        self.sock = _unix_socket(self._path(index))
+        self.on_message = on_message
+        self.lost = 0
+
+    def _path(self, index: int) -> Path:
+        return self.directory / f"{index}.sock"
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_reader(self.sock.fileno(), self._ready)
+
+    def _ready(self) -> None:
+        for _ in range(64):
+            try:
+                msg = self.sock.recv(70_000)
+            except (BlockingIOError, InterruptedError):
+                return
+            try:
+                self.on_message(msg)
+            except Exception:  # noqa: BLE001 - one bad datagram must not stop the channel
+                log.exception("server workers: a control datagram failed")
+
+    def send(self, index: int, msg: bytes) -> None:
+        try:
+            self.sock.sendto(msg, str(self._path(index)))
+        except OSError:  # full (BlockingIOError) or gone (a worker that stopped)
+            self.lost += 1
+
+    def close(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+class WorkerPool:
+    """The main process's side: starts the workers, takes what they hand over, answers their news."""
+
+    def __init__(self, proxy: ProxyCore, count: int) -> None:
+        self.proxy = proxy
+        self.count = count
+        self._dir = Path(tempfile.mkdtemp(prefix="notebook_im-workers-"))
+        self.shared = SharedBindings(self._dir / "bindings.sqlite")
+        self._channel = _Channel(self._dir, 0, self._message)
+        self._procs: list[asyncio.subprocess.Process] = []
+        self.worker_stats: dict[int, dict[str, int]] = {}
+        self.handed_over = 0
+
+    async def start(self) -> None:
+        """Start the workers (after the main process bound its port) and wait until each has bound it too."""
+        proxy = self.proxy
+        proxy.registrar.mirror = self.shared
+        relay = proxy.stateless
+        relay.answered = lambda index, branch: self._channel.send(index, ANSWERED + branch.encode())
+        loop = asyncio.get_running_loop()
+        self._channel.start(loop)
+        transport = proxy.stack.transport
+        host, port = transport.local_addr("udp")
+        config = {
+            "dir": str(self._dir),
+            "host": host,
+            "port": port,
+            "key": relay.key.hex(),
+            "timers": [proxy.stack.timers.t1, proxy.stack.timers.t2, proxy.stack.timers.t4],
+            "device_timeout": proxy.device_timeout,
+            "advertise": list(proxy.stack.advertise) if proxy.stack.advertise else None,
+            "tcp_port": transport.local_addr("tcp")[1] if "tcp" in transport.transports else None,
+        }
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        for index in range(1, self.count):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "notebook_im.server.workers",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=env,
+            )
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write((json.dumps({**config, "index": index}) + "\n").encode())
+            await proc.stdin.drain()
+            self._procs.append(proc)
+        for index, proc in enumerate(self._procs, 1):
+            assert proc.stdout is not None
+            try:
+                line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            except asyncio.TimeoutError:
+                line = b""
+            if line.strip() != b"ready":
+                await self.close()
+                raise OSError(f"server worker {index} did not start (exit status {proc.returncode}): {line[:200]!r}")
+
+    def _message(self, msg: bytes) -> None:
+        kind = msg[:1]
+        proxy = self.proxy
+        if kind == RAW:
+            data, remote = _unpack_raw(msg)
+            self.handed_over += 1
+            proxy.stack.data_received(data, "udp", remote, proxy.stack.transport.local_addr("udp"))
+        elif kind == ANSWERED:
+            proxy.stateless.device_answered(msg[1:].decode())
+        elif kind == DEAD:
+            aor, key = json.loads(msg[1:])
+            for binding in proxy.registrar.lookup(aor, time.monotonic()):
+                if str(binding.contact) == key:
+                    proxy.registrar.mark_dead(binding)
+        elif kind == STATS:
+            index, stats = json.loads(msg[1:])
+            self.worker_stats[int(index)] = stats
+
+    def totals(self) -> dict[str, int]:
+        """The workers' counters added up (as last reported, twice a second)."""
+        out: dict[str, int] = {}
+        for stats in self.worker_stats.values():
+            for k, v in stats.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    async def close(self) -> None:
+        """Stop the workers (their standard input closes; killed if they do not go within 3 s)."""
+        for proc in self._procs:
+            if proc.stdin is not None and not proc.stdin.is_closing():
+                proc.stdin.close()
+        for proc in self._procs:
+            try:
+                await asyncio.wait_for(proc.wait(), 3)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+        self._procs.clear()
+        self._channel.close(asyncio.get_running_loop())
+        self.proxy.registrar.mirror = None
+        self.shared.close()
+        for path in self._dir.iterdir():
+            path.unlink(missing_ok=True)
+        self._dir.rmdir()
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+
+class _DeadReporter:
+    """A worker registrar's mirror: a device found dead goes to the main process, which owns the registrar;
+    local expiries need no report (the main process expires the same bindings itself)."""
+
+    def __init__(self, channel: _Channel) -> None:
+        self.channel = channel
+
+    def put(self, binding: Binding) -> None:
+        if binding.dead:
+            self.channel.send(0, DEAD + json.dumps([binding.aor, str(binding.contact)]).encode())
+
+    def drop(self, aor: str, key: str) -> None:
+        return None
+
+
+class Worker:
+    """A worker process's receiving side (it replaces the stack as the transport's listener): the fast path
+    here, everything else to the main process as it came."""
+
+    def __init__(self, proxy: ProxyCore, channel: _Channel, replica: BindingReplica, index: int) -> None:
+        self.proxy = proxy
+        self.stack = proxy.stack
+        self.relay = proxy.stateless
+        self.channel = channel
+        self.replica = replica
+        self.index = index
+        self.handed_over = 0
+
+    def data_received(self, data: bytes, transport: str, remote: Addr, local: Addr) -> None:
+        stack = self.stack
+        stack.stats["received"] += 1
+        stack.note_heard(remote)
+        if len(data) <= 4 and not data.strip():
+            return  # keep-alive
+        try:
+            message = parse_message(data)
+            if isinstance(message, Request):
+                taken = False
+                if message.method != "ACK" and message.method != "CANCEL":
+                    mark_received(message, remote)
+                    self.replica.refresh()
+                    plan = self.relay.plan(message, transport)
+                    if plan is not None:
+                        self.relay.forward(message, plan, data, remote)
+                        taken = True
+            else:
+                taken = self.relay.response(message, transport)
+        except Exception:  # noqa: BLE001 - malformed, or anything odd: the main process answers it (400 ...)
+            taken = False
+        if not taken:
+            self.handed_over += 1
+            self.channel.send(0, _pack_raw(data, remote))
+
+    def dropped(self, data: bytes, transport: str, remote: Addr | None, reason: str) -> None:
+        self.stack.dropped(data, transport, remote, reason)
+
+    def send_failed(self, transport: str, addr: Addr, reason: str) -> None:
+        return None
+
+    def connection_lost(self, transport: str, addr: Addr) -> None:
+        return None
+
+    def message(self, msg: bytes) -> None:
+        if msg[:1] == ANSWERED:
+            self.relay.device_answered(msg[1:].decode())
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "received": self.stack.stats["received"],
+            "sent": self.stack.stats["sent"],
+            "handed_over": self.handed_over,
+            **{f"stateless_{k}": v for k, v in self.relay.stats.items()},
+        }
+
+
+async def _run_worker(config: dict[str, Any]) -> None:
+    from .proxy import ProxyCore
+
+    index = int(config["index"])
+    directory = Path(config["dir"])
+    transport = TransportLayer(config["host"], int(config["port"]), transports=("udp",))
+    transport.reuse_port = True
+    registrar = Registrar()
+    proxy = ProxyCore(transport=transport, trace=NullSink(), registrar=registrar, timers=Timers(*config["timers"]))
+    proxy.device_timeout = config["device_timeout"]
+    proxy.stack.advertise = tuple(config["advertise"]) if config["advertise"] else None  # type: ignore[assignment]
+    proxy.stateless.key = bytes.fromhex(config["key"])
+    proxy.stateless.index = index
+    replica = BindingReplica(directory / "bindings.sqlite", registrar)
+    worker: Worker | None = None
+    channel = _Channel(directory, index, lambda msg: worker.message(msg) if worker is not None else None)
+    registrar.mirror = _DeadReporter(channel)
+    proxy.stateless.answered = lambda i, branch: channel.send(i, ANSWERED + branch.encode())
+    # a request whose device died goes to the main process as it came (after the news of the death: in order)
+    proxy.stateless.adopt = lambda data, remote: channel.send(0, _pack_raw(data, remote))
+    await proxy.stack.start()
+    if config.get("tcp_port"):  # the main process's TCP port: the worker's idea of "us" (is_us, Via) matches
+        transport.tcp_addr = (config["host"], int(config["tcp_port"]))
+    worker = Worker(proxy, channel, replica, index)
+    transport.attach(worker)
+    loop = asyncio.get_running_loop()
+    channel.start(loop)
+    stop = asyncio.Event()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print("ready", flush=True)
+
+    async def watch_stdin() -> None:
+        await reader.read()  # EOF: the main process closed our stdin, or died
+        stop.set()
+
+    async def report() -> None:
+        while True:
+            channel.send(0, STATS + json.dumps([index, worker.stats()]).encode())
+            await asyncio.sleep(0.5)
+
+    tasks = [asyncio.ensure_future(watch_stdin()), asyncio.ensure_future(report())]
+    await stop.wait()
+    for t in tasks:
+        t.cancel()
+    channel.send(0, STATS + json.dumps([index, worker.stats()]).encode())
+    await proxy.close()
+    channel.close(loop)
+    replica.close()
+
+
+def main() -> None:
+    """`python -m notebook_im.server.workers`: one worker, configured by a JSON line on standard input."""
+    from ..runtime import new_loop
+
+    config = json.loads(sys.stdin.buffer.readline())
+    loop, _ = new_loop()
+    try:
+        loop.run_until_complete(_run_worker(config))
+    finally:
+        loop.close()
+
+
+if __name__ == "__main__":
+    main()
