@@ -355,7 +355,11 @@ def run_relay(ctx: Context) -> None:
     )
     for i, (label, options) in enumerate(kinds):
         best, _ = ladder(
-            ctx, f"embedded server ({label})", rungs, relay_step(ctx, start_server(*options), lambda c: c.stop()), step_cost=cost
+            ctx,
+            f"embedded server ({label})",
+            rungs,
+            relay_step(ctx, start_server(*options), lambda c: c.stop()),
+            step_cost=cost,
         )
         r = ratio(best, anchor)
         last = i == len(kinds) - 1

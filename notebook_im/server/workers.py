@@ -5,10 +5,10 @@ bind the same UDP port with SO_REUSEPORT, so the kernel spreads the datagrams ov
 address. A worker relays what the stateless fast path takes (stateless.py: a pager MESSAGE to a user with one
 device over UDP, the non-INVITE requests of a dialog, and the responses to these) with a copy of the registrar
 that it keeps up to date from the main process's SQLite file (shared.py). Everything else it hands, as it came
-and with the address it came from, to the main process over a Unix datagram socket; the main process handles it
+and with the address it came from, to the main process over a Unix socket pair (SEQPACKET: message boundaries, and bursts wait in its buffer); the main process handles it
 as if its own socket had read it, and answers from the shared port, so the peer sees one server.
 
-The processes tell each other, on the same sockets, what the fast path needs across them: that a device answered
+The processes tell each other, over the same socket pairs (worker to worker through the main process), what the fast path needs across them: that a device answered
 a request another process timed (the kernel may deliver the answer to any of them), that a worker found a device
 dead (the main process marks the binding, and the file tells the other workers), and each worker's counters
 twice a second (`Server.stats` adds them up). A worker keeps no message trace: a server with workers is for
@@ -20,6 +20,7 @@ A worker exits when its standard input closes, so it never outlives the main pro
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import struct
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,32 +63,30 @@ def _unpack_raw(msg: bytes) -> tuple[bytes, Addr]:
     return msg[4 + n :], (msg[4 : 4 + n].decode(), port)
 
 
-def _unix_socket(path: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.setblocking(False)
-    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
-        except OSError:
-            pass
-    return sock
+MAX_QUEUED = 100_000  # messages waiting for buffer space on a link before new ones are dropped (and counted)
 
 
-class _Channel:
-    """This process's end of the Unix datagram sockets: reads its own, sends to the others' (never blocking:
-    a full peer queue loses the datagram, as UDP would, and it is counted)."""
+class _Link:
+    """One end of a connected Unix SEQPACKET socket pair between the main process and a worker: messages keep
+    their boundaries, and a burst waits in the socket buffer (4 MiB) and then in a bounded queue for the peer to
+    read, rather than being lost (a Unix *datagram* socket queues only net.unix.max_dgram_qlen, 10, messages)."""
 
-    def __init__(self, directory: Path, index: int, on_message: Any) -> None:
-        self.directory = directory
-        self.sock = _unix_socket(self._path(index))
+    def __init__(self, sock: socket.socket, on_message: Callable[[bytes], None]) -> None:
+        self.sock = sock
+        sock.setblocking(False)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+            except OSError:
+                pass
         self.on_message = on_message
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.lost = 0
-
-    def _path(self, index: int) -> Path:
-        return self.directory / f"{index}.sock"
+        self.closed = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
         loop.add_reader(self.sock.fileno(), self._ready)
 
     def _ready(self) -> None:
@@ -95,20 +95,55 @@ class _Channel:
                 msg = self.sock.recv(70_000)
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError:
+                msg = b""
+            if not msg:  # the other end closed
+                self.close()
+                return
             try:
                 self.on_message(msg)
-            except Exception:  # noqa: BLE001 - one bad datagram must not stop the channel
-                log.exception("server workers: a control datagram failed")
+            except Exception:  # noqa: BLE001 - one bad message must not stop the link
+                log.exception("server workers: a message between processes failed")
 
-    def send(self, index: int, msg: bytes) -> None:
-        try:
-            self.sock.sendto(msg, str(self._path(index)))
-        except OSError:  # full (BlockingIOError) or gone (a worker that stopped)
+    def send(self, msg: bytes) -> None:
+        if self.closed:
+            return
+        if not self._queue:
+            try:
+                self.sock.send(msg)
+                return
+            except (BlockingIOError, InterruptedError):
+                if self._loop is not None:
+                    self._loop.add_writer(self.sock.fileno(), self._writable)
+            except OSError:
+                self.lost += 1
+                return
+        if len(self._queue) >= MAX_QUEUED:
             self.lost += 1
+            return
+        self._queue.append(msg)
 
-    def close(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        if loop is not None and not loop.is_closed():
-            loop.remove_reader(self.sock.fileno())
+    def _writable(self) -> None:
+        while self._queue:
+            try:
+                self.sock.send(self._queue[0])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.lost += 1
+            self._queue.popleft()
+        if self._loop is not None:
+            self._loop.remove_writer(self.sock.fileno())
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.sock.fileno())
+            if self._queue:
+                self._loop.remove_writer(self.sock.fileno())
+        self._queue.clear()
         self.sock.close()
 
 
@@ -120,7 +155,7 @@ class WorkerPool:
         self.count = count
         self._dir = Path(tempfile.mkdtemp(prefix="notebook_im-workers-"))
         self.shared = SharedBindings(self._dir / "bindings.sqlite")
-        self._channel = _Channel(self._dir, 0, self._message)
+        self._links: dict[int, _Link] = {}  # worker index -> its link
         self._procs: list[asyncio.subprocess.Process] = []
         self.worker_stats: dict[int, dict[str, int]] = {}
         self.handed_over = 0
@@ -130,9 +165,8 @@ class WorkerPool:
         proxy = self.proxy
         proxy.registrar.mirror = self.shared
         relay = proxy.stateless
-        relay.answered = lambda index, branch: self._channel.send(index, ANSWERED + branch.encode())
+        relay.answered = lambda index, branch: self._to(index, ANSWERED + bytes([index]) + branch.encode())
         loop = asyncio.get_running_loop()
-        self._channel.start(loop)
         transport = proxy.stack.transport
         host, port = transport.local_addr("udp")
         config = {
@@ -147,16 +181,25 @@ class WorkerPool:
         }
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         for index in range(1, self.count):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "notebook_im.server.workers",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                env=env,
-            )
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            fd = theirs.fileno()
+            link = _Link(ours, self._message)
+            link.start(loop)
+            self._links[index] = link
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "notebook_im.server.workers",
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    env=env,
+                    pass_fds=(fd,),
+                )
+            finally:
+                theirs.close()  # the worker has its copy
             assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write((json.dumps({**config, "index": index}) + "\n").encode())
+            proc.stdin.write((json.dumps({**config, "index": index, "fd": fd}) + "\n").encode())
             await proc.stdin.drain()
             self._procs.append(proc)
         for index, proc in enumerate(self._procs, 1):
@@ -169,6 +212,15 @@ class WorkerPool:
                 await self.close()
                 raise OSError(f"server worker {index} did not start (exit status {proc.returncode}): {line[:200]!r}")
 
+    def _to(self, index: int, msg: bytes) -> None:
+        """Send `msg` to worker `index` (the main process's own news it handles itself)."""
+        if index == 0:
+            self._message(msg)
+        else:
+            link = self._links.get(index)
+            if link is not None:
+                link.send(msg)
+
     def _message(self, msg: bytes) -> None:
         kind = msg[:1]
         proxy = self.proxy
@@ -176,8 +228,11 @@ class WorkerPool:
             data, remote = _unpack_raw(msg)
             self.handed_over += 1
             proxy.stack.data_received(data, "udp", remote, proxy.stack.transport.local_addr("udp"))
-        elif kind == ANSWERED:
-            proxy.stateless.device_answered(msg[1:].decode())
+        elif kind == ANSWERED:  # A + the index of the process that timed the request + its branch
+            if msg[1] == 0:
+                proxy.stateless.device_answered(msg[2:].decode())
+            else:  # one worker to another: passed on
+                self._to(msg[1], msg)
         elif kind == DEAD:
             aor, key = json.loads(msg[1:])
             for binding in proxy.registrar.lookup(aor, time.monotonic()):
@@ -207,7 +262,9 @@ class WorkerPool:
                 proc.kill()
                 await proc.wait()
         self._procs.clear()
-        self._channel.close(asyncio.get_running_loop())
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
         self.proxy.registrar.mirror = None
         self.shared.close()
         for path in self._dir.iterdir():
@@ -223,12 +280,12 @@ class _DeadReporter:
     """A worker registrar's mirror: a device found dead goes to the main process, which owns the registrar;
     local expiries need no report (the main process expires the same bindings itself)."""
 
-    def __init__(self, channel: _Channel) -> None:
-        self.channel = channel
+    def __init__(self, link: _Link) -> None:
+        self.link = link
 
     def put(self, binding: Binding) -> None:
         if binding.dead:
-            self.channel.send(0, DEAD + json.dumps([binding.aor, str(binding.contact)]).encode())
+            self.link.send(DEAD + json.dumps([binding.aor, str(binding.contact)]).encode())
 
     def drop(self, aor: str, key: str) -> None:
         return None
@@ -238,11 +295,11 @@ class Worker:
     """A worker process's receiving side (it replaces the stack as the transport's listener): the fast path
     here, everything else to the main process as it came."""
 
-    def __init__(self, proxy: ProxyCore, channel: _Channel, replica: BindingReplica, index: int) -> None:
+    def __init__(self, proxy: ProxyCore, link: _Link, replica: BindingReplica, index: int) -> None:
         self.proxy = proxy
         self.stack = proxy.stack
         self.relay = proxy.stateless
-        self.channel = channel
+        self.link = link
         self.replica = replica
         self.index = index
         self.handed_over = 0
@@ -270,7 +327,7 @@ class Worker:
             taken = False
         if not taken:
             self.handed_over += 1
-            self.channel.send(0, _pack_raw(data, remote))
+            self.link.send(_pack_raw(data, remote))
 
     def dropped(self, data: bytes, transport: str, remote: Addr | None, reason: str) -> None:
         self.stack.dropped(data, transport, remote, reason)
@@ -283,7 +340,7 @@ class Worker:
 
     def message(self, msg: bytes) -> None:
         if msg[:1] == ANSWERED:
-            self.relay.device_answered(msg[1:].decode())
+            self.relay.device_answered(msg[2:].decode())
 
     def stats(self) -> dict[str, int]:
         return {
@@ -309,18 +366,20 @@ async def _run_worker(config: dict[str, Any]) -> None:
     proxy.stateless.index = index
     replica = BindingReplica(directory / "bindings.sqlite", registrar)
     worker: Worker | None = None
-    channel = _Channel(directory, index, lambda msg: worker.message(msg) if worker is not None else None)
-    registrar.mirror = _DeadReporter(channel)
-    proxy.stateless.answered = lambda i, branch: channel.send(i, ANSWERED + branch.encode())
+    link = _Link(
+        socket.socket(fileno=int(config["fd"])), lambda msg: worker.message(msg) if worker is not None else None
+    )
+    registrar.mirror = _DeadReporter(link)
+    proxy.stateless.answered = lambda i, branch: link.send(ANSWERED + bytes([i]) + branch.encode())
     # a request whose device died goes to the main process as it came (after the news of the death: in order)
-    proxy.stateless.adopt = lambda data, remote: channel.send(0, _pack_raw(data, remote))
+    proxy.stateless.adopt = lambda data, remote: link.send(_pack_raw(data, remote))
     await proxy.stack.start()
     if config.get("tcp_port"):  # the main process's TCP port: the worker's idea of "us" (is_us, Via) matches
         transport.tcp_addr = (config["host"], int(config["tcp_port"]))
-    worker = Worker(proxy, channel, replica, index)
+    worker = Worker(proxy, link, replica, index)
     transport.attach(worker)
     loop = asyncio.get_running_loop()
-    channel.start(loop)
+    link.start(loop)
     stop = asyncio.Event()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -332,16 +391,16 @@ async def _run_worker(config: dict[str, Any]) -> None:
 
     async def report() -> None:
         while True:
-            channel.send(0, STATS + json.dumps([index, worker.stats()]).encode())
+            link.send(STATS + json.dumps([index, worker.stats()]).encode())
             await asyncio.sleep(0.5)
 
     tasks = [asyncio.ensure_future(watch_stdin()), asyncio.ensure_future(report())]
     await stop.wait()
     for t in tasks:
         t.cancel()
-    channel.send(0, STATS + json.dumps([index, worker.stats()]).encode())
+    link.send(STATS + json.dumps([index, worker.stats()]).encode())
     await proxy.close()
-    channel.close(loop)
+    link.close()
     replica.close()
 
 
