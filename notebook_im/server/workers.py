@@ -5,14 +5,16 @@ bind the same UDP port with SO_REUSEPORT, so the kernel spreads the datagrams ov
 address. A worker relays what the stateless fast path takes (stateless.py: a pager MESSAGE to a user with one
 device over UDP, the non-INVITE requests of a dialog, and the responses to these) with a copy of the registrar
 that it keeps up to date from the main process's SQLite file (shared.py). Everything else it hands, as it came
-and with the address it came from, to the main process over a Unix socket pair (SEQPACKET: message boundaries, and bursts wait in its buffer); the main process handles it
-as if its own socket had read it, and answers from the shared port, so the peer sees one server.
+and with the address it came from, to the main process over a Unix socket pair (SEQPACKET: message boundaries
+kept, and a burst waits in the buffer); the main process handles it as if its own socket had read it, and
+answers from the shared port, so the peer sees one server.
 
-The processes tell each other, over the same socket pairs (worker to worker through the main process), what the fast path needs across them: that a device answered
-a request another process timed (the kernel may deliver the answer to any of them), that a worker found a device
-dead (the main process marks the binding, and the file tells the other workers), and each worker's counters
-twice a second (`Server.stats` adds them up). A worker keeps no message trace: a server with workers is for
-throughput, and `Server.trace` has what the main process handled (all of it with the default `workers=1`).
+The processes tell each other, over the same socket pairs (worker to worker through the main process), what the
+fast path needs across them: that a device answered a request another process timed (the kernel may deliver
+the answer to any of them), that a worker found a device dead (the main process marks the binding, and the file
+tells the other workers), and each worker's counters twice a second (`Server.stats` adds them up). A worker
+keeps no message trace: a server with workers is for throughput, and `Server.trace` has what the main process
+handled (all of it with the default `workers=1`).
 
 A worker exits when its standard input closes, so it never outlives the main process.
 """
