@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..im import imdn
 from .events import MessageDelivered, MessageFailed
@@ -20,7 +19,51 @@ REFUSING = (415, 501)  # "I do not take this content / this method": stop sendin
 _STATE_OF_STATUS = {"sending": "sending", "delivered": "sent", "failed": "failed", "received": "received"}
 
 
-@dataclass
+_FIELDS = (
+    "id",
+    "direction",
+    "sender",
+    "recipient",
+    "text",
+    "content_type",
+    "timestamp",
+    "status",
+    "mode",
+    "sip_status",
+    "reason",
+    "delivered_at",
+    "state",
+    "requested",
+    "imdn_datetime",
+    "delivery_notified_at",
+    "displayed_at",
+)
+_REQUESTED = _FIELDS.index("requested")
+# the receipt-request sets a row holds as sorted tuples of str (which the garbage collector untracks, unlike a
+# frozenset), and the one shared frozenset per combination that `requested` hands out
+_REQUEST_SETS: dict[tuple[str, ...], frozenset[str]] = {(): frozenset()}
+
+
+def _field(i: int, name: str) -> property:
+    def get(self: ChatMessage) -> Any:
+        return self._row[i]
+
+    def put(self: ChatMessage, value: Any) -> None:
+        row = self._row
+        self._row = (*row[:i], value, *row[i + 1 :])
+
+    return property(get, put, doc=f"The message's {name.replace('_', ' ')}.")
+
+
+def _requested_key(value: Iterable[str]) -> tuple[str, ...]:
+    key = tuple(sorted(value))
+    if key not in _REQUEST_SETS:
+        if not all(isinstance(v, str) for v in key):
+            raise TypeError(f"requested must be a set of disposition names (str), not {value!r}")
+        _REQUEST_SETS[key] = frozenset(key)
+    return key
+
+
 class ChatMessage:
     """One IM message of a conversation, sent or received, with its delivery state.
 
@@ -29,30 +72,138 @@ class ChatMessage:
     sent message goes "sending" -> "sent" (2xx) -> "delivered" (the recipient's device said so) ->
     "displayed" (they have seen it), or "failed"; with a peer that sends no receipts it stays "sent". A
     received message is "received", then "displayed" once shown or marked read (`session.mark_read()`).
+
+    Why one tuple inside. A chat keeps thousands of these (both ends of every message), and a full garbage
+    collection visits every reference of every object it tracks: as seventeen attributes, each message cost the
+    collector seventeen visits, and the collections of a busy session stalled its loop for tens of milliseconds.
+    The values live in one tuple of strings, numbers, datetimes and None, which the collector stops tracking, so
+    a message costs it one visit. Reading and setting the attributes works as on any object (a setter replaces the
+    tuple); `extra` is a dict of its own, made on first use.
     """
 
-    id: str
-    direction: str  # "out" or "in"
-    sender: str
-    recipient: str
-    text: str
-    content_type: str
-    timestamp: datetime
-    status: str  # "sending", "delivered", "failed" or "received"
-    mode: str = "session"
-    sip_status: int | None = None
-    reason: str = ""
-    delivered_at: datetime | None = None  # when the 2xx came (sent) or the message arrived (received)
-    extra: dict[str, Any] = field(default_factory=dict)
-    state: str = ""  # sending / sent / delivered / displayed / failed; received / displayed
-    requested: frozenset[str] = frozenset()  # the receipts asked for ("positive-delivery", "display")
-    imdn_datetime: str | None = None  # the message's DateTime, echoed in its notifications
-    delivery_notified_at: datetime | None = None  # sent: when the delivery notification came
-    displayed_at: datetime | None = None  # sent: when the display notification came; received: when read
+    __slots__ = ("_row", "_extra", "__weakref__")
 
-    def __post_init__(self) -> None:
-        if not self.state:
-            self.state = _STATE_OF_STATUS.get(self.status, self.status)
+    if TYPE_CHECKING:
+        id: str
+        direction: str  # "out" or "in"
+        sender: str
+        recipient: str
+        text: str
+        content_type: str
+        timestamp: datetime
+        status: str  # "sending", "delivered", "failed" or "received"
+        mode: str
+        sip_status: int | None
+        reason: str
+        delivered_at: datetime | None  # when the 2xx came (sent) or the message arrived (received)
+        state: str  # sending / sent / delivered / displayed / failed; received / displayed
+        imdn_datetime: str | None  # the message's DateTime, echoed in its notifications
+        delivery_notified_at: datetime | None  # sent: when the delivery notification came
+        displayed_at: datetime | None  # sent: when the display notification came; received: when read
+
+    def __init__(
+        self,
+        id: str,  # noqa: A002 - the field's name
+        direction: str,
+        sender: str,
+        recipient: str,
+        text: str,
+        content_type: str,
+        timestamp: datetime,
+        status: str,
+        mode: str = "session",
+        sip_status: int | None = None,
+        reason: str = "",
+        delivered_at: datetime | None = None,
+        extra: dict[str, Any] | None = None,
+        state: str = "",
+        requested: Iterable[str] = (),
+        imdn_datetime: str | None = None,
+        delivery_notified_at: datetime | None = None,
+        displayed_at: datetime | None = None,
+    ) -> None:
+        if not state:
+            state = _STATE_OF_STATUS.get(status, status)
+        self._row: tuple[Any, ...] = (
+            id,
+            direction,
+            sender,
+            recipient,
+            text,
+            content_type,
+            timestamp,
+            status,
+            mode,
+            sip_status,
+            reason,
+            delivered_at,
+            state,
+            _requested_key(requested),
+            imdn_datetime,
+            delivery_notified_at,
+            displayed_at,
+        )
+        if extra:
+            self._extra = extra
+
+    @property
+    def requested(self) -> frozenset[str]:
+        """The receipts asked for ("positive-delivery", "display")."""
+        return _REQUEST_SETS[self._row[_REQUESTED]]
+
+    @requested.setter
+    def requested(self, value: Iterable[str]) -> None:
+        row = self._row
+        self._row = (*row[:_REQUESTED], _requested_key(value), *row[_REQUESTED + 1 :])
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Anything else the message carried (a dict of its own, made on first use)."""
+        try:
+            return self._extra
+        except AttributeError:
+            self._extra: dict[str, Any] = {}
+            return self._extra
+
+    @extra.setter
+    def extra(self, value: dict[str, Any]) -> None:
+        self._extra = value
+
+    def _values(self) -> tuple[Any, ...]:
+        """The fields in the constructor's order (as a dataclass would compare and show them)."""
+        row = self._row
+        extra = getattr(self, "_extra", None) or {}
+        return (*row[:12], extra, *row[12:_REQUESTED], self.requested, *row[_REQUESTED + 1 :])
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaces
+
+    def __repr__(self) -> str:
+        names = (*_FIELDS[:12], "extra", *_FIELDS[12:])
+        inner = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._values()))
+        return f"ChatMessage({inner})"
+
+    def __copy__(self) -> ChatMessage:
+        new = ChatMessage.__new__(ChatMessage)
+        new._row = self._row
+        extra = getattr(self, "_extra", None)
+        if extra is not None:
+            new._extra = dict(extra)
+        return new
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        values = self._values()
+        return (ChatMessage, values)
+
+
+for _i, _name in enumerate(_FIELDS):
+    if _name != "requested":
+        setattr(ChatMessage, _name, _field(_i, _name))
+del _i, _name
 
 
 DEFAULT_WINDOW = 10_000  # messages a session keeps as ChatMessage objects (Platform(message_window=...))
