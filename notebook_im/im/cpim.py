@@ -87,6 +87,36 @@ def wrap(
 
 
 def _split(data: bytes) -> tuple[list[tuple[str, str]], bytes]:
+    """`_split_lines`, at once for the usual block (CRLF line ends only, UTF-8, no control character, no
+    overlong or blank-looking line, few enough lines): one search for its end and one check of all of it.
+    Anything else goes line by line, which also words the errors."""
+    end = data.find(b"\r\n\r\n", 0, MAX_HEADERS * (MAX_LINE + 2))
+    if end > 0:
+        block = data[:end]
+        try:
+            text = block.decode("utf-8")
+        except UnicodeDecodeError:
+            text = ""
+        lines = text.split("\r\n")
+        if (
+            text
+            and len(lines) <= MAX_HEADERS
+            and not _CONTROLS.search(text.replace("\r\n", ""))
+            and all(line.strip() and len(line) <= MAX_LINE for line in lines)
+        ):
+            headers: list[tuple[str, str]] = []
+            for line in lines:
+                name, sep, value = line.partition(":")
+                name = name.strip()
+                if not sep or not name or not _TOKEN.fullmatch(name):
+                    break
+                headers.append((name, value.strip()))
+            else:
+                return headers, data[end + 4 :]
+    return _split_lines(data)
+
+
+def _split_lines(data: bytes) -> tuple[list[tuple[str, str]], bytes]:
     """The header lines up to the first empty line, and what follows it. Line by line, so the block ends at the
     *first* empty line whichever line end it uses (CRLF as RFC 3862 says, or a bare LF): searching for CRLFCRLF
     first used to let a bare-LF wrapper run on into its body whenever the body held a CRLFCRLF, so body lines

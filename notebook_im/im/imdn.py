@@ -23,6 +23,7 @@ Nothing here reads a clock: callers pass `now`.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -162,9 +163,58 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
+# The document as `build` writes it (and as most clients do: one notification, plain text values, no entity,
+# no comment, no DOCTYPE): matched whole by one expression instead of an XML parse. Values may not contain
+# '<', '>' or '&', so nothing in them is markup or needs unescaping; anything else (attributes, prefixes,
+# extension elements, escapes, another order) goes to the XML parser below, which decides as before.
+_TEXT = r"[^<>&\r\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]*"  # character data without markup, entities or controls
+_WS = r"[ \t\r\n]*"  # XML's white space (not str.isspace's)
+_FIXED = re.compile(
+    r'(?:<\?xml version="1\.0" encoding="UTF-8"\?>)?'  # the declaration first of all, or none
+    rf'{_WS}<imdn xmlns="{re.escape(NS)}">{_WS}'
+    rf"<message-id>({_TEXT})</message-id>{_WS}"
+    rf"(?:<datetime>({_TEXT})</datetime>{_WS})?"
+    rf"(?:<recipient-uri>({_TEXT})</recipient-uri>{_WS})?"
+    rf"(?:<original-recipient-uri>({_TEXT})</original-recipient-uri>{_WS})?"
+    rf"<(delivery|display|processing)-notification>{_WS}<status>{_WS}<([a-z]+)/>{_WS}</status>{_WS}"
+    rf"</\5-notification>{_WS}</imdn>{_WS}"
+)
+
+
+def _fixed(body: bytes) -> Notification | None:
+    """`parse` for the fixed shape (see _FIXED), or None to let the XML parser decide."""
+    if len(body) > MAX_DOCUMENT:
+        return None
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    m = _FIXED.fullmatch(text)
+    if m is None:
+        return None
+    message_id, when, recipient, original, kind, status = m.groups()
+    message_id = message_id.strip()
+    if not message_id or status not in STATUSES[kind]:
+        return None  # the XML parser words the error
+    return Notification(
+        message_id,
+        kind,
+        status,
+        when.strip() if when else None,  # (as the XML parser's reading: an empty element is no value)
+        recipient.strip() if recipient else None,
+        original.strip() if original else None,
+    )
+
+
 def parse(body: bytes) -> Notification:
     """Parse a message/imdn+xml document; RemoteProtocolError (400, 413 when too large) if it is not one.
     Namespaced and un-namespaced elements are both accepted; unknown extension elements are ignored."""
+    fixed = _fixed(body)
+    return fixed if fixed is not None else parse_xml(body)
+
+
+def parse_xml(body: bytes) -> Notification:
+    """`parse` by the XML parser alone (what the fixed shape must always agree with)."""
     root = parse_untrusted(body, limit=MAX_DOCUMENT, what="IMDN")
     if _local(root.tag) != "imdn":
         raise RemoteProtocolError(f"unexpected IMDN root element {root.tag!r}")
