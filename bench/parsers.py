@@ -6,7 +6,7 @@ escapes, odd but legal values) plus a typical SIPp pager MESSAGE and its 200 OK.
 message and reads what a SIP stack needs from every message: method or status, Call-ID, CSeq, From tag and
 the top Via's branch. As on the wire, no two messages share a Call-ID, a branch or a tag: each corpus
 message is used in VARIANTS copies whose Call-ID, branch and tag values carry a copy number, so a parser's
-caches (notebook_im keeps 4,096 parsed URIs, addresses and Vias) cannot turn the benchmark into a cache
+caches (notebook_im keeps 4,096 parsed URIs and addresses) cannot turn the benchmark into a cache
 lookup; values that recur on the wire (URIs, display names) still recur. A message counts only if every library parses it and reads all five (the others
 stumble over some legal messages); how many that leaves is printed. pyVoIP parses no MESSAGE requests
 (only INVITE, ACK, BYE, CANCEL and responses), which would leave almost nothing in common, so it is measured

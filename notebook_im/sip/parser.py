@@ -29,6 +29,7 @@ _WS = " \t"
 # HTAB is whitespace, CR and LF are line ends and handled separately
 _CTL = bytes(range(0, 9)) + b"\x0b\x0c" + bytes(range(0x0E, 0x20)) + b"\x7f"
 _CTL_STR = {c: None for c in _CTL}  # str.translate table deleting them
+_CTL_CR = _CTL + b"\r"
 _TOKEN_STR = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 _ECHOED = ("via", "from", "to", "call-id", "cseq")  # what a response copies back to the sender
 _ECHOED_SET = frozenset(_ECHOED)
@@ -85,6 +86,31 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
     data = data.lstrip(b"\r\n")  # RFC 3261 §7.5: ignore CRLFs before the start line
     if not data:
         raise RemoteProtocolError("empty message")
+    # the usual message: CRLF line ends only, valid UTF-8, no folded line. Its header section is found with one
+    # search, its lines split with one pass, and two counts prove there is no bare CR or LF in it (then no
+    # earlier bare-LF blank line can end it either); anything else is read the general way below
+    end = data.find(b"\r\n\r\n")
+    if end > 0:
+        head = data[:end]
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            text = ""
+        lines = text.split("\r\n")
+        crlf = len(lines) - 1
+        # the CRs and control characters deleted are the line ends' CRs only, and so are the LFs: no bare CR,
+        # no bare LF, no control character (one translate, one count, in C)
+        if text and len(head) - len(head.translate(None, _CTL_CR)) == crlf and text.count("\n") == crlf:
+            message, pending = _parse_start_line(lines[0])
+            bad = _read_unfolded(lines, message.headers.fields)
+            if bad is not _FOLDED:
+                _finish_headers(message, message.headers, lines[0], pending, False, bad, data[end + 4 :], stream)
+                return message
+    return _parse_general(data, stream)
+
+
+def _parse_general(data: bytes, stream: bool) -> Message:
+    """`parse_message` for any line ends, folding and invalid UTF-8."""
     head, body = _split_head(data)
     utf8_error: str | None = None
     try:
@@ -101,7 +127,8 @@ def parse_message(data: bytes, *, stream: bool = False) -> Message:
     message, pending = _parse_start_line(start)
 
     headers = message.headers
-    if "\n " not in text and "\n\t" not in text:  # no folded lines: the common case, one pass, no deferred add
+    bad: str | None
+    if "\n " not in text and "\n\t" not in text:  # no folded lines: one pass, no deferred add
         bad = _read_unfolded(lines, headers.fields)
     else:
         bad = _read_folded(lines, headers)
@@ -122,14 +149,21 @@ def _has_surrogates(text: str) -> bool:
     return not text.isascii() and any(_LOW_SURROGATE <= c <= _HIGH_SURROGATE for c in text)
 
 
+_FOLDED = "folded"  # what _read_unfolded says when it meets a continuation line (compared by identity)
+
+
 def _read_unfolded(lines: list[str], fields: dict[str, list[str]]) -> str | None:
-    """Read header lines that have no continuation lines into `fields`; the first problem found, or None."""
+    """Read header lines that have no continuation lines into `fields`; the first problem found, or None.
+    `_FOLDED` (and `fields` half filled) if a line turns out to continue the one before it."""
     bad: str | None = None
     count = 0
     keys = _KEYS
     for line in lines[1:]:
         if not line:
             continue
+        first = line[0]
+        if first == " " or first == "\t":
+            return _FOLDED
         name, sep, value = line.partition(":")
         key = keys.get(name) if sep else None
         if key is None:
@@ -352,10 +386,13 @@ def _answerable(message: Message) -> Message | None:
     return message
 
 
+_REQUIRED = (("via", "Via"), ("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
+
+
 def _check_request(req: Request) -> None:
-    h = req.headers
-    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
-        if name not in h:
+    fields = req.headers.fields
+    for key, name in _REQUIRED:
+        if key not in fields:
             raise RemoteProtocolError(f"missing {name} header", 400, _answerable(req))
     try:
         req.top_via
@@ -372,8 +409,9 @@ def _check_request(req: Request) -> None:
 
 
 def _check_response(resp: Response) -> None:
-    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
-        if name not in resp.headers:
+    fields = resp.headers.fields
+    for key, name in _REQUIRED:
+        if key not in fields:
             raise RemoteProtocolError(f"missing {name} header in response")
     try:
         resp.top_via

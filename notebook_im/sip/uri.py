@@ -17,7 +17,8 @@ from .errors import RemoteProtocolError
 
 _EMPTY: Mapping[str, str | None] = MappingProxyType({})
 # the parse caches keep at most 4096 entries each; only values up to this length are cached, so a flood of
-# distinct long values (up to 8 KB a header line) cannot pin 3 x 4096 x 8 KB of memory
+# distinct long values (up to 8 KB a header line) cannot pin 2 x 4096 x 8 KB of memory (URIs and addresses; Vias are
+# not cached)
 _CACHED_LEN = 512
 _USER_SAFE = (
     "-_.!~*'()&=+$,;/"  # RFC 3261 user-unreserved + unreserved but '?' (it starts URI headers); the rest is %-escaped
@@ -294,7 +295,9 @@ class Via:
     @staticmethod
     def parse(text: str) -> Via:
         text = text.strip()
-        return _parse_via(text) if len(text) <= _CACHED_LEN else _parse_via.__wrapped__(text)
+        # not cached, unlike URIs and addresses: every transaction has a Via of its own (a fresh branch), so a
+        # cache of them only ever missed, and its upkeep cost ~6% of a parse (bench/parsers.py)
+        return _parse_via(text)
 
     @property
     def branch(self) -> str | None:
@@ -328,7 +331,6 @@ class Via:
         return self
 
 
-@lru_cache(maxsize=4096)
 def _parse_via(text: str) -> Via:
     # sent-protocol may carry spaces around the slashes ("SIP / 2.0 / UDP", RFC 4475 §3.1.1.1)
     parts = text.split("/", 2)
