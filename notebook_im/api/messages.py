@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..im import imdn
 from .events import MessageDelivered, MessageFailed
@@ -64,6 +65,7 @@ def _requested_key(value: Iterable[str]) -> tuple[str, ...]:
     return key
 
 
+@dataclass(init=False, repr=False, eq=False)
 class ChatMessage:
     """One IM message of a conversation, sent or received, with its delivery state.
 
@@ -81,25 +83,30 @@ class ChatMessage:
     tuple); `extra` is a dict of its own, made on first use.
     """
 
-    __slots__ = ("_row", "_extra", "__weakref__")
+    # (__dict__: a user may still hang attributes of their own on a message; it costs nothing until one does)
+    __slots__ = ("_row", "_extra", "__weakref__", "__dict__")
 
-    if TYPE_CHECKING:
-        id: str
-        direction: str  # "out" or "in"
-        sender: str
-        recipient: str
-        text: str
-        content_type: str
-        timestamp: datetime
-        status: str  # "sending", "delivered", "failed" or "received"
-        mode: str
-        sip_status: int | None
-        reason: str
-        delivered_at: datetime | None  # when the 2xx came (sent) or the message arrived (received)
-        state: str  # sending / sent / delivered / displayed / failed; received / displayed
-        imdn_datetime: str | None  # the message's DateTime, echoed in its notifications
-        delivery_notified_at: datetime | None  # sent: when the delivery notification came
-        displayed_at: datetime | None  # sent: when the display notification came; received: when read
+    # the fields, in the constructor's order: `dataclasses.fields`, `asdict`, `replace`, `pd.DataFrame(messages)`
+    # and `match` read them as they did when this was a plain dataclass (the attributes themselves are properties
+    # over `_row`, set below the class)
+    id: str
+    direction: str  # "out" or "in"
+    sender: str
+    recipient: str
+    text: str
+    content_type: str
+    timestamp: datetime
+    status: str  # "sending", "delivered", "failed" or "received"
+    mode: str
+    sip_status: int | None
+    reason: str
+    delivered_at: datetime | None  # when the 2xx came (sent) or the message arrived (received)
+    extra: dict[str, Any]
+    state: str  # sending / sent / delivered / displayed / failed; received / displayed
+    requested: frozenset[str]  # the receipts asked for ("positive-delivery", "display")
+    imdn_datetime: str | None  # the message's DateTime, echoed in its notifications
+    delivery_notified_at: datetime | None  # sent: when the delivery notification came
+    displayed_at: datetime | None  # sent: when the display notification came; received: when read
 
     def __init__(
         self,
@@ -143,31 +150,8 @@ class ChatMessage:
             delivery_notified_at,
             displayed_at,
         )
-        if extra:
+        if extra is not None:
             self._extra = extra
-
-    @property
-    def requested(self) -> frozenset[str]:
-        """The receipts asked for ("positive-delivery", "display")."""
-        return _REQUEST_SETS[self._row[_REQUESTED]]
-
-    @requested.setter
-    def requested(self, value: Iterable[str]) -> None:
-        row = self._row
-        self._row = (*row[:_REQUESTED], _requested_key(value), *row[_REQUESTED + 1 :])
-
-    @property
-    def extra(self) -> dict[str, Any]:
-        """Anything else the message carried (a dict of its own, made on first use)."""
-        try:
-            return self._extra
-        except AttributeError:
-            self._extra: dict[str, Any] = {}
-            return self._extra
-
-    @extra.setter
-    def extra(self, value: dict[str, Any]) -> None:
-        self._extra = value
 
     def _values(self) -> tuple[Any, ...]:
         """The fields in the constructor's order (as a dataclass would compare and show them)."""
@@ -188,21 +172,56 @@ class ChatMessage:
         return f"ChatMessage({inner})"
 
     def __copy__(self) -> ChatMessage:
-        new = ChatMessage.__new__(ChatMessage)
+        cls = type(self)
+        new = cls.__new__(cls)
         new._row = self._row
         extra = getattr(self, "_extra", None)
         if extra is not None:
             new._extra = dict(extra)
+        new.__dict__.update(self.__dict__)
         return new
 
     def __reduce__(self) -> tuple[Any, ...]:
-        values = self._values()
-        return (ChatMessage, values)
+        return (_rebuild, (type(self), self._values(), dict(self.__dict__)))
+
+
+def _rebuild(cls: type[ChatMessage], values: tuple[Any, ...], attrs: dict[str, Any]) -> ChatMessage:
+    """Unpickling: the message from its fields, and the attributes a user hung on it."""
+    msg = cls(*values)
+    msg.__dict__.update(attrs)
+    return msg
+
+
+def _get_requested(self: ChatMessage) -> frozenset[str]:
+    return _REQUEST_SETS[self._row[_REQUESTED]]
+
+
+def _set_requested(self: ChatMessage, value: Iterable[str]) -> None:
+    row = self._row
+    self._row = (*row[:_REQUESTED], _requested_key(value), *row[_REQUESTED + 1 :])
+
+
+def _get_extra(self: ChatMessage) -> dict[str, Any]:
+    try:
+        return self._extra
+    except AttributeError:
+        self._extra = {}
+        return self._extra
+
+
+def _set_extra(self: ChatMessage, value: dict[str, Any]) -> None:
+    self._extra = value
 
 
 for _i, _name in enumerate(_FIELDS):
     if _name != "requested":
         setattr(ChatMessage, _name, _field(_i, _name))
+ChatMessage.requested = property(
+    _get_requested, _set_requested, doc='The receipts asked for ("positive-delivery", "display").'
+)  # type: ignore[assignment]
+ChatMessage.extra = property(
+    _get_extra, _set_extra, doc="Anything else the message carried (a dict of its own, made on first use)."
+)  # type: ignore[assignment]
 del _i, _name
 
 

@@ -211,7 +211,7 @@ class SipStack:
         self.stats["sent"] += 1
         try:
             self.transport.send(data, target)
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, ValueError) as exc:  # (uvloop raises ValueError for a bad address)
             log.warning("%s: send to %s failed: %s", self.name, target, exc)
         # the source address the peer sees: a connection's own local port on TCP/TLS, the socket's on UDP
         self.sink.record_sip(
@@ -665,9 +665,16 @@ class SipStack:
 
 
 def mark_received(req: Request, remote: Addr) -> None:
-    """RFC 3261 §18.2.1 + RFC 3581: note in the top Via where the request really came from."""
+    """RFC 3261 §18.2.1 + RFC 3581: note in the top Via where the request really came from. A `received` the
+    sender wrote itself is overwritten: responses go to the address the request came from, never to one the
+    sender names (else one datagram would make us send answers, and their retransmissions, to a victim)."""
     top = req.top_via
-    if "rport" in top.params or top.host.strip("[]") != remote[0]:
+    params_in = top.params
+    if (
+        "rport" in params_in
+        or top.host.strip("[]") != remote[0]
+        or ("received" in params_in and params_in["received"] != remote[0])
+    ):
         params: dict[str, str | None] = {"received": remote[0]}
         if "rport" in top.params:
             params["rport"] = str(remote[1])

@@ -100,6 +100,7 @@ def _split(data: bytes) -> tuple[list[tuple[str, str]], bytes]:
         lines = text.split("\r\n")
         if (
             text
+            and text.isascii()  # (then a line's length in characters is its length in bytes, which the limit is)
             and len(lines) <= MAX_HEADERS
             and not _CONTROLS.search(text.replace("\r\n", ""))
             and all(line.strip() and len(line) <= MAX_LINE for line in lines)

@@ -443,10 +443,14 @@ class ProxyCore:
         on_final: Callable[[Response], None] | None = None,
         *,
         aor: str | None = None,
-    ) -> Fork:
+    ) -> Fork | None:
         """Forward on every branch at once (one branch for in-dialog requests). The answer goes to the server
         transaction `handle`, or to `on_final` (the offline store's deliveries, which have no upstream). For an
         initial request to the user `aor`, devices that all stopped answering make the user offline for it."""
+        if handle is not None and any(t.transport == "udp" for _, t, _ in branches) and too_big_for_udp(handle.request):
+            # (it came over TCP: sent on over UDP it would fail at every try, and the device would look dead)
+            self.stack.reply(handle, 513, "Message Too Large (it does not fit in one UDP datagram to the device)")
+            return None
         if handle is not None:
 
             def upstream(resp: Response) -> None:
@@ -513,6 +517,11 @@ class ProxyCore:
         fork.run(fork.ctx.cancel(reasons[0] if reasons else None))
 
     def _register(self, request: Request, handle: ServerHandle, transport: str, remote: tuple[str, int]) -> None:
+        if any(not c.wildcard and self.is_us(c.uri) for c in request.contacts):
+            # requests for that user would come back to us, and round again until Max-Forwards ran out: a few
+            # hundred datagrams for each one sent (RFC 3261 §16.3 loop detection would only catch it at the end)
+            self.stack.reply(handle, 403, "Forbidden (a Contact that names this server would route in a loop)")
+            return
         now = time.monotonic()
         status, bindings, reason = self.registrar.register(request, transport, remote, now)
         if status == 423:
@@ -680,6 +689,15 @@ class Fork:
         # a device that never answers the CANCEL does not hold the caller: the INVITE client transaction's
         # Timer B (kept running while it rings, sip/transaction.py) ends the branch with a 408 after 64*T1
         self.core.stack.send_request(cancel, b.target)
+
+
+UDP_MAX = 65_507  # the largest UDP payload over IPv4
+
+
+def too_big_for_udp(request: Request) -> bool:
+    """Would `request`, with the Via and Record-Route a proxy adds, overflow one UDP datagram? (Only a request
+    with a large body can: the serialisation is not paid for the others.)"""
+    return len(request.body) > UDP_MAX - 8_192 and len(bytes(request)) + 1_024 > UDP_MAX
 
 
 def _behind_nat(binding: Binding) -> bool:

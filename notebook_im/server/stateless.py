@@ -68,6 +68,7 @@ class RelayHost(Protocol):
 log = logging.getLogger("notebook_im.server")
 
 MARK = BRANCH_MAGIC + "sl"  # our stateless branches: z9hG4bKsl + process index + t|u + the keyed hash
+LARGE_BODY = 32_768  # bytes of body beyond which the stateless path declines (see ProxyCore's 513)
 MAX_WORKERS = 16  # processes of one server (workers.py): the branch names its process with one hex digit
 # initial requests taken statelessly; in a dialog, these and the other requests that make no dialog of their own
 INITIAL = frozenset({"MESSAGE", "OPTIONS"})
@@ -102,6 +103,8 @@ class StatelessRelay:
         self._pending: dict[str, tuple[float, Binding, Addr, bytes, Addr]] = {}
         # beyond this many unanswered requests (a few KiB of bytes each), the stateful path and its flood limits
         self.max_pending = 10_000
+        self.max_pending_bytes = 16 * 1024 * 1024  # and beyond this many bytes of them (large bodies)
+        self._pending_bytes = 0
         # what takes a request back whose device died: the stack, as if it had just come (the main process), or
         # the main process (a worker hands it over)
         self.adopt: Callable[[bytes, Addr], None] = lambda data, remote: core.stack.adopt(data, "udp", remote)
@@ -128,6 +131,8 @@ class StatelessRelay:
         mf = request.max_forwards
         if mf is not None and mf <= 0:  # the stateful path answers 483
             return None
+        if len(request.body) > LARGE_BODY:  # the stateful path answers 513 if it would not fit a datagram
+            return None
         upstream = request.top_via.branch
         if not upstream or not upstream.startswith(BRANCH_MAGIC) or core.focus.wants(request):
             return None
@@ -142,7 +147,10 @@ class StatelessRelay:
                 return None
             binding = bindings[0]
             target = core.binding_target(binding)
-            if target.transport != "udp" or (core.device_timeout and len(self._pending) >= self.max_pending):
+            if target.transport != "udp" or (
+                core.device_timeout
+                and (len(self._pending) >= self.max_pending or self._pending_bytes >= self.max_pending_bytes)
+            ):
                 return None
             # an initial request's preloaded Route is dropped (proxy.py)
             return Plan(target, binding.contact, [] if "route" in request.headers else None, binding)
@@ -155,7 +163,10 @@ class StatelessRelay:
         found = core.registrar.find_contact(next_hop.host.strip("[]"), next_hop.port, time.monotonic())
         if found is None:  # the stateful path answers 404 / 481
             return None
-        target = core.binding_target(found) if not routes else target_of(next_hop)
+        try:
+            target = core.binding_target(found) if not routes else target_of(next_hop)
+        except OSError:  # a host name not resolved yet: the stateful path answers it
+            return None
         if target.transport != "udp":
             return None
         # in a dialog, the stateful path does not time devices out either
@@ -180,6 +191,7 @@ class StatelessRelay:
         loop = stack.loop
         if tracked and plan.binding is not None and loop is not None and branch not in self._pending:
             self._pending[branch] = (loop.time() + (timeout or 0.0), plan.binding, plan.target.addr, data, remote)
+            self._pending_bytes += len(data)
             if self._sweep is None:
                 self._sweep = loop.call_later(min(timeout or 0.25, 0.25), self._expire)
 
@@ -188,7 +200,10 @@ class StatelessRelay:
         index of the process that relays it, whether it timed the device, and the keyed hash of all of that."""
         p = upstream.params
         head = f"{MARK}{index:x}{'t' if tracked else 'u'}"
-        text = f"{head}\n{p.get('branch')}\n{upstream.host}\n{upstream.port}\n{p.get('received')}\n{p.get('rport')}"
+        text = (
+            f"{head}\n{p.get('branch')}\n{upstream.transport}\n{upstream.host}\n{upstream.port}\n"
+            f"{p.get('received')}\n{p.get('rport')}"
+        )
         digest = hashlib.blake2b(text.encode("utf-8", "surrogateescape"), key=self.key, digest_size=12)
         return head + digest.hexdigest()
 
@@ -232,7 +247,9 @@ class StatelessRelay:
     def device_answered(self, branch: str) -> None:
         """The answer to the request relayed with `branch` came: its device is not timed any more."""
         if self._pending:
-            self._pending.pop(branch, None)
+            gone = self._pending.pop(branch, None)
+            if gone is not None:
+                self._pending_bytes -= len(gone[3])
 
     def _expire(self) -> None:
         """Mark dead the bindings of devices that left a request unanswered past its deadline, unless their
@@ -242,6 +259,7 @@ class StatelessRelay:
         self._sweep = None
         if loop is None or stack.closed:
             self._pending.clear()
+            self._pending_bytes = 0
             return
         now = loop.time()
         timeout = self.core.device_timeout or 0.0
@@ -251,6 +269,7 @@ class StatelessRelay:
             if deadline > now:
                 break
             del pending[branch]
+            self._pending_bytes -= len(data)
             heard = stack.heard_from(addr)
             if heard is not None and now - heard < timeout:
                 continue
@@ -269,6 +288,7 @@ class StatelessRelay:
             self._sweep.cancel()
             self._sweep = None
         self._pending.clear()
+        self._pending_bytes = 0
 
     @property
     def pending(self) -> int:

@@ -26,11 +26,13 @@ import collections
 import json
 import logging
 import os
+import shutil
 import socket
 import struct
 import sys
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +43,7 @@ from ..net.base import Addr
 from ..net.transport import TransportLayer
 from ..sip.message import Request
 from ..sip.parser import parse_message
-from ..sip.transaction import Timers
+from ..sip.transaction import Timers, server_key
 from .registrar import Binding, Registrar
 from .shared import BindingReplica, SharedBindings
 
@@ -180,6 +182,7 @@ class WorkerPool:
             "device_timeout": proxy.device_timeout,
             "advertise": list(proxy.stack.advertise) if proxy.stack.advertise else None,
             "tcp_port": transport.local_addr("tcp")[1] if "tcp" in transport.transports else None,
+            "main_pid": os.getpid(),
         }
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         for index in range(1, self.count):
@@ -305,6 +308,12 @@ class Worker:
         self.replica = replica
         self.index = index
         self.handed_over = 0
+        # the transactions whose requests went to the main process, until 64*T1 after: their retransmissions go
+        # there too, to the transaction that absorbs them, rather than being relayed afresh once the user is back
+        # online (oldest first; bounded)
+        self._handed: OrderedDict[tuple[Any, ...], float] = OrderedDict()
+        self.handed_for = 64 * proxy.stack.timers.t1
+        self.max_handed = 100_000
 
     def data_received(self, data: bytes, transport: str, remote: Addr, local: Addr) -> None:
         stack = self.stack
@@ -312,11 +321,13 @@ class Worker:
         stack.note_heard(remote)
         if len(data) <= 4 and not data.strip():
             return  # keep-alive
+        request: Request | None = None
         try:
             message = parse_message(data)
             if isinstance(message, Request):
+                request = message
                 taken = False
-                if message.method != "ACK" and message.method != "CANCEL":
+                if message.method != "ACK" and message.method != "CANCEL" and not self._was_handed(message):
                     mark_received(message, remote)
                     self.replica.refresh()
                     plan = self.relay.plan(message, transport)
@@ -328,8 +339,41 @@ class Worker:
         except Exception:  # noqa: BLE001 - malformed, or anything odd: the main process answers it (400 ...)
             taken = False
         if not taken:
-            self.handed_over += 1
-            self.link.send(_pack_raw(data, remote))
+            self.hand_over(data, remote, request)
+
+    def hand_over(self, data: bytes, remote: Addr, request: Request | None = None) -> None:
+        """Send a datagram to the main process as it came; a request's transaction is remembered (above)."""
+        if request is None:
+            try:
+                parsed = parse_message(data)
+            except Exception:  # noqa: BLE001 - the main process answers it (400) or drops it
+                parsed = None
+            request = parsed if isinstance(parsed, Request) else None
+        if request is not None:
+            try:
+                key = server_key(request)
+            except Exception:  # noqa: BLE001 - no usable Via or CSeq: nothing to match retransmissions by
+                key = None
+            if key is not None:
+                handed = self._handed
+                handed.pop(key, None)
+                handed[key] = time.monotonic() + self.handed_for
+                while len(handed) > self.max_handed:
+                    handed.popitem(last=False)
+        self.handed_over += 1
+        self.link.send(_pack_raw(data, remote))
+
+    def _was_handed(self, request: Request) -> bool:
+        handed = self._handed
+        if not handed:
+            return False
+        now = time.monotonic()
+        while handed:  # forget the expired ones first (oldest first: each expiry is later than the one before)
+            key, until = next(iter(handed.items()))
+            if until > now:
+                break
+            del handed[key]
+        return server_key(request) in handed
 
     def dropped(self, data: bytes, transport: str, remote: Addr | None, reason: str) -> None:
         self.stack.dropped(data, transport, remote, reason)
@@ -374,7 +418,7 @@ async def _run_worker(config: dict[str, Any]) -> None:
     registrar.mirror = _DeadReporter(link)
     proxy.stateless.answered = lambda i, branch: link.send(ANSWERED + bytes([i]) + branch.encode())
     # a request whose device died goes to the main process as it came (after the news of the death: in order)
-    proxy.stateless.adopt = lambda data, remote: link.send(_pack_raw(data, remote))
+    proxy.stateless.adopt = lambda data, remote: worker.hand_over(data, remote) if worker is not None else None
     await proxy.stack.start()
     if config.get("tcp_port"):  # the main process's TCP port: the worker's idea of "us" (is_us, Via) matches
         transport.tcp_addr = (config["host"], int(config["tcp_port"]))
@@ -404,6 +448,21 @@ async def _run_worker(config: dict[str, Any]) -> None:
     await proxy.close()
     link.close()
     replica.close()
+    if not _alive(int(config["main_pid"])):  # the main process died without stop(): its files are ours to remove
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (dead, not yet reaped) is gone too
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def main() -> None:
