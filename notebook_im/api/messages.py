@@ -4,6 +4,7 @@ how a final response settles a sent message, which content types a user may send
 
 from __future__ import annotations
 
+import gc
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -45,11 +46,62 @@ _REQUESTED = _FIELDS.index("requested")
 _REQUEST_SETS: dict[tuple[str, ...], frozenset[str]] = {(): frozenset()}
 
 
+# The values a message's row holds when the library builds it: none of them can refer to anything, so the message
+# cannot be part of a reference cycle, and it is left to reference counting alone (untracked by the garbage
+# collector, as CPython itself untracks a tuple or dict of such values). Anything else put on a message (another
+# kind of value, `extra`, an attribute of one's own) hands it back to the collector first.
+_SCALARS = frozenset({str, int, float, bool, type(None), datetime})
+_GC: tuple[Callable[[Any], None], Callable[[Any], None]] | None = None  # (PyObject_GC_UnTrack, PyObject_GC_Track)
+_GC_LOADED = False
+
+
+def _gc_api() -> tuple[Callable[[Any], None], Callable[[Any], None]] | None:
+    """CPython's PyObject_GC_UnTrack and PyObject_GC_Track, through ctypes (loaded on first use; None elsewhere)."""
+    global _GC, _GC_LOADED
+    if not _GC_LOADED:
+        _GC_LOADED = True
+        try:
+            import ctypes
+
+            untrack, track = ctypes.pythonapi.PyObject_GC_UnTrack, ctypes.pythonapi.PyObject_GC_Track
+            for fn in (untrack, track):
+                fn.argtypes, fn.restype = [ctypes.py_object], None
+            _GC = (untrack, track)
+        except (ImportError, AttributeError, OSError):  # not CPython: every message stays tracked
+            _GC = None
+    return _GC
+
+
+def _leave_to_refcount(msg: ChatMessage) -> None:
+    """Untrack a message just built if nothing it holds can refer back to it (see _SCALARS). (Called from
+    __init__ only: no attribute of the user's own can be there yet.)"""
+    api = _gc_api()
+    if (
+        api is None
+        or type(msg) is not ChatMessage  # (a subclass may hold anything)
+        or not gc.is_tracked(msg)
+        or getattr(msg, "_extra", None) is not None
+        or not all(type(v) in _SCALARS for i, v in enumerate(msg._row) if i != _REQUESTED)
+    ):
+        return
+    api[0](msg)
+
+
+def _hand_to_gc(msg: ChatMessage) -> None:
+    """Track `msg` again: it is about to hold something that could refer back to it."""
+    if not gc.is_tracked(msg):
+        api = _gc_api()
+        if api is not None:
+            api[1](msg)
+
+
 def _field(i: int, name: str) -> property:
     def get(self: ChatMessage) -> Any:
         return self._row[i]
 
     def put(self: ChatMessage, value: Any) -> None:
+        if type(value) not in _SCALARS:
+            _hand_to_gc(self)
         row = self._row
         self._row = (*row[:i], value, *row[i + 1 :])
 
@@ -152,6 +204,12 @@ class ChatMessage:
         )
         if extra is not None:
             self._extra = extra
+        _leave_to_refcount(self)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in _OWN:  # an attribute of the user's own: it may refer to anything
+            _hand_to_gc(self)
+        object.__setattr__(self, name, value)
 
     def _values(self) -> tuple[Any, ...]:
         """The fields in the constructor's order (as a dataclass would compare and show them)."""
@@ -178,7 +236,9 @@ class ChatMessage:
         extra = getattr(self, "_extra", None)
         if extra is not None:
             new._extra = dict(extra)
-        new.__dict__.update(self.__dict__)
+        if self.__dict__:
+            _hand_to_gc(new)
+            new.__dict__.update(self.__dict__)
         return new
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -188,7 +248,9 @@ class ChatMessage:
 def _rebuild(cls: type[ChatMessage], values: tuple[Any, ...], attrs: dict[str, Any]) -> ChatMessage:
     """Unpickling: the message from its fields, and the attributes a user hung on it."""
     msg = cls(*values)
-    msg.__dict__.update(attrs)
+    if attrs:
+        _hand_to_gc(msg)
+        msg.__dict__.update(attrs)
     return msg
 
 
@@ -205,13 +267,15 @@ def _get_extra(self: ChatMessage) -> dict[str, Any]:
     try:
         return self._extra
     except AttributeError:
-        self._extra = {}
+        self._extra = {}  # (through __setattr__: a dict may come to hold anything, so the message is tracked)
         return self._extra
 
 
 def _set_extra(self: ChatMessage, value: dict[str, Any]) -> None:
     self._extra = value
 
+
+_OWN = frozenset({*_FIELDS, "extra", "_row"})  # what __setattr__ lets by without tracking (see _field, _set_extra)
 
 for _i, _name in enumerate(_FIELDS):
     if _name != "requested":
