@@ -165,6 +165,8 @@ def test_stop_ends_the_workers_and_removes_their_files():
     pids = server.worker_pids
     directory = server._pool._dir  # noqa: SLF001 - where the sockets and the bindings file are
     assert len(pids) == 2 and all(_alive(p) for p in pids) and directory.is_dir()
+    assert directory.stat().st_mode & 0o777 == 0o700, "the bindings file's directory is the server user's alone"
+    assert [p.name for p in directory.iterdir() if p.is_socket()] == [], "no named socket anyone could open"
     server.stop()
     assert not any(_alive(p) for p in pids) and not directory.exists()
     assert server.worker_pids == []
