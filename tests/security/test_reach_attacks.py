@@ -417,10 +417,15 @@ def test_finding_a_pager_session_does_not_scan_a_thousand(alice: nim.Endpoint) -
         .result(10)
         is None
     )
-    started = time.perf_counter()
-    for i in range(2000):
-        found = manager.pager_session(f"sip:u{i % 1000}@evil.test;transport=tcp")
-    per_lookup = (time.perf_counter() - started) / 2000
+    # the best of ten rounds of 200 lookups: a scan of the 1,000 sessions costs every round ~0.3 ms a lookup, where a
+    # busy machine (the loop thread, other processes) only delays some rounds
+    rounds = []
+    for r in range(10):
+        started = time.perf_counter()
+        for i in range(200 * r, 200 * (r + 1)):
+            found = manager.pager_session(f"sip:u{i % 1000}@evil.test;transport=tcp")
+        rounds.append((time.perf_counter() - started) / 200)
+    per_lookup = min(rounds)
     assert found is opened[999]
     assert per_lookup < 50e-6, f"{per_lookup * 1e6:.0f} µs per lookup with 1,000 sessions"
     # the newest wins, an ended one is forgotten, and its place is free again
