@@ -121,6 +121,22 @@ class ProxyCore:
             self.stack.transport.tls_server is not None and port == self.stack.transport.tls_port
         )
 
+    def past_us(self, routes: list[str]) -> list[str]:
+        """Loose routing: `routes` without the leading entries that name us (two of them after a double
+        Record-Route)."""
+        first = 0
+        while first < len(routes) and self.is_us(Address.parse(routes[first]).uri):
+            first += 1
+        return routes[first:]
+
+    def aor_of(self, uri: SipUri) -> str:
+        """The address of record a Request-URI (or From URI) names: `sip:bob@<this server>` is the one user
+        called bob, whatever the domain they registered."""
+        aor = aor_key(uri)
+        if uri.user and self.is_us(uri):
+            aor = self.registrar.aor_for_user(uri.user) or aor
+        return aor
+
     def rr_uri(self, transport: str, dialog_token: str) -> str:
         """Our Record-Route entry for `transport`, carrying the dialog's token (see `dialog_token`)."""
         host, port = self.stack.host, self.stack.transport.tls_port if transport == "tls" else self.stack.port
@@ -192,15 +208,7 @@ class ProxyCore:
         if request.method == "REGISTER":
             self._register(request, handle, transport, remote)
             return
-        routes = request.headers.get_all("Route")
-        # loose routing: pop the Route entries that name us (two of them after a double Record-Route)
-        out_transport: str | None = None
-        while routes:
-            first = Address.parse(routes[0]).uri
-            if not self.is_us(first):
-                break
-            out_transport = first.params.get("transport") or out_transport
-            routes.pop(0)
+        routes = self.past_us(request.headers.get_all("Route"))
         if request.to.tag is None:
             # an initial request: a pre-loaded Route names the outbound proxy the client used to reach us
             # (which may be an address we do not know as ours: a NAT, a relay, a DNS name). We route it
@@ -223,9 +231,7 @@ class ProxyCore:
                     handle, make_response(request, 404, "Not Found (no user in the Request-URI)", to_tag=new_tag())
                 )
             return
-        aor = aor_key(request.uri)
-        if self.is_us(request.uri):  # sip:bob@<this server>: the user of that name, whatever their domain
-            aor = self.registrar.aor_for_user(request.uri.user) or aor
+        aor = self.aor_of(request.uri)
         bindings = self.registrar.live(aor, time.monotonic())
         if not bindings:
             self._offline(request, handle, aor)
@@ -381,10 +387,7 @@ class ProxyCore:
         uri = request.from_.uri
         if not uri.user:
             return None
-        aor = aor_key(uri)
-        if self.is_us(uri):
-            aor = self.registrar.aor_for_user(uri.user) or aor
-        bindings = self.registrar.lookup(aor, time.monotonic())
+        bindings = self.registrar.lookup(self.aor_of(uri), time.monotonic())
         if not bindings:
             return None
         contacts = request.contacts
@@ -492,9 +495,7 @@ class ProxyCore:
         return up
 
     def _forward_ack(self, request: Request) -> None:
-        routes = request.headers.get_all("Route")
-        while routes and self.is_us(Address.parse(routes[0]).uri):
-            routes.pop(0)
+        routes = self.past_us(request.headers.get_all("Route"))
         request.headers.set_all("Route", routes)
         next_hop = Address.parse(routes[0]).uri if routes else request.uri
         binding = self.registrar.find_contact(next_hop.host.strip("[]"), next_hop.port, time.monotonic())

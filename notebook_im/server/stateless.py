@@ -39,7 +39,7 @@ from ..core.targets import target_of
 from ..net.base import Addr, Target
 from ..sip.message import BRANCH_MAGIC, Request, Response
 from ..sip.uri import Address, SipUri, Via
-from .registrar import Binding, aor_key
+from .registrar import Binding
 
 if TYPE_CHECKING:
     from ..core.stack import SipStack
@@ -61,6 +61,10 @@ class RelayHost(Protocol):
     device_timeout: float | None
 
     def is_us(self, uri: SipUri) -> bool: ...
+
+    def past_us(self, routes: list[str]) -> list[str]: ...
+
+    def aor_of(self, uri: SipUri) -> str: ...
 
     def binding_target(self, binding: Binding) -> Target: ...
 
@@ -139,10 +143,7 @@ class StatelessRelay:
         if request.to.tag is None:
             if method not in INITIAL or not request.uri.user:
                 return None
-            aor = aor_key(request.uri)
-            if core.is_us(request.uri):
-                aor = core.registrar.aor_for_user(request.uri.user) or aor
-            bindings = core.registrar.live(aor, time.monotonic())
+            bindings = core.registrar.live(core.aor_of(request.uri), time.monotonic())
             if len(bindings) != 1:  # offline (the store decides) or several devices (a fork)
                 return None
             binding = bindings[0]
@@ -154,11 +155,8 @@ class StatelessRelay:
                 return None
             # an initial request's preloaded Route is dropped (proxy.py)
             return Plan(target, binding.contact, [] if "route" in request.headers else None, binding)
-        routes = request.headers.get_all("Route")
-        popped = 0
-        while popped < len(routes) and core.is_us(Address.parse(routes[popped]).uri):
-            popped += 1
-        routes = routes[popped:]
+        received = request.headers.get_all("Route")
+        routes = core.past_us(received)
         next_hop = Address.parse(routes[0]).uri if routes else request.uri
         found = core.registrar.find_contact(next_hop.host.strip("[]"), next_hop.port, time.monotonic())
         if found is None:  # the stateful path answers 404 / 481
@@ -170,7 +168,7 @@ class StatelessRelay:
         if target.transport != "udp":
             return None
         # in a dialog, the stateful path does not time devices out either
-        return Plan(target, None, routes if popped else None, None)
+        return Plan(target, None, routes if len(routes) != len(received) else None, None)
 
     def forward(self, request: Request, plan: Plan, data: bytes, remote: Addr) -> None:
         """Send `request` on as `plan` says (§16.6 steps 6-8 without the transaction: §16.11)."""
