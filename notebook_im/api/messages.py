@@ -4,6 +4,7 @@ how a final response settles a sent message, which content types a user may send
 
 from __future__ import annotations
 
+import functools
 import gc
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -51,25 +52,20 @@ _REQUEST_SETS: dict[tuple[str, ...], frozenset[str]] = {(): frozenset()}
 # collector, as CPython itself untracks a tuple or dict of such values). Anything else put on a message (another
 # kind of value, `extra`, an attribute of one's own) hands it back to the collector first.
 _SCALARS = frozenset({str, int, float, bool, type(None), datetime})
-_GC: tuple[Callable[[Any], None], Callable[[Any], None]] | None = None  # (PyObject_GC_UnTrack, PyObject_GC_Track)
-_GC_LOADED = False
 
 
+@functools.cache
 def _gc_api() -> tuple[Callable[[Any], None], Callable[[Any], None]] | None:
     """CPython's PyObject_GC_UnTrack and PyObject_GC_Track, through ctypes (loaded on first use; None elsewhere)."""
-    global _GC, _GC_LOADED
-    if not _GC_LOADED:
-        _GC_LOADED = True
-        try:
-            import ctypes
+    try:
+        import ctypes
 
-            untrack, track = ctypes.pythonapi.PyObject_GC_UnTrack, ctypes.pythonapi.PyObject_GC_Track
-            for fn in (untrack, track):
-                fn.argtypes, fn.restype = [ctypes.py_object], None
-            _GC = (untrack, track)
-        except (ImportError, AttributeError, OSError):  # not CPython: every message stays tracked
-            _GC = None
-    return _GC
+        untrack, track = ctypes.pythonapi.PyObject_GC_UnTrack, ctypes.pythonapi.PyObject_GC_Track
+        for fn in (untrack, track):
+            fn.argtypes, fn.restype = [ctypes.py_object], None
+        return untrack, track
+    except (ImportError, AttributeError, OSError):  # not CPython: every message stays tracked
+        return None
 
 
 def _leave_to_refcount(msg: ChatMessage) -> None:
@@ -102,8 +98,7 @@ def _field(i: int, name: str) -> property:
     def put(self: ChatMessage, value: Any) -> None:
         if type(value) not in _SCALARS:
             _hand_to_gc(self)
-        row = self._row
-        self._row = (*row[:i], value, *row[i + 1 :])
+        _set_in_row(self, i, value)
 
     return property(get, put, doc=f"The message's {name.replace('_', ' ')}.")
 
@@ -259,8 +254,13 @@ def _get_requested(self: ChatMessage) -> frozenset[str]:
 
 
 def _set_requested(self: ChatMessage, value: Iterable[str]) -> None:
-    row = self._row
-    self._row = (*row[:_REQUESTED], _requested_key(value), *row[_REQUESTED + 1 :])
+    _set_in_row(self, _REQUESTED, _requested_key(value))
+
+
+def _set_in_row(msg: ChatMessage, i: int, value: Any) -> None:
+    """A field set: the row replaced by one with `value` at `i` (tuples are immutable, and must stay tuples)."""
+    row = msg._row
+    msg._row = (*row[:i], value, *row[i + 1 :])
 
 
 def _get_extra(self: ChatMessage) -> dict[str, Any]:

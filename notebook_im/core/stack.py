@@ -676,7 +676,7 @@ def mark_received(req: Request, remote: Addr) -> None:
         or ("received" in params_in and params_in["received"] != remote[0])
     ):
         params: dict[str, str | None] = {"received": remote[0]}
-        if "rport" in top.params:
+        if "rport" in params_in:
             params["rport"] = str(remote[1])
         top = top.with_params(**params)
         req.headers.replace_first("via", str(top), top)
