@@ -17,11 +17,12 @@ secret, so nobody can make the server send a response to an address of their cho
 forging one; a forged or stale response is dropped and counted.
 
 A device that stops answering is still noticed: for an initial request the relay remembers (bounded, by branch)
-when the device must have answered by (`ProxyCore.device_timeout`), and the request's bytes. If nothing at all
-came back from its address by then, its binding is marked dead, exactly as the stateful path marks it, and the
-request goes to the stateful path as if it had just come (`SipStack.adopt`): the user is offline now, so a pager
-MESSAGE is kept and answered 202 at the same moment a stateful relay would have answered it, and the sender's
-later retransmissions are absorbed by that transaction.
+when the device must have answered by (`ProxyCore.device_timeout`), the request's bytes, and how many copies of
+it the device was sent. If nothing at all came back from its address by then, and it was sent the copies a
+stateful relay would have sent it (else it gets more time: see `_expire`), its binding is marked dead, exactly
+as the stateful path marks it, and the request goes to the stateful path as if it had just come
+(`SipStack.adopt`): the user is offline now, so a pager MESSAGE is kept and answered 202 at the same moment a
+stateful relay would have answered it, and the sender's later retransmissions are absorbed by that transaction.
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ log = logging.getLogger("notebook_im.server")
 
 MARK = BRANCH_MAGIC + "sl"  # our stateless branches: z9hG4bKsl + process index + t|u + the keyed hash
 LARGE_BODY = 32_768  # bytes of body beyond which the stateless path declines (see ProxyCore's 513)
+# a device is judged dead only once it left COPIES copies of a request unanswered (what a stateful relay sends
+# it within device_timeout = 8 T1: at 0, T1, 3 T1 and 7 T1), or once PATIENCE device_timeouts passed since the
+# first copy (a sender that does not retransmit)
+COPIES = 4
+PATIENCE = 4
 MAX_WORKERS = 16  # processes of one server (workers.py): the branch names its process with one hex digit
 # initial requests taken statelessly; in a dialog, these and the other requests that make no dialog of their own
 INITIAL = frozenset({"MESSAGE", "OPTIONS"})
@@ -103,8 +109,9 @@ class StatelessRelay:
         self.answered: Callable[[int, str], None] | None = None
         # (insertion order is deadline order, one device_timeout for all, so the sweep reads from the front)
         # branch -> (loop time the device must have answered by, its binding, its address, the request as it came
-        # and from where: handed back to the stateful path if the device turns out dead)
-        self._pending: dict[str, tuple[float, Binding, Addr, bytes, Addr]] = {}
+        # and from where: handed back to the stateful path if the device turns out dead; when it was first relayed
+        # and how many copies the device has been sent since)
+        self._pending: dict[str, tuple[float, Binding, Addr, bytes, Addr, float, int]] = {}
         # beyond this many unanswered requests (a few KiB of bytes each), the stateful path and its flood limits
         self.max_pending = 10_000
         self.max_pending_bytes = 16 * 1024 * 1024  # and beyond this many bytes of them (large bodies)
@@ -187,11 +194,17 @@ class StatelessRelay:
         stack.send_stateless(request, plan.target)
         self.stats["relayed"] += 1
         loop = stack.loop
-        if tracked and plan.binding is not None and loop is not None and branch not in self._pending:
-            self._pending[branch] = (loop.time() + (timeout or 0.0), plan.binding, plan.target.addr, data, remote)
-            self._pending_bytes += len(data)
-            if self._sweep is None:
-                self._sweep = loop.call_later(min(timeout or 0.25, 0.25), self._expire)
+        if tracked and plan.binding is not None and loop is not None:
+            pending = self._pending
+            entry = pending.get(branch)
+            if entry is None:
+                now = loop.time()
+                pending[branch] = (now + (timeout or 0.0), plan.binding, plan.target.addr, data, remote, now, 1)
+                self._pending_bytes += len(data)
+                if self._sweep is None:
+                    self._sweep = loop.call_later(min(timeout or 0.25, 0.25), self._expire)
+            else:  # the sender's retransmission: one more chance the device had (same place in the order)
+                pending[branch] = entry[:6] + (entry[6] + 1,)
 
     def branch_for(self, upstream: Via, tracked: bool, index: int) -> str:
         """Our branch for a request whose top Via (as we forward it, with received/rport) is `upstream`: the
@@ -251,7 +264,13 @@ class StatelessRelay:
 
     def _expire(self) -> None:
         """Mark dead the bindings of devices that left a request unanswered past its deadline, unless their
-        address was heard from meanwhile (alive on a lossy path: the sender's retransmissions will get through)."""
+        address was heard from meanwhile (alive on a lossy path: the sender's retransmissions will get through).
+
+        A stateful relay sends the device its own copies (at 0, T1, 3 T1, 7 T1: four within 8 T1); here the
+        device only gets the sender's, and on a lossy path the first copy relayed may be the sender's fourth,
+        with the next ones T2 apart. So a device is judged only once it was sent as many copies as a stateful
+        relay would have sent it (`COPIES`), or once `PATIENCE` deadlines passed (a sender that does not
+        retransmit): otherwise a live device whose answers to one late request were lost would be taken for dead."""
         stack = self.core.stack
         loop = stack.loop
         self._sweep = None
@@ -263,14 +282,23 @@ class StatelessRelay:
         timeout = self.core.device_timeout or 0.0
         pending = self._pending
         while pending:
-            branch, (deadline, binding, addr, data, remote) = next(iter(pending.items()))
+            branch, entry = next(iter(pending.items()))
+            deadline, binding, addr, data, remote, first, copies = entry
             if deadline > now:
                 break
             del pending[branch]
-            self._pending_bytes -= len(data)
+            # alive if anything came from its address since the request was first relayed: the sweep may run up
+            # to 0.25 s after the deadline, so "heard within the last timeout" would take a device that answered
+            # everything and then fell quiet for a moment for dead
             heard = stack.heard_from(addr)
-            if heard is not None and now - heard < timeout:
+            if heard is not None and heard >= first:
+                self._pending_bytes -= len(data)
                 continue
+            if copies < COPIES and timeout > 0 and now - first < PATIENCE * timeout:
+                # not enough chances yet: wait one more device_timeout (the latest deadline of all: to the end)
+                pending[branch] = (now + timeout, *entry[1:])
+                continue
+            self._pending_bytes -= len(data)
             if not binding.dead:
                 self.core.registrar.mark_dead(binding)
                 log.info("server: %s:%s did not answer within %g s: offline until it registers again", *addr, timeout)

@@ -135,7 +135,8 @@ def test_pager_messages_under_loss_exactly_once(pager_pair):
     alice.request_receipts = False
     received = bob.events(nim.MessageReceived)
     ops = [alice.send_message("sip:bob@example.test", f"pager {i}") for i in range(200)]  # all in flight
-    assert all(op.result(2 * (2 * 64 * 0.02 + 1.0)).status == 200 for op in ops)
+    statuses = [op.result(2 * (2 * 64 * 0.02 + 1.0)).status for op in ops]
+    assert statuses == [200] * len(ops), f"{sorted(set(statuses))}: {server.stats}"
     texts = []
     while True:
         try:

@@ -132,22 +132,25 @@ def test_a_forged_response_is_dropped_not_reflected(server):
 
 
 def test_a_silent_device_is_marked_dead_and_the_request_kept_as_a_stateful_relay_would(server):
-    """bob never answers: after device_timeout (0.4 s) his binding is dead and alice's MESSAGE, handed to the
-    stateful path, is kept and answered 202 without waiting for her next retransmission; that retransmission is
-    absorbed by the transaction, and bob is not sent it."""
+    """bob never answers: alice retransmits as a UAC does (T1 = 50 ms: at 0, 50, 150, 350 ms), so by
+    device_timeout (0.4 s) bob was sent the four copies a stateful relay would have sent him; his binding is
+    dead and alice's MESSAGE, handed to the stateful path, is kept and answered 202 without waiting for her
+    next retransmission; that retransmission is absorbed by the transaction, and bob is not sent it."""
     addr = (server.host, server.port)
     with RawPeer() as alice, RawPeer() as bob:
         bob.register(addr, "bob")
         data, _ = message(alice, "bob", "are you there")
         sent = time.monotonic()
-        alice.send(data, addr)
-        next_request(bob)  # and no answer
+        for at in (0.0, 0.05, 0.15, 0.35):
+            time.sleep(max(0.0, sent + at - time.monotonic()))
+            alice.send(data, addr)
+            next_request(bob)  # and no answer
         # (the counters are the loop thread's: the datagram may reach the device before they are updated)
         wait_for(lambda: server.proxy.stateless.pending == 1, 1, "the deadline kept")
         alice.sock.settimeout(3)
-        resp = alice.sock.recvfrom(65535)[0]  # alice does not retransmit: the 202 comes by itself
+        resp = alice.sock.recvfrom(65535)[0]  # the 202 comes by itself, before her next retransmission (750 ms)
         assert resp.startswith(b"SIP/2.0 202"), resp
-        assert 0.4 <= time.monotonic() - sent < 1.0, "at device_timeout (+ the 0.25 s sweep), as the stateful path"
+        assert 0.4 <= time.monotonic() - sent < 0.75, "at device_timeout (+ the 0.25 s sweep), as the stateful path"
         assert _dead(server) and server.offline == {"sip:bob@example.test": 1}
         absorbed = server.stats["retransmissions_absorbed"]
         alice.send(data, addr)  # her retransmission: the same 202 from the transaction
@@ -156,9 +159,49 @@ def test_a_silent_device_is_marked_dead_and_the_request_kept_as_a_stateful_relay
         assert server.proxy.stateless.pending == 0
         assert bob.recv(0.3) is None, "the dead device is not sent the retransmission"
         df = server.trace.sip()
-        assert len(df[(df["method"] == "MESSAGE") & (df["direction"] == "in") & df["status"].isna()]) == 2, (
-            "the trace has the two requests that came, not a third for the handover"
+        assert len(df[(df["method"] == "MESSAGE") & (df["direction"] == "in") & df["status"].isna()]) == 5, (
+            "the trace has the five requests that came, not a sixth for the handover"
         )
+
+
+def test_a_sender_that_never_retransmits_still_gets_its_answer(server):
+    """One copy only (a sender that does not retransmit over UDP): bob is judged after PATIENCE device_timeouts."""
+    from notebook_im.server.stateless import PATIENCE
+
+    addr = (server.host, server.port)
+    with RawPeer() as alice, RawPeer() as bob:
+        bob.register(addr, "bob")
+        data, _ = message(alice, "bob", "once")
+        sent = time.monotonic()
+        alice.send(data, addr)
+        next_request(bob)
+        alice.sock.settimeout(5)
+        resp = alice.sock.recvfrom(65535)[0]
+        assert resp.startswith(b"SIP/2.0 202"), resp
+        took = time.monotonic() - sent
+        assert PATIENCE * 0.4 <= took < PATIENCE * 0.4 + 0.6, took
+        assert _dead(server)
+
+
+def test_a_device_whose_answers_to_a_late_request_were_lost_is_not_taken_for_dead(server):
+    """On a lossy path the first copy the relay sees may be the sender's fourth, the next ones T2 (0.4 s) apart:
+    bob's answers to the first two copies are lost (he sends none), the deadline passes with nothing heard, and
+    he answers the third. A stateful relay would have sent him four copies by then: he is alive, alice gets 200."""
+    addr = (server.host, server.port)
+    with RawPeer() as alice, RawPeer() as bob:
+        bob.register(addr, "bob")
+        data, _ = message(alice, "bob", "late")
+        for _ in range(2):
+            alice.send(data, addr)
+            next_request(bob)
+            time.sleep(0.4)
+        alice.send(data, addr)
+        got = next_request(bob)
+        assert not _dead(server), "two copies unanswered over 0.8 s: not yet judged"
+        answer(bob, got, 200, server)
+        assert alice.final().startswith(b"SIP/2.0 200")
+        wait_for(lambda: server.proxy.stateless.pending == 0, 1, "the deadline dropped")
+        assert not _dead(server) and not server.offline
 
 
 def _dead(server: nim.Server) -> bool:
