@@ -53,6 +53,12 @@ def _clean(value: str) -> str:
     return _CONTROLS.sub(" ", value)
 
 
+def format_datetime(when: datetime) -> str:
+    """RFC 3339 UTC with milliseconds (2026-12-05T15:00:00.123Z), as DateTime headers and IMDN's <datetime> want
+    it; a naive `when` is local time. (isoformat is C and a tenth of strftime's cost, twice per receipt.)"""
+    return when.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
 def wrap(
     sender: str,
     recipient: str,
@@ -74,7 +80,7 @@ def wrap(
     name = ""
     if display_name:
         name = '"' + _clean(display_name).replace('"', "").replace("\\", "") + '" '
-    when = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    when = format_datetime(now or datetime.now(timezone.utc))
     lines = [f"From: {name}<{_clean(sender)}>", f"To: <{_clean(recipient)}>", f"DateTime: {when}"]
     if message_id:
         lines += [f"NS: imdn <{IMDN_NS}>", f"imdn.Message-ID: {_clean(message_id)}"]

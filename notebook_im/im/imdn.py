@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 from ..sip.errors import RemoteProtocolError
 from ..sip.headers import Headers
@@ -56,9 +56,7 @@ STATUSES = {
 }
 
 
-def format_datetime(when: datetime) -> str:
-    """RFC 3339 UTC with milliseconds, as the DateTime header and <datetime> element want it."""
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+format_datetime = cpim.format_datetime  # RFC 3339 UTC with milliseconds, as DateTime and <datetime> want it
 
 
 # -- the request --------------------------------------------------------------------------------------------

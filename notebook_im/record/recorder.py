@@ -491,23 +491,13 @@ class Trace:
         return added
 
     def _count_event_chunks(self) -> None:
-        """Count the bytes of event chunks sealed since the last call (the trace's lock held): each packed tuple,
-        its timestamp and its plain values (strings, datetimes); the (REF, n) tuples are shared, not counted."""
-        size = sys.getsizeof
+        """Count the bytes of event chunks sealed since the last call (the trace's lock held), and the live
+        objects each points at (`EventPacker.measure`)."""
         chunks = self._events.chunks
         sizes = self._event_chunk_bytes
         while len(sizes) < len(chunks):
-            chunk = chunks[len(sizes)]
-            total = 0
-            seen: set[int] = set()  # a value several events share (a text, a constant) counts once per chunk
-            for record in chunk:
-                total += size(record) + 24
-                for value in record[3:]:  # None, booleans, "" and small ints are shared: not counted
-                    if value and type(value) is not tuple and type(value) is not bool and id(value) not in seen:
-                        seen.add(id(value))
-                        total += size(value)
+            total, refs = self._packer.measure(chunks[len(sizes)])
             sizes.append(total)
-            refs = self._packer.refs(chunk)
             self._event_chunk_refs.append(refs)
             counts = self._ref_chunks
             for n in refs:

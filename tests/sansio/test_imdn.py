@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -221,3 +221,19 @@ def test_orders(order: list, final: imdn.MessageState) -> None:
 )
 def test_input_for_every_notification(kind: str, status: str, expected) -> None:
     assert imdn.input_for(imdn.Notification("m", kind, status)) is expected
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(2026, 12, 5, 15, 0, 0, 123999, tzinfo=timezone.utc),
+        datetime(2026, 12, 5, 16, 30, 0, 123999, tzinfo=timezone(timedelta(hours=1, minutes=30))),
+        datetime(2026, 12, 5, 10, 0, 0, 123999, tzinfo=timezone(timedelta(hours=-5))),
+    ],
+)
+def test_datetimes_go_out_in_utc_with_milliseconds_whatever_the_zone(when: datetime) -> None:
+    """RFC 3339 "Z" means UTC: a CPIM DateTime and an IMDN <datetime> made from a clock in another zone are
+    converted, not stamped "Z" on local fields; milliseconds truncated, as the old strftime [:-3] did."""
+    assert imdn.format_datetime(when) == "2026-12-05T15:00:00.123Z"
+    wrapped = cpim.unwrap(cpim.wrap("sip:a@x", "sip:b@y", b"hi", "text/plain", now=when))
+    assert wrapped.datetime == "2026-12-05T15:00:00.123Z"
