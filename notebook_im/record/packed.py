@@ -120,15 +120,20 @@ class EventPacker:
         Python loop per value took 1.6."""
         size = sys.getsizeof
         total = sum(map(size, records)) + 24 * len(records)
-        unique = {id(v): v for v in chain.from_iterable([r[3:] for r in records])}
+        packed = [r[3:] for r in records if r[2] >= 0]
+        unique = {id(v): v for v in chain.from_iterable(packed)}
         refs: set[int] = set()
         for v in unique.values():
             t = type(v)
-            if t is tuple:
-                if len(v) == 2 and v[0] == REF:
-                    refs.add(v[1])
+            if t is tuple:  # a field value is plain or a (REF, n): a tuple is one of ours
+                refs.add(v[1])
             elif v and t is not bool:
                 total += size(v)
+        if len(packed) < len(records):  # events kept whole (shape -1): whatever they are, they point at no n
+            for r in records:
+                if r[2] < 0 and id(r[3]) not in unique:
+                    unique[id(r[3])] = r[3]
+                    total += size(r[3])
         return total, refs
 
     def release(self, refs: set[int]) -> None:
