@@ -4,6 +4,7 @@ how a final response settles a sent message, which content types a user may send
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 from collections import deque
@@ -22,26 +23,6 @@ REFUSING = (415, 501)  # "I do not take this content / this method": stop sendin
 _STATE_OF_STATUS = {"sending": "sending", "delivered": "sent", "failed": "failed", "received": "received"}
 
 
-_FIELDS = (
-    "id",
-    "direction",
-    "sender",
-    "recipient",
-    "text",
-    "content_type",
-    "timestamp",
-    "status",
-    "mode",
-    "sip_status",
-    "reason",
-    "delivered_at",
-    "state",
-    "requested",
-    "imdn_datetime",
-    "delivery_notified_at",
-    "displayed_at",
-)
-_REQUESTED = _FIELDS.index("requested")
 # the receipt-request sets a row holds as sorted tuples of str (which the garbage collector untracks, unlike a
 # frozenset), and the one shared frozenset per combination that `requested` hands out
 _REQUEST_SETS: dict[tuple[str, ...], frozenset[str]] = {(): frozenset()}
@@ -210,7 +191,7 @@ class ChatMessage:
         """The fields in the constructor's order (as a dataclass would compare and show them)."""
         row = self._row
         extra = getattr(self, "_extra", None) or {}
-        return (*row[:12], extra, *row[12:_REQUESTED], self.requested, *row[_REQUESTED + 1 :])
+        return (*row[:_EXTRA], extra, *row[_EXTRA:_REQUESTED], self.requested, *row[_REQUESTED + 1 :])
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
@@ -220,8 +201,7 @@ class ChatMessage:
     __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaces
 
     def __repr__(self) -> str:
-        names = (*_FIELDS[:12], "extra", *_FIELDS[12:])
-        inner = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._values()))
+        inner = ", ".join(f"{n}={v!r}" for n, v in zip(_NAMES, self._values()))
         return f"ChatMessage({inner})"
 
     def __copy__(self) -> ChatMessage:
@@ -275,7 +255,13 @@ def _set_extra(self: ChatMessage, value: dict[str, Any]) -> None:
     self._extra = value
 
 
-_OWN = frozenset({*_FIELDS, "extra", "_row"})  # what __setattr__ lets by without tracking (see _field, _set_extra)
+# the fields as the class declares them (the constructor's order), and those the row holds: all but `extra`, a dict
+# of its own (its position in the declaration is where _values puts it back)
+_NAMES = tuple(f.name for f in dataclasses.fields(ChatMessage))
+_EXTRA = _NAMES.index("extra")
+_FIELDS = _NAMES[:_EXTRA] + _NAMES[_EXTRA + 1 :]
+_REQUESTED = _FIELDS.index("requested")
+_OWN = frozenset({*_NAMES, "_row"})  # what __setattr__ lets by without tracking (see _field, _set_extra)
 
 for _i, _name in enumerate(_FIELDS):
     if _name != "requested":
