@@ -34,7 +34,9 @@ def literal(host: str) -> str | None:
         ipaddress.ip_address(h)
     except ValueError:
         h = None
-    if len(_LITERALS) < _MAX_CACHE and len(host) <= _MAX_NAME:  # (a host as long as a header line: not kept)
+    if len(host) <= _MAX_NAME:  # (a host as long as a header line: not kept)
+        if len(_LITERALS) >= _MAX_CACHE:  # full (made-up hosts): start again, as _CACHE does
+            _LITERALS.clear()
         _LITERALS[host] = h
     return h
 
