@@ -291,14 +291,14 @@ class StatelessRelay:
             # to 0.25 s after the deadline, so "heard within the last timeout" would take a device that answered
             # everything and then fell quiet for a moment for dead
             heard = stack.heard_from(addr)
-            if heard is not None and heard >= first:
-                self._pending_bytes -= len(data)
-                continue
-            if copies < COPIES and timeout > 0 and now - first < PATIENCE * timeout:
+            alive = heard is not None and heard >= first
+            if not alive and copies < COPIES and timeout > 0 and now - first < PATIENCE * timeout:
                 # not enough chances yet: wait one more device_timeout (the latest deadline of all: to the end)
                 pending[branch] = (now + timeout, *entry[1:])
                 continue
-            self._pending_bytes -= len(data)
+            self._pending_bytes -= len(data)  # the entry leaves the table
+            if alive:
+                continue
             if not binding.dead:
                 self.core.registrar.mark_dead(binding)
                 log.info("server: %s:%s did not answer within %g s: offline until it registers again", *addr, timeout)
